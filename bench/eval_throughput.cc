@@ -1,0 +1,105 @@
+// bench_eval_throughput: tokens/s of the reference forward (kvfold eval) on a model, and the
+// GFLOP/s it achieves next to what sgemm reaches on this machine, measured in the same process.
+//
+//   build/bin/bench_eval_throughput [--model DIR] [--text FILE] [--threads N] [--windows N]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "calib/text.h"
+#include "calib/tokenizer.h"
+#include "calib/windows.h"
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "runtime_check/evaluate.h"
+
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Best-of-`repeats` GFLOP/s of [m,k] x [k,n] through at::mm (OpenBLAS sgemm underneath).
+double SgemmGflops(std::int64_t m, std::int64_t k, std::int64_t n, int repeats) {
+  at::Tensor a = at::randn({m, k}), b = at::randn({k, n});
+  at::mm(a, b);  // warm-up
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    at::mm(a, b);
+    best = std::min(best, Seconds(t0));
+  }
+  return 2.0 * m * k * n / best / 1e9;
+}
+
+// FLOPs of one forward per token, as executed: every projection, the full (masked) T x T score
+// and context products, and the LM head.
+double ForwardFlopsPerToken(const kvfold::ModelConfig& c, std::int64_t window) {
+  const double D = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads;
+  const double d = c.head_dim, I = c.intermediate_size, V = c.vocab_size, L = c.num_hidden_layers;
+  const double projections = D * (H + 2 * KV) * d + H * d * D + 3 * D * I;
+  const double attention = 2 * H * d * static_cast<double>(window);  // QK^T and PV
+  return 2.0 * (L * (projections + attention) + V * D);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string shared = KVFOLD_SHARED_DIR;
+  std::string model = shared + "/models/mini-mha";
+  std::string text = shared + "/text/wikitext-2/test.raw.txt";
+  int threads = 2, windows = 64, repeats = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--text")) text = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--windows")) windows = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  try {
+    at::set_num_threads(threads);
+    const kvfold::Checkpoint ck = kvfold::OpenCheckpoint(model);
+    const auto tok = kvfold::Tokenizer::Load(ck.tokenizer_path);
+    const auto t_tok = std::chrono::steady_clock::now();
+    const auto tokens = tok->Encode(kvfold::LoadText(text));
+    const double tokenize_s = Seconds(t_tok);
+    const auto wins = kvfold::CutWindows(tokens, 256, windows, text);
+    const auto ref = kvfold::ReferenceModel::Load(ck, {"cpu", threads});
+
+    kvfold::EvalOptions opts;
+    opts.progress = false;
+    kvfold::EvaluatePerplexity(*ref, {wins.begin(), wins.begin() + 1}, tok->bos_id(), opts);  // warm-up
+    kvfold::PerplexityResult best;
+    for (int r = 0; r < repeats; ++r) {
+      auto res = kvfold::EvaluatePerplexity(*ref, wins, tok->bos_id(), opts);
+      if (r == 0 || res.tokens_per_second > best.tokens_per_second) best = res;
+    }
+    const double flops = ForwardFlopsPerToken(ck.config, 256);
+    const double D = ck.config.hidden_size;
+    std::printf("| quantity | value |\n|---|---|\n");
+    std::printf("| model | %s |\n| threads | %d |\n", model.c_str(), threads);
+    std::printf("| tokens evaluated (best of %d) | %lld |\n", repeats,
+                static_cast<long long>(best.tokens_predicted));
+    std::printf("| eval throughput | %.0f tokens/s |\n", best.tokens_per_second);
+    std::printf("| forward cost | %.2f MFLOP/token |\n", flops / 1e6);
+    std::printf("| forward achieved | %.1f GFLOP/s |\n", flops * best.tokens_per_second / 1e9);
+    std::printf("| sgemm 2048x2048x2048 | %.1f GFLOP/s |\n", SgemmGflops(2048, 2048, 2048, 5));
+    std::printf("| sgemm 4096x%.0fx%.0f (a projection's shape) | %.1f GFLOP/s |\n", D, D,
+                SgemmGflops(4096, static_cast<std::int64_t>(D), static_cast<std::int64_t>(D), 10));
+    std::printf("| tokenize whole text | %.2f s for %zu tokens |\n", tokenize_s, tokens.size());
+    std::printf("| ppl (sanity) | %.4f |\n", best.ppl);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_eval_throughput: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

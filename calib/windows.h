@@ -1,0 +1,18 @@
+// Cutting a token stream into the fixed windows that evaluation and calibration run over
+// (kvfold-ppl-v1: consecutive, non-overlapping, incomplete tail dropped).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvfold {
+
+using TokenWindow = std::vector<std::int32_t>;
+
+// The first `max_windows` (all when < 0) complete windows of `window` tokens. Throws Error
+// naming `source` when not even one window fits.
+std::vector<TokenWindow> CutWindows(const std::vector<std::int32_t>& tokens, int window,
+                                    int max_windows, const std::string& source);
+
+}  // namespace kvfold

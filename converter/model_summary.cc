@@ -1,0 +1,80 @@
+#include "converter/model_summary.h"
+
+#include <nlohmann/json.hpp>
+
+#include <sstream>
+
+#include "formats/version.h"
+
+namespace kvfold {
+
+ModelSummary SummarizeCheckpoint(const Checkpoint& ck) {
+  const ModelConfig& c = ck.config;
+  ModelSummary s;
+  s.path = ck.dir;
+  s.architecture = c.architecture;
+  s.model_type = c.model_type;
+  s.attention = c.num_key_value_heads == c.num_attention_heads ? "MHA"
+                : c.num_key_value_heads == 1                   ? "MQA"
+                                                               : "GQA";
+  s.layers = c.num_hidden_layers;
+  s.hidden = c.hidden_size;
+  s.heads = c.num_attention_heads;
+  s.kv_heads = c.num_key_value_heads;
+  s.head_dim = c.head_dim;
+  s.intermediate = c.intermediate_size;
+  s.vocab = c.vocab_size;
+  s.max_positions = c.max_position_embeddings;
+  s.rope_theta = c.rope_theta;
+  s.tied_embeddings = c.tie_word_embeddings;
+  s.dtype = DTypeName(ck.Tensor({TensorRole::kKProj, 0}).entry->dtype);
+  s.parameters = ck.ParameterCount();
+  s.kv_bytes_per_token = c.KvBytesPerToken(ck.StoredElementBytes());
+  s.files = static_cast<int>(ck.tensors.files().size());
+  s.tensors = static_cast<int>(ck.tensors.tensors().size());
+  return s;
+}
+
+std::string SummaryText(const ModelSummary& s) {
+  std::ostringstream o;
+  o << "model          " << s.path << "\n"
+    << "architecture   " << s.architecture << " (" << s.model_type << ")\n"
+    << "attention      " << s.attention << ": " << s.heads << " query heads, " << s.kv_heads
+    << " KV heads, head dim " << s.head_dim << "\n"
+    << "layers         " << s.layers << "  (hidden " << s.hidden << ", intermediate "
+    << s.intermediate << ")\n"
+    << "vocab          " << s.vocab << (s.tied_embeddings ? "  (tied embeddings)" : "") << "\n"
+    << "rope theta     " << s.rope_theta << "  (max positions " << s.max_positions << ")\n"
+    << "parameters     " << s.parameters << "  (" << s.dtype << ", " << s.tensors
+    << " tensors in " << s.files << " file" << (s.files == 1 ? "" : "s") << ")\n"
+    << "KV cache       " << s.kv_bytes_per_token << " bytes/token at " << s.dtype << "\n";
+  return o.str();
+}
+
+std::string SummaryJson(const ModelSummary& s) {
+  nlohmann::ordered_json j = {
+      {"kvfold_version", kVersion},
+      {"path", s.path},
+      {"architecture", s.architecture},
+      {"model_type", s.model_type},
+      {"attention", s.attention},
+      {"num_hidden_layers", s.layers},
+      {"hidden_size", s.hidden},
+      {"num_attention_heads", s.heads},
+      {"num_key_value_heads", s.kv_heads},
+      {"head_dim", s.head_dim},
+      {"intermediate_size", s.intermediate},
+      {"vocab_size", s.vocab},
+      {"max_position_embeddings", s.max_positions},
+      {"rope_theta", s.rope_theta},
+      {"tie_word_embeddings", s.tied_embeddings},
+      {"dtype", s.dtype},
+      {"parameters", s.parameters},
+      {"kv_cache_bytes_per_token", s.kv_bytes_per_token},
+      {"files", s.files},
+      {"tensors", s.tensors},
+  };
+  return j.dump(2) + "\n";
+}
+
+}  // namespace kvfold

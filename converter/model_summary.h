@@ -1,0 +1,32 @@
+// ModelSummary: what `kvfold inspect` reports about a checkpoint, and what conversions compare
+// before and after (KV-cache bytes per token above all).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "formats/checkpoint.h"
+
+namespace kvfold {
+
+struct ModelSummary {
+  std::string path;
+  std::string architecture;
+  std::string model_type;
+  std::string attention;  // "MHA", "GQA" or "MQA"
+  std::int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  std::int64_t intermediate = 0, vocab = 0, max_positions = 0;
+  double rope_theta = 0;
+  bool tied_embeddings = false;
+  std::string dtype;  // of the attention weights, which the KV cache inherits
+  std::int64_t parameters = 0;
+  std::int64_t kv_bytes_per_token = 0;
+  int files = 0;
+  int tensors = 0;
+};
+
+ModelSummary SummarizeCheckpoint(const Checkpoint& checkpoint);
+std::string SummaryText(const ModelSummary& summary);
+std::string SummaryJson(const ModelSummary& summary);
+
+}  // namespace kvfold

@@ -1,0 +1,54 @@
+#include "formats/atomic_file.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+std::atomic<unsigned> g_tmp_counter{0};
+}
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  tmp_path_ = path_ + ".tmp." + std::to_string(::getpid()) + "." +
+              std::to_string(g_tmp_counter.fetch_add(1));
+  file_ = std::fopen(tmp_path_.c_str(), "wb");
+  if (file_ == nullptr) Fail(path_, std::string("cannot write: ") + std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (file_ != nullptr) std::fclose(file_);
+  if (!committed_) std::remove(tmp_path_.c_str());
+}
+
+void AtomicFile::Write(const void* data, std::size_t size) {
+  if (size == 0) return;
+  if (std::fwrite(data, 1, size, file_) != size) {
+    Fail(path_, std::string("write failed: ") + std::strerror(errno));
+  }
+}
+
+void AtomicFile::Commit() {
+  if (std::fflush(file_) != 0 || ::fsync(fileno(file_)) != 0) {
+    Fail(path_, std::string("write failed: ") + std::strerror(errno));
+  }
+  int rc = std::fclose(file_);
+  file_ = nullptr;
+  if (rc != 0) Fail(path_, std::string("write failed: ") + std::strerror(errno));
+  if (std::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
+    Fail(path_, std::string("cannot rename into place: ") + std::strerror(errno));
+  }
+  committed_ = true;
+}
+
+void WriteFileAtomically(const std::string& path, std::string_view contents) {
+  AtomicFile out(path);
+  out.Write(contents);
+  out.Commit();
+}
+
+}  // namespace kvfold

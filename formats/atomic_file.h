@@ -1,0 +1,37 @@
+// Atomic outputs: every file kvfold writes goes to a temporary name in the target directory and
+// is renamed into place only once complete, so a failure never leaves a partial file behind.
+#pragma once
+
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+namespace kvfold {
+
+class AtomicFile {
+ public:
+  // Creates `<path>.tmp.<pid>.<n>` next to `path`; throws Error naming `path` if it cannot.
+  explicit AtomicFile(std::string path);
+  // Removes the temporary file unless Commit() succeeded.
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void Write(const void* data, std::size_t size);
+  void Write(std::string_view s) { Write(s.data(), s.size()); }
+  // Flushes, fsyncs and renames onto the final path.
+  void Commit();
+
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::string tmp_path_;
+  std::FILE* file_ = nullptr;
+  bool committed_ = false;
+};
+
+// Writes `contents` to `path` atomically.
+void WriteFileAtomically(const std::string& path, std::string_view contents);
+
+}  // namespace kvfold

@@ -1,0 +1,64 @@
+#include "formats/checkpoint.h"
+
+#include <sys/stat.h>
+
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+std::string ShapeString(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+Checkpoint OpenCheckpoint(const std::string& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    Fail(dir, "not a model folder (expected config.json and *.safetensors)");
+  }
+  Checkpoint ck{dir, LoadModelConfig(dir), TensorStore::OpenModelDir(dir), ""};
+  const std::string tok = dir + "/tokenizer.model";
+  if (::stat(tok.c_str(), &st) == 0) ck.tokenizer_path = tok;
+
+  std::string problems;
+  int count = 0;
+  for (const TensorId& id : RequiredTensors(ck.config)) {
+    const std::string name = HfTensorName(id);
+    const TensorRef* ref = ck.tensors.Find(name);
+    std::string problem;
+    if (ref == nullptr) {
+      problem = "missing " + name;
+    } else if (ref->entry->shape != ExpectedShape(id, ck.config)) {
+      problem = name + " has shape " + ShapeString(ref->entry->shape) + ", config implies " +
+                ShapeString(ExpectedShape(id, ck.config));
+    } else if (!IsFloatingCompute(ref->entry->dtype)) {
+      problem = name + " has dtype " + DTypeName(ref->entry->dtype) + " (expected F32/F16/BF16)";
+    }
+    if (!problem.empty()) {
+      if (count < 5) problems += (count ? "; " : "") + problem;
+      ++count;
+    }
+  }
+  if (count > 0) {
+    if (count > 5) problems += "; and " + std::to_string(count - 5) + " more";
+    Fail(dir, std::to_string(count) + " tensor problem(s): " + problems);
+  }
+  return ck;
+}
+
+std::int64_t Checkpoint::StoredElementBytes() const {
+  return static_cast<std::int64_t>(
+      DTypeSize(Tensor({TensorRole::kKProj, 0}).entry->dtype));
+}
+
+std::int64_t Checkpoint::ParameterCount() const {
+  std::int64_t n = 0;
+  for (const auto& [name, ref] : tensors.tensors()) n += ref.entry->NumElements();
+  return n;
+}
+
+}  // namespace kvfold

@@ -1,0 +1,36 @@
+// MappedFile: a read-only memory map of a whole file, so large checkpoints are paged in on
+// demand instead of being copied into the heap.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace kvfold {
+
+class MappedFile {
+ public:
+  // Maps `path` read-only; throws Error naming the path when it cannot be opened or mapped.
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::uint8_t* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+  std::string_view bytes() const {
+    return {reinterpret_cast<const char*>(data_), size_};
+  }
+
+ private:
+  std::string path_;
+  const std::uint8_t* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// Reads a whole (small) file into a string; throws Error naming the path on failure.
+std::string ReadFileToString(const std::string& path);
+
+}  // namespace kvfold

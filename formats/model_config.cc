@@ -1,0 +1,159 @@
+#include "formats/model_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include "formats/error.h"
+#include "formats/mapped_file.h"
+
+namespace kvfold {
+namespace {
+
+using nlohmann::json;
+
+class FieldReader {
+ public:
+  FieldReader(const json& doc, const std::string& file) : doc_(doc), file_(file) {}
+
+  bool Has(const char* key) const { return doc_.contains(key) && !doc_[key].is_null(); }
+
+  std::int64_t PositiveInt(const char* key) const {
+    if (!Has(key)) Fail(file_, std::string("missing required field '") + key + "'");
+    return PositiveIntValue(key);
+  }
+  std::int64_t PositiveInt(const char* key, std::int64_t fallback) const {
+    return Has(key) ? PositiveIntValue(key) : fallback;
+  }
+  std::int64_t Int(const char* key, std::int64_t fallback) const {
+    if (!Has(key)) return fallback;
+    const json& v = doc_[key];
+    if (!v.is_number_integer()) Fail(file_, std::string("field '") + key + "' must be an integer");
+    return v.get<std::int64_t>();
+  }
+  double PositiveNumber(const char* key, double fallback) const {
+    if (!Has(key)) return fallback;
+    const json& v = doc_[key];
+    if (!v.is_number() || !(v.get<double>() > 0)) {
+      Fail(file_, std::string("field '") + key + "' must be a positive number");
+    }
+    return v.get<double>();
+  }
+  bool Bool(const char* key, bool fallback) const {
+    if (!Has(key)) return fallback;
+    const json& v = doc_[key];
+    if (!v.is_boolean()) Fail(file_, std::string("field '") + key + "' must be true or false");
+    return v.get<bool>();
+  }
+  std::string String(const char* key, const std::string& fallback) const {
+    if (!Has(key)) return fallback;
+    const json& v = doc_[key];
+    if (!v.is_string()) Fail(file_, std::string("field '") + key + "' must be a string");
+    return v.get<std::string>();
+  }
+
+ private:
+  std::int64_t PositiveIntValue(const char* key) const {
+    const json& v = doc_[key];
+    if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) {
+      Fail(file_, std::string("field '") + key + "' must be a positive integer, got " + v.dump());
+    }
+    return v.get<std::int64_t>();
+  }
+
+  const json& doc_;
+  const std::string& file_;
+};
+
+// rope_scaling is absent, null, or an explicit "default"; anything else changes the positions'
+// angles in ways the reference runtime does not implement.
+void CheckRopeScaling(const json& doc, const std::string& file) {
+  if (!doc.contains("rope_scaling") || doc["rope_scaling"].is_null()) return;
+  const json& rs = doc["rope_scaling"];
+  if (rs.is_object()) {
+    std::string type = rs.value("rope_type", rs.value("type", std::string()));
+    if (type == "default") return;
+  }
+  Fail(file, "rope_scaling " + rs.dump() + " is not supported (only plain RoPE)");
+}
+
+}  // namespace
+
+ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file_name) {
+  json doc;
+  try {
+    doc = json::parse(json_text.begin(), json_text.end());
+  } catch (const json::exception& e) {
+    Fail(file_name, std::string("not valid JSON (") + e.what() + ")");
+  }
+  if (!doc.is_object()) Fail(file_name, "not a JSON object");
+  FieldReader f(doc, file_name);
+
+  ModelConfig c;
+  c.model_type = f.String("model_type", "");
+  if (c.model_type.empty()) Fail(file_name, "missing required field 'model_type'");
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2") {
+    Fail(file_name, "unsupported model_type '" + c.model_type +
+                        "' (kvfold supports llama, mistral, qwen2)");
+  }
+  if (f.Has("architectures")) {
+    const json& a = doc["architectures"];
+    if (!a.is_array() || a.empty() || !a[0].is_string()) {
+      Fail(file_name, "field 'architectures' must be a non-empty list of strings");
+    }
+    c.architecture = a[0].get<std::string>();
+  }
+  c.hidden_size = f.PositiveInt("hidden_size");
+  c.num_hidden_layers = f.PositiveInt("num_hidden_layers");
+  c.num_attention_heads = f.PositiveInt("num_attention_heads");
+  c.num_key_value_heads = f.PositiveInt("num_key_value_heads", c.num_attention_heads);
+  c.intermediate_size = f.PositiveInt("intermediate_size");
+  c.vocab_size = f.PositiveInt("vocab_size");
+  c.max_position_embeddings = f.PositiveInt("max_position_embeddings", 2048);
+  if (c.hidden_size % c.num_attention_heads != 0 && !f.Has("head_dim")) {
+    Fail(file_name, "hidden_size is not a multiple of num_attention_heads and head_dim is absent");
+  }
+  c.head_dim = f.PositiveInt("head_dim", c.hidden_size / c.num_attention_heads);
+  if (c.head_dim % 2 != 0) Fail(file_name, "head_dim must be even for RoPE");
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    Fail(file_name, "num_attention_heads (" + std::to_string(c.num_attention_heads) +
+                        ") is not a multiple of num_key_value_heads (" +
+                        std::to_string(c.num_key_value_heads) + ")");
+  }
+  c.rms_norm_eps = f.PositiveNumber("rms_norm_eps", 1e-6);
+  c.rope_theta = f.PositiveNumber("rope_theta", 10000.0);
+  c.tie_word_embeddings = f.Bool("tie_word_embeddings", false);
+  const std::string act = f.String("hidden_act", "silu");
+  if (act != "silu") Fail(file_name, "hidden_act '" + act + "' is not supported (only silu)");
+  CheckRopeScaling(doc, file_name);
+
+  if (c.model_type == "qwen2") {
+    c.qkv_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias
+    if (f.Bool("use_sliding_window", false)) {
+      Fail(file_name, "use_sliding_window=true is not supported");
+    }
+  } else {
+    const bool attention_bias = f.Bool("attention_bias", false);
+    c.qkv_bias = attention_bias;
+    c.o_bias = attention_bias;
+    c.mlp_bias = f.Bool("mlp_bias", false);
+  }
+  if (c.model_type == "mistral") c.sliding_window = f.PositiveInt("sliding_window", 0);
+  c.bos_token_id = f.Int("bos_token_id", 1);
+  if (f.Has("eos_token_id") && doc["eos_token_id"].is_array()) {  // some configs list several
+    const json& eos = doc["eos_token_id"];
+    if (eos.empty() || !eos[0].is_number_integer()) {
+      Fail(file_name, "field 'eos_token_id' must be an integer or a list of integers");
+    }
+    c.eos_token_id = eos[0].get<std::int64_t>();
+  } else {
+    c.eos_token_id = f.Int("eos_token_id", 2);
+  }
+  c.torch_dtype = f.String("torch_dtype", "");
+  return c;
+}
+
+ModelConfig LoadModelConfig(const std::string& model_dir) {
+  const std::string path = model_dir + "/config.json";
+  return ParseModelConfig(ReadFileToString(path), path);
+}
+
+}  // namespace kvfold

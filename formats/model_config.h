@@ -1,0 +1,45 @@
+// ModelConfig: the fields of a HuggingFace config.json that kvfold needs, for the Llama family
+// (llama, mistral, qwen2). Anything the reference runtime could not honour is rejected here.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace kvfold {
+
+struct ModelConfig {
+  std::string model_type;    // "llama", "mistral" or "qwen2"
+  std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM"
+  std::int64_t hidden_size = 0;
+  std::int64_t num_hidden_layers = 0;
+  std::int64_t num_attention_heads = 0;
+  std::int64_t num_key_value_heads = 0;  // defaults to num_attention_heads
+  std::int64_t head_dim = 0;             // defaults to hidden_size / num_attention_heads
+  std::int64_t intermediate_size = 0;
+  std::int64_t vocab_size = 0;
+  std::int64_t max_position_embeddings = 0;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  bool tie_word_embeddings = false;
+  bool qkv_bias = false;           // llama attention_bias; always true for qwen2
+  bool o_bias = false;             // llama attention_bias
+  bool mlp_bias = false;           // llama mlp_bias
+  std::int64_t sliding_window = 0; // mistral; 0 = full causal attention
+  std::int64_t bos_token_id = 1;
+  std::int64_t eos_token_id = 2;
+  std::string torch_dtype;         // as stored; informative only
+
+  std::int64_t QueriesPerKvHead() const { return num_attention_heads / num_key_value_heads; }
+  // Bytes one token occupies in the KV cache (keys + values, all layers) at `bytes_per_element`.
+  std::int64_t KvBytesPerToken(std::int64_t bytes_per_element) const {
+    return 2 * num_hidden_layers * num_key_value_heads * head_dim * bytes_per_element;
+  }
+};
+
+// Parses config.json text; throws Error("<file_name>: ...") naming the offending field.
+ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file_name);
+// Reads and parses `model_dir`/config.json.
+ModelConfig LoadModelConfig(const std::string& model_dir);
+
+}  // namespace kvfold

@@ -1,0 +1,110 @@
+#include "formats/safetensors_writer.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/atomic_file.h"
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+std::uint64_t ExpectedBytes(const TensorToWrite& t) {
+  std::uint64_t n = DTypeSize(t.dtype);
+  for (auto d : t.shape) n *= static_cast<std::uint64_t>(d);
+  return n;
+}
+
+void SortAndCheck(std::vector<TensorToWrite>& tensors, const std::string& path) {
+  std::sort(tensors.begin(), tensors.end(),
+            [](const TensorToWrite& a, const TensorToWrite& b) { return a.name < b.name; });
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    if (t.name.empty() || t.name == "__metadata__") Fail(path, "invalid tensor name '" + t.name + "'");
+    if (i > 0 && tensors[i - 1].name == t.name) Fail(path, "tensor '" + t.name + "' given twice");
+    for (auto d : t.shape) {
+      if (d < 0) Fail(path, "tensor '" + t.name + "' has a negative dimension");
+    }
+    if (ExpectedBytes(t) != t.bytes.size()) {
+      Fail(path, "tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) +
+                     " bytes, its shape needs " + std::to_string(ExpectedBytes(t)));
+    }
+  }
+}
+
+void WriteSorted(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                 const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    header[t.name] = {{"dtype", DTypeName(t.dtype)},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + t.bytes.size()}}};
+    offset += t.bytes.size();
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // keep the data area 8-byte aligned
+  std::uint8_t len[8];
+  std::uint64_t n = text.size();
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<std::uint8_t>(n >> (8 * i));
+
+  AtomicFile out(path);
+  out.Write(len, 8);
+  out.Write(text);
+  for (const auto& t : tensors) out.Write(t.bytes.data(), t.bytes.size());
+  out.Commit();
+}
+
+std::string ShardName(std::size_t i, std::size_t n) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+  return buf;
+}
+
+}  // namespace
+
+void WriteSafetensors(const std::string& path, std::vector<TensorToWrite> tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  SortAndCheck(tensors, path);
+  WriteSorted(path, tensors, metadata);
+}
+
+std::vector<std::string> WriteSafetensorsModel(const std::string& dir,
+                                               std::vector<TensorToWrite> tensors,
+                                               const std::map<std::string, std::string>& metadata,
+                                               std::uint64_t max_shard_bytes) {
+  SortAndCheck(tensors, dir);
+  std::uint64_t total = 0;
+  for (const auto& t : tensors) total += t.bytes.size();
+  if (total <= max_shard_bytes || tensors.size() <= 1) {
+    WriteSorted(dir + "/model.safetensors", tensors, metadata);
+    return {"model.safetensors"};
+  }
+  // Greedy packing in name order: a shard closes when the next tensor would overflow it.
+  std::vector<std::vector<TensorToWrite>> shards(1);
+  std::uint64_t in_shard = 0;
+  for (const auto& t : tensors) {
+    if (in_shard > 0 && in_shard + t.bytes.size() > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(t);
+    in_shard += t.bytes.size();
+  }
+  nlohmann::json weight_map = nlohmann::json::object();
+  std::vector<std::string> names;
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    names.push_back(ShardName(i, shards.size()));
+    for (const auto& t : shards[i]) weight_map[t.name] = names.back();
+    WriteSorted(dir + "/" + names.back(), shards[i], metadata);
+  }
+  nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  WriteFileAtomically(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+  names.push_back("model.safetensors.index.json");
+  return names;
+}
+
+}  // namespace kvfold

@@ -1,0 +1,141 @@
+#include "formats/tensor_store.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+bool FileExists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// A shard name from an index must stay inside the model directory.
+bool IsPlainFileName(const std::string& name) {
+  return !name.empty() && name.find('/') == std::string::npos && name != "." && name != "..";
+}
+
+}  // namespace
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
+  header_ = ParseSafetensorsHeader(file_.bytes(), file_.size(), path);
+}
+
+std::string_view SafetensorsFile::Bytes(const TensorEntry& entry) const {
+  return file_.bytes().substr(header_.data_offset + entry.begin, entry.end - entry.begin);
+}
+
+void TensorStore::AddFile(std::unique_ptr<SafetensorsFile> file) {
+  for (const auto& entry : file->header().tensors) {
+    auto [it, inserted] = tensors_.emplace(entry.name, TensorRef{&entry, file.get()});
+    if (!inserted) {
+      Fail(file->path(), "tensor '" + entry.name + "' also appears in " + it->second.file->path());
+    }
+  }
+  files_.push_back(std::move(file));
+}
+
+TensorStore TensorStore::OpenFile(const std::string& path) {
+  TensorStore store;
+  store.origin_ = path;
+  store.AddFile(std::make_unique<SafetensorsFile>(path));
+  return store;
+}
+
+TensorStore TensorStore::OpenModelDir(const std::string& dir) {
+  const std::string single = dir + "/model.safetensors";
+  const std::string index_path = dir + "/model.safetensors.index.json";
+  if (FileExists(single)) {
+    TensorStore store = OpenFile(single);
+    store.origin_ = dir;
+    return store;
+  }
+  if (!FileExists(index_path)) {
+    Fail(dir, "no model.safetensors or model.safetensors.index.json");
+  }
+  nlohmann::json index;
+  try {
+    index = nlohmann::json::parse(ReadFileToString(index_path));
+  } catch (const nlohmann::json::exception& e) {
+    Fail(index_path, std::string("not valid JSON (") + e.what() + ")");
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    Fail(index_path, "missing object 'weight_map'");
+  }
+  const auto& weight_map = index["weight_map"];
+  std::map<std::string, std::string> shard_of;  // tensor -> shard file name
+  std::vector<std::string> shard_names;
+  for (auto it = weight_map.begin(); it != weight_map.end(); ++it) {
+    if (!it->is_string() || !IsPlainFileName(it->get<std::string>())) {
+      Fail(index_path, "weight_map entry '" + it.key() + "' is not a file name in the model folder");
+    }
+    const std::string shard = it->get<std::string>();
+    shard_of[it.key()] = shard;
+    if (std::find(shard_names.begin(), shard_names.end(), shard) == shard_names.end()) {
+      shard_names.push_back(shard);
+    }
+  }
+  std::sort(shard_names.begin(), shard_names.end());
+
+  TensorStore store;
+  store.origin_ = dir;
+  for (const auto& shard : shard_names) {
+    store.AddFile(std::make_unique<SafetensorsFile>(dir + "/" + shard));
+  }
+  // The index and the shards must agree exactly.
+  for (const auto& [name, shard] : shard_of) {
+    const TensorRef* ref = store.Find(name);
+    if (ref == nullptr) Fail(index_path, "tensor '" + name + "' is not in " + shard);
+    if (ref->file->path() != dir + "/" + shard) {
+      Fail(index_path, "tensor '" + name + "' is listed in " + shard + " but stored in " +
+                           ref->file->path());
+    }
+  }
+  for (const auto& [name, ref] : store.tensors_) {
+    if (shard_of.count(name) == 0) {
+      Fail(ref.file->path(), "tensor '" + name + "' is missing from " + index_path);
+    }
+  }
+  return store;
+}
+
+const TensorRef* TensorStore::Find(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : &it->second;
+}
+
+const TensorRef& TensorStore::Get(const std::string& name) const {
+  const TensorRef* ref = Find(name);
+  if (ref == nullptr) Fail(origin_, "missing tensor '" + name + "'");
+  return *ref;
+}
+
+std::vector<std::string> TensorStore::Names() const {
+  std::vector<std::string> names;
+  for (const auto& kv : tensors_) names.push_back(kv.first);
+  return names;
+}
+
+void TensorStore::ReadF32(const std::string& name, float* dst) const {
+  const TensorRef& ref = Get(name);
+  if (!IsFloatingCompute(ref.entry->dtype)) {
+    Fail(ref.file->path(), "tensor '" + name + "' has dtype " + DTypeName(ref.entry->dtype) +
+                               "; kvfold computes with F32, F16 or BF16");
+  }
+  ConvertToF32(ref.entry->dtype, ref.bytes().data(),
+               static_cast<std::size_t>(ref.entry->NumElements()), dst);
+}
+
+std::vector<float> TensorStore::ReadF32(const std::string& name) const {
+  std::vector<float> out(static_cast<std::size_t>(Get(name).entry->NumElements()));
+  ReadF32(name, out.data());
+  return out;
+}
+
+}  // namespace kvfold

@@ -1,0 +1,65 @@
+// TensorStore: the tensors of a checkpoint, read through mmap from one safetensors file or from
+// the shards listed in model.safetensors.index.json. Nothing is copied until a tensor is read.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "formats/mapped_file.h"
+#include "formats/safetensors_header.h"
+
+namespace kvfold {
+
+// One validated safetensors file, mapped read-only.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);
+  const SafetensorsHeader& header() const { return header_; }
+  const std::string& path() const { return file_.path(); }
+  // The raw little-endian bytes of `entry` (which must come from this file's header).
+  std::string_view Bytes(const TensorEntry& entry) const;
+
+ private:
+  MappedFile file_;
+  SafetensorsHeader header_;
+};
+
+struct TensorRef {
+  const TensorEntry* entry = nullptr;
+  const SafetensorsFile* file = nullptr;
+  std::string_view bytes() const { return file->Bytes(*entry); }
+};
+
+class TensorStore {
+ public:
+  // Opens `dir`/model.safetensors, or the shards named by `dir`/model.safetensors.index.json.
+  static TensorStore OpenModelDir(const std::string& dir);
+  // Opens a single safetensors file.
+  static TensorStore OpenFile(const std::string& path);
+
+  const TensorRef* Find(const std::string& name) const;
+  // Like Find, but throws Error naming the checkpoint when the tensor is absent.
+  const TensorRef& Get(const std::string& name) const;
+  std::vector<std::string> Names() const;
+  const std::map<std::string, TensorRef>& tensors() const { return tensors_; }
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  // Where this store came from (directory or file), for error messages.
+  const std::string& origin() const { return origin_; }
+
+  // Reads a floating tensor (F32/F16/BF16) as float32 into `dst` (NumElements() floats).
+  void ReadF32(const std::string& name, float* dst) const;
+  std::vector<float> ReadF32(const std::string& name) const;
+
+ private:
+  void AddFile(std::unique_ptr<SafetensorsFile> file);
+
+  std::string origin_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, TensorRef> tensors_;
+};
+
+}  // namespace kvfold

@@ -1,0 +1,45 @@
+// Evaluation by the kvfold-ppl-v1 protocol: perplexity of one model over token windows, and the
+// comparison of two models on the same windows (KL, top-1 agreement, delta NLL).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "calib/windows.h"
+#include "runtime_check/reference_model.h"
+
+namespace kvfold {
+
+struct EvalOptions {
+  int batch_windows = 0;  // windows per forward batch; 0 = about 4096 tokens per batch
+  bool progress = true;   // progress lines on stderr
+};
+
+struct PerplexityResult {
+  int windows = 0;
+  std::int64_t tokens_predicted = 0;
+  double mean_nll = 0;  // natural log
+  double ppl = 0;
+  double seconds = 0;   // forward + metrics
+  double tokens_per_second = 0;
+};
+
+struct ComparisonResult {
+  PerplexityResult base;   // the reference model ("original")
+  PerplexityResult other;  // the model under test
+  double kl = 0;            // mean over positions of KL(base || other), nats
+  double top1_agreement = 0;  // fraction of positions whose argmax agrees
+  double delta_nll = 0;     // other.mean_nll - base.mean_nll
+};
+
+// Each window w is fed as [bos] + w[0..W-2] and scored on w[0..W-1].
+PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
+                                    const std::vector<TokenWindow>& windows, std::int32_t bos,
+                                    const EvalOptions& options);
+
+ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel& other,
+                               const std::vector<TokenWindow>& windows, std::int32_t bos,
+                               const EvalOptions& options);
+
+}  // namespace kvfold

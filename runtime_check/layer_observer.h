@@ -1,0 +1,48 @@
+// LayerObserver: how calibration watches the reference forward pass without a second copy of the
+// model code. The observer says which quantities it wants for each layer ("ask"), and the forward
+// pass hands it CPU float32 views of exactly those ("collect"), valid only during Observe().
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace kvfold {
+
+struct FloatView {
+  const float* data = nullptr;  // contiguous, row-major; null when not captured
+  std::vector<std::int64_t> shape;
+  std::int64_t size() const {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return data ? n : 0;
+  }
+};
+
+enum CaptureBits : unsigned {
+  kCaptureAttnInput = 1u << 0,      // h after input_layernorm        [B, T, D]
+  kCaptureQueryPreRope = 1u << 1,   // queries before RoPE            [B, H, T, d]
+  kCaptureQueryPostRope = 1u << 2,  // queries after RoPE             [B, H, T, d]
+  kCaptureKeyPreRope = 1u << 3,     // keys before RoPE               [B, KV, T, d]
+  kCaptureKeyPostRope = 1u << 4,    // keys after RoPE                [B, KV, T, d]
+  kCaptureValue = 1u << 5,          // values                         [B, KV, T, d]
+};
+
+struct AttentionCapture {
+  int layer = 0;
+  FloatView attn_input;
+  FloatView query_pre_rope;
+  FloatView query_post_rope;
+  FloatView key_pre_rope;
+  FloatView key_post_rope;
+  FloatView value;
+};
+
+class LayerObserver {
+ public:
+  virtual ~LayerObserver() = default;
+  // CaptureBits wanted for `layer` (0 = nothing, and no copy is made).
+  virtual unsigned Wants(int layer) const = 0;
+  virtual void Observe(const AttentionCapture& capture) = 0;
+};
+
+}  // namespace kvfold

@@ -1,0 +1,149 @@
+// The reference forward pass of the Llama family, batched over equal-length sequences.
+#include "runtime_check/llama_forward.h"
+
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight;
+}
+
+// cos/sin of pos * theta^(-2j/d) for pos < T, j < d/2, as [T, d/2]. Angles are formed in double:
+// at position 255 a float32 angle would already be off by ~1e-5 rad.
+std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, std::int64_t d, double theta,
+                                             const at::Device& device) {
+  const std::int64_t half = d / 2;
+  at::Tensor cos = at::empty({T, half}, at::kFloat);
+  at::Tensor sin = at::empty({T, half}, at::kFloat);
+  float* c = cos.data_ptr<float>();
+  float* s = sin.data_ptr<float>();
+  for (std::int64_t j = 0; j < half; ++j) {
+    const double freq = std::pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(d));
+    for (std::int64_t p = 0; p < T; ++p) {
+      c[p * half + j] = static_cast<float>(std::cos(p * freq));
+      s[p * half + j] = static_cast<float>(std::sin(p * freq));
+    }
+  }
+  return {cos.to(device), sin.to(device)};
+}
+
+// rotate_half RoPE on [..., T, d]: pair j is (x_j, x_{j+d/2}), rotated by the pair's angle.
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const std::int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half);
+  at::Tensor x2 = x.narrow(-1, half, half);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+// Additive mask [T, T]: 0 where key j is visible to query i (j <= i, inside the sliding window
+// when there is one), -inf elsewhere.
+at::Tensor CausalMask(std::int64_t T, std::int64_t sliding_window, const at::Device& device) {
+  at::Tensor i = at::arange(T, at::kLong).unsqueeze(1);
+  at::Tensor j = at::arange(T, at::kLong).unsqueeze(0);
+  at::Tensor hidden = j > i;
+  if (sliding_window > 0) hidden = hidden.logical_or(j <= i - sliding_window);
+  return at::zeros({T, T}, at::kFloat)
+      .masked_fill(hidden, -std::numeric_limits<float>::infinity())
+      .to(device);
+}
+
+FloatView ViewOf(const at::Tensor& cpu) {
+  return FloatView{cpu.data_ptr<float>(), cpu.sizes().vec()};
+}
+
+}  // namespace
+
+at::Device ParseDevice(const std::string& spec) {
+  if (spec == "cpu") return at::Device(at::kCPU);
+  if (spec.rfind("cuda", 0) == 0) {
+    if (!at::hasCUDA()) {
+      Fail("--device " + spec,
+           "this kvfold was built against a LibTorch without CUDA (see README: CUDA builds)");
+    }
+    at::Device device(at::kCPU);
+    try {
+      device = at::Device(spec);
+    } catch (const c10::Error&) {
+      Fail("--device " + spec, "not a device name (use cpu, cuda or cuda:N)");
+    }
+    const int count = at::detail::getCUDAHooks().getNumGPUs();
+    if (device.index() >= count || count == 0) {
+      Fail("--device " + spec, "no such CUDA device (" + std::to_string(count) + " visible)");
+    }
+    return device;
+  }
+  Fail("--device " + spec, "unknown device (use cpu, cuda or cuda:N)");
+}
+
+at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver* observer) const {
+  c10::InferenceMode inference;
+  const std::int64_t B = tokens.size(0), T = tokens.size(1);
+  const std::int64_t H = config.num_attention_heads, KV = config.num_key_value_heads;
+  const std::int64_t d = config.head_dim, D = config.hidden_size, I = config.intermediate_size;
+  const std::int64_t group = H / KV;
+  const double eps = config.rms_norm_eps;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+
+  auto [cos, sin] = RopeTables(T, d, config.rope_theta, device);
+  const at::Tensor mask = CausalMask(T, config.sliding_window, device);
+
+  at::Tensor x = at::embedding(embed, tokens.reshape({B * T}));  // [N, D]
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const LlamaLayerWeights& w = layers[l];
+    const at::Tensor h = RmsNorm(x, w.attn_norm, eps);
+    const at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv);  // [N, (H + 2 KV) d]
+    auto heads = [&](std::int64_t offset, std::int64_t n) {   // -> [B, n, T, d]
+      return qkv.narrow(1, offset * d, n * d).view({B, T, n, d}).permute({0, 2, 1, 3});
+    };
+    const at::Tensor q = heads(0, H), k = heads(H, KV), v = heads(H + KV, KV);
+    const at::Tensor q_rope = ApplyRope(q, cos, sin);
+    const at::Tensor k_rope = ApplyRope(k, cos, sin);
+
+    if (observer != nullptr) {
+      const unsigned wants = observer->Wants(static_cast<int>(l));
+      if (wants != 0) {
+        std::vector<at::Tensor> keep;  // CPU copies alive for the duration of Observe()
+        auto capture = [&](unsigned bit, const at::Tensor& t, FloatView* view) {
+          if (!(wants & bit)) return;
+          keep.push_back(t.to(at::kCPU).contiguous());
+          *view = ViewOf(keep.back());
+        };
+        AttentionCapture c;
+        c.layer = static_cast<int>(l);
+        capture(kCaptureAttnInput, h.view({B, T, D}), &c.attn_input);
+        capture(kCaptureQueryPreRope, q, &c.query_pre_rope);
+        capture(kCaptureQueryPostRope, q_rope, &c.query_post_rope);
+        capture(kCaptureKeyPreRope, k, &c.key_pre_rope);
+        capture(kCaptureKeyPostRope, k_rope, &c.key_post_rope);
+        capture(kCaptureValue, v, &c.value);
+        observer->Observe(c);
+      }
+    }
+
+    // GQA without repeating K/V: the `group` query heads of a KV head are stacked along the
+    // row axis, so one batched matmul per KV head computes all their scores.
+    const at::Tensor qg = (q_rope * scale).reshape({B, KV, group * T, d});
+    at::Tensor probs = at::matmul(qg, k_rope.transpose(-1, -2)).view({B, KV, group, T, T});
+    probs = at::softmax(probs + mask, -1).view({B, KV, group * T, T});
+    const at::Tensor ctx = at::matmul(probs, v)                       // [B, KV, group T, d]
+                               .view({B, H, T, d})
+                               .permute({0, 2, 1, 3})
+                               .reshape({B * T, H * d});
+    x.add_(at::linear(ctx, w.w_o, w.b_o));
+
+    const at::Tensor h2 = RmsNorm(x, w.mlp_norm, eps);
+    const at::Tensor gate_up = at::linear(h2, w.w_gate_up, w.b_gate_up);
+    x.add_(at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down,
+                      w.b_down));
+  }
+  return at::linear(RmsNorm(x, final_norm, eps), lm_head).view({B, T, -1});
+}
+
+}  // namespace kvfold

@@ -1,0 +1,38 @@
+// LibTorch internals of the reference runtime: the weights on the device and the batched
+// forward pass. Include only from runtime_check sources that already pay for ATen.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "formats/checkpoint.h"
+#include "runtime_check/layer_observer.h"
+#include "runtime_check/reference_model.h"
+
+namespace kvfold {
+
+struct LlamaLayerWeights {
+  at::Tensor attn_norm;
+  at::Tensor w_qkv, b_qkv;      // q, k and v projections stacked: one GEMM instead of three
+  at::Tensor w_o, b_o;
+  at::Tensor mlp_norm;
+  at::Tensor w_gate_up, b_gate_up;  // gate and up stacked
+  at::Tensor w_down, b_down;
+};
+
+struct ReferenceModel::Impl {
+  ModelConfig config;
+  at::Device device{at::kCPU};
+  at::Tensor embed;       // [V, D]
+  at::Tensor final_norm;  // [D]
+  at::Tensor lm_head;     // [V, D] (the embedding when tied)
+  std::vector<LlamaLayerWeights> layers;
+
+  // Logits [B, T, V] for int64 tokens [B, T] on `device`.
+  at::Tensor Forward(const at::Tensor& tokens, LayerObserver* observer) const;
+};
+
+at::Device ParseDevice(const std::string& spec);
+
+}  // namespace kvfold

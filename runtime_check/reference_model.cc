@@ -1,0 +1,99 @@
+#include "runtime_check/reference_model.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include "formats/error.h"
+#include "runtime_check/llama_forward.h"
+
+namespace kvfold {
+namespace {
+
+at::Tensor LoadTensor(const Checkpoint& ck, const TensorId& id, const at::Device& device) {
+  const TensorRef& ref = ck.Tensor(id);
+  at::Tensor t = at::empty(ref.entry->shape, at::kFloat);
+  ck.tensors.ReadF32(ref.entry->name, t.data_ptr<float>());
+  return t.to(device);
+}
+
+// The optional tensor `id`, or an undefined tensor when the config says it is absent.
+at::Tensor LoadOptional(const Checkpoint& ck, bool present, const TensorId& id,
+                        const at::Device& device) {
+  return present ? LoadTensor(ck, id, device) : at::Tensor();
+}
+
+at::Tensor CatDefined(std::vector<at::Tensor> parts) {
+  return parts.front().defined() ? at::cat(parts, 0) : at::Tensor();
+}
+
+}  // namespace
+
+ReferenceModel::ReferenceModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ReferenceModel::~ReferenceModel() = default;
+
+std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
+                                                     const RuntimeOptions& options) {
+  if (options.threads > 0) at::set_num_threads(options.threads);
+  auto impl = std::make_unique<Impl>();
+  impl->config = ck.config;
+  impl->device = ParseDevice(options.device);
+  const at::Device dev = impl->device;
+  const ModelConfig& c = ck.config;
+
+  c10::InferenceMode inference;
+  impl->embed = LoadTensor(ck, {TensorRole::kEmbedTokens}, dev);
+  impl->final_norm = LoadTensor(ck, {TensorRole::kFinalNorm}, dev);
+  impl->lm_head = c.tie_word_embeddings ? impl->embed : LoadTensor(ck, {TensorRole::kLmHead}, dev);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    auto load = [&](TensorRole r) { return LoadTensor(ck, {r, l}, dev); };
+    auto maybe = [&](bool present, TensorRole r) { return LoadOptional(ck, present, {r, l}, dev); };
+    LlamaLayerWeights w;
+    w.attn_norm = load(TensorRole::kAttnNorm);
+    w.w_qkv = at::cat({load(TensorRole::kQProj), load(TensorRole::kKProj), load(TensorRole::kVProj)}, 0);
+    w.b_qkv = CatDefined({maybe(c.qkv_bias, TensorRole::kQBias), maybe(c.qkv_bias, TensorRole::kKBias),
+                          maybe(c.qkv_bias, TensorRole::kVBias)});
+    w.w_o = load(TensorRole::kOProj);
+    w.b_o = maybe(c.o_bias, TensorRole::kOBias);
+    w.mlp_norm = load(TensorRole::kMlpNorm);
+    w.w_gate_up = at::cat({load(TensorRole::kGateProj), load(TensorRole::kUpProj)}, 0);
+    w.b_gate_up = CatDefined({maybe(c.mlp_bias, TensorRole::kGateBias),
+                              maybe(c.mlp_bias, TensorRole::kUpBias)});
+    w.w_down = load(TensorRole::kDownProj);
+    w.b_down = maybe(c.mlp_bias, TensorRole::kDownBias);
+    impl->layers.push_back(std::move(w));
+  }
+  return std::unique_ptr<ReferenceModel>(new ReferenceModel(std::move(impl)));
+}
+
+const ModelConfig& ReferenceModel::config() const { return impl_->config; }
+std::string ReferenceModel::device() const { return impl_->device.str(); }
+
+std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids,
+                                          LayerObserver* observer) const {
+  if (ids.empty()) Fail("Logits", "empty input");
+  at::Tensor tokens = at::empty({1, static_cast<std::int64_t>(ids.size())}, at::kLong);
+  std::int64_t* p_tokens = tokens.data_ptr<std::int64_t>();
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= impl_->config.vocab_size) {
+      Fail("Logits", "token id " + std::to_string(ids[i]) + " is outside the vocabulary");
+    }
+    p_tokens[i] = ids[i];
+  }
+  at::Tensor logits = impl_->Forward(tokens.to(impl_->device), observer).to(at::kCPU).contiguous();
+  const float* p = logits.data_ptr<float>();
+  return std::vector<float>(p, p + logits.numel());
+}
+
+void ReferenceModel::Observe(const std::vector<std::int32_t>& tokens, int batch,
+                             LayerObserver& observer) const {
+  if (batch <= 0 || tokens.size() % static_cast<std::size_t>(batch) != 0) {
+    Fail("Observe", "token count is not a multiple of the batch");
+  }
+  const std::int64_t T = static_cast<std::int64_t>(tokens.size()) / batch;
+  at::Tensor t = at::empty({batch, T}, at::kLong);
+  std::int64_t* p = t.data_ptr<std::int64_t>();
+  for (std::size_t i = 0; i < tokens.size(); ++i) p[i] = tokens[i];
+  impl_->Forward(t.to(impl_->device), &observer);
+}
+
+}  // namespace kvfold

@@ -1,0 +1,47 @@
+// ReferenceModel: kvfold's reference runtime for the Llama family (RMSNorm, rotate_half RoPE,
+// GQA, SwiGLU) on LibTorch, CPU or CUDA. This header is LibTorch-free; only the runtime's own
+// sources include ATen, which keeps the rest of the build fast.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "formats/checkpoint.h"
+#include "runtime_check/layer_observer.h"
+
+namespace kvfold {
+
+struct RuntimeOptions {
+  std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
+  int threads = 0;             // CPU threads for LibTorch; 0 = leave LibTorch's default
+};
+
+class ReferenceModel {
+ public:
+  // Loads every weight of `checkpoint` as float32 onto the device. Throws Error for a device
+  // this LibTorch cannot use.
+  static std::unique_ptr<ReferenceModel> Load(const Checkpoint& checkpoint,
+                                              const RuntimeOptions& options);
+  ~ReferenceModel();
+
+  const ModelConfig& config() const;
+  std::string device() const;
+
+  // Logits for one sequence, row-major [ids.size(), vocab] (logits[i] predicts token i+1).
+  std::vector<float> Logits(const std::vector<std::int32_t>& ids,
+                            LayerObserver* observer = nullptr) const;
+
+  // Runs a batch of equal-length sequences ([batch][T] row-major) only for the observer's sake.
+  void Observe(const std::vector<std::int32_t>& tokens, int batch, LayerObserver& observer) const;
+
+  struct Impl;  // defined in runtime_check/llama_forward.h (LibTorch)
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  explicit ReferenceModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvfold

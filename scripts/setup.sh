@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs every Debian package kvfold needs to build and test, and makes sure the BLAS that
+# Debian's libtorch calls (libblas.so.3) is OpenBLAS: reference BLAS is ~10x slower.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build clang libclang-rt-14-dev
+  libtorch-dev libeigen3-dev libopenblas-dev liblapacke-dev
+  catch2 nlohmann-json3-dev libcli11-dev libsentencepiece-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+arch_triplet=$(gcc -print-multiarch)
+openblas="/usr/lib/${arch_triplet}/openblas-pthread/libblas.so.3"
+current=$(readlink -f "/usr/lib/${arch_triplet}/libblas.so.3" || true)
+if [ "$current" != "$(readlink -f "$openblas")" ]; then
+  echo "setup: selecting OpenBLAS for libblas.so.3 (was ${current:-unset})" >&2
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo update-alternatives --set "libblas.so.3-${arch_triplet}" "$openblas" >/dev/null
+fi
+echo "setup: dependencies ready" >&2

@@ -1,0 +1,87 @@
+#include "tests/test_support.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace kvfold::test {
+
+std::string SharedPath(const std::string& relative) {
+  const char* env = std::getenv("KVFOLD_SHARED");
+  const std::string root = env ? env : KVFOLD_SHARED_DIR;
+  struct stat st {};
+  if (::stat(root.c_str(), &st) != 0) {
+    FAIL("shared data folder not found at " << root << " (set KVFOLD_SHARED)");
+  }
+  return root + "/" + relative;
+}
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base ? base : "/tmp") + "/kvfold-test-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (::mkdtemp(buf.data()) == nullptr) FAIL("mkdtemp failed");
+  path_ = buf.data();
+}
+
+TempDir::~TempDir() {
+  const std::string cmd = "rm -rf '" + path_ + "'";
+  if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", path_.c_str());
+}
+
+void WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
+}
+
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n != "." && n != "..") names.push_back(n);
+    }
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+CommandResult RunKvfold(const std::string& args) {
+  TempDir tmp;
+  const std::string out = tmp.File("out"), err = tmp.File("err");
+  const std::string cmd = std::string(KVFOLD_BIN) + " " + args + " >" + out + " 2>" + err;
+  const int status = std::system(cmd.c_str());
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = ReadBytes(out);
+  r.err = ReadBytes(err);
+  return r;
+}
+
+std::string SafetensorsBytes(const std::string& header_json, const std::string& data) {
+  std::string bytes(8, '\0');
+  const std::uint64_t n = header_json.size();
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return bytes + header_json + data;
+}
+
+}  // namespace kvfold::test

@@ -1,0 +1,41 @@
+// Helpers shared by kvfold's tests: paths into ../shared, scratch folders, running the CLI.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvfold::test {
+
+// Absolute path of `relative` inside the shared data folder (KVFOLD_SHARED overrides the
+// configured one). Fails the test when the folder is missing: tests never skip silently.
+std::string SharedPath(const std::string& relative);
+
+// A fresh directory under $TMPDIR, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+void WriteBytes(const std::string& path, const std::string& bytes);
+std::string ReadBytes(const std::string& path);
+std::vector<std::string> ListDir(const std::string& dir);
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+// Runs the built kvfold binary with `args` (already shell-quoted where needed).
+CommandResult RunKvfold(const std::string& args);
+
+// Builds a safetensors file image from a raw header JSON and a data area.
+std::string SafetensorsBytes(const std::string& header_json, const std::string& data);
+
+}  // namespace kvfold::test

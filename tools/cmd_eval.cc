@@ -1,0 +1,126 @@
+// kvfold eval MODEL --text FILE [--window 256] [--max-windows N] [--compare ORIGINAL] [--json]
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "calib/text.h"
+#include "calib/tokenizer.h"
+#include "calib/windows.h"
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "formats/version.h"
+#include "runtime_check/evaluate.h"
+#include "tools/commands.h"
+
+namespace kvfold {
+namespace {
+
+struct EvalArgs {
+  std::string model;
+  std::string text;
+  std::string compare;
+  int window = 256;
+  int max_windows = -1;
+  int batch = 0;
+  int threads = 0;
+  std::string device = "cpu";
+  bool json = false;
+  bool quiet = false;
+};
+
+void AddPerplexityFields(const PerplexityResult& r, nlohmann::ordered_json& j) {
+  j["ppl"] = r.ppl;
+  j["mean_nll"] = r.mean_nll;
+  j["tokens_predicted"] = r.tokens_predicted;
+  j["seconds"] = r.seconds;
+  j["tokens_per_second"] = r.tokens_per_second;
+}
+
+int RunEval(const EvalArgs& a) {
+  const Checkpoint ck = OpenCheckpoint(a.model);
+  if (ck.tokenizer_path.empty()) Fail(a.model, "no tokenizer.model in the model folder");
+  if (a.max_windows == 0) Fail("--max-windows", "must be positive");
+  const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
+  if (tokenizer->vocab_size() > ck.config.vocab_size) {
+    Fail(ck.tokenizer_path, "tokenizer has " + std::to_string(tokenizer->vocab_size()) +
+                                " pieces but the model only " +
+                                std::to_string(ck.config.vocab_size));
+  }
+  const std::vector<std::int32_t> tokens = tokenizer->Encode(LoadText(a.text));
+  const std::vector<TokenWindow> windows = CutWindows(tokens, a.window, a.max_windows, a.text);
+
+  RuntimeOptions runtime{a.device, a.threads};
+  EvalOptions options{a.batch, !a.quiet};
+  const auto model = ReferenceModel::Load(ck, runtime);
+  const std::int32_t bos = tokenizer->bos_id();
+
+  nlohmann::ordered_json j = {{"kvfold_version", kVersion},
+                              {"protocol", "kvfold-ppl-v1"},
+                              {"model", a.model},
+                              {"text", a.text},
+                              {"text_tokens", tokens.size()},
+                              {"window", a.window},
+                              {"windows", windows.size()},
+                              {"device", model->device()}};
+  PerplexityResult result;
+  ComparisonResult cmp;
+  if (a.compare.empty()) {
+    result = EvaluatePerplexity(*model, windows, bos, options);
+    AddPerplexityFields(result, j);
+  } else {
+    const Checkpoint original_ck = OpenCheckpoint(a.compare);
+    const auto original = ReferenceModel::Load(original_ck, runtime);
+    cmp = CompareModels(*original, *model, windows, bos, options);
+    result = cmp.other;
+    AddPerplexityFields(result, j);
+    nlohmann::ordered_json c = {{"model", a.compare}};
+    AddPerplexityFields(cmp.base, c);
+    c["kl"] = cmp.kl;
+    c["top1_agreement"] = cmp.top1_agreement;
+    c["delta_nll"] = cmp.delta_nll;
+    j["compare"] = c;
+  }
+
+  if (a.json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  std::printf("model        %s\n", a.model.c_str());
+  std::printf("text         %s (%zu tokens; %zu windows of %d, %lld tokens predicted)\n",
+              a.text.c_str(), tokens.size(), windows.size(), a.window,
+              static_cast<long long>(result.tokens_predicted));
+  std::printf("ppl          %.4f  (mean NLL %.6f nats)\n", result.ppl, result.mean_nll);
+  if (!a.compare.empty()) {
+    std::printf("original     %.4f  (mean NLL %.6f nats)  %s\n", cmp.base.ppl, cmp.base.mean_nll,
+                a.compare.c_str());
+    std::printf("KL           %.6f nats/token  (original || model)\n", cmp.kl);
+    std::printf("top-1        %.2f%% agreement\n", 100.0 * cmp.top1_agreement);
+    std::printf("delta NLL    %+.6f nats/token\n", cmp.delta_nll);
+  }
+  std::printf("speed        %.0f tokens/s on %s\n", result.tokens_per_second,
+              model->device().c_str());
+  return 0;
+}
+
+}  // namespace
+
+Command AddEvalCommand(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "eval", "Perplexity by kvfold-ppl-v1; with --compare, KL/top-1/delta NLL vs the original");
+  sub->add_option("MODEL", a->model, "HuggingFace model folder to evaluate")->required();
+  sub->add_option("--text", a->text, "UTF-8 evaluation text")->required();
+  sub->add_option("--window", a->window, "Tokens per window")->capture_default_str();
+  sub->add_option("--max-windows", a->max_windows, "Use only the first N windows");
+  sub->add_option("--compare", a->compare, "Original model to compare against (same tokenizer)");
+  sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)");
+  sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~4096 tokens)");
+  sub->add_flag("--json", a->json, "Print JSON instead of text");
+  sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
+  return {sub, [a] { return RunEval(*a); }};
+}
+
+}  // namespace kvfold

@@ -1,0 +1,19 @@
+// The kvfold subcommands: each registers its options on the CLI11 app and returns the function
+// that runs it. A subcommand only turns arguments into a library call and prints the result.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace kvfold {
+
+struct Command {
+  CLI::App* sub;            // the parsed subcommand
+  std::function<int()> run; // runs it with the parsed arguments
+};
+
+Command AddInspectCommand(CLI::App& app);
+Command AddEvalCommand(CLI::App& app);
+
+}  // namespace kvfold
