@@ -1,0 +1,19 @@
+#include <catch2/catch.hpp>
+
+#include "calib/windows.h"
+#include "formats/error.h"
+
+using namespace kvfold;
+
+TEST_CASE("windows are consecutive, complete, and capped", "[windows]") {
+  std::vector<std::int32_t> tokens(10);
+  for (int i = 0; i < 10; ++i) tokens[i] = i;
+  auto w = CutWindows(tokens, 3, -1, "t");
+  REQUIRE(w.size() == 3);  // the tail token 9 is dropped
+  CHECK(w[0] == TokenWindow{0, 1, 2});
+  CHECK(w[2] == TokenWindow{6, 7, 8});
+  CHECK(CutWindows(tokens, 3, 2, "t").size() == 2);
+  CHECK_THROWS_WITH(CutWindows(tokens, 11, -1, "t"),
+                    "t: text has 10 tokens, fewer than one window of 11");
+  CHECK_THROWS_AS(CutWindows(tokens, 1, -1, "t"), Error);
+}

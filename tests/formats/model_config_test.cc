@@ -1,0 +1,83 @@
+#include <catch2/catch.hpp>
+
+#include "formats/error.h"
+#include "formats/model_config.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using kvfold::test::SharedPath;
+
+namespace {
+
+const char* kMinimal = R"({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,
+  "num_attention_heads":8,"intermediate_size":128,"vocab_size":100})";
+
+// kMinimal plus `extra` fields; a repeated key overrides (nlohmann keeps the last one).
+std::string With(const std::string& extra) {
+  std::string s = kMinimal;
+  return s.substr(0, s.size() - 1) + "," + extra + "}";
+}
+
+}  // namespace
+
+TEST_CASE("shared configs parse to the documented shapes", "[config][shared]") {
+  const ModelConfig mini = LoadModelConfig(SharedPath("models/mini-mha"));
+  CHECK(mini.model_type == "llama");
+  CHECK(mini.architecture == "LlamaForCausalLM");
+  CHECK(mini.hidden_size == 256);
+  CHECK(mini.num_hidden_layers == 6);
+  CHECK(mini.num_attention_heads == 8);
+  CHECK(mini.num_key_value_heads == 8);
+  CHECK(mini.head_dim == 32);
+  CHECK(mini.tie_word_embeddings);
+  CHECK(mini.rms_norm_eps == Approx(1e-5));
+  CHECK(mini.KvBytesPerToken(4) == 2 * 6 * 8 * 32 * 4);
+
+  const ModelConfig s = LoadModelConfig(SharedPath("models/stories260K"));
+  CHECK(s.num_key_value_heads == 4);
+  CHECK(s.head_dim == 8);
+  CHECK(s.QueriesPerKvHead() == 2);
+}
+
+TEST_CASE("config defaults follow HF", "[config]") {
+  const ModelConfig c = ParseModelConfig(kMinimal, "config.json");
+  CHECK(c.num_key_value_heads == 8);
+  CHECK(c.head_dim == 8);
+  CHECK(c.rope_theta == 10000.0);
+  CHECK_FALSE(c.tie_word_embeddings);
+  CHECK_FALSE(c.qkv_bias);
+  const ModelConfig q = ParseModelConfig(With(R"("model_type":"qwen2")"), "c");
+  CHECK(q.qkv_bias);
+  CHECK_FALSE(q.o_bias);
+  const ModelConfig e = ParseModelConfig(With(R"("eos_token_id":[7,8])"), "c");
+  CHECK(e.eos_token_id == 7);
+}
+
+TEST_CASE("bad configs give one clear line", "[config]") {
+  auto rejects = [](const std::string& text, const std::string& needle) {
+    try {
+      ParseModelConfig(text, "config.json");
+      FAIL("accepted: " << text);
+    } catch (const Error& e) {
+      INFO(e.what());
+      CHECK(std::string(e.what()).rfind("config.json: ", 0) == 0);
+      CHECK(std::string(e.what()).find(needle) != std::string::npos);
+    }
+  };
+  rejects(R"({"model_type":"llama","hidden_size":64})", "missing required field 'num_hidden_layers'");
+  rejects(With(R"("model_type":"gpt2x")"), "unsupported model_type 'gpt2x'");
+  rejects(R"({"hidden_size":64})", "missing required field 'model_type'");
+  rejects(With(R"("num_key_value_heads":3)"), "not a multiple of num_key_value_heads");
+  rejects(With(R"("rope_scaling":{"rope_type":"linear","factor":2.0})"), "rope_scaling");
+  rejects(With(R"("hidden_act":"gelu")"), "hidden_act");
+  rejects(With(R"("head_dim":7)"), "even");
+  rejects(With(R"("hidden_size":-6)"), "'hidden_size' must be a positive integer, got -6");
+  rejects("{not json", "not valid JSON");
+  rejects("[]", "not a JSON object");
+  rejects(With(R"("rms_norm_eps":"small")"), "rms_norm_eps");
+}
+
+TEST_CASE("an explicit default rope_scaling is accepted", "[config]") {
+  CHECK_NOTHROW(ParseModelConfig(With(R"("rope_scaling":{"rope_type":"default"})"), "c"));
+  CHECK_NOTHROW(ParseModelConfig(With(R"("rope_scaling":null)"), "c"));
+}

@@ -1,0 +1,133 @@
+#include <catch2/catch.hpp>
+
+#include <sys/stat.h>
+
+#include <cstring>
+
+#include "formats/dtype.h"
+#include "formats/error.h"
+#include "formats/safetensors_writer.h"
+#include "formats/tensor_store.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using kvfold::test::ListDir;
+using kvfold::test::ReadBytes;
+using kvfold::test::SharedPath;
+using kvfold::test::TempDir;
+
+namespace {
+
+std::string FloatBytes(const std::vector<float>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+}  // namespace
+
+TEST_CASE("written safetensors read back identically", "[safetensors][io]") {
+  TempDir dir;
+  const std::string a = FloatBytes({1, 2, 3, 4, 5, 6});
+  const std::string b = FloatBytes({-1.5f});
+  std::string c(4, '\0');  // two bf16 values
+  const std::uint16_t c_vals[2] = {F32ToBf16(0.5f), F32ToBf16(-2.0f)};
+  std::memcpy(c.data(), c_vals, 4);
+  const std::string path = dir.File("t.safetensors");
+  WriteSafetensors(path,
+                   {{"z.weight", DType::kF32, {2, 3}, a},
+                    {"b", DType::kF32, {}, b},
+                    {"c", DType::kBF16, {2}, c}},
+                   {{"format", "pt"}});
+
+  TensorStore store = TensorStore::OpenFile(path);
+  CHECK(store.Names() == std::vector<std::string>{"b", "c", "z.weight"});
+  CHECK(store.ReadF32("z.weight") == std::vector<float>{1, 2, 3, 4, 5, 6});
+  CHECK(store.ReadF32("c") == std::vector<float>{0.5f, -2.0f});
+  CHECK(store.files()[0]->header().metadata.at("format") == "pt");
+  CHECK(store.files()[0]->header().data_offset % 8 == 0);  // data area aligned
+
+  // Deterministic: the same tensors in another order give the same bytes.
+  const std::string path2 = dir.File("t2.safetensors");
+  WriteSafetensors(path2,
+                   {{"c", DType::kBF16, {2}, c},
+                    {"z.weight", DType::kF32, {2, 3}, a},
+                    {"b", DType::kF32, {}, b}},
+                   {{"format", "pt"}});
+  CHECK(ReadBytes(path) == ReadBytes(path2));
+  // Only the two finished files exist: no temporary left behind.
+  CHECK(ListDir(dir.path()) == std::vector<std::string>{"t.safetensors", "t2.safetensors"});
+}
+
+TEST_CASE("the writer refuses inconsistent tensors and leaves nothing behind", "[safetensors][io]") {
+  TempDir dir;
+  const std::string a = FloatBytes({1, 2, 3});
+  CHECK_THROWS_WITH(WriteSafetensors(dir.File("x.safetensors"), {{"a", DType::kF32, {2, 2}, a}}),
+                    Catch::Contains("its shape needs 16"));
+  CHECK_THROWS_WITH(WriteSafetensors(dir.File("x.safetensors"),
+                                     {{"a", DType::kF32, {3}, a}, {"a", DType::kF32, {3}, a}}),
+                    Catch::Contains("given twice"));
+  CHECK(ListDir(dir.path()).empty());
+}
+
+TEST_CASE("an unwritable output is a clear error", "[safetensors][io]") {
+  TempDir dir;
+  const std::string a = FloatBytes({1});
+  const std::string path = dir.File("missing-folder/x.safetensors");
+  CHECK_THROWS_WITH(WriteSafetensors(path, {{"a", DType::kF32, {1}, a}}),
+                    Catch::StartsWith(path + ": cannot write"));
+}
+
+TEST_CASE("sharded writing produces an HF index that reads back", "[safetensors][io]") {
+  TempDir dir;
+  std::vector<std::string> blobs;
+  std::vector<TensorToWrite> tensors;
+  for (int i = 0; i < 5; ++i) blobs.push_back(FloatBytes(std::vector<float>(100, float(i))));
+  for (int i = 0; i < 5; ++i) {
+    tensors.push_back({"t" + std::to_string(i), DType::kF32, {100}, blobs[i]});
+  }
+  const auto files = WriteSafetensorsModel(dir.path(), tensors, {}, 900);  // 2 tensors a shard
+  CHECK(files == std::vector<std::string>{"model-00001-of-00003.safetensors",
+                                          "model-00002-of-00003.safetensors",
+                                          "model-00003-of-00003.safetensors",
+                                          "model.safetensors.index.json"});
+  TensorStore store = TensorStore::OpenModelDir(dir.path());
+  CHECK(store.files().size() == 3);
+  for (int i = 0; i < 5; ++i) CHECK(store.ReadF32("t" + std::to_string(i))[99] == float(i));
+}
+
+TEST_CASE("a sharded index that disagrees with its shards is rejected", "[safetensors][io]") {
+  TempDir dir;
+  const std::string a = FloatBytes({1});
+  WriteSafetensors(dir.File("s1.safetensors"), {{"a", DType::kF32, {1}, a}});
+  SECTION("index names a tensor the shard lacks") {
+    test::WriteBytes(dir.File("model.safetensors.index.json"),
+                     R"({"weight_map":{"a":"s1.safetensors","b":"s1.safetensors"}})");
+    CHECK_THROWS_WITH(TensorStore::OpenModelDir(dir.path()), Catch::Contains("'b' is not in s1"));
+  }
+  SECTION("index points outside the folder") {
+    test::WriteBytes(dir.File("model.safetensors.index.json"),
+                     R"({"weight_map":{"a":"../s1.safetensors"}})");
+    CHECK_THROWS_WITH(TensorStore::OpenModelDir(dir.path()),
+                      Catch::Contains("not a file name in the model folder"));
+  }
+  SECTION("no weights at all") {
+    CHECK_THROWS_WITH(TensorStore::OpenModelDir(dir.File("nothing")),
+                      Catch::Contains("no model.safetensors"));
+  }
+}
+
+TEST_CASE("the BF16 sharded checkpoint equals mini-mha rounded to BF16", "[safetensors][shared]") {
+  TensorStore f32 = TensorStore::OpenModelDir(SharedPath("models/mini-mha"));
+  TensorStore bf16 = TensorStore::OpenModelDir(SharedPath("models/mini-mha-bf16-sharded"));
+  REQUIRE(bf16.files().size() == 2);
+  REQUIRE(f32.Names() == bf16.Names());
+  for (const std::string& name : {std::string("model.layers.0.self_attn.k_proj.weight"),
+                                  std::string("model.embed_tokens.weight"),
+                                  std::string("model.layers.5.mlp.down_proj.weight")}) {
+    const auto a = f32.ReadF32(name);
+    const auto b = bf16.ReadF32(name);
+    REQUIRE(a.size() == b.size());
+    std::size_t mismatches = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) mismatches += Bf16ToF32(F32ToBf16(a[i])) != b[i];
+    CHECK(mismatches == 0);
+  }
+}

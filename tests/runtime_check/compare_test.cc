@@ -1,0 +1,62 @@
+#include <catch2/catch.hpp>
+
+#include "calib/text.h"
+#include "calib/tokenizer.h"
+#include "calib/windows.h"
+#include "formats/checkpoint.h"
+#include "runtime_check/evaluate.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using kvfold::test::SharedPath;
+
+namespace {
+
+std::vector<TokenWindow> Windows(const Checkpoint& ck, const char* text, int n) {
+  const auto tok = Tokenizer::Load(ck.tokenizer_path);
+  return CutWindows(tok->Encode(LoadText(SharedPath(text))), 256, n, text);
+}
+
+EvalOptions Quiet() {
+  EvalOptions o;
+  o.progress = false;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("a model compared with itself has zero KL and full agreement", "[runtime][compare][shared]") {
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
+  const auto a = ReferenceModel::Load(ck, {"cpu", 2});
+  const auto windows = Windows(ck, "text/tinystories/eval.txt", 8);
+  const ComparisonResult c = CompareModels(*a, *a, windows, 1, Quiet());
+  CHECK(c.kl == Approx(0).margin(1e-9));
+  CHECK(c.top1_agreement == 1.0);
+  CHECK(c.delta_nll == 0.0);
+  CHECK(c.base.mean_nll == c.other.mean_nll);
+}
+
+TEST_CASE("duplicated KV heads change nothing; BF16 rounding changes a little",
+          "[runtime][compare][shared]") {
+  const Checkpoint gqa = OpenCheckpoint(SharedPath("models/stories260K"));
+  const Checkpoint mha = OpenCheckpoint(SharedPath("models/stories260K-mha"));
+  const auto windows = Windows(gqa, "text/tinystories/eval.txt", 8);
+  const auto a = ReferenceModel::Load(gqa, {"cpu", 2});
+  const auto b = ReferenceModel::Load(mha, {"cpu", 2});
+  const ComparisonResult same = CompareModels(*a, *b, windows, 1, Quiet());
+  CHECK(same.kl < 1e-7);  // only float32 rounding of differently shaped GEMMs
+  CHECK(same.top1_agreement == 1.0);
+  CHECK(std::abs(same.delta_nll) < 1e-6);
+
+  const Checkpoint f32 = OpenCheckpoint(SharedPath("models/mini-mha"));
+  const Checkpoint bf16 = OpenCheckpoint(SharedPath("models/mini-mha-bf16-sharded"));
+  const auto mini_windows = Windows(f32, "text/wikitext-2/test.raw.txt", 4);
+  const auto m32 = ReferenceModel::Load(f32, {"cpu", 2});
+  const auto m16 = ReferenceModel::Load(bf16, {"cpu", 2});
+  const ComparisonResult rounded = CompareModels(*m32, *m16, mini_windows, 1, Quiet());
+  CHECK(rounded.kl > 1e-7);   // the rounding is visible...
+  CHECK(rounded.kl < 1e-2);   // ...and small
+  CHECK(rounded.top1_agreement > 0.95);
+  CHECK(rounded.top1_agreement < 1.0);
+  CHECK(rounded.delta_nll == Approx(rounded.other.mean_nll - rounded.base.mean_nll));
+}

@@ -1,0 +1,55 @@
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "calib/text.h"
+#include "calib/tokenizer.h"
+#include "calib/windows.h"
+#include "formats/checkpoint.h"
+#include "runtime_check/evaluate.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using kvfold::test::SharedPath;
+
+namespace {
+
+struct Reference {
+  const char* model;
+  const char* text;
+  double mean_nll;
+  double ppl;
+};
+
+// ../shared/README.md, "Reference figures" (W = 256, N = 64, 16384 tokens predicted).
+constexpr Reference kReferences[] = {
+    {"stories260K", "tinystories/eval.txt", 1.855489, 6.3948},
+    {"stories260K", "tinystories/calib.txt", 1.535308, 4.6428},
+    {"stories260K", "wikitext-2/test.raw.txt", 4.787735, 120.0292},
+    {"stories260K-mha", "tinystories/eval.txt", 1.855489, 6.3948},
+    {"micro-mha", "wikitext-2/test.raw.txt", 4.254129, 70.3955},
+    {"micro-mha", "wikitext-2/valid.tokens.txt", 2.766503, 15.9029},
+    {"mini-mha", "wikitext-2/test.raw.txt", 4.127221, 62.0054},
+    {"mini-mha", "wikitext-2/valid.tokens.txt", 2.640250, 14.0167},
+    {"mini-mha-bf16-sharded", "wikitext-2/test.raw.txt", 4.127416, 62.0174},
+};
+
+}  // namespace
+
+TEST_CASE("kvfold-ppl-v1 reproduces every reference perplexity", "[runtime][ppl][shared]") {
+  for (const Reference& r : kReferences) {
+    INFO(r.model << " on " << r.text);
+    const Checkpoint ck = OpenCheckpoint(SharedPath(std::string("models/") + r.model));
+    const auto tok = Tokenizer::Load(ck.tokenizer_path);
+    const auto tokens = tok->Encode(LoadText(SharedPath(std::string("text/") + r.text)));
+    const auto windows = CutWindows(tokens, 256, 64, r.text);
+    const auto rt = ReferenceModel::Load(ck, {"cpu", 2});
+    EvalOptions options;
+    options.progress = false;
+    const PerplexityResult p = EvaluatePerplexity(*rt, windows, tok->bos_id(), options);
+    CHECK(p.windows == 64);
+    CHECK(p.tokens_predicted == 16384);
+    CHECK(std::abs(p.ppl / r.ppl - 1) < 1e-3);             // the bar: 0.1% relative
+    CHECK(p.mean_nll == Approx(r.mean_nll).epsilon(2e-6)); // what float32 actually achieves
+  }
+}

@@ -1,0 +1,155 @@
+// The kvfold binary end to end: output formats, and one-line errors with non-zero exits for
+// every kind of bad input.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/mapped_file.h"
+#include "tests/test_support.h"
+
+using kvfold::test::CommandResult;
+using kvfold::test::RunKvfold;
+using kvfold::test::SafetensorsBytes;
+using kvfold::test::SharedPath;
+using kvfold::test::TempDir;
+
+namespace {
+
+// A model folder with stories260K's config and tokenizer around the given weights file.
+std::string MakeModelDir(const TempDir& tmp, const std::string& safetensors_bytes) {
+  const std::string dir = tmp.File("model");
+  REQUIRE(std::system(("mkdir -p " + dir).c_str()) == 0);
+  const std::string src = SharedPath("models/stories260K");
+  kvfold::test::WriteBytes(dir + "/config.json", kvfold::ReadFileToString(src + "/config.json"));
+  kvfold::test::WriteBytes(dir + "/tokenizer.model", kvfold::ReadFileToString(src + "/tokenizer.model"));
+  kvfold::test::WriteBytes(dir + "/model.safetensors", safetensors_bytes);
+  return dir;
+}
+
+void ExpectOneLineError(const CommandResult& r, const std::string& must_contain) {
+  INFO("stderr: " << r.err);
+  CHECK(r.exit_code != 0);
+  CHECK(r.out.empty());
+  REQUIRE(!r.err.empty());
+  CHECK(r.err.rfind("kvfold: error: ", 0) == 0);
+  CHECK(r.err.find('\n') == r.err.size() - 1);  // exactly one line
+  CHECK(r.err.find(must_contain) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("inspect prints the model's KV geometry", "[cli][shared]") {
+  const auto r = RunKvfold("inspect " + SharedPath("models/mini-mha") + " --json");
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["num_key_value_heads"] == 8);
+  CHECK(j["head_dim"] == 32);
+  CHECK(j["kv_cache_bytes_per_token"] == 12288);
+  CHECK(j["parameters"] == 4459776);
+  CHECK(j["attention"] == "MHA");
+  const auto text = RunKvfold("inspect " + SharedPath("models/stories260K"));
+  REQUIRE(text.exit_code == 0);
+  CHECK(text.out.find("GQA: 8 query heads, 4 KV heads, head dim 8") != std::string::npos);
+  CHECK(text.out.find("1280 bytes/token at F32") != std::string::npos);
+}
+
+TEST_CASE("eval --json and --compare agree with the protocol", "[cli][shared]") {
+  const std::string text = SharedPath("text/tinystories/eval.txt");
+  const auto r = RunKvfold("eval " + SharedPath("models/stories260K-mha") + " --text " + text +
+                           " --max-windows 4 --quiet --json --compare " +
+                           SharedPath("models/stories260K"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.err.empty());  // --quiet
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["protocol"] == "kvfold-ppl-v1");
+  CHECK(j["windows"] == 4);
+  CHECK(j["tokens_predicted"] == 1024);
+  CHECK(j["compare"]["kl"].get<double>() < 1e-7);  // float32 noise of different GEMM shapes
+  CHECK(j["compare"]["top1_agreement"] == 1.0);
+  CHECK(j["ppl"].get<double>() == Approx(j["compare"]["ppl"].get<double>()).epsilon(1e-6));
+}
+
+TEST_CASE("malformed inputs: one line, non-zero exit", "[cli][errors][shared]") {
+  TempDir tmp;
+  const std::string good_text = SharedPath("text/tinystories/eval.txt");
+  const std::string f32x2 = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+
+  SECTION("truncated safetensors") {
+    const std::string whole = SafetensorsBytes(f32x2, std::string(8, '\0'));
+    const auto dir = MakeModelDir(tmp, whole.substr(0, 30));
+    ExpectOneLineError(RunKvfold("inspect " + dir), "model.safetensors: header length");
+  }
+  SECTION("header offsets past the end") {
+    const auto dir = MakeModelDir(
+        tmp, SafetensorsBytes(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
+                              std::string(8, '\0')));
+    ExpectOneLineError(RunKvfold("inspect " + dir), "past the end");
+  }
+  SECTION("overlapping tensors") {
+    const auto dir = MakeModelDir(
+        tmp, SafetensorsBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                              R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                              std::string(12, '\0')));
+    ExpectOneLineError(RunKvfold("inspect " + dir), "overlap");
+  }
+  SECTION("shape that does not match the bytes") {
+    const auto dir = MakeModelDir(
+        tmp, SafetensorsBytes(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
+                              std::string(8, '\0')));
+    ExpectOneLineError(RunKvfold("inspect " + dir), "shape needs 12 bytes");
+  }
+  SECTION("unknown dtype") {
+    const auto dir = MakeModelDir(
+        tmp, SafetensorsBytes(R"({"a":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,8]}})",
+                              std::string(8, '\0')));
+    ExpectOneLineError(RunKvfold("inspect " + dir), "unknown dtype 'Q4_K'");
+  }
+  SECTION("valid file whose tensors do not fit the config") {
+    const auto dir = MakeModelDir(tmp, SafetensorsBytes(f32x2, std::string(8, '\0')));
+    ExpectOneLineError(RunKvfold("inspect " + dir), "tensor problem(s): missing model.embed_tokens.weight");
+  }
+  SECTION("config missing a required field") {
+    const std::string dir = tmp.File("cfg");
+    REQUIRE(std::system(("mkdir -p " + dir).c_str()) == 0);
+    kvfold::test::WriteBytes(dir + "/config.json", R"({"model_type":"llama","hidden_size":64})");
+    ExpectOneLineError(RunKvfold("inspect " + dir),
+                       "config.json: missing required field 'num_hidden_layers'");
+  }
+  SECTION("unknown architecture") {
+    const std::string dir = tmp.File("cfg");
+    REQUIRE(std::system(("mkdir -p " + dir).c_str()) == 0);
+    kvfold::test::WriteBytes(dir + "/config.json", R"({"model_type":"gpt_neox"})");
+    ExpectOneLineError(RunKvfold("inspect " + dir), "unsupported model_type 'gpt_neox'");
+  }
+  SECTION("text with invalid UTF-8") {
+    kvfold::test::WriteBytes(tmp.File("bad.txt"), "Once upon a time\xff there");
+    ExpectOneLineError(
+        RunKvfold("eval " + SharedPath("models/stories260K") + " --text " + tmp.File("bad.txt")),
+        "bad.txt: invalid UTF-8 at byte offset 16");
+  }
+  SECTION("empty text") {
+    kvfold::test::WriteBytes(tmp.File("empty.txt"), "");
+    ExpectOneLineError(
+        RunKvfold("eval " + SharedPath("models/stories260K") + " --text " + tmp.File("empty.txt")),
+        "empty.txt: text file is empty");
+  }
+  SECTION("text shorter than one window") {
+    kvfold::test::WriteBytes(tmp.File("short.txt"), "Once upon a time.");
+    ExpectOneLineError(
+        RunKvfold("eval " + SharedPath("models/stories260K") + " --text " + tmp.File("short.txt")),
+        "fewer than one window of 256");
+  }
+  SECTION("missing model folder") {
+    ExpectOneLineError(RunKvfold("inspect " + tmp.File("nope")), "not a model folder");
+  }
+  SECTION("CUDA requested without CUDA") {
+    const auto r = RunKvfold("eval " + SharedPath("models/stories260K") + " --text " + good_text +
+                             " --max-windows 1 --quiet --device cuda");
+    if (r.exit_code != 0) ExpectOneLineError(r, "CUDA");
+  }
+  SECTION("usage errors exit non-zero") {
+    CHECK(RunKvfold("eval").exit_code != 0);
+    CHECK(RunKvfold("frobnicate").exit_code != 0);
+  }
+}
