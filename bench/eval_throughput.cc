@@ -37,14 +37,18 @@ double SgemmGflops(std::int64_t m, std::int64_t k, std::int64_t n, int repeats) 
   return 2.0 * m * k * n / best / 1e9;
 }
 
-// FLOPs of one forward per token, as executed: every projection, the full (masked) T x T score
-// and context products, and the LM head.
-double ForwardFlopsPerToken(const kvfold::ModelConfig& c, std::int64_t window) {
+// FLOPs per token of the weight products: q/k/v/o projections, the SwiGLU MLP, the LM head.
+double ProjectionFlopsPerToken(const kvfold::ModelConfig& c) {
   const double D = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads;
   const double d = c.head_dim, I = c.intermediate_size, V = c.vocab_size, L = c.num_hidden_layers;
-  const double projections = D * (H + 2 * KV) * d + H * d * D + 3 * D * I;
-  const double attention = 2 * H * d * static_cast<double>(window);  // QK^T and PV
-  return 2.0 * (L * (projections + attention) + V * D);
+  return 2.0 * (L * (D * (H + 2 * KV) * d + H * d * D + 3 * D * I) + V * D);
+}
+
+// FLOPs per token of causal attention over a window of W: query i reads i + 1 keys for QK^T and
+// again for PV, 2d FLOPs each, so on average 2 d (W + 1) per head.
+double AttentionFlopsPerToken(const kvfold::ModelConfig& c, std::int64_t window) {
+  return static_cast<double>(c.num_hidden_layers) * c.num_attention_heads * 2.0 * c.head_dim *
+         static_cast<double>(window + 1);
 }
 
 }  // namespace
@@ -83,14 +87,16 @@ int main(int argc, char** argv) {
       auto res = kvfold::EvaluatePerplexity(*ref, wins, tok->bos_id(), opts);
       if (r == 0 || res.tokens_per_second > best.tokens_per_second) best = res;
     }
-    const double flops = ForwardFlopsPerToken(ck.config, 256);
+    const double projection_flops = ProjectionFlopsPerToken(ck.config);
+    const double flops = projection_flops + AttentionFlopsPerToken(ck.config, 256);
     const double D = ck.config.hidden_size;
     std::printf("| quantity | value |\n|---|---|\n");
     std::printf("| model | %s |\n| threads | %d |\n", model.c_str(), threads);
     std::printf("| tokens evaluated (best of %d) | %lld |\n", repeats,
                 static_cast<long long>(best.tokens_predicted));
     std::printf("| eval throughput | %.0f tokens/s |\n", best.tokens_per_second);
-    std::printf("| forward cost | %.2f MFLOP/token |\n", flops / 1e6);
+    std::printf("| forward cost | %.2f MFLOP/token (%.2f weight products + %.2f causal attention) |\n",
+                flops / 1e6, projection_flops / 1e6, (flops - projection_flops) / 1e6);
     std::printf("| forward achieved | %.1f GFLOP/s |\n", flops * best.tokens_per_second / 1e9);
     std::printf("| sgemm 2048x2048x2048 | %.1f GFLOP/s |\n", SgemmGflops(2048, 2048, 2048, 5));
     std::printf("| sgemm 4096x%.0fx%.0f (a projection's shape) | %.1f GFLOP/s |\n", D, D,

@@ -1,5 +1,6 @@
 #include "runtime_check/evaluate.h"
 
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 
 #include "formats/error.h"
 #include "formats/progress.h"
+#include "runtime_check/blas_threads.h"
 #include "runtime_check/llama_forward.h"
 
 namespace kvfold {
@@ -41,7 +43,7 @@ Batch MakeBatch(const std::vector<TokenWindow>& windows, std::size_t first, std:
 
 std::size_t WindowsPerBatch(const EvalOptions& options, std::size_t window) {
   if (options.batch_windows > 0) return static_cast<std::size_t>(options.batch_windows);
-  return std::max<std::size_t>(1, 4096 / window);
+  return std::max<std::size_t>(1, 2048 / window);  // measured best on mini-mha (docs/results.md)
 }
 
 void CheckWindows(const std::vector<TokenWindow>& windows) {
@@ -73,6 +75,57 @@ std::string Rate(std::int64_t tokens, double seconds) {
   return buf;
 }
 
+// Partial sums of one group of windows; groups are combined in order, so results do not depend
+// on which thread evaluated what.
+struct GroupSums {
+  double nll_a = 0, nll_b = 0, kl = 0, agree = 0;
+  std::int64_t tokens = 0;
+};
+
+// Evaluates `windows` in groups of `per_group`. On CPU the groups of a round run one per
+// LibTorch thread, each single-threaded inside (BLAS included): no two thread pools compete
+// for the cores. `fn(batch)` returns the group's sums; `after_round(done)` reports progress.
+template <typename Fn, typename AfterRound>
+std::vector<GroupSums> ForEachGroup(const std::vector<TokenWindow>& windows, std::size_t per_group,
+                                    std::int32_t bos, const ReferenceModel::Impl& impl, Fn fn,
+                                    AfterRound after_round) {
+  const std::size_t groups = (windows.size() + per_group - 1) / per_group;
+  const std::size_t per_round =
+      impl.device.is_cpu() ? static_cast<std::size_t>(std::max(1, at::get_num_threads())) : 1;
+  std::vector<GroupSums> sums(groups);
+  auto run_group = [&](std::size_t g) {
+    const std::size_t first = g * per_group;
+    const std::size_t count = std::min(per_group, windows.size() - first);
+    sums[g] = fn(MakeBatch(windows, first, count, bos, impl.config.vocab_size, impl.device));
+  };
+  for (std::size_t round = 0; round < groups; round += per_round) {
+    const std::size_t end = std::min(groups, round + per_round);
+    if (per_round == 1) {
+      run_group(round);
+    } else {
+      ScopedSingleThreadBlas one_blas_thread;
+      at::parallel_for(static_cast<std::int64_t>(round), static_cast<std::int64_t>(end), 1,
+                       [&](std::int64_t b, std::int64_t e) {
+                         for (std::int64_t g = b; g < e; ++g) run_group(static_cast<std::size_t>(g));
+                       });
+    }
+    after_round(std::min(windows.size(), end * per_group));
+  }
+  return sums;
+}
+
+GroupSums Total(const std::vector<GroupSums>& parts) {
+  GroupSums t;
+  for (const auto& p : parts) {
+    t.nll_a += p.nll_a;
+    t.nll_b += p.nll_b;
+    t.kl += p.kl;
+    t.agree += p.agree;
+    t.tokens += p.tokens;
+  }
+  return t;
+}
+
 }  // namespace
 
 PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
@@ -81,19 +134,22 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   CheckWindows(windows);
   c10::InferenceMode inference;
   const auto& impl = model.impl();
-  const std::size_t per_batch = WindowsPerBatch(options, windows.front().size());
   Progress progress("eval", static_cast<std::int64_t>(windows.size()), "windows", options.progress);
-  double nll = 0;
-  std::int64_t tokens = 0;
-  for (std::size_t first = 0; first < windows.size(); first += per_batch) {
-    const std::size_t count = std::min(per_batch, windows.size() - first);
-    Batch batch = MakeBatch(windows, first, count, bos, impl.config.vocab_size, impl.device);
-    at::Tensor log_probs = at::log_softmax(impl.Forward(batch.inputs, nullptr), -1);
-    nll += NllSum(log_probs, batch.targets);
-    tokens += batch.targets.numel();
-    progress.Update(static_cast<std::int64_t>(first + count), Rate(tokens, progress.ElapsedSeconds()));
-  }
-  return Finish(static_cast<int>(windows.size()), tokens, nll, progress.ElapsedSeconds());
+  std::int64_t done_tokens = 0;
+  const GroupSums t = Total(ForEachGroup(
+      windows, WindowsPerBatch(options, windows.front().size()), bos, impl,
+      [&](const Batch& batch) {
+        c10::InferenceMode guard;  // thread-local: each worker needs its own
+        GroupSums s;
+        s.nll_a = NllSum(at::log_softmax(impl.Forward(batch.inputs, nullptr), -1), batch.targets);
+        s.tokens = batch.targets.numel();
+        return s;
+      },
+      [&](std::size_t done) {
+        done_tokens = static_cast<std::int64_t>(done * windows.front().size());
+        progress.Update(static_cast<std::int64_t>(done), Rate(done_tokens, progress.ElapsedSeconds()));
+      }));
+  return Finish(static_cast<int>(windows.size()), t.tokens, t.nll_a, progress.ElapsedSeconds());
 }
 
 ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel& other,
@@ -108,35 +164,31 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
   }
   if (a.device != b.device) Fail("--compare", "models are on different devices");
   c10::InferenceMode inference;
-  const std::size_t per_batch = WindowsPerBatch(options, windows.front().size());
   Progress progress("compare", static_cast<std::int64_t>(windows.size()), "windows",
                     options.progress);
-  double nll_a = 0, nll_b = 0, kl = 0, agree = 0;
-  double seconds_a = 0, seconds_b = 0;
-  std::int64_t tokens = 0;
-  for (std::size_t first = 0; first < windows.size(); first += per_batch) {
-    const std::size_t count = std::min(per_batch, windows.size() - first);
-    Batch batch = MakeBatch(windows, first, count, bos, a.config.vocab_size, a.device);
-    const double t0 = progress.ElapsedSeconds();
-    at::Tensor lp_a = at::log_softmax(a.Forward(batch.inputs, nullptr), -1);
-    nll_a += NllSum(lp_a, batch.targets);
-    const double t1 = progress.ElapsedSeconds();
-    at::Tensor lp_b = at::log_softmax(b.Forward(batch.inputs, nullptr), -1);
-    nll_b += NllSum(lp_b, batch.targets);
-    const double t2 = progress.ElapsedSeconds();
-    seconds_a += t1 - t0;
-    seconds_b += t2 - t1;
-    kl += (lp_a.exp() * (lp_a - lp_b)).sum(-1).to(at::kDouble).sum().item<double>();
-    agree += lp_a.argmax(-1).eq(lp_b.argmax(-1)).sum().item<double>();
-    tokens += batch.targets.numel();
-    progress.Update(static_cast<std::int64_t>(first + count));
-  }
+  const GroupSums t = Total(ForEachGroup(
+      windows, WindowsPerBatch(options, windows.front().size()), bos, a,
+      [&](const Batch& batch) {
+        c10::InferenceMode guard;
+        GroupSums s;
+        const at::Tensor lp_a = at::log_softmax(a.Forward(batch.inputs, nullptr), -1);
+        const at::Tensor lp_b = at::log_softmax(b.Forward(batch.inputs, nullptr), -1);
+        s.nll_a = NllSum(lp_a, batch.targets);
+        s.nll_b = NllSum(lp_b, batch.targets);
+        s.kl = (lp_a.exp() * (lp_a - lp_b)).sum(-1).to(at::kDouble).sum().item<double>();
+        s.agree = lp_a.argmax(-1).eq(lp_b.argmax(-1)).sum().item<double>();
+        s.tokens = batch.targets.numel();
+        return s;
+      },
+      [&](std::size_t done) { progress.Update(static_cast<std::int64_t>(done)); }));
+  // Both models run in every group; each gets half of the wall time.
+  const double seconds = progress.ElapsedSeconds() / 2;
   ComparisonResult r;
   const int n = static_cast<int>(windows.size());
-  r.base = Finish(n, tokens, nll_a, seconds_a);
-  r.other = Finish(n, tokens, nll_b, seconds_b);
-  r.kl = kl / static_cast<double>(tokens);
-  r.top1_agreement = agree / static_cast<double>(tokens);
+  r.base = Finish(n, t.tokens, t.nll_a, seconds);
+  r.other = Finish(n, t.tokens, t.nll_b, seconds);
+  r.kl = t.kl / static_cast<double>(t.tokens);
+  r.top1_agreement = t.agree / static_cast<double>(t.tokens);
   r.delta_nll = r.other.mean_nll - r.base.mean_nll;
   return r;
 }

@@ -12,7 +12,7 @@
 namespace kvfold {
 
 struct EvalOptions {
-  int batch_windows = 0;  // windows per forward batch; 0 = about 4096 tokens per batch
+  int batch_windows = 0;  // windows per forward batch; 0 = about 2048 tokens per batch
   bool progress = true;   // progress lines on stderr
 };
 

@@ -2,11 +2,13 @@
 #include "runtime_check/llama_forward.h"
 
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <cmath>
 
 #include "formats/error.h"
+#include "runtime_check/attention_cpu.h"
 
 namespace kvfold {
 namespace {
@@ -82,6 +84,34 @@ at::Device ParseDevice(const std::string& spec) {
   Fail("--device " + spec, "unknown device (use cpu, cuda or cuda:N)");
 }
 
+namespace {
+
+// Collects the tensors an observer asked for as CPU float32 copies, then hands them over at once.
+class PendingCapture {
+ public:
+  PendingCapture(LayerObserver* observer, int layer)
+      : observer_(observer), wants_(observer ? observer->Wants(layer) : 0u) {
+    capture_.layer = layer;
+  }
+  bool active() const { return wants_ != 0; }
+  void Take(unsigned bit, const at::Tensor& t, FloatView AttentionCapture::*field) {
+    if (!(wants_ & bit)) return;
+    keep_.push_back(t.to(at::kCPU).clone(at::MemoryFormat::Contiguous));
+    capture_.*field = ViewOf(keep_.back());
+  }
+  void Deliver() {
+    if (active()) observer_->Observe(capture_);
+  }
+
+ private:
+  LayerObserver* observer_;
+  unsigned wants_;
+  AttentionCapture capture_;
+  std::vector<at::Tensor> keep_;
+};
+
+}  // namespace
+
 at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver* observer) const {
   c10::InferenceMode inference;
   const std::int64_t B = tokens.size(0), T = tokens.size(1);
@@ -90,52 +120,59 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
   const std::int64_t group = H / KV;
   const double eps = config.rms_norm_eps;
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const bool fused = use_cpu_kernels && device.is_cpu();
+  const QkvLayout layout{B, T, H, KV, d};
 
   auto [cos, sin] = RopeTables(T, d, config.rope_theta, device);
-  const at::Tensor mask = CausalMask(T, config.sliding_window, device);
+  const at::Tensor mask = fused ? at::Tensor() : CausalMask(T, config.sliding_window, device);
 
   at::Tensor x = at::embedding(embed, tokens.reshape({B * T}));  // [N, D]
   for (std::size_t l = 0; l < layers.size(); ++l) {
     const LlamaLayerWeights& w = layers[l];
     const at::Tensor h = RmsNorm(x, w.attn_norm, eps);
-    const at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv);  // [N, (H + 2 KV) d]
-    auto heads = [&](std::int64_t offset, std::int64_t n) {   // -> [B, n, T, d]
+    at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + 2 KV) d]
+    auto heads = [&](std::int64_t offset, std::int64_t n) {        // -> [B, n, T, d] view
       return qkv.narrow(1, offset * d, n * d).view({B, T, n, d}).permute({0, 2, 1, 3});
     };
-    const at::Tensor q = heads(0, H), k = heads(H, KV), v = heads(H + KV, KV);
-    const at::Tensor q_rope = ApplyRope(q, cos, sin);
-    const at::Tensor k_rope = ApplyRope(k, cos, sin);
-
-    if (observer != nullptr) {
-      const unsigned wants = observer->Wants(static_cast<int>(l));
-      if (wants != 0) {
-        std::vector<at::Tensor> keep;  // CPU copies alive for the duration of Observe()
-        auto capture = [&](unsigned bit, const at::Tensor& t, FloatView* view) {
-          if (!(wants & bit)) return;
-          keep.push_back(t.to(at::kCPU).contiguous());
-          *view = ViewOf(keep.back());
-        };
-        AttentionCapture c;
-        c.layer = static_cast<int>(l);
-        capture(kCaptureAttnInput, h.view({B, T, D}), &c.attn_input);
-        capture(kCaptureQueryPreRope, q, &c.query_pre_rope);
-        capture(kCaptureQueryPostRope, q_rope, &c.query_post_rope);
-        capture(kCaptureKeyPreRope, k, &c.key_pre_rope);
-        capture(kCaptureKeyPostRope, k_rope, &c.key_post_rope);
-        capture(kCaptureValue, v, &c.value);
-        observer->Observe(c);
-      }
+    PendingCapture capture(observer, static_cast<int>(l));
+    if (capture.active()) {
+      capture.Take(kCaptureAttnInput, h.view({B, T, D}), &AttentionCapture::attn_input);
+      capture.Take(kCaptureQueryPreRope, heads(0, H), &AttentionCapture::query_pre_rope);
+      capture.Take(kCaptureKeyPreRope, heads(H, KV), &AttentionCapture::key_pre_rope);
+      capture.Take(kCaptureValue, heads(H + KV, KV), &AttentionCapture::value);
     }
 
-    // GQA without repeating K/V: the `group` query heads of a KV head are stacked along the
-    // row axis, so one batched matmul per KV head computes all their scores.
-    const at::Tensor qg = (q_rope * scale).reshape({B, KV, group * T, d});
-    at::Tensor probs = at::matmul(qg, k_rope.transpose(-1, -2)).view({B, KV, group, T, T});
-    probs = at::softmax(probs + mask, -1).view({B, KV, group * T, T});
-    const at::Tensor ctx = at::matmul(probs, v)                       // [B, KV, group T, d]
-                               .view({B, H, T, d})
-                               .permute({0, 2, 1, 3})
-                               .reshape({B * T, H * d});
+    at::Tensor ctx;
+    if (fused) {
+      float* data = qkv.data_ptr<float>();
+      at::parallel_for(0, B * T, 64, [&](std::int64_t begin, std::int64_t end) {
+        ApplyRopeInPlace(data, layout, cos.data_ptr<float>(), sin.data_ptr<float>(), begin, end);
+      });
+      capture.Take(kCaptureQueryPostRope, heads(0, H), &AttentionCapture::query_post_rope);
+      capture.Take(kCaptureKeyPostRope, heads(H, KV), &AttentionCapture::key_post_rope);
+      capture.Deliver();
+      ctx = at::empty({B * T, H * d}, at::kFloat);
+      float* out = ctx.data_ptr<float>();
+      at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
+        CausalAttention(data, layout, static_cast<float>(scale), config.sliding_window, out,
+                        begin, end);
+      });
+    } else {
+      const at::Tensor q_rope = ApplyRope(heads(0, H), cos, sin);
+      const at::Tensor k_rope = ApplyRope(heads(H, KV), cos, sin);
+      capture.Take(kCaptureQueryPostRope, q_rope, &AttentionCapture::query_post_rope);
+      capture.Take(kCaptureKeyPostRope, k_rope, &AttentionCapture::key_post_rope);
+      capture.Deliver();
+      // GQA without repeating K/V: the `group` query heads of a KV head are stacked along the
+      // row axis, so one batched matmul per KV head computes all their scores.
+      const at::Tensor qg = (q_rope * scale).reshape({B, KV, group * T, d});
+      at::Tensor probs = at::matmul(qg, k_rope.transpose(-1, -2)).view({B, KV, group, T, T});
+      probs = at::softmax(probs + mask, -1).view({B, KV, group * T, T});
+      ctx = at::matmul(probs, heads(H + KV, KV))  // [B, KV, group T, d]
+                .view({B, H, T, d})
+                .permute({0, 2, 1, 3})
+                .reshape({B * T, H * d});
+    }
     x.add_(at::linear(ctx, w.w_o, w.b_o));
 
     const at::Tensor h2 = RmsNorm(x, w.mlp_norm, eps);

@@ -24,6 +24,7 @@ struct LlamaLayerWeights {
 struct ReferenceModel::Impl {
   ModelConfig config;
   at::Device device{at::kCPU};
+  bool use_cpu_kernels = false;  // fused RoPE/attention kernels (CPU with AVX2+FMA only)
   at::Tensor embed;       // [V, D]
   at::Tensor final_norm;  // [D]
   at::Tensor lm_head;     // [V, D] (the embedding when tied)

@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "formats/error.h"
+#include "runtime_check/attention_cpu.h"
 #include "runtime_check/llama_forward.h"
 
 namespace kvfold {
@@ -37,6 +38,7 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
   auto impl = std::make_unique<Impl>();
   impl->config = ck.config;
   impl->device = ParseDevice(options.device);
+  impl->use_cpu_kernels = options.fused_cpu_kernels && CpuHasAttentionKernels();
   const at::Device dev = impl->device;
   const ModelConfig& c = ck.config;
 

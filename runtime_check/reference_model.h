@@ -16,6 +16,7 @@ namespace kvfold {
 struct RuntimeOptions {
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
   int threads = 0;             // CPU threads for LibTorch; 0 = leave LibTorch's default
+  bool fused_cpu_kernels = true;  // false: attention through plain ATen ops (for cross-checks)
 };
 
 class ReferenceModel {

@@ -117,7 +117,7 @@ Command AddEvalCommand(CLI::App& app) {
   sub->add_option("--compare", a->compare, "Original model to compare against (same tokenizer)");
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)");
-  sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~4096 tokens)");
+  sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~2048 tokens)");
   sub->add_flag("--json", a->json, "Print JSON instead of text");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
   return {sub, [a] { return RunEval(*a); }};

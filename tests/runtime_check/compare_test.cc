@@ -60,3 +60,18 @@ TEST_CASE("duplicated KV heads change nothing; BF16 rounding changes a little",
   CHECK(rounded.top1_agreement < 1.0);
   CHECK(rounded.delta_nll == Approx(rounded.other.mean_nll - rounded.base.mean_nll));
 }
+
+TEST_CASE("results do not depend on batch size or thread count", "[runtime][determinism][shared]") {
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/micro-mha"));
+  const auto windows = Windows(ck, "text/wikitext-2/test.raw.txt", 12);
+  EvalOptions by3 = Quiet(), by5 = Quiet();
+  by3.batch_windows = 3;
+  by5.batch_windows = 5;
+  const auto two = ReferenceModel::Load(ck, {"cpu", 2});
+  const PerplexityResult a = EvaluatePerplexity(*two, windows, 1, by3);
+  const PerplexityResult b = EvaluatePerplexity(*two, windows, 1, by5);
+  const PerplexityResult again = EvaluatePerplexity(*two, windows, 1, by3);
+  CHECK(a.mean_nll == again.mean_nll);  // bit-identical on a rerun
+  CHECK(a.mean_nll == Approx(b.mean_nll).epsilon(1e-7));
+  CHECK(a.tokens_predicted == 12 * 256);
+}

@@ -1,0 +1,33 @@
+// Fused CPU kernels for the attention block of the reference forward: RoPE applied in place to
+// the stacked q/k/v projections, and causal softmax attention that touches only the visible
+// half of the score matrix. LibTorch-free; compiled for AVX2+FMA and used only where the CPU
+// has both (CpuHasAttentionKernels), else the forward pass falls back to ATen ops.
+#pragma once
+
+#include <cstdint>
+
+namespace kvfold {
+
+// Layout shared by both kernels: `qkv` is row-major [B * T, (H + 2 KV) * d]; row b*T + t holds
+// the H query heads, then the KV key heads, then the KV value heads of token t of sequence b.
+struct QkvLayout {
+  std::int64_t batch = 0, tokens = 0;  // B, T
+  std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  std::int64_t row() const { return (heads + 2 * kv_heads) * head_dim; }
+};
+
+bool CpuHasAttentionKernels();
+
+// Rotates the query and key heads of rows [first_row, last_row) in place (rotate_half layout:
+// pair j = channels j and j + d/2). `cos`/`sin` are [T, d/2]; a row's position is row % T.
+void ApplyRopeInPlace(float* qkv, const QkvLayout& layout, const float* cos, const float* sin,
+                      std::int64_t first_row, std::int64_t last_row);
+
+// Causal attention for the (sequence, KV head) pairs [first, last) (pair = b * KV + g): writes
+// softmax(scale * q k^T + causal mask) v for the query heads that read KV head g into `ctx`,
+// row-major [B * T, H * d]. `sliding_window` > 0 also hides keys at distance >= the window.
+void CausalAttention(const float* qkv, const QkvLayout& layout, float scale,
+                     std::int64_t sliding_window, float* ctx, std::int64_t first,
+                     std::int64_t last);
+
+}  // namespace kvfold
