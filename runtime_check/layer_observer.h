@@ -18,13 +18,15 @@ struct FloatView {
   }
 };
 
+// Shapes are token-major: row (b, t) holds every head of token t of sequence b, so a capture
+// reshaped to [B * T, heads * d] is the matrix whose second moment calibration needs.
 enum CaptureBits : unsigned {
   kCaptureAttnInput = 1u << 0,      // h after input_layernorm        [B, T, D]
-  kCaptureQueryPreRope = 1u << 1,   // queries before RoPE            [B, H, T, d]
-  kCaptureQueryPostRope = 1u << 2,  // queries after RoPE             [B, H, T, d]
-  kCaptureKeyPreRope = 1u << 3,     // keys before RoPE               [B, KV, T, d]
-  kCaptureKeyPostRope = 1u << 4,    // keys after RoPE                [B, KV, T, d]
-  kCaptureValue = 1u << 5,          // values                         [B, KV, T, d]
+  kCaptureQueryPreRope = 1u << 1,   // queries before RoPE            [B, T, H, d]
+  kCaptureQueryPostRope = 1u << 2,  // queries after RoPE             [B, T, H, d]
+  kCaptureKeyPreRope = 1u << 3,     // keys before RoPE               [B, T, KV, d]
+  kCaptureKeyPostRope = 1u << 4,    // keys after RoPE                [B, T, KV, d]
+  kCaptureValue = 1u << 5,          // values                         [B, T, KV, d]
 };
 
 struct AttentionCapture {

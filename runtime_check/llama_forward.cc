@@ -131,9 +131,10 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
     const LlamaLayerWeights& w = layers[l];
     const at::Tensor h = RmsNorm(x, w.attn_norm, eps);
     at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + 2 KV) d]
-    auto heads = [&](std::int64_t offset, std::int64_t n) {        // -> [B, n, T, d] view
-      return qkv.narrow(1, offset * d, n * d).view({B, T, n, d}).permute({0, 2, 1, 3});
+    auto heads = [&](std::int64_t offset, std::int64_t n) {        // -> [B, T, n, d] view
+      return qkv.narrow(1, offset * d, n * d).view({B, T, n, d});
     };
+    auto head_major = [](const at::Tensor& t) { return t.permute({0, 2, 1, 3}); };
     PendingCapture capture(observer, static_cast<int>(l));
     if (capture.active()) {
       capture.Take(kCaptureAttnInput, h.view({B, T, D}), &AttentionCapture::attn_input);
@@ -158,17 +159,17 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
                         begin, end);
       });
     } else {
-      const at::Tensor q_rope = ApplyRope(heads(0, H), cos, sin);
-      const at::Tensor k_rope = ApplyRope(heads(H, KV), cos, sin);
-      capture.Take(kCaptureQueryPostRope, q_rope, &AttentionCapture::query_post_rope);
-      capture.Take(kCaptureKeyPostRope, k_rope, &AttentionCapture::key_post_rope);
+      const at::Tensor q_rope = ApplyRope(head_major(heads(0, H)), cos, sin);  // [B, H, T, d]
+      const at::Tensor k_rope = ApplyRope(head_major(heads(H, KV)), cos, sin);
+      capture.Take(kCaptureQueryPostRope, head_major(q_rope), &AttentionCapture::query_post_rope);
+      capture.Take(kCaptureKeyPostRope, head_major(k_rope), &AttentionCapture::key_post_rope);
       capture.Deliver();
       // GQA without repeating K/V: the `group` query heads of a KV head are stacked along the
       // row axis, so one batched matmul per KV head computes all their scores.
       const at::Tensor qg = (q_rope * scale).reshape({B, KV, group * T, d});
       at::Tensor probs = at::matmul(qg, k_rope.transpose(-1, -2)).view({B, KV, group, T, T});
       probs = at::softmax(probs + mask, -1).view({B, KV, group * T, T});
-      ctx = at::matmul(probs, heads(H + KV, KV))  // [B, KV, group T, d]
+      ctx = at::matmul(probs, head_major(heads(H + KV, KV)))  // [B, KV, group T, d]
                 .view({B, H, T, d})
                 .permute({0, 2, 1, 3})
                 .reshape({B * T, H * d});

@@ -26,16 +26,17 @@ class CheckingObserver : public LayerObserver {
     input_shape = c.attn_input.shape;
     key_shape = c.key_post_rope.shape;
     query_shape = c.query_post_rope.shape;
-    const std::int64_t B = key_shape[0], KV = key_shape[1], T = key_shape[2], d = key_shape[3];
+    const std::int64_t B = key_shape[0], T = key_shape[1], KV = key_shape[2], d = key_shape[3];
     // RoPE rotates: the L2 norm of every key is unchanged, and position 0 is not rotated.
-    for (std::int64_t i = 0; i < B * KV * T; ++i) {
+    for (std::int64_t i = 0; i < B * T * KV; ++i) {
+      const std::int64_t position = (i / KV) % T;
       double pre = 0, post = 0;
       for (std::int64_t j = 0; j < d; ++j) {
         pre += std::pow(c.key_pre_rope.data[i * d + j], 2);
         post += std::pow(c.key_post_rope.data[i * d + j], 2);
       }
       worst_norm_change = std::max(worst_norm_change, std::abs(std::sqrt(pre) - std::sqrt(post)));
-      if (i % T == 0) {
+      if (position == 0) {
         for (std::int64_t j = 0; j < d; ++j) {
           position0_equal &= c.key_pre_rope.data[i * d + j] == c.key_post_rope.data[i * d + j];
         }
@@ -44,7 +45,10 @@ class CheckingObserver : public LayerObserver {
       }
     }
     CHECK(c.value.size() == c.key_pre_rope.size());
+    keys_post.assign(c.key_post_rope.data, c.key_post_rope.data + c.key_post_rope.size());
+    queries_post.assign(c.query_post_rope.data, c.query_post_rope.data + c.query_post_rope.size());
   }
+  std::vector<float> keys_post, queries_post;
   int calls = 0;
   int layer = -1;
   std::vector<std::int64_t> input_shape, key_shape, query_shape;
@@ -65,8 +69,8 @@ TEST_CASE("the layer observer sees exactly what it asked for", "[runtime][observ
   CHECK(obs.calls == 1);
   CHECK(obs.layer == 1);
   CHECK(obs.input_shape == std::vector<std::int64_t>{2, 16, 64});
-  CHECK(obs.key_shape == std::vector<std::int64_t>{2, 4, 16, 8});
-  CHECK(obs.query_shape == std::vector<std::int64_t>{2, 8, 16, 8});
+  CHECK(obs.key_shape == std::vector<std::int64_t>{2, 16, 4, 8});
+  CHECK(obs.query_shape == std::vector<std::int64_t>{2, 16, 8, 8});
   CHECK(obs.worst_norm_change < 1e-5);
   CHECK(obs.position0_equal);
   CHECK(obs.rotated_somewhere);
@@ -76,6 +80,20 @@ TEST_CASE("the layer observer sees exactly what it asked for", "[runtime][observ
   CheckingObserver obs2;
   CHECK(rt->Logits(one, &obs2) == rt->Logits(one));
   CHECK_THROWS_AS(rt->Observe(tokens, 3, obs), Error);
+
+  // The ATen path captures the same tensors in the same layout.
+  RuntimeOptions aten_options;
+  aten_options.fused_cpu_kernels = false;
+  const auto aten = ReferenceModel::Load(ck, aten_options);
+  CheckingObserver aten_obs;
+  aten->Observe(tokens, 2, aten_obs);
+  REQUIRE(aten_obs.keys_post.size() == obs.keys_post.size());
+  for (std::size_t i = 0; i < obs.keys_post.size(); ++i) {
+    REQUIRE(std::abs(aten_obs.keys_post[i] - obs.keys_post[i]) < 1e-5 * (1 + std::abs(obs.keys_post[i])));
+  }
+  for (std::size_t i = 0; i < obs.queries_post.size(); ++i) {
+    REQUIRE(std::abs(aten_obs.queries_post[i] - obs.queries_post[i]) < 1e-5 * (1 + std::abs(obs.queries_post[i])));
+  }
 }
 
 TEST_CASE("devices: unknown names fail cleanly, CUDA matches CPU where present", "[runtime][device][shared]") {
