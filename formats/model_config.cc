@@ -148,7 +148,39 @@ ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file
     c.eos_token_id = f.Int("eos_token_id", 2);
   }
   c.torch_dtype = f.String("torch_dtype", "");
+  if (f.Has(kKeyReconstructField)) {
+    const json& block = doc[kKeyReconstructField];
+    if (!block.is_object()) Fail(file_name, std::string("field '") + kKeyReconstructField + "' must be an object");
+    FieldReader r(block, file_name);
+    c.key_projection_heads = r.PositiveInt("key_projection_heads");
+    if (c.key_projection_heads % c.num_key_value_heads != 0 ||
+        c.num_attention_heads % c.key_projection_heads != 0) {
+      Fail(file_name, "key_projection_heads must be a multiple of num_key_value_heads and divide "
+                      "num_attention_heads");
+    }
+  }
   return c;
+}
+
+std::string UpdateConfigJson(std::string_view original, const ModelConfig& config,
+                             const std::string& file_name) {
+  nlohmann::ordered_json doc;
+  try {
+    doc = nlohmann::ordered_json::parse(original.begin(), original.end());
+  } catch (const nlohmann::ordered_json::exception& e) {
+    Fail(file_name, std::string("not valid JSON (") + e.what() + ")");
+  }
+  doc["num_key_value_heads"] = config.num_key_value_heads;
+  doc["head_dim"] = config.head_dim;
+  if (config.key_projection_heads > 0) {
+    doc[kKeyReconstructField] = {{"key_projection_heads", config.key_projection_heads},
+                                 {"note", "keys are cached as a post-RoPE projection; needs a "
+                                          "runtime that applies k_cache_proj/q_cache_proj "
+                                          "(kvfold eval does); see kvfold docs/formats.md"}};
+  } else {
+    doc.erase(kKeyReconstructField);
+  }
+  return doc.dump(2) + "\n";
 }
 
 ModelConfig LoadModelConfig(const std::string& model_dir) {

@@ -29,6 +29,10 @@ struct ModelConfig {
   std::int64_t bos_token_id = 1;
   std::int64_t eos_token_id = 2;
   std::string torch_dtype;         // as stored; informative only
+  // kvfold reconstruct-mode key compression (config block "kvfold_key_reconstruct"): k_proj
+  // keeps this many heads, and the runtime projects post-RoPE keys and queries onto
+  // num_key_value_heads cached heads. 0 for a vanilla checkpoint.
+  std::int64_t key_projection_heads = 0;
 
   std::int64_t QueriesPerKvHead() const { return num_attention_heads / num_key_value_heads; }
   // Bytes one token occupies in the KV cache (keys + values, all layers) at `bytes_per_element`.
@@ -37,9 +41,17 @@ struct ModelConfig {
   }
 };
 
+// Config block that marks a reconstruct-mode checkpoint (not loadable by vanilla runtimes).
+constexpr const char* kKeyReconstructField = "kvfold_key_reconstruct";
+
 // Parses config.json text; throws Error("<file_name>: ...") naming the offending field.
 ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file_name);
 // Reads and parses `model_dir`/config.json.
 ModelConfig LoadModelConfig(const std::string& model_dir);
+
+// `original` config.json text with the KV geometry of `config` written in: num_key_value_heads,
+// head_dim and the reconstruct block (added or removed). Every other field is kept as it was.
+std::string UpdateConfigJson(std::string_view original, const ModelConfig& config,
+                             const std::string& file_name);
 
 }  // namespace kvfold

@@ -35,6 +35,8 @@ constexpr RoleSpec kRoles[] = {
     {TensorRole::kGateBias, "b_gate", "mlp.gate_proj.bias", true},
     {TensorRole::kUpBias, "b_up", "mlp.up_proj.bias", true},
     {TensorRole::kDownBias, "b_down", "mlp.down_proj.bias", true},
+    {TensorRole::kKCacheProj, "k_cache_proj", "self_attn.k_cache_proj.weight", true},
+    {TensorRole::kQCacheProj, "q_cache_proj", "self_attn.q_cache_proj.weight", true},
 };
 
 const RoleSpec& Spec(TensorRole role) {
@@ -78,6 +80,9 @@ std::optional<TensorId> ParseHfTensorName(const std::string& name) {
 std::vector<std::int64_t> ExpectedShape(const TensorId& id, const ModelConfig& c) {
   const std::int64_t q_out = c.num_attention_heads * c.head_dim;
   const std::int64_t kv_out = c.num_key_value_heads * c.head_dim;
+  // In reconstruct mode k_proj keeps the pre-compression heads.
+  const std::int64_t k_heads = c.key_projection_heads > 0 ? c.key_projection_heads : c.num_key_value_heads;
+  const std::int64_t k_out = k_heads * c.head_dim;
   switch (id.role) {
     case TensorRole::kEmbedTokens:
     case TensorRole::kLmHead: return {c.vocab_size, c.hidden_size};
@@ -87,17 +92,20 @@ std::vector<std::int64_t> ExpectedShape(const TensorId& id, const ModelConfig& c
     case TensorRole::kOBias:
     case TensorRole::kDownBias: return {c.hidden_size};
     case TensorRole::kQProj: return {q_out, c.hidden_size};
-    case TensorRole::kKProj:
+    case TensorRole::kKProj: return {k_out, c.hidden_size};
     case TensorRole::kVProj: return {kv_out, c.hidden_size};
     case TensorRole::kOProj: return {c.hidden_size, q_out};
     case TensorRole::kQBias: return {q_out};
-    case TensorRole::kKBias:
+    case TensorRole::kKBias: return {k_out};
     case TensorRole::kVBias: return {kv_out};
     case TensorRole::kGateProj:
     case TensorRole::kUpProj: return {c.intermediate_size, c.hidden_size};
     case TensorRole::kDownProj: return {c.hidden_size, c.intermediate_size};
     case TensorRole::kGateBias:
     case TensorRole::kUpBias: return {c.intermediate_size};
+    case TensorRole::kKCacheProj:
+      return {c.num_key_value_heads, c.head_dim, (k_heads / c.num_key_value_heads) * c.head_dim};
+    case TensorRole::kQCacheProj: return {c.num_attention_heads, c.head_dim, c.head_dim};
   }
   Fail("tensor_names", "internal: unknown role");
 }
@@ -117,6 +125,10 @@ std::vector<TensorId> RequiredTensors(const ModelConfig& c) {
       }
     }
     if (c.o_bias) ids.push_back({TensorRole::kOBias, l});
+    if (c.key_projection_heads > 0) {
+      ids.push_back({TensorRole::kKCacheProj, l});
+      ids.push_back({TensorRole::kQCacheProj, l});
+    }
     if (c.mlp_bias) {
       for (TensorRole r : {TensorRole::kGateBias, TensorRole::kUpBias, TensorRole::kDownBias}) {
         ids.push_back({r, l});

@@ -15,6 +15,7 @@ enum class TensorRole {
   kEmbedTokens, kFinalNorm, kLmHead,
   kAttnNorm, kQProj, kKProj, kVProj, kOProj, kQBias, kKBias, kVBias, kOBias,
   kMlpNorm, kGateProj, kUpProj, kDownProj, kGateBias, kUpBias, kDownBias,
+  kKCacheProj, kQCacheProj,  // reconstruct-mode key compression (config.key_projection_heads)
 };
 
 struct TensorId {

@@ -36,12 +36,27 @@ std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, std::int64_t d, dou
   return {cos.to(device), sin.to(device)};
 }
 
-// rotate_half RoPE on [..., T, d]: pair j is (x_j, x_{j+d/2}), rotated by the pair's angle.
+// rotate_half RoPE on token-major [B, T, n, d]: pair j is (x_j, x_{j+d/2}), rotated by the
+// angle of the token's position; cos/sin are [T, d/2].
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const std::int64_t half = x.size(-1) / 2;
+  const at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // [T, 1, d/2]
   at::Tensor x1 = x.narrow(-1, 0, half);
   at::Tensor x2 = x.narrow(-1, half, half);
-  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+  return at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
+}
+
+// Reconstruct mode: project rotated queries [B, T, H, d] and keys [B, T, KVs, d] onto the
+// cached key heads; returns [N, (H + KV) d] (queries then keys), row-major.
+at::Tensor ProjectReconstructed(const at::Tensor& q_rope, const at::Tensor& k_rope,
+                                const LlamaLayerWeights& w, std::int64_t B, std::int64_t T) {
+  const std::int64_t H = w.q_cache_proj.size(0), KV = w.k_cache_proj.size(0);
+  const std::int64_t d = w.k_cache_proj.size(1), td = w.k_cache_proj.size(2);
+  // q'_h = Psi_j q_h: [B, T, H, 1, d] x [H, d, d]^T -> [B, T, H, 1, d]
+  const at::Tensor q = at::matmul(q_rope.unsqueeze(-2), w.q_cache_proj.transpose(-1, -2));
+  // k'_g = Psi_g [k_{g t}; ...; k_{g t + t - 1}]: [B, T, KV, 1, t d] x [KV, t d, d]
+  const at::Tensor k = at::matmul(k_rope.reshape({B, T, KV, 1, td}), w.k_cache_proj.transpose(-1, -2));
+  return at::cat({q.reshape({B * T, H * d}), k.reshape({B * T, KV * d})}, 1);
 }
 
 // Additive mask [T, T]: 0 where key j is visible to query i (j <= i, inside the sliding window
@@ -118,6 +133,9 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
   const std::int64_t H = config.num_attention_heads, KV = config.num_key_value_heads;
   const std::int64_t d = config.head_dim, D = config.hidden_size, I = config.intermediate_size;
   const std::int64_t group = H / KV;
+  // Key heads produced by k_proj: more than the cached KV heads in reconstruct mode.
+  const bool reconstruct = config.key_projection_heads > 0;
+  const std::int64_t KVs = reconstruct ? config.key_projection_heads : KV;
   const double eps = config.rms_norm_eps;
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const bool fused = use_cpu_kernels && device.is_cpu();
@@ -130,46 +148,58 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
   for (std::size_t l = 0; l < layers.size(); ++l) {
     const LlamaLayerWeights& w = layers[l];
     const at::Tensor h = RmsNorm(x, w.attn_norm, eps);
-    at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + 2 KV) d]
+    at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + KVs + KV) d]
     auto heads = [&](std::int64_t offset, std::int64_t n) {        // -> [B, T, n, d] view
       return qkv.narrow(1, offset * d, n * d).view({B, T, n, d});
     };
-    auto head_major = [](const at::Tensor& t) { return t.permute({0, 2, 1, 3}); };
     PendingCapture capture(observer, static_cast<int>(l));
     if (capture.active()) {
       capture.Take(kCaptureAttnInput, h.view({B, T, D}), &AttentionCapture::attn_input);
       capture.Take(kCaptureQueryPreRope, heads(0, H), &AttentionCapture::query_pre_rope);
-      capture.Take(kCaptureKeyPreRope, heads(H, KV), &AttentionCapture::key_pre_rope);
-      capture.Take(kCaptureValue, heads(H + KV, KV), &AttentionCapture::value);
+      capture.Take(kCaptureKeyPreRope, heads(H, KVs), &AttentionCapture::key_pre_rope);
+      capture.Take(kCaptureValue, heads(H + KVs, KV), &AttentionCapture::value);
     }
 
-    at::Tensor ctx;
-    if (fused) {
+    // RoPE (and, in reconstruct mode, the key/query projections) -> rotated [N, (H + 2 KV) d].
+    at::Tensor rotated;
+    if (fused && !reconstruct) {
       float* data = qkv.data_ptr<float>();
       at::parallel_for(0, B * T, 64, [&](std::int64_t begin, std::int64_t end) {
         ApplyRopeInPlace(data, layout, cos.data_ptr<float>(), sin.data_ptr<float>(), begin, end);
       });
       capture.Take(kCaptureQueryPostRope, heads(0, H), &AttentionCapture::query_post_rope);
-      capture.Take(kCaptureKeyPostRope, heads(H, KV), &AttentionCapture::key_post_rope);
-      capture.Deliver();
+      capture.Take(kCaptureKeyPostRope, heads(H, KVs), &AttentionCapture::key_post_rope);
+      rotated = qkv;
+    } else {
+      const at::Tensor q_rope = ApplyRope(heads(0, H), cos, sin);  // [B, T, H, d]
+      const at::Tensor k_rope = ApplyRope(heads(H, KVs), cos, sin);
+      capture.Take(kCaptureQueryPostRope, q_rope, &AttentionCapture::query_post_rope);
+      capture.Take(kCaptureKeyPostRope, k_rope, &AttentionCapture::key_post_rope);
+      const at::Tensor qk = reconstruct ? ProjectReconstructed(q_rope, k_rope, w, B, T)
+                                        : at::cat({q_rope.reshape({B * T, H * d}),
+                                                   k_rope.reshape({B * T, KV * d})}, 1);
+      rotated = at::cat({qk, qkv.narrow(1, (H + KVs) * d, KV * d)}, 1).contiguous();
+    }
+    capture.Deliver();
+
+    at::Tensor ctx;
+    if (fused) {
       ctx = at::empty({B * T, H * d}, at::kFloat);
+      const float* in = rotated.data_ptr<float>();
       float* out = ctx.data_ptr<float>();
       at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
-        CausalAttention(data, layout, static_cast<float>(scale), config.sliding_window, out,
-                        begin, end);
+        CausalAttention(in, layout, static_cast<float>(scale), config.sliding_window, out, begin, end);
       });
     } else {
-      const at::Tensor q_rope = ApplyRope(head_major(heads(0, H)), cos, sin);  // [B, H, T, d]
-      const at::Tensor k_rope = ApplyRope(head_major(heads(H, KV)), cos, sin);
-      capture.Take(kCaptureQueryPostRope, head_major(q_rope), &AttentionCapture::query_post_rope);
-      capture.Take(kCaptureKeyPostRope, head_major(k_rope), &AttentionCapture::key_post_rope);
-      capture.Deliver();
       // GQA without repeating K/V: the `group` query heads of a KV head are stacked along the
       // row axis, so one batched matmul per KV head computes all their scores.
-      const at::Tensor qg = (q_rope * scale).reshape({B, KV, group * T, d});
-      at::Tensor probs = at::matmul(qg, k_rope.transpose(-1, -2)).view({B, KV, group, T, T});
+      auto head_major = [&](std::int64_t offset, std::int64_t n) {  // -> [B, n, T, d]
+        return rotated.narrow(1, offset * d, n * d).view({B, T, n, d}).permute({0, 2, 1, 3});
+      };
+      const at::Tensor qg = (head_major(0, H) * scale).reshape({B, KV, group * T, d});
+      at::Tensor probs = at::matmul(qg, head_major(H, KV).transpose(-1, -2)).view({B, KV, group, T, T});
       probs = at::softmax(probs + mask, -1).view({B, KV, group * T, T});
-      ctx = at::matmul(probs, head_major(heads(H + KV, KV)))  // [B, KV, group T, d]
+      ctx = at::matmul(probs, head_major(H + KV, KV))  // [B, KV, group T, d]
                 .view({B, H, T, d})
                 .permute({0, 2, 1, 3})
                 .reshape({B * T, H * d});

@@ -16,6 +16,9 @@ struct LlamaLayerWeights {
   at::Tensor attn_norm;
   at::Tensor w_qkv, b_qkv;      // q, k and v projections stacked: one GEMM instead of three
   at::Tensor w_o, b_o;
+  // Reconstruct-mode keys (config.key_projection_heads > 0), applied after RoPE:
+  at::Tensor k_cache_proj;  // [KV, d, t d]: cached key head g = Psi_g (stacked rotated keys)
+  at::Tensor q_cache_proj;  // [H, d, d]: query head h -> Psi_j h
   at::Tensor mlp_norm;
   at::Tensor w_gate_up, b_gate_up;  // gate and up stacked
   at::Tensor w_down, b_down;

@@ -55,6 +55,10 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
     w.b_qkv = CatDefined({maybe(c.qkv_bias, TensorRole::kQBias), maybe(c.qkv_bias, TensorRole::kKBias),
                           maybe(c.qkv_bias, TensorRole::kVBias)});
     w.w_o = load(TensorRole::kOProj);
+    if (c.key_projection_heads > 0) {
+      w.k_cache_proj = load(TensorRole::kKCacheProj);
+      w.q_cache_proj = load(TensorRole::kQCacheProj);
+    }
     w.b_o = maybe(c.o_bias, TensorRole::kOBias);
     w.mlp_norm = load(TensorRole::kMlpNorm);
     w.w_gate_up = at::cat({load(TensorRole::kGateProj), load(TensorRole::kUpProj)}, 0);

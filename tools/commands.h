@@ -15,5 +15,6 @@ struct Command {
 
 Command AddInspectCommand(CLI::App& app);
 Command AddEvalCommand(CLI::App& app);
+Command AddConvertCommand(CLI::App& app);
 
 }  // namespace kvfold

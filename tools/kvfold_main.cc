@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   const std::vector<kvfold::Command> commands = {
       kvfold::AddInspectCommand(app),
       kvfold::AddEvalCommand(app),
+      kvfold::AddConvertCommand(app),
   };
 
   try {

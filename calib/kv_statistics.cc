@@ -1,0 +1,66 @@
+#include "calib/kv_statistics.h"
+
+#include "formats/error.h"
+
+// The Fortran BLAS symmetric rank-k update; LibTorch already loads a BLAS (OpenBLAS after
+// scripts/setup.sh), and every BLAS exports this name.
+extern "C" void ssyrk_(const char* uplo, const char* trans, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* beta,
+                       float* c, const int* ldc);
+
+namespace kvfold {
+namespace {
+
+// acc += X^T X for X = `view` seen as [rows, dim] row-major.
+void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector<float>& scratch,
+                            std::vector<double>& acc) {
+  const std::int64_t rows = view.size() / dim;
+  if (rows * dim != view.size()) Fail("calibration", "capture is not a whole number of rows");
+  // Row-major X [rows, dim] is column-major X^T [dim, rows]; syrk with trans='N' gives
+  // X^T X in column-major, i.e. its transpose in row-major — the same symmetric matrix.
+  const int n = static_cast<int>(dim), k = static_cast<int>(rows), lda = n, ldc = n;
+  const float one = 1.0f, zero = 0.0f;
+  scratch.assign(static_cast<std::size_t>(dim * dim), 0.0f);
+  ssyrk_("U", "N", &n, &k, &one, view.data, &lda, &zero, scratch.data(), &ldc);
+  if (acc.empty()) acc.assign(static_cast<std::size_t>(dim * dim), 0.0);
+  // Column-major upper triangle: element (i, j) with i <= j sits at scratch[j * n + i].
+  for (std::int64_t j = 0; j < dim; ++j) {
+    for (std::int64_t i = 0; i <= j; ++i) {
+      const double v = scratch[static_cast<std::size_t>(j * dim + i)];
+      acc[static_cast<std::size_t>(i * dim + j)] += v;
+      if (i != j) acc[static_cast<std::size_t>(j * dim + i)] += v;
+    }
+  }
+}
+
+}  // namespace
+
+KvStatisticsCollector::KvStatisticsCollector(unsigned statistics, int layers,
+                                             std::int64_t kv_heads, std::int64_t head_dim) {
+  stats_.collected = statistics;
+  stats_.kv_heads = kv_heads;
+  stats_.head_dim = head_dim;
+  stats_.layers.resize(static_cast<std::size_t>(layers));
+}
+
+unsigned KvStatisticsCollector::Wants(int) const {
+  unsigned bits = 0;
+  if (stats_.collected & kStatKeyPreRope) bits |= kCaptureKeyPreRope;
+  if (stats_.collected & kStatKeyPostRope) bits |= kCaptureKeyPostRope;
+  if (stats_.collected & kStatValue) bits |= kCaptureValue;
+  return bits;
+}
+
+void KvStatisticsCollector::Observe(const AttentionCapture& c) {
+  LayerKvStatistics& layer = stats_.layers.at(static_cast<std::size_t>(c.layer));
+  const std::int64_t dim = stats_.dim();
+  if (stats_.collected & kStatKeyPreRope) AccumulateSecondMoment(c.key_pre_rope, dim, scratch_, layer.key_pre_rope);
+  if (stats_.collected & kStatKeyPostRope) AccumulateSecondMoment(c.key_post_rope, dim, scratch_, layer.key_post_rope);
+  if (stats_.collected & kStatValue) AccumulateSecondMoment(c.value, dim, scratch_, layer.value);
+  if (c.layer == 0) {
+    const FloatView& any = c.value.data ? c.value : c.key_pre_rope.data ? c.key_pre_rope : c.key_post_rope;
+    stats_.tokens += any.size() / dim;
+  }
+}
+
+}  // namespace kvfold

@@ -1,0 +1,45 @@
+// KvStatistics: per-layer second moments of keys and values over calibration tokens, the input
+// of every KV-head compression pass. Collected by KvStatisticsCollector, a LayerObserver that
+// asks the forward pass for exactly the captures the requested statistics need.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime_check/layer_observer.h"
+
+namespace kvfold {
+
+enum StatisticBits : unsigned {
+  kStatKeyPreRope = 1u << 0,   // sum k k^T of pre-RoPE keys  [KV d, KV d]
+  kStatKeyPostRope = 1u << 1,  // sum k k^T of post-RoPE keys [KV d, KV d]
+  kStatValue = 1u << 2,        // sum v v^T                   [KV d, KV d]
+};
+
+struct LayerKvStatistics {
+  // Row-major symmetric [KV d, KV d] sums over all calibration tokens, in double; empty when
+  // not collected. Channel index = kv_head * d + dim.
+  std::vector<double> key_pre_rope, key_post_rope, value;
+};
+
+struct KvStatistics {
+  unsigned collected = 0;  // StatisticBits
+  std::int64_t tokens = 0;
+  std::int64_t kv_heads = 0, head_dim = 0;
+  std::vector<LayerKvStatistics> layers;
+  std::int64_t dim() const { return kv_heads * head_dim; }
+};
+
+class KvStatisticsCollector : public LayerObserver {
+ public:
+  KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads, std::int64_t head_dim);
+  unsigned Wants(int layer) const override;
+  void Observe(const AttentionCapture& capture) override;
+  const KvStatistics& statistics() const { return stats_; }
+
+ private:
+  KvStatistics stats_;
+  std::vector<float> scratch_;  // one batch's X^T X before it joins the double accumulators
+};
+
+}  // namespace kvfold

@@ -1,0 +1,71 @@
+#include "converter/attention_io.h"
+
+#include "formats/error.h"
+#include "formats/tensor_names.h"
+
+namespace kvfold {
+namespace {
+
+// [rows, hidden] weight plus optional [rows] bias -> [rows, hidden + bias] doubles.
+std::vector<double> WithBias(const std::vector<float>& w, const std::vector<float>* bias,
+                             std::int64_t rows, std::int64_t hidden) {
+  const std::int64_t cols = hidden + (bias ? 1 : 0);
+  std::vector<double> out(static_cast<std::size_t>(rows * cols));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < hidden; ++c) out[r * cols + c] = w[r * hidden + c];
+    if (bias) out[r * cols + hidden] = (*bias)[r];
+  }
+  return out;
+}
+
+void Split(ModelDraft& model, int layer, TensorRole weight, TensorRole bias, const std::vector<double>& m,
+           std::int64_t rows, std::int64_t hidden, bool has_bias) {
+  const std::int64_t cols = hidden + (has_bias ? 1 : 0);
+  std::vector<float> w(static_cast<std::size_t>(rows * hidden)), b(static_cast<std::size_t>(rows));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < hidden; ++c) w[r * hidden + c] = static_cast<float>(m[r * cols + c]);
+    if (has_bias) b[r] = static_cast<float>(m[r * cols + hidden]);
+  }
+  model.Replace(HfTensorName({weight, layer}), {rows, hidden}, std::move(w));
+  if (has_bias) model.Replace(HfTensorName({bias, layer}), {rows}, std::move(b));
+}
+
+}  // namespace
+
+AttentionProjections ReadAttention(const ModelDraft& model, int layer) {
+  const ModelConfig& c = model.config;
+  if (c.o_bias) Fail(model.source().dir, "o_proj bias is not supported by KV-head compression");
+  AttentionProjections p;
+  p.heads = c.num_attention_heads;
+  p.kv_heads = c.num_key_value_heads;
+  p.head_dim = c.head_dim;
+  p.hidden = c.hidden_size;
+  p.has_bias = c.qkv_bias;
+  auto read = [&](TensorRole r) { return model.ReadF32(HfTensorName({r, layer})); };
+  std::vector<float> bq, bk, bv;
+  if (p.has_bias) {
+    bq = read(TensorRole::kQBias);
+    bk = read(TensorRole::kKBias);
+    bv = read(TensorRole::kVBias);
+  }
+  const std::int64_t d = p.head_dim;
+  p.wq = WithBias(read(TensorRole::kQProj), p.has_bias ? &bq : nullptr, p.heads * d, p.hidden);
+  p.wk = WithBias(read(TensorRole::kKProj), p.has_bias ? &bk : nullptr, p.kv_heads * d, p.hidden);
+  p.wv = WithBias(read(TensorRole::kVProj), p.has_bias ? &bv : nullptr, p.kv_heads * d, p.hidden);
+  const std::vector<float> wo = read(TensorRole::kOProj);
+  p.wo.assign(wo.begin(), wo.end());
+  return p;
+}
+
+void WriteAttention(ModelDraft& model, int layer, const AttentionProjections& p) {
+  const std::int64_t d = p.head_dim;
+  const std::int64_t k_rows = static_cast<std::int64_t>(p.wk.size()) / p.in_cols();
+  const std::int64_t v_rows = static_cast<std::int64_t>(p.wv.size()) / p.in_cols();
+  Split(model, layer, TensorRole::kQProj, TensorRole::kQBias, p.wq, p.heads * d, p.hidden, p.has_bias);
+  Split(model, layer, TensorRole::kKProj, TensorRole::kKBias, p.wk, k_rows, p.hidden, p.has_bias);
+  Split(model, layer, TensorRole::kVProj, TensorRole::kVBias, p.wv, v_rows, p.hidden, p.has_bias);
+  std::vector<float> wo(p.wo.begin(), p.wo.end());
+  model.Replace(HfTensorName({TensorRole::kOProj, layer}), {p.hidden, p.heads * d}, std::move(wo));
+}
+
+}  // namespace kvfold

@@ -1,0 +1,37 @@
+// Convert: the whole `kvfold convert` job as one library call — parse the pipeline, calibrate
+// once, run the passes, write the output folder atomically with its kvfold.json.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvfold {
+
+struct ConvertOptions {
+  std::string model;        // source HF folder
+  std::string calib_text;   // calibration text (UTF-8)
+  std::string passes;       // pipeline text
+  std::string output;       // output folder (must not exist unless force)
+  std::int64_t calib_tokens = 65536;
+  int window = 256;
+  bool force = false;
+  int threads = 0;
+  std::string device = "cpu";
+  bool progress = true;
+};
+
+struct PassTiming {
+  std::string pass;  // canonical pass text
+  double seconds = 0;
+};
+
+struct ConvertResult {
+  std::vector<PassTiming> timings;  // "calibration" first when it ran, then each pass, "write"
+  std::int64_t calibration_tokens = 0;
+  double total_seconds = 0;
+};
+
+ConvertResult Convert(const ConvertOptions& options);
+
+}  // namespace kvfold

@@ -1,0 +1,207 @@
+#include "converter/gqa_fold.h"
+
+#include <algorithm>
+
+#include "converter/linalg.h"
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+// The [t d, t d] diagonal block of `moment` ([KV d, KV d]) for KV heads first .. first + t - 1.
+Matrix GroupBlock(const std::vector<double>& moment, std::int64_t kv_dim, std::int64_t first_channel,
+                  std::int64_t size) {
+  Matrix m(size, size);
+  for (std::int64_t i = 0; i < size; ++i) {
+    for (std::int64_t j = 0; j < size; ++j) {
+      m(i, j) = moment[static_cast<std::size_t>((first_channel + i) * kv_dim + first_channel + j)];
+    }
+  }
+  return m;
+}
+
+// Top-`count` eigenvectors of a symmetric matrix as rows [count, n], and the energy they keep.
+Matrix TopEigenRows(const Matrix& symmetric, std::int64_t count, double* energy_kept) {
+  const SymmetricEigen e = EigenSymmetric(symmetric);
+  Matrix rows(count, symmetric.rows);
+  double kept = 0, total = 0;
+  for (std::size_t k = 0; k < e.values.size(); ++k) total += std::max(0.0, e.values[k]);
+  for (std::int64_t k = 0; k < count; ++k) {
+    kept += std::max(0.0, e.values[static_cast<std::size_t>(k)]);
+    for (std::int64_t i = 0; i < symmetric.rows; ++i) rows(k, i) = e.vectors(i, k);
+  }
+  *energy_kept = total > 0 ? kept / total : 1.0;
+  return rows;
+}
+
+// out rows [n_out, cols] = basis [n_out, n_in] x in rows [n_in, cols] (in = rows first_row..).
+std::vector<double> CombineRows(const Matrix& basis, const std::vector<double>& w, std::int64_t cols,
+                                std::int64_t first_row) {
+  std::vector<double> out(static_cast<std::size_t>(basis.rows * cols), 0.0);
+  for (std::int64_t r = 0; r < basis.rows; ++r) {
+    for (std::int64_t i = 0; i < basis.cols; ++i) {
+      const double b = basis(r, i);
+      if (b == 0) continue;
+      const double* src = &w[static_cast<std::size_t>((first_row + i) * cols)];
+      double* dst = &out[static_cast<std::size_t>(r * cols)];
+      for (std::int64_t c = 0; c < cols; ++c) dst[c] += b * src[c];
+    }
+  }
+  return out;
+}
+
+// Original KV head a query head reads.
+std::int64_t KvHeadOf(const AttentionProjections& p, std::int64_t head) {
+  return head / (p.heads / p.kv_heads);
+}
+
+}  // namespace
+
+std::int64_t GroupSize(const AttentionProjections& p, std::int64_t new_kv) {
+  if (new_kv <= 0 || p.kv_heads % new_kv != 0) {
+    Fail("kv-heads=" + std::to_string(new_kv),
+         "must divide the current " + std::to_string(p.kv_heads) + " KV heads (uneven groups)");
+  }
+  return p.kv_heads / new_kv;
+}
+
+void MeanPoolKv(AttentionProjections& p, std::int64_t new_kv) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, cols = p.in_cols();
+  Matrix average(d, t * d);
+  for (std::int64_t m = 0; m < t; ++m) {
+    for (std::int64_t c = 0; c < d; ++c) average(c, m * d + c) = 1.0 / static_cast<double>(t);
+  }
+  std::vector<double> wk, wv;
+  for (std::int64_t g = 0; g < new_kv; ++g) {
+    const auto k = CombineRows(average, p.wk, cols, g * t * d);
+    const auto v = CombineRows(average, p.wv, cols, g * t * d);
+    wk.insert(wk.end(), k.begin(), k.end());
+    wv.insert(wv.end(), v.begin(), v.end());
+  }
+  p.wk = std::move(wk);
+  p.wv = std::move(wv);
+  p.kv_heads = new_kv;
+}
+
+void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<double>& moment,
+                FoldRecord& record) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, cols = p.in_cols();
+  const std::int64_t kv_dim = p.kv_heads * d, out_rows = p.hidden, o_cols = p.heads * d;
+  std::vector<double> wv;
+  std::vector<Matrix> omegas;
+  for (std::int64_t g = 0; g < new_kv; ++g) {
+    double kept = 0;
+    omegas.push_back(TopEigenRows(GroupBlock(moment, kv_dim, g * t * d, t * d), d, &kept));
+    record.value_energy_kept.push_back(kept);
+    const auto v = CombineRows(omegas.back(), p.wv, cols, g * t * d);
+    wv.insert(wv.end(), v.begin(), v.end());
+  }
+  // W_O[:, head] <- W_O[:, head] Omega_j^T, with j the head's original KV head inside its group.
+  std::vector<double> wo = p.wo;
+  for (std::int64_t h = 0; h < p.heads; ++h) {
+    const std::int64_t m = KvHeadOf(p, h), g = m / t, j = m % t;
+    const Matrix& omega = omegas[static_cast<std::size_t>(g)];
+    for (std::int64_t r = 0; r < out_rows; ++r) {
+      const double* src = &p.wo[static_cast<std::size_t>(r * o_cols + h * d)];
+      double* dst = &wo[static_cast<std::size_t>(r * o_cols + h * d)];
+      for (std::int64_t a = 0; a < d; ++a) {
+        double s = 0;
+        for (std::int64_t b = 0; b < d; ++b) s += src[b] * omega(a, j * d + b);
+        dst[a] = s;
+      }
+    }
+  }
+  p.wv = std::move(wv);
+  p.wo = std::move(wo);
+  // kv_heads changes with the keys: FoldValues and a key fold are applied as a pair.
+}
+
+void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv, const std::vector<double>& moment,
+                     FoldRecord& record) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, half = d / 2, cols = p.in_cols();
+  const std::int64_t kv_dim = p.kv_heads * d;
+  auto S = [&](std::int64_t a, std::int64_t b) { return moment[static_cast<std::size_t>(a * kv_dim + b)]; };
+  std::vector<double> wk(static_cast<std::size_t>(new_kv * d * cols), 0.0);
+  std::vector<double> wq = p.wq;
+  // u[m][j] for every original KV head m and pair j.
+  std::vector<std::vector<Complex>> u(static_cast<std::size_t>(p.kv_heads),
+                                      std::vector<Complex>(static_cast<std::size_t>(half)));
+  for (std::int64_t g = 0; g < new_kv; ++g) {
+    double kept = 0, total = 0;
+    for (std::int64_t j = 0; j < half; ++j) {
+      ComplexMatrix c(t, t);  // E[z_m conj(z_n)] with z = x_j + i x_{j + d/2}
+      for (std::int64_t m = 0; m < t; ++m) {
+        for (std::int64_t n = 0; n < t; ++n) {
+          const std::int64_t xm = (g * t + m) * d + j, ym = xm + half;
+          const std::int64_t xn = (g * t + n) * d + j, yn = xn + half;
+          c(m, n) = Complex(S(xm, xn) + S(ym, yn), S(ym, xn) - S(xm, yn));
+        }
+      }
+      const HermitianEigen e = EigenHermitian(c);
+      for (std::int64_t m = 0; m < t; ++m) {
+        total += std::max(0.0, e.values[static_cast<std::size_t>(m)]);
+        u[static_cast<std::size_t>(g * t + m)][static_cast<std::size_t>(j)] = e.vectors(m, 0);
+      }
+      kept += std::max(0.0, e.values[0]);
+      // New key pair j of group g: sum_m conj(u_m) z_m.
+      for (std::int64_t m = 0; m < t; ++m) {
+        const Complex um = e.vectors(m, 0);
+        const double a = um.real(), b = um.imag();
+        const double* x = &p.wk[static_cast<std::size_t>(((g * t + m) * d + j) * cols)];
+        const double* y = &p.wk[static_cast<std::size_t>(((g * t + m) * d + j + half) * cols)];
+        double* re = &wk[static_cast<std::size_t>((g * d + j) * cols)];
+        double* im = &wk[static_cast<std::size_t>((g * d + j + half) * cols)];
+        for (std::int64_t col = 0; col < cols; ++col) {
+          re[col] += a * x[col] + b * y[col];
+          im[col] += a * y[col] - b * x[col];
+        }
+      }
+    }
+    record.key_energy_kept.push_back(total > 0 ? kept / total : 1.0);
+  }
+  // Each query head multiplies its pair j by conj(u_m) of the KV head it read.
+  for (std::int64_t h = 0; h < p.heads; ++h) {
+    const std::int64_t m = KvHeadOf(p, h);
+    for (std::int64_t j = 0; j < half; ++j) {
+      const Complex um = u[static_cast<std::size_t>(m)][static_cast<std::size_t>(j)];
+      const double a = um.real(), b = um.imag();
+      const double* A = &p.wq[static_cast<std::size_t>((h * d + j) * cols)];
+      const double* B = &p.wq[static_cast<std::size_t>((h * d + j + half) * cols)];
+      double* A2 = &wq[static_cast<std::size_t>((h * d + j) * cols)];
+      double* B2 = &wq[static_cast<std::size_t>((h * d + j + half) * cols)];
+      for (std::int64_t col = 0; col < cols; ++col) {
+        A2[col] = a * A[col] + b * B[col];
+        B2[col] = a * B[col] - b * A[col];
+      }
+    }
+  }
+  p.wk = std::move(wk);
+  p.wq = std::move(wq);
+  p.kv_heads = new_kv;
+}
+
+KeyReconstruction ReconstructKeys(const AttentionProjections& p, std::int64_t new_kv,
+                                  const std::vector<double>& moment, FoldRecord& record) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, kv_dim = p.kv_heads * d;
+  KeyReconstruction r;
+  r.k_cache_proj.reserve(static_cast<std::size_t>(new_kv * d * t * d));
+  r.q_cache_proj.resize(static_cast<std::size_t>(p.heads * d * d));
+  std::vector<Matrix> psis;
+  for (std::int64_t g = 0; g < new_kv; ++g) {
+    double kept = 0;
+    psis.push_back(TopEigenRows(GroupBlock(moment, kv_dim, g * t * d, t * d), d, &kept));
+    record.key_energy_kept.push_back(kept);
+    r.k_cache_proj.insert(r.k_cache_proj.end(), psis.back().data.begin(), psis.back().data.end());
+  }
+  for (std::int64_t h = 0; h < p.heads; ++h) {
+    const std::int64_t m = KvHeadOf(p, h), g = m / t, j = m % t;
+    for (std::int64_t a = 0; a < d; ++a) {
+      for (std::int64_t b = 0; b < d; ++b) {
+        r.q_cache_proj[static_cast<std::size_t>((h * d + a) * d + b)] = psis[static_cast<std::size_t>(g)](a, j * d + b);
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace kvfold

@@ -1,0 +1,58 @@
+// The math of KV-head compression for one layer (../shared/docs/METHODS.md, "Grouping KV heads"):
+// mean-pooling, the exact value fold, the RoPE-commuting key fold and the reconstruct-mode key
+// bases. Pure functions over float matrices, so tests can check them without a model.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace kvfold {
+
+// One layer's attention projections in HF [out, in] layout, each with its bias (if any) stored
+// as one extra trailing column, so a row transform moves weight and bias together.
+struct AttentionProjections {
+  std::int64_t heads = 0, kv_heads = 0, head_dim = 0, hidden = 0;
+  bool has_bias = false;  // q/k/v biases present (Qwen2)
+  std::vector<double> wq;  // [H d, hidden + bias]
+  std::vector<double> wk;  // [KV d, hidden + bias]
+  std::vector<double> wv;  // [KV d, hidden + bias]
+  std::vector<double> wo;  // [hidden, H d]
+  std::int64_t in_cols() const { return hidden + (has_bias ? 1 : 0); }
+};
+
+// Per-group record of what a fold kept (fraction of calibration energy, 1 = lossless).
+struct FoldRecord {
+  std::vector<double> value_energy_kept;
+  std::vector<double> key_energy_kept;
+};
+
+// Reconstruct-mode key tensors for the runtime: k_cache = Psi_g [d, t d] per new KV head,
+// q_cache = Psi_j [d, d] per query head (the block of its original KV head).
+struct KeyReconstruction {
+  std::vector<double> k_cache_proj;  // [KV', d, t d]
+  std::vector<double> q_cache_proj;  // [H, d, d]
+};
+
+// Throws Error unless `new_kv` divides the current KV heads.
+std::int64_t GroupSize(const AttentionProjections& p, std::int64_t new_kv);
+
+// Baseline: each group's K and V projections averaged; queries and W_O untouched.
+void MeanPoolKv(AttentionProjections& p, std::int64_t new_kv);
+
+// Values: top-d eigenvectors Omega of the group's stacked value second moment; W_V <- Omega W_V,
+// W_O[:, head] <- W_O[:, head] Omega_j^T. `value_moment` is [KV d, KV d] row-major.
+void FoldValues(AttentionProjections& p, std::int64_t new_kv,
+                const std::vector<double>& value_moment, FoldRecord& record);
+
+// Keys, RoPE-commuting: per rotary pair, the top eigenvector u of the group's Hermitian second
+// moment of complex pre-RoPE keys; k' = sum conj(u_m) z_m, queries reading head m times conj(u_m).
+void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
+                     const std::vector<double>& key_pre_rope_moment, FoldRecord& record);
+
+// Keys, reconstruct mode: top-d eigenvectors of the group's stacked post-RoPE keys. W_K and W_Q
+// are unchanged; the returned matrices are applied by the runtime after RoPE.
+KeyReconstruction ReconstructKeys(const AttentionProjections& p, std::int64_t new_kv,
+                                  const std::vector<double>& key_post_rope_moment,
+                                  FoldRecord& record);
+
+}  // namespace kvfold

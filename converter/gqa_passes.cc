@@ -1,0 +1,109 @@
+#include "converter/gqa_passes.h"
+
+#include "converter/attention_io.h"
+#include "converter/gqa_fold.h"
+#include "formats/error.h"
+#include "formats/tensor_names.h"
+
+namespace kvfold {
+namespace {
+
+std::int64_t TargetKvHeads(const PassSpec& spec, const ModelConfig& config) {
+  const std::int64_t kv = IntParam(spec, "kv-heads", -1);
+  if (kv <= 0) Fail("--passes", spec.name + ": kv-heads=N is required and must be positive");
+  if (config.num_key_value_heads % kv != 0) {
+    Fail("--passes", spec.name + ": kv-heads=" + std::to_string(kv) + " does not divide the model's " +
+                         std::to_string(config.num_key_value_heads) +
+                         " KV heads (groups must be even)");
+  }
+  return kv;
+}
+
+void RequireVanilla(const ModelDraft& model, const std::string& pass) {
+  if (model.config.key_projection_heads > 0) {
+    Fail("--passes", pass + ": the model already uses reconstruct-mode keys");
+  }
+}
+
+class GqaMeanpool : public Pass {
+ public:
+  explicit GqaMeanpool(std::int64_t kv) : kv_(kv) {}
+  unsigned NeededStatistics() const override { return 0; }
+  void Run(PassContext& ctx) override {
+    RequireVanilla(ctx.model, "gqa-meanpool");
+    for (int l = 0; l < ctx.model.config.num_hidden_layers; ++l) {
+      AttentionProjections p = ReadAttention(ctx.model, l);
+      MeanPoolKv(p, kv_);
+      WriteAttention(ctx.model, l, p);
+    }
+    ctx.record["kv_heads_before"] = ctx.model.config.num_key_value_heads;
+    ctx.model.config.num_key_value_heads = kv_;
+    ctx.record["kv_heads_after"] = kv_;
+  }
+
+ private:
+  std::int64_t kv_;
+};
+
+class GqaSvd : public Pass {
+ public:
+  GqaSvd(std::int64_t kv, std::string rope) : kv_(kv), rope_(std::move(rope)) {}
+  unsigned NeededStatistics() const override {
+    return kStatValue | (rope_ == "commute" ? kStatKeyPreRope : kStatKeyPostRope);
+  }
+  void Run(PassContext& ctx) override {
+    ModelDraft& model = ctx.model;
+    RequireVanilla(model, "gqa-svd");
+    if (ctx.statistics.kv_heads != model.config.num_key_value_heads) {
+      Fail("--passes", "gqa-svd: calibration statistics describe the source model's " +
+                           std::to_string(ctx.statistics.kv_heads) +
+                           " KV heads; put gqa-svd before any other pass that changes KV heads");
+    }
+    const std::int64_t kv_before = model.config.num_key_value_heads;
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    for (int l = 0; l < model.config.num_hidden_layers; ++l) {
+      const LayerKvStatistics& stats = ctx.statistics.layers.at(static_cast<std::size_t>(l));
+      AttentionProjections p = ReadAttention(model, l);
+      FoldRecord record;
+      FoldValues(p, kv_, stats.value, record);
+      if (rope_ == "commute") {
+        FoldKeysCommute(p, kv_, stats.key_pre_rope, record);
+      } else {
+        const KeyReconstruction r = ReconstructKeys(p, kv_, stats.key_post_rope, record);
+        const std::int64_t d = p.head_dim, t = kv_before / kv_;
+        model.Replace(HfTensorName({TensorRole::kKCacheProj, l}), {kv_, d, t * d},
+                      std::vector<float>(r.k_cache_proj.begin(), r.k_cache_proj.end()));
+        model.Replace(HfTensorName({TensorRole::kQCacheProj, l}), {p.heads, d, d},
+                      std::vector<float>(r.q_cache_proj.begin(), r.q_cache_proj.end()));
+      }
+      WriteAttention(model, l, p);
+      layers.push_back({{"layer", l},
+                        {"value_energy_kept", record.value_energy_kept},
+                        {"key_energy_kept", record.key_energy_kept}});
+    }
+    model.config.num_key_value_heads = kv_;
+    if (rope_ == "reconstruct") model.config.key_projection_heads = kv_before;
+    ctx.record["kv_heads_before"] = kv_before;
+    ctx.record["kv_heads_after"] = kv_;
+    ctx.record["rope"] = rope_;
+    ctx.record["vanilla_gqa"] = rope_ == "commute";
+    ctx.record["layers"] = layers;
+  }
+
+ private:
+  std::int64_t kv_;
+  std::string rope_;
+};
+
+}  // namespace
+
+std::unique_ptr<Pass> CreateGqaMeanpool(const PassSpec& spec, const ModelConfig& config) {
+  return std::make_unique<GqaMeanpool>(TargetKvHeads(spec, config));
+}
+
+std::unique_ptr<Pass> CreateGqaSvd(const PassSpec& spec, const ModelConfig& config) {
+  return std::make_unique<GqaSvd>(TargetKvHeads(spec, config),
+                                  StringParam(spec, "rope", "commute", {"commute", "reconstruct"}));
+}
+
+}  // namespace kvfold

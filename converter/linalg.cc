@@ -1,0 +1,108 @@
+#include "converter/linalg.h"
+
+#include <complex>
+// LAPACKE's complex type is std::complex in C++ (must be defined before the header).
+#define lapack_complex_float std::complex<float>
+#define lapack_complex_double std::complex<double>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+// Sign/phase convention: the component of largest magnitude becomes real and positive.
+template <typename Get, typename Scale>
+void NormalizePhase(std::int64_t n, Get get, Scale scale) {
+  std::int64_t best = 0;
+  for (std::int64_t i = 1; i < n; ++i) {
+    if (std::abs(get(i)) > std::abs(get(best)) + 1e-12) best = i;
+  }
+  const auto pivot = get(best);
+  if (std::abs(pivot) > 0) scale(std::conj(pivot) / std::abs(pivot));
+}
+
+}  // namespace
+
+SymmetricEigen EigenSymmetric(const Matrix& m) {
+  if (m.rows != m.cols) Fail("linalg", "EigenSymmetric needs a square matrix");
+  const lapack_int n = static_cast<lapack_int>(m.rows);
+  std::vector<double> a = m.data;
+  std::vector<double> w(static_cast<std::size_t>(n));
+  const lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, a.data(), n, w.data());
+  if (info != 0) Fail("linalg", "dsyevd failed (info " + std::to_string(info) + ")");
+  SymmetricEigen e;
+  e.values.resize(static_cast<std::size_t>(n));
+  e.vectors = Matrix(n, n);
+  for (lapack_int k = 0; k < n; ++k) {
+    const lapack_int src = n - 1 - k;  // LAPACK returns ascending order
+    e.values[static_cast<std::size_t>(k)] = w[static_cast<std::size_t>(src)];
+    for (lapack_int i = 0; i < n; ++i) e.vectors(i, k) = a[static_cast<std::size_t>(i * n + src)];
+    NormalizePhase(
+        n, [&](std::int64_t i) { return Complex(e.vectors(i, k), 0); },
+        [&](Complex s) {
+          for (lapack_int i = 0; i < n; ++i) e.vectors(i, k) *= s.real();
+        });
+  }
+  return e;
+}
+
+HermitianEigen EigenHermitian(const ComplexMatrix& m) {
+  if (m.rows != m.cols) Fail("linalg", "EigenHermitian needs a square matrix");
+  const lapack_int n = static_cast<lapack_int>(m.rows);
+  std::vector<lapack_complex_double> a = m.data;
+  std::vector<double> w(static_cast<std::size_t>(n));
+  const lapack_int info = LAPACKE_zheevd(LAPACK_ROW_MAJOR, 'V', 'U', n, a.data(), n, w.data());
+  if (info != 0) Fail("linalg", "zheevd failed (info " + std::to_string(info) + ")");
+  HermitianEigen e;
+  e.values.resize(static_cast<std::size_t>(n));
+  e.vectors = ComplexMatrix(n, n);
+  for (lapack_int k = 0; k < n; ++k) {
+    const lapack_int src = n - 1 - k;
+    e.values[static_cast<std::size_t>(k)] = w[static_cast<std::size_t>(src)];
+    for (lapack_int i = 0; i < n; ++i) {
+      e.vectors(i, k) = a[static_cast<std::size_t>(i * n + src)];
+    }
+    NormalizePhase(
+        n, [&](std::int64_t i) { return e.vectors(i, k); },
+        [&](Complex s) {
+          for (lapack_int i = 0; i < n; ++i) e.vectors(i, k) *= s;
+        });
+  }
+  return e;
+}
+
+Matrix Multiply(const Matrix& a, const Matrix& b) {
+  if (a.cols != b.rows) Fail("linalg", "Multiply: inner dimensions differ");
+  Matrix c(a.rows, b.cols);
+  for (std::int64_t i = 0; i < a.rows; ++i) {
+    for (std::int64_t k = 0; k < a.cols; ++k) {
+      const double aik = a(i, k);
+      if (aik == 0) continue;
+      for (std::int64_t j = 0; j < b.cols; ++j) c(i, j) += aik * b(k, j);
+    }
+  }
+  return c;
+}
+
+Matrix Transpose(const Matrix& a) {
+  Matrix t(a.cols, a.rows);
+  for (std::int64_t i = 0; i < a.rows; ++i) {
+    for (std::int64_t j = 0; j < a.cols; ++j) t(j, i) = a(i, j);
+  }
+  return t;
+}
+
+double OrthonormalityError(const Matrix& a) {
+  const Matrix g = Multiply(Transpose(a), a);
+  double worst = 0;
+  for (std::int64_t i = 0; i < g.rows; ++i) {
+    for (std::int64_t j = 0; j < g.cols; ++j) worst = std::max(worst, std::abs(g(i, j) - (i == j ? 1.0 : 0.0)));
+  }
+  return worst;
+}
+
+}  // namespace kvfold

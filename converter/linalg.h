@@ -1,0 +1,54 @@
+// The one linear-algebra header: symmetric and Hermitian eigendecompositions (LAPACKE) and the
+// small dense helpers the passes need. Results follow a fixed sign/phase convention so that
+// conversions are deterministic and comparable across runs.
+#pragma once
+
+#include <complex>
+#include <cstdint>
+#include <vector>
+
+namespace kvfold {
+
+// Dense row-major matrix of doubles.
+struct Matrix {
+  std::int64_t rows = 0, cols = 0;
+  std::vector<double> data;
+  Matrix() = default;
+  Matrix(std::int64_t r, std::int64_t c) : rows(r), cols(c), data(static_cast<std::size_t>(r * c), 0.0) {}
+  double& operator()(std::int64_t r, std::int64_t c) { return data[static_cast<std::size_t>(r * cols + c)]; }
+  double operator()(std::int64_t r, std::int64_t c) const { return data[static_cast<std::size_t>(r * cols + c)]; }
+};
+
+using Complex = std::complex<double>;
+
+struct ComplexMatrix {
+  std::int64_t rows = 0, cols = 0;
+  std::vector<Complex> data;
+  ComplexMatrix() = default;
+  ComplexMatrix(std::int64_t r, std::int64_t c) : rows(r), cols(c), data(static_cast<std::size_t>(r * c)) {}
+  Complex& operator()(std::int64_t r, std::int64_t c) { return data[static_cast<std::size_t>(r * cols + c)]; }
+  Complex operator()(std::int64_t r, std::int64_t c) const { return data[static_cast<std::size_t>(r * cols + c)]; }
+};
+
+// Eigenpairs in descending eigenvalue order; vectors(i, k) is component i of eigenvector k.
+// Each eigenvector's largest-magnitude component is made real and positive.
+struct SymmetricEigen {
+  std::vector<double> values;
+  Matrix vectors;
+};
+struct HermitianEigen {
+  std::vector<double> values;
+  ComplexMatrix vectors;
+};
+
+// Throws Error when LAPACK fails to converge or the input is not square.
+SymmetricEigen EigenSymmetric(const Matrix& symmetric);
+HermitianEigen EigenHermitian(const ComplexMatrix& hermitian);
+
+// C = A B (plain triple loop over small matrices, in double).
+Matrix Multiply(const Matrix& a, const Matrix& b);
+Matrix Transpose(const Matrix& a);
+// max |A^T A - I| over all entries: 0 for orthonormal columns.
+double OrthonormalityError(const Matrix& a);
+
+}  // namespace kvfold

@@ -1,0 +1,126 @@
+#include "converter/model_draft.h"
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "formats/atomic_file.h"
+#include "formats/error.h"
+#include "formats/mapped_file.h"
+#include "formats/safetensors_writer.h"
+
+namespace kvfold {
+namespace {
+
+bool IsWeightOrOwnFile(const std::string& name) {
+  auto ends_with = [&](const char* suffix) {
+    const std::string s(suffix);
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  return name == "config.json" || name == "kvfold.json" || name == "model.safetensors.index.json" ||
+         ends_with(".safetensors") || name == "report.html" || name == "report.json";
+}
+
+}  // namespace
+
+ModelDraft::ModelDraft(const Checkpoint& source) : config(source.config), source_(source) {}
+
+bool ModelDraft::Has(const std::string& name) const {
+  if (replaced_.count(name)) return true;
+  if (std::find(removed_.begin(), removed_.end(), name) != removed_.end()) return false;
+  return source_.tensors.Find(name) != nullptr;
+}
+
+std::vector<std::int64_t> ModelDraft::Shape(const std::string& name) const {
+  auto it = replaced_.find(name);
+  if (it != replaced_.end()) return it->second.shape;
+  if (!Has(name)) Fail(source_.dir, "draft has no tensor '" + name + "'");
+  return source_.tensors.Get(name).entry->shape;
+}
+
+std::vector<float> ModelDraft::ReadF32(const std::string& name) const {
+  auto it = replaced_.find(name);
+  if (it != replaced_.end()) return it->second.data;
+  if (!Has(name)) Fail(source_.dir, "draft has no tensor '" + name + "'");
+  return source_.tensors.ReadF32(name);
+}
+
+void ModelDraft::Replace(const std::string& name, std::vector<std::int64_t> shape,
+                         std::vector<float> data) {
+  std::int64_t n = 1;
+  for (auto d : shape) n *= d;
+  if (n != static_cast<std::int64_t>(data.size())) Fail(name, "replacement data does not match its shape");
+  removed_.erase(std::remove(removed_.begin(), removed_.end(), name), removed_.end());
+  replaced_[name] = {std::move(shape), std::move(data)};
+}
+
+void ModelDraft::Remove(const std::string& name) {
+  replaced_.erase(name);
+  if (source_.tensors.Find(name) != nullptr) removed_.push_back(name);
+}
+
+std::vector<std::string> ModelDraft::Names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, ref] : source_.tensors.tensors()) {
+    if (Has(name)) names.push_back(name);
+  }
+  for (const auto& [name, r] : replaced_) {
+    if (source_.tensors.Find(name) == nullptr) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::vector<std::string> ModelDraft::WriteTo(const std::string& dir) const {
+  // New tensors take the dtype of the source's attention weights.
+  const DType default_dtype = source_.Tensor({TensorRole::kKProj, 0}).entry->dtype;
+  std::vector<std::string> converted;  // owns the bytes of replaced tensors
+  converted.reserve(replaced_.size());
+  std::vector<TensorToWrite> tensors;
+  for (const std::string& name : Names()) {
+    auto it = replaced_.find(name);
+    if (it == replaced_.end()) {
+      const TensorRef& ref = source_.tensors.Get(name);
+      tensors.push_back({name, ref.entry->dtype, ref.entry->shape, ref.bytes()});
+      continue;
+    }
+    const TensorRef* original = source_.tensors.Find(name);
+    const DType dtype = original ? original->entry->dtype : default_dtype;
+    std::string bytes(it->second.data.size() * DTypeSize(dtype), '\0');
+    ConvertFromF32(dtype, it->second.data.data(), it->second.data.size(), bytes.data());
+    converted.push_back(std::move(bytes));
+    tensors.push_back({name, dtype, it->second.shape, converted.back()});
+  }
+  // Shard like the source: at most as large as its largest weight file.
+  std::uint64_t max_shard = 0;
+  for (const auto& f : source_.tensors.files()) {
+    std::uint64_t size = 0;
+    for (const auto& e : f->header().tensors) size += e.end - e.begin;
+    max_shard = std::max(max_shard, size);
+  }
+  if (source_.tensors.files().size() <= 1) max_shard = UINT64_MAX;
+  std::vector<std::string> written = WriteSafetensorsModel(dir, tensors, {{"format", "pt"}}, max_shard);
+
+  WriteFileAtomically(dir + "/config.json",
+                      UpdateConfigJson(ReadFileToString(source_.dir + "/config.json"), config,
+                                       source_.dir + "/config.json"));
+  written.push_back("config.json");
+  // Tokenizer and generation files travel unchanged.
+  if (DIR* d = ::opendir(source_.dir.c_str())) {
+    std::vector<std::string> extra;
+    while (dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name[0] != '.' && !IsWeightOrOwnFile(name)) extra.push_back(name);
+    }
+    ::closedir(d);
+    std::sort(extra.begin(), extra.end());
+    for (const auto& name : extra) {
+      WriteFileAtomically(dir + "/" + name, ReadFileToString(source_.dir + "/" + name));
+      written.push_back(name);
+    }
+  }
+  return written;
+}
+
+}  // namespace kvfold

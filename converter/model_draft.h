@@ -1,0 +1,42 @@
+// ModelDraft: the checkpoint a pipeline is rewriting. Unchanged tensors stay views of the
+// source's mmap; only tensors a pass replaces are held in memory (as float32 until written).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "formats/checkpoint.h"
+
+namespace kvfold {
+
+class ModelDraft {
+ public:
+  explicit ModelDraft(const Checkpoint& source);
+
+  const Checkpoint& source() const { return source_; }
+  ModelConfig config;  // passes update it together with the tensors
+
+  bool Has(const std::string& name) const;
+  std::vector<std::int64_t> Shape(const std::string& name) const;
+  std::vector<float> ReadF32(const std::string& name) const;
+  void Replace(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data);
+  void Remove(const std::string& name);
+  std::vector<std::string> Names() const;
+
+  // Writes config.json, the weights (each tensor in the source's dtype, sharded like the
+  // source) and the tokenizer files into the existing folder `dir`. Returns the files written.
+  std::vector<std::string> WriteTo(const std::string& dir) const;
+
+ private:
+  struct Replacement {
+    std::vector<std::int64_t> shape;
+    std::vector<float> data;
+  };
+  const Checkpoint& source_;
+  std::map<std::string, Replacement> replaced_;
+  std::vector<std::string> removed_;
+};
+
+}  // namespace kvfold

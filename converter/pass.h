@@ -1,0 +1,63 @@
+// The pass interface: a pass is a small object with a name, the calibration statistics it
+// needs, and one Run() over the model draft. Passes never print; they record what they did in
+// their JSON record (kept in kvfold.json and the report).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "calib/kv_statistics.h"
+#include "converter/model_draft.h"
+
+namespace kvfold {
+
+struct PassContext {
+  ModelDraft& model;
+  const KvStatistics& statistics;  // from the calibration forward of the source model
+  nlohmann::ordered_json& record;  // the pass adds what it did (deterministic values only)
+};
+
+class Pass {
+ public:
+  virtual ~Pass() = default;
+  virtual unsigned NeededStatistics() const = 0;  // StatisticBits
+  virtual void Run(PassContext& context) = 0;
+};
+
+// A pass invocation as written in a pipeline: name<key=value,...>.
+struct PassSpec {
+  std::string name;
+  std::map<std::string, std::string> params;
+  std::string Text() const;  // canonical text (parameters sorted)
+};
+
+struct PassParam {
+  const char* name;
+  const char* help;      // includes the allowed values and the default
+};
+
+struct PassInfo {
+  const char* name;
+  const char* summary;
+  std::vector<PassParam> params;
+  std::unique_ptr<Pass> (*create)(const PassSpec& spec, const ModelConfig& config);
+};
+
+// Every pass kvfold has (converter/pass_registry.cc).
+const std::vector<PassInfo>& PassRegistry();
+std::string PrintPasses();
+
+// Parses 'a<k=v,k2=v2>,b' into specs; checks pass and parameter names against the registry.
+// Throws Error("--passes: ...") naming the unknown pass or parameter.
+std::vector<PassSpec> ParsePipeline(const std::string& text);
+
+// Integer parameter helper for pass constructors: Error naming the pass and parameter.
+std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t fallback);
+std::string StringParam(const PassSpec& spec, const std::string& key, const std::string& fallback,
+                        const std::vector<std::string>& allowed);
+
+}  // namespace kvfold

@@ -1,0 +1,115 @@
+// Pipeline text: parsing, parameter access, and the --print-passes listing.
+#include <cctype>
+#include <sstream>
+
+#include "converter/pass.h"
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+const PassInfo* FindPass(const std::string& name) {
+  for (const auto& info : PassRegistry()) {
+    if (name == info.name) return &info;
+  }
+  return nullptr;
+}
+
+std::string Trim(const std::string& s) {
+  std::size_t a = 0, b = s.size();
+  while (a < b && std::isspace(static_cast<unsigned char>(s[a]))) ++a;
+  while (b > a && std::isspace(static_cast<unsigned char>(s[b - 1]))) --b;
+  return s.substr(a, b - a);
+}
+
+}  // namespace
+
+std::string PassSpec::Text() const {
+  std::string out = name;
+  if (params.empty()) return out;
+  out += "<";
+  bool first = true;
+  for (const auto& [k, v] : params) {
+    out += (first ? "" : ",") + k + "=" + v;
+    first = false;
+  }
+  return out + ">";
+}
+
+std::vector<PassSpec> ParsePipeline(const std::string& text) {
+  std::vector<PassSpec> specs;
+  std::size_t i = 0;
+  const std::string where = "--passes";
+  while (i < text.size()) {
+    std::size_t end = i;
+    while (end < text.size() && text[end] != ',' && text[end] != '<') ++end;
+    PassSpec spec;
+    spec.name = Trim(text.substr(i, end - i));
+    if (spec.name.empty()) Fail(where, "empty pass name at character " + std::to_string(i));
+    const PassInfo* info = FindPass(spec.name);
+    if (info == nullptr) Fail(where, "unknown pass '" + spec.name + "' (see --print-passes)");
+    i = end;
+    if (i < text.size() && text[i] == '<') {
+      const std::size_t close = text.find('>', i);
+      if (close == std::string::npos) Fail(where, "'<' after " + spec.name + " is never closed");
+      std::stringstream params(text.substr(i + 1, close - i - 1));
+      std::string item;
+      while (std::getline(params, item, ',')) {
+        const std::size_t eq = item.find('=');
+        if (eq == std::string::npos) Fail(where, spec.name + ": parameter '" + Trim(item) + "' needs a value");
+        const std::string key = Trim(item.substr(0, eq)), value = Trim(item.substr(eq + 1));
+        bool known = false;
+        for (const auto& p : info->params) known |= key == p.name;
+        if (!known) Fail(where, spec.name + ": unknown parameter '" + key + "' (see --print-passes)");
+        if (!spec.params.emplace(key, value).second) Fail(where, spec.name + ": parameter '" + key + "' given twice");
+      }
+      i = close + 1;
+    }
+    specs.push_back(std::move(spec));
+    if (i < text.size()) {
+      if (text[i] != ',') Fail(where, "expected ',' after " + specs.back().name);
+      ++i;
+    }
+  }
+  if (specs.empty()) Fail(where, "no passes given");
+  return specs;
+}
+
+std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t fallback) {
+  auto it = spec.params.find(key);
+  if (it == spec.params.end()) return fallback;
+  std::size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(it->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != it->second.size() || used == 0) {
+    Fail("--passes", spec.name + ": " + key + "=" + it->second + " is not an integer");
+  }
+  return v;
+}
+
+std::string StringParam(const PassSpec& spec, const std::string& key, const std::string& fallback,
+                        const std::vector<std::string>& allowed) {
+  auto it = spec.params.find(key);
+  const std::string v = it == spec.params.end() ? fallback : it->second;
+  for (const auto& a : allowed) {
+    if (v == a) return v;
+  }
+  std::string list;
+  for (const auto& a : allowed) list += (list.empty() ? "" : "|") + a;
+  Fail("--passes", spec.name + ": " + key + "=" + v + " is not one of " + list);
+}
+
+std::string PrintPasses() {
+  std::ostringstream o;
+  for (const auto& info : PassRegistry()) {
+    o << info.name << "\n    " << info.summary << "\n";
+    for (const auto& p : info.params) o << "    " << p.name << ": " << p.help << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace kvfold

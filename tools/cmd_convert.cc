@@ -1,0 +1,54 @@
+// kvfold convert MODEL --calib TEXT --passes 'PIPELINE' -o OUT [--force] [--time-passes]
+// kvfold convert --print-passes
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "converter/convert.h"
+#include "converter/pass.h"
+#include "formats/error.h"
+#include "tools/commands.h"
+
+namespace kvfold {
+
+Command AddConvertCommand(CLI::App& app) {
+  struct Args {
+    ConvertOptions options;
+    bool print_passes = false;
+    bool time_passes = false;
+    bool quiet = false;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* sub = app.add_subcommand("convert", "Run a pipeline of passes and write a new checkpoint");
+  sub->add_option("MODEL", a->options.model, "HuggingFace model folder to convert");
+  sub->add_option("--calib", a->options.calib_text, "UTF-8 calibration text");
+  sub->add_option("--passes", a->options.passes, "Pipeline, e.g. 'gqa-svd<kv-heads=2,rope=commute>'");
+  sub->add_option("-o,--output", a->options.output, "Output folder (refused if it exists, unless --force)");
+  sub->add_option("--calib-tokens", a->options.calib_tokens, "Calibration tokens")->capture_default_str();
+  sub->add_option("--window", a->options.window, "Tokens per calibration window")->capture_default_str();
+  sub->add_option("--device", a->options.device, "cpu, cuda or cuda:N")->capture_default_str();
+  sub->add_option("--threads", a->options.threads, "CPU threads (0 = all cores)");
+  sub->add_flag("--force", a->options.force, "Replace an existing output folder");
+  sub->add_flag("--print-passes", a->print_passes, "List the passes and their parameters");
+  sub->add_flag("--time-passes", a->time_passes, "Print the time of calibration and each pass");
+  sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
+  return {sub, [a] {
+    if (a->print_passes) {
+      std::fputs(PrintPasses().c_str(), stdout);
+      return 0;
+    }
+    if (a->options.model.empty()) Fail("convert", "MODEL is required");
+    if (a->options.calib_text.empty()) Fail("convert", "--calib TEXT is required");
+    if (a->options.passes.empty()) Fail("convert", "--passes is required (see --print-passes)");
+    a->options.progress = !a->quiet;
+    const ConvertResult r = Convert(a->options);
+    if (a->time_passes) {
+      for (const auto& t : r.timings) std::fprintf(stderr, "time  %-48s %8.3f s\n", t.pass.c_str(), t.seconds);
+      std::fprintf(stderr, "time  %-48s %8.3f s\n", "total", r.total_seconds);
+    }
+    std::printf("wrote %s\n", a->options.output.c_str());
+    return 0;
+  }};
+}
+
+}  // namespace kvfold
