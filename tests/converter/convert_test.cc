@@ -1,0 +1,167 @@
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+#include "converter/convert.h"
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "formats/mapped_file.h"
+#include "runtime_check/reference_model.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using kvfold::test::ListDir;
+using kvfold::test::ReadBytes;
+using kvfold::test::SharedPath;
+using kvfold::test::TempDir;
+
+namespace {
+
+std::string CalibFor(const std::string& model) {
+  return SharedPath(model.rfind("stories", 0) == 0 ? "text/tinystories/calib.txt"
+                                                   : "text/wikitext-2/valid.tokens.txt");
+}
+
+ConvertResult RunConvert(const std::string& model, const std::string& passes, const std::string& out,
+                         std::int64_t calib_tokens = 8192) {
+  ConvertOptions o;
+  o.model = SharedPath("models/" + model);
+  o.calib_text = CalibFor(model);
+  o.passes = passes;
+  o.output = out;
+  o.calib_tokens = calib_tokens;
+  o.threads = 2;
+  o.progress = false;
+  return Convert(o);
+}
+
+std::vector<std::int32_t> Probe() {
+  std::vector<std::int32_t> ids = {1};
+  for (int i = 1; i < 96; ++i) ids.push_back(3 + (i * 37) % 500);
+  return ids;
+}
+
+double MaxLogitDiff(const std::string& a_dir, const std::string& b_dir) {
+  const Checkpoint a = OpenCheckpoint(a_dir), b = OpenCheckpoint(b_dir);
+  const auto la = ReferenceModel::Load(a, {"cpu", 2})->Logits(Probe());
+  const auto lb = ReferenceModel::Load(b, {"cpu", 2})->Logits(Probe());
+  REQUIRE(la.size() == lb.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < la.size(); ++i) worst = std::max(worst, double(std::abs(la[i] - lb[i])));
+  return worst;
+}
+
+nlohmann::json ReadJson(const std::string& path) { return nlohmann::json::parse(ReadFileToString(path)); }
+
+}  // namespace
+
+TEST_CASE("full-rank conversions reproduce the original logits", "[convert][exact][shared]") {
+  for (const char* model : {"stories260K", "stories260K-mha", "micro-mha", "mini-mha",
+                            "mini-mha-bf16-sharded"}) {
+    const Checkpoint ck = OpenCheckpoint(SharedPath(std::string("models/") + model));
+    const std::string kv = std::to_string(ck.config.num_key_value_heads);
+    // BF16 storage rounds the folded weights once more; that is all the difference allowed.
+    const double tolerance = ck.StoredElementBytes() == 2 ? 5e-2 : 1e-4;
+    for (const char* rope : {"commute", "reconstruct"}) {
+      INFO(model << " rope=" << rope);
+      TempDir tmp;
+      RunConvert(model, "gqa-svd<kv-heads=" + kv + ",rope=" + rope + ">", tmp.File("out"));
+      CHECK(MaxLogitDiff(SharedPath(std::string("models/") + model), tmp.File("out")) < tolerance);
+    }
+  }
+}
+
+TEST_CASE("duplicated KV heads fold back losslessly", "[convert][exact][shared]") {
+  TempDir tmp;
+  for (const char* passes : {"gqa-svd<kv-heads=4>", "gqa-meanpool<kv-heads=4>"}) {
+    INFO(passes);
+    const std::string out = tmp.File(std::string("out") + passes[4]);
+    RunConvert("stories260K-mha", passes, out);
+    CHECK(MaxLogitDiff(SharedPath("models/stories260K"), out) < 1e-4);
+    CHECK(OpenCheckpoint(out).config.num_key_value_heads == 4);
+  }
+}
+
+TEST_CASE("gqa-svd beats mean-pooling on a real GQA model", "[convert][quality][shared]") {
+  TempDir tmp;
+  RunConvert("stories260K", "gqa-svd<kv-heads=2>", tmp.File("svd"));
+  RunConvert("stories260K", "gqa-meanpool<kv-heads=2>", tmp.File("mean"));
+  const std::string original = SharedPath("models/stories260K");
+  CHECK(MaxLogitDiff(original, tmp.File("svd")) < MaxLogitDiff(original, tmp.File("mean")));
+}
+
+TEST_CASE("outputs are complete, described and byte-identical across runs", "[convert][output][shared]") {
+  TempDir tmp;
+  RunConvert("mini-mha-bf16-sharded", "gqa-svd<kv-heads=2,rope=reconstruct>", tmp.File("a"));
+  RunConvert("mini-mha-bf16-sharded", "gqa-svd<kv-heads=2,rope=reconstruct>", tmp.File("b"));
+  const auto files = ListDir(tmp.File("a"));
+  CHECK(files == ListDir(tmp.File("b")));
+  for (const auto& f : files) {
+    INFO(f);
+    CHECK(ReadBytes(tmp.File("a/" + f)) == ReadBytes(tmp.File("b/" + f)));
+  }
+  // Sharded and BF16 like the source; tokenizer copied; config and kvfold.json describe it.
+  CHECK(std::count(files.begin(), files.end(), "model.safetensors.index.json") == 1);
+  CHECK(std::count(files.begin(), files.end(), "tokenizer.model") == 1);
+  const Checkpoint out = OpenCheckpoint(tmp.File("a"));
+  CHECK(out.StoredElementBytes() == 2);
+  CHECK(out.tensors.files().size() >= 2);
+  CHECK(out.config.num_key_value_heads == 2);
+  CHECK(out.config.key_projection_heads == 8);
+  CHECK(out.config.head_dim == 32);
+  const auto meta = ReadJson(tmp.File("a/kvfold.json"));
+  CHECK(meta["format_version"] == 1);
+  CHECK(meta["pipeline"] == "gqa-svd<kv-heads=2,rope=reconstruct>");
+  CHECK(meta["vanilla_checkpoint"] == false);
+  CHECK(meta["calibration"]["tokens"] == 8192);
+  CHECK(meta["calibration"]["sha256"].get<std::string>().size() == 64);
+  CHECK(meta["source"]["sha256"].get<std::string>().size() == 64);
+  CHECK(meta["kv_cache_bytes_per_token"]["before"] == 2 * 6 * 8 * 32 * 2);
+  CHECK(meta["kv_cache_bytes_per_token"]["after"] == 2 * 6 * 2 * 32 * 2);
+  CHECK(meta["passes"][0]["layers"].size() == 6);
+}
+
+TEST_CASE("a commute conversion is a vanilla GQA checkpoint", "[convert][output][shared]") {
+  TempDir tmp;
+  RunConvert("micro-mha", "gqa-svd<kv-heads=2,rope=commute>", tmp.File("out"));
+  const auto config = ReadJson(tmp.File("out/config.json"));
+  CHECK(config["num_key_value_heads"] == 2);
+  CHECK_FALSE(config.contains("kvfold_key_reconstruct"));
+  CHECK(config["model_type"] == "llama");
+  const Checkpoint out = OpenCheckpoint(tmp.File("out"));
+  CHECK(out.tensors.Find("model.layers.0.self_attn.k_cache_proj.weight") == nullptr);
+  CHECK(out.Tensor({TensorRole::kKProj, 0}).entry->shape == std::vector<std::int64_t>{64, 128});
+  CHECK(ReadJson(tmp.File("out/kvfold.json"))["vanilla_checkpoint"] == true);
+}
+
+TEST_CASE("existing outputs are refused without --force and replaced with it", "[convert][output][shared]") {
+  TempDir tmp;
+  const std::string out = tmp.File("out");
+  REQUIRE(std::system(("mkdir -p " + out + " && echo keep > " + out + "/marker").c_str()) == 0);
+  CHECK_THROWS_WITH(RunConvert("stories260K", "gqa-meanpool<kv-heads=2>", out),
+                    out + ": already exists (use --force to replace it)");
+  CHECK(ReadBytes(out + "/marker") == "keep\n");
+  ConvertOptions o;
+  o.model = SharedPath("models/stories260K");
+  o.calib_text = CalibFor("stories260K");
+  o.passes = "gqa-meanpool<kv-heads=2>";
+  o.output = out;
+  o.force = true;
+  o.progress = false;
+  Convert(o);
+  CHECK(ListDir(out).size() > 3);
+  CHECK(ReadBytes(out + "/marker").empty());
+  CHECK(ListDir(tmp.path()) == std::vector<std::string>{"out"});  // no temporary left behind
+}
+
+TEST_CASE("a failing conversion leaves no output", "[convert][output][shared]") {
+  TempDir tmp;
+  CHECK_THROWS_WITH(RunConvert("mini-mha", "gqa-svd<kv-heads=3>", tmp.File("out")),
+                    Catch::Contains("does not divide"));
+  CHECK_THROWS_AS(RunConvert("mini-mha", "gqa-svd<kv-heads=2>,gqa-svd<kv-heads=1>", tmp.File("out")),
+                  Error);
+  CHECK(ListDir(tmp.path()).empty());
+}

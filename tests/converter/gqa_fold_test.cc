@@ -1,0 +1,177 @@
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+
+#include "converter/gqa_fold.h"
+#include "formats/error.h"
+
+using namespace kvfold;
+
+namespace {
+
+// A layer with H query heads, KV key/value heads, head dim d, hidden D, random weights.
+AttentionProjections RandomLayer(std::int64_t H, std::int64_t KV, std::int64_t d, std::int64_t D,
+                                 unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> n01;
+  AttentionProjections p;
+  p.heads = H;
+  p.kv_heads = KV;
+  p.head_dim = d;
+  p.hidden = D;
+  auto fill = [&](std::int64_t n) {
+    std::vector<double> v(static_cast<std::size_t>(n));
+    for (auto& x : v) x = n01(rng);
+    return v;
+  };
+  p.wq = fill(H * d * D);
+  p.wk = fill(KV * d * D);
+  p.wv = fill(KV * d * D);
+  p.wo = fill(D * H * d);
+  return p;
+}
+
+// sum over samples of y y^T for y = W h, [rows, rows].
+std::vector<double> Moment(const std::vector<double>& w, std::int64_t rows, std::int64_t D,
+                           const std::vector<std::vector<double>>& samples) {
+  std::vector<double> m(static_cast<std::size_t>(rows * rows), 0.0);
+  for (const auto& h : samples) {
+    std::vector<double> y(static_cast<std::size_t>(rows), 0.0);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t c = 0; c < D; ++c) y[r] += w[r * D + c] * h[c];
+    }
+    for (std::int64_t a = 0; a < rows; ++a) {
+      for (std::int64_t b = 0; b < rows; ++b) m[a * rows + b] += y[a] * y[b];
+    }
+  }
+  return m;
+}
+
+std::vector<std::vector<double>> Samples(int n, std::int64_t D, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> n01;
+  std::vector<std::vector<double>> s(n, std::vector<double>(static_cast<std::size_t>(D)));
+  for (auto& v : s) for (auto& x : v) x = n01(rng);
+  return s;
+}
+
+std::vector<double> Project(const std::vector<double>& w, std::int64_t row0, std::int64_t rows,
+                            std::int64_t D, const std::vector<double>& h) {
+  std::vector<double> y(static_cast<std::size_t>(rows), 0.0);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < D; ++c) y[r] += w[(row0 + r) * D + c] * h[c];
+  }
+  return y;
+}
+
+// rotate_half RoPE of one head vector at position `pos`.
+std::vector<double> Rope(std::vector<double> x, double pos) {
+  const std::size_t d = x.size(), half = d / 2;
+  for (std::size_t j = 0; j < half; ++j) {
+    const double a = pos * std::pow(10000.0, -2.0 * j / d);
+    const double x1 = x[j], x2 = x[j + half];
+    x[j] = x1 * std::cos(a) - x2 * std::sin(a);
+    x[j + half] = x2 * std::cos(a) + x1 * std::sin(a);
+  }
+  return x;
+}
+
+double Dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("value fold at full rank preserves W_O W_V exactly", "[gqa][fold]") {
+  AttentionProjections p = RandomLayer(4, 2, 4, 6, 1);
+  const AttentionProjections before = p;
+  const auto samples = Samples(50, 6, 2);
+  FoldRecord record;
+  FoldValues(p, 2, Moment(p.wv, 8, 6, samples), record);
+  for (double kept : record.value_energy_kept) CHECK(kept == Approx(1.0));
+  // Per query head h (reading KV head h / 2): W_O[:, h] W_V[kv] is unchanged.
+  for (std::int64_t h = 0; h < 4; ++h) {
+    const std::int64_t kv = h / 2;
+    for (std::int64_t r = 0; r < 6; ++r) {
+      for (std::int64_t c = 0; c < 6; ++c) {
+        double a = 0, b = 0;
+        for (std::int64_t k = 0; k < 4; ++k) {
+          a += before.wo[r * 16 + h * 4 + k] * before.wv[(kv * 4 + k) * 6 + c];
+          b += p.wo[r * 16 + h * 4 + k] * p.wv[(kv * 4 + k) * 6 + c];
+        }
+        REQUIRE(b == Approx(a).margin(1e-9));
+      }
+    }
+  }
+}
+
+TEST_CASE("commute key fold is exact at every position when pairs are complex multiples",
+          "[gqa][fold][rope]") {
+  // Two KV heads where head 1's pair j is head 0's pair j times a complex c_j: the group has
+  // rank 1 per pair, so the RoPE-commuting fold to one head must be lossless at any position.
+  const std::int64_t d = 8, D = 5, half = 4;
+  AttentionProjections p = RandomLayer(4, 2, d, D, 3);
+  std::mt19937 rng(4);
+  std::normal_distribution<double> n01;
+  for (std::int64_t j = 0; j < half; ++j) {
+    const double cr = n01(rng), ci = n01(rng);
+    for (std::int64_t c = 0; c < D; ++c) {
+      const double x = p.wk[j * D + c], y = p.wk[(j + half) * D + c];
+      p.wk[(d + j) * D + c] = cr * x - ci * y;           // Re(c z)
+      p.wk[(d + j + half) * D + c] = cr * y + ci * x;    // Im(c z)
+    }
+  }
+  const AttentionProjections before = p;
+  const auto samples = Samples(30, D, 5);
+  FoldRecord record;
+  FoldKeysCommute(p, 1, Moment(p.wk, 2 * d, D, samples), record);
+  REQUIRE(p.kv_heads == 1);
+  CHECK(record.key_energy_kept[0] == Approx(1.0));
+  for (int trial = 0; trial < 5; ++trial) {
+    const auto hq = Samples(1, D, 100 + trial)[0], hk = Samples(1, D, 200 + trial)[0];
+    const double pq = 3 + 17 * trial, pk = 1 + 5 * trial;  // arbitrary positions
+    for (std::int64_t h = 0; h < 4; ++h) {
+      const std::int64_t kv = h / 2;
+      const double original = Dot(Rope(Project(before.wq, h * d, d, D, hq), pq),
+                                  Rope(Project(before.wk, kv * d, d, D, hk), pk));
+      const double folded = Dot(Rope(Project(p.wq, h * d, d, D, hq), pq),
+                                Rope(Project(p.wk, 0, d, D, hk), pk));
+      REQUIRE(folded == Approx(original).margin(1e-9));
+    }
+  }
+}
+
+TEST_CASE("lossy folds keep between 0 and 1 of the energy, best-first", "[gqa][fold]") {
+  AttentionProjections p = RandomLayer(8, 4, 4, 16, 6);
+  const auto samples = Samples(200, 16, 7);
+  const auto vm = Moment(p.wv, 16, 16, samples), km = Moment(p.wk, 16, 16, samples);
+  FoldRecord two, one;
+  AttentionProjections a = p, b = p;
+  FoldValues(a, 2, vm, two);
+  FoldValues(b, 1, vm, one);
+  for (double kept : two.value_energy_kept) CHECK((kept > 0.5 && kept < 1.0));
+  CHECK(one.value_energy_kept[0] < std::min(two.value_energy_kept[0], two.value_energy_kept[1]) + 1e-12);
+  FoldRecord rec;
+  const KeyReconstruction r = ReconstructKeys(p, 2, km, rec);
+  CHECK(r.k_cache_proj.size() == 2 * 4 * 8);
+  CHECK(r.q_cache_proj.size() == 8 * 4 * 4);
+  CHECK((rec.key_energy_kept[0] > 0.5 && rec.key_energy_kept[0] < 1.0));
+  // Psi_g has orthonormal rows: Psi Psi^T = I.
+  for (int g = 0; g < 2; ++g) {
+    for (int a_row = 0; a_row < 4; ++a_row) {
+      for (int b_row = 0; b_row < 4; ++b_row) {
+        double s = 0;
+        for (int c = 0; c < 8; ++c) s += r.k_cache_proj[(g * 4 + a_row) * 8 + c] * r.k_cache_proj[(g * 4 + b_row) * 8 + c];
+        CHECK(s == Approx(a_row == b_row ? 1.0 : 0.0).margin(1e-12));
+      }
+    }
+  }
+}
+
+TEST_CASE("uneven grouping is refused", "[gqa][fold]") {
+  AttentionProjections p = RandomLayer(8, 4, 4, 6, 8);
+  CHECK_THROWS_WITH(MeanPoolKv(p, 3), Catch::Contains("must divide the current 4 KV heads"));
+}
