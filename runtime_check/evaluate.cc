@@ -187,7 +187,8 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
   const int n = static_cast<int>(windows.size());
   r.base = Finish(n, t.tokens, t.nll_a, seconds);
   r.other = Finish(n, t.tokens, t.nll_b, seconds);
-  r.kl = t.kl / static_cast<double>(t.tokens);
+  // KL is >= 0; a sum of float32 terms can land a hair below zero when the models agree.
+  r.kl = std::max(0.0, t.kl / static_cast<double>(t.tokens));
   r.top1_agreement = t.agree / static_cast<double>(t.tokens);
   r.delta_nll = r.other.mean_nll - r.base.mean_nll;
   return r;
