@@ -35,6 +35,23 @@ void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector
 
 }  // namespace
 
+void KvStatistics::Merge(const KvStatistics& other) {
+  if (other.collected != collected || other.layers.size() != layers.size() || other.dim() != dim()) {
+    Fail("calibration", "internal: merging statistics of different shapes");
+  }
+  tokens += other.tokens;
+  auto add = [](std::vector<double>& into, const std::vector<double>& from) {
+    if (from.empty()) return;
+    if (into.empty()) into.assign(from.size(), 0.0);
+    for (std::size_t i = 0; i < from.size(); ++i) into[i] += from[i];
+  };
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    add(layers[l].key_pre_rope, other.layers[l].key_pre_rope);
+    add(layers[l].key_post_rope, other.layers[l].key_post_rope);
+    add(layers[l].value, other.layers[l].value);
+  }
+}
+
 KvStatisticsCollector::KvStatisticsCollector(unsigned statistics, int layers,
                                              std::int64_t kv_heads, std::int64_t head_dim) {
   stats_.collected = statistics;

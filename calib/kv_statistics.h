@@ -28,6 +28,8 @@ struct KvStatistics {
   std::int64_t kv_heads = 0, head_dim = 0;
   std::vector<LayerKvStatistics> layers;
   std::int64_t dim() const { return kv_heads * head_dim; }
+  // Adds `other` (same model, same statistics) into this; used to join per-thread collectors.
+  void Merge(const KvStatistics& other);
 };
 
 class KvStatisticsCollector : public LayerObserver {

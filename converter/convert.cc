@@ -22,6 +22,7 @@
 #include "formats/progress.h"
 #include "formats/sha256.h"
 #include "formats/version.h"
+#include "runtime_check/data_parallel.h"
 #include "runtime_check/reference_model.h"
 
 namespace kvfold {
@@ -55,26 +56,39 @@ std::string SourceSha256(const Checkpoint& ck) {
   return h.HexDigest();
 }
 
-// The calibration forward: the source model over the first calib_tokens tokens, in windows.
+// The calibration forward: the source model over the calibration windows, batches run
+// data-parallel with one collector per slot, joined in slot order (deterministic for a given
+// thread count).
 KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& windows,
                        std::int32_t bos, unsigned needed, const ConvertOptions& o) {
   const auto model = ReferenceModel::Load(ck, {o.device, o.threads});
-  KvStatisticsCollector collector(needed, static_cast<int>(ck.config.num_hidden_layers),
-                                  ck.config.num_key_value_heads, ck.config.head_dim);
   const std::size_t per_batch = std::max<std::size_t>(1, 2048 / static_cast<std::size_t>(o.window));
-  Progress progress("calibrate", static_cast<std::int64_t>(windows.size()), "windows", o.progress);
-  for (std::size_t first = 0; first < windows.size(); first += per_batch) {
-    const std::size_t count = std::min(per_batch, windows.size() - first);
-    std::vector<std::int32_t> tokens;
-    tokens.reserve(count * static_cast<std::size_t>(o.window));
-    for (std::size_t w = first; w < first + count; ++w) {
-      tokens.push_back(bos);  // as in evaluation: [BOS] + window without its last token
-      tokens.insert(tokens.end(), windows[w].begin(), windows[w].end() - 1);
-    }
-    model->Observe(tokens, static_cast<int>(count), collector);
-    progress.Update(static_cast<std::int64_t>(first + count));
+  const std::size_t batches = (windows.size() + per_batch - 1) / per_batch;
+  std::vector<KvStatisticsCollector> collectors;
+  for (std::size_t s = 0; s < DataParallelSlots(*model); ++s) {
+    collectors.emplace_back(needed, static_cast<int>(ck.config.num_hidden_layers),
+                            ck.config.num_key_value_heads, ck.config.head_dim);
   }
-  return collector.statistics();
+  Progress progress("calibrate", static_cast<std::int64_t>(windows.size()), "windows", o.progress);
+  RunDataParallel(
+      *model, batches,
+      [&](std::size_t b, std::size_t slot) {
+        const std::size_t first = b * per_batch;
+        const std::size_t count = std::min(per_batch, windows.size() - first);
+        std::vector<std::int32_t> tokens;
+        tokens.reserve(count * static_cast<std::size_t>(o.window));
+        for (std::size_t w = first; w < first + count; ++w) {
+          tokens.push_back(bos);  // as in evaluation: [BOS] + window without its last token
+          tokens.insert(tokens.end(), windows[w].begin(), windows[w].end() - 1);
+        }
+        model->Observe(tokens, static_cast<int>(count), collectors[slot]);
+      },
+      [&](std::size_t done) {
+        progress.Update(static_cast<std::int64_t>(std::min(windows.size(), done * per_batch)));
+      });
+  KvStatistics stats = collectors.front().statistics();
+  for (std::size_t s = 1; s < collectors.size(); ++s) stats.Merge(collectors[s].statistics());
+  return stats;
 }
 
 }  // namespace

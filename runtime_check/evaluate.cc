@@ -1,6 +1,5 @@
 #include "runtime_check/evaluate.h"
 
-#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -9,7 +8,7 @@
 
 #include "formats/error.h"
 #include "formats/progress.h"
-#include "runtime_check/blas_threads.h"
+#include "runtime_check/data_parallel.h"
 #include "runtime_check/llama_forward.h"
 
 namespace kvfold {
@@ -82,35 +81,23 @@ struct GroupSums {
   std::int64_t tokens = 0;
 };
 
-// Evaluates `windows` in groups of `per_group`. On CPU the groups of a round run one per
-// LibTorch thread, each single-threaded inside (BLAS included): no two thread pools compete
-// for the cores. `fn(batch)` returns the group's sums; `after_round(done)` reports progress.
+// Evaluates `windows` in groups of `per_group`, data-parallel (runtime_check/data_parallel.h).
+// `fn(batch)` returns the group's sums; `after_round(done_windows)` reports progress.
 template <typename Fn, typename AfterRound>
-std::vector<GroupSums> ForEachGroup(const std::vector<TokenWindow>& windows, std::size_t per_group,
-                                    std::int32_t bos, const ReferenceModel::Impl& impl, Fn fn,
-                                    AfterRound after_round) {
+std::vector<GroupSums> ForEachGroup(const ReferenceModel& model,
+                                    const std::vector<TokenWindow>& windows, std::size_t per_group,
+                                    std::int32_t bos, Fn fn, AfterRound after_round) {
+  const auto& impl = model.impl();
   const std::size_t groups = (windows.size() + per_group - 1) / per_group;
-  const std::size_t per_round =
-      impl.device.is_cpu() ? static_cast<std::size_t>(std::max(1, at::get_num_threads())) : 1;
   std::vector<GroupSums> sums(groups);
-  auto run_group = [&](std::size_t g) {
-    const std::size_t first = g * per_group;
-    const std::size_t count = std::min(per_group, windows.size() - first);
-    sums[g] = fn(MakeBatch(windows, first, count, bos, impl.config.vocab_size, impl.device));
-  };
-  for (std::size_t round = 0; round < groups; round += per_round) {
-    const std::size_t end = std::min(groups, round + per_round);
-    if (per_round == 1) {
-      run_group(round);
-    } else {
-      ScopedSingleThreadBlas one_blas_thread;
-      at::parallel_for(static_cast<std::int64_t>(round), static_cast<std::int64_t>(end), 1,
-                       [&](std::int64_t b, std::int64_t e) {
-                         for (std::int64_t g = b; g < e; ++g) run_group(static_cast<std::size_t>(g));
-                       });
-    }
-    after_round(std::min(windows.size(), end * per_group));
-  }
+  RunDataParallel(
+      model, groups,
+      [&](std::size_t g, std::size_t) {
+        const std::size_t first = g * per_group;
+        const std::size_t count = std::min(per_group, windows.size() - first);
+        sums[g] = fn(MakeBatch(windows, first, count, bos, impl.config.vocab_size, impl.device));
+      },
+      [&](std::size_t done) { after_round(std::min(windows.size(), done * per_group)); });
   return sums;
 }
 
@@ -137,9 +124,8 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   Progress progress("eval", static_cast<std::int64_t>(windows.size()), "windows", options.progress);
   std::int64_t done_tokens = 0;
   const GroupSums t = Total(ForEachGroup(
-      windows, WindowsPerBatch(options, windows.front().size()), bos, impl,
+      model, windows, WindowsPerBatch(options, windows.front().size()), bos,
       [&](const Batch& batch) {
-        c10::InferenceMode guard;  // thread-local: each worker needs its own
         GroupSums s;
         s.nll_a = NllSum(at::log_softmax(impl.Forward(batch.inputs, nullptr), -1), batch.targets);
         s.tokens = batch.targets.numel();
@@ -167,9 +153,8 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
   Progress progress("compare", static_cast<std::int64_t>(windows.size()), "windows",
                     options.progress);
   const GroupSums t = Total(ForEachGroup(
-      windows, WindowsPerBatch(options, windows.front().size()), bos, a,
+      base, windows, WindowsPerBatch(options, windows.front().size()), bos,
       [&](const Batch& batch) {
-        c10::InferenceMode guard;
         GroupSums s;
         const at::Tensor lp_a = at::log_softmax(a.Forward(batch.inputs, nullptr), -1);
         const at::Tensor lp_b = at::log_softmax(b.Forward(batch.inputs, nullptr), -1);

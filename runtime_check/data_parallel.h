@@ -1,0 +1,22 @@
+// Data parallelism over independent batches for the reference runtime: on CPU each round runs
+// one batch per LibTorch thread, each single-threaded inside (OpenBLAS pinned to one thread), so
+// libgomp's and OpenBLAS's pools never spin against each other; on CUDA batches run in order.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+
+#include "runtime_check/reference_model.h"
+
+namespace kvfold {
+
+// Number of concurrent slots RunDataParallel uses for `model` (threads on CPU, 1 on CUDA).
+std::size_t DataParallelSlots(const ReferenceModel& model);
+
+// Calls run(index, slot) for index in [0, count); slot = index % DataParallelSlots(model), so a
+// slot's batches run one at a time and in index order. after_round(done) follows each round.
+void RunDataParallel(const ReferenceModel& model, std::size_t count,
+                     const std::function<void(std::size_t index, std::size_t slot)>& run,
+                     const std::function<void(std::size_t done)>& after_round);
+
+}  // namespace kvfold
