@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 
@@ -143,7 +145,9 @@ ConvertResult Convert(const ConvertOptions& o) {
   // Output: a temporary sibling folder, renamed into place when complete.
   const auto t_write = Clock::now();
   const std::string tmp = o.output + ".tmp." + std::to_string(::getpid());
-  if (::mkdir(tmp.c_str(), 0755) != 0) Fail(o.output, "cannot create the output folder");
+  if (::mkdir(tmp.c_str(), 0755) != 0) {
+    Fail(o.output, std::string("cannot create the output folder: ") + std::strerror(errno));
+  }
   try {
     std::string pipeline;
     for (const auto& c : canonical) pipeline += (pipeline.empty() ? "" : ",") + c;
@@ -168,7 +172,10 @@ ConvertResult Convert(const ConvertOptions& o) {
     if (Exists(o.output)) {  // --force: swap the old folder out only now
       const std::string old = o.output + ".old." + std::to_string(::getpid());
       if (std::rename(o.output.c_str(), old.c_str()) != 0) Fail(o.output, "cannot replace the existing folder");
-      if (std::rename(tmp.c_str(), o.output.c_str()) != 0) Fail(o.output, "cannot move the output into place");
+      if (std::rename(tmp.c_str(), o.output.c_str()) != 0) {
+        std::rename(old.c_str(), o.output.c_str());  // put the previous folder back
+        Fail(o.output, "cannot move the output into place");
+      }
       RemoveTree(old);
     } else if (std::rename(tmp.c_str(), o.output.c_str()) != 0) {
       Fail(o.output, "cannot move the output into place");

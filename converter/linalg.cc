@@ -14,15 +14,27 @@
 namespace kvfold {
 namespace {
 
-// Sign/phase convention: the component of largest magnitude becomes real and positive.
-template <typename Get, typename Scale>
-void NormalizePhase(std::int64_t n, Get get, Scale scale) {
-  std::int64_t best = 0;
-  for (std::int64_t i = 1; i < n; ++i) {
-    if (std::abs(get(i)) > std::abs(get(best)) + 1e-12) best = i;
+// LAPACK's row-major eigenvectors (columns, ascending eigenvalues) -> descending order, with the
+// phase convention: each vector's largest-magnitude component made real and positive.
+template <typename T>
+EigenPairs<T> Descending(const std::vector<T>& a, const std::vector<double>& w, std::int64_t n) {
+  EigenPairs<T> e;
+  e.values.resize(static_cast<std::size_t>(n));
+  e.vectors = DenseMatrix<T>(n, n);
+  for (std::int64_t k = 0; k < n; ++k) {
+    const std::int64_t src = n - 1 - k;
+    e.values[static_cast<std::size_t>(k)] = w[static_cast<std::size_t>(src)];
+    std::int64_t pivot = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      e.vectors(i, k) = a[static_cast<std::size_t>(i * n + src)];
+      if (std::abs(e.vectors(i, k)) > std::abs(e.vectors(pivot, k)) + 1e-12) pivot = i;
+    }
+    const T p = e.vectors(pivot, k);
+    if (std::abs(p) == 0) continue;
+    const T phase = T(std::abs(p)) / p;  // conj(p) / |p| for complex, sign(p) for real
+    for (std::int64_t i = 0; i < n; ++i) e.vectors(i, k) *= phase;
   }
-  const auto pivot = get(best);
-  if (std::abs(pivot) > 0) scale(std::conj(pivot) / std::abs(pivot));
+  return e;
 }
 
 }  // namespace
@@ -34,20 +46,7 @@ SymmetricEigen EigenSymmetric(const Matrix& m) {
   std::vector<double> w(static_cast<std::size_t>(n));
   const lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, a.data(), n, w.data());
   if (info != 0) Fail("linalg", "dsyevd failed (info " + std::to_string(info) + ")");
-  SymmetricEigen e;
-  e.values.resize(static_cast<std::size_t>(n));
-  e.vectors = Matrix(n, n);
-  for (lapack_int k = 0; k < n; ++k) {
-    const lapack_int src = n - 1 - k;  // LAPACK returns ascending order
-    e.values[static_cast<std::size_t>(k)] = w[static_cast<std::size_t>(src)];
-    for (lapack_int i = 0; i < n; ++i) e.vectors(i, k) = a[static_cast<std::size_t>(i * n + src)];
-    NormalizePhase(
-        n, [&](std::int64_t i) { return Complex(e.vectors(i, k), 0); },
-        [&](Complex s) {
-          for (lapack_int i = 0; i < n; ++i) e.vectors(i, k) *= s.real();
-        });
-  }
-  return e;
+  return Descending(a, w, n);
 }
 
 HermitianEigen EigenHermitian(const ComplexMatrix& m) {
@@ -57,22 +56,7 @@ HermitianEigen EigenHermitian(const ComplexMatrix& m) {
   std::vector<double> w(static_cast<std::size_t>(n));
   const lapack_int info = LAPACKE_zheevd(LAPACK_ROW_MAJOR, 'V', 'U', n, a.data(), n, w.data());
   if (info != 0) Fail("linalg", "zheevd failed (info " + std::to_string(info) + ")");
-  HermitianEigen e;
-  e.values.resize(static_cast<std::size_t>(n));
-  e.vectors = ComplexMatrix(n, n);
-  for (lapack_int k = 0; k < n; ++k) {
-    const lapack_int src = n - 1 - k;
-    e.values[static_cast<std::size_t>(k)] = w[static_cast<std::size_t>(src)];
-    for (lapack_int i = 0; i < n; ++i) {
-      e.vectors(i, k) = a[static_cast<std::size_t>(i * n + src)];
-    }
-    NormalizePhase(
-        n, [&](std::int64_t i) { return e.vectors(i, k); },
-        [&](Complex s) {
-          for (lapack_int i = 0; i < n; ++i) e.vectors(i, k) *= s;
-        });
-  }
-  return e;
+  return Descending(a, w, n);
 }
 
 Matrix Multiply(const Matrix& a, const Matrix& b) {

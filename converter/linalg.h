@@ -9,37 +9,30 @@
 
 namespace kvfold {
 
-// Dense row-major matrix of doubles.
-struct Matrix {
+// Dense row-major matrix, zero-initialised.
+template <typename T>
+struct DenseMatrix {
   std::int64_t rows = 0, cols = 0;
-  std::vector<double> data;
-  Matrix() = default;
-  Matrix(std::int64_t r, std::int64_t c) : rows(r), cols(c), data(static_cast<std::size_t>(r * c), 0.0) {}
-  double& operator()(std::int64_t r, std::int64_t c) { return data[static_cast<std::size_t>(r * cols + c)]; }
-  double operator()(std::int64_t r, std::int64_t c) const { return data[static_cast<std::size_t>(r * cols + c)]; }
+  std::vector<T> data;
+  DenseMatrix() = default;
+  DenseMatrix(std::int64_t r, std::int64_t c) : rows(r), cols(c), data(static_cast<std::size_t>(r * c), T(0)) {}
+  T& operator()(std::int64_t r, std::int64_t c) { return data[static_cast<std::size_t>(r * cols + c)]; }
+  T operator()(std::int64_t r, std::int64_t c) const { return data[static_cast<std::size_t>(r * cols + c)]; }
 };
 
 using Complex = std::complex<double>;
-
-struct ComplexMatrix {
-  std::int64_t rows = 0, cols = 0;
-  std::vector<Complex> data;
-  ComplexMatrix() = default;
-  ComplexMatrix(std::int64_t r, std::int64_t c) : rows(r), cols(c), data(static_cast<std::size_t>(r * c)) {}
-  Complex& operator()(std::int64_t r, std::int64_t c) { return data[static_cast<std::size_t>(r * cols + c)]; }
-  Complex operator()(std::int64_t r, std::int64_t c) const { return data[static_cast<std::size_t>(r * cols + c)]; }
-};
+using Matrix = DenseMatrix<double>;
+using ComplexMatrix = DenseMatrix<Complex>;
 
 // Eigenpairs in descending eigenvalue order; vectors(i, k) is component i of eigenvector k.
 // Each eigenvector's largest-magnitude component is made real and positive.
-struct SymmetricEigen {
+template <typename T>
+struct EigenPairs {
   std::vector<double> values;
-  Matrix vectors;
+  DenseMatrix<T> vectors;
 };
-struct HermitianEigen {
-  std::vector<double> values;
-  ComplexMatrix vectors;
-};
+using SymmetricEigen = EigenPairs<double>;
+using HermitianEigen = EigenPairs<Complex>;
 
 // Throws Error when LAPACK fails to converge or the input is not square.
 SymmetricEigen EigenSymmetric(const Matrix& symmetric);

@@ -153,3 +153,35 @@ TEST_CASE("malformed inputs: one line, non-zero exit", "[cli][errors][shared]") 
     CHECK(RunKvfold("frobnicate").exit_code != 0);
   }
 }
+
+TEST_CASE("convert: pass listing, one-line errors, a working conversion", "[cli][convert][shared]") {
+  const auto list = RunKvfold("convert --print-passes");
+  REQUIRE(list.exit_code == 0);
+  CHECK(list.out.find("gqa-svd") != std::string::npos);
+  CHECK(list.out.find("rope: commute") != std::string::npos);
+
+  TempDir tmp;
+  const std::string model = SharedPath("models/stories260K");
+  const std::string calib = SharedPath("text/tinystories/calib.txt");
+  const std::string base = "convert " + model + " --calib " + calib + " --quiet ";
+  ExpectOneLineError(RunKvfold(base + "--passes 'gqa-svdd<kv-heads=2>' -o " + tmp.File("o")),
+                     "unknown pass 'gqa-svdd'");
+  ExpectOneLineError(RunKvfold(base + "--passes 'gqa-svd<kv-heads=3>' -o " + tmp.File("o")),
+                     "does not divide the model's 4 KV heads");
+  ExpectOneLineError(RunKvfold(base + "--passes 'gqa-svd<kv-heads=2>' -o " + tmp.File("no/such/dir")),
+                     "cannot create the output folder");
+  CHECK(kvfold::test::ListDir(tmp.path()).empty());
+
+  const auto ok = RunKvfold(base + "--calib-tokens 2048 --passes 'gqa-svd<kv-heads=2>' --time-passes -o " +
+                            tmp.File("o"));
+  INFO(ok.err);
+  REQUIRE(ok.exit_code == 0);
+  CHECK(ok.err.find("time  calibration") != std::string::npos);
+  CHECK(ok.err.find("time  gqa-svd<kv-heads=2,rope=commute>") == std::string::npos);  // rope not given
+  CHECK(ok.err.find("time  gqa-svd<kv-heads=2>") != std::string::npos);
+  const auto again = RunKvfold(base + "--passes 'gqa-svd<kv-heads=2>' -o " + tmp.File("o"));
+  ExpectOneLineError(again, "already exists (use --force to replace it)");
+  const auto inspect = RunKvfold("inspect " + tmp.File("o") + " --json");
+  REQUIRE(inspect.exit_code == 0);
+  CHECK(nlohmann::json::parse(inspect.out)["kv_cache_bytes_per_token"] == 640);
+}
