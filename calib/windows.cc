@@ -21,4 +21,10 @@ std::vector<TokenWindow> CutWindows(const std::vector<std::int32_t>& tokens, int
   return out;
 }
 
+void AppendModelInput(const TokenWindow& window, std::int32_t bos, std::vector<std::int32_t>& out) {
+  if (window.empty()) return;
+  out.push_back(bos);
+  out.insert(out.end(), window.begin(), window.end() - 1);
+}
+
 }  // namespace kvfold

@@ -15,4 +15,8 @@ using TokenWindow = std::vector<std::int32_t>;
 std::vector<TokenWindow> CutWindows(const std::vector<std::int32_t>& tokens, int window,
                                     int max_windows, const std::string& source);
 
+// Appends the model input for `window` under kvfold-ppl-v1, [bos] + window[0..W-2]: fed this,
+// the model predicts every token of the window, the first from BOS alone.
+void AppendModelInput(const TokenWindow& window, std::int32_t bos, std::vector<std::int32_t>& out);
+
 }  // namespace kvfold

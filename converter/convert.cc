@@ -79,10 +79,7 @@ KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& win
         const std::size_t count = std::min(per_batch, windows.size() - first);
         std::vector<std::int32_t> tokens;
         tokens.reserve(count * static_cast<std::size_t>(o.window));
-        for (std::size_t w = first; w < first + count; ++w) {
-          tokens.push_back(bos);  // as in evaluation: [BOS] + window without its last token
-          tokens.insert(tokens.end(), windows[w].begin(), windows[w].end() - 1);
-        }
+        for (std::size_t w = first; w < first + count; ++w) AppendModelInput(windows[w], bos, tokens);
         model->Observe(tokens, static_cast<int>(count), collectors[slot]);
       },
       [&](std::size_t done) {

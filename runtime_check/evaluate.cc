@@ -22,10 +22,13 @@ struct Batch {
 Batch MakeBatch(const std::vector<TokenWindow>& windows, std::size_t first, std::size_t count,
                 std::int32_t bos, std::int64_t vocab, const at::Device& device) {
   const std::int64_t W = static_cast<std::int64_t>(windows[first].size());
-  at::Tensor inputs = at::empty({static_cast<std::int64_t>(count), W}, at::kLong);
+  std::vector<std::int32_t> inputs;
+  inputs.reserve(count * static_cast<std::size_t>(W));
+  for (std::size_t b = 0; b < count; ++b) AppendModelInput(windows[first + b], bos, inputs);
+  at::Tensor in = at::empty({static_cast<std::int64_t>(count), W}, at::kLong);
   at::Tensor targets = at::empty({static_cast<std::int64_t>(count), W}, at::kLong);
-  std::int64_t* in = inputs.data_ptr<std::int64_t>();
-  std::int64_t* tg = targets.data_ptr<std::int64_t>();
+  std::int64_t* pi = in.data_ptr<std::int64_t>();
+  std::int64_t* pt = targets.data_ptr<std::int64_t>();
   for (std::size_t b = 0; b < count; ++b) {
     const TokenWindow& w = windows[first + b];
     for (std::int64_t i = 0; i < W; ++i) {
@@ -33,11 +36,11 @@ Batch MakeBatch(const std::vector<TokenWindow>& windows, std::size_t first, std:
         Fail("eval", "token id " + std::to_string(w[i]) + " is outside the model's vocabulary of " +
                          std::to_string(vocab) + " (tokenizer and model do not match?)");
       }
-      in[b * W + i] = i == 0 ? bos : w[i - 1];
-      tg[b * W + i] = w[i];
+      pi[b * W + i] = inputs[b * W + i];
+      pt[b * W + i] = w[i];
     }
   }
-  return {inputs.to(device), targets.to(device)};
+  return {in.to(device), targets.to(device)};
 }
 
 std::size_t WindowsPerBatch(const EvalOptions& options, std::size_t window) {

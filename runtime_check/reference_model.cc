@@ -23,6 +23,23 @@ at::Tensor LoadOptional(const Checkpoint& ck, bool present, const TensorId& id,
   return present ? LoadTensor(ck, id, device) : at::Tensor();
 }
 
+// ids as an int64 [rows, ids / rows] tensor on `device`; every id must be in the vocabulary.
+at::Tensor TokenTensor(const std::vector<std::int32_t>& ids, int rows, std::int64_t vocab,
+                       const at::Device& device, const char* where) {
+  if (ids.empty() || rows <= 0 || ids.size() % static_cast<std::size_t>(rows) != 0) {
+    Fail(where, "token count is not a positive multiple of the batch");
+  }
+  at::Tensor t = at::empty({rows, static_cast<std::int64_t>(ids.size()) / rows}, at::kLong);
+  std::int64_t* p = t.data_ptr<std::int64_t>();
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      Fail(where, "token id " + std::to_string(ids[i]) + " is outside the vocabulary");
+    }
+    p[i] = ids[i];
+  }
+  return t.to(device);
+}
+
 at::Tensor CatDefined(std::vector<at::Tensor> parts) {
   return parts.front().defined() ? at::cat(parts, 0) : at::Tensor();
 }
@@ -76,30 +93,16 @@ std::string ReferenceModel::device() const { return impl_->device.str(); }
 
 std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids,
                                           LayerObserver* observer) const {
-  if (ids.empty()) Fail("Logits", "empty input");
-  at::Tensor tokens = at::empty({1, static_cast<std::int64_t>(ids.size())}, at::kLong);
-  std::int64_t* p_tokens = tokens.data_ptr<std::int64_t>();
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= impl_->config.vocab_size) {
-      Fail("Logits", "token id " + std::to_string(ids[i]) + " is outside the vocabulary");
-    }
-    p_tokens[i] = ids[i];
-  }
-  at::Tensor logits = impl_->Forward(tokens.to(impl_->device), observer).to(at::kCPU).contiguous();
+  const at::Tensor tokens = TokenTensor(ids, 1, impl_->config.vocab_size, impl_->device, "Logits");
+  const at::Tensor logits = impl_->Forward(tokens, observer).to(at::kCPU).contiguous();
   const float* p = logits.data_ptr<float>();
   return std::vector<float>(p, p + logits.numel());
 }
 
 void ReferenceModel::Observe(const std::vector<std::int32_t>& tokens, int batch,
                              LayerObserver& observer) const {
-  if (batch <= 0 || tokens.size() % static_cast<std::size_t>(batch) != 0) {
-    Fail("Observe", "token count is not a multiple of the batch");
-  }
-  const std::int64_t T = static_cast<std::int64_t>(tokens.size()) / batch;
-  at::Tensor t = at::empty({batch, T}, at::kLong);
-  std::int64_t* p = t.data_ptr<std::int64_t>();
-  for (std::size_t i = 0; i < tokens.size(); ++i) p[i] = tokens[i];
-  impl_->Forward(t.to(impl_->device), &observer);
+  impl_->Forward(TokenTensor(tokens, batch, impl_->config.vocab_size, impl_->device, "Observe"),
+                 &observer);
 }
 
 }  // namespace kvfold

@@ -17,3 +17,9 @@ TEST_CASE("windows are consecutive, complete, and capped", "[windows]") {
                     "t: text has 10 tokens, fewer than one window of 11");
   CHECK_THROWS_AS(CutWindows(tokens, 1, -1, "t"), Error);
 }
+
+TEST_CASE("the model input shifts a window right behind BOS", "[windows]") {
+  std::vector<std::int32_t> out = {99};
+  AppendModelInput({5, 6, 7}, 1, out);
+  CHECK(out == std::vector<std::int32_t>{99, 1, 5, 6});  // appended, W ids, last token dropped
+}
