@@ -24,7 +24,9 @@
 #include "formats/progress.h"
 #include "formats/sha256.h"
 #include "formats/version.h"
+#include "converter/report.h"
 #include "runtime_check/data_parallel.h"
+#include "runtime_check/evaluate.h"
 #include "runtime_check/reference_model.h"
 
 namespace kvfold {
@@ -39,6 +41,15 @@ double Since(Clock::time_point t0) {
 bool Exists(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0;
+}
+
+// The folder `path` will be created in must exist and be writable.
+void CheckWritableParent(const std::string& path, const std::string& what) {
+  const std::size_t slash = path.find_last_of('/');
+  const std::string parent = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  if (::access(parent.c_str(), W_OK) != 0) {
+    Fail(path, "cannot create the " + what + ": " + std::strerror(errno) + " (" + parent + ")");
+  }
 }
 
 void RemoveTree(const std::string& path) {
@@ -90,7 +101,85 @@ KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& win
   return stats;
 }
 
+// The model and run sections every report starts with.
+nlohmann::ordered_json ReportBase(const Checkpoint& ck, const ConvertOptions& o, const std::string& pipeline,
+                                  const std::string& calib_sha, std::int64_t calib_tokens) {
+  const ModelConfig& c = ck.config;
+  return {{"schema", "kvfold-report"},
+          {"format_version", 1},
+          {"kvfold_version", kVersion},
+          {"model",
+           {{"path", o.model},
+            {"architecture", c.architecture},
+            {"layers", c.num_hidden_layers},
+            {"heads", c.num_attention_heads},
+            {"kv_heads", c.num_key_value_heads},
+            {"head_dim", c.head_dim},
+            {"kv_bytes_per_token", c.KvBytesPerToken(ck.StoredElementBytes())}}},
+          {"run",
+           {{"pipeline", pipeline},
+            {"calibration",
+             {{"file", o.calib_text}, {"sha256", calib_sha}, {"tokens", calib_tokens}, {"window", o.window}}}}}};
+}
+
+std::vector<TokenWindow> EvalWindows(const Tokenizer& tokenizer, const ConvertOptions& o) {
+  return CutWindows(tokenizer.Encode(LoadText(o.eval_text)), o.window, o.eval_windows, o.eval_text);
+}
+
+nlohmann::ordered_json PerplexityJson(const PerplexityResult& p) {
+  return {{"ppl", p.ppl}, {"mean_nll", p.mean_nll}};
+}
+
+void FinishReport(nlohmann::ordered_json& report, ConvertResult& result, const ConvertOptions& o,
+                  Clock::time_point t_start) {
+  nlohmann::ordered_json timings = nlohmann::ordered_json::array();
+  for (const auto& t : result.timings) timings.push_back({{"stage", t.pass}, {"seconds", t.seconds}});
+  report["run"]["timings"] = timings;
+  report["run"]["total_seconds"] = Since(t_start);
+  report["run"]["peak_rss_mib"] = PeakRssMib();
+  WriteReport(o.report_path, report);
+}
+
+// Spectra need all three second moments; a report asks calibration for them.
+constexpr unsigned kReportStatistics = kStatValue | kStatKeyPreRope | kStatKeyPostRope;
+
 }  // namespace
+
+ConvertResult Analyze(const ConvertOptions& o) {
+  const auto t_start = Clock::now();
+  ConvertResult result;
+  if (o.report_path.empty()) Fail("report", "-o REPORT.html is required");
+  CheckWritableParent(o.report_path, "report");
+  const Checkpoint ck = OpenCheckpoint(o.model);
+  if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.model in the model folder");
+  const std::string text = LoadText(o.calib_text);
+  const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
+  const auto windows = CutWindows(tokenizer->Encode(text), o.window, static_cast<int>(o.calib_tokens / o.window),
+                                  o.calib_text);
+  result.calibration_tokens = static_cast<std::int64_t>(windows.size()) * o.window;
+  auto t0 = Clock::now();
+  const KvStatistics stats = Calibrate(ck, windows, tokenizer->bos_id(), kReportStatistics, o);
+  result.timings.push_back({"calibration", Since(t0)});
+  nlohmann::ordered_json report = ReportBase(ck, o, "", Sha256Hex(text), result.calibration_tokens);
+  const std::int64_t kv = ck.config.num_key_value_heads;
+  report["spectra"] = KvSpectra(stats, kv % 2 == 0 ? 2 : 1);  // what halving the KV heads keeps
+  if (!o.eval_text.empty()) {
+    t0 = Clock::now();
+    const auto windows_eval = EvalWindows(*tokenizer, o);
+    const auto model = ReferenceModel::Load(ck, {o.device, o.threads});
+    EvalOptions eo;
+    eo.progress = o.progress;
+    const PerplexityResult p = EvaluatePerplexity(*model, windows_eval, tokenizer->bos_id(), eo);
+    report["validation"] = {{"text", o.eval_text},
+                            {"windows", p.windows},
+                            {"tokens_predicted", p.tokens_predicted},
+                            {"original", PerplexityJson(p)}};
+    result.timings.push_back({"validation", Since(t0)});
+  }
+  FinishReport(report, result, o, t_start);
+  result.total_seconds = Since(t_start);
+  return result;
+}
 
 ConvertResult Convert(const ConvertOptions& o) {
   const auto t_start = Clock::now();
@@ -100,6 +189,8 @@ ConvertResult Convert(const ConvertOptions& o) {
   std::vector<PassSpec> specs = ParsePipeline(o.passes);
   if (o.output.empty()) Fail("-o", "an output folder is required");
   if (Exists(o.output) && !o.force) Fail(o.output, "already exists (use --force to replace it)");
+  CheckWritableParent(o.output, "output folder");
+  if (!o.report_path.empty()) CheckWritableParent(o.report_path, "report");
   if (o.calib_tokens < o.window) Fail("--calib-tokens", "must be at least one window");
   const Checkpoint ck = OpenCheckpoint(o.model);
   std::vector<std::unique_ptr<Pass>> passes;
@@ -110,6 +201,7 @@ ConvertResult Convert(const ConvertOptions& o) {
     }
     needed |= passes.back()->NeededStatistics();
   }
+  if (!o.report_path.empty()) needed |= kReportStatistics;
 
   // Calibration text: always read and hashed (recorded), run through the model when needed.
   if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.model in the model folder");
@@ -182,6 +274,48 @@ ConvertResult Convert(const ConvertOptions& o) {
     throw;
   }
   result.timings.push_back({"write", Since(t_write)});
+
+  if (!o.report_path.empty()) {
+    std::string pipeline;
+    for (const auto& c : canonical) pipeline += (pipeline.empty() ? "" : ",") + c;
+    nlohmann::ordered_json report = ReportBase(ck, o, pipeline, Sha256Hex(text), result.calibration_tokens);
+    report["output"] = {{"path", o.output},
+                        {"kv_heads", draft.config.num_key_value_heads},
+                        {"kv_bytes_per_token", draft.config.KvBytesPerToken(ck.StoredElementBytes())},
+                        {"vanilla_checkpoint", draft.config.key_projection_heads == 0}};
+    if (!o.eval_text.empty()) {
+      const auto t0 = Clock::now();
+      const auto windows_eval = EvalWindows(*tokenizer, o);
+      const Checkpoint out = OpenCheckpoint(o.output);
+      const auto original = ReferenceModel::Load(ck, {o.device, o.threads});
+      const auto converted = ReferenceModel::Load(out, {o.device, o.threads});
+      EvalOptions eo;
+      eo.progress = o.progress;
+      const ComparisonResult c = CompareModels(*original, *converted, windows_eval, tokenizer->bos_id(), eo);
+      report["validation"] = {{"text", o.eval_text},
+                              {"windows", c.base.windows},
+                              {"tokens_predicted", c.base.tokens_predicted},
+                              {"original", PerplexityJson(c.base)},
+                              {"converted", PerplexityJson(c.other)},
+                              {"kl", c.kl},
+                              {"top1_agreement", c.top1_agreement},
+                              {"delta_nll", c.delta_nll}};
+      result.timings.push_back({"validation", Since(t0)});
+    }
+    const auto t0 = Clock::now();
+    // Spectra for the grouping of the first KV-head pass (else: pairs of KV heads).
+    std::int64_t group = ck.config.num_key_value_heads % 2 == 0 ? 2 : 1;
+    for (const auto& p : pass_records) {
+      if (p.contains("kv_heads_before")) {
+        group = p["kv_heads_before"].get<std::int64_t>() / p["kv_heads_after"].get<std::int64_t>();
+        break;
+      }
+    }
+    report["spectra"] = KvSpectra(stats, group);
+    report["passes"] = pass_records;
+    result.timings.push_back({"report", Since(t0)});
+    FinishReport(report, result, o, t_start);
+  }
   result.total_seconds = Since(t_start);
   return result;
 }

@@ -19,6 +19,9 @@ struct ConvertOptions {
   int threads = 0;
   std::string device = "cpu";
   bool progress = true;
+  std::string report_path;  // when set: report.html there and report.json beside it
+  std::string eval_text;    // when set: validation (original vs converted) in the report
+  int eval_windows = 64;
 };
 
 struct PassTiming {
@@ -33,5 +36,9 @@ struct ConvertResult {
 };
 
 ConvertResult Convert(const ConvertOptions& options);
+
+// `kvfold report`: the report of a model without converting it (spectra and, with eval_text,
+// its perplexity). Uses model, calib_text, calib_tokens, window, report_path, eval_text.
+ConvertResult Analyze(const ConvertOptions& options);
 
 }  // namespace kvfold

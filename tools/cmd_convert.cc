@@ -29,6 +29,9 @@ Command AddConvertCommand(CLI::App& app) {
   sub->add_option("--device", a->options.device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->options.threads, "CPU threads (0 = all cores)");
   sub->add_flag("--force", a->options.force, "Replace an existing output folder");
+  sub->add_option("--report", a->options.report_path, "Write a calibration report (HTML, and JSON beside it)");
+  sub->add_option("--eval", a->options.eval_text, "Evaluation text for the report's validation section");
+  sub->add_option("--eval-windows", a->options.eval_windows, "Windows of the evaluation text")->capture_default_str();
   sub->add_flag("--print-passes", a->print_passes, "List the passes and their parameters");
   sub->add_flag("--time-passes", a->time_passes, "Print the time of calibration and each pass");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
@@ -40,6 +43,9 @@ Command AddConvertCommand(CLI::App& app) {
     if (a->options.model.empty()) Fail("convert", "MODEL is required");
     if (a->options.calib_text.empty()) Fail("convert", "--calib TEXT is required");
     if (a->options.passes.empty()) Fail("convert", "--passes is required (see --print-passes)");
+    if (!a->options.eval_text.empty() && a->options.report_path.empty()) {
+      Fail("--eval", "only used with --report (use kvfold eval to evaluate a model)");
+    }
     a->options.progress = !a->quiet;
     const ConvertResult r = Convert(a->options);
     if (a->time_passes) {
@@ -47,6 +53,24 @@ Command AddConvertCommand(CLI::App& app) {
       std::fprintf(stderr, "time  %-48s %8.3f s\n", "total", r.total_seconds);
     }
     std::printf("wrote %s\n", a->options.output.c_str());
+    if (!a->options.report_path.empty()) std::printf("wrote %s\n", a->options.report_path.c_str());
+    return 0;
+  }};
+}
+
+Command AddReportCommand(CLI::App& app) {
+  auto o = std::make_shared<ConvertOptions>();
+  CLI::App* sub = app.add_subcommand("report", "Calibration report of a model without converting it");
+  sub->add_option("MODEL", o->model, "HuggingFace model folder")->required();
+  sub->add_option("--calib", o->calib_text, "UTF-8 calibration text")->required();
+  sub->add_option("--eval", o->eval_text, "Evaluation text (adds perplexity)");
+  sub->add_option("-o,--output", o->report_path, "Report HTML path (JSON written beside it)")->required();
+  sub->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens")->capture_default_str();
+  sub->add_option("--eval-windows", o->eval_windows, "Windows of the evaluation text")->capture_default_str();
+  sub->add_option("--threads", o->threads, "CPU threads (0 = all cores)");
+  return {sub, [o] {
+    Analyze(*o);
+    std::printf("wrote %s\n", o->report_path.c_str());
     return 0;
   }};
 }

@@ -16,5 +16,6 @@ struct Command {
 Command AddInspectCommand(CLI::App& app);
 Command AddEvalCommand(CLI::App& app);
 Command AddConvertCommand(CLI::App& app);
+Command AddReportCommand(CLI::App& app);
 
 }  // namespace kvfold

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
       kvfold::AddInspectCommand(app),
       kvfold::AddEvalCommand(app),
       kvfold::AddConvertCommand(app),
+      kvfold::AddReportCommand(app),
   };
 
   try {

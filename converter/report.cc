@@ -1,0 +1,255 @@
+#include "converter/report.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include "converter/linalg.h"
+#include "converter/svg_chart.h"
+#include "formats/atomic_file.h"
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+using nlohmann::ordered_json;
+
+// Mean over groups of the cumulative energy fraction of the descending eigenvalues.
+std::vector<double> CumulativeEnergy(const std::vector<double>& moment, std::int64_t dim,
+                                     std::int64_t group_dim) {
+  std::vector<double> mean(static_cast<std::size_t>(group_dim), 0.0);
+  const std::int64_t groups = dim / group_dim;
+  for (std::int64_t g = 0; g < groups; ++g) {
+    Matrix block(group_dim, group_dim);
+    for (std::int64_t i = 0; i < group_dim; ++i) {
+      for (std::int64_t j = 0; j < group_dim; ++j) {
+        block(i, j) = moment[static_cast<std::size_t>((g * group_dim + i) * dim + g * group_dim + j)];
+      }
+    }
+    const SymmetricEigen e = EigenSymmetric(block);
+    double total = 0;
+    for (double v : e.values) total += std::max(0.0, v);
+    double running = 0;
+    for (std::int64_t k = 0; k < group_dim; ++k) {
+      running += std::max(0.0, e.values[static_cast<std::size_t>(k)]);
+      mean[static_cast<std::size_t>(k)] += (total > 0 ? running / total : 1.0) / static_cast<double>(groups);
+    }
+  }
+  return mean;
+}
+
+std::string Fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+std::string Row(const std::vector<std::string>& cells, bool header = false) {
+  std::string o = "<tr>";
+  for (const auto& c : cells) o += (header ? "<th>" : "<td>") + c + (header ? "</th>" : "</td>");
+  return o + "</tr>";
+}
+
+const char* kStyle = R"(
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1180px;color:#1d2330;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde2ea;padding-bottom:4px}
+.sub{color:#5b6472;margin-bottom:14px}
+.summary{display:flex;flex-wrap:wrap;gap:12px;background:#f4f7fb;border:1px solid #d6deea;border-radius:8px;padding:14px}
+.kpi{min-width:170px}.kpi .v{font-size:22px;font-weight:600}.kpi .l{color:#5b6472;font-size:12px}
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #dde2ea;padding:3px 9px;text-align:right}
+th{background:#f4f7fb}td:first-child,th:first-child{text-align:left}
+.charts{display:flex;flex-wrap:wrap;gap:8px}
+svg.chart{background:#fff;border:1px solid #e3e7ee;border-radius:6px}
+svg .title{font-size:12px;font-weight:600;text-anchor:middle}
+svg .xtick{font-size:10px;text-anchor:middle;fill:#5b6472} svg .ytick{font-size:10px;text-anchor:end;fill:#5b6472}
+svg .xlabel,svg .ylabel{font-size:11px;text-anchor:middle;fill:#333} svg .legend{font-size:10px;fill:#333}
+svg .grid{stroke:#eef1f5} svg .axis{stroke:#8a93a3} svg .marker{stroke:#c0392b;stroke-dasharray:4 3}
+code{background:#f4f7fb;padding:1px 4px;border-radius:3px}
+)";
+
+std::string Kpi(const std::string& value, const std::string& label) {
+  return "<div class=\"kpi\"><div class=\"v\">" + value + "</div><div class=\"l\">" + label + "</div></div>";
+}
+
+}  // namespace
+
+ordered_json KvSpectra(const KvStatistics& s, std::int64_t group_size) {
+  const std::int64_t group_dim = group_size * s.head_dim, dim = s.dim();
+  ordered_json layers = ordered_json::array();
+  for (std::size_t l = 0; l < s.layers.size(); ++l) {
+    ordered_json layer = {{"layer", l}};
+    const LayerKvStatistics& st = s.layers[l];
+    if (!st.value.empty()) layer["value"] = CumulativeEnergy(st.value, dim, group_dim);
+    if (!st.key_pre_rope.empty()) layer["key_pre_rope"] = CumulativeEnergy(st.key_pre_rope, dim, group_dim);
+    if (!st.key_post_rope.empty()) layer["key_post_rope"] = CumulativeEnergy(st.key_post_rope, dim, group_dim);
+    layers.push_back(layer);
+  }
+  return {{"group_size", group_size}, {"head_dim", s.head_dim}, {"layers", layers}};
+}
+
+std::string RenderReportHtml(const ordered_json& r) {
+  const auto& model = r["model"];
+  std::ostringstream o;
+  o << "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>kvfold report: "
+    << EscapeHtml(model["path"].get<std::string>()) << "</title><style>" << kStyle << "</style></head><body>";
+  o << "<h1>kvfold calibration report</h1><div class=\"sub\">" << EscapeHtml(model["path"].get<std::string>());
+  if (r.contains("run") && !r["run"]["pipeline"].get<std::string>().empty()) {
+    o << " &rarr; <code>" << EscapeHtml(r["run"]["pipeline"].get<std::string>()) << "</code>";
+  }
+  o << " &middot; kvfold " << EscapeHtml(r["kvfold_version"].get<std::string>()) << "</div>";
+
+  // Summary: the verdict numbers first.
+  o << "<div class=\"summary\" id=\"summary\">";
+  const double bytes_before = model["kv_bytes_per_token"].get<double>();
+  if (r.contains("output")) {
+    const double after = r["output"]["kv_bytes_per_token"].get<double>();
+    o << Kpi(Fixed(bytes_before, 0) + " &rarr; " + Fixed(after, 0), "KV-cache bytes per token")
+      << Kpi(Fixed(bytes_before / after, 2) + "&times;", "KV-cache reduction");
+  } else {
+    o << Kpi(Fixed(bytes_before, 0), "KV-cache bytes per token");
+  }
+  if (r.contains("validation")) {
+    const auto& v = r["validation"];
+    if (v.contains("converted")) {
+      o << Kpi(Fixed(v["original"]["ppl"].get<double>(), 3) + " &rarr; " + Fixed(v["converted"]["ppl"].get<double>(), 3),
+               "perplexity (original &rarr; converted)")
+        << Kpi(Fixed(v["kl"].get<double>(), 4), "KL(original || converted), nats/token")
+        << Kpi(Fixed(100 * v["top1_agreement"].get<double>(), 2) + "%", "top-1 agreement");
+    } else {
+      o << Kpi(Fixed(v["original"]["ppl"].get<double>(), 3), "perplexity");
+    }
+  }
+  o << "</div>";
+
+  // Model and run.
+  o << "<h2>Model and run</h2><table>";
+  o << Row({"architecture", EscapeHtml(model["architecture"].get<std::string>())});
+  o << Row({"layers", std::to_string(model["layers"].get<int>())});
+  o << Row({"query heads / KV heads / head dim", std::to_string(model["heads"].get<int>()) + " / " +
+                std::to_string(model["kv_heads"].get<int>()) + " / " + std::to_string(model["head_dim"].get<int>())});
+  if (r.contains("run")) {
+    const auto& run = r["run"];
+    const auto& cal = run["calibration"];
+    o << Row({"calibration text", EscapeHtml(cal["file"].get<std::string>())});
+    o << Row({"calibration sha256", "<code>" + cal["sha256"].get<std::string>() + "</code>"});
+    o << Row({"calibration tokens", std::to_string(cal["tokens"].get<std::int64_t>())});
+    for (const auto& t : run["timings"]) {
+      o << Row({"time: " + EscapeHtml(t["stage"].get<std::string>()), Fixed(t["seconds"].get<double>(), 3) + " s"});
+    }
+    o << Row({"total wall time", Fixed(run["total_seconds"].get<double>(), 3) + " s"});
+    o << Row({"peak RSS", Fixed(run["peak_rss_mib"].get<double>(), 0) + " MiB"});
+  }
+  o << "</table>";
+
+  // Spectra.
+  if (r.contains("spectra")) {
+    const auto& sp = r["spectra"];
+    const std::int64_t d = sp["head_dim"].get<std::int64_t>(), t = sp["group_size"].get<std::int64_t>();
+    o << "<h2>KV spectra</h2><p>Fraction of calibration energy kept by the top <i>k</i> directions of "
+         "each group of "
+      << t << " KV heads (mean over groups). The dashed line is <i>k</i> = " << d
+      << ", what one KV head per group keeps.</p><div class=\"charts\">";
+    for (const auto& layer : sp["layers"]) {
+      std::vector<Series> series;
+      auto add = [&](const char* key, const char* name, const char* color) {
+        if (!layer.contains(key)) return;
+        Series s{name, color, {}};
+        const auto& v = layer[key];
+        for (std::size_t k = 0; k < v.size(); ++k) s.points.push_back({double(k + 1), v[k].get<double>()});
+        series.push_back(s);
+      };
+      add("value", "V", "#2c7be5");
+      add("key_pre_rope", "K pre-RoPE", "#e67e22");
+      add("key_post_rope", "K post-RoPE", "#27ae60");
+      ChartAxes a;
+      a.title = "layer " + std::to_string(layer["layer"].get<int>());
+      a.x_label = "directions kept per group";
+      a.y_label = "energy kept (fraction)";
+      a.x_min = 0;
+      a.x_max = static_cast<double>(t * d);
+      a.x_markers = {static_cast<double>(d)};
+      o << LineChart("spectrum-" + std::to_string(layer["layer"].get<int>()), a, series);
+    }
+    o << "</div>";
+  }
+
+  // What each pass did.
+  if (r.contains("passes")) {
+    for (const auto& p : r["passes"]) {
+      if (!p.contains("layers")) {
+        o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>()) << "</code></h2><p>No per-layer record.</p>";
+        continue;
+      }
+      o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>()) << "</code></h2>";
+      std::vector<std::string> cats;
+      Series v{"V energy kept", "#2c7be5", {}}, k{"K energy kept", "#e67e22", {}};
+      struct LayerRow { int layer; double v, k; };
+      std::vector<LayerRow> rows;
+      for (const auto& l : p["layers"]) {
+        auto mean = [](const ordered_json& a) {
+          double s = 0;
+          for (const auto& x : a) s += x.get<double>();
+          return a.empty() ? 0.0 : s / static_cast<double>(a.size());
+        };
+        rows.push_back({l["layer"].get<int>(), mean(l["value_energy_kept"]), mean(l["key_energy_kept"])});
+        cats.push_back(std::to_string(rows.back().layer));
+        v.points.push_back({0, rows.back().v});
+        k.points.push_back({0, rows.back().k});
+      }
+      ChartAxes a;
+      a.title = "energy kept per layer (mean over groups)";
+      a.x_label = "layer";
+      a.y_label = "fraction";
+      o << "<div class=\"charts\">" << BarChart("pass-energy", a, cats, {v, k}) << "</div>";
+      // Worst layers first: that is where quality goes.
+      std::sort(rows.begin(), rows.end(), [](const LayerRow& x, const LayerRow& y) {
+        return std::min(x.v, x.k) < std::min(y.v, y.k);
+      });
+      o << "<table>" << Row({"layer (worst first)", "V energy kept", "K energy kept"}, true);
+      for (const auto& row : rows) o << Row({std::to_string(row.layer), Fixed(row.v, 4), Fixed(row.k, 4)});
+      o << "</table>";
+    }
+  }
+
+  // Validation.
+  if (r.contains("validation")) {
+    const auto& v = r["validation"];
+    o << "<h2>Validation</h2><p>kvfold-ppl-v1 on " << EscapeHtml(v["text"].get<std::string>()) << ": "
+      << v["windows"].get<int>() << " windows, " << v["tokens_predicted"].get<std::int64_t>()
+      << " tokens predicted.</p><table>"
+      << Row({"model", "ppl", "mean NLL (nats)", "KV bytes/token"}, true)
+      << Row({"original", Fixed(v["original"]["ppl"].get<double>(), 4), Fixed(v["original"]["mean_nll"].get<double>(), 6),
+              Fixed(bytes_before, 0)});
+    if (v.contains("converted")) {
+      o << Row({"converted", Fixed(v["converted"]["ppl"].get<double>(), 4),
+                Fixed(v["converted"]["mean_nll"].get<double>(), 6),
+                Fixed(r["output"]["kv_bytes_per_token"].get<double>(), 0)})
+        << "</table><table>" << Row({"comparison", "value"}, true)
+        << Row({"KL(original || converted), nats/token", Fixed(v["kl"].get<double>(), 6)})
+        << Row({"top-1 agreement", Fixed(100 * v["top1_agreement"].get<double>(), 2) + "%"})
+        << Row({"delta NLL, nats/token", Fixed(v["delta_nll"].get<double>(), 6)});
+    }
+    o << "</table>";
+  }
+  o << "</body></html>\n";
+  return o.str();
+}
+
+void WriteReport(const std::string& html_path, const ordered_json& report) {
+  const std::size_t dot = html_path.rfind('.');
+  const std::size_t slash = html_path.rfind('/');
+  const std::string stem = (dot == std::string::npos || (slash != std::string::npos && dot < slash))
+                               ? html_path : html_path.substr(0, dot);
+  WriteFileAtomically(stem + ".json", report.dump(2) + "\n");
+  WriteFileAtomically(html_path, RenderReportHtml(report));
+}
+
+double PeakRssMib() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+}  // namespace kvfold

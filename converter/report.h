@@ -1,0 +1,27 @@
+// The calibration report: report.json holds every number (schema kvfold-report, documented in
+// docs/formats.md) and report.html renders exactly those numbers as one self-contained page
+// (inline SVG, no scripts, no external resources).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "calib/kv_statistics.h"
+
+namespace kvfold {
+
+// Per layer, the fraction of K (pre- and post-RoPE) and V energy kept by the top-k directions of
+// each group of `group_size` KV heads, for k = 1 .. group_size * head_dim, averaged over groups.
+nlohmann::ordered_json KvSpectra(const KvStatistics& statistics, std::int64_t group_size);
+
+std::string RenderReportHtml(const nlohmann::ordered_json& report);
+
+// Writes `html_path` and, beside it, the same name with .json; both atomically.
+void WriteReport(const std::string& html_path, const nlohmann::ordered_json& report);
+
+// Peak resident set size of this process so far, in MiB.
+double PeakRssMib();
+
+}  // namespace kvfold
