@@ -207,9 +207,17 @@ std::string RenderReportHtml(const ordered_json& r) {
       std::sort(rows.begin(), rows.end(), [](const LayerRow& x, const LayerRow& y) {
         return std::min(x.v, x.k) < std::min(y.v, y.k);
       });
-      o << "<table>" << Row({"layer (worst first)", "V energy kept", "K energy kept"}, true);
-      for (const auto& row : rows) o << Row({std::to_string(row.layer), Fixed(row.v, 4), Fixed(row.k, 4)});
-      o << "</table>";
+      // Energy kept is 1 - the relative squared reconstruction error on the calibration data.
+      o << "<table>"
+        << Row({"layer (worst first)", "V energy kept", "K energy kept", "V reconstruction error",
+                "K reconstruction error"}, true);
+      for (const auto& row : rows) {
+        o << Row({std::to_string(row.layer), Fixed(row.v, 4), Fixed(row.k, 4), Fixed(1 - row.v, 4),
+                  Fixed(1 - row.k, 4)});
+      }
+      o << "</table><p>Reconstruction error: relative squared error of the group's K or V "
+           "activations on the calibration data (1 &minus; energy kept). Per-group values are in "
+           "report.json.</p>";
     }
   }
 
