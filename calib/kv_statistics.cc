@@ -49,6 +49,7 @@ void KvStatistics::Merge(const KvStatistics& other) {
     add(layers[l].key_pre_rope, other.layers[l].key_pre_rope);
     add(layers[l].key_post_rope, other.layers[l].key_post_rope);
     add(layers[l].value, other.layers[l].value);
+    add(layers[l].query_energy, other.layers[l].query_energy);
   }
 }
 
@@ -65,6 +66,7 @@ unsigned KvStatisticsCollector::Wants(int) const {
   if (stats_.collected & kStatKeyPreRope) bits |= kCaptureKeyPreRope;
   if (stats_.collected & kStatKeyPostRope) bits |= kCaptureKeyPostRope;
   if (stats_.collected & kStatValue) bits |= kCaptureValue;
+  if (stats_.collected & kStatQueryEnergy) bits |= kCaptureQueryPreRope;
   return bits;
 }
 
@@ -74,6 +76,15 @@ void KvStatisticsCollector::Observe(const AttentionCapture& c) {
   if (stats_.collected & kStatKeyPreRope) AccumulateSecondMoment(c.key_pre_rope, dim, scratch_, layer.key_pre_rope);
   if (stats_.collected & kStatKeyPostRope) AccumulateSecondMoment(c.key_post_rope, dim, scratch_, layer.key_post_rope);
   if (stats_.collected & kStatValue) AccumulateSecondMoment(c.value, dim, scratch_, layer.value);
+  if (stats_.collected & kStatQueryEnergy) {
+    const FloatView& q = c.query_pre_rope;
+    const std::int64_t width = q.shape.back() * q.shape[q.shape.size() - 2];  // H d
+    if (layer.query_energy.empty()) layer.query_energy.assign(static_cast<std::size_t>(width), 0.0);
+    for (std::int64_t row = 0; row < q.size() / width; ++row) {
+      const float* r = q.data + row * width;
+      for (std::int64_t c2 = 0; c2 < width; ++c2) layer.query_energy[static_cast<std::size_t>(c2)] += double(r[c2]) * r[c2];
+    }
+  }
   if (c.layer == 0) {
     const FloatView& any = c.value.data ? c.value : c.key_pre_rope.data ? c.key_pre_rope : c.key_post_rope;
     stats_.tokens += any.size() / dim;

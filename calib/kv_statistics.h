@@ -14,12 +14,14 @@ enum StatisticBits : unsigned {
   kStatKeyPreRope = 1u << 0,   // sum k k^T of pre-RoPE keys  [KV d, KV d]
   kStatKeyPostRope = 1u << 1,  // sum k k^T of post-RoPE keys [KV d, KV d]
   kStatValue = 1u << 2,        // sum v v^T                   [KV d, KV d]
+  kStatQueryEnergy = 1u << 3,  // sum q^2 per channel of pre-RoPE queries [H d]
 };
 
 struct LayerKvStatistics {
   // Row-major symmetric [KV d, KV d] sums over all calibration tokens, in double; empty when
   // not collected. Channel index = kv_head * d + dim.
   std::vector<double> key_pre_rope, key_post_rope, value;
+  std::vector<double> query_energy;  // [H d] sums of squares; empty when not collected
 };
 
 struct KvStatistics {

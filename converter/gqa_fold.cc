@@ -55,6 +55,28 @@ std::int64_t KvHeadOf(const AttentionProjections& p, std::int64_t head) {
   return head / (p.heads / p.kv_heads);
 }
 
+// Score-error weights per (original KV head, channel): the pre-RoPE query energy of the query
+// heads that read the head, at the channel's rotary pair (RoPE mixes the two channels of a
+// pair, so both get the pair's mean). All ones without query statistics.
+std::vector<double> KeyWeights(const AttentionProjections& p, const std::vector<double>* query_energy) {
+  const std::int64_t d = p.head_dim, half = d / 2;
+  std::vector<double> w(static_cast<std::size_t>(p.kv_heads * d), query_energy ? 0.0 : 1.0);
+  if (!query_energy) return w;
+  for (std::int64_t h = 0; h < p.heads; ++h) {
+    const std::int64_t m = KvHeadOf(p, h);
+    for (std::int64_t j = 0; j < half; ++j) {
+      const double pair = (*query_energy)[static_cast<std::size_t>(h * d + j)] +
+                          (*query_energy)[static_cast<std::size_t>(h * d + j + half)];
+      w[static_cast<std::size_t>(m * d + j)] += pair / 2;
+      w[static_cast<std::size_t>(m * d + j + half)] += pair / 2;
+    }
+  }
+  double mean = 0;
+  for (double x : w) mean += x / static_cast<double>(w.size());
+  for (double& x : w) x = std::sqrt(std::max(x, 1e-12 * mean) / std::max(mean, 1e-300));  // s = sqrt(w)
+  return w;
+}
+
 }  // namespace
 
 std::int64_t GroupSize(const AttentionProjections& p, std::int64_t new_kv) {
@@ -117,13 +139,14 @@ void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<
 }
 
 void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv, const std::vector<double>& moment,
-                     FoldRecord& record) {
+                     FoldRecord& record, const std::vector<double>* query_energy) {
   const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, half = d / 2, cols = p.in_cols();
   const std::int64_t kv_dim = p.kv_heads * d;
   auto S = [&](std::int64_t a, std::int64_t b) { return moment[static_cast<std::size_t>(a * kv_dim + b)]; };
+  const std::vector<double> scale = KeyWeights(p, query_energy);  // s per (head, channel)
   std::vector<double> wk(static_cast<std::size_t>(new_kv * d * cols), 0.0);
   std::vector<double> wq = p.wq;
-  // u[m][j] for every original KV head m and pair j.
+  // Decode coefficient u_m / s_m for every original KV head m and pair j (queries use it).
   std::vector<std::vector<Complex>> u(static_cast<std::size_t>(p.kv_heads),
                                       std::vector<Complex>(static_cast<std::size_t>(half)));
   for (std::int64_t g = 0; g < new_kv; ++g) {
@@ -134,18 +157,20 @@ void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv, const std::ve
         for (std::int64_t n = 0; n < t; ++n) {
           const std::int64_t xm = (g * t + m) * d + j, ym = xm + half;
           const std::int64_t xn = (g * t + n) * d + j, yn = xn + half;
-          c(m, n) = Complex(S(xm, xn) + S(ym, yn), S(ym, xn) - S(xm, yn));
+          const double sm = scale[static_cast<std::size_t>(xm)], sn = scale[static_cast<std::size_t>(xn)];
+          c(m, n) = sm * sn * Complex(S(xm, xn) + S(ym, yn), S(ym, xn) - S(xm, yn));
         }
       }
       const HermitianEigen e = EigenHermitian(c);
       for (std::int64_t m = 0; m < t; ++m) {
         total += std::max(0.0, e.values[static_cast<std::size_t>(m)]);
-        u[static_cast<std::size_t>(g * t + m)][static_cast<std::size_t>(j)] = e.vectors(m, 0);
+        const double sm = scale[static_cast<std::size_t>((g * t + m) * d + j)];
+        u[static_cast<std::size_t>(g * t + m)][static_cast<std::size_t>(j)] = e.vectors(m, 0) / sm;
       }
       kept += std::max(0.0, e.values[0]);
-      // New key pair j of group g: sum_m conj(u_m) z_m.
+      // New key pair j of group g: sum_m conj(u_m s_m) z_m.
       for (std::int64_t m = 0; m < t; ++m) {
-        const Complex um = e.vectors(m, 0);
+        const Complex um = e.vectors(m, 0) * scale[static_cast<std::size_t>((g * t + m) * d + j)];
         const double a = um.real(), b = um.imag();
         const double* x = &p.wk[static_cast<std::size_t>(((g * t + m) * d + j) * cols)];
         const double* y = &p.wk[static_cast<std::size_t>(((g * t + m) * d + j + half) * cols)];
@@ -181,23 +206,37 @@ void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv, const std::ve
 }
 
 KeyReconstruction ReconstructKeys(const AttentionProjections& p, std::int64_t new_kv,
-                                  const std::vector<double>& moment, FoldRecord& record) {
+                                  const std::vector<double>& moment, FoldRecord& record,
+                                  const std::vector<double>* query_energy) {
   const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, kv_dim = p.kv_heads * d;
+  const std::vector<double> scale = KeyWeights(p, query_energy);
   KeyReconstruction r;
   r.k_cache_proj.reserve(static_cast<std::size_t>(new_kv * d * t * d));
   r.q_cache_proj.resize(static_cast<std::size_t>(p.heads * d * d));
   std::vector<Matrix> psis;
   for (std::int64_t g = 0; g < new_kv; ++g) {
     double kept = 0;
-    psis.push_back(TopEigenRows(GroupBlock(moment, kv_dim, g * t * d, t * d), d, &kept));
+    // Weighted PCA: Psi' from S C S; encode with Psi' S, decode with S^-1 Psi'^T.
+    Matrix block = GroupBlock(moment, kv_dim, g * t * d, t * d);
+    for (std::int64_t a = 0; a < t * d; ++a) {
+      for (std::int64_t b = 0; b < t * d; ++b) {
+        block(a, b) *= scale[static_cast<std::size_t>(g * t * d + a)] * scale[static_cast<std::size_t>(g * t * d + b)];
+      }
+    }
+    psis.push_back(TopEigenRows(block, d, &kept));
     record.key_energy_kept.push_back(kept);
-    r.k_cache_proj.insert(r.k_cache_proj.end(), psis.back().data.begin(), psis.back().data.end());
+    for (std::int64_t a = 0; a < d; ++a) {
+      for (std::int64_t b = 0; b < t * d; ++b) {
+        r.k_cache_proj.push_back(psis.back()(a, b) * scale[static_cast<std::size_t>(g * t * d + b)]);
+      }
+    }
   }
   for (std::int64_t h = 0; h < p.heads; ++h) {
     const std::int64_t m = KvHeadOf(p, h), g = m / t, j = m % t;
     for (std::int64_t a = 0; a < d; ++a) {
       for (std::int64_t b = 0; b < d; ++b) {
-        r.q_cache_proj[static_cast<std::size_t>((h * d + a) * d + b)] = psis[static_cast<std::size_t>(g)](a, j * d + b);
+        r.q_cache_proj[static_cast<std::size_t>((h * d + a) * d + b)] =
+            psis[static_cast<std::size_t>(g)](a, j * d + b) / scale[static_cast<std::size_t>(m * d + b)];
       }
     }
   }

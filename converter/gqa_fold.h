@@ -46,13 +46,18 @@ void FoldValues(AttentionProjections& p, std::int64_t new_kv,
 
 // Keys, RoPE-commuting: per rotary pair, the top eigenvector u of the group's Hermitian second
 // moment of complex pre-RoPE keys; k' = sum conj(u_m) z_m, queries reading head m times conj(u_m).
+// `query_energy` ([H d] sums of squared pre-RoPE queries, or null): when given, each head's key
+// error is weighted by the query energy that reads it at that pair/channel (the expected score
+// error), and the fold decodes with u_m / s_m and encodes with u_m s_m (METHODS.md).
 void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
-                     const std::vector<double>& key_pre_rope_moment, FoldRecord& record);
+                     const std::vector<double>& key_pre_rope_moment, FoldRecord& record,
+                     const std::vector<double>* query_energy = nullptr);
 
 // Keys, reconstruct mode: top-d eigenvectors of the group's stacked post-RoPE keys. W_K and W_Q
 // are unchanged; the returned matrices are applied by the runtime after RoPE.
 KeyReconstruction ReconstructKeys(const AttentionProjections& p, std::int64_t new_kv,
                                   const std::vector<double>& key_post_rope_moment,
-                                  FoldRecord& record);
+                                  FoldRecord& record,
+                                  const std::vector<double>* query_energy = nullptr);
 
 }  // namespace kvfold

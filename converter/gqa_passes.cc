@@ -47,9 +47,11 @@ class GqaMeanpool : public Pass {
 
 class GqaSvd : public Pass {
  public:
-  GqaSvd(std::int64_t kv, std::string rope) : kv_(kv), rope_(std::move(rope)) {}
+  GqaSvd(std::int64_t kv, std::string rope, std::string weight)
+      : kv_(kv), rope_(std::move(rope)), weight_(std::move(weight)) {}
   unsigned NeededStatistics() const override {
-    return kStatValue | (rope_ == "commute" ? kStatKeyPreRope : kStatKeyPostRope);
+    return kStatValue | (rope_ == "commute" ? kStatKeyPreRope : kStatKeyPostRope) |
+           (weight_ == "query" ? kStatQueryEnergy : 0u);
   }
   void Run(PassContext& ctx) override {
     ModelDraft& model = ctx.model;
@@ -66,10 +68,11 @@ class GqaSvd : public Pass {
       AttentionProjections p = ReadAttention(model, l);
       FoldRecord record;
       FoldValues(p, kv_, stats.value, record);
+      const std::vector<double>* query_energy = weight_ == "query" ? &stats.query_energy : nullptr;
       if (rope_ == "commute") {
-        FoldKeysCommute(p, kv_, stats.key_pre_rope, record);
+        FoldKeysCommute(p, kv_, stats.key_pre_rope, record, query_energy);
       } else {
-        const KeyReconstruction r = ReconstructKeys(p, kv_, stats.key_post_rope, record);
+        const KeyReconstruction r = ReconstructKeys(p, kv_, stats.key_post_rope, record, query_energy);
         const std::int64_t d = p.head_dim, t = kv_before / kv_;
         model.Replace(HfTensorName({TensorRole::kKCacheProj, l}), {kv_, d, t * d},
                       std::vector<float>(r.k_cache_proj.begin(), r.k_cache_proj.end()));
@@ -86,6 +89,7 @@ class GqaSvd : public Pass {
     ctx.record["kv_heads_before"] = kv_before;
     ctx.record["kv_heads_after"] = kv_;
     ctx.record["rope"] = rope_;
+    ctx.record["weight"] = weight_;
     ctx.record["vanilla_gqa"] = rope_ == "commute";
     ctx.record["layers"] = layers;
   }
@@ -93,6 +97,7 @@ class GqaSvd : public Pass {
  private:
   std::int64_t kv_;
   std::string rope_;
+  std::string weight_;
 };
 
 }  // namespace
@@ -103,7 +108,8 @@ std::unique_ptr<Pass> CreateGqaMeanpool(const PassSpec& spec, const ModelConfig&
 
 std::unique_ptr<Pass> CreateGqaSvd(const PassSpec& spec, const ModelConfig& config) {
   return std::make_unique<GqaSvd>(TargetKvHeads(spec, config),
-                                  StringParam(spec, "rope", "commute", {"commute", "reconstruct"}));
+                                  StringParam(spec, "rope", "commute", {"commute", "reconstruct"}),
+                                  StringParam(spec, "weight", "query", {"none", "query"}));
 }
 
 }  // namespace kvfold

@@ -15,7 +15,9 @@ const std::vector<PassInfo>& PassRegistry() {
        "KV heads -> fewer KV heads by per-group PCA of calibration K/V, folded into the weights",
        {{"kv-heads", "target number of KV heads; must divide the current number (required)"},
         {"rope", "commute (default: vanilla GQA output) | reconstruct (post-RoPE key PCA; needs "
-                 "kvfold's runtime)"}},
+                 "kvfold's runtime)"},
+        {"weight", "query (default: weight key errors by the query energy reading them, i.e. the "
+                   "expected score error) | none (plain key energy, the paper's objective)"}},
        &CreateGqaSvd},
   };
   return registry;

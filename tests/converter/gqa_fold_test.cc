@@ -124,10 +124,16 @@ TEST_CASE("commute key fold is exact at every position when pairs are complex mu
       p.wk[(d + j + half) * D + c] = cr * y + ci * x;    // Im(c z)
     }
   }
-  const AttentionProjections before = p;
+  const AttentionProjections unfolded = p;
   const auto samples = Samples(30, D, 5);
+  // Unweighted, and weighted by (arbitrary, unequal) query energies: both must be exact here.
+  std::vector<double> query_energy(static_cast<std::size_t>(4 * d));
+  for (std::size_t i = 0; i < query_energy.size(); ++i) query_energy[i] = 0.1 + static_cast<double>(i % 7);
+  const bool weighted = GENERATE(false, true);
+  INFO("weighted " << weighted);
+  const AttentionProjections before = unfolded;
   FoldRecord record;
-  FoldKeysCommute(p, 1, Moment(p.wk, 2 * d, D, samples), record);
+  FoldKeysCommute(p, 1, Moment(p.wk, 2 * d, D, samples), record, weighted ? &query_energy : nullptr);
   REQUIRE(p.kv_heads == 1);
   CHECK(record.key_energy_kept[0] == Approx(1.0));
   for (int trial = 0; trial < 5; ++trial) {
@@ -168,6 +174,28 @@ TEST_CASE("lossy folds keep between 0 and 1 of the energy, best-first", "[gqa][f
         CHECK(s == Approx(a_row == b_row ? 1.0 : 0.0).margin(1e-12));
       }
     }
+  }
+}
+
+TEST_CASE("query-weighted reconstruct bases are exact at full rank", "[gqa][fold]") {
+  // t = 1: q' . k' = q^T S^-1 Psi^T Psi S k = q . k for any positive weights S.
+  AttentionProjections p = RandomLayer(4, 2, 4, 6, 9);
+  const auto samples = Samples(40, 6, 10);
+  std::vector<double> query_energy(16);
+  for (std::size_t i = 0; i < query_energy.size(); ++i) query_energy[i] = 0.5 + static_cast<double>(i % 5);
+  FoldRecord record;
+  const KeyReconstruction r = ReconstructKeys(p, 2, Moment(p.wk, 8, 6, samples), record, &query_energy);
+  const auto q = Samples(1, 4, 11)[0], k = Samples(1, 4, 12)[0];
+  for (std::int64_t h = 0; h < 4; ++h) {
+    const std::int64_t g = h / 2;  // full rank: group g is original head g
+    std::vector<double> qp(4, 0.0), kp(4, 0.0);
+    for (int a = 0; a < 4; ++a) {
+      for (int b = 0; b < 4; ++b) {
+        qp[a] += r.q_cache_proj[(h * 4 + a) * 4 + b] * q[b];
+        kp[a] += r.k_cache_proj[(g * 4 + a) * 4 + b] * k[b];
+      }
+    }
+    CHECK(Dot(qp, kp) == Approx(Dot(q, k)).margin(1e-9));
   }
 }
 
