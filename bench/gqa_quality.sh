@@ -2,7 +2,7 @@
 # KV-head compression quality on every shared model (issue 4): calibrate on the model's
 # calibration text, evaluate on its evaluation text (kvfold-ppl-v1, W = 256, 64 windows), at
 # 1/2, 1/4 and 1/8 of the KV heads where they divide, for gqa-meanpool and gqa-svd in both key
-# modes. Prints one markdown table; conversion wall time and peak RSS come from /usr/bin/time.
+# modes, each with the plain (weight=none) and the query-weighted (weight=query) objective. Prints one markdown table; conversion wall time and peak RSS come from /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared="${KVFOLD_SHARED:-../shared}"
@@ -41,7 +41,9 @@ for model in stories260K stories260K-mha micro-mha mini-mha mini-mha-bf16-sharde
   for divisor in 2 4 8; do
     (( kv0 % divisor == 0 )) || continue
     kv=$((kv0 / divisor))
-    for method in "gqa-meanpool<kv-heads=$kv>" "gqa-svd<kv-heads=$kv,rope=commute>" "gqa-svd<kv-heads=$kv,rope=reconstruct>"; do
+    for method in "gqa-meanpool<kv-heads=$kv>" \
+                  "gqa-svd<kv-heads=$kv,rope=commute,weight=none>" "gqa-svd<kv-heads=$kv,rope=commute,weight=query>" \
+                  "gqa-svd<kv-heads=$kv,rope=reconstruct,weight=none>" "gqa-svd<kv-heads=$kv,rope=reconstruct,weight=query>"; do
       out="$work/out"
       /usr/bin/time -f "%e %M" -o "$work/time" $kvfold convert "$src" --calib "$calib" --passes "$method" \
         -o "$out" --force --quiet --threads 2 --time-passes 2>"$work/passes" >/dev/null
