@@ -101,6 +101,27 @@ KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& win
   return stats;
 }
 
+// The calibration text as the run uses it: recorded by hash, cut into the first
+// calib_tokens / window windows with the checkpoint's tokenizer.
+struct CalibrationInput {
+  std::string sha256;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<TokenWindow> windows;
+  std::int64_t tokens() const { return static_cast<std::int64_t>(windows.size() * windows.front().size()); }
+};
+
+CalibrationInput LoadCalibration(const Checkpoint& ck, const ConvertOptions& o) {
+  if (o.calib_tokens < o.window) Fail("--calib-tokens", "must be at least one window");
+  if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.model in the model folder");
+  CalibrationInput in;
+  const std::string text = LoadText(o.calib_text);
+  in.sha256 = Sha256Hex(text);
+  in.tokenizer = Tokenizer::Load(ck.tokenizer_path);
+  in.windows = CutWindows(in.tokenizer->Encode(text), o.window, static_cast<int>(o.calib_tokens / o.window),
+                          o.calib_text);
+  return in;
+}
+
 // The model and run sections every report starts with.
 nlohmann::ordered_json ReportBase(const Checkpoint& ck, const ConvertOptions& o, const std::string& pipeline,
                                   const std::string& calib_sha, std::int64_t calib_tokens) {
@@ -151,25 +172,22 @@ ConvertResult Analyze(const ConvertOptions& o) {
   if (o.report_path.empty()) Fail("report", "-o REPORT.html is required");
   CheckWritableParent(o.report_path, "report");
   const Checkpoint ck = OpenCheckpoint(o.model);
-  if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.model in the model folder");
-  const std::string text = LoadText(o.calib_text);
-  const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
-  const auto windows = CutWindows(tokenizer->Encode(text), o.window, static_cast<int>(o.calib_tokens / o.window),
-                                  o.calib_text);
-  result.calibration_tokens = static_cast<std::int64_t>(windows.size()) * o.window;
+  const CalibrationInput calib = LoadCalibration(ck, o);
+  const Tokenizer& tokenizer = *calib.tokenizer;
+  result.calibration_tokens = calib.tokens();
   auto t0 = Clock::now();
-  const KvStatistics stats = Calibrate(ck, windows, tokenizer->bos_id(), kReportStatistics, o);
+  const KvStatistics stats = Calibrate(ck, calib.windows, tokenizer.bos_id(), kReportStatistics, o);
   result.timings.push_back({"calibration", Since(t0)});
-  nlohmann::ordered_json report = ReportBase(ck, o, "", Sha256Hex(text), result.calibration_tokens);
+  nlohmann::ordered_json report = ReportBase(ck, o, "", calib.sha256, result.calibration_tokens);
   const std::int64_t kv = ck.config.num_key_value_heads;
   report["spectra"] = KvSpectra(stats, kv % 2 == 0 ? 2 : 1);  // what halving the KV heads keeps
   if (!o.eval_text.empty()) {
     t0 = Clock::now();
-    const auto windows_eval = EvalWindows(*tokenizer, o);
+    const auto windows_eval = EvalWindows(tokenizer, o);
     const auto model = ReferenceModel::Load(ck, {o.device, o.threads});
     EvalOptions eo;
     eo.progress = o.progress;
-    const PerplexityResult p = EvaluatePerplexity(*model, windows_eval, tokenizer->bos_id(), eo);
+    const PerplexityResult p = EvaluatePerplexity(*model, windows_eval, tokenizer.bos_id(), eo);
     report["validation"] = {{"text", o.eval_text},
                             {"windows", p.windows},
                             {"tokens_predicted", p.tokens_predicted},
@@ -191,7 +209,6 @@ ConvertResult Convert(const ConvertOptions& o) {
   if (Exists(o.output) && !o.force) Fail(o.output, "already exists (use --force to replace it)");
   CheckWritableParent(o.output, "output folder");
   if (!o.report_path.empty()) CheckWritableParent(o.report_path, "report");
-  if (o.calib_tokens < o.window) Fail("--calib-tokens", "must be at least one window");
   const Checkpoint ck = OpenCheckpoint(o.model);
   std::vector<std::unique_ptr<Pass>> passes;
   unsigned needed = 0;
@@ -204,30 +221,26 @@ ConvertResult Convert(const ConvertOptions& o) {
   if (!o.report_path.empty()) needed |= kReportStatistics;
 
   // Calibration text: always read and hashed (recorded), run through the model when needed.
-  if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.model in the model folder");
-  const std::string text = LoadText(o.calib_text);
-  const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
-  std::vector<std::int32_t> tokens = tokenizer->Encode(text);
-  const int max_windows = static_cast<int>(o.calib_tokens / o.window);
-  const std::vector<TokenWindow> windows = CutWindows(tokens, o.window, max_windows, o.calib_text);
-  result.calibration_tokens = static_cast<std::int64_t>(windows.size()) * o.window;
+  const CalibrationInput calib = LoadCalibration(ck, o);
+  const Tokenizer& tokenizer = *calib.tokenizer;
+  result.calibration_tokens = calib.tokens();
   KvStatistics stats;
   if (needed != 0) {
     const auto t0 = Clock::now();
-    stats = Calibrate(ck, windows, tokenizer->bos_id(), needed, o);
+    stats = Calibrate(ck, calib.windows, tokenizer.bos_id(), needed, o);
     result.timings.push_back({"calibration", Since(t0)});
   }
 
   ModelDraft draft(ck);
   nlohmann::ordered_json pass_records = nlohmann::ordered_json::array();
-  std::vector<std::string> canonical;
+  std::string pipeline;  // canonical, as recorded in kvfold.json and the report
   for (std::size_t i = 0; i < passes.size(); ++i) {
     const auto t0 = Clock::now();
     nlohmann::ordered_json record = {{"pass", specs[i].Text()}};
     PassContext ctx{draft, stats, record};
     passes[i]->Run(ctx);
     pass_records.push_back(record);
-    canonical.push_back(specs[i].Text());
+    pipeline += (pipeline.empty() ? "" : ",") + specs[i].Text();
     result.timings.push_back({specs[i].Text(), Since(t0)});
   }
 
@@ -238,8 +251,6 @@ ConvertResult Convert(const ConvertOptions& o) {
     Fail(o.output, std::string("cannot create the output folder: ") + std::strerror(errno));
   }
   try {
-    std::string pipeline;
-    for (const auto& c : canonical) pipeline += (pipeline.empty() ? "" : ",") + c;
     draft.WriteTo(tmp);
     nlohmann::ordered_json meta = {
         {"format_version", 1},
@@ -249,7 +260,7 @@ ConvertResult Convert(const ConvertOptions& o) {
         {"source", {{"path", o.model}, {"sha256", SourceSha256(ck)}}},
         {"calibration",
          {{"file", o.calib_text},
-          {"sha256", Sha256Hex(text)},
+          {"sha256", calib.sha256},
           {"tokens", result.calibration_tokens},
           {"window", o.window}}},
         {"kv_cache_bytes_per_token",
@@ -276,22 +287,20 @@ ConvertResult Convert(const ConvertOptions& o) {
   result.timings.push_back({"write", Since(t_write)});
 
   if (!o.report_path.empty()) {
-    std::string pipeline;
-    for (const auto& c : canonical) pipeline += (pipeline.empty() ? "" : ",") + c;
-    nlohmann::ordered_json report = ReportBase(ck, o, pipeline, Sha256Hex(text), result.calibration_tokens);
+    nlohmann::ordered_json report = ReportBase(ck, o, pipeline, calib.sha256, result.calibration_tokens);
     report["output"] = {{"path", o.output},
                         {"kv_heads", draft.config.num_key_value_heads},
                         {"kv_bytes_per_token", draft.config.KvBytesPerToken(ck.StoredElementBytes())},
                         {"vanilla_checkpoint", draft.config.key_projection_heads == 0}};
     if (!o.eval_text.empty()) {
       const auto t0 = Clock::now();
-      const auto windows_eval = EvalWindows(*tokenizer, o);
+      const auto windows_eval = EvalWindows(tokenizer, o);
       const Checkpoint out = OpenCheckpoint(o.output);
       const auto original = ReferenceModel::Load(ck, {o.device, o.threads});
       const auto converted = ReferenceModel::Load(out, {o.device, o.threads});
       EvalOptions eo;
       eo.progress = o.progress;
-      const ComparisonResult c = CompareModels(*original, *converted, windows_eval, tokenizer->bos_id(), eo);
+      const ComparisonResult c = CompareModels(*original, *converted, windows_eval, tokenizer.bos_id(), eo);
       report["validation"] = {{"text", o.eval_text},
                               {"windows", c.base.windows},
                               {"tokens_predicted", c.base.tokens_predicted},
