@@ -1,5 +1,8 @@
 #include "calib/windows.h"
 
+#include <algorithm>
+#include <random>
+
 #include "formats/error.h"
 
 namespace kvfold {
@@ -25,6 +28,23 @@ void AppendModelInput(const TokenWindow& window, std::int32_t bos, std::vector<s
   if (window.empty()) return;
   out.push_back(bos);
   out.insert(out.end(), window.begin(), window.end() - 1);
+}
+
+std::vector<TokenWindow> CopyTaskWindows(int count, int window, int vocab, std::uint64_t seed) {
+  if (count <= 0) Fail("--copy", "needs a positive number of sequences");
+  if (window < 4 || window % 2 != 0) Fail("--copy", "the window must be even and at least 4, got " + std::to_string(window));
+  const int low = std::min(259, vocab / 2);
+  if (vocab - low < 2) Fail("--copy", "vocabulary too small for the copy check");
+  std::mt19937_64 rng(seed);  // its output sequence is fixed by the standard; the modulo keeps
+                              // ids identical across standard libraries (bias: < 1e-15)
+  const auto span = static_cast<std::uint64_t>(vocab - low);
+  auto id = [&](std::mt19937_64& r) { return low + static_cast<int>(r() % span); };
+  std::vector<TokenWindow> out(static_cast<std::size_t>(count));
+  for (TokenWindow& w : out) {
+    w.resize(static_cast<std::size_t>(window));
+    for (int i = 0; i < window / 2; ++i) w[static_cast<std::size_t>(i)] = w[static_cast<std::size_t>(i + window / 2)] = id(rng);
+  }
+  return out;
 }
 
 }  // namespace kvfold

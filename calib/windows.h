@@ -19,4 +19,14 @@ std::vector<TokenWindow> CutWindows(const std::vector<std::int32_t>& tokens, int
 // the model predicts every token of the window, the first from BOS alone.
 void AppendModelInput(const TokenWindow& window, std::int32_t bos, std::vector<std::int32_t>& out);
 
+// The retrieval (copy) check: `count` windows of `window` tokens (window even), each a run of
+// window/2 random ids followed by the same run again, so the second half is predictable only by
+// looking back. Ids are drawn uniformly from [min(259, vocab/2), vocab), above sentencepiece's
+// control and byte pieces; deterministic in `seed`.
+std::vector<TokenWindow> CopyTaskWindows(int count, int window, int vocab, std::uint64_t seed);
+
+// First scored position of a copy window: the second copy's tokens after its first (which
+// nothing in the window predicts).
+inline std::int64_t CopyTaskScoredFrom(int window) { return window / 2 + 1; }
+
 }  // namespace kvfold

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace kvfold {
@@ -59,8 +60,8 @@ void ApplyRopeInPlace(float* qkv, const QkvLayout& L, const float* cos, const fl
 }
 
 void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
-                     std::int64_t sliding_window, float* ctx, std::int64_t first,
-                     std::int64_t last) {
+                     std::int64_t sliding_window, const std::uint8_t* visible, float* ctx,
+                     std::int64_t first, std::int64_t last) {
   const std::int64_t T = L.tokens, d = L.head_dim, H = L.heads, KV = L.kv_heads;
   const std::int64_t group = H / KV, row = L.row(), ctx_row = H * d;
   std::vector<float> keys_t(static_cast<std::size_t>(d * T));  // K^T of one (b, g): [d, T]
@@ -86,11 +87,12 @@ void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
           const float* kt = keys_t.data() + c * T + lo;
           for (std::int64_t j = 0; j < n; ++j) s[j] += qc * kt[j];
         }
-        float m = s[0];
-        for (std::int64_t j = 1; j < n; ++j) m = std::max(m, s[j]);
+        const std::uint8_t* vis = visible ? visible + (pair * T + i) * T + lo : nullptr;
+        float m = -std::numeric_limits<float>::infinity();
+        for (std::int64_t j = 0; j < n; ++j) m = std::max(m, vis && !vis[j] ? m : s[j]);
         float sum = 0;
         for (std::int64_t j = 0; j < n; ++j) {
-          s[j] = ExpNonPositive(s[j] - m);
+          s[j] = vis && !vis[j] ? 0.0f : ExpNonPositive(s[j] - m);
           sum += s[j];
         }
         std::fill(acc.begin(), acc.end(), 0.0f);

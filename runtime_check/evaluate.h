@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "calib/windows.h"
+#include "runtime_check/kv_cache_policy.h"
 #include "runtime_check/reference_model.h"
 
 namespace kvfold {
@@ -14,6 +15,11 @@ namespace kvfold {
 struct EvalOptions {
   int batch_windows = 0;  // windows per forward batch; 0 = about 2048 tokens per batch
   bool progress = true;   // progress lines on stderr
+  // Decode-time cache policy for the model under test (CompareModels: `other`; perplexity: the
+  // model); null = full cache.
+  const KvCachePolicy* cache = nullptr;
+  // Only window positions >= scored_from count (a prefilled prefix is context, not scored).
+  std::int64_t scored_from = 0;
 };
 
 struct PerplexityResult {
@@ -21,6 +27,7 @@ struct PerplexityResult {
   std::int64_t tokens_predicted = 0;
   double mean_nll = 0;  // natural log
   double ppl = 0;
+  double accuracy = 0;  // fraction of scored positions whose argmax is the target
   double seconds = 0;   // forward + metrics
   double tokens_per_second = 0;
 };
@@ -33,7 +40,7 @@ struct ComparisonResult {
   double delta_nll = 0;     // other.mean_nll - base.mean_nll
 };
 
-// Each window w is fed as [bos] + w[0..W-2] and scored on w[0..W-1].
+// Each window w is fed as [bos] + w[0..W-2] and scored on w[scored_from..W-1].
 PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
                                     const std::vector<TokenWindow>& windows, std::int32_t bos,
                                     const EvalOptions& options);

@@ -127,7 +127,30 @@ class PendingCapture {
 
 }  // namespace
 
-at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver* observer) const {
+namespace {
+
+// The policy's visibility for every (sequence, KV head) of one layer as a [B, KV, T, T] byte
+// tensor on the CPU; `rotated` is the layer's [B * T, (H + 2 KV) d] rotated q/k/v.
+at::Tensor CacheVisibility(const KvCachePolicy& cache, int layer, const at::Tensor& rotated,
+                           const QkvLayout& layout, std::int64_t first_sequence) {
+  const at::Tensor rows = rotated.to(at::kCPU).contiguous();
+  const std::int64_t B = layout.batch, KV = layout.kv_heads, T = layout.tokens;
+  at::Tensor visible = at::empty({B, KV, T, T}, at::kByte);
+  const float* data = rows.data_ptr<float>();
+  std::uint8_t* out = visible.data_ptr<std::uint8_t>();
+  at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t pair = begin; pair < end; ++pair) {
+      const std::int64_t b = pair / KV, g = pair % KV;
+      cache.HeadVisibility(layer, data, layout, b, g, first_sequence + b, out + pair * T * T);
+    }
+  });
+  return visible;
+}
+
+}  // namespace
+
+at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver* observer,
+                                         const KvCachePolicy* cache, std::int64_t first_sequence) const {
   c10::InferenceMode inference;
   const std::int64_t B = tokens.size(0), T = tokens.size(1);
   const std::int64_t H = config.num_attention_heads, KV = config.num_key_value_heads;
@@ -182,13 +205,17 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
     }
     capture.Deliver();
 
+    const at::Tensor visible = cache != nullptr && !cache->Untouched(static_cast<int>(l))
+                                   ? CacheVisibility(*cache, static_cast<int>(l), rotated, layout, first_sequence)
+                                   : at::Tensor();
     at::Tensor ctx;
     if (fused) {
       ctx = at::empty({B * T, H * d}, at::kFloat);
       const float* in = rotated.data_ptr<float>();
+      const std::uint8_t* vis = visible.defined() ? visible.data_ptr<std::uint8_t>() : nullptr;
       float* out = ctx.data_ptr<float>();
       at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
-        CausalAttention(in, layout, static_cast<float>(scale), config.sliding_window, out, begin, end);
+        CausalAttention(in, layout, static_cast<float>(scale), config.sliding_window, vis, out, begin, end);
       });
     } else {
       // GQA without repeating K/V: the `group` query heads of a KV head are stacked along the
@@ -198,7 +225,12 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
       };
       const at::Tensor qg = (head_major(0, H) * scale).reshape({B, KV, group * T, d});
       at::Tensor probs = at::matmul(qg, head_major(H, KV).transpose(-1, -2)).view({B, KV, group, T, T});
-      probs = at::softmax(probs + mask, -1).view({B, KV, group * T, T});
+      at::Tensor layer_mask = mask.view({1, 1, 1, T, T});
+      if (visible.defined()) {  // evicted keys: -inf on top of the causal/window mask
+        layer_mask = layer_mask.masked_fill(visible.to(device).eq(0).view({B, KV, 1, T, T}),
+                                            -std::numeric_limits<float>::infinity());
+      }
+      probs = at::softmax(probs + layer_mask, -1).view({B, KV, group * T, T});
       ctx = at::matmul(probs, head_major(H + KV, KV))  // [B, KV, group T, d]
                 .view({B, H, T, d})
                 .permute({0, 2, 1, 3})

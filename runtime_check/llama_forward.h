@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "formats/checkpoint.h"
+#include "runtime_check/kv_cache_policy.h"
 #include "runtime_check/layer_observer.h"
 #include "runtime_check/reference_model.h"
 
@@ -33,8 +34,11 @@ struct ReferenceModel::Impl {
   at::Tensor lm_head;     // [V, D] (the embedding when tied)
   std::vector<LlamaLayerWeights> layers;
 
-  // Logits [B, T, V] for int64 tokens [B, T] on `device`.
-  at::Tensor Forward(const at::Tensor& tokens, LayerObserver* observer) const;
+  // Logits [B, T, V] for int64 tokens [B, T] on `device`. With a cache policy, each layer's
+  // queries read only the cached keys the policy leaves visible; batch row b is sequence
+  // first_sequence + b of the evaluation (for the policy's seeds).
+  at::Tensor Forward(const at::Tensor& tokens, LayerObserver* observer,
+                     const KvCachePolicy* cache = nullptr, std::int64_t first_sequence = 0) const;
 };
 
 at::Device ParseDevice(const std::string& spec);

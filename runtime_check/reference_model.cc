@@ -91,10 +91,10 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
 const ModelConfig& ReferenceModel::config() const { return impl_->config; }
 std::string ReferenceModel::device() const { return impl_->device.str(); }
 
-std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids,
-                                          LayerObserver* observer) const {
+std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids, LayerObserver* observer,
+                                          const KvCachePolicy* cache) const {
   const at::Tensor tokens = TokenTensor(ids, 1, impl_->config.vocab_size, impl_->device, "Logits");
-  const at::Tensor logits = impl_->Forward(tokens, observer).to(at::kCPU).contiguous();
+  const at::Tensor logits = impl_->Forward(tokens, observer, cache).to(at::kCPU).contiguous();
   const float* p = logits.data_ptr<float>();
   return std::vector<float>(p, p + logits.numel());
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "formats/checkpoint.h"
+#include "runtime_check/kv_cache_policy.h"
 #include "runtime_check/layer_observer.h"
 
 namespace kvfold {
@@ -31,8 +32,9 @@ class ReferenceModel {
   std::string device() const;
 
   // Logits for one sequence, row-major [ids.size(), vocab] (logits[i] predicts token i+1).
-  std::vector<float> Logits(const std::vector<std::int32_t>& ids,
-                            LayerObserver* observer = nullptr) const;
+  // With `cache`, attention reads only what that decode-time cache policy keeps.
+  std::vector<float> Logits(const std::vector<std::int32_t>& ids, LayerObserver* observer = nullptr,
+                            const KvCachePolicy* cache = nullptr) const;
 
   // Runs a batch of equal-length sequences ([batch][T] row-major) only for the observer's sake.
   void Observe(const std::vector<std::int32_t>& tokens, int batch, LayerObserver& observer) const;

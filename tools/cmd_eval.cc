@@ -1,4 +1,5 @@
-// kvfold eval MODEL --text FILE [--window 256] [--max-windows N] [--compare ORIGINAL] [--json]
+// kvfold eval MODEL --text FILE [--window 256] [--max-windows N] [--compare ORIGINAL]
+//              [--kv-cache SPEC] [--copy N] [--json]
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -10,8 +11,10 @@
 #include "calib/windows.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "formats/eviction_table.h"
 #include "formats/version.h"
 #include "runtime_check/evaluate.h"
+#include "runtime_check/kv_eviction.h"
 #include "tools/commands.h"
 
 namespace kvfold {
@@ -21,6 +24,8 @@ struct EvalArgs {
   std::string model;
   std::string text;
   std::string compare;
+  std::string kv_cache;
+  int copy = 0;
   int window = 256;
   int max_windows = -1;
   int batch = 0;
@@ -33,6 +38,7 @@ struct EvalArgs {
 void AddPerplexityFields(const PerplexityResult& r, nlohmann::ordered_json& j) {
   j["ppl"] = r.ppl;
   j["mean_nll"] = r.mean_nll;
+  j["accuracy"] = r.accuracy;
   j["tokens_predicted"] = r.tokens_predicted;
   j["seconds"] = r.seconds;
   j["tokens_per_second"] = r.tokens_per_second;
@@ -56,6 +62,22 @@ int RunEval(const EvalArgs& a) {
   const auto model = ReferenceModel::Load(ck, runtime);
   const std::int32_t bos = tokenizer->bos_id();
 
+  // A cache policy is measured against the full cache on the positions after the prefix.
+  std::unique_ptr<EvictionCachePolicy> cache;
+  std::string cache_text;
+  if (!a.kv_cache.empty()) {
+    EvictionSpec spec = ParseEvictionSpec(a.kv_cache);
+    if (spec.policy == EvictPolicy::kTable && spec.table.empty()) spec.table = a.model + "/" + kEvictionTableJson;
+    cache = std::make_unique<EvictionCachePolicy>(spec, ck.config);
+    cache_text = spec.Text();
+    options.cache = cache.get();
+    options.scored_from = PrefixLength(spec, a.window);
+  }
+  std::unique_ptr<ReferenceModel> original;
+  if (!a.compare.empty()) original = ReferenceModel::Load(OpenCheckpoint(a.compare), runtime);
+  const bool comparing = original || cache;
+  const ReferenceModel& base = original ? *original : *model;
+
   nlohmann::ordered_json j = {{"kvfold_version", kVersion},
                               {"protocol", "kvfold-ppl-v1"},
                               {"model", a.model},
@@ -64,40 +86,59 @@ int RunEval(const EvalArgs& a) {
                               {"window", a.window},
                               {"windows", windows.size()},
                               {"device", model->device()}};
+  if (cache) j["kv_cache"] = {{"spec", cache_text}, {"scored_from", options.scored_from}};
   PerplexityResult result;
   ComparisonResult cmp;
-  if (a.compare.empty()) {
+  if (!comparing) {
     result = EvaluatePerplexity(*model, windows, bos, options);
     AddPerplexityFields(result, j);
   } else {
-    const Checkpoint original_ck = OpenCheckpoint(a.compare);
-    const auto original = ReferenceModel::Load(original_ck, runtime);
-    cmp = CompareModels(*original, *model, windows, bos, options);
+    cmp = CompareModels(base, *model, windows, bos, options);
     result = cmp.other;
     AddPerplexityFields(result, j);
-    nlohmann::ordered_json c = {{"model", a.compare}};
+    nlohmann::ordered_json c = {{"model", original ? a.compare : a.model + " (full cache)"}};
     AddPerplexityFields(cmp.base, c);
     c["kl"] = cmp.kl;
     c["top1_agreement"] = cmp.top1_agreement;
     c["delta_nll"] = cmp.delta_nll;
     j["compare"] = c;
   }
+  ComparisonResult copy;
+  if (a.copy > 0) {
+    EvalOptions copy_options = options;
+    copy_options.scored_from = CopyTaskScoredFrom(a.window);
+    copy = CompareModels(base, *model, CopyTaskWindows(a.copy, a.window, static_cast<int>(ck.config.vocab_size), 0),
+                         bos, copy_options);
+    j["copy"] = {{"sequences", a.copy},
+                 {"scored_from", copy_options.scored_from},
+                 {"accuracy", copy.other.accuracy},
+                 {"reference_accuracy", copy.base.accuracy}};
+  }
 
   if (a.json) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
+  const char* reference = original ? "original" : "full cache";
   std::printf("model        %s\n", a.model.c_str());
   std::printf("text         %s (%zu tokens; %zu windows of %d, %lld tokens predicted)\n",
               a.text.c_str(), tokens.size(), windows.size(), a.window,
               static_cast<long long>(result.tokens_predicted));
+  if (cache) {
+    std::printf("kv cache     %s (positions %lld..%d scored)\n", cache_text.c_str(),
+                static_cast<long long>(options.scored_from), a.window - 1);
+  }
   std::printf("ppl          %.4f  (mean NLL %.6f nats)\n", result.ppl, result.mean_nll);
-  if (!a.compare.empty()) {
-    std::printf("original     %.4f  (mean NLL %.6f nats)  %s\n", cmp.base.ppl, cmp.base.mean_nll,
-                a.compare.c_str());
-    std::printf("KL           %.6f nats/token  (original || model)\n", cmp.kl);
+  if (comparing) {
+    std::printf("%-12s %.4f  (mean NLL %.6f nats)  %s\n", reference, cmp.base.ppl, cmp.base.mean_nll,
+                original ? a.compare.c_str() : a.model.c_str());
+    std::printf("KL           %.6f nats/token  (%s || model)\n", cmp.kl, reference);
     std::printf("top-1        %.2f%% agreement\n", 100.0 * cmp.top1_agreement);
     std::printf("delta NLL    %+.6f nats/token\n", cmp.delta_nll);
+  }
+  if (a.copy > 0) {
+    std::printf("copy         %.2f%% next-token accuracy on the repeat (%s: %.2f%%; %d sequences)\n",
+                100.0 * copy.other.accuracy, reference, 100.0 * copy.base.accuracy, a.copy);
   }
   std::printf("speed        %.0f tokens/s on %s\n", result.tokens_per_second,
               model->device().c_str());
@@ -115,6 +156,10 @@ Command AddEvalCommand(CLI::App& app) {
   sub->add_option("--window", a->window, "Tokens per window")->capture_default_str();
   sub->add_option("--max-windows", a->max_windows, "Use only the first N windows");
   sub->add_option("--compare", a->compare, "Original model to compare against (same tokenizer)");
+  sub->add_option("--kv-cache", a->kv_cache,
+                  "Decode-time cache policy, e.g. 'evict<policy=l2-low,keep=0.5,skip=0,1>' "
+                  "(docs/eviction.md); compared with the full cache after the prefix");
+  sub->add_option("--copy", a->copy, "Also run the copy (retrieval) check on N random sequences");
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)");
   sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~2048 tokens)");
