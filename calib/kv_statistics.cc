@@ -33,6 +33,25 @@ void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector
   }
 }
 
+// Norm-vs-attention measures of every (sequence, KV head) of a [B, T, H, d] / [B, T, KV, d] pair.
+void AccumulateNormAttention(const FloatView& q, const FloatView& k, LayerKvStatistics& layer) {
+  const std::int64_t B = k.shape[0], T = k.shape[1], KV = k.shape[2], d = k.shape[3], H = q.shape[2];
+  if (layer.norm_attention.empty()) layer.norm_attention.resize(static_cast<std::size_t>(KV));
+  for (std::int64_t b = 0; b < B; ++b) {
+    for (std::int64_t g = 0; g < KV; ++g) {
+      NormAttentionInput in;
+      in.tokens = T;
+      in.head_dim = d;
+      in.group = H / KV;
+      in.keys = k.data + b * T * KV * d + g * d;
+      in.key_stride = KV * d;
+      in.queries = q.data + b * T * H * d + g * in.group * d;
+      in.query_stride = H * d;
+      layer.norm_attention[static_cast<std::size_t>(g)].Add(MeasureHead(in));
+    }
+  }
+}
+
 }  // namespace
 
 void KvStatistics::Merge(const KvStatistics& other) {
@@ -40,6 +59,7 @@ void KvStatistics::Merge(const KvStatistics& other) {
     Fail("calibration", "internal: merging statistics of different shapes");
   }
   tokens += other.tokens;
+  windows += other.windows;
   auto add = [](std::vector<double>& into, const std::vector<double>& from) {
     if (from.empty()) return;
     if (into.empty()) into.assign(from.size(), 0.0);
@@ -50,6 +70,10 @@ void KvStatistics::Merge(const KvStatistics& other) {
     add(layers[l].key_post_rope, other.layers[l].key_post_rope);
     add(layers[l].value, other.layers[l].value);
     add(layers[l].query_energy, other.layers[l].query_energy);
+    auto& mine = layers[l].norm_attention;
+    const auto& theirs = other.layers[l].norm_attention;
+    if (mine.empty()) mine.resize(theirs.size());
+    for (std::size_t g = 0; g < theirs.size(); ++g) mine[g].Add(theirs[g]);
   }
 }
 
@@ -67,6 +91,7 @@ unsigned KvStatisticsCollector::Wants(int) const {
   if (stats_.collected & kStatKeyPostRope) bits |= kCaptureKeyPostRope;
   if (stats_.collected & kStatValue) bits |= kCaptureValue;
   if (stats_.collected & kStatQueryEnergy) bits |= kCaptureQueryPreRope;
+  if (stats_.collected & kStatNormAttention) bits |= kCaptureQueryPostRope | kCaptureKeyPostRope;
   return bits;
 }
 
@@ -85,9 +110,11 @@ void KvStatisticsCollector::Observe(const AttentionCapture& c) {
       for (std::int64_t c2 = 0; c2 < width; ++c2) layer.query_energy[static_cast<std::size_t>(c2)] += double(r[c2]) * r[c2];
     }
   }
+  if (stats_.collected & kStatNormAttention) AccumulateNormAttention(c.query_post_rope, c.key_post_rope, layer);
   if (c.layer == 0) {
     const FloatView& any = c.value.data ? c.value : c.key_pre_rope.data ? c.key_pre_rope : c.key_post_rope;
     stats_.tokens += any.size() / dim;
+    stats_.windows += any.shape.front();
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "calib/norm_attention.h"
 #include "runtime_check/layer_observer.h"
 
 namespace kvfold {
@@ -15,6 +16,7 @@ enum StatisticBits : unsigned {
   kStatKeyPostRope = 1u << 1,  // sum k k^T of post-RoPE keys [KV d, KV d]
   kStatValue = 1u << 2,        // sum v v^T                   [KV d, KV d]
   kStatQueryEnergy = 1u << 3,  // sum q^2 per channel of pre-RoPE queries [H d]
+  kStatNormAttention = 1u << 4,  // key norm vs attention measures per KV head, summed over windows
 };
 
 struct LayerKvStatistics {
@@ -22,11 +24,13 @@ struct LayerKvStatistics {
   // not collected. Channel index = kv_head * d + dim.
   std::vector<double> key_pre_rope, key_post_rope, value;
   std::vector<double> query_energy;  // [H d] sums of squares; empty when not collected
+  std::vector<HeadNormAttention> norm_attention;  // [KV] sums over windows; empty when not collected
 };
 
 struct KvStatistics {
   unsigned collected = 0;  // StatisticBits
   std::int64_t tokens = 0;
+  std::int64_t windows = 0;  // sequences seen (the norm_attention sums are over these)
   std::int64_t kv_heads = 0, head_dim = 0;
   std::vector<LayerKvStatistics> layers;
   std::int64_t dim() const { return kv_heads * head_dim; }

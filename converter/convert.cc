@@ -205,6 +205,12 @@ ConvertResult Convert(const ConvertOptions& o) {
 
   // Everything that can be refused is refused before any work.
   std::vector<PassSpec> specs = ParsePipeline(o.passes);
+  for (const auto& spec : specs) {
+    if (spec.name == "kv-norm-analysis" && specs.size() > 1) {
+      Fail("--passes", "kv-norm-analysis runs alone: its table describes the input model's heads "
+                       "(analyse a converted model in a second run)");
+    }
+  }
   if (o.output.empty()) Fail("-o", "an output folder is required");
   if (Exists(o.output) && !o.force) Fail(o.output, "already exists (use --force to replace it)");
   CheckWritableParent(o.output, "output folder");

@@ -7,6 +7,7 @@
 
 #include "formats/atomic_file.h"
 #include "formats/error.h"
+#include "formats/eviction_table.h"
 #include "formats/mapped_file.h"
 #include "formats/safetensors_writer.h"
 
@@ -18,8 +19,10 @@ bool IsWeightOrOwnFile(const std::string& name) {
     const std::string s(suffix);
     return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
   };
+  // kv_eviction_policy.json describes the source's heads: never carried into a converted model.
   return name == "config.json" || name == "kvfold.json" || name == "model.safetensors.index.json" ||
-         ends_with(".safetensors") || name == "report.html" || name == "report.json";
+         ends_with(".safetensors") || name == "report.html" || name == "report.json" ||
+         name == kEvictionTableJson;
 }
 
 }  // namespace
@@ -120,7 +123,15 @@ std::vector<std::string> ModelDraft::WriteTo(const std::string& dir) const {
       written.push_back(name);
     }
   }
+  for (const auto& [name, write] : extra_files_) {
+    write(dir + "/" + name);
+    written.push_back(name);
+  }
   return written;
+}
+
+void ModelDraft::AddOutputFile(const std::string& name, std::function<void(const std::string&)> write) {
+  extra_files_[name] = std::move(write);
 }
 
 }  // namespace kvfold

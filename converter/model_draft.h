@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,6 +30,10 @@ class ModelDraft {
   // source) and the tokenizer files into the existing folder `dir`. Returns the files written.
   std::vector<std::string> WriteTo(const std::string& dir) const;
 
+  // A file a pass adds beside the model: write(path) creates it (atomically) when the draft is
+  // written. Source files of kvfold's own (kvfold.json, reports, eviction tables) never travel.
+  void AddOutputFile(const std::string& name, std::function<void(const std::string& path)> write);
+
  private:
   struct Replacement {
     std::vector<std::int64_t> shape;
@@ -37,6 +42,7 @@ class ModelDraft {
   const Checkpoint& source_;
   std::map<std::string, Replacement> replaced_;
   std::vector<std::string> removed_;
+  std::map<std::string, std::function<void(const std::string&)>> extra_files_;
 };
 
 }  // namespace kvfold

@@ -57,6 +57,7 @@ std::vector<PassSpec> ParsePipeline(const std::string& text);
 
 // Integer parameter helper for pass constructors: Error naming the pass and parameter.
 std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t fallback);
+double DoubleParam(const PassSpec& spec, const std::string& key, double fallback);
 std::string StringParam(const PassSpec& spec, const std::string& key, const std::string& fallback,
                         const std::vector<std::string>& allowed);
 

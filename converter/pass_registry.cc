@@ -1,6 +1,7 @@
 // The registry: every pass kvfold has, with its parameters. Adding a pass = a header, a source
 // file, one entry here, one test.
 #include "converter/gqa_passes.h"
+#include "converter/norm_analysis_pass.h"
 #include "converter/pass.h"
 
 namespace kvfold {
@@ -19,6 +20,13 @@ const std::vector<PassInfo>& PassRegistry() {
         {"weight", "query (default: weight key errors by the query energy reading them, i.e. the "
                    "expected score error) | none (plain key energy, the paper's objective)"}},
        &CreateGqaSvd},
+      {"kv-norm-analysis",
+       "Key L2 norm vs attention per layer/KV head (arXiv 2406.11430); writes the eviction policy "
+       "table kv_eviction_policy.json/.safetensors beside the model. Runs alone",
+       {{"budget", "attention mass a head may lose at its recommended keep ratio (default 0.1)"},
+        {"max-alr-ratio", "exempt a head when its ALR exceeds this times a random order's "
+                          "(default 0.5)"}},
+       &CreateNormAnalysis},
   };
   return registry;
 }

@@ -1,5 +1,6 @@
 // Pipeline text: parsing, parameter access, and the --print-passes listing.
 #include <cctype>
+#include <cmath>
 #include <sstream>
 
 #include "converter/pass.h"
@@ -87,6 +88,22 @@ std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t
   }
   if (used != it->second.size() || used == 0) {
     Fail("--passes", spec.name + ": " + key + "=" + it->second + " is not an integer");
+  }
+  return v;
+}
+
+double DoubleParam(const PassSpec& spec, const std::string& key, double fallback) {
+  auto it = spec.params.find(key);
+  if (it == spec.params.end()) return fallback;
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(it->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != it->second.size() || used == 0 || !std::isfinite(v)) {
+    Fail("--passes", spec.name + ": " + key + "=" + it->second + " is not a number");
   }
   return v;
 }

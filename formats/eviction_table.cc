@@ -40,6 +40,7 @@ std::string EvictionTableJson(const EvictionTable& t) {
                        {"spearman", Round6(h.spearman)},
                        {"alr", Round6(h.alr)},
                        {"alr_random", Round6(h.alr_random)},
+                       {"sink_share", Round6(h.sink_share)},
                        {"keep", h.keep},
                        {"skip", h.skip}});
     }
@@ -64,6 +65,7 @@ void WriteEvictionTableSafetensors(const std::string& path, const EvictionTable&
   const std::vector<float> spearman = PerHead(t, [](const auto& h) { return h.spearman; });
   const std::vector<float> alr = PerHead(t, [](const auto& h) { return h.alr; });
   const std::vector<float> alr_random = PerHead(t, [](const auto& h) { return h.alr_random; });
+  const std::vector<float> sink = PerHead(t, [](const auto& h) { return h.sink_share; });
   const std::vector<float> keep = PerHead(t, [](const auto& h) { return h.keep; });
   const std::vector<float> skip = PerHead(t, [](const auto& h) { return h.skip ? 1.0 : 0.0; });
   const std::vector<float> grid = ToF32(t.keep_grid), loss_l2 = ToF32(t.loss_l2), loss_ideal = ToF32(t.loss_ideal);
@@ -74,6 +76,7 @@ void WriteEvictionTableSafetensors(const std::string& path, const EvictionTable&
                    {{"spearman", DType::kF32, {L, KV}, bytes(spearman)},
                     {"alr", DType::kF32, {L, KV}, bytes(alr)},
                     {"alr_random", DType::kF32, {L, KV}, bytes(alr_random)},
+                    {"sink_share", DType::kF32, {L, KV}, bytes(sink)},
                     {"keep", DType::kF32, {L, KV}, bytes(keep)},
                     {"skip", DType::kF32, {L, KV}, bytes(skip)},
                     {"keep_grid", DType::kF32, {R}, bytes(grid)},
@@ -100,6 +103,9 @@ EvictionTable ReadEvictionTable(const std::string& path) {
     t.kv_heads = j.at("kv_heads").get<std::int64_t>();
     t.rule = j.at("rule").get<std::string>();
     t.budget = j.at("budget").get<double>();
+    t.windows = j.at("calibration").at("windows").get<std::int64_t>();
+    t.window = j.at("calibration").at("window").get<std::int64_t>();
+    t.keep_grid = j.at("keep_grid").get<std::vector<double>>();
     if (t.layers <= 0 || t.kv_heads <= 0 || t.layers * t.kv_heads > (1 << 20)) Fail(path, "implausible layers/kv_heads");
     t.heads.resize(static_cast<std::size_t>(t.layers * t.kv_heads));
     std::vector<bool> seen(t.heads.size(), false);
@@ -113,6 +119,7 @@ EvictionTable ReadEvictionTable(const std::string& path) {
       e.spearman = h.at("spearman").get<double>();
       e.alr = h.at("alr").get<double>();
       e.alr_random = h.at("alr_random").get<double>();
+      e.sink_share = h.at("sink_share").get<double>();
       e.keep = h.at("keep").get<double>();
       e.skip = h.at("skip").get<bool>();
       if (!(e.keep > 0 && e.keep <= 1)) Fail(path, "keep of layer " + std::to_string(l) + " head " + std::to_string(g) + " is not in (0, 1]");

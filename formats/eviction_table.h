@@ -14,6 +14,7 @@ struct EvictionTableHead {
   double spearman = 0;    // mean over windows of Spearman(key L2 norm, attention received)
   double alr = 0;         // attention loss of the L2 ranking over the ideal one (lower is better)
   double alr_random = 0;  // the same for a random ranking (expected), for scale
+  double sink_share = 0;  // attention share of the first token (an attention sink when large)
   double keep = 1.0;      // recommended keep ratio
   bool skip = false;      // exempt: keeps its full cache
 };

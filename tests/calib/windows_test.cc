@@ -23,3 +23,18 @@ TEST_CASE("the model input shifts a window right behind BOS", "[windows]") {
   AppendModelInput({5, 6, 7}, 1, out);
   CHECK(out == std::vector<std::int32_t>{99, 1, 5, 6});  // appended, W ids, last token dropped
 }
+
+TEST_CASE("copy-task windows repeat a seeded random run above the control pieces", "[windows]") {
+  const auto w = CopyTaskWindows(3, 16, 2048, 5);
+  REQUIRE(w.size() == 3);
+  for (const auto& x : w) {
+    REQUIRE(x.size() == 16);
+    for (int i = 0; i < 8; ++i) CHECK(x[static_cast<std::size_t>(i)] == x[static_cast<std::size_t>(i + 8)]);
+    for (auto id : x) CHECK((id >= 259 && id < 2048));
+  }
+  CHECK(w[0] != w[1]);
+  CHECK(CopyTaskWindows(3, 16, 2048, 5) == w);
+  CHECK(CopyTaskWindows(3, 16, 2048, 6) != w);
+  CHECK(CopyTaskScoredFrom(16) == 9);
+  CHECK_THROWS_WITH(CopyTaskWindows(1, 15, 2048, 0), Catch::StartsWith("--copy: "));
+}

@@ -185,3 +185,31 @@ TEST_CASE("convert: pass listing, one-line errors, a working conversion", "[cli]
   REQUIRE(inspect.exit_code == 0);
   CHECK(nlohmann::json::parse(inspect.out)["kv_cache_bytes_per_token"] == 640);
 }
+
+TEST_CASE("eval --kv-cache: eviction against the full cache, copy check, bad specs", "[cli][eviction][shared]") {
+  const std::string model = SharedPath("models/stories260K");
+  const std::string text = SharedPath("text/tinystories/eval.txt");
+  const auto r = RunKvfold("eval " + model + " --text " + text +
+                           " --max-windows 4 --quiet --json --copy 2 --kv-cache 'evict<policy=l2-low,keep=0.5,skip=0,1>'");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["kv_cache"]["spec"] == "evict<policy=l2-low,regime=prefill,keep=0.5,skip=0,1>");
+  CHECK(j["kv_cache"]["scored_from"] == 128);
+  CHECK(j["tokens_predicted"] == 4 * 128);  // only the positions after the prefix
+  CHECK(j["compare"]["kl"].get<double>() > 0);
+  CHECK(j["compare"]["top1_agreement"].get<double>() < 1.0);
+  CHECK(j["copy"]["sequences"] == 2);
+  CHECK(j["copy"]["scored_from"] == 129);
+
+  // keep=1 evicts nothing: the same numbers as the full cache, exactly.
+  const auto same = nlohmann::json::parse(
+      RunKvfold("eval " + model + " --text " + text + " --max-windows 2 --quiet --json --kv-cache 'evict<keep=1>'").out);
+  CHECK(same["compare"]["kl"] == 0.0);
+  CHECK(same["ppl"] == same["compare"]["ppl"]);
+
+  ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'evict<policy=l2-middle>'"),
+                     "--kv-cache: policy=l2-middle is not one of");
+  ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'evict<policy=table>'"),
+                     model + "/kv_eviction_policy.json");
+}

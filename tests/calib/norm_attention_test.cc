@@ -1,0 +1,85 @@
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "calib/norm_attention.h"
+
+using namespace kvfold;
+
+TEST_CASE("Spearman: monotone, reversed, ties and a worked example", "[norm-attention]") {
+  CHECK(Spearman({1, 2, 3, 4}, {10, 20, 30, 40}) == Approx(1.0));
+  CHECK(Spearman({1, 2, 3, 4}, {4, 3, 2, 1}) == Approx(-1.0));
+  CHECK(Spearman({1, 1, 1}, {1, 2, 3}) == 0.0);
+  // x ranks 1 2 3 4 5, y = (2, 1, 4, 3, 5) ranks the same: rho = 1 - 6 * 4 / (5 * 24) = 0.8.
+  CHECK(Spearman({1, 2, 3, 4, 5}, {2, 1, 4, 3, 5}) == Approx(0.8));
+  // Ties take average ranks: y ranks (1.5, 1.5, 3); Pearson of ranks (1,2,3) and that = 0.866...
+  CHECK(Spearman({1, 2, 3}, {5, 5, 9}) == Approx(std::sqrt(3.0) / 2));
+}
+
+TEST_CASE("ALR: zero for the ideal order, positive otherwise, random matches sampling", "[norm-attention]") {
+  const std::vector<double> a = {0.4, 0.05, 0.2, 0.1, 0.25};
+  CHECK(AttentionLossRatio(a, LowestFirst(a)) == 0.0);  // the oracle's own order
+  CHECK(AttentionLossRatio(a, HighestFirst(a)) > AttentionLossRatio(a, {1, 3, 0, 2, 4}));
+  CHECK(AttentionLossRatio(a, {1, 3, 0, 2, 4}) > 0);
+  // Hand value: dropping most-attended first loses 0.4, 0.65, 0.85, 0.95, 1.0 vs ideal 0.05,
+  // 0.15, 0.35, 0.6, 1.0; mean gap = (0.35 + 0.5 + 0.5 + 0.35 + 0) / 5 = 0.34.
+  CHECK(AttentionLossRatio(a, HighestFirst(a)) == Approx(0.34));
+  // The closed-form random ALR against the average over many random orders.
+  std::mt19937 rng(7);
+  std::vector<std::int64_t> order(a.size());
+  std::iota(order.begin(), order.end(), 0);
+  double sampled = 0;
+  const int trials = 20000;
+  for (int t = 0; t < trials; ++t) {
+    std::shuffle(order.begin(), order.end(), rng);
+    sampled += AttentionLossRatio(a, order);
+  }
+  CHECK(sampled / trials == Approx(RandomAttentionLossRatio(a)).margin(3e-3));
+}
+
+TEST_CASE("attention received is a distribution and matches a direct computation", "[norm-attention]") {
+  const std::int64_t T = 12, d = 4, group = 2;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n(0, 1);
+  std::vector<float> k(static_cast<std::size_t>(T * d)), q(static_cast<std::size_t>(T * group * d));
+  for (auto& x : k) x = n(rng);
+  for (auto& x : q) x = 2 * n(rng);
+  NormAttentionInput in{T, d, group, k.data(), d, q.data(), group * d};
+  const std::vector<double> got = AttentionReceived(in);
+  CHECK(std::accumulate(got.begin(), got.end(), 0.0) == Approx(1.0));
+  std::vector<double> want(static_cast<std::size_t>(T), 0.0);
+  for (std::int64_t h = 0; h < group; ++h) {
+    for (std::int64_t i = 0; i < T; ++i) {
+      std::vector<double> s;
+      for (std::int64_t j = 0; j <= i; ++j) {
+        double dot = 0;
+        for (std::int64_t c = 0; c < d; ++c) dot += double(q[static_cast<std::size_t>((i * group + h) * d + c)]) * k[static_cast<std::size_t>(j * d + c)];
+        s.push_back(std::exp(dot / 2.0));  // 1/sqrt(4)
+      }
+      const double z = std::accumulate(s.begin(), s.end(), 0.0);
+      for (std::int64_t j = 0; j <= i; ++j) want[static_cast<std::size_t>(j)] += s[static_cast<std::size_t>(j)] / z / double(group * T);
+    }
+  }
+  for (std::int64_t j = 0; j < T; ++j) CHECK(got[static_cast<std::size_t>(j)] == Approx(want[static_cast<std::size_t>(j)]).epsilon(1e-5));
+}
+
+TEST_CASE("head measures: keys whose norm decides attention score a perfect L2 order", "[norm-attention]") {
+  // Query along +x, keys along -x with growing length: the lowest-norm key gets the most
+  // attention from every query that sees it, so dropping the highest norms first is ideal.
+  const std::int64_t T = 16;
+  std::vector<float> k, q;
+  for (std::int64_t j = 0; j < T; ++j) {
+    k.insert(k.end(), {-0.5f * static_cast<float>(j + 1), 0.0f});
+    q.insert(q.end(), {1.0f, 0.0f});
+  }
+  NormAttentionInput in{T, 2, 1, k.data(), 2, q.data(), 2};
+  const HeadNormAttention m = MeasureHead(in);
+  CHECK(m.spearman == Approx(-1.0));
+  CHECK(m.alr == Approx(0.0).margin(1e-12));
+  CHECK(m.alr_random > 0.1);
+  CHECK(m.loss_l2.back() == 0.0);  // keep 1.0 loses nothing
+  for (int r = 0; r < kKeepGridSize; ++r) CHECK(m.loss_l2[static_cast<std::size_t>(r)] == Approx(m.loss_ideal[static_cast<std::size_t>(r)]));
+}
