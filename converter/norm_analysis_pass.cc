@@ -40,6 +40,21 @@ class NormAnalysis : public Pass {
     ctx.record["heads_skipped"] = skipped;
     ctx.record["mean_keep"] = keep / n;
     ctx.record["mean_spearman"] = spearman / n;
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();  // for the report
+    for (std::int64_t l = 0; l < table->layers; ++l) {
+      nlohmann::ordered_json rho = nlohmann::ordered_json::array(), ratio = rho, sink = rho, keeps = rho, skips = rho;
+      for (std::int64_t g = 0; g < table->kv_heads; ++g) {
+        const EvictionTableHead& h = table->at(l, g);
+        rho.push_back(h.spearman);
+        ratio.push_back(h.alr_random > 0 ? h.alr / h.alr_random : 0.0);
+        sink.push_back(h.sink_share);
+        keeps.push_back(h.keep);
+        skips.push_back(h.skip);
+      }
+      layers.push_back({{"layer", l}, {"spearman", rho}, {"alr_over_random", ratio}, {"sink_share", sink},
+                        {"keep", keeps}, {"skip", skips}});
+    }
+    ctx.record["norm_layers"] = layers;
   }
 
  private:

@@ -89,6 +89,49 @@ ordered_json KvSpectra(const KvStatistics& s, std::int64_t group_size) {
   return {{"group_size", group_size}, {"head_dim", s.head_dim}, {"layers", layers}};
 }
 
+// kv-norm-analysis: per layer, how well key norms predict attention, then every head's verdict.
+std::string NormAnalysisSection(const ordered_json& p) {
+  std::ostringstream o;
+  o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>()) << "</code></h2><p>Key L2 norm vs attention "
+    << "received (arXiv 2406.11430). The paper expects a <b>negative</b> Spearman correlation (low-norm keys draw "
+    << "attention) and an ALR well below a random order's. Rule: " << EscapeHtml(p["rule"].get<std::string>())
+    << ". Table: <code>" << EscapeHtml(p["table"].get<std::string>()) << "</code>.</p>";
+  auto mean = [](const ordered_json& a) {
+    double s = 0;
+    for (const auto& x : a) s += x.get<double>();
+    return a.empty() ? 0.0 : s / static_cast<double>(a.size());
+  };
+  std::vector<std::string> cats;
+  Series rho{"Spearman", "#2c7be5", {}}, ratio{"ALR / random", "#e67e22", {}},
+      sink{"first-token share", "#7f8c8d", {}};
+  double y_min = 0, y_max = 1;
+  for (const auto& l : p["norm_layers"]) {
+    cats.push_back(std::to_string(l["layer"].get<int>()));
+    rho.points.push_back({0, mean(l["spearman"])});
+    ratio.points.push_back({0, mean(l["alr_over_random"])});
+    sink.points.push_back({0, mean(l["sink_share"])});
+    y_min = std::min({y_min, rho.points.back().second});
+    y_max = std::max({y_max, ratio.points.back().second, rho.points.back().second});
+  }
+  ChartAxes a;
+  a.title = "per layer (mean over KV heads)";
+  a.x_label = "layer";
+  a.y_label = "value";
+  a.y_min = y_min;
+  a.y_max = y_max;
+  o << "<div class=\"charts\">" << BarChart("norm-analysis", a, cats, {rho, ratio, sink}) << "</div>";
+  o << "<table>" << Row({"layer", "KV head", "Spearman", "ALR / random", "first-token share", "keep", "skip"}, true);
+  for (const auto& l : p["norm_layers"]) {
+    for (std::size_t g = 0; g < l["spearman"].size(); ++g) {
+      o << Row({std::to_string(l["layer"].get<int>()), std::to_string(g), Fixed(l["spearman"][g].get<double>(), 3),
+                Fixed(l["alr_over_random"][g].get<double>(), 2), Fixed(l["sink_share"][g].get<double>(), 3),
+                Fixed(l["keep"][g].get<double>(), 1), l["skip"][g].get<bool>() ? "yes" : "no"});
+    }
+  }
+  o << "</table>";
+  return o.str();
+}
+
 std::string RenderReportHtml(const ordered_json& r) {
   const auto& model = r["model"];
   std::ostringstream o;
@@ -178,6 +221,10 @@ std::string RenderReportHtml(const ordered_json& r) {
   // What each pass did.
   if (r.contains("passes")) {
     for (const auto& p : r["passes"]) {
+      if (p.contains("norm_layers")) {
+        o << NormAnalysisSection(p);
+        continue;
+      }
       if (!p.contains("layers")) {
         o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>()) << "</code></h2><p>No per-layer record.</p>";
         continue;

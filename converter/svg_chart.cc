@@ -122,8 +122,10 @@ std::string BarChart(const std::string& id, const ChartAxes& a, const std::vecto
     for (std::size_t s = 0; s < series.size(); ++s) {
       const double v = series[s].points[c].second;
       const double x = f.X(c + 0.1) + slot * static_cast<double>(s);
-      o << "<rect fill=\"" << series[s].color << "\" x=\"" << Num(x) << "\" y=\"" << Num(f.Y(v))
-        << "\" width=\"" << Num(slot * 0.9) << "\" height=\"" << Num(f.Y(axes.y_min) - f.Y(v))
+      // Bars rise (or hang) from zero, so negative values read as negative.
+      const double zero = f.Y(std::clamp(0.0, axes.y_min, axes.y_max));
+      o << "<rect fill=\"" << series[s].color << "\" x=\"" << Num(x) << "\" y=\"" << Num(std::min(f.Y(v), zero))
+        << "\" width=\"" << Num(slot * 0.9) << "\" height=\"" << Num(std::abs(zero - f.Y(v)))
         << "\"><title>" << EscapeHtml(series[s].name + " " + categories[c]) << ": " << Tick(v)
         << "</title></rect>";
     }

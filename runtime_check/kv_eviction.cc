@@ -121,6 +121,7 @@ void PrefillVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t
       seen.push_back(i);
       AccumulateAttention(x, i, seen, score, scratch);
     }
+    for (std::int64_t j = 0; j < P; ++j) score[static_cast<std::size_t>(j)] /= static_cast<double>(P - j);  // mean
   } else {
     Rng rng(e.seed);
     for (std::int64_t j = 0; j < P; ++j) score[static_cast<std::size_t>(j)] = KeepScore(e.policy, x, j, rng);
@@ -144,13 +145,14 @@ void StreamVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t*
   const std::int64_t T = x.tokens;
   std::fill(visible, visible + T * T, std::uint8_t{0});
   std::vector<std::int64_t> cache;  // token indices, oldest first
-  std::vector<double> score(static_cast<std::size_t>(T), 0.0), scratch;
+  std::vector<double> score(static_cast<std::size_t>(T), 0.0), received(static_cast<std::size_t>(T), 0.0), scratch;
   Rng rng(e.seed);
   const bool oracle = e.policy == EvictPolicy::kAttentionOracle;
   for (std::int64_t i = 0; i < T; ++i) {
     cache.push_back(i);
-    if (oracle) {
-      AccumulateAttention(x, i, cache, score, scratch);
+    if (oracle) {  // mean attention per query since cached: a newcomer is not behind by age
+      AccumulateAttention(x, i, cache, received, scratch);
+      for (std::int64_t j : cache) score[static_cast<std::size_t>(j)] = received[static_cast<std::size_t>(j)] / static_cast<double>(i - j + 1);
     } else if (e.policy != EvictPolicy::kRandom) {
       score[static_cast<std::size_t>(i)] = KeepScore(e.policy, x, i, rng);
     }

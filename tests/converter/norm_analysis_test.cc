@@ -35,7 +35,9 @@ ConvertOptions Options(const std::string& passes, const std::string& out) {
 TEST_CASE("kv-norm-analysis writes a table that follows its stated rule", "[norm-analysis][shared]") {
   TempDir tmp;
   const std::string out = tmp.File("out");
-  Convert(Options("kv-norm-analysis<budget=0.3,max-alr-ratio=1.5>", out));
+  ConvertOptions options = Options("kv-norm-analysis<budget=0.3,max-alr-ratio=1.5>", out);
+  options.report_path = tmp.File("report.html");
+  Convert(options);
   const EvictionTable t = ReadEvictionTable(out + "/" + kEvictionTableJson);
   CHECK(t.layers == 5);
   CHECK(t.kv_heads == 4);
@@ -76,6 +78,16 @@ TEST_CASE("kv-norm-analysis writes a table that follows its stated rule", "[norm
   const auto meta = nlohmann::json::parse(ReadFileToString(out + "/kvfold.json"));
   CHECK(meta["passes"][0]["table"] == kEvictionTableJson);
   CHECK(meta["passes"][0]["heads"] == 20);
+
+  // The report shows the per-layer/head analysis with the same verdicts as the table.
+  const auto report = nlohmann::json::parse(ReadFileToString(tmp.File("report.json")));
+  const auto& layers = report["passes"][0]["norm_layers"];
+  REQUIRE(layers.size() == 5);
+  CHECK(layers[2]["skip"][1] == t.at(2, 1).skip);
+  CHECK(layers[2]["spearman"][1].get<double>() == Approx(t.at(2, 1).spearman).margin(1e-6));
+  const std::string html = ReadFileToString(tmp.File("report.html"));
+  CHECK(html.find("data-chart=\"norm-analysis\"") != std::string::npos);
+  CHECK(html.find("first-token share") != std::string::npos);
 }
 
 TEST_CASE("kv-norm-analysis runs alone and its table is not carried into conversions", "[norm-analysis][shared]") {

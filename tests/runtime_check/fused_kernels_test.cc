@@ -7,35 +7,14 @@
 #include "formats/checkpoint.h"
 #include "formats/mapped_file.h"
 #include "runtime_check/reference_model.h"
+#include "tests/runtime_check/runtime_test_support.h"
 #include "tests/test_support.h"
 
 using namespace kvfold;
+using kvfold::test::MaxAbsDiff;
 using kvfold::test::SharedPath;
+using kvfold::test::SomeTokens;
 
-namespace {
-
-std::vector<std::int32_t> SomeTokens(std::size_t n, int vocab) {
-  std::vector<std::int32_t> ids(n);
-  ids[0] = 1;
-  for (std::size_t i = 1; i < n; ++i) ids[i] = static_cast<std::int32_t>(3 + (i * 7919) % (vocab - 3));
-  return ids;
-}
-
-double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::abs(a[i] - b[i])));
-  return worst;
-}
-
-std::unique_ptr<ReferenceModel> Load(const Checkpoint& ck, bool fused) {
-  RuntimeOptions o;
-  o.threads = 2;
-  o.fused_cpu_kernels = fused;
-  return ReferenceModel::Load(ck, o);
-}
-
-}  // namespace
 
 // Two independent implementations of RoPE + causal softmax attention: ATen ops on the full
 // masked score matrix, and the fused kernels on its visible half.
@@ -44,7 +23,7 @@ TEST_CASE("fused CPU attention equals the ATen path", "[runtime][kernels][shared
     INFO(model);
     const Checkpoint ck = OpenCheckpoint(SharedPath(std::string("models/") + model));
     const auto ids = SomeTokens(200, static_cast<int>(ck.config.vocab_size));
-    CHECK(MaxAbsDiff(Load(ck, true)->Logits(ids), Load(ck, false)->Logits(ids)) < 2e-5);
+    CHECK(MaxAbsDiff(test::LoadModel(ck, true)->Logits(ids), test::LoadModel(ck, false)->Logits(ids)) < 2e-5);
   }
 }
 
@@ -62,11 +41,11 @@ TEST_CASE("a Mistral sliding window hides distant keys in both paths", "[runtime
   const Checkpoint full = OpenCheckpoint(src);
 
   const auto ids = SomeTokens(64, 2048);
-  const auto fused = Load(windowed, true)->Logits(ids);
-  const auto aten = Load(windowed, false)->Logits(ids);
+  const auto fused = test::LoadModel(windowed, true)->Logits(ids);
+  const auto aten = test::LoadModel(windowed, false)->Logits(ids);
   CHECK(MaxAbsDiff(fused, aten) < 2e-5);
   // The first 16 positions see the same keys with or without the window; later ones do not.
-  const auto unwindowed = Load(full, true)->Logits(ids);
+  const auto unwindowed = test::LoadModel(full, true)->Logits(ids);
   const std::size_t V = 2048;
   const std::vector<float> head(fused.begin(), fused.begin() + 16 * V);
   CHECK(MaxAbsDiff(head, {unwindowed.begin(), unwindowed.begin() + 16 * V}) < 1e-5);

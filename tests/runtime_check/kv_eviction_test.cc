@@ -7,10 +7,13 @@
 #include "formats/error.h"
 #include "runtime_check/kv_eviction.h"
 #include "runtime_check/reference_model.h"
+#include "tests/runtime_check/runtime_test_support.h"
 #include "tests/test_support.h"
 
 using namespace kvfold;
+using kvfold::test::MaxAbsDiff;
 using kvfold::test::SharedPath;
+using kvfold::test::SomeTokens;
 
 namespace {
 
@@ -171,26 +174,6 @@ TEST_CASE("eviction specs parse, and bad ones are refused with the reason", "[ev
 
 namespace {
 
-std::vector<std::int32_t> SomeTokens(std::size_t n, int vocab) {
-  std::vector<std::int32_t> ids(n);
-  ids[0] = 1;
-  for (std::size_t i = 1; i < n; ++i) ids[i] = static_cast<std::int32_t>(3 + (i * 7919) % (vocab - 3));
-  return ids;
-}
-
-double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::abs(a[i] - b[i])));
-  return worst;
-}
-
-std::unique_ptr<ReferenceModel> Load(const Checkpoint& ck, bool fused) {
-  RuntimeOptions o;
-  o.threads = 2;
-  o.fused_cpu_kernels = fused;
-  return ReferenceModel::Load(ck, o);
-}
 
 // Records the captures of every layer (pre-attention quantities only).
 class KeyRecorder : public LayerObserver {
@@ -211,7 +194,7 @@ TEST_CASE("keep=1 and skipped layers leave the forward bit for bit unchanged", "
   const auto ids = SomeTokens(128, static_cast<int>(ck.config.vocab_size));
   for (bool fused : {true, false}) {
     INFO("fused " << fused);
-    const auto model = Load(ck, fused);
+    const auto model = test::LoadModel(ck, fused);
     const std::vector<float> full = model->Logits(ids);
     // max=1000 > T runs the masked kernels with nothing hidden: still bit for bit.
     for (const char* spec : {"evict<policy=l2-low,keep=1>", "evict<policy=attention-oracle,regime=stream,keep=1>",
@@ -239,10 +222,10 @@ TEST_CASE("streaming recent-window eviction equals sliding-window attention", "[
   const EvictionCachePolicy recent(ParseEvictionSpec("evict<policy=recent,regime=stream,max=31>"), ck.config);
   for (bool fused : {true, false}) {
     INFO("fused " << fused);
-    const std::vector<float> evicted = Load(ck, fused)->Logits(ids, nullptr, &recent);
+    const std::vector<float> evicted = test::LoadModel(ck, fused)->Logits(ids, nullptr, &recent);
     Checkpoint windowed = OpenCheckpoint(SharedPath("models/mini-mha"));
     windowed.config.sliding_window = 32;
-    CHECK(MaxAbsDiff(evicted, Load(windowed, fused)->Logits(ids)) < 1e-5);
+    CHECK(MaxAbsDiff(evicted, test::LoadModel(windowed, fused)->Logits(ids)) < 1e-5);
   }
 }
 
@@ -253,10 +236,10 @@ TEST_CASE("masked attention agrees between the fused kernel and ATen", "[evictio
                            "evict<policy=random,regime=stream,max=40,seed=3>"}) {
     INFO(spec);
     const EvictionCachePolicy policy(ParseEvictionSpec(spec), ck.config);
-    const auto fused = Load(ck, true)->Logits(ids, nullptr, &policy);
-    const auto aten = Load(ck, false)->Logits(ids, nullptr, &policy);
+    const auto fused = test::LoadModel(ck, true)->Logits(ids, nullptr, &policy);
+    const auto aten = test::LoadModel(ck, false)->Logits(ids, nullptr, &policy);
     CHECK(MaxAbsDiff(fused, aten) < 2e-5);
-    CHECK(MaxAbsDiff(fused, Load(ck, true)->Logits(ids)) > 1e-3);  // it did evict
+    CHECK(MaxAbsDiff(fused, test::LoadModel(ck, true)->Logits(ids)) > 1e-3);  // it did evict
   }
 }
 
