@@ -2,6 +2,8 @@
 // after CpuHasAttentionKernels() confirmed the instructions exist.
 #include "runtime_check/attention_cpu.h"
 
+#include "runtime_check/kv_cache_policy.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -60,12 +62,14 @@ void ApplyRopeInPlace(float* qkv, const QkvLayout& L, const float* cos, const fl
 }
 
 void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
-                     std::int64_t sliding_window, const std::uint8_t* visible, float* ctx,
+                     std::int64_t sliding_window, const CacheLayer* cache, float* ctx,
                      std::int64_t first, std::int64_t last) {
   const std::int64_t T = L.tokens, d = L.head_dim, H = L.heads, KV = L.kv_heads;
   const std::int64_t group = H / KV, row = L.row(), ctx_row = H * d;
+  const bool stored_keys = cache && cache->keys, stored_values = cache && cache->values;
   std::vector<float> keys_t(static_cast<std::size_t>(d * T));  // K^T of one (b, g): [d, T]
-  std::vector<float> p(static_cast<std::size_t>(T));
+  std::vector<float> stored_t(stored_keys ? static_cast<std::size_t>(d * T) : 0);
+  std::vector<float> p(static_cast<std::size_t>(T)), ps(stored_keys ? static_cast<std::size_t>(T) : 0);
   std::vector<float> acc(static_cast<std::size_t>(d));
   for (std::int64_t pair = first; pair < last; ++pair) {
     const std::int64_t b = pair / KV, g = pair % KV;
@@ -74,12 +78,17 @@ void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
     for (std::int64_t t = 0; t < T; ++t) {
       const float* k = rows + t * row + (H + g) * d;
       for (std::int64_t c = 0; c < d; ++c) keys_t[c * T + t] = k[c];
+      if (stored_keys) {
+        const float* kq = cache->keys + (pair * T + t) * d;
+        for (std::int64_t c = 0; c < d; ++c) stored_t[c * T + t] = kq[c];
+      }
     }
     for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
       for (std::int64_t i = 0; i < T; ++i) {
         const std::int64_t lo = sliding_window > 0 ? std::max<std::int64_t>(0, i - sliding_window + 1) : 0;
         const std::int64_t n = i + 1 - lo;
         const float* q = rows + i * row + h * d;
+        const std::uint8_t* code = cache ? cache->codes + (pair * T + i) * T + lo : nullptr;
         float* s = p.data();
         std::fill(s, s + n, 0.0f);
         for (std::int64_t c = 0; c < d; ++c) {
@@ -87,17 +96,28 @@ void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
           const float* kt = keys_t.data() + c * T + lo;
           for (std::int64_t j = 0; j < n; ++j) s[j] += qc * kt[j];
         }
-        const std::uint8_t* vis = visible ? visible + (pair * T + i) * T + lo : nullptr;
+        if (stored_keys) {  // scores against the stored keys, taken where the code says so
+          float* sq = ps.data();
+          std::fill(sq, sq + n, 0.0f);
+          for (std::int64_t c = 0; c < d; ++c) {
+            const float qc = q[c] * scale;
+            const float* kt = stored_t.data() + c * T + lo;
+            for (std::int64_t j = 0; j < n; ++j) sq[j] += qc * kt[j];
+          }
+          for (std::int64_t j = 0; j < n; ++j) s[j] = (code[j] & kCacheQuantKey) ? sq[j] : s[j];
+        }
         float m = -std::numeric_limits<float>::infinity();
-        for (std::int64_t j = 0; j < n; ++j) m = std::max(m, vis && !vis[j] ? m : s[j]);
+        for (std::int64_t j = 0; j < n; ++j) m = std::max(m, code && !code[j] ? m : s[j]);
         float sum = 0;
         for (std::int64_t j = 0; j < n; ++j) {
-          s[j] = vis && !vis[j] ? 0.0f : ExpNonPositive(s[j] - m);
+          s[j] = code && !code[j] ? 0.0f : ExpNonPositive(s[j] - m);
           sum += s[j];
         }
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (std::int64_t j = 0; j < n; ++j) {
-          const float* v = rows + (lo + j) * row + (H + KV + g) * d;
+          const float* v = stored_values && (code[j] & kCacheQuantValue)
+                               ? cache->values + (pair * T + lo + j) * d
+                               : rows + (lo + j) * row + (H + KV + g) * d;
           const float w = s[j];
           for (std::int64_t c = 0; c < d; ++c) acc[c] += w * v[c];
         }

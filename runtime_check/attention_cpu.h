@@ -26,10 +26,16 @@ void ApplyRopeInPlace(float* qkv, const QkvLayout& layout, const float* cos, con
 // Causal attention for the (sequence, KV head) pairs [first, last) (pair = b * KV + g): writes
 // softmax(scale * q k^T + causal mask) v for the query heads that read KV head g into `ctx`,
 // row-major [B * T, H * d]. `sliding_window` > 0 also hides keys at distance >= the window.
-// `visible` (null = everything causal) is [B, KV, T, T] bytes from a cache policy: 0 hides key j
-// from query i. An all-visible mask gives bit-identical results to no mask.
+// `cache` (null = the full cache, everything causal) comes from a cache policy
+// (runtime_check/kv_cache_policy.h). Without hidden or quantized cells it gives bit-identical
+// results to no cache.
+struct CacheLayer {
+  const std::uint8_t* codes = nullptr;  // [B, KV, T, T] CacheCode bits
+  const float* keys = nullptr;          // [B, KV, T, d] stored keys (or null: none quantized)
+  const float* values = nullptr;        // [B, KV, T, d] stored values (or null)
+};
 void CausalAttention(const float* qkv, const QkvLayout& layout, float scale,
-                     std::int64_t sliding_window, const std::uint8_t* visible, float* ctx,
+                     std::int64_t sliding_window, const CacheLayer* cache, float* ctx,
                      std::int64_t first, std::int64_t last);
 
 }  // namespace kvfold

@@ -272,6 +272,20 @@ std::int64_t PrefixLength(const EvictionSpec& spec, std::int64_t tokens) {
   return spec.prefix > 0 ? std::min(spec.prefix, tokens) : tokens / 2;
 }
 
+std::int64_t CachedTokens(const HeadEviction& e, std::int64_t T, std::int64_t i) {
+  if (e.regime == EvictRegime::kPrefill) {
+    const std::int64_t P = std::min(e.prefix, T);
+    if (i < P) return i + 1;
+    return std::min(P, static_cast<std::int64_t>(std::llround(e.keep * static_cast<double>(P)))) + (i - P + 1);
+  }
+  // Stream: the cache after step i - 1, plus token i.
+  if (i == 0) return 1;
+  const std::int64_t capacity =
+      e.max_cache > 0 ? e.max_cache
+                      : std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(e.keep * static_cast<double>(i) - 1e-9)));
+  return std::min(i, capacity) + 1;
+}
+
 void EvictionVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t* visible) {
   if (e.policy == EvictPolicy::kTable) Fail(kWhere, "internal: table policy not resolved per head");
   if (e.regime == EvictRegime::kPrefill) {
@@ -314,8 +328,9 @@ bool EvictionCachePolicy::Untouched(int layer) const {
   return true;
 }
 
-void EvictionCachePolicy::HeadVisibility(int layer, const float* qkv, const QkvLayout& L, std::int64_t b,
-                                         std::int64_t g, std::int64_t sequence, std::uint8_t* visible) const {
+void EvictionCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L, std::int64_t b, std::int64_t g,
+                                    std::int64_t sequence, const HeadCacheOut& out) const {
+  std::uint8_t* visible = out.codes;
   const std::int64_t T = L.tokens, d = L.head_dim, group = L.heads / L.kv_heads;
   const HeadSetting& setting = heads_[static_cast<std::size_t>(layer * kv_heads_ + g)];
   if (setting.skip) {
@@ -343,6 +358,22 @@ void EvictionCachePolicy::HeadVisibility(int layer, const float* qkv, const QkvL
   e.seed = Mix(Mix(Mix(Mix(spec_.seed) ^ static_cast<std::uint64_t>(layer)) ^ static_cast<std::uint64_t>(sequence)) ^
                static_cast<std::uint64_t>(g));
   EvictionVisibility(e, x, visible);
+}
+
+double EvictionCachePolicy::AverageBits(std::int64_t T, std::int64_t from, std::int64_t) const {
+  double bits = 0, full = 0;
+  for (std::size_t h = 0; h < heads_.size(); ++h) {
+    HeadEviction e;
+    e.regime = spec_.regime;
+    e.keep = heads_[h].skip ? 1.0 : heads_[h].keep;
+    e.max_cache = heads_[h].skip ? 0 : spec_.max_cache;
+    e.prefix = PrefixLength(spec_, T);
+    for (std::int64_t i = from; i < T; ++i) {
+      bits += 16.0 * static_cast<double>(CachedTokens(e, T, i));
+      full += static_cast<double>(i + 1);
+    }
+  }
+  return bits / full;
 }
 
 }  // namespace kvfold

@@ -76,14 +76,18 @@ struct HeadTensors {
 // visible[i * T + j] = 1 when query i reads key j (causal, after the policy's evictions).
 void EvictionVisibility(const HeadEviction& eviction, const HeadTensors& head, std::uint8_t* visible);
 
+// Tokens in the cache that query i reads (T tokens, the rules above), without any key data.
+std::int64_t CachedTokens(const HeadEviction& eviction, std::int64_t tokens, std::int64_t i);
+
 // The cache policy for a whole model: the spec resolved per (layer, head), skip layers untouched.
 class EvictionCachePolicy : public KvCachePolicy {
  public:
   // Reads spec.table when policy=table; throws Error when it does not fit `config`.
   EvictionCachePolicy(const EvictionSpec& spec, const ModelConfig& config);
   bool Untouched(int layer) const override;
-  void HeadVisibility(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b,
-                      std::int64_t g, std::int64_t sequence, std::uint8_t* visible) const override;
+  void HeadCache(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b, std::int64_t g,
+                 std::int64_t sequence, const HeadCacheOut& out) const override;
+  double AverageBits(std::int64_t tokens, std::int64_t from, std::int64_t head_dim) const override;
 
  private:
   struct HeadSetting {

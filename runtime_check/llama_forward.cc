@@ -129,22 +129,40 @@ class PendingCapture {
 
 namespace {
 
-// The policy's visibility for every (sequence, KV head) of one layer as a [B, KV, T, T] byte
-// tensor on the CPU; `rotated` is the layer's [B * T, (H + 2 KV) d] rotated q/k/v.
-at::Tensor CacheVisibility(const KvCachePolicy& cache, int layer, const at::Tensor& rotated,
-                           const QkvLayout& layout, std::int64_t first_sequence) {
+// What a cache policy decided for one layer, as CPU tensors: codes [B, KV, T, T] and, when it
+// quantizes, the stored keys and values [B, KV, T, d].
+struct LayerCache {
+  at::Tensor codes, keys, values;
+  CacheLayer View() const {
+    return {codes.data_ptr<std::uint8_t>(), keys.defined() ? keys.data_ptr<float>() : nullptr,
+            values.defined() ? values.data_ptr<float>() : nullptr};
+  }
+};
+
+// `rotated` is the layer's [B * T, (H + 2 KV) d] rotated q/k/v.
+LayerCache RunCachePolicy(const KvCachePolicy& cache, int layer, const at::Tensor& rotated,
+                          const QkvLayout& layout, std::int64_t first_sequence) {
   const at::Tensor rows = rotated.to(at::kCPU).contiguous();
-  const std::int64_t B = layout.batch, KV = layout.kv_heads, T = layout.tokens;
-  at::Tensor visible = at::empty({B, KV, T, T}, at::kByte);
+  const std::int64_t B = layout.batch, KV = layout.kv_heads, T = layout.tokens, d = layout.head_dim;
+  LayerCache out;
+  out.codes = at::empty({B, KV, T, T}, at::kByte);
+  if (cache.Quantizes(layer)) {
+    out.keys = at::empty({B, KV, T, d}, at::kFloat);
+    out.values = at::empty({B, KV, T, d}, at::kFloat);
+  }
   const float* data = rows.data_ptr<float>();
-  std::uint8_t* out = visible.data_ptr<std::uint8_t>();
+  const CacheLayer view = out.View();
   at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t pair = begin; pair < end; ++pair) {
       const std::int64_t b = pair / KV, g = pair % KV;
-      cache.HeadVisibility(layer, data, layout, b, g, first_sequence + b, out + pair * T * T);
+      HeadCacheOut head;
+      head.codes = const_cast<std::uint8_t*>(view.codes) + pair * T * T;
+      head.keys = view.keys ? const_cast<float*>(view.keys) + pair * T * d : nullptr;
+      head.values = view.values ? const_cast<float*>(view.values) + pair * T * d : nullptr;
+      cache.HeadCache(layer, data, layout, b, g, first_sequence + b, head);
     }
   });
-  return visible;
+  return out;
 }
 
 }  // namespace
@@ -205,17 +223,18 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
     }
     capture.Deliver();
 
-    const at::Tensor visible = cache != nullptr && !cache->Untouched(static_cast<int>(l))
-                                   ? CacheVisibility(*cache, static_cast<int>(l), rotated, layout, first_sequence)
-                                   : at::Tensor();
+    const bool policy = cache != nullptr && !cache->Untouched(static_cast<int>(l));
+    const LayerCache layer_cache =
+        policy ? RunCachePolicy(*cache, static_cast<int>(l), rotated, layout, first_sequence) : LayerCache();
     at::Tensor ctx;
     if (fused) {
       ctx = at::empty({B * T, H * d}, at::kFloat);
       const float* in = rotated.data_ptr<float>();
-      const std::uint8_t* vis = visible.defined() ? visible.data_ptr<std::uint8_t>() : nullptr;
+      const CacheLayer view = policy ? layer_cache.View() : CacheLayer();
       float* out = ctx.data_ptr<float>();
       at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
-        CausalAttention(in, layout, static_cast<float>(scale), config.sliding_window, vis, out, begin, end);
+        CausalAttention(in, layout, static_cast<float>(scale), config.sliding_window, policy ? &view : nullptr, out,
+                        begin, end);
       });
     } else {
       // GQA without repeating K/V: the `group` query heads of a KV head are stacked along the
@@ -226,15 +245,27 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
       const at::Tensor qg = (head_major(0, H) * scale).reshape({B, KV, group * T, d});
       at::Tensor probs = at::matmul(qg, head_major(H, KV).transpose(-1, -2)).view({B, KV, group, T, T});
       at::Tensor layer_mask = mask.view({1, 1, 1, T, T});
-      if (visible.defined()) {  // evicted keys: -inf on top of the causal/window mask
-        layer_mask = layer_mask.masked_fill(visible.to(device).eq(0).view({B, KV, 1, T, T}),
-                                            -std::numeric_limits<float>::infinity());
+      at::Tensor codes;
+      if (policy) {
+        codes = layer_cache.codes.to(device).view({B, KV, 1, T, T});
+        if (layer_cache.keys.defined()) {  // scores against the stored keys where the code says so
+          const at::Tensor stored = at::matmul(qg, layer_cache.keys.to(device).transpose(-1, -2)).view({B, KV, group, T, T});
+          probs = at::where(codes.bitwise_and(kCacheQuantKey).ne(0), stored, probs);
+        }
+        // Evicted keys: -inf on top of the causal/window mask.
+        layer_mask = layer_mask.masked_fill(codes.eq(kCacheHidden), -std::numeric_limits<float>::infinity());
       }
-      probs = at::softmax(probs + layer_mask, -1).view({B, KV, group * T, T});
-      ctx = at::matmul(probs, head_major(H + KV, KV))  // [B, KV, group T, d]
-                .view({B, H, T, d})
-                .permute({0, 2, 1, 3})
-                .reshape({B * T, H * d});
+      probs = at::softmax(probs + layer_mask, -1);
+      at::Tensor heads_ctx;  // [B, KV, group T, d]
+      if (policy && layer_cache.values.defined()) {  // split each row between full and stored values
+        const at::Tensor from_stored = codes.bitwise_and(kCacheQuantValue).ne(0);
+        const at::Tensor p_stored = probs.masked_fill(from_stored.logical_not(), 0).view({B, KV, group * T, T});
+        const at::Tensor p_full = probs.masked_fill(from_stored, 0).view({B, KV, group * T, T});
+        heads_ctx = at::matmul(p_full, head_major(H + KV, KV)) + at::matmul(p_stored, layer_cache.values.to(device));
+      } else {
+        heads_ctx = at::matmul(probs.view({B, KV, group * T, T}), head_major(H + KV, KV));
+      }
+      ctx = heads_ctx.view({B, H, T, d}).permute({0, 2, 1, 3}).reshape({B * T, H * d});
     }
     x.add_(at::linear(ctx, w.w_o, w.b_o));
 

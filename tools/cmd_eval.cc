@@ -11,10 +11,9 @@
 #include "calib/windows.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
-#include "formats/eviction_table.h"
 #include "formats/version.h"
 #include "runtime_check/evaluate.h"
-#include "runtime_check/kv_eviction.h"
+#include "runtime_check/cache_policy_spec.h"
 #include "tools/commands.h"
 
 namespace kvfold {
@@ -63,19 +62,15 @@ int RunEval(const EvalArgs& a) {
   const std::int32_t bos = tokenizer->bos_id();
 
   // A cache policy is measured against the full cache on the positions after the prefix.
-  std::unique_ptr<EvictionCachePolicy> cache;
-  std::string cache_text;
+  CachePolicySpec cache;
   if (!a.kv_cache.empty()) {
-    EvictionSpec spec = ParseEvictionSpec(a.kv_cache);
-    if (spec.policy == EvictPolicy::kTable && spec.table.empty()) spec.table = a.model + "/" + kEvictionTableJson;
-    cache = std::make_unique<EvictionCachePolicy>(spec, ck.config);
-    cache_text = spec.Text();
-    options.cache = cache.get();
-    options.scored_from = PrefixLength(spec, a.window);
+    cache = MakeCachePolicy(a.kv_cache, ck, a.window);
+    options.cache = cache.policy.get();
+    options.scored_from = cache.scored_from;
   }
   std::unique_ptr<ReferenceModel> original;
   if (!a.compare.empty()) original = ReferenceModel::Load(OpenCheckpoint(a.compare), runtime);
-  const bool comparing = original || cache;
+  const bool comparing = original || cache.policy;
   const ReferenceModel& base = original ? *original : *model;
 
   nlohmann::ordered_json j = {{"kvfold_version", kVersion},
@@ -86,7 +81,11 @@ int RunEval(const EvalArgs& a) {
                               {"window", a.window},
                               {"windows", windows.size()},
                               {"device", model->device()}};
-  if (cache) j["kv_cache"] = {{"spec", cache_text}, {"scored_from", options.scored_from}};
+  if (cache.policy) {
+    j["kv_cache"] = {{"spec", cache.text},
+                     {"scored_from", options.scored_from},
+                     {"average_bits", cache.policy->AverageBits(a.window, options.scored_from, ck.config.head_dim)}};
+  }
   PerplexityResult result;
   ComparisonResult cmp;
   if (!comparing) {
@@ -124,9 +123,11 @@ int RunEval(const EvalArgs& a) {
   std::printf("text         %s (%zu tokens; %zu windows of %d, %lld tokens predicted)\n",
               a.text.c_str(), tokens.size(), windows.size(), a.window,
               static_cast<long long>(result.tokens_predicted));
-  if (cache) {
-    std::printf("kv cache     %s (positions %lld..%d scored)\n", cache_text.c_str(),
+  if (cache.policy) {
+    std::printf("kv cache     %s (positions %lld..%d scored)\n", cache.text.c_str(),
                 static_cast<long long>(options.scored_from), a.window - 1);
+    std::printf("kv bits      %.2f per element on average over those steps (full cache 16)\n",
+                cache.policy->AverageBits(a.window, options.scored_from, ck.config.head_dim));
   }
   std::printf("ppl          %.4f  (mean NLL %.6f nats)\n", result.ppl, result.mean_nll);
   if (comparing) {
@@ -157,8 +158,9 @@ Command AddEvalCommand(CLI::App& app) {
   sub->add_option("--max-windows", a->max_windows, "Use only the first N windows");
   sub->add_option("--compare", a->compare, "Original model to compare against (same tokenizer)");
   sub->add_option("--kv-cache", a->kv_cache,
-                  "Decode-time cache policy, e.g. 'evict<policy=l2-low,keep=0.5,skip=0,1>' "
-                  "(docs/eviction.md); compared with the full cache after the prefix");
+                  "Decode-time cache policy: 'evict<policy=l2-low,keep=0.5,skip=0,1>' (docs/eviction.md) "
+                  "or 'quant<scheme=kivi,bits=2>' (docs/kv-quant.md); compared with the full cache "
+                  "after the prefix");
   sub->add_option("--copy", a->copy, "Also run the copy (retrieval) check on N random sequences");
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)");
