@@ -1,5 +1,8 @@
 #include "calib/kv_statistics.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "formats/error.h"
 
 // The Fortran BLAS symmetric rank-k update; LibTorch already loads a BLAS (OpenBLAS after
@@ -52,6 +55,37 @@ void AccumulateNormAttention(const FloatView& q, const FloatView& k, LayerKvStat
   }
 }
 
+// Per-channel min/max over the rows of a [..., heads, d] capture.
+void AccumulateRange(const FloatView& x, std::vector<float>& lo, std::vector<float>& hi) {
+  const std::int64_t width = x.shape[x.shape.size() - 2] * x.shape.back();
+  if (lo.empty()) {
+    lo.assign(static_cast<std::size_t>(width), INFINITY);
+    hi.assign(static_cast<std::size_t>(width), -INFINITY);
+  }
+  for (std::int64_t r = 0; r < x.size() / width; ++r) {
+    const float* row = x.data + r * width;
+    for (std::int64_t c = 0; c < width; ++c) {
+      lo[static_cast<std::size_t>(c)] = std::min(lo[static_cast<std::size_t>(c)], row[c]);
+      hi[static_cast<std::size_t>(c)] = std::max(hi[static_cast<std::size_t>(c)], row[c]);
+    }
+  }
+}
+
+// Per (head, rotary pair) the largest norm of (x_c, x_{c + d/2}) over the rows of [..., heads, d].
+void AccumulatePairMax(const FloatView& x, std::vector<float>& out) {
+  const std::int64_t heads = x.shape[x.shape.size() - 2], d = x.shape.back(), half = d / 2;
+  if (out.empty()) out.assign(static_cast<std::size_t>(heads * half), 0.0f);
+  for (std::int64_t r = 0; r < x.size() / (heads * d); ++r) {
+    for (std::int64_t h = 0; h < heads; ++h) {
+      const float* v = x.data + (r * heads + h) * d;
+      for (std::int64_t c = 0; c < half; ++c) {
+        float& m = out[static_cast<std::size_t>(h * half + c)];
+        m = std::max(m, std::hypot(v[c], v[c + half]));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void KvStatistics::Merge(const KvStatistics& other) {
@@ -70,6 +104,20 @@ void KvStatistics::Merge(const KvStatistics& other) {
     add(layers[l].key_post_rope, other.layers[l].key_post_rope);
     add(layers[l].value, other.layers[l].value);
     add(layers[l].query_energy, other.layers[l].query_energy);
+    auto extreme = [](std::vector<float>& into, const std::vector<float>& from, bool take_max) {
+      if (from.empty()) return;
+      if (into.empty()) {
+        into = from;
+        return;
+      }
+      for (std::size_t i = 0; i < from.size(); ++i) into[i] = take_max ? std::max(into[i], from[i]) : std::min(into[i], from[i]);
+    };
+    extreme(layers[l].key_min, other.layers[l].key_min, false);
+    extreme(layers[l].key_max, other.layers[l].key_max, true);
+    extreme(layers[l].value_min, other.layers[l].value_min, false);
+    extreme(layers[l].value_max, other.layers[l].value_max, true);
+    extreme(layers[l].query_pair_max, other.layers[l].query_pair_max, true);
+    extreme(layers[l].key_pair_max, other.layers[l].key_pair_max, true);
     auto& mine = layers[l].norm_attention;
     const auto& theirs = other.layers[l].norm_attention;
     if (mine.empty()) mine.resize(theirs.size());
@@ -92,6 +140,8 @@ unsigned KvStatisticsCollector::Wants(int) const {
   if (stats_.collected & kStatValue) bits |= kCaptureValue;
   if (stats_.collected & kStatQueryEnergy) bits |= kCaptureQueryPreRope;
   if (stats_.collected & kStatNormAttention) bits |= kCaptureQueryPostRope | kCaptureKeyPostRope;
+  if (stats_.collected & kStatKvRange) bits |= kCaptureKeyPostRope | kCaptureValue;
+  if (stats_.collected & kStatQkPairMax) bits |= kCaptureQueryPreRope | kCaptureKeyPreRope;
   return bits;
 }
 
@@ -111,6 +161,14 @@ void KvStatisticsCollector::Observe(const AttentionCapture& c) {
     }
   }
   if (stats_.collected & kStatNormAttention) AccumulateNormAttention(c.query_post_rope, c.key_post_rope, layer);
+  if (stats_.collected & kStatKvRange) {
+    AccumulateRange(c.key_post_rope, layer.key_min, layer.key_max);
+    AccumulateRange(c.value, layer.value_min, layer.value_max);
+  }
+  if (stats_.collected & kStatQkPairMax) {
+    AccumulatePairMax(c.query_pre_rope, layer.query_pair_max);
+    AccumulatePairMax(c.key_pre_rope, layer.key_pair_max);
+  }
   if (c.layer == 0) {
     const FloatView& any = c.value.data ? c.value : c.key_pre_rope.data ? c.key_pre_rope : c.key_post_rope;
     stats_.tokens += any.size() / dim;

@@ -17,6 +17,8 @@ enum StatisticBits : unsigned {
   kStatValue = 1u << 2,        // sum v v^T                   [KV d, KV d]
   kStatQueryEnergy = 1u << 3,  // sum q^2 per channel of pre-RoPE queries [H d]
   kStatNormAttention = 1u << 4,  // key norm vs attention measures per KV head, summed over windows
+  kStatKvRange = 1u << 5,        // per-channel min/max of post-RoPE keys and of values [KV d]
+  kStatQkPairMax = 1u << 6,      // per rotary pair, max norm of queries [H d/2] and keys [KV d/2]
 };
 
 struct LayerKvStatistics {
@@ -25,6 +27,11 @@ struct LayerKvStatistics {
   std::vector<double> key_pre_rope, key_post_rope, value;
   std::vector<double> query_energy;  // [H d] sums of squares; empty when not collected
   std::vector<HeadNormAttention> norm_attention;  // [KV] sums over windows; empty when not collected
+  // Extremes over all calibration tokens (empty when not collected). Channel = kv_head * d + c.
+  std::vector<float> key_min, key_max, value_min, value_max;  // post-RoPE keys, values: [KV d]
+  // Largest norm of rotary pair (c, c + d/2), before RoPE (a rotation keeps it): queries
+  // [H d/2] (head h, pair c at h * d/2 + c), keys [KV d/2].
+  std::vector<float> query_pair_max, key_pair_max;
 };
 
 struct KvStatistics {

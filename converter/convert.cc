@@ -224,6 +224,17 @@ ConvertResult Convert(const ConvertOptions& o) {
     }
     needed |= passes.back()->NeededStatistics();
   }
+  // Calibration runs once, on the source: a pass that reads it, or one that writes numbers
+  // tied to K/V, cannot follow a pass that changes K/V.
+  for (std::size_t i = 0; i < passes.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      if (!passes[j]->ChangesKv()) continue;
+      if (passes[i]->NeededStatistics() != 0 || passes[i]->DescribesKv()) {
+        Fail("--passes", specs[i].name + " needs calibration of the model it runs on, but " + specs[j].name +
+                             " changes K/V before it (run " + specs[i].name + " in a second kvfold convert on the output)");
+      }
+    }
+  }
   if (!o.report_path.empty()) needed |= kReportStatistics;
 
   // Calibration text: always read and hashed (recorded), run through the model when needed.

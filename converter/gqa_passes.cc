@@ -28,6 +28,7 @@ void RequireVanilla(const ModelDraft& model, const std::string& pass) {
 class GqaMeanpool : public Pass {
  public:
   explicit GqaMeanpool(std::int64_t kv) : kv_(kv) {}
+  bool ChangesKv() const override { return true; }
   unsigned NeededStatistics() const override { return 0; }
   void Run(PassContext& ctx) override {
     RequireVanilla(ctx.model, "gqa-meanpool");
@@ -49,6 +50,7 @@ class GqaSvd : public Pass {
  public:
   GqaSvd(std::int64_t kv, std::string rope, std::string weight)
       : kv_(kv), rope_(std::move(rope)), weight_(std::move(weight)) {}
+  bool ChangesKv() const override { return true; }
   unsigned NeededStatistics() const override {
     return kStatValue | (rope_ == "commute" ? kStatKeyPreRope : kStatKeyPostRope) |
            (weight_ == "query" ? kStatQueryEnergy : 0u);

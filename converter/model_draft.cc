@@ -8,6 +8,7 @@
 #include "formats/atomic_file.h"
 #include "formats/error.h"
 #include "formats/eviction_table.h"
+#include "formats/kv_mixed_table.h"
 #include "formats/mapped_file.h"
 #include "formats/safetensors_writer.h"
 
@@ -22,7 +23,7 @@ bool IsWeightOrOwnFile(const std::string& name) {
   // kv_eviction_policy.json describes the source's heads: never carried into a converted model.
   return name == "config.json" || name == "kvfold.json" || name == "model.safetensors.index.json" ||
          ends_with(".safetensors") || name == "report.html" || name == "report.json" ||
-         name == kEvictionTableJson;
+         name == kEvictionTableJson || name == kKvMixedJson;
 }
 
 }  // namespace
@@ -55,7 +56,12 @@ void ModelDraft::Replace(const std::string& name, std::vector<std::int64_t> shap
   for (auto d : shape) n *= d;
   if (n != static_cast<std::int64_t>(data.size())) Fail(name, "replacement data does not match its shape");
   removed_.erase(std::remove(removed_.begin(), removed_.end(), name), removed_.end());
-  replaced_[name] = {std::move(shape), std::move(data)};
+  replaced_[name] = {std::move(shape), std::move(data), std::nullopt};
+}
+
+void ModelDraft::Add(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data, DType dtype) {
+  Replace(name, std::move(shape), std::move(data));
+  replaced_[name].dtype = dtype;
 }
 
 void ModelDraft::Remove(const std::string& name) {
@@ -89,7 +95,7 @@ std::vector<std::string> ModelDraft::WriteTo(const std::string& dir) const {
       continue;
     }
     const TensorRef* original = source_.tensors.Find(name);
-    const DType dtype = original ? original->entry->dtype : default_dtype;
+    const DType dtype = original ? original->entry->dtype : it->second.dtype.value_or(default_dtype);
     std::string bytes(it->second.data.size() * DTypeSize(dtype), '\0');
     ConvertFromF32(dtype, it->second.data.data(), it->second.data.size(), bytes.data());
     converted.push_back(std::move(bytes));

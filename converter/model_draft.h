@@ -5,10 +5,12 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "formats/checkpoint.h"
+#include "formats/dtype.h"
 
 namespace kvfold {
 
@@ -23,6 +25,9 @@ class ModelDraft {
   std::vector<std::int64_t> Shape(const std::string& name) const;
   std::vector<float> ReadF32(const std::string& name) const;
   void Replace(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data);
+  // Like Replace, for a new tensor that must be written as `dtype` (e.g. float32 scales in a
+  // bf16 checkpoint) rather than in the source's attention dtype.
+  void Add(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data, DType dtype);
   void Remove(const std::string& name);
   std::vector<std::string> Names() const;
 
@@ -38,6 +43,7 @@ class ModelDraft {
   struct Replacement {
     std::vector<std::int64_t> shape;
     std::vector<float> data;
+    std::optional<DType> dtype;  // new tensors only; else the source's (or its attention) dtype
   };
   const Checkpoint& source_;
   std::map<std::string, Replacement> replaced_;

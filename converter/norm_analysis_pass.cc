@@ -12,6 +12,7 @@ class NormAnalysis : public Pass {
  public:
   NormAnalysis(double budget, double max_alr_ratio) : budget_(budget), max_alr_ratio_(max_alr_ratio) {}
   unsigned NeededStatistics() const override { return kStatNormAttention; }
+  bool DescribesKv() const override { return true; }
 
   void Run(PassContext& ctx) override {
     const ModelConfig& c = ctx.model.config;

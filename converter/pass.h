@@ -26,6 +26,11 @@ class Pass {
   virtual ~Pass() = default;
   virtual unsigned NeededStatistics() const = 0;  // StatisticBits
   virtual void Run(PassContext& context) = 0;
+  // Rewrites the q/k/v/o projections or the KV layout: statistics of the source no longer
+  // describe the draft after it.
+  virtual bool ChangesKv() const { return false; }
+  // Writes numbers tied to the draft's K/V (scales, tables): nothing may change K/V after it.
+  virtual bool DescribesKv() const { return false; }
 };
 
 // A pass invocation as written in a pipeline: name<key=value,...>.

@@ -1,6 +1,7 @@
 // The registry: every pass kvfold has, with its parameters. Adding a pass = a header, a source
 // file, one entry here, one test.
 #include "converter/gqa_passes.h"
+#include "converter/kv_quant_passes.h"
 #include "converter/norm_analysis_pass.h"
 #include "converter/pass.h"
 
@@ -27,6 +28,32 @@ const std::vector<PassInfo>& PassRegistry() {
         {"max-alr-ratio", "exempt a head when its ALR exceeds this times a random order's "
                           "(default 0.5)"}},
        &CreateNormAnalysis},
+      {"kv-scales",
+       "Static FP8 (e4m3) KV-cache scales from calibration (amax / 448 of post-RoPE keys and of "
+       "values) as self_attn.k_scale/v_scale plus compressed-tensors kv_cache_scheme: vLLM loads them",
+       {{"format", "vllm-fp8 (default; the only one)"},
+        {"strategy", "tensor (default: one scale per layer, shape [1]) | head (per KV head, [KV, 1, 1], "
+                     "compressed-tensors attn_head)"}},
+       &CreateKvScales},
+      {"kv-balance",
+       "MiKV query/key channel balancing: keys x b, queries x 1/b per rotary pair (b = (max|q| / "
+       "max|k|)^alpha), folded into W_K/W_Q; logits unchanged, key outliers tamed for low-bit keys",
+       {{"alpha", "migration strength in [0, 1] (default 0.5: equal maxima)"}},
+       &CreateKvBalance},
+      {"kv-mixed",
+       "MiKV mixed-precision table (kv_mixed_precision.json/.safetensors beside the model): "
+       "important tokens in high precision, the rest low-bit; calibrated per-channel key ranges",
+       {{"bits", "low precision of keys and values (default 4)"},
+        {"key-bits", "low precision of keys (default: bits)"},
+        {"value-bits", "low precision of values (default: bits)"},
+        {"hi-bits", "precision of important tokens (default 16 = unquantized; the only one simulated)"},
+        {"keep", "fraction of tokens in high precision (default 0.2)"},
+        {"recent", "share of that budget reserved for the newest tokens (default 0.5)"},
+        {"key-axis", "channel (default: static calibrated per-channel ranges) | token (per-token groups)"},
+        {"value-axis", "token (default; the only one)"},
+        {"group", "channels per per-token group (default 0 = head_dim)"},
+        {"protect", "layers left unquantized, e.g. protect=0,1 (default none)"}},
+       &CreateKvMixed},
   };
   return registry;
 }

@@ -54,15 +54,20 @@ std::vector<PassSpec> ParsePipeline(const std::string& text) {
       const std::size_t close = text.find('>', i);
       if (close == std::string::npos) Fail(where, "'<' after " + spec.name + " is never closed");
       std::stringstream params(text.substr(i + 1, close - i - 1));
-      std::string item;
+      std::string item, last_key;  // an item without '=' continues last_key's list value
       while (std::getline(params, item, ',')) {
         const std::size_t eq = item.find('=');
+        if (eq == std::string::npos && !last_key.empty() && !Trim(item).empty()) {  // protect=0,1
+          spec.params[last_key] += "," + Trim(item);
+          continue;
+        }
         if (eq == std::string::npos) Fail(where, spec.name + ": parameter '" + Trim(item) + "' needs a value");
         const std::string key = Trim(item.substr(0, eq)), value = Trim(item.substr(eq + 1));
         bool known = false;
         for (const auto& p : info->params) known |= key == p.name;
         if (!known) Fail(where, spec.name + ": unknown parameter '" + key + "' (see --print-passes)");
         if (!spec.params.emplace(key, value).second) Fail(where, spec.name + ": parameter '" + key + "' given twice");
+        last_key = key;
       }
       i = close + 1;
     }

@@ -180,6 +180,7 @@ std::string UpdateConfigJson(std::string_view original, const ModelConfig& confi
   } else {
     doc.erase(kKeyReconstructField);
   }
+  for (const auto& [name, json_text] : config.output_fields) doc[name] = nlohmann::ordered_json::parse(json_text);
   return doc.dump(2) + "\n";
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -33,6 +34,9 @@ struct ModelConfig {
   // keeps this many heads, and the runtime projects post-RoPE keys and queries onto
   // num_key_value_heads cached heads. 0 for a vanilla checkpoint.
   std::int64_t key_projection_heads = 0;
+  // Top-level config.json fields a pass sets on output (name -> JSON text), e.g. the
+  // quantization_config of the kv-scales pass. Not read from input files.
+  std::map<std::string, std::string> output_fields;
 
   std::int64_t QueriesPerKvHead() const { return num_attention_heads / num_key_value_heads; }
   // Bytes one token occupies in the KV cache (keys + values, all layers) at `bytes_per_element`.

@@ -1,0 +1,257 @@
+#include "converter/kv_quant_passes.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "converter/attention_io.h"
+#include "formats/atomic_file.h"
+#include "formats/dtype.h"
+#include "formats/error.h"
+#include "formats/kv_mixed_table.h"
+
+namespace kvfold {
+namespace {
+
+constexpr float kFp8Max = 448.0f;  // e4m3fn
+
+void RequirePlainKeys(const ModelDraft& model, const std::string& pass) {
+  if (model.config.key_projection_heads > 0) Fail("--passes", pass + ": reconstruct-mode checkpoints are not supported");
+}
+
+void RequireSourceHeads(const ModelDraft& model, const KvStatistics& s, const std::string& pass) {
+  if (s.kv_heads != model.config.num_key_value_heads) {
+    Fail("--passes", pass + ": calibration describes the source model's " + std::to_string(s.kv_heads) +
+                         " KV heads; put " + pass + " before any pass that changes KV heads");
+  }
+}
+
+std::vector<int> IntList(const PassSpec& spec, const std::string& key) {
+  std::vector<int> out;
+  auto it = spec.params.find(key);
+  if (it == spec.params.end() || it->second.empty()) return out;
+  std::stringstream list(it->second);
+  std::string item;
+  while (std::getline(list, item, ',')) {
+    PassSpec one{spec.name, {{key, item}}};
+    out.push_back(static_cast<int>(IntParam(one, key, 0)));
+  }
+  return out;
+}
+
+double OutlierRatio(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const double median = v[v.size() / 2];
+  return median > 0 ? v.back() / median : 0.0;
+}
+
+class KvScales : public Pass {
+ public:
+  explicit KvScales(bool per_head) : per_head_(per_head) {}
+  bool DescribesKv() const override { return true; }
+  unsigned NeededStatistics() const override { return kStatKvRange; }
+  void Run(PassContext& ctx) override {
+    ModelDraft& model = ctx.model;
+    RequirePlainKeys(model, "kv-scales");
+    RequireSourceHeads(model, ctx.statistics, "kv-scales");
+    const ModelConfig& c = model.config;
+    const std::int64_t kv = c.num_key_value_heads, d = c.head_dim;
+    const std::vector<std::int64_t> shape = per_head_ ? std::vector<std::int64_t>{kv, 1, 1} : std::vector<std::int64_t>{1};
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      const LayerKvStatistics& s = ctx.statistics.layers.at(static_cast<std::size_t>(l));
+      std::vector<float> k = Fp8Scales(s.key_min, s.key_max, kv, d, per_head_);
+      std::vector<float> v = Fp8Scales(s.value_min, s.value_max, kv, d, per_head_);
+      layers.push_back({{"layer", l}, {"k_scale", k}, {"v_scale", v}});
+      const std::string prefix = "model.layers." + std::to_string(l) + ".self_attn.";
+      model.Add(prefix + "k_scale", shape, std::move(k), DType::kF32);
+      model.Add(prefix + "v_scale", shape, std::move(v), DType::kF32);
+    }
+    // compressed-tensors' config for a KV-cache-only scheme, as vLLM validates it: float, 8 bits,
+    // static, symmetric, strategy tensor or attn_head.
+    const nlohmann::ordered_json quantization = {
+        {"quant_method", "compressed-tensors"},
+        {"format", "dense"},
+        {"quantization_status", "compressed"},
+        {"config_groups", nlohmann::ordered_json::object()},
+        {"ignore", nlohmann::ordered_json::array()},
+        {"kv_cache_scheme",
+         {{"num_bits", 8},
+          {"type", "float"},
+          {"strategy", per_head_ ? "attn_head" : "tensor"},
+          {"dynamic", false},
+          {"symmetric", true}}},
+    };
+    model.config.output_fields["quantization_config"] = quantization.dump();
+    ctx.record["format"] = "vllm-fp8";
+    ctx.record["strategy"] = per_head_ ? "attn_head" : "tensor";
+    ctx.record["layers"] = layers;
+  }
+
+ private:
+  bool per_head_;
+};
+
+class KvBalance : public Pass {
+ public:
+  explicit KvBalance(double alpha) : alpha_(alpha) {}
+  bool ChangesKv() const override { return true; }
+  unsigned NeededStatistics() const override { return kStatQkPairMax; }
+  void Run(PassContext& ctx) override {
+    ModelDraft& model = ctx.model;
+    RequirePlainKeys(model, "kv-balance");
+    RequireSourceHeads(model, ctx.statistics, "kv-balance");
+    const ModelConfig& c = model.config;
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      const LayerKvStatistics& s = ctx.statistics.layers.at(static_cast<std::size_t>(l));
+      // Every supported family applies RoPE: the two channels of a rotary pair share a factor.
+      const std::vector<double> b = BalanceFactors(s.query_pair_max, s.key_pair_max, c.num_attention_heads,
+                                                   c.num_key_value_heads, c.head_dim, alpha_, true);
+      AttentionProjections p = ReadAttention(model, l);
+      FoldBalance(p, b);
+      WriteAttention(model, l, p);
+      double lo = b.front(), hi = b.front();
+      for (double x : b) lo = std::min(lo, x), hi = std::max(hi, x);
+      // Key outliers (largest over median rotary-pair maximum) before and after: what it buys.
+      std::vector<double> before(s.key_pair_max.begin(), s.key_pair_max.end()), after = before;
+      const std::int64_t half = c.head_dim / 2;
+      for (std::size_t i = 0; i < after.size(); ++i) {
+        after[i] *= b[static_cast<std::size_t>((static_cast<std::int64_t>(i) / half) * c.head_dim + static_cast<std::int64_t>(i) % half)];
+      }
+      layers.push_back({{"layer", l}, {"factor_min", lo}, {"factor_max", hi},
+                        {"key_outlier_ratio_before", OutlierRatio(before)}, {"key_outlier_ratio_after", OutlierRatio(after)}});
+    }
+    ctx.record["alpha"] = alpha_;
+    ctx.record["layers"] = layers;
+  }
+
+ private:
+  double alpha_;
+};
+
+class KvMixed : public Pass {
+ public:
+  explicit KvMixed(KvMixedTable settings) : settings_(std::move(settings)) {}
+  bool DescribesKv() const override { return true; }
+  unsigned NeededStatistics() const override { return kStatKvRange; }
+  void Run(PassContext& ctx) override {
+    ModelDraft& model = ctx.model;
+    RequirePlainKeys(model, "kv-mixed");
+    RequireSourceHeads(model, ctx.statistics, "kv-mixed");
+    const ModelConfig& c = model.config;
+    auto table = std::make_shared<KvMixedTable>(settings_);
+    table->layers = c.num_hidden_layers;
+    table->kv_heads = c.num_key_value_heads;
+    table->head_dim = c.head_dim;
+    table->calibration_tokens = ctx.statistics.tokens;
+    for (int l : table->protect) {
+      if (l >= c.num_hidden_layers) Fail("--passes", "kv-mixed: protect layer " + std::to_string(l) + " does not exist");
+    }
+    for (const auto& s : ctx.statistics.layers) {
+      table->key_min.insert(table->key_min.end(), s.key_min.begin(), s.key_min.end());
+      table->key_max.insert(table->key_max.end(), s.key_max.begin(), s.key_max.end());
+    }
+    model.AddOutputFile(kKvMixedJson, [table](const std::string& path) { WriteFileAtomically(path, KvMixedTableJson(*table)); });
+    model.AddOutputFile(kKvMixedSafetensors, [table](const std::string& path) { WriteKvMixedSafetensors(path, *table); });
+    ctx.record["table"] = kKvMixedJson;
+    ctx.record["keep"] = table->keep;
+    ctx.record["key_bits"] = table->key_bits;
+    ctx.record["value_bits"] = table->value_bits;
+    ctx.record["key_axis"] = table->key_axis;
+    ctx.record["protect"] = table->protect;
+  }
+
+ private:
+  KvMixedTable settings_;
+};
+
+}  // namespace
+
+std::vector<float> Fp8Scales(const std::vector<float>& lo, const std::vector<float>& hi, std::int64_t kv,
+                             std::int64_t d, bool per_head) {
+  if (lo.size() != static_cast<std::size_t>(kv * d) || hi.size() != lo.size()) {
+    Fail("kv-scales", "internal: calibration ranges were not collected");
+  }
+  std::vector<float> amax(static_cast<std::size_t>(kv), 0.0f);
+  for (std::int64_t g = 0; g < kv; ++g) {
+    for (std::int64_t c = 0; c < d; ++c) {
+      const auto i = static_cast<std::size_t>(g * d + c);
+      amax[static_cast<std::size_t>(g)] = std::max({amax[static_cast<std::size_t>(g)], std::abs(lo[i]), std::abs(hi[i])});
+    }
+  }
+  if (!per_head) amax = {*std::max_element(amax.begin(), amax.end())};
+  std::vector<float> scale;
+  for (float a : amax) scale.push_back(a > 0 ? a / kFp8Max : 1.0f);
+  return scale;
+}
+
+std::vector<double> BalanceFactors(const std::vector<float>& qmax, const std::vector<float>& kmax, std::int64_t heads,
+                                   std::int64_t kv, std::int64_t d, double alpha, bool pairs) {
+  const std::int64_t units = pairs ? d / 2 : d, group = heads / kv;
+  if (qmax.size() != static_cast<std::size_t>(heads * units) || kmax.size() != static_cast<std::size_t>(kv * units)) {
+    Fail("kv-balance", "internal: query/key maxima were not collected");
+  }
+  std::vector<double> b(static_cast<std::size_t>(kv * d), 1.0);
+  for (std::int64_t g = 0; g < kv; ++g) {
+    for (std::int64_t u = 0; u < units; ++u) {
+      double q = 0;
+      for (std::int64_t h = g * group; h < (g + 1) * group; ++h) q = std::max(q, double(qmax[static_cast<std::size_t>(h * units + u)]));
+      const double k = kmax[static_cast<std::size_t>(g * units + u)];
+      const double f = q > 0 && k > 0 ? std::pow(q, alpha) / std::pow(k, 1 - alpha) : 1.0;
+      b[static_cast<std::size_t>(g * d + u)] = f;
+      if (pairs) b[static_cast<std::size_t>(g * d + u + d / 2)] = f;
+    }
+  }
+  return b;
+}
+
+void FoldBalance(AttentionProjections& p, const std::vector<double>& b) {
+  const std::int64_t d = p.head_dim, cols = p.in_cols(), group = p.heads / p.kv_heads;
+  if (b.size() != static_cast<std::size_t>(p.kv_heads * d)) Fail("kv-balance", "internal: factor count");
+  for (std::int64_t g = 0; g < p.kv_heads; ++g) {
+    for (std::int64_t c = 0; c < d; ++c) {
+      const double f = b[static_cast<std::size_t>(g * d + c)];
+      for (std::int64_t x = 0; x < cols; ++x) p.wk[static_cast<std::size_t>((g * d + c) * cols + x)] *= f;
+      for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
+        for (std::int64_t x = 0; x < cols; ++x) p.wq[static_cast<std::size_t>((h * d + c) * cols + x)] /= f;
+      }
+    }
+  }
+}
+
+std::unique_ptr<Pass> CreateKvScales(const PassSpec& spec, const ModelConfig&) {
+  StringParam(spec, "format", "vllm-fp8", {"vllm-fp8"});
+  return std::make_unique<KvScales>(StringParam(spec, "strategy", "tensor", {"tensor", "head"}) == "head");
+}
+
+std::unique_ptr<Pass> CreateKvBalance(const PassSpec& spec, const ModelConfig&) {
+  const double alpha = DoubleParam(spec, "alpha", 0.5);
+  if (!(alpha >= 0 && alpha <= 1)) Fail("--passes", "kv-balance: alpha must be in [0, 1]");
+  return std::make_unique<KvBalance>(alpha);
+}
+
+std::unique_ptr<Pass> CreateKvMixed(const PassSpec& spec, const ModelConfig& config) {
+  KvMixedTable t;
+  const auto bits = IntParam(spec, "bits", 4);
+  t.key_bits = static_cast<int>(IntParam(spec, "key-bits", bits));
+  t.value_bits = static_cast<int>(IntParam(spec, "value-bits", bits));
+  t.hi_bits = static_cast<int>(IntParam(spec, "hi-bits", 16));
+  t.keep = DoubleParam(spec, "keep", 0.2);
+  t.recent = DoubleParam(spec, "recent", 0.5);
+  t.key_axis = StringParam(spec, "key-axis", "channel", {"channel", "token"});
+  t.value_axis = StringParam(spec, "value-axis", "token", {"token"});
+  t.group = IntParam(spec, "group", 0);
+  t.protect = IntList(spec, "protect");
+  for (int b : {t.key_bits, t.value_bits}) {
+    if (b < 1 || b > 8) Fail("--passes", "kv-mixed: key/value bits must be in [1, 8]");
+  }
+  if (t.hi_bits != 16) Fail("--passes", "kv-mixed: hi-bits must be 16 (kvfold simulates unquantized important tokens)");
+  if (!(t.keep > 0 && t.keep <= 1) || !(t.recent >= 0 && t.recent <= 1)) Fail("--passes", "kv-mixed: keep in (0, 1], recent in [0, 1]");
+  if (t.group < 0 || t.group > config.head_dim) Fail("--passes", "kv-mixed: group must be in [0, head_dim]");
+  return std::make_unique<KvMixed>(t);
+}
+
+}  // namespace kvfold
