@@ -213,3 +213,21 @@ TEST_CASE("eval --kv-cache: eviction against the full cache, copy check, bad spe
   ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'evict<policy=table>'"),
                      model + "/kv_eviction_policy.json");
 }
+
+TEST_CASE("eval --kv-cache quant<...>: bits reported, fp8 needs calibrated scales", "[cli][kv-quant][shared]") {
+  const std::string model = SharedPath("models/stories260K");
+  const std::string text = SharedPath("text/tinystories/eval.txt");
+  const auto r = RunKvfold("eval " + model + " --text " + text + " --max-windows 2 --quiet --json --kv-cache 'quant<scheme=kivi,bits=4>'");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["kv_cache"]["spec"] == "quant<scheme=kivi,key-bits=4,value-bits=4,block=32>");
+  CHECK(j["kv_cache"]["average_bits"].get<double>() < 16);
+  CHECK(j["compare"]["kl"].get<double>() > 0);
+  ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'quant<scheme=fp8>'"),
+                     "model.layers.0.self_attn.k_scale (scheme=fp8 reads the scales the kv-scales pass writes)");
+  ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'quant<scheme=rtn,bits=9>'"),
+                     "--kv-cache: bits=9 is not an integer in [0, 8]");
+  ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'compress<x=1>'"),
+                     "is neither evict<...> nor quant<...>");
+}

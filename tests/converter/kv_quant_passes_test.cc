@@ -1,0 +1,243 @@
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "calib/text.h"
+#include "calib/tokenizer.h"
+#include "calib/windows.h"
+#include "converter/convert.h"
+#include "converter/kv_quant_passes.h"
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "formats/kv_mixed_table.h"
+#include "formats/mapped_file.h"
+#include "formats/tensor_store.h"
+#include "runtime_check/reference_model.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using kvfold::test::SharedPath;
+using kvfold::test::TempDir;
+
+namespace {
+
+constexpr std::int64_t kCalibTokens = 4096;
+
+ConvertOptions Options(const std::string& model, const std::string& passes, const std::string& out) {
+  ConvertOptions o;
+  o.model = SharedPath("models/" + model);
+  o.calib_text = SharedPath(model.rfind("stories", 0) == 0 ? "text/tinystories/calib.txt" : "text/wikitext-2/valid.tokens.txt");
+  o.passes = passes;
+  o.output = out;
+  o.calib_tokens = kCalibTokens;
+  o.threads = 2;
+  o.progress = false;
+  return o;
+}
+
+// Independent of the calibration code: per layer and channel, the min/max of post-RoPE keys and
+// of values over the same windows, captured straight from the forward pass.
+struct Extremes : LayerObserver {
+  std::vector<std::vector<float>> key_lo, key_hi, value_lo, value_hi;
+  unsigned Wants(int) const override { return kCaptureKeyPostRope | kCaptureValue; }
+  void Observe(const AttentionCapture& c) override {
+    auto take = [&](const FloatView& x, std::vector<float>& lo, std::vector<float>& hi) {
+      const std::int64_t width = x.shape[2] * x.shape[3];
+      if (lo.empty()) lo.assign(static_cast<std::size_t>(width), 1e30f), hi.assign(static_cast<std::size_t>(width), -1e30f);
+      for (std::int64_t i = 0; i < x.size(); ++i) {
+        const auto ch = static_cast<std::size_t>(i % width);
+        lo[ch] = std::min(lo[ch], x.data[i]);
+        hi[ch] = std::max(hi[ch], x.data[i]);
+      }
+    };
+    const auto l = static_cast<std::size_t>(c.layer);
+    for (auto* v : {&key_lo, &key_hi, &value_lo, &value_hi}) v->resize(std::max(v->size(), l + 1));
+    take(c.key_post_rope, key_lo[l], key_hi[l]);
+    take(c.value, value_lo[l], value_hi[l]);
+  }
+};
+
+Extremes MeasureExtremes(const ConvertOptions& o) {
+  const Checkpoint ck = OpenCheckpoint(o.model);
+  const auto tok = Tokenizer::Load(ck.tokenizer_path);
+  const auto windows = CutWindows(tok->Encode(LoadText(o.calib_text)), o.window, static_cast<int>(kCalibTokens / o.window), "calib");
+  const auto model = ReferenceModel::Load(ck, {"cpu", 2});
+  Extremes e;
+  for (const auto& w : windows) {
+    std::vector<std::int32_t> in;
+    AppendModelInput(w, tok->bos_id(), in);
+    model->Observe(in, 1, e);
+  }
+  return e;
+}
+
+double MaxLogitDiff(const std::string& a, const std::string& b) {
+  std::vector<std::int32_t> ids = {1};
+  for (int i = 1; i < 96; ++i) ids.push_back(3 + (i * 37) % 500);
+  const auto la = ReferenceModel::Load(OpenCheckpoint(a), {"cpu", 2})->Logits(ids);
+  const auto lb = ReferenceModel::Load(OpenCheckpoint(b), {"cpu", 2})->Logits(ids);
+  double worst = 0;
+  for (std::size_t i = 0; i < la.size(); ++i) worst = std::max(worst, double(std::abs(la[i] - lb[i])));
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("kv-scales writes vLLM's compressed-tensors FP8 KV scales: amax / 448", "[kv-quant][shared]") {
+  TempDir tmp;
+  const ConvertOptions base = Options("stories260K", "", "");
+  const Extremes truth = MeasureExtremes(base);
+  for (const char* strategy : {"tensor", "head"}) {
+    INFO(strategy);
+    const std::string out = tmp.File(strategy);
+    Convert(Options("stories260K", std::string("kv-scales<strategy=") + strategy + ">", out));
+    const auto config = nlohmann::json::parse(ReadFileToString(out + "/config.json"));
+    const auto& q = config.at("quantization_config");
+    CHECK(q["quant_method"] == "compressed-tensors");
+    CHECK(q["kv_cache_scheme"]["num_bits"] == 8);
+    CHECK(q["kv_cache_scheme"]["type"] == "float");
+    CHECK(q["kv_cache_scheme"]["strategy"] == (std::string(strategy) == "head" ? "attn_head" : "tensor"));
+    CHECK(q["kv_cache_scheme"]["dynamic"] == false);
+    CHECK(q["kv_cache_scheme"]["symmetric"] == true);
+    CHECK(config["num_key_value_heads"] == 4);  // the rest of the config is untouched
+
+    const TensorStore store = TensorStore::OpenModelDir(out);
+    const bool per_head = std::string(strategy) == "head";
+    for (int l = 0; l < 5; ++l) {
+      for (const char* which : {"k_scale", "v_scale"}) {
+        INFO("layer " << l << " " << which);
+        const std::string name = "model.layers." + std::to_string(l) + ".self_attn." + which;
+        const TensorRef& ref = store.Get(name);
+        CHECK(ref.entry->dtype == DType::kF32);
+        CHECK(ref.entry->shape == (per_head ? std::vector<std::int64_t>{4, 1, 1} : std::vector<std::int64_t>{1}));
+        const auto& lo = std::string(which) == "k_scale" ? truth.key_lo[static_cast<std::size_t>(l)] : truth.value_lo[static_cast<std::size_t>(l)];
+        const auto& hi = std::string(which) == "k_scale" ? truth.key_hi[static_cast<std::size_t>(l)] : truth.value_hi[static_cast<std::size_t>(l)];
+        const std::vector<float> got = store.ReadF32(name);
+        for (std::size_t g = 0; g < got.size(); ++g) {
+          float amax = 0;
+          for (std::size_t ch = 0; ch < lo.size(); ++ch) {
+            if (per_head && ch / 8 != g) continue;
+            amax = std::max({amax, std::abs(lo[ch]), std::abs(hi[ch])});
+          }
+          CHECK(got[g] == Approx(amax / 448.0f).epsilon(1e-6));
+        }
+      }
+    }
+    CHECK(MaxLogitDiff(out, SharedPath("models/stories260K")) == 0.0);  // weights untouched, scales ignored
+  }
+}
+
+TEST_CASE("kv-balance folds into W_Q/W_K without changing the logits", "[kv-quant][shared]") {
+  TempDir tmp;
+  for (const char* model : {"stories260K", "mini-mha"}) {
+    INFO(model);
+    const std::string out = tmp.File(model);
+    Convert(Options(model, "kv-balance", out));
+    CHECK(MaxLogitDiff(out, SharedPath(std::string("models/") + model)) < 1e-4);
+    const TensorStore a = TensorStore::OpenModelDir(out), b = TensorStore::OpenModelDir(SharedPath(std::string("models/") + model));
+    CHECK(a.ReadF32("model.layers.1.self_attn.k_proj.weight") != b.ReadF32("model.layers.1.self_attn.k_proj.weight"));
+    const auto meta = nlohmann::json::parse(ReadFileToString(out + "/kvfold.json"));
+    CHECK(meta["passes"][0]["layers"].size() > 0);
+  }
+}
+
+TEST_CASE("balance factors equalise the maxima; RoPE needs a factor per rotary pair", "[kv-quant]") {
+  // Two query heads on one KV head, d = 4 (pairs (0,2) and (1,3)).
+  const std::vector<float> qmax = {4, 1, 2, 9}, kmax = {1, 4};  // query pair maxima [2 x 2], key [1 x 2]
+  const auto b = BalanceFactors(qmax, kmax, 2, 1, 4, 0.5, true);
+  REQUIRE(b.size() == 4);
+  CHECK(b[0] == Approx(std::sqrt(4.0 / 1.0)));  // max over the group's queries of pair 0 is 4
+  CHECK(b[1] == Approx(std::sqrt(9.0 / 4.0)));
+  CHECK(b[2] == b[0]);  // channel 2 is pair 0's partner
+  CHECK(b[3] == b[1]);
+  // After scaling, the largest query and key of each pair are equal.
+  CHECK(4.0 / b[0] == Approx(1.0 * b[0]));
+  CHECK(9.0 / b[1] == Approx(4.0 * b[1]));
+
+  // Scores with and without RoPE (rotate_half): a factor per pair commutes with the rotation,
+  // a factor per channel only without it.
+  std::mt19937 rng(2);
+  std::normal_distribution<double> n(0, 1);
+  AttentionProjections p;
+  p.heads = 2, p.kv_heads = 1, p.head_dim = 4, p.hidden = 3;
+  for (auto* w : {&p.wq, &p.wk}) {
+    w->resize(static_cast<std::size_t>((w == &p.wq ? 8 : 4) * 3));
+    for (auto& x : *w) x = n(rng);
+  }
+  const std::vector<double> x = {0.3, -1.2, 0.7};
+  auto project = [&](const std::vector<double>& w, std::int64_t row0) {
+    std::vector<double> y(4, 0.0);
+    for (int r = 0; r < 4; ++r) {
+      for (int c = 0; c < 3; ++c) y[static_cast<std::size_t>(r)] += w[static_cast<std::size_t>((row0 + r) * 3 + c)] * x[static_cast<std::size_t>(c)];
+    }
+    return y;
+  };
+  auto rope = [](std::vector<double> v, double angle) {
+    for (int j = 0; j < 2; ++j) {
+      const double theta = angle / std::pow(10.0, j);
+      const double a = v[static_cast<std::size_t>(j)], c = v[static_cast<std::size_t>(j + 2)];
+      v[static_cast<std::size_t>(j)] = a * std::cos(theta) - c * std::sin(theta);
+      v[static_cast<std::size_t>(j + 2)] = c * std::cos(theta) + a * std::sin(theta);
+    }
+    return v;
+  };
+  auto score = [&](const AttentionProjections& w, bool with_rope) {
+    const auto q = with_rope ? rope(project(w.wq, 4), 1.3) : project(w.wq, 4);  // query head 1 at position 13
+    const auto k = with_rope ? rope(project(w.wk, 0), 0.4) : project(w.wk, 0);  // key at position 4
+    double s = 0;
+    for (int c = 0; c < 4; ++c) s += q[static_cast<std::size_t>(c)] * k[static_cast<std::size_t>(c)];
+    return s;
+  };
+  const double plain = score(p, false), rotated = score(p, true);
+  AttentionProjections per_channel = p, per_pair = p;
+  FoldBalance(per_channel, {2.0, 0.5, 3.0, 1.5});                     // untied: a non-RoPE balancer
+  FoldBalance(per_pair, BalanceFactors(qmax, kmax, 2, 1, 4, 0.5, true));
+  CHECK(score(per_channel, false) == Approx(plain).epsilon(1e-12));  // without RoPE: exact
+  CHECK(std::abs(score(per_channel, true) - rotated) > 1e-3);        // with RoPE: broken
+  CHECK(score(per_pair, true) == Approx(rotated).epsilon(1e-12));    // tied pairs: exact
+}
+
+TEST_CASE("kv-mixed writes the MiKV table with calibrated key ranges; the runtime reads it", "[kv-quant][shared]") {
+  TempDir tmp;
+  const std::string out = tmp.File("mixed");
+  Convert(Options("stories260K", "kv-mixed<key-bits=2,value-bits=4,keep=0.25,protect=0,1>", out));
+  const KvMixedTable t = ReadKvMixedTable(out + "/" + kKvMixedJson);
+  CHECK(t.key_bits == 2);
+  CHECK(t.value_bits == 4);
+  CHECK(t.keep == 0.25);
+  CHECK(t.key_axis == "channel");
+  CHECK(t.protect == std::vector<int>{0, 1});
+  CHECK(t.calibration_tokens == kCalibTokens);
+  const Extremes truth = MeasureExtremes(Options("stories260K", "", ""));
+  for (std::size_t l = 0; l < 5; ++l) {
+    for (std::size_t ch = 0; ch < 32; ++ch) {
+      CHECK(t.key_min[l * 32 + ch] == truth.key_lo[l][ch]);
+      CHECK(t.key_max[l * 32 + ch] == truth.key_hi[l][ch]);
+    }
+  }
+  const auto json = nlohmann::json::parse(ReadFileToString(out + "/" + kKvMixedJson));
+  CHECK(json["schema"] == "kvfold-kv-mixed");
+  CHECK(json["format_version"] == 1);
+  CHECK(json["per_layer"][0]["quantized"] == false);
+  CHECK(json["per_layer"][2]["key_bits"] == 2);
+  const auto r = test::RunKvfold("eval " + out + " --text " + SharedPath("text/tinystories/eval.txt") +
+                                 " --max-windows 2 --quiet --json --kv-cache 'quant<scheme=mikv,table=" + out + "/" + kKvMixedJson + ">'");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["kv_cache"]["spec"].get<std::string>().find("key-axis=channel,protect=0,1") != std::string::npos);
+  CHECK(j["compare"]["kl"].get<double>() > 0);
+  CHECK(j["kv_cache"]["average_bits"].get<double>() < 16);
+}
+
+TEST_CASE("quantization passes refuse pipelines where calibration no longer describes the model", "[kv-quant][shared]") {
+  TempDir tmp;
+  CHECK_THROWS_WITH(Convert(Options("stories260K", "kv-balance,kv-scales", tmp.File("a"))),
+                    Catch::Contains("kv-scales needs calibration of the model it runs on, but kv-balance changes K/V"));
+  CHECK_THROWS_WITH(Convert(Options("stories260K", "gqa-svd<kv-heads=2>,kv-mixed", tmp.File("b"))),
+                    Catch::Contains("kv-mixed needs calibration"));
+  CHECK_THROWS_WITH(Convert(Options("stories260K", "kv-mixed<hi-bits=8>", tmp.File("c"))), Catch::Contains("hi-bits must be 16"));
+}
