@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # KV-cache quantization on every shared model (issue 5): ppl and KL against the full cache vs the
 # mean bits per KV element (scales counted), W = 256, positions 128..255 of 32 evaluation
-# windows. Schemes: FP8 static (kv-scales), RTN per-token, KIVI-style, MiKV at several budgets,
+# windows. Schemes: FP8 static (kv-scales), RTN per-token, KIVI-style, MiKV at several budgets
+# (4-bit, 2-bit, and 4-bit keys with 2-bit values),
 # MiKV's selection with the low-precision tokens evicted instead (H2O), MiKV with static
 # per-channel key ranges (kv-mixed table) and after kv-balance. Prints markdown.
 set -euo pipefail
@@ -23,6 +24,7 @@ for model in stories260K stories260K-mha micro-mha mini-mha mini-mha-bf16-sharde
   for b in 8 4 3 2; do args+=("$src" "quant<scheme=rtn,bits=$b>"); done
   for b in 4 2; do args+=("$src" "quant<scheme=kivi,bits=$b>"); done
   for b in 4 2; do for k in 0.1 0.2 0.3 0.5; do args+=("$src" "quant<scheme=mikv,bits=$b,keep=$k>"); done; done
+  for k in 0.1 0.2 0.3; do args+=("$src" "quant<scheme=mikv,key-bits=4,value-bits=2,keep=$k>"); done
   for k in 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8; do args+=("$src" "quant<scheme=mikv,bits=0,keep=$k>"); done
   args+=("$work/$model-mixed" "quant<scheme=mikv,table=$work/$model-mixed/kv_mixed_precision.json>")
   args+=("$work/$model-balanced" 'quant<scheme=rtn,bits=2>' "$work/$model-balanced" 'quant<scheme=mikv,bits=2,keep=0.2>')
