@@ -87,7 +87,7 @@ class KvScales : public Pass {
     model.config.output_fields["quantization_config"] = quantization.dump();
     ctx.record["format"] = "vllm-fp8";
     ctx.record["strategy"] = per_head_ ? "attn_head" : "tensor";
-    ctx.record["layers"] = layers;
+    ctx.record["scales"] = layers;
   }
 
  private:
@@ -125,7 +125,7 @@ class KvBalance : public Pass {
                         {"key_outlier_ratio_before", OutlierRatio(before)}, {"key_outlier_ratio_after", OutlierRatio(after)}});
     }
     ctx.record["alpha"] = alpha_;
-    ctx.record["layers"] = layers;
+    ctx.record["balance"] = layers;
   }
 
  private:

@@ -89,6 +89,33 @@ ordered_json KvSpectra(const KvStatistics& s, std::int64_t group_size) {
   return {{"group_size", group_size}, {"head_dim", s.head_dim}, {"layers", layers}};
 }
 
+// kv-scales and kv-balance: one row per layer.
+std::string QuantPassSection(const ordered_json& p) {
+  std::ostringstream o;
+  o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>()) << "</code></h2><table>";
+  auto list = [](const ordered_json& a) {
+    std::string s;
+    for (const auto& x : a) s += (s.empty() ? "" : " ") + Fixed(x.get<double>(), 6);
+    return s;
+  };
+  if (p.contains("scales")) {
+    o << Row({"layer", "k_scale (amax / 448)", "v_scale (amax / 448)"}, true);
+    for (const auto& l : p["scales"]) o << Row({std::to_string(l["layer"].get<int>()), list(l["k_scale"]), list(l["v_scale"])});
+    o << "</table><p>Static FP8 e4m3 scales as vLLM reads them (compressed-tensors <code>kv_cache_scheme</code>, strategy "
+      << EscapeHtml(p["strategy"].get<std::string>()) << ").</p>";
+  } else {
+    o << Row({"layer", "smallest factor", "largest factor", "key outliers before", "key outliers after"}, true);
+    for (const auto& l : p["balance"]) {
+      o << Row({std::to_string(l["layer"].get<int>()), Fixed(l["factor_min"].get<double>(), 3), Fixed(l["factor_max"].get<double>(), 3),
+                Fixed(l["key_outlier_ratio_before"].get<double>(), 2), Fixed(l["key_outlier_ratio_after"].get<double>(), 2)});
+    }
+    o << "</table><p>Key outliers: the largest rotary-pair maximum over the median one, per layer. Factors b multiply "
+         "the keys and divide the queries (alpha "
+      << Fixed(p["alpha"].get<double>(), 2) << ").</p>";
+  }
+  return o.str();
+}
+
 // kv-norm-analysis: per layer, how well key norms predict attention, then every head's verdict.
 std::string NormAnalysisSection(const ordered_json& p) {
   std::ostringstream o;
@@ -223,6 +250,10 @@ std::string RenderReportHtml(const ordered_json& r) {
     for (const auto& p : r["passes"]) {
       if (p.contains("norm_layers")) {
         o << NormAnalysisSection(p);
+        continue;
+      }
+      if (p.contains("scales") || p.contains("balance")) {
+        o << QuantPassSection(p);
         continue;
       }
       if (!p.contains("layers")) {

@@ -135,12 +135,17 @@ TEST_CASE("kv-balance folds into W_Q/W_K without changing the logits", "[kv-quan
   for (const char* model : {"stories260K", "mini-mha"}) {
     INFO(model);
     const std::string out = tmp.File(model);
-    Convert(Options(model, "kv-balance", out));
+    ConvertOptions o = Options(model, "kv-balance", out);
+    o.report_path = tmp.File(std::string(model) + ".html");
+    Convert(o);
     CHECK(MaxLogitDiff(out, SharedPath(std::string("models/") + model)) < 1e-4);
+    const auto report = nlohmann::json::parse(ReadFileToString(tmp.File(std::string(model) + ".json")));
+    CHECK(report["passes"][0]["balance"].size() == OpenCheckpoint(out).config.num_hidden_layers);
+    CHECK(ReadFileToString(o.report_path).find("key outliers after") != std::string::npos);
     const TensorStore a = TensorStore::OpenModelDir(out), b = TensorStore::OpenModelDir(SharedPath(std::string("models/") + model));
     CHECK(a.ReadF32("model.layers.1.self_attn.k_proj.weight") != b.ReadF32("model.layers.1.self_attn.k_proj.weight"));
     const auto meta = nlohmann::json::parse(ReadFileToString(out + "/kvfold.json"));
-    CHECK(meta["passes"][0]["layers"].size() > 0);
+    CHECK(meta["passes"][0]["balance"][0]["factor_max"].get<double>() >= meta["passes"][0]["balance"][0]["factor_min"].get<double>());
   }
 }
 
