@@ -125,10 +125,6 @@ class PendingCapture {
   std::vector<at::Tensor> keep_;
 };
 
-}  // namespace
-
-namespace {
-
 // What a cache policy decided for one layer, as CPU tensors: codes [B, KV, T, T] and, when it
 // quantizes, the stored keys and values [B, KV, T, d].
 struct LayerCache {
@@ -151,18 +147,57 @@ LayerCache RunCachePolicy(const KvCachePolicy& cache, int layer, const at::Tenso
     out.values = at::empty({B, KV, T, d}, at::kFloat);
   }
   const float* data = rows.data_ptr<float>();
-  const CacheLayer view = out.View();
+  std::uint8_t* codes = out.codes.data_ptr<std::uint8_t>();
+  float* keys = out.keys.defined() ? out.keys.data_ptr<float>() : nullptr;
+  float* values = out.values.defined() ? out.values.data_ptr<float>() : nullptr;
   at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t pair = begin; pair < end; ++pair) {
       const std::int64_t b = pair / KV, g = pair % KV;
       HeadCacheOut head;
-      head.codes = const_cast<std::uint8_t*>(view.codes) + pair * T * T;
-      head.keys = view.keys ? const_cast<float*>(view.keys) + pair * T * d : nullptr;
-      head.values = view.values ? const_cast<float*>(view.values) + pair * T * d : nullptr;
+      head.codes = codes + pair * T * T;
+      head.keys = keys ? keys + pair * T * d : nullptr;
+      head.values = values ? values + pair * T * d : nullptr;
       cache.HeadCache(layer, data, layout, b, g, first_sequence + b, head);
     }
   });
   return out;
+}
+
+// Attention through ATen ops (any device): GQA without repeating K/V, the `group` query heads
+// of a KV head stacked along the row axis so one batched matmul per KV head computes all their
+// scores. `rotated` is [B * T, (H + 2 KV) d]; `mask` the [T, T] causal/window mask; `cache`
+// (with `policy`) the layer's cache decisions. Returns ctx [B * T, H d].
+at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double scale, const at::Tensor& mask,
+                         bool policy, const LayerCache& cache) {
+  const std::int64_t B = L.batch, T = L.tokens, H = L.heads, KV = L.kv_heads, d = L.head_dim, group = H / KV;
+  const at::Device device = rotated.device();
+  auto head_major = [&](std::int64_t offset, std::int64_t n) {  // -> [B, n, T, d]
+    return rotated.narrow(1, offset * d, n * d).view({B, T, n, d}).permute({0, 2, 1, 3});
+  };
+  const at::Tensor qg = (head_major(0, H) * scale).reshape({B, KV, group * T, d});
+  at::Tensor probs = at::matmul(qg, head_major(H, KV).transpose(-1, -2)).view({B, KV, group, T, T});
+  at::Tensor layer_mask = mask.view({1, 1, 1, T, T});
+  at::Tensor codes;
+  if (policy) {
+    codes = cache.codes.to(device).view({B, KV, 1, T, T});
+    if (cache.keys.defined()) {  // scores against the stored keys where the code says so
+      const at::Tensor stored = at::matmul(qg, cache.keys.to(device).transpose(-1, -2)).view({B, KV, group, T, T});
+      probs = at::where(codes.bitwise_and(kCacheQuantKey).ne(0), stored, probs);
+    }
+    // Evicted keys: -inf on top of the causal/window mask.
+    layer_mask = layer_mask.masked_fill(codes.eq(kCacheHidden), -std::numeric_limits<float>::infinity());
+  }
+  probs = at::softmax(probs + layer_mask, -1);
+  at::Tensor heads_ctx;  // [B, KV, group T, d]
+  if (policy && cache.values.defined()) {  // split each row between full and stored values
+    const at::Tensor from_stored = codes.bitwise_and(kCacheQuantValue).ne(0);
+    const at::Tensor p_stored = probs.masked_fill(from_stored.logical_not(), 0).view({B, KV, group * T, T});
+    const at::Tensor p_full = probs.masked_fill(from_stored, 0).view({B, KV, group * T, T});
+    heads_ctx = at::matmul(p_full, head_major(H + KV, KV)) + at::matmul(p_stored, cache.values.to(device));
+  } else {
+    heads_ctx = at::matmul(probs.view({B, KV, group * T, T}), head_major(H + KV, KV));
+  }
+  return heads_ctx.view({B, H, T, d}).permute({0, 2, 1, 3}).reshape({B * T, H * d});
 }
 
 }  // namespace
@@ -173,7 +208,6 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
   const std::int64_t B = tokens.size(0), T = tokens.size(1);
   const std::int64_t H = config.num_attention_heads, KV = config.num_key_value_heads;
   const std::int64_t d = config.head_dim, D = config.hidden_size, I = config.intermediate_size;
-  const std::int64_t group = H / KV;
   // Key heads produced by k_proj: more than the cached KV heads in reconstruct mode.
   const bool reconstruct = config.key_projection_heads > 0;
   const std::int64_t KVs = reconstruct ? config.key_projection_heads : KV;
@@ -237,35 +271,7 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
                         begin, end);
       });
     } else {
-      // GQA without repeating K/V: the `group` query heads of a KV head are stacked along the
-      // row axis, so one batched matmul per KV head computes all their scores.
-      auto head_major = [&](std::int64_t offset, std::int64_t n) {  // -> [B, n, T, d]
-        return rotated.narrow(1, offset * d, n * d).view({B, T, n, d}).permute({0, 2, 1, 3});
-      };
-      const at::Tensor qg = (head_major(0, H) * scale).reshape({B, KV, group * T, d});
-      at::Tensor probs = at::matmul(qg, head_major(H, KV).transpose(-1, -2)).view({B, KV, group, T, T});
-      at::Tensor layer_mask = mask.view({1, 1, 1, T, T});
-      at::Tensor codes;
-      if (policy) {
-        codes = layer_cache.codes.to(device).view({B, KV, 1, T, T});
-        if (layer_cache.keys.defined()) {  // scores against the stored keys where the code says so
-          const at::Tensor stored = at::matmul(qg, layer_cache.keys.to(device).transpose(-1, -2)).view({B, KV, group, T, T});
-          probs = at::where(codes.bitwise_and(kCacheQuantKey).ne(0), stored, probs);
-        }
-        // Evicted keys: -inf on top of the causal/window mask.
-        layer_mask = layer_mask.masked_fill(codes.eq(kCacheHidden), -std::numeric_limits<float>::infinity());
-      }
-      probs = at::softmax(probs + layer_mask, -1);
-      at::Tensor heads_ctx;  // [B, KV, group T, d]
-      if (policy && layer_cache.values.defined()) {  // split each row between full and stored values
-        const at::Tensor from_stored = codes.bitwise_and(kCacheQuantValue).ne(0);
-        const at::Tensor p_stored = probs.masked_fill(from_stored.logical_not(), 0).view({B, KV, group * T, T});
-        const at::Tensor p_full = probs.masked_fill(from_stored, 0).view({B, KV, group * T, T});
-        heads_ctx = at::matmul(p_full, head_major(H + KV, KV)) + at::matmul(p_stored, layer_cache.values.to(device));
-      } else {
-        heads_ctx = at::matmul(probs.view({B, KV, group * T, T}), head_major(H + KV, KV));
-      }
-      ctx = heads_ctx.view({B, H, T, d}).permute({0, 2, 1, 3}).reshape({B * T, H * d});
+      ctx = AttentionAten(rotated, layout, scale, mask, policy, layer_cache);
     }
     x.add_(at::linear(ctx, w.w_o, w.b_o));
 
