@@ -106,18 +106,28 @@ void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
           }
           for (std::int64_t j = 0; j < n; ++j) s[j] = (code[j] & kCacheQuantKey) ? sq[j] : s[j];
         }
-        float m = -std::numeric_limits<float>::infinity();
-        for (std::int64_t j = 0; j < n; ++j) m = std::max(m, code && !code[j] ? m : s[j]);
+        // The plain causal loops stay branch-free (vectorized); the cache variants skip hidden
+        // cells and pick stored values. With nothing hidden both give the same bits.
         float sum = 0;
-        for (std::int64_t j = 0; j < n; ++j) {
-          s[j] = code && !code[j] ? 0.0f : ExpNonPositive(s[j] - m);
-          sum += s[j];
+        if (code == nullptr) {
+          float m = s[0];
+          for (std::int64_t j = 1; j < n; ++j) m = std::max(m, s[j]);
+          for (std::int64_t j = 0; j < n; ++j) {
+            s[j] = ExpNonPositive(s[j] - m);
+            sum += s[j];
+          }
+        } else {
+          float m = -std::numeric_limits<float>::infinity();
+          for (std::int64_t j = 0; j < n; ++j) m = std::max(m, code[j] ? s[j] : m);
+          for (std::int64_t j = 0; j < n; ++j) {
+            s[j] = code[j] ? ExpNonPositive(s[j] - m) : 0.0f;
+            sum += s[j];
+          }
         }
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (std::int64_t j = 0; j < n; ++j) {
-          const float* v = stored_values && (code[j] & kCacheQuantValue)
-                               ? cache->values + (pair * T + lo + j) * d
-                               : rows + (lo + j) * row + (H + KV + g) * d;
+          const float* v = rows + (lo + j) * row + (H + KV + g) * d;
+          if (stored_values && (code[j] & kCacheQuantValue)) v = cache->values + (pair * T + lo + j) * d;
           const float w = s[j];
           for (std::int64_t c = 0; c < d; ++c) acc[c] += w * v[c];
         }

@@ -80,7 +80,7 @@ void QuantizePerToken(float* x, std::int64_t T, std::int64_t d, std::int64_t gro
 
 void FillCausal(std::uint8_t* codes, std::int64_t T, std::uint8_t code) {
   for (std::int64_t i = 0; i < T; ++i) {
-    for (std::int64_t j = 0; j < T; ++j) codes[i * T + j] = j <= i ? code : kCacheHidden;
+    for (std::int64_t j = 0; j < T; ++j) codes[i * T + j] = j <= i ? code : std::uint8_t{kCacheHidden};
   }
 }
 
@@ -238,7 +238,7 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
         for (std::int64_t j = 0; j < T; ++j) {
           // j's block is stored quantized once its last token has been cached.
           const bool block_done = (j / B + 1) * B - 1 <= i;
-          out.codes[i * T + j] = j > i ? kCacheHidden
+          out.codes[i * T + j] = j > i ? std::uint8_t{kCacheHidden}
                                        : static_cast<std::uint8_t>(kCacheVisible | kCacheQuantValue | (block_done ? kCacheQuantKey : 0));
         }
       }
@@ -272,7 +272,7 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
     high_list.push_back(i);
     std::uint8_t* row = out.codes + i * T;
     for (std::int64_t j = 0; j <= i; ++j) {
-      row[j] = high[static_cast<std::size_t>(j)] ? kCacheVisible : (evict ? kCacheHidden : all);
+      row[j] = high[static_cast<std::size_t>(j)] ? std::uint8_t{kCacheVisible} : (evict ? std::uint8_t{kCacheHidden} : all);
     }
     // Attention of the group's queries over what the cache holds now (importance, H2O).
     for (std::int64_t h = 0; h < group; ++h) {

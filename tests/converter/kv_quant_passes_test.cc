@@ -140,7 +140,7 @@ TEST_CASE("kv-balance folds into W_Q/W_K without changing the logits", "[kv-quan
     Convert(o);
     CHECK(MaxLogitDiff(out, SharedPath(std::string("models/") + model)) < 1e-4);
     const auto report = nlohmann::json::parse(ReadFileToString(tmp.File(std::string(model) + ".json")));
-    CHECK(report["passes"][0]["balance"].size() == OpenCheckpoint(out).config.num_hidden_layers);
+    CHECK(static_cast<std::int64_t>(report["passes"][0]["balance"].size()) == OpenCheckpoint(out).config.num_hidden_layers);
     CHECK(ReadFileToString(o.report_path).find("key outliers after") != std::string::npos);
     const TensorStore a = TensorStore::OpenModelDir(out), b = TensorStore::OpenModelDir(SharedPath(std::string("models/") + model));
     CHECK(a.ReadF32("model.layers.1.self_attn.k_proj.weight") != b.ReadF32("model.layers.1.self_attn.k_proj.weight"));
