@@ -6,6 +6,7 @@
 // LibTorch-free.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "runtime_check/attention_cpu.h"
@@ -27,6 +28,14 @@ struct HeadCacheOut {
   float* keys = nullptr;
   float* values = nullptr;
 };
+
+// Tokens a cache that holds at most `keep` of what it has seen may keep after `seen` tokens:
+// ceil(keep * seen), at least 1 (the tolerance absorbs keep * seen landing a hair above an
+// integer in floating point).
+inline std::int64_t RatioCapacity(double keep, std::int64_t seen) {
+  const auto c = static_cast<std::int64_t>(std::ceil(keep * static_cast<double>(seen) - 1e-9));
+  return c > 1 ? c : 1;
+}
 
 class KvCachePolicy {
  public:

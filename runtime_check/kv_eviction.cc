@@ -157,9 +157,7 @@ void StreamVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t*
       score[static_cast<std::size_t>(i)] = KeepScore(e.policy, x, i, rng);
     }
     for (std::int64_t j : cache) visible[i * T + j] = 1;
-    const std::int64_t capacity =
-        e.max_cache > 0 ? e.max_cache
-                        : std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(e.keep * static_cast<double>(i + 1) - 1e-9)));
+    const std::int64_t capacity = e.max_cache > 0 ? e.max_cache : RatioCapacity(e.keep, i + 1);
     while (static_cast<std::int64_t>(cache.size()) > capacity) {
       std::size_t victim = 0;
       if (e.policy == EvictPolicy::kRandom) {
@@ -280,9 +278,7 @@ std::int64_t CachedTokens(const HeadEviction& e, std::int64_t T, std::int64_t i)
   }
   // Stream: the cache after step i - 1, plus token i.
   if (i == 0) return 1;
-  const std::int64_t capacity =
-      e.max_cache > 0 ? e.max_cache
-                      : std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(e.keep * static_cast<double>(i) - 1e-9)));
+  const std::int64_t capacity = e.max_cache > 0 ? e.max_cache : RatioCapacity(e.keep, i);
   return std::min(i, capacity) + 1;
 }
 

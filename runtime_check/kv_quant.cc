@@ -206,8 +206,7 @@ bool QuantCachePolicy::Quantizes(int layer) const {
 
 std::int64_t QuantCachePolicy::HighPrecisionTokens(std::int64_t i) const {
   if (i == 0) return 1;
-  const auto capacity = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(spec_.keep * static_cast<double>(i) - 1e-9)));
-  return std::min(i, capacity) + 1;  // the high cache after step i - 1, plus token i
+  return std::min(i, RatioCapacity(spec_.keep, i)) + 1;  // the high cache after step i - 1, plus token i
 }
 
 void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L, std::int64_t b, std::int64_t g,
@@ -296,7 +295,7 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
     }
     // Trim the high-precision set to its budget: the newest `recent` share stays, the least
     // attended of the rest is demoted (older first on ties).
-    const auto capacity = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(spec_.keep * static_cast<double>(i + 1) - 1e-9)));
+    const std::int64_t capacity = RatioCapacity(spec_.keep, i + 1);
     const auto protected_recent = static_cast<std::int64_t>(std::floor(spec_.recent * static_cast<double>(capacity)));
     while (static_cast<std::int64_t>(high_list.size()) > capacity) {
       const std::size_t candidates = high_list.size() - static_cast<std::size_t>(std::min<std::int64_t>(
