@@ -6,9 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
-#include "formats/mapped_file.h"
 #include "formats/safetensors_writer.h"
 #include "formats/tensor_store.h"
+#include "formats/versioned_json.h"
 
 namespace kvfold {
 namespace {
@@ -62,19 +62,9 @@ void WriteKvMixedSafetensors(const std::string& path, const KvMixedTable& t) {
 }
 
 KvMixedTable ReadKvMixedTable(const std::string& path) {
-  MappedFile file(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(file.bytes().begin(), file.bytes().end());
-  } catch (const nlohmann::json::exception& e) {
-    Fail(path, std::string("not valid JSON (") + e.what() + ")");
-  }
+  const nlohmann::json j = ReadVersionedJson(path, kSchema, kFormatVersion, "kv-mixed table");
   KvMixedTable t;
   try {
-    if (j.at("schema") != kSchema) Fail(path, "not a kvfold kv-mixed table (schema is not " + std::string(kSchema) + ")");
-    if (j.at("format_version").get<int>() != kFormatVersion) {
-      Fail(path, "format_version " + j.at("format_version").dump() + " is not supported (this kvfold reads 1)");
-    }
     t.layers = j.at("layers").get<std::int64_t>();
     t.kv_heads = j.at("kv_heads").get<std::int64_t>();
     t.head_dim = j.at("head_dim").get<std::int64_t>();

@@ -7,6 +7,7 @@
 
 #include "formats/error.h"
 #include "formats/eviction_table.h"
+#include "runtime_check/spec_text.h"
 
 namespace kvfold {
 namespace {
@@ -22,36 +23,6 @@ constexpr PolicyName kPolicies[] = {
     {EvictPolicy::kRandom, "random"},  {EvictPolicy::kRecent, "recent"},
     {EvictPolicy::kAttentionOracle, "attention-oracle"}, {EvictPolicy::kTable, "table"},
 };
-
-std::string Trim(const std::string& s) {
-  const auto a = s.find_first_not_of(" \t");
-  if (a == std::string::npos) return "";
-  return s.substr(a, s.find_last_not_of(" \t") - a + 1);
-}
-
-double ParseDouble(const std::string& key, const std::string& v) {
-  std::size_t used = 0;
-  double x = 0;
-  try {
-    x = std::stod(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != v.size() || !std::isfinite(x)) Fail(kWhere, key + "=" + v + " is not a number");
-  return x;
-}
-
-std::int64_t ParseInt(const std::string& key, const std::string& v) {
-  std::size_t used = 0;
-  long long x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != v.size() || x < 0) Fail(kWhere, key + "=" + v + " is not a non-negative integer");
-  return x;
-}
 
 // SplitMix64: a tiny, well-mixed generator; seeds derived from it are independent of batching.
 std::uint64_t Mix(std::uint64_t x) {
@@ -200,31 +171,9 @@ std::string EvictionSpec::Text() const {
 }
 
 EvictionSpec ParseEvictionSpec(const std::string& text) {
-  const std::string t = Trim(text);
-  const std::string head = "evict<";
-  if (t.rfind(head, 0) != 0 || t.back() != '>') {
-    Fail(kWhere, "'" + text + "' is not of the form evict<key=value,...>");
-  }
-  // Split on commas; an item without '=' continues the previous value (skip=0,1).
-  std::vector<std::pair<std::string, std::string>> items;
-  std::stringstream body(t.substr(head.size(), t.size() - head.size() - 1));
-  std::string item;
-  while (std::getline(body, item, ',')) {
-    item = Trim(item);
-    const auto eq = item.find('=');
-    if (eq == std::string::npos) {
-      if (items.empty() || item.empty()) Fail(kWhere, "'" + item + "' needs a key (key=value)");
-      items.back().second += "," + item;
-    } else {
-      items.emplace_back(Trim(item.substr(0, eq)), Trim(item.substr(eq + 1)));
-    }
-  }
   EvictionSpec spec;
   bool has_keep = false;
-  std::vector<std::string> seen;
-  for (const auto& [key, value] : items) {
-    if (std::find(seen.begin(), seen.end(), key) != seen.end()) Fail(kWhere, key + " given twice");
-    seen.push_back(key);
+  for (const auto& [key, value] : SpecItems(text, "evict")) {
     if (key == "policy") {
       bool found = false;
       for (const auto& p : kPolicies) {
@@ -236,22 +185,16 @@ EvictionSpec ParseEvictionSpec(const std::string& text) {
       else if (value == "stream") spec.regime = EvictRegime::kStream;
       else Fail(kWhere, "regime=" + value + " is not one of prefill|stream");
     } else if (key == "keep") {
-      spec.keep = ParseDouble(key, value);
+      spec.keep = SpecFraction(key, value, false);
       has_keep = true;
-      if (!(spec.keep > 0 && spec.keep <= 1)) Fail(kWhere, "keep=" + value + " must be in (0, 1]");
     } else if (key == "max") {
-      spec.max_cache = ParseInt(key, value);
-      if (spec.max_cache == 0) Fail(kWhere, "max must be positive");
+      spec.max_cache = SpecInt(key, value, 1, INT64_MAX);
     } else if (key == "prefix") {
-      spec.prefix = ParseInt(key, value);
-      if (spec.prefix == 0) Fail(kWhere, "prefix must be positive");
+      spec.prefix = SpecInt(key, value, 1, INT64_MAX);
     } else if (key == "seed") {
-      spec.seed = static_cast<std::uint64_t>(ParseInt(key, value));
+      spec.seed = static_cast<std::uint64_t>(SpecInt(key, value, 0, INT64_MAX));
     } else if (key == "skip") {
-      std::stringstream list(value);
-      std::string n;
-      while (std::getline(list, n, ',')) spec.skip_layers.push_back(static_cast<int>(ParseInt("skip", Trim(n))));
-      std::sort(spec.skip_layers.begin(), spec.skip_layers.end());
+      spec.skip_layers = SpecIntList(key, value);
     } else if (key == "table") {
       spec.table = value;
     } else {

@@ -7,6 +7,7 @@
 
 #include "formats/error.h"
 #include "runtime_check/quantizers.h"
+#include "runtime_check/spec_text.h"
 
 namespace kvfold {
 namespace {
@@ -25,40 +26,6 @@ const char* SchemeText(QuantScheme s) {
     if (n.scheme == s) return n.name;
   }
   return "?";
-}
-
-std::string Trim(const std::string& s) {
-  const auto a = s.find_first_not_of(" \t");
-  if (a == std::string::npos) return "";
-  return s.substr(a, s.find_last_not_of(" \t") - a + 1);
-}
-
-long long ToInt(const std::string& key, const std::string& v, long long lo, long long hi) {
-  std::size_t used = 0;
-  long long x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != v.size() || x < lo || x > hi) {
-    Fail(kWhere, key + "=" + v + " is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  }
-  return x;
-}
-
-double ToFraction(const std::string& key, const std::string& v, bool zero_ok) {
-  std::size_t used = 0;
-  double x = 0;
-  try {
-    x = std::stod(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != v.size() || !(zero_ok ? x >= 0 : x > 0) || !(x <= 1)) {
-    Fail(kWhere, key + "=" + v + " must be in " + (zero_ok ? "[0, 1]" : "(0, 1]"));
-  }
-  return x;
 }
 
 // Copies head g's keys and values of batch row b into the stored copies ([T, d] each).
@@ -107,27 +74,9 @@ std::string QuantSpec::Text() const {
 }
 
 QuantSpec ParseQuantSpec(const std::string& text) {
-  const std::string t = Trim(text);
-  const std::string head = "quant<";
-  if (t.rfind(head, 0) != 0 || t.back() != '>') Fail(kWhere, "'" + text + "' is not of the form quant<key=value,...>");
-  std::vector<std::pair<std::string, std::string>> items;
-  std::stringstream body(t.substr(head.size(), t.size() - head.size() - 1));
-  std::string item;
-  while (std::getline(body, item, ',')) {
-    item = Trim(item);
-    const auto eq = item.find('=');
-    if (eq == std::string::npos) {  // protect=0,1 continues
-      if (items.empty() || item.empty()) Fail(kWhere, "'" + item + "' needs a key (key=value)");
-      items.back().second += "," + item;
-    } else {
-      items.emplace_back(Trim(item.substr(0, eq)), Trim(item.substr(eq + 1)));
-    }
-  }
   QuantSpec s;
-  std::vector<std::string> seen;
+  const auto items = SpecItems(text, "quant");
   for (const auto& [key, value] : items) {
-    if (std::find(seen.begin(), seen.end(), key) != seen.end()) Fail(kWhere, key + " given twice");
-    seen.push_back(key);
     if (key == "scheme") {
       bool found = false;
       for (const auto& n : kSchemes) {
@@ -135,29 +84,26 @@ QuantSpec ParseQuantSpec(const std::string& text) {
       }
       if (!found) Fail(kWhere, "scheme=" + value + " is not one of rtn|kivi|fp8|mikv");
     } else if (key == "bits") {
-      s.key_bits = s.value_bits = static_cast<int>(ToInt(key, value, 0, 8));
+      s.key_bits = s.value_bits = static_cast<int>(SpecInt(key, value, 0, 8));
     } else if (key == "key-bits") {
-      s.key_bits = static_cast<int>(ToInt(key, value, 0, 8));
+      s.key_bits = static_cast<int>(SpecInt(key, value, 0, 8));
     } else if (key == "value-bits") {
-      s.value_bits = static_cast<int>(ToInt(key, value, 0, 8));
+      s.value_bits = static_cast<int>(SpecInt(key, value, 0, 8));
     } else if (key == "hi-bits") {
-      s.hi_bits = static_cast<int>(ToInt(key, value, 16, 16));  // only unquantized is simulated
+      s.hi_bits = static_cast<int>(SpecInt(key, value, 16, 16));  // only unquantized is simulated
     } else if (key == "group") {
-      s.group = ToInt(key, value, 1, 1 << 20);
+      s.group = SpecInt(key, value, 1, 1 << 20);
     } else if (key == "block") {
-      s.block = ToInt(key, value, 1, 1 << 20);
+      s.block = SpecInt(key, value, 1, 1 << 20);
     } else if (key == "keep") {
-      s.keep = ToFraction(key, value, false);
+      s.keep = SpecFraction(key, value, false);
     } else if (key == "recent") {
-      s.recent = ToFraction(key, value, true);
+      s.recent = SpecFraction(key, value, true);
     } else if (key == "key-axis") {
       if (value != "token" && value != "channel") Fail(kWhere, "key-axis=" + value + " is not one of token|channel");
       s.key_channel = value == "channel";
     } else if (key == "protect") {
-      std::stringstream list(value);
-      std::string n;
-      while (std::getline(list, n, ',')) s.protect.push_back(static_cast<int>(ToInt("protect", Trim(n), 0, 1 << 20)));
-      std::sort(s.protect.begin(), s.protect.end());
+      s.protect = SpecIntList(key, value);
     } else if (key == "table") {
       s.table = value;
     } else {
@@ -169,7 +115,7 @@ QuantSpec ParseQuantSpec(const std::string& text) {
   if (!mikv && (s.key_bits == 0 || s.value_bits == 0)) Fail(kWhere, "bits=0 (evict) applies to scheme=mikv only");
   if (mikv && (s.key_bits == 0) != (s.value_bits == 0)) Fail(kWhere, "mikv evicts keys and values together: both bits 0 or neither");
   if (s.key_channel && !mikv) Fail(kWhere, "key-axis applies to scheme=mikv (kivi keys are always per-channel)");
-  if (!s.table.empty() && (!mikv || seen.size() != 2)) {
+  if (!s.table.empty() && (!mikv || items.size() != 2)) {
     Fail(kWhere, "table= goes with scheme=mikv alone: the table holds every other setting");
   }
   if (s.key_channel) Fail(kWhere, "key-axis=channel needs the calibrated ranges of a kv-mixed table (table=PATH)");
