@@ -32,17 +32,6 @@ inline float ExpNonPositive(float x) {
   return p * scale;
 }
 
-// s[j] = scale * q . k_{lo + j} for j < n, from transposed keys [d, T]: d contiguous axpys.
-inline void ScoreRow(const float* q, const float* keys_t, std::int64_t T, std::int64_t d, std::int64_t lo,
-                     std::int64_t n, float scale, float* s) {
-  std::fill(s, s + n, 0.0f);
-  for (std::int64_t c = 0; c < d; ++c) {
-    const float qc = q[c] * scale;
-    const float* kt = keys_t + c * T + lo;
-    for (std::int64_t j = 0; j < n; ++j) s[j] += qc * kt[j];
-  }
-}
-
 }  // namespace
 
 bool CpuHasAttentionKernels() {
@@ -101,10 +90,20 @@ void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
         const float* q = rows + i * row + h * d;
         const std::uint8_t* code = cache ? cache->codes + (pair * T + i) * T + lo : nullptr;
         float* s = p.data();
-        ScoreRow(q, keys_t.data(), T, d, lo, n, scale, s);
+        std::fill(s, s + n, 0.0f);
+        for (std::int64_t c = 0; c < d; ++c) {
+          const float qc = q[c] * scale;
+          const float* kt = keys_t.data() + c * T + lo;
+          for (std::int64_t j = 0; j < n; ++j) s[j] += qc * kt[j];
+        }
         if (stored_keys) {  // scores against the stored keys, taken where the code says so
           float* sq = ps.data();
-          ScoreRow(q, stored_t.data(), T, d, lo, n, scale, sq);
+          std::fill(sq, sq + n, 0.0f);
+          for (std::int64_t c = 0; c < d; ++c) {
+            const float qc = q[c] * scale;
+            const float* kt = stored_t.data() + c * T + lo;
+            for (std::int64_t j = 0; j < n; ++j) sq[j] += qc * kt[j];
+          }
           for (std::int64_t j = 0; j < n; ++j) s[j] = (code[j] & kCacheQuantKey) ? sq[j] : s[j];
         }
         // The plain causal loops stay branch-free (vectorized); the cache variants skip hidden
