@@ -64,6 +64,7 @@ const Policy kPolicies[] = {
     {"l2-low", "policy=l2-low"},         {"l2-low skip 0,1", "policy=l2-low,skip=0,1"},
     {"l2-high", "policy=l2-high"},       {"random", "policy=random"},
     {"recent", "policy=recent"},         {"attention-oracle", "policy=attention-oracle"},
+    {"oracle score=mean", "policy=attention-oracle,score=mean"},
 };
 
 // The kv-norm-analysis measures, averaged over all heads.

@@ -92,7 +92,9 @@ void PrefillVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t
       seen.push_back(i);
       AccumulateAttention(x, i, seen, score, scratch);
     }
-    for (std::int64_t j = 0; j < P; ++j) score[static_cast<std::size_t>(j)] /= static_cast<double>(P - j);  // mean
+    if (e.oracle_mean) {
+      for (std::int64_t j = 0; j < P; ++j) score[static_cast<std::size_t>(j)] /= static_cast<double>(P - j);
+    }
   } else {
     Rng rng(e.seed);
     for (std::int64_t j = 0; j < P; ++j) score[static_cast<std::size_t>(j)] = KeepScore(e.policy, x, j, rng);
@@ -121,9 +123,12 @@ void StreamVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t*
   const bool oracle = e.policy == EvictPolicy::kAttentionOracle;
   for (std::int64_t i = 0; i < T; ++i) {
     cache.push_back(i);
-    if (oracle) {  // mean attention per query since cached: a newcomer is not behind by age
+    if (oracle) {
       AccumulateAttention(x, i, cache, received, scratch);
-      for (std::int64_t j : cache) score[static_cast<std::size_t>(j)] = received[static_cast<std::size_t>(j)] / static_cast<double>(i - j + 1);
+      for (std::int64_t j : cache) {
+        score[static_cast<std::size_t>(j)] =
+            received[static_cast<std::size_t>(j)] / (e.oracle_mean ? static_cast<double>(i - j + 1) : 1.0);
+      }
     } else if (e.policy != EvictPolicy::kRandom) {
       score[static_cast<std::size_t>(i)] = KeepScore(e.policy, x, i, rng);
     }
@@ -166,13 +171,14 @@ std::string EvictionSpec::Text() const {
     for (std::size_t i = 0; i < skip_layers.size(); ++i) o << (i ? "," : "") << skip_layers[i];
   }
   if (policy == EvictPolicy::kRandom) o << ",seed=" << seed;
+  if (policy == EvictPolicy::kAttentionOracle) o << ",score=" << (oracle_mean ? "mean" : "sum");
   if (!table.empty()) o << ",table=" << table;
   return o.str() + ">";
 }
 
 EvictionSpec ParseEvictionSpec(const std::string& text) {
   EvictionSpec spec;
-  bool has_keep = false;
+  bool has_keep = false, has_score = false;
   for (const auto& [key, value] : SpecItems(text, "evict")) {
     if (key == "policy") {
       bool found = false;
@@ -197,8 +203,12 @@ EvictionSpec ParseEvictionSpec(const std::string& text) {
       spec.skip_layers = SpecIntList(key, value);
     } else if (key == "table") {
       spec.table = value;
+    } else if (key == "score") {
+      if (value != "sum" && value != "mean") Fail(kWhere, "score=" + value + " is not one of sum|mean");
+      spec.oracle_mean = value == "mean";
+      has_score = true;
     } else {
-      Fail(kWhere, "unknown key '" + key + "' (policy, regime, keep, max, prefix, skip, seed, table)");
+      Fail(kWhere, "unknown key '" + key + "' (policy, regime, keep, max, prefix, skip, seed, score, table)");
     }
   }
   if (spec.max_cache > 0 && spec.regime != EvictRegime::kStream) Fail(kWhere, "max= applies to regime=stream only");
@@ -206,6 +216,7 @@ EvictionSpec ParseEvictionSpec(const std::string& text) {
   if (spec.prefix > 0 && spec.regime != EvictRegime::kPrefill) Fail(kWhere, "prefix= applies to regime=prefill only");
   if (spec.policy == EvictPolicy::kTable && has_keep) Fail(kWhere, "policy=table takes each head's keep ratio from the table");
   if (spec.policy != EvictPolicy::kTable && !spec.table.empty()) Fail(kWhere, "table= needs policy=table");
+  if (has_score && spec.policy != EvictPolicy::kAttentionOracle) Fail(kWhere, "score= applies to policy=attention-oracle");
   return spec;
 }
 
@@ -294,6 +305,7 @@ void EvictionCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout
   e.keep = setting.keep;
   e.max_cache = spec_.max_cache;
   e.prefix = PrefixLength(spec_, T);
+  e.oracle_mean = spec_.oracle_mean;
   e.seed = Mix(Mix(Mix(Mix(spec_.seed) ^ static_cast<std::uint64_t>(layer)) ^ static_cast<std::uint64_t>(sequence)) ^
                static_cast<std::uint64_t>(g));
   EvictionVisibility(e, x, visible);

@@ -14,8 +14,10 @@
 //   l2-low   lowest key L2 norm (the paper)      l2-high  highest key L2 norm (the paper's control)
 //   random   uniform, seeded per (seed, layer, sequence, head)
 //   recent   the newest tokens (a sliding window)
-//   attention-oracle  the highest attention received so far, summed over the query heads that
-//            read the KV head (H2O-style accumulation; prefill: from the prefill queries)
+//   attention-oracle  the highest attention received so far, accumulated over the queries and
+//            summed over the query heads that read the KV head (H2O; prefill: from the prefill
+//            queries, so its drop order is kv-norm-analysis's ideal one). score=mean divides by
+//            the number of queries since the token was cached, so a newcomer is not behind by age.
 //   table    l2-low with each head's keep ratio and skip flag from a kv-norm-analysis table
 // Ties go to the older token (kept first under a keep ranking, evicted first in streaming).
 #pragma once
@@ -40,6 +42,7 @@ struct EvictionSpec {
   std::int64_t prefix = 0;       // prefill: tokens prefilled (0 = half the sequence)
   std::vector<int> skip_layers;  // layers that keep their full cache
   std::uint64_t seed = 0;        // policy=random
+  bool oracle_mean = false;      // policy=attention-oracle: score=mean instead of sum
   std::string table;             // policy=table: path of kv_eviction_policy.json
   std::string Text() const;      // canonical spec text
 };
@@ -62,6 +65,7 @@ struct HeadEviction {
   std::int64_t max_cache = 0;
   std::int64_t prefix = 0;
   std::uint64_t seed = 0;  // already mixed with layer, sequence and head
+  bool oracle_mean = false;
 };
 
 struct HeadTensors {

@@ -1,8 +1,11 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <iterator>
+#include <random>
 #include <set>
 
+#include "calib/norm_attention.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "runtime_check/kv_eviction.h"
@@ -119,6 +122,40 @@ TEST_CASE("attention-oracle keeps the keys the prefill queries attended to", "[e
   for (int i = 0; i < 8; ++i) q.insert(q.end(), {1.0f, 0.0f});
   const ToyHead head(norms, q);
   CheckPrefill(Visibility(Prefill(EvictPolicy::kAttentionOracle, 0.5, 6), head), 8, 6, {0, 1, 3});
+}
+
+TEST_CASE("the prefill attention-oracle drops in kv-norm-analysis's ideal order: its ALR is zero", "[eviction]") {
+  // Random post-RoPE-like data: 2 query heads on one KV head. The oracle accumulates the prefill
+  // queries' attention, which is exactly the analysis's attention received on the prefix.
+  const std::int64_t T = 21, P = 20, d = 4;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> n(0, 1.5f);
+  std::vector<float> k(static_cast<std::size_t>(T * d)), q(static_cast<std::size_t>(T * 2 * d));
+  for (auto& v : k) v = n(rng);
+  for (auto& v : q) v = n(rng);
+  HeadTensors x{T, d, 2, k.data(), d, q.data(), 2 * d, 0.5f};
+  const std::vector<double> attention = AttentionReceived({P, d, 2, k.data(), d, q.data(), 2 * d});
+  auto kept = [&](std::int64_t m) {
+    HeadEviction e = Prefill(EvictPolicy::kAttentionOracle, static_cast<double>(m) / P, P);
+    std::vector<std::uint8_t> v(static_cast<std::size_t>(T * T));
+    EvictionVisibility(e, x, v.data());
+    std::set<std::int64_t> prefix_keys = Row(v, T, T - 1);
+    prefix_keys.erase(T - 1);
+    return prefix_keys;
+  };
+  std::vector<std::int64_t> order;  // the oracle's drop order: what leaves as keep shrinks
+  std::set<std::int64_t> before = kept(P);
+  for (std::int64_t m = P - 1; m >= 0; --m) {
+    const std::set<std::int64_t> now = kept(m);
+    REQUIRE(now.size() == static_cast<std::size_t>(m));
+    std::vector<std::int64_t> left;
+    std::set_difference(before.begin(), before.end(), now.begin(), now.end(), std::back_inserter(left));
+    REQUIRE(left.size() == 1);  // nested: one token leaves per step
+    order.push_back(left.front());
+    before = now;
+  }
+  CHECK(AttentionLossRatio(attention, order) == Approx(0.0).margin(1e-15));
+  CHECK(AttentionLossRatio(attention, HighestFirst(attention)) > 0.01);  // and the measure can tell
 }
 
 TEST_CASE("streaming l2-low evicts the highest norm whenever the cache exceeds its size", "[eviction]") {
