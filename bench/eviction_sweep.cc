@@ -5,7 +5,12 @@
 // the calibration text, which say why a policy wins or loses. Prints markdown.
 //
 //   build/bin/bench_eviction_sweep MODEL EVAL_TEXT CALIB_TEXT [--windows 32] [--copy 16]
-//                                  [--calib-windows 32] [--threads 2]
+//                                  [--calib-windows 32] [--threads 2] [--analysis-only]
+//
+// --analysis-only prints just the diagnostics: the kv-norm-analysis summary, Spearman against
+// the attention per visible query (BOS excluded, so neither position nor a sink drives it), and
+// whether the model copies at all (random runs, and the first half of real windows repeated).
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +19,7 @@
 #include <vector>
 
 #include "calib/kv_statistics.h"
+#include "calib/norm_attention.h"
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
@@ -32,6 +38,7 @@ constexpr int kWindow = 256;
 struct Args {
   std::string model, eval_text, calib_text;
   int windows = 32, copy = 16, calib_windows = 32, threads = 2;
+  bool analysis_only = false;
 };
 
 Args Parse(int argc, char** argv) {
@@ -43,6 +50,7 @@ Args Parse(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--copy")) a.copy = next();
     else if (!std::strcmp(argv[i], "--calib-windows")) a.calib_windows = next();
     else if (!std::strcmp(argv[i], "--threads")) a.threads = next();
+    else if (!std::strcmp(argv[i], "--analysis-only")) a.analysis_only = true;
     else positional.push_back(argv[i]);
   }
   if (positional.size() != 3) {
@@ -94,6 +102,63 @@ void PrintNormSummary(const ReferenceModel& model, const Checkpoint& ck, const T
               windows.size(), t.heads.size(), rho / n, negative, ratio / n, better_than_random, sink / n);
 }
 
+// Mean over windows and heads of Spearman(key norm, attention per visible query), BOS excluded.
+class PositionFreeSpearman : public LayerObserver {
+ public:
+  unsigned Wants(int) const override { return kCaptureQueryPostRope | kCaptureKeyPostRope; }
+  void Observe(const AttentionCapture& c) override {
+    const FloatView &q = c.query_post_rope, &k = c.key_post_rope;
+    const std::int64_t B = k.shape[0], T = k.shape[1], KV = k.shape[2], d = k.shape[3], H = q.shape[2];
+    for (std::int64_t b = 0; b < B; ++b) {
+      for (std::int64_t g = 0; g < KV; ++g) {
+        NormAttentionInput in{T, d, H / KV, k.data + b * T * KV * d + g * d, KV * d,
+                              q.data + b * T * H * d + g * (H / KV) * d, H * d};
+        const std::vector<double> received = AttentionReceived(in);
+        std::vector<double> norm, per_query;
+        for (std::int64_t j = 1; j < T; ++j) {
+          double s = 0;
+          for (std::int64_t ch = 0; ch < d; ++ch) s += double(in.keys[j * in.key_stride + ch]) * in.keys[j * in.key_stride + ch];
+          norm.push_back(std::sqrt(s));
+          per_query.push_back(received[static_cast<std::size_t>(j)] / static_cast<double>(T - j));
+        }
+        sum += Spearman(norm, per_query);
+        ++count;
+      }
+    }
+  }
+  double mean() const { return count ? sum / count : 0.0; }
+
+ private:
+  double sum = 0;
+  std::int64_t count = 0;
+};
+
+// Full-cache accuracy on the second copy of repeated runs, next to the first copy's (W/2 tokens
+// each): random ids, and the first half of real evaluation windows.
+void PrintCopyDiagnostics(const ReferenceModel& model, const Checkpoint& ck, const Tokenizer& tok, const Args& a,
+                          const std::vector<TokenWindow>& windows) {
+  std::vector<TokenWindow> text_copy;
+  for (const auto& w : windows) {
+    TokenWindow r(w.begin(), w.begin() + kWindow / 2);
+    r.insert(r.end(), w.begin(), w.begin() + kWindow / 2);
+    text_copy.push_back(r);
+  }
+  EvalOptions o;
+  o.progress = false;
+  auto accuracy = [&](const std::vector<TokenWindow>& ws, std::int64_t from) {
+    o.scored_from = from;
+    return EvaluatePerplexity(model, ws, tok.bos_id(), o).accuracy;
+  };
+  const auto random = CopyTaskWindows(a.copy, kWindow, static_cast<int>(ck.config.vocab_size), 0);
+  // First copy: positions 1..W/2-1 (position 0 follows BOS alone); second: W/2+1..W-1.
+  std::vector<TokenWindow> first_half;
+  for (const auto& w : text_copy) first_half.push_back(TokenWindow(w.begin(), w.begin() + kWindow / 2));
+  std::printf("Copy diagnostics (full cache): random runs, second copy %.2f%%; real text, first copy %.2f%%, "
+              "second copy %.2f%%.\n\n",
+              100 * accuracy(random, CopyTaskScoredFrom(kWindow)), 100 * accuracy(first_half, 1),
+              100 * accuracy(text_copy, CopyTaskScoredFrom(kWindow)));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,6 +173,19 @@ int main(int argc, char** argv) {
 
     std::printf("### %s\n\n", a.model.c_str());
     PrintNormSummary(*model, ck, *tok, a);
+    if (a.analysis_only) {
+      PositionFreeSpearman spearman;
+      const auto calib = CutWindows(tok->Encode(LoadText(a.calib_text)), kWindow, a.calib_windows, a.calib_text);
+      for (const auto& w : calib) {
+        std::vector<std::int32_t> in;
+        AppendModelInput(w, bos, in);
+        model->Observe(in, 1, spearman);
+      }
+      std::printf("Spearman(key norm, attention per visible query), BOS excluded: mean %+.3f over heads and windows.\n\n",
+                  spearman.mean());
+      PrintCopyDiagnostics(*model, ck, *tok, a, windows);
+      return 0;
+    }
 
     EvalOptions text_options;
     text_options.progress = false;
