@@ -225,13 +225,17 @@ ConvertResult Convert(const ConvertOptions& o) {
     needed |= passes.back()->NeededStatistics();
   }
   // Calibration runs once, on the source: a pass that reads it, or one that writes numbers
-  // tied to K/V, cannot follow a pass that changes K/V.
+  // tied to K/V, cannot follow a pass that changes K/V; and nothing may change K/V after such
+  // numbers are written (they would describe heads that no longer exist).
   for (std::size_t i = 0; i < passes.size(); ++i) {
     for (std::size_t j = 0; j < i; ++j) {
-      if (!passes[j]->ChangesKv()) continue;
-      if (passes[i]->NeededStatistics() != 0 || passes[i]->DescribesKv()) {
+      if (passes[j]->ChangesKv() && (passes[i]->NeededStatistics() != 0 || passes[i]->DescribesKv())) {
         Fail("--passes", specs[i].name + " needs calibration of the model it runs on, but " + specs[j].name +
                              " changes K/V before it (run " + specs[i].name + " in a second kvfold convert on the output)");
+      }
+      if (passes[j]->DescribesKv() && passes[i]->ChangesKv()) {
+        Fail("--passes", specs[i].name + " would change the K/V that " + specs[j].name +
+                             " has just described (run " + specs[i].name + " first, or in a separate kvfold convert)");
       }
     }
   }

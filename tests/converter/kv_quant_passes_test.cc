@@ -244,5 +244,7 @@ TEST_CASE("quantization passes refuse pipelines where calibration no longer desc
                     Catch::Contains("kv-scales needs calibration of the model it runs on, but kv-balance changes K/V"));
   CHECK_THROWS_WITH(Convert(Options("stories260K", "gqa-svd<kv-heads=2>,kv-mixed", tmp.File("b"))),
                     Catch::Contains("kv-mixed needs calibration"));
+  CHECK_THROWS_WITH(Convert(Options("stories260K", "kv-scales,gqa-svd<kv-heads=2>", tmp.File("d"))),
+                    Catch::Contains("gqa-svd would change the K/V that kv-scales has just described"));
   CHECK_THROWS_WITH(Convert(Options("stories260K", "kv-mixed<hi-bits=8>", tmp.File("c"))), Catch::Contains("hi-bits must be 16"));
 }
