@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -11,11 +10,10 @@
 #include "formats/dtype.h"
 #include "formats/error.h"
 #include "formats/kv_mixed_table.h"
+#include "runtime_check/quantizers.h"
 
 namespace kvfold {
 namespace {
-
-constexpr float kFp8Max = 448.0f;  // e4m3fn
 
 void RequirePlainKeys(const ModelDraft& model, const std::string& pass) {
   if (model.config.key_projection_heads > 0) Fail("--passes", pass + ": reconstruct-mode checkpoints are not supported");
@@ -26,19 +24,6 @@ void RequireSourceHeads(const ModelDraft& model, const KvStatistics& s, const st
     Fail("--passes", pass + ": calibration describes the source model's " + std::to_string(s.kv_heads) +
                          " KV heads; put " + pass + " before any pass that changes KV heads");
   }
-}
-
-std::vector<int> IntList(const PassSpec& spec, const std::string& key) {
-  std::vector<int> out;
-  auto it = spec.params.find(key);
-  if (it == spec.params.end() || it->second.empty()) return out;
-  std::stringstream list(it->second);
-  std::string item;
-  while (std::getline(list, item, ',')) {
-    PassSpec one{spec.name, {{key, item}}};
-    out.push_back(static_cast<int>(IntParam(one, key, 0)));
-  }
-  return out;
 }
 
 double OutlierRatio(std::vector<double> v) {
@@ -184,7 +169,7 @@ std::vector<float> Fp8Scales(const std::vector<float>& lo, const std::vector<flo
   }
   if (!per_head) amax = {*std::max_element(amax.begin(), amax.end())};
   std::vector<float> scale;
-  for (float a : amax) scale.push_back(a > 0 ? a / kFp8Max : 1.0f);
+  for (float a : amax) scale.push_back(a > 0 ? a / kFp8E4M3Max : 1.0f);
   return scale;
 }
 
@@ -244,7 +229,7 @@ std::unique_ptr<Pass> CreateKvMixed(const PassSpec& spec, const ModelConfig& con
   t.key_axis = StringParam(spec, "key-axis", "channel", {"channel", "token"});
   t.value_axis = StringParam(spec, "value-axis", "token", {"token"});
   t.group = IntParam(spec, "group", 0);
-  t.protect = IntList(spec, "protect");
+  for (std::int64_t l : IntListParam(spec, "protect")) t.protect.push_back(static_cast<int>(l));
   for (int b : {t.key_bits, t.value_bits}) {
     if (b < 1 || b > 8) Fail("--passes", "kv-mixed: key/value bits must be in [1, 8]");
   }

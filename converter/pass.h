@@ -62,6 +62,8 @@ std::vector<PassSpec> ParsePipeline(const std::string& text);
 
 // Integer parameter helper for pass constructors: Error naming the pass and parameter.
 std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t fallback);
+// A list parameter written protect=0,1: its integers in order (empty when absent).
+std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& key);
 double DoubleParam(const PassSpec& spec, const std::string& key, double fallback);
 std::string StringParam(const PassSpec& spec, const std::string& key, const std::string& fallback,
                         const std::vector<std::string>& allowed);

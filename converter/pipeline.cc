@@ -97,6 +97,16 @@ std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t
   return v;
 }
 
+std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& key) {
+  std::vector<std::int64_t> out;
+  auto it = spec.params.find(key);
+  if (it == spec.params.end() || it->second.empty()) return out;
+  std::stringstream list(it->second);
+  std::string item;
+  while (std::getline(list, item, ',')) out.push_back(IntParam(PassSpec{spec.name, {{key, Trim(item)}}}, key, 0));
+  return out;
+}
+
 double DoubleParam(const PassSpec& spec, const std::string& key, double fallback) {
   auto it = spec.params.find(key);
   if (it == spec.params.end()) return fallback;
