@@ -52,7 +52,7 @@ Checkpoint OpenCheckpoint(const std::string& dir) {
 
 std::int64_t Checkpoint::StoredElementBytes() const {
   return static_cast<std::int64_t>(
-      DTypeSize(Tensor({TensorRole::kKProj, 0}).entry->dtype));
+      DTypeSize(Tensor({TensorRole::kQProj, 0}).entry->dtype));  // every layer has q_proj
 }
 
 std::int64_t Checkpoint::ParameterCount() const {

@@ -1,5 +1,7 @@
 #include "formats/model_config.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
@@ -77,6 +79,61 @@ void CheckRopeScaling(const json& doc, const std::string& file) {
 
 }  // namespace
 
+bool ModelConfig::ComputesKv(std::int64_t layer) const {
+  if (kv_layer_of.empty()) return true;
+  for (std::int64_t source : kv_layer_of) {
+    if (source == layer) return true;
+  }
+  return false;
+}
+
+bool ModelConfig::AttendsAbove() const {
+  for (std::size_t l = 0; l < kv_layer_of.size(); ++l) {
+    if (kv_layer_of[l] > static_cast<std::int64_t>(l)) return true;
+  }
+  return false;
+}
+
+std::int64_t ModelConfig::KvLayerCount() const {
+  std::int64_t n = 0;
+  for (std::int64_t l = 0; l < num_hidden_layers; ++l) n += ComputesKv(l) ? 1 : 0;
+  return n;
+}
+
+std::vector<std::int64_t> ParseLayerTypes(const std::string& text, std::int64_t layers,
+                                          const std::string& file_name) {
+  std::vector<std::int64_t> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find('_', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 9) {
+      Fail(file_name, "layer_types '" + text + "': '" + item +
+                          "' is not a layer index (sliding-window 's' layers are not supported)");
+    }
+    out.push_back(std::stoll(item));
+    start = end + 1;
+  }
+  if (static_cast<std::int64_t>(out.size()) != layers) {
+    Fail(file_name, "layer_types '" + text + "' has " + std::to_string(out.size()) + " entries for " +
+                        std::to_string(layers) + " layers");
+  }
+  for (std::size_t l = 0; l < out.size(); ++l) {
+    if (out[l] >= layers) Fail(file_name, "layer_types '" + text + "': layer " + std::to_string(out[l]) + " does not exist");
+    if (out[static_cast<std::size_t>(out[l])] != out[l]) {
+      Fail(file_name, "layer_types '" + text + "': layer " + std::to_string(l) + " reads layer " +
+                          std::to_string(out[l]) + ", which does not compute its own K/V");
+    }
+  }
+  return out;
+}
+
+std::string LayerTypesText(const std::vector<std::int64_t>& kv_layer_of) {
+  std::string s;
+  for (std::size_t l = 0; l < kv_layer_of.size(); ++l) s += (l ? "_" : "") + std::to_string(kv_layer_of[l]);
+  return s;
+}
+
 ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file_name) {
   json doc;
   try {
@@ -90,9 +147,10 @@ ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file
   ModelConfig c;
   c.model_type = f.String("model_type", "");
   if (c.model_type.empty()) Fail(file_name, "missing required field 'model_type'");
-  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2") {
+  const bool cross_layer = c.model_type == kCrossLayerModelType;
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && !cross_layer) {
     Fail(file_name, "unsupported model_type '" + c.model_type +
-                        "' (kvfold supports llama, mistral, qwen2)");
+                        "' (kvfold supports llama, mistral, qwen2 and " + kCrossLayerModelType + ")");
   }
   if (f.Has("architectures")) {
     const json& a = doc["architectures"];
@@ -148,6 +206,23 @@ ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file
     c.eos_token_id = f.Int("eos_token_id", 2);
   }
   c.torch_dtype = f.String("torch_dtype", "");
+  if (cross_layer) {
+    // lckv-llama: a llama whose layer_types say which layer's K/V each layer reads. Its
+    // sliding_window field only applies to layers marked 's', which kvfold does not support.
+    c.sliding_window = 0;
+    if (!f.Has("layer_types")) Fail(file_name, std::string("model_type ") + kCrossLayerModelType + " needs 'layer_types'");
+    c.kv_layer_of = ParseLayerTypes(f.String("layer_types", ""), c.num_hidden_layers, file_name);
+    c.lckv_forward_passes = f.PositiveInt("forward_passes", 7);
+    c.lckv_backward_passes = f.PositiveInt("backward_passes", 2);
+    if (f.Has("num_key_value_layers") && f.PositiveInt("num_key_value_layers") != c.KvLayerCount()) {
+      Fail(file_name, "num_key_value_layers (" + std::to_string(f.PositiveInt("num_key_value_layers")) +
+                          ") disagrees with layer_types, which has " + std::to_string(c.KvLayerCount()) +
+                          " layers computing K/V");
+    }
+  } else if (f.Has("layer_types") || f.Has("num_key_value_layers")) {
+    Fail(file_name, "cross-layer KV fields (layer_types, num_key_value_layers) need model_type " +
+                        std::string(kCrossLayerModelType));
+  }
   if (f.Has(kKeyReconstructField)) {
     const json& block = doc[kKeyReconstructField];
     if (!block.is_object()) Fail(file_name, std::string("field '") + kKeyReconstructField + "' must be an object");
@@ -158,6 +233,9 @@ ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file
       Fail(file_name, "key_projection_heads must be a multiple of num_key_value_heads and divide "
                       "num_attention_heads");
     }
+  }
+  if (c.SharesKv() && c.key_projection_heads > 0) {
+    Fail(file_name, "cross-layer KV sharing with reconstruct-mode keys is not supported");
   }
   return c;
 }
@@ -179,6 +257,14 @@ std::string UpdateConfigJson(std::string_view original, const ModelConfig& confi
                                           "(kvfold eval does); see kvfold docs/formats.md"}};
   } else {
     doc.erase(kKeyReconstructField);
+  }
+  if (config.SharesKv()) {
+    doc["model_type"] = kCrossLayerModelType;
+    doc["architectures"] = {kCrossLayerArchitecture};
+    doc["layer_types"] = LayerTypesText(config.kv_layer_of);
+    doc["forward_passes"] = config.lckv_forward_passes;
+    doc["backward_passes"] = config.lckv_backward_passes;
+    doc["num_key_value_layers"] = config.KvLayerCount();  // pythia-mlkv's name for the same count
   }
   for (const auto& [name, json_text] : config.output_fields) doc[name] = nlohmann::ordered_json::parse(json_text);
   return doc.dump(2) + "\n";

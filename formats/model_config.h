@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace kvfold {
 
@@ -37,13 +38,39 @@ struct ModelConfig {
   // Top-level config.json fields a pass sets on output (name -> JSON text), e.g. the
   // quantization_config of the kv-scales pass. Not read from input files.
   std::map<std::string, std::string> output_fields;
+  // Cross-layer KV sharing (MLKV, LCKV; config "layer_types" of whyNLP/LCKV's "lckv-llama"):
+  // entry l = the layer whose K/V layer l attends to. Empty = every layer its own (vanilla).
+  // A layer computes K/V iff it is some layer's source; a source above l (LCKV) is read for
+  // earlier tokens only (the diagonal is masked).
+  std::vector<std::int64_t> kv_layer_of;
+  std::int64_t lckv_forward_passes = 7;   // LCKV "forward_passes" (m in the paper)
+  std::int64_t lckv_backward_passes = 2;  // LCKV "backward_passes" (b)
+
+  bool SharesKv() const { return !kv_layer_of.empty(); }
+  std::int64_t KvSourceOf(std::int64_t layer) const {
+    return kv_layer_of.empty() ? layer : kv_layer_of[static_cast<std::size_t>(layer)];
+  }
+  bool ComputesKv(std::int64_t layer) const;
+  // Some layer reads the K/V of a layer above it: decoding is sequential (LCKV).
+  bool AttendsAbove() const;
+  std::int64_t KvLayerCount() const;  // layers that compute (and cache) K/V
 
   std::int64_t QueriesPerKvHead() const { return num_attention_heads / num_key_value_heads; }
   // Bytes one token occupies in the KV cache (keys + values, all layers) at `bytes_per_element`.
   std::int64_t KvBytesPerToken(std::int64_t bytes_per_element) const {
-    return 2 * num_hidden_layers * num_key_value_heads * head_dim * bytes_per_element;
+    return 2 * KvLayerCount() * num_key_value_heads * head_dim * bytes_per_element;
   }
 };
+
+// model_type and architecture of a checkpoint whose layers share K/V (whyNLP/LCKV's names).
+constexpr const char* kCrossLayerModelType = "lckv-llama";
+constexpr const char* kCrossLayerArchitecture = "LCKVLlamaForCausalLM";
+
+// "0_6_6_6_6_6_6_7" -> {0, 6, ...}; throws Error("<file_name>: ...") unless it has one entry per
+// layer, each a layer index, and every source is its own source (whyNLP/LCKV's rule).
+std::vector<std::int64_t> ParseLayerTypes(const std::string& text, std::int64_t layers,
+                                          const std::string& file_name);
+std::string LayerTypesText(const std::vector<std::int64_t>& kv_layer_of);
 
 // Config block that marks a reconstruct-mode checkpoint (not loadable by vanilla runtimes).
 constexpr const char* kKeyReconstructField = "kvfold_key_reconstruct";

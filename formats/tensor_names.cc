@@ -114,14 +114,17 @@ std::vector<TensorId> RequiredTensors(const ModelConfig& c) {
   std::vector<TensorId> ids = {{TensorRole::kEmbedTokens}, {TensorRole::kFinalNorm}};
   if (!c.tie_word_embeddings) ids.push_back({TensorRole::kLmHead});
   for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const bool kv = c.ComputesKv(l);  // layers reading another layer's K/V have no k/v_proj
     for (TensorRole r : {TensorRole::kAttnNorm, TensorRole::kQProj, TensorRole::kKProj,
                          TensorRole::kVProj, TensorRole::kOProj, TensorRole::kMlpNorm,
                          TensorRole::kGateProj, TensorRole::kUpProj, TensorRole::kDownProj}) {
-      ids.push_back({r, l});
+      if (kv || (r != TensorRole::kKProj && r != TensorRole::kVProj)) ids.push_back({r, l});
     }
     if (c.qkv_bias) {
-      for (TensorRole r : {TensorRole::kQBias, TensorRole::kKBias, TensorRole::kVBias}) {
-        ids.push_back({r, l});
+      ids.push_back({TensorRole::kQBias, l});
+      if (kv) {
+        ids.push_back({TensorRole::kKBias, l});
+        ids.push_back({TensorRole::kVBias, l});
       }
     }
     if (c.o_bias) ids.push_back({TensorRole::kOBias, l});

@@ -5,13 +5,15 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <tuple>
 
 #include "formats/error.h"
 #include "runtime_check/attention_cpu.h"
 
 namespace kvfold {
-namespace {
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight;
@@ -45,6 +47,8 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   at::Tensor x2 = x.narrow(-1, half, half);
   return at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
 }
+
+namespace {
 
 // Reconstruct mode: project rotated queries [B, T, H, d] and keys [B, T, KVs, d] onto the
 // cached key heads; returns [N, (H + KV) d] (queries then keys), row-major.
@@ -202,85 +206,185 @@ at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double s
 
 }  // namespace
 
-at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver* observer,
-                                         const KvCachePolicy* cache, std::int64_t first_sequence) const {
-  c10::InferenceMode inference;
-  const std::int64_t B = tokens.size(0), T = tokens.size(1);
-  const std::int64_t H = config.num_attention_heads, KV = config.num_key_value_heads;
-  const std::int64_t d = config.head_dim, D = config.hidden_size, I = config.intermediate_size;
-  // Key heads produced by k_proj: more than the cached KV heads in reconstruct mode.
-  const bool reconstruct = config.key_projection_heads > 0;
-  const std::int64_t KVs = reconstruct ? config.key_projection_heads : KV;
-  const double eps = config.rms_norm_eps;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const bool fused = use_cpu_kernels && device.is_cpu();
-  const QkvLayout layout{B, T, H, KV, d};
+namespace {
 
-  auto [cos, sin] = RopeTables(T, d, config.rope_theta, device);
-  const at::Tensor mask = fused ? at::Tensor() : CausalMask(T, config.sliding_window, device);
+// Additive mask [T, T] for a layer that reads a higher layer's K/V (LCKV): query i sees keys
+// j < i only. Row 0 sees nothing; it is left open at (0, 0) so softmax stays finite, and the
+// caller zeroes that row's output (whyNLP/LCKV: the first token gets zero attention output).
+at::Tensor BelowDiagonalMask(std::int64_t T, const at::Device& device) {
+  at::Tensor i = at::arange(T, at::kLong).unsqueeze(1);
+  at::Tensor j = at::arange(T, at::kLong).unsqueeze(0);
+  at::Tensor hidden = (j >= i).logical_and((i > 0).logical_or(j > 0));
+  return at::zeros({T, T}, at::kFloat)
+      .masked_fill(hidden, -std::numeric_limits<float>::infinity())
+      .to(device);
+}
 
-  at::Tensor x = at::embedding(embed, tokens.reshape({B * T}));  // [N, D]
-  for (std::size_t l = 0; l < layers.size(); ++l) {
-    const LlamaLayerWeights& w = layers[l];
-    const at::Tensor h = RmsNorm(x, w.attn_norm, eps);
-    at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + KVs + KV) d]
-    auto heads = [&](std::int64_t offset, std::int64_t n) {        // -> [B, T, n, d] view
-      return qkv.narrow(1, offset * d, n * d).view({B, T, n, d});
-    };
-    PendingCapture capture(observer, static_cast<int>(l));
-    if (capture.active()) {
-      capture.Take(kCaptureAttnInput, h.view({B, T, D}), &AttentionCapture::attn_input);
-      capture.Take(kCaptureQueryPreRope, heads(0, H), &AttentionCapture::query_pre_rope);
+// One batched forward over [B, T] tokens, layer by layer. Layers that read another layer's K/V
+// (cross-layer sharing) take it from shared_kv: the rotated K/V [B T, 2 KV d] of their source,
+// computed earlier in this pass (source below) or in the previous iteration (source above).
+class BatchedPass {
+ public:
+  BatchedPass(const ReferenceModel::Impl& m, const at::Tensor& tokens, LayerObserver* observer,
+              const KvCachePolicy* cache, std::int64_t first_sequence)
+      : m_(m), c_(m.config), observer_(observer), cache_(cache), first_sequence_(first_sequence) {
+    B_ = tokens.size(0);
+    T_ = tokens.size(1);
+    H_ = c_.num_attention_heads;
+    KV_ = c_.num_key_value_heads;
+    d_ = c_.head_dim;
+    reconstruct_ = c_.key_projection_heads > 0;
+    KVs_ = reconstruct_ ? c_.key_projection_heads : KV_;
+    scale_ = 1.0 / std::sqrt(static_cast<double>(d_));
+    fused_ = m.use_cpu_kernels && m.device.is_cpu();
+    layout_ = QkvLayout{B_, T_, H_, KV_, d_};
+    std::tie(cos_, sin_) = RopeTables(T_, d_, c_.rope_theta, m.device);
+    if (!fused_) mask_ = CausalMask(T_, c_.sliding_window, m.device);
+    if (c_.AttendsAbove()) below_diagonal_ = BelowDiagonalMask(T_, m.device);
+    shared_kv_.resize(static_cast<std::size_t>(c_.num_hidden_layers));
+    for (std::int64_t l = 0; l < c_.num_hidden_layers; ++l) {
+      const std::int64_t source = c_.KvSourceOf(l);
+      if (source > l) {  // read before the source ran: the LCKV iteration starts from zeros
+        shared_kv_[static_cast<std::size_t>(source)] = at::zeros({B_ * T_, 2 * KV_ * d_}, at::TensorOptions().device(m.device));
+      }
+    }
+  }
+
+  void Layer(std::int64_t l, at::Tensor& x);
+
+ private:
+  const ReferenceModel::Impl& m_;
+  const ModelConfig& c_;
+  LayerObserver* observer_;
+  const KvCachePolicy* cache_;
+  std::int64_t first_sequence_;
+  std::int64_t B_, T_, H_, KV_, KVs_, d_;
+  bool reconstruct_, fused_;
+  double scale_;
+  QkvLayout layout_;
+  at::Tensor cos_, sin_, mask_, below_diagonal_;
+  std::vector<at::Tensor> shared_kv_;
+};
+
+void BatchedPass::Layer(std::int64_t l, at::Tensor& x) {
+  const LlamaLayerWeights& w = m_.layers[static_cast<std::size_t>(l)];
+  const std::int64_t B = B_, T = T_, H = H_, KV = KV_, KVs = KVs_, d = d_;
+  const std::int64_t I = c_.intermediate_size, D = c_.hidden_size;
+  const bool computes = c_.ComputesKv(l);
+  const std::int64_t source = c_.KvSourceOf(l);
+  const at::Tensor h = RmsNorm(x, w.attn_norm, c_.rms_norm_eps);
+  at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + KVs + KV) d], or [N, H d]
+  auto heads = [&](std::int64_t offset, std::int64_t n) {        // -> [B, T, n, d] view
+    return qkv.narrow(1, offset * d, n * d).view({B, T, n, d});
+  };
+  PendingCapture capture(observer_, static_cast<int>(l));
+  if (capture.active()) {
+    capture.Take(kCaptureAttnInput, h.view({B, T, D}), &AttentionCapture::attn_input);
+    capture.Take(kCaptureQueryPreRope, heads(0, H), &AttentionCapture::query_pre_rope);
+    if (computes) {
       capture.Take(kCaptureKeyPreRope, heads(H, KVs), &AttentionCapture::key_pre_rope);
       capture.Take(kCaptureValue, heads(H + KVs, KV), &AttentionCapture::value);
     }
-
-    // RoPE (and, in reconstruct mode, the key/query projections) -> rotated [N, (H + 2 KV) d].
-    at::Tensor rotated;
-    if (fused && !reconstruct) {
-      float* data = qkv.data_ptr<float>();
-      at::parallel_for(0, B * T, 64, [&](std::int64_t begin, std::int64_t end) {
-        ApplyRopeInPlace(data, layout, cos.data_ptr<float>(), sin.data_ptr<float>(), begin, end);
-      });
-      capture.Take(kCaptureQueryPostRope, heads(0, H), &AttentionCapture::query_post_rope);
-      capture.Take(kCaptureKeyPostRope, heads(H, KVs), &AttentionCapture::key_post_rope);
-      rotated = qkv;
-    } else {
-      const at::Tensor q_rope = ApplyRope(heads(0, H), cos, sin);  // [B, T, H, d]
-      const at::Tensor k_rope = ApplyRope(heads(H, KVs), cos, sin);
-      capture.Take(kCaptureQueryPostRope, q_rope, &AttentionCapture::query_post_rope);
-      capture.Take(kCaptureKeyPostRope, k_rope, &AttentionCapture::key_post_rope);
-      const at::Tensor qk = reconstruct ? ProjectReconstructed(q_rope, k_rope, w, B, T)
-                                        : at::cat({q_rope.reshape({B * T, H * d}),
-                                                   k_rope.reshape({B * T, KV * d})}, 1);
-      rotated = at::cat({qk, qkv.narrow(1, (H + KVs) * d, KV * d)}, 1).contiguous();
-    }
-    capture.Deliver();
-
-    const bool policy = cache != nullptr && !cache->Untouched(static_cast<int>(l));
-    const LayerCache layer_cache =
-        policy ? RunCachePolicy(*cache, static_cast<int>(l), rotated, layout, first_sequence) : LayerCache();
-    at::Tensor ctx;
-    if (fused) {
-      ctx = at::empty({B * T, H * d}, at::kFloat);
-      const float* in = rotated.data_ptr<float>();
-      const CacheLayer view = policy ? layer_cache.View() : CacheLayer();
-      float* out = ctx.data_ptr<float>();
-      at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
-        CausalAttention(in, layout, static_cast<float>(scale), config.sliding_window, policy ? &view : nullptr, out,
-                        begin, end);
-      });
-    } else {
-      ctx = AttentionAten(rotated, layout, scale, mask, policy, layer_cache);
-    }
-    x.add_(at::linear(ctx, w.w_o, w.b_o));
-
-    const at::Tensor h2 = RmsNorm(x, w.mlp_norm, eps);
-    const at::Tensor gate_up = at::linear(h2, w.w_gate_up, w.b_gate_up);
-    x.add_(at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down,
-                      w.b_down));
   }
-  return at::linear(RmsNorm(x, final_norm, eps), lm_head).view({B, T, -1});
+
+  // RoPE (and, in reconstruct mode, the key/query projections) -> rotated [N, (H + 2 KV) d].
+  at::Tensor rotated;
+  if (fused_ && !reconstruct_) {
+    const QkvLayout rope_layout{B, T, H, computes ? KV : 0, d};
+    float* data = qkv.data_ptr<float>();
+    at::parallel_for(0, B * T, 64, [&](std::int64_t begin, std::int64_t end) {
+      ApplyRopeInPlace(data, rope_layout, cos_.data_ptr<float>(), sin_.data_ptr<float>(), begin, end);
+    });
+    capture.Take(kCaptureQueryPostRope, heads(0, H), &AttentionCapture::query_post_rope);
+    if (computes) capture.Take(kCaptureKeyPostRope, heads(H, KVs), &AttentionCapture::key_post_rope);
+    rotated = qkv;
+  } else {
+    const at::Tensor q_rope = ApplyRope(heads(0, H), cos_, sin_);  // [B, T, H, d]
+    capture.Take(kCaptureQueryPostRope, q_rope, &AttentionCapture::query_post_rope);
+    if (computes) {
+      const at::Tensor k_rope = ApplyRope(heads(H, KVs), cos_, sin_);
+      capture.Take(kCaptureKeyPostRope, k_rope, &AttentionCapture::key_post_rope);
+      const at::Tensor qk = reconstruct_ ? ProjectReconstructed(q_rope, k_rope, w, B, T)
+                                         : at::cat({q_rope.reshape({B * T, H * d}),
+                                                    k_rope.reshape({B * T, KV * d})}, 1);
+      rotated = at::cat({qk, qkv.narrow(1, (H + KVs) * d, KV * d)}, 1).contiguous();
+    } else {
+      rotated = q_rope.reshape({B * T, H * d});
+    }
+  }
+  capture.Deliver();
+  if (!computes) {  // this layer's queries over its source layer's K/V
+    rotated = at::cat({rotated, shared_kv_[static_cast<std::size_t>(source)]}, 1).contiguous();
+  } else if (c_.SharesKv()) {
+    shared_kv_[static_cast<std::size_t>(l)] = rotated.narrow(1, H * d, 2 * KV * d);
+  }
+
+  const bool policy = cache_ != nullptr && !cache_->Untouched(static_cast<int>(l));
+  const LayerCache layer_cache =
+      policy ? RunCachePolicy(*cache_, static_cast<int>(l), rotated, layout_, first_sequence_) : LayerCache();
+  at::Tensor ctx;
+  if (source > l) {  // LCKV: the source's K/V of earlier tokens only; the first token reads none
+    ctx = AttentionAten(rotated, layout_, scale_, below_diagonal_, false, LayerCache());
+    ctx.view({B, T, H * d}).select(1, 0).zero_();
+  } else if (fused_) {
+    ctx = at::empty({B * T, H * d}, at::kFloat);
+    const float* in = rotated.data_ptr<float>();
+    const CacheLayer view = policy ? layer_cache.View() : CacheLayer();
+    float* out = ctx.data_ptr<float>();
+    at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
+      CausalAttention(in, layout_, static_cast<float>(scale_), c_.sliding_window, policy ? &view : nullptr, out,
+                      begin, end);
+    });
+  } else {
+    ctx = AttentionAten(rotated, layout_, scale_, mask_, policy, layer_cache);
+  }
+  x.add_(at::linear(ctx, w.w_o, w.b_o));
+
+  const at::Tensor h2 = RmsNorm(x, w.mlp_norm, c_.rms_norm_eps);
+  const at::Tensor gate_up = at::linear(h2, w.w_gate_up, w.b_gate_up);
+  x.add_(at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down, w.b_down));
+}
+
+}  // namespace
+
+at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver* observer,
+                                         const KvCachePolicy* cache, std::int64_t first_sequence) const {
+  c10::InferenceMode inference;
+  const std::int64_t B = tokens.size(0), T = tokens.size(1), L = config.num_hidden_layers;
+  if (config.SharesKv() && cache != nullptr) {
+    Fail("--kv-cache", "decode-time cache policies on a model whose layers share K/V are not supported");
+  }
+  if (token_by_token || (config.AttendsAbove() && lckv_iterations == 0)) {
+    if (observer != nullptr || cache != nullptr) {
+      Fail("runtime", "token-by-token decoding takes no observer or cache policy");
+    }
+    return DecodeTokenByToken(*this, tokens);
+  }
+  BatchedPass pass(*this, tokens, observer, cache, first_sequence);
+  at::Tensor x = at::embedding(embed, tokens.reshape({B * T}));  // [N, D]
+  if (!config.AttendsAbove()) {
+    for (std::int64_t l = 0; l < L; ++l) pass.Layer(l, x);
+  } else {
+    if (observer != nullptr) Fail("calibration", "observing a model whose layers read higher layers' K/V is not supported");
+    // LCKV's parallel encoding: the layers from the first one that reads a higher layer up to
+    // the highest layer so read run `lckv_iterations` times, each from the same input and
+    // reading the K/V the previous iteration left (zeros before the first).
+    std::int64_t low = L, high = -1;
+    for (std::int64_t l = 0; l < L; ++l) {
+      if (config.KvSourceOf(l) > l) {
+        low = std::min(low, l);
+        high = std::max(high, config.KvSourceOf(l));
+      }
+    }
+    for (std::int64_t l = 0; l < low; ++l) pass.Layer(l, x);
+    const at::Tensor x_low = x.clone();
+    for (int it = 0; it < lckv_iterations; ++it) {
+      x = x_low.clone();
+      for (std::int64_t l = low; l <= high; ++l) pass.Layer(l, x);
+    }
+    for (std::int64_t l = high + 1; l < L; ++l) pass.Layer(l, x);
+  }
+  return at::linear(RmsNorm(x, final_norm, config.rms_norm_eps), lm_head).view({B, T, -1});
 }
 
 }  // namespace kvfold

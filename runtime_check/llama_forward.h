@@ -15,7 +15,7 @@ namespace kvfold {
 
 struct LlamaLayerWeights {
   at::Tensor attn_norm;
-  at::Tensor w_qkv, b_qkv;      // q, k and v projections stacked: one GEMM instead of three
+  at::Tensor w_qkv, b_qkv;  // q, k and v stacked (one GEMM); q only where the layer reads another's K/V
   at::Tensor w_o, b_o;
   // Reconstruct-mode keys (config.key_projection_heads > 0), applied after RoPE:
   at::Tensor k_cache_proj;  // [KV, d, t d]: cached key head g = Psi_g (stacked rotated keys)
@@ -37,9 +37,27 @@ struct ReferenceModel::Impl {
   // Logits [B, T, V] for int64 tokens [B, T] on `device`. With a cache policy, each layer's
   // queries read only the cached keys the policy leaves visible; batch row b is sequence
   // first_sequence + b of the evaluation (for the policy's seeds).
+  // Models whose layers read a higher layer's K/V (LCKV) run token by token (exact) unless
+  // lckv_iterations > 0 asks for the paper's parallel encoding; token_by_token forces the
+  // sequential path for any model (a cross-check of the batched one).
   at::Tensor Forward(const at::Tensor& tokens, LayerObserver* observer,
                      const KvCachePolicy* cache = nullptr, std::int64_t first_sequence = 0) const;
+  int lckv_iterations = 0;
+  bool token_by_token = false;
 };
+
+// Building blocks shared by the batched forward and token-by-token decoding.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// cos/sin of pos * theta^(-2j/d) for pos < T, j < d/2, as [T, d/2] on `device`.
+std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, std::int64_t d, double theta,
+                                             const at::Device& device);
+// rotate_half RoPE on token-major [B, T, n, d] with cos/sin [T, d/2].
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// Logits [B, T, V]: each token run through every layer before the next token, K/V appended to
+// per-layer caches, exactly as a decoder generates. For LCKV layers reading a higher layer, a
+// token sees that layer's K/V of earlier tokens only (whyNLP/LCKV's sequential semantics).
+at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& model, const at::Tensor& tokens);
 
 at::Device ParseDevice(const std::string& spec);
 

@@ -56,6 +56,9 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
   impl->config = ck.config;
   impl->device = ParseDevice(options.device);
   impl->use_cpu_kernels = options.fused_cpu_kernels && CpuHasAttentionKernels();
+  if (options.lckv_iterations < 0) Fail("--lckv-iterations", "must be 0 (token by token) or positive");
+  impl->lckv_iterations = options.lckv_iterations;
+  impl->token_by_token = options.token_by_token;
   const at::Device dev = impl->device;
   const ModelConfig& c = ck.config;
 
@@ -68,9 +71,14 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
     auto maybe = [&](bool present, TensorRole r) { return LoadOptional(ck, present, {r, l}, dev); };
     LlamaLayerWeights w;
     w.attn_norm = load(TensorRole::kAttnNorm);
-    w.w_qkv = at::cat({load(TensorRole::kQProj), load(TensorRole::kKProj), load(TensorRole::kVProj)}, 0);
-    w.b_qkv = CatDefined({maybe(c.qkv_bias, TensorRole::kQBias), maybe(c.qkv_bias, TensorRole::kKBias),
-                          maybe(c.qkv_bias, TensorRole::kVBias)});
+    if (c.ComputesKv(l)) {
+      w.w_qkv = at::cat({load(TensorRole::kQProj), load(TensorRole::kKProj), load(TensorRole::kVProj)}, 0);
+      w.b_qkv = CatDefined({maybe(c.qkv_bias, TensorRole::kQBias), maybe(c.qkv_bias, TensorRole::kKBias),
+                            maybe(c.qkv_bias, TensorRole::kVBias)});
+    } else {  // reads another layer's K/V: queries only
+      w.w_qkv = load(TensorRole::kQProj);
+      w.b_qkv = maybe(c.qkv_bias, TensorRole::kQBias);
+    }
     w.w_o = load(TensorRole::kOProj);
     if (c.key_projection_heads > 0) {
       w.k_cache_proj = load(TensorRole::kKCacheProj);

@@ -18,6 +18,10 @@ struct RuntimeOptions {
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
   int threads = 0;             // CPU threads for LibTorch; 0 = leave LibTorch's default
   bool fused_cpu_kernels = true;  // false: attention through plain ATen ops (for cross-checks)
+  // Models whose layers read a higher layer's K/V (LCKV): 0 = exact token-by-token decoding;
+  // m > 0 = the paper's parallel prompt encoding with m iterations (approximate for m < T).
+  int lckv_iterations = 0;
+  bool token_by_token = false;  // decode every model one token at a time (a cross-check)
 };
 
 class ReferenceModel {

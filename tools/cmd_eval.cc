@@ -1,5 +1,5 @@
 // kvfold eval MODEL --text FILE [--window 256] [--max-windows N] [--compare ORIGINAL]
-//              [--kv-cache SPEC] [--copy N] [--json]
+//              [--kv-cache SPEC] [--copy N] [--lckv-iterations M] [--json]
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -25,6 +25,7 @@ struct EvalArgs {
   std::string compare;
   std::string kv_cache;
   int copy = 0;
+  int lckv_iterations = 0;
   int window = 256;
   int max_windows = -1;
   int batch = 0;
@@ -47,6 +48,7 @@ int RunEval(const EvalArgs& a) {
   const Checkpoint ck = OpenCheckpoint(a.model);
   if (ck.tokenizer_path.empty()) Fail(a.model, "no tokenizer.model in the model folder");
   if (a.max_windows == 0) Fail("--max-windows", "must be positive");
+  if (a.lckv_iterations < 0) Fail("--lckv-iterations", "must be positive");
   const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
   if (tokenizer->vocab_size() > ck.config.vocab_size) {
     Fail(ck.tokenizer_path, "tokenizer has " + std::to_string(tokenizer->vocab_size()) +
@@ -81,6 +83,12 @@ int RunEval(const EvalArgs& a) {
                               {"window", a.window},
                               {"windows", windows.size()},
                               {"device", model->device()}};
+  if (ck.config.SharesKv()) {
+    j["kv_layers"] = {{"layer_types", LayerTypesText(ck.config.kv_layer_of)},
+                      {"computing_kv", ck.config.KvLayerCount()},
+                      {"kv_bytes_per_token", ck.config.KvBytesPerToken(ck.StoredElementBytes())},
+                      {"decoding", ck.config.AttendsAbove() ? "token by token (exact)" : "batched (exact)"}};
+  }
   if (cache.policy) {
     j["kv_cache"] = {{"spec", cache.text},
                      {"scored_from", options.scored_from},
@@ -114,6 +122,20 @@ int RunEval(const EvalArgs& a) {
                  {"reference_accuracy", copy.base.accuracy}};
   }
 
+  // LCKV: the paper's parallel prompt encoding against the exact sequential run.
+  ComparisonResult parallel;
+  if (a.lckv_iterations > 0) {
+    if (!ck.config.AttendsAbove()) Fail("--lckv-iterations", a.model + " has no layer reading a higher layer's K/V");
+    RuntimeOptions iterative = runtime;
+    iterative.lckv_iterations = a.lckv_iterations;
+    parallel = CompareModels(*model, *ReferenceModel::Load(ck, iterative), windows, bos, options);
+    j["lckv_parallel"] = {{"iterations", a.lckv_iterations},
+                          {"ppl", parallel.other.ppl},
+                          {"kl_from_sequential", parallel.kl},
+                          {"top1_agreement", parallel.top1_agreement},
+                          {"seconds", parallel.other.seconds}};
+  }
+
   if (a.json) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
@@ -141,6 +163,10 @@ int RunEval(const EvalArgs& a) {
     std::printf("copy         %.2f%% next-token accuracy on the repeat (%s: %.2f%%; %d sequences)\n",
                 100.0 * copy.other.accuracy, reference, 100.0 * copy.base.accuracy, a.copy);
   }
+  if (a.lckv_iterations > 0) {
+    std::printf("parallel     %.4f ppl with %d iterations: KL %.6f nats/token and %.2f%% top-1 against token by token\n",
+                parallel.other.ppl, a.lckv_iterations, parallel.kl, 100.0 * parallel.top1_agreement);
+  }
   std::printf("speed        %.0f tokens/s on %s\n", result.tokens_per_second,
               model->device().c_str());
   return 0;
@@ -162,6 +188,9 @@ Command AddEvalCommand(CLI::App& app) {
                   "or 'quant<scheme=kivi,bits=2>' (docs/kv-quant.md); compared with the full cache "
                   "after the prefix");
   sub->add_option("--copy", a->copy, "Also run the copy (retrieval) check on N random sequences");
+  sub->add_option("--lckv-iterations", a->lckv_iterations,
+                  "LCKV models: also run the paper's parallel encoding with M iterations and report how "
+                  "close it is to exact token-by-token decoding");
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)");
   sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~2048 tokens)");

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include "formats/error.h"
 #include "formats/model_config.h"
 #include "tests/test_support.h"
@@ -80,4 +82,53 @@ TEST_CASE("bad configs give one clear line", "[config]") {
 TEST_CASE("an explicit default rope_scaling is accepted", "[config]") {
   CHECK_NOTHROW(ParseModelConfig(With(R"("rope_scaling":{"rope_type":"default"})"), "c"));
   CHECK_NOTHROW(ParseModelConfig(With(R"("rope_scaling":null)"), "c"));
+}
+
+TEST_CASE("lckv-llama configs carry the layer sharing and its KV bytes", "[config][cross-layer]") {
+  // whyNLP/LCKV's own example layout for 8 layers (configs/llama_tiny_lckv.json).
+  const std::string lckv = R"({"model_type":"lckv-llama","hidden_size":64,"num_hidden_layers":8,
+    "num_attention_heads":8,"num_key_value_heads":4,"intermediate_size":128,"vocab_size":100,
+    "sliding_window":4096,"layer_types":"0_6_6_6_6_6_6_7","forward_passes":5,"backward_passes":1})";
+  const ModelConfig c = ParseModelConfig(lckv, "config.json");
+  CHECK(c.kv_layer_of == std::vector<std::int64_t>{0, 6, 6, 6, 6, 6, 6, 7});
+  CHECK(c.KvLayerCount() == 3);
+  CHECK(c.ComputesKv(6));
+  CHECK_FALSE(c.ComputesKv(3));
+  CHECK(c.AttendsAbove());
+  CHECK(c.sliding_window == 0);  // only 's' layers would use it
+  CHECK(c.lckv_forward_passes == 5);
+  CHECK(c.KvBytesPerToken(2) == 2 * 3 * 4 * 8 * 2);
+
+  // MLKV / CLA layout: every layer reads a layer at or below it.
+  ModelConfig m = ParseModelConfig(With(R"("model_type":"lckv-llama","layer_types":"0_0")"), "c");
+  CHECK_FALSE(m.AttendsAbove());
+  CHECK(m.KvLayerCount() == 1);
+
+  // Written back: the fields both reference repos read.
+  const nlohmann::json out = nlohmann::json::parse(UpdateConfigJson(kMinimal, m, "c"));
+  CHECK(out["model_type"] == "lckv-llama");
+  CHECK(out["architectures"][0] == "LCKVLlamaForCausalLM");
+  CHECK(out["layer_types"] == "0_0");
+  CHECK(out["num_key_value_layers"] == 1);
+  CHECK(out["forward_passes"] == 7);
+  CHECK(ParseModelConfig(out.dump(), "c").kv_layer_of == m.kv_layer_of);
+}
+
+TEST_CASE("bad layer_types are refused with the reason", "[config][cross-layer]") {
+  auto rejects = [](const std::string& extra, const std::string& needle) {
+    try {
+      ParseModelConfig(With(extra), "config.json");
+      FAIL("accepted: " << extra);
+    } catch (const Error& e) {
+      INFO(e.what());
+      CHECK(std::string(e.what()).find(needle) != std::string::npos);
+    }
+  };
+  rejects(R"("model_type":"lckv-llama")", "needs 'layer_types'");
+  rejects(R"("model_type":"lckv-llama","layer_types":"0")", "1 entries for 2 layers");
+  rejects(R"("model_type":"lckv-llama","layer_types":"0_5")", "layer 5 does not exist");
+  rejects(R"("model_type":"lckv-llama","layer_types":"1_0")", "does not compute its own K/V");
+  rejects(R"("model_type":"lckv-llama","layer_types":"0_1s")", "not supported");
+  rejects(R"("model_type":"lckv-llama","layer_types":"0_0","num_key_value_layers":2)", "disagrees");
+  rejects(R"("layer_types":"0_0")", "need model_type lckv-llama");
 }

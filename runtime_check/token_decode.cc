@@ -1,0 +1,67 @@
+// Token-by-token decoding: the sequential semantics every cache layout must match, and the only
+// exact way to run LCKV, whose lower layers read the top layer's K/V of earlier tokens.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+
+#include "formats/error.h"
+#include "runtime_check/llama_forward.h"
+
+namespace kvfold {
+
+at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& tokens) {
+  c10::InferenceMode inference;
+  const ModelConfig& c = m.config;
+  if (c.key_projection_heads > 0) Fail("runtime", "token-by-token decoding of reconstruct-mode keys is not implemented");
+  const std::int64_t B = tokens.size(0), T = tokens.size(1), L = c.num_hidden_layers;
+  const std::int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, d = c.head_dim;
+  const std::int64_t group = H / KV, I = c.intermediate_size;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const auto [cos, sin] = RopeTables(T, d, c.rope_theta, m.device);
+  const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(m.device);
+
+  // The KV cache: [B, KV, T, d] per layer that computes K/V.
+  std::vector<at::Tensor> keys(static_cast<std::size_t>(L)), values(static_cast<std::size_t>(L));
+  for (std::int64_t l = 0; l < L; ++l) {
+    if (!c.ComputesKv(l)) continue;
+    keys[static_cast<std::size_t>(l)] = at::zeros({B, KV, T, d}, f32);
+    values[static_cast<std::size_t>(l)] = at::zeros({B, KV, T, d}, f32);
+  }
+  at::Tensor logits = at::empty({B, T, c.vocab_size}, f32);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const at::Tensor c_t = cos.narrow(0, t, 1), s_t = sin.narrow(0, t, 1);
+    at::Tensor x = at::embedding(m.embed, tokens.select(1, t));  // [B, D]
+    for (std::int64_t l = 0; l < L; ++l) {
+      const LlamaLayerWeights& w = m.layers[static_cast<std::size_t>(l)];
+      const at::Tensor qkv = at::linear(RmsNorm(x, w.attn_norm, c.rms_norm_eps), w.w_qkv, w.b_qkv);
+      const at::Tensor q = ApplyRope(qkv.narrow(1, 0, H * d).view({B, 1, H, d}), c_t, s_t);
+      if (c.ComputesKv(l)) {
+        const at::Tensor k = ApplyRope(qkv.narrow(1, H * d, KV * d).view({B, 1, KV, d}), c_t, s_t);
+        keys[static_cast<std::size_t>(l)].select(2, t).copy_(k.view({B, KV, d}));
+        values[static_cast<std::size_t>(l)].select(2, t).copy_(qkv.narrow(1, (H + KV) * d, KV * d).view({B, KV, d}));
+      }
+      // Keys [first, end): a source above this layer has not seen token t yet.
+      const std::int64_t source = c.KvSourceOf(l);
+      const std::int64_t end = source > l ? t : t + 1;
+      const std::int64_t first = c.sliding_window > 0 ? std::max<std::int64_t>(0, t + 1 - c.sliding_window) : 0;
+      at::Tensor ctx;
+      if (end <= first) {
+        ctx = at::zeros({B, H * d}, f32);
+      } else {
+        const at::Tensor k_seen = keys[static_cast<std::size_t>(source)].narrow(2, first, end - first);
+        const at::Tensor v_seen = values[static_cast<std::size_t>(source)].narrow(2, first, end - first);
+        const at::Tensor qg = (q.view({B, KV, group, d}) * scale);
+        const at::Tensor probs = at::softmax(at::matmul(qg, k_seen.transpose(-1, -2)), -1);  // [B, KV, group, n]
+        ctx = at::matmul(probs, v_seen).reshape({B, H * d});
+      }
+      x = x + at::linear(ctx, w.w_o, w.b_o);
+      const at::Tensor gate_up = at::linear(RmsNorm(x, w.mlp_norm, c.rms_norm_eps), w.w_gate_up, w.b_gate_up);
+      x = x + at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down, w.b_down);
+    }
+    logits.select(1, t).copy_(at::linear(RmsNorm(x, m.final_norm, c.rms_norm_eps), m.lm_head));
+  }
+  return logits;
+}
+
+}  // namespace kvfold
