@@ -11,8 +11,34 @@ extern "C" void ssyrk_(const char* uplo, const char* trans, const int* n, const 
                        const float* alpha, const float* a, const int* lda, const float* beta,
                        float* c, const int* ldc);
 
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc);
+
 namespace kvfold {
 namespace {
+
+// acc += ĥ_a^T ĥ_b summed over rows, ĥ = [h, 1]: `a` and `b` are [rows, D] row-major.
+void AccumulateInputMoment(const float* a, const float* b, std::int64_t rows, std::int64_t D,
+                           std::vector<float>& scratch, std::vector<double>& acc) {
+  const std::int64_t W = D + 1;
+  if (acc.empty()) acc.assign(static_cast<std::size_t>(W * W), 0.0);
+  // Row-major [rows, D] is column-major [D, rows]: C = A B^T over those is X_a^T X_b, column-major.
+  const int n = static_cast<int>(D), k = static_cast<int>(rows);
+  const float one = 1.0f, zero = 0.0f;
+  scratch.assign(static_cast<std::size_t>(D * D), 0.0f);
+  sgemm_("N", "T", &n, &n, &k, &one, a, &n, b, &n, &zero, scratch.data(), &n);
+  for (std::int64_t j = 0; j < D; ++j) {
+    for (std::int64_t i = 0; i < D; ++i) acc[static_cast<std::size_t>(i * W + j)] += scratch[static_cast<std::size_t>(j * D + i)];
+  }
+  for (std::int64_t r = 0; r < rows; ++r) {  // the constant column and row: sums of h
+    for (std::int64_t i = 0; i < D; ++i) {
+      acc[static_cast<std::size_t>(i * W + D)] += a[r * D + i];
+      acc[static_cast<std::size_t>(D * W + i)] += b[r * D + i];
+    }
+  }
+  acc[static_cast<std::size_t>(D * W + D)] += static_cast<double>(rows);
+}
 
 // acc += X^T X for X = `view` seen as [rows, dim] row-major.
 void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector<float>& scratch,
@@ -99,6 +125,7 @@ void KvStatistics::Merge(const KvStatistics& other) {
     if (into.empty()) into.assign(from.size(), 0.0);
     for (std::size_t i = 0; i < from.size(); ++i) into[i] += from[i];
   };
+  for (const auto& [pair, moment] : other.input_moments) add(input_moments[pair], moment);
   for (std::size_t l = 0; l < layers.size(); ++l) {
     add(layers[l].key_pre_rope, other.layers[l].key_pre_rope);
     add(layers[l].key_post_rope, other.layers[l].key_post_rope);
@@ -125,16 +152,42 @@ void KvStatistics::Merge(const KvStatistics& other) {
   }
 }
 
-KvStatisticsCollector::KvStatisticsCollector(unsigned statistics, int layers,
-                                             std::int64_t kv_heads, std::int64_t head_dim) {
+std::vector<double> KvStatistics::InputMoment(int a, int b) const {
+  const auto it = input_moments.find({std::min(a, b), std::max(a, b)});
+  if (it == input_moments.end()) {
+    Fail("calibration", "internal: the input moment of layers " + std::to_string(a) + " and " + std::to_string(b) +
+                            " was not collected");
+  }
+  if (a <= b) return it->second;
+  const std::int64_t W = hidden + 1;  // stored as (b, a): transpose
+  std::vector<double> t(it->second.size());
+  for (std::int64_t i = 0; i < W; ++i) {
+    for (std::int64_t j = 0; j < W; ++j) t[static_cast<std::size_t>(i * W + j)] = it->second[static_cast<std::size_t>(j * W + i)];
+  }
+  return t;
+}
+
+KvStatisticsCollector::KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads,
+                                             std::int64_t head_dim, std::int64_t hidden,
+                                             std::vector<LayerPair> input_pairs) {
+  for (const LayerPair& p : input_pairs) input_pairs_.push_back({std::min(p.first, p.second), std::max(p.first, p.second)});
+  std::sort(input_pairs_.begin(), input_pairs_.end());
+  input_pairs_.erase(std::unique(input_pairs_.begin(), input_pairs_.end()), input_pairs_.end());
+  if (!input_pairs_.empty()) statistics |= kStatLayerInputs;
+  if ((statistics & kStatLayerInputs) && hidden <= 0) Fail("calibration", "internal: input moments need the hidden size");
+  stats_.hidden = hidden;
   stats_.collected = statistics;
+  count_layer_ = (statistics & ~kStatLayerInputs) != 0 || input_pairs_.empty() ? 0 : input_pairs_.front().first;
   stats_.kv_heads = kv_heads;
   stats_.head_dim = head_dim;
   stats_.layers.resize(static_cast<std::size_t>(layers));
 }
 
-unsigned KvStatisticsCollector::Wants(int) const {
+unsigned KvStatisticsCollector::Wants(int layer) const {
   unsigned bits = 0;
+  for (const LayerPair& p : input_pairs_) {
+    if (p.first == layer || p.second == layer) bits |= kCaptureAttnInput;
+  }
   if (stats_.collected & kStatKeyPreRope) bits |= kCaptureKeyPreRope;
   if (stats_.collected & kStatKeyPostRope) bits |= kCaptureKeyPostRope;
   if (stats_.collected & kStatValue) bits |= kCaptureValue;
@@ -169,9 +222,24 @@ void KvStatisticsCollector::Observe(const AttentionCapture& c) {
     AccumulatePairMax(c.query_pre_rope, layer.query_pair_max);
     AccumulatePairMax(c.key_pre_rope, layer.key_pair_max);
   }
-  if (c.layer == 0) {
-    const FloatView& any = c.value.data ? c.value : c.key_pre_rope.data ? c.key_pre_rope : c.key_post_rope;
-    stats_.tokens += any.size() / dim;
+  if (!input_pairs_.empty() && c.attn_input.data) {
+    const std::int64_t D = stats_.hidden, rows = c.attn_input.size() / D;
+    for (const LayerPair& p : input_pairs_) {
+      if (p.second != c.layer) continue;
+      const float* earlier = p.first == c.layer ? c.attn_input.data : pending_.at(p.first).data();
+      AccumulateInputMoment(earlier, c.attn_input.data, rows, D, scratch_, stats_.input_moments[p]);
+    }
+    for (const LayerPair& p : input_pairs_) {  // kept for a pair with a later layer
+      if (p.first == c.layer && p.second != c.layer) {
+        pending_[c.layer].assign(c.attn_input.data, c.attn_input.data + c.attn_input.size());
+        break;
+      }
+    }
+  }
+  if (c.layer == count_layer_) {  // the first layer every batch shows this collector
+    const FloatView& any = c.value.data ? c.value : c.key_pre_rope.data ? c.key_pre_rope
+                         : c.key_post_rope.data ? c.key_post_rope : c.attn_input;
+    stats_.tokens += any.size() / (any.data == c.attn_input.data ? stats_.hidden : dim);
     stats_.windows += any.shape.front();
   }
 }

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include "calib/norm_attention.h"
@@ -19,7 +21,13 @@ enum StatisticBits : unsigned {
   kStatNormAttention = 1u << 4,  // key norm vs attention measures per KV head, summed over windows
   kStatKvRange = 1u << 5,        // per-channel min/max of post-RoPE keys and of values [KV d]
   kStatQkPairMax = 1u << 6,      // per rotary pair, max norm of queries [H d/2] and keys [KV d/2]
+  // Cross moments of attention inputs between the layer pairs a pass asks for (cross-layer KV
+  // sharing): they describe h, not K/V, so a pass may read them after another changed K/V.
+  kStatLayerInputs = 1u << 7,
 };
+
+// A pair of layers whose attention inputs' cross moment is wanted (order does not matter).
+using LayerPair = std::pair<int, int>;
 
 struct LayerKvStatistics {
   // Row-major symmetric [KV d, KV d] sums over all calibration tokens, in double; empty when
@@ -40,6 +48,12 @@ struct KvStatistics {
   std::int64_t windows = 0;  // sequences seen (the norm_attention sums are over these)
   std::int64_t kv_heads = 0, head_dim = 0;
   std::vector<LayerKvStatistics> layers;
+  // kStatLayerInputs: for each pair (a <= b), the sum over calibration tokens of ĥ_a ĥ_b^T with
+  // ĥ = [h; 1] (h after input_layernorm, the 1 carries biases): row-major [D + 1, D + 1].
+  std::int64_t hidden = 0;  // D
+  std::map<LayerPair, std::vector<double>> input_moments;
+  // Sum of ĥ_a ĥ_b^T for layers a, b in either order; throws Error when it was not collected.
+  std::vector<double> InputMoment(int a, int b) const;
   std::int64_t dim() const { return kv_heads * head_dim; }
   // Adds `other` (same model, same statistics) into this; used to join per-thread collectors.
   void Merge(const KvStatistics& other);
@@ -47,7 +61,8 @@ struct KvStatistics {
 
 class KvStatisticsCollector : public LayerObserver {
  public:
-  KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads, std::int64_t head_dim);
+  KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads, std::int64_t head_dim,
+                        std::int64_t hidden = 0, std::vector<LayerPair> input_pairs = {});
   unsigned Wants(int layer) const override;
   void Observe(const AttentionCapture& capture) override;
   const KvStatistics& statistics() const { return stats_; }
@@ -55,6 +70,9 @@ class KvStatisticsCollector : public LayerObserver {
  private:
   KvStatistics stats_;
   std::vector<float> scratch_;  // one batch's X^T X before it joins the double accumulators
+  std::vector<LayerPair> input_pairs_;        // (a <= b), sorted
+  std::map<int, std::vector<float>> pending_;  // this batch's h of layers paired with a later one
+  int count_layer_ = 0;                        // the layer whose captures count tokens
 };
 
 }  // namespace kvfold

@@ -73,14 +73,15 @@ std::string SourceSha256(const Checkpoint& ck) {
 // data-parallel with one collector per slot, joined in slot order (deterministic for a given
 // thread count).
 KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& windows,
-                       std::int32_t bos, unsigned needed, const ConvertOptions& o) {
+                       std::int32_t bos, unsigned needed, const ConvertOptions& o,
+                       const std::vector<LayerPair>& input_pairs = {}) {
   const auto model = ReferenceModel::Load(ck, {o.device, o.threads});
   const std::size_t per_batch = std::max<std::size_t>(1, 2048 / static_cast<std::size_t>(o.window));
   const std::size_t batches = (windows.size() + per_batch - 1) / per_batch;
   std::vector<KvStatisticsCollector> collectors;
   for (std::size_t s = 0; s < DataParallelSlots(*model); ++s) {
     collectors.emplace_back(needed, static_cast<int>(ck.config.num_hidden_layers),
-                            ck.config.num_key_value_heads, ck.config.head_dim);
+                            ck.config.num_key_value_heads, ck.config.head_dim, ck.config.hidden_size, input_pairs);
   }
   Progress progress("calibrate", static_cast<std::int64_t>(windows.size()), "windows", o.progress);
   RunDataParallel(
@@ -216,20 +217,29 @@ ConvertResult Convert(const ConvertOptions& o) {
   CheckWritableParent(o.output, "output folder");
   if (!o.report_path.empty()) CheckWritableParent(o.report_path, "report");
   const Checkpoint ck = OpenCheckpoint(o.model);
+  if (ck.config.SharesKv()) {
+    Fail(o.model, "its layers already share K/V (layer_types); kvfold convert reads models without cross-layer sharing");
+  }
   std::vector<std::unique_ptr<Pass>> passes;
   unsigned needed = 0;
+  std::vector<LayerPair> input_pairs;
   for (const auto& spec : specs) {
     for (const auto& info : PassRegistry()) {
       if (spec.name == info.name) passes.push_back(info.create(spec, ck.config));
     }
     needed |= passes.back()->NeededStatistics();
+    const auto pairs = passes.back()->InputPairs();
+    input_pairs.insert(input_pairs.end(), pairs.begin(), pairs.end());
   }
-  // Calibration runs once, on the source: a pass that reads it, or one that writes numbers
-  // tied to K/V, cannot follow a pass that changes K/V; and nothing may change K/V after such
-  // numbers are written (they would describe heads that no longer exist).
+  // Calibration runs once, on the source: a pass that reads its K/V statistics, or one that
+  // writes numbers tied to K/V, cannot follow a pass that changes K/V; and nothing may change
+  // K/V after such numbers are written (they would describe heads that no longer exist).
+  // Attention-input moments (kStatLayerInputs) describe h, not K/V: cross-layer sharing may
+  // follow gqa-svd, fitting the draft's projections against the source's inputs.
   for (std::size_t i = 0; i < passes.size(); ++i) {
     for (std::size_t j = 0; j < i; ++j) {
-      if (passes[j]->ChangesKv() && (passes[i]->NeededStatistics() != 0 || passes[i]->DescribesKv())) {
+      const unsigned kv_statistics = passes[i]->NeededStatistics() & ~static_cast<unsigned>(kStatLayerInputs);
+      if (passes[j]->ChangesKv() && (kv_statistics != 0 || passes[i]->DescribesKv())) {
         Fail("--passes", specs[i].name + " needs calibration of the model it runs on, but " + specs[j].name +
                              " changes K/V before it (run " + specs[i].name + " in a second kvfold convert on the output)");
       }
@@ -248,7 +258,7 @@ ConvertResult Convert(const ConvertOptions& o) {
   KvStatistics stats;
   if (needed != 0) {
     const auto t0 = Clock::now();
-    stats = Calibrate(ck, calib.windows, tokenizer.bos_id(), needed, o);
+    stats = Calibrate(ck, calib.windows, tokenizer.bos_id(), needed, o, input_pairs);
     result.timings.push_back({"calibration", Since(t0)});
   }
 
@@ -277,7 +287,7 @@ ConvertResult Convert(const ConvertOptions& o) {
         {"format_version", 1},
         {"kvfold_version", kVersion},
         {"pipeline", pipeline},
-        {"vanilla_checkpoint", draft.config.key_projection_heads == 0},
+        {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()},
         {"source", {{"path", o.model}, {"sha256", SourceSha256(ck)}}},
         {"calibration",
          {{"file", o.calib_text},
@@ -312,7 +322,7 @@ ConvertResult Convert(const ConvertOptions& o) {
     report["output"] = {{"path", o.output},
                         {"kv_heads", draft.config.num_key_value_heads},
                         {"kv_bytes_per_token", draft.config.KvBytesPerToken(ck.StoredElementBytes())},
-                        {"vanilla_checkpoint", draft.config.key_projection_heads == 0}};
+                        {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()}};
     if (!o.eval_text.empty()) {
       const auto t0 = Clock::now();
       const auto windows_eval = EvalWindows(tokenizer, o);

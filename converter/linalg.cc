@@ -59,6 +59,18 @@ HermitianEigen EigenHermitian(const ComplexMatrix& m) {
   return Descending(a, w, n);
 }
 
+Matrix SolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge) {
+  if (a.rows != a.cols || b.rows != a.rows) Fail("linalg", "internal: SolvePositiveDefinite shapes disagree");
+  const lapack_int n = static_cast<lapack_int>(a.rows), nrhs = static_cast<lapack_int>(b.cols);
+  double mean_diag = 0;
+  for (std::int64_t i = 0; i < a.rows; ++i) mean_diag += a(i, i) / static_cast<double>(a.rows);
+  Matrix factor = a, x = b;
+  for (std::int64_t i = 0; i < a.rows; ++i) factor(i, i) += ridge * std::max(mean_diag, 1e-300);
+  const lapack_int info = LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', n, nrhs, factor.data.data(), n, x.data.data(), nrhs);
+  if (info != 0) Fail("linalg", "Cholesky solve failed (info " + std::to_string(info) + "): the calibration moment is not positive definite");
+  return x;
+}
+
 Matrix Multiply(const Matrix& a, const Matrix& b) {
   if (a.cols != b.rows) Fail("linalg", "Multiply: inner dimensions differ");
   Matrix c(a.rows, b.cols);

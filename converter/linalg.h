@@ -38,6 +38,11 @@ using HermitianEigen = EigenPairs<Complex>;
 SymmetricEigen EigenSymmetric(const Matrix& symmetric);
 HermitianEigen EigenHermitian(const ComplexMatrix& hermitian);
 
+// X with (A + ridge * mean(diag A) * I) X = B for symmetric positive (semi)definite A (Cholesky,
+// LAPACKE). The ridge keeps a rank-deficient A (a constant input channel) solvable. Throws Error
+// when the factorisation fails.
+Matrix SolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge);
+
 // C = A B (plain triple loop over small matrices, in double).
 Matrix Multiply(const Matrix& a, const Matrix& b);
 Matrix Transpose(const Matrix& a);

@@ -31,6 +31,8 @@ class Pass {
   virtual bool ChangesKv() const { return false; }
   // Writes numbers tied to the draft's K/V (scales, tables): nothing may change K/V after it.
   virtual bool DescribesKv() const { return false; }
+  // kStatLayerInputs: the layer pairs whose attention-input cross moments the pass reads.
+  virtual std::vector<LayerPair> InputPairs() const { return {}; }
 };
 
 // A pass invocation as written in a pipeline: name<key=value,...>.

@@ -1,5 +1,6 @@
 // The registry: every pass kvfold has, with its parameters. Adding a pass = a header, a source
 // file, one entry here, one test.
+#include "converter/cross_layer_passes.h"
 #include "converter/gqa_passes.h"
 #include "converter/kv_quant_passes.h"
 #include "converter/norm_analysis_pass.h"
@@ -54,6 +55,19 @@ const std::vector<PassInfo>& PassRegistry() {
         {"group", "channels per per-token group (default 0 = head_dim)"},
         {"protect", "layers left unquantized, e.g. protect=0,1 (default none)"}},
        &CreateKvMixed},
+      {"mlkv",
+       "Cross-layer KV sharing (MLKV, arXiv 2406.09297): N layers compute K/V, each layer reads the "
+       "nearest one at or below it (pythia-mlkv's choice); output is lckv-llama",
+       {{"kv-layers", "layers that keep K/V, 1..L (required)"},
+        {"init", "calib (default: the shared K/V fitted by reduced-rank least squares to every "
+                 "reader's own K/V, decoders folded into W_Q/W_O) | mean (pythia-mlkv's running average)"}},
+       &CreateMlkv},
+      {"lckv",
+       "Cross-layer KV sharing (LCKV, arXiv 2405.10637): layers read the top layer's K/V of earlier "
+       "tokens, except w warm-up layers (ceil(w/2) bottom, floor(w/2) top); output is lckv-llama",
+       {{"warmup", "warm-up layers keeping their own K/V (default 2)"},
+        {"init", "calib (default: fitted like mlkv) | mean (whyNLP/LCKV's uniform average)"}},
+       &CreateLckv},
   };
   return registry;
 }

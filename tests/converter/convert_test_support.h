@@ -1,0 +1,58 @@
+// Helpers shared by the converter's end-to-end tests: run a conversion on a shared model, and
+// compare two checkpoints' logits on a fixed probe.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "converter/convert.h"
+#include "formats/checkpoint.h"
+#include "formats/mapped_file.h"
+#include "runtime_check/reference_model.h"
+#include "tests/test_support.h"
+
+namespace kvfold::test {
+
+inline std::string CalibFor(const std::string& model) {
+  return SharedPath(model.rfind("stories", 0) == 0 ? "text/tinystories/calib.txt"
+                                                   : "text/wikitext-2/valid.tokens.txt");
+}
+
+inline ConvertResult RunConvert(const std::string& model, const std::string& passes, const std::string& out,
+                                std::int64_t calib_tokens = 8192) {
+  ConvertOptions o;
+  o.model = SharedPath("models/" + model);
+  o.calib_text = CalibFor(model);
+  o.passes = passes;
+  o.output = out;
+  o.calib_tokens = calib_tokens;
+  o.threads = 2;
+  o.progress = false;
+  return Convert(o);
+}
+
+inline std::vector<std::int32_t> Probe() {
+  std::vector<std::int32_t> ids = {1};
+  for (int i = 1; i < 96; ++i) ids.push_back(3 + (i * 37) % 500);
+  return ids;
+}
+
+inline double MaxLogitDiff(const std::string& a_dir, const std::string& b_dir) {
+  const Checkpoint a = OpenCheckpoint(a_dir), b = OpenCheckpoint(b_dir);
+  const auto la = ReferenceModel::Load(a, {"cpu", 2})->Logits(Probe());
+  const auto lb = ReferenceModel::Load(b, {"cpu", 2})->Logits(Probe());
+  REQUIRE(la.size() == lb.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < la.size(); ++i) worst = std::max(worst, double(std::abs(la[i] - lb[i])));
+  return worst;
+}
+
+inline nlohmann::json ReadJson(const std::string& path) { return nlohmann::json::parse(ReadFileToString(path)); }
+
+}  // namespace kvfold::test
