@@ -186,17 +186,17 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
     }
     record.key_energy_kept.push_back(key_total > 0 ? key_kept / key_total : 1.0);
 
-    // Values: y = [v_r of head g]_r (n d), rank d: the top-d eigenvectors Omega of E[ŷ ŷ^T].
+    // Values: y = [v_r of head g]_r (n d), rank d: the top-d eigenvectors Omega of E[ŷ ŷ^T] = G^T R.
     const std::int64_t nd = static_cast<std::int64_t>(n) * d;
-    Matrix c(nd, nd);
-    for (std::int64_t a = 0; a < nd; ++a) {
+    Matrix g_values(W, nd), r_values(W, nd);
+    for (std::int64_t k = 0; k < W; ++k) {
       for (std::int64_t b = 0; b < nd; ++b) {
-        const std::size_t ra = static_cast<std::size_t>(a / d), rb = static_cast<std::size_t>(b / d);
-        double sum = 0;
-        for (std::int64_t k = 0; k < W; ++k) sum += ols(k, value_col(ra, g * d + a % d)) * rhs(k, value_col(rb, g * d + b % d));
-        c(a, b) = sum;
+        const std::size_t r = static_cast<std::size_t>(b / d);
+        g_values(k, b) = ols(k, value_col(r, g * d + b % d));
+        r_values(k, b) = rhs(k, value_col(r, g * d + b % d));
       }
     }
+    Matrix c = Multiply(Transpose(g_values), r_values);
     for (std::int64_t a = 0; a < nd; ++a) {
       for (std::int64_t b = a + 1; b < nd; ++b) c(a, b) = c(b, a) = 0.5 * (c(a, b) + c(b, a));
     }
@@ -208,15 +208,12 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
     }
     record.value_energy_kept.push_back(value_total > 0 ? value_kept / value_total : 1.0);
     // Source value head g: Omega G^T. Reader r: W_O[:, h] <- W_O[:, h] Omega_r^T for its heads h of g.
+    Matrix omega(d, nd);
     for (std::int64_t a = 0; a < d; ++a) {
-      for (std::int64_t k = 0; k < W; ++k) {
-        double sum = 0;
-        for (std::int64_t b = 0; b < nd; ++b) {
-          sum += e.vectors(b, a) * ols(k, value_col(static_cast<std::size_t>(b / d), g * d + b % d));
-        }
-        out.wv[static_cast<std::size_t>((g * d + a) * W + k)] = sum;
-      }
+      for (std::int64_t b = 0; b < nd; ++b) omega(a, b) = e.vectors(b, a);
     }
+    const Matrix source_values = Multiply(omega, Transpose(g_values));  // [d, W]
+    std::copy(source_values.data.begin(), source_values.data.end(), out.wv.begin() + g * d * W);
     for (std::size_t r = 0; r < n; ++r) {
       const std::vector<double>& wo = readers[r]->wo;
       const std::int64_t o_cols = H * d;
@@ -226,7 +223,7 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
           double* dst = &new_wo[r][static_cast<std::size_t>(row * o_cols + h * d)];
           for (std::int64_t a = 0; a < d; ++a) {
             double sum = 0;
-            for (std::int64_t b = 0; b < d; ++b) sum += src[b] * e.vectors(static_cast<std::int64_t>(r) * d + b, a);
+            for (std::int64_t b = 0; b < d; ++b) sum += src[b] * omega(a, static_cast<std::int64_t>(r) * d + b);
             dst[a] = sum;
           }
         }

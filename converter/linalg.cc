@@ -11,6 +11,11 @@
 
 #include "formats/error.h"
 
+// The Fortran BLAS product (OpenBLAS, which LAPACKE sits on).
+extern "C" void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+                       const double* beta, double* c, const int* ldc);
+
 namespace kvfold {
 namespace {
 
@@ -74,13 +79,11 @@ Matrix SolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge) {
 Matrix Multiply(const Matrix& a, const Matrix& b) {
   if (a.cols != b.rows) Fail("linalg", "Multiply: inner dimensions differ");
   Matrix c(a.rows, b.cols);
-  for (std::int64_t i = 0; i < a.rows; ++i) {
-    for (std::int64_t k = 0; k < a.cols; ++k) {
-      const double aik = a(i, k);
-      if (aik == 0) continue;
-      for (std::int64_t j = 0; j < b.cols; ++j) c(i, j) += aik * b(k, j);
-    }
-  }
+  if (c.data.empty() || a.cols == 0) return c;
+  // Row-major C = A B is column-major C^T = B^T A^T.
+  const int m = static_cast<int>(b.cols), n = static_cast<int>(a.rows), k = static_cast<int>(a.cols);
+  const double one = 1.0, zero = 0.0;
+  dgemm_("N", "N", &m, &n, &k, &one, b.data.data(), &m, a.data.data(), &k, &zero, c.data.data(), &m);
   return c;
 }
 

@@ -43,7 +43,7 @@ HermitianEigen EigenHermitian(const ComplexMatrix& hermitian);
 // when the factorisation fails.
 Matrix SolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge);
 
-// C = A B (plain triple loop over small matrices, in double).
+// C = A B in double (BLAS dgemm).
 Matrix Multiply(const Matrix& a, const Matrix& b);
 Matrix Transpose(const Matrix& a);
 // max |A^T A - I| over all entries: 0 for orthonormal columns.
