@@ -27,9 +27,11 @@ ModelSummary SummarizeCheckpoint(const Checkpoint& ck) {
   s.max_positions = c.max_position_embeddings;
   s.rope_theta = c.rope_theta;
   s.tied_embeddings = c.tie_word_embeddings;
-  s.dtype = DTypeName(ck.Tensor({TensorRole::kKProj, 0}).entry->dtype);
+  s.dtype = DTypeName(ck.Tensor({TensorRole::kQProj, 0}).entry->dtype);  // layer 0 may have no k_proj (LCKV)
   s.parameters = ck.ParameterCount();
   s.kv_bytes_per_token = c.KvBytesPerToken(ck.StoredElementBytes());
+  s.kv_layers = c.KvLayerCount();
+  if (c.SharesKv()) s.layer_types = LayerTypesText(c.kv_layer_of);
   s.files = static_cast<int>(ck.tensors.files().size());
   s.tensors = static_cast<int>(ck.tensors.tensors().size());
   return s;
@@ -48,6 +50,9 @@ std::string SummaryText(const ModelSummary& s) {
     << "parameters     " << s.parameters << "  (" << s.dtype << ", " << s.tensors
     << " tensors in " << s.files << " file" << (s.files == 1 ? "" : "s") << ")\n"
     << "KV cache       " << s.kv_bytes_per_token << " bytes/token at " << s.dtype << "\n";
+  if (!s.layer_types.empty()) {
+    o << "KV layers      " << s.kv_layers << " of " << s.layers << " compute K/V  (layer_types " << s.layer_types << ")\n";
+  }
   return o.str();
 }
 
@@ -71,6 +76,8 @@ std::string SummaryJson(const ModelSummary& s) {
       {"dtype", s.dtype},
       {"parameters", s.parameters},
       {"kv_cache_bytes_per_token", s.kv_bytes_per_token},
+      {"num_key_value_layers", s.kv_layers},
+      {"layer_types", s.layer_types.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s.layer_types)},
       {"files", s.files},
       {"tensors", s.tensors},
   };

@@ -6,6 +6,7 @@
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
 #include "converter/cross_layer_passes.h"
+#include "converter/model_summary.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/tensor_names.h"
@@ -91,6 +92,21 @@ TEST_CASE("an mlkv output records the sharing and drops the k/v projections of r
   CHECK(meta["kv_cache_bytes_per_token"]["after"] == 2 * 3 * 8 * 32 * 4);
   CHECK(meta["vanilla_checkpoint"] == false);
   CHECK(out.config.KvBytesPerToken(out.StoredElementBytes()) == 2 * 3 * 8 * 32 * 4);
+  const ModelSummary summary = SummarizeCheckpoint(out);
+  CHECK(summary.kv_layers == 3);
+  CHECK(summary.layer_types == "0_0_2_2_4_4");
+  CHECK(summary.kv_bytes_per_token == 2 * 3 * 8 * 32 * 4);
+}
+
+TEST_CASE("lckv without warm-up keeps K/V in the top layer only", "[cross-layer][output][shared]") {
+  TempDir tmp;
+  RunConvert("stories260K", "lckv<warmup=0,init=mean>", tmp.File("out"));
+  const Checkpoint out = OpenCheckpoint(tmp.File("out"));  // layer 0 has no k_proj
+  CHECK(LayerTypesText(out.config.kv_layer_of) == "4_4_4_4_4");
+  const ModelSummary summary = SummarizeCheckpoint(out);
+  CHECK(summary.kv_layers == 1);
+  CHECK(summary.kv_bytes_per_token == 2 * 1 * 4 * 8 * 4);
+  CHECK(summary.dtype == "F32");
 }
 
 TEST_CASE("init=calib beats the reference mean initialisation", "[cross-layer][quality][shared]") {
