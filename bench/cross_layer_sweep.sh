@@ -2,15 +2,17 @@
 # Cross-layer KV sharing quality on every shared model (issue 7): MLKV at N = 1, 2, 3 KV layers
 # and LCKV at w = 0, 1, 2 warm-up layers (w + 1 KV layers), each with the reference repos' mean
 # initialisation and kvfold's calibrated fit, alone and after gqa-svd halving the KV heads.
-# Calibrate on the model's calibration text, evaluate on its evaluation text (kvfold-ppl-v1,
-# W = 256, 64 windows) against the original. LCKV is evaluated exactly (token by token); the
+# Calibrate on the first CALIB_TOKENS (16384) tokens of the model's calibration text, evaluate
+# on its evaluation text (kvfold-ppl-v1, W = 256, the first WINDOWS (32) windows) against the
+# original. LCKV is evaluated exactly (token by token); the
 # last column is the paper's parallel encoding with m = 9 iterations (forward_passes 7 +
 # backward_passes 2) measured against it. Prints one markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared="${KVFOLD_SHARED:-../shared}"
 kvfold=build/bin/kvfold
-windows="${WINDOWS:-64}"
+windows="${WINDOWS:-32}"
+calib_tokens="${CALIB_TOKENS:-16384}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -33,8 +35,8 @@ for model in stories260K stories260K-mha micro-mha mini-mha mini-mha-bf16-sharde
       for init in mean calib; do
         pipeline="$prefix$shape,init=$init>"
         out="$work/out"
-        /usr/bin/time -f "%e" -o "$work/time" $kvfold convert "$src" --calib "$calib" --passes "$pipeline" \
-          -o "$out" --force --quiet --threads 2 --time-passes 2>"$work/passes" >/dev/null
+        /usr/bin/time -f "%e" -o "$work/time" $kvfold convert "$src" --calib "$calib" --calib-tokens "$calib_tokens" \
+          --passes "$pipeline" -o "$out" --force --quiet --threads 2 --time-passes 2>"$work/passes" >/dev/null
         secs=$(cat "$work/time")
         pass_secs=$(awk '/time  (mlkv|lckv)/ {print $3}' "$work/passes")
         extra=()

@@ -219,7 +219,8 @@ ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file
                           ") disagrees with layer_types, which has " + std::to_string(c.KvLayerCount()) +
                           " layers computing K/V");
     }
-  } else if (f.Has("layer_types") || f.Has("num_key_value_layers")) {
+  } else if ((f.Has("layer_types") && doc["layer_types"].is_string()) || f.Has("num_key_value_layers")) {
+    // (Recent transformers write layer_types as a list of attention kinds; that is not sharing.)
     Fail(file_name, "cross-layer KV fields (layer_types, num_key_value_layers) need model_type " +
                         std::string(kCrossLayerModelType));
   }

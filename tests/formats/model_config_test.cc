@@ -131,4 +131,6 @@ TEST_CASE("bad layer_types are refused with the reason", "[config][cross-layer]"
   rejects(R"("model_type":"lckv-llama","layer_types":"0_1s")", "not supported");
   rejects(R"("model_type":"lckv-llama","layer_types":"0_0","num_key_value_layers":2)", "disagrees");
   rejects(R"("layer_types":"0_0")", "need model_type lckv-llama");
+  // transformers' own layer_types (attention kinds per layer) is not cross-layer sharing.
+  CHECK_NOTHROW(ParseModelConfig(With(R"("layer_types":["full_attention","full_attention"])"), "c"));
 }
