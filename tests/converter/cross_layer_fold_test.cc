@@ -4,29 +4,12 @@
 #include <random>
 
 #include "converter/cross_layer_fold.h"
+#include "tests/converter/random_layer.h"
 
 using namespace kvfold;
+using kvfold::test::RandomLayer;
 
 namespace {
-
-AttentionProjections RandomLayer(std::int64_t H, std::int64_t KV, std::int64_t d, std::int64_t D, std::mt19937& rng) {
-  std::normal_distribution<double> n01;
-  AttentionProjections p;
-  p.heads = H;
-  p.kv_heads = KV;
-  p.head_dim = d;
-  p.hidden = D;
-  auto fill = [&](std::int64_t n) {
-    std::vector<double> v(static_cast<std::size_t>(n));
-    for (auto& x : v) x = n01(rng);
-    return v;
-  };
-  p.wq = fill(H * d * D);
-  p.wk = fill(KV * d * D);
-  p.wv = fill(KV * d * D);
-  p.wo = fill(D * H * d);
-  return p;
-}
 
 // y = W x for W [rows, cols] row-major.
 std::vector<double> Apply(const std::vector<double>& w, const std::vector<double>& x) {

@@ -5,6 +5,7 @@
 
 #include "converter/gqa_fold.h"
 #include "formats/error.h"
+#include "tests/converter/random_layer.h"
 
 using namespace kvfold;
 
@@ -14,22 +15,7 @@ namespace {
 AttentionProjections RandomLayer(std::int64_t H, std::int64_t KV, std::int64_t d, std::int64_t D,
                                  unsigned seed) {
   std::mt19937 rng(seed);
-  std::normal_distribution<double> n01;
-  AttentionProjections p;
-  p.heads = H;
-  p.kv_heads = KV;
-  p.head_dim = d;
-  p.hidden = D;
-  auto fill = [&](std::int64_t n) {
-    std::vector<double> v(static_cast<std::size_t>(n));
-    for (auto& x : v) x = n01(rng);
-    return v;
-  };
-  p.wq = fill(H * d * D);
-  p.wk = fill(KV * d * D);
-  p.wv = fill(KV * d * D);
-  p.wo = fill(D * H * d);
-  return p;
+  return test::RandomLayer(H, KV, d, D, rng);
 }
 
 // sum over samples of y y^T for y = W h, [rows, rows].
