@@ -170,18 +170,7 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
       // Reader r decodes z_r ~ (u_r / s_r) z': its queries of head g multiply pair j by the conjugate.
       for (std::size_t r = 0; r < n; ++r) {
         const Complex u = e.vectors(static_cast<std::int64_t>(r), 0) / weight[r];
-        const double a = u.real(), b = u.imag();
-        const std::vector<double>& wq = readers[r]->wq;
-        for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
-          const double* A = &wq[static_cast<std::size_t>((h * d + j) * W)];
-          const double* B = &wq[static_cast<std::size_t>((h * d + j + half) * W)];
-          double* A2 = &new_wq[r][static_cast<std::size_t>((h * d + j) * W)];
-          double* B2 = &new_wq[r][static_cast<std::size_t>((h * d + j + half) * W)];
-          for (std::int64_t col = 0; col < W; ++col) {
-            A2[col] = a * A[col] + b * B[col];
-            B2[col] = a * B[col] - b * A[col];
-          }
-        }
+        for (std::int64_t h = g * group; h < (g + 1) * group; ++h) ConjugateQueryPair(readers[r]->wq, new_wq[r], h, d, j, W, u);
       }
     }
     record.key_energy_kept.push_back(key_total > 0 ? key_kept / key_total : 1.0);
@@ -215,18 +204,8 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
     const Matrix source_values = Multiply(omega, Transpose(g_values));  // [d, W]
     std::copy(source_values.data.begin(), source_values.data.end(), out.wv.begin() + g * d * W);
     for (std::size_t r = 0; r < n; ++r) {
-      const std::vector<double>& wo = readers[r]->wo;
-      const std::int64_t o_cols = H * d;
       for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
-        for (std::int64_t row = 0; row < first.hidden; ++row) {
-          const double* src = &wo[static_cast<std::size_t>(row * o_cols + h * d)];
-          double* dst = &new_wo[r][static_cast<std::size_t>(row * o_cols + h * d)];
-          for (std::int64_t a = 0; a < d; ++a) {
-            double sum = 0;
-            for (std::int64_t b = 0; b < d; ++b) sum += src[b] * omega(a, static_cast<std::int64_t>(r) * d + b);
-            dst[a] = sum;
-          }
-        }
+        DecodeOutputHead(readers[r]->wo, new_wo[r], first.hidden, H * d, h, d, omega, static_cast<std::int64_t>(r) * d);
       }
     }
   }

@@ -79,6 +79,35 @@ std::vector<double> KeyWeights(const AttentionProjections& p, const std::vector<
 
 }  // namespace
 
+void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& wq_out, std::int64_t head,
+                        std::int64_t head_dim, std::int64_t pair, std::int64_t cols, std::complex<double> u) {
+  const double a = u.real(), b = u.imag();
+  const std::int64_t row = head * head_dim + pair, half = head_dim / 2;
+  const double* A = &wq_in[static_cast<std::size_t>(row * cols)];
+  const double* B = &wq_in[static_cast<std::size_t>((row + half) * cols)];
+  double* A2 = &wq_out[static_cast<std::size_t>(row * cols)];
+  double* B2 = &wq_out[static_cast<std::size_t>((row + half) * cols)];
+  for (std::int64_t col = 0; col < cols; ++col) {
+    A2[col] = a * A[col] + b * B[col];
+    B2[col] = a * B[col] - b * A[col];
+  }
+}
+
+void DecodeOutputHead(const std::vector<double>& wo_in, std::vector<double>& wo_out, std::int64_t rows,
+                      std::int64_t o_cols, std::int64_t head, std::int64_t head_dim, const Matrix& omega,
+                      std::int64_t first_col) {
+  const std::int64_t d = head_dim;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const double* src = &wo_in[static_cast<std::size_t>(r * o_cols + head * d)];
+    double* dst = &wo_out[static_cast<std::size_t>(r * o_cols + head * d)];
+    for (std::int64_t a = 0; a < d; ++a) {
+      double s = 0;
+      for (std::int64_t b = 0; b < d; ++b) s += src[b] * omega(a, first_col + b);
+      dst[a] = s;
+    }
+  }
+}
+
 std::int64_t GroupSize(const AttentionProjections& p, std::int64_t new_kv) {
   if (new_kv <= 0 || p.kv_heads % new_kv != 0) {
     Fail("kv-heads=" + std::to_string(new_kv),
@@ -122,16 +151,7 @@ void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<
   std::vector<double> wo = p.wo;
   for (std::int64_t h = 0; h < p.heads; ++h) {
     const std::int64_t m = KvHeadOf(p, h), g = m / t, j = m % t;
-    const Matrix& omega = omegas[static_cast<std::size_t>(g)];
-    for (std::int64_t r = 0; r < out_rows; ++r) {
-      const double* src = &p.wo[static_cast<std::size_t>(r * o_cols + h * d)];
-      double* dst = &wo[static_cast<std::size_t>(r * o_cols + h * d)];
-      for (std::int64_t a = 0; a < d; ++a) {
-        double s = 0;
-        for (std::int64_t b = 0; b < d; ++b) s += src[b] * omega(a, j * d + b);
-        dst[a] = s;
-      }
-    }
+    DecodeOutputHead(p.wo, wo, out_rows, o_cols, h, d, omegas[static_cast<std::size_t>(g)], j * d);
   }
   p.wv = std::move(wv);
   p.wo = std::move(wo);
@@ -188,16 +208,7 @@ void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv, const std::ve
   for (std::int64_t h = 0; h < p.heads; ++h) {
     const std::int64_t m = KvHeadOf(p, h);
     for (std::int64_t j = 0; j < half; ++j) {
-      const Complex um = u[static_cast<std::size_t>(m)][static_cast<std::size_t>(j)];
-      const double a = um.real(), b = um.imag();
-      const double* A = &p.wq[static_cast<std::size_t>((h * d + j) * cols)];
-      const double* B = &p.wq[static_cast<std::size_t>((h * d + j + half) * cols)];
-      double* A2 = &wq[static_cast<std::size_t>((h * d + j) * cols)];
-      double* B2 = &wq[static_cast<std::size_t>((h * d + j + half) * cols)];
-      for (std::int64_t col = 0; col < cols; ++col) {
-        A2[col] = a * A[col] + b * B[col];
-        B2[col] = a * B[col] - b * A[col];
-      }
+      ConjugateQueryPair(p.wq, wq, h, d, j, cols, u[static_cast<std::size_t>(m)][static_cast<std::size_t>(j)]);
     }
   }
   p.wk = std::move(wk);

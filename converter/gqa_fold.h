@@ -3,8 +3,11 @@
 // bases. Pure functions over float matrices, so tests can check them without a model.
 #pragma once
 
+#include <complex>
 #include <cstdint>
 #include <vector>
+
+#include "converter/linalg.h"
 
 namespace kvfold {
 
@@ -32,6 +35,19 @@ struct KeyReconstruction {
   std::vector<double> k_cache_proj;  // [KV', d, t d]
   std::vector<double> q_cache_proj;  // [H, d, d]
 };
+
+// Fold primitives shared by the KV-head and cross-layer folds.
+// Query head `head`'s rotary pair j (rows head*d + j and head*d + j + d/2 of `wq_in`, [H d, cols])
+// multiplied by conj(u), written to the same rows of `wq_out`: scores then read the key pair
+// decoded as u * k'.
+void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& wq_out, std::int64_t head,
+                        std::int64_t head_dim, std::int64_t pair, std::int64_t cols, std::complex<double> u);
+// W_O[:, head] <- W_O[:, head] Omega^T for Omega = columns first_col .. first_col + d - 1 of
+// `omega` ([d, ...]): the value head it read is decoded as Omega^T v'. `wo_in`/`wo_out` are
+// [rows, o_cols].
+void DecodeOutputHead(const std::vector<double>& wo_in, std::vector<double>& wo_out, std::int64_t rows,
+                      std::int64_t o_cols, std::int64_t head, std::int64_t head_dim,
+                      const DenseMatrix<double>& omega, std::int64_t first_col);
 
 // Throws Error unless `new_kv` divides the current KV heads.
 std::int64_t GroupSize(const AttentionProjections& p, std::int64_t new_kv);
