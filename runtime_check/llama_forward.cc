@@ -48,6 +48,12 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
 }
 
+at::Tensor MlpOutput(const LlamaLayerWeights& w, const at::Tensor& x, const ModelConfig& config) {
+  const std::int64_t I = config.intermediate_size;
+  const at::Tensor gate_up = at::linear(RmsNorm(x, w.mlp_norm, config.rms_norm_eps), w.w_gate_up, w.b_gate_up);
+  return at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down, w.b_down);
+}
+
 namespace {
 
 // Reconstruct mode: project rotated queries [B, T, H, d] and keys [B, T, KVs, d] onto the
@@ -269,7 +275,7 @@ class BatchedPass {
 void BatchedPass::Layer(std::int64_t l, at::Tensor& x) {
   const LlamaLayerWeights& w = m_.layers[static_cast<std::size_t>(l)];
   const std::int64_t B = B_, T = T_, H = H_, KV = KV_, KVs = KVs_, d = d_;
-  const std::int64_t I = c_.intermediate_size, D = c_.hidden_size;
+  const std::int64_t D = c_.hidden_size;
   const bool computes = c_.ComputesKv(l);
   const std::int64_t source = c_.KvSourceOf(l);
   const at::Tensor h = RmsNorm(x, w.attn_norm, c_.rms_norm_eps);
@@ -339,10 +345,7 @@ void BatchedPass::Layer(std::int64_t l, at::Tensor& x) {
     ctx = AttentionAten(rotated, layout_, scale_, mask_, policy, layer_cache);
   }
   x.add_(at::linear(ctx, w.w_o, w.b_o));
-
-  const at::Tensor h2 = RmsNorm(x, w.mlp_norm, c_.rms_norm_eps);
-  const at::Tensor gate_up = at::linear(h2, w.w_gate_up, w.b_gate_up);
-  x.add_(at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down, w.b_down));
+  x.add_(MlpOutput(w, x, c_));
 }
 
 }  // namespace

@@ -51,6 +51,9 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // cos/sin of pos * theta^(-2j/d) for pos < T, j < d/2, as [T, d/2] on `device`.
 std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, std::int64_t d, double theta,
                                              const at::Device& device);
+// The layer's SwiGLU MLP on its residual stream x [N, D] (post-attention RMSNorm included):
+// the amount the layer adds to x.
+at::Tensor MlpOutput(const LlamaLayerWeights& w, const at::Tensor& x, const ModelConfig& config);
 // rotate_half RoPE on token-major [B, T, n, d] with cos/sin [T, d/2].
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 

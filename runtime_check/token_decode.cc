@@ -16,7 +16,7 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
   if (c.key_projection_heads > 0) Fail("runtime", "token-by-token decoding of reconstruct-mode keys is not implemented");
   const std::int64_t B = tokens.size(0), T = tokens.size(1), L = c.num_hidden_layers;
   const std::int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, d = c.head_dim;
-  const std::int64_t group = H / KV, I = c.intermediate_size;
+  const std::int64_t group = H / KV;
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const auto [cos, sin] = RopeTables(T, d, c.rope_theta, m.device);
   const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(m.device);
@@ -56,8 +56,7 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
         ctx = at::matmul(probs, v_seen).reshape({B, H * d});
       }
       x = x + at::linear(ctx, w.w_o, w.b_o);
-      const at::Tensor gate_up = at::linear(RmsNorm(x, w.mlp_norm, c.rms_norm_eps), w.w_gate_up, w.b_gate_up);
-      x = x + at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down, w.b_down);
+      x = x + MlpOutput(w, x, c);
     }
     logits.select(1, t).copy_(at::linear(RmsNorm(x, m.final_norm, c.rms_norm_eps), m.lm_head));
   }
