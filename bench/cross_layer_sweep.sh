@@ -9,7 +9,7 @@
 # backward_passes 2) measured against it. Prints one markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shared="${KVFOLD_SHARED:-../shared}"
+source bench/shared_models.sh
 kvfold=build/bin/kvfold
 windows="${WINDOWS:-32}"
 calib_tokens="${CALIB_TOKENS:-16384}"
@@ -18,12 +18,9 @@ trap 'rm -rf "$work"' EXIT
 
 echo "| model | pipeline | KV layers | KV heads | ppl | KL vs original | top-1 vs original | KV bytes/token | convert s | sharing pass s | LCKV parallel m=9: KL vs exact |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for model in stories260K stories260K-mha micro-mha mini-mha mini-mha-bf16-sharded; do
+for model in "${shared_models[@]}"; do
   src="$shared/models/$model"
-  case "$model" in
-    stories*) calib="$shared/text/tinystories/calib.txt"; eval="$shared/text/tinystories/eval.txt" ;;
-    *) calib="$shared/text/wikitext-2/valid.tokens.txt"; eval="$shared/text/wikitext-2/test.raw.txt" ;;
-  esac
+  model_texts "$model"
   info=$($kvfold inspect "$src" --json)
   kv0=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['num_key_value_heads'])" "$info")
   layers=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['num_hidden_layers'])" "$info")

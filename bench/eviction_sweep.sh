@@ -4,11 +4,8 @@
 # calibration windows for the norm analysis), 2 threads. Prints markdown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shared="${KVFOLD_SHARED:-../shared}"
-for model in stories260K stories260K-mha micro-mha mini-mha mini-mha-bf16-sharded; do
-  case "$model" in
-    stories*) calib="$shared/text/tinystories/calib.txt"; eval="$shared/text/tinystories/eval.txt" ;;
-    *) calib="$shared/text/wikitext-2/valid.tokens.txt"; eval="$shared/text/wikitext-2/test.raw.txt" ;;
-  esac
+source bench/shared_models.sh
+for model in "${shared_models[@]}"; do
+  model_texts "$model"
   build/bin/bench_eviction_sweep "$shared/models/$model" "$eval" "$calib" --windows 32 --copy 16 --calib-windows 32 --threads 2
 done

@@ -5,7 +5,7 @@
 # modes, each with the plain (weight=none) and the query-weighted (weight=query) objective. Prints one markdown table; conversion wall time and peak RSS come from /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shared="${KVFOLD_SHARED:-../shared}"
+source bench/shared_models.sh
 kvfold=build/bin/kvfold
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -28,12 +28,9 @@ PY
 
 echo "| model | KV heads | method | ppl | KL vs original | top-1 vs original | KV bytes/token | convert s | peak RSS MiB | pass share of convert |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-for model in stories260K stories260K-mha micro-mha mini-mha mini-mha-bf16-sharded; do
+for model in "${shared_models[@]}"; do
   src="$shared/models/$model"
-  case "$model" in
-    stories*) calib="$shared/text/tinystories/calib.txt"; eval="$shared/text/tinystories/eval.txt" ;;
-    *) calib="$shared/text/wikitext-2/valid.tokens.txt"; eval="$shared/text/wikitext-2/test.raw.txt" ;;
-  esac
+  model_texts "$model"
   kv0=$($kvfold inspect "$src" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['num_key_value_heads'])")
   bytes0=$($kvfold inspect "$src" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['kv_cache_bytes_per_token'])")
   json=$($kvfold eval "$src" --text "$eval" --max-windows 64 --threads 2 --quiet --json)

@@ -7,16 +7,13 @@
 # per-channel key ranges (kv-mixed table) and after kv-balance. Prints markdown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shared="${KVFOLD_SHARED:-../shared}"
+source bench/shared_models.sh
 kvfold=build/bin/kvfold
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-for model in stories260K stories260K-mha micro-mha mini-mha mini-mha-bf16-sharded; do
+for model in "${shared_models[@]}"; do
   src="$shared/models/$model"
-  case "$model" in
-    stories*) calib="$shared/text/tinystories/calib.txt"; eval="$shared/text/tinystories/eval.txt" ;;
-    *) calib="$shared/text/wikitext-2/valid.tokens.txt"; eval="$shared/text/wikitext-2/test.raw.txt" ;;
-  esac
+  model_texts "$model"
   $kvfold convert "$src" --calib "$calib" --passes 'kv-scales' -o "$work/$model-scales" --quiet --threads 2 >/dev/null
   $kvfold convert "$src" --calib "$calib" --passes 'kv-mixed<bits=2,keep=0.2>' -o "$work/$model-mixed" --quiet --threads 2 >/dev/null
   $kvfold convert "$src" --calib "$calib" --passes 'kv-balance' -o "$work/$model-balanced" --quiet --threads 2 >/dev/null
