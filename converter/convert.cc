@@ -1,14 +1,10 @@
 #include "converter/convert.h"
 
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
-#include <cstring>
 #include <cstdio>
-#include <cstdlib>
+#include <filesystem>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +19,7 @@
 #include "formats/mapped_file.h"
 #include "formats/progress.h"
 #include "formats/sha256.h"
+#include "formats/staged_folder.h"
 #include "formats/version.h"
 #include "converter/report.h"
 #include "runtime_check/data_parallel.h"
@@ -38,23 +35,50 @@ double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-bool Exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0;
+namespace fs = std::filesystem;
+
+// Whether `inner` is `outer` or lies below it, both already canonical.
+bool IsWithin(const fs::path& inner, const fs::path& outer) {
+  auto o = outer.begin(), i = inner.begin();
+  for (; o != outer.end(); ++o, ++i) {
+    if (i == inner.end() || *i != *o) return false;
+  }
+  return true;
 }
 
-// The folder `path` will be created in must exist and be writable.
-void CheckWritableParent(const std::string& path, const std::string& what) {
-  const std::size_t slash = path.find_last_of('/');
-  const std::string parent = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  if (::access(parent.c_str(), W_OK) != 0) {
-    Fail(path, "cannot create the " + what + ": " + std::strerror(errno) + " (" + parent + ")");
+fs::path Resolved(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(fs::absolute(path), ec);  // symlinks resolved where they exist
+  return ec ? fs::absolute(path).lexically_normal() : p;
+}
+
+// An output that is, contains or lies inside the input would destroy the source checkpoint.
+void CheckApartFromInput(const std::string& model, const std::string& path, const std::string& what) {
+  const fs::path in = Resolved(model), out = Resolved(path);
+  if (in == out) Fail(path, "the " + what + " is the input model folder " + model);
+  if (IsWithin(out, in)) Fail(path, "the " + what + " lies inside the input model folder " + model);
+  if (IsWithin(in, out)) Fail(path, "the " + what + " contains the input model folder " + model);
+}
+
+// Creating and removing a temporary file next to `path` proves it can be written, before any
+// work (a path under /proc or in a missing folder fails here, not after calibration).
+void CheckCanWrite(const std::string& path, const std::string& what) {
+  try {
+    AtomicFile probe(path);
+  } catch (const Error&) {
+    Fail(path, "cannot write the " + what + " there");
   }
 }
 
-void RemoveTree(const std::string& path) {
-  const std::string cmd = "rm -rf '" + path + "'";
-  if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "kvfold: warning: could not remove %s\n", path.c_str());
+// Numbers the CLI takes as given: refused here with the option's name, before any work.
+void CheckOptions(const ConvertOptions& o) {
+  const int max_threads = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (o.window < 2 || o.window > (1 << 20)) Fail("--window", "must be between 2 and 1048576 tokens");
+  if (o.calib_tokens < o.window) Fail("--calib-tokens", "must be at least one window (" + std::to_string(o.window) + ")");
+  if (o.eval_windows < 1) Fail("--eval-windows", "must be positive");
+  if (o.threads < 0 || o.threads > max_threads) {
+    Fail("--threads", "must be between 0 (all cores) and " + std::to_string(max_threads) + " (4 x this machine's cores)");
+  }
 }
 
 // SHA-256 over config.json and every weight file in name order: what the conversion read.
@@ -74,12 +98,14 @@ std::string SourceSha256(const Checkpoint& ck) {
 // thread count).
 KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& windows,
                        std::int32_t bos, unsigned needed, const ConvertOptions& o,
-                       const std::vector<LayerPair>& input_pairs = {}) {
+                       const std::vector<LayerPair>& input_pairs = {}, std::size_t* slots_used = nullptr) {
   const auto model = ReferenceModel::Load(ck, {o.device, o.threads});
+  const std::size_t slots = DataParallelSlots(*model);
+  if (slots_used != nullptr) *slots_used = slots;
   const std::size_t per_batch = std::max<std::size_t>(1, 2048 / static_cast<std::size_t>(o.window));
   const std::size_t batches = (windows.size() + per_batch - 1) / per_batch;
   std::vector<KvStatisticsCollector> collectors;
-  for (std::size_t s = 0; s < DataParallelSlots(*model); ++s) {
+  for (std::size_t s = 0; s < slots; ++s) {
     collectors.emplace_back(needed, static_cast<int>(ck.config.num_hidden_layers),
                             ck.config.num_key_value_heads, ck.config.head_dim, ck.config.hidden_size, input_pairs);
   }
@@ -112,7 +138,6 @@ struct CalibrationInput {
 };
 
 CalibrationInput LoadCalibration(const Checkpoint& ck, const ConvertOptions& o) {
-  if (o.calib_tokens < o.window) Fail("--calib-tokens", "must be at least one window");
   if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.model in the model folder");
   CalibrationInput in;
   const std::string text = LoadText(o.calib_text);
@@ -171,7 +196,9 @@ ConvertResult Analyze(const ConvertOptions& o) {
   const auto t_start = Clock::now();
   ConvertResult result;
   if (o.report_path.empty()) Fail("report", "-o REPORT.html is required");
-  CheckWritableParent(o.report_path, "report");
+  CheckOptions(o);
+  CheckApartFromInput(o.model, o.report_path, "report");
+  CheckCanWrite(o.report_path, "report");
   const Checkpoint ck = OpenCheckpoint(o.model);
   const CalibrationInput calib = LoadCalibration(ck, o);
   const Tokenizer& tokenizer = *calib.tokenizer;
@@ -200,146 +227,194 @@ ConvertResult Analyze(const ConvertOptions& o) {
   return result;
 }
 
+namespace {
+
+// The passes of a pipeline, created against the source's config: every parameter is checked
+// and resolved here (specs[i].Text() then names every value in force), before any work.
+struct Pipeline {
+  std::vector<PassSpec> specs;
+  std::vector<std::unique_ptr<Pass>> passes;
+  unsigned needed = 0;                 // StatisticBits
+  std::vector<LayerPair> input_pairs;  // kStatLayerInputs
+  std::string Text() const {
+    std::string text;
+    for (const auto& spec : specs) text += (text.empty() ? "" : ",") + spec.Text();
+    return text;
+  }
+};
+
+Pipeline CreatePipeline(const std::string& text, const ModelConfig& config) {
+  Pipeline p;
+  p.specs = ParsePipeline(text);
+  for (const auto& spec : p.specs) {
+    if (spec.name == "kv-norm-analysis" && p.specs.size() > 1) {
+      Fail("--passes", "kv-norm-analysis runs alone: its table describes the input model's heads "
+                       "(analyse a converted model in a second run)");
+    }
+    for (const auto& info : PassRegistry()) {
+      if (spec.name == info.name) p.passes.push_back(info.create(spec, config));
+    }
+    p.needed |= p.passes.back()->NeededStatistics();
+    const auto pairs = p.passes.back()->InputPairs();
+    p.input_pairs.insert(p.input_pairs.end(), pairs.begin(), pairs.end());
+  }
+  return p;
+}
+
+// Calibration runs once, on the source: a pass that reads its K/V statistics, or one that
+// writes numbers tied to K/V, cannot follow a pass that changes K/V; and nothing may change
+// K/V after such numbers are written (they would describe heads that no longer exist).
+// Attention-input moments (kStatLayerInputs) describe h, not K/V: cross-layer sharing may
+// follow gqa-svd, fitting the draft's projections against the source's inputs.
+void CheckPassOrder(const Pipeline& p) {
+  for (std::size_t i = 0; i < p.passes.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      const unsigned kv_statistics = p.passes[i]->NeededStatistics() & ~static_cast<unsigned>(kStatLayerInputs);
+      const std::string& a = p.specs[j].name;
+      const std::string& b = p.specs[i].name;
+      if (p.passes[j]->ChangesKv() && (kv_statistics != 0 || p.passes[i]->DescribesKv())) {
+        Fail("--passes", b + " needs calibration of the model it runs on, but " + a +
+                             " changes K/V before it (run " + b + " in a second kvfold convert on the output)");
+      }
+      if (p.passes[j]->DescribesKv() && p.passes[i]->ChangesKv()) {
+        Fail("--passes", b + " would change the K/V that " + a + " has just described (run " + b +
+                             " first, or in a separate kvfold convert)");
+      }
+    }
+  }
+}
+
+// The report goes into the output folder when asked to be written there (`--report OUT/x.html`
+// with OUT the -o folder): it is then part of the atomic output.
+bool ReportInsideOutput(const ConvertOptions& o) {
+  return !o.report_path.empty() && Resolved(o.report_path).parent_path() == Resolved(o.output);
+}
+
+nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck, const ModelDraft& draft,
+                                  const std::string& pipeline, const CalibrationInput& calib,
+                                  std::size_t threads, const std::vector<std::string>& not_copied,
+                                  const nlohmann::ordered_json& pass_records) {
+  return {
+      {"format_version", 1},
+      {"kvfold_version", kVersion},
+      {"pipeline", pipeline},
+      {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()},
+      {"source", {{"path", o.model}, {"sha256", SourceSha256(ck)}}},
+      {"calibration",
+       {{"file", o.calib_text},
+        {"sha256", calib.sha256},
+        {"tokens", calib.tokens()},
+        {"window", o.window},
+        {"threads", threads}}},
+      {"kv_cache_bytes_per_token",
+       {{"before", ck.config.KvBytesPerToken(ck.StoredElementBytes())},
+        {"after", draft.config.KvBytesPerToken(ck.StoredElementBytes())}}},
+      {"not_copied", not_copied},
+      {"passes", pass_records},
+  };
+}
+
+// --reproduce: the inputs must be the bytes the recorded conversion read.
+void CheckRecordedInputs(const ConvertOptions& o, const Checkpoint& ck, const std::string& calib_sha256) {
+  if (!o.expected_source_sha256.empty() && SourceSha256(ck) != o.expected_source_sha256) {
+    Fail(o.model, "is not the checkpoint the recorded conversion read (its SHA-256 differs)");
+  }
+  if (!o.expected_calib_sha256.empty() && calib_sha256 != o.expected_calib_sha256) {
+    Fail(o.calib_text, "is not the calibration text the recorded conversion read (its SHA-256 differs)");
+  }
+}
+
+// The report's validation section: the original against the converted model in `converted_dir`.
+nlohmann::ordered_json Validation(const ConvertOptions& o, const Checkpoint& ck, const std::string& converted_dir,
+                                  const Tokenizer& tokenizer) {
+  const auto windows_eval = EvalWindows(tokenizer, o);
+  const Checkpoint out = OpenCheckpoint(converted_dir);
+  const auto original = ReferenceModel::Load(ck, {o.device, o.threads});
+  const auto converted = ReferenceModel::Load(out, {o.device, o.threads});
+  EvalOptions eo;
+  eo.progress = o.progress;
+  const ComparisonResult c = CompareModels(*original, *converted, windows_eval, tokenizer.bos_id(), eo);
+  return {{"text", o.eval_text},
+          {"windows", c.base.windows},
+          {"tokens_predicted", c.base.tokens_predicted},
+          {"original", PerplexityJson(c.base)},
+          {"converted", PerplexityJson(c.other)},
+          {"kl", c.kl},
+          {"top1_agreement", c.top1_agreement},
+          {"delta_nll", c.delta_nll}};
+}
+
+}  // namespace
+
 ConvertResult Convert(const ConvertOptions& o) {
   const auto t_start = Clock::now();
   ConvertResult result;
 
   // Everything that can be refused is refused before any work.
-  std::vector<PassSpec> specs = ParsePipeline(o.passes);
-  for (const auto& spec : specs) {
-    if (spec.name == "kv-norm-analysis" && specs.size() > 1) {
-      Fail("--passes", "kv-norm-analysis runs alone: its table describes the input model's heads "
-                       "(analyse a converted model in a second run)");
-    }
-  }
   if (o.output.empty()) Fail("-o", "an output folder is required");
-  if (Exists(o.output) && !o.force) Fail(o.output, "already exists (use --force to replace it)");
-  CheckWritableParent(o.output, "output folder");
-  if (!o.report_path.empty()) CheckWritableParent(o.report_path, "report");
+  CheckOptions(o);
+  CheckApartFromInput(o.model, o.output, "output folder");
+  if (!o.report_path.empty()) CheckApartFromInput(o.model, o.report_path, "report");
   const Checkpoint ck = OpenCheckpoint(o.model);
   if (ck.config.SharesKv()) {
     Fail(o.model, "its layers already share K/V (layer_types); kvfold convert reads models without cross-layer sharing");
   }
-  std::vector<std::unique_ptr<Pass>> passes;
-  unsigned needed = 0;
-  std::vector<LayerPair> input_pairs;
-  for (const auto& spec : specs) {
-    for (const auto& info : PassRegistry()) {
-      if (spec.name == info.name) passes.push_back(info.create(spec, ck.config));
-    }
-    needed |= passes.back()->NeededStatistics();
-    const auto pairs = passes.back()->InputPairs();
-    input_pairs.insert(input_pairs.end(), pairs.begin(), pairs.end());
+  Pipeline pipeline = CreatePipeline(o.passes, ck.config);
+  CheckPassOrder(pipeline);
+  const bool passes_calibrate = pipeline.needed != 0;  // a report alone does not shape the output
+  if (!o.report_path.empty()) pipeline.needed |= kReportStatistics;
+  const bool report_inside = ReportInsideOutput(o);
+  if (!o.report_path.empty() && !report_inside && IsWithin(Resolved(o.report_path), Resolved(o.output))) {
+    Fail(o.report_path, "a report inside the output folder must be directly in it (e.g. OUT/report.html)");
   }
-  // Calibration runs once, on the source: a pass that reads its K/V statistics, or one that
-  // writes numbers tied to K/V, cannot follow a pass that changes K/V; and nothing may change
-  // K/V after such numbers are written (they would describe heads that no longer exist).
-  // Attention-input moments (kStatLayerInputs) describe h, not K/V: cross-layer sharing may
-  // follow gqa-svd, fitting the draft's projections against the source's inputs.
-  for (std::size_t i = 0; i < passes.size(); ++i) {
-    for (std::size_t j = 0; j < i; ++j) {
-      const unsigned kv_statistics = passes[i]->NeededStatistics() & ~static_cast<unsigned>(kStatLayerInputs);
-      if (passes[j]->ChangesKv() && (kv_statistics != 0 || passes[i]->DescribesKv())) {
-        Fail("--passes", specs[i].name + " needs calibration of the model it runs on, but " + specs[j].name +
-                             " changes K/V before it (run " + specs[i].name + " in a second kvfold convert on the output)");
-      }
-      if (passes[j]->DescribesKv() && passes[i]->ChangesKv()) {
-        Fail("--passes", specs[i].name + " would change the K/V that " + specs[j].name +
-                             " has just described (run " + specs[i].name + " first, or in a separate kvfold convert)");
-      }
-    }
-  }
-  if (!o.report_path.empty()) needed |= kReportStatistics;
+  if (!o.report_path.empty() && !report_inside) CheckCanWrite(o.report_path, "report");
+  StagedFolder staging(o.output, o.force);  // an unwritable -o fails here
 
   // Calibration text: always read and hashed (recorded), run through the model when needed.
   const CalibrationInput calib = LoadCalibration(ck, o);
+  CheckRecordedInputs(o, ck, calib.sha256);
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   KvStatistics stats;
-  if (needed != 0) {
+  std::size_t threads = 0;
+  if (pipeline.needed != 0) {
     const auto t0 = Clock::now();
-    stats = Calibrate(ck, calib.windows, tokenizer.bos_id(), needed, o, input_pairs);
+    stats = Calibrate(ck, calib.windows, tokenizer.bos_id(), pipeline.needed, o, pipeline.input_pairs, &threads);
     result.timings.push_back({"calibration", Since(t0)});
   }
 
   ModelDraft draft(ck);
   nlohmann::ordered_json pass_records = nlohmann::ordered_json::array();
-  std::string pipeline;  // canonical, as recorded in kvfold.json and the report
-  for (std::size_t i = 0; i < passes.size(); ++i) {
+  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
     const auto t0 = Clock::now();
-    nlohmann::ordered_json record = {{"pass", specs[i].Text()}};
+    nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
     PassContext ctx{draft, stats, record};
-    passes[i]->Run(ctx);
+    pipeline.passes[i]->Run(ctx);
     pass_records.push_back(record);
-    pipeline += (pipeline.empty() ? "" : ",") + specs[i].Text();
-    result.timings.push_back({specs[i].Text(), Since(t0)});
+    result.timings.push_back({pipeline.specs[i].Text(), Since(t0)});
   }
 
-  // Output: a temporary sibling folder, renamed into place when complete.
   const auto t_write = Clock::now();
-  const std::string tmp = o.output + ".tmp." + std::to_string(::getpid());
-  if (::mkdir(tmp.c_str(), 0755) != 0) {
-    Fail(o.output, std::string("cannot create the output folder: ") + std::strerror(errno));
+  std::vector<std::string> not_copied;
+  draft.WriteTo(staging.path(), &not_copied);
+  for (const auto& n : not_copied) {
+    if (o.progress) std::fprintf(stderr, "kvfold: not copied from %s: %s\n", o.model.c_str(), n.c_str());
   }
-  try {
-    draft.WriteTo(tmp);
-    nlohmann::ordered_json meta = {
-        {"format_version", 1},
-        {"kvfold_version", kVersion},
-        {"pipeline", pipeline},
-        {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()},
-        {"source", {{"path", o.model}, {"sha256", SourceSha256(ck)}}},
-        {"calibration",
-         {{"file", o.calib_text},
-          {"sha256", calib.sha256},
-          {"tokens", result.calibration_tokens},
-          {"window", o.window}}},
-        {"kv_cache_bytes_per_token",
-         {{"before", ck.config.KvBytesPerToken(ck.StoredElementBytes())},
-          {"after", draft.config.KvBytesPerToken(ck.StoredElementBytes())}}},
-        {"passes", pass_records},
-    };
-    WriteFileAtomically(tmp + "/kvfold.json", meta.dump(2) + "\n");
-    if (Exists(o.output)) {  // --force: swap the old folder out only now
-      const std::string old = o.output + ".old." + std::to_string(::getpid());
-      if (std::rename(o.output.c_str(), old.c_str()) != 0) Fail(o.output, "cannot replace the existing folder");
-      if (std::rename(tmp.c_str(), o.output.c_str()) != 0) {
-        std::rename(old.c_str(), o.output.c_str());  // put the previous folder back
-        Fail(o.output, "cannot move the output into place");
-      }
-      RemoveTree(old);
-    } else if (std::rename(tmp.c_str(), o.output.c_str()) != 0) {
-      Fail(o.output, "cannot move the output into place");
-    }
-  } catch (...) {
-    RemoveTree(tmp);
-    throw;
-  }
+  const nlohmann::ordered_json meta =
+      KvfoldJson(o, ck, draft, pipeline.Text(), calib, passes_calibrate ? threads : 0, not_copied, pass_records);
+  WriteFileAtomically(staging.path() + "/kvfold.json", meta.dump(2) + "\n");
   result.timings.push_back({"write", Since(t_write)});
 
+  nlohmann::ordered_json report;
   if (!o.report_path.empty()) {
-    nlohmann::ordered_json report = ReportBase(ck, o, pipeline, calib.sha256, result.calibration_tokens);
+    report = ReportBase(ck, o, pipeline.Text(), calib.sha256, result.calibration_tokens);
     report["output"] = {{"path", o.output},
                         {"kv_heads", draft.config.num_key_value_heads},
                         {"kv_bytes_per_token", draft.config.KvBytesPerToken(ck.StoredElementBytes())},
                         {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()}};
     if (!o.eval_text.empty()) {
       const auto t0 = Clock::now();
-      const auto windows_eval = EvalWindows(tokenizer, o);
-      const Checkpoint out = OpenCheckpoint(o.output);
-      const auto original = ReferenceModel::Load(ck, {o.device, o.threads});
-      const auto converted = ReferenceModel::Load(out, {o.device, o.threads});
-      EvalOptions eo;
-      eo.progress = o.progress;
-      const ComparisonResult c = CompareModels(*original, *converted, windows_eval, tokenizer.bos_id(), eo);
-      report["validation"] = {{"text", o.eval_text},
-                              {"windows", c.base.windows},
-                              {"tokens_predicted", c.base.tokens_predicted},
-                              {"original", PerplexityJson(c.base)},
-                              {"converted", PerplexityJson(c.other)},
-                              {"kl", c.kl},
-                              {"top1_agreement", c.top1_agreement},
-                              {"delta_nll", c.delta_nll}};
+      report["validation"] = Validation(o, ck, staging.path(), tokenizer);
       result.timings.push_back({"validation", Since(t0)});
     }
     const auto t0 = Clock::now();
@@ -354,8 +429,14 @@ ConvertResult Convert(const ConvertOptions& o) {
     report["spectra"] = KvSpectra(stats, group);
     report["passes"] = pass_records;
     result.timings.push_back({"report", Since(t0)});
-    FinishReport(report, result, o, t_start);
   }
+  ConvertOptions written = o;  // the report inside the output is written before the swap
+  if (report_inside) {
+    written.report_path = staging.path() + "/" + Resolved(o.report_path).filename().string();
+    FinishReport(report, result, written, t_start);
+  }
+  staging.Commit();
+  if (!o.report_path.empty() && !report_inside) FinishReport(report, result, o, t_start);
   result.total_seconds = Since(t_start);
   return result;
 }

@@ -22,6 +22,9 @@ struct ConvertOptions {
   std::string report_path;  // when set: report.html there and report.json beside it
   std::string eval_text;    // when set: validation (original vs converted) in the report
   int eval_windows = 64;
+  // When set (--reproduce), the inputs must hash to these (kvfold.json's "sha256" fields).
+  std::string expected_source_sha256;
+  std::string expected_calib_sha256;
 };
 
 struct PassTiming {
@@ -36,6 +39,12 @@ struct ConvertResult {
 };
 
 ConvertResult Convert(const ConvertOptions& options);
+
+// The options that rerun the conversion recorded in `kvfold_json` (an output's kvfold.json):
+// its pipeline with every parameter, calibration tokens, window and threads, its model and
+// calibration text unless `given` names others, and their SHA-256 to check. -o, --force and
+// the progress setting come from `given`. Same kvfold version, same inputs: byte-identical output.
+ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOptions& given);
 
 // `kvfold report`: the report of a model without converting it (spectra and, with eval_text,
 // its perplexity). Uses model, calib_text, calib_tokens, window, report_path, eval_text.

@@ -1,32 +1,15 @@
 #include "converter/model_draft.h"
 
-#include <dirent.h>
-
 #include <algorithm>
 #include <cstdint>
 
 #include "formats/atomic_file.h"
+#include "formats/companion_files.h"
 #include "formats/error.h"
-#include "formats/eviction_table.h"
-#include "formats/kv_mixed_table.h"
 #include "formats/mapped_file.h"
 #include "formats/safetensors_writer.h"
 
 namespace kvfold {
-namespace {
-
-bool IsWeightOrOwnFile(const std::string& name) {
-  auto ends_with = [&](const char* suffix) {
-    const std::string s(suffix);
-    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
-  };
-  // kv_eviction_policy.json describes the source's heads: never carried into a converted model.
-  return name == "config.json" || name == "kvfold.json" || name == "model.safetensors.index.json" ||
-         ends_with(".safetensors") || name == "report.html" || name == "report.json" ||
-         name == kEvictionTableJson || name == kKvMixedJson;
-}
-
-}  // namespace
 
 ModelDraft::ModelDraft(const Checkpoint& source) : config(source.config), source_(source) {}
 
@@ -81,7 +64,7 @@ std::vector<std::string> ModelDraft::Names() const {
   return names;
 }
 
-std::vector<std::string> ModelDraft::WriteTo(const std::string& dir) const {
+std::vector<std::string> ModelDraft::WriteTo(const std::string& dir, std::vector<std::string>* not_copied) const {
   // New tensors take the dtype of the source's attention weights.
   const DType default_dtype = source_.Tensor({TensorRole::kKProj, 0}).entry->dtype;
   std::vector<std::string> converted;  // owns the bytes of replaced tensors
@@ -96,6 +79,9 @@ std::vector<std::string> ModelDraft::WriteTo(const std::string& dir) const {
     }
     const TensorRef* original = source_.tensors.Find(name);
     const DType dtype = original ? original->entry->dtype : it->second.dtype.value_or(default_dtype);
+    if (auto bad = FindUnrepresentable(dtype, it->second.data.data(), it->second.data.size())) {
+      Fail(name, "cannot be written as " + std::string(DTypeName(dtype)) + ": " + *bad);
+    }
     std::string bytes(it->second.data.size() * DTypeSize(dtype), '\0');
     ConvertFromF32(dtype, it->second.data.data(), it->second.data.size(), bytes.data());
     converted.push_back(std::move(bytes));
@@ -115,20 +101,13 @@ std::vector<std::string> ModelDraft::WriteTo(const std::string& dir) const {
                       UpdateConfigJson(ReadFileToString(source_.dir + "/config.json"), config,
                                        source_.dir + "/config.json"));
   written.push_back("config.json");
-  // Tokenizer and generation files travel unchanged.
-  if (DIR* d = ::opendir(source_.dir.c_str())) {
-    std::vector<std::string> extra;
-    while (dirent* e = ::readdir(d)) {
-      const std::string name = e->d_name;
-      if (name[0] != '.' && !IsWeightOrOwnFile(name)) extra.push_back(name);
-    }
-    ::closedir(d);
-    std::sort(extra.begin(), extra.end());
-    for (const auto& name : extra) {
-      WriteFileAtomically(dir + "/" + name, ReadFileToString(source_.dir + "/" + name));
-      written.push_back(name);
-    }
+  // Tokenizer, generation and license files travel unchanged; nothing else does.
+  const CompanionFiles companions = FindCompanionFiles(source_.dir);
+  for (const auto& name : companions.copy) {
+    CopyRegularFile(source_.dir + "/" + name, dir + "/" + name);
+    written.push_back(name);
   }
+  if (not_copied != nullptr) *not_copied = companions.skipped;
   for (const auto& [name, write] : extra_files_) {
     write(dir + "/" + name);
     written.push_back(name);

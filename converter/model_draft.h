@@ -32,8 +32,10 @@ class ModelDraft {
   std::vector<std::string> Names() const;
 
   // Writes config.json, the weights (each tensor in the source's dtype, sharded like the
-  // source) and the tokenizer files into the existing folder `dir`. Returns the files written.
-  std::vector<std::string> WriteTo(const std::string& dir) const;
+  // source) and the companion files (formats/companion_files.h) into the existing folder `dir`.
+  // Returns the files written; `not_copied` receives the source files left behind, with why.
+  // Throws Error naming a tensor whose values are not finite or overflow its dtype.
+  std::vector<std::string> WriteTo(const std::string& dir, std::vector<std::string>* not_copied = nullptr) const;
 
   // A file a pass adds beside the model: write(path) creates it (atomically) when the draft is
   // written. Source files of kvfold's own (kvfold.json, reports, eviction tables) never travel.

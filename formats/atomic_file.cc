@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "formats/error.h"
+#include "formats/fatal_signals.h"
 
 namespace kvfold {
 namespace {
@@ -18,11 +19,17 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
               std::to_string(g_tmp_counter.fetch_add(1));
   file_ = std::fopen(tmp_path_.c_str(), "wb");
   if (file_ == nullptr) Fail(path_, std::string("cannot write: ") + std::strerror(errno));
+  try {
+    cleanup_ = std::make_unique<RemoveOnFatalSignal>(tmp_path_);
+  } catch (const Error&) {
+    // Every slot taken: files inside a staging folder are removed with it all the same.
+  }
 }
 
 AtomicFile::~AtomicFile() {
   if (file_ != nullptr) std::fclose(file_);
   if (!committed_) std::remove(tmp_path_.c_str());
+  cleanup_.reset();
 }
 
 void AtomicFile::Write(const void* data, std::size_t size) {
@@ -43,6 +50,7 @@ void AtomicFile::Commit() {
     Fail(path_, std::string("cannot rename into place: ") + std::strerror(errno));
   }
   committed_ = true;
+  cleanup_.reset();  // the final file is not ours to remove
 }
 
 void WriteFileAtomically(const std::string& path, std::string_view contents) {

@@ -3,11 +3,16 @@
 #pragma once
 
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <string_view>
 
 namespace kvfold {
 
+class RemoveOnFatalSignal;
+
+// The temporary file is also removed when SIGINT or SIGTERM ends the process
+// (formats/fatal_signals.h).
 class AtomicFile {
  public:
   // Creates `<path>.tmp.<pid>.<n>` next to `path`; throws Error naming `path` if it cannot.
@@ -29,6 +34,7 @@ class AtomicFile {
   std::string tmp_path_;
   std::FILE* file_ = nullptr;
   bool committed_ = false;
+  std::unique_ptr<RemoveOnFatalSignal> cleanup_;
 };
 
 // Writes `contents` to `path` atomically.

@@ -4,11 +4,16 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
 namespace kvfold {
 
+class MappedRegionGuard;
+
+// A file that shrinks while mapped raises SIGBUS on access; the mapping is registered so that
+// kvfold's handler (formats/fatal_signals.h) names the file instead of crashing.
 class MappedFile {
  public:
   // Maps `path` read-only; throws Error naming the path when it cannot be opened or mapped.
@@ -28,9 +33,14 @@ class MappedFile {
   std::string path_;
   const std::uint8_t* data_ = nullptr;
   std::size_t size_ = 0;
+  std::unique_ptr<MappedRegionGuard> guard_;
 };
 
-// Reads a whole (small) file into a string; throws Error naming the path on failure.
+// Throws Error naming `path` unless it is a regular file (a folder, FIFO or device is refused
+// before it is opened for reading: reading /dev/zero or a FIFO never ends).
+void RequireRegularFile(const std::string& path);
+
+// Reads a whole (small) regular file into a string; throws Error naming the path on failure.
 std::string ReadFileToString(const std::string& path);
 
 }  // namespace kvfold

@@ -1,7 +1,9 @@
 // kvfold convert MODEL --calib TEXT --passes 'PIPELINE' -o OUT [--force] [--time-passes]
 // kvfold convert --print-passes
+#include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <thread>
 #include <string>
 
 #include "converter/convert.h"
@@ -11,12 +13,18 @@
 
 namespace kvfold {
 
+CLI::Validator ThreadCount() {
+  const int most = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return CLI::Range(0, most).description("0 (all cores) to " + std::to_string(most));
+}
+
 Command AddConvertCommand(CLI::App& app) {
   struct Args {
     ConvertOptions options;
     bool print_passes = false;
     bool time_passes = false;
     bool quiet = false;
+    std::string reproduce;  // a kvfold.json
   };
   auto a = std::make_shared<Args>();
   CLI::App* sub = app.add_subcommand("convert", "Run a pipeline of passes and write a new checkpoint");
@@ -24,14 +32,20 @@ Command AddConvertCommand(CLI::App& app) {
   sub->add_option("--calib", a->options.calib_text, "UTF-8 calibration text");
   sub->add_option("--passes", a->options.passes, "Pipeline, e.g. 'gqa-svd<kv-heads=2,rope=commute>'");
   sub->add_option("-o,--output", a->options.output, "Output folder (refused if it exists, unless --force)");
-  sub->add_option("--calib-tokens", a->options.calib_tokens, "Calibration tokens")->capture_default_str();
-  sub->add_option("--window", a->options.window, "Tokens per calibration window")->capture_default_str();
+  sub->add_option("--calib-tokens", a->options.calib_tokens, "Calibration tokens")->capture_default_str()
+      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40));
+  sub->add_option("--window", a->options.window, "Tokens per calibration window")->capture_default_str()
+      ->check(CLI::Range(2, 1 << 20));
   sub->add_option("--device", a->options.device, "cpu, cuda or cuda:N")->capture_default_str();
-  sub->add_option("--threads", a->options.threads, "CPU threads (0 = all cores)");
+  sub->add_option("--threads", a->options.threads, "CPU threads (0 = all cores)")->check(ThreadCount());
   sub->add_flag("--force", a->options.force, "Replace an existing output folder");
   sub->add_option("--report", a->options.report_path, "Write a calibration report (HTML, and JSON beside it)");
   sub->add_option("--eval", a->options.eval_text, "Evaluation text for the report's validation section");
-  sub->add_option("--eval-windows", a->options.eval_windows, "Windows of the evaluation text")->capture_default_str();
+  sub->add_option("--eval-windows", a->options.eval_windows, "Windows of the evaluation text")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  sub->add_option("--reproduce", a->reproduce,
+                  "Rerun the conversion recorded in an output's kvfold.json (its pipeline, calibration and "
+                  "threads; MODEL and --calib default to the recorded paths, whose SHA-256 must match)");
   sub->add_flag("--print-passes", a->print_passes, "List the passes and their parameters");
   sub->add_flag("--time-passes", a->time_passes, "Print the time of calibration and each pass");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
@@ -39,6 +53,10 @@ Command AddConvertCommand(CLI::App& app) {
     if (a->print_passes) {
       std::fputs(PrintPasses().c_str(), stdout);
       return 0;
+    }
+    if (!a->reproduce.empty()) {
+      if (!a->options.passes.empty()) Fail("--passes", "not used with --reproduce (the recorded pipeline runs)");
+      a->options = ReproduceOptions(a->reproduce, a->options);
     }
     if (a->options.model.empty()) Fail("convert", "MODEL is required");
     if (a->options.calib_text.empty()) Fail("convert", "--calib TEXT is required");
@@ -65,9 +83,11 @@ Command AddReportCommand(CLI::App& app) {
   sub->add_option("--calib", o->calib_text, "UTF-8 calibration text")->required();
   sub->add_option("--eval", o->eval_text, "Evaluation text (adds perplexity)");
   sub->add_option("-o,--output", o->report_path, "Report HTML path (JSON written beside it)")->required();
-  sub->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens")->capture_default_str();
-  sub->add_option("--eval-windows", o->eval_windows, "Windows of the evaluation text")->capture_default_str();
-  sub->add_option("--threads", o->threads, "CPU threads (0 = all cores)");
+  sub->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens")->capture_default_str()
+      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40));
+  sub->add_option("--eval-windows", o->eval_windows, "Windows of the evaluation text")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  sub->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(ThreadCount());
   return {sub, [o] {
     Analyze(*o);
     std::printf("wrote %s\n", o->report_path.c_str());

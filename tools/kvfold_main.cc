@@ -1,9 +1,14 @@
 // kvfold: offline KV-cache compression for transformer checkpoints. Dispatches subcommands and
-// turns every error into one line on stderr and a non-zero exit.
+// turns every error into one line on stderr and a non-zero exit:
+//   1  bad input or failed I/O      kvfold: error: <file or option>: <problem>
+//   2  a command line CLI11 refuses kvfold: error: <option>: <problem>
+//   3  an internal error (a bug)    kvfold: error: internal: <what>
+//   130 / 143  SIGINT / SIGTERM, after removing the partial output
 #include <cstdio>
 #include <string>
 
 #include "formats/error.h"
+#include "formats/fatal_signals.h"
 #include "formats/version.h"
 #include "tools/commands.h"
 
@@ -14,6 +19,7 @@ std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); 
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvfold::InstallFatalSignalHandlers();
   CLI::App app{"kvfold: make the KV cache of transformer checkpoints smaller"};
   app.set_version_flag("--version", kvfold::kVersion);
   app.require_subcommand(1);
@@ -27,7 +33,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::fprintf(stderr, "kvfold: error: %s\n", kvfold::Printable(FirstLine(e.what())).c_str());
+    return 2;
   }
   try {
     for (const auto& c : commands) {
@@ -37,8 +45,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvfold: error: %s\n", FirstLine(e.what()).c_str());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvfold: internal error: %s\n", FirstLine(e.what()).c_str());
-    return 2;
+    std::fprintf(stderr, "kvfold: error: internal: %s\n", kvfold::Printable(FirstLine(e.what())).c_str());
+    return 3;
   }
   return 1;
 }

@@ -100,7 +100,7 @@ TEST_CASE("outputs are complete, described and byte-identical across runs", "[co
   CHECK(out.config.head_dim == 32);
   const auto meta = ReadJson(tmp.File("a/kvfold.json"));
   CHECK(meta["format_version"] == 1);
-  CHECK(meta["pipeline"] == "gqa-svd<kv-heads=2,rope=reconstruct>");
+  CHECK(meta["pipeline"] == "gqa-svd<kv-heads=2,rope=reconstruct,weight=query>");  // defaults recorded
   CHECK(meta["vanilla_checkpoint"] == false);
   CHECK(meta["calibration"]["tokens"] == 8192);
   CHECK(meta["calibration"]["sha256"].get<std::string>().size() == 64);
@@ -137,6 +137,10 @@ TEST_CASE("existing outputs are refused without --force and replaced with it", "
   o.output = out;
   o.force = true;
   o.progress = false;
+  // --force replaces only what kvfold wrote: a folder without kvfold.json is someone's data.
+  CHECK_THROWS_WITH(Convert(o), Catch::Contains("has no kvfold.json; --force only replaces a folder kvfold wrote"));
+  CHECK(ReadBytes(out + "/marker") == "keep\n");
+  test::WriteBytes(out + "/kvfold.json", "{}");
   Convert(o);
   CHECK(ListDir(out).size() > 3);
   CHECK(ReadBytes(out + "/marker").empty());
@@ -150,4 +154,94 @@ TEST_CASE("a failing conversion leaves no output", "[convert][output][shared]") 
   CHECK_THROWS_AS(RunConvert("mini-mha", "gqa-svd<kv-heads=2>,gqa-svd<kv-heads=1>", tmp.File("out")),
                   Error);
   CHECK(ListDir(tmp.path()).empty());
+}
+
+TEST_CASE("a conversion failing after its output is written leaves the previous output intact",
+          "[convert][output][shared]") {
+  // The report's evaluation text is too short for one window: the failure comes after the
+  // weights and kvfold.json are in the staging folder, so the clean-up path really runs.
+  TempDir tmp;
+  test::WriteBytes(tmp.File("short.txt"), "Once upon a time.");
+  ConvertOptions o;
+  o.model = SharedPath("models/stories260K");
+  o.calib_text = CalibFor("stories260K");
+  o.calib_tokens = 1024;
+  o.passes = "gqa-meanpool<kv-heads=2>";
+  o.output = tmp.File("out");
+  o.report_path = tmp.File("out/report.html");  // inside the output: part of the atomic output
+  o.eval_text = tmp.File("short.txt");
+  o.progress = false;
+  CHECK_THROWS_WITH(Convert(o), Catch::Contains("fewer than one window"));
+  CHECK(ListDir(tmp.path()) == std::vector<std::string>{"short.txt"});
+  // The same failure under --force keeps the previous output, byte for byte.
+  RunConvert("stories260K", "gqa-meanpool<kv-heads=1>", tmp.File("out"));
+  const std::string before = ReadBytes(tmp.File("out/model.safetensors"));
+  o.force = true;
+  CHECK_THROWS_WITH(Convert(o), Catch::Contains("fewer than one window"));
+  CHECK(ReadBytes(tmp.File("out/model.safetensors")) == before);
+  CHECK(ListDir(tmp.path()) == (std::vector<std::string>{"out", "short.txt"}));
+}
+
+TEST_CASE("--reproduce reruns a recorded conversion byte for byte", "[convert][output][shared]") {
+  TempDir tmp;
+  RunConvert("stories260K", "kv-mixed<bits=2,protect=1>", tmp.File("a"), 2048);
+  const auto meta = ReadJson(tmp.File("a/kvfold.json"));
+  // Every parameter is recorded, defaults included, so a changed default cannot change a rerun.
+  CHECK(meta["pipeline"] == "kv-mixed<bits=2,group=0,hi-bits=16,keep=0.2,key-axis=channel,key-bits=2,"
+                            "protect=1,recent=0.5,value-axis=token,value-bits=2>");
+  CHECK(meta["calibration"]["threads"] == 2);
+  ConvertOptions given;
+  given.output = tmp.File("b");
+  given.progress = false;
+  Convert(ReproduceOptions(tmp.File("a/kvfold.json"), given));
+  const auto files = ListDir(tmp.File("a"));
+  REQUIRE(files == ListDir(tmp.File("b")));
+  for (const auto& f : files) {
+    INFO(f);
+    CHECK(ReadBytes(tmp.File("a/" + f)) == ReadBytes(tmp.File("b/" + f)));
+  }
+  // Other inputs than the recorded ones are refused by hash.
+  given.output = tmp.File("c");
+  given.calib_text = SharedPath("text/tinystories/eval.txt");
+  CHECK_THROWS_WITH(Convert(ReproduceOptions(tmp.File("a/kvfold.json"), given)),
+                    Catch::Contains("is not the calibration text the recorded conversion read"));
+}
+
+TEST_CASE("outputs never overlap the input, and only the model's own files travel", "[convert][output][shared]") {
+  TempDir tmp;
+  // A model folder as users have them: stale .bin shards, a subfolder, a symlink out of it.
+  const std::string src = SharedPath("models/stories260K");
+  const std::string model = tmp.File("model");
+  REQUIRE(std::system(("cp -r " + src + " " + model + " && mkdir " + model + "/original && " +
+                       "echo stale > " + model + "/pytorch_model-00001-of-00001.bin && " +
+                       "echo '{}' > " + model + "/pytorch_model.bin.index.json && " +
+                       "echo license > " + model + "/LICENSE && " +
+                       "ln -s /etc/passwd " + model + "/README.md")
+                          .c_str()) == 0);
+  for (const std::string& out : {model, model + "/out", tmp.path()}) {
+    INFO(out);
+    ConvertOptions o;
+    o.model = model;
+    o.calib_text = CalibFor("stories260K");
+    o.passes = "gqa-meanpool<kv-heads=2>";
+    o.output = out;
+    o.force = true;
+    o.progress = false;
+    CHECK_THROWS_WITH(Convert(o), Catch::Contains("the input model folder"));
+  }
+  CHECK(ReadBytes(model + "/pytorch_model-00001-of-00001.bin") == "stale\n");
+  ConvertOptions o;
+  o.model = model;
+  o.calib_text = CalibFor("stories260K");
+  o.passes = "gqa-meanpool<kv-heads=2>";
+  o.output = tmp.File("out");
+  o.progress = false;
+  Convert(o);
+  CHECK(ListDir(tmp.File("out")) ==
+        (std::vector<std::string>{"LICENSE", "config.json", "generation_config.json", "kvfold.json", "model.safetensors",
+                                  "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json"}));
+  const auto not_copied = ReadJson(tmp.File("out/kvfold.json"))["not_copied"];
+  CHECK(not_copied.size() == 4);
+  CHECK(not_copied.dump().find("README.md (a symbolic link leading out of the model folder)") != std::string::npos);
+  CHECK(not_copied.dump().find("original (a folder)") != std::string::npos);
 }

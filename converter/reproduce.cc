@@ -1,0 +1,56 @@
+// kvfold convert --reproduce OLD/kvfold.json: the options of a recorded conversion.
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "converter/convert.h"
+#include "formats/error.h"
+#include "formats/mapped_file.h"
+#include "formats/version.h"
+
+namespace kvfold {
+namespace {
+
+using nlohmann::json;
+
+const json& Field(const json& doc, const char* key, const std::string& path) {
+  if (!doc.is_object() || !doc.contains(key)) Fail(path, std::string("missing field '") + key + "'");
+  return doc[key];
+}
+
+}  // namespace
+
+ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOptions& given) {
+  json doc;
+  try {
+    doc = json::parse(ReadFileToString(kvfold_json));
+  } catch (const json::exception& e) {
+    Fail(kvfold_json, std::string("not valid JSON (") + e.what() + ")");
+  }
+  ConvertOptions o = given;
+  try {
+    const std::string version = Field(doc, "kvfold_version", kvfold_json).get<std::string>();
+    if (version != kVersion) {
+      std::fprintf(stderr, "kvfold: note: %s was written by kvfold %s, this is %s: the output may differ\n",
+                   kvfold_json.c_str(), version.c_str(), kVersion);
+    }
+    const json& source = Field(doc, "source", kvfold_json);
+    const json& calib = Field(doc, "calibration", kvfold_json);
+    o.passes = Field(doc, "pipeline", kvfold_json).get<std::string>();
+    if (o.model.empty()) o.model = Field(source, "path", kvfold_json).get<std::string>();
+    if (o.calib_text.empty()) o.calib_text = Field(calib, "file", kvfold_json).get<std::string>();
+    o.expected_source_sha256 = Field(source, "sha256", kvfold_json).get<std::string>();
+    o.expected_calib_sha256 = Field(calib, "sha256", kvfold_json).get<std::string>();
+    o.calib_tokens = Field(calib, "tokens", kvfold_json).get<std::int64_t>();
+    o.window = Field(calib, "window", kvfold_json).get<int>();
+    // Calibration sums are joined per thread: the same count gives the same bytes.
+    if (calib.contains("threads") && calib["threads"].get<int>() > 0 && given.threads == 0) {
+      o.threads = calib["threads"].get<int>();
+    }
+  } catch (const json::exception& e) {
+    Fail(kvfold_json, std::string("unexpected value (") + e.what() + ")");
+  }
+  return o;
+}
+
+}  // namespace kvfold

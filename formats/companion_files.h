@@ -1,0 +1,22 @@
+// The files around the weights that belong to a converted model: tokenizer files, generation and
+// chat-template configs, README/LICENSE. Weights (safetensors, stale pytorch_model-*.bin shards and
+// their indexes), kvfold's own outputs, folders, and anything that is not a regular file inside
+// the model folder (a symbolic link leading out of it, a FIFO, a device) never travel.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace kvfold {
+
+struct CompanionFiles {
+  std::vector<std::string> copy;     // names in `dir`, sorted
+  std::vector<std::string> skipped;  // "name (why)", sorted, for a note to the user
+};
+
+CompanionFiles FindCompanionFiles(const std::string& dir);
+
+// Copies the regular file `from` to `to` (atomically, streamed in blocks).
+void CopyRegularFile(const std::string& from, const std::string& to);
+
+}  // namespace kvfold
