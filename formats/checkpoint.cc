@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include "formats/error.h"
+#include "formats/mapped_file.h"
 
 namespace kvfold {
 namespace {
@@ -22,7 +23,18 @@ Checkpoint OpenCheckpoint(const std::string& dir) {
   }
   Checkpoint ck{dir, LoadModelConfig(dir), TensorStore::OpenModelDir(dir), ""};
   const std::string tok = dir + "/tokenizer.model";
-  if (::stat(tok.c_str(), &st) == 0) ck.tokenizer_path = tok;
+  if (::stat(tok.c_str(), &st) == 0) {
+    RequireRegularFile(tok);
+    ck.tokenizer_path = tok;
+  }
+  // Bound what the config asks for by what the weights hold before listing the tensors it
+  // implies (a billion layers would take gigabytes of names): every layer has tensors of its
+  // own. Small mismatches get the detailed list of missing tensors below.
+  const auto stored = static_cast<std::int64_t>(ck.tensors.tensors().size());
+  if (ck.config.num_hidden_layers > stored + 1024) {
+    Fail(dir + "/config.json", "num_hidden_layers is " + std::to_string(ck.config.num_hidden_layers) +
+                                   " but the weights hold only " + std::to_string(stored) + " tensors");
+  }
 
   std::string problems;
   int count = 0;

@@ -27,6 +27,9 @@ std::uint16_t F32ToF16(float value);   // round to nearest even, overflow to inf
 // Converts `count` elements of `src` (in `dtype`, any alignment) to float32 in `dst`.
 // Throws Error for a type that is not F32/F16/BF16.
 void ConvertToF32(DType dtype, const void* src, std::size_t count, float* dst);
+// The first element of `src` that is not finite, or whose magnitude overflows `dtype` (F16 above
+// 65504, BF16 above its largest finite value), as "element i is X (why)"; nullopt if all fit.
+std::optional<std::string> FindUnrepresentable(DType dtype, const float* src, std::size_t count);
 // Converts float32 `src` into `dtype` bytes at `dst` (F32/F16/BF16 only).
 void ConvertFromF32(DType dtype, const float* src, std::size_t count, void* dst);
 

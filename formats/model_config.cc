@@ -71,10 +71,35 @@ void CheckRopeScaling(const json& doc, const std::string& file) {
   if (!doc.contains("rope_scaling") || doc["rope_scaling"].is_null()) return;
   const json& rs = doc["rope_scaling"];
   if (rs.is_object()) {
-    std::string type = rs.value("rope_type", rs.value("type", std::string()));
-    if (type == "default") return;
+    const char* key = rs.contains("rope_type") ? "rope_type" : "type";
+    if (rs.contains(key) && !rs[key].is_string()) Fail(file, std::string("rope_scaling.") + key + " must be a string");
+    if (rs.contains(key) && rs[key].get<std::string>() == "default") return;
   }
   Fail(file, "rope_scaling " + rs.dump() + " is not supported (only plain RoPE)");
+}
+
+// Every tensor the config implies, and the KV cache per token, must have a size that fits in
+// int64 with room to spare: a head_dim of 2^62 would otherwise wrap around and pass the shape
+// checks. 2^48 elements is far beyond any real model (a 405B model's largest tensor is ~2^31).
+void CheckSizes(const ModelConfig& c, const std::string& file) {
+  constexpr std::int64_t kLimit = std::int64_t{1} << 48;
+  const std::pair<const char*, std::vector<std::int64_t>> products[] = {
+      {"num_attention_heads x head_dim x hidden_size", {c.num_attention_heads, c.head_dim, c.hidden_size}},
+      {"num_key_value_heads x head_dim x hidden_size", {c.num_key_value_heads, c.head_dim, c.hidden_size}},
+      {"intermediate_size x hidden_size", {c.intermediate_size, c.hidden_size}},
+      {"vocab_size x hidden_size", {c.vocab_size, c.hidden_size}},
+      {"max_position_embeddings x head_dim", {c.max_position_embeddings, c.head_dim}},
+      {"2 x num_hidden_layers x num_key_value_heads x head_dim x 8 (KV bytes per token)",
+       {2, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, 8}},
+  };
+  for (const auto& [what, factors] : products) {
+    std::int64_t n = 1;
+    for (std::int64_t f : factors) {
+      if (__builtin_mul_overflow(n, f, &n) || n > kLimit) {
+        Fail(file, std::string(what) + " is too large (over 2^48): the config's sizes are not a real model's");
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -134,6 +159,12 @@ std::string LayerTypesText(const std::vector<std::int64_t>& kv_layer_of) {
   return s;
 }
 
+namespace {
+
+ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& file_name);
+
+}  // namespace
+
 ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file_name) {
   json doc;
   try {
@@ -142,6 +173,16 @@ ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file
     Fail(file_name, std::string("not valid JSON (") + e.what() + ")");
   }
   if (!doc.is_object()) Fail(file_name, "not a JSON object");
+  try {
+    return ParseConfigDocument(doc, file_name);
+  } catch (const json::exception& e) {  // a field of an unexpected type deep inside a block
+    Fail(file_name, std::string("unexpected value (") + e.what() + ")");
+  }
+}
+
+namespace {
+
+ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& file_name) {
   FieldReader f(doc, file_name);
 
   ModelConfig c;
@@ -238,8 +279,11 @@ ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file
   if (c.SharesKv() && c.key_projection_heads > 0) {
     Fail(file_name, "cross-layer KV sharing with reconstruct-mode keys is not supported");
   }
+  CheckSizes(c, file_name);
   return c;
 }
+
+}  // namespace
 
 std::string UpdateConfigJson(std::string_view original, const ModelConfig& config,
                              const std::string& file_name) {

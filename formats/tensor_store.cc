@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include <nlohmann/json.hpp>
 
@@ -128,8 +129,16 @@ void TensorStore::ReadF32(const std::string& name, float* dst) const {
     Fail(ref.file->path(), "tensor '" + name + "' has dtype " + DTypeName(ref.entry->dtype) +
                                "; kvfold computes with F32, F16 or BF16");
   }
-  ConvertToF32(ref.entry->dtype, ref.bytes().data(),
-               static_cast<std::size_t>(ref.entry->NumElements()), dst);
+  const auto count = static_cast<std::size_t>(ref.entry->NumElements());
+  ConvertToF32(ref.entry->dtype, ref.bytes().data(), count, dst);
+  // A NaN or inf weight would surface much later as a failed eigendecomposition or a NaN
+  // perplexity; name the tensor now.
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!std::isfinite(dst[i])) {
+      Fail(ref.file->path(), "tensor '" + name + "' holds " + std::to_string(dst[i]) + " at element " +
+                                 std::to_string(i) + " (weights must be finite)");
+    }
+  }
 }
 
 std::vector<float> TensorStore::ReadF32(const std::string& name) const {

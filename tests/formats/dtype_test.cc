@@ -58,3 +58,16 @@ TEST_CASE("ConvertToF32 reads unaligned data and rejects integer types", "[dtype
   CHECK(out[1] == -3.25f);
   CHECK_THROWS_AS(ConvertToF32(DType::kI32, buf, 1, out), Error);
 }
+
+TEST_CASE("values a dtype cannot hold are found and named", "[dtype]") {
+  const float ok[] = {1.0f, -65504.0f, 3e38f};
+  CHECK_FALSE(FindUnrepresentable(DType::kF16, ok, 2));
+  CHECK_FALSE(FindUnrepresentable(DType::kBF16, ok, 3));
+  CHECK_FALSE(FindUnrepresentable(DType::kF32, ok, 3));
+  const float big[] = {1.0f, 1e6f};  // a decode coefficient F16 turns into inf
+  CHECK(FindUnrepresentable(DType::kF16, big, 2).value() == "element 1 is 1000000.000000 (beyond F16's range of 65504)");
+  const float max_f32 = std::numeric_limits<float>::max();  // rounds up to BF16 inf
+  CHECK(FindUnrepresentable(DType::kBF16, &max_f32, 1).value().find("beyond the dtype's range") != std::string::npos);
+  const float nan[] = {0.0f, std::nanf("")};
+  CHECK(FindUnrepresentable(DType::kF32, nan, 2).value() == "element 1 is nan (not finite)");
+}

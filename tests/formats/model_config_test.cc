@@ -77,6 +77,14 @@ TEST_CASE("bad configs give one clear line", "[config]") {
   rejects("{not json", "not valid JSON");
   rejects("[]", "not a JSON object");
   rejects(With(R"("rms_norm_eps":"small")"), "rms_norm_eps");
+  // Sizes whose products wrap int64 (2^62 + 8 heads' worth) or exceed any real model.
+  rejects(With(R"("head_dim":4611686018427387912)"), "num_attention_heads x head_dim x hidden_size is too large");
+  rejects(With(R"("vocab_size":4611686018427387904)"), "vocab_size x hidden_size is too large");
+  rejects(With(R"("max_position_embeddings":9223372036854775807)"), "max_position_embeddings x head_dim is too large");
+  // Wrong JSON types inside blocks are named, never a JSON library exception.
+  rejects(With(R"("rope_scaling":{"rope_type":5})"), "rope_scaling.rope_type must be a string");
+  rejects(With(R"("rope_scaling":{"type":[1]})"), "rope_scaling.type must be a string");
+  rejects(With(R"("kvfold_key_reconstruct":{"key_projection_heads":"8"})"), "key_projection_heads");
 }
 
 TEST_CASE("an explicit default rope_scaling is accepted", "[config]") {
