@@ -185,7 +185,9 @@ std::vector<double> BalanceFactors(const std::vector<float>& qmax, const std::ve
       double q = 0;
       for (std::int64_t h = g * group; h < (g + 1) * group; ++h) q = std::max(q, double(qmax[static_cast<std::size_t>(h * units + u)]));
       const double k = kmax[static_cast<std::size_t>(g * units + u)];
-      const double f = q > 0 && k > 0 ? std::pow(q, alpha) / std::pow(k, 1 - alpha) : 1.0;
+      // MiKV's balancer is sqrt(max|q| / max|k|); alpha generalises the square root: 0 leaves the
+      // weights alone, 1 swaps the query and key maxima.
+      const double f = q > 0 && k > 0 ? std::pow(q / k, alpha) : 1.0;
       b[static_cast<std::size_t>(g * d + u)] = f;
       if (pairs) b[static_cast<std::size_t>(g * d + u + d / 2)] = f;
     }
@@ -221,19 +223,28 @@ std::unique_ptr<Pass> CreateKvBalance(const PassSpec& spec, const ModelConfig&) 
 std::unique_ptr<Pass> CreateKvMixed(const PassSpec& spec, const ModelConfig& config) {
   KvMixedTable t;
   const auto bits = IntParam(spec, "bits", 4);
-  t.key_bits = static_cast<int>(IntParam(spec, "key-bits", bits));
-  t.value_bits = static_cast<int>(IntParam(spec, "value-bits", bits));
-  t.hi_bits = static_cast<int>(IntParam(spec, "hi-bits", 16));
+  const auto key_bits = IntParam(spec, "key-bits", bits), value_bits = IntParam(spec, "value-bits", bits);
+  for (std::int64_t b : {key_bits, value_bits}) {
+    if (b < 1 || b > 8) Fail("--passes", "kv-mixed: key/value bits must be in [1, 8]");
+  }
+  t.key_bits = static_cast<int>(key_bits);
+  t.value_bits = static_cast<int>(value_bits);
+  if (IntParam(spec, "hi-bits", 16) != 16) {
+    Fail("--passes", "kv-mixed: hi-bits must be 16 (kvfold simulates unquantized important tokens)");
+  }
+  t.hi_bits = 16;
   t.keep = DoubleParam(spec, "keep", 0.2);
   t.recent = DoubleParam(spec, "recent", 0.5);
   t.key_axis = StringParam(spec, "key-axis", "channel", {"channel", "token"});
   t.value_axis = StringParam(spec, "value-axis", "token", {"token"});
   t.group = IntParam(spec, "group", 0);
-  for (std::int64_t l : IntListParam(spec, "protect")) t.protect.push_back(static_cast<int>(l));
-  for (int b : {t.key_bits, t.value_bits}) {
-    if (b < 1 || b > 8) Fail("--passes", "kv-mixed: key/value bits must be in [1, 8]");
+  for (std::int64_t l : IntListParam(spec, "protect")) {
+    if (l < 0 || l >= config.num_hidden_layers) {
+      Fail("--passes", "kv-mixed: protect layer " + std::to_string(l) + " does not exist (the model has layers 0.." +
+                           std::to_string(config.num_hidden_layers - 1) + ")");
+    }
+    t.protect.push_back(static_cast<int>(l));
   }
-  if (t.hi_bits != 16) Fail("--passes", "kv-mixed: hi-bits must be 16 (kvfold simulates unquantized important tokens)");
   if (!(t.keep > 0 && t.keep <= 1) || !(t.recent >= 0 && t.recent <= 1)) Fail("--passes", "kv-mixed: keep in (0, 1], recent in [0, 1]");
   if (t.group < 0 || t.group > config.head_dim) Fail("--passes", "kv-mixed: group must be in [0, head_dim]");
   return std::make_unique<KvMixed>(t);

@@ -38,8 +38,12 @@ class Pass {
 // A pass invocation as written in a pipeline: name<key=value,...>.
 struct PassSpec {
   std::string name;
-  std::map<std::string, std::string> params;
-  std::string Text() const;  // canonical text (parameters sorted)
+  std::map<std::string, std::string> params;  // as written
+  // Values the parameter helpers below fell back to when a parameter was not written. A pass
+  // reads every parameter when it is created, so afterwards Text() names every value in force:
+  // kvfold.json then reproduces its output even after a default changes.
+  mutable std::map<std::string, std::string> defaults_used;
+  std::string Text() const;  // canonical text: written and defaulted parameters, sorted
 };
 
 struct PassParam {
@@ -64,7 +68,8 @@ std::vector<PassSpec> ParsePipeline(const std::string& text);
 
 // Integer parameter helper for pass constructors: Error naming the pass and parameter.
 std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t fallback);
-// A list parameter written protect=0,1: its integers in order (empty when absent).
+// A list parameter written protect=0,1: its distinct integers in order (empty when absent or
+// written as "none", the canonical empty list).
 std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& key);
 double DoubleParam(const PassSpec& spec, const std::string& key, double fallback);
 std::string StringParam(const PassSpec& spec, const std::string& key, const std::string& fallback,

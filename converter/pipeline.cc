@@ -1,6 +1,9 @@
 // Pipeline text: parsing, parameter access, and the --print-passes listing.
+#include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 #include "converter/pass.h"
@@ -16,6 +19,16 @@ const PassInfo* FindPass(const std::string& name) {
   return nullptr;
 }
 
+// The shortest decimal text that reads back as exactly `v` (0.5 -> "0.5", not "0.500000").
+std::string ShortestText(double v) {
+  char buf[32];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
 std::string Trim(const std::string& s) {
   std::size_t a = 0, b = s.size();
   while (a < b && std::isspace(static_cast<unsigned char>(s[a]))) ++a;
@@ -23,14 +36,29 @@ std::string Trim(const std::string& s) {
   return s.substr(a, b - a);
 }
 
+// "a=1,b=2," -> {"a=1", "b=2", ""}: unlike getline, keeps empty items so they can be refused.
+std::vector<std::string> SplitItems(const std::string& s) {
+  std::vector<std::string> items(1);
+  for (char c : s) {
+    if (c == ',') {
+      items.emplace_back();
+    } else {
+      items.back() += c;
+    }
+  }
+  return items;
+}
+
 }  // namespace
 
 std::string PassSpec::Text() const {
+  std::map<std::string, std::string> all = defaults_used;
+  for (const auto& [k, v] : params) all[k] = v;
   std::string out = name;
-  if (params.empty()) return out;
+  if (all.empty()) return out;
   out += "<";
   bool first = true;
-  for (const auto& [k, v] : params) {
+  for (const auto& [k, v] : all) {
     out += (first ? "" : ",") + k + "=" + v;
     first = false;
   }
@@ -53,9 +81,9 @@ std::vector<PassSpec> ParsePipeline(const std::string& text) {
     if (i < text.size() && text[i] == '<') {
       const std::size_t close = text.find('>', i);
       if (close == std::string::npos) Fail(where, "'<' after " + spec.name + " is never closed");
-      std::stringstream params(text.substr(i + 1, close - i - 1));
-      std::string item, last_key;  // an item without '=' continues last_key's list value
-      while (std::getline(params, item, ',')) {
+      std::string last_key;  // an item without '=' continues last_key's list value
+      for (const std::string& item : SplitItems(text.substr(i + 1, close - i - 1))) {
+        if (Trim(item).empty()) Fail(where, spec.name + ": empty parameter in '" + text.substr(i, close - i + 1) + "'");
         const std::size_t eq = item.find('=');
         if (eq == std::string::npos && !last_key.empty() && !Trim(item).empty()) {  // protect=0,1
           spec.params[last_key] += "," + Trim(item);
@@ -83,7 +111,10 @@ std::vector<PassSpec> ParsePipeline(const std::string& text) {
 
 std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t fallback) {
   auto it = spec.params.find(key);
-  if (it == spec.params.end()) return fallback;
+  if (it == spec.params.end()) {
+    spec.defaults_used[key] = std::to_string(fallback);
+    return fallback;
+  }
   std::size_t used = 0;
   long long v = 0;
   try {
@@ -100,16 +131,26 @@ std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t
 std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& key) {
   std::vector<std::int64_t> out;
   auto it = spec.params.find(key);
-  if (it == spec.params.end() || it->second.empty()) return out;
-  std::stringstream list(it->second);
-  std::string item;
-  while (std::getline(list, item, ',')) out.push_back(IntParam(PassSpec{spec.name, {{key, Trim(item)}}}, key, 0));
+  if (it == spec.params.end() || it->second == "none") {
+    if (it == spec.params.end()) spec.defaults_used[key] = "none";
+    return out;
+  }
+  for (const std::string& item : SplitItems(it->second)) {
+    const std::int64_t v = IntParam(PassSpec{spec.name, {{key, Trim(item)}}, {}}, key, 0);
+    if (std::find(out.begin(), out.end(), v) != out.end()) {
+      Fail("--passes", spec.name + ": " + key + "=" + it->second + " lists " + std::to_string(v) + " twice");
+    }
+    out.push_back(v);
+  }
   return out;
 }
 
 double DoubleParam(const PassSpec& spec, const std::string& key, double fallback) {
   auto it = spec.params.find(key);
-  if (it == spec.params.end()) return fallback;
+  if (it == spec.params.end()) {
+    spec.defaults_used[key] = ShortestText(fallback);
+    return fallback;
+  }
   std::size_t used = 0;
   double v = 0;
   try {
@@ -127,6 +168,7 @@ std::string StringParam(const PassSpec& spec, const std::string& key, const std:
                         const std::vector<std::string>& allowed) {
   auto it = spec.params.find(key);
   const std::string v = it == spec.params.end() ? fallback : it->second;
+  if (it == spec.params.end()) spec.defaults_used[key] = fallback;
   for (const auto& a : allowed) {
     if (v == a) return v;
   }

@@ -180,20 +180,22 @@ Command AddEvalCommand(CLI::App& app) {
       "eval", "Perplexity by kvfold-ppl-v1; with --compare, KL/top-1/delta NLL vs the original");
   sub->add_option("MODEL", a->model, "HuggingFace model folder to evaluate")->required();
   sub->add_option("--text", a->text, "UTF-8 evaluation text")->required();
-  sub->add_option("--window", a->window, "Tokens per window")->capture_default_str();
-  sub->add_option("--max-windows", a->max_windows, "Use only the first N windows");
+  sub->add_option("--window", a->window, "Tokens per window")->capture_default_str()->check(CLI::Range(2, 1 << 20));
+  sub->add_option("--max-windows", a->max_windows, "Use only the first N windows")->check(CLI::PositiveNumber);
   sub->add_option("--compare", a->compare, "Original model to compare against (same tokenizer)");
   sub->add_option("--kv-cache", a->kv_cache,
                   "Decode-time cache policy: 'evict<policy=l2-low,keep=0.5,skip=0,1>' (docs/eviction.md) "
                   "or 'quant<scheme=kivi,bits=2>' (docs/kv-quant.md); compared with the full cache "
                   "after the prefix");
-  sub->add_option("--copy", a->copy, "Also run the copy (retrieval) check on N random sequences");
+  sub->add_option("--copy", a->copy, "Also run the copy (retrieval) check on N random sequences")
+      ->check(CLI::Range(0, 1 << 20));
   sub->add_option("--lckv-iterations", a->lckv_iterations,
                   "LCKV models: also run the paper's parallel encoding with M iterations and report how "
-                  "close it is to exact token-by-token decoding");
+                  "close it is to exact token-by-token decoding")
+      ->check(CLI::Range(0, 1 << 20));
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
-  sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)");
-  sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~2048 tokens)");
+  sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->check(ThreadCount());
+  sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~2048 tokens)")->check(CLI::Range(0, 1 << 16));
   sub->add_flag("--json", a->json, "Print JSON instead of text");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
   return {sub, [a] { return RunEval(*a); }};

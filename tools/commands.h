@@ -13,6 +13,9 @@ struct Command {
   std::function<int()> run; // runs it with the parsed arguments
 };
 
+// --threads: 0 (all cores) up to 4 x this machine's cores; more only spawns idle threads.
+CLI::Validator ThreadCount();
+
 Command AddInspectCommand(CLI::App& app);
 Command AddEvalCommand(CLI::App& app);
 Command AddConvertCommand(CLI::App& app);

@@ -22,6 +22,10 @@ TEST_CASE("pipeline errors name what is wrong", "[pipeline]") {
   CHECK_THROWS_WITH(ParsePipeline("gqa-svd<kv-heads=2"), Catch::Contains("never closed"));
   CHECK_THROWS_WITH(ParsePipeline(""), Catch::Contains("no passes"));
   CHECK_THROWS_WITH(ParsePipeline("gqa-svd<kv-heads>"), Catch::Contains("needs a value"));
+  CHECK_THROWS_WITH(ParsePipeline("gqa-svd<kv-heads=2,>"), Catch::Contains("empty parameter"));
+  CHECK_THROWS_WITH(ParsePipeline("gqa-svd<,>"), Catch::Contains("empty parameter"));
+  CHECK_THROWS_WITH(ParsePipeline("kv-mixed<protect=0,,1>"), Catch::Contains("empty parameter"));
+  CHECK_THROWS_WITH(ParsePipeline("gqa-svd<kv-heads=2,kv-heads=2>"), Catch::Contains("given twice"));
   ModelConfig c;
   c.num_key_value_heads = 8;
   for (const auto& info : PassRegistry()) {
@@ -34,4 +38,30 @@ TEST_CASE("pipeline errors name what is wrong", "[pipeline]") {
                       Catch::Contains("is not an integer"));
   }
   CHECK(PrintPasses().find("gqa-meanpool") != std::string::npos);
+}
+
+TEST_CASE("a created pass's spec names every parameter in force, defaults included", "[pipeline]") {
+  ModelConfig c;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 8;
+  c.head_dim = 32;
+  auto created = [&](const std::string& text) {
+    const PassSpec spec = ParsePipeline(text)[0];
+    for (const auto& info : PassRegistry()) {
+      if (spec.name == info.name) info.create(spec, c);
+    }
+    return spec.Text();
+  };
+  CHECK(created("gqa-svd<kv-heads=2>") == "gqa-svd<kv-heads=2,rope=commute,weight=query>");
+  CHECK(created("kv-balance") == "kv-balance<alpha=0.5>");
+  CHECK(created("kv-mixed<bits=2>") == "kv-mixed<bits=2,group=0,hi-bits=16,keep=0.2,key-axis=channel,key-bits=2,"
+                                       "protect=none,recent=0.5,value-axis=token,value-bits=2>");
+  // The full text parses back to the same pass.
+  CHECK(created(created("kv-mixed<bits=2,protect=1,3>")) == created("kv-mixed<bits=2,protect=1,3>"));
+  // Lists: no duplicates, only layers that exist.
+  CHECK_THROWS_WITH(created("kv-mixed<protect=0,0>"), Catch::Contains("lists 0 twice"));
+  CHECK_THROWS_WITH(created("kv-mixed<protect=-1>"), Catch::Contains("protect layer -1 does not exist"));
+  CHECK_THROWS_WITH(created("kv-mixed<protect=4>"), Catch::Contains("protect layer 4 does not exist"));
+  CHECK_THROWS_WITH(created("kv-mixed<key-bits=4294967298>"), Catch::Contains("bits must be in [1, 8]"));
 }
