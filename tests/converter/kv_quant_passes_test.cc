@@ -122,7 +122,9 @@ TEST_CASE("kv-scales writes vLLM's compressed-tensors FP8 KV scales: amax / 448"
             if (per_head && ch / 8 != g) continue;
             amax = std::max({amax, std::abs(lo[ch]), std::abs(hi[ch])});
           }
-          CHECK(got[g] == Approx(amax / 448.0f).epsilon(1e-6));
+          // Calibration batches 8 windows per forward, the truth runs one at a time: different
+          // GEMM shapes, so float32 sums differ by a few ulp per layer on some BLAS kernels.
+          CHECK(got[g] == Approx(amax / 448.0f).epsilon(1e-5));
         }
       }
     }
@@ -144,8 +146,33 @@ TEST_CASE("kv-balance folds into W_Q/W_K without changing the logits", "[kv-quan
     CHECK(ReadFileToString(o.report_path).find("key outliers after") != std::string::npos);
     const TensorStore a = TensorStore::OpenModelDir(out), b = TensorStore::OpenModelDir(SharedPath(std::string("models/") + model));
     CHECK(a.ReadF32("model.layers.1.self_attn.k_proj.weight") != b.ReadF32("model.layers.1.self_attn.k_proj.weight"));
+    // The fold, read back from the weights of layer 0: each key row is its source row times one
+    // factor, shared by the rotary pair (c, c + d/2); the group's query rows are divided by it;
+    // the factors' range is the one recorded.
+    const ModelConfig c = OpenCheckpoint(out).config;
+    const auto k_out = a.ReadF32("model.layers.0.self_attn.k_proj.weight"), k_src = b.ReadF32("model.layers.0.self_attn.k_proj.weight");
+    const auto q_out = a.ReadF32("model.layers.0.self_attn.q_proj.weight"), q_src = b.ReadF32("model.layers.0.self_attn.q_proj.weight");
+    const std::size_t cols = static_cast<std::size_t>(c.hidden_size), d = static_cast<std::size_t>(c.head_dim);
+    auto row_factor = [&](const std::vector<float>& x, const std::vector<float>& y, std::size_t row) {
+      std::size_t best = 0;  // the largest source entry: the best-conditioned ratio
+      for (std::size_t j = 0; j < cols; ++j) best = std::abs(y[row * cols + j]) > std::abs(y[row * cols + best]) ? j : best;
+      return double(x[row * cols + best]) / y[row * cols + best];
+    };
+    double lo = 1e300, hi = 0;
+    const std::size_t group = static_cast<std::size_t>(c.num_attention_heads / c.num_key_value_heads);
+    for (std::size_t row = 0; row < static_cast<std::size_t>(c.num_key_value_heads) * d; ++row) {
+      const double f = row_factor(k_out, k_src, row);
+      lo = std::min(lo, f), hi = std::max(hi, f);
+      const std::size_t partner = (row % d < d / 2) ? row + d / 2 : row - d / 2;
+      CHECK(row_factor(k_out, k_src, partner) == Approx(f).epsilon(1e-5));  // float32 weights: ~1e-7 per product
+      for (std::size_t h = (row / d) * group; h < (row / d + 1) * group; ++h) {
+        CHECK(row_factor(q_out, q_src, h * d + row % d) == Approx(1 / f).epsilon(1e-5));
+      }
+    }
     const auto meta = nlohmann::json::parse(ReadFileToString(out + "/kvfold.json"));
-    CHECK(meta["passes"][0]["balance"][0]["factor_max"].get<double>() >= meta["passes"][0]["balance"][0]["factor_min"].get<double>());
+    CHECK(meta["passes"][0]["balance"][0]["factor_min"].get<double>() == Approx(lo).epsilon(1e-5));
+    CHECK(meta["passes"][0]["balance"][0]["factor_max"].get<double>() == Approx(hi).epsilon(1e-5));
+    CHECK(hi > lo * 1.01);  // real maxima differ per pair: constant factors would be a bug
   }
 }
 
@@ -161,6 +188,18 @@ TEST_CASE("balance factors equalise the maxima; RoPE needs a factor per rotary p
   // After scaling, the largest query and key of each pair are equal.
   CHECK(4.0 / b[0] == Approx(1.0 * b[0]));
   CHECK(9.0 / b[1] == Approx(4.0 * b[1]));
+
+  // alpha is the migration strength of b = (max|q| / max|k|)^alpha: 0 leaves the weights
+  // alone, 1 swaps the maxima, and in between the key maximum becomes k^(1-a) q^a.
+  for (double alpha : {0.0, 0.25, 1.0}) {
+    INFO("alpha " << alpha);
+    const auto f = BalanceFactors(qmax, kmax, 2, 1, 4, alpha, true);
+    CHECK(f[0] == Approx(std::pow(4.0, alpha)));
+    CHECK(1.0 * f[0] == Approx(std::pow(1.0, 1 - alpha) * std::pow(4.0, alpha)));  // key max of pair 0
+    CHECK(4.0 / f[0] == Approx(std::pow(4.0, 1 - alpha) * std::pow(1.0, alpha)));  // query max of pair 0
+    CHECK(4.0 * f[1] == Approx(std::pow(4.0, 1 - alpha) * std::pow(9.0, alpha)));  // key max of pair 1
+  }
+  CHECK(BalanceFactors(qmax, kmax, 2, 1, 4, 0.0, true) == std::vector<double>(4, 1.0));  // exactly the identity
 
   // Scores with and without RoPE (rotate_half): a factor per pair commutes with the rotation,
   // a factor per channel only without it.
@@ -219,8 +258,10 @@ TEST_CASE("kv-mixed writes the MiKV table with calibrated key ranges; the runtim
   const Extremes truth = MeasureExtremes(Options("stories260K", "", ""));
   for (std::size_t l = 0; l < 5; ++l) {
     for (std::size_t ch = 0; ch < 32; ++ch) {
-      CHECK(t.key_min[l * 32 + ch] == truth.key_lo[l][ch]);
-      CHECK(t.key_max[l * 32 + ch] == truth.key_hi[l][ch]);
+      // Two code paths (batched calibration vs one window at a time, other GEMM shapes): ~100
+      // ulp, four orders of magnitude below a 2-bit quantization step of these ranges.
+      CHECK(t.key_min[l * 32 + ch] == Approx(truth.key_lo[l][ch]).epsilon(1e-5).margin(1e-6));
+      CHECK(t.key_max[l * 32 + ch] == Approx(truth.key_hi[l][ch]).epsilon(1e-5).margin(1e-6));
     }
   }
   const auto json = nlohmann::json::parse(ReadFileToString(out + "/" + kKvMixedJson));
@@ -234,7 +275,15 @@ TEST_CASE("kv-mixed writes the MiKV table with calibrated key ranges; the runtim
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);
   CHECK(j["kv_cache"]["spec"].get<std::string>().find("key-axis=channel,protect=0,1") != std::string::npos);
+  // MiKV's claim: keeping the important tokens in full precision costs less than quantizing
+  // every token at the same low bits.
+  const auto all_low = test::RunKvfold("eval " + out + " --text " + SharedPath("text/tinystories/eval.txt") +
+                                       " --max-windows 2 --quiet --json --kv-cache 'quant<scheme=rtn,key-bits=2,value-bits=4>'");
+  REQUIRE(all_low.exit_code == 0);
+  const auto low = nlohmann::json::parse(all_low.out);
   CHECK(j["compare"]["kl"].get<double>() > 0);
+  CHECK(j["compare"]["kl"].get<double>() < low["compare"]["kl"].get<double>());
+  CHECK(j["kv_cache"]["average_bits"].get<double>() > low["kv_cache"]["average_bits"].get<double>());
   CHECK(j["kv_cache"]["average_bits"].get<double>() < 16);
 }
 

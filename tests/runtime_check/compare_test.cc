@@ -45,7 +45,7 @@ TEST_CASE("duplicated KV heads change nothing; BF16 rounding changes a little",
   const auto b = ReferenceModel::Load(mha, {"cpu", 2});
   const ComparisonResult same = CompareModels(*a, *b, windows, 1, Quiet());
   CHECK(same.kl < 1e-7);  // only float32 rounding of differently shaped GEMMs
-  CHECK(same.top1_agreement == 1.0);
+  CHECK(same.top1_agreement >= 0.99);  // other GEMM shapes: a near-tie may flip an argmax
   CHECK(std::abs(same.delta_nll) < 1e-6);
 
   const Checkpoint f32 = OpenCheckpoint(SharedPath("models/mini-mha"));
@@ -72,6 +72,17 @@ TEST_CASE("results do not depend on batch size or thread count", "[runtime][dete
   const PerplexityResult b = EvaluatePerplexity(*two, windows, 1, by5);
   const PerplexityResult again = EvaluatePerplexity(*two, windows, 1, by3);
   CHECK(a.mean_nll == again.mean_nll);  // bit-identical on a rerun
-  CHECK(a.mean_nll == Approx(b.mean_nll).epsilon(1e-7));
+  // Other batch sizes give other GEMM shapes (and possibly kernels): a few float32 ulp.
+  CHECK(a.mean_nll == Approx(b.mean_nll).epsilon(1e-6));
   CHECK(a.tokens_predicted == 12 * 256);
+  // Other thread counts: windows run one per thread, each single-threaded, and are summed in
+  // window order, so only the batch split matters. Each model is used right after loading
+  // (Load sets LibTorch's global thread count).
+  for (int threads : {1, 3}) {
+    INFO(threads << " threads");
+    const auto m = ReferenceModel::Load(ck, {"cpu", threads});
+    const PerplexityResult t = EvaluatePerplexity(*m, windows, 1, by3);
+    CHECK(t.mean_nll == Approx(a.mean_nll).epsilon(1e-6));
+    CHECK(t.tokens_predicted == a.tokens_predicted);
+  }
 }

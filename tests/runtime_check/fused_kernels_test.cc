@@ -50,4 +50,8 @@ TEST_CASE("a Mistral sliding window hides distant keys in both paths", "[runtime
   const std::vector<float> head(fused.begin(), fused.begin() + 16 * V);
   CHECK(MaxAbsDiff(head, {unwindowed.begin(), unwindowed.begin() + 16 * V}) < 1e-5);
   CHECK(MaxAbsDiff(fused, unwindowed) > 1e-2);
+  // Position 16 is the first to lose a key (key 0) with a window of exactly 16: it must differ.
+  // With 17 it would still match, with 15 position 15 would already differ (checked above).
+  const std::vector<float> row16(fused.begin() + 16 * V, fused.begin() + 17 * V);
+  CHECK(MaxAbsDiff(row16, {unwindowed.begin() + 16 * V, unwindowed.begin() + 17 * V}) > 1e-3);
 }

@@ -96,23 +96,28 @@ TEST_CASE("the layer observer sees exactly what it asked for", "[runtime][observ
   }
 }
 
-TEST_CASE("devices: unknown names fail cleanly, CUDA matches CPU where present", "[runtime][device][shared]") {
+TEST_CASE("devices: unknown names and a missing CUDA fail cleanly", "[runtime][device][shared]") {
   const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
   CHECK_THROWS_WITH(ReferenceModel::Load(ck, {"tpu", 0}), Catch::Contains("unknown device"));
-  std::unique_ptr<ReferenceModel> gpu;
   try {
-    gpu = ReferenceModel::Load(ck, {"cuda", 0});
+    ReferenceModel::Load(ck, {"cuda", 0});
   } catch (const Error& e) {
     // No CUDA in this LibTorch or on this machine: the error must say so in one line.
     INFO(e.what());
     CHECK(std::string(e.what()).find("CUDA") != std::string::npos);
     CHECK(std::string(e.what()).find('\n') == std::string::npos);
-    WARN("CUDA not available here; CPU/CUDA agreement not checked");
-    return;
   }
+}
+
+// Hidden ([.]): scripts/cuda_tests.sh runs it where a CUDA device is usable, and CTest reports
+// the `cuda` test as skipped, with the reason, everywhere else.
+TEST_CASE("devices: CUDA matches CPU", "[.][cuda][shared]") {
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
+  const auto gpu = ReferenceModel::Load(ck, {"cuda", 0});
   const auto cpu = ReferenceModel::Load(ck, {"cpu", 0});
   const std::vector<std::int32_t> ids = {1, 403, 407, 261, 378, 10, 33};
   const auto a = cpu->Logits(ids), b = gpu->Logits(ids);
   REQUIRE(a.size() == b.size());
+  // TF32 is off in LibTorch by default; 1e-3 covers float32 reassociation over 5 layers.
   for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(std::abs(a[i] - b[i]) < 1e-3);
 }

