@@ -16,6 +16,7 @@
 #include "calib/windows.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "runtime_check/blas_core.h"
 #include "runtime_check/evaluate.h"
 
 namespace {
@@ -54,6 +55,7 @@ double AttentionFlopsPerToken(const kvfold::ModelConfig& c, std::int64_t window)
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvfold::EnsureFastBlasCore(argv);
   std::string shared = KVFOLD_SHARED_DIR;
   std::string model = shared + "/models/mini-mha";
   std::string text = shared + "/text/wikitext-2/test.raw.txt";
@@ -92,6 +94,7 @@ int main(int argc, char** argv) {
     const double D = ck.config.hidden_size;
     std::printf("| quantity | value |\n|---|---|\n");
     std::printf("| model | %s |\n| threads | %d |\n", model.c_str(), threads);
+    std::printf("| BLAS | %s |\n", kvfold::BlasDescription().c_str());
     std::printf("| tokens evaluated (best of %d) | %lld |\n", repeats,
                 static_cast<long long>(best.tokens_predicted));
     std::printf("| eval throughput | %.0f tokens/s |\n", best.tokens_per_second);

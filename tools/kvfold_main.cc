@@ -10,6 +10,7 @@
 #include "formats/error.h"
 #include "formats/fatal_signals.h"
 #include "formats/version.h"
+#include "runtime_check/blas_core.h"
 #include "tools/commands.h"
 
 namespace {
@@ -19,9 +20,10 @@ std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); 
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvfold::EnsureFastBlasCore(argv);  // before any matrix product; may re-execute kvfold
   kvfold::InstallFatalSignalHandlers();
   CLI::App app{"kvfold: make the KV cache of transformer checkpoints smaller"};
-  app.set_version_flag("--version", kvfold::kVersion);
+  app.set_version_flag("--version", std::string("kvfold ") + kvfold::kVersion + "\nBLAS: " + kvfold::BlasDescription());
   app.require_subcommand(1);
   const std::vector<kvfold::Command> commands = {
       kvfold::AddInspectCommand(app),

@@ -148,6 +148,12 @@ TEST_CASE("malformed inputs: one line, non-zero exit", "[cli][errors][shared]") 
                                  " --max-windows 1 --quiet --device tpu"),
                        "unknown device");
   }
+  SECTION("--version names the BLAS and its core") {
+    const auto r = RunKvfold("--version");
+    CHECK(r.exit_code == 0);
+    CHECK(r.out.find("BLAS: OpenBLAS") != std::string::npos);
+    CHECK(r.out.find("(core ") != std::string::npos);
+  }
   SECTION("usage errors exit non-zero") {
     CHECK(RunKvfold("eval").exit_code != 0);
     CHECK(RunKvfold("frobnicate").exit_code != 0);
