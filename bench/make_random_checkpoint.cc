@@ -1,0 +1,157 @@
+// bench_make_random_checkpoint: a random-weight checkpoint of a published model's shape, for the
+// scale benches (no model hub is reachable here). BF16, sharded like published checkpoints
+// (model-0000i-of-0000N.safetensors + index), written with kvfold's own safetensors writer one
+// shard at a time, so memory stays at one shard. The tokenizer is the shared stories260K one
+// (its 512 pieces are valid ids in every vocabulary here).
+//
+//   bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1]
+//   SHAPE: tinyllama-1.1b | llama-2-7b | llama-3-8b | tiny (a 64-wide llama for tests)
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/atomic_file.h"
+#include "formats/dtype.h"
+#include "formats/error.h"
+#include "formats/mapped_file.h"
+#include "formats/model_config.h"
+#include "formats/safetensors_writer.h"
+#include "formats/tensor_names.h"
+
+namespace {
+
+using nlohmann::ordered_json;
+
+// The config.json fields of each shape, as the published checkpoints have them.
+ordered_json ShapeConfig(const std::string& shape) {
+  ordered_json c = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
+                    {"rms_norm_eps", 1e-5}, {"rope_scaling", nullptr}, {"attention_bias", false},
+                    {"tie_word_embeddings", false}, {"torch_dtype", "bfloat16"}, {"bos_token_id", 1},
+                    {"eos_token_id", 2}};
+  auto dims = [&](int hidden, int layers, int heads, int kv, int inter, int vocab, int positions, double theta) {
+    c["hidden_size"] = hidden;
+    c["num_hidden_layers"] = layers;
+    c["num_attention_heads"] = heads;
+    c["num_key_value_heads"] = kv;
+    c["intermediate_size"] = inter;
+    c["vocab_size"] = vocab;
+    c["max_position_embeddings"] = positions;
+    c["rope_theta"] = theta;
+  };
+  if (shape == "tinyllama-1.1b") {
+    dims(2048, 22, 32, 4, 5632, 32000, 2048, 10000.0);
+  } else if (shape == "llama-2-7b") {
+    dims(4096, 32, 32, 32, 11008, 32000, 4096, 10000.0);
+  } else if (shape == "llama-3-8b") {
+    dims(4096, 32, 32, 8, 14336, 128256, 8192, 500000.0);
+    c["bos_token_id"] = 128000;
+    c["eos_token_id"] = 128001;
+  } else if (shape == "tiny") {
+    dims(64, 4, 8, 4, 172, 512, 512, 10000.0);
+  } else {
+    kvfold::Fail(shape, "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b or tiny)");
+  }
+  return c;
+}
+
+// Deterministic values with the statistics of a freshly initialised model: uniform with the
+// standard deviation 0.02 HF's initializer_range gives; norms are 1.
+class Values {
+ public:
+  explicit Values(std::uint64_t seed) : state_(seed * 0x9e3779b97f4a7c15ULL + 1) {}
+  float Next() {
+    state_ ^= state_ << 13, state_ ^= state_ >> 7, state_ ^= state_ << 17;  // xorshift64
+    const double u = static_cast<double>(state_ >> 11) / 9007199254740992.0;  // [0, 1)
+    return static_cast<float>((2 * u - 1) * 0.02 * std::sqrt(3.0));
+  }
+
+ private:
+  std::uint64_t state_;
+};
+
+struct Planned {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  bool is_norm;
+  std::uint64_t bytes;
+};
+
+std::vector<Planned> Plan(const kvfold::ModelConfig& config) {
+  std::vector<Planned> out;
+  for (const kvfold::TensorId& id : kvfold::RequiredTensors(config)) {
+    Planned p{kvfold::HfTensorName(id), kvfold::ExpectedShape(id, config), false, 2};
+    for (auto d : p.shape) p.bytes *= static_cast<std::uint64_t>(d);
+    p.is_norm = p.name.find("norm") != std::string::npos;
+    out.push_back(p);
+  }
+  return out;
+}
+
+void WriteShard(const std::string& path, const std::vector<Planned>& tensors, Values& values) {
+  std::vector<std::string> blobs;
+  std::vector<kvfold::TensorToWrite> list;
+  std::vector<float> f32;
+  for (const Planned& t : tensors) {
+    f32.resize(t.bytes / 2);
+    for (float& x : f32) x = t.is_norm ? 1.0f : values.Next();
+    blobs.emplace_back(t.bytes, '\0');
+    kvfold::ConvertFromF32(kvfold::DType::kBF16, f32.data(), f32.size(), blobs.back().data());
+  }
+  for (std::size_t i = 0; i < tensors.size(); ++i) list.push_back({tensors[i].name, kvfold::DType::kBF16, tensors[i].shape, blobs[i]});
+  kvfold::WriteSafetensors(path, list, {{"format", "pt"}});
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc < 3) kvfold::Fail("usage", "bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1]");
+    const std::string shape = argv[1], out = argv[2];
+    std::uint64_t shard_bytes = 4096ULL << 20, seed = 1;
+    ordered_json config = ShapeConfig(shape);
+    for (int i = 3; i + 1 < argc; i += 2) {
+      if (!std::strcmp(argv[i], "--layers")) config["num_hidden_layers"] = std::stoi(argv[i + 1]);
+      else if (!std::strcmp(argv[i], "--shard-mib")) shard_bytes = std::stoull(argv[i + 1]) << 20;
+      else if (!std::strcmp(argv[i], "--seed")) seed = std::stoull(argv[i + 1]);
+      else kvfold::Fail(argv[i], "unknown option");
+    }
+    if (std::filesystem::exists(out)) kvfold::Fail(out, "already exists");
+    std::filesystem::create_directories(out);
+    const std::string config_text = config.dump(2) + "\n";
+    const std::vector<Planned> plan = Plan(kvfold::ParseModelConfig(config_text, out + "/config.json"));
+    std::vector<std::vector<Planned>> shards(1);
+    std::uint64_t in_shard = 0, total = 0;
+    for (const Planned& t : plan) {  // greedy, in HF's order, like save_pretrained
+      if (in_shard > 0 && in_shard + t.bytes > shard_bytes) shards.emplace_back(), in_shard = 0;
+      shards.back().push_back(t);
+      in_shard += t.bytes;
+      total += t.bytes;
+    }
+    Values values(seed);
+    ordered_json weight_map = ordered_json::object();
+    char name[64];
+    for (std::size_t s = 0; s < shards.size(); ++s) {
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+      std::fprintf(stderr, "writing %s (%zu tensors)\n", name, shards[s].size());
+      WriteShard(out + "/" + name, shards[s], values);
+      for (const Planned& t : shards[s]) weight_map[t.name] = name;
+    }
+    const ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    kvfold::WriteFileAtomically(out + "/model.safetensors.index.json", index.dump(2) + "\n");
+    kvfold::WriteFileAtomically(out + "/config.json", config_text);
+    const std::string tokenizer = std::string(KVFOLD_SHARED_DIR) + "/models/stories260K/tokenizer.model";
+    kvfold::WriteFileAtomically(out + "/tokenizer.model", kvfold::ReadFileToString(tokenizer));
+    std::printf("wrote %s: %s, %.2f GB in %zu shards\n", out.c_str(), shape.c_str(), total / 1e9, shards.size());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_make_random_checkpoint: error: %s\n", e.what());
+    return 1;
+  }
+}
