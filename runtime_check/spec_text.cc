@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 
 #include "formats/error.h"
 
@@ -17,6 +16,19 @@ std::string Trim(const std::string& s) {
   return s.substr(a, s.find_last_not_of(" \t") - a + 1);
 }
 
+// "a=1,b=2," -> {"a=1", "b=2", ""}: unlike getline, keeps empty items so they can be refused.
+std::vector<std::string> SplitItems(const std::string& s) {
+  std::vector<std::string> items(1);
+  for (char c : s) {
+    if (c == ',') {
+      items.emplace_back();
+    } else {
+      items.back() += c;
+    }
+  }
+  return items;
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, std::string>> SpecItems(const std::string& text, const std::string& name) {
@@ -24,10 +36,9 @@ std::vector<std::pair<std::string, std::string>> SpecItems(const std::string& te
   const std::string head = name + "<";
   if (t.rfind(head, 0) != 0 || t.back() != '>') Fail(kWhere, "'" + text + "' is not of the form " + name + "<key=value,...>");
   std::vector<std::pair<std::string, std::string>> items;
-  std::stringstream body(t.substr(head.size(), t.size() - head.size() - 1));
-  std::string item;
-  while (std::getline(body, item, ',')) {
+  for (std::string item : SplitItems(t.substr(head.size(), t.size() - head.size() - 1))) {
     item = Trim(item);
+    if (item.empty()) Fail(kWhere, "empty item in '" + text + "'");
     const auto eq = item.find('=');
     if (eq == std::string::npos) {
       if (items.empty() || item.empty()) Fail(kWhere, "'" + item + "' needs a key (key=value)");
@@ -77,10 +88,9 @@ double SpecFraction(const std::string& key, const std::string& v, bool zero_ok) 
 
 std::vector<int> SpecIntList(const std::string& key, const std::string& value) {
   std::vector<int> out;
-  std::stringstream list(value);
-  std::string n;
-  while (std::getline(list, n, ',')) out.push_back(static_cast<int>(SpecInt(key, Trim(n), 0, 1 << 20)));
+  for (const std::string& n : SplitItems(value)) out.push_back(static_cast<int>(SpecInt(key, Trim(n), 0, 1 << 20)));
   std::sort(out.begin(), out.end());
+  if (std::adjacent_find(out.begin(), out.end()) != out.end()) Fail(kWhere, key + "=" + value + " lists a value twice");
   return out;
 }
 
