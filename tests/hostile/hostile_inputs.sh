@@ -180,7 +180,7 @@ for sig in INT TERM KILL; do
   [ -d "sig-out.tmp.$pid" ] || fail "no staging folder appeared"
   sleep 0.5
   kill -s "$sig" "$pid"
-  wait "$pid"; rc=$?
+  wait "$pid" 2>/dev/null; rc=$?
   want=$([ $sig = INT ] && echo 130 || ([ $sig = TERM ] && echo 143 || echo 137))
   [ "$rc" -eq "$want" ] || fail "exit $rc, expected $want"
   [ ! -e sig-out ] || fail "an output appeared"
