@@ -85,7 +85,7 @@ std::vector<PassSpec> ParsePipeline(const std::string& text) {
       for (const std::string& item : SplitItems(text.substr(i + 1, close - i - 1))) {
         if (Trim(item).empty()) Fail(where, spec.name + ": empty parameter in '" + text.substr(i, close - i + 1) + "'");
         const std::size_t eq = item.find('=');
-        if (eq == std::string::npos && !last_key.empty() && !Trim(item).empty()) {  // protect=0,1
+        if (eq == std::string::npos && !last_key.empty()) {  // protect=0,1
           spec.params[last_key] += "," + Trim(item);
           continue;
         }

@@ -46,6 +46,13 @@ bool IsRewritten(const std::string& name) {
   return name == "config.json" || name == "model.safetensors.index.json" || safetensors;
 }
 
+// A link may point into the model folder itself, or, in a HuggingFace hub cache snapshot
+// (models--org--name/snapshots/<rev>/file -> ../../blobs/<hash>), into that repository's blobs.
+bool IsOwnLinkTarget(const fs::path& target, const fs::path& dir) {
+  const fs::path parent = target.parent_path();
+  return parent == dir || parent == dir.parent_path().parent_path() / "blobs";
+}
+
 // Why `entry` is not copied, or "" when it is.
 std::string SkipReason(const fs::directory_entry& entry, const fs::path& dir) {
   const std::string name = entry.path().filename().string();
@@ -55,7 +62,7 @@ std::string SkipReason(const fs::directory_entry& entry, const fs::path& dir) {
   if (entry.is_symlink(ec)) {
     const fs::path target = fs::canonical(entry.path(), ec);
     if (ec) return "a broken symbolic link";
-    if (target.parent_path() != fs::canonical(dir, ec)) return "a symbolic link leading out of the model folder";
+    if (!IsOwnLinkTarget(target, fs::canonical(dir, ec))) return "a symbolic link leading out of the model folder";
   }
   if (!entry.is_regular_file(ec)) return "not a regular file";
   return "";

@@ -245,3 +245,26 @@ TEST_CASE("outputs never overlap the input, and only the model's own files trave
   CHECK(not_copied.dump().find("README.md (a symbolic link leading out of the model folder)") != std::string::npos);
   CHECK(not_copied.dump().find("original (a folder)") != std::string::npos);
 }
+
+TEST_CASE("a HuggingFace hub cache snapshot (links into ../../blobs) converts with its tokenizer", "[convert][output][shared]") {
+  TempDir tmp;
+  const std::string src = SharedPath("models/stories260K");
+  const std::string repo = tmp.File("models--org--stories"), snapshot = repo + "/snapshots/abc123";
+  REQUIRE(std::system(("mkdir -p " + repo + "/blobs " + snapshot).c_str()) == 0);
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"}) {
+    const std::string blob = std::string("blob-") + f;  // the hub names blobs by hash
+    REQUIRE(std::system(("cp " + src + "/" + f + " " + repo + "/blobs/" + blob + " && ln -s ../../blobs/" + blob +
+                         " " + snapshot + "/" + f).c_str()) == 0);
+  }
+  ConvertOptions o;
+  o.model = snapshot;
+  o.calib_text = CalibFor("stories260K");
+  o.calib_tokens = 1024;
+  o.passes = "gqa-meanpool<kv-heads=2>";
+  o.output = tmp.File("out");
+  o.progress = false;
+  Convert(o);
+  CHECK(ListDir(tmp.File("out")) == (std::vector<std::string>{"config.json", "kvfold.json", "model.safetensors",
+                                                               "tokenizer.model", "tokenizer_config.json"}));
+  CHECK(ReadBytes(tmp.File("out/tokenizer.model")) == ReadBytes(src + "/tokenizer.model"));
+}
