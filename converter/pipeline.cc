@@ -1,6 +1,5 @@
 // Pipeline text: parsing, parameter access, and the --print-passes listing.
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -8,6 +7,7 @@
 
 #include "converter/pass.h"
 #include "formats/error.h"
+#include "formats/spec_syntax.h"
 
 namespace kvfold {
 namespace {
@@ -27,26 +27,6 @@ std::string ShortestText(double v) {
     if (std::strtod(buf, nullptr) == v) break;
   }
   return buf;
-}
-
-std::string Trim(const std::string& s) {
-  std::size_t a = 0, b = s.size();
-  while (a < b && std::isspace(static_cast<unsigned char>(s[a]))) ++a;
-  while (b > a && std::isspace(static_cast<unsigned char>(s[b - 1]))) --b;
-  return s.substr(a, b - a);
-}
-
-// "a=1,b=2," -> {"a=1", "b=2", ""}: unlike getline, keeps empty items so they can be refused.
-std::vector<std::string> SplitItems(const std::string& s) {
-  std::vector<std::string> items(1);
-  for (char c : s) {
-    if (c == ',') {
-      items.emplace_back();
-    } else {
-      items.back() += c;
-    }
-  }
-  return items;
 }
 
 }  // namespace
@@ -73,7 +53,7 @@ std::vector<PassSpec> ParsePipeline(const std::string& text) {
     std::size_t end = i;
     while (end < text.size() && text[end] != ',' && text[end] != '<') ++end;
     PassSpec spec;
-    spec.name = Trim(text.substr(i, end - i));
+    spec.name = TrimSpaces(text.substr(i, end - i));
     if (spec.name.empty()) Fail(where, "empty pass name at character " + std::to_string(i));
     const PassInfo* info = FindPass(spec.name);
     if (info == nullptr) Fail(where, "unknown pass '" + spec.name + "' (see --print-passes)");
@@ -81,21 +61,11 @@ std::vector<PassSpec> ParsePipeline(const std::string& text) {
     if (i < text.size() && text[i] == '<') {
       const std::size_t close = text.find('>', i);
       if (close == std::string::npos) Fail(where, "'<' after " + spec.name + " is never closed");
-      std::string last_key;  // an item without '=' continues last_key's list value
-      for (const std::string& item : SplitItems(text.substr(i + 1, close - i - 1))) {
-        if (Trim(item).empty()) Fail(where, spec.name + ": empty parameter in '" + text.substr(i, close - i + 1) + "'");
-        const std::size_t eq = item.find('=');
-        if (eq == std::string::npos && !last_key.empty()) {  // protect=0,1
-          spec.params[last_key] += "," + Trim(item);
-          continue;
-        }
-        if (eq == std::string::npos) Fail(where, spec.name + ": parameter '" + Trim(item) + "' needs a value");
-        const std::string key = Trim(item.substr(0, eq)), value = Trim(item.substr(eq + 1));
+      for (const auto& [key, value] : ParseSpecParams(text.substr(i + 1, close - i - 1), where + ": " + spec.name)) {
         bool known = false;
         for (const auto& p : info->params) known |= key == p.name;
         if (!known) Fail(where, spec.name + ": unknown parameter '" + key + "' (see --print-passes)");
-        if (!spec.params.emplace(key, value).second) Fail(where, spec.name + ": parameter '" + key + "' given twice");
-        last_key = key;
+        spec.params.emplace(key, value);
       }
       i = close + 1;
     }
@@ -135,8 +105,8 @@ std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& 
     if (it == spec.params.end()) spec.defaults_used[key] = "none";
     return out;
   }
-  for (const std::string& item : SplitItems(it->second)) {
-    const std::int64_t v = IntParam(PassSpec{spec.name, {{key, Trim(item)}}, {}}, key, 0);
+  for (const std::string& item : SplitSpecList(it->second)) {
+    const std::int64_t v = IntParam(PassSpec{spec.name, {{key, TrimSpaces(item)}}, {}}, key, 0);
     if (std::find(out.begin(), out.end(), v) != out.end()) {
       Fail("--passes", spec.name + ": " + key + "=" + it->second + " lists " + std::to_string(v) + " twice");
     }

@@ -4,54 +4,20 @@
 #include <cmath>
 
 #include "formats/error.h"
+#include "formats/spec_syntax.h"
 
 namespace kvfold {
 namespace {
 
 constexpr const char* kWhere = "--kv-cache";
 
-std::string Trim(const std::string& s) {
-  const auto a = s.find_first_not_of(" \t");
-  if (a == std::string::npos) return "";
-  return s.substr(a, s.find_last_not_of(" \t") - a + 1);
-}
-
-// "a=1,b=2," -> {"a=1", "b=2", ""}: unlike getline, keeps empty items so they can be refused.
-std::vector<std::string> SplitItems(const std::string& s) {
-  std::vector<std::string> items(1);
-  for (char c : s) {
-    if (c == ',') {
-      items.emplace_back();
-    } else {
-      items.back() += c;
-    }
-  }
-  return items;
-}
-
 }  // namespace
 
 std::vector<std::pair<std::string, std::string>> SpecItems(const std::string& text, const std::string& name) {
-  const std::string t = Trim(text);
+  const std::string t = TrimSpaces(text);
   const std::string head = name + "<";
   if (t.rfind(head, 0) != 0 || t.back() != '>') Fail(kWhere, "'" + text + "' is not of the form " + name + "<key=value,...>");
-  std::vector<std::pair<std::string, std::string>> items;
-  for (std::string item : SplitItems(t.substr(head.size(), t.size() - head.size() - 1))) {
-    item = Trim(item);
-    if (item.empty()) Fail(kWhere, "empty item in '" + text + "'");
-    const auto eq = item.find('=');
-    if (eq == std::string::npos) {
-      if (items.empty() || item.empty()) Fail(kWhere, "'" + item + "' needs a key (key=value)");
-      items.back().second += "," + item;
-      continue;
-    }
-    const std::string key = Trim(item.substr(0, eq));
-    for (const auto& [k, v] : items) {
-      if (k == key) Fail(kWhere, key + " given twice");
-    }
-    items.emplace_back(key, Trim(item.substr(eq + 1)));
-  }
-  return items;
+  return ParseSpecParams(t.substr(head.size(), t.size() - head.size() - 1), kWhere);
 }
 
 std::int64_t SpecInt(const std::string& key, const std::string& v, std::int64_t lo, std::int64_t hi) {
@@ -88,7 +54,7 @@ double SpecFraction(const std::string& key, const std::string& v, bool zero_ok) 
 
 std::vector<int> SpecIntList(const std::string& key, const std::string& value) {
   std::vector<int> out;
-  for (const std::string& n : SplitItems(value)) out.push_back(static_cast<int>(SpecInt(key, Trim(n), 0, 1 << 20)));
+  for (const std::string& n : SplitSpecList(value)) out.push_back(static_cast<int>(SpecInt(key, TrimSpaces(n), 0, 1 << 20)));
   std::sort(out.begin(), out.end());
   if (std::adjacent_find(out.begin(), out.end()) != out.end()) Fail(kWhere, key + "=" + value + " lists a value twice");
   return out;

@@ -286,10 +286,10 @@ TEST_CASE("skip layers outside the model are refused", "[eviction][runtime][shar
                     Catch::Contains("skip layer 9 does not exist"));
 }
 
-TEST_CASE("cache specs are strict: no empty items, no repeated layers", "[eviction][runtime]") {
-  CHECK_THROWS_WITH(ParseEvictionSpec("evict<keep=0.5,>"), Catch::Contains("empty item"));
-  CHECK_THROWS_WITH(ParseEvictionSpec("evict<,>"), Catch::Contains("empty item"));
-  CHECK_THROWS_WITH(ParseEvictionSpec("evict<skip=0,,1>"), Catch::Contains("empty item"));
+TEST_CASE("cache specs are strict: no empty parameters, no repeated layers", "[eviction][runtime]") {
+  CHECK_THROWS_WITH(ParseEvictionSpec("evict<keep=0.5,>"), Catch::Contains("empty parameter"));
+  CHECK_THROWS_WITH(ParseEvictionSpec("evict<,>"), Catch::Contains("empty parameter"));
+  CHECK_THROWS_WITH(ParseEvictionSpec("evict<skip=0,,1>"), Catch::Contains("empty parameter"));
   CHECK_THROWS_WITH(ParseEvictionSpec("evict<skip=1,0,1>"), Catch::Contains("lists a value twice"));
   CHECK(ParseEvictionSpec("evict<keep=0.5,skip=1,0>").Text() == "evict<policy=l2-low,regime=prefill,keep=0.5,skip=0,1>");
 }

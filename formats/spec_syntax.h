@@ -1,0 +1,24 @@
+// The name<key=value,...> grammar of kvfold's pipeline text (--passes) and cache specs
+// (--kv-cache), parsed in one place. Items are split at commas; an item without '=' continues
+// the previous value as a list (protect=0,1). Empty items, items with no key and repeated keys
+// are refused. Spaces around keys and values are ignored.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace kvfold {
+
+using SpecParams = std::vector<std::pair<std::string, std::string>>;
+
+// The items of `body` (the text between '<' and '>') in order; errors are Error("<where>: ...").
+SpecParams ParseSpecParams(const std::string& body, const std::string& where);
+
+// "0,1" -> {"0", "1"}; unlike getline it keeps empty items ("0,,1" has three), for the caller to
+// refuse.
+std::vector<std::string> SplitSpecList(const std::string& value);
+
+std::string TrimSpaces(const std::string& s);
+
+}  // namespace kvfold
