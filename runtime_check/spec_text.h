@@ -1,5 +1,5 @@
-// The `--kv-cache` spec syntax shared by evict<...> and quant<...>: name<key=value,...>, where an
-// item without '=' continues the previous value as a list (skip=0,1), plus checked number
+// The `--kv-cache` spec syntax shared by evict<...> and quant<...> (the grammar itself is
+// formats/spec_syntax.h, shared with --passes), plus checked number
 // parsing. Every error is Error("--kv-cache: ...").
 #pragma once
 
