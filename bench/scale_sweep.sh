@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Scale: wall time and peak RSS (as /usr/bin/time -v reports it, file pages included) of kvfold
+# eval, convert and eval --compare on random-weight checkpoints of published shapes
+# (bench_make_random_checkpoint), with the BLAS core and the same machine's sgemm rate.
+# Usage: bench/scale_sweep.sh [SHAPE ...]   (default: tinyllama-1.1b; also llama-2-7b, llama-3-8b)
+# WORK=folder for the checkpoints (default /tmp/kvfold-scale; a 7B shape takes 13.5 GB).
+set -euo pipefail
+src="$(cd "$(dirname "$0")/.." && pwd)"
+build="$src/build"
+shared="${KVFOLD_SHARED:-$src/../shared}"
+work="${WORK:-/tmp/kvfold-scale}"
+shapes=("$@")
+[ ${#shapes[@]} -gt 0 ] || shapes=(tinyllama-1.1b)
+text="$shared/text/wikitext-2/test.raw.txt"
+calib="$shared/text/wikitext-2/valid.tokens.txt"
+mkdir -p "$work"
+"$build/bin/kvfold" --version | sed 's/^/# /'
+"$build/bin/bench_eval_throughput" --model "$shared/models/micro-mha" --windows 1 --repeats 1 2>/dev/null |
+  grep -E "sgemm 2048" | sed 's/^/# /'
+
+# measure LABEL COMMAND...: one table row.
+measure() {
+  local label="$1"; shift
+  /usr/bin/time -v "$@" >"$work/out.log" 2>"$work/time.log" || { echo "| $shape | $label | failed: $(grep 'kvfold: error' "$work/time.log" | head -1) | |"; return; }
+  local wall rss
+  wall=$(grep "Elapsed (wall clock)" "$work/time.log" | awk '{print $NF}')
+  rss=$(grep "Maximum resident set size" "$work/time.log" | awk '{printf "%.2f", $NF / 1048576}')
+  echo "| $shape | $label | $wall | $rss |"
+}
+
+echo "| shape | command | wall (m:ss) | peak RSS (GiB) |"
+echo "|---|---|---|---|"
+for shape in "${shapes[@]}"; do
+  model="$work/$shape"
+  [ -d "$model" ] || "$build/bin/bench_make_random_checkpoint" "$shape" "$model" >/dev/null 2>&1
+  kv=$(python3 -c "import json; print(json.load(open('$model/config.json'))['num_key_value_heads'] // 2)")
+  measure "eval, 2 windows of 256" "$build/bin/kvfold" eval "$model" --text "$text" --max-windows 2 --quiet
+  measure "convert gqa-svd<kv-heads=$kv>, 1024 calibration tokens" "$build/bin/kvfold" convert "$model" \
+    --calib "$calib" --calib-tokens 1024 --passes "gqa-svd<kv-heads=$kv>" -o "$work/$shape-out" --force --quiet
+  measure "eval --compare, 2 windows" "$build/bin/kvfold" eval "$work/$shape-out" --compare "$model" --text "$text" \
+    --max-windows 2 --quiet
+done
