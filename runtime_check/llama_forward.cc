@@ -353,7 +353,7 @@ void BatchedPass::Layer(std::int64_t l, at::Tensor& x) {
 at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver* observer,
                                          const KvCachePolicy* cache, std::int64_t first_sequence) const {
   c10::InferenceMode inference;
-  const std::int64_t B = tokens.size(0), T = tokens.size(1), L = config.num_hidden_layers;
+  const std::int64_t B = tokens.size(0), T = tokens.size(1);
   if (config.SharesKv() && cache != nullptr) {
     Fail("--kv-cache", "decode-time cache policies on a model whose layers share K/V are not supported");
   }
@@ -362,6 +362,17 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
       Fail("runtime", "token-by-token decoding takes no observer or cache policy");
     }
     return DecodeTokenByToken(*this, tokens);
+  }
+  const at::Tensor x = HiddenStates(tokens, observer, cache, first_sequence);
+  return at::linear(RmsNorm(x, final_norm, config.rms_norm_eps), lm_head).view({B, T, -1});
+}
+
+at::Tensor ReferenceModel::Impl::HiddenStates(const at::Tensor& tokens, LayerObserver* observer,
+                                              const KvCachePolicy* cache, std::int64_t first_sequence) const {
+  c10::InferenceMode inference;
+  const std::int64_t B = tokens.size(0), T = tokens.size(1), L = config.num_hidden_layers;
+  if (token_by_token || (config.AttendsAbove() && lckv_iterations == 0)) {
+    Fail("runtime", "this model is decoded token by token: its layers cannot be observed in a batched pass");
   }
   BatchedPass pass(*this, tokens, observer, cache, first_sequence);
   at::Tensor x = at::embedding(embed, tokens.reshape({B * T}));  // [N, D]
@@ -387,7 +398,7 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
     }
     for (std::int64_t l = high + 1; l < L; ++l) pass.Layer(l, x);
   }
-  return at::linear(RmsNorm(x, final_norm, config.rms_norm_eps), lm_head).view({B, T, -1});
+  return x;
 }
 
 }  // namespace kvfold

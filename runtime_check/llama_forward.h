@@ -42,6 +42,11 @@ struct ReferenceModel::Impl {
   // sequential path for any model (a cross-check of the batched one).
   at::Tensor Forward(const at::Tensor& tokens, LayerObserver* observer,
                      const KvCachePolicy* cache = nullptr, std::int64_t first_sequence = 0) const;
+  // The batched pass through every layer without the final norm and LM head: the residual
+  // stream [B * T, D]. Calibration observes layers through it and never computes the
+  // [tokens x vocab] logits it would discard.
+  at::Tensor HiddenStates(const at::Tensor& tokens, LayerObserver* observer,
+                          const KvCachePolicy* cache = nullptr, std::int64_t first_sequence = 0) const;
   int lckv_iterations = 0;
   bool token_by_token = false;
 };

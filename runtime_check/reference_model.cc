@@ -109,8 +109,7 @@ std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids, 
 
 void ReferenceModel::Observe(const std::vector<std::int32_t>& tokens, int batch,
                              LayerObserver& observer) const {
-  impl_->Forward(TokenTensor(tokens, batch, impl_->config.vocab_size, impl_->device, "Observe"),
-                 &observer);
+  impl_->HiddenStates(TokenTensor(tokens, batch, impl_->config.vocab_size, impl_->device, "Observe"), &observer);
 }
 
 }  // namespace kvfold
