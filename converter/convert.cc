@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -72,7 +71,7 @@ void CheckCanWrite(const std::string& path, const std::string& what) {
 
 // Numbers the CLI takes as given: refused here with the option's name, before any work.
 void CheckOptions(const ConvertOptions& o) {
-  const int max_threads = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int max_threads = MaxCpuThreads();
   if (o.window < 2 || o.window > (1 << 20)) Fail("--window", "must be between 2 and 1048576 tokens");
   if (o.calib_tokens < o.window) Fail("--calib-tokens", "must be at least one window (" + std::to_string(o.window) + ")");
   if (o.eval_windows < 1) Fail("--eval-windows", "must be positive");
@@ -177,14 +176,14 @@ nlohmann::ordered_json PerplexityJson(const PerplexityResult& p) {
   return {{"ppl", p.ppl}, {"mean_nll", p.mean_nll}};
 }
 
-void FinishReport(nlohmann::ordered_json& report, ConvertResult& result, const ConvertOptions& o,
+void FinishReport(nlohmann::ordered_json& report, ConvertResult& result, const std::string& html_path,
                   Clock::time_point t_start) {
   nlohmann::ordered_json timings = nlohmann::ordered_json::array();
   for (const auto& t : result.timings) timings.push_back({{"stage", t.pass}, {"seconds", t.seconds}});
   report["run"]["timings"] = timings;
   report["run"]["total_seconds"] = Since(t_start);
   report["run"]["peak_rss_mib"] = PeakRssMib();
-  WriteReport(o.report_path, report);
+  WriteReport(html_path, report);
 }
 
 // Spectra need all three second moments; a report asks calibration for them.
@@ -222,7 +221,7 @@ ConvertResult Analyze(const ConvertOptions& o) {
                             {"original", PerplexityJson(p)}};
     result.timings.push_back({"validation", Since(t0)});
   }
-  FinishReport(report, result, o, t_start);
+  FinishReport(report, result, o.report_path, t_start);
   result.total_seconds = Since(t_start);
   return result;
 }
@@ -290,8 +289,8 @@ bool ReportInsideOutput(const ConvertOptions& o) {
   return !o.report_path.empty() && Resolved(o.report_path).parent_path() == Resolved(o.output);
 }
 
-nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck, const ModelDraft& draft,
-                                  const std::string& pipeline, const CalibrationInput& calib,
+nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck, const std::string& source_sha256,
+                                  const ModelDraft& draft, const std::string& pipeline, const CalibrationInput& calib,
                                   std::size_t threads, const std::vector<std::string>& not_copied,
                                   const nlohmann::ordered_json& pass_records) {
   return {
@@ -299,7 +298,7 @@ nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck,
       {"kvfold_version", kVersion},
       {"pipeline", pipeline},
       {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()},
-      {"source", {{"path", o.model}, {"sha256", SourceSha256(ck)}}},
+      {"source", {{"path", o.model}, {"sha256", source_sha256}}},
       {"calibration",
        {{"file", o.calib_text},
         {"sha256", calib.sha256},
@@ -315,8 +314,8 @@ nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck,
 }
 
 // --reproduce: the inputs must be the bytes the recorded conversion read.
-void CheckRecordedInputs(const ConvertOptions& o, const Checkpoint& ck, const std::string& calib_sha256) {
-  if (!o.expected_source_sha256.empty() && SourceSha256(ck) != o.expected_source_sha256) {
+void CheckRecordedInputs(const ConvertOptions& o, const std::string& source_sha256, const std::string& calib_sha256) {
+  if (!o.expected_source_sha256.empty() && source_sha256 != o.expected_source_sha256) {
     Fail(o.model, "is not the checkpoint the recorded conversion read (its SHA-256 differs)");
   }
   if (!o.expected_calib_sha256.empty() && calib_sha256 != o.expected_calib_sha256) {
@@ -372,7 +371,8 @@ ConvertResult Convert(const ConvertOptions& o) {
 
   // Calibration text: always read and hashed (recorded), run through the model when needed.
   const CalibrationInput calib = LoadCalibration(ck, o);
-  CheckRecordedInputs(o, ck, calib.sha256);
+  const std::string source_sha256 = SourceSha256(ck);  // recorded in kvfold.json; hashed once
+  CheckRecordedInputs(o, source_sha256, calib.sha256);
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   KvStatistics stats;
@@ -401,7 +401,7 @@ ConvertResult Convert(const ConvertOptions& o) {
     if (o.progress) std::fprintf(stderr, "kvfold: not copied from %s: %s\n", o.model.c_str(), n.c_str());
   }
   const nlohmann::ordered_json meta =
-      KvfoldJson(o, ck, draft, pipeline.Text(), calib, passes_calibrate ? threads : 0, not_copied, pass_records);
+      KvfoldJson(o, ck, source_sha256, draft, pipeline.Text(), calib, passes_calibrate ? threads : 0, not_copied, pass_records);
   WriteFileAtomically(staging.path() + "/kvfold.json", meta.dump(2) + "\n");
   result.timings.push_back({"write", Since(t_write)});
 
@@ -430,13 +430,11 @@ ConvertResult Convert(const ConvertOptions& o) {
     report["passes"] = pass_records;
     result.timings.push_back({"report", Since(t0)});
   }
-  ConvertOptions written = o;  // the report inside the output is written before the swap
-  if (report_inside) {
-    written.report_path = staging.path() + "/" + Resolved(o.report_path).filename().string();
-    FinishReport(report, result, written, t_start);
+  if (report_inside) {  // written before the swap, as part of the output
+    FinishReport(report, result, staging.path() + "/" + Resolved(o.report_path).filename().string(), t_start);
   }
   staging.Commit();
-  if (!o.report_path.empty() && !report_inside) FinishReport(report, result, o, t_start);
+  if (!o.report_path.empty() && !report_inside) FinishReport(report, result, o.report_path, t_start);
   result.total_seconds = Since(t_start);
   return result;
 }

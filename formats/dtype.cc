@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <limits>
 
 #include "formats/error.h"
 
@@ -118,18 +117,19 @@ void ConvertToF32(DType dtype, const void* src, std::size_t count, float* dst) {
 }
 
 std::optional<std::string> FindUnrepresentable(DType dtype, const float* src, std::size_t count) {
-  // Rounding to nearest turns values just above the largest finite one into inf, so the limit is
-  // the largest finite value itself (65504 for F16; BF16 shares F32's exponent range).
-  const float limit = dtype == DType::kF16 ? 65504.0f : std::numeric_limits<float>::max();
+  // Rounding to nearest turns values just above the largest finite one into inf: F16's limit is
+  // its largest finite value, 65504; BF16 shares F32's exponent range, so only values within
+  // rounding of F32's maximum overflow (the round trip says which).
   const float bf16_max = Bf16ToF32(0x7f7f);
   for (std::size_t i = 0; i < count; ++i) {
     const float x = src[i];
     const char* why = nullptr;
     if (!std::isfinite(x)) {
       why = "not finite";
-    } else if (std::fabs(x) > limit || (dtype == DType::kBF16 && std::fabs(x) > bf16_max &&
-                                        !std::isfinite(Bf16ToF32(F32ToBf16(x))))) {
-      why = dtype == DType::kF16 ? "beyond F16's range of 65504" : "beyond the dtype's range";
+    } else if (dtype == DType::kF16 && std::fabs(x) > 65504.0f) {
+      why = "beyond F16's range of 65504";
+    } else if (dtype == DType::kBF16 && std::fabs(x) > bf16_max && !std::isfinite(Bf16ToF32(F32ToBf16(x)))) {
+      why = "beyond the dtype's range";
     }
     if (why != nullptr) return "element " + std::to_string(i) + " is " + std::to_string(x) + " (" + why + ")";
   }

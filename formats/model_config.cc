@@ -161,27 +161,6 @@ std::string LayerTypesText(const std::vector<std::int64_t>& kv_layer_of) {
 
 namespace {
 
-ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& file_name);
-
-}  // namespace
-
-ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file_name) {
-  json doc;
-  try {
-    doc = json::parse(json_text.begin(), json_text.end());
-  } catch (const json::exception& e) {
-    Fail(file_name, std::string("not valid JSON (") + e.what() + ")");
-  }
-  if (!doc.is_object()) Fail(file_name, "not a JSON object");
-  try {
-    return ParseConfigDocument(doc, file_name);
-  } catch (const json::exception& e) {  // a field of an unexpected type deep inside a block
-    Fail(file_name, std::string("unexpected value (") + e.what() + ")");
-  }
-}
-
-namespace {
-
 ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& file_name) {
   FieldReader f(doc, file_name);
 
@@ -284,6 +263,21 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
 }
 
 }  // namespace
+
+ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file_name) {
+  json doc;
+  try {
+    doc = json::parse(json_text.begin(), json_text.end());
+  } catch (const json::exception& e) {
+    Fail(file_name, std::string("not valid JSON (") + e.what() + ")");
+  }
+  if (!doc.is_object()) Fail(file_name, "not a JSON object");
+  try {
+    return ParseConfigDocument(doc, file_name);
+  } catch (const json::exception& e) {  // a field of an unexpected type deep inside a block
+    Fail(file_name, std::string("unexpected value (") + e.what() + ")");
+  }
+}
 
 std::string UpdateConfigJson(std::string_view original, const ModelConfig& config,
                              const std::string& file_name) {

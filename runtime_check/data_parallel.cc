@@ -4,11 +4,14 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <thread>
 
 #include "runtime_check/blas_threads.h"
 #include "runtime_check/llama_forward.h"
 
 namespace kvfold {
+
+int MaxCpuThreads() { return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 std::size_t DataParallelSlots(const ReferenceModel& model) {
   if (!model.impl().device.is_cpu()) return 1;

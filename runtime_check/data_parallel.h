@@ -10,6 +10,10 @@
 
 namespace kvfold {
 
+// The most CPU threads kvfold accepts (--threads): 4 x this machine's cores; more only spawns
+// idle threads.
+int MaxCpuThreads();
+
 // Number of concurrent slots RunDataParallel uses for `model` (threads on CPU, 1 on CUDA).
 std::size_t DataParallelSlots(const ReferenceModel& model);
 

@@ -357,7 +357,7 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
   if (config.SharesKv() && cache != nullptr) {
     Fail("--kv-cache", "decode-time cache policies on a model whose layers share K/V are not supported");
   }
-  if (token_by_token || (config.AttendsAbove() && lckv_iterations == 0)) {
+  if (DecodesTokenByToken()) {
     if (observer != nullptr || cache != nullptr) {
       Fail("runtime", "token-by-token decoding takes no observer or cache policy");
     }
@@ -371,7 +371,7 @@ at::Tensor ReferenceModel::Impl::HiddenStates(const at::Tensor& tokens, LayerObs
                                               const KvCachePolicy* cache, std::int64_t first_sequence) const {
   c10::InferenceMode inference;
   const std::int64_t B = tokens.size(0), T = tokens.size(1), L = config.num_hidden_layers;
-  if (token_by_token || (config.AttendsAbove() && lckv_iterations == 0)) {
+  if (DecodesTokenByToken()) {
     Fail("runtime", "this model is decoded token by token: its layers cannot be observed in a batched pass");
   }
   BatchedPass pass(*this, tokens, observer, cache, first_sequence);

@@ -49,6 +49,9 @@ struct ReferenceModel::Impl {
                           const KvCachePolicy* cache = nullptr, std::int64_t first_sequence = 0) const;
   int lckv_iterations = 0;
   bool token_by_token = false;
+  // LCKV layouts without parallel encoding, or token_by_token: Forward decodes one token at a
+  // time and HiddenStates cannot run.
+  bool DecodesTokenByToken() const { return token_by_token || (config.AttendsAbove() && lckv_iterations == 0); }
 };
 
 // Building blocks shared by the batched forward and token-by-token decoding.

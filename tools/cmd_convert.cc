@@ -1,20 +1,19 @@
 // kvfold convert MODEL --calib TEXT --passes 'PIPELINE' -o OUT [--force] [--time-passes]
 // kvfold convert --print-passes
-#include <algorithm>
 #include <cstdio>
 #include <memory>
-#include <thread>
 #include <string>
 
 #include "converter/convert.h"
 #include "converter/pass.h"
 #include "formats/error.h"
+#include "runtime_check/data_parallel.h"
 #include "tools/commands.h"
 
 namespace kvfold {
 
 CLI::Validator ThreadCount() {
-  const int most = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int most = MaxCpuThreads();
   return CLI::Range(0, most).description("0 (all cores) to " + std::to_string(most));
 }
 
