@@ -5,7 +5,8 @@
 // (its 512 pieces are valid ids in every vocabulary here).
 //
 //   bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1]
-//   SHAPE: tinyllama-1.1b | llama-2-7b | llama-3-8b | tiny (a 64-wide llama for tests)
+//   SHAPE: tinyllama-1.1b | llama-2-7b | llama-3-8b | tiny (a 64-wide llama for tests) |
+//          narrow (512 wide, GQA 8/2 x 64, 11 MiB of float32 per layer: streaming-memory tests)
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -55,8 +56,10 @@ ordered_json ShapeConfig(const std::string& shape) {
     c["eos_token_id"] = 128001;
   } else if (shape == "tiny") {
     dims(64, 4, 8, 4, 172, 512, 512, 10000.0);
+  } else if (shape == "narrow") {
+    dims(512, 8, 8, 2, 1408, 512, 512, 10000.0);
   } else {
-    kvfold::Fail(shape, "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b or tiny)");
+    kvfold::Fail(shape, "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b, tiny or narrow)");
   }
   return c;
 }

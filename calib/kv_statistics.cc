@@ -173,6 +173,9 @@ KvStatisticsCollector::KvStatisticsCollector(unsigned statistics, int layers, st
   for (const LayerPair& p : input_pairs) input_pairs_.push_back({std::min(p.first, p.second), std::max(p.first, p.second)});
   std::sort(input_pairs_.begin(), input_pairs_.end());
   input_pairs_.erase(std::unique(input_pairs_.begin(), input_pairs_.end()), input_pairs_.end());
+  for (const LayerPair& p : input_pairs_) {
+    if (p.first != p.second) last_partner_[p.first] = std::max(last_partner_[p.first], p.second);
+  }
   if (!input_pairs_.empty()) statistics |= kStatLayerInputs;
   if ((statistics & kStatLayerInputs) && hidden <= 0) Fail("calibration", "internal: input moments need the hidden size");
   stats_.hidden = hidden;
@@ -226,14 +229,14 @@ void KvStatisticsCollector::Observe(const AttentionCapture& c) {
     const std::int64_t D = stats_.hidden, rows = c.attn_input.size() / D;
     for (const LayerPair& p : input_pairs_) {
       if (p.second != c.layer) continue;
-      const float* earlier = p.first == c.layer ? c.attn_input.data : pending_.at(p.first).data();
+      const float* earlier = p.first == c.layer ? c.attn_input.data : pending_.at({c.sequence, p.first}).data();
       AccumulateInputMoment(earlier, c.attn_input.data, rows, D, scratch_, stats_.input_moments[p]);
     }
-    for (const LayerPair& p : input_pairs_) {  // kept for a pair with a later layer
-      if (p.first == c.layer && p.second != c.layer) {
-        pending_[c.layer].assign(c.attn_input.data, c.attn_input.data + c.attn_input.size());
-        break;
-      }
+    for (const auto& [first, last] : last_partner_) {  // h no later layer of this batch needs
+      if (last == c.layer) pending_.erase({c.sequence, first});
+    }
+    if (last_partner_.count(c.layer) != 0) {  // kept for a pair with a later layer
+      pending_[{c.sequence, c.layer}].assign(c.attn_input.data, c.attn_input.data + c.attn_input.size());
     }
   }
   if (c.layer == count_layer_) {  // the first layer every batch shows this collector

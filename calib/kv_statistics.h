@@ -71,7 +71,9 @@ class KvStatisticsCollector : public LayerObserver {
   KvStatistics stats_;
   std::vector<float> scratch_;  // one batch's X^T X before it joins the double accumulators
   std::vector<LayerPair> input_pairs_;        // (a <= b), sorted
-  std::map<int, std::vector<float>> pending_;  // this batch's h of layers paired with a later one
+  // h of (sequence, layer) for layers paired with a later one, until that later layer arrives.
+  std::map<std::pair<std::int64_t, int>, std::vector<float>> pending_;
+  std::map<int, int> last_partner_;  // layer -> the last later layer it is paired with
   int count_layer_ = 0;                        // the layer whose captures count tokens
 };
 

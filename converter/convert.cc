@@ -87,41 +87,51 @@ std::string SourceSha256(const Checkpoint& ck) {
   h.Update(config.bytes());
   for (const auto& f : ck.tensors.files()) {
     MappedFile weights(f->path());
-    h.Update(weights.bytes());
+    constexpr std::size_t kChunk = std::size_t{64} << 20;  // hashed pages leave the resident set
+    for (std::size_t at = 0; at < weights.size(); at += kChunk) {
+      const std::string_view chunk = weights.bytes().substr(at, kChunk);
+      h.Update(chunk);
+      ReleaseMappedPages(chunk);
+    }
   }
   return h.HexDigest();
 }
 
-// The calibration forward: the source model over the calibration windows, batches run
-// data-parallel with one collector per slot, joined in slot order (deterministic for a given
-// thread count).
+RuntimeOptions Streaming(const ConvertOptions& o) {
+  RuntimeOptions r{o.device, o.threads};
+  r.stream_layers = true;  // one layer of weights in memory at a time
+  return r;
+}
+
+// The calibration forward: the source model over the calibration windows, one layer at a time
+// over all of them, batches data-parallel with one collector per slot, joined in slot order
+// (deterministic for a given thread count).
 KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& windows,
                        std::int32_t bos, unsigned needed, const ConvertOptions& o,
                        const std::vector<LayerPair>& input_pairs = {}, std::size_t* slots_used = nullptr) {
-  const auto model = ReferenceModel::Load(ck, {o.device, o.threads});
+  const auto model = ReferenceModel::Load(ck, Streaming(o));
   const std::size_t slots = DataParallelSlots(*model);
   if (slots_used != nullptr) *slots_used = slots;
   const std::size_t per_batch = std::max<std::size_t>(1, 2048 / static_cast<std::size_t>(o.window));
-  const std::size_t batches = (windows.size() + per_batch - 1) / per_batch;
+  std::vector<ReferenceModel::ObservedBatch> batches;
+  for (std::size_t first = 0; first < windows.size(); first += per_batch) {
+    ReferenceModel::ObservedBatch batch;
+    batch.windows = static_cast<int>(std::min(per_batch, windows.size() - first));
+    batch.first_sequence = static_cast<std::int64_t>(first);
+    for (std::size_t w = first; w < first + static_cast<std::size_t>(batch.windows); ++w) {
+      AppendModelInput(windows[w], bos, batch.tokens);
+    }
+    batches.push_back(std::move(batch));
+  }
   std::vector<KvStatisticsCollector> collectors;
   for (std::size_t s = 0; s < slots; ++s) {
     collectors.emplace_back(needed, static_cast<int>(ck.config.num_hidden_layers),
                             ck.config.num_key_value_heads, ck.config.head_dim, ck.config.hidden_size, input_pairs);
   }
-  Progress progress("calibrate", static_cast<std::int64_t>(windows.size()), "windows", o.progress);
-  RunDataParallel(
-      *model, batches,
-      [&](std::size_t b, std::size_t slot) {
-        const std::size_t first = b * per_batch;
-        const std::size_t count = std::min(per_batch, windows.size() - first);
-        std::vector<std::int32_t> tokens;
-        tokens.reserve(count * static_cast<std::size_t>(o.window));
-        for (std::size_t w = first; w < first + count; ++w) AppendModelInput(windows[w], bos, tokens);
-        model->Observe(tokens, static_cast<int>(count), collectors[slot]);
-      },
-      [&](std::size_t done) {
-        progress.Update(static_cast<std::int64_t>(std::min(windows.size(), done * per_batch)));
-      });
+  std::vector<LayerObserver*> observers;
+  for (auto& c : collectors) observers.push_back(&c);
+  Progress progress("calibrate", ck.config.num_hidden_layers, "layers", o.progress);
+  model->ObserveSweep(batches, observers, [&](std::int64_t done) { progress.Update(done); });
   KvStatistics stats = collectors.front().statistics();
   for (std::size_t s = 1; s < collectors.size(); ++s) stats.Merge(collectors[s].statistics());
   return stats;
@@ -211,7 +221,7 @@ ConvertResult Analyze(const ConvertOptions& o) {
   if (!o.eval_text.empty()) {
     t0 = Clock::now();
     const auto windows_eval = EvalWindows(tokenizer, o);
-    const auto model = ReferenceModel::Load(ck, {o.device, o.threads});
+    const auto model = ReferenceModel::Load(ck, Streaming(o));
     EvalOptions eo;
     eo.progress = o.progress;
     const PerplexityResult p = EvaluatePerplexity(*model, windows_eval, tokenizer.bos_id(), eo);
@@ -328,8 +338,8 @@ nlohmann::ordered_json Validation(const ConvertOptions& o, const Checkpoint& ck,
                                   const Tokenizer& tokenizer) {
   const auto windows_eval = EvalWindows(tokenizer, o);
   const Checkpoint out = OpenCheckpoint(converted_dir);
-  const auto original = ReferenceModel::Load(ck, {o.device, o.threads});
-  const auto converted = ReferenceModel::Load(out, {o.device, o.threads});
+  const auto original = ReferenceModel::Load(ck, Streaming(o));
+  const auto converted = ReferenceModel::Load(out, Streaming(o));
   EvalOptions eo;
   eo.progress = o.progress;
   const ComparisonResult c = CompareModels(*original, *converted, windows_eval, tokenizer.bos_id(), eo);

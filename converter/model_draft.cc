@@ -74,7 +74,7 @@ std::vector<std::string> ModelDraft::WriteTo(const std::string& dir, std::vector
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
       const TensorRef& ref = source_.tensors.Get(name);
-      tensors.push_back({name, ref.entry->dtype, ref.entry->shape, ref.bytes()});
+      tensors.push_back({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
       continue;
     }
     const TensorRef* original = source_.tensors.Find(name);

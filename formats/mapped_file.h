@@ -36,6 +36,13 @@ class MappedFile {
   std::unique_ptr<MappedRegionGuard> guard_;
 };
 
+// Drops the pages of `bytes`, which must lie inside a live MappedFile, from this process's
+// resident set (madvise MADV_DONTNEED). The mapping is read-only and file-backed, so nothing is
+// lost: a later read faults the pages back in from the file (or the page cache). Streaming
+// readers call it once a tensor has been converted or written, so RSS tracks one layer, not
+// every byte the run has touched. The range is widened to whole pages; neighbours are re-read.
+void ReleaseMappedPages(std::string_view bytes);
+
 // Throws Error naming `path` unless it is a regular file (a folder, FIFO or device is refused
 // before it is opened for reading: reading /dev/zero or a FIFO never ends).
 void RequireRegularFile(const std::string& path);

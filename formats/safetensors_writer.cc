@@ -7,6 +7,7 @@
 
 #include "formats/atomic_file.h"
 #include "formats/error.h"
+#include "formats/mapped_file.h"
 
 namespace kvfold {
 namespace {
@@ -54,7 +55,10 @@ void WriteSorted(const std::string& path, const std::vector<TensorToWrite>& tens
   AtomicFile out(path);
   out.Write(len, 8);
   out.Write(text);
-  for (const auto& t : tensors) out.Write(t.bytes.data(), t.bytes.size());
+  for (const auto& t : tensors) {
+    out.Write(t.bytes.data(), t.bytes.size());
+    if (t.mapped) ReleaseMappedPages(t.bytes);
+  }
   out.Commit();
 }
 

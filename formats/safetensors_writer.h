@@ -17,6 +17,8 @@ struct TensorToWrite {
   DType dtype;
   std::vector<std::int64_t> shape;
   std::string_view bytes;  // owned by the caller; must be dtype size x shape product long
+  // The bytes lie in a read-only MappedFile: their pages leave the resident set once written.
+  bool mapped = false;
 };
 
 // Writes one safetensors file atomically. Throws Error naming `path` on a size mismatch,

@@ -123,22 +123,53 @@ std::vector<std::string> TensorStore::Names() const {
   return names;
 }
 
-void TensorStore::ReadF32(const std::string& name, float* dst) const {
-  const TensorRef& ref = Get(name);
+namespace {
+
+const TensorRef& FloatingTensor(const TensorStore& store, const std::string& name) {
+  const TensorRef& ref = store.Get(name);
   if (!IsFloatingCompute(ref.entry->dtype)) {
     Fail(ref.file->path(), "tensor '" + name + "' has dtype " + DTypeName(ref.entry->dtype) +
                                "; kvfold computes with F32, F16 or BF16");
   }
-  const auto count = static_cast<std::size_t>(ref.entry->NumElements());
-  ConvertToF32(ref.entry->dtype, ref.bytes().data(), count, dst);
-  // A NaN or inf weight would surface much later as a failed eigendecomposition or a NaN
-  // perplexity; name the tensor now.
+  return ref;
+}
+
+// A NaN or inf weight would surface much later as a failed eigendecomposition or a NaN
+// perplexity; name the tensor (and the element, counted from `first`) now.
+void RequireFinite(const TensorRef& ref, const float* values, std::size_t count, std::size_t first) {
   for (std::size_t i = 0; i < count; ++i) {
-    if (!std::isfinite(dst[i])) {
-      Fail(ref.file->path(), "tensor '" + name + "' holds " + std::to_string(dst[i]) + " at element " +
-                                 std::to_string(i) + " (weights must be finite)");
+    if (!std::isfinite(values[i])) {
+      Fail(ref.file->path(), "tensor '" + ref.entry->name + "' holds " + std::to_string(values[i]) +
+                                 " at element " + std::to_string(first + i) + " (weights must be finite)");
     }
   }
+}
+
+}  // namespace
+
+void TensorStore::ReadF32(const std::string& name, float* dst) const {
+  const TensorRef& ref = FloatingTensor(*this, name);
+  const auto count = static_cast<std::size_t>(ref.entry->NumElements());
+  ConvertToF32(ref.entry->dtype, ref.bytes().data(), count, dst);
+  ReleaseMappedPages(ref.bytes());
+  RequireFinite(ref, dst, count, 0);
+}
+
+void TensorStore::ReadRowsF32(const std::string& name, const std::vector<std::int64_t>& rows, float* dst) const {
+  const TensorRef& ref = FloatingTensor(*this, name);
+  if (ref.entry->shape.size() != 2) Fail(ref.file->path(), "tensor '" + name + "' is not a matrix");
+  const std::int64_t count = ref.entry->shape[0], width = ref.entry->shape[1];
+  const std::size_t row_bytes = static_cast<std::size_t>(width) * DTypeSize(ref.entry->dtype);
+  const auto cols = static_cast<std::size_t>(width);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i] < 0 || rows[i] >= count) {
+      Fail(ref.file->path(), "row " + std::to_string(rows[i]) + " of tensor '" + name + "' is out of range");
+    }
+    const std::size_t at = static_cast<std::size_t>(rows[i]);
+    ConvertToF32(ref.entry->dtype, ref.bytes().data() + at * row_bytes, cols, dst + i * cols);
+    RequireFinite(ref, dst + i * cols, cols, at * cols);
+  }
+  ReleaseMappedPages(ref.bytes());
 }
 
 std::vector<float> TensorStore::ReadF32(const std::string& name) const {

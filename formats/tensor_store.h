@@ -50,8 +50,13 @@ class TensorStore {
   // Where this store came from (directory or file), for error messages.
   const std::string& origin() const { return origin_; }
 
-  // Reads a floating tensor (F32/F16/BF16) as float32 into `dst` (NumElements() floats).
+  // Reads a floating tensor (F32/F16/BF16) as float32 into `dst` (NumElements() floats), then
+  // releases its mapped pages (formats/mapped_file.h): a reader holds what it converted, and
+  // the source bytes leave the resident set.
   void ReadF32(const std::string& name, float* dst) const;
+  // Rows `rows` of the 2-D floating tensor `name` ([R, C]) as float32 [rows.size(), C] into
+  // `dst`: an embedding lookup straight from the map. Throws Error for a row out of range.
+  void ReadRowsF32(const std::string& name, const std::vector<std::int64_t>& rows, float* dst) const;
   std::vector<float> ReadF32(const std::string& name) const;
 
  private:

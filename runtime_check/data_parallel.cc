@@ -13,19 +13,28 @@ namespace kvfold {
 
 int MaxCpuThreads() { return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
-std::size_t DataParallelSlots(const ReferenceModel& model) {
-  if (!model.impl().device.is_cpu()) return 1;
+std::size_t DataParallelSlots(bool on_cpu) {
+  if (!on_cpu) return 1;
   return static_cast<std::size_t>(std::max(1, at::get_num_threads()));
 }
+
+std::size_t DataParallelSlots(const ReferenceModel& model) { return DataParallelSlots(model.impl().device.is_cpu()); }
 
 void RunDataParallel(const ReferenceModel& model, std::size_t count,
                      const std::function<void(std::size_t, std::size_t)>& run,
                      const std::function<void(std::size_t)>& after_round) {
-  const std::size_t slots = DataParallelSlots(model);
+  RunDataParallel(DataParallelSlots(model), count, run, after_round);
+}
+
+void RunDataParallel(std::size_t slots, std::size_t count,
+                     const std::function<void(std::size_t, std::size_t)>& run,
+                     const std::function<void(std::size_t)>& after_round) {
+  // Too few items to give every slot one: each runs alone with all threads (BLAS included).
+  const bool one_by_one = slots == 1 || count < slots;
   for (std::size_t round = 0; round < count; round += slots) {
     const std::size_t end = std::min(count, round + slots);
-    if (slots == 1) {
-      run(round, 0);
+    if (one_by_one) {
+      for (std::size_t i = round; i < end; ++i) run(i, i % slots);
     } else {
       ScopedSingleThreadBlas one_blas_thread;
       at::parallel_for(static_cast<std::int64_t>(round), static_cast<std::int64_t>(end), 1,

@@ -16,10 +16,15 @@ int MaxCpuThreads();
 
 // Number of concurrent slots RunDataParallel uses for `model` (threads on CPU, 1 on CUDA).
 std::size_t DataParallelSlots(const ReferenceModel& model);
+std::size_t DataParallelSlots(bool on_cpu);
 
 // Calls run(index, slot) for index in [0, count); slot = index % DataParallelSlots(model), so a
 // slot's batches run one at a time and in index order. after_round(done) follows each round.
+// Fewer items than slots run one after another, each with every thread inside.
 void RunDataParallel(const ReferenceModel& model, std::size_t count,
+                     const std::function<void(std::size_t index, std::size_t slot)>& run,
+                     const std::function<void(std::size_t done)>& after_round);
+void RunDataParallel(std::size_t slots, std::size_t count,
                      const std::function<void(std::size_t index, std::size_t slot)>& run,
                      const std::function<void(std::size_t done)>& after_round);
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 
 #include "formats/error.h"
 #include "formats/progress.h"
@@ -81,11 +82,6 @@ double Correct(const at::Tensor& log_probs, const at::Tensor& targets) {
   return log_probs.argmax(-1).eq(targets).sum().item<double>();
 }
 
-// Log-probabilities of the scored positions only: [b, W - scored_from, V].
-at::Tensor ScoredLogProbs(const at::Tensor& logits, std::int64_t scored_from) {
-  return at::log_softmax(logits.narrow(1, scored_from, logits.size(1) - scored_from), -1);
-}
-
 std::string Rate(std::int64_t tokens, double seconds) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.0f tok/s", static_cast<double>(tokens) / std::max(seconds, 1e-9));
@@ -97,41 +93,77 @@ std::string Rate(std::int64_t tokens, double seconds) {
 struct GroupSums {
   double nll_a = 0, nll_b = 0, kl = 0, agree = 0, correct_a = 0, correct_b = 0;
   std::int64_t tokens = 0;
+  void Add(const GroupSums& p) {
+    nll_a += p.nll_a;
+    nll_b += p.nll_b;
+    kl += p.kl;
+    agree += p.agree;
+    correct_a += p.correct_a;
+    correct_b += p.correct_b;
+    tokens += p.tokens;
+  }
 };
 
-// Evaluates `windows` in groups of `per_group`, data-parallel (runtime_check/data_parallel.h).
-// `fn(batch, first_window)` returns the group's sums; `after_round(done_windows)` reports progress.
-template <typename Fn, typename AfterRound>
-std::vector<GroupSums> ForEachGroup(const ReferenceModel& model,
-                                    const std::vector<TokenWindow>& windows, std::size_t per_group,
-                                    std::int32_t bos, Fn fn, AfterRound after_round) {
-  const auto& impl = model.impl();
-  const std::size_t groups = (windows.size() + per_group - 1) / per_group;
-  std::vector<GroupSums> sums(groups);
-  RunDataParallel(
-      model, groups,
-      [&](std::size_t g, std::size_t) {
-        const std::size_t first = g * per_group;
-        const std::size_t count = std::min(per_group, windows.size() - first);
-        sums[g] = fn(MakeBatch(windows, first, count, bos, impl.config.vocab_size, impl.device),
-                     static_cast<std::int64_t>(first));
-      },
-      [&](std::size_t done) { after_round(std::min(windows.size(), done * per_group)); });
-  return sums;
+// The windows cut into groups of `per_group` (the last may be shorter), as batches.
+std::vector<Batch> MakeGroups(const std::vector<TokenWindow>& windows, std::size_t per_group, std::int32_t bos,
+                              const ReferenceModel::Impl& model) {
+  std::vector<Batch> groups;
+  for (std::size_t first = 0; first < windows.size(); first += per_group) {
+    const std::size_t count = std::min(per_group, windows.size() - first);
+    groups.push_back(MakeBatch(windows, first, count, bos, model.config.vocab_size, model.device));
+  }
+  return groups;
 }
 
-GroupSums Total(const std::vector<GroupSums>& parts) {
-  GroupSums t;
-  for (const auto& p : parts) {
-    t.nll_a += p.nll_a;
-    t.nll_b += p.nll_b;
-    t.kl += p.kl;
-    t.agree += p.agree;
-    t.correct_a += p.correct_a;
-    t.correct_b += p.correct_b;
-    t.tokens += p.tokens;
+// The final residual streams of every group: one sweep, each layer fetched once.
+std::vector<at::Tensor> SweepGroups(const ReferenceModel::Impl& model, const std::vector<Batch>& groups,
+                                    std::size_t per_group, const KvCachePolicy* cache,
+                                    const std::function<void(std::int64_t)>& after_layer) {
+  std::vector<at::Tensor> inputs;
+  SweepOptions options;
+  options.cache = cache;
+  options.after_layer = after_layer;
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    inputs.push_back(groups[g].inputs);
+    options.first_sequences.push_back(static_cast<std::int64_t>(g * per_group));
   }
-  return t;
+  if (model.config.SharesKv() && cache != nullptr) {
+    Fail("--kv-cache", "decode-time cache policies on a model whose layers share K/V are not supported");
+  }
+  if (!model.DecodesTokenByToken()) return model.SweepHiddenStates(inputs, options);
+  std::vector<at::Tensor> logits;  // token by token: the logits themselves (see ScoredRows)
+  if (cache != nullptr) Fail("runtime", "token-by-token decoding takes no observer or cache policy");
+  for (const auto& in : inputs) logits.push_back(DecodeTokenByToken(model, in));
+  return logits;
+}
+
+// A model's scored positions of one group, ready to be cut into row chunks: the final residual
+// stream [R, D] of the rows that are scored (or, decoded token by token, their logits [R, V]).
+struct ScoredRows {
+  at::Tensor rows;
+  bool are_logits = false;
+};
+
+ScoredRows Scored(const ReferenceModel::Impl& model, const at::Tensor& swept, std::int64_t windows,
+                  std::int64_t W, std::int64_t from) {
+  const std::int64_t width = swept.size(-1);
+  return {swept.reshape({windows, W, width}).narrow(1, from, W - from).reshape({-1, width}),
+          model.DecodesTokenByToken()};
+}
+
+// Log-probabilities of rows [begin, begin + count) of `scored`: logits are formed here, a chunk
+// of rows at a time, never as one [tokens x vocab] tensor.
+at::Tensor LogProbs(const ReferenceModel::Impl& model, const at::Tensor& head, const ScoredRows& scored,
+                    std::int64_t begin, std::int64_t count) {
+  const at::Tensor rows = scored.rows.narrow(0, begin, count);
+  if (scored.are_logits) return at::log_softmax(rows, -1);
+  return at::log_softmax(at::linear(RmsNorm(rows, model.final_norm, model.config.rms_norm_eps), head), -1);
+}
+
+// Rows per chunk of logits: as asked, else about 8 Mi floats (32 MiB) of them.
+std::int64_t RowsPerChunk(const EvalOptions& options, std::int64_t vocab) {
+  if (options.logit_chunk_rows > 0) return options.logit_chunk_rows;
+  return std::max<std::int64_t>(1, (std::int64_t{8} << 20) / vocab);
 }
 
 }  // namespace
@@ -142,24 +174,34 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   CheckWindows(windows, options);
   c10::InferenceMode inference;
   const auto& impl = model.impl();
-  const std::int64_t from = options.scored_from;
-  Progress progress("eval", static_cast<std::int64_t>(windows.size()), "windows", options.progress);
-  std::int64_t done_tokens = 0;
-  const GroupSums t = Total(ForEachGroup(
-      model, windows, WindowsPerBatch(options, windows.front().size()), bos,
-      [&](const Batch& batch, std::int64_t first_window) {
-        GroupSums s;
-        const at::Tensor lp = ScoredLogProbs(impl.Forward(batch.inputs, nullptr, options.cache, first_window), from);
-        const at::Tensor targets = batch.targets.narrow(1, from, batch.targets.size(1) - from);
-        s.nll_a = NllSum(lp, targets);
-        s.correct_a = Correct(lp, targets);
-        s.tokens = targets.numel();
-        return s;
+  const std::int64_t from = options.scored_from, W = static_cast<std::int64_t>(windows.front().size());
+  const std::int64_t L = impl.config.num_hidden_layers;
+  const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
+  Progress progress("eval", L + 1, "layers", options.progress);
+  const std::vector<Batch> groups = MakeGroups(windows, per_group, bos, impl);
+  const std::vector<at::Tensor> hidden =
+      SweepGroups(impl, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(done); });
+  const at::Tensor head = impl.LmHead();
+  std::vector<GroupSums> sums(groups.size());
+  RunDataParallel(
+      model, groups.size(),
+      [&](std::size_t g, std::size_t) {
+        const ScoredRows rows = Scored(impl, hidden[g], groups[g].inputs.size(0), W, from);
+        const at::Tensor targets = groups[g].targets.narrow(1, from, W - from).reshape({-1});
+        const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, impl.config.vocab_size);
+        for (std::int64_t begin = 0; begin < R; begin += chunk) {
+          const std::int64_t count = std::min(chunk, R - begin);
+          const at::Tensor lp = LogProbs(impl, head, rows, begin, count);
+          const at::Tensor t = targets.narrow(0, begin, count);
+          sums[g].nll_a += NllSum(lp, t);
+          sums[g].correct_a += Correct(lp, t);
+        }
+        sums[g].tokens = R;
       },
-      [&](std::size_t done) {
-        done_tokens = static_cast<std::int64_t>(done * windows.front().size());
-        progress.Update(static_cast<std::int64_t>(done), Rate(done_tokens, progress.ElapsedSeconds()));
-      }));
+      [](std::size_t) {});
+  GroupSums t;
+  for (const auto& s : sums) t.Add(s);
+  progress.Update(L + 1, Rate(t.tokens, progress.ElapsedSeconds()));
   return Finish(static_cast<int>(windows.size()), t.tokens, t.nll_a, t.correct_a, progress.ElapsedSeconds());
 }
 
@@ -175,27 +217,46 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
   }
   if (a.device != b.device) Fail("--compare", "models are on different devices");
   c10::InferenceMode inference;
-  Progress progress("compare", static_cast<std::int64_t>(windows.size()), "windows",
-                    options.progress);
-  const GroupSums t = Total(ForEachGroup(
-      base, windows, WindowsPerBatch(options, windows.front().size()), bos,
-      [&](const Batch& batch, std::int64_t first_window) {
-        GroupSums s;
-        const std::int64_t from = options.scored_from;
-        const at::Tensor lp_a = ScoredLogProbs(a.Forward(batch.inputs, nullptr), from);
-        const at::Tensor lp_b = ScoredLogProbs(b.Forward(batch.inputs, nullptr, options.cache, first_window), from);
-        const at::Tensor targets = batch.targets.narrow(1, from, batch.targets.size(1) - from);
-        s.nll_a = NllSum(lp_a, targets);
-        s.nll_b = NllSum(lp_b, targets);
-        s.correct_a = Correct(lp_a, targets);
-        s.correct_b = Correct(lp_b, targets);
-        s.kl = (lp_a.exp() * (lp_a - lp_b)).sum(-1).to(at::kDouble).sum().item<double>();
-        s.agree = lp_a.argmax(-1).eq(lp_b.argmax(-1)).sum().item<double>();
-        s.tokens = targets.numel();
-        return s;
+  const std::int64_t from = options.scored_from, W = static_cast<std::int64_t>(windows.front().size());
+  const std::int64_t La = a.config.num_hidden_layers, Lb = b.config.num_hidden_layers;
+  const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
+  Progress progress("compare", La + Lb + 1, "layers", options.progress);
+  const std::vector<Batch> groups = MakeGroups(windows, per_group, bos, a);
+  // One model after the other: each holds one layer at a time, both keep their hidden states.
+  const std::vector<at::Tensor> hidden_a =
+      SweepGroups(a, groups, per_group, nullptr, [&](std::int64_t done) { progress.Update(done); });
+  const std::vector<at::Tensor> hidden_b =
+      SweepGroups(b, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(La + done); });
+  const at::Tensor head_a = a.LmHead(), head_b = b.LmHead();
+  std::vector<GroupSums> sums(groups.size());
+  RunDataParallel(
+      base, groups.size(),
+      [&](std::size_t g, std::size_t) {
+        const std::int64_t windows_in_group = groups[g].inputs.size(0);
+        const ScoredRows rows_a = Scored(a, hidden_a[g], windows_in_group, W, from);
+        const ScoredRows rows_b = Scored(b, hidden_b[g], windows_in_group, W, from);
+        const at::Tensor targets = groups[g].targets.narrow(1, from, W - from).reshape({-1});
+        const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, a.config.vocab_size);
+        GroupSums& s = sums[g];
+        for (std::int64_t begin = 0; begin < R; begin += chunk) {
+          const std::int64_t count = std::min(chunk, R - begin);
+          const at::Tensor lp_a = LogProbs(a, head_a, rows_a, begin, count);
+          const at::Tensor lp_b = LogProbs(b, head_b, rows_b, begin, count);
+          const at::Tensor t = targets.narrow(0, begin, count);
+          s.nll_a += NllSum(lp_a, t);
+          s.nll_b += NllSum(lp_b, t);
+          s.correct_a += Correct(lp_a, t);
+          s.correct_b += Correct(lp_b, t);
+          s.kl += (lp_a.exp() * (lp_a - lp_b)).sum(-1).to(at::kDouble).sum().item<double>();
+          s.agree += lp_a.argmax(-1).eq(lp_b.argmax(-1)).sum().item<double>();
+        }
+        s.tokens = R;
       },
-      [&](std::size_t done) { progress.Update(static_cast<std::int64_t>(done)); }));
-  // Both models run in every group; each gets half of the wall time.
+      [](std::size_t) {});
+  GroupSums t;
+  for (const auto& s : sums) t.Add(s);
+  progress.Update(La + Lb + 1);
+  // Both models ran over every window; each gets half of the wall time.
   const double seconds = progress.ElapsedSeconds() / 2;
   ComparisonResult r;
   const int n = static_cast<int>(windows.size());

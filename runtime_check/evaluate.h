@@ -20,6 +20,8 @@ struct EvalOptions {
   const KvCachePolicy* cache = nullptr;
   // Only window positions >= scored_from count (a prefilled prefix is context, not scored).
   std::int64_t scored_from = 0;
+  // Scored positions whose logits are formed at once; 0 = about 32 MiB of them.
+  std::int64_t logit_chunk_rows = 0;
 };
 
 struct PerplexityResult {

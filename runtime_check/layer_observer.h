@@ -31,6 +31,9 @@ enum CaptureBits : unsigned {
 
 struct AttentionCapture {
   int layer = 0;
+  // Tells batches apart: the first sequence of the batch in its run. A sweep shows every batch
+  // one layer before the next layer, so per-batch state is keyed by it.
+  std::int64_t sequence = 0;
   FloatView attn_input;
   FloatView query_pre_rope;
   FloatView query_post_rope;

@@ -12,6 +12,7 @@
 
 #include "formats/error.h"
 #include "runtime_check/attention_cpu.h"
+#include "runtime_check/data_parallel.h"
 
 namespace kvfold {
 
@@ -114,9 +115,10 @@ namespace {
 // Collects the tensors an observer asked for as CPU float32 copies, then hands them over at once.
 class PendingCapture {
  public:
-  PendingCapture(LayerObserver* observer, int layer)
+  PendingCapture(LayerObserver* observer, int layer, std::int64_t sequence)
       : observer_(observer), wants_(observer ? observer->Wants(layer) : 0u) {
     capture_.layer = layer;
+    capture_.sequence = sequence;
   }
   bool active() const { return wants_ != 0; }
   void Take(unsigned bit, const at::Tensor& t, FloatView AttentionCapture::*field) {
@@ -256,7 +258,7 @@ class BatchedPass {
     }
   }
 
-  void Layer(std::int64_t l, at::Tensor& x);
+  void Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x);
 
  private:
   const ReferenceModel::Impl& m_;
@@ -272,8 +274,7 @@ class BatchedPass {
   std::vector<at::Tensor> shared_kv_;
 };
 
-void BatchedPass::Layer(std::int64_t l, at::Tensor& x) {
-  const LlamaLayerWeights& w = m_.layers[static_cast<std::size_t>(l)];
+void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x) {
   const std::int64_t B = B_, T = T_, H = H_, KV = KV_, KVs = KVs_, d = d_;
   const std::int64_t D = c_.hidden_size;
   const bool computes = c_.ComputesKv(l);
@@ -283,7 +284,7 @@ void BatchedPass::Layer(std::int64_t l, at::Tensor& x) {
   auto heads = [&](std::int64_t offset, std::int64_t n) {        // -> [B, T, n, d] view
     return qkv.narrow(1, offset * d, n * d).view({B, T, n, d});
   };
-  PendingCapture capture(observer_, static_cast<int>(l));
+  PendingCapture capture(observer_, static_cast<int>(l), first_sequence_);
   if (capture.active()) {
     capture.Take(kCaptureAttnInput, h.view({B, T, D}), &AttentionCapture::attn_input);
     capture.Take(kCaptureQueryPreRope, heads(0, H), &AttentionCapture::query_pre_rope);
@@ -364,39 +365,81 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
     return DecodeTokenByToken(*this, tokens);
   }
   const at::Tensor x = HiddenStates(tokens, observer, cache, first_sequence);
-  return at::linear(RmsNorm(x, final_norm, config.rms_norm_eps), lm_head).view({B, T, -1});
+  return at::linear(RmsNorm(x, final_norm, config.rms_norm_eps), LmHead()).view({B, T, -1});
 }
 
 at::Tensor ReferenceModel::Impl::HiddenStates(const at::Tensor& tokens, LayerObserver* observer,
                                               const KvCachePolicy* cache, std::int64_t first_sequence) const {
+  SweepOptions options;
+  if (observer != nullptr) options.observers = {observer};
+  options.cache = cache;
+  options.first_sequences = {first_sequence};
+  return SweepHiddenStates({tokens}, options).front();
+}
+
+namespace {
+
+// The order layers run in: every layer once, except that for LCKV's parallel encoding the
+// layers from the first one that reads a higher layer up to the highest layer so read run
+// `iterations` times, each from the same input (returned as `low`: restart there) and reading
+// the K/V the previous iteration left (zeros before the first).
+struct LayerSchedule {
+  std::int64_t low = 0, high = -1;  // the iterated range; empty when high < low
+  int iterations = 0;
+};
+
+LayerSchedule ScheduleOf(const ModelConfig& config, int lckv_iterations) {
+  LayerSchedule s;
+  s.low = config.num_hidden_layers;
+  for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    if (config.KvSourceOf(l) > l) {
+      s.low = std::min(s.low, l);
+      s.high = std::max(s.high, config.KvSourceOf(l));
+    }
+  }
+  s.iterations = lckv_iterations;
+  return s;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::Tensor>& batches,
+                                                                const SweepOptions& o) const {
   c10::InferenceMode inference;
-  const std::int64_t B = tokens.size(0), T = tokens.size(1), L = config.num_hidden_layers;
   if (DecodesTokenByToken()) {
     Fail("runtime", "this model is decoded token by token: its layers cannot be observed in a batched pass");
   }
-  BatchedPass pass(*this, tokens, observer, cache, first_sequence);
-  at::Tensor x = at::embedding(embed, tokens.reshape({B * T}));  // [N, D]
-  if (!config.AttendsAbove()) {
-    for (std::int64_t l = 0; l < L; ++l) pass.Layer(l, x);
-  } else {
-    if (observer != nullptr) Fail("calibration", "observing a model whose layers read higher layers' K/V is not supported");
-    // LCKV's parallel encoding: the layers from the first one that reads a higher layer up to
-    // the highest layer so read run `lckv_iterations` times, each from the same input and
-    // reading the K/V the previous iteration left (zeros before the first).
-    std::int64_t low = L, high = -1;
-    for (std::int64_t l = 0; l < L; ++l) {
-      if (config.KvSourceOf(l) > l) {
-        low = std::min(low, l);
-        high = std::max(high, config.KvSourceOf(l));
-      }
+  if (config.AttendsAbove() && !o.observers.empty()) {
+    Fail("calibration", "observing a model whose layers read higher layers' K/V is not supported");
+  }
+  const std::size_t n = batches.size();
+  std::vector<std::unique_ptr<BatchedPass>> passes;
+  std::vector<at::Tensor> x;
+  for (std::size_t b = 0; b < n; ++b) {
+    LayerObserver* observer = o.observers.empty() ? nullptr : o.observers[b % o.observers.size()];
+    const std::int64_t first = o.first_sequences.empty() ? static_cast<std::int64_t>(b) : o.first_sequences.at(b);
+    passes.push_back(std::make_unique<BatchedPass>(*this, batches[b], observer, o.cache, first));
+    x.push_back(Embed(batches[b]));  // [N, D]
+  }
+  // Slots follow the observers so that batch b's observer is only ever used by one thread.
+  const std::size_t slots = o.observers.empty() ? DataParallelSlots(device.is_cpu()) : o.observers.size();
+  std::int64_t layers_done = 0;
+  auto step = [&](std::int64_t l) {
+    const std::shared_ptr<const LlamaLayerWeights> w = LayerWeights(l);
+    RunDataParallel(slots, n, [&](std::size_t b, std::size_t) { passes[b]->Layer(l, *w, x[b]); }, [](std::size_t) {});
+    if (o.after_layer) o.after_layer(++layers_done);
+  };
+  const LayerSchedule s = ScheduleOf(config, lckv_iterations);
+  const std::int64_t L = config.num_hidden_layers;
+  for (std::int64_t l = 0; l < std::min(s.low, L); ++l) step(l);
+  if (s.high >= s.low) {
+    std::vector<at::Tensor> x_low;
+    for (const auto& t : x) x_low.push_back(t.clone());
+    for (int it = 0; it < s.iterations; ++it) {
+      for (std::size_t b = 0; b < n; ++b) x[b] = x_low[b].clone();
+      for (std::int64_t l = s.low; l <= s.high; ++l) step(l);
     }
-    for (std::int64_t l = 0; l < low; ++l) pass.Layer(l, x);
-    const at::Tensor x_low = x.clone();
-    for (int it = 0; it < lckv_iterations; ++it) {
-      x = x_low.clone();
-      for (std::int64_t l = low; l <= high; ++l) pass.Layer(l, x);
-    }
-    for (std::int64_t l = high + 1; l < L; ++l) pass.Layer(l, x);
+    for (std::int64_t l = s.high + 1; l < L; ++l) step(l);
   }
   return x;
 }

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "formats/checkpoint.h"
@@ -25,14 +27,44 @@ struct LlamaLayerWeights {
   at::Tensor w_down, b_down;
 };
 
+// Layer l's weights read from the checkpoint as float32 onto `device`; the source pages are
+// released as each tensor is converted.
+LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t l, const at::Device& device);
+
+// How a sweep runs: who watches, which cache policy applies, and who hears of progress.
+struct SweepOptions {
+  // Empty, or one observer per data-parallel slot: batch b is watched by observers[b % size].
+  std::vector<LayerObserver*> observers;
+  const KvCachePolicy* cache = nullptr;
+  // Per batch: its first sequence in the run (cache policy seeds; tells batches apart).
+  // Empty: batch b starts at sequence b.
+  std::vector<std::int64_t> first_sequences;
+  std::function<void(std::int64_t layers_done)> after_layer;
+};
+
 struct ReferenceModel::Impl {
   ModelConfig config;
   at::Device device{at::kCPU};
   bool use_cpu_kernels = false;  // fused RoPE/attention kernels (CPU with AVX2+FMA only)
-  at::Tensor embed;       // [V, D]
   at::Tensor final_norm;  // [D]
+  // Resident models only; a streaming model reads them from `streamed` when needed.
+  at::Tensor embed;       // [V, D]
   at::Tensor lm_head;     // [V, D] (the embedding when tied)
   std::vector<LlamaLayerWeights> layers;
+  // Streaming (RuntimeOptions::stream_layers): the checkpoint (which must outlive the model)
+  // that a sweep reads each layer from when it reaches it, releasing it before the next.
+  const Checkpoint* streamed = nullptr;
+
+  // Layer l's weights: the resident ones, or read now from `streamed`.
+  std::shared_ptr<const LlamaLayerWeights> LayerWeights(std::int64_t l) const;
+  at::Tensor Embed(const at::Tensor& tokens) const;  // int64 [B, T] -> [B T, D]
+  at::Tensor LmHead() const;                         // [V, D]
+
+  // The residual streams [B T, D] of many batches of int64 tokens [B, T], run layer by layer:
+  // each layer is fetched once and applied to every batch (data-parallel on CPU) before the
+  // next, so only the batches' hidden states live across layers. Results do not depend on
+  // whether the model is resident or streamed.
+  std::vector<at::Tensor> SweepHiddenStates(const std::vector<at::Tensor>& batches, const SweepOptions& options) const;
 
   // Logits [B, T, V] for int64 tokens [B, T] on `device`. With a cache policy, each layer's
   // queries read only the cached keys the policy leaves visible; batch row b is sequence

@@ -49,6 +49,62 @@ at::Tensor CatDefined(std::vector<at::Tensor> parts) {
 ReferenceModel::ReferenceModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ReferenceModel::~ReferenceModel() = default;
 
+LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer, const at::Device& dev) {
+  const ModelConfig& c = ck.config;
+  const int l = static_cast<int>(layer);
+  auto load = [&](TensorRole r) { return LoadTensor(ck, {r, l}, dev); };
+  auto maybe = [&](bool present, TensorRole r) { return LoadOptional(ck, present, {r, l}, dev); };
+  LlamaLayerWeights w;
+  w.attn_norm = load(TensorRole::kAttnNorm);
+  if (c.ComputesKv(l)) {
+    w.w_qkv = at::cat({load(TensorRole::kQProj), load(TensorRole::kKProj), load(TensorRole::kVProj)}, 0);
+    w.b_qkv = CatDefined({maybe(c.qkv_bias, TensorRole::kQBias), maybe(c.qkv_bias, TensorRole::kKBias),
+                          maybe(c.qkv_bias, TensorRole::kVBias)});
+  } else {  // reads another layer's K/V: queries only
+    w.w_qkv = load(TensorRole::kQProj);
+    w.b_qkv = maybe(c.qkv_bias, TensorRole::kQBias);
+  }
+  w.w_o = load(TensorRole::kOProj);
+  if (c.key_projection_heads > 0) {
+    w.k_cache_proj = load(TensorRole::kKCacheProj);
+    w.q_cache_proj = load(TensorRole::kQCacheProj);
+  }
+  w.b_o = maybe(c.o_bias, TensorRole::kOBias);
+  w.mlp_norm = load(TensorRole::kMlpNorm);
+  w.w_gate_up = at::cat({load(TensorRole::kGateProj), load(TensorRole::kUpProj)}, 0);
+  w.b_gate_up = CatDefined({maybe(c.mlp_bias, TensorRole::kGateBias),
+                            maybe(c.mlp_bias, TensorRole::kUpBias)});
+  w.w_down = load(TensorRole::kDownProj);
+  w.b_down = maybe(c.mlp_bias, TensorRole::kDownBias);
+  return w;
+}
+
+std::shared_ptr<const LlamaLayerWeights> ReferenceModel::Impl::LayerWeights(std::int64_t l) const {
+  if (streamed == nullptr) {  // resident: a non-owning handle
+    return std::shared_ptr<const LlamaLayerWeights>(&layers.at(static_cast<std::size_t>(l)),
+                                                    [](const LlamaLayerWeights*) {});
+  }
+  c10::InferenceMode inference;
+  return std::make_shared<const LlamaLayerWeights>(LoadLayerWeights(*streamed, l, device));
+}
+
+at::Tensor ReferenceModel::Impl::Embed(const at::Tensor& tokens) const {
+  const at::Tensor flat = tokens.reshape({-1});
+  if (streamed == nullptr) return at::embedding(embed, flat);
+  const at::Tensor ids = flat.to(at::kCPU).contiguous();
+  const std::int64_t* p = ids.data_ptr<std::int64_t>();
+  const std::vector<std::int64_t> rows(p, p + ids.numel());
+  at::Tensor out = at::empty({ids.numel(), config.hidden_size}, at::kFloat);
+  streamed->tensors.ReadRowsF32(streamed->Tensor({TensorRole::kEmbedTokens}).entry->name, rows, out.data_ptr<float>());
+  return out.to(device);
+}
+
+at::Tensor ReferenceModel::Impl::LmHead() const {
+  if (streamed == nullptr) return lm_head;
+  c10::InferenceMode inference;
+  return LoadTensor(*streamed, {config.tie_word_embeddings ? TensorRole::kEmbedTokens : TensorRole::kLmHead}, device);
+}
+
 std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
                                                      const RuntimeOptions& options) {
   if (options.threads > 0) at::set_num_threads(options.threads);
@@ -60,38 +116,15 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
   impl->lckv_iterations = options.lckv_iterations;
   impl->token_by_token = options.token_by_token;
   const at::Device dev = impl->device;
-  const ModelConfig& c = ck.config;
 
   c10::InferenceMode inference;
-  impl->embed = LoadTensor(ck, {TensorRole::kEmbedTokens}, dev);
   impl->final_norm = LoadTensor(ck, {TensorRole::kFinalNorm}, dev);
-  impl->lm_head = c.tie_word_embeddings ? impl->embed : LoadTensor(ck, {TensorRole::kLmHead}, dev);
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    auto load = [&](TensorRole r) { return LoadTensor(ck, {r, l}, dev); };
-    auto maybe = [&](bool present, TensorRole r) { return LoadOptional(ck, present, {r, l}, dev); };
-    LlamaLayerWeights w;
-    w.attn_norm = load(TensorRole::kAttnNorm);
-    if (c.ComputesKv(l)) {
-      w.w_qkv = at::cat({load(TensorRole::kQProj), load(TensorRole::kKProj), load(TensorRole::kVProj)}, 0);
-      w.b_qkv = CatDefined({maybe(c.qkv_bias, TensorRole::kQBias), maybe(c.qkv_bias, TensorRole::kKBias),
-                            maybe(c.qkv_bias, TensorRole::kVBias)});
-    } else {  // reads another layer's K/V: queries only
-      w.w_qkv = load(TensorRole::kQProj);
-      w.b_qkv = maybe(c.qkv_bias, TensorRole::kQBias);
-    }
-    w.w_o = load(TensorRole::kOProj);
-    if (c.key_projection_heads > 0) {
-      w.k_cache_proj = load(TensorRole::kKCacheProj);
-      w.q_cache_proj = load(TensorRole::kQCacheProj);
-    }
-    w.b_o = maybe(c.o_bias, TensorRole::kOBias);
-    w.mlp_norm = load(TensorRole::kMlpNorm);
-    w.w_gate_up = at::cat({load(TensorRole::kGateProj), load(TensorRole::kUpProj)}, 0);
-    w.b_gate_up = CatDefined({maybe(c.mlp_bias, TensorRole::kGateBias),
-                              maybe(c.mlp_bias, TensorRole::kUpBias)});
-    w.w_down = load(TensorRole::kDownProj);
-    w.b_down = maybe(c.mlp_bias, TensorRole::kDownBias);
-    impl->layers.push_back(std::move(w));
+  if (options.stream_layers && !impl->DecodesTokenByToken()) {
+    impl->streamed = &ck;
+  } else {
+    impl->embed = LoadTensor(ck, {TensorRole::kEmbedTokens}, dev);
+    impl->lm_head = ck.config.tie_word_embeddings ? impl->embed : LoadTensor(ck, {TensorRole::kLmHead}, dev);
+    for (int l = 0; l < ck.config.num_hidden_layers; ++l) impl->layers.push_back(LoadLayerWeights(ck, l, dev));
   }
   return std::unique_ptr<ReferenceModel>(new ReferenceModel(std::move(impl)));
 }
@@ -110,6 +143,20 @@ std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids, 
 void ReferenceModel::Observe(const std::vector<std::int32_t>& tokens, int batch,
                              LayerObserver& observer) const {
   impl_->HiddenStates(TokenTensor(tokens, batch, impl_->config.vocab_size, impl_->device, "Observe"), &observer);
+}
+
+void ReferenceModel::ObserveSweep(const std::vector<ObservedBatch>& batches,
+                                  const std::vector<LayerObserver*>& observers,
+                                  const std::function<void(std::int64_t)>& after_layer) const {
+  std::vector<at::Tensor> tokens;
+  SweepOptions options;
+  options.observers = observers;
+  options.after_layer = after_layer;
+  for (const auto& b : batches) {
+    tokens.push_back(TokenTensor(b.tokens, b.windows, impl_->config.vocab_size, impl_->device, "ObserveSweep"));
+    options.first_sequences.push_back(b.first_sequence);
+  }
+  impl_->SweepHiddenStates(tokens, options);
 }
 
 }  // namespace kvfold

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,12 +23,17 @@ struct RuntimeOptions {
   // m > 0 = the paper's parallel prompt encoding with m iterations (approximate for m < T).
   int lckv_iterations = 0;
   bool token_by_token = false;  // decode every model one token at a time (a cross-check)
+  // Read each layer from the checkpoint when a sweep reaches it instead of holding every
+  // weight: memory is one layer plus the hidden states, at the price of re-reading the weights
+  // on every call (sweep many batches at once). Models decoded token by token stay resident.
+  bool stream_layers = false;
 };
 
 class ReferenceModel {
  public:
-  // Loads every weight of `checkpoint` as float32 onto the device. Throws Error for a device
-  // this LibTorch cannot use.
+  // Loads every weight of `checkpoint` as float32 onto the device (with stream_layers: only
+  // the final norm; `checkpoint` must then outlive the model). Throws Error for a device this
+  // LibTorch cannot use.
   static std::unique_ptr<ReferenceModel> Load(const Checkpoint& checkpoint,
                                               const RuntimeOptions& options);
   ~ReferenceModel();
@@ -42,6 +48,18 @@ class ReferenceModel {
 
   // Runs a batch of equal-length sequences ([batch][T] row-major) only for the observer's sake.
   void Observe(const std::vector<std::int32_t>& tokens, int batch, LayerObserver& observer) const;
+
+  // Runs many such batches layer by layer (each layer fetched once) for the observers' sake:
+  // batch b, whose sequences are numbered from first_sequence[b], is watched by
+  // observers[b % observers.size()], one observer per data-parallel slot (DataParallelSlots).
+  // after_layer(layers_done) follows each layer.
+  struct ObservedBatch {
+    std::vector<std::int32_t> tokens;  // [windows][T] row-major
+    int windows = 0;
+    std::int64_t first_sequence = 0;
+  };
+  void ObserveSweep(const std::vector<ObservedBatch>& batches, const std::vector<LayerObserver*>& observers,
+                    const std::function<void(std::int64_t layers_done)>& after_layer) const;
 
   struct Impl;  // defined in runtime_check/llama_forward.h (LibTorch)
   const Impl& impl() const { return *impl_; }

@@ -2,6 +2,7 @@
 //              [--kv-cache SPEC] [--copy N] [--lckv-iterations M] [--json]
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -59,6 +60,7 @@ int RunEval(const EvalArgs& a) {
   const std::vector<TokenWindow> windows = CutWindows(tokens, a.window, a.max_windows, a.text);
 
   RuntimeOptions runtime{a.device, a.threads};
+  runtime.stream_layers = true;  // one layer in memory at a time (the checkpoints outlive the models)
   EvalOptions options{a.batch, !a.quiet};
   const auto model = ReferenceModel::Load(ck, runtime);
   const std::int32_t bos = tokenizer->bos_id();
@@ -70,8 +72,12 @@ int RunEval(const EvalArgs& a) {
     options.cache = cache.policy.get();
     options.scored_from = cache.scored_from;
   }
+  std::optional<Checkpoint> compare_ck;
   std::unique_ptr<ReferenceModel> original;
-  if (!a.compare.empty()) original = ReferenceModel::Load(OpenCheckpoint(a.compare), runtime);
+  if (!a.compare.empty()) {
+    compare_ck = OpenCheckpoint(a.compare);
+    original = ReferenceModel::Load(*compare_ck, runtime);
+  }
   const bool comparing = original || cache.policy;
   const ReferenceModel& base = original ? *original : *model;
 
