@@ -1,22 +1,29 @@
-// bench_eval_throughput: tokens/s of the reference forward (kvfold eval) on a model, and the
-// GFLOP/s it achieves next to what sgemm reaches on this machine, measured in the same process.
+// bench_eval_throughput: tokens/s of the reference forward (kvfold eval) and of calibration
+// (kvfold convert's statistics sweep) on a model, and the GFLOP/s each achieves as a fraction of
+// what sgemm reaches in the same process. Both stream the weights layer by layer, as kvfold
+// does (--resident: hold them, as tests do).
 //
 //   build/bin/bench_eval_throughput [--model DIR] [--text FILE] [--threads N] [--windows N]
+//                                   [--repeats N] [--resident 1]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
+#include "calib/kv_statistics.h"
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "runtime_check/blas_core.h"
+#include "runtime_check/data_parallel.h"
 #include "runtime_check/evaluate.h"
 
 namespace {
@@ -45,6 +52,38 @@ double ProjectionFlopsPerToken(const kvfold::ModelConfig& c) {
   return 2.0 * (L * (D * (H + 2 * KV) * d + H * d * D + 3 * D * I) + V * D);
 }
 
+// Calibration tokens/s: the sweep kvfold convert runs for gqa-svd (values, pre-RoPE keys and
+// query energy collected), best of `repeats`.
+double CalibrationTokensPerSecond(const kvfold::ReferenceModel& model, const std::vector<kvfold::TokenWindow>& windows,
+                                  std::int32_t bos, int repeats) {
+  const kvfold::ModelConfig& c = model.config();
+  std::vector<kvfold::ReferenceModel::ObservedBatch> batches;
+  const std::size_t per_batch = std::max<std::size_t>(1, 2048 / windows.front().size());
+  for (std::size_t first = 0; first < windows.size(); first += per_batch) {
+    kvfold::ReferenceModel::ObservedBatch b;
+    b.windows = static_cast<int>(std::min(per_batch, windows.size() - first));
+    b.first_sequence = static_cast<std::int64_t>(first);
+    for (std::size_t w = first; w < first + static_cast<std::size_t>(b.windows); ++w) {
+      kvfold::AppendModelInput(windows[w], bos, b.tokens);
+    }
+    batches.push_back(std::move(b));
+  }
+  double best = 0;
+  for (int r = 0; r < repeats; ++r) {
+    std::vector<kvfold::KvStatisticsCollector> collectors;
+    std::vector<kvfold::LayerObserver*> observers;
+    for (std::size_t s = 0; s < kvfold::DataParallelSlots(model); ++s) {
+      collectors.emplace_back(kvfold::kStatValue | kvfold::kStatKeyPreRope | kvfold::kStatQueryEnergy,
+                              static_cast<int>(c.num_hidden_layers), c.num_key_value_heads, c.head_dim);
+    }
+    for (auto& col : collectors) observers.push_back(&col);
+    const auto t0 = std::chrono::steady_clock::now();
+    model.ObserveSweep(batches, observers, {});
+    best = std::max(best, static_cast<double>(windows.size() * windows.front().size()) / Seconds(t0));
+  }
+  return best;
+}
+
 // FLOPs per token of causal attention over a window of W: query i reads i + 1 keys for QK^T and
 // again for PV, 2d FLOPs each, so on average 2 d (W + 1) per head.
 double AttentionFlopsPerToken(const kvfold::ModelConfig& c, std::int64_t window) {
@@ -60,12 +99,14 @@ int main(int argc, char** argv) {
   std::string model = shared + "/models/mini-mha";
   std::string text = shared + "/text/wikitext-2/test.raw.txt";
   int threads = 2, windows = 64, repeats = 3;
+  bool resident = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
     else if (!std::strcmp(argv[i], "--text")) text = argv[i + 1];
     else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--windows")) windows = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--resident")) resident = std::atoi(argv[i + 1]) != 0;
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -79,7 +120,9 @@ int main(int argc, char** argv) {
     const auto tokens = tok->Encode(kvfold::LoadText(text));
     const double tokenize_s = Seconds(t_tok);
     const auto wins = kvfold::CutWindows(tokens, 256, windows, text);
-    const auto ref = kvfold::ReferenceModel::Load(ck, {"cpu", threads});
+    kvfold::RuntimeOptions runtime{"cpu", threads};
+    runtime.stream_layers = !resident;
+    const auto ref = kvfold::ReferenceModel::Load(ck, runtime);
 
     kvfold::EvalOptions opts;
     opts.progress = false;
@@ -89,19 +132,27 @@ int main(int argc, char** argv) {
       auto res = kvfold::EvaluatePerplexity(*ref, wins, tok->bos_id(), opts);
       if (r == 0 || res.tokens_per_second > best.tokens_per_second) best = res;
     }
+    const double calib_tokens_per_second = CalibrationTokensPerSecond(*ref, wins, tok->bos_id(), repeats);
     const double projection_flops = ProjectionFlopsPerToken(ck.config);
     const double flops = projection_flops + AttentionFlopsPerToken(ck.config, 256);
+    const double head_flops = 2.0 * ck.config.vocab_size * ck.config.hidden_size;  // calibration has no LM head
     const double D = ck.config.hidden_size;
+    const double sgemm = SgemmGflops(2048, 2048, 2048, 5);
     std::printf("| quantity | value |\n|---|---|\n");
-    std::printf("| model | %s |\n| threads | %d |\n", model.c_str(), threads);
+    std::printf("| model | %s (%s) |\n| threads | %d |\n", model.c_str(), resident ? "resident" : "streamed", threads);
     std::printf("| BLAS | %s |\n", kvfold::BlasDescription().c_str());
     std::printf("| tokens evaluated (best of %d) | %lld |\n", repeats,
                 static_cast<long long>(best.tokens_predicted));
     std::printf("| eval throughput | %.0f tokens/s |\n", best.tokens_per_second);
     std::printf("| forward cost | %.2f MFLOP/token (%.2f weight products + %.2f causal attention) |\n",
                 flops / 1e6, projection_flops / 1e6, (flops - projection_flops) / 1e6);
-    std::printf("| forward achieved | %.1f GFLOP/s |\n", flops * best.tokens_per_second / 1e9);
-    std::printf("| sgemm 2048x2048x2048 | %.1f GFLOP/s |\n", SgemmGflops(2048, 2048, 2048, 5));
+    std::printf("| forward achieved | %.1f GFLOP/s (%.0f%% of sgemm) |\n", flops * best.tokens_per_second / 1e9,
+                100 * flops * best.tokens_per_second / 1e9 / sgemm);
+    std::printf("| calibration throughput | %.0f tokens/s |\n", calib_tokens_per_second);
+    std::printf("| calibration achieved | %.1f GFLOP/s at %.2f MFLOP/token (%.0f%% of sgemm) |\n",
+                (flops - head_flops) * calib_tokens_per_second / 1e9, (flops - head_flops) / 1e6,
+                100 * (flops - head_flops) * calib_tokens_per_second / 1e9 / sgemm);
+    std::printf("| sgemm 2048x2048x2048 | %.1f GFLOP/s |\n", sgemm);
     std::printf("| sgemm 4096x%.0fx%.0f (a projection's shape) | %.1f GFLOP/s |\n", D, D,
                 SgemmGflops(4096, static_cast<std::int64_t>(D), static_cast<std::int64_t>(D), 10));
     std::printf("| tokenize whole text | %.2f s for %zu tokens |\n", tokenize_s, tokens.size());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "formats/error.h"
 
@@ -114,42 +115,48 @@ void AccumulatePairMax(const FloatView& x, std::vector<float>& out) {
 
 }  // namespace
 
+namespace {
+
+void AddSums(std::vector<double>& into, const std::vector<double>& from) {
+  if (from.empty()) return;
+  if (into.empty()) into.assign(from.size(), 0.0);
+  for (std::size_t i = 0; i < from.size(); ++i) into[i] += from[i];
+}
+
+void KeepExtreme(std::vector<float>& into, const std::vector<float>& from, bool take_max) {
+  if (from.empty()) return;
+  if (into.empty()) {
+    into = from;
+    return;
+  }
+  for (std::size_t i = 0; i < from.size(); ++i) into[i] = take_max ? std::max(into[i], from[i]) : std::min(into[i], from[i]);
+}
+
+}  // namespace
+
+void LayerKvStatistics::Merge(const LayerKvStatistics& other) {
+  AddSums(key_pre_rope, other.key_pre_rope);
+  AddSums(key_post_rope, other.key_post_rope);
+  AddSums(value, other.value);
+  AddSums(query_energy, other.query_energy);
+  KeepExtreme(key_min, other.key_min, false);
+  KeepExtreme(key_max, other.key_max, true);
+  KeepExtreme(value_min, other.value_min, false);
+  KeepExtreme(value_max, other.value_max, true);
+  KeepExtreme(query_pair_max, other.query_pair_max, true);
+  KeepExtreme(key_pair_max, other.key_pair_max, true);
+  if (norm_attention.empty()) norm_attention.resize(other.norm_attention.size());
+  for (std::size_t g = 0; g < other.norm_attention.size(); ++g) norm_attention[g].Add(other.norm_attention[g]);
+}
+
 void KvStatistics::Merge(const KvStatistics& other) {
   if (other.collected != collected || other.layers.size() != layers.size() || other.dim() != dim()) {
     Fail("calibration", "internal: merging statistics of different shapes");
   }
   tokens += other.tokens;
   windows += other.windows;
-  auto add = [](std::vector<double>& into, const std::vector<double>& from) {
-    if (from.empty()) return;
-    if (into.empty()) into.assign(from.size(), 0.0);
-    for (std::size_t i = 0; i < from.size(); ++i) into[i] += from[i];
-  };
-  for (const auto& [pair, moment] : other.input_moments) add(input_moments[pair], moment);
-  for (std::size_t l = 0; l < layers.size(); ++l) {
-    add(layers[l].key_pre_rope, other.layers[l].key_pre_rope);
-    add(layers[l].key_post_rope, other.layers[l].key_post_rope);
-    add(layers[l].value, other.layers[l].value);
-    add(layers[l].query_energy, other.layers[l].query_energy);
-    auto extreme = [](std::vector<float>& into, const std::vector<float>& from, bool take_max) {
-      if (from.empty()) return;
-      if (into.empty()) {
-        into = from;
-        return;
-      }
-      for (std::size_t i = 0; i < from.size(); ++i) into[i] = take_max ? std::max(into[i], from[i]) : std::min(into[i], from[i]);
-    };
-    extreme(layers[l].key_min, other.layers[l].key_min, false);
-    extreme(layers[l].key_max, other.layers[l].key_max, true);
-    extreme(layers[l].value_min, other.layers[l].value_min, false);
-    extreme(layers[l].value_max, other.layers[l].value_max, true);
-    extreme(layers[l].query_pair_max, other.layers[l].query_pair_max, true);
-    extreme(layers[l].key_pair_max, other.layers[l].key_pair_max, true);
-    auto& mine = layers[l].norm_attention;
-    const auto& theirs = other.layers[l].norm_attention;
-    if (mine.empty()) mine.resize(theirs.size());
-    for (std::size_t g = 0; g < theirs.size(); ++g) mine[g].Add(theirs[g]);
-  }
+  for (const auto& [pair, moment] : other.input_moments) AddSums(input_moments[pair], moment);
+  for (std::size_t l = 0; l < layers.size(); ++l) layers[l].Merge(other.layers[l]);
 }
 
 std::vector<double> KvStatistics::InputMoment(int a, int b) const {
@@ -199,6 +206,10 @@ unsigned KvStatisticsCollector::Wants(int layer) const {
   if (stats_.collected & kStatKvRange) bits |= kCaptureKeyPostRope | kCaptureValue;
   if (stats_.collected & kStatQkPairMax) bits |= kCaptureQueryPreRope | kCaptureKeyPreRope;
   return bits;
+}
+
+LayerKvStatistics KvStatisticsCollector::TakeLayer(int layer) {
+  return std::exchange(stats_.layers.at(static_cast<std::size_t>(layer)), LayerKvStatistics());
 }
 
 void KvStatisticsCollector::Observe(const AttentionCapture& c) {

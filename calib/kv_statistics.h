@@ -40,6 +40,8 @@ struct LayerKvStatistics {
   // Largest norm of rotary pair (c, c + d/2), before RoPE (a rotation keeps it): queries
   // [H d/2] (head h, pair c at h * d/2 + c), keys [KV d/2].
   std::vector<float> query_pair_max, key_pair_max;
+  // Adds `other` (the same layer seen by another collector) into this.
+  void Merge(const LayerKvStatistics& other);
 };
 
 struct KvStatistics {
@@ -66,6 +68,9 @@ class KvStatisticsCollector : public LayerObserver {
   unsigned Wants(int layer) const override;
   void Observe(const AttentionCapture& capture) override;
   const KvStatistics& statistics() const { return stats_; }
+  // Moves out `layer`'s statistics once every batch has passed it (a layer sweep consumes
+  // each layer's statistics and frees them before the next).
+  LayerKvStatistics TakeLayer(int layer);
 
  private:
   KvStatistics stats_;

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include <nlohmann/json.hpp>
 
@@ -106,9 +107,14 @@ RuntimeOptions Streaming(const ConvertOptions& o) {
 // The calibration forward: the source model over the calibration windows, one layer at a time
 // over all of them, batches data-parallel with one collector per slot, joined in slot order
 // (deterministic for a given thread count).
+// With `layer_done`, each layer's statistics are handed to it (all slots merged) as soon as every
+// batch has passed that layer, and freed afterwards: the result then holds counts only.
+using LayerDone = std::function<void(int layer, const LayerKvStatistics& statistics, std::int64_t kv_heads)>;
+
 KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& windows,
                        std::int32_t bos, unsigned needed, const ConvertOptions& o,
-                       const std::vector<LayerPair>& input_pairs = {}, std::size_t* slots_used = nullptr) {
+                       const std::vector<LayerPair>& input_pairs = {}, std::size_t* slots_used = nullptr,
+                       const LayerDone& layer_done = {}) {
   const auto model = ReferenceModel::Load(ck, Streaming(o));
   const std::size_t slots = DataParallelSlots(*model);
   if (slots_used != nullptr) *slots_used = slots;
@@ -131,7 +137,15 @@ KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& win
   std::vector<LayerObserver*> observers;
   for (auto& c : collectors) observers.push_back(&c);
   Progress progress("calibrate", ck.config.num_hidden_layers, "layers", o.progress);
-  model->ObserveSweep(batches, observers, [&](std::int64_t done) { progress.Update(done); });
+  model->ObserveSweep(batches, observers, [&](std::int64_t done) {
+    if (layer_done) {
+      const int layer = static_cast<int>(done - 1);
+      LayerKvStatistics merged = collectors.front().TakeLayer(layer);  // slot order, as Merge adds
+      for (std::size_t s = 1; s < collectors.size(); ++s) merged.Merge(collectors[s].TakeLayer(layer));
+      layer_done(layer, merged, ck.config.num_key_value_heads);
+    }
+    progress.Update(done);
+  });
   KvStatistics stats = collectors.front().statistics();
   for (std::size_t s = 1; s < collectors.size(); ++s) stats.Merge(collectors[s].statistics());
   return stats;
@@ -353,6 +367,102 @@ nlohmann::ordered_json Validation(const ConvertOptions& o, const Checkpoint& ck,
           {"delta_nll", c.delta_nll}};
 }
 
+// What running a pipeline's passes left besides the draft.
+struct PassesRun {
+  nlohmann::ordered_json records = nlohmann::ordered_json::array();
+  nlohmann::ordered_json spectra;  // the report's section, when a report is written
+  std::size_t threads = 0;         // calibration slots; 0 when no calibration ran
+};
+
+// Layer-local passes run inside the calibration sweep, layer by layer, unless one follows a
+// pass that changes K/V (its layer l would run before the earlier pass's Finish updated the
+// config). Anything else runs pass after pass on statistics of every layer.
+bool RunsLayerByLayer(const Pipeline& p) {
+  bool after_kv_change = false;
+  for (const auto& pass : p.passes) {
+    if (!pass->LayerLocal() || after_kv_change) return false;
+    after_kv_change |= pass->ChangesKv();
+  }
+  return true;
+}
+
+// The report's spectra group KV heads as the first KV-head pass does (else in pairs).
+std::int64_t SpectraGroup(const Pipeline& p, const ModelConfig& c) {
+  for (const auto& pass : p.passes) {
+    if (pass->KvHeadsAfter() > 0) return c.num_key_value_heads / pass->KvHeadsAfter();
+  }
+  return c.num_key_value_heads % 2 == 0 ? 2 : 1;
+}
+
+// Layer by layer: each layer's statistics are consumed by every pass, then freed, and the
+// layer's replaced tensors are sealed in their output dtype, so memory holds one layer's
+// statistics and float32 replacements instead of the model's. Same numbers as pass after pass:
+// a layer-local pass reads only that layer.
+void RunLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const Checkpoint& ck, const CalibrationInput& calib,
+                     const ConvertOptions& o, bool report, std::vector<double>& pass_seconds, PassesRun& run) {
+  const std::int64_t group = SpectraGroup(pipeline, ck.config);
+  nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
+  const LayerDone on_layer = [&](int l, const LayerKvStatistics& statistics, std::int64_t kv_heads) {
+    for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+      const auto t0 = Clock::now();
+      LayerPassContext ctx{draft, l, statistics, kv_heads};
+      static_cast<LayerPass&>(*pipeline.passes[i]).RunLayer(ctx);
+      pass_seconds[i] += Since(t0);
+    }
+    if (report) spectra.push_back(LayerKvSpectrum(statistics, l, kv_heads, ck.config.head_dim, group));
+    draft.SealLayer(l);
+  };
+  KvStatistics counts;
+  if (pipeline.needed != 0) {
+    counts = Calibrate(ck, calib.windows, calib.tokenizer->bos_id(), pipeline.needed, o, pipeline.input_pairs,
+                       &run.threads, on_layer);
+  } else {
+    const LayerKvStatistics none;
+    for (int l = 0; l < ck.config.num_hidden_layers; ++l) on_layer(l, none, ck.config.num_key_value_heads);
+  }
+  if (report) run.spectra = KvSpectra(std::move(spectra), group, ck.config.head_dim);
+  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+    const auto t0 = Clock::now();
+    nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
+    PassContext ctx{draft, counts, record};
+    static_cast<LayerPass&>(*pipeline.passes[i]).Finish(ctx);
+    run.records.push_back(record);
+    pass_seconds[i] += Since(t0);
+  }
+}
+
+// Calibration (when any pass or the report needs it), then every pass; timings recorded in
+// `result` ("calibration" first, then each pass).
+PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const Checkpoint& ck, const CalibrationInput& calib,
+                    const ConvertOptions& o, bool report, ConvertResult& result) {
+  PassesRun run;
+  std::vector<double> pass_seconds(pipeline.passes.size(), 0.0);
+  const auto t0 = Clock::now();
+  if (o.layer_by_layer && RunsLayerByLayer(pipeline)) {
+    RunLayerByLayer(pipeline, draft, ck, calib, o, report, pass_seconds, run);
+    double passes_total = 0;
+    for (double x : pass_seconds) passes_total += x;
+    if (pipeline.needed != 0) result.timings.push_back({"calibration", Since(t0) - passes_total});
+  } else {
+    KvStatistics stats;
+    if (pipeline.needed != 0) {
+      stats = Calibrate(ck, calib.windows, calib.tokenizer->bos_id(), pipeline.needed, o, pipeline.input_pairs, &run.threads);
+      result.timings.push_back({"calibration", Since(t0)});
+    }
+    for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+      const auto t_pass = Clock::now();
+      nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
+      PassContext ctx{draft, stats, record};
+      pipeline.passes[i]->Run(ctx);
+      run.records.push_back(record);
+      pass_seconds[i] = Since(t_pass);
+    }
+    if (report) run.spectra = KvSpectra(stats, SpectraGroup(pipeline, ck.config));
+  }
+  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) result.timings.push_back({pipeline.specs[i].Text(), pass_seconds[i]});
+  return run;
+}
+
 }  // namespace
 
 ConvertResult Convert(const ConvertOptions& o) {
@@ -385,24 +495,10 @@ ConvertResult Convert(const ConvertOptions& o) {
   CheckRecordedInputs(o, source_sha256, calib.sha256);
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
-  KvStatistics stats;
-  std::size_t threads = 0;
-  if (pipeline.needed != 0) {
-    const auto t0 = Clock::now();
-    stats = Calibrate(ck, calib.windows, tokenizer.bos_id(), pipeline.needed, o, pipeline.input_pairs, &threads);
-    result.timings.push_back({"calibration", Since(t0)});
-  }
-
   ModelDraft draft(ck);
-  nlohmann::ordered_json pass_records = nlohmann::ordered_json::array();
-  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
-    const auto t0 = Clock::now();
-    nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
-    PassContext ctx{draft, stats, record};
-    pipeline.passes[i]->Run(ctx);
-    pass_records.push_back(record);
-    result.timings.push_back({pipeline.specs[i].Text(), Since(t0)});
-  }
+  const PassesRun run = RunPasses(pipeline, draft, ck, calib, o, !o.report_path.empty(), result);
+  const nlohmann::ordered_json& pass_records = run.records;
+  const std::size_t threads = run.threads;
 
   const auto t_write = Clock::now();
   std::vector<std::string> not_copied;
@@ -428,15 +524,7 @@ ConvertResult Convert(const ConvertOptions& o) {
       result.timings.push_back({"validation", Since(t0)});
     }
     const auto t0 = Clock::now();
-    // Spectra for the grouping of the first KV-head pass (else: pairs of KV heads).
-    std::int64_t group = ck.config.num_key_value_heads % 2 == 0 ? 2 : 1;
-    for (const auto& p : pass_records) {
-      if (p.contains("kv_heads_before")) {
-        group = p["kv_heads_before"].get<std::int64_t>() / p["kv_heads_after"].get<std::int64_t>();
-        break;
-      }
-    }
-    report["spectra"] = KvSpectra(stats, group);
+    report["spectra"] = run.spectra;
     report["passes"] = pass_records;
     result.timings.push_back({"report", Since(t0)});
   }

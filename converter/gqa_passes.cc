@@ -25,18 +25,19 @@ void RequireVanilla(const ModelDraft& model, const std::string& pass) {
   }
 }
 
-class GqaMeanpool : public Pass {
+class GqaMeanpool : public LayerPass {
  public:
   explicit GqaMeanpool(std::int64_t kv) : kv_(kv) {}
   bool ChangesKv() const override { return true; }
+  std::int64_t KvHeadsAfter() const override { return kv_; }
   unsigned NeededStatistics() const override { return 0; }
-  void Run(PassContext& ctx) override {
+  void RunLayer(LayerPassContext& ctx) override {
     RequireVanilla(ctx.model, "gqa-meanpool");
-    for (int l = 0; l < ctx.model.config.num_hidden_layers; ++l) {
-      AttentionProjections p = ReadAttention(ctx.model, l);
-      MeanPoolKv(p, kv_);
-      WriteAttention(ctx.model, l, p);
-    }
+    AttentionProjections p = ReadAttention(ctx.model, ctx.layer);
+    MeanPoolKv(p, kv_);
+    WriteAttention(ctx.model, ctx.layer, p);
+  }
+  void Finish(PassContext& ctx) override {
     ctx.record["kv_heads_before"] = ctx.model.config.num_key_value_heads;
     ctx.model.config.num_key_value_heads = kv_;
     ctx.record["kv_heads_after"] = kv_;
@@ -46,46 +47,50 @@ class GqaMeanpool : public Pass {
   std::int64_t kv_;
 };
 
-class GqaSvd : public Pass {
+class GqaSvd : public LayerPass {
  public:
   GqaSvd(std::int64_t kv, std::string rope, std::string weight)
       : kv_(kv), rope_(std::move(rope)), weight_(std::move(weight)) {}
   bool ChangesKv() const override { return true; }
+  std::int64_t KvHeadsAfter() const override { return kv_; }
   unsigned NeededStatistics() const override {
     return kStatValue | (rope_ == "commute" ? kStatKeyPreRope : kStatKeyPostRope) |
            (weight_ == "query" ? kStatQueryEnergy : 0u);
   }
-  void Run(PassContext& ctx) override {
+  // The config keeps the source's KV heads until Finish: every layer reads as the source.
+  void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
+    const int l = ctx.layer;
     RequireVanilla(model, "gqa-svd");
-    if (ctx.statistics.kv_heads != model.config.num_key_value_heads) {
+    if (ctx.statistics_kv_heads != model.config.num_key_value_heads) {
       Fail("--passes", "gqa-svd: calibration statistics describe the source model's " +
-                           std::to_string(ctx.statistics.kv_heads) +
+                           std::to_string(ctx.statistics_kv_heads) +
                            " KV heads; put gqa-svd before any other pass that changes KV heads");
     }
     const std::int64_t kv_before = model.config.num_key_value_heads;
-    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
-    for (int l = 0; l < model.config.num_hidden_layers; ++l) {
-      const LayerKvStatistics& stats = ctx.statistics.layers.at(static_cast<std::size_t>(l));
-      AttentionProjections p = ReadAttention(model, l);
-      FoldRecord record;
-      FoldValues(p, kv_, stats.value, record);
-      const std::vector<double>* query_energy = weight_ == "query" ? &stats.query_energy : nullptr;
-      if (rope_ == "commute") {
-        FoldKeysCommute(p, kv_, stats.key_pre_rope, record, query_energy);
-      } else {
-        const KeyReconstruction r = ReconstructKeys(p, kv_, stats.key_post_rope, record, query_energy);
-        const std::int64_t d = p.head_dim, t = kv_before / kv_;
-        model.Replace(HfTensorName({TensorRole::kKCacheProj, l}), {kv_, d, t * d},
-                      std::vector<float>(r.k_cache_proj.begin(), r.k_cache_proj.end()));
-        model.Replace(HfTensorName({TensorRole::kQCacheProj, l}), {p.heads, d, d},
-                      std::vector<float>(r.q_cache_proj.begin(), r.q_cache_proj.end()));
-      }
-      WriteAttention(model, l, p);
-      layers.push_back({{"layer", l},
-                        {"value_energy_kept", record.value_energy_kept},
-                        {"key_energy_kept", record.key_energy_kept}});
+    const LayerKvStatistics& stats = ctx.statistics;
+    AttentionProjections p = ReadAttention(model, l);
+    FoldRecord record;
+    FoldValues(p, kv_, stats.value, record);
+    const std::vector<double>* query_energy = weight_ == "query" ? &stats.query_energy : nullptr;
+    if (rope_ == "commute") {
+      FoldKeysCommute(p, kv_, stats.key_pre_rope, record, query_energy);
+    } else {
+      const KeyReconstruction r = ReconstructKeys(p, kv_, stats.key_post_rope, record, query_energy);
+      const std::int64_t d = p.head_dim, t = kv_before / kv_;
+      model.Replace(HfTensorName({TensorRole::kKCacheProj, l}), {kv_, d, t * d},
+                    std::vector<float>(r.k_cache_proj.begin(), r.k_cache_proj.end()));
+      model.Replace(HfTensorName({TensorRole::kQCacheProj, l}), {p.heads, d, d},
+                    std::vector<float>(r.q_cache_proj.begin(), r.q_cache_proj.end()));
     }
+    WriteAttention(model, l, p);
+    layers_.push_back({{"layer", l},
+                       {"value_energy_kept", record.value_energy_kept},
+                       {"key_energy_kept", record.key_energy_kept}});
+  }
+  void Finish(PassContext& ctx) override {
+    ModelDraft& model = ctx.model;
+    const std::int64_t kv_before = model.config.num_key_value_heads;
     model.config.num_key_value_heads = kv_;
     if (rope_ == "reconstruct") model.config.key_projection_heads = kv_before;
     ctx.record["kv_heads_before"] = kv_before;
@@ -93,13 +98,14 @@ class GqaSvd : public Pass {
     ctx.record["rope"] = rope_;
     ctx.record["weight"] = weight_;
     ctx.record["vanilla_gqa"] = rope_ == "commute";
-    ctx.record["layers"] = layers;
+    ctx.record["layers"] = std::move(layers_);
   }
 
  private:
   std::int64_t kv_;
   std::string rope_;
   std::string weight_;
+  nlohmann::ordered_json layers_ = nlohmann::ordered_json::array();  // one entry per layer run
 };
 
 }  // namespace

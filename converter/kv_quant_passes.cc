@@ -19,9 +19,9 @@ void RequirePlainKeys(const ModelDraft& model, const std::string& pass) {
   if (model.config.key_projection_heads > 0) Fail("--passes", pass + ": reconstruct-mode checkpoints are not supported");
 }
 
-void RequireSourceHeads(const ModelDraft& model, const KvStatistics& s, const std::string& pass) {
-  if (s.kv_heads != model.config.num_key_value_heads) {
-    Fail("--passes", pass + ": calibration describes the source model's " + std::to_string(s.kv_heads) +
+void RequireSourceHeads(const ModelDraft& model, std::int64_t statistics_kv_heads, const std::string& pass) {
+  if (statistics_kv_heads != model.config.num_key_value_heads) {
+    Fail("--passes", pass + ": calibration describes the source model's " + std::to_string(statistics_kv_heads) +
                          " KV heads; put " + pass + " before any pass that changes KV heads");
   }
 }
@@ -32,28 +32,27 @@ double OutlierRatio(std::vector<double> v) {
   return median > 0 ? v.back() / median : 0.0;
 }
 
-class KvScales : public Pass {
+class KvScales : public LayerPass {
  public:
   explicit KvScales(bool per_head) : per_head_(per_head) {}
   bool DescribesKv() const override { return true; }
   unsigned NeededStatistics() const override { return kStatKvRange; }
-  void Run(PassContext& ctx) override {
+  void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
     RequirePlainKeys(model, "kv-scales");
-    RequireSourceHeads(model, ctx.statistics, "kv-scales");
+    RequireSourceHeads(model, ctx.statistics_kv_heads, "kv-scales");
     const ModelConfig& c = model.config;
     const std::int64_t kv = c.num_key_value_heads, d = c.head_dim;
     const std::vector<std::int64_t> shape = per_head_ ? std::vector<std::int64_t>{kv, 1, 1} : std::vector<std::int64_t>{1};
-    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
-    for (int l = 0; l < c.num_hidden_layers; ++l) {
-      const LayerKvStatistics& s = ctx.statistics.layers.at(static_cast<std::size_t>(l));
-      std::vector<float> k = Fp8Scales(s.key_min, s.key_max, kv, d, per_head_);
-      std::vector<float> v = Fp8Scales(s.value_min, s.value_max, kv, d, per_head_);
-      layers.push_back({{"layer", l}, {"k_scale", k}, {"v_scale", v}});
-      const std::string prefix = "model.layers." + std::to_string(l) + ".self_attn.";
-      model.Add(prefix + "k_scale", shape, std::move(k), DType::kF32);
-      model.Add(prefix + "v_scale", shape, std::move(v), DType::kF32);
-    }
+    const LayerKvStatistics& s = ctx.statistics;
+    std::vector<float> k = Fp8Scales(s.key_min, s.key_max, kv, d, per_head_);
+    std::vector<float> v = Fp8Scales(s.value_min, s.value_max, kv, d, per_head_);
+    layers_.push_back({{"layer", ctx.layer}, {"k_scale", k}, {"v_scale", v}});
+    const std::string prefix = "model.layers." + std::to_string(ctx.layer) + ".self_attn.";
+    model.Add(prefix + "k_scale", shape, std::move(k), DType::kF32);
+    model.Add(prefix + "v_scale", shape, std::move(v), DType::kF32);
+  }
+  void Finish(PassContext& ctx) override {
     // compressed-tensors' config for a KV-cache-only scheme, as vLLM validates it: float, 8 bits,
     // static, symmetric, strategy tensor or attn_head.
     const nlohmann::ordered_json quantization = {
@@ -69,52 +68,53 @@ class KvScales : public Pass {
           {"dynamic", false},
           {"symmetric", true}}},
     };
-    model.config.output_fields["quantization_config"] = quantization.dump();
+    ctx.model.config.output_fields["quantization_config"] = quantization.dump();
     ctx.record["format"] = "vllm-fp8";
     ctx.record["strategy"] = per_head_ ? "attn_head" : "tensor";
-    ctx.record["scales"] = layers;
+    ctx.record["scales"] = std::move(layers_);
   }
 
  private:
   bool per_head_;
+  nlohmann::ordered_json layers_ = nlohmann::ordered_json::array();
 };
 
-class KvBalance : public Pass {
+class KvBalance : public LayerPass {
  public:
   explicit KvBalance(double alpha) : alpha_(alpha) {}
   bool ChangesKv() const override { return true; }
   unsigned NeededStatistics() const override { return kStatQkPairMax; }
-  void Run(PassContext& ctx) override {
+  void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
     RequirePlainKeys(model, "kv-balance");
-    RequireSourceHeads(model, ctx.statistics, "kv-balance");
+    RequireSourceHeads(model, ctx.statistics_kv_heads, "kv-balance");
     const ModelConfig& c = model.config;
-    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
-    for (int l = 0; l < c.num_hidden_layers; ++l) {
-      const LayerKvStatistics& s = ctx.statistics.layers.at(static_cast<std::size_t>(l));
-      // Every supported family applies RoPE: the two channels of a rotary pair share a factor.
-      const std::vector<double> b = BalanceFactors(s.query_pair_max, s.key_pair_max, c.num_attention_heads,
-                                                   c.num_key_value_heads, c.head_dim, alpha_, true);
-      AttentionProjections p = ReadAttention(model, l);
-      FoldBalance(p, b);
-      WriteAttention(model, l, p);
-      double lo = b.front(), hi = b.front();
-      for (double x : b) lo = std::min(lo, x), hi = std::max(hi, x);
-      // Key outliers (largest over median rotary-pair maximum) before and after: what it buys.
-      std::vector<double> before(s.key_pair_max.begin(), s.key_pair_max.end()), after = before;
-      const std::int64_t half = c.head_dim / 2;
-      for (std::size_t i = 0; i < after.size(); ++i) {
-        after[i] *= b[static_cast<std::size_t>((static_cast<std::int64_t>(i) / half) * c.head_dim + static_cast<std::int64_t>(i) % half)];
-      }
-      layers.push_back({{"layer", l}, {"factor_min", lo}, {"factor_max", hi},
-                        {"key_outlier_ratio_before", OutlierRatio(before)}, {"key_outlier_ratio_after", OutlierRatio(after)}});
+    const LayerKvStatistics& s = ctx.statistics;
+    // Every supported family applies RoPE: the two channels of a rotary pair share a factor.
+    const std::vector<double> b = BalanceFactors(s.query_pair_max, s.key_pair_max, c.num_attention_heads,
+                                                 c.num_key_value_heads, c.head_dim, alpha_, true);
+    AttentionProjections p = ReadAttention(model, ctx.layer);
+    FoldBalance(p, b);
+    WriteAttention(model, ctx.layer, p);
+    double lo = b.front(), hi = b.front();
+    for (double x : b) lo = std::min(lo, x), hi = std::max(hi, x);
+    // Key outliers (largest over median rotary-pair maximum) before and after: what it buys.
+    std::vector<double> before(s.key_pair_max.begin(), s.key_pair_max.end()), after = before;
+    const std::int64_t half = c.head_dim / 2;
+    for (std::size_t i = 0; i < after.size(); ++i) {
+      after[i] *= b[static_cast<std::size_t>((static_cast<std::int64_t>(i) / half) * c.head_dim + static_cast<std::int64_t>(i) % half)];
     }
+    layers_.push_back({{"layer", ctx.layer}, {"factor_min", lo}, {"factor_max", hi},
+                       {"key_outlier_ratio_before", OutlierRatio(before)}, {"key_outlier_ratio_after", OutlierRatio(after)}});
+  }
+  void Finish(PassContext& ctx) override {
     ctx.record["alpha"] = alpha_;
-    ctx.record["balance"] = layers;
+    ctx.record["balance"] = std::move(layers_);
   }
 
  private:
   double alpha_;
+  nlohmann::ordered_json layers_ = nlohmann::ordered_json::array();
 };
 
 class KvMixed : public Pass {
@@ -125,7 +125,7 @@ class KvMixed : public Pass {
   void Run(PassContext& ctx) override {
     ModelDraft& model = ctx.model;
     RequirePlainKeys(model, "kv-mixed");
-    RequireSourceHeads(model, ctx.statistics, "kv-mixed");
+    RequireSourceHeads(model, ctx.statistics.kv_heads, "kv-mixed");
     const ModelConfig& c = model.config;
     auto table = std::make_shared<KvMixedTable>(settings_);
     table->layers = c.num_hidden_layers;

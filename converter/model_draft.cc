@@ -8,6 +8,7 @@
 #include "formats/error.h"
 #include "formats/mapped_file.h"
 #include "formats/safetensors_writer.h"
+#include "formats/tensor_names.h"
 
 namespace kvfold {
 
@@ -28,6 +29,11 @@ std::vector<std::int64_t> ModelDraft::Shape(const std::string& name) const {
 
 std::vector<float> ModelDraft::ReadF32(const std::string& name) const {
   auto it = replaced_.find(name);
+  if (it != replaced_.end() && !it->second.sealed.empty()) {
+    std::vector<float> values(it->second.sealed.size() / DTypeSize(OutputDType(name, it->second)));
+    ConvertToF32(OutputDType(name, it->second), it->second.sealed.data(), values.size(), values.data());
+    return values;
+  }
   if (it != replaced_.end()) return it->second.data;
   if (!Has(name)) Fail(source_.dir, "draft has no tensor '" + name + "'");
   return source_.tensors.ReadF32(name);
@@ -64,10 +70,35 @@ std::vector<std::string> ModelDraft::Names() const {
   return names;
 }
 
+DType ModelDraft::OutputDType(const std::string& name, const Replacement& r) const {
+  if (const TensorRef* original = source_.tensors.Find(name)) return original->entry->dtype;
+  // New tensors take the dtype of the source's attention weights unless they name their own.
+  return r.dtype.value_or(source_.Tensor({TensorRole::kKProj, 0}).entry->dtype);
+}
+
+std::string ModelDraft::OutputBytes(const std::string& name, const Replacement& r) const {
+  if (!r.sealed.empty()) return r.sealed;
+  const DType dtype = OutputDType(name, r);
+  if (auto bad = FindUnrepresentable(dtype, r.data.data(), r.data.size())) {
+    Fail(name, "cannot be written as " + std::string(DTypeName(dtype)) + ": " + *bad);
+  }
+  std::string bytes(r.data.size() * DTypeSize(dtype), '\0');
+  ConvertFromF32(dtype, r.data.data(), r.data.size(), bytes.data());
+  return bytes;
+}
+
+void ModelDraft::SealLayer(int layer) {
+  for (auto& [name, r] : replaced_) {
+    const std::optional<TensorId> id = ParseHfTensorName(name);
+    const bool in_layer = id ? id->layer == layer : name.rfind("model.layers." + std::to_string(layer) + ".", 0) == 0;
+    if (!in_layer || !r.sealed.empty()) continue;
+    r.sealed = OutputBytes(name, r);
+    r.data = std::vector<float>();  // frees the float32 copy
+  }
+}
+
 std::vector<std::string> ModelDraft::WriteTo(const std::string& dir, std::vector<std::string>* not_copied) const {
-  // New tensors take the dtype of the source's attention weights.
-  const DType default_dtype = source_.Tensor({TensorRole::kKProj, 0}).entry->dtype;
-  std::vector<std::string> converted;  // owns the bytes of replaced tensors
+  std::vector<std::string> converted;  // owns the bytes of unsealed replaced tensors
   converted.reserve(replaced_.size());
   std::vector<TensorToWrite> tensors;
   for (const std::string& name : Names()) {
@@ -77,15 +108,9 @@ std::vector<std::string> ModelDraft::WriteTo(const std::string& dir, std::vector
       tensors.push_back({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
       continue;
     }
-    const TensorRef* original = source_.tensors.Find(name);
-    const DType dtype = original ? original->entry->dtype : it->second.dtype.value_or(default_dtype);
-    if (auto bad = FindUnrepresentable(dtype, it->second.data.data(), it->second.data.size())) {
-      Fail(name, "cannot be written as " + std::string(DTypeName(dtype)) + ": " + *bad);
-    }
-    std::string bytes(it->second.data.size() * DTypeSize(dtype), '\0');
-    ConvertFromF32(dtype, it->second.data.data(), it->second.data.size(), bytes.data());
-    converted.push_back(std::move(bytes));
-    tensors.push_back({name, dtype, it->second.shape, converted.back()});
+    const Replacement& r = it->second;
+    if (r.sealed.empty()) converted.push_back(OutputBytes(name, r));
+    tensors.push_back({name, OutputDType(name, r), r.shape, r.sealed.empty() ? std::string_view(converted.back()) : r.sealed});
   }
   // Shard like the source: at most as large as its largest weight file.
   std::uint64_t max_shard = 0;

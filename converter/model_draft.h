@@ -31,6 +31,12 @@ class ModelDraft {
   void Remove(const std::string& name);
   std::vector<std::string> Names() const;
 
+  // Converts every tensor replaced or added in `layer` to the dtype it will be written in and
+  // frees its float32 copy: a converter done with a layer holds its bytes, not twice as many.
+  // Reading such a tensor back gives the rounded values. Throws Error naming a tensor whose
+  // values are not finite or overflow its dtype (as WriteTo would).
+  void SealLayer(int layer);
+
   // Writes config.json, the weights (each tensor in the source's dtype, sharded like the
   // source) and the companion files (formats/companion_files.h) into the existing folder `dir`.
   // Returns the files written; `not_copied` receives the source files left behind, with why.
@@ -44,9 +50,12 @@ class ModelDraft {
  private:
   struct Replacement {
     std::vector<std::int64_t> shape;
-    std::vector<float> data;
+    std::vector<float> data;     // empty once sealed
     std::optional<DType> dtype;  // new tensors only; else the source's (or its attention) dtype
+    std::string sealed;          // SealLayer: the bytes to write
   };
+  DType OutputDType(const std::string& name, const Replacement& r) const;
+  std::string OutputBytes(const std::string& name, const Replacement& r) const;
   const Checkpoint& source_;
   std::map<std::string, Replacement> replaced_;
   std::vector<std::string> removed_;

@@ -21,6 +21,14 @@ struct PassContext {
   nlohmann::ordered_json& record;  // the pass adds what it did (deterministic values only)
 };
 
+// What a layer-local pass reads and writes of one layer.
+struct LayerPassContext {
+  ModelDraft& model;
+  int layer;
+  const LayerKvStatistics& statistics;  // this layer's (empty when the pipeline needs none)
+  std::int64_t statistics_kv_heads;     // the KV heads those statistics describe
+};
+
 class Pass {
  public:
   virtual ~Pass() = default;
@@ -33,6 +41,22 @@ class Pass {
   virtual bool DescribesKv() const { return false; }
   // kStatLayerInputs: the layer pairs whose attention-input cross moments the pass reads.
   virtual std::vector<LayerPair> InputPairs() const { return {}; }
+  // Layer-local passes (LayerPass) touch only layer l's tensors and statistics for layer l.
+  virtual bool LayerLocal() const { return false; }
+  // KV-head passes: the number of KV heads they leave; 0 for every other pass.
+  virtual std::int64_t KvHeadsAfter() const { return 0; }
+};
+
+// A pass whose work on layer l reads and writes only layer l's tensors and statistics
+// (RunLayer), and which changes the config and fills its record once, after every layer
+// (Finish). The converter can then run it layer by layer inside the calibration sweep and free
+// each layer's statistics and replaced tensors as it goes; Run() does the same in one call.
+class LayerPass : public Pass {
+ public:
+  bool LayerLocal() const final { return true; }
+  void Run(PassContext& context) final;
+  virtual void RunLayer(LayerPassContext& context) = 0;
+  virtual void Finish(PassContext& context) = 0;
 };
 
 // A pass invocation as written in a pipeline: name<key=value,...>.

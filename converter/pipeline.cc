@@ -31,6 +31,17 @@ std::string ShortestText(double v) {
 
 }  // namespace
 
+void LayerPass::Run(PassContext& ctx) {
+  static const LayerKvStatistics kNone;
+  for (int l = 0; l < ctx.model.config.num_hidden_layers; ++l) {
+    const auto i = static_cast<std::size_t>(l);
+    LayerPassContext layer{ctx.model, l, i < ctx.statistics.layers.size() ? ctx.statistics.layers[i] : kNone,
+                           ctx.statistics.kv_heads};
+    RunLayer(layer);
+  }
+  Finish(ctx);
+}
+
 std::string PassSpec::Text() const {
   std::map<std::string, std::string> all = defaults_used;
   for (const auto& [k, v] : params) all[k] = v;

@@ -75,18 +75,26 @@ std::string Kpi(const std::string& value, const std::string& label) {
 
 }  // namespace
 
+ordered_json LayerKvSpectrum(const LayerKvStatistics& st, int layer, std::int64_t kv_heads, std::int64_t head_dim,
+                             std::int64_t group_size) {
+  const std::int64_t group_dim = group_size * head_dim, dim = kv_heads * head_dim;
+  ordered_json spectrum = {{"layer", layer}};
+  if (!st.value.empty()) spectrum["value"] = CumulativeEnergy(st.value, dim, group_dim);
+  if (!st.key_pre_rope.empty()) spectrum["key_pre_rope"] = CumulativeEnergy(st.key_pre_rope, dim, group_dim);
+  if (!st.key_post_rope.empty()) spectrum["key_post_rope"] = CumulativeEnergy(st.key_post_rope, dim, group_dim);
+  return spectrum;
+}
+
+ordered_json KvSpectra(ordered_json layer_spectra, std::int64_t group_size, std::int64_t head_dim) {
+  return {{"group_size", group_size}, {"head_dim", head_dim}, {"layers", std::move(layer_spectra)}};
+}
+
 ordered_json KvSpectra(const KvStatistics& s, std::int64_t group_size) {
-  const std::int64_t group_dim = group_size * s.head_dim, dim = s.dim();
   ordered_json layers = ordered_json::array();
   for (std::size_t l = 0; l < s.layers.size(); ++l) {
-    ordered_json layer = {{"layer", l}};
-    const LayerKvStatistics& st = s.layers[l];
-    if (!st.value.empty()) layer["value"] = CumulativeEnergy(st.value, dim, group_dim);
-    if (!st.key_pre_rope.empty()) layer["key_pre_rope"] = CumulativeEnergy(st.key_pre_rope, dim, group_dim);
-    if (!st.key_post_rope.empty()) layer["key_post_rope"] = CumulativeEnergy(st.key_post_rope, dim, group_dim);
-    layers.push_back(layer);
+    layers.push_back(LayerKvSpectrum(s.layers[l], static_cast<int>(l), s.kv_heads, s.head_dim, group_size));
   }
-  return {{"group_size", group_size}, {"head_dim", s.head_dim}, {"layers", layers}};
+  return KvSpectra(std::move(layers), group_size, s.head_dim);
 }
 
 // kv-scales and kv-balance: one row per layer.

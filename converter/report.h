@@ -15,6 +15,11 @@ namespace kvfold {
 // Per layer, the fraction of K (pre- and post-RoPE) and V energy kept by the top-k directions of
 // each group of `group_size` KV heads, for k = 1 .. group_size * head_dim, averaged over groups.
 nlohmann::ordered_json KvSpectra(const KvStatistics& statistics, std::int64_t group_size);
+// The same built one layer at a time (a sweep that frees each layer's statistics): one layer's
+// entry, then the section from every layer's entry in order.
+nlohmann::ordered_json LayerKvSpectrum(const LayerKvStatistics& statistics, int layer, std::int64_t kv_heads,
+                                       std::int64_t head_dim, std::int64_t group_size);
+nlohmann::ordered_json KvSpectra(nlohmann::ordered_json layer_spectra, std::int64_t group_size, std::int64_t head_dim);
 
 std::string RenderReportHtml(const nlohmann::ordered_json& report);
 

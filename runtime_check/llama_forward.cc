@@ -425,8 +425,10 @@ std::vector<at::Tensor> ReferenceModel::Impl::SweepHiddenStates(const std::vecto
   const std::size_t slots = o.observers.empty() ? DataParallelSlots(device.is_cpu()) : o.observers.size();
   std::int64_t layers_done = 0;
   auto step = [&](std::int64_t l) {
-    const std::shared_ptr<const LlamaLayerWeights> w = LayerWeights(l);
-    RunDataParallel(slots, n, [&](std::size_t b, std::size_t) { passes[b]->Layer(l, *w, x[b]); }, [](std::size_t) {});
+    {
+      const std::shared_ptr<const LlamaLayerWeights> w = LayerWeights(l);
+      RunDataParallel(slots, n, [&](std::size_t b, std::size_t) { passes[b]->Layer(l, *w, x[b]); }, [](std::size_t) {});
+    }  // a streamed layer is freed before after_layer runs (it may need the memory)
     if (o.after_layer) o.after_layer(++layers_done);
   };
   const LayerSchedule s = ScheduleOf(config, lckv_iterations);

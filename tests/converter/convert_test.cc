@@ -268,3 +268,38 @@ TEST_CASE("a HuggingFace hub cache snapshot (links into ../../blobs) converts wi
                                                                "tokenizer.model", "tokenizer_config.json"}));
   CHECK(ReadBytes(tmp.File("out/tokenizer.model")) == ReadBytes(src + "/tokenizer.model"));
 }
+
+TEST_CASE("layer by layer inside the calibration sweep equals pass after pass", "[convert][sweep][shared]") {
+  // The sweep hands each layer-local pass the same statistics (each layer's sums merged in slot
+  // order, as the whole-model merge adds them) and the same tensors: the outputs are the same
+  // bytes. A pass that read another layer's statistics or tensors, or statistics merged in
+  // another order, would change them.
+  const char* pipelines[] = {"gqa-svd<kv-heads=2>", "gqa-svd<kv-heads=4,rope=reconstruct,weight=none>",
+                             "kv-scales<strategy=head>", "kv-balance", "gqa-meanpool<kv-heads=2>"};
+  for (const char* passes : pipelines) {
+    INFO(passes);
+    TempDir tmp;
+    for (const bool layer_by_layer : {true, false}) {
+      ConvertOptions o;
+      o.model = SharedPath("models/mini-mha-bf16-sharded");
+      o.calib_text = CalibFor("mini-mha");
+      o.passes = passes;
+      o.output = tmp.File(layer_by_layer ? "sweep" : "whole");
+      o.report_path = o.output + "/report.html";  // spectra built layer by layer too
+      o.calib_tokens = 2048;
+      o.threads = 2;
+      o.progress = false;
+      o.layer_by_layer = layer_by_layer;
+      Convert(o);
+    }
+    const auto files = ListDir(tmp.File("sweep"));
+    CHECK(files == ListDir(tmp.File("whole")));
+    for (const auto& f : files) {
+      if (f == "report.html" || f == "report.json") continue;  // they hold timings
+      INFO(f);
+      CHECK(ReadBytes(tmp.File("sweep/" + f)) == ReadBytes(tmp.File("whole/" + f)));
+    }
+    auto spectra = [&](const std::string& dir) { return ReadJson(tmp.File(dir + "/report.json"))["spectra"].dump(); };
+    CHECK(spectra("sweep") == spectra("whole"));
+  }
+}
