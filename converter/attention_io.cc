@@ -32,12 +32,20 @@ void Split(ModelDraft& model, int layer, TensorRole weight, TensorRole bias, con
 
 }  // namespace
 
+std::int64_t LayerKvHeads(const ModelDraft& model, int layer) {
+  return model.Shape(HfTensorName({TensorRole::kVProj, layer})).front() / model.config.head_dim;
+}
+
+bool LayerReconstructsKeys(const ModelDraft& model, int layer) {
+  return model.config.key_projection_heads > 0 || model.Has(HfTensorName({TensorRole::kKCacheProj, layer}));
+}
+
 AttentionProjections ReadAttention(const ModelDraft& model, int layer) {
   const ModelConfig& c = model.config;
   if (c.o_bias) Fail(model.source().dir, "o_proj bias is not supported by KV-head compression");
   AttentionProjections p;
   p.heads = c.num_attention_heads;
-  p.kv_heads = c.num_key_value_heads;
+  p.kv_heads = LayerKvHeads(model, layer);
   p.head_dim = c.head_dim;
   p.hidden = c.hidden_size;
   p.has_bias = c.qkv_bias;

@@ -7,6 +7,11 @@
 
 namespace kvfold {
 
+// The KV heads layer `layer` of the draft has now (a pass may have rewritten it before the
+// config changes in its Finish), and whether its keys are in reconstruct mode.
+std::int64_t LayerKvHeads(const ModelDraft& model, int layer);
+bool LayerReconstructsKeys(const ModelDraft& model, int layer);
+
 AttentionProjections ReadAttention(const ModelDraft& model, int layer);
 // Writes wq/wk/wv/wo (and q/k/v biases) of `p` back; shapes follow p's head counts.
 void WriteAttention(ModelDraft& model, int layer, const AttentionProjections& p);

@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <functional>
 
 #include <nlohmann/json.hpp>
 
@@ -12,6 +11,7 @@
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
+#include "converter/layer_loop.h"
 #include "converter/model_draft.h"
 #include "converter/pass.h"
 #include "formats/atomic_file.h"
@@ -98,59 +98,6 @@ std::string SourceSha256(const Checkpoint& ck) {
   return h.HexDigest();
 }
 
-RuntimeOptions Streaming(const ConvertOptions& o) {
-  RuntimeOptions r{o.device, o.threads};
-  r.stream_layers = true;  // one layer of weights in memory at a time
-  return r;
-}
-
-// The calibration forward: the source model over the calibration windows, one layer at a time
-// over all of them, batches data-parallel with one collector per slot, joined in slot order
-// (deterministic for a given thread count).
-// With `layer_done`, each layer's statistics are handed to it (all slots merged) as soon as every
-// batch has passed that layer, and freed afterwards: the result then holds counts only.
-using LayerDone = std::function<void(int layer, const LayerKvStatistics& statistics, std::int64_t kv_heads)>;
-
-KvStatistics Calibrate(const Checkpoint& ck, const std::vector<TokenWindow>& windows,
-                       std::int32_t bos, unsigned needed, const ConvertOptions& o,
-                       const std::vector<LayerPair>& input_pairs = {}, std::size_t* slots_used = nullptr,
-                       const LayerDone& layer_done = {}) {
-  const auto model = ReferenceModel::Load(ck, Streaming(o));
-  const std::size_t slots = DataParallelSlots(*model);
-  if (slots_used != nullptr) *slots_used = slots;
-  const std::size_t per_batch = std::max<std::size_t>(1, 2048 / static_cast<std::size_t>(o.window));
-  std::vector<ReferenceModel::ObservedBatch> batches;
-  for (std::size_t first = 0; first < windows.size(); first += per_batch) {
-    ReferenceModel::ObservedBatch batch;
-    batch.windows = static_cast<int>(std::min(per_batch, windows.size() - first));
-    batch.first_sequence = static_cast<std::int64_t>(first);
-    for (std::size_t w = first; w < first + static_cast<std::size_t>(batch.windows); ++w) {
-      AppendModelInput(windows[w], bos, batch.tokens);
-    }
-    batches.push_back(std::move(batch));
-  }
-  std::vector<KvStatisticsCollector> collectors;
-  for (std::size_t s = 0; s < slots; ++s) {
-    collectors.emplace_back(needed, static_cast<int>(ck.config.num_hidden_layers),
-                            ck.config.num_key_value_heads, ck.config.head_dim, ck.config.hidden_size, input_pairs);
-  }
-  std::vector<LayerObserver*> observers;
-  for (auto& c : collectors) observers.push_back(&c);
-  Progress progress("calibrate", ck.config.num_hidden_layers, "layers", o.progress);
-  model->ObserveSweep(batches, observers, [&](std::int64_t done) {
-    if (layer_done) {
-      const int layer = static_cast<int>(done - 1);
-      LayerKvStatistics merged = collectors.front().TakeLayer(layer);  // slot order, as Merge adds
-      for (std::size_t s = 1; s < collectors.size(); ++s) merged.Merge(collectors[s].TakeLayer(layer));
-      layer_done(layer, merged, ck.config.num_key_value_heads);
-    }
-    progress.Update(done);
-  });
-  KvStatistics stats = collectors.front().statistics();
-  for (std::size_t s = 1; s < collectors.size(); ++s) stats.Merge(collectors[s].statistics());
-  return stats;
-}
-
 // The calibration text as the run uses it: recorded by hash, cut into the first
 // calib_tokens / window windows with the checkpoint's tokenizer.
 struct CalibrationInput {
@@ -210,8 +157,6 @@ void FinishReport(nlohmann::ordered_json& report, ConvertResult& result, const s
   WriteReport(html_path, report);
 }
 
-// Spectra need all three second moments; a report asks calibration for them.
-constexpr unsigned kReportStatistics = kStatValue | kStatKeyPreRope | kStatKeyPostRope;
 
 }  // namespace
 
@@ -227,7 +172,7 @@ ConvertResult Analyze(const ConvertOptions& o) {
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   auto t0 = Clock::now();
-  const KvStatistics stats = Calibrate(ck, calib.windows, tokenizer.bos_id(), kReportStatistics, o);
+  const KvStatistics stats = Calibrate(ck, {calib.windows, tokenizer.bos_id()}, kReportStatistics, o);
   result.timings.push_back({"calibration", Since(t0)});
   nlohmann::ordered_json report = ReportBase(ck, o, "", calib.sha256, result.calibration_tokens);
   const std::int64_t kv = ck.config.num_key_value_heads;
@@ -235,7 +180,7 @@ ConvertResult Analyze(const ConvertOptions& o) {
   if (!o.eval_text.empty()) {
     t0 = Clock::now();
     const auto windows_eval = EvalWindows(tokenizer, o);
-    const auto model = ReferenceModel::Load(ck, Streaming(o));
+    const auto model = ReferenceModel::Load(ck, StreamedRuntime(o));
     EvalOptions eo;
     eo.progress = o.progress;
     const PerplexityResult p = EvaluatePerplexity(*model, windows_eval, tokenizer.bos_id(), eo);
@@ -252,61 +197,6 @@ ConvertResult Analyze(const ConvertOptions& o) {
 
 namespace {
 
-// The passes of a pipeline, created against the source's config: every parameter is checked
-// and resolved here (specs[i].Text() then names every value in force), before any work.
-struct Pipeline {
-  std::vector<PassSpec> specs;
-  std::vector<std::unique_ptr<Pass>> passes;
-  unsigned needed = 0;                 // StatisticBits
-  std::vector<LayerPair> input_pairs;  // kStatLayerInputs
-  std::string Text() const {
-    std::string text;
-    for (const auto& spec : specs) text += (text.empty() ? "" : ",") + spec.Text();
-    return text;
-  }
-};
-
-Pipeline CreatePipeline(const std::string& text, const ModelConfig& config) {
-  Pipeline p;
-  p.specs = ParsePipeline(text);
-  for (const auto& spec : p.specs) {
-    if (spec.name == "kv-norm-analysis" && p.specs.size() > 1) {
-      Fail("--passes", "kv-norm-analysis runs alone: its table describes the input model's heads "
-                       "(analyse a converted model in a second run)");
-    }
-    for (const auto& info : PassRegistry()) {
-      if (spec.name == info.name) p.passes.push_back(info.create(spec, config));
-    }
-    p.needed |= p.passes.back()->NeededStatistics();
-    const auto pairs = p.passes.back()->InputPairs();
-    p.input_pairs.insert(p.input_pairs.end(), pairs.begin(), pairs.end());
-  }
-  return p;
-}
-
-// Calibration runs once, on the source: a pass that reads its K/V statistics, or one that
-// writes numbers tied to K/V, cannot follow a pass that changes K/V; and nothing may change
-// K/V after such numbers are written (they would describe heads that no longer exist).
-// Attention-input moments (kStatLayerInputs) describe h, not K/V: cross-layer sharing may
-// follow gqa-svd, fitting the draft's projections against the source's inputs.
-void CheckPassOrder(const Pipeline& p) {
-  for (std::size_t i = 0; i < p.passes.size(); ++i) {
-    for (std::size_t j = 0; j < i; ++j) {
-      const unsigned kv_statistics = p.passes[i]->NeededStatistics() & ~static_cast<unsigned>(kStatLayerInputs);
-      const std::string& a = p.specs[j].name;
-      const std::string& b = p.specs[i].name;
-      if (p.passes[j]->ChangesKv() && (kv_statistics != 0 || p.passes[i]->DescribesKv())) {
-        Fail("--passes", b + " needs calibration of the model it runs on, but " + a +
-                             " changes K/V before it (run " + b + " in a second kvfold convert on the output)");
-      }
-      if (p.passes[j]->DescribesKv() && p.passes[i]->ChangesKv()) {
-        Fail("--passes", b + " would change the K/V that " + a + " has just described (run " + b +
-                             " first, or in a separate kvfold convert)");
-      }
-    }
-  }
-}
-
 // The report goes into the output folder when asked to be written there (`--report OUT/x.html`
 // with OUT the -o folder): it is then part of the atomic output.
 bool ReportInsideOutput(const ConvertOptions& o) {
@@ -315,8 +205,8 @@ bool ReportInsideOutput(const ConvertOptions& o) {
 
 nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck, const std::string& source_sha256,
                                   const ModelDraft& draft, const std::string& pipeline, const CalibrationInput& calib,
-                                  std::size_t threads, const std::vector<std::string>& not_copied,
-                                  const nlohmann::ordered_json& pass_records) {
+                                  std::size_t threads, const std::string& activations,
+                                  const std::vector<std::string>& not_copied, const nlohmann::ordered_json& pass_records) {
   return {
       {"format_version", 1},
       {"kvfold_version", kVersion},
@@ -328,7 +218,8 @@ nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck,
         {"sha256", calib.sha256},
         {"tokens", calib.tokens()},
         {"window", o.window},
-        {"threads", threads}}},
+        {"threads", threads},
+        {"activations", activations}}},
       {"kv_cache_bytes_per_token",
        {{"before", ck.config.KvBytesPerToken(ck.StoredElementBytes())},
         {"after", draft.config.KvBytesPerToken(ck.StoredElementBytes())}}},
@@ -352,8 +243,8 @@ nlohmann::ordered_json Validation(const ConvertOptions& o, const Checkpoint& ck,
                                   const Tokenizer& tokenizer) {
   const auto windows_eval = EvalWindows(tokenizer, o);
   const Checkpoint out = OpenCheckpoint(converted_dir);
-  const auto original = ReferenceModel::Load(ck, Streaming(o));
-  const auto converted = ReferenceModel::Load(out, Streaming(o));
+  const auto original = ReferenceModel::Load(ck, StreamedRuntime(o));
+  const auto converted = ReferenceModel::Load(out, StreamedRuntime(o));
   EvalOptions eo;
   eo.progress = o.progress;
   const ComparisonResult c = CompareModels(*original, *converted, windows_eval, tokenizer.bos_id(), eo);
@@ -365,102 +256,6 @@ nlohmann::ordered_json Validation(const ConvertOptions& o, const Checkpoint& ck,
           {"kl", c.kl},
           {"top1_agreement", c.top1_agreement},
           {"delta_nll", c.delta_nll}};
-}
-
-// What running a pipeline's passes left besides the draft.
-struct PassesRun {
-  nlohmann::ordered_json records = nlohmann::ordered_json::array();
-  nlohmann::ordered_json spectra;  // the report's section, when a report is written
-  std::size_t threads = 0;         // calibration slots; 0 when no calibration ran
-};
-
-// Layer-local passes run inside the calibration sweep, layer by layer, unless one follows a
-// pass that changes K/V (its layer l would run before the earlier pass's Finish updated the
-// config). Anything else runs pass after pass on statistics of every layer.
-bool RunsLayerByLayer(const Pipeline& p) {
-  bool after_kv_change = false;
-  for (const auto& pass : p.passes) {
-    if (!pass->LayerLocal() || after_kv_change) return false;
-    after_kv_change |= pass->ChangesKv();
-  }
-  return true;
-}
-
-// The report's spectra group KV heads as the first KV-head pass does (else in pairs).
-std::int64_t SpectraGroup(const Pipeline& p, const ModelConfig& c) {
-  for (const auto& pass : p.passes) {
-    if (pass->KvHeadsAfter() > 0) return c.num_key_value_heads / pass->KvHeadsAfter();
-  }
-  return c.num_key_value_heads % 2 == 0 ? 2 : 1;
-}
-
-// Layer by layer: each layer's statistics are consumed by every pass, then freed, and the
-// layer's replaced tensors are sealed in their output dtype, so memory holds one layer's
-// statistics and float32 replacements instead of the model's. Same numbers as pass after pass:
-// a layer-local pass reads only that layer.
-void RunLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const Checkpoint& ck, const CalibrationInput& calib,
-                     const ConvertOptions& o, bool report, std::vector<double>& pass_seconds, PassesRun& run) {
-  const std::int64_t group = SpectraGroup(pipeline, ck.config);
-  nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
-  const LayerDone on_layer = [&](int l, const LayerKvStatistics& statistics, std::int64_t kv_heads) {
-    for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
-      const auto t0 = Clock::now();
-      LayerPassContext ctx{draft, l, statistics, kv_heads};
-      static_cast<LayerPass&>(*pipeline.passes[i]).RunLayer(ctx);
-      pass_seconds[i] += Since(t0);
-    }
-    if (report) spectra.push_back(LayerKvSpectrum(statistics, l, kv_heads, ck.config.head_dim, group));
-    draft.SealLayer(l);
-  };
-  KvStatistics counts;
-  if (pipeline.needed != 0) {
-    counts = Calibrate(ck, calib.windows, calib.tokenizer->bos_id(), pipeline.needed, o, pipeline.input_pairs,
-                       &run.threads, on_layer);
-  } else {
-    const LayerKvStatistics none;
-    for (int l = 0; l < ck.config.num_hidden_layers; ++l) on_layer(l, none, ck.config.num_key_value_heads);
-  }
-  if (report) run.spectra = KvSpectra(std::move(spectra), group, ck.config.head_dim);
-  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
-    const auto t0 = Clock::now();
-    nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
-    PassContext ctx{draft, counts, record};
-    static_cast<LayerPass&>(*pipeline.passes[i]).Finish(ctx);
-    run.records.push_back(record);
-    pass_seconds[i] += Since(t0);
-  }
-}
-
-// Calibration (when any pass or the report needs it), then every pass; timings recorded in
-// `result` ("calibration" first, then each pass).
-PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const Checkpoint& ck, const CalibrationInput& calib,
-                    const ConvertOptions& o, bool report, ConvertResult& result) {
-  PassesRun run;
-  std::vector<double> pass_seconds(pipeline.passes.size(), 0.0);
-  const auto t0 = Clock::now();
-  if (o.layer_by_layer && RunsLayerByLayer(pipeline)) {
-    RunLayerByLayer(pipeline, draft, ck, calib, o, report, pass_seconds, run);
-    double passes_total = 0;
-    for (double x : pass_seconds) passes_total += x;
-    if (pipeline.needed != 0) result.timings.push_back({"calibration", Since(t0) - passes_total});
-  } else {
-    KvStatistics stats;
-    if (pipeline.needed != 0) {
-      stats = Calibrate(ck, calib.windows, calib.tokenizer->bos_id(), pipeline.needed, o, pipeline.input_pairs, &run.threads);
-      result.timings.push_back({"calibration", Since(t0)});
-    }
-    for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
-      const auto t_pass = Clock::now();
-      nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
-      PassContext ctx{draft, stats, record};
-      pipeline.passes[i]->Run(ctx);
-      run.records.push_back(record);
-      pass_seconds[i] = Since(t_pass);
-    }
-    if (report) run.spectra = KvSpectra(stats, SpectraGroup(pipeline, ck.config));
-  }
-  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) result.timings.push_back({pipeline.specs[i].Text(), pass_seconds[i]});
-  return run;
 }
 
 }  // namespace
@@ -479,9 +274,8 @@ ConvertResult Convert(const ConvertOptions& o) {
     Fail(o.model, "its layers already share K/V (layer_types); kvfold convert reads models without cross-layer sharing");
   }
   Pipeline pipeline = CreatePipeline(o.passes, ck.config);
-  CheckPassOrder(pipeline);
+  CheckPassOrder(pipeline, CalibratesOnConverted(pipeline, o));
   const bool passes_calibrate = pipeline.needed != 0;  // a report alone does not shape the output
-  if (!o.report_path.empty()) pipeline.needed |= kReportStatistics;
   const bool report_inside = ReportInsideOutput(o);
   if (!o.report_path.empty() && !report_inside && IsWithin(Resolved(o.report_path), Resolved(o.output))) {
     Fail(o.report_path, "a report inside the output folder must be directly in it (e.g. OUT/report.html)");
@@ -496,7 +290,8 @@ ConvertResult Convert(const ConvertOptions& o) {
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   ModelDraft draft(ck);
-  const PassesRun run = RunPasses(pipeline, draft, ck, calib, o, !o.report_path.empty(), result);
+  const PassesRun run =
+      RunPasses(pipeline, draft, {calib.windows, tokenizer.bos_id()}, o, !o.report_path.empty(), result.timings);
   const nlohmann::ordered_json& pass_records = run.records;
   const std::size_t threads = run.threads;
 
@@ -507,7 +302,8 @@ ConvertResult Convert(const ConvertOptions& o) {
     if (o.progress) std::fprintf(stderr, "kvfold: not copied from %s: %s\n", o.model.c_str(), n.c_str());
   }
   const nlohmann::ordered_json meta =
-      KvfoldJson(o, ck, source_sha256, draft, pipeline.Text(), calib, passes_calibrate ? threads : 0, not_copied, pass_records);
+      KvfoldJson(o, ck, source_sha256, draft, pipeline.Text(), calib, passes_calibrate ? threads : 0, run.activations, not_copied,
+                 pass_records);
   WriteFileAtomically(staging.path() + "/kvfold.json", meta.dump(2) + "\n");
   result.timings.push_back({"write", Since(t_write)});
 

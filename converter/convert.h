@@ -22,9 +22,13 @@ struct ConvertOptions {
   std::string report_path;  // when set: report.html there and report.json beside it
   std::string eval_text;    // when set: validation (original vs converted) in the report
   int eval_windows = 64;
-  // Layer-local pipelines run inside the calibration sweep, one layer at a time (memory: one
-  // layer's statistics). false: calibrate every layer first, then run pass after pass over the
-  // whole model (the reference the layer-by-layer run must equal; tests compare the two).
+  // What layer-local pipelines calibrate on (--calibrate-on): "converted" (each layer on the
+  // hidden states the converted layers below it produce; statistics collected again after a
+  // pass that changes K/V) or "source" (the source model's activations, as kvfold did before).
+  // Other pipelines always calibrate on the source. See converter/layer_loop.h.
+  std::string calibrate_on = "converted";
+  // false: calibrate every layer of the source first, then run pass after pass over the whole
+  // model (the reference the layer-by-layer source run must equal; tests compare the two).
   bool layer_by_layer = true;
   // When set (--reproduce), the inputs must hash to these (kvfold.json's "sha256" fields).
   std::string expected_source_sha256;

@@ -19,9 +19,13 @@ std::int64_t TargetKvHeads(const PassSpec& spec, const ModelConfig& config) {
   return kv;
 }
 
-void RequireVanilla(const ModelDraft& model, const std::string& pass) {
-  if (model.config.key_projection_heads > 0) {
-    Fail("--passes", pass + ": the model already uses reconstruct-mode keys");
+// Layer `layer` as it stands: vanilla keys, and a KV head count the target divides.
+void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target, const std::string& pass) {
+  if (LayerReconstructsKeys(model, layer)) Fail("--passes", pass + ": the model already uses reconstruct-mode keys");
+  const std::int64_t kv = LayerKvHeads(model, layer);
+  if (kv % target != 0) {
+    Fail("--passes", pass + ": kv-heads=" + std::to_string(target) + " does not divide the " + std::to_string(kv) +
+                         " KV heads an earlier pass left");
   }
 }
 
@@ -32,7 +36,7 @@ class GqaMeanpool : public LayerPass {
   std::int64_t KvHeadsAfter() const override { return kv_; }
   unsigned NeededStatistics() const override { return 0; }
   void RunLayer(LayerPassContext& ctx) override {
-    RequireVanilla(ctx.model, "gqa-meanpool");
+    RequireFoldable(ctx.model, ctx.layer, kv_, "gqa-meanpool");
     AttentionProjections p = ReadAttention(ctx.model, ctx.layer);
     MeanPoolKv(p, kv_);
     WriteAttention(ctx.model, ctx.layer, p);
@@ -61,13 +65,13 @@ class GqaSvd : public LayerPass {
   void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
     const int l = ctx.layer;
-    RequireVanilla(model, "gqa-svd");
-    if (ctx.statistics_kv_heads != model.config.num_key_value_heads) {
+    RequireFoldable(model, l, kv_, "gqa-svd");
+    const std::int64_t kv_before = LayerKvHeads(model, l);
+    if (ctx.statistics_kv_heads != kv_before) {
       Fail("--passes", "gqa-svd: calibration statistics describe the source model's " +
                            std::to_string(ctx.statistics_kv_heads) +
                            " KV heads; put gqa-svd before any other pass that changes KV heads");
     }
-    const std::int64_t kv_before = model.config.num_key_value_heads;
     const LayerKvStatistics& stats = ctx.statistics;
     AttentionProjections p = ReadAttention(model, l);
     FoldRecord record;

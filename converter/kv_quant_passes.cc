@@ -15,12 +15,13 @@
 namespace kvfold {
 namespace {
 
-void RequirePlainKeys(const ModelDraft& model, const std::string& pass) {
-  if (model.config.key_projection_heads > 0) Fail("--passes", pass + ": reconstruct-mode checkpoints are not supported");
+void RequirePlainKeys(const ModelDraft& model, int layer, const std::string& pass) {
+  if (LayerReconstructsKeys(model, layer)) Fail("--passes", pass + ": reconstruct-mode checkpoints are not supported");
 }
 
-void RequireSourceHeads(const ModelDraft& model, std::int64_t statistics_kv_heads, const std::string& pass) {
-  if (statistics_kv_heads != model.config.num_key_value_heads) {
+// The statistics must describe the heads the layer has now.
+void RequireSourceHeads(const ModelDraft& model, int layer, std::int64_t statistics_kv_heads, const std::string& pass) {
+  if (statistics_kv_heads != LayerKvHeads(model, layer)) {
     Fail("--passes", pass + ": calibration describes the source model's " + std::to_string(statistics_kv_heads) +
                          " KV heads; put " + pass + " before any pass that changes KV heads");
   }
@@ -39,10 +40,9 @@ class KvScales : public LayerPass {
   unsigned NeededStatistics() const override { return kStatKvRange; }
   void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
-    RequirePlainKeys(model, "kv-scales");
-    RequireSourceHeads(model, ctx.statistics_kv_heads, "kv-scales");
-    const ModelConfig& c = model.config;
-    const std::int64_t kv = c.num_key_value_heads, d = c.head_dim;
+    RequirePlainKeys(model, ctx.layer, "kv-scales");
+    RequireSourceHeads(model, ctx.layer, ctx.statistics_kv_heads, "kv-scales");
+    const std::int64_t kv = LayerKvHeads(model, ctx.layer), d = model.config.head_dim;
     const std::vector<std::int64_t> shape = per_head_ ? std::vector<std::int64_t>{kv, 1, 1} : std::vector<std::int64_t>{1};
     const LayerKvStatistics& s = ctx.statistics;
     std::vector<float> k = Fp8Scales(s.key_min, s.key_max, kv, d, per_head_);
@@ -86,13 +86,13 @@ class KvBalance : public LayerPass {
   unsigned NeededStatistics() const override { return kStatQkPairMax; }
   void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
-    RequirePlainKeys(model, "kv-balance");
-    RequireSourceHeads(model, ctx.statistics_kv_heads, "kv-balance");
+    RequirePlainKeys(model, ctx.layer, "kv-balance");
+    RequireSourceHeads(model, ctx.layer, ctx.statistics_kv_heads, "kv-balance");
     const ModelConfig& c = model.config;
     const LayerKvStatistics& s = ctx.statistics;
     // Every supported family applies RoPE: the two channels of a rotary pair share a factor.
     const std::vector<double> b = BalanceFactors(s.query_pair_max, s.key_pair_max, c.num_attention_heads,
-                                                 c.num_key_value_heads, c.head_dim, alpha_, true);
+                                                 LayerKvHeads(model, ctx.layer), c.head_dim, alpha_, true);
     AttentionProjections p = ReadAttention(model, ctx.layer);
     FoldBalance(p, b);
     WriteAttention(model, ctx.layer, p);
@@ -117,28 +117,33 @@ class KvBalance : public LayerPass {
   nlohmann::ordered_json layers_ = nlohmann::ordered_json::array();
 };
 
-class KvMixed : public Pass {
+class KvMixed : public LayerPass {
  public:
   explicit KvMixed(KvMixedTable settings) : settings_(std::move(settings)) {}
   bool DescribesKv() const override { return true; }
   unsigned NeededStatistics() const override { return kStatKvRange; }
-  void Run(PassContext& ctx) override {
+  // Layers arrive in order: each adds its calibrated key ranges to the table.
+  void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
-    RequirePlainKeys(model, "kv-mixed");
-    RequireSourceHeads(model, ctx.statistics.kv_heads, "kv-mixed");
-    const ModelConfig& c = model.config;
-    auto table = std::make_shared<KvMixedTable>(settings_);
-    table->layers = c.num_hidden_layers;
-    table->kv_heads = c.num_key_value_heads;
-    table->head_dim = c.head_dim;
+    RequirePlainKeys(model, ctx.layer, "kv-mixed");
+    RequireSourceHeads(model, ctx.layer, ctx.statistics_kv_heads, "kv-mixed");
+    if (ctx.layer == 0) {
+      table_ = std::make_shared<KvMixedTable>(settings_);
+      for (int l : table_->protect) {
+        if (l >= model.config.num_hidden_layers) Fail("--passes", "kv-mixed: protect layer " + std::to_string(l) + " does not exist");
+      }
+    }
+    table_->kv_heads = ctx.statistics_kv_heads;
+    const LayerKvStatistics& s = ctx.statistics;
+    table_->key_min.insert(table_->key_min.end(), s.key_min.begin(), s.key_min.end());
+    table_->key_max.insert(table_->key_max.end(), s.key_max.begin(), s.key_max.end());
+  }
+  void Finish(PassContext& ctx) override {
+    ModelDraft& model = ctx.model;
+    std::shared_ptr<KvMixedTable> table = table_;
+    table->layers = model.config.num_hidden_layers;
+    table->head_dim = model.config.head_dim;
     table->calibration_tokens = ctx.statistics.tokens;
-    for (int l : table->protect) {
-      if (l >= c.num_hidden_layers) Fail("--passes", "kv-mixed: protect layer " + std::to_string(l) + " does not exist");
-    }
-    for (const auto& s : ctx.statistics.layers) {
-      table->key_min.insert(table->key_min.end(), s.key_min.begin(), s.key_min.end());
-      table->key_max.insert(table->key_max.end(), s.key_max.begin(), s.key_max.end());
-    }
     model.AddOutputFile(kKvMixedJson, [table](const std::string& path) { WriteFileAtomically(path, KvMixedTableJson(*table)); });
     model.AddOutputFile(kKvMixedSafetensors, [table](const std::string& path) { WriteKvMixedSafetensors(path, *table); });
     ctx.record["table"] = kKvMixedJson;
@@ -151,6 +156,7 @@ class KvMixed : public Pass {
 
  private:
   KvMixedTable settings_;
+  std::shared_ptr<KvMixedTable> table_;  // filled layer by layer
 };
 
 }  // namespace

@@ -43,6 +43,11 @@ ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOpt
     o.expected_calib_sha256 = Field(calib, "sha256", kvfold_json).get<std::string>();
     o.calib_tokens = Field(calib, "tokens", kvfold_json).get<std::int64_t>();
     o.window = Field(calib, "window", kvfold_json).get<int>();
+    // Outputs written before kvfold calibrated on converted layers were calibrated on the source.
+    o.calibrate_on = calib.contains("activations") ? calib["activations"].get<std::string>() : "source";
+    if (o.calibrate_on != "converted" && o.calibrate_on != "source") {
+      Fail(kvfold_json, "calibration.activations must be converted or source");
+    }
     // Calibration sums are joined per thread: the same count gives the same bytes.
     if (calib.contains("threads") && calib["threads"].get<int>() > 0 && given.threads == 0) {
       o.threads = calib["threads"].get<int>();

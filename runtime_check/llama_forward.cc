@@ -258,7 +258,9 @@ class BatchedPass {
     }
   }
 
-  void Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x);
+  // Runs layer l on x in place; observe_only stops once the observer has its captures (x is
+  // left unchanged).
+  void Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x, bool observe_only = false);
 
  private:
   const ReferenceModel::Impl& m_;
@@ -274,7 +276,7 @@ class BatchedPass {
   std::vector<at::Tensor> shared_kv_;
 };
 
-void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x) {
+void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x, bool observe_only) {
   const std::int64_t B = B_, T = T_, H = H_, KV = KV_, KVs = KVs_, d = d_;
   const std::int64_t D = c_.hidden_size;
   const bool computes = c_.ComputesKv(l);
@@ -320,6 +322,7 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
     }
   }
   capture.Deliver();
+  if (observe_only) return;
   if (!computes) {  // this layer's queries over its source layer's K/V
     rotated = at::cat({rotated, shared_kv_[static_cast<std::size_t>(source)]}, 1).contiguous();
   } else if (c_.SharesKv()) {
@@ -444,6 +447,24 @@ std::vector<at::Tensor> ReferenceModel::Impl::SweepHiddenStates(const std::vecto
     for (std::int64_t l = s.high + 1; l < L; ++l) step(l);
   }
   return x;
+}
+
+void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config, const LayerWeightSource& weights,
+                                  const std::vector<LayerObserver*>& observers, bool advance) {
+  c10::InferenceMode inference;
+  State& s = *state_;
+  s.model.config = layer_config;
+  const LlamaLayerWeights w = LoadLayerWeights(weights, layer_config, layer, s.model.device);
+  const std::size_t n = s.tokens.size();
+  const std::size_t slots = observers.empty() ? DataParallelSlots(s.model.device.is_cpu()) : observers.size();
+  RunDataParallel(
+      slots, n,
+      [&](std::size_t b, std::size_t) {
+        LayerObserver* observer = observers.empty() ? nullptr : observers[b % observers.size()];
+        BatchedPass pass(s.model, s.tokens[b], observer, nullptr, s.first_sequences[b]);
+        pass.Layer(layer, w, s.hidden[b], /*observe_only=*/!advance);
+      },
+      [](std::size_t) {});
 }
 
 }  // namespace kvfold

@@ -30,6 +30,9 @@ struct LlamaLayerWeights {
 // Layer l's weights read from the checkpoint as float32 onto `device`; the source pages are
 // released as each tensor is converted.
 LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t l, const at::Device& device);
+// The same from a converter's draft, shaped as `config` (the layer's own head counts) says.
+LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config, std::int64_t l,
+                                   const at::Device& device);
 
 // How a sweep runs: who watches, which cache policy applies, and who hears of progress.
 struct SweepOptions {
@@ -84,6 +87,14 @@ struct ReferenceModel::Impl {
   // LCKV layouts without parallel encoding, or token_by_token: Forward decodes one token at a
   // time and HiddenStates cannot run.
   bool DecodesTokenByToken() const { return token_by_token || (config.AttendsAbove() && lckv_iterations == 0); }
+};
+
+// What a Stepper keeps between layers: the batches and their hidden states.
+struct ReferenceModel::Stepper::State {
+  ReferenceModel::Impl model;  // the device and kernels of the model; config set per layer
+  std::vector<at::Tensor> tokens;  // int64 [B, T] per batch
+  std::vector<std::int64_t> first_sequences;
+  std::vector<at::Tensor> hidden;  // [B T, D] per batch
 };
 
 // Building blocks shared by the batched forward and token-by-token decoding.

@@ -1,10 +1,14 @@
 #include "runtime_check/reference_model.h"
 
+#include <functional>
+
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include "formats/error.h"
+#include "formats/tensor_names.h"
 #include "runtime_check/attention_cpu.h"
+#include "runtime_check/data_parallel.h"
 #include "runtime_check/llama_forward.h"
 
 namespace kvfold {
@@ -49,11 +53,11 @@ at::Tensor CatDefined(std::vector<at::Tensor> parts) {
 ReferenceModel::ReferenceModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ReferenceModel::~ReferenceModel() = default;
 
-LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer, const at::Device& dev) {
-  const ModelConfig& c = ck.config;
-  const int l = static_cast<int>(layer);
-  auto load = [&](TensorRole r) { return LoadTensor(ck, {r, l}, dev); };
-  auto maybe = [&](bool present, TensorRole r) { return LoadOptional(ck, present, {r, l}, dev); };
+namespace {
+
+// Layer l's weights from load(role); optional tensors are asked for only when the config has them.
+LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const std::function<at::Tensor(TensorRole)>& load) {
+  auto maybe = [&](bool present, TensorRole r) { return present ? load(r) : at::Tensor(); };
   LlamaLayerWeights w;
   w.attn_norm = load(TensorRole::kAttnNorm);
   if (c.ComputesKv(l)) {
@@ -77,6 +81,24 @@ LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer, con
   w.w_down = load(TensorRole::kDownProj);
   w.b_down = maybe(c.mlp_bias, TensorRole::kDownBias);
   return w;
+}
+
+}  // namespace
+
+LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer, const at::Device& dev) {
+  const int l = static_cast<int>(layer);
+  return AssembleLayer(ck.config, l, [&](TensorRole r) { return LoadTensor(ck, {r, l}, dev); });
+}
+
+LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config, std::int64_t layer,
+                                   const at::Device& dev) {
+  const int l = static_cast<int>(layer);
+  return AssembleLayer(config, l, [&](TensorRole r) {
+    const std::string name = HfTensorName({r, l});
+    if (!source.has(name)) Fail(name, "the converted layer has no such tensor");
+    std::vector<float> values = source.read(name);
+    return at::from_blob(values.data(), source.shape(name), at::kFloat).clone().to(dev);
+  });
 }
 
 std::shared_ptr<const LlamaLayerWeights> ReferenceModel::Impl::LayerWeights(std::int64_t l) const {
@@ -143,6 +165,26 @@ std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids, 
 void ReferenceModel::Observe(const std::vector<std::int32_t>& tokens, int batch,
                              LayerObserver& observer) const {
   impl_->HiddenStates(TokenTensor(tokens, batch, impl_->config.vocab_size, impl_->device, "Observe"), &observer);
+}
+
+ReferenceModel::Stepper::Stepper(const ReferenceModel& model, const std::vector<ObservedBatch>& batches)
+    : state_(std::make_unique<State>()) {
+  c10::InferenceMode inference;
+  const Impl& m = model.impl();
+  if (m.DecodesTokenByToken() || m.config.SharesKv()) Fail("calibration", "layers that share K/V cannot be stepped");
+  state_->model.device = m.device;
+  state_->model.use_cpu_kernels = m.use_cpu_kernels;
+  for (const auto& b : batches) {
+    state_->tokens.push_back(TokenTensor(b.tokens, b.windows, m.config.vocab_size, m.device, "Stepper"));
+    state_->first_sequences.push_back(b.first_sequence);
+    state_->hidden.push_back(m.Embed(state_->tokens.back()));
+  }
+}
+
+ReferenceModel::Stepper::~Stepper() = default;
+
+std::size_t ReferenceModel::Stepper::slots() const {
+  return DataParallelSlots(state_->model.device.is_cpu());
 }
 
 void ReferenceModel::ObserveSweep(const std::vector<ObservedBatch>& batches,

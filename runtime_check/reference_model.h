@@ -29,6 +29,14 @@ struct RuntimeOptions {
   bool stream_layers = false;
 };
 
+// Where a layer's weights come from when they are not the checkpoint's: a converter's draft.
+// Tensors are named as in HF checkpoints; read returns float32 values of shape(name).
+struct LayerWeightSource {
+  std::function<bool(const std::string& name)> has;
+  std::function<std::vector<std::int64_t>(const std::string& name)> shape;
+  std::function<std::vector<float>(const std::string& name)> read;
+};
+
 class ReferenceModel {
  public:
   // Loads every weight of `checkpoint` as float32 onto the device (with stream_layers: only
@@ -60,6 +68,26 @@ class ReferenceModel {
   };
   void ObserveSweep(const std::vector<ObservedBatch>& batches, const std::vector<LayerObserver*>& observers,
                     const std::function<void(std::int64_t layers_done)>& after_layer) const;
+
+  // A sweep driven from outside, one layer at a time: the converter runs layer l with the
+  // weights it is writing (observing it, possibly more than once as passes rewrite it), then
+  // advances the batches' hidden states through it, so that layer l + 1 is calibrated on what
+  // the converted model feeds it. Only the hidden states live across calls.
+  class Stepper {
+   public:
+    Stepper(const ReferenceModel& model, const std::vector<ObservedBatch>& batches);
+    ~Stepper();
+    std::size_t slots() const;  // observers per Run: one per data-parallel slot
+    // Layer l as `layer_config`'s head counts say, with weights from `weights`, over every
+    // batch; batch b is watched by observers[b % size] (may be empty); `advance` moves the
+    // hidden states past the layer.
+    void Run(int layer, const ModelConfig& layer_config, const LayerWeightSource& weights,
+             const std::vector<LayerObserver*>& observers, bool advance);
+
+   private:
+    struct State;
+    std::unique_ptr<State> state_;
+  };
 
   struct Impl;  // defined in runtime_check/llama_forward.h (LibTorch)
   const Impl& impl() const { return *impl_; }

@@ -37,6 +37,11 @@ Command AddConvertCommand(CLI::App& app) {
       ->check(CLI::Range(2, 1 << 20));
   sub->add_option("--device", a->options.device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->options.threads, "CPU threads (0 = all cores)")->check(ThreadCount());
+  sub->add_option("--calibrate-on", a->options.calibrate_on,
+                  "Activations layer-local passes are calibrated on: converted (each layer on what the converted "
+                  "layers below it produce) or source")
+      ->check(CLI::IsMember({"converted", "source"}))
+      ->capture_default_str();
   sub->add_flag("--force", a->options.force, "Replace an existing output folder");
   sub->add_option("--report", a->options.report_path, "Write a calibration report (HTML, and JSON beside it)");
   sub->add_option("--eval", a->options.eval_text, "Evaluation text for the report's validation section");

@@ -1,0 +1,318 @@
+#include "converter/layer_loop.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+
+#include "converter/attention_io.h"
+#include "converter/report.h"
+#include "formats/error.h"
+#include "formats/progress.h"
+#include "formats/tensor_names.h"
+#include "runtime_check/data_parallel.h"
+
+namespace kvfold {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::vector<ReferenceModel::ObservedBatch> MakeBatches(const CalibrationData& data, int window) {
+  const std::size_t per_batch = std::max<std::size_t>(1, 2048 / static_cast<std::size_t>(window));
+  std::vector<ReferenceModel::ObservedBatch> batches;
+  for (std::size_t first = 0; first < data.windows.size(); first += per_batch) {
+    ReferenceModel::ObservedBatch batch;
+    batch.windows = static_cast<int>(std::min(per_batch, data.windows.size() - first));
+    batch.first_sequence = static_cast<std::int64_t>(first);
+    for (std::size_t w = first; w < first + static_cast<std::size_t>(batch.windows); ++w) {
+      AppendModelInput(data.windows[w], data.bos, batch.tokens);
+    }
+    batches.push_back(std::move(batch));
+  }
+  return batches;
+}
+
+// One collector per slot, and the observers that point at them.
+struct Collectors {
+  std::vector<KvStatisticsCollector> slots;
+  std::vector<LayerObserver*> observers;
+  Collectors(std::size_t count, unsigned needed, const ModelConfig& c, std::int64_t kv_heads,
+             const std::vector<LayerPair>& input_pairs) {
+    for (std::size_t s = 0; s < count; ++s) {
+      slots.emplace_back(needed, static_cast<int>(c.num_hidden_layers), kv_heads, c.head_dim, c.hidden_size, input_pairs);
+    }
+    for (auto& slot : slots) observers.push_back(&slot);
+  }
+  // Layer l of every slot, merged in slot order (as KvStatistics::Merge adds them), then freed.
+  LayerKvStatistics TakeLayer(int l) {
+    LayerKvStatistics merged = slots.front().TakeLayer(l);
+    for (std::size_t s = 1; s < slots.size(); ++s) merged.Merge(slots[s].TakeLayer(l));
+    return merged;
+  }
+  KvStatistics Totals() const {
+    KvStatistics totals = slots.front().statistics();
+    for (std::size_t s = 1; s < slots.size(); ++s) totals.Merge(slots[s].statistics());
+    return totals;
+  }
+};
+
+// The report's spectra group KV heads as the first KV-head pass does (else in pairs).
+std::int64_t SpectraGroup(const Pipeline& p, const ModelConfig& c) {
+  for (const auto& pass : p.passes) {
+    if (pass->KvHeadsAfter() > 0) return c.num_key_value_heads / pass->KvHeadsAfter();
+  }
+  return c.num_key_value_heads % 2 == 0 ? 2 : 1;
+}
+
+LayerPass& AsLayerPass(const std::unique_ptr<Pass>& pass) { return static_cast<LayerPass&>(*pass); }
+
+// Every pass's Finish, in pipeline order, each with its record.
+void FinishPasses(Pipeline& pipeline, ModelDraft& draft, const KvStatistics& totals, std::vector<double>& seconds,
+                  PassesRun& run) {
+  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+    const auto t0 = Clock::now();
+    nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
+    PassContext ctx{draft, totals, record};
+    AsLayerPass(pipeline.passes[i]).Finish(ctx);
+    run.records.push_back(record);
+    seconds[i] += Since(t0);
+  }
+}
+
+// Source mode, layer-local passes none of which follows a K/V change: the source sweep hands
+// each layer's statistics to every pass as soon as every batch passed the layer, then frees
+// them, and the layer's replaced tensors are sealed. Byte-identical to the whole-model run.
+void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
+                           bool report, std::vector<double>& seconds, PassesRun& run) {
+  const Checkpoint& ck = draft.source();
+  const std::int64_t group = SpectraGroup(pipeline, ck.config);
+  nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
+  const LayerDone on_layer = [&](int l, const LayerKvStatistics& statistics, std::int64_t kv_heads) {
+    for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+      const auto t0 = Clock::now();
+      LayerPassContext ctx{draft, l, statistics, kv_heads};
+      AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
+      seconds[i] += Since(t0);
+    }
+    if (report) spectra.push_back(LayerKvSpectrum(statistics, l, kv_heads, ck.config.head_dim, group));
+    draft.SealLayer(l);
+  };
+  KvStatistics totals;
+  if (pipeline.needed != 0) {
+    totals = Calibrate(ck, data, pipeline.needed, o, pipeline.input_pairs, &run.threads, on_layer);
+  } else {
+    const LayerKvStatistics none;
+    for (int l = 0; l < ck.config.num_hidden_layers; ++l) on_layer(l, none, ck.config.num_key_value_heads);
+  }
+  if (report) run.spectra = KvSpectra(std::move(spectra), group, ck.config.head_dim);
+  FinishPasses(pipeline, draft, totals, seconds, run);
+}
+
+// Layer l's config as the draft has it now: a pass rewrites a layer's heads before its Finish
+// changes the model's config.
+ModelConfig LayerConfig(const ModelDraft& draft, int l) {
+  ModelConfig c = draft.config;
+  c.num_key_value_heads = LayerKvHeads(draft, l);
+  if (draft.Has(HfTensorName({TensorRole::kKCacheProj, l}))) {
+    c.key_projection_heads = draft.Shape(HfTensorName({TensorRole::kKProj, l})).front() / c.head_dim;
+  }
+  return c;
+}
+
+LayerWeightSource DraftWeights(const ModelDraft& draft) {
+  return {[&draft](const std::string& name) { return draft.Has(name); },
+          [&draft](const std::string& name) { return draft.Shape(name); },
+          [&draft](const std::string& name) { return draft.ReadF32(name); }};
+}
+
+// Converted mode: see layer_loop.h. Statistics are collected on the layer as written (sealed in
+// its output dtype first), so a one-pipeline composition measures what a second kvfold convert
+// on the first one's output would.
+void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
+                  bool report, std::vector<double>& seconds, PassesRun& run) {
+  const Checkpoint& ck = draft.source();
+  const ModelConfig& c = ck.config;
+  const std::int64_t group = SpectraGroup(pipeline, c);
+  const unsigned needed = pipeline.needed & ~static_cast<unsigned>(kStatLayerInputs);
+  const auto model = ReferenceModel::Load(ck, StreamedRuntime(o));
+  ReferenceModel::Stepper stepper(*model, MakeBatches(data, o.window));
+  run.threads = stepper.slots();
+  KvStatistics totals;
+  nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
+  Progress progress("convert", c.num_hidden_layers, "layers", o.progress);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    std::optional<LayerKvStatistics> stats;  // of layer l as it stands
+    std::int64_t stats_kv = 0;
+    bool advanced = false;
+    // Statistics of the layer as written; when no pass from `first` on changes K/V, the hidden
+    // states advance in the same run.
+    auto collect = [&](std::size_t first) {
+      const bool final_weights = std::none_of(pipeline.passes.begin() + static_cast<std::ptrdiff_t>(first),
+                                              pipeline.passes.end(), [](const auto& p) { return p->ChangesKv(); });
+      draft.SealLayer(l);
+      stats_kv = LayerKvHeads(draft, l);
+      Collectors collectors(stepper.slots(), needed, c, stats_kv, {});
+      stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), collectors.observers, final_weights);
+      stats = collectors.TakeLayer(l);
+      if (l == 0 && totals.tokens == 0) totals = collectors.Totals();  // tokens are counted at layer 0
+      advanced = final_weights;
+    };
+    if (report) {
+      collect(0);
+      spectra.push_back(LayerKvSpectrum(*stats, l, stats_kv, c.head_dim, group));
+    }
+    for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+      if (pipeline.passes[i]->NeededStatistics() != 0 && !stats) collect(i);
+      const auto t0 = Clock::now();
+      static const LayerKvStatistics kNone;
+      LayerPassContext ctx{draft, l, stats ? *stats : kNone, stats_kv};
+      AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
+      seconds[i] += Since(t0);
+      if (pipeline.passes[i]->ChangesKv()) stats.reset();
+    }
+    draft.SealLayer(l);
+    if (!advanced) stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), {}, true);
+    progress.Update(l + 1);
+  }
+  if (report) run.spectra = KvSpectra(std::move(spectra), group, c.head_dim);
+  FinishPasses(pipeline, draft, totals, seconds, run);
+}
+
+// Whole model: statistics of every layer of the source, then pass after pass.
+void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
+                   bool report, std::vector<double>& seconds, PassesRun& run) {
+  KvStatistics stats;
+  if (pipeline.needed != 0) stats = Calibrate(draft.source(), data, pipeline.needed, o, pipeline.input_pairs, &run.threads);
+  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+    const auto t0 = Clock::now();
+    nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
+    PassContext ctx{draft, stats, record};
+    pipeline.passes[i]->Run(ctx);
+    run.records.push_back(record);
+    seconds[i] = Since(t0);
+  }
+  if (report) run.spectra = KvSpectra(stats, SpectraGroup(pipeline, draft.source().config));
+}
+
+// Source layer by layer needs every pass layer-local and none after a K/V change (its layer l
+// would run before the earlier pass's Finish changed the config).
+bool RunsSourceLayerByLayer(const Pipeline& p, const ConvertOptions& o) {
+  if (!o.layer_by_layer || !p.LayerLocal()) return false;
+  bool after_kv_change = false;
+  for (const auto& pass : p.passes) {
+    if (after_kv_change) return false;
+    after_kv_change |= pass->ChangesKv();
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string Pipeline::Text() const {
+  std::string text;
+  for (const auto& spec : specs) text += (text.empty() ? "" : ",") + spec.Text();
+  return text;
+}
+
+bool Pipeline::LayerLocal() const {
+  return std::all_of(passes.begin(), passes.end(), [](const auto& p) { return p->LayerLocal(); });
+}
+
+Pipeline CreatePipeline(const std::string& text, const ModelConfig& config) {
+  Pipeline p;
+  p.specs = ParsePipeline(text);
+  for (const auto& spec : p.specs) {
+    if (spec.name == "kv-norm-analysis" && p.specs.size() > 1) {
+      Fail("--passes", "kv-norm-analysis runs alone: its table describes the input model's heads "
+                       "(analyse a converted model in a second run)");
+    }
+    for (const auto& info : PassRegistry()) {
+      if (spec.name == info.name) p.passes.push_back(info.create(spec, config));
+    }
+    p.needed |= p.passes.back()->NeededStatistics();
+    const auto pairs = p.passes.back()->InputPairs();
+    p.input_pairs.insert(p.input_pairs.end(), pairs.begin(), pairs.end());
+  }
+  return p;
+}
+
+// Calibrated on the source, a pass that reads K/V statistics, or one that writes numbers tied
+// to K/V, cannot follow a pass that changes K/V. Nothing may change K/V after such numbers are
+// written (they would describe heads that no longer exist). Attention-input moments
+// (kStatLayerInputs) describe h, not K/V: cross-layer sharing may follow gqa-svd, fitting the
+// draft's projections against the source's inputs.
+void CheckPassOrder(const Pipeline& p, bool recalibrates) {
+  for (std::size_t i = 0; i < p.passes.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      const unsigned kv_statistics = p.passes[i]->NeededStatistics() & ~static_cast<unsigned>(kStatLayerInputs);
+      const std::string& a = p.specs[j].name;
+      const std::string& b = p.specs[i].name;
+      if (!recalibrates && p.passes[j]->ChangesKv() && (kv_statistics != 0 || p.passes[i]->DescribesKv())) {
+        Fail("--passes", b + " needs calibration of the model it runs on, but " + a +
+                             " changes K/V before it (run " + b + " in a second kvfold convert on the output)");
+      }
+      if (p.passes[j]->DescribesKv() && p.passes[i]->ChangesKv()) {
+        Fail("--passes", b + " would change the K/V that " + a + " has just described (run " + b +
+                             " first, or in a separate kvfold convert)");
+      }
+    }
+  }
+}
+
+bool CalibratesOnConverted(const Pipeline& p, const ConvertOptions& o) {
+  return o.calibrate_on == "converted" && o.layer_by_layer && p.LayerLocal();
+}
+
+RuntimeOptions StreamedRuntime(const ConvertOptions& o) {
+  RuntimeOptions r{o.device, o.threads};
+  r.stream_layers = true;  // one layer of weights in memory at a time
+  return r;
+}
+
+KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsigned needed, const ConvertOptions& o,
+                       const std::vector<LayerPair>& input_pairs, std::size_t* slots_used, const LayerDone& layer_done) {
+  const auto model = ReferenceModel::Load(ck, StreamedRuntime(o));
+  const std::size_t slots = DataParallelSlots(*model);
+  if (slots_used != nullptr) *slots_used = slots;
+  Collectors collectors(slots, needed, ck.config, ck.config.num_key_value_heads, input_pairs);
+  Progress progress("calibrate", ck.config.num_hidden_layers, "layers", o.progress);
+  model->ObserveSweep(MakeBatches(data, o.window), collectors.observers, [&](std::int64_t done) {
+    if (layer_done) {
+      const int layer = static_cast<int>(done - 1);
+      layer_done(layer, collectors.TakeLayer(layer), ck.config.num_key_value_heads);
+    }
+    progress.Update(done);
+  });
+  return collectors.Totals();
+}
+
+PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
+                    bool report, std::vector<PassTiming>& timings) {
+  if (report) pipeline.needed |= kReportStatistics;
+  PassesRun run;
+  std::vector<double> seconds(pipeline.passes.size(), 0.0);
+  const auto t0 = Clock::now();
+  if (CalibratesOnConverted(pipeline, o)) {
+    run.activations = "converted";
+    if (pipeline.needed != 0) {
+      RunConverted(pipeline, draft, data, o, report, seconds, run);
+    } else {  // nothing to measure: the passes alone, layer by layer
+      RunSourceLayerByLayer(pipeline, draft, data, o, report, seconds, run);
+    }
+  } else {
+    run.activations = "source";
+    if (RunsSourceLayerByLayer(pipeline, o)) {
+      RunSourceLayerByLayer(pipeline, draft, data, o, report, seconds, run);
+    } else {
+      RunWholeModel(pipeline, draft, data, o, report, seconds, run);
+    }
+  }
+  double passes_total = 0;
+  for (double x : seconds) passes_total += x;
+  if (pipeline.needed != 0) timings.push_back({"calibration", Since(t0) - passes_total});
+  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) timings.push_back({pipeline.specs[i].Text(), seconds[i]});
+  return run;
+}
+
+}  // namespace kvfold
