@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # CTest `streaming_memory`: kvfold holds one layer, not the model. The same narrow shape (GQA,
 # so per-layer statistics are small) with 4 and with 64 layers (60 x 11 MiB = 645 MiB of float32
-# weights more): eval --compare, and convert (calibration, kv-scales, writing, an in-output
-# report with validation) must peak (RSS as /usr/bin/time reports it, file pages included) less
-# than a quarter of that apart.
-# Holding every layer as float32, as kvfold did before it streamed, grows by the whole difference
-# (and the mmap'd BF16 pages by half of it again). A pass's replaced tensors are still held until
-# the output is written (gqa-svd's: q, k, v and o of every layer): kv-scales adds only scales.
+# weights more): eval --compare, and convert (gqa-svd then kv-scales, calibrated layer by layer,
+# writing, an in-output report with validation) must peak (RSS as /usr/bin/time reports it, file
+# pages included) less than a quarter of that apart. Holding every layer as float32, as kvfold
+# did before it streamed, grows by the whole difference (and the mmap'd BF16 pages by half of it
+# again). What convert still holds until the output is written: gqa-svd's replaced q, k, v and o
+# of every layer, sealed in BF16 (60 x 1.1 MiB here).
 # Usage: BUILD_DIR SHARED_DIR
 set -euo pipefail
 build="$(cd "$1" && pwd)"; shared="$(cd "$2" && pwd)"
@@ -28,7 +28,7 @@ for layers in 4 64; do
   eval_rss[$layers]=$(peak_kib "$kvfold" eval "$work/ref$layers" --compare "$work/m$layers" --text "$text" \
     --max-windows 4 --quiet)
   convert_rss[$layers]=$(peak_kib "$kvfold" convert "$work/m$layers" --calib "$calib" --calib-tokens 1024 \
-    --passes 'kv-scales' -o "$work/out$layers" --report "$work/out$layers/report.html" \
+    --passes 'gqa-svd<kv-heads=1>,kv-scales' -o "$work/out$layers" --report "$work/out$layers/report.html" \
     --eval "$text" --eval-windows 4 --quiet)
 done
 # float32 bytes of 60 layers: q and o 512^2, k and v 128 x 512, MLP 3 x 512 x 1408, 2 norms.

@@ -4,6 +4,8 @@
 //   2  a command line CLI11 refuses kvfold: error: <option>: <problem>
 //   3  an internal error (a bug)    kvfold: error: internal: <what>
 //   130 / 143  SIGINT / SIGTERM, after removing the partial output
+#include <malloc.h>
+
 #include <cstdio>
 #include <string>
 
@@ -21,6 +23,11 @@ std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); 
 
 int main(int argc, char** argv) {
   kvfold::EnsureFastBlasCore(argv);  // before any matrix product; may re-execute kvfold
+  // A fixed threshold: every buffer of 256 KiB or more is its own mapping, returned to the
+  // system when freed. glibc's default raises the threshold to the largest buffer freed so far,
+  // after which a layer loop's per-layer buffers come from the heap and fragment it: peak RSS
+  // then grows with the layer count (+2 MiB a layer on the streaming_memory test's model).
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   kvfold::InstallFatalSignalHandlers();
   CLI::App app{"kvfold: make the KV cache of transformer checkpoints smaller"};
   app.set_version_flag("--version", std::string("kvfold ") + kvfold::kVersion + "\nBLAS: " + kvfold::BlasDescription());
