@@ -2,8 +2,8 @@
 # What calibrating each layer on the converted layers below it (--calibrate-on converted, the
 # default) changes against calibrating on the source model (--calibrate-on source, kvfold's
 # earlier behaviour): gqa-svd's default objective at 1/2 and 1/4 of the KV heads on every
-# shared model, plus the compositions one convert now runs. Calibration and evaluation as in
-# bench/gqa_quality.sh (65536 tokens; 64 windows of 256; KL and top-1 against the original).
+# shared model. Calibration and evaluation as in bench/gqa_quality.sh (65536 tokens; 64 windows
+# of 256; KL and top-1 against the original).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/shared_models.sh

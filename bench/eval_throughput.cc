@@ -5,6 +5,8 @@
 //
 //   build/bin/bench_eval_throughput [--model DIR] [--text FILE] [--threads N] [--windows N]
 //                                   [--repeats N] [--resident 1]
+#include <malloc.h>
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -95,6 +97,7 @@ double AttentionFlopsPerToken(const kvfold::ModelConfig& c, std::int64_t window)
 
 int main(int argc, char** argv) {
   kvfold::EnsureFastBlasCore(argv);
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);  // as kvfold runs (tools/kvfold_main.cc)
   std::string shared = KVFOLD_SHARED_DIR;
   std::string model = shared + "/models/mini-mha";
   std::string text = shared + "/text/wikitext-2/test.raw.txt";

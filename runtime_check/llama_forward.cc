@@ -383,9 +383,9 @@ at::Tensor ReferenceModel::Impl::HiddenStates(const at::Tensor& tokens, LayerObs
 namespace {
 
 // The order layers run in: every layer once, except that for LCKV's parallel encoding the
-// layers from the first one that reads a higher layer up to the highest layer so read run
-// `iterations` times, each from the same input (returned as `low`: restart there) and reading
-// the K/V the previous iteration left (zeros before the first).
+// layers from the first one that reads a higher layer (`low`) up to the highest layer so read
+// (`high`) run `iterations` times, each restarting from the hidden states that entered `low` and
+// reading the K/V the previous iteration left (zeros before the first).
 struct LayerSchedule {
   std::int64_t low = 0, high = -1;  // the iterated range; empty when high < low
   int iterations = 0;
