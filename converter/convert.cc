@@ -290,6 +290,7 @@ ConvertResult Convert(const ConvertOptions& o) {
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   ModelDraft draft(ck);
+  draft.OpenOutput(staging.path());  // layer-local pipelines write each layer as it is done
   const PassesRun run =
       RunPasses(pipeline, draft, {calib.windows, tokenizer.bos_id()}, o, !o.report_path.empty(), result.timings);
   const nlohmann::ordered_json& pass_records = run.records;

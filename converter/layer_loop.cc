@@ -97,6 +97,7 @@ void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const Calibrat
     }
     if (report) spectra.push_back(LayerKvSpectrum(statistics, l, kv_heads, ck.config.head_dim, group));
     draft.SealLayer(l);
+    draft.WriteLayer(l);  // with the output open: written and freed now
   };
   KvStatistics totals;
   if (pipeline.needed != 0) {
@@ -173,6 +174,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
     }
     draft.SealLayer(l);
     if (!advanced) stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), {}, true);
+    draft.WriteLayer(l);  // with the output open: written and freed now
     progress.Update(l + 1);
   }
   if (report) run.spectra = KvSpectra(std::move(spectra), group, c.head_dim);

@@ -5,9 +5,11 @@
 //  - converted (the default for layer-local pipelines): for each layer, statistics of the layer
 //    as it stands are collected on the hidden states the *converted* layers below produce, each
 //    pass rewrites the layer (statistics are collected again after a pass that changed K/V), the
-//    layer is sealed in its output dtype, and the hidden states advance through it as written;
+//    layer is sealed in its output dtype, the hidden states advance through it as written, and
+//    it goes to the draft's open output (ModelDraft::WriteLayer);
 //  - source, layer-local: the source model's sweep hands each layer's statistics to the passes
-//    as soon as every batch passed it (the numbers kvfold wrote before the converted mode);
+//    as soon as every batch passed it (the numbers kvfold wrote before the converted mode), and
+//    the layer is written;
 //  - whole model: calibrate every layer of the source, then run pass after pass (cross-layer
 //    and table passes, which read several layers at once).
 #pragma once

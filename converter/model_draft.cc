@@ -7,12 +7,29 @@
 #include "formats/companion_files.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
-#include "formats/safetensors_writer.h"
 #include "formats/tensor_names.h"
 
 namespace kvfold {
 
+namespace {
+
+// The layer a tensor belongs to, by its HF name (also for names kvfold adds, such as k_scale).
+std::optional<int> LayerOf(const std::string& name) {
+  if (const std::optional<TensorId> id = ParseHfTensorName(name)) return id->layer;
+  const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) != 0) return std::nullopt;
+  const std::size_t end = name.find('.', prefix.size());
+  if (end == std::string::npos || end == prefix.size() || end - prefix.size() > 6) return std::nullopt;
+  const std::string digits = name.substr(prefix.size(), end - prefix.size());
+  if (digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  return std::stoi(digits);
+}
+
+}  // namespace
+
 ModelDraft::ModelDraft(const Checkpoint& source) : config(source.config), source_(source) {}
+
+ModelDraft::~ModelDraft() = default;
 
 bool ModelDraft::Has(const std::string& name) const {
   if (replaced_.count(name)) return true;
@@ -29,6 +46,9 @@ std::vector<std::int64_t> ModelDraft::Shape(const std::string& name) const {
 
 std::vector<float> ModelDraft::ReadF32(const std::string& name) const {
   auto it = replaced_.find(name);
+  if (it != replaced_.end() && it->second.written) {
+    Fail(name, "internal error: read after it was written to the output");
+  }
   if (it != replaced_.end() && !it->second.sealed.empty()) {
     std::vector<float> values(it->second.sealed.size() / DTypeSize(OutputDType(name, it->second)));
     ConvertToF32(OutputDType(name, it->second), it->second.sealed.data(), values.size(), values.data());
@@ -45,7 +65,9 @@ void ModelDraft::Replace(const std::string& name, std::vector<std::int64_t> shap
   for (auto d : shape) n *= d;
   if (n != static_cast<std::int64_t>(data.size())) Fail(name, "replacement data does not match its shape");
   removed_.erase(std::remove(removed_.begin(), removed_.end(), name), removed_.end());
-  replaced_[name] = {std::move(shape), std::move(data), std::nullopt};
+  Replacement& r = replaced_[name] = Replacement();
+  r.shape = std::move(shape);
+  r.data = std::move(data);
 }
 
 void ModelDraft::Add(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data, DType dtype) {
@@ -89,38 +111,67 @@ std::string ModelDraft::OutputBytes(const std::string& name, const Replacement& 
 
 void ModelDraft::SealLayer(int layer) {
   for (auto& [name, r] : replaced_) {
-    const std::optional<TensorId> id = ParseHfTensorName(name);
-    const bool in_layer = id ? id->layer == layer : name.rfind("model.layers." + std::to_string(layer) + ".", 0) == 0;
-    if (!in_layer || !r.sealed.empty()) continue;
+    if (LayerOf(name) != layer || !r.sealed.empty() || r.written) continue;
     r.sealed = OutputBytes(name, r);
     r.data = std::vector<float>();  // frees the float32 copy
   }
 }
 
-std::vector<std::string> ModelDraft::WriteTo(const std::string& dir, std::vector<std::string>* not_copied) const {
-  std::vector<std::string> converted;  // owns the bytes of unsealed replaced tensors
-  converted.reserve(replaced_.size());
-  std::vector<TensorToWrite> tensors;
-  for (const std::string& name : Names()) {
-    auto it = replaced_.find(name);
-    if (it == replaced_.end()) {
-      const TensorRef& ref = source_.tensors.Get(name);
-      tensors.push_back({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
-      continue;
-    }
-    const Replacement& r = it->second;
-    if (r.sealed.empty()) converted.push_back(OutputBytes(name, r));
-    tensors.push_back({name, OutputDType(name, r), r.shape, r.sealed.empty() ? std::string_view(converted.back()) : r.sealed});
-  }
-  // Shard like the source: at most as large as its largest weight file.
-  std::uint64_t max_shard = 0;
+void ModelDraft::OpenOutput(const std::string& dir) {
+  if (output_) Fail(dir, "internal error: the draft's output is already open");
+  // Shard like the source: at most as large as its largest weight file. Header space for twice
+  // the source's tensors covers what passes add (scales, key projections) in one shard.
+  std::uint64_t max_shard = 0, header = 0;
   for (const auto& f : source_.tensors.files()) {
     std::uint64_t size = 0;
     for (const auto& e : f->header().tensors) size += e.end - e.begin;
     max_shard = std::max(max_shard, size);
   }
+  for (const auto& [name, ref] : source_.tensors.tensors()) {
+    header += 2 * ShardedSafetensorsWriter::EntryBound(name, ref.entry->dtype, ref.entry->shape);
+  }
   if (source_.tensors.files().size() <= 1) max_shard = UINT64_MAX;
-  std::vector<std::string> written = WriteSafetensorsModel(dir, tensors, {{"format", "pt"}}, max_shard);
+  output_ = std::make_unique<ShardedSafetensorsWriter>(dir, max_shard, header,
+                                                        std::map<std::string, std::string>{{"format", "pt"}});
+  output_dir_ = dir;
+}
+
+void ModelDraft::WriteLayer(int layer) {
+  if (!output_ || layers_written_.count(layer)) return;
+  SealLayer(layer);
+  for (const std::string& name : Names()) {
+    if (LayerOf(name) != layer) continue;
+    auto it = replaced_.find(name);
+    if (it == replaced_.end()) {
+      const TensorRef& ref = source_.tensors.Get(name);
+      output_->Add({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
+      continue;
+    }
+    Replacement& r = it->second;
+    output_->Add({name, OutputDType(name, r), r.shape, r.sealed});
+    r.sealed = std::string();  // frees the bytes
+    r.written = true;
+  }
+  layers_written_.insert(layer);
+}
+
+std::vector<std::string> ModelDraft::WriteTo(const std::string& dir, std::vector<std::string>* not_copied) {
+  if (!output_) OpenOutput(dir);
+  if (dir != output_dir_) Fail(dir, "internal error: the draft's output is open in " + output_dir_);
+  for (int l = 0; l < config.num_hidden_layers; ++l) WriteLayer(l);
+  for (const std::string& name : Names()) {
+    const std::optional<int> layer = LayerOf(name);
+    if (layer && layers_written_.count(*layer)) continue;
+    auto it = replaced_.find(name);
+    if (it == replaced_.end()) {
+      const TensorRef& ref = source_.tensors.Get(name);
+      output_->Add({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
+    } else {
+      const std::string bytes = OutputBytes(name, it->second);
+      output_->Add({name, OutputDType(name, it->second), it->second.shape, bytes});
+    }
+  }
+  std::vector<std::string> written = output_->Finish();
 
   WriteFileAtomically(dir + "/config.json",
                       UpdateConfigJson(ReadFileToString(source_.dir + "/config.json"), config,

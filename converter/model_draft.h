@@ -1,22 +1,28 @@
 // ModelDraft: the checkpoint a pipeline is rewriting. Unchanged tensors stay views of the
-// source's mmap; only tensors a pass replaces are held in memory (as float32 until written).
+// source's mmap; only tensors a pass replaces are held in memory (as float32 until sealed, then
+// in their output dtype until written). With an output open, a layer is written as soon as the
+// converter is done with it and its replacements are freed: the draft holds about one layer.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "formats/checkpoint.h"
 #include "formats/dtype.h"
+#include "formats/safetensors_shards.h"
 
 namespace kvfold {
 
 class ModelDraft {
  public:
   explicit ModelDraft(const Checkpoint& source);
+  ~ModelDraft();  // an output not finished by WriteTo is removed
 
   const Checkpoint& source() const { return source_; }
   ModelConfig config;  // passes update it together with the tensors
@@ -37,11 +43,20 @@ class ModelDraft {
   // values are not finite or overflow its dtype (as WriteTo would).
   void SealLayer(int layer);
 
-  // Writes config.json, the weights (each tensor in the source's dtype, sharded like the
-  // source) and the companion files (formats/companion_files.h) into the existing folder `dir`.
+  // Starts the weights in the existing folder `dir` (shards at most as large as the source's
+  // largest weight file): WriteLayer then writes each layer as it is done.
+  void OpenOutput(const std::string& dir);
+  // Seals layer `layer` and appends its tensors, in name order, to the open output (no-op
+  // without one); its replacements are freed and can no longer be read back.
+  void WriteLayer(int layer);
+
+  // Writes config.json, the weights not written yet (every layer in order, then the tensors of
+  // no layer; each in the source's dtype) and the companion files (formats/companion_files.h)
+  // into the existing folder `dir` (the open output's, if any). The output is the same bytes
+  // whether layers were written as they finished or all here.
   // Returns the files written; `not_copied` receives the source files left behind, with why.
   // Throws Error naming a tensor whose values are not finite or overflow its dtype.
-  std::vector<std::string> WriteTo(const std::string& dir, std::vector<std::string>* not_copied = nullptr) const;
+  std::vector<std::string> WriteTo(const std::string& dir, std::vector<std::string>* not_copied = nullptr);
 
   // A file a pass adds beside the model: write(path) creates it (atomically) when the draft is
   // written. Source files of kvfold's own (kvfold.json, reports, eviction tables) never travel.
@@ -53,6 +68,7 @@ class ModelDraft {
     std::vector<float> data;     // empty once sealed
     std::optional<DType> dtype;  // new tensors only; else the source's (or its attention) dtype
     std::string sealed;          // SealLayer: the bytes to write
+    bool written = false;        // WriteLayer: in the output, bytes freed
   };
   DType OutputDType(const std::string& name, const Replacement& r) const;
   std::string OutputBytes(const std::string& name, const Replacement& r) const;
@@ -60,6 +76,9 @@ class ModelDraft {
   std::map<std::string, Replacement> replaced_;
   std::vector<std::string> removed_;
   std::map<std::string, std::function<void(const std::string&)>> extra_files_;
+  std::unique_ptr<ShardedSafetensorsWriter> output_;
+  std::string output_dir_;
+  std::set<int> layers_written_;
 };
 
 }  // namespace kvfold

@@ -39,6 +39,19 @@ void AtomicFile::Write(const void* data, std::size_t size) {
   }
 }
 
+void AtomicFile::Overwrite(std::uint64_t offset, const void* data, std::size_t size) {
+  if (std::fflush(file_) != 0) Fail(path_, std::string("write failed: ") + std::strerror(errno));
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fileno(file_), p, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) Fail(path_, std::string("write failed: ") + std::strerror(errno));
+    p += n;
+    size -= static_cast<std::size_t>(n);
+    offset += static_cast<std::uint64_t>(n);
+  }
+}
+
 void AtomicFile::Commit() {
   if (std::fflush(file_) != 0 || ::fsync(fileno(file_)) != 0) {
     Fail(path_, std::string("write failed: ") + std::strerror(errno));
@@ -51,6 +64,11 @@ void AtomicFile::Commit() {
   }
   committed_ = true;
   cleanup_.reset();  // the final file is not ours to remove
+}
+
+void AtomicFile::CommitAs(std::string path) {
+  path_ = std::move(path);
+  Commit();
 }
 
 void WriteFileAtomically(const std::string& path, std::string_view contents) {

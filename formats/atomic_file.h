@@ -2,6 +2,7 @@
 // is renamed into place only once complete, so a failure never leaves a partial file behind.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -24,8 +25,14 @@ class AtomicFile {
 
   void Write(const void* data, std::size_t size);
   void Write(std::string_view s) { Write(s.data(), s.size()); }
+  // Overwrites `size` bytes already written at `offset` (space reserved for a header that is
+  // known only at the end); later writes still append.
+  void Overwrite(std::uint64_t offset, const void* data, std::size_t size);
   // Flushes, fsyncs and renames onto the final path.
   void Commit();
+  // Commit() onto `path` instead (a name known only once the file is complete), which must lie
+  // in the same folder.
+  void CommitAs(std::string path);
 
   const std::string& path() const { return path_; }
 

@@ -1,7 +1,6 @@
 #include "formats/safetensors_writer.h"
 
 #include <algorithm>
-#include <cstdio>
 
 #include <nlohmann/json.hpp>
 
@@ -62,53 +61,12 @@ void WriteSorted(const std::string& path, const std::vector<TensorToWrite>& tens
   out.Commit();
 }
 
-std::string ShardName(std::size_t i, std::size_t n) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, n);
-  return buf;
-}
-
 }  // namespace
 
 void WriteSafetensors(const std::string& path, std::vector<TensorToWrite> tensors,
                       const std::map<std::string, std::string>& metadata) {
   SortAndCheck(tensors, path);
   WriteSorted(path, tensors, metadata);
-}
-
-std::vector<std::string> WriteSafetensorsModel(const std::string& dir,
-                                               std::vector<TensorToWrite> tensors,
-                                               const std::map<std::string, std::string>& metadata,
-                                               std::uint64_t max_shard_bytes) {
-  SortAndCheck(tensors, dir);
-  std::uint64_t total = 0;
-  for (const auto& t : tensors) total += t.bytes.size();
-  if (total <= max_shard_bytes || tensors.size() <= 1) {
-    WriteSorted(dir + "/model.safetensors", tensors, metadata);
-    return {"model.safetensors"};
-  }
-  // Greedy packing in name order: a shard closes when the next tensor would overflow it.
-  std::vector<std::vector<TensorToWrite>> shards(1);
-  std::uint64_t in_shard = 0;
-  for (const auto& t : tensors) {
-    if (in_shard > 0 && in_shard + t.bytes.size() > max_shard_bytes) {
-      shards.emplace_back();
-      in_shard = 0;
-    }
-    shards.back().push_back(t);
-    in_shard += t.bytes.size();
-  }
-  nlohmann::json weight_map = nlohmann::json::object();
-  std::vector<std::string> names;
-  for (std::size_t i = 0; i < shards.size(); ++i) {
-    names.push_back(ShardName(i, shards.size()));
-    for (const auto& t : shards[i]) weight_map[t.name] = names.back();
-    WriteSorted(dir + "/" + names.back(), shards[i], metadata);
-  }
-  nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  WriteFileAtomically(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
-  names.push_back("model.safetensors.index.json");
-  return names;
 }
 
 }  // namespace kvfold

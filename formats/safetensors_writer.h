@@ -1,5 +1,6 @@
 // Writing safetensors files: deterministic (tensors and keys in name order, header padded to 8
-// bytes) and atomic (temporary file, then rename), optionally sharded by size with an index.
+// bytes) and atomic (temporary file, then rename). A whole model, sharded and written as it
+// goes: formats/safetensors_shards.h.
 #pragma once
 
 #include <cstdint>
@@ -25,13 +26,5 @@ struct TensorToWrite {
 // a duplicate name, or a failed write.
 void WriteSafetensors(const std::string& path, std::vector<TensorToWrite> tensors,
                       const std::map<std::string, std::string>& metadata = {});
-
-// Writes `dir`/model.safetensors, or, when the data exceeds `max_shard_bytes`,
-// `dir`/model-0000i-of-0000N.safetensors plus model.safetensors.index.json (HF layout).
-// Returns the file names written (relative to `dir`).
-std::vector<std::string> WriteSafetensorsModel(const std::string& dir,
-                                               std::vector<TensorToWrite> tensors,
-                                               const std::map<std::string, std::string>& metadata,
-                                               std::uint64_t max_shard_bytes);
 
 }  // namespace kvfold

@@ -61,7 +61,7 @@ TEST_CASE("sharing that keeps every layer's K/V reproduces the original logits",
     const std::string L = std::to_string(ck.config.num_hidden_layers);
     const std::string below = std::to_string(ck.config.num_hidden_layers - 1);
     // init=calib runs the whole fit and fold (each layer predicts itself); the others are no-ops.
-    for (const std::string passes : {"mlkv<kv-layers=" + L + ",init=calib>", "mlkv<kv-layers=" + L + ",init=mean>",
+    for (const std::string& passes : {"mlkv<kv-layers=" + L + ",init=calib>", "mlkv<kv-layers=" + L + ",init=mean>",
                                      "lckv<warmup=" + below + ",init=calib>", "lckv<warmup=" + L + ",init=mean>"}) {
       INFO(model << " " << passes);
       TempDir tmp;

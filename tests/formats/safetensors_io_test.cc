@@ -2,10 +2,14 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
+
+#include <nlohmann/json.hpp>
 
 #include "formats/dtype.h"
 #include "formats/error.h"
+#include "formats/safetensors_shards.h"
 #include "formats/safetensors_writer.h"
 #include "formats/tensor_store.h"
 #include "tests/test_support.h"
@@ -76,22 +80,81 @@ TEST_CASE("an unwritable output is a clear error", "[safetensors][io]") {
                     Catch::StartsWith(path + ": cannot write"));
 }
 
-TEST_CASE("sharded writing produces an HF index that reads back", "[safetensors][io]") {
+// The safetensors format's own rules (as the Rust reference reader checks them): an 8-byte
+// little-endian header length, a JSON object possibly followed by spaces, and data offsets that
+// tile the rest of the file from 0 without gaps. Returns the number of tensors.
+static std::size_t CheckSafetensorsLayout(const std::string& path) {
+  const std::string file = ReadBytes(path);
+  REQUIRE(file.size() >= 8);
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(file[i]);
+  REQUIRE(8 + n <= file.size());
+  CHECK(n % 8 == 0);  // the data area stays 8-byte aligned
+  const std::string text = file.substr(8, n);
+  const std::size_t json_end = text.find_last_not_of(' ') + 1;
+  const auto header = nlohmann::json::parse(text.substr(0, json_end));
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;
+  for (const auto& [name, entry] : header.items()) {
+    if (name != "__metadata__") spans.emplace_back(entry["data_offsets"][0], entry["data_offsets"][1]);
+  }
+  std::sort(spans.begin(), spans.end());
+  std::uint64_t at = 0;
+  for (const auto& [begin, end] : spans) {
+    CHECK(begin == at);
+    at = end;
+  }
+  CHECK(at == file.size() - 8 - n);
+  return spans.size();
+}
+
+TEST_CASE("a model written tensor by tensor is sharded by size with an HF index", "[safetensors][io]") {
   TempDir dir;
   std::vector<std::string> blobs;
-  std::vector<TensorToWrite> tensors;
   for (int i = 0; i < 5; ++i) blobs.push_back(FloatBytes(std::vector<float>(100, float(i))));
-  for (int i = 0; i < 5; ++i) {
-    tensors.push_back({"t" + std::to_string(i), DType::kF32, {100}, blobs[i]});
+  const std::uint64_t entry = ShardedSafetensorsWriter::EntryBound("t0", DType::kF32, {100});
+  SECTION("data bytes close a shard: 2 tensors of 400 bytes fit in 900") {
+    ShardedSafetensorsWriter writer(dir.path(), 900, 4096, {{"format", "pt"}});
+    for (int i = 0; i < 5; ++i) writer.Add({"t" + std::to_string(i), DType::kF32, {100}, blobs[i]});
+    CHECK(ListDir(dir.path()).size() == 3);  // temporary names only, until Finish
+    const auto files = writer.Finish();
+    CHECK(files == std::vector<std::string>{"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                                            "model-00003-of-00003.safetensors", "model.safetensors.index.json"});
+    CHECK(ListDir(dir.path()).size() == 4);
+    CHECK(CheckSafetensorsLayout(dir.File(files[0])) == 2);
+    CHECK(CheckSafetensorsLayout(dir.File(files[2])) == 1);
+    TensorStore store = TensorStore::OpenModelDir(dir.path());
+    CHECK(store.files().size() == 3);
+    for (int i = 0; i < 5; ++i) CHECK(store.ReadF32("t" + std::to_string(i))[99] == float(i));
   }
-  const auto files = WriteSafetensorsModel(dir.path(), tensors, {}, 900);  // 2 tensors a shard
-  CHECK(files == std::vector<std::string>{"model-00001-of-00003.safetensors",
-                                          "model-00002-of-00003.safetensors",
-                                          "model-00003-of-00003.safetensors",
-                                          "model.safetensors.index.json"});
-  TensorStore store = TensorStore::OpenModelDir(dir.path());
-  CHECK(store.files().size() == 3);
-  for (int i = 0; i < 5; ++i) CHECK(store.ReadF32("t" + std::to_string(i))[99] == float(i));
+  SECTION("header space closes a shard: room for two entries, no size limit") {
+    const std::uint64_t metadata = nlohmann::json{{"__metadata__", {{"format", "pt"}}}}.dump().size() + 1;
+    ShardedSafetensorsWriter writer(dir.path(), UINT64_MAX, metadata + 2 * entry, {{"format", "pt"}});
+    for (int i = 0; i < 5; ++i) writer.Add({"t" + std::to_string(i), DType::kF32, {100}, blobs[i]});
+    const auto files = writer.Finish();
+    CHECK(files.size() == 4);  // 2 + 2 + 1 tensors and the index
+    for (std::size_t f = 0; f < 3; ++f) CheckSafetensorsLayout(dir.File(files[f]));
+    CHECK(TensorStore::OpenModelDir(dir.path()).ReadF32("t4")[0] == 4.0f);
+  }
+  SECTION("one shard is model.safetensors, its header padded with spaces; order is as added") {
+    ShardedSafetensorsWriter writer(dir.path(), UINT64_MAX, 4096, {});
+    writer.Add({"b", DType::kF32, {100}, blobs[1]});
+    writer.Add({"a", DType::kF32, {100}, blobs[0]});
+    CHECK(writer.Finish() == std::vector<std::string>{"model.safetensors"});
+    CHECK(CheckSafetensorsLayout(dir.File("model.safetensors")) == 2);
+    CHECK(ReadBytes(dir.File("model.safetensors")).size() == 8 + 4096 + 800);
+    TensorStore store = TensorStore::OpenModelDir(dir.path());
+    CHECK(store.Get("b").entry->begin == 0);
+    CHECK(store.ReadF32("a")[0] == 0.0f);
+  }
+  SECTION("nothing is left behind without Finish; bad tensors are refused") {
+    {
+      ShardedSafetensorsWriter writer(dir.path(), 900, 4096, {});
+      writer.Add({"t0", DType::kF32, {100}, blobs[0]});
+      CHECK_THROWS_WITH(writer.Add({"t0", DType::kF32, {100}, blobs[0]}), Catch::Contains("'t0' given twice"));
+      CHECK_THROWS_WITH(writer.Add({"t1", DType::kF32, {99}, blobs[1]}), Catch::Contains("its shape needs 396"));
+    }
+    CHECK(ListDir(dir.path()).empty());
+  }
 }
 
 TEST_CASE("a sharded index that disagrees with its shards is rejected", "[safetensors][io]") {
