@@ -18,6 +18,9 @@ struct ConvertOptions {
   bool force = false;
   int threads = 0;
   std::string device = "cpu";
+  // Hidden states each model of the run keeps in memory; the rest spill to a temporary file
+  // (--hidden-memory, in MiB on the command line).
+  std::uint64_t hidden_memory_bytes = std::uint64_t{4096} << 20;
   bool progress = true;
   std::string report_path;  // when set: report.html there and report.json beside it
   std::string eval_text;    // when set: validation (original vs converted) in the report

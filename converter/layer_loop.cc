@@ -269,6 +269,7 @@ bool CalibratesOnConverted(const Pipeline& p, const ConvertOptions& o) {
 RuntimeOptions StreamedRuntime(const ConvertOptions& o) {
   RuntimeOptions r{o.device, o.threads};
   r.stream_layers = true;  // one layer of weights in memory at a time
+  r.hidden_state_budget_bytes = o.hidden_memory_bytes;
   return r;
 }
 

@@ -116,7 +116,7 @@ std::vector<Batch> MakeGroups(const std::vector<TokenWindow>& windows, std::size
 }
 
 // The final residual streams of every group: one sweep, each layer fetched once.
-std::vector<at::Tensor> SweepGroups(const ReferenceModel::Impl& model, const std::vector<Batch>& groups,
+HiddenStateStore SweepGroups(const ReferenceModel::Impl& model, const std::vector<Batch>& groups,
                                     std::size_t per_group, const KvCachePolicy* cache,
                                     const std::function<void(std::int64_t)>& after_layer) {
   std::vector<at::Tensor> inputs;
@@ -131,9 +131,9 @@ std::vector<at::Tensor> SweepGroups(const ReferenceModel::Impl& model, const std
     Fail("--kv-cache", "decode-time cache policies on a model whose layers share K/V are not supported");
   }
   if (!model.DecodesTokenByToken()) return model.SweepHiddenStates(inputs, options);
-  std::vector<at::Tensor> logits;  // token by token: the logits themselves (see ScoredRows)
+  HiddenStateStore logits(UINT64_MAX);  // token by token: the logits themselves (see ScoredRows)
   if (cache != nullptr) Fail("runtime", "token-by-token decoding takes no observer or cache policy");
-  for (const auto& in : inputs) logits.push_back(DecodeTokenByToken(model, in));
+  for (const auto& in : inputs) logits.Add(DecodeTokenByToken(model, in));
   return logits;
 }
 
@@ -179,14 +179,14 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
   Progress progress("eval", L + 1, "layers", options.progress);
   const std::vector<Batch> groups = MakeGroups(windows, per_group, bos, impl);
-  const std::vector<at::Tensor> hidden =
+  const HiddenStateStore hidden =
       SweepGroups(impl, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(done); });
   const at::Tensor head = impl.LmHead();
   std::vector<GroupSums> sums(groups.size());
   RunDataParallel(
       model, groups.size(),
       [&](std::size_t g, std::size_t) {
-        const ScoredRows rows = Scored(impl, hidden[g], groups[g].inputs.size(0), W, from);
+        const ScoredRows rows = Scored(impl, hidden.Get(g, impl.device), groups[g].inputs.size(0), W, from);
         const at::Tensor targets = groups[g].targets.narrow(1, from, W - from).reshape({-1});
         const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, impl.config.vocab_size);
         for (std::int64_t begin = 0; begin < R; begin += chunk) {
@@ -223,9 +223,9 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
   Progress progress("compare", La + Lb + 1, "layers", options.progress);
   const std::vector<Batch> groups = MakeGroups(windows, per_group, bos, a);
   // One model after the other: each holds one layer at a time, both keep their hidden states.
-  const std::vector<at::Tensor> hidden_a =
+  const HiddenStateStore hidden_a =
       SweepGroups(a, groups, per_group, nullptr, [&](std::int64_t done) { progress.Update(done); });
-  const std::vector<at::Tensor> hidden_b =
+  const HiddenStateStore hidden_b =
       SweepGroups(b, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(La + done); });
   const at::Tensor head_a = a.LmHead(), head_b = b.LmHead();
   std::vector<GroupSums> sums(groups.size());
@@ -233,8 +233,8 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
       base, groups.size(),
       [&](std::size_t g, std::size_t) {
         const std::int64_t windows_in_group = groups[g].inputs.size(0);
-        const ScoredRows rows_a = Scored(a, hidden_a[g], windows_in_group, W, from);
-        const ScoredRows rows_b = Scored(b, hidden_b[g], windows_in_group, W, from);
+        const ScoredRows rows_a = Scored(a, hidden_a.Get(g, a.device), windows_in_group, W, from);
+        const ScoredRows rows_b = Scored(b, hidden_b.Get(g, b.device), windows_in_group, W, from);
         const at::Tensor targets = groups[g].targets.narrow(1, from, W - from).reshape({-1});
         const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, a.config.vocab_size);
         GroupSums& s = sums[g];

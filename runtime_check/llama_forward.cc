@@ -377,7 +377,7 @@ at::Tensor ReferenceModel::Impl::HiddenStates(const at::Tensor& tokens, LayerObs
   if (observer != nullptr) options.observers = {observer};
   options.cache = cache;
   options.first_sequences = {first_sequence};
-  return SweepHiddenStates({tokens}, options).front();
+  return SweepHiddenStates({tokens}, options).Get(0, device);
 }
 
 namespace {
@@ -406,8 +406,8 @@ LayerSchedule ScheduleOf(const ModelConfig& config, int lckv_iterations) {
 
 }  // namespace
 
-std::vector<at::Tensor> ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::Tensor>& batches,
-                                                                const SweepOptions& o) const {
+HiddenStateStore ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::Tensor>& batches,
+                                                         const SweepOptions& o) const {
   c10::InferenceMode inference;
   if (DecodesTokenByToken()) {
     Fail("runtime", "this model is decoded token by token: its layers cannot be observed in a batched pass");
@@ -417,12 +417,12 @@ std::vector<at::Tensor> ReferenceModel::Impl::SweepHiddenStates(const std::vecto
   }
   const std::size_t n = batches.size();
   std::vector<std::unique_ptr<BatchedPass>> passes;
-  std::vector<at::Tensor> x;
+  HiddenStateStore x(hidden_state_budget_bytes);
   for (std::size_t b = 0; b < n; ++b) {
     LayerObserver* observer = o.observers.empty() ? nullptr : o.observers[b % o.observers.size()];
     const std::int64_t first = o.first_sequences.empty() ? static_cast<std::int64_t>(b) : o.first_sequences.at(b);
     passes.push_back(std::make_unique<BatchedPass>(*this, batches[b], observer, o.cache, first));
-    x.push_back(Embed(batches[b]));  // [N, D]
+    x.Add(Embed(batches[b]));  // [N, D]
   }
   // Slots follow the observers so that batch b's observer is only ever used by one thread.
   const std::size_t slots = o.observers.empty() ? DataParallelSlots(device.is_cpu()) : o.observers.size();
@@ -430,7 +430,14 @@ std::vector<at::Tensor> ReferenceModel::Impl::SweepHiddenStates(const std::vecto
   auto step = [&](std::int64_t l) {
     {
       const std::shared_ptr<const LlamaLayerWeights> w = LayerWeights(l);
-      RunDataParallel(slots, n, [&](std::size_t b, std::size_t) { passes[b]->Layer(l, *w, x[b]); }, [](std::size_t) {});
+      RunDataParallel(
+          slots, n,
+          [&](std::size_t b, std::size_t) {
+            at::Tensor xb = x.Get(b, device);
+            passes[b]->Layer(l, *w, xb);
+            x.Put(b, xb);
+          },
+          [](std::size_t) {});
     }  // a streamed layer is freed before after_layer runs (it may need the memory)
     if (o.after_layer) o.after_layer(++layers_done);
   };
@@ -438,10 +445,9 @@ std::vector<at::Tensor> ReferenceModel::Impl::SweepHiddenStates(const std::vecto
   const std::int64_t L = config.num_hidden_layers;
   for (std::int64_t l = 0; l < std::min(s.low, L); ++l) step(l);
   if (s.high >= s.low) {
-    std::vector<at::Tensor> x_low;
-    for (const auto& t : x) x_low.push_back(t.clone());
+    const HiddenStateStore x_low = x.Clone(device);
     for (int it = 0; it < s.iterations; ++it) {
-      for (std::size_t b = 0; b < n; ++b) x[b] = x_low[b].clone();
+      x = x_low.Clone(device);
       for (std::int64_t l = s.low; l <= s.high; ++l) step(l);
     }
     for (std::int64_t l = s.high + 1; l < L; ++l) step(l);
@@ -462,7 +468,9 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config, co
       [&](std::size_t b, std::size_t) {
         LayerObserver* observer = observers.empty() ? nullptr : observers[b % observers.size()];
         BatchedPass pass(s.model, s.tokens[b], observer, nullptr, s.first_sequences[b]);
-        pass.Layer(layer, w, s.hidden[b], /*observe_only=*/!advance);
+        at::Tensor x = s.hidden.Get(b, s.model.device);
+        pass.Layer(layer, w, x, /*observe_only=*/!advance);
+        if (advance) s.hidden.Put(b, x);
       },
       [](std::size_t) {});
 }

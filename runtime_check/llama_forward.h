@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "formats/checkpoint.h"
+#include "runtime_check/hidden_state_store.h"
 #include "runtime_check/kv_cache_policy.h"
 #include "runtime_check/layer_observer.h"
 #include "runtime_check/reference_model.h"
@@ -57,6 +58,8 @@ struct ReferenceModel::Impl {
   // Streaming (RuntimeOptions::stream_layers): the checkpoint (which must outlive the model)
   // that a sweep reads each layer from when it reaches it, releasing it before the next.
   const Checkpoint* streamed = nullptr;
+  // Bytes of hidden states a sweep keeps resident (RuntimeOptions::hidden_state_budget_bytes).
+  std::uint64_t hidden_state_budget_bytes = UINT64_MAX;
 
   // Layer l's weights: the resident ones, or read now from `streamed`.
   std::shared_ptr<const LlamaLayerWeights> LayerWeights(std::int64_t l) const;
@@ -66,8 +69,8 @@ struct ReferenceModel::Impl {
   // The residual streams [B T, D] of many batches of int64 tokens [B, T], run layer by layer:
   // each layer is fetched once and applied to every batch (data-parallel on CPU) before the
   // next, so only the batches' hidden states live across layers. Results do not depend on
-  // whether the model is resident or streamed.
-  std::vector<at::Tensor> SweepHiddenStates(const std::vector<at::Tensor>& batches, const SweepOptions& options) const;
+  // whether the model is resident or streamed, nor on how many batches were spilled.
+  HiddenStateStore SweepHiddenStates(const std::vector<at::Tensor>& batches, const SweepOptions& options) const;
 
   // Logits [B, T, V] for int64 tokens [B, T] on `device`. With a cache policy, each layer's
   // queries read only the cached keys the policy leaves visible; batch row b is sequence
@@ -94,7 +97,7 @@ struct ReferenceModel::Stepper::State {
   ReferenceModel::Impl model;  // the device and kernels of the model; config set per layer
   std::vector<at::Tensor> tokens;  // int64 [B, T] per batch
   std::vector<std::int64_t> first_sequences;
-  std::vector<at::Tensor> hidden;  // [B T, D] per batch
+  HiddenStateStore hidden{UINT64_MAX};  // [B T, D] per batch
 };
 
 // Building blocks shared by the batched forward and token-by-token decoding.

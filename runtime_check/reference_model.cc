@@ -21,12 +21,6 @@ at::Tensor LoadTensor(const Checkpoint& ck, const TensorId& id, const at::Device
   return t.to(device);
 }
 
-// The optional tensor `id`, or an undefined tensor when the config says it is absent.
-at::Tensor LoadOptional(const Checkpoint& ck, bool present, const TensorId& id,
-                        const at::Device& device) {
-  return present ? LoadTensor(ck, id, device) : at::Tensor();
-}
-
 // ids as an int64 [rows, ids / rows] tensor on `device`; every id must be in the vocabulary.
 at::Tensor TokenTensor(const std::vector<std::int32_t>& ids, int rows, std::int64_t vocab,
                        const at::Device& device, const char* where) {
@@ -137,6 +131,7 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
   if (options.lckv_iterations < 0) Fail("--lckv-iterations", "must be 0 (token by token) or positive");
   impl->lckv_iterations = options.lckv_iterations;
   impl->token_by_token = options.token_by_token;
+  impl->hidden_state_budget_bytes = options.hidden_state_budget_bytes;
   const at::Device dev = impl->device;
 
   c10::InferenceMode inference;
@@ -174,10 +169,11 @@ ReferenceModel::Stepper::Stepper(const ReferenceModel& model, const std::vector<
   if (m.DecodesTokenByToken() || m.config.SharesKv()) Fail("calibration", "layers that share K/V cannot be stepped");
   state_->model.device = m.device;
   state_->model.use_cpu_kernels = m.use_cpu_kernels;
+  state_->hidden = HiddenStateStore(m.hidden_state_budget_bytes);
   for (const auto& b : batches) {
     state_->tokens.push_back(TokenTensor(b.tokens, b.windows, m.config.vocab_size, m.device, "Stepper"));
     state_->first_sequences.push_back(b.first_sequence);
-    state_->hidden.push_back(m.Embed(state_->tokens.back()));
+    state_->hidden.Add(m.Embed(state_->tokens.back()));
   }
 }
 

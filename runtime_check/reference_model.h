@@ -27,6 +27,9 @@ struct RuntimeOptions {
   // weight: memory is one layer plus the hidden states, at the price of re-reading the weights
   // on every call (sweep many batches at once). Models decoded token by token stay resident.
   bool stream_layers = false;
+  // Hidden states a sweep keeps in memory (per model); batches beyond it go to a temporary file
+  // (runtime_check/hidden_state_store.h).
+  std::uint64_t hidden_state_budget_bytes = UINT64_MAX;
 };
 
 // Where a layer's weights come from when they are not the checkpoint's: a converter's draft.

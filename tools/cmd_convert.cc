@@ -17,6 +17,14 @@ CLI::Validator ThreadCount() {
   return CLI::Range(0, most).description("0 (all cores) to " + std::to_string(most));
 }
 
+void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes) {
+  sub->add_option_function<std::uint64_t>(
+         "--hidden-memory", [bytes](std::uint64_t mib) { *bytes = mib << 20; },
+         "MiB of hidden states kept in memory per model (default 4096); the rest spill to a temporary "
+         "file in $TMPDIR (or /tmp)")
+      ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 30));
+}
+
 Command AddConvertCommand(CLI::App& app) {
   struct Args {
     ConvertOptions options;
@@ -37,6 +45,7 @@ Command AddConvertCommand(CLI::App& app) {
       ->check(CLI::Range(2, 1 << 20));
   sub->add_option("--device", a->options.device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->options.threads, "CPU threads (0 = all cores)")->check(ThreadCount());
+  AddHiddenMemoryOption(sub, &a->options.hidden_memory_bytes);
   sub->add_option("--calibrate-on", a->options.calibrate_on,
                   "Activations layer-local passes are calibrated on: converted (each layer on what the converted "
                   "layers below it produce) or source")
@@ -92,6 +101,7 @@ Command AddReportCommand(CLI::App& app) {
   sub->add_option("--eval-windows", o->eval_windows, "Windows of the evaluation text")->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   sub->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(ThreadCount());
+  AddHiddenMemoryOption(sub, &o->hidden_memory_bytes);
   return {sub, [o] {
     Analyze(*o);
     std::printf("wrote %s\n", o->report_path.c_str());

@@ -31,6 +31,7 @@ struct EvalArgs {
   int max_windows = -1;
   int batch = 0;
   int threads = 0;
+  std::uint64_t hidden_memory_bytes = std::uint64_t{4096} << 20;
   std::string device = "cpu";
   bool json = false;
   bool quiet = false;
@@ -61,6 +62,7 @@ int RunEval(const EvalArgs& a) {
 
   RuntimeOptions runtime{a.device, a.threads};
   runtime.stream_layers = true;  // one layer in memory at a time (the checkpoints outlive the models)
+  runtime.hidden_state_budget_bytes = a.hidden_memory_bytes;
   EvalOptions options{a.batch, !a.quiet};
   const auto model = ReferenceModel::Load(ck, runtime);
   const std::int32_t bos = tokenizer->bos_id();
@@ -201,6 +203,7 @@ Command AddEvalCommand(CLI::App& app) {
       ->check(CLI::Range(0, 1 << 20));
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->check(ThreadCount());
+  AddHiddenMemoryOption(sub, &a->hidden_memory_bytes);
   sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~2048 tokens)")->check(CLI::Range(0, 1 << 16));
   sub->add_flag("--json", a->json, "Print JSON instead of text");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");

@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <functional>
 
 namespace kvfold {
@@ -15,6 +16,9 @@ struct Command {
 
 // --threads: 0 (all cores) up to 4 x this machine's cores; more only spawns idle threads.
 CLI::Validator ThreadCount();
+
+// --hidden-memory MIB: the hidden states a sweep keeps in memory per model, stored in `bytes`.
+void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes);
 
 Command AddInspectCommand(CLI::App& app);
 Command AddEvalCommand(CLI::App& app);

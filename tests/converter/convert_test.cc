@@ -374,3 +374,25 @@ TEST_CASE("one pipeline calibrated on converted layers equals two conversions", 
     CHECK(ReadJson(tmp.File("one/kvfold.json"))["calibration"]["activations"] == "converted");
   }
 }
+
+TEST_CASE("a conversion whose hidden states spill to a file writes the same bytes", "[convert][sweep][shared]") {
+  // The converted mode steps every calibration batch through each layer; with no memory for
+  // hidden states each batch is read from the spill file and written back per layer.
+  TempDir tmp;
+  for (const std::uint64_t budget : {std::uint64_t{4096} << 20, std::uint64_t{0}}) {
+    ConvertOptions o;
+    o.model = SharedPath("models/stories260K");
+    o.calib_text = CalibFor("stories260K");
+    o.passes = "gqa-svd<kv-heads=2>,kv-scales";
+    o.output = tmp.File(budget == 0 ? "spilled" : "resident");
+    o.calib_tokens = 6144;  // three batches of about 2048 tokens
+    o.threads = 2;
+    o.progress = false;
+    o.hidden_memory_bytes = budget;
+    Convert(o);
+  }
+  for (const std::string f : {"model.safetensors", "config.json"}) {
+    INFO(f);
+    CHECK(ReadBytes(tmp.File("spilled/" + f)) == ReadBytes(tmp.File("resident/" + f)));
+  }
+}

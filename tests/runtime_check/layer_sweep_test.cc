@@ -71,6 +71,32 @@ TEST_CASE("a streamed model evaluates and compares like the resident one", "[run
   CHECK(c.top1_agreement == 1.0);
 }
 
+TEST_CASE("hidden states spilled to a file give what resident ones give", "[runtime][sweep][shared]") {
+  const Loaded l = LoadWindows("mini-mha-bf16-sharded", 64, 6);
+  EvalOptions o;
+  o.progress = false;
+  o.batch_windows = 4;  // two batches: 4 x 64 rows, then 2 x 64
+  const std::uint64_t first_batch = 4 * 64 * l.ck.config.hidden_size * sizeof(float);
+  auto run = [&](std::uint64_t budget) {
+    RuntimeOptions r{"cpu", 2};
+    r.stream_layers = true;
+    r.hidden_state_budget_bytes = budget;
+    const auto model = ReferenceModel::Load(l.ck, r);
+    return CompareModels(*model, *model, l.windows, l.tokenizer->bos_id(), o);
+  };
+  const ComparisonResult resident = run(UINT64_MAX);
+  for (const std::uint64_t budget : {std::uint64_t{0}, first_batch}) {  // all spilled; the second batch only
+    INFO("budget " << budget);
+    const ComparisonResult spilled = run(budget);
+    // The spill file holds the float32 bytes themselves and the same operations run on them:
+    // any difference is a lost or misplaced batch, never rounding.
+    CHECK(spilled.base.mean_nll == resident.base.mean_nll);
+    CHECK(spilled.other.mean_nll == resident.other.mean_nll);
+    CHECK(spilled.base.tokens_predicted == 6 * 64);
+    CHECK(spilled.base.accuracy == resident.base.accuracy);
+  }
+}
+
 TEST_CASE("chunked metrics equal float64 log-softmax over whole logits", "[runtime][sweep][shared]") {
   const Loaded l = LoadWindows("stories260K", 32, 3);
   const auto model = Model(l.ck, true);

@@ -1,0 +1,48 @@
+// HiddenStateStore: the residual stream of every batch of a layer sweep ([rows, D] float32 each),
+// the only thing a layer-sequential run keeps across layers. Batches stay in memory up to a
+// budget; the rest live in an unlinked temporary file (in $TMPDIR, else /tmp), read before and
+// written back after each layer: a 65536-token calibration of a 70B model (hidden 8192) holds
+// 2 GiB of hidden states, which need not all be resident.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace kvfold {
+
+class HiddenStateStore {
+ public:
+  // Batches stay resident, in the order added, while they fit in `budget_bytes` (0: every batch
+  // is spilled; UINT64_MAX: none).
+  explicit HiddenStateStore(std::uint64_t budget_bytes);
+  ~HiddenStateStore();
+  HiddenStateStore(HiddenStateStore&&) noexcept;
+  HiddenStateStore& operator=(HiddenStateStore&&) noexcept;
+
+  void Add(const at::Tensor& x);  // a new batch, [rows, D] float32
+  std::size_t size() const { return batches_.size(); }
+  // Batch b on `device`: a resident batch is the stored tensor itself (changes made in place are
+  // kept); a spilled one is read from the file, and Put writes it back.
+  at::Tensor Get(std::size_t b, const at::Device& device) const;
+  void Put(std::size_t b, const at::Tensor& x);
+  std::uint64_t spilled_bytes() const { return spilled_bytes_; }
+  // A copy of every batch (resident or spilled alike) under the same budget.
+  HiddenStateStore Clone(const at::Device& device) const;
+
+ private:
+  struct Batch {
+    at::Tensor resident;      // undefined when spilled
+    std::vector<std::int64_t> shape;
+    std::uint64_t offset = 0;  // in the spill file
+  };
+  void OpenSpillFile();
+  std::uint64_t budget_bytes_;
+  std::uint64_t resident_bytes_ = 0;
+  std::uint64_t spilled_bytes_ = 0;
+  std::vector<Batch> batches_;
+  int fd_ = -1;
+};
+
+}  // namespace kvfold
