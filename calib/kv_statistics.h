@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "calib/norm_attention.h"
-#include "runtime_check/layer_observer.h"
+#include "calib/layer_observer.h"
 
 namespace kvfold {
 

@@ -10,7 +10,7 @@
 #include "formats/dtype.h"
 #include "formats/error.h"
 #include "formats/kv_mixed_table.h"
-#include "runtime_check/quantizers.h"
+#include "calib/quantizers.h"
 
 namespace kvfold {
 namespace {

@@ -96,17 +96,9 @@ std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t
     spec.defaults_used[key] = std::to_string(fallback);
     return fallback;
   }
-  std::size_t used = 0;
-  long long v = 0;
-  try {
-    v = std::stoll(it->second, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != it->second.size() || used == 0) {
-    Fail("--passes", spec.name + ": " + key + "=" + it->second + " is not an integer");
-  }
-  return v;
+  const std::optional<std::int64_t> v = ParseSpecInt(it->second);
+  if (!v) Fail("--passes", spec.name + ": " + key + "=" + it->second + " is not an integer");
+  return *v;
 }
 
 std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& key) {
@@ -132,17 +124,9 @@ double DoubleParam(const PassSpec& spec, const std::string& key, double fallback
     spec.defaults_used[key] = ShortestText(fallback);
     return fallback;
   }
-  std::size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(it->second, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != it->second.size() || used == 0 || !std::isfinite(v)) {
-    Fail("--passes", spec.name + ": " + key + "=" + it->second + " is not a number");
-  }
-  return v;
+  const std::optional<double> v = ParseSpecNumber(it->second);
+  if (!v) Fail("--passes", spec.name + ": " + key + "=" + it->second + " is not a number");
+  return *v;
 }
 
 std::string StringParam(const PassSpec& spec, const std::string& key, const std::string& fallback,

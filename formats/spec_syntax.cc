@@ -1,6 +1,8 @@
 #include "formats/spec_syntax.h"
 
 #include <cctype>
+#include <cmath>
+#include <exception>
 
 #include "formats/error.h"
 
@@ -11,6 +13,30 @@ std::string TrimSpaces(const std::string& s) {
   while (a < b && std::isspace(static_cast<unsigned char>(s[a]))) ++a;
   while (b > a && std::isspace(static_cast<unsigned char>(s[b - 1]))) --b;
   return s.substr(a, b - a);
+}
+
+std::optional<std::int64_t> ParseSpecInt(const std::string& value) {
+  std::size_t used = 0;
+  long long x = 0;
+  try {
+    x = std::stoll(value, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (used == 0 || used != value.size()) return std::nullopt;
+  return x;
+}
+
+std::optional<double> ParseSpecNumber(const std::string& value) {
+  std::size_t used = 0;
+  double x = 0;
+  try {
+    x = std::stod(value, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (used == 0 || used != value.size() || !std::isfinite(x)) return std::nullopt;
+  return x;
 }
 
 std::vector<std::string> SplitSpecList(const std::string& value) {

@@ -4,6 +4,8 @@
 // are refused. Spaces around keys and values are ignored.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,5 +22,9 @@ SpecParams ParseSpecParams(const std::string& body, const std::string& where);
 std::vector<std::string> SplitSpecList(const std::string& value);
 
 std::string TrimSpaces(const std::string& s);
+
+// A value that is all of an integer / a finite number ("2", "-3", "0.5", "1e-3"), or nothing.
+std::optional<std::int64_t> ParseSpecInt(const std::string& value);
+std::optional<double> ParseSpecNumber(const std::string& value);
 
 }  // namespace kvfold

@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "formats/error.h"
-#include "runtime_check/quantizers.h"
+#include "calib/quantizers.h"
 #include "runtime_check/spec_text.h"
 
 namespace kvfold {

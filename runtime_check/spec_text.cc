@@ -1,7 +1,7 @@
 #include "runtime_check/spec_text.h"
 
 #include <algorithm>
-#include <cmath>
+#include <optional>
 
 #include "formats/error.h"
 #include "formats/spec_syntax.h"
@@ -21,29 +21,17 @@ std::vector<std::pair<std::string, std::string>> SpecItems(const std::string& te
 }
 
 std::int64_t SpecInt(const std::string& key, const std::string& v, std::int64_t lo, std::int64_t hi) {
-  std::size_t used = 0;
-  long long x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != v.size() || x < lo || x > hi) {
+  const std::optional<std::int64_t> x = ParseSpecInt(v);
+  if (!x || *x < lo || *x > hi) {
     Fail(kWhere, key + "=" + v + " is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   }
-  return x;
+  return *x;
 }
 
 double SpecNumber(const std::string& key, const std::string& v) {
-  std::size_t used = 0;
-  double x = 0;
-  try {
-    x = std::stod(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != v.size() || !std::isfinite(x)) Fail(kWhere, key + "=" + v + " is not a number");
-  return x;
+  const std::optional<double> x = ParseSpecNumber(v);
+  if (!x) Fail(kWhere, key + "=" + v + " is not a number");
+  return *x;
 }
 
 double SpecFraction(const std::string& key, const std::string& v, bool zero_ok) {

@@ -6,7 +6,7 @@
 #include "formats/checkpoint.h"
 #include "runtime_check/kv_eviction.h"
 #include "runtime_check/kv_quant.h"
-#include "runtime_check/quantizers.h"
+#include "calib/quantizers.h"
 #include "tests/runtime_check/runtime_test_support.h"
 #include "tests/test_support.h"
 

@@ -4,7 +4,7 @@
 #include <random>
 #include <vector>
 
-#include "runtime_check/quantizers.h"
+#include "calib/quantizers.h"
 
 using namespace kvfold;
 

@@ -5,7 +5,7 @@
 
 #include "converter/gqa_fold.h"
 #include "formats/error.h"
-#include "tests/converter/random_layer.h"
+#include "tests/passes/random_layer.h"
 
 using namespace kvfold;
 

@@ -1,4 +1,4 @@
-#include "runtime_check/quantizers.h"
+#include "calib/quantizers.h"
 
 #include <algorithm>
 #include <cmath>

@@ -4,7 +4,7 @@
 #include <random>
 
 #include "converter/cross_layer_fold.h"
-#include "tests/converter/random_layer.h"
+#include "tests/passes/random_layer.h"
 
 using namespace kvfold;
 using kvfold::test::RandomLayer;
