@@ -4,7 +4,7 @@
 // does (--resident: hold them, as tests do).
 //
 //   build/bin/bench_eval_throughput [--model DIR] [--text FILE] [--threads N] [--windows N]
-//                                   [--repeats N] [--resident 1]
+//                                   [--repeats N] [--resident 1] [--prefetch 0]
 #include <malloc.h>
 
 #include <ATen/ATen.h>
@@ -103,6 +103,7 @@ int main(int argc, char** argv) {
   std::string text = shared + "/text/wikitext-2/test.raw.txt";
   int threads = 2, windows = 64, repeats = 3;
   bool resident = false;
+  bool prefetch = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
     else if (!std::strcmp(argv[i], "--text")) text = argv[i + 1];
@@ -110,6 +111,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--windows")) windows = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--resident")) resident = std::atoi(argv[i + 1]) != 0;
+    else if (!std::strcmp(argv[i], "--prefetch")) prefetch = std::atoi(argv[i + 1]) != 0;
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -125,6 +127,7 @@ int main(int argc, char** argv) {
     const auto wins = kvfold::CutWindows(tokens, 256, windows, text);
     kvfold::RuntimeOptions runtime{"cpu", threads};
     runtime.stream_layers = !resident;
+    runtime.prefetch_layers = prefetch;
     const auto ref = kvfold::ReferenceModel::Load(ck, runtime);
 
     kvfold::EvalOptions opts;
@@ -142,7 +145,8 @@ int main(int argc, char** argv) {
     const double D = ck.config.hidden_size;
     const double sgemm = SgemmGflops(2048, 2048, 2048, 5);
     std::printf("| quantity | value |\n|---|---|\n");
-    std::printf("| model | %s (%s) |\n| threads | %d |\n", model.c_str(), resident ? "resident" : "streamed", threads);
+    std::printf("| model | %s (%s) |\n| threads | %d |\n", model.c_str(),
+                resident ? "resident" : prefetch ? "streamed, next layer prefetched" : "streamed", threads);
     std::printf("| BLAS | %s |\n", kvfold::BlasDescription().c_str());
     std::printf("| tokens evaluated (best of %d) | %lld |\n", repeats,
                 static_cast<long long>(best.tokens_predicted));

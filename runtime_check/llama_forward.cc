@@ -13,6 +13,7 @@
 #include "formats/error.h"
 #include "runtime_check/attention_cpu.h"
 #include "runtime_check/data_parallel.h"
+#include "runtime_check/layer_prefetch.h"
 
 namespace kvfold {
 
@@ -391,6 +392,18 @@ struct LayerSchedule {
   int iterations = 0;
 };
 
+// Every layer a sweep takes, in the order it takes them (the loops in SweepHiddenStates).
+std::vector<std::int64_t> LayerOrder(const LayerSchedule& s, std::int64_t L) {
+  std::vector<std::int64_t> order;
+  for (std::int64_t l = 0; l < std::min(s.low, L); ++l) order.push_back(l);
+  if (s.high < s.low) return order;
+  for (int it = 0; it < s.iterations; ++it) {
+    for (std::int64_t l = s.low; l <= s.high; ++l) order.push_back(l);
+  }
+  for (std::int64_t l = s.high + 1; l < L; ++l) order.push_back(l);
+  return order;
+}
+
 LayerSchedule ScheduleOf(const ModelConfig& config, int lckv_iterations) {
   LayerSchedule s;
   s.low = config.num_hidden_layers;
@@ -427,9 +440,12 @@ HiddenStateStore ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::T
   // Slots follow the observers so that batch b's observer is only ever used by one thread.
   const std::size_t slots = o.observers.empty() ? DataParallelSlots(device.is_cpu()) : o.observers.size();
   std::int64_t layers_done = 0;
+  const LayerSchedule s = ScheduleOf(config, lckv_iterations);
+  const std::int64_t L = config.num_hidden_layers;
+  LayerPrefetch layers(*this, LayerOrder(s, L));
   auto step = [&](std::int64_t l) {
     {
-      const std::shared_ptr<const LlamaLayerWeights> w = LayerWeights(l);
+      const std::shared_ptr<const LlamaLayerWeights> w = layers.Take(l);
       RunDataParallel(
           slots, n,
           [&](std::size_t b, std::size_t) {
@@ -438,11 +454,9 @@ HiddenStateStore ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::T
             x.Put(b, xb);
           },
           [](std::size_t) {});
-    }  // a streamed layer is freed before after_layer runs (it may need the memory)
+    }  // this layer is freed before after_layer runs (it may need the memory); the next is being read
     if (o.after_layer) o.after_layer(++layers_done);
   };
-  const LayerSchedule s = ScheduleOf(config, lckv_iterations);
-  const std::int64_t L = config.num_hidden_layers;
   for (std::int64_t l = 0; l < std::min(s.low, L); ++l) step(l);
   if (s.high >= s.low) {
     const HiddenStateStore x_low = x.Clone(device);

@@ -11,7 +11,7 @@
 #include "formats/checkpoint.h"
 #include "runtime_check/hidden_state_store.h"
 #include "runtime_check/kv_cache_policy.h"
-#include "runtime_check/layer_observer.h"
+#include "calib/layer_observer.h"
 #include "runtime_check/reference_model.h"
 
 namespace kvfold {
@@ -58,6 +58,7 @@ struct ReferenceModel::Impl {
   // Streaming (RuntimeOptions::stream_layers): the checkpoint (which must outlive the model)
   // that a sweep reads each layer from when it reaches it, releasing it before the next.
   const Checkpoint* streamed = nullptr;
+  bool prefetch_layers = true;  // RuntimeOptions::prefetch_layers
   // Bytes of hidden states a sweep keeps resident (RuntimeOptions::hidden_state_budget_bytes).
   std::uint64_t hidden_state_budget_bytes = UINT64_MAX;
 

@@ -132,6 +132,7 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
   impl->lckv_iterations = options.lckv_iterations;
   impl->token_by_token = options.token_by_token;
   impl->hidden_state_budget_bytes = options.hidden_state_budget_bytes;
+  impl->prefetch_layers = options.prefetch_layers;
   const at::Device dev = impl->device;
 
   c10::InferenceMode inference;

@@ -11,7 +11,7 @@
 
 #include "formats/checkpoint.h"
 #include "runtime_check/kv_cache_policy.h"
-#include "runtime_check/layer_observer.h"
+#include "calib/layer_observer.h"
 
 namespace kvfold {
 
@@ -27,6 +27,8 @@ struct RuntimeOptions {
   // weight: memory is one layer plus the hidden states, at the price of re-reading the weights
   // on every call (sweep many batches at once). Models decoded token by token stay resident.
   bool stream_layers = false;
+  // Streaming: read the next layer on another thread while this one runs (two layers in memory).
+  bool prefetch_layers = true;
   // Hidden states a sweep keeps in memory (per model); batches beyond it go to a temporary file
   // (runtime_check/hidden_state_store.h).
   std::uint64_t hidden_state_budget_bytes = UINT64_MAX;

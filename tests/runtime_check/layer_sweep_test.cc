@@ -69,6 +69,12 @@ TEST_CASE("a streamed model evaluates and compares like the resident one", "[run
   const ComparisonResult c = CompareModels(*streamed, *resident, l.windows, l.tokenizer->bos_id(), o);
   CHECK(c.kl < 1e-6);  // the same model: KL is float32 noise
   CHECK(c.top1_agreement == 1.0);
+  // Without the next layer read ahead on another thread: the same weights, the same operations.
+  RuntimeOptions one_at_a_time{"cpu", 2};
+  one_at_a_time.stream_layers = true;
+  one_at_a_time.prefetch_layers = false;
+  const PerplexityResult d = EvaluatePerplexity(*ReferenceModel::Load(l.ck, one_at_a_time), l.windows, l.tokenizer->bos_id(), o);
+  CHECK(RelativeDifference(b.mean_nll, d.mean_nll) < 1e-6);
 }
 
 TEST_CASE("hidden states spilled to a file give what resident ones give", "[runtime][sweep][shared]") {
