@@ -23,7 +23,7 @@
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
-#include "converter/norm_analysis_pass.h"
+#include "converter/passes/norm_analysis_pass.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "runtime_check/evaluate.h"

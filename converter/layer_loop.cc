@@ -4,8 +4,8 @@
 #include <chrono>
 #include <optional>
 
-#include "converter/attention_io.h"
-#include "converter/report.h"
+#include "converter/passes/attention_io.h"
+#include "converter/report/report.h"
 #include "formats/error.h"
 #include "formats/progress.h"
 #include "formats/tensor_names.h"

@@ -25,8 +25,8 @@
 #include "calib/kv_statistics.h"
 #include "calib/windows.h"
 #include "converter/convert.h"
-#include "converter/model_draft.h"
-#include "converter/pass.h"
+#include "converter/passes/model_draft.h"
+#include "converter/passes/pass.h"
 #include "formats/checkpoint.h"
 #include "runtime_check/reference_model.h"
 

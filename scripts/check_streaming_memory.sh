@@ -5,8 +5,8 @@
 # writing, an in-output report with validation) must peak (RSS as /usr/bin/time reports it, file
 # pages included) less than a quarter of that apart. Holding every layer as float32, as kvfold
 # did before it streamed, grows by the whole difference (and the mmap'd BF16 pages by half of it
-# again). What convert still holds until the output is written: gqa-svd's replaced q, k, v and o
-# of every layer, sealed in BF16 (60 x 1.1 MiB here).
+# again). Convert writes each layer as it finishes (formats/safetensors_shards.h), so it holds no
+# replaced tensors of earlier layers either.
 # Usage: BUILD_DIR SHARED_DIR
 set -euo pipefail
 build="$(cd "$1" && pwd)"; shared="$(cd "$2" && pwd)"

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "converter/convert.h"
-#include "converter/pass.h"
+#include "converter/passes/pass.h"
 #include "formats/error.h"
 #include "runtime_check/data_parallel.h"
 #include "tools/commands.h"

@@ -5,7 +5,7 @@
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
-#include "converter/cross_layer_passes.h"
+#include "converter/passes/cross_layer_passes.h"
 #include "converter/model_summary.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"

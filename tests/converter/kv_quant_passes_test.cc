@@ -9,7 +9,7 @@
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
 #include "converter/convert.h"
-#include "converter/kv_quant_passes.h"
+#include "converter/passes/kv_quant_passes.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/kv_mixed_table.h"

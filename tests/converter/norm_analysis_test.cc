@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "converter/convert.h"
-#include "converter/norm_analysis_pass.h"
+#include "converter/passes/norm_analysis_pass.h"
 #include "formats/error.h"
 #include "formats/eviction_table.h"
 #include "formats/mapped_file.h"

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <random>
 
-#include "converter/cross_layer_fold.h"
+#include "converter/passes/cross_layer_fold.h"
 #include "tests/passes/random_layer.h"
 
 using namespace kvfold;

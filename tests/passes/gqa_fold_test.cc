@@ -3,7 +3,7 @@
 #include <cmath>
 #include <random>
 
-#include "converter/gqa_fold.h"
+#include "converter/passes/gqa_fold.h"
 #include "formats/error.h"
 #include "tests/passes/random_layer.h"
 

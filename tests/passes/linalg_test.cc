@@ -2,7 +2,7 @@
 
 #include <random>
 
-#include "converter/linalg.h"
+#include "converter/passes/linalg.h"
 
 using namespace kvfold;
 

@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-#include "converter/model_draft.h"
+#include "converter/passes/model_draft.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"

@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "converter/pass.h"
+#include "converter/passes/pass.h"
 #include "formats/error.h"
 
 using namespace kvfold;

@@ -4,7 +4,7 @@
 #include <random>
 #include <vector>
 
-#include "converter/gqa_fold.h"
+#include "converter/passes/gqa_fold.h"
 
 namespace kvfold::test {
 

@@ -5,7 +5,7 @@
 
 #include <memory>
 
-#include "converter/pass.h"
+#include "converter/passes/pass.h"
 #include "formats/eviction_table.h"
 
 namespace kvfold {

@@ -1,11 +1,11 @@
-#include "converter/kv_quant_passes.h"
+#include "converter/passes/kv_quant_passes.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include <nlohmann/json.hpp>
 
-#include "converter/attention_io.h"
+#include "converter/passes/attention_io.h"
 #include "formats/atomic_file.h"
 #include "formats/dtype.h"
 #include "formats/error.h"

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "converter/linalg.h"
+#include "converter/passes/linalg.h"
 
 namespace kvfold {
 

@@ -4,7 +4,7 @@
 
 #include <memory>
 
-#include "converter/pass.h"
+#include "converter/passes/pass.h"
 
 namespace kvfold {
 

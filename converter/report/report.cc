@@ -1,4 +1,4 @@
-#include "converter/report.h"
+#include "converter/report/report.h"
 
 #include <sys/resource.h>
 
@@ -6,8 +6,8 @@
 #include <cstdio>
 #include <sstream>
 
-#include "converter/linalg.h"
-#include "converter/svg_chart.h"
+#include "converter/passes/linalg.h"
+#include "converter/report/svg_chart.h"
 #include "formats/atomic_file.h"
 #include "formats/error.h"
 

@@ -1,7 +1,7 @@
-#include "converter/gqa_passes.h"
+#include "converter/passes/gqa_passes.h"
 
-#include "converter/attention_io.h"
-#include "converter/gqa_fold.h"
+#include "converter/passes/attention_io.h"
+#include "converter/passes/gqa_fold.h"
 #include "formats/error.h"
 #include "formats/tensor_names.h"
 

@@ -1,4 +1,4 @@
-#include "converter/norm_analysis_pass.h"
+#include "converter/passes/norm_analysis_pass.h"
 
 #include <cstdio>
 

@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "calib/kv_statistics.h"
-#include "converter/model_draft.h"
+#include "converter/passes/model_draft.h"
 
 namespace kvfold {
 
@@ -82,7 +82,7 @@ struct PassInfo {
   std::unique_ptr<Pass> (*create)(const PassSpec& spec, const ModelConfig& config);
 };
 
-// Every pass kvfold has (converter/pass_registry.cc).
+// Every pass kvfold has (converter/passes/pass_registry.cc).
 const std::vector<PassInfo>& PassRegistry();
 std::string PrintPasses();
 

@@ -1,4 +1,4 @@
-#include "converter/model_draft.h"
+#include "converter/passes/model_draft.h"
 
 #include <algorithm>
 #include <cstdint>

@@ -2,8 +2,8 @@
 // AttentionProjections (double precision, biases as an extra column).
 #pragma once
 
-#include "converter/gqa_fold.h"
-#include "converter/model_draft.h"
+#include "converter/passes/gqa_fold.h"
+#include "converter/passes/model_draft.h"
 
 namespace kvfold {
 

@@ -1,4 +1,4 @@
-#include "converter/linalg.h"
+#include "converter/passes/linalg.h"
 
 #include <complex>
 // LAPACKE's complex type is std::complex in C++ (must be defined before the header).

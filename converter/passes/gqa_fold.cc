@@ -1,8 +1,8 @@
-#include "converter/gqa_fold.h"
+#include "converter/passes/gqa_fold.h"
 
 #include <algorithm>
 
-#include "converter/linalg.h"
+#include "converter/passes/linalg.h"
 #include "formats/error.h"
 
 namespace kvfold {

@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <sstream>
 
-#include "converter/pass.h"
+#include "converter/passes/pass.h"
 #include "formats/error.h"
 #include "formats/spec_syntax.h"
 

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "calib/kv_statistics.h"
-#include "converter/gqa_fold.h"
-#include "converter/pass.h"
+#include "converter/passes/gqa_fold.h"
+#include "converter/passes/pass.h"
 
 namespace kvfold {
 

@@ -1,4 +1,4 @@
-#include "converter/svg_chart.h"
+#include "converter/report/svg_chart.h"
 
 #include <algorithm>
 #include <cmath>

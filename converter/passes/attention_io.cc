@@ -1,4 +1,4 @@
-#include "converter/attention_io.h"
+#include "converter/passes/attention_io.h"
 
 #include "formats/error.h"
 #include "formats/tensor_names.h"

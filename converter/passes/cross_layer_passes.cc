@@ -1,9 +1,9 @@
-#include "converter/cross_layer_passes.h"
+#include "converter/passes/cross_layer_passes.h"
 
 #include <cmath>
 
-#include "converter/attention_io.h"
-#include "converter/cross_layer_fold.h"
+#include "converter/passes/attention_io.h"
+#include "converter/passes/cross_layer_fold.h"
 #include "formats/error.h"
 #include "formats/tensor_names.h"
 

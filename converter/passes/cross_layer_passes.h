@@ -8,7 +8,7 @@
 #include <memory>
 #include <vector>
 
-#include "converter/pass.h"
+#include "converter/passes/pass.h"
 
 namespace kvfold {
 

@@ -1,9 +1,9 @@
-#include "converter/cross_layer_fold.h"
+#include "converter/passes/cross_layer_fold.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "converter/linalg.h"
+#include "converter/passes/linalg.h"
 #include "formats/error.h"
 
 namespace kvfold {

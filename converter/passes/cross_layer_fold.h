@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "converter/gqa_fold.h"
+#include "converter/passes/gqa_fold.h"
 
 namespace kvfold {
 

@@ -1,10 +1,10 @@
 // The registry: every pass kvfold has, with its parameters. Adding a pass = a header, a source
 // file, one entry here, one test.
-#include "converter/cross_layer_passes.h"
-#include "converter/gqa_passes.h"
-#include "converter/kv_quant_passes.h"
-#include "converter/norm_analysis_pass.h"
-#include "converter/pass.h"
+#include "converter/passes/cross_layer_passes.h"
+#include "converter/passes/gqa_passes.h"
+#include "converter/passes/kv_quant_passes.h"
+#include "converter/passes/norm_analysis_pass.h"
+#include "converter/passes/pass.h"
 
 namespace kvfold {
 
