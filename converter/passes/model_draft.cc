@@ -27,6 +27,13 @@ std::optional<int> LayerOf(const std::string& name) {
 
 }  // namespace
 
+void ModelDraft::RequireUnwritten(const std::string& name) const {
+  const std::optional<int> layer = LayerOf(name);
+  if (layer && layers_written_.count(*layer)) {
+    Fail(name, "internal error: changed after its layer was written to the output");
+  }
+}
+
 ModelDraft::ModelDraft(const Checkpoint& source) : config(source.config), source_(source) {}
 
 ModelDraft::~ModelDraft() = default;
@@ -64,6 +71,7 @@ void ModelDraft::Replace(const std::string& name, std::vector<std::int64_t> shap
   std::int64_t n = 1;
   for (auto d : shape) n *= d;
   if (n != static_cast<std::int64_t>(data.size())) Fail(name, "replacement data does not match its shape");
+  RequireUnwritten(name);
   removed_.erase(std::remove(removed_.begin(), removed_.end(), name), removed_.end());
   Replacement& r = replaced_[name] = Replacement();
   r.shape = std::move(shape);
@@ -76,6 +84,7 @@ void ModelDraft::Add(const std::string& name, std::vector<std::int64_t> shape, s
 }
 
 void ModelDraft::Remove(const std::string& name) {
+  RequireUnwritten(name);
   replaced_.erase(name);
   if (source_.tensors.Find(name) != nullptr) removed_.push_back(name);
 }

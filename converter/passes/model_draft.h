@@ -70,6 +70,7 @@ class ModelDraft {
     std::string sealed;          // SealLayer: the bytes to write
     bool written = false;        // WriteLayer: in the output, bytes freed
   };
+  void RequireUnwritten(const std::string& name) const;  // a written layer is final
   DType OutputDType(const std::string& name, const Replacement& r) const;
   std::string OutputBytes(const std::string& name, const Replacement& r) const;
   const Checkpoint& source_;

@@ -73,6 +73,7 @@ TEST_CASE("layers written as they finish give the bytes of a draft written at th
     }
     // The layer's replacement is freed once written: reading it back is a bug, said loudly.
     CHECK_THROWS_WITH(draft.ReadF32(k1), Catch::Contains("read after it was written"));
+    CHECK_THROWS_WITH(draft.Replace(k1, {1}, {0.0f}), Catch::Contains("changed after its layer was written"));
     draft.WriteTo(tmp.File("streamed"));
   }
   {
