@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime_check/reference_model.h"
+
 namespace kvfold {
 
 struct ConvertOptions {
@@ -20,7 +22,7 @@ struct ConvertOptions {
   std::string device = "cpu";
   // Hidden states each model of the run keeps in memory; the rest spill to a temporary file
   // (--hidden-memory, in MiB on the command line).
-  std::uint64_t hidden_memory_bytes = std::uint64_t{4096} << 20;
+  std::uint64_t hidden_memory_bytes = kDefaultHiddenMemoryBytes;
   bool progress = true;
   std::string report_path;  // when set: report.html there and report.json beside it
   std::string eval_text;    // when set: validation (original vs converted) in the report

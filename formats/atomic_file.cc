@@ -8,6 +8,7 @@
 
 #include "formats/error.h"
 #include "formats/fatal_signals.h"
+#include "formats/positioned_io.h"
 
 namespace kvfold {
 namespace {
@@ -41,15 +42,7 @@ void AtomicFile::Write(const void* data, std::size_t size) {
 
 void AtomicFile::Overwrite(std::uint64_t offset, const void* data, std::size_t size) {
   if (std::fflush(file_) != 0) Fail(path_, std::string("write failed: ") + std::strerror(errno));
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::pwrite(fileno(file_), p, size, static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) Fail(path_, std::string("write failed: ") + std::strerror(errno));
-    p += n;
-    size -= static_cast<std::size_t>(n);
-    offset += static_cast<std::uint64_t>(n);
-  }
+  WriteAt(fileno(file_), data, size, offset, path_);
 }
 
 void AtomicFile::Commit() {

@@ -18,12 +18,6 @@ constexpr std::size_t kWriteChunk = std::size_t{64} << 20;  // mapped pages rele
 
 std::uint64_t RoundUp8(std::uint64_t n) { return (n + 7) / 8 * 8; }
 
-std::uint64_t ExpectedBytes(const TensorToWrite& t) {
-  std::uint64_t n = DTypeSize(t.dtype);
-  for (auto d : t.shape) n *= static_cast<std::uint64_t>(d);
-  return n;
-}
-
 nlohmann::json Entry(DType dtype, const std::vector<std::int64_t>& shape, std::uint64_t begin, std::uint64_t end) {
   return {{"dtype", DTypeName(dtype)}, {"shape", shape}, {"data_offsets", {begin, end}}};
 }
@@ -90,15 +84,8 @@ void ShardedSafetensorsWriter::CloseShard() {
 
 void ShardedSafetensorsWriter::Add(const TensorToWrite& t) {
   if (finished_) Fail(dir_, "internal error: tensor '" + t.name + "' added after the shards were finished");
-  if (t.name.empty() || t.name == "__metadata__") Fail(dir_, "invalid tensor name '" + t.name + "'");
   if (shard_of_.count(t.name)) Fail(dir_, "tensor '" + t.name + "' given twice");
-  for (auto d : t.shape) {
-    if (d < 0) Fail(dir_, "tensor '" + t.name + "' has a negative dimension");
-  }
-  if (ExpectedBytes(t) != t.bytes.size()) {
-    Fail(dir_, "tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) + " bytes, its shape needs " +
-                   std::to_string(ExpectedBytes(t)));
-  }
+  CheckTensorToWrite(t, dir_);
   const std::uint64_t entry = EntryBound(t.name, t.dtype, t.shape);
   if (open_) {
     const Shard& s = *shards_.back();

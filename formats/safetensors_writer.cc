@@ -9,28 +9,28 @@
 #include "formats/mapped_file.h"
 
 namespace kvfold {
-namespace {
 
-std::uint64_t ExpectedBytes(const TensorToWrite& t) {
-  std::uint64_t n = DTypeSize(t.dtype);
-  for (auto d : t.shape) n *= static_cast<std::uint64_t>(d);
-  return n;
+void CheckTensorToWrite(const TensorToWrite& t, const std::string& where) {
+  if (t.name.empty() || t.name == "__metadata__") Fail(where, "invalid tensor name '" + t.name + "'");
+  std::uint64_t expected = DTypeSize(t.dtype);
+  for (auto d : t.shape) {
+    if (d < 0) Fail(where, "tensor '" + t.name + "' has a negative dimension");
+    expected *= static_cast<std::uint64_t>(d);
+  }
+  if (expected != t.bytes.size()) {
+    Fail(where, "tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) + " bytes, its shape needs " +
+                    std::to_string(expected));
+  }
 }
+
+namespace {
 
 void SortAndCheck(std::vector<TensorToWrite>& tensors, const std::string& path) {
   std::sort(tensors.begin(), tensors.end(),
             [](const TensorToWrite& a, const TensorToWrite& b) { return a.name < b.name; });
   for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const auto& t = tensors[i];
-    if (t.name.empty() || t.name == "__metadata__") Fail(path, "invalid tensor name '" + t.name + "'");
-    if (i > 0 && tensors[i - 1].name == t.name) Fail(path, "tensor '" + t.name + "' given twice");
-    for (auto d : t.shape) {
-      if (d < 0) Fail(path, "tensor '" + t.name + "' has a negative dimension");
-    }
-    if (ExpectedBytes(t) != t.bytes.size()) {
-      Fail(path, "tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) +
-                     " bytes, its shape needs " + std::to_string(ExpectedBytes(t)));
-    }
+    if (i > 0 && tensors[i - 1].name == tensors[i].name) Fail(path, "tensor '" + tensors[i].name + "' given twice");
+    CheckTensorToWrite(tensors[i], path);
   }
 }
 

@@ -22,6 +22,10 @@ struct TensorToWrite {
   bool mapped = false;
 };
 
+// Refuses (Error naming `where`) an empty or reserved name, a negative dimension, or bytes that
+// are not dtype size x shape product long.
+void CheckTensorToWrite(const TensorToWrite& t, const std::string& where);
+
 // Writes one safetensors file atomically. Throws Error naming `path` on a size mismatch,
 // a duplicate name, or a failed write.
 void WriteSafetensors(const std::string& path, std::vector<TensorToWrite> tensors,

@@ -1,6 +1,5 @@
 #include "runtime_check/hidden_state_store.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -9,6 +8,7 @@
 #include <string>
 
 #include "formats/error.h"
+#include "formats/positioned_io.h"
 
 namespace kvfold {
 namespace {
@@ -20,19 +20,8 @@ std::string SpillFolder() {
   return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
 }
 
-void ExactIo(bool write, int fd, char* p, std::uint64_t size, std::uint64_t offset) {
-  while (size > 0) {
-    const ssize_t n = write ? ::pwrite(fd, p, size, static_cast<off_t>(offset)) : ::pread(fd, p, size, static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      Fail(SpillFolder(), std::string("hidden-state spill file: ") + (write ? "write" : "read") + " failed: " +
-                              (n < 0 ? std::strerror(errno) : "short transfer"));
-    }
-    p += n;
-    size -= static_cast<std::uint64_t>(n);
-    offset += static_cast<std::uint64_t>(n);
-  }
-}
+// What an I/O error names: the spill file lives, unlinked, in this folder.
+std::string SpillFileName() { return SpillFolder() + ": hidden-state spill file"; }
 
 }  // namespace
 
@@ -93,7 +82,7 @@ at::Tensor HiddenStateStore::Get(std::size_t b, const at::Device& device) const 
   const Batch& batch = batches_.at(b);
   if (batch.resident.defined()) return batch.resident;
   at::Tensor x = at::empty(batch.shape, at::TensorOptions().dtype(at::kFloat));
-  ExactIo(false, fd_, static_cast<char*>(x.data_ptr()), Bytes(x), batch.offset);
+  ReadAt(fd_, x.data_ptr(), Bytes(x), batch.offset, SpillFileName());
   return device.is_cpu() ? x : x.to(device);
 }
 
@@ -105,7 +94,7 @@ void HiddenStateStore::Put(std::size_t b, const at::Tensor& x) {
   }
   if (x.sizes().vec() != batch.shape) Fail("hidden states", "internal error: a batch changed shape");
   const at::Tensor host = x.to(at::kCPU, at::kFloat).contiguous();
-  ExactIo(true, fd_, static_cast<char*>(host.data_ptr()), Bytes(host), batch.offset);
+  WriteAt(fd_, host.data_ptr(), Bytes(host), batch.offset, SpillFileName());
 }
 
 HiddenStateStore HiddenStateStore::Clone(const at::Device& device) const {

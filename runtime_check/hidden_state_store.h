@@ -22,12 +22,10 @@ class HiddenStateStore {
   HiddenStateStore& operator=(HiddenStateStore&&) noexcept;
 
   void Add(const at::Tensor& x);  // a new batch, [rows, D] float32
-  std::size_t size() const { return batches_.size(); }
   // Batch b on `device`: a resident batch is the stored tensor itself (changes made in place are
   // kept); a spilled one is read from the file, and Put writes it back.
   at::Tensor Get(std::size_t b, const at::Device& device) const;
   void Put(std::size_t b, const at::Tensor& x);
-  std::uint64_t spilled_bytes() const { return spilled_bytes_; }
   // A copy of every batch (resident or spilled alike) under the same budget.
   HiddenStateStore Clone(const at::Device& device) const;
 
@@ -40,7 +38,7 @@ class HiddenStateStore {
   void OpenSpillFile();
   std::uint64_t budget_bytes_;
   std::uint64_t resident_bytes_ = 0;
-  std::uint64_t spilled_bytes_ = 0;
+  std::uint64_t spilled_bytes_ = 0;  // the spill file's length: where the next batch goes
   std::vector<Batch> batches_;
   int fd_ = -1;
 };

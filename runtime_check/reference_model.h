@@ -15,6 +15,10 @@
 
 namespace kvfold {
 
+// kvfold's default for the hidden states a sweep keeps in memory (--hidden-memory): 65536
+// calibration tokens of a width-8192 model (2 GiB) stay resident.
+inline constexpr std::uint64_t kDefaultHiddenMemoryBytes = std::uint64_t{4096} << 20;
+
 struct RuntimeOptions {
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
   int threads = 0;             // CPU threads for LibTorch; 0 = leave LibTorch's default

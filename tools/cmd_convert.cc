@@ -20,8 +20,8 @@ CLI::Validator ThreadCount() {
 void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes) {
   sub->add_option_function<std::uint64_t>(
          "--hidden-memory", [bytes](std::uint64_t mib) { *bytes = mib << 20; },
-         "MiB of hidden states kept in memory per model (default 4096); the rest spill to a temporary "
-         "file in $TMPDIR (or /tmp)")
+         "MiB of hidden states kept in memory per model (default " + std::to_string(kDefaultHiddenMemoryBytes >> 20) +
+             "); the rest spill to a temporary file in $TMPDIR (or /tmp)")
       ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 30));
 }
 

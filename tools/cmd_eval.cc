@@ -31,7 +31,7 @@ struct EvalArgs {
   int max_windows = -1;
   int batch = 0;
   int threads = 0;
-  std::uint64_t hidden_memory_bytes = std::uint64_t{4096} << 20;
+  std::uint64_t hidden_memory_bytes = kDefaultHiddenMemoryBytes;
   std::string device = "cpu";
   bool json = false;
   bool quiet = false;

@@ -379,7 +379,7 @@ TEST_CASE("a conversion whose hidden states spill to a file writes the same byte
   // The converted mode steps every calibration batch through each layer; with no memory for
   // hidden states each batch is read from the spill file and written back per layer.
   TempDir tmp;
-  for (const std::uint64_t budget : {std::uint64_t{4096} << 20, std::uint64_t{0}}) {
+  for (const std::uint64_t budget : {kDefaultHiddenMemoryBytes, std::uint64_t{0}}) {
     ConvertOptions o;
     o.model = SharedPath("models/stories260K");
     o.calib_text = CalibFor("stories260K");
