@@ -1,138 +1,14 @@
 #include "calib/tokenizer.h"
 
-#include <dlfcn.h>
-#include <unistd.h>
-
-#include <climits>
-#include <cstdlib>
-#include <mutex>
-#include <vector>
-
-#include "calib/spm_shim/spm_shim.h"
-#include "formats/error.h"
+#include "calib/hf_tokenizer.h"
+#include "calib/sentencepiece_tokenizer.h"
 
 namespace kvfold {
-namespace {
 
-// The shim's entry points, resolved once per process.
-struct ShimApi {
-  void* lib = nullptr;
-  decltype(&kvfold_spm_abi) abi = nullptr;
-  decltype(&kvfold_spm_open) open = nullptr;
-  decltype(&kvfold_spm_close) close = nullptr;
-  decltype(&kvfold_spm_vocab_size) vocab_size = nullptr;
-  decltype(&kvfold_spm_bos_id) bos_id = nullptr;
-  decltype(&kvfold_spm_eos_id) eos_id = nullptr;
-  decltype(&kvfold_spm_encode) encode = nullptr;
-  decltype(&kvfold_spm_decode) decode = nullptr;
-  decltype(&kvfold_spm_free) free = nullptr;
-};
-
-constexpr const char* kShimFile = "libkvfold_spm_shim.so";
-
-std::string ExecutableDir() {
-  char buf[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return ".";
-  std::string path(buf, static_cast<std::size_t>(n));
-  return path.substr(0, path.find_last_of('/'));
+std::unique_ptr<Tokenizer> Tokenizer::Load(const std::string& path) {
+  const std::string name = path.substr(path.find_last_of('/') + 1);
+  if (name.size() >= 5 && name.compare(name.size() - 5, 5, ".json") == 0) return HfTokenizer::Load(path);
+  return SentencePieceTokenizer::Load(path);
 }
-
-template <typename Fn>
-void Resolve(void* lib, const char* name, Fn* fn, const std::string& where) {
-  *fn = reinterpret_cast<Fn>(::dlsym(lib, name));
-  if (*fn == nullptr) Fail(where, std::string("missing symbol ") + name);
-}
-
-const ShimApi& Shim() {
-  static ShimApi api;
-  static std::once_flag once;
-  static std::string load_error;
-  std::call_once(once, [] {
-    std::vector<std::string> candidates;
-    if (const char* env = std::getenv("KVFOLD_SPM_SHIM")) candidates.push_back(env);
-    candidates.push_back(ExecutableDir() + "/" + kShimFile);
-#ifdef KVFOLD_SPM_SHIM_BUILD_PATH
-    candidates.push_back(KVFOLD_SPM_SHIM_BUILD_PATH);
-#endif
-    std::string tried;
-    for (const auto& path : candidates) {
-      // DEEPBIND: the shim's sentencepiece must bind to its own protobuf, not libtorch's.
-      api.lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
-      if (api.lib != nullptr) {
-        try {
-          Resolve(api.lib, "kvfold_spm_abi", &api.abi, path);
-          Resolve(api.lib, "kvfold_spm_open", &api.open, path);
-          Resolve(api.lib, "kvfold_spm_close", &api.close, path);
-          Resolve(api.lib, "kvfold_spm_vocab_size", &api.vocab_size, path);
-          Resolve(api.lib, "kvfold_spm_bos_id", &api.bos_id, path);
-          Resolve(api.lib, "kvfold_spm_eos_id", &api.eos_id, path);
-          Resolve(api.lib, "kvfold_spm_encode", &api.encode, path);
-          Resolve(api.lib, "kvfold_spm_decode", &api.decode, path);
-          Resolve(api.lib, "kvfold_spm_free", &api.free, path);
-          if (api.abi() != KVFOLD_SPM_SHIM_ABI) Fail(path, "shim ABI mismatch (rebuild kvfold)");
-          return;
-        } catch (const Error& e) {
-          load_error = e.what();
-          api = ShimApi{};
-          return;
-        }
-      }
-      tried += (tried.empty() ? "" : "; ") + std::string(::dlerror());
-    }
-    load_error = std::string("cannot load the sentencepiece shim ") + kShimFile + " (" + tried +
-                 "); set KVFOLD_SPM_SHIM to its path";
-  });
-  if (api.lib == nullptr) throw Error(load_error);
-  return api;
-}
-
-}  // namespace
-
-std::unique_ptr<Tokenizer> Tokenizer::Load(const std::string& model_path) {
-  const ShimApi& api = Shim();
-  char err[512] = {0};
-  void* handle = api.open(model_path.c_str(), err, sizeof err);
-  if (handle == nullptr) Fail(model_path, std::string("cannot load sentencepiece model: ") + err);
-  std::unique_ptr<Tokenizer> tok(new Tokenizer());
-  tok->path_ = model_path;
-  tok->handle_ = handle;
-  return tok;
-}
-
-Tokenizer::~Tokenizer() {
-  if (handle_ != nullptr) Shim().close(handle_);
-}
-
-std::vector<std::int32_t> Tokenizer::Encode(std::string_view text) const {
-  const ShimApi& api = Shim();
-  int* ids = nullptr;
-  std::size_t n = 0;
-  char err[512] = {0};
-  if (api.encode(handle_, text.data(), text.size(), &ids, &n, err, sizeof err) != 0) {
-    Fail(path_, std::string("encoding failed: ") + err);
-  }
-  std::vector<std::int32_t> out(ids, ids + n);
-  api.free(ids);
-  return out;
-}
-
-std::string Tokenizer::Decode(const std::vector<std::int32_t>& ids) const {
-  const ShimApi& api = Shim();
-  char* text = nullptr;
-  char err[512] = {0};
-  static_assert(sizeof(int) == sizeof(std::int32_t), "int must be 32-bit");
-  if (api.decode(handle_, reinterpret_cast<const int*>(ids.data()), ids.size(), &text, err,
-                 sizeof err) != 0) {
-    Fail(path_, std::string("decoding failed: ") + err);
-  }
-  std::string out(text);
-  api.free(text);
-  return out;
-}
-
-int Tokenizer::vocab_size() const { return Shim().vocab_size(handle_); }
-int Tokenizer::bos_id() const { return Shim().bos_id(handle_); }
-int Tokenizer::eos_id() const { return Shim().eos_id(handle_); }
 
 }  // namespace kvfold

@@ -1,5 +1,7 @@
-// Tokenizer: sentencepiece tokenization from a checkpoint's tokenizer.model, through the
-// dlopen'd shim (calib/spm_shim). Encoding adds no BOS/EOS, as the perplexity protocol wants.
+// Tokenizer: what calibration and evaluation encode text with. Two formats behind one interface:
+// HF tokenizers' tokenizer.json (calib/hf_tokenizer.h, native C++) and a sentencepiece
+// tokenizer.model (calib/sentencepiece_tokenizer.h, through the dlopen'd shim). Encoding adds no
+// BOS/EOS, as the perplexity protocol wants; bos_id() says what the model input starts with.
 #pragma once
 
 #include <cstdint>
@@ -12,21 +14,28 @@ namespace kvfold {
 
 class Tokenizer {
  public:
-  // Loads `model_path` (a sentencepiece model); throws Error naming the file on failure.
-  static std::unique_ptr<Tokenizer> Load(const std::string& model_path);
-  ~Tokenizer();
+  // Loads `path` by its name: "tokenizer.json" (with tokenizer_config.json beside it, when
+  // present) or a sentencepiece model. Throws Error naming the file on failure.
+  static std::unique_ptr<Tokenizer> Load(const std::string& path);
+  virtual ~Tokenizer() = default;
 
-  std::vector<std::int32_t> Encode(std::string_view text) const;
-  std::string Decode(const std::vector<std::int32_t>& ids) const;
-  int vocab_size() const;
-  int bos_id() const;
-  int eos_id() const;
+  // The ids of `text`, with added tokens written in it matched as tokens and no BOS/EOS added.
+  virtual std::vector<std::int32_t> Encode(std::string_view text) const = 0;
+  virtual std::string Decode(const std::vector<std::int32_t>& ids) const = 0;
+  virtual int vocab_size() const = 0;
+  // The token a model input starts with, or kNoToken when the tokenizer adds none (Qwen): then
+  // the perplexity protocol feeds windows without one (calib/windows.h).
+  virtual int bos_id() const = 0;
+  virtual int eos_id() const = 0;  // kNoToken when none is declared
   const std::string& path() const { return path_; }
 
+  static constexpr int kNoToken = -1;
+
+ protected:
+  explicit Tokenizer(std::string path) : path_(std::move(path)) {}
+
  private:
-  Tokenizer() = default;
   std::string path_;
-  void* handle_ = nullptr;
 };
 
 }  // namespace kvfold

@@ -26,8 +26,17 @@ std::vector<TokenWindow> CutWindows(const std::vector<std::int32_t>& tokens, int
 
 void AppendModelInput(const TokenWindow& window, std::int32_t bos, std::vector<std::int32_t>& out) {
   if (window.empty()) return;
+  if (bos < 0) {
+    out.insert(out.end(), window.begin(), window.end());
+    return;
+  }
   out.push_back(bos);
   out.insert(out.end(), window.begin(), window.end() - 1);
+}
+
+ScoredPositions ScoredPositionsOf(std::int32_t bos, std::int64_t from, std::int64_t window) {
+  if (bos >= 0) return {from, window};
+  return {std::max<std::int64_t>(from, 1) - 1, window - 1};
 }
 
 std::vector<TokenWindow> CopyTaskWindows(int count, int window, int vocab, std::uint64_t seed) {

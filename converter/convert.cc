@@ -108,7 +108,7 @@ struct CalibrationInput {
 };
 
 CalibrationInput LoadCalibration(const Checkpoint& ck, const ConvertOptions& o) {
-  if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.model in the model folder");
+  if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.json or tokenizer.model in the model folder");
   CalibrationInput in;
   const std::string text = LoadText(o.calib_text);
   in.sha256 = Sha256Hex(text);

@@ -16,17 +16,25 @@ std::string ShapeString(const std::vector<std::int64_t>& shape) {
 
 }  // namespace
 
+std::string FindTokenizerFile(const std::string& dir) {
+  for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
+    const std::string path = dir + "/" + name;
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0) {
+      RequireRegularFile(path);
+      return path;
+    }
+  }
+  return "";
+}
+
 Checkpoint OpenCheckpoint(const std::string& dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     Fail(dir, "not a model folder (expected config.json and *.safetensors)");
   }
   Checkpoint ck{dir, LoadModelConfig(dir), TensorStore::OpenModelDir(dir), ""};
-  const std::string tok = dir + "/tokenizer.model";
-  if (::stat(tok.c_str(), &st) == 0) {
-    RequireRegularFile(tok);
-    ck.tokenizer_path = tok;
-  }
+  ck.tokenizer_path = FindTokenizerFile(dir);
   // Bound what the config asks for by what the weights hold before listing the tensors it
   // implies (a billion layers would take gigabytes of names): every layer has tensors of its
   // own. Small mismatches get the detailed list of missing tensors below.

@@ -1,4 +1,4 @@
-// Checkpoint: an opened HuggingFace model folder (config.json, safetensors, tokenizer.model),
+// Checkpoint: an opened HuggingFace model folder (config.json, safetensors, a tokenizer file),
 // with every tensor the config implies checked for presence, shape and dtype up front.
 #pragma once
 
@@ -15,7 +15,7 @@ struct Checkpoint {
   std::string dir;
   ModelConfig config;
   TensorStore tensors;
-  std::string tokenizer_path;  // empty when the folder has no tokenizer.model
+  std::string tokenizer_path;  // FindTokenizerFile(dir): empty when the folder has none
 
   // The tensor for `id`; call only for ids in RequiredTensors(config) (validated on open).
   const TensorRef& Tensor(const TensorId& id) const { return tensors.Get(HfTensorName(id)); }
@@ -23,6 +23,11 @@ struct Checkpoint {
   std::int64_t StoredElementBytes() const;
   std::int64_t ParameterCount() const;
 };
+
+// The tokenizer a model folder is read with: tokenizer.json (HF tokenizers) when present, else a
+// sentencepiece tokenizer.model; empty when it has neither. Throws Error when one is not a
+// regular file.
+std::string FindTokenizerFile(const std::string& dir);
 
 // Opens and validates `dir`. Reports every missing or mis-shaped tensor in one error line.
 Checkpoint OpenCheckpoint(const std::string& dir);

@@ -17,7 +17,7 @@ namespace {
 
 struct Batch {
   at::Tensor inputs;   // [b, W] int64: bos + window minus its last token
-  at::Tensor targets;  // [b, W] int64: the window
+  at::Tensor targets;  // [b, W] int64: what each position predicts (PredictedToken)
 };
 
 Batch MakeBatch(const std::vector<TokenWindow>& windows, std::size_t first, std::size_t count,
@@ -38,7 +38,8 @@ Batch MakeBatch(const std::vector<TokenWindow>& windows, std::size_t first, std:
                          std::to_string(vocab) + " (tokenizer and model do not match?)");
       }
       pi[b * W + i] = inputs[b * W + i];
-      pt[b * W + i] = w[i];
+      // Without BOS the last position predicts nothing in the window; it is never scored.
+      pt[b * W + i] = w[std::min(PredictedToken(bos, i), W - 1)];
     }
   }
   return {in.to(device), targets.to(device)};
@@ -145,9 +146,9 @@ struct ScoredRows {
 };
 
 ScoredRows Scored(const ReferenceModel::Impl& model, const at::Tensor& swept, std::int64_t windows,
-                  std::int64_t W, std::int64_t from) {
+                  std::int64_t W, const ScoredPositions& scored) {
   const std::int64_t width = swept.size(-1);
-  return {swept.reshape({windows, W, width}).narrow(1, from, W - from).reshape({-1, width}),
+  return {swept.reshape({windows, W, width}).narrow(1, scored.begin, scored.count()).reshape({-1, width}),
           model.DecodesTokenByToken()};
 }
 
@@ -174,7 +175,8 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   CheckWindows(windows, options);
   c10::InferenceMode inference;
   const auto& impl = model.impl();
-  const std::int64_t from = options.scored_from, W = static_cast<std::int64_t>(windows.front().size());
+  const std::int64_t W = static_cast<std::int64_t>(windows.front().size());
+  const ScoredPositions scored = ScoredPositionsOf(bos, options.scored_from, W);
   const std::int64_t L = impl.config.num_hidden_layers;
   const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
   Progress progress("eval", L + 1, "layers", options.progress);
@@ -186,8 +188,8 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   RunDataParallel(
       model, groups.size(),
       [&](std::size_t g, std::size_t) {
-        const ScoredRows rows = Scored(impl, hidden.Get(g, impl.device), groups[g].inputs.size(0), W, from);
-        const at::Tensor targets = groups[g].targets.narrow(1, from, W - from).reshape({-1});
+        const ScoredRows rows = Scored(impl, hidden.Get(g, impl.device), groups[g].inputs.size(0), W, scored);
+        const at::Tensor targets = groups[g].targets.narrow(1, scored.begin, scored.count()).reshape({-1});
         const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, impl.config.vocab_size);
         for (std::int64_t begin = 0; begin < R; begin += chunk) {
           const std::int64_t count = std::min(chunk, R - begin);
@@ -217,7 +219,8 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
   }
   if (a.device != b.device) Fail("--compare", "models are on different devices");
   c10::InferenceMode inference;
-  const std::int64_t from = options.scored_from, W = static_cast<std::int64_t>(windows.front().size());
+  const std::int64_t W = static_cast<std::int64_t>(windows.front().size());
+  const ScoredPositions scored = ScoredPositionsOf(bos, options.scored_from, W);
   const std::int64_t La = a.config.num_hidden_layers, Lb = b.config.num_hidden_layers;
   const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
   Progress progress("compare", La + Lb + 1, "layers", options.progress);
@@ -233,9 +236,9 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
       base, groups.size(),
       [&](std::size_t g, std::size_t) {
         const std::int64_t windows_in_group = groups[g].inputs.size(0);
-        const ScoredRows rows_a = Scored(a, hidden_a.Get(g, a.device), windows_in_group, W, from);
-        const ScoredRows rows_b = Scored(b, hidden_b.Get(g, b.device), windows_in_group, W, from);
-        const at::Tensor targets = groups[g].targets.narrow(1, from, W - from).reshape({-1});
+        const ScoredRows rows_a = Scored(a, hidden_a.Get(g, a.device), windows_in_group, W, scored);
+        const ScoredRows rows_b = Scored(b, hidden_b.Get(g, b.device), windows_in_group, W, scored);
+        const at::Tensor targets = groups[g].targets.narrow(1, scored.begin, scored.count()).reshape({-1});
         const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, a.config.vocab_size);
         GroupSums& s = sums[g];
         for (std::int64_t begin = 0; begin < R; begin += chunk) {

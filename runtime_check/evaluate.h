@@ -42,7 +42,8 @@ struct ComparisonResult {
   double delta_nll = 0;     // other.mean_nll - base.mean_nll
 };
 
-// Each window w is fed as [bos] + w[0..W-2] and scored on w[scored_from..W-1].
+// Each window w is fed as [bos] + w[0..W-2] and scored on w[scored_from..W-1]; with no BOS
+// (bos < 0) it is fed as w and scored on w[max(scored_from, 1)..W-1] (calib/windows.h).
 PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
                                     const std::vector<TokenWindow>& windows, std::int32_t bos,
                                     const EvalOptions& options);

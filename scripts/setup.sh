@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build clang libclang-rt-14-dev
   libtorch-dev libeigen3-dev libopenblas-dev liblapacke-dev
-  catch2 nlohmann-json3-dev libcli11-dev libsentencepiece-dev time
+  catch2 nlohmann-json3-dev libcli11-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev time
   chromium python3
 )
 
@@ -28,5 +28,14 @@ if [ "$current" != "$(readlink -f "$openblas")" ]; then
   echo "setup: selecting OpenBLAS for libblas.so.3 (was ${current:-unset})" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo update-alternatives --set "libblas.so.3-${arch_triplet}" "$openblas" >/dev/null
+fi
+# Test-only: the real tokenizer.json files and the JavaScript tokenizers kvfold's ids are checked
+# against (tests/js/package-lock.json pins them). Reinstalled only when the lock file changes.
+js_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/js"
+if [ "${KVFOLD_SKIP_NPM:-0}" != 1 ] && ! cmp -s "$js_dir/package-lock.json" "$js_dir/node_modules/.package-lock.json.installed"; then
+  command -v npm >/dev/null || { echo "setup: npm not found (Node.js is needed for the tokenizer tests)" >&2; exit 1; }
+  echo "setup: installing the tokenizer test references (npm ci in tests/js)" >&2
+  (cd "$js_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$js_dir/package-lock.json" "$js_dir/node_modules/.package-lock.json.installed"
 fi
 echo "setup: dependencies ready" >&2

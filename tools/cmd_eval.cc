@@ -48,7 +48,7 @@ void AddPerplexityFields(const PerplexityResult& r, nlohmann::ordered_json& j) {
 
 int RunEval(const EvalArgs& a) {
   const Checkpoint ck = OpenCheckpoint(a.model);
-  if (ck.tokenizer_path.empty()) Fail(a.model, "no tokenizer.model in the model folder");
+  if (ck.tokenizer_path.empty()) Fail(a.model, "no tokenizer.json or tokenizer.model in the model folder");
   if (a.max_windows == 0) Fail("--max-windows", "must be positive");
   if (a.lckv_iterations < 0) Fail("--lckv-iterations", "must be positive");
   const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);

@@ -24,5 +24,6 @@ Command AddInspectCommand(CLI::App& app);
 Command AddEvalCommand(CLI::App& app);
 Command AddConvertCommand(CLI::App& app);
 Command AddReportCommand(CLI::App& app);
+Command AddTokenizeCommand(CLI::App& app);
 
 }  // namespace kvfold

@@ -53,3 +53,28 @@ TEST_CASE("kvfold-ppl-v1 reproduces every reference perplexity", "[runtime][ppl]
     CHECK(p.mean_nll == Approx(r.mean_nll).epsilon(1e-5)); // what float32 actually achieves
   }
 }
+
+TEST_CASE("without a BOS the window is fed as is and its first token is not scored", "[runtime][ppl][shared]") {
+  // Property: window v = [t] + u fed without BOS predicts exactly what window u predicts with t as
+  // its BOS (same contexts; the extra last input affects nothing before it under causal attention).
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/micro-mha"));
+  const auto tok = Tokenizer::Load(ck.tokenizer_path);
+  const auto tokens = tok->Encode(LoadText(SharedPath("text/wikitext-2/test.raw.txt")));
+  const auto u = CutWindows(tokens, 63, 8, "test.raw.txt");
+  const std::int32_t t = tok->bos_id();
+  std::vector<TokenWindow> v;
+  for (const auto& w : u) {
+    v.push_back({t});
+    v.back().insert(v.back().end(), w.begin(), w.end());
+  }
+  const auto rt = ReferenceModel::Load(ck, {"cpu", 2});
+  EvalOptions options;
+  options.progress = false;
+  const PerplexityResult with_bos = EvaluatePerplexity(*rt, u, t, options);
+  const PerplexityResult without = EvaluatePerplexity(*rt, v, Tokenizer::kNoToken, options);
+  CHECK(without.tokens_predicted == 8 * 63);  // 64-token windows, the first token of each unscored
+  CHECK(without.tokens_predicted == with_bos.tokens_predicted);
+  // Different sequence lengths block the GEMMs differently: float32 rounding only.
+  CHECK(without.mean_nll == Approx(with_bos.mean_nll).epsilon(1e-5));
+  CHECK(without.accuracy == Approx(with_bos.accuracy).margin(1.0 / 504));  // at most one argmax tie flips
+}

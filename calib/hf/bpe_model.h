@@ -1,0 +1,51 @@
+// tokenizer.json "model" of type BPE: vocabulary, ranked merges (written as "a b" strings or
+// ["a", "b"] pairs), ignore_merges, byte_fallback to <0xNN> pieces, unk_token and fuse_unk.
+// Merging follows the reference implementations: the lowest-ranked adjacent pair first, the
+// leftmost on a tie, with a heap so a whole unsplit text (sentencepiece-style files have no
+// pre-tokenizer) stays O(n log n).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace kvfold::hf {
+
+class BpeModel {
+ public:
+  BpeModel(const nlohmann::json& model, const std::string& where);
+
+  // Appends the ids of one pre-tokenized word.
+  void Encode(const std::string& word, std::vector<std::int32_t>& out) const;
+
+  // Registers an added token: its id is found by content like a vocabulary entry's.
+  void AddToken(const std::string& content, std::int32_t id);
+  std::int32_t Find(std::string_view token) const;  // -1 when absent
+  const std::string& Token(std::int32_t id) const;   // empty when no token has the id
+  int vocab_size() const { return static_cast<int>(tokens_.size()); }
+
+ private:
+  void Merge(std::vector<std::int32_t>& ids, std::vector<std::size_t>& starts) const;
+  void Emit(std::string_view symbol, std::int32_t id, std::vector<std::int32_t>& out, bool& last_was_unk) const;
+
+  std::string where_;
+  std::unordered_map<std::string, std::int32_t> ids_;
+  std::vector<std::string> tokens_;
+  struct MergeRule {
+    std::int32_t rank;
+    std::int32_t merged;
+  };
+  std::unordered_map<std::uint64_t, MergeRule> merges_;  // key: left id << 32 | right id
+  std::int32_t unk_id_ = -1;
+  bool ignore_merges_ = false;
+  bool byte_fallback_ = false;
+  bool fuse_unk_ = false;
+  // Words repeat: remember the recent ones (bounded; cleared when full).
+  mutable std::unordered_map<std::string, std::vector<std::int32_t>> cache_;
+};
+
+}  // namespace kvfold::hf

@@ -1,0 +1,29 @@
+// tokenizer.json "pre_tokenizer": Split (regex or string, Isolated or Removed, invert),
+// ByteLevel (GPT-2's byte-to-character alphabet, optional prefix space and regex), Metaspace
+// (split: false) and Sequence of these. Any other type or setting is refused by name.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace kvfold::hf {
+
+class PreTokenizer {
+ public:
+  virtual ~PreTokenizer() = default;
+  // Splits `text`, the `section_index`-th stretch between added tokens (Metaspace's "first"
+  // scheme prepends only to section 0), into the words the model encodes one by one.
+  virtual std::vector<std::string> Apply(std::string_view text, int section_index) const = 0;
+};
+
+std::unique_ptr<PreTokenizer> MakePreTokenizer(const nlohmann::json& config, const std::string& where);
+
+// GPT-2's printable stand-in for each byte (ByteLevel), as UTF-8.
+const std::array<std::string, 256>& ByteLevelAlphabet();
+
+}  // namespace kvfold::hf

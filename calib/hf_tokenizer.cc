@@ -1,0 +1,167 @@
+#include "calib/hf_tokenizer.h"
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "calib/hf/added_tokens.h"
+#include "calib/hf/bpe_model.h"
+#include "calib/hf/decoders.h"
+#include "calib/hf/normalizers.h"
+#include "calib/hf/pre_tokenizers.h"
+#include "calib/hf/tokenizer_json.h"
+#include "formats/error.h"
+#include "formats/mapped_file.h"
+
+namespace kvfold {
+namespace {
+
+nlohmann::json ReadJson(const std::string& path) {
+  try {
+    return nlohmann::json::parse(ReadFileToString(path));
+  } catch (const nlohmann::json::exception& e) {
+    Fail(path, std::string("not valid JSON: ") + e.what());
+  }
+}
+
+std::vector<hf::AddedToken> ReadAddedTokens(const nlohmann::json& root, const std::string& where) {
+  std::vector<hf::AddedToken> tokens;
+  if (!root.contains("added_tokens") || root["added_tokens"].is_null()) return tokens;
+  for (const auto& t : hf::RequireArray(root, "added_tokens", where)) {
+    hf::AddedToken a;
+    a.content = hf::RequireString(t, "content", where + " added_tokens");
+    if (!t.contains("id") || !t["id"].is_number_integer() || t["id"].get<std::int64_t>() < 0) {
+      Fail(where, "added token " + a.content + " has no valid id");
+    }
+    a.id = t["id"].get<std::int32_t>();
+    if (hf::OptionalBool(t, "single_word", false, where)) hf::Unsupported(where, "added token " + a.content, "with single_word: true");
+    a.lstrip = hf::OptionalBool(t, "lstrip", false, where);
+    a.rstrip = hf::OptionalBool(t, "rstrip", false, where);
+    a.normalized = hf::OptionalBool(t, "normalized", false, where);
+    a.special = hf::OptionalBool(t, "special", false, where);
+    tokens.push_back(a);
+  }
+  return tokens;
+}
+
+// A token named in tokenizer_config.json: a string or an AddedToken object {"content": ...}.
+std::string ConfigToken(const nlohmann::json& config, const char* key) {
+  if (!config.contains(key)) return "";
+  const auto& v = config[key];
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  return "";
+}
+
+// The special token a TemplateProcessing "single" template puts before the text, if any.
+std::string TemplateBos(const nlohmann::json& processor, const std::string& where) {
+  if (processor.is_null()) return "";
+  const std::string type = hf::ComponentType(processor, where, "post_processor");
+  if (type == "Sequence") {
+    for (const auto& p : hf::RequireArray(processor, "processors", where)) {
+      const std::string bos = TemplateBos(p, where);
+      if (!bos.empty()) return bos;
+    }
+    return "";
+  }
+  if (type == "ByteLevel") return "";
+  if (type != "TemplateProcessing") hf::Unsupported(where, "post_processor", type);
+  for (const auto& piece : hf::RequireArray(processor, "single", where)) {
+    if (piece.contains("Sequence")) return "";
+    if (piece.contains("SpecialToken")) return hf::RequireString(piece["SpecialToken"], "id", where + " post_processor");
+  }
+  return "";
+}
+
+}  // namespace
+
+HfTokenizer::HfTokenizer(std::string path) : Tokenizer(std::move(path)) {}
+HfTokenizer::~HfTokenizer() = default;
+
+std::unique_ptr<Tokenizer> HfTokenizer::Load(const std::string& json_path) {
+  const nlohmann::json root = ReadJson(json_path);
+  if (!root.is_object()) Fail(json_path, "not a tokenizer.json (expected a JSON object)");
+  const std::string dir = json_path.substr(0, json_path.find_last_of('/') + 1);
+  const std::string config_path = dir + "tokenizer_config.json";
+  const nlohmann::json config = ::access(config_path.c_str(), F_OK) == 0 ? ReadJson(config_path) : nlohmann::json::object();
+
+  std::unique_ptr<HfTokenizer> tok(new HfTokenizer(json_path));
+  if (!root.contains("model")) Fail(json_path, "no \"model\"");
+  tok->model_ = std::make_unique<hf::BpeModel>(root["model"], json_path);
+  tok->normalizer_ = hf::MakeNormalizer(root.value("normalizer", nlohmann::json()), json_path);
+  tok->pre_tokenizer_ = hf::MakePreTokenizer(root.value("pre_tokenizer", nlohmann::json()), json_path);
+  try {
+    tok->decoder_ = hf::MakeDecoder(root.value("decoder", nlohmann::json()), json_path);
+  } catch (const Error& e) {
+    tok->decoder_error_ = e.what();
+  }
+  std::vector<hf::AddedToken> raw, normalized;
+  for (hf::AddedToken& t : ReadAddedTokens(root, json_path)) {
+    tok->model_->AddToken(t.content, t.id);
+    if (t.normalized && tok->normalizer_) {
+      t.content = tok->normalizer_->Apply(t.content);
+      normalized.push_back(t);
+    } else {
+      raw.push_back(t);
+    }
+  }
+  tok->unnormalized_ = std::make_unique<hf::AddedTokenSplitter>(std::move(raw));
+  tok->normalized_ = std::make_unique<hf::AddedTokenSplitter>(std::move(normalized));
+
+  // BOS: the template's leading special token; without a template, the config's bos_token when
+  // it asks for one (add_bos_token). EOS: the config's eos_token.
+  std::string bos = TemplateBos(root.value("post_processor", nlohmann::json()), json_path);
+  if (bos.empty() && config.value("add_bos_token", false)) bos = ConfigToken(config, "bos_token");
+  const std::string eos = ConfigToken(config, "eos_token");
+  for (const auto& [name, id] : {std::pair{bos, &tok->bos_id_}, std::pair{eos, &tok->eos_id_}}) {
+    if (name.empty()) continue;
+    *id = tok->model_->Find(name);
+    if (*id < 0) Fail(json_path, "special token " + name + " is not in the vocabulary");
+  }
+  return tok;
+}
+
+void HfTokenizer::EncodeStretch(const std::string& text, int section_index, std::vector<std::int32_t>& out) const {
+  const std::string normalized = normalizer_ ? normalizer_->Apply(text) : text;
+  for (const hf::Section& s : normalized_->Split(normalized)) {
+    if (s.text.empty()) continue;
+    if (s.token >= 0) {
+      out.push_back(normalized_->token(s.token).id);
+      continue;
+    }
+    if (!pre_tokenizer_) {
+      model_->Encode(s.text, out);
+      continue;
+    }
+    for (const std::string& word : pre_tokenizer_->Apply(s.text, section_index)) model_->Encode(word, out);
+  }
+}
+
+std::vector<std::int32_t> HfTokenizer::Encode(std::string_view text) const {
+  std::vector<std::int32_t> ids;
+  const std::vector<hf::Section> sections = unnormalized_->Split(text);
+  for (std::size_t i = 0; i < sections.size(); ++i) {
+    const hf::Section& s = sections[i];
+    if (s.token >= 0) ids.push_back(unnormalized_->token(s.token).id);
+    else if (!s.text.empty()) EncodeStretch(s.text, static_cast<int>(i), ids);
+  }
+  return ids;
+}
+
+std::string HfTokenizer::Decode(const std::vector<std::int32_t>& ids) const {
+  if (!decoder_error_.empty()) throw Error(decoder_error_);
+  std::vector<std::string> tokens;
+  for (std::int32_t id : ids) {
+    const std::string& t = model_->Token(id);
+    if (t.empty()) Fail(path(), "cannot decode id " + std::to_string(id) + ": no such token");
+    tokens.push_back(t);
+  }
+  if (decoder_) tokens = decoder_->Apply(std::move(tokens));
+  std::string text;
+  for (const auto& t : tokens) text += t;
+  return text;
+}
+
+int HfTokenizer::vocab_size() const { return model_->vocab_size(); }
+
+}  // namespace kvfold

@@ -1,0 +1,28 @@
+// A sentencepiece tokenizer.model, through the dlopen'd shim (calib/spm_shim): Debian's
+// sentencepiece and libtorch's protobuf collide when both are linked, RTLD_DEEPBIND keeps them apart.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "calib/tokenizer.h"
+
+namespace kvfold {
+
+class SentencePieceTokenizer : public Tokenizer {
+ public:
+  static std::unique_ptr<Tokenizer> Load(const std::string& model_path);
+  ~SentencePieceTokenizer() override;
+
+  std::vector<std::int32_t> Encode(std::string_view text) const override;
+  std::string Decode(const std::vector<std::int32_t>& ids) const override;
+  int vocab_size() const override;
+  int bos_id() const override;
+  int eos_id() const override;
+
+ private:
+  SentencePieceTokenizer(std::string path, void* handle) : Tokenizer(std::move(path)), handle_(handle) {}
+  void* handle_ = nullptr;
+};
+
+}  // namespace kvfold
