@@ -26,6 +26,9 @@ ModelSummary SummarizeCheckpoint(const Checkpoint& ck) {
   s.vocab = c.vocab_size;
   s.max_positions = c.max_position_embeddings;
   s.rope_theta = c.rope_theta;
+  s.rope_theta_defaulted = c.rope_theta_defaulted;
+  s.rope_scaling = RopeScalingText(c.rope_scaling);
+  s.tokenizer = ck.tokenizer_path.substr(ck.tokenizer_path.find_last_of('/') + 1);
   s.tied_embeddings = c.tie_word_embeddings;
   s.dtype = DTypeName(ck.Tensor({TensorRole::kQProj, 0}).entry->dtype);  // layer 0 may have no k_proj (LCKV)
   s.parameters = ck.ParameterCount();
@@ -46,7 +49,10 @@ std::string SummaryText(const ModelSummary& s) {
     << "layers         " << s.layers << "  (hidden " << s.hidden << ", intermediate "
     << s.intermediate << ")\n"
     << "vocab          " << s.vocab << (s.tied_embeddings ? "  (tied embeddings)" : "") << "\n"
-    << "rope theta     " << s.rope_theta << "  (max positions " << s.max_positions << ")\n"
+    << "rope theta     " << s.rope_theta << (s.rope_theta_defaulted ? " (not in config.json: transformers' default)" : "")
+    << "  (max positions " << s.max_positions << ")\n"
+    << "rope scaling   " << s.rope_scaling << "\n"
+    << "tokenizer      " << (s.tokenizer.empty() ? "none (eval and convert need tokenizer.json or tokenizer.model)" : s.tokenizer) << "\n"
     << "parameters     " << s.parameters << "  (" << s.dtype << ", " << s.tensors
     << " tensors in " << s.files << " file" << (s.files == 1 ? "" : "s") << ")\n"
     << "KV cache       " << s.kv_bytes_per_token << " bytes/token at " << s.dtype << "\n";
@@ -72,6 +78,9 @@ std::string SummaryJson(const ModelSummary& s) {
       {"vocab_size", s.vocab},
       {"max_position_embeddings", s.max_positions},
       {"rope_theta", s.rope_theta},
+      {"rope_theta_from_config", !s.rope_theta_defaulted},
+      {"rope_scaling", s.rope_scaling},
+      {"tokenizer", s.tokenizer.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s.tokenizer)},
       {"tie_word_embeddings", s.tied_embeddings},
       {"dtype", s.dtype},
       {"parameters", s.parameters},

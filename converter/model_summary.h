@@ -17,6 +17,9 @@ struct ModelSummary {
   std::int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0;
   std::int64_t intermediate = 0, vocab = 0, max_positions = 0;
   double rope_theta = 0;
+  bool rope_theta_defaulted = false;  // not in config.json: transformers' default
+  std::string rope_scaling;           // "default", "llama3 (factor 8, ...)", ...
+  std::string tokenizer;              // the file eval and convert encode with, or empty
   bool tied_embeddings = false;
   std::string dtype;  // of the attention weights, which the KV cache inherits
   std::int64_t parameters = 0;

@@ -65,17 +65,20 @@ class FieldReader {
   const std::string& file_;
 };
 
-// rope_scaling is absent, null, or an explicit "default"; anything else changes the positions'
-// angles in ways the reference runtime does not implement.
-void CheckRopeScaling(const json& doc, const std::string& file) {
-  if (!doc.contains("rope_scaling") || doc["rope_scaling"].is_null()) return;
-  const json& rs = doc["rope_scaling"];
-  if (rs.is_object()) {
-    const char* key = rs.contains("rope_type") ? "rope_type" : "type";
-    if (rs.contains(key) && !rs[key].is_string()) Fail(file, std::string("rope_scaling.") + key + " must be a string");
-    if (rs.contains(key) && rs[key].get<std::string>() == "default") return;
+// rope_theta and rope_scaling, or transformers v5's rope_parameters holding both. The scaling
+// types and their refusals are formats/rope.h's; partial rotary is refused: transformers' Llama,
+// Mistral and Qwen rotate whole heads, so a factor below 1 is not a checkpoint they run.
+void ReadRope(const json& doc, const FieldReader& f, const std::string& file, ModelConfig& c) {
+  const bool v5 = doc.contains("rope_parameters") && doc["rope_parameters"].is_object();
+  const json& block = v5 ? doc["rope_parameters"] : doc;
+  FieldReader r(block, file);
+  c.rope_theta_defaulted = !r.Has("rope_theta");
+  c.rope_theta = r.PositiveNumber("rope_theta", 10000.0);
+  c.rope_scaling = ParseRopeScaling(v5 ? block : doc.value("rope_scaling", json()), file);
+  if (f.Has("partial_rotary_factor") && f.PositiveNumber("partial_rotary_factor", 1.0) != 1.0) {
+    Fail(file, "partial_rotary_factor " + doc["partial_rotary_factor"].dump() + " is not supported (model_type " +
+                   c.model_type + " applies RoPE to the whole head)");
   }
-  Fail(file, "rope_scaling " + rs.dump() + " is not supported (only plain RoPE)");
 }
 
 // Every tensor the config implies, and the KV cache per token, must have a size that fits in
@@ -168,9 +171,10 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
   c.model_type = f.String("model_type", "");
   if (c.model_type.empty()) Fail(file_name, "missing required field 'model_type'");
   const bool cross_layer = c.model_type == kCrossLayerModelType;
-  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && !cross_layer) {
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3" &&
+      !cross_layer) {
     Fail(file_name, "unsupported model_type '" + c.model_type +
-                        "' (kvfold supports llama, mistral, qwen2 and " + kCrossLayerModelType + ")");
+                        "' (kvfold supports llama, mistral, qwen2, qwen3 and " + kCrossLayerModelType + ")");
   }
   if (f.Has("architectures")) {
     const json& a = doc["architectures"];
@@ -197,17 +201,16 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
                         std::to_string(c.num_key_value_heads) + ")");
   }
   c.rms_norm_eps = f.PositiveNumber("rms_norm_eps", 1e-6);
-  c.rope_theta = f.PositiveNumber("rope_theta", 10000.0);
+  ReadRope(doc, f, file_name, c);
   c.tie_word_embeddings = f.Bool("tie_word_embeddings", false);
   const std::string act = f.String("hidden_act", "silu");
   if (act != "silu") Fail(file_name, "hidden_act '" + act + "' is not supported (only silu)");
-  CheckRopeScaling(doc, file_name);
 
+  if ((c.model_type == "qwen2" || c.model_type == "qwen3") && f.Bool("use_sliding_window", false)) {
+    Fail(file_name, "use_sliding_window=true is not supported (sliding attention on some layers only)");
+  }
   if (c.model_type == "qwen2") {
     c.qkv_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias
-    if (f.Bool("use_sliding_window", false)) {
-      Fail(file_name, "use_sliding_window=true is not supported");
-    }
   } else {
     const bool attention_bias = f.Bool("attention_bias", false);
     c.qkv_bias = attention_bias;
@@ -215,6 +218,7 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
     c.mlp_bias = f.Bool("mlp_bias", false);
   }
   if (c.model_type == "mistral") c.sliding_window = f.PositiveInt("sliding_window", 0);
+  c.qk_norm = c.model_type == "qwen3";
   c.bos_token_id = f.Int("bos_token_id", 1);
   if (f.Has("eos_token_id") && doc["eos_token_id"].is_array()) {  // some configs list several
     const json& eos = doc["eos_token_id"];

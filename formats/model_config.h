@@ -1,5 +1,6 @@
 // ModelConfig: the fields of a HuggingFace config.json that kvfold needs, for the Llama family
-// (llama, mistral, qwen2). Anything the reference runtime could not honour is rejected here.
+// (llama, mistral, qwen2, qwen3). Anything the reference runtime could not honour is rejected
+// here, by name (docs/formats.md lists what is accepted).
 #pragma once
 
 #include <cstdint>
@@ -8,10 +9,12 @@
 #include <string_view>
 #include <vector>
 
+#include "formats/rope.h"
+
 namespace kvfold {
 
 struct ModelConfig {
-  std::string model_type;    // "llama", "mistral" or "qwen2"
+  std::string model_type;    // "llama", "mistral", "qwen2" or "qwen3"
   std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM"
   std::int64_t hidden_size = 0;
   std::int64_t num_hidden_layers = 0;
@@ -23,10 +26,13 @@ struct ModelConfig {
   std::int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
+  bool rope_theta_defaulted = false;  // config.json had none: transformers' default 10000 applies
+  RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
   bool qkv_bias = false;           // llama attention_bias; always true for qwen2
   bool o_bias = false;             // llama attention_bias
   bool mlp_bias = false;           // llama mlp_bias
+  bool qk_norm = false;            // qwen3: per-head RMSNorm of queries and keys before RoPE
   std::int64_t sliding_window = 0; // mistral; 0 = full causal attention
   std::int64_t bos_token_id = 1;
   std::int64_t eos_token_id = 2;

@@ -37,6 +37,8 @@ constexpr RoleSpec kRoles[] = {
     {TensorRole::kDownBias, "b_down", "mlp.down_proj.bias", true},
     {TensorRole::kKCacheProj, "k_cache_proj", "self_attn.k_cache_proj.weight", true},
     {TensorRole::kQCacheProj, "q_cache_proj", "self_attn.q_cache_proj.weight", true},
+    {TensorRole::kQNorm, "q_norm", "self_attn.q_norm.weight", true},
+    {TensorRole::kKNorm, "k_norm", "self_attn.k_norm.weight", true},
 };
 
 const RoleSpec& Spec(TensorRole role) {
@@ -106,6 +108,8 @@ std::vector<std::int64_t> ExpectedShape(const TensorId& id, const ModelConfig& c
     case TensorRole::kKCacheProj:
       return {c.num_key_value_heads, c.head_dim, (k_heads / c.num_key_value_heads) * c.head_dim};
     case TensorRole::kQCacheProj: return {c.num_attention_heads, c.head_dim, c.head_dim};
+    case TensorRole::kQNorm:
+    case TensorRole::kKNorm: return {c.head_dim};
   }
   Fail("tensor_names", "internal: unknown role");
 }
@@ -128,6 +132,10 @@ std::vector<TensorId> RequiredTensors(const ModelConfig& c) {
       }
     }
     if (c.o_bias) ids.push_back({TensorRole::kOBias, l});
+    if (c.qk_norm) {
+      ids.push_back({TensorRole::kQNorm, l});
+      if (kv) ids.push_back({TensorRole::kKNorm, l});
+    }
     if (c.key_projection_heads > 0) {
       ids.push_back({TensorRole::kKCacheProj, l});
       ids.push_back({TensorRole::kQCacheProj, l});

@@ -16,6 +16,7 @@ enum class TensorRole {
   kAttnNorm, kQProj, kKProj, kVProj, kOProj, kQBias, kKBias, kVBias, kOBias,
   kMlpNorm, kGateProj, kUpProj, kDownProj, kGateBias, kUpBias, kDownBias,
   kKCacheProj, kQCacheProj,  // reconstruct-mode key compression (config.key_projection_heads)
+  kQNorm, kKNorm,            // qwen3: per-head RMSNorm weights of queries and keys [head_dim]
 };
 
 struct TensorId {

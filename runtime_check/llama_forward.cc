@@ -21,23 +21,32 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight;
 }
 
-// cos/sin of pos * theta^(-2j/d) for pos < T, j < d/2, as [T, d/2]. Angles are formed in double:
-// at position 255 a float32 angle would already be off by ~1e-5 rad.
-std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, std::int64_t d, double theta,
-                                             const at::Device& device) {
-  const std::int64_t half = d / 2;
+// Angles are formed in double: at position 255 a float32 angle would already be off by ~1e-5 rad.
+std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, const ModelConfig& config, const at::Device& device) {
+  const std::int64_t half = config.head_dim / 2;
+  const std::vector<double> inv_freq = RopeInverseFrequencies(config.rope_scaling, config.rope_theta, config.head_dim,
+                                                              config.max_position_embeddings, T);
   at::Tensor cos = at::empty({T, half}, at::kFloat);
   at::Tensor sin = at::empty({T, half}, at::kFloat);
   float* c = cos.data_ptr<float>();
   float* s = sin.data_ptr<float>();
   for (std::int64_t j = 0; j < half; ++j) {
-    const double freq = std::pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(d));
     for (std::int64_t p = 0; p < T; ++p) {
-      c[p * half + j] = static_cast<float>(std::cos(p * freq));
-      s[p * half + j] = static_cast<float>(std::sin(p * freq));
+      c[p * half + j] = static_cast<float>(std::cos(static_cast<double>(p) * inv_freq[static_cast<std::size_t>(j)]));
+      s[p * half + j] = static_cast<float>(std::sin(static_cast<double>(p) * inv_freq[static_cast<std::size_t>(j)]));
     }
   }
   return {cos.to(device), sin.to(device)};
+}
+
+void NormalizeQueryKeyHeads(at::Tensor& qkv, const LlamaLayerWeights& w, const ModelConfig& config,
+                            std::int64_t key_heads) {
+  const std::int64_t N = qkv.size(0), H = config.num_attention_heads, d = config.head_dim;
+  at::Tensor q = qkv.narrow(1, 0, H * d).view({N, H, d});
+  q.copy_(RmsNorm(q, w.q_norm, config.rms_norm_eps));
+  if (key_heads == 0) return;
+  at::Tensor k = qkv.narrow(1, H * d, key_heads * d).view({N, key_heads, d});
+  k.copy_(RmsNorm(k, w.k_norm, config.rms_norm_eps));
 }
 
 // rotate_half RoPE on token-major [B, T, n, d]: pair j is (x_j, x_{j+d/2}), rotated by the
@@ -247,7 +256,7 @@ class BatchedPass {
     scale_ = 1.0 / std::sqrt(static_cast<double>(d_));
     fused_ = m.use_cpu_kernels && m.device.is_cpu();
     layout_ = QkvLayout{B_, T_, H_, KV_, d_};
-    std::tie(cos_, sin_) = RopeTables(T_, d_, c_.rope_theta, m.device);
+    std::tie(cos_, sin_) = RopeTables(T_, c_, m.device);
     if (!fused_) mask_ = CausalMask(T_, c_.sliding_window, m.device);
     if (c_.AttendsAbove()) below_diagonal_ = BelowDiagonalMask(T_, m.device);
     shared_kv_.resize(static_cast<std::size_t>(c_.num_hidden_layers));
@@ -284,6 +293,7 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
   const std::int64_t source = c_.KvSourceOf(l);
   const at::Tensor h = RmsNorm(x, w.attn_norm, c_.rms_norm_eps);
   at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + KVs + KV) d], or [N, H d]
+  if (c_.qk_norm) NormalizeQueryKeyHeads(qkv, w, c_, computes ? KVs : 0);
   auto heads = [&](std::int64_t offset, std::int64_t n) {        // -> [B, T, n, d] view
     return qkv.narrow(1, offset * d, n * d).view({B, T, n, d});
   };

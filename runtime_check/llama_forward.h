@@ -23,6 +23,7 @@ struct LlamaLayerWeights {
   // Reconstruct-mode keys (config.key_projection_heads > 0), applied after RoPE:
   at::Tensor k_cache_proj;  // [KV, d, t d]: cached key head g = Psi_g (stacked rotated keys)
   at::Tensor q_cache_proj;  // [H, d, d]: query head h -> Psi_j h
+  at::Tensor q_norm, k_norm;  // qwen3 (config.qk_norm): per-head RMSNorm weights [d], before RoPE
   at::Tensor mlp_norm;
   at::Tensor w_gate_up, b_gate_up;  // gate and up stacked
   at::Tensor w_down, b_down;
@@ -103,9 +104,13 @@ struct ReferenceModel::Stepper::State {
 
 // Building blocks shared by the batched forward and token-by-token decoding.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
-// cos/sin of pos * theta^(-2j/d) for pos < T, j < d/2, as [T, d/2] on `device`.
-std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, std::int64_t d, double theta,
-                                             const at::Device& device);
+// cos/sin of pos * inv_freq[j] for pos < T, j < d/2, as [T, d/2] on `device`, with the config's
+// rope_theta and rope_scaling (formats/rope.h).
+std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, const ModelConfig& config, const at::Device& device);
+// Qwen3's per-head RMSNorm of queries and keys, in place on the fused projection qkv [N, ...]:
+// the H query heads from column 0 and `key_heads` key heads after them (0 = none).
+void NormalizeQueryKeyHeads(at::Tensor& qkv, const LlamaLayerWeights& w, const ModelConfig& config,
+                            std::int64_t key_heads);
 // The layer's SwiGLU MLP on its residual stream x [N, D] (post-attention RMSNorm included):
 // the amount the layer adds to x.
 at::Tensor MlpOutput(const LlamaLayerWeights& w, const at::Tensor& x, const ModelConfig& config);

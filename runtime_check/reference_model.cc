@@ -68,6 +68,8 @@ LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const std::function
     w.q_cache_proj = load(TensorRole::kQCacheProj);
   }
   w.b_o = maybe(c.o_bias, TensorRole::kOBias);
+  w.q_norm = maybe(c.qk_norm, TensorRole::kQNorm);
+  w.k_norm = maybe(c.qk_norm && c.ComputesKv(l), TensorRole::kKNorm);
   w.mlp_norm = load(TensorRole::kMlpNorm);
   w.w_gate_up = at::cat({load(TensorRole::kGateProj), load(TensorRole::kUpProj)}, 0);
   w.b_gate_up = CatDefined({maybe(c.mlp_bias, TensorRole::kGateBias),

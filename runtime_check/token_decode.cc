@@ -18,7 +18,7 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
   const std::int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, d = c.head_dim;
   const std::int64_t group = H / KV;
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const auto [cos, sin] = RopeTables(T, d, c.rope_theta, m.device);
+  const auto [cos, sin] = RopeTables(T, c, m.device);
   const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(m.device);
 
   // The KV cache: [B, KV, T, d] per layer that computes K/V.
@@ -34,7 +34,8 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
     at::Tensor x = at::embedding(m.embed, tokens.select(1, t));  // [B, D]
     for (std::int64_t l = 0; l < L; ++l) {
       const LlamaLayerWeights& w = m.layers[static_cast<std::size_t>(l)];
-      const at::Tensor qkv = at::linear(RmsNorm(x, w.attn_norm, c.rms_norm_eps), w.w_qkv, w.b_qkv);
+      at::Tensor qkv = at::linear(RmsNorm(x, w.attn_norm, c.rms_norm_eps), w.w_qkv, w.b_qkv).contiguous();
+      if (c.qk_norm) NormalizeQueryKeyHeads(qkv, w, c, c.ComputesKv(l) ? KV : 0);
       const at::Tensor q = ApplyRope(qkv.narrow(1, 0, H * d).view({B, 1, H, d}), c_t, s_t);
       if (c.ComputesKv(l)) {
         const at::Tensor k = ApplyRope(qkv.narrow(1, H * d, KV * d).view({B, 1, KV, d}), c_t, s_t);

@@ -38,6 +38,10 @@ class CrossLayerShare : public Pass {
   void Run(PassContext& ctx) override {
     ModelDraft& model = ctx.model;
     const ModelConfig& c = model.config;
+    if (c.qk_norm) {
+      Fail("--passes", name_ + ": not supported on " + c.model_type + ": a layer's per-head key RMSNorm (k_norm) "
+                       "is its own; sharing another layer's K/V would drop it (and the output would be lckv-llama)");
+    }
     if (c.model_type != "llama" || c.sliding_window > 0) {
       Fail("--passes", name_ + ": needs a llama model without sliding window (the output is lckv-llama)");
     }

@@ -21,6 +21,11 @@ std::int64_t TargetKvHeads(const PassSpec& spec, const ModelConfig& config) {
 
 // Layer `layer` as it stands: vanilla keys, and a KV head count the target divides.
 void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target, const std::string& pass) {
+  if (model.config.qk_norm) {
+    Fail("--passes", pass + ": not supported on " + model.config.model_type + ": its per-head key RMSNorm (k_norm, "
+                     "before RoPE) is not linear, so no fold of k_proj can merge key heads exactly (kv-scales, "
+                     "kv-mixed, kv-balance and cache policies do apply)");
+  }
   if (LayerReconstructsKeys(model, layer)) Fail("--passes", pass + ": the model already uses reconstruct-mode keys");
   const std::int64_t kv = LayerKvHeads(model, layer);
   if (kv % target != 0) {

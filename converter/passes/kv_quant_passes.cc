@@ -87,6 +87,10 @@ class KvBalance : public LayerPass {
   void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
     RequirePlainKeys(model, ctx.layer, "kv-balance");
+    if (model.config.qk_norm) {
+      Fail("--passes", "kv-balance: not supported on " + model.config.model_type + ": keys pass a per-head RMSNorm "
+                       "after k_proj (which would undo the factors) whose weight all heads share");
+    }
     RequireSourceHeads(model, ctx.layer, ctx.statistics_kv_heads, "kv-balance");
     const ModelConfig& c = model.config;
     const LayerKvStatistics& s = ctx.statistics;

