@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "calib/calibration_input.h"
 #include "calib/kv_statistics.h"
 #include "calib/text.h"
 #include "calib/tokenizer.h"
@@ -110,11 +111,10 @@ struct CalibrationInput {
 CalibrationInput LoadCalibration(const Checkpoint& ck, const ConvertOptions& o) {
   if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.json or tokenizer.model in the model folder");
   CalibrationInput in;
-  const std::string text = LoadText(o.calib_text);
-  in.sha256 = Sha256Hex(text);
   in.tokenizer = Tokenizer::Load(ck.tokenizer_path);
-  in.windows = CutWindows(in.tokenizer->Encode(text), o.window, static_cast<int>(o.calib_tokens / o.window),
-                          o.calib_text);
+  const CalibrationTokens calib = LoadCalibrationTokens(o.calib_text, *in.tokenizer, ck.config.vocab_size);
+  in.sha256 = calib.sha256;
+  in.windows = CutWindows(calib.tokens, o.window, static_cast<int>(o.calib_tokens / o.window), o.calib_text);
   return in;
 }
 

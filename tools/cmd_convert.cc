@@ -36,7 +36,7 @@ Command AddConvertCommand(CLI::App& app) {
   auto a = std::make_shared<Args>();
   CLI::App* sub = app.add_subcommand("convert", "Run a pipeline of passes and write a new checkpoint");
   sub->add_option("MODEL", a->options.model, "HuggingFace model folder to convert");
-  sub->add_option("--calib", a->options.calib_text, "UTF-8 calibration text");
+  sub->add_option("--calib", a->options.calib_text, "Calibration data: UTF-8 text, JSON Lines (text or token ids) or .npy ids");
   sub->add_option("--passes", a->options.passes, "Pipeline, e.g. 'gqa-svd<kv-heads=2,rope=commute>'");
   sub->add_option("-o,--output", a->options.output, "Output folder (refused if it exists, unless --force)");
   sub->add_option("--calib-tokens", a->options.calib_tokens, "Calibration tokens")->capture_default_str()
@@ -93,7 +93,7 @@ Command AddReportCommand(CLI::App& app) {
   auto o = std::make_shared<ConvertOptions>();
   CLI::App* sub = app.add_subcommand("report", "Calibration report of a model without converting it");
   sub->add_option("MODEL", o->model, "HuggingFace model folder")->required();
-  sub->add_option("--calib", o->calib_text, "UTF-8 calibration text")->required();
+  sub->add_option("--calib", o->calib_text, "Calibration data: UTF-8 text, JSON Lines (text or token ids) or .npy ids")->required();
   sub->add_option("--eval", o->eval_text, "Evaluation text (adds perplexity)");
   sub->add_option("-o,--output", o->report_path, "Report HTML path (JSON written beside it)")->required();
   sub->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens")->capture_default_str()

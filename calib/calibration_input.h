@@ -1,0 +1,29 @@
+// What --calib reads, in the forms users have calibration data in:
+//  - plain UTF-8 text: Encode of the whole file (kvfold-ppl-v1);
+//  - JSON Lines (*.jsonl): one JSON value per line, either documents {"text": "..."} (an
+//    exported HF dataset), each encoded alone and their ids concatenated in file order, or
+//    pre-tokenized ids {"input_ids": [...]}, {"ids": [...]} or a bare [...] (one form per file);
+//  - NumPy (*.npy): int32 or int64 ids (also int16/uint16/uint32), any shape, read in C order.
+// Pre-tokenized ids are used as they are, so a calibration set built in Python is reproduced
+// exactly (with --window equal to its row length, each row is one window).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvfold {
+
+class Tokenizer;
+
+struct CalibrationTokens {
+  std::vector<std::int32_t> tokens;
+  std::string sha256;  // of the file's bytes
+  std::string format;  // "text", "jsonl-text", "jsonl-ids" or "npy"
+};
+
+// Reads `path` by its extension; throws Error naming the file (and line or element) for bad
+// input, and for ids outside [0, vocab_size).
+CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer& tokenizer, std::int64_t vocab_size);
+
+}  // namespace kvfold
