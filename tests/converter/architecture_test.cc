@@ -344,6 +344,19 @@ TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, 
     REQUIRE(scales.exit_code == 0);
     CHECK(test::ReadJson(tmp.File("scales/config.json"))["model_type"] == arch.config["model_type"]);
     CHECK(test::MaxLogitDiff(model, tmp.File("scales")) < 1e-4);  // kv-scales only describes the cache
+    // The passes that stay exact on every architecture, and decode-time cache policies.
+    for (const char* passes : {"kv-mixed<bits=4>", "kv-norm-analysis"}) {
+      const auto exact = test::RunKvfold("convert " + model + common + " --passes " + Quote(passes) + " -o " +
+                                         tmp.File(std::string("exact-") + passes[3]));
+      INFO(passes << ": " << exact.err);
+      CHECK(exact.exit_code == 0);
+    }
+    for (const char* policy : {"evict<policy=l2-low,keep=0.5>", "quant<scheme=kivi,bits=2>"}) {
+      const auto cached = test::RunKvfold("eval " + model + " --text " + eval + " --window 64 --max-windows 2 --json --quiet --kv-cache " + Quote(policy));
+      INFO(policy << ": " << cached.err);
+      REQUIRE(cached.exit_code == 0);
+      CHECK(json::parse(cached.out)["compare"]["kl"].get<double>() > 0);  // the policy changed something
+    }
     const auto report = test::RunKvfold("report " + model + " --calib " + calib + " --calib-tokens 512 -o " + tmp.File("report.html"));
     INFO(report.err);
     REQUIRE(report.exit_code == 0);
