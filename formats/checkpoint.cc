@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include "formats/companion_files.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
 
@@ -20,10 +21,12 @@ std::string FindTokenizerFile(const std::string& dir) {
   for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
     const std::string path = dir + "/" + name;
     struct stat st {};
-    if (::stat(path.c_str(), &st) == 0) {
-      RequireRegularFile(path);
-      return path;
-    }
+    if (::lstat(path.c_str(), &st) != 0) continue;
+    // A link to /etc/shadow or a FIFO named tokenizer.json is not this model's tokenizer.
+    const std::string problem = OwnFileProblem(dir, name);
+    if (problem == "a folder") Fail(path, "is a folder");
+    if (!problem.empty()) Fail(path, problem + " (the tokenizer must be a file of the model folder)");
+    return path;
   }
   return "";
 }

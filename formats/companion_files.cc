@@ -59,6 +59,15 @@ std::string SkipReason(const fs::directory_entry& entry, const fs::path& dir) {
   std::error_code ec;
   if (entry.is_directory(ec)) return "a folder";
   if (!IsCompanionName(name)) return "not part of the converted model";
+  return OwnFileProblem(dir.string(), name);
+}
+
+}  // namespace
+
+std::string OwnFileProblem(const std::string& dir, const std::string& name) {
+  const fs::directory_entry entry(fs::path(dir) / name);
+  std::error_code ec;
+  if (entry.is_directory(ec)) return "a folder";
   if (entry.is_symlink(ec)) {
     const fs::path target = fs::canonical(entry.path(), ec);
     if (ec) return "a broken symbolic link";
@@ -67,8 +76,6 @@ std::string SkipReason(const fs::directory_entry& entry, const fs::path& dir) {
   if (!entry.is_regular_file(ec)) return "not a regular file";
   return "";
 }
-
-}  // namespace
 
 CompanionFiles FindCompanionFiles(const std::string& dir) {
   CompanionFiles out;

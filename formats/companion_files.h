@@ -16,6 +16,11 @@ struct CompanionFiles {
 
 CompanionFiles FindCompanionFiles(const std::string& dir);
 
+// Why `dir`/`name` is not a file of the model folder's own ("a folder", "a broken symbolic link",
+// "a symbolic link leading out of the model folder", "not a regular file"), or "" when it is one.
+// The rule companion files are copied by, and tokenizer files read by.
+std::string OwnFileProblem(const std::string& dir, const std::string& name);
+
 // Copies the regular file `from` to `to` (atomically, streamed in blocks).
 void CopyRegularFile(const std::string& from, const std::string& to);
 

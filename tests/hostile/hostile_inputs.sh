@@ -78,13 +78,20 @@ rm model-link
 
 # 3. Only the converted model's own regular files travel.
 cp -r model messy && mkdir messy/original && echo stale >messy/pytorch_model-00001-of-00002.bin
-ln -s /etc/shadow messy/tokenizer.json && ln -s /dev/zero messy/added_tokens.json && mkfifo messy/chat_template.jinja
+ln -s /etc/shadow messy/vocab.json && ln -s /dev/zero messy/added_tokens.json && mkfifo messy/chat_template.jinja
 echo license >messy/LICENSE
 expect_ok "a messy model folder" convert messy --calib "$calib" --calib-tokens 512 "${meanpool[@]}" -o messy-out
 [ "$(ls messy-out | tr '\n' ' ')" = "LICENSE config.json generation_config.json kvfold.json model.safetensors special_tokens_map.json tokenizer.model tokenizer_config.json " ] ||
   { case_name="a messy model folder"; fail "copied: $(ls messy-out | tr '\n' ' ')"; }
 [ -z "$(find messy-out -type l)" ] || { case_name="a messy model folder"; fail "a link was copied"; }
 rm -rf messy messy-out
+# The tokenizer is read only from a file of the folder's own (tokenizer.json is preferred).
+cp -r model messy && ln -s /etc/shadow messy/tokenizer.json
+expect_error "tokenizer.json leading out of the folder" 1 "messy/tokenizer.json: a symbolic link leading out of the model folder" \
+  eval messy --text "$calib"
+rm messy/tokenizer.json && mkfifo messy/tokenizer.json
+expect_error "tokenizer.json is a FIFO" 1 "messy/tokenizer.json: not a regular file" eval messy --text "$calib"
+rm -rf messy
 
 # Broken models: a copy of the input with one thing changed.
 broken() { rm -rf bad && cp -r model bad; }
