@@ -16,7 +16,7 @@ namespace kvfold {
 namespace {
 
 struct Batch {
-  at::Tensor inputs;   // [b, W] int64: bos + window minus its last token
+  at::Tensor inputs;   // [b, W] int64: the model input (AppendModelInput)
   at::Tensor targets;  // [b, W] int64: what each position predicts (PredictedToken)
 };
 

@@ -58,7 +58,7 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& where) : wher
     }
     const std::int32_t l = Find(left), r = Find(right), merged = Find(left + right);
     if (l < 0 || r < 0 || merged < 0) Fail(where, "merge \"" + left + " " + right + "\" uses a token not in the vocab");
-    merges_.emplace(PairKey(l, r), MergeRule{rank++, merged});  // the first rank of a repeated pair wins
+    merges_[PairKey(l, r)] = MergeRule{rank++, merged};  // a repeated pair keeps its last rank, as in HF
   }
   ignore_merges_ = OptionalBool(model, "ignore_merges", false, where);
   byte_fallback_ = OptionalBool(model, "byte_fallback", false, where);

@@ -24,7 +24,7 @@ void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target, co
   if (model.config.qk_norm) {
     Fail("--passes", pass + ": not supported on " + model.config.model_type + ": its per-head key RMSNorm (k_norm, "
                      "before RoPE) is not linear, so no fold of k_proj can merge key heads exactly (kv-scales, "
-                     "kv-mixed, kv-balance and cache policies do apply)");
+                     "kv-mixed and cache policies do apply)");
   }
   if (LayerReconstructsKeys(model, layer)) Fail("--passes", pass + ": the model already uses reconstruct-mode keys");
   const std::int64_t kv = LayerKvHeads(model, layer);
