@@ -1,6 +1,8 @@
 #include "converter/passes/gqa_fold.h"
 
 #include <algorithm>
+#include <cmath>
+#include <utility>
 
 #include "converter/passes/linalg.h"
 #include "formats/error.h"
@@ -134,17 +136,70 @@ void MeanPoolKv(AttentionProjections& p, std::int64_t new_kv) {
   p.kv_heads = new_kv;
 }
 
+Matrix OutputGram(const AttentionProjections& p, std::int64_t new_kv, std::int64_t group) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, o_cols = p.heads * d;
+  Matrix g(t * d, t * d);
+  for (std::int64_t h = 0; h < p.heads; ++h) {
+    const std::int64_t m = KvHeadOf(p, h);
+    if (m / t != group) continue;
+    const std::int64_t block = (m % t) * d;
+    for (std::int64_t r = 0; r < p.hidden; ++r) {
+      const double* row = &p.wo[static_cast<std::size_t>(r * o_cols + h * d)];
+      for (std::int64_t a = 0; a < d; ++a) {
+        for (std::int64_t b = 0; b < d; ++b) g(block + a, block + b) += row[a] * row[b];
+      }
+    }
+  }
+  return g;
+}
+
+namespace {
+
+// Encoder rows E [d, n] and decoder D^T [d, n] minimising E || A (v - D E v) ||^2 for A^T A =
+// `gram` and E[v v^T] = `moment` (FoldValues), with the fraction of weighted energy kept.
+std::pair<Matrix, Matrix> WeightedValueBasis(const Matrix& moment, Matrix gram, std::int64_t d, double* kept) {
+  const std::int64_t n = gram.rows;
+  double trace = 0;
+  for (std::int64_t i = 0; i < n; ++i) trace += gram(i, i);
+  // A head no query reads, or W_O columns that cancel, leave G singular; a relative ridge keeps
+  // G^-1/2 finite without changing a well-conditioned G (1e-9 of its mean eigenvalue).
+  for (std::int64_t i = 0; i < n; ++i) gram(i, i) += 1e-9 * std::max(trace / n, 1e-300);
+  const SymmetricEigen ge = EigenSymmetric(gram);
+  Matrix root(n, n), inverse_root(n, n);
+  for (std::int64_t k = 0; k < n; ++k) {
+    const double lambda = std::max(ge.values[static_cast<std::size_t>(k)], 1e-300);
+    for (std::int64_t i = 0; i < n; ++i) {
+      for (std::int64_t j = 0; j < n; ++j) {
+        const double vv = ge.vectors(i, k) * ge.vectors(j, k);
+        root(i, j) += std::sqrt(lambda) * vv;
+        inverse_root(i, j) += vv / std::sqrt(lambda);
+      }
+    }
+  }
+  const Matrix q_rows = TopEigenRows(Multiply(Multiply(root, moment), root), d, kept);  // Q^T [d, n]
+  return {Multiply(q_rows, root), Multiply(q_rows, inverse_root)};
+}
+
+}  // namespace
+
 void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<double>& moment,
-                FoldRecord& record) {
+                FoldRecord& record, bool weight_by_output) {
   const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, cols = p.in_cols();
   const std::int64_t kv_dim = p.kv_heads * d, out_rows = p.hidden, o_cols = p.heads * d;
   std::vector<double> wv;
-  std::vector<Matrix> omegas;
+  std::vector<Matrix> omegas;  // per group, [d, t d]: W_O[:, head] <- W_O[:, head] Omega_j^T
   for (std::int64_t g = 0; g < new_kv; ++g) {
     double kept = 0;
-    omegas.push_back(TopEigenRows(GroupBlock(moment, kv_dim, g * t * d, t * d), d, &kept));
+    const Matrix sigma = GroupBlock(moment, kv_dim, g * t * d, t * d);
+    // Without output weighting the basis is orthonormal: the decoder is the encoder.
+    const auto [encoder, decoder_rows] = weight_by_output ? WeightedValueBasis(sigma, OutputGram(p, new_kv, g), d, &kept)
+                                                          : [&] {
+                                                              const Matrix e = TopEigenRows(sigma, d, &kept);
+                                                              return std::pair<Matrix, Matrix>(e, e);
+                                                            }();
+    omegas.push_back(decoder_rows);
     record.value_energy_kept.push_back(kept);
-    const auto v = CombineRows(omegas.back(), p.wv, cols, g * t * d);
+    const auto v = CombineRows(encoder, p.wv, cols, g * t * d);
     wv.insert(wv.end(), v.begin(), v.end());
   }
   // W_O[:, head] <- W_O[:, head] Omega_j^T, with j the head's original KV head inside its group.

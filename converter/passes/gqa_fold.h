@@ -57,8 +57,17 @@ void MeanPoolKv(AttentionProjections& p, std::int64_t new_kv);
 
 // Values: top-d eigenvectors Omega of the group's stacked value second moment; W_V <- Omega W_V,
 // W_O[:, head] <- W_O[:, head] Omega_j^T. `value_moment` is [KV d, KV d] row-major.
+// With `weight_by_output`, the subspace minimises the error of what W_O makes of the values
+// instead: E || A (v - D E v) ||^2, with A^T A = G block-diagonal over the group's KV heads, block
+// m = sum over the query heads h reading m of W_O[:, h]^T W_O[:, h] (each head's output error
+// counted alone). Solution (reduced-rank regression): Q = top-d eigenvectors of
+// G^1/2 Sigma G^1/2, encoder E = Q^T G^1/2 (into W_V), decoder D = G^-1/2 Q (into W_O). Equal to
+// the plain fold when G is a multiple of I; lossless whenever the plain one is.
 void FoldValues(AttentionProjections& p, std::int64_t new_kv,
-                const std::vector<double>& value_moment, FoldRecord& record);
+                const std::vector<double>& value_moment, FoldRecord& record, bool weight_by_output = false);
+
+// The output-error Gram G of group g's stacked values ([t d, t d], see FoldValues).
+Matrix OutputGram(const AttentionProjections& p, std::int64_t new_kv, std::int64_t group);
 
 // Keys, RoPE-commuting: per rotary pair, the top eigenvector u of the group's Hermitian second
 // moment of complex pre-RoPE keys; k' = sum conj(u_m) z_m, queries reading head m times conj(u_m).

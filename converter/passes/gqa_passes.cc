@@ -58,8 +58,8 @@ class GqaMeanpool : public LayerPass {
 
 class GqaSvd : public LayerPass {
  public:
-  GqaSvd(std::int64_t kv, std::string rope, std::string weight)
-      : kv_(kv), rope_(std::move(rope)), weight_(std::move(weight)) {}
+  GqaSvd(std::int64_t kv, std::string rope, std::string weight, std::string value_weight)
+      : kv_(kv), rope_(std::move(rope)), weight_(std::move(weight)), value_weight_(std::move(value_weight)) {}
   bool ChangesKv() const override { return true; }
   std::int64_t KvHeadsAfter() const override { return kv_; }
   unsigned NeededStatistics() const override {
@@ -80,7 +80,7 @@ class GqaSvd : public LayerPass {
     const LayerKvStatistics& stats = ctx.statistics;
     AttentionProjections p = ReadAttention(model, l);
     FoldRecord record;
-    FoldValues(p, kv_, stats.value, record);
+    FoldValues(p, kv_, stats.value, record, value_weight_ == "output");
     const std::vector<double>* query_energy = weight_ == "query" ? &stats.query_energy : nullptr;
     if (rope_ == "commute") {
       FoldKeysCommute(p, kv_, stats.key_pre_rope, record, query_energy);
@@ -106,6 +106,7 @@ class GqaSvd : public LayerPass {
     ctx.record["kv_heads_after"] = kv_;
     ctx.record["rope"] = rope_;
     ctx.record["weight"] = weight_;
+    ctx.record["value_weight"] = value_weight_;
     ctx.record["vanilla_gqa"] = rope_ == "commute";
     ctx.record["layers"] = std::move(layers_);
   }
@@ -114,6 +115,7 @@ class GqaSvd : public LayerPass {
   std::int64_t kv_;
   std::string rope_;
   std::string weight_;
+  std::string value_weight_;
   nlohmann::ordered_json layers_ = nlohmann::ordered_json::array();  // one entry per layer run
 };
 
@@ -126,7 +128,8 @@ std::unique_ptr<Pass> CreateGqaMeanpool(const PassSpec& spec, const ModelConfig&
 std::unique_ptr<Pass> CreateGqaSvd(const PassSpec& spec, const ModelConfig& config) {
   return std::make_unique<GqaSvd>(TargetKvHeads(spec, config),
                                   StringParam(spec, "rope", "commute", {"commute", "reconstruct"}),
-                                  StringParam(spec, "weight", "query", {"none", "query"}));
+                                  StringParam(spec, "weight", "query", {"none", "query"}),
+                                  StringParam(spec, "value-weight", "none", {"none", "output"}));
 }
 
 }  // namespace kvfold

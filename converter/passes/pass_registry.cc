@@ -20,7 +20,9 @@ const std::vector<PassInfo>& PassRegistry() {
         {"rope", "commute (default: vanilla GQA output) | reconstruct (post-RoPE key PCA; needs "
                  "kvfold's runtime)"},
         {"weight", "query (default: weight key errors by the query energy reading them, i.e. the "
-                   "expected score error) | none (plain key energy, the paper's objective)"}},
+                   "expected score error) | none (plain key energy, the paper's objective)"},
+        {"value-weight", "none (default: plain value energy) | output (the error of what W_O makes of "
+                         "the values, issue 16)"}},
        &CreateGqaSvd},
       {"kv-norm-analysis",
        "Key L2 norm vs attention per layer/KV head (arXiv 2406.11430); writes the eviction policy "

@@ -214,7 +214,7 @@ std::vector<double> Linear(const std::vector<double>& W, const std::vector<doubl
 
 // The HF forward of the Llama family in float64: logits [T, V].
 std::vector<double> ReferenceLogits(const json& c, const Weights& w, const std::vector<std::int32_t>& tokens) {
-  const std::size_t D = c["hidden_size"], V = c["vocab_size"], d = c["head_dim"], H = c["num_attention_heads"];
+  const std::size_t D = c["hidden_size"], d = c["head_dim"], H = c["num_attention_heads"];
   const std::size_t KV = c["num_key_value_heads"], T = tokens.size(), L = c["num_hidden_layers"];
   const double eps = c["rms_norm_eps"];
   const std::size_t window = c.contains("sliding_window") && c["model_type"] == "mistral" ? c["sliding_window"].get<std::size_t>() : 0;

@@ -416,7 +416,7 @@ TEST_CASE("calibrating on pre-tokenized ids (.npy, JSON Lines) converts exactly 
   }
   test::WriteBytes(tmp.File("calib.jsonl"), jsonl);
   std::vector<std::string> weights;
-  for (const std::string calib : {text, tmp.File("calib.npy"), tmp.File("calib.jsonl")}) {
+  for (const std::string& calib : {text, tmp.File("calib.npy"), tmp.File("calib.jsonl")}) {
     ConvertOptions o;
     o.model = SharedPath("models/stories260K");
     o.calib_text = calib;

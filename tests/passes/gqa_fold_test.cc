@@ -189,3 +189,56 @@ TEST_CASE("uneven grouping is refused", "[gqa][fold]") {
   AttentionProjections p = RandomLayer(8, 4, 4, 6, 8);
   CHECK_THROWS_WITH(MeanPoolKv(p, 3), Catch::Contains("must divide the current 4 KV heads"));
 }
+
+namespace {
+
+// sum over samples and query heads of || W_O[:, h] v_kv(h) - W_O'[:, h] v'_kv'(h) ||^2: the error
+// of what each head's output makes of its values (attention set aside), before vs after a fold.
+double OutputError(const AttentionProjections& before, const AttentionProjections& after,
+                   const std::vector<std::vector<double>>& samples) {
+  const std::int64_t d = before.head_dim, D = before.hidden, o_cols = before.heads * d;
+  double error = 0;
+  for (const auto& x : samples) {
+    for (std::int64_t h = 0; h < before.heads; ++h) {
+      const auto v0 = Project(before.wv, (h / (before.heads / before.kv_heads)) * d, d, D, x);
+      const auto v1 = Project(after.wv, (h / (after.heads / after.kv_heads)) * d, d, D, x);
+      for (std::int64_t r = 0; r < D; ++r) {
+        double a = 0, b = 0;
+        for (std::int64_t k = 0; k < d; ++k) {
+          a += before.wo[r * o_cols + h * d + k] * v0[k];
+          b += after.wo[r * o_cols + h * d + k] * v1[k];
+        }
+        error += (a - b) * (a - b);
+      }
+    }
+  }
+  return error;
+}
+
+}  // namespace
+
+TEST_CASE("output-weighted value fold: lossless where the plain fold is, better where it is not",
+          "[gqa][fold]") {
+  const auto samples = Samples(200, 6, 5);
+  // KV head 1's values equal head 0's: one head's subspace holds both, both folds are exact.
+  AttentionProjections dup = RandomLayer(4, 2, 4, 6, 3);
+  std::copy_n(dup.wv.begin(), 4 * 6, dup.wv.begin() + 4 * 6);
+  for (bool weighted : {false, true}) {
+    AttentionProjections p = dup;
+    FoldRecord record;
+    FoldValues(p, 1, Moment(p.wv, 8, 6, samples), record, weighted);
+    p.kv_heads = 1;
+    CHECK(OutputError(dup, p, samples) < 1e-18 * OutputError(dup, RandomLayer(4, 2, 4, 6, 4), samples));
+  }
+  // Random values: the weighted fold minimises exactly this error, so it can only do better.
+  const AttentionProjections random = RandomLayer(4, 2, 4, 6, 7);
+  double errors[2];
+  for (bool weighted : {false, true}) {
+    AttentionProjections p = random;
+    FoldRecord record;
+    FoldValues(p, 1, Moment(p.wv, 8, 6, samples), record, weighted);
+    p.kv_heads = 1;
+    errors[weighted] = OutputError(random, p, samples);
+  }
+  CHECK(errors[1] < 0.999 * errors[0]);
+}
