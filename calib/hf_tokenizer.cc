@@ -30,7 +30,8 @@ std::vector<hf::AddedToken> ReadAddedTokens(const nlohmann::json& root, const st
   for (const auto& t : hf::RequireArray(root, "added_tokens", where)) {
     hf::AddedToken a;
     a.content = hf::RequireString(t, "content", where + " added_tokens");
-    if (!t.contains("id") || !t["id"].is_number_integer() || t["id"].get<std::int64_t>() < 0) {
+    if (!t.contains("id") || !t["id"].is_number_integer() || t["id"].get<std::int64_t>() < 0 ||
+        t["id"].get<std::int64_t>() >= (1 << 30)) {
       Fail(where, "added token " + a.content + " has no valid id");
     }
     a.id = t["id"].get<std::int32_t>();
@@ -79,6 +80,14 @@ HfTokenizer::HfTokenizer(std::string path) : Tokenizer(std::move(path)) {}
 HfTokenizer::~HfTokenizer() = default;
 
 std::unique_ptr<Tokenizer> HfTokenizer::Load(const std::string& json_path) {
+  try {
+    return LoadComponents(json_path);
+  } catch (const nlohmann::json::exception& e) {  // a field of the wrong JSON type anywhere
+    Fail(json_path, std::string("unexpected value (") + e.what() + ")");
+  }
+}
+
+std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_path) {
   const nlohmann::json root = ReadJson(json_path);
   if (!root.is_object()) Fail(json_path, "not a tokenizer.json (expected a JSON object)");
   const std::string dir = json_path.substr(0, json_path.find_last_of('/') + 1);
@@ -111,7 +120,7 @@ std::unique_ptr<Tokenizer> HfTokenizer::Load(const std::string& json_path) {
   // BOS: the template's leading special token; without a template, the config's bos_token when
   // it asks for one (add_bos_token). EOS: the config's eos_token.
   std::string bos = TemplateBos(root.value("post_processor", nlohmann::json()), json_path);
-  if (bos.empty() && config.value("add_bos_token", false)) bos = ConfigToken(config, "bos_token");
+  if (bos.empty() && hf::OptionalBool(config, "add_bos_token", false, config_path)) bos = ConfigToken(config, "bos_token");
   const std::string eos = ConfigToken(config, "eos_token");
   for (const auto& [name, id] : {std::pair{bos, &tok->bos_id_}, std::pair{eos, &tok->eos_id_}}) {
     if (name.empty()) continue;

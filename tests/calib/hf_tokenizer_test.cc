@@ -83,6 +83,9 @@ TEST_CASE("unsupported tokenizer.json components are refused by name", "[tokeniz
   CHECK_THROWS_WITH(LoadJson(dir, t), Catch::StartsWith(file + ": Metaspace pre_tokenizer with split: true is not supported"));
   t = ToyTokenizer({"a x"});
   CHECK_THROWS_WITH(LoadJson(dir, t), file + ": merge \"a x\" uses a token not in the vocab");
+  t = ToyTokenizer({"a b"});
+  t["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", 7}};
+  CHECK_THROWS_WITH(LoadJson(dir, t), Catch::StartsWith(file + ": unexpected value ("));
   test::WriteBytes(file, "{\"model\": ");
   CHECK_THROWS_WITH(Tokenizer::Load(file), Catch::StartsWith(file + ": not valid JSON"));
 }
