@@ -41,16 +41,17 @@ Command AddTokenizeCommand(CLI::App& app) {
   sub->add_flag("--json", args->json, "Print {\"ids\": [...]} instead of one id per line");
   return {sub, [args] {
     const auto tokenizer = Tokenizer::Load(TokenizerFileOf(args->model));
+    std::string out;  // printed only when every text encoded: a bad file leaves stdout empty
     for (const std::string& text : args->texts) {
       const std::vector<std::int32_t> ids = tokenizer->Encode(LoadText(text));
-      std::string out = args->json ? "{\"ids\": [" : "";
+      if (args->json) out += "{\"ids\": [";
       for (std::size_t i = 0; i < ids.size(); ++i) {
         if (args->json) out += (i ? ", " : "") + std::to_string(ids[i]);
         else out += std::to_string(ids[i]) + "\n";
       }
       if (args->json) out += "]}\n";
-      std::fwrite(out.data(), 1, out.size(), stdout);
     }
+    std::fwrite(out.data(), 1, out.size(), stdout);
     return 0;
   }};
 }

@@ -248,3 +248,29 @@ TEST_CASE("eval --kv-cache quant<...>: bits reported, fp8 needs calibrated scale
   ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'compress<x=1>'"),
                      "is neither evict<...> nor quant<...>");
 }
+
+TEST_CASE("tokenize prints the ids eval uses, one JSON line per text", "[cli][tokenize][shared]") {
+  TempDir tmp;
+  kvfold::test::WriteBytes(tmp.File("a.txt"), "Once upon a time");
+  kvfold::test::WriteBytes(tmp.File("b.txt"), "there was a cat.");
+  const std::string model = SharedPath("models/stories260K");
+  const CommandResult r = RunKvfold("tokenize " + model + " --text " + tmp.File("a.txt") + " --text " + tmp.File("b.txt") + " --json");
+  REQUIRE(r.exit_code == 0);
+  const auto newline = r.out.find('\n');
+  REQUIRE(newline != std::string::npos);
+  const auto a = nlohmann::json::parse(r.out.substr(0, newline))["ids"].get<std::vector<int>>();
+  const auto b = nlohmann::json::parse(r.out.substr(newline + 1))["ids"].get<std::vector<int>>();
+  CHECK_FALSE(a.empty());
+  CHECK_FALSE(b.empty());
+  // The same ids as the tokenizer file named directly, and as plain lines without --json.
+  const CommandResult direct = RunKvfold("tokenize " + model + "/tokenizer.model --text " + tmp.File("a.txt"));
+  std::string lines;
+  for (int id : a) lines += std::to_string(id) + "\n";
+  CHECK(direct.out == lines);
+  ExpectOneLineError(RunKvfold("tokenize " + tmp.File("nothing") + " --text " + tmp.File("a.txt")), "no such file or folder");
+  ExpectOneLineError(RunKvfold("tokenize " + tmp.path() + " --text " + tmp.File("a.txt")),
+                     "no tokenizer.json or tokenizer.model in the folder");
+  kvfold::test::WriteBytes(tmp.File("empty.txt"), "");
+  ExpectOneLineError(RunKvfold("tokenize " + model + " --text " + tmp.File("a.txt") + " --text " + tmp.File("empty.txt")),
+                     "empty.txt");  // nothing printed for the good text before it either
+}
