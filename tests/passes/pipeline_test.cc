@@ -53,7 +53,7 @@ TEST_CASE("a created pass's spec names every parameter in force, defaults includ
     }
     return spec.Text();
   };
-  CHECK(created("gqa-svd<kv-heads=2>") == "gqa-svd<kv-heads=2,rope=commute,weight=query>");
+  CHECK(created("gqa-svd<kv-heads=2>") == "gqa-svd<kv-heads=2,rope=commute,value-weight=none,weight=query>");
   CHECK(created("kv-balance") == "kv-balance<alpha=0.5>");
   CHECK(created("kv-mixed<bits=2>") == "kv-mixed<bits=2,group=0,hi-bits=16,keep=0.2,key-axis=channel,key-bits=2,"
                                        "protect=none,recent=0.5,value-axis=token,value-bits=2>");
