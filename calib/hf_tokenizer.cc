@@ -11,18 +11,10 @@
 #include "calib/hf/pre_tokenizers.h"
 #include "calib/hf/tokenizer_json.h"
 #include "formats/error.h"
-#include "formats/mapped_file.h"
+#include "formats/json_file.h"
 
 namespace kvfold {
 namespace {
-
-nlohmann::json ReadJson(const std::string& path) {
-  try {
-    return nlohmann::json::parse(ReadFileToString(path));
-  } catch (const nlohmann::json::exception& e) {
-    Fail(path, std::string("not valid JSON: ") + e.what());
-  }
-}
 
 std::vector<hf::AddedToken> ReadAddedTokens(const nlohmann::json& root, const std::string& where) {
   std::vector<hf::AddedToken> tokens;
@@ -88,11 +80,11 @@ std::unique_ptr<Tokenizer> HfTokenizer::Load(const std::string& json_path) {
 }
 
 std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_path) {
-  const nlohmann::json root = ReadJson(json_path);
+  const nlohmann::json root = ReadJsonFile(json_path);
   if (!root.is_object()) Fail(json_path, "not a tokenizer.json (expected a JSON object)");
   const std::string dir = json_path.substr(0, json_path.find_last_of('/') + 1);
   const std::string config_path = dir + "tokenizer_config.json";
-  const nlohmann::json config = ::access(config_path.c_str(), F_OK) == 0 ? ReadJson(config_path) : nlohmann::json::object();
+  const nlohmann::json config = ::access(config_path.c_str(), F_OK) == 0 ? ReadJsonFile(config_path) : nlohmann::json::object();
 
   std::unique_ptr<HfTokenizer> tok(new HfTokenizer(json_path));
   if (!root.contains("model")) Fail(json_path, "no \"model\"");

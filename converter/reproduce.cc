@@ -5,7 +5,7 @@
 
 #include "converter/convert.h"
 #include "formats/error.h"
-#include "formats/mapped_file.h"
+#include "formats/json_file.h"
 #include "formats/version.h"
 
 namespace kvfold {
@@ -21,12 +21,7 @@ const json& Field(const json& doc, const char* key, const std::string& path) {
 }  // namespace
 
 ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOptions& given) {
-  json doc;
-  try {
-    doc = json::parse(ReadFileToString(kvfold_json));
-  } catch (const json::exception& e) {
-    Fail(kvfold_json, std::string("not valid JSON (") + e.what() + ")");
-  }
+  const json doc = ReadJsonFile(kvfold_json);
   ConvertOptions o = given;
   try {
     const std::string version = Field(doc, "kvfold_version", kvfold_json).get<std::string>();

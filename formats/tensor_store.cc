@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
+#include "formats/json_file.h"
 
 namespace kvfold {
 namespace {
@@ -60,12 +61,7 @@ TensorStore TensorStore::OpenModelDir(const std::string& dir) {
   if (!FileExists(index_path)) {
     Fail(dir, "no model.safetensors or model.safetensors.index.json");
   }
-  nlohmann::json index;
-  try {
-    index = nlohmann::json::parse(ReadFileToString(index_path));
-  } catch (const nlohmann::json::exception& e) {
-    Fail(index_path, std::string("not valid JSON (") + e.what() + ")");
-  }
+  const nlohmann::json index = ReadJsonFile(index_path);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
     Fail(index_path, "missing object 'weight_map'");
   }

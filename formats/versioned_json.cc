@@ -1,19 +1,13 @@
 #include "formats/versioned_json.h"
 
 #include "formats/error.h"
-#include "formats/mapped_file.h"
+#include "formats/json_file.h"
 
 namespace kvfold {
 
 nlohmann::json ReadVersionedJson(const std::string& path, const std::string& schema, int format_version,
                                  const std::string& what) {
-  MappedFile file(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(file.bytes().begin(), file.bytes().end());
-  } catch (const nlohmann::json::exception& e) {
-    Fail(path, std::string("not valid JSON (") + e.what() + ")");
-  }
+  nlohmann::json j = ReadJsonFile(path);
   if (!j.is_object() || !j.contains("schema") || j["schema"] != schema) {
     Fail(path, "not a kvfold " + what + " (schema is not " + schema + ")");
   }
