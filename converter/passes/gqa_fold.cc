@@ -142,12 +142,14 @@ Matrix OutputGram(const AttentionProjections& p, std::int64_t new_kv, std::int64
   for (std::int64_t h = 0; h < p.heads; ++h) {
     const std::int64_t m = KvHeadOf(p, h);
     if (m / t != group) continue;
-    const std::int64_t block = (m % t) * d;
+    Matrix head(p.hidden, d);  // W_O[:, h]
     for (std::int64_t r = 0; r < p.hidden; ++r) {
-      const double* row = &p.wo[static_cast<std::size_t>(r * o_cols + h * d)];
-      for (std::int64_t a = 0; a < d; ++a) {
-        for (std::int64_t b = 0; b < d; ++b) g(block + a, block + b) += row[a] * row[b];
-      }
+      std::copy_n(&p.wo[static_cast<std::size_t>(r * o_cols + h * d)], d, &head(r, 0));
+    }
+    const Matrix gram = Multiply(Transpose(head), head);  // [d, d], dgemm: hidden is thousands
+    const std::int64_t block = (m % t) * d;
+    for (std::int64_t a = 0; a < d; ++a) {
+      for (std::int64_t b = 0; b < d; ++b) g(block + a, block + b) += gram(a, b);
     }
   }
   return g;
@@ -164,18 +166,18 @@ std::pair<Matrix, Matrix> WeightedValueBasis(const Matrix& moment, Matrix gram, 
   // A head no query reads, or W_O columns that cancel, leave G singular; a relative ridge keeps
   // G^-1/2 finite without changing a well-conditioned G (1e-9 of its mean eigenvalue).
   for (std::int64_t i = 0; i < n; ++i) gram(i, i) += 1e-9 * std::max(trace / n, 1e-300);
+  // G^1/2 = V diag(sqrt l) V^T and G^-1/2 = V diag(1 / sqrt l) V^T, as dgemm products.
   const SymmetricEigen ge = EigenSymmetric(gram);
-  Matrix root(n, n), inverse_root(n, n);
-  for (std::int64_t k = 0; k < n; ++k) {
-    const double lambda = std::max(ge.values[static_cast<std::size_t>(k)], 1e-300);
-    for (std::int64_t i = 0; i < n; ++i) {
-      for (std::int64_t j = 0; j < n; ++j) {
-        const double vv = ge.vectors(i, k) * ge.vectors(j, k);
-        root(i, j) += std::sqrt(lambda) * vv;
-        inverse_root(i, j) += vv / std::sqrt(lambda);
-      }
+  Matrix scaled(n, n), inverse_scaled(n, n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t k = 0; k < n; ++k) {
+      const double root_lambda = std::sqrt(std::max(ge.values[static_cast<std::size_t>(k)], 1e-300));
+      scaled(i, k) = ge.vectors(i, k) * root_lambda;
+      inverse_scaled(i, k) = ge.vectors(i, k) / root_lambda;
     }
   }
+  const Matrix vectors_t = Transpose(ge.vectors);
+  const Matrix root = Multiply(scaled, vectors_t), inverse_root = Multiply(inverse_scaled, vectors_t);
   const Matrix q_rows = TopEigenRows(Multiply(Multiply(root, moment), root), d, kept);  // Q^T [d, n]
   return {Multiply(q_rows, root), Multiply(q_rows, inverse_root)};
 }
