@@ -84,4 +84,15 @@ std::string SafetensorsBytes(const std::string& header_json, const std::string& 
   return bytes + header_json + data;
 }
 
+std::string NpyBytes(const std::string& descr, const std::string& shape, const std::string& data, bool fortran) {
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
+                       ", 'shape': " + shape + ", }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::string out = std::string("\x93NUMPY", 6) + '\x01' + '\x00';
+  out += static_cast<char>(header.size() & 0xff);
+  out += static_cast<char>(header.size() >> 8);
+  return out + header + data;
+}
+
 }  // namespace kvfold::test

@@ -1,5 +1,5 @@
 // --calib in the forms users have: text, JSON Lines of documents or ids, NumPy .npy ids. The .npy
-// files are built here byte by byte from NumPy's format description, not by kvfold's writer.
+// files are built byte by byte from NumPy's format description (test::NpyBytes), not by kvfold.
 #include <catch2/catch.hpp>
 
 #include <cstring>
@@ -15,20 +15,6 @@ using namespace kvfold;
 namespace {
 
 std::unique_ptr<Tokenizer> Stories() { return Tokenizer::Load(test::SharedPath("models/stories260K/tokenizer.model")); }
-
-template <typename T>
-std::string Npy(const std::string& descr, const std::string& shape, const std::vector<T>& values, bool fortran = false) {
-  std::string header = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
-                       ", 'shape': " + shape + ", }";
-  while ((10 + header.size() + 1) % 64 != 0) header += ' ';  // NumPy aligns the data to 64 bytes
-  header += '\n';
-  std::string out = std::string("\x93NUMPY", 6) + '\x01' + '\x00';
-  out += static_cast<char>(header.size() & 0xff);
-  out += static_cast<char>(header.size() >> 8);
-  out += header;
-  out.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
-  return out;
-}
 
 std::string ErrorOf(const std::string& path, const Tokenizer& tok) {
   try {
@@ -65,9 +51,9 @@ TEST_CASE("pre-tokenized ids as JSON Lines and .npy are used as they are", "[cal
   const CalibrationTokens ids = LoadCalibrationTokens(dir.File("ids.jsonl"), *tok, 512);
   CHECK(ids.format == "jsonl-ids");
   CHECK(ids.tokens == std::vector<std::int32_t>{1, 2, 3, 4, 5, 6});
-  test::WriteBytes(dir.File("a.npy"), Npy<std::int32_t>("<i4", "(2, 3)", {1, 2, 3, 4, 5, 511}));
+  test::WriteBytes(dir.File("a.npy"), test::NpyBytes<std::int32_t>("<i4", "(2, 3)", {1, 2, 3, 4, 5, 511}));
   CHECK(LoadCalibrationTokens(dir.File("a.npy"), *tok, 512).tokens == std::vector<std::int32_t>{1, 2, 3, 4, 5, 511});
-  test::WriteBytes(dir.File("b.npy"), Npy<std::int64_t>("<i8", "(4,)", {7, 8, 9, 10}));
+  test::WriteBytes(dir.File("b.npy"), test::NpyBytes<std::int64_t>("<i8", "(4,)", {7, 8, 9, 10}));
   CHECK(LoadCalibrationTokens(dir.File("b.npy"), *tok, 512).tokens == std::vector<std::int32_t>{7, 8, 9, 10});
 }
 
@@ -83,10 +69,10 @@ TEST_CASE("bad calibration files name the file, the line and the problem", "[cal
   check("z.jsonl", "[1, 2]\n{oops\n", ": line 2: not valid JSON");
   check("w.jsonl", "{\"content\": \"a\"}\n",
         ": line 1: expected {\"text\": \"...\"}, {\"input_ids\": [...]}, {\"ids\": [...]} or a list of ids");
-  check("f.npy", Npy<float>("<f4", "(2,)", {1.0f, 2.0f}), ": .npy dtype '<f4' is not token ids (expected little-endian int32 or int64)");
-  check("o.npy", Npy<std::int32_t>("<i4", "(2, 1)", {1, 2}, true),
+  check("f.npy", test::NpyBytes<float>("<f4", "(2,)", {1.0f, 2.0f}), ": .npy dtype '<f4' is not token ids (expected little-endian int32 or int64)");
+  check("o.npy", test::NpyBytes<std::int32_t>("<i4", "(2, 1)", {1, 2}, true),
         ": .npy array in Fortran order is not supported (save it with numpy's default C order)");
-  check("s.npy", Npy<std::int32_t>("<i4", "(3,)", {1, 2}), ": .npy data holds 2 elements, its shape says 3");
-  check("n.npy", Npy<std::int32_t>("<i4", "(2,)", {1, -1}), ": element 1: token id -1 is outside the model's vocabulary of 512");
+  check("s.npy", test::NpyBytes<std::int32_t>("<i4", "(3,)", {1, 2}), ": .npy data holds 2 elements, its shape says 3");
+  check("n.npy", test::NpyBytes<std::int32_t>("<i4", "(2,)", {1, -1}), ": element 1: token id -1 is outside the model's vocabulary of 512");
   check("m.npy", "PK\x03\x04 not numpy", ": not a NumPy .npy file (bad magic)");
 }

@@ -404,12 +404,7 @@ TEST_CASE("calibrating on pre-tokenized ids (.npy, JSON Lines) converts exactly 
   const auto tok = Tokenizer::Load(SharedPath("models/stories260K/tokenizer.model"));
   std::vector<std::int32_t> ids = tok->Encode(LoadText(text));
   ids.resize(1024);
-  std::string header = "{'descr': '<i4', 'fortran_order': False, 'shape': (4, 256), }";
-  while ((11 + header.size()) % 64 != 0) header += ' ';
-  header += '\n';
-  std::string npy = std::string("\x93NUMPY\x01\x00", 8) + static_cast<char>(header.size()) + '\0' + header;
-  npy.append(reinterpret_cast<const char*>(ids.data()), ids.size() * sizeof(std::int32_t));
-  test::WriteBytes(tmp.File("calib.npy"), npy);
+  test::WriteBytes(tmp.File("calib.npy"), test::NpyBytes("<i4", "(4, 256)", ids));
   std::string jsonl;
   for (int row = 0; row < 4; ++row) {
     jsonl += "{\"input_ids\": " + nlohmann::json(std::vector<std::int32_t>(ids.begin() + row * 256, ids.begin() + (row + 1) * 256)).dump() + "}\n";
