@@ -4,6 +4,7 @@
 #include <cmath>
 #include <utility>
 
+#include "calib/moment_sums.h"
 #include "formats/error.h"
 
 // The Fortran BLAS symmetric rank-k update; LibTorch already loads a BLAS (OpenBLAS after
@@ -11,10 +12,6 @@
 extern "C" void ssyrk_(const char* uplo, const char* trans, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* beta,
                        float* c, const int* ldc);
-
-extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-                       const float* beta, float* c, const int* ldc);
 
 namespace kvfold {
 namespace {
@@ -24,14 +21,7 @@ void AccumulateInputMoment(const float* a, const float* b, std::int64_t rows, st
                            std::vector<float>& scratch, std::vector<double>& acc) {
   const std::int64_t W = D + 1;
   if (acc.empty()) acc.assign(static_cast<std::size_t>(W * W), 0.0);
-  // Row-major [rows, D] is column-major [D, rows]: C = A B^T over those is X_a^T X_b, column-major.
-  const int n = static_cast<int>(D), k = static_cast<int>(rows);
-  const float one = 1.0f, zero = 0.0f;
-  scratch.assign(static_cast<std::size_t>(D * D), 0.0f);
-  sgemm_("N", "T", &n, &n, &k, &one, a, &n, b, &n, &zero, scratch.data(), &n);
-  for (std::int64_t j = 0; j < D; ++j) {
-    for (std::int64_t i = 0; i < D; ++i) acc[static_cast<std::size_t>(i * W + j)] += scratch[static_cast<std::size_t>(j * D + i)];
-  }
+  AddCrossMoment(a, b, rows, D, scratch, acc.data(), W);
   for (std::int64_t r = 0; r < rows; ++r) {  // the constant column and row: sums of h
     for (std::int64_t i = 0; i < D; ++i) {
       acc[static_cast<std::size_t>(i * W + D)] += a[r * D + i];

@@ -27,6 +27,9 @@ enum CaptureBits : unsigned {
   kCaptureKeyPreRope = 1u << 3,     // keys before RoPE               [B, T, KV, d]
   kCaptureKeyPostRope = 1u << 4,    // keys after RoPE                [B, T, KV, d]
   kCaptureValue = 1u << 5,          // values                         [B, T, KV, d]
+  // The attention context, o_proj's input (the forward then runs attention even when it only
+  // observes the layer)                                                    [B, T, H d]
+  kCaptureContext = 1u << 6,
 };
 
 struct AttentionCapture {
@@ -40,6 +43,7 @@ struct AttentionCapture {
   FloatView key_pre_rope;
   FloatView key_post_rope;
   FloatView value;
+  FloatView context;
 };
 
 class LayerObserver {

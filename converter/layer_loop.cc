@@ -67,6 +67,8 @@ std::int64_t SpectraGroup(const Pipeline& p, const ModelConfig& c) {
 
 LayerPass& AsLayerPass(const std::unique_ptr<Pass>& pass) { return static_cast<LayerPass&>(*pass); }
 
+bool RefitsOutput(const std::unique_ptr<Pass>& pass) { return pass->LayerLocal() && AsLayerPass(pass).RefitsOutput(); }
+
 // Every pass's Finish, in pipeline order, each with its record.
 void FinishPasses(Pipeline& pipeline, ModelDraft& draft, const KvStatistics& totals, std::vector<double>& seconds,
                   PassesRun& run) {
@@ -127,6 +129,26 @@ LayerWeightSource DraftWeights(const ModelDraft& draft) {
           [&draft](const std::string& name) { return draft.ReadF32(name); }};
 }
 
+// Runs `pass` on layer l with an o_proj refit around it: the layer's attention context is
+// captured as it stands, the pass rewrites the layer, the context is captured again on the same
+// hidden states (the layer sealed as it will be written), and the pass refits o_proj from the two.
+void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::Stepper& stepper) {
+  ModelDraft& draft = ctx.model;
+  const int l = ctx.layer;
+  std::vector<OutputRefitCollector> collectors(stepper.slots(), OutputRefitCollector(l));
+  std::vector<LayerObserver*> observers;
+  for (auto& c : collectors) observers.push_back(&c);
+  draft.SealLayer(l);
+  stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), observers, false);
+  pass.RunLayer(ctx);
+  for (auto& c : collectors) c.BeginConverted();
+  draft.SealLayer(l);
+  stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), observers, false);
+  OutputRefitMoments moments;
+  for (auto& c : collectors) moments.Merge(c.Take());  // slot order: deterministic
+  pass.RefitLayer(ctx, moments);
+}
+
 // Converted mode: see layer_loop.h. Statistics are collected on the layer as written (sealed in
 // its output dtype first), so a one-pipeline composition measures what a second kvfold convert
 // on the first one's output would.
@@ -168,7 +190,11 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       const auto t0 = Clock::now();
       static const LayerKvStatistics kNone;
       LayerPassContext ctx{draft, l, stats ? *stats : kNone, stats_kv};
-      AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
+      if (RefitsOutput(pipeline.passes[i])) {
+        RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper);
+      } else {
+        AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
+      }
       seconds[i] += Since(t0);
       if (pipeline.passes[i]->ChangesKv()) stats.reset();
     }
@@ -293,6 +319,11 @@ KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsign
 PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
                     bool report, std::vector<PassTiming>& timings) {
   if (report) pipeline.needed |= kReportStatistics;
+  if (std::any_of(pipeline.passes.begin(), pipeline.passes.end(), RefitsOutput) &&
+      !(CalibratesOnConverted(pipeline, o) && pipeline.needed != 0)) {
+    Fail("--passes", "refit=o fits o_proj on the converted layers' own hidden states: it needs the converted sweep "
+                     "(--calibrate-on converted, the default, and only layer-local passes)");
+  }
   PassesRun run;
   std::vector<double> seconds(pipeline.passes.size(), 0.0);
   const auto t0 = Clock::now();

@@ -131,6 +131,7 @@ class PendingCapture {
     capture_.sequence = sequence;
   }
   bool active() const { return wants_ != 0; }
+  bool Wants(unsigned bit) const { return (wants_ & bit) != 0; }
   void Take(unsigned bit, const at::Tensor& t, FloatView AttentionCapture::*field) {
     if (!(wants_ & bit)) return;
     keep_.push_back(t.to(at::kCPU).clone(at::MemoryFormat::Contiguous));
@@ -332,8 +333,11 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
       rotated = q_rope.reshape({B * T, H * d});
     }
   }
-  capture.Deliver();
-  if (observe_only) return;
+  // The context comes after attention: only an observer that wants it makes an observe-only
+  // run go that far.
+  const bool wants_context = capture.Wants(kCaptureContext);
+  if (!wants_context) capture.Deliver();
+  if (observe_only && !wants_context) return;
   if (!computes) {  // this layer's queries over its source layer's K/V
     rotated = at::cat({rotated, shared_kv_[static_cast<std::size_t>(source)]}, 1).contiguous();
   } else if (c_.SharesKv()) {
@@ -359,6 +363,11 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
   } else {
     ctx = AttentionAten(rotated, layout_, scale_, mask_, policy, layer_cache);
   }
+  if (wants_context) {
+    capture.Take(kCaptureContext, ctx.view({B, T, H * d}), &AttentionCapture::context);
+    capture.Deliver();
+  }
+  if (observe_only) return;
   x.add_(at::linear(ctx, w.w_o, w.b_o));
   x.add_(MlpOutput(w, x, c_));
 }

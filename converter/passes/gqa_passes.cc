@@ -2,6 +2,7 @@
 
 #include "converter/passes/attention_io.h"
 #include "converter/passes/gqa_fold.h"
+#include "converter/passes/output_refit.h"
 #include "formats/error.h"
 #include "formats/tensor_names.h"
 
@@ -56,10 +57,19 @@ class GqaMeanpool : public LayerPass {
   std::int64_t kv_;
 };
 
+// gqa-svd's options besides the target KV heads.
+struct GqaSvdOptions {
+  std::string rope, weight, value_weight;
+  bool refit_output = false;
+  double ridge = -1;  // refit: the relative ridge, or -1 for auto (chosen on held-out windows)
+};
+
 class GqaSvd : public LayerPass {
  public:
-  GqaSvd(std::int64_t kv, std::string rope, std::string weight, std::string value_weight)
-      : kv_(kv), rope_(std::move(rope)), weight_(std::move(weight)), value_weight_(std::move(value_weight)) {}
+  GqaSvd(std::int64_t kv, GqaSvdOptions o)
+      : kv_(kv), rope_(std::move(o.rope)), weight_(std::move(o.weight)), value_weight_(std::move(o.value_weight)),
+        refit_output_(o.refit_output), ridge_(o.ridge) {}
+  bool RefitsOutput() const override { return refit_output_; }
   bool ChangesKv() const override { return true; }
   std::int64_t KvHeadsAfter() const override { return kv_; }
   unsigned NeededStatistics() const override {
@@ -79,6 +89,7 @@ class GqaSvd : public LayerPass {
     }
     const LayerKvStatistics& stats = ctx.statistics;
     AttentionProjections p = ReadAttention(model, l);
+    if (refit_output_) source_wo_ = p.wo;  // the refit's target is the layer before the fold
     FoldRecord record;
     FoldValues(p, kv_, stats.value, record, value_weight_ == "output");
     const std::vector<double>* query_energy = weight_ == "query" ? &stats.query_energy : nullptr;
@@ -97,6 +108,26 @@ class GqaSvd : public LayerPass {
                        {"value_energy_kept", record.value_energy_kept},
                        {"key_energy_kept", record.key_energy_kept}});
   }
+  // o_proj refit to the layer's attention output before the fold (output_refit.h); layers_ has
+  // this layer's entry.
+  void RefitLayer(LayerPassContext& ctx, const OutputRefitMoments& moments) override {
+    const std::string o = HfTensorName({TensorRole::kOProj, ctx.layer});
+    const std::vector<float> wo = ctx.model.ReadF32(o);
+    const std::int64_t hidden = ctx.model.config.hidden_size;
+    const OutputRefit r = RefitOutput(source_wo_, std::vector<double>(wo.begin(), wo.end()), hidden, moments, ridge_);
+    source_wo_.clear();
+    if (r.ridge >= 0) {
+      ctx.model.Replace(o, {hidden, moments.dim}, std::vector<float>(r.wo.begin(), r.wo.end()));
+    }
+    nlohmann::ordered_json tried = nlohmann::ordered_json::array();
+    for (const auto& [ridge, error] : r.tried) tried.push_back({{"ridge", ridge}, {"held_out_error", error}});
+    layers_.back()["refit"] = {{"ridge", r.ridge >= 0 ? nlohmann::ordered_json(r.ridge) : nlohmann::ordered_json("kept")},
+                               {"fit_error_before", r.fit_before},
+                               {"fit_error_after", r.fit_after},
+                               {"held_out_error_before", r.held_out_before},
+                               {"held_out_error_after", r.held_out_after},
+                               {"tried", std::move(tried)}};
+  }
   void Finish(PassContext& ctx) override {
     ModelDraft& model = ctx.model;
     const std::int64_t kv_before = model.config.num_key_value_heads;
@@ -107,6 +138,7 @@ class GqaSvd : public LayerPass {
     ctx.record["rope"] = rope_;
     ctx.record["weight"] = weight_;
     ctx.record["value_weight"] = value_weight_;
+    ctx.record["refit"] = refit_output_ ? "o" : "none";
     ctx.record["vanilla_gqa"] = rope_ == "commute";
     ctx.record["layers"] = std::move(layers_);
   }
@@ -116,6 +148,9 @@ class GqaSvd : public LayerPass {
   std::string rope_;
   std::string weight_;
   std::string value_weight_;
+  bool refit_output_;
+  double ridge_;
+  std::vector<double> source_wo_;  // refit: layer's o_proj before the fold, until RefitLayer
   nlohmann::ordered_json layers_ = nlohmann::ordered_json::array();  // one entry per layer run
 };
 
@@ -126,10 +161,24 @@ std::unique_ptr<Pass> CreateGqaMeanpool(const PassSpec& spec, const ModelConfig&
 }
 
 std::unique_ptr<Pass> CreateGqaSvd(const PassSpec& spec, const ModelConfig& config) {
-  return std::make_unique<GqaSvd>(TargetKvHeads(spec, config),
-                                  StringParam(spec, "rope", "commute", {"commute", "reconstruct"}),
-                                  StringParam(spec, "weight", "query", {"none", "query"}),
-                                  StringParam(spec, "value-weight", "none", {"none", "output"}));
+  GqaSvdOptions o;
+  o.rope = StringParam(spec, "rope", "commute", {"commute", "reconstruct"});
+  o.weight = StringParam(spec, "weight", "query", {"none", "query"});
+  o.value_weight = StringParam(spec, "value-weight", "none", {"none", "output"});
+  o.refit_output = StringParam(spec, "refit", "none", {"none", "o"}) == "o";
+  // The ridge is a parameter of the refit alone: read (and recorded) only with refit=o.
+  if (o.refit_output) {
+    const std::string ridge = spec.params.count("ridge") ? spec.params.at("ridge") : "auto";
+    if (ridge == "auto") {
+      if (!spec.params.count("ridge")) spec.defaults_used["ridge"] = "auto";
+    } else {
+      o.ridge = DoubleParam(spec, "ridge", -1);
+      if (!(o.ridge >= 0)) Fail("--passes", "gqa-svd: ridge must be auto or a number >= 0, not " + ridge);
+    }
+  } else if (spec.params.count("ridge")) {
+    Fail("--passes", "gqa-svd: ridge applies only with refit=o");
+  }
+  return std::make_unique<GqaSvd>(TargetKvHeads(spec, config), std::move(o));
 }
 
 }  // namespace kvfold

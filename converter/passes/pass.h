@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "calib/kv_statistics.h"
+#include "calib/output_refit_moments.h"
 #include "converter/passes/model_draft.h"
 
 namespace kvfold {
@@ -57,6 +58,11 @@ class LayerPass : public Pass {
   void Run(PassContext& context) final;
   virtual void RunLayer(LayerPassContext& context) = 0;
   virtual void Finish(PassContext& context) = 0;
+  // Refits o_proj against the layer as it was before RunLayer (gqa-svd<refit=o>): only the
+  // converted sweep can, by running the layer before and after RunLayer on the same hidden
+  // states and handing the context moments to RefitLayer.
+  virtual bool RefitsOutput() const { return false; }
+  virtual void RefitLayer(LayerPassContext& /*context*/, const OutputRefitMoments& /*moments*/) {}
 };
 
 // A pass invocation as written in a pipeline: name<key=value,...>.

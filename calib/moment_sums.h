@@ -1,0 +1,16 @@
+// Sums of outer products over calibration rows: one float32 BLAS product per batch, added into
+// double accumulators (a batch is at most a few thousand rows, so float32 is exact enough there;
+// the sums over a whole calibration set are not).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace kvfold {
+
+// acc[i * acc_stride + j] += sum over rows r of a[r, i] * b[r, j]: `a` and `b` are [rows, dim]
+// row-major. `scratch` is reused between calls.
+void AddCrossMoment(const float* a, const float* b, std::int64_t rows, std::int64_t dim,
+                    std::vector<float>& scratch, double* acc, std::int64_t acc_stride);
+
+}  // namespace kvfold

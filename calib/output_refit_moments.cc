@@ -1,0 +1,76 @@
+#include "calib/output_refit_moments.h"
+
+#include <utility>
+
+#include "calib/moment_sums.h"
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+void AddInto(std::vector<double>& acc, const std::vector<double>& x) {
+  if (x.empty()) return;
+  if (acc.empty()) acc.assign(x.size(), 0.0);
+  for (std::size_t i = 0; i < x.size(); ++i) acc[i] += x[i];
+}
+
+void Accumulate(const float* c, const float* s, std::int64_t rows, std::int64_t dim, std::vector<float>& scratch,
+                OutputRefitMoments::Part& part) {
+  for (std::vector<double>* m : {&part.cc, &part.cs, &part.ss}) {
+    if (m->empty()) m->assign(static_cast<std::size_t>(dim * dim), 0.0);
+  }
+  AddCrossMoment(c, c, rows, dim, scratch, part.cc.data(), dim);
+  AddCrossMoment(c, s, rows, dim, scratch, part.cs.data(), dim);
+  AddCrossMoment(s, s, rows, dim, scratch, part.ss.data(), dim);
+  part.tokens += rows;
+}
+
+}  // namespace
+
+bool HeldOutWindow(std::int64_t sequence) { return sequence % 4 == 3; }
+
+void OutputRefitMoments::Part::Merge(const Part& other) {
+  tokens += other.tokens;
+  AddInto(cc, other.cc);
+  AddInto(cs, other.cs);
+  AddInto(ss, other.ss);
+}
+
+OutputRefitMoments::Part OutputRefitMoments::All() const {
+  Part all = fit;
+  all.Merge(held_out);
+  return all;
+}
+
+void OutputRefitMoments::Merge(const OutputRefitMoments& other) {
+  if (dim == 0) dim = other.dim;
+  fit.Merge(other.fit);
+  held_out.Merge(other.held_out);
+}
+
+void OutputRefitCollector::Observe(const AttentionCapture& capture) {
+  const FloatView& c = capture.context;
+  const std::int64_t B = c.shape.at(0), T = c.shape.at(1), dim = c.shape.at(2);
+  if (!converted_) {
+    source_[capture.sequence].assign(c.data, c.data + c.size());
+    return;
+  }
+  const auto kept = source_.find(capture.sequence);
+  if (kept == source_.end() || static_cast<std::int64_t>(kept->second.size()) != c.size()) {
+    Fail("calibration", "refit: batch " + std::to_string(capture.sequence) + " differs between the two runs");
+  }
+  moments_.dim = dim;
+  for (std::int64_t b = 0; b < B; ++b) {  // row (b, t) is token t of sequence capture.sequence + b
+    const std::int64_t offset = b * T * dim;
+    Accumulate(c.data + offset, kept->second.data() + offset, T, dim, scratch_,
+               HeldOutWindow(capture.sequence + b) ? moments_.held_out : moments_.fit);
+  }
+  source_.erase(kept);
+}
+
+OutputRefitMoments OutputRefitCollector::Take() {
+  if (!source_.empty()) Fail("calibration", "refit: a batch of the layer before the pass was not run after it");
+  return std::exchange(moments_, OutputRefitMoments());
+}
+
+}  // namespace kvfold

@@ -1,0 +1,55 @@
+// What refitting o_proj after a KV-head fold needs (gqa-svd<refit=o>, docs/gqa.md): the
+// attention context c of one layer (o_proj's input, [H d] per token) as the layer was before the
+// pass (c_s) and after it (c_c), on the same hidden states, summed into second moments. Every
+// fourth calibration window is held out with sums of its own, so that the ridge can be chosen on
+// windows the fit did not see.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "calib/layer_observer.h"
+
+namespace kvfold {
+
+// Windows whose sequence index is 3 mod 4 are held out.
+bool HeldOutWindow(std::int64_t sequence);
+
+struct OutputRefitMoments {
+  // Row-major [dim, dim] sums in double over one part's tokens.
+  struct Part {
+    std::int64_t tokens = 0;
+    std::vector<double> cc;  // sum c_c c_c^T
+    std::vector<double> cs;  // sum c_c c_s^T
+    std::vector<double> ss;  // sum c_s c_s^T
+    void Merge(const Part& other);
+  };
+  std::int64_t dim = 0;  // H d
+  Part fit, held_out;
+  // Both parts together: what the final fit uses.
+  Part All() const;
+  void Merge(const OutputRefitMoments& other);
+};
+
+// A LayerObserver of one layer in two runs over the same batches: first the layer before the pass
+// (its contexts are kept, per batch), then, after BeginConverted(), the layer after it (each batch's
+// contexts meet the kept ones and join the sums).
+class OutputRefitCollector : public LayerObserver {
+ public:
+  explicit OutputRefitCollector(int layer) : layer_(layer) {}
+  void BeginConverted() { converted_ = true; }
+  unsigned Wants(int layer) const override { return layer == layer_ ? kCaptureContext : 0u; }
+  void Observe(const AttentionCapture& capture) override;
+  // The sums; throws Error when a batch of the first run never came back in the second.
+  OutputRefitMoments Take();
+
+ private:
+  int layer_;
+  bool converted_ = false;
+  std::map<std::int64_t, std::vector<float>> source_;  // first sequence of a batch -> its c_s rows
+  OutputRefitMoments moments_;
+  std::vector<float> scratch_;
+};
+
+}  // namespace kvfold

@@ -1,0 +1,109 @@
+#include "converter/passes/output_refit.h"
+
+#include <algorithm>
+
+#include "converter/passes/linalg.h"
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+Matrix Square(const std::vector<double>& v, std::int64_t n) {
+  Matrix m(n, n);
+  m.data = v;
+  return m;
+}
+
+// sum of a_ij b_ij = tr(a^T b).
+double Dot(const Matrix& a, const Matrix& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.data.size(); ++i) s += a.data[i] * b.data[i];
+  return s;
+}
+
+// Relative output error of W (given as W^T) on one part's tokens against W_s c_s; 0 on a part
+// with no output.
+class Scorer {
+ public:
+  Scorer(const OutputRefitMoments::Part& p, std::int64_t dim, const Matrix& source_t)
+      : cc_(Square(p.cc, dim)), cs_source_(Multiply(Square(p.cs, dim), source_t)) {
+    norm_ = p.tokens > 0 ? Dot(source_t, Multiply(Square(p.ss, dim), source_t)) : 0.0;
+  }
+  bool empty() const { return norm_ <= 0; }
+  double operator()(const Matrix& w_t) const {
+    if (empty()) return 0.0;
+    return (Dot(w_t, Multiply(cc_, w_t)) - 2 * Dot(w_t, cs_source_) + norm_) / norm_;
+  }
+
+ private:
+  Matrix cc_, cs_source_;
+  double norm_ = 0;
+};
+
+// W^T from (C_cc + lambda I) W^T = C_cs W_s^T + lambda W_c^T.
+Matrix Fit(const OutputRefitMoments::Part& p, std::int64_t dim, const Matrix& source_t, const Matrix& folded_t,
+           double ridge) {
+  ridge = std::max(ridge, kMinRefitRidge);
+  const Matrix cc = Square(p.cc, dim);
+  double mean_diag = 0;
+  for (std::int64_t i = 0; i < dim; ++i) mean_diag += cc(i, i) / static_cast<double>(dim);
+  const double lambda = ridge * std::max(mean_diag, 1e-300);  // as SolvePositiveDefinite adds it
+  Matrix rhs = Multiply(Square(p.cs, dim), source_t);
+  for (std::size_t i = 0; i < rhs.data.size(); ++i) rhs.data[i] += lambda * folded_t.data[i];
+  return SolvePositiveDefinite(cc, rhs, ridge);
+}
+
+// [hidden, dim] row-major -> its transpose [dim, hidden].
+Matrix Transposed(const std::vector<double>& w, std::int64_t hidden, std::int64_t dim) {
+  if (dim <= 0 || static_cast<std::int64_t>(w.size()) != hidden * dim) {
+    Fail("refit", "internal: o_proj and the context moments disagree in size");
+  }
+  Matrix m(hidden, dim);
+  m.data = w;
+  return Transpose(m);
+}
+
+}  // namespace
+
+const std::vector<double>& RefitRidgeGrid() {
+  static const std::vector<double> grid = {0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+  return grid;
+}
+
+OutputRefit RefitOutput(const std::vector<double>& source_wo, const std::vector<double>& folded_wo,
+                        std::int64_t hidden, const OutputRefitMoments& m, double ridge) {
+  const std::int64_t dim = m.dim;
+  const Matrix source_t = Transposed(source_wo, hidden, dim), folded_t = Transposed(folded_wo, hidden, dim);
+  const Scorer held_out(m.held_out, dim, source_t), fit(m.fit, dim, source_t);
+  auto fit_on = [&](const OutputRefitMoments::Part& part, double r) { return Fit(part, dim, source_t, folded_t, r); };
+  OutputRefit r;
+  if (ridge < 0) {
+    if (held_out.empty()) {
+      Fail("--passes", "gqa-svd: refit=o with ridge=auto needs at least 4 calibration windows (every fourth is "
+                       "held out to choose the ridge); give more calibration text or a fixed ridge=R");
+    }
+    double best = held_out(folded_t);  // keeping the fold's o_proj is a candidate too
+    for (double candidate : RefitRidgeGrid()) {
+      const double score = held_out(fit_on(m.fit, candidate));
+      r.tried.emplace_back(candidate, score);
+      if (score < best) best = score, ridge = candidate;
+    }
+  }
+  if (!held_out.empty()) {
+    r.held_out_before = held_out(folded_t);
+    r.held_out_after = ridge < 0 ? r.held_out_before : held_out(fit_on(m.fit, ridge));
+  }
+  r.fit_before = fit(folded_t);
+  if (ridge < 0) {  // auto kept the fold's o_proj
+    r.wo = folded_wo;
+    r.fit_after = r.fit_before;
+    return r;
+  }
+  const Matrix w_t = fit_on(m.All(), ridge);
+  r.ridge = ridge;
+  r.fit_after = fit(w_t);
+  r.wo = Transpose(w_t).data;
+  return r;
+}
+
+}  // namespace kvfold

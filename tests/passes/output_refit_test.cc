@@ -1,0 +1,149 @@
+// The o_proj refit's math (converter/passes/output_refit.h) on synthetic context moments whose
+// exact answer is known.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+
+#include "converter/passes/output_refit.h"
+#include "formats/error.h"
+
+using namespace kvfold;
+
+namespace {
+
+constexpr std::int64_t kDim = 6, kHidden = 5;
+
+std::vector<double> Random(std::size_t n, std::mt19937& rng) {
+  std::normal_distribution<double> n01;
+  std::vector<double> v(n);
+  for (double& x : v) x = n01(rng);
+  return v;
+}
+
+// Contexts c_c (random) and c_s = T c_c + noise * N(0, 1), summed into `part` in double.
+void AddTokens(OutputRefitMoments::Part& part, const std::vector<double>& t, int tokens, double noise,
+               std::mt19937& rng) {
+  for (std::vector<double>* m : {&part.cc, &part.cs, &part.ss}) m->assign(kDim * kDim, 0.0);
+  for (int n = 0; n < tokens; ++n) {
+    const std::vector<double> c = Random(kDim, rng), e = Random(kDim, rng);
+    std::vector<double> s(kDim, 0.0);
+    for (std::int64_t i = 0; i < kDim; ++i) {
+      for (std::int64_t j = 0; j < kDim; ++j) s[i] += t[i * kDim + j] * c[j];
+      s[i] += noise * e[i];
+    }
+    for (std::int64_t i = 0; i < kDim; ++i) {
+      for (std::int64_t j = 0; j < kDim; ++j) {
+        part.cc[i * kDim + j] += c[i] * c[j];
+        part.cs[i * kDim + j] += c[i] * s[j];
+        part.ss[i * kDim + j] += s[i] * s[j];
+      }
+    }
+  }
+  part.tokens = tokens;
+}
+
+// A signed permutation: orthogonal, as the value basis of a lossless fold is.
+std::vector<double> SignedPermutation() {
+  std::vector<double> p(kDim * kDim, 0.0);
+  for (std::int64_t i = 0; i < kDim; ++i) p[i * kDim + (i * 5 + 1) % kDim] = i % 2 ? -1.0 : 1.0;
+  return p;
+}
+
+std::vector<double> Identity() {
+  std::vector<double> id(kDim * kDim, 0.0);
+  for (std::int64_t i = 0; i < kDim; ++i) id[i * kDim + i] = 1;
+  return id;
+}
+
+// W_s T: what o_proj must become when the fold turned the context c_s into c_c = T^-1 c_s.
+std::vector<double> Times(const std::vector<double>& wo, const std::vector<double>& t) {
+  std::vector<double> out(kHidden * kDim, 0.0);
+  for (std::int64_t r = 0; r < kHidden; ++r) {
+    for (std::int64_t j = 0; j < kDim; ++j) {
+      for (std::int64_t k = 0; k < kDim; ++k) out[r * kDim + j] += wo[r * kDim + k] * t[k * kDim + j];
+    }
+  }
+  return out;
+}
+
+double MaxDiff(const std::vector<double>& a, const std::vector<double>& b) {
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("an exactly linear context error is undone by the unregularised refit", "[refit]") {
+  std::mt19937 rng(7);
+  const std::vector<double> source = Random(kHidden * kDim, rng), t = Random(kDim * kDim, rng);
+  OutputRefitMoments m;
+  m.dim = kDim;
+  AddTokens(m.fit, t, 300, 0.0, rng);
+  AddTokens(m.held_out, t, 100, 0.0, rng);
+  const OutputRefit r = RefitOutput(source, source, kHidden, m, 0.0);
+  // W c_c = W_s T c_c for every token has the one solution W = W_s T; the 1e-9 ridge floor and
+  // double rounding on a well-conditioned 6x6 system move it by far less than 1e-6.
+  CHECK(MaxDiff(r.wo, Times(source, t)) < 1e-6);
+  CHECK(r.ridge == 0.0);
+  CHECK(r.held_out_before > 0.1);  // a random T is a large error
+  CHECK(r.held_out_after < 1e-10);
+  CHECK(r.fit_after < 1e-10);
+}
+
+TEST_CASE("after a lossless fold the refit keeps the fold's o_proj, at any ridge", "[refit]") {
+  std::mt19937 rng(8);
+  const std::vector<double> source = Random(kHidden * kDim, rng), t = SignedPermutation();
+  const std::vector<double> folded = Times(source, t);  // W_c c_c = W_s c_s for every token
+  OutputRefitMoments m;
+  m.dim = kDim;
+  AddTokens(m.fit, t, 50, 0.0, rng);
+  AddTokens(m.held_out, t, 20, 0.0, rng);
+  for (double ridge : {0.0, 1e-3, 1.0, -1.0}) {
+    INFO("ridge " << ridge);
+    const OutputRefit r = RefitOutput(source, folded, kHidden, m, ridge);
+    // Both terms of the objective vanish at W_c: the solve returns it up to rounding.
+    CHECK(MaxDiff(r.wo, folded) < 1e-9);
+    CHECK(r.fit_before < 1e-12);
+  }
+}
+
+TEST_CASE("ridge=auto keeps the fold's o_proj when every refit is worse on the held-out windows", "[refit]") {
+  std::mt19937 rng(9);
+  const std::vector<double> source = Random(kHidden * kDim, rng);
+  OutputRefitMoments m;
+  m.dim = kDim;
+  AddTokens(m.fit, Random(kDim * kDim, rng), 200, 0.0, rng);  // the fit windows say "transform"
+  AddTokens(m.held_out, Identity(), 100, 0.0, rng);          // the held-out ones say "no error"
+  const OutputRefit r = RefitOutput(source, source, kHidden, m, -1);
+  CHECK(r.ridge == -1);
+  CHECK(r.wo == source);  // kept, not refit: the same numbers
+  CHECK(r.tried.size() == RefitRidgeGrid().size());
+  CHECK(r.held_out_after == r.held_out_before);
+}
+
+TEST_CASE("ridge=auto picks the grid ridge that scores best on the held-out windows", "[refit]") {
+  std::mt19937 rng(10);
+  const std::vector<double> source = Random(kHidden * kDim, rng), t = Random(kDim * kDim, rng);
+  OutputRefitMoments m;
+  m.dim = kDim;
+  AddTokens(m.fit, t, 12, 2.0, rng);  // few, noisy fit tokens: the unregularised fit overfits
+  AddTokens(m.held_out, t, 400, 0.0, rng);
+  const OutputRefit r = RefitOutput(source, source, kHidden, m, -1);
+  REQUIRE(r.ridge >= 0);
+  double best = r.held_out_before;
+  for (const auto& [ridge, error] : r.tried) best = std::min(best, error);
+  CHECK(r.held_out_after == best);  // the same fit, scored once more
+  CHECK(r.held_out_after < r.held_out_before);
+}
+
+TEST_CASE("ridge=auto without held-out windows is refused", "[refit]") {
+  std::mt19937 rng(11);
+  const std::vector<double> source = Random(kHidden * kDim, rng);
+  OutputRefitMoments m;
+  m.dim = kDim;
+  AddTokens(m.fit, Identity(), 50, 0.0, rng);
+  CHECK_THROWS_WITH(RefitOutput(source, source, kHidden, m, -1), Catch::Contains("needs at least 4 calibration windows"));
+  CHECK_NOTHROW(RefitOutput(source, source, kHidden, m, 1e-3));  // a fixed ridge needs no held-out windows
+}
