@@ -20,7 +20,7 @@ for model in "${shared_models[@]}"; do
   for divisor in 2 4; do
     (( kv0 % divisor == 0 )) || continue
     for activations in source converted; do
-      passes="gqa-svd<kv-heads=$((kv0 / divisor))>"
+      passes="gqa-svd<kv-heads=$((kv0 / divisor)),refit=none>"
       $kvfold convert "$src" --calib "$calib" --passes "$passes" -o "$work/out" --force --quiet --threads 2 \
         --calibrate-on "$activations" >/dev/null
       $kvfold eval "$work/out" --text "$eval" --max-windows 64 --threads 2 --quiet --json --compare "$src" |

@@ -27,7 +27,7 @@ for model in "${shared_models[@]}"; do
   bytes0=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['kv_cache_bytes_per_token'])" "$info")
   json=$($kvfold eval "$src" --text "$eval" --max-windows "$windows" --threads 2 --quiet --json)
   python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('| $model | original | $layers | $kv0 | %.4f |  |  | $bytes0 |  |  |  |' % d['ppl'])" "$json"
-  for prefix in "" "gqa-svd<kv-heads=$((kv0 / 2))>,"; do
+  for prefix in "" "gqa-svd<kv-heads=$((kv0 / 2)),refit=none>,"; do
     for shape in "mlkv<kv-layers=1" "mlkv<kv-layers=2" "mlkv<kv-layers=3" "lckv<warmup=0" "lckv<warmup=1" "lckv<warmup=2"; do
       for init in mean calib; do
         pipeline="$prefix$shape,init=$init>"

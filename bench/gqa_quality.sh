@@ -41,8 +41,8 @@ for model in "${shared_models[@]}"; do
     (( kv0 % divisor == 0 )) || continue
     kv=$((kv0 / divisor))
     for method in "gqa-meanpool<kv-heads=$kv>" \
-                  "gqa-svd<kv-heads=$kv,rope=commute,weight=none>" "gqa-svd<kv-heads=$kv,rope=commute,weight=query>" \
-                  "gqa-svd<kv-heads=$kv,rope=reconstruct,weight=none>" "gqa-svd<kv-heads=$kv,rope=reconstruct,weight=query>"; do
+                  "gqa-svd<kv-heads=$kv,refit=none,rope=commute,weight=none>" "gqa-svd<kv-heads=$kv,refit=none,rope=commute,weight=query>" \
+                  "gqa-svd<kv-heads=$kv,refit=none,rope=reconstruct,weight=none>" "gqa-svd<kv-heads=$kv,refit=none,rope=reconstruct,weight=query>"; do
       out="$work/out"
       /usr/bin/time -f "%e %M" -o "$work/time" $kvfold convert "$src" --calib "$calib" --passes "$method" \
         -o "$out" --force --quiet --threads 2 --time-passes --calibrate-on "${CALIBRATE_ON:-converted}" \

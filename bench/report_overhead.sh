@@ -9,7 +9,7 @@ runs="${RUNS:-5}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 convert=(build/bin/kvfold convert "$shared/models/mini-mha" --calib "$shared/text/wikitext-2/valid.tokens.txt"
-         --passes 'gqa-svd<kv-heads=2>' -o "$work/out" --force --quiet --threads 2)
+         --passes 'gqa-svd<kv-heads=2,refit=none>' -o "$work/out" --force --quiet --threads 2)
 for i in $(seq "$runs"); do
   /usr/bin/time -f "%e" -a -o "$work/plain" "${convert[@]}" >/dev/null
   /usr/bin/time -f "%e" -a -o "$work/report" "${convert[@]}" --report "$work/report.html" >/dev/null

@@ -19,7 +19,7 @@ for model in stories260K micro-mha mini-mha; do
   for divisor in 2 4; do
     kv=$((kv0 / divisor))
     for weight in none output; do
-      $kvfold convert "$src" --calib "$calib" --passes "gqa-svd<kv-heads=$kv,value-weight=$weight>" -o "$work/out" \
+      $kvfold convert "$src" --calib "$calib" --passes "gqa-svd<kv-heads=$kv,refit=none,value-weight=$weight>" -o "$work/out" \
         --force --quiet --threads 2 >/dev/null
       $kvfold eval "$work/out" --text "$eval" --max-windows 64 --threads 2 --quiet --json --compare "$src" |
         python3 -c "import json,sys; d=json.load(sys.stdin); print('| $model | $kv0 -> $kv | $weight | %.4f | %.4f | %.2f%% |' % (d['ppl'], d['compare']['kl'], 100 * d['compare']['top1_agreement']))"

@@ -27,7 +27,10 @@ void Accumulate(const float* c, const float* s, std::int64_t rows, std::int64_t 
 
 }  // namespace
 
-bool HeldOutWindow(std::int64_t sequence) { return sequence % 4 == 3; }
+bool HeldOutWindow(std::int64_t sequence, std::int64_t windows) {
+  if (windows >= 4) return sequence % 4 == 3;
+  return windows >= 2 && sequence == windows - 1;
+}
 
 void OutputRefitMoments::Part::Merge(const Part& other) {
   tokens += other.tokens;
@@ -63,7 +66,7 @@ void OutputRefitCollector::Observe(const AttentionCapture& capture) {
   for (std::int64_t b = 0; b < B; ++b) {  // row (b, t) is token t of sequence capture.sequence + b
     const std::int64_t offset = b * T * dim;
     Accumulate(c.data + offset, kept->second.data() + offset, T, dim, scratch_,
-               HeldOutWindow(capture.sequence + b) ? moments_.held_out : moments_.fit);
+               HeldOutWindow(capture.sequence + b, windows_) ? moments_.held_out : moments_.fit);
   }
   source_.erase(kept);
 }

@@ -1,7 +1,7 @@
 // What refitting o_proj after a KV-head fold needs (gqa-svd<refit=o>, docs/gqa.md): the
 // attention context c of one layer (o_proj's input, [H d] per token) as the layer was before the
 // pass (c_s) and after it (c_c), on the same hidden states, summed into second moments. Every
-// fourth calibration window is held out with sums of its own, so that the ridge can be chosen on
+// fourth calibration window (see HeldOutWindow) is held out with sums of its own, so that the ridge can be chosen on
 // windows the fit did not see.
 #pragma once
 
@@ -13,8 +13,9 @@
 
 namespace kvfold {
 
-// Windows whose sequence index is 3 mod 4 are held out.
-bool HeldOutWindow(std::int64_t sequence);
+// Of `windows` calibration windows, those whose index is 3 mod 4 are held out; with 2 or 3
+// windows, the last one (a single window holds none out).
+bool HeldOutWindow(std::int64_t sequence, std::int64_t windows);
 
 struct OutputRefitMoments {
   // Row-major [dim, dim] sums in double over one part's tokens.
@@ -37,7 +38,7 @@ struct OutputRefitMoments {
 // contexts meet the kept ones and join the sums).
 class OutputRefitCollector : public LayerObserver {
  public:
-  explicit OutputRefitCollector(int layer) : layer_(layer) {}
+  OutputRefitCollector(int layer, std::int64_t windows) : layer_(layer), windows_(windows) {}
   void BeginConverted() { converted_ = true; }
   unsigned Wants(int layer) const override { return layer == layer_ ? kCaptureContext : 0u; }
   void Observe(const AttentionCapture& capture) override;
@@ -46,6 +47,7 @@ class OutputRefitCollector : public LayerObserver {
 
  private:
   int layer_;
+  std::int64_t windows_;  // calibration windows in all (HeldOutWindow)
   bool converted_ = false;
   std::map<std::int64_t, std::vector<float>> source_;  // first sequence of a batch -> its c_s rows
   OutputRefitMoments moments_;

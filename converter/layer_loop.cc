@@ -132,10 +132,10 @@ LayerWeightSource DraftWeights(const ModelDraft& draft) {
 // Runs `pass` on layer l with an o_proj refit around it: the layer's attention context is
 // captured as it stands, the pass rewrites the layer, the context is captured again on the same
 // hidden states (the layer sealed as it will be written), and the pass refits o_proj from the two.
-void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::Stepper& stepper) {
+void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::Stepper& stepper, std::int64_t windows) {
   ModelDraft& draft = ctx.model;
   const int l = ctx.layer;
-  std::vector<OutputRefitCollector> collectors(stepper.slots(), OutputRefitCollector(l));
+  std::vector<OutputRefitCollector> collectors(stepper.slots(), OutputRefitCollector(l, windows));
   std::vector<LayerObserver*> observers;
   for (auto& c : collectors) observers.push_back(&c);
   draft.SealLayer(l);
@@ -147,6 +147,22 @@ void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::S
   OutputRefitMoments moments;
   for (auto& c : collectors) moments.Merge(c.Take());  // slot order: deterministic
   pass.RefitLayer(ctx, moments);
+}
+
+// Outside the converted sweep no refit can run: a refit the pipeline asks for is refused, and
+// a defaulted one (gqa-svd's refit=o) becomes refit=none, which the recorded pipeline then says.
+void DropDefaultRefits(Pipeline& pipeline) {
+  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+    if (!RefitsOutput(pipeline.passes[i])) continue;
+    PassSpec& spec = pipeline.specs[i];
+    if (spec.params.count("refit") || spec.params.count("ridge")) {
+      Fail("--passes", spec.name + ": refit=o fits o_proj on the converted layers' own hidden states: it needs the "
+                       "converted sweep (--calibrate-on converted, the default, and only layer-local passes)");
+    }
+    AsLayerPass(pipeline.passes[i]).DisableRefit();
+    spec.defaults_used["refit"] = "none";
+    spec.defaults_used.erase("ridge");
+  }
 }
 
 // Converted mode: see layer_loop.h. Statistics are collected on the layer as written (sealed in
@@ -191,7 +207,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       static const LayerKvStatistics kNone;
       LayerPassContext ctx{draft, l, stats ? *stats : kNone, stats_kv};
       if (RefitsOutput(pipeline.passes[i])) {
-        RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper);
+        RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper, static_cast<std::int64_t>(data.windows.size()));
       } else {
         AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
       }
@@ -319,11 +335,7 @@ KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsign
 PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
                     bool report, std::vector<PassTiming>& timings) {
   if (report) pipeline.needed |= kReportStatistics;
-  if (std::any_of(pipeline.passes.begin(), pipeline.passes.end(), RefitsOutput) &&
-      !(CalibratesOnConverted(pipeline, o) && pipeline.needed != 0)) {
-    Fail("--passes", "refit=o fits o_proj on the converted layers' own hidden states: it needs the converted sweep "
-                     "(--calibrate-on converted, the default, and only layer-local passes)");
-  }
+  if (!(CalibratesOnConverted(pipeline, o) && pipeline.needed != 0)) DropDefaultRefits(pipeline);
   PassesRun run;
   std::vector<double> seconds(pipeline.passes.size(), 0.0);
   const auto t0 = Clock::now();

@@ -65,6 +65,12 @@ HermitianEigen EigenHermitian(const ComplexMatrix& m) {
 }
 
 Matrix SolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge) {
+  std::optional<Matrix> x = TrySolvePositiveDefinite(a, b, ridge);
+  if (!x) Fail("linalg", "Cholesky solve failed: the calibration moment is not positive definite");
+  return std::move(*x);
+}
+
+std::optional<Matrix> TrySolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge) {
   if (a.rows != a.cols || b.rows != a.rows) Fail("linalg", "internal: SolvePositiveDefinite shapes disagree");
   const lapack_int n = static_cast<lapack_int>(a.rows), nrhs = static_cast<lapack_int>(b.cols);
   double mean_diag = 0;
@@ -72,7 +78,8 @@ Matrix SolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge) {
   Matrix factor = a, x = b;
   for (std::int64_t i = 0; i < a.rows; ++i) factor(i, i) += ridge * std::max(mean_diag, 1e-300);
   const lapack_int info = LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', n, nrhs, factor.data.data(), n, x.data.data(), nrhs);
-  if (info != 0) Fail("linalg", "Cholesky solve failed (info " + std::to_string(info) + "): the calibration moment is not positive definite");
+  if (info > 0) return std::nullopt;  // a leading minor is not positive definite
+  if (info < 0) Fail("linalg", "internal: dposv argument " + std::to_string(-info) + " is invalid");
   return x;
 }
 

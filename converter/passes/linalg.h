@@ -5,6 +5,7 @@
 
 #include <complex>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace kvfold {
@@ -42,6 +43,8 @@ HermitianEigen EigenHermitian(const ComplexMatrix& hermitian);
 // LAPACKE). The ridge keeps a rank-deficient A (a constant input channel) solvable. Throws Error
 // when the factorisation fails.
 Matrix SolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge);
+// The same, or nothing when A + ridge is not numerically positive definite.
+std::optional<Matrix> TrySolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge);
 
 // C = A B in double (BLAS dgemm).
 Matrix Multiply(const Matrix& a, const Matrix& b);

@@ -1,6 +1,9 @@
 #include "converter/passes/output_refit.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <limits>
+#include <optional>
 
 #include "converter/passes/linalg.h"
 #include "formats/error.h"
@@ -40,9 +43,10 @@ class Scorer {
   double norm_ = 0;
 };
 
-// W^T from (C_cc + lambda I) W^T = C_cs W_s^T + lambda W_c^T.
-Matrix Fit(const OutputRefitMoments::Part& p, std::int64_t dim, const Matrix& source_t, const Matrix& folded_t,
-           double ridge) {
+// W^T from (C_cc + lambda I) W^T = C_cs W_s^T + lambda W_c^T; nothing when C_cc + lambda I is
+// numerically singular (fewer tokens than context dimensions and a tiny ridge).
+std::optional<Matrix> Fit(const OutputRefitMoments::Part& p, std::int64_t dim, const Matrix& source_t,
+                          const Matrix& folded_t, double ridge) {
   ridge = std::max(ridge, kMinRefitRidge);
   const Matrix cc = Square(p.cc, dim);
   double mean_diag = 0;
@@ -50,8 +54,10 @@ Matrix Fit(const OutputRefitMoments::Part& p, std::int64_t dim, const Matrix& so
   const double lambda = ridge * std::max(mean_diag, 1e-300);  // as SolvePositiveDefinite adds it
   Matrix rhs = Multiply(Square(p.cs, dim), source_t);
   for (std::size_t i = 0; i < rhs.data.size(); ++i) rhs.data[i] += lambda * folded_t.data[i];
-  return SolvePositiveDefinite(cc, rhs, ridge);
+  return TrySolvePositiveDefinite(cc, rhs, ridge);
 }
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // [hidden, dim] row-major -> its transpose [dim, hidden].
 Matrix Transposed(const std::vector<double>& w, std::int64_t hidden, std::int64_t dim) {
@@ -76,22 +82,23 @@ OutputRefit RefitOutput(const std::vector<double>& source_wo, const std::vector<
   const Matrix source_t = Transposed(source_wo, hidden, dim), folded_t = Transposed(folded_wo, hidden, dim);
   const Scorer held_out(m.held_out, dim, source_t), fit(m.fit, dim, source_t);
   auto fit_on = [&](const OutputRefitMoments::Part& part, double r) { return Fit(part, dim, source_t, folded_t, r); };
+  auto score = [&](const Scorer& scorer, const std::optional<Matrix>& w_t) { return w_t ? scorer(*w_t) : kNaN; };
   OutputRefit r;
   if (ridge < 0) {
     if (held_out.empty()) {
-      Fail("--passes", "gqa-svd: refit=o with ridge=auto needs at least 4 calibration windows (every fourth is "
-                       "held out to choose the ridge); give more calibration text or a fixed ridge=R");
+      Fail("--passes", "gqa-svd: refit=o with ridge=auto needs at least 2 calibration windows (one is held out to "
+                       "choose the ridge); give more calibration text, a fixed ridge=R, or refit=none");
     }
     double best = held_out(folded_t);  // keeping the fold's o_proj is a candidate too
     for (double candidate : RefitRidgeGrid()) {
-      const double score = held_out(fit_on(m.fit, candidate));
-      r.tried.emplace_back(candidate, score);
-      if (score < best) best = score, ridge = candidate;
+      const double error = score(held_out, fit_on(m.fit, candidate));  // NaN (skipped) when singular
+      r.tried.emplace_back(candidate, error);
+      if (error < best) best = error, ridge = candidate;
     }
   }
   if (!held_out.empty()) {
     r.held_out_before = held_out(folded_t);
-    r.held_out_after = ridge < 0 ? r.held_out_before : held_out(fit_on(m.fit, ridge));
+    r.held_out_after = ridge < 0 ? r.held_out_before : score(held_out, fit_on(m.fit, ridge));
   }
   r.fit_before = fit(folded_t);
   if (ridge < 0) {  // auto kept the fold's o_proj
@@ -99,10 +106,19 @@ OutputRefit RefitOutput(const std::vector<double>& source_wo, const std::vector<
     r.fit_after = r.fit_before;
     return r;
   }
-  const Matrix w_t = fit_on(m.All(), ridge);
+  // On every window; a system that is singular there (borderline where the fit windows alone
+  // were not) falls back to the fit windows' solution.
+  std::optional<Matrix> w_t = fit_on(m.All(), ridge);
+  if (!w_t) w_t = fit_on(m.fit, ridge);
+  if (!w_t) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%g", ridge);
+    Fail("--passes", "gqa-svd: refit=o with ridge=" + std::string(text) + ": the attention context's second moment "
+                     "is singular (fewer calibration tokens than its dimensions?); use ridge=auto or a larger ridge");
+  }
   r.ridge = ridge;
-  r.fit_after = fit(w_t);
-  r.wo = Transpose(w_t).data;
+  r.fit_after = fit(*w_t);
+  r.wo = Transpose(*w_t).data;
   return r;
 }
 

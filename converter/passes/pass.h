@@ -62,6 +62,7 @@ class LayerPass : public Pass {
   // converted sweep can, by running the layer before and after RunLayer on the same hidden
   // states and handing the context moments to RefitLayer.
   virtual bool RefitsOutput() const { return false; }
+  virtual void DisableRefit() {}
   virtual void RefitLayer(LayerPassContext& /*context*/, const OutputRefitMoments& /*moments*/) {}
 };
 

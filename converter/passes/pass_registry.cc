@@ -23,9 +23,10 @@ const std::vector<PassInfo>& PassRegistry() {
                    "expected score error) | none (plain key energy, the paper's objective)"},
         {"value-weight", "none (default: plain value energy) | output (the error of what W_O makes of "
                          "the values, issue 16)"},
-        {"refit", "none (default) | o (refit o_proj by least squares so the layer's attention output "
-                  "matches the layer before the fold, on the converted model's own hidden states)"},
-        {"ridge", "with refit=o: auto (default: chosen on every fourth calibration window, held out; "
+        {"refit", "o (default: refit o_proj by least squares so the layer's attention output matches the "
+                  "layer before the fold, on the converted model's own hidden states; needs --calibrate-on "
+                  "converted) | none"},
+        {"ridge", "with refit=o: auto (default: chosen on held-out calibration windows, every fourth; "
                   "keeps o_proj when no ridge helps there) | R >= 0 (relative to the context energy)"}},
        &CreateGqaSvd},
       {"kv-norm-analysis",

@@ -100,7 +100,7 @@ TEST_CASE("outputs are complete, described and byte-identical across runs", "[co
   CHECK(out.config.head_dim == 32);
   const auto meta = ReadJson(tmp.File("a/kvfold.json"));
   CHECK(meta["format_version"] == 1);
-  CHECK(meta["pipeline"] == "gqa-svd<kv-heads=2,refit=none,rope=reconstruct,value-weight=none,weight=query>");  // defaults recorded
+  CHECK(meta["pipeline"] == "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=reconstruct,value-weight=none,weight=query>");  // defaults recorded
   CHECK(meta["vanilla_checkpoint"] == false);
   CHECK(meta["calibration"]["tokens"] == 8192);
   CHECK(meta["calibration"]["sha256"].get<std::string>().size() == 64);
@@ -276,7 +276,7 @@ TEST_CASE("calibrated on the source, layer by layer inside the sweep equals pass
   // order, as the whole-model merge adds them) and the same tensors: the outputs are the same
   // bytes. A pass that read another layer's statistics or tensors, or statistics merged in
   // another order, would change them.
-  const char* pipelines[] = {"gqa-svd<kv-heads=2>", "gqa-svd<kv-heads=4,rope=reconstruct,weight=none>",
+  const char* pipelines[] = {"gqa-svd<kv-heads=2,refit=none>", "gqa-svd<kv-heads=4,refit=none,rope=reconstruct,weight=none>",
                              "kv-scales<strategy=head>", "kv-balance", "gqa-meanpool<kv-heads=2>"};
   for (const char* passes : pipelines) {
     INFO(passes);

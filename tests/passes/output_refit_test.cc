@@ -144,6 +144,26 @@ TEST_CASE("ridge=auto without held-out windows is refused", "[refit]") {
   OutputRefitMoments m;
   m.dim = kDim;
   AddTokens(m.fit, Identity(), 50, 0.0, rng);
-  CHECK_THROWS_WITH(RefitOutput(source, source, kHidden, m, -1), Catch::Contains("needs at least 4 calibration windows"));
+  CHECK_THROWS_WITH(RefitOutput(source, source, kHidden, m, -1), Catch::Contains("needs at least 2 calibration windows"));
   CHECK_NOTHROW(RefitOutput(source, source, kHidden, m, 1e-3));  // a fixed ridge needs no held-out windows
+}
+
+TEST_CASE("a ridge whose system is not positive definite is skipped by auto and refused when written", "[refit]") {
+  std::mt19937 rng(12);
+  const std::vector<double> source = Random(kHidden * kDim, rng);
+  OutputRefitMoments m;
+  m.dim = kDim;
+  AddTokens(m.fit, Identity(), 50, 0.0, rng);
+  AddTokens(m.held_out, Identity(), 50, 0.0, rng);
+  // What float32 sums of too few tokens can leave: a direction with a slightly negative second
+  // moment, which small ridges do not lift (1e-1 of the mean diagonal does).
+  for (auto* part : {&m.fit, &m.held_out}) {
+    for (std::int64_t i = 0; i < kDim; ++i) part->cc[i * kDim + kDim - 1] = part->cc[(kDim - 1) * kDim + i] = 0;
+    part->cc[kDim * kDim - 1] = -1e-2 * part->cc[0];
+  }
+  const OutputRefit r = RefitOutput(source, source, kHidden, m, -1);
+  REQUIRE(r.tried.size() == RefitRidgeGrid().size());
+  CHECK(std::isnan(r.tried.front().second));  // ridge 0: skipped
+  CHECK(!std::isnan(r.tried.back().second));  // ridge 1: solved
+  CHECK_THROWS_WITH(RefitOutput(source, source, kHidden, m, 0.0), Catch::Contains("second moment is singular"));
 }

@@ -53,12 +53,11 @@ TEST_CASE("a created pass's spec names every parameter in force, defaults includ
     }
     return spec.Text();
   };
-  CHECK(created("gqa-svd<kv-heads=2>") == "gqa-svd<kv-heads=2,refit=none,rope=commute,value-weight=none,weight=query>");
+  CHECK(created("gqa-svd<kv-heads=2>") == "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>");
   // The ridge belongs to the refit: recorded with refit=o, refused without it.
-  CHECK(created("gqa-svd<kv-heads=2,refit=o>") ==
-        "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>");
-  CHECK(created(created("gqa-svd<kv-heads=2,refit=o,ridge=0.01>")) == created("gqa-svd<kv-heads=2,refit=o,ridge=0.01>"));
-  CHECK_THROWS_WITH(created("gqa-svd<kv-heads=2,ridge=0>"), Catch::Contains("ridge applies only with refit=o"));
+  CHECK(created("gqa-svd<kv-heads=2,refit=none>") == "gqa-svd<kv-heads=2,refit=none,rope=commute,value-weight=none,weight=query>");
+  CHECK(created(created("gqa-svd<kv-heads=2,ridge=0.01>")) == created("gqa-svd<kv-heads=2,refit=o,ridge=0.01>"));
+  CHECK_THROWS_WITH(created("gqa-svd<kv-heads=2,refit=none,ridge=0>"), Catch::Contains("ridge applies only with refit=o"));
   CHECK_THROWS_WITH(created("gqa-svd<kv-heads=2,refit=o,ridge=-1>"), Catch::Contains("ridge must be auto or a number >= 0"));
   CHECK(created("kv-balance") == "kv-balance<alpha=0.5>");
   CHECK(created("kv-mixed<bits=2>") == "kv-mixed<bits=2,group=0,hi-bits=16,keep=0.2,key-axis=channel,key-bits=2,"
