@@ -3,7 +3,8 @@
 // text (W = 256, positions 128..255 scored, as kvfold eval does) and printed as one JSON line:
 // spec, mean bits per KV element (scales counted), ppl, KL to the original's full cache, top-1.
 // The folders may be the original or conversions of it with the same weights semantics (e.g.
-// kv-scales or kv-balance outputs).
+// kv-scales or kv-balance outputs). SPEC "full" is the folder's own full cache, scored on the same
+// positions (the KL of a conversion alone).
 //
 //   build/bin/bench_kv_cache_sweep ORIGINAL TEXT [--windows 32] [--threads 2] DIR SPEC [DIR SPEC ...]
 #include <cstdio>
@@ -52,16 +53,18 @@ int main(int argc, char** argv) {
         slot.first = std::make_unique<Checkpoint>(OpenCheckpoint(dir));
         slot.second = ReferenceModel::Load(*slot.first, {"cpu", threads});
       }
-      const CachePolicySpec policy = MakeCachePolicy(rest[i + 1], *slot.first, kWindow);
+      // "full": the model's own full cache, scored on the same positions as a policy would be.
+      const bool full = rest[i + 1] == "full";
+      const CachePolicySpec policy = full ? CachePolicySpec{} : MakeCachePolicy(rest[i + 1], *slot.first, kWindow);
       EvalOptions o;
       o.progress = false;
       o.cache = policy.policy.get();
-      o.scored_from = policy.scored_from;
+      o.scored_from = full ? kWindow / 2 : policy.scored_from;
       const ComparisonResult c = CompareModels(*original, *slot.second, windows, tok->bos_id(), o);
       const nlohmann::ordered_json row = {
           {"model", dir},
-          {"spec", policy.text},
-          {"bits", policy.policy->AverageBits(kWindow, policy.scored_from, slot.first->config.head_dim)},
+          {"spec", full ? "full" : policy.text},
+          {"bits", full ? 16.0 : policy.policy->AverageBits(kWindow, policy.scored_from, slot.first->config.head_dim)},
           {"ppl", c.other.ppl},
           {"full_cache_ppl", c.base.ppl},
           {"kl", c.kl},

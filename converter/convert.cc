@@ -13,6 +13,7 @@
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
 #include "converter/layer_loop.h"
+#include "converter/plan/planner.h"
 #include "converter/passes/model_draft.h"
 #include "converter/passes/pass.h"
 #include "formats/atomic_file.h"
@@ -190,6 +191,11 @@ ConvertResult Analyze(const ConvertOptions& o) {
                             {"original", PerplexityJson(p)}};
     result.timings.push_back({"validation", Since(t0)});
   }
+  if (!o.plan_budgets.empty()) {
+    t0 = Clock::now();
+    report["plan"] = PlanJson(RunPlan(PlanOptionsFor(o)));
+    result.timings.push_back({"plan", Since(t0)});
+  }
   FinishReport(report, result, o.report_path, t_start);
   result.total_seconds = Since(t_start);
   return result;
@@ -226,6 +232,11 @@ nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck,
       {"not_copied", not_copied},
       {"passes", pass_records},
   };
+}
+
+// --kv-budget: the plan the pipeline came from, after the passes' records.
+void AddPlan(const ConvertOptions& o, nlohmann::ordered_json& kvfold_json) {
+  if (!o.plan_json.empty()) kvfold_json["plan"] = nlohmann::ordered_json::parse(o.plan_json);
 }
 
 // --reproduce: the inputs must be the bytes the recorded conversion read.
@@ -302,9 +313,10 @@ ConvertResult Convert(const ConvertOptions& o) {
   for (const auto& n : not_copied) {
     if (o.progress) std::fprintf(stderr, "kvfold: not copied from %s: %s\n", o.model.c_str(), n.c_str());
   }
-  const nlohmann::ordered_json meta =
+  nlohmann::ordered_json meta =
       KvfoldJson(o, ck, source_sha256, draft, pipeline.Text(), calib, passes_calibrate ? threads : 0, run.activations, not_copied,
                  pass_records);
+  AddPlan(o, meta);
   WriteFileAtomically(staging.path() + "/kvfold.json", meta.dump(2) + "\n");
   result.timings.push_back({"write", Since(t_write)});
 

@@ -38,6 +38,10 @@ struct ConvertOptions {
   // When set (--reproduce), the inputs must hash to these (kvfold.json's "sha256" fields).
   std::string expected_source_sha256;
   std::string expected_calib_sha256;
+  // --kv-budget: the chosen plan (JSON text), recorded in kvfold.json as "plan".
+  std::string plan_json;
+  // kvfold report --budget: the budgets a KV plan is made for (converter/plan/planner.h).
+  std::vector<double> plan_budgets;
 };
 
 struct PassTiming {

@@ -43,6 +43,8 @@ ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOpt
     if (o.calibrate_on != "converted" && o.calibrate_on != "source") {
       Fail(kvfold_json, "calibration.activations must be converted or source");
     }
+    // A --kv-budget conversion reruns its recorded plan's passes and records the plan again.
+    if (doc.contains("plan")) o.plan_json = doc["plan"].dump();
     // Calibration sums are joined per thread: the same count gives the same bytes.
     if (calib.contains("threads") && calib["threads"].get<int>() > 0 && given.threads == 0) {
       o.threads = calib["threads"].get<int>();

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "converter/convert.h"
+#include "converter/plan/planner.h"
 #include "converter/passes/pass.h"
 #include "formats/error.h"
 #include "runtime_check/data_parallel.h"
@@ -25,6 +26,30 @@ void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes) {
       ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 30));
 }
 
+namespace {
+
+// --kv-budget: the plan for `budget` (scored on the calibration windows after o.calib_tokens)
+// becomes o.passes and is recorded. A plan that changes no weights has nothing to convert.
+void PlanPasses(double budget, ConvertOptions& o) {
+  if (!o.passes.empty()) Fail("--kv-budget", "not used with --passes (the plan chooses the passes)");
+  if (o.model.empty() || o.calib_text.empty()) Fail("--kv-budget", "needs MODEL and --calib");
+  ConvertOptions planned = o;
+  planned.plan_budgets = {budget};
+  const PlanResult r = RunPlan(PlanOptionsFor(planned));
+  const nlohmann::ordered_json plan = PlanJson(r)["plans"][0];
+  if (plan["passes"].is_null()) Fail("--kv-budget", "no candidate fits " + std::to_string(budget) + " of the KV cache");
+  const std::string cache = plan["kv_cache"].is_null() ? "(the full cache)" : plan["kv_cache"].get<std::string>();
+  if (plan["passes"].get<std::string>().empty()) {
+    Fail("--kv-budget", "the best plan changes no weights: serve " + o.model + " as it is with --kv-cache '" + cache +
+                            "' (bytes " + plan["bytes_fraction"].dump() + ", KL " + plan["kl"].dump() + ")");
+  }
+  o.passes = plan["passes"].get<std::string>();
+  o.plan_json = nlohmann::json::parse(plan.dump()).dump();  // keys sorted, as --reproduce reads them back
+  if (o.progress) std::fprintf(stderr, "kvfold: plan for %g: --passes '%s', --kv-cache %s\n", budget, o.passes.c_str(), cache.c_str());
+}
+
+}  // namespace
+
 Command AddConvertCommand(CLI::App& app) {
   struct Args {
     ConvertOptions options;
@@ -32,6 +57,7 @@ Command AddConvertCommand(CLI::App& app) {
     bool time_passes = false;
     bool quiet = false;
     std::string reproduce;  // a kvfold.json
+    double kv_budget = 0;   // --kv-budget: plan, then convert with the plan's passes
   };
   auto a = std::make_shared<Args>();
   CLI::App* sub = app.add_subcommand("convert", "Run a pipeline of passes and write a new checkpoint");
@@ -59,6 +85,10 @@ Command AddConvertCommand(CLI::App& app) {
   sub->add_option("--reproduce", a->reproduce,
                   "Rerun the conversion recorded in an output's kvfold.json (its pipeline, calibration and "
                   "threads; MODEL and --calib default to the recorded paths, whose SHA-256 must match)");
+  sub->add_option("--kv-budget", a->kv_budget,
+                  "Instead of --passes: run kvfold plan for this fraction of the source's 16-bit KV cache and convert "
+                  "with the best plan's passes (recorded in kvfold.json with its --kv-cache spec)")
+      ->check(CLI::Range(1e-9, 1.0));
   sub->add_flag("--print-passes", a->print_passes, "List the passes and their parameters");
   sub->add_flag("--time-passes", a->time_passes, "Print the time of calibration and each pass");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
@@ -73,11 +103,12 @@ Command AddConvertCommand(CLI::App& app) {
     }
     if (a->options.model.empty()) Fail("convert", "MODEL is required");
     if (a->options.calib_text.empty()) Fail("convert", "--calib TEXT is required");
+    a->options.progress = !a->quiet;
+    if (a->kv_budget > 0) PlanPasses(a->kv_budget, a->options);
     if (a->options.passes.empty()) Fail("convert", "--passes is required (see --print-passes)");
     if (!a->options.eval_text.empty() && a->options.report_path.empty()) {
       Fail("--eval", "only used with --report (use kvfold eval to evaluate a model)");
     }
-    a->options.progress = !a->quiet;
     const ConvertResult r = Convert(a->options);
     if (a->time_passes) {
       for (const auto& t : r.timings) std::fprintf(stderr, "time  %-48s %8.3f s\n", t.pass.c_str(), t.seconds);
@@ -102,7 +133,12 @@ Command AddReportCommand(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 20));
   sub->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(ThreadCount());
   AddHiddenMemoryOption(sub, &o->hidden_memory_bytes);
-  return {sub, [o] {
+  auto budgets = std::make_shared<std::string>();
+  sub->add_option("--budget", *budgets, "Add a KV budget plan (as kvfold plan) for these fractions of the 16-bit "
+                                        "KV cache, e.g. 0.5,0.25; its candidates calibrate on --calib-tokens and are "
+                                        "scored on the windows after them");
+  return {sub, [o, budgets] {
+    if (!budgets->empty()) o->plan_budgets = ParseBudgets(*budgets);
     Analyze(*o);
     std::printf("wrote %s\n", o->report_path.c_str());
     return 0;

@@ -25,5 +25,6 @@ Command AddEvalCommand(CLI::App& app);
 Command AddConvertCommand(CLI::App& app);
 Command AddReportCommand(CLI::App& app);
 Command AddTokenizeCommand(CLI::App& app);
+Command AddPlanCommand(CLI::App& app);
 
 }  // namespace kvfold

@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
       kvfold::AddEvalCommand(app),
       kvfold::AddConvertCommand(app),
       kvfold::AddReportCommand(app),
+      kvfold::AddPlanCommand(app),
       kvfold::AddTokenizeCommand(app),
   };
 

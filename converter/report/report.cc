@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "converter/passes/linalg.h"
+#include "converter/report/plan_section.h"
 #include "converter/report/svg_chart.h"
 #include "formats/atomic_file.h"
 #include "formats/error.h"
@@ -306,6 +307,8 @@ std::string RenderReportHtml(const ordered_json& r) {
            "report.json.</p>";
     }
   }
+
+  if (r.contains("plan")) o << PlanSection(r["plan"]);
 
   // Validation.
   if (r.contains("validation")) {

@@ -99,6 +99,13 @@ std::string LineChart(const std::string& id, const ChartAxes& a, const std::vect
       << "\" y2=\"" << kHeight - kBottom << "\"/>";
   }
   for (const auto& s : series) {
+    if (s.markers) {
+      for (const auto& [x, y] : s.points) {
+        o << "<circle cx=\"" << Num(f.X(x)) << "\" cy=\"" << Num(f.Y(y)) << "\" r=\"2.4\" fill=\"" << s.color
+          << "\"><title>" << EscapeHtml(s.name) << "</title></circle>";
+      }
+      continue;
+    }
     o << "<polyline fill=\"none\" stroke=\"" << s.color << "\" stroke-width=\"1.6\" points=\"";
     for (const auto& [x, y] : s.points) o << Num(f.X(x)) << "," << Num(f.Y(y)) << " ";
     o << "\"><title>" << EscapeHtml(s.name) << "</title></polyline>";

@@ -11,6 +11,7 @@ struct Series {
   std::string name;
   std::string color;
   std::vector<std::pair<double, double>> points;  // (x, y)
+  bool markers = false;  // LineChart: a dot per point instead of a line through them
 };
 
 struct ChartAxes {

@@ -1,0 +1,55 @@
+// The planner's search space (kvfold plan, docs/plan.md): every combination of a weight
+// conversion kvfold can make (KV heads by gqa-svd, KV layers by mlkv, both) and a decode-time
+// cache policy (FP8, RTN and KIVI bits for keys and values separately, MiKV, L2-norm eviction),
+// each with the KV bytes it keeps.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "formats/model_config.h"
+
+namespace kvfold {
+
+// A conversion of the weights: the passes that make it ("" = the model as it is).
+struct PlanStructure {
+  std::string passes;
+  std::string family;       // "none", "heads", "cross-layer" or "heads+cross-layer"
+  bool fp8_scales = false;  // kv-scales can follow these passes (FP8 caches are possible)
+  bool cache_policies = true;  // the runtime applies cache policies to the result
+};
+
+// A decode-time cache policy: a --kv-cache spec ("" = the full 16-bit cache).
+struct PlanCache {
+  std::string spec;
+  std::string family;  // "none", "quant" or "evict"
+  bool needs_fp8_scales = false;
+};
+
+struct PlanCandidate {
+  std::size_t structure = 0, cache = 0;  // indexes into the two lists
+  std::string passes;    // pipeline text to convert with ("" = none)
+  std::string kv_cache;  // --kv-cache spec ("" = full cache)
+  std::string family;    // methods combined, e.g. "heads", "quant", "heads+quant"
+  double bytes_fraction = 1;  // KV bytes per cached token over the source's 16-bit cache
+  double kl = std::numeric_limits<double>::quiet_NaN();          // on every scoring window
+  double quick_kl = std::numeric_limits<double>::quiet_NaN();    // on the pruning windows
+  bool frontier = false;  // no scored candidate is both smaller (or equal) and better
+};
+
+// The conversions tried for `c`: the model, gqa-svd to 1/2, 1/4 and 1/8 of the KV heads, mlkv to
+// 1/2 and 1/4 of the layers, and 1/2 of each together (what `c` allows: no KV-head or cross-layer
+// fold for models with per-head q/k norms).
+std::vector<PlanStructure> PlanStructures(const ModelConfig& c);
+
+// The cache policies tried: full, FP8, RTN and KIVI with key and value bits chosen apart, MiKV
+// and L2-norm eviction.
+std::vector<PlanCache> PlanCaches();
+
+// Passes text and family of one combination (FP8 adds kv-scales to the passes).
+PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t s, const std::vector<PlanCache>& caches,
+                      std::size_t c);
+
+}  // namespace kvfold

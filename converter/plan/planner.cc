@@ -1,0 +1,328 @@
+#include "converter/plan/planner.h"
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <memory>
+
+#include "calib/calibration_input.h"
+#include "calib/tokenizer.h"
+#include "calib/windows.h"
+#include "converter/convert.h"
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "formats/fatal_signals.h"
+#include "formats/progress.h"
+#include "formats/spec_syntax.h"
+#include "runtime_check/cache_policy_spec.h"
+#include "runtime_check/evaluate.h"
+
+namespace kvfold {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A private folder under $TMPDIR for the candidate conversions, removed afterwards (and on
+// SIGINT/SIGTERM).
+class ScratchFolder {
+ public:
+  ScratchFolder() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/kvfold-plan.XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) Fail(pattern, "cannot create the planner's scratch folder");
+    path_ = pattern;
+    cleanup_ = std::make_unique<RemoveOnFatalSignal>(path_);
+  }
+  ~ScratchFolder() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::unique_ptr<RemoveOnFatalSignal> cleanup_;
+};
+
+// The scoring windows: the `count` complete windows after the first `calib_tokens` tokens.
+std::vector<TokenWindow> ScoringWindows(const PlanOptions& o, const Checkpoint& ck) {
+  const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
+  const CalibrationTokens calib = LoadCalibrationTokens(o.calib_text, *tokenizer, ck.config.vocab_size);
+  const std::int64_t needed = o.calib_tokens + static_cast<std::int64_t>(o.score_windows) * o.window;
+  if (static_cast<std::int64_t>(calib.tokens.size()) < needed) {
+    Fail(o.calib_text, std::to_string(calib.tokens.size()) + " tokens; the planner calibrates on the first " +
+                           std::to_string(o.calib_tokens) + " and scores the next " + std::to_string(o.score_windows) +
+                           " windows of " + std::to_string(o.window) + ", so it needs " + std::to_string(needed) +
+                           " (fewer --calib-tokens or --score-windows, or more text)");
+  }
+  const std::vector<std::int32_t> rest(calib.tokens.begin() + o.calib_tokens, calib.tokens.end());
+  return CutWindows(rest, o.window, o.score_windows, o.calib_text);
+}
+
+// One scoring pass: the KL of candidates against the source's full cache on `windows`.
+class Scorer {
+ public:
+  Scorer(const PlanOptions& o, const Checkpoint& source, std::int32_t bos)
+      : o_(o), source_(source), bos_(bos), runtime_{o.device, o.threads} {
+    runtime_.stream_layers = true;
+    runtime_.hidden_state_budget_bytes = o.hidden_memory_bytes;
+    base_ = ReferenceModel::Load(source_, runtime_);
+    options_.progress = false;
+    options_.scored_from = o.window / 2;  // every candidate on the same positions: see docs/plan.md
+  }
+  // KL of `cache_spec` ("" = full cache) on the model in `dir`; also its KV bytes fraction.
+  double Kl(const std::string& dir, const std::string& cache_spec, const std::vector<TokenWindow>& windows) {
+    Load(dir);
+    CachePolicySpec cache;
+    EvalOptions options = options_;
+    if (!cache_spec.empty()) {
+      cache = MakeCachePolicy(cache_spec, *checkpoint_, o_.window);
+      options.cache = cache.policy.get();
+    }
+    return CompareModels(*base_, *model_, windows, bos_, options).kl;
+  }
+  double BytesFraction(const std::string& dir, const std::string& cache_spec) {
+    Load(dir);
+    double bits = 16;
+    if (!cache_spec.empty()) {
+      const CachePolicySpec cache = MakeCachePolicy(cache_spec, *checkpoint_, o_.window);
+      bits = cache.policy->AverageBits(o_.window, options_.scored_from, checkpoint_->config.head_dim);
+    }
+    // Both caches at 16 bits before the policy: a fraction of the source's 16-bit cache.
+    return static_cast<double>(checkpoint_->config.KvBytesPerToken(2)) /
+           static_cast<double>(source_.config.KvBytesPerToken(2)) * bits / 16.0;
+  }
+
+ private:
+  void Load(const std::string& dir) {
+    if (dir == loaded_) return;
+    model_.reset();
+    checkpoint_ = std::make_unique<Checkpoint>(OpenCheckpoint(dir));
+    model_ = ReferenceModel::Load(*checkpoint_, runtime_);
+    loaded_ = dir;
+  }
+  const PlanOptions& o_;
+  const Checkpoint& source_;
+  std::int32_t bos_;
+  RuntimeOptions runtime_;
+  EvalOptions options_;
+  std::unique_ptr<ReferenceModel> base_, model_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::string loaded_;
+};
+
+// Converts `structure` (with kv-scales where FP8 can follow) into `dir`.
+void ConvertStructure(const PlanOptions& o, const PlanStructure& s, const std::string& dir) {
+  ConvertOptions c;
+  c.model = o.model;
+  c.calib_text = o.calib_text;
+  c.passes = s.passes;
+  if (s.fp8_scales) c.passes += std::string(c.passes.empty() ? "" : ",") + "kv-scales";
+  c.output = dir;
+  c.calib_tokens = o.calib_tokens;
+  c.window = o.window;
+  c.threads = o.threads;
+  c.device = o.device;
+  c.hidden_memory_bytes = o.hidden_memory_bytes;
+  c.progress = false;
+  Convert(c);
+}
+
+bool Fits(const PlanCandidate& c, double budget) { return c.bytes_fraction <= budget * (1 + 1e-12); }
+
+// The candidates worth every window: per budget, the `survivors` best screened that fit it.
+std::vector<std::size_t> Survivors(const PlanResult& r, const PlanOptions& o) {
+  std::vector<bool> chosen(r.candidates.size(), false);
+  for (double budget : o.budgets) {
+    std::vector<std::size_t> fitting;
+    for (std::size_t i = 0; i < r.candidates.size(); ++i) {
+      if (Fits(r.candidates[i], budget) && !std::isnan(r.candidates[i].quick_kl)) fitting.push_back(i);
+    }
+    std::stable_sort(fitting.begin(), fitting.end(),
+                     [&](std::size_t a, std::size_t b) { return r.candidates[a].quick_kl < r.candidates[b].quick_kl; });
+    for (std::size_t k = 0; k < fitting.size() && k < static_cast<std::size_t>(o.survivors); ++k) chosen[fitting[k]] = true;
+  }
+  std::vector<std::size_t> out;
+  for (std::size_t i = 0; i < chosen.size(); ++i) {
+    if (chosen[i]) out.push_back(i);
+  }
+  return out;
+}
+
+// Marks the screening frontier: no candidate with a smaller or equal fraction screens better.
+void MarkFrontier(std::vector<PlanCandidate>& candidates) {
+  std::vector<std::size_t> order;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    if (!std::isnan(candidates[i].quick_kl)) order.push_back(i);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    const auto& x = candidates[a];
+    const auto& y = candidates[b];
+    return x.bytes_fraction != y.bytes_fraction ? x.bytes_fraction < y.bytes_fraction : x.quick_kl < y.quick_kl;
+  });
+  double best = INFINITY;
+  for (std::size_t i : order) {
+    candidates[i].frontier = candidates[i].quick_kl < best;
+    best = std::min(best, candidates[i].quick_kl);
+  }
+}
+
+nlohmann::ordered_json Number(double x) { return std::isnan(x) ? nlohmann::ordered_json() : nlohmann::ordered_json(x); }
+
+}  // namespace
+
+std::vector<double> ParseBudgets(const std::string& text) {
+  std::vector<double> budgets;
+  for (const std::string& raw : SplitSpecList(text)) {
+    const std::string item = TrimSpaces(raw);
+    const std::optional<double> b = ParseSpecNumber(item);
+    if (!b || !(*b > 0 && *b <= 1)) Fail("--budget", "'" + item + "' is not a fraction in (0, 1]");
+    budgets.push_back(*b);
+  }
+  if (budgets.empty()) Fail("--budget", "give at least one fraction, e.g. 0.5,0.25");
+  return budgets;
+}
+
+PlanOptions PlanOptionsFor(const ConvertOptions& o) {
+  PlanOptions p;
+  p.model = o.model;
+  p.calib_text = o.calib_text;
+  p.budgets = o.plan_budgets;
+  p.calib_tokens = o.calib_tokens;
+  p.window = o.window;
+  p.threads = o.threads;
+  p.device = o.device;
+  p.hidden_memory_bytes = o.hidden_memory_bytes;
+  p.progress = o.progress;
+  return p;
+}
+
+PlanResult RunPlan(const PlanOptions& o) {
+  const auto t0 = Clock::now();
+  if (o.budgets.empty()) Fail("--budget", "give at least one fraction, e.g. 0.5,0.25");
+  if (o.screen_windows < 1 || o.screen_windows > o.score_windows) {
+    Fail("--screen-windows", "must be between 1 and --score-windows");
+  }
+  const Checkpoint source = OpenCheckpoint(o.model);
+  const std::vector<TokenWindow> windows = ScoringWindows(o, source);
+  const std::vector<TokenWindow> screen(windows.begin(), windows.begin() + o.screen_windows);
+  PlanResult r;
+  r.structures = PlanStructures(source.config);
+  r.caches = PlanCaches();
+  r.calibration_tokens = o.calib_tokens;
+  r.window = o.window;
+  r.score_windows = o.score_windows;
+  r.screen_windows = o.screen_windows;
+  r.scored_from = o.window / 2;
+  for (double b : o.budgets) r.plans.push_back({b, -1});
+
+  ScratchFolder scratch;
+  auto dir_of = [&](std::size_t s) { return scratch.path() + "/s" + std::to_string(s); };
+  auto out_of_time = [&] {
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    r.time_limited |= o.seconds_limit > 0 && elapsed > o.seconds_limit;
+    return r.time_limited;
+  };
+  Progress progress("plan", static_cast<std::int64_t>(r.structures.size() * (r.caches.size() + 1)), "steps", o.progress);
+  std::int64_t step = 0;
+  const auto tokenizer = Tokenizer::Load(source.tokenizer_path);
+  Scorer scorer(o, source, tokenizer->bos_id());
+  // Screening: every combination on the first windows, one conversion at a time.
+  for (std::size_t s = 0; s < r.structures.size() && !out_of_time(); ++s) {
+    ConvertStructure(o, r.structures[s], dir_of(s));
+    progress.Update(++step, "converted " + (r.structures[s].passes.empty() ? "(none)" : r.structures[s].passes));
+    for (std::size_t c = 0; c < r.caches.size(); ++c) {
+      ++step;
+      const PlanStructure& st = r.structures[s];
+      if ((r.caches[c].needs_fp8_scales && !st.fp8_scales) || (!r.caches[c].spec.empty() && !st.cache_policies)) continue;
+      PlanCandidate k = Combine(r.structures, s, r.caches, c);
+      k.bytes_fraction = scorer.BytesFraction(dir_of(s), k.kv_cache);
+      if (!out_of_time()) k.quick_kl = scorer.Kl(dir_of(s), k.kv_cache, screen);
+      r.candidates.push_back(std::move(k));
+      progress.Update(step);
+    }
+  }
+  // The survivors on every window, grouped by conversion (sorted indexes keep them together).
+  for (std::size_t i : Survivors(r, o)) {
+    if (out_of_time()) break;
+    PlanCandidate& k = r.candidates[i];
+    k.kl = scorer.Kl(dir_of(k.structure), k.kv_cache, windows);
+  }
+  MarkFrontier(r.candidates);
+  for (BudgetPlan& plan : r.plans) {
+    for (std::size_t i = 0; i < r.candidates.size(); ++i) {
+      const PlanCandidate& k = r.candidates[i];
+      if (std::isnan(k.kl) || !Fits(k, plan.budget)) continue;
+      const PlanCandidate* best = plan.candidate < 0 ? nullptr : &r.candidates[static_cast<std::size_t>(plan.candidate)];
+      if (!best || k.kl < best->kl || (k.kl == best->kl && k.bytes_fraction < best->bytes_fraction)) {
+        plan.candidate = static_cast<int>(i);
+      }
+    }
+  }
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return r;
+}
+
+nlohmann::ordered_json PlanJson(const PlanResult& r) {
+  nlohmann::ordered_json plans = nlohmann::ordered_json::array(), candidates = nlohmann::ordered_json::array();
+  for (const BudgetPlan& p : r.plans) {
+    if (p.candidate < 0) {
+      plans.push_back({{"budget", p.budget}, {"passes", nullptr}, {"kv_cache", nullptr}, {"bytes_fraction", nullptr},
+                       {"kl", nullptr}});
+      continue;
+    }
+    const PlanCandidate& k = r.candidates[static_cast<std::size_t>(p.candidate)];
+    plans.push_back({{"budget", p.budget},
+                     {"passes", k.passes},
+                     {"kv_cache", k.kv_cache.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(k.kv_cache)},
+                     {"bytes_fraction", k.bytes_fraction},
+                     {"kl", k.kl},
+                     {"family", k.family}});
+  }
+  for (const PlanCandidate& k : r.candidates) {
+    candidates.push_back({{"passes", k.passes},
+                          {"kv_cache", k.kv_cache.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(k.kv_cache)},
+                          {"family", k.family},
+                          {"bytes_fraction", k.bytes_fraction},
+                          {"screen_kl", Number(k.quick_kl)},
+                          {"kl", Number(k.kl)},
+                          {"frontier", k.frontier}});
+  }
+  return {{"plans", std::move(plans)},
+          {"scoring",
+           {{"calibration_tokens", r.calibration_tokens},
+            {"window", r.window},
+            {"windows", r.score_windows},
+            {"screen_windows", r.screen_windows},
+            {"scored_from", r.scored_from},
+            {"reference", "the source model with its full cache"}}},
+          {"time_limited", r.time_limited},
+          {"seconds", r.seconds},
+          {"candidates", std::move(candidates)}};
+}
+
+std::string PlanTable(const PlanResult& r) {
+  std::string out = "budget  bytes    KL        passes | kv-cache\n";
+  char line[64];
+  for (const BudgetPlan& p : r.plans) {
+    std::snprintf(line, sizeof line, "%-7.4g ", p.budget);
+    out += line;
+    if (p.candidate < 0) {
+      out += "(no candidate scored within this budget)\n";
+      continue;
+    }
+    const PlanCandidate& k = r.candidates[static_cast<std::size_t>(p.candidate)];
+    std::snprintf(line, sizeof line, "%-8.4f %-9.5f ", k.bytes_fraction, k.kl);
+    out += line + (k.passes.empty() ? std::string("(no conversion)") : k.passes) + " | " +
+           (k.kv_cache.empty() ? std::string("(full cache)") : k.kv_cache) + "\n";
+  }
+  if (r.time_limited) out += "note: --plan-seconds stopped the search; some candidates were not scored\n";
+  return out;
+}
+
+}  // namespace kvfold

@@ -1,0 +1,65 @@
+// kvfold plan: which combination of kvfold's KV-cache reductions loses the least at each KV
+// budget (docs/plan.md). Every candidate (plan_candidates.h) is scored by its KL against the
+// source's full cache on calibration windows the conversions never saw: first on a few windows
+// (screening, every candidate), then the best few per budget on all of them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "converter/convert.h"
+#include "converter/plan/plan_candidates.h"
+#include "runtime_check/reference_model.h"
+
+namespace kvfold {
+
+struct PlanOptions {
+  std::string model, calib_text;
+  std::vector<double> budgets;  // fractions of the source's 16-bit KV cache, in (0, 1]
+  std::int64_t calib_tokens = 16384;  // what each conversion calibrates on (the text's start)
+  int window = 256;
+  int score_windows = 8;   // held-out windows after the calibration tokens
+  int screen_windows = 2;  // the first of those, for screening every candidate
+  int survivors = 3;       // per budget: the best screened, scored on every window
+  double seconds_limit = 0;  // --plan-seconds: no new scoring after it (0 = none)
+  int threads = 0;
+  std::string device = "cpu";
+  std::uint64_t hidden_memory_bytes = kDefaultHiddenMemoryBytes;
+  bool progress = true;
+};
+
+struct BudgetPlan {
+  double budget = 0;
+  int candidate = -1;  // index into PlanResult::candidates; -1 when nothing scored fits
+};
+
+struct PlanResult {
+  std::vector<PlanStructure> structures;
+  std::vector<PlanCache> caches;
+  std::vector<PlanCandidate> candidates;
+  std::vector<BudgetPlan> plans;
+  std::int64_t calibration_tokens = 0;
+  int window = 0, score_windows = 0, screen_windows = 0;
+  std::int64_t scored_from = 0;  // window positions from here on are scored
+  double seconds = 0;
+  bool time_limited = false;  // --plan-seconds stopped scoring: some candidates were not scored
+};
+
+// Throws Error naming the input (model, --calib, --budget) for bad input.
+PlanResult RunPlan(const PlanOptions& options);
+
+// The plan a conversion's options ask for (convert --kv-budget, report --budget): its model,
+// calibration text and tokens, window, device, threads and memory; budgets = o.plan_budgets.
+PlanOptions PlanOptionsFor(const ConvertOptions& o);
+
+// {"plans": [{"budget", "passes", "kv_cache", "bytes_fraction", "kl"}], "candidates": [...], ...}
+nlohmann::ordered_json PlanJson(const PlanResult& result);
+// The plans as a text table, one line per budget.
+std::string PlanTable(const PlanResult& result);
+// Parses "0.5,0.25": each in (0, 1]; throws Error("--budget: ...").
+std::vector<double> ParseBudgets(const std::string& text);
+
+}  // namespace kvfold

@@ -1,0 +1,197 @@
+// The KV budget planner (converter/plan/): its search space, and on a shared model that each
+// plan fits its budget, is the best candidate scored within it, and measures what an
+// independent conversion and comparison measure.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <string>
+
+#include "calib/calibration_input.h"
+#include "calib/tokenizer.h"
+#include "calib/windows.h"
+#include "converter/convert.h"
+#include "converter/plan/planner.h"
+#include "formats/checkpoint.h"
+#include "runtime_check/cache_policy_spec.h"
+#include "runtime_check/evaluate.h"
+#include "runtime_check/reference_model.h"
+#include "tests/converter/convert_test_support.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using kvfold::test::CalibFor;
+using kvfold::test::SharedPath;
+using kvfold::test::TempDir;
+
+namespace {
+
+PlanOptions SmallPlan(const std::vector<double>& budgets) {
+  PlanOptions o;
+  o.model = SharedPath("models/stories260K");
+  o.calib_text = CalibFor("stories260K");
+  o.budgets = budgets;
+  o.calib_tokens = 4096;
+  o.score_windows = 4;
+  o.screen_windows = 1;
+  o.survivors = 2;
+  o.threads = 2;
+  o.progress = false;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("the planner's search space", "[plan]") {
+  ModelConfig c;
+  c.num_key_value_heads = 8;
+  c.num_hidden_layers = 6;
+  std::vector<std::string> passes;
+  for (const auto& s : PlanStructures(c)) passes.push_back(s.passes);
+  CHECK(passes == std::vector<std::string>{"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>", "gqa-svd<kv-heads=1>",
+                                           "mlkv<kv-layers=3>", "mlkv<kv-layers=1>",
+                                           "gqa-svd<kv-heads=4,refit=none>,mlkv<kv-layers=3>"});
+  c.qk_norm = true;  // Qwen3: no fold applies
+  CHECK(PlanStructures(c).size() == 1);
+  c.qk_norm = false;
+  const auto structures = PlanStructures(c);
+  const auto caches = PlanCaches();
+  REQUIRE(caches[1].spec == "quant<scheme=fp8>");
+  CHECK(Combine(structures, 0, caches, 1).passes == "kv-scales");  // FP8 needs the scales
+  CHECK(Combine(structures, 1, caches, 1).passes == "gqa-svd<kv-heads=4>,kv-scales");
+  CHECK(Combine(structures, 1, caches, 1).family == "heads+quant");
+  CHECK(Combine(structures, 0, caches, 0).family == "none");
+  CHECK(Combine(structures, 4, caches, 0).family == "cross-layer");
+}
+
+TEST_CASE("each plan fits its budget, is the best scored candidate within it, and is what eval measures",
+          "[plan][shared]") {
+  const PlanOptions o = SmallPlan({0.5, 0.25, 0.125});
+  const PlanResult r = RunPlan(o);
+  REQUIRE(r.plans.size() == 3);
+  const Checkpoint source = OpenCheckpoint(o.model);
+  const auto tokenizer = Tokenizer::Load(source.tokenizer_path);
+  // The scoring windows, cut here from the calibration text's tokens after the first 4096.
+  const auto tokens = LoadCalibrationTokens(o.calib_text, *tokenizer, source.config.vocab_size).tokens;
+  const auto windows = CutWindows(std::vector<std::int32_t>(tokens.begin() + 4096, tokens.end()), 256, 4, "calib");
+  const auto base = ReferenceModel::Load(source, {"cpu", 2});
+  for (const BudgetPlan& plan : r.plans) {
+    INFO("budget " << plan.budget);
+    REQUIRE(plan.candidate >= 0);
+    const PlanCandidate& chosen = r.candidates[static_cast<std::size_t>(plan.candidate)];
+    CHECK(chosen.bytes_fraction <= plan.budget);
+    for (const PlanCandidate& k : r.candidates) {
+      if (!std::isnan(k.kl) && k.bytes_fraction <= plan.budget) CHECK(chosen.kl <= k.kl);
+    }
+    // Converted and compared again, outside the planner.
+    TempDir tmp;
+    std::string dir = o.model;
+    if (!chosen.passes.empty()) {
+      test::RunConvert("stories260K", chosen.passes, tmp.File("out"), o.calib_tokens);
+      dir = tmp.File("out");
+    }
+    const Checkpoint ck = OpenCheckpoint(dir);
+    EvalOptions eo;
+    eo.progress = false;
+    eo.scored_from = 128;
+    CachePolicySpec cache;
+    double bits = 16;
+    if (!chosen.kv_cache.empty()) {
+      cache = MakeCachePolicy(chosen.kv_cache, ck, 256);
+      eo.cache = cache.policy.get();
+      bits = cache.policy->AverageBits(256, 128, ck.config.head_dim);
+    }
+    const double kl = CompareModels(*base, *ReferenceModel::Load(ck, {"cpu", 2}), windows, tokenizer->bos_id(), eo).kl;
+    // The same conversion and comparison (same threads, same summation order): equal up to
+    // rounding; 1e-6 relative leaves room for nothing else.
+    CHECK(std::abs(kl - chosen.kl) <= 1e-6 * std::max(1e-3, kl));
+    const double heads_and_layers = static_cast<double>(ck.config.KvBytesPerToken(2)) / source.config.KvBytesPerToken(2);
+    CHECK(std::abs(chosen.bytes_fraction - heads_and_layers * bits / 16) < 1e-12);
+  }
+  // The budgets are nested, so a larger one never plans a worse KL.
+  const auto kl_of = [&](int i) { return r.candidates[static_cast<std::size_t>(r.plans[i].candidate)].kl; };
+  CHECK(kl_of(0) <= kl_of(1));
+  CHECK(kl_of(1) <= kl_of(2));
+}
+
+TEST_CASE("kvfold plan --json: the documented schema, deterministic, and one-line errors", "[plan][cli][shared]") {
+  const std::string args = "plan " + SharedPath("models/stories260K") + " --calib " + CalibFor("stories260K") +
+                           " --calib-tokens 4096 --score-windows 4 --screen-windows 1 --survivors 1 --threads 2 --quiet";
+  const auto a = test::RunKvfold(args + " --budget 0.5,0.25 --json");
+  REQUIRE(a.exit_code == 0);
+  auto j = nlohmann::json::parse(a.out);
+  REQUIRE(j["plans"].size() == 2);
+  for (const auto& p : j["plans"]) {
+    CHECK(p["passes"].is_string());
+    CHECK((p["kv_cache"].is_string() || p["kv_cache"].is_null()));
+    CHECK(p["bytes_fraction"].get<double>() <= p["budget"].get<double>());
+    CHECK(p["kl"].get<double>() >= 0);
+  }
+  CHECK(j["candidates"].size() > 50);
+  const auto b = test::RunKvfold(args + " --budget 0.5,0.25 --json");
+  auto k = nlohmann::json::parse(b.out);
+  j.erase("seconds");
+  k.erase("seconds");
+  CHECK(j == k);  // same inputs, same plan and scores
+  const auto bad = test::RunKvfold(args + " --budget 0.5,0");
+  CHECK(bad.exit_code == 1);
+  CHECK(bad.err == "kvfold: error: --budget: '0' is not a fraction in (0, 1]\n");
+  const auto short_text = test::RunKvfold("plan " + SharedPath("models/stories260K") + " --calib " +
+                                          CalibFor("stories260K") + " --calib-tokens 1000000 --budget 0.5 --quiet");
+  CHECK(short_text.exit_code == 1);
+  CHECK(short_text.err.find("tokens; the planner calibrates on the first 1000000") != std::string::npos);
+  CHECK(short_text.err.rfind("kvfold: error: " + CalibFor("stories260K") + ": ", 0) == 0);  // names the file
+  const auto limited = test::RunKvfold(args + " --budget 0.5 --plan-seconds 0.001 --json");
+  REQUIRE(limited.exit_code == 0);
+  CHECK(nlohmann::json::parse(limited.out)["time_limited"] == true);
+}
+
+TEST_CASE("convert --kv-budget converts with the plan, records it, and --reproduce reruns it", "[plan][cli][shared]") {
+  TempDir tmp;
+  const std::string common = "convert " + SharedPath("models/stories260K") + " --calib " + CalibFor("stories260K") +
+                             " --calib-tokens 4096 --threads 2 --quiet";
+  const auto r = test::RunKvfold(common + " --kv-budget 0.25 -o " + tmp.File("out"));
+  REQUIRE(r.exit_code == 0);
+  const auto meta = test::ReadJson(tmp.File("out/kvfold.json"));
+  CHECK(meta["plan"]["budget"] == 0.25);
+  CHECK(meta["plan"]["bytes_fraction"].get<double>() <= 0.25);
+  CHECK(!meta["plan"]["passes"].get<std::string>().empty());
+  const auto again = test::RunKvfold("convert --reproduce " + tmp.File("out/kvfold.json") + " -o " + tmp.File("again") +
+                                     " --quiet");
+  REQUIRE(again.exit_code == 0);
+  for (const char* f : {"kvfold.json", "model.safetensors", "config.json"}) {
+    INFO(f);
+    CHECK(test::ReadBytes(tmp.File(std::string("again/") + f)) == test::ReadBytes(tmp.File(std::string("out/") + f)));
+  }
+  // At half the cache the best plan on stories260K changes no weights: nothing to convert.
+  const auto none = test::RunKvfold(common + " --kv-budget 0.5 -o " + tmp.File("none"));
+  CHECK(none.exit_code == 1);
+  CHECK(none.err.find("the best plan changes no weights: serve") != std::string::npos);
+  CHECK(test::ListDir(tmp.path()) == std::vector<std::string>{"again", "out"});
+  CHECK(test::RunKvfold(common + " --kv-budget 0.25 --passes kv-scales -o " + tmp.File("x")).err.find(
+            "--kv-budget: not used with --passes") != std::string::npos);
+}
+
+TEST_CASE("kvfold report --budget adds the plan: its table, the Pareto chart and the JSON", "[plan][shared]") {
+  TempDir tmp;
+  ConvertOptions o;
+  o.model = SharedPath("models/stories260K");
+  o.calib_text = CalibFor("stories260K");
+  o.calib_tokens = 4096;
+  o.report_path = tmp.File("report.html");
+  o.plan_budgets = {0.25};
+  o.threads = 2;
+  o.progress = false;
+  Analyze(o);
+  const auto report = test::ReadJson(tmp.File("report.json"));
+  REQUIRE(report["plan"]["plans"].size() == 1);
+  CHECK(report["plan"]["plans"][0]["bytes_fraction"].get<double>() <= 0.25);
+  const std::string html = test::ReadBytes(tmp.File("report.html"));
+  CHECK(html.find("<h2>KV budget plan</h2>") != std::string::npos);
+  CHECK(html.find("data-chart=\"plan-pareto\"") != std::string::npos);
+  // One dot per screened candidate.
+  std::size_t dots = 0;
+  for (std::size_t at = html.find("<circle"); at != std::string::npos; at = html.find("<circle", at + 1)) ++dots;
+  std::size_t screened = 0;
+  for (const auto& c : report["plan"]["candidates"]) screened += c["screen_kl"].is_null() ? 0 : 1;
+  CHECK(dots == screened);
+}
