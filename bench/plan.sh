@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The KV budget planner against single methods (issue 16): on each shared model, kvfold plan at
+# The KV budget planner against single methods (issue 16): on every shared model, kvfold plan at
 # budgets 50%, 25%, 12.5% and 6.25% of the 16-bit KV cache (calibration text: 16384 tokens to
 # convert, the next 8 windows to score), then, on 32 windows of the *evaluation* text (positions
 # 128-255, KL against the original's full cache), the planned combination next to the best single
@@ -16,7 +16,7 @@ $kvfold --version | sed 's/^/# /'
 budgets=0.5,0.25,0.125,0.0625
 echo "| model | budget | plan (passes \| --kv-cache) | bytes | KL (eval) | best single method | bytes | KL (eval) | plan better? |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for model in ${MODELS:-stories260K micro-mha mini-mha}; do
+for model in ${MODELS:-${shared_models[@]}}; do
   src="$shared/models/$model"
   model_texts "$model"
   start=$(date +%s.%N)

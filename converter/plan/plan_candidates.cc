@@ -1,5 +1,7 @@
 #include "converter/plan/plan_candidates.h"
 
+#include <algorithm>
+
 namespace kvfold {
 
 std::vector<PlanStructure> PlanStructures(const ModelConfig& c) {
@@ -27,22 +29,54 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c) {
 
 std::vector<PlanCache> PlanCaches() {
   std::vector<PlanCache> out = {{"", "none", false}, {"quant<scheme=fp8>", "quant", true}};
-  for (int key : {8, 4, 3, 2}) {
-    for (int value : {8, 4, 3, 2}) {
-      out.push_back({"quant<scheme=rtn,key-bits=" + std::to_string(key) + ",value-bits=" + std::to_string(value) + ">",
-                     "quant", false});
-    }
-  }
-  for (int key : {4, 2}) {
-    for (int value : {4, 2}) {
-      out.push_back({"quant<scheme=kivi,key-bits=" + std::to_string(key) + ",value-bits=" + std::to_string(value) +
-                         ">",
-                     "quant", false});
+  for (const char* scheme : {"rtn", "kivi"}) {
+    const std::vector<int> bits = std::string(scheme) == "rtn" ? std::vector<int>{8, 4, 3, 2} : std::vector<int>{4, 2};
+    for (int key : bits) {
+      for (int value : bits) {
+        out.push_back({std::string("quant<scheme=") + scheme + ",key-bits=" + std::to_string(key) +
+                           ",value-bits=" + std::to_string(value) + ">",
+                       "quant", false, std::min(key, value) <= 3});
+      }
     }
   }
   out.push_back({"quant<scheme=mikv,bits=4,keep=0.2>", "quant", false});
   out.push_back({"quant<scheme=mikv,bits=2,keep=0.2>", "quant", false});
   for (const char* keep : {"0.5", "0.25"}) out.push_back({std::string("evict<policy=l2-low,keep=") + keep + ">", "evict", false});
+  return out;
+}
+
+namespace {
+
+// "0,3,5": a protect list in ascending order (the canonical form).
+std::string LayerList(std::vector<std::int64_t> layers) {
+  std::sort(layers.begin(), layers.end());
+  std::string out;
+  for (std::int64_t l : layers) out += (out.empty() ? "" : ",") + std::to_string(l);
+  return out;
+}
+
+}  // namespace
+
+std::string LayerProbeCache(std::int64_t layers, std::int64_t layer) {
+  std::vector<std::int64_t> others;
+  for (std::int64_t l = 0; l < layers; ++l) {
+    if (l != layer) others.push_back(l);
+  }
+  return "quant<scheme=rtn,key-bits=2,value-bits=2" + (others.empty() ? "" : ",protect=" + LayerList(others)) + ">";
+}
+
+std::vector<PlanCache> ProtectedCaches(const std::vector<PlanCache>& caches, const std::vector<std::int64_t>& by_sensitivity) {
+  std::vector<PlanCache> out;
+  for (std::size_t count = 1; count <= 2 && count < by_sensitivity.size(); ++count) {
+    const std::vector<std::int64_t> top(by_sensitivity.begin(), by_sensitivity.begin() + static_cast<std::ptrdiff_t>(count));
+    for (const PlanCache& c : caches) {
+      if (!c.low_bits) continue;
+      PlanCache p = c;
+      p.spec.insert(p.spec.size() - 1, ",protect=" + LayerList(top));
+      p.low_bits = false;
+      out.push_back(p);
+    }
+  }
   return out;
 }
 

@@ -26,6 +26,7 @@ struct PlanCache {
   std::string spec;
   std::string family;  // "none", "quant" or "evict"
   bool needs_fp8_scales = false;
+  bool low_bits = false;  // RTN or KIVI with keys or values at 3 bits or fewer: per-layer protection pays
 };
 
 struct PlanCandidate {
@@ -47,6 +48,14 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c);
 // The cache policies tried: full, FP8, RTN and KIVI with key and value bits chosen apart, MiKV
 // and L2-norm eviction.
 std::vector<PlanCache> PlanCaches();
+
+// Per-layer precision by measured sensitivity: the cache spec that quantizes layer `layer` alone
+// at the lowest bits tried (every other layer protected), whose KL ranks the layers.
+std::string LayerProbeCache(std::int64_t layers, std::int64_t layer);
+// For each low-bit RTN/KIVI cache (keys or values at 3 bits or fewer), the same cache with the
+// most sensitive layer, and the two most sensitive, left at 16 bits (`by_sensitivity`: layers,
+// most sensitive first).
+std::vector<PlanCache> ProtectedCaches(const std::vector<PlanCache>& caches, const std::vector<std::int64_t>& by_sensitivity);
 
 // Passes text and family of one combination (FP8 adds kv-scales to the passes).
 PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t s, const std::vector<PlanCache>& caches,

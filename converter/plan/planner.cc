@@ -133,6 +133,20 @@ void ConvertStructure(const PlanOptions& o, const PlanStructure& s, const std::s
   Convert(c);
 }
 
+// Layers, most sensitive first: the screening KL of a 2-bit cache on that layer alone (`kl` gets
+// each layer's).
+std::vector<std::int64_t> RankLayers(Scorer& scorer, const std::string& dir, std::int64_t layers,
+                                     const std::vector<TokenWindow>& screen, std::vector<double>& kl) {
+  kl.clear();
+  for (std::int64_t l = 0; l < layers; ++l) kl.push_back(scorer.Kl(dir, LayerProbeCache(layers, l), screen));
+  std::vector<std::int64_t> order(static_cast<std::size_t>(layers));
+  for (std::int64_t l = 0; l < layers; ++l) order[static_cast<std::size_t>(l)] = l;
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+    return kl[static_cast<std::size_t>(a)] > kl[static_cast<std::size_t>(b)];
+  });
+  return order;
+}
+
 bool Fits(const PlanCandidate& c, double budget) { return c.bytes_fraction <= budget * (1 + 1e-12); }
 
 // The candidates worth every window: per budget, the `survivors` best screened that fit it.
@@ -232,10 +246,16 @@ PlanResult RunPlan(const PlanOptions& o) {
   std::int64_t step = 0;
   const auto tokenizer = Tokenizer::Load(source.tokenizer_path);
   Scorer scorer(o, source, tokenizer->bos_id());
-  // Screening: every combination on the first windows, one conversion at a time.
+  // Screening: every combination on the first windows, one conversion at a time. The model as it
+  // is comes first: its layers' sensitivity to a low-bit cache adds the per-layer caches.
   for (std::size_t s = 0; s < r.structures.size() && !out_of_time(); ++s) {
     ConvertStructure(o, r.structures[s], dir_of(s));
     progress.Update(++step, "converted " + (r.structures[s].passes.empty() ? "(none)" : r.structures[s].passes));
+    if (s == 0) {
+      r.layers_by_sensitivity = RankLayers(scorer, dir_of(0), source.config.num_hidden_layers, screen, r.layer_kl);
+      const auto protected_caches = ProtectedCaches(r.caches, r.layers_by_sensitivity);
+      r.caches.insert(r.caches.end(), protected_caches.begin(), protected_caches.end());
+    }
     for (std::size_t c = 0; c < r.caches.size(); ++c) {
       ++step;
       const PlanStructure& st = r.structures[s];
@@ -294,6 +314,9 @@ nlohmann::ordered_json PlanJson(const PlanResult& r) {
                           {"frontier", k.frontier}});
   }
   return {{"plans", std::move(plans)},
+          {"layer_sensitivity", {{"probe", "keys and values at 2 bits (RTN) on that layer alone"},
+                                 {"kl", r.layer_kl},
+                                 {"most_sensitive_first", r.layers_by_sensitivity}}},
           {"scoring",
            {{"calibration_tokens", r.calibration_tokens},
             {"window", r.window},

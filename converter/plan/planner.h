@@ -44,6 +44,8 @@ struct PlanResult {
   std::int64_t calibration_tokens = 0;
   int window = 0, score_windows = 0, screen_windows = 0;
   std::int64_t scored_from = 0;  // window positions from here on are scored
+  std::vector<double> layer_kl;                  // per layer: screening KL of a 2-bit cache there alone
+  std::vector<std::int64_t> layers_by_sensitivity;  // most sensitive first (per-layer caches protect these)
   double seconds = 0;
   bool time_limited = false;  // --plan-seconds stopped scoring: some candidates were not scored
 };

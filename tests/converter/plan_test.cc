@@ -61,6 +61,16 @@ TEST_CASE("the planner's search space", "[plan]") {
   CHECK(Combine(structures, 1, caches, 1).family == "heads+quant");
   CHECK(Combine(structures, 0, caches, 0).family == "none");
   CHECK(Combine(structures, 4, caches, 0).family == "cross-layer");
+  // Per-layer precision: a probe quantizes one layer alone; the protected caches keep the most
+  // sensitive one or two layers at 16 bits, listed in ascending order.
+  CHECK(LayerProbeCache(3, 1) == "quant<scheme=rtn,key-bits=2,value-bits=2,protect=0,2>");
+  std::size_t low_bits = 0;
+  for (const auto& cache : caches) low_bits += cache.low_bits ? 1 : 0;
+  CHECK(low_bits == 15);  // RTN pairs with a side at 3 or 2 bits (12 of 16) and KIVI's 4/2, 2/4, 2/2
+  const auto protected_caches = ProtectedCaches(caches, {2, 0, 1});
+  REQUIRE(protected_caches.size() == 2 * low_bits);
+  CHECK(protected_caches.front().spec == "quant<scheme=rtn,key-bits=8,value-bits=3,protect=2>");
+  CHECK(protected_caches.back().spec == "quant<scheme=kivi,key-bits=2,value-bits=2,protect=0,2>");
 }
 
 TEST_CASE("each plan fits its budget, is the best scored candidate within it, and is what eval measures",
@@ -68,6 +78,8 @@ TEST_CASE("each plan fits its budget, is the best scored candidate within it, an
   const PlanOptions o = SmallPlan({0.5, 0.25, 0.125});
   const PlanResult r = RunPlan(o);
   REQUIRE(r.plans.size() == 3);
+  CHECK(r.layer_kl.size() == 5);  // one sensitivity probe per layer
+  CHECK(r.layers_by_sensitivity.size() == 5);
   const Checkpoint source = OpenCheckpoint(o.model);
   const auto tokenizer = Tokenizer::Load(source.tokenizer_path);
   // The scoring windows, cut here from the calibration text's tokens after the first 4096.
