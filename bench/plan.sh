@@ -19,6 +19,7 @@ echo "|---|---|---|---|---|---|---|---|---|"
 for model in ${MODELS:-${shared_models[@]}}; do
   src="$shared/models/$model"
   model_texts "$model"
+  rm -rf "$work"/c*  # the previous model's conversions
   start=$(date +%s.%N)
   $kvfold plan "$src" --calib "$calib" --budget "$budgets" --json --threads 2 --quiet > "$work/plan.json"
   plan_s=$(python3 -c "import sys; print('%.0f' % ($(date +%s.%N) - $start))")

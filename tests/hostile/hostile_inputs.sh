@@ -134,6 +134,10 @@ expect_error "--threads overflow" 2 "--threads" eval model --text "$calib" --thr
 expect_error "--max-windows -1" 2 "--max-windows" eval model --text "$calib" --max-windows -1
 expect_error "--eval-windows -5" 2 "--eval-windows" "${convert[@]}" "${meanpool[@]}" -o o1 --eval-windows -5
 expect_error "eval --window 0" 2 "--window" eval model --text "$calib" --window 0
+expect_error "plan without --budget" 2 "--budget" plan model --calib "$calib"
+expect_error "plan --budget 1.5" 1 "--budget: '1.5' is not a fraction" plan model --calib "$calib" --budget 0.5,1.5
+expect_error "plan on a missing model" 1 "nowhere" plan nowhere --calib "$calib" --budget 0.5
+expect_error "--kv-budget with --passes" 1 "--kv-budget: not used with --passes" "${convert[@]}" "${meanpool[@]}" -o o1 --kv-budget 0.5
 
 # 11. NaN weights are named; control characters in names cannot cut the message.
 broken; python3 - <<'EOF'
