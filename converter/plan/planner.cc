@@ -42,7 +42,8 @@ class ScratchFolder {
     std::error_code ignored;
     std::filesystem::remove_all(path_, ignored);
   }
-  const std::string& path() const { return path_; }
+  // Where candidate conversion `s` goes.
+  std::string Conversion(std::size_t s) const { return path_ + "/s" + std::to_string(s); }
 
  private:
   std::string path_;
@@ -188,6 +189,78 @@ void MarkFrontier(std::vector<PlanCandidate>& candidates) {
 
 nlohmann::ordered_json Number(double x) { return std::isnan(x) ? nlohmann::ordered_json() : nlohmann::ordered_json(x); }
 
+// --plan-seconds: once passed, no new scoring starts (and the result says so).
+class Deadline {
+ public:
+  explicit Deadline(double seconds) : seconds_(seconds), start_(Clock::now()) {}
+  double Elapsed() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+  bool Passed(PlanResult& r) const {
+    r.time_limited |= seconds_ > 0 && Elapsed() > seconds_;
+    return r.time_limited;
+  }
+
+ private:
+  double seconds_;
+  Clock::time_point start_;
+};
+
+PlanResult NewResult(const PlanOptions& o, const Checkpoint& source) {
+  PlanResult r;
+  r.structures = PlanStructures(source.config);
+  r.caches = PlanCaches();
+  r.calibration_tokens = o.calib_tokens;
+  r.window = o.window;
+  r.score_windows = o.score_windows;
+  r.screen_windows = o.screen_windows;
+  r.scored_from = o.window / 2;
+  for (double b : o.budgets) r.plans.push_back({b, -1});
+  return r;
+}
+
+// Screening: every combination on the screening windows, one conversion at a time. The model as it
+// is comes first: its layers' sensitivity to a low-bit cache adds the per-layer caches.
+void Screen(const PlanOptions& o, const Checkpoint& source, const std::vector<TokenWindow>& screen,
+            const ScratchFolder& scratch, Scorer& scorer, const Deadline& deadline, PlanResult& r) {
+  const std::int64_t layers = source.config.num_hidden_layers;
+  // Progress counts the per-layer caches to come too: their number depends on the layer count alone.
+  const std::vector<std::int64_t> any_order(static_cast<std::size_t>(layers), 0);
+  const std::size_t per_structure = r.caches.size() + ProtectedCaches(r.caches, any_order).size();
+  Progress progress("plan", static_cast<std::int64_t>(r.structures.size() * (per_structure + 1)), "steps", o.progress);
+  std::int64_t step = 0;
+  for (std::size_t s = 0; s < r.structures.size() && !deadline.Passed(r); ++s) {
+    const PlanStructure& st = r.structures[s];
+    ConvertStructure(o, st, scratch.Conversion(s));
+    progress.Update(++step, "converted " + (st.passes.empty() ? "(none)" : st.passes));
+    if (s == 0) {
+      r.layers_by_sensitivity = RankLayers(scorer, scratch.Conversion(0), layers, screen, r.layer_kl);
+      const auto protected_caches = ProtectedCaches(r.caches, r.layers_by_sensitivity);
+      r.caches.insert(r.caches.end(), protected_caches.begin(), protected_caches.end());
+    }
+    for (std::size_t c = 0; c < r.caches.size(); ++c) {
+      progress.Update(++step);
+      if ((r.caches[c].needs_fp8_scales && !st.fp8_scales) || (!r.caches[c].spec.empty() && !st.cache_policies)) continue;
+      PlanCandidate k = Combine(r.structures, s, r.caches, c);
+      k.bytes_fraction = scorer.BytesFraction(scratch.Conversion(s), k.kv_cache);
+      if (!deadline.Passed(r)) k.quick_kl = scorer.Kl(scratch.Conversion(s), k.kv_cache, screen);
+      r.candidates.push_back(std::move(k));
+    }
+  }
+}
+
+// Per budget, the best fully scored candidate within it (ties to the fewer bytes).
+void ChoosePlans(PlanResult& r) {
+  for (BudgetPlan& plan : r.plans) {
+    for (std::size_t i = 0; i < r.candidates.size(); ++i) {
+      const PlanCandidate& k = r.candidates[i];
+      if (std::isnan(k.kl) || !Fits(k, plan.budget)) continue;
+      const PlanCandidate* best = plan.candidate < 0 ? nullptr : &r.candidates[static_cast<std::size_t>(plan.candidate)];
+      if (!best || k.kl < best->kl || (k.kl == best->kl && k.bytes_fraction < best->bytes_fraction)) {
+        plan.candidate = static_cast<int>(i);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<double> ParseBudgets(const std::string& text) {
@@ -217,74 +290,27 @@ PlanOptions PlanOptionsFor(const ConvertOptions& o) {
 }
 
 PlanResult RunPlan(const PlanOptions& o) {
-  const auto t0 = Clock::now();
+  const Deadline deadline(o.seconds_limit);
   if (o.budgets.empty()) Fail("--budget", "give at least one fraction, e.g. 0.5,0.25");
   if (o.screen_windows < 1 || o.screen_windows > o.score_windows) {
     Fail("--screen-windows", "must be between 1 and --score-windows");
   }
   const Checkpoint source = OpenCheckpoint(o.model);
   const std::vector<TokenWindow> windows = ScoringWindows(o, source);
-  const std::vector<TokenWindow> screen(windows.begin(), windows.begin() + o.screen_windows);
-  PlanResult r;
-  r.structures = PlanStructures(source.config);
-  r.caches = PlanCaches();
-  r.calibration_tokens = o.calib_tokens;
-  r.window = o.window;
-  r.score_windows = o.score_windows;
-  r.screen_windows = o.screen_windows;
-  r.scored_from = o.window / 2;
-  for (double b : o.budgets) r.plans.push_back({b, -1});
-
-  ScratchFolder scratch;
-  auto dir_of = [&](std::size_t s) { return scratch.path() + "/s" + std::to_string(s); };
-  auto out_of_time = [&] {
-    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-    r.time_limited |= o.seconds_limit > 0 && elapsed > o.seconds_limit;
-    return r.time_limited;
-  };
-  Progress progress("plan", static_cast<std::int64_t>(r.structures.size() * (r.caches.size() + 1)), "steps", o.progress);
-  std::int64_t step = 0;
+  PlanResult r = NewResult(o, source);
+  const ScratchFolder scratch;
   const auto tokenizer = Tokenizer::Load(source.tokenizer_path);
   Scorer scorer(o, source, tokenizer->bos_id());
-  // Screening: every combination on the first windows, one conversion at a time. The model as it
-  // is comes first: its layers' sensitivity to a low-bit cache adds the per-layer caches.
-  for (std::size_t s = 0; s < r.structures.size() && !out_of_time(); ++s) {
-    ConvertStructure(o, r.structures[s], dir_of(s));
-    progress.Update(++step, "converted " + (r.structures[s].passes.empty() ? "(none)" : r.structures[s].passes));
-    if (s == 0) {
-      r.layers_by_sensitivity = RankLayers(scorer, dir_of(0), source.config.num_hidden_layers, screen, r.layer_kl);
-      const auto protected_caches = ProtectedCaches(r.caches, r.layers_by_sensitivity);
-      r.caches.insert(r.caches.end(), protected_caches.begin(), protected_caches.end());
-    }
-    for (std::size_t c = 0; c < r.caches.size(); ++c) {
-      ++step;
-      const PlanStructure& st = r.structures[s];
-      if ((r.caches[c].needs_fp8_scales && !st.fp8_scales) || (!r.caches[c].spec.empty() && !st.cache_policies)) continue;
-      PlanCandidate k = Combine(r.structures, s, r.caches, c);
-      k.bytes_fraction = scorer.BytesFraction(dir_of(s), k.kv_cache);
-      if (!out_of_time()) k.quick_kl = scorer.Kl(dir_of(s), k.kv_cache, screen);
-      r.candidates.push_back(std::move(k));
-      progress.Update(step);
-    }
-  }
+  Screen(o, source, {windows.begin(), windows.begin() + o.screen_windows}, scratch, scorer, deadline, r);
   // The survivors on every window, grouped by conversion (sorted indexes keep them together).
   for (std::size_t i : Survivors(r, o)) {
-    if (out_of_time()) break;
+    if (deadline.Passed(r)) break;
     PlanCandidate& k = r.candidates[i];
-    k.kl = scorer.Kl(dir_of(k.structure), k.kv_cache, windows);
+    k.kl = scorer.Kl(scratch.Conversion(k.structure), k.kv_cache, windows);
   }
   MarkFrontier(r.candidates);
-  for (BudgetPlan& plan : r.plans) {
-    for (std::size_t i = 0; i < r.candidates.size(); ++i) {
-      const PlanCandidate& k = r.candidates[i];
-      if (std::isnan(k.kl) || !Fits(k, plan.budget)) continue;
-      const PlanCandidate* best = plan.candidate < 0 ? nullptr : &r.candidates[static_cast<std::size_t>(plan.candidate)];
-      if (!best || k.kl < best->kl || (k.kl == best->kl && k.bytes_fraction < best->bytes_fraction)) {
-        plan.candidate = static_cast<int>(i);
-      }
-    }
-  }
-  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  ChoosePlans(r);
+  r.seconds = deadline.Elapsed();
   return r;
 }
 
