@@ -24,38 +24,38 @@ double Dot(const Matrix& a, const Matrix& b) {
   return s;
 }
 
-// Relative output error of W (given as W^T) on one part's tokens against W_s c_s; 0 on a part
-// with no output.
-class Scorer {
+// One part's sums turned into what the refit needs from them, once: the normal equations'
+// C_cc and C_cs W_s^T, and the output energy sum ||W_s c_s||^2 that errors are relative to. A part
+// without tokens (no held-out windows) holds nothing.
+class PartSystem {
  public:
-  Scorer(const OutputRefitMoments::Part& p, std::int64_t dim, const Matrix& source_t)
-      : cc_(Square(p.cc, dim)), cs_source_(Multiply(Square(p.cs, dim), source_t)) {
-    norm_ = p.tokens > 0 ? Dot(source_t, Multiply(Square(p.ss, dim), source_t)) : 0.0;
+  PartSystem(const OutputRefitMoments::Part& p, std::int64_t dim, const Matrix& source_t) {
+    if (p.tokens == 0) return;
+    cc_ = Square(p.cc, dim);
+    cs_source_ = Multiply(Square(p.cs, dim), source_t);
+    norm_ = Dot(source_t, Multiply(Square(p.ss, dim), source_t));
+    for (std::int64_t i = 0; i < dim; ++i) mean_diag_ += cc_(i, i) / static_cast<double>(dim);
   }
   bool empty() const { return norm_ <= 0; }
-  double operator()(const Matrix& w_t) const {
+  // sum ||W c_c - W_s c_s||^2 / sum ||W_s c_s||^2 for W given as W^T; 0 on an empty part.
+  double Error(const Matrix& w_t) const {
     if (empty()) return 0.0;
     return (Dot(w_t, Multiply(cc_, w_t)) - 2 * Dot(w_t, cs_source_) + norm_) / norm_;
+  }
+  // W^T from (C_cc + lambda I) W^T = C_cs W_s^T + lambda W_c^T; nothing when C_cc + lambda I is
+  // numerically singular (fewer tokens than context dimensions and a tiny ridge).
+  std::optional<Matrix> Fit(const Matrix& folded_t, double ridge) const {
+    ridge = std::max(ridge, kMinRefitRidge);
+    const double lambda = ridge * std::max(mean_diag_, 1e-300);  // as SolvePositiveDefinite adds it
+    Matrix rhs = cs_source_;
+    for (std::size_t i = 0; i < rhs.data.size(); ++i) rhs.data[i] += lambda * folded_t.data[i];
+    return TrySolvePositiveDefinite(cc_, rhs, ridge);
   }
 
  private:
   Matrix cc_, cs_source_;
-  double norm_ = 0;
+  double norm_ = 0, mean_diag_ = 0;
 };
-
-// W^T from (C_cc + lambda I) W^T = C_cs W_s^T + lambda W_c^T; nothing when C_cc + lambda I is
-// numerically singular (fewer tokens than context dimensions and a tiny ridge).
-std::optional<Matrix> Fit(const OutputRefitMoments::Part& p, std::int64_t dim, const Matrix& source_t,
-                          const Matrix& folded_t, double ridge) {
-  ridge = std::max(ridge, kMinRefitRidge);
-  const Matrix cc = Square(p.cc, dim);
-  double mean_diag = 0;
-  for (std::int64_t i = 0; i < dim; ++i) mean_diag += cc(i, i) / static_cast<double>(dim);
-  const double lambda = ridge * std::max(mean_diag, 1e-300);  // as SolvePositiveDefinite adds it
-  Matrix rhs = Multiply(Square(p.cs, dim), source_t);
-  for (std::size_t i = 0; i < rhs.data.size(); ++i) rhs.data[i] += lambda * folded_t.data[i];
-  return TrySolvePositiveDefinite(cc, rhs, ridge);
-}
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -80,27 +80,29 @@ OutputRefit RefitOutput(const std::vector<double>& source_wo, const std::vector<
                         std::int64_t hidden, const OutputRefitMoments& m, double ridge) {
   const std::int64_t dim = m.dim;
   const Matrix source_t = Transposed(source_wo, hidden, dim), folded_t = Transposed(folded_wo, hidden, dim);
-  const Scorer held_out(m.held_out, dim, source_t), fit(m.fit, dim, source_t);
-  auto fit_on = [&](const OutputRefitMoments::Part& part, double r) { return Fit(part, dim, source_t, folded_t, r); };
-  auto score = [&](const Scorer& scorer, const std::optional<Matrix>& w_t) { return w_t ? scorer(*w_t) : kNaN; };
+  const PartSystem held_out(m.held_out, dim, source_t), fit(m.fit, dim, source_t);
   OutputRefit r;
+  std::optional<Matrix> fit_only;  // the chosen ridge's solution on the fit windows alone
   if (ridge < 0) {
     if (held_out.empty()) {
       Fail("--passes", "gqa-svd: refit=o with ridge=auto needs at least 2 calibration windows (one is held out to "
                        "choose the ridge); give more calibration text, a fixed ridge=R, or refit=none");
     }
-    double best = held_out(folded_t);  // keeping the fold's o_proj is a candidate too
+    double best = held_out.Error(folded_t);  // keeping the fold's o_proj is a candidate too
     for (double candidate : RefitRidgeGrid()) {
-      const double error = score(held_out, fit_on(m.fit, candidate));  // NaN (skipped) when singular
+      std::optional<Matrix> w_t = fit.Fit(folded_t, candidate);
+      const double error = w_t ? held_out.Error(*w_t) : kNaN;  // NaN (skipped) when singular
       r.tried.emplace_back(candidate, error);
-      if (error < best) best = error, ridge = candidate;
+      if (error < best) best = error, ridge = candidate, fit_only = std::move(w_t);
     }
+  } else if (!held_out.empty()) {
+    fit_only = fit.Fit(folded_t, ridge);
   }
   if (!held_out.empty()) {
-    r.held_out_before = held_out(folded_t);
-    r.held_out_after = ridge < 0 ? r.held_out_before : score(held_out, fit_on(m.fit, ridge));
+    r.held_out_before = held_out.Error(folded_t);
+    r.held_out_after = ridge < 0 ? r.held_out_before : fit_only ? held_out.Error(*fit_only) : kNaN;
   }
-  r.fit_before = fit(folded_t);
+  r.fit_before = fit.Error(folded_t);
   if (ridge < 0) {  // auto kept the fold's o_proj
     r.wo = folded_wo;
     r.fit_after = r.fit_before;
@@ -108,8 +110,8 @@ OutputRefit RefitOutput(const std::vector<double>& source_wo, const std::vector<
   }
   // On every window; a system that is singular there (borderline where the fit windows alone
   // were not) falls back to the fit windows' solution.
-  std::optional<Matrix> w_t = fit_on(m.All(), ridge);
-  if (!w_t) w_t = fit_on(m.fit, ridge);
+  std::optional<Matrix> w_t = PartSystem(m.All(), dim, source_t).Fit(folded_t, ridge);
+  if (!w_t) w_t = fit_only ? std::move(fit_only) : fit.Fit(folded_t, ridge);
   if (!w_t) {
     char text[32];
     std::snprintf(text, sizeof text, "%g", ridge);
@@ -117,7 +119,7 @@ OutputRefit RefitOutput(const std::vector<double>& source_wo, const std::vector<
                      "is singular (fewer calibration tokens than its dimensions?); use ridge=auto or a larger ridge");
   }
   r.ridge = ridge;
-  r.fit_after = fit(*w_t);
+  r.fit_after = fit.Error(*w_t);
   r.wo = Transpose(*w_t).data;
   return r;
 }
