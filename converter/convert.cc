@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -20,6 +21,7 @@
 #include "formats/error.h"
 #include "formats/mapped_file.h"
 #include "formats/progress.h"
+#include "formats/ranks.h"
 #include "formats/sha256.h"
 #include "formats/staged_folder.h"
 #include "formats/version.h"
@@ -225,6 +227,7 @@ nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck,
         {"tokens", calib.tokens()},
         {"window", o.window},
         {"threads", threads},
+        {"ranks", RankCount()},
         {"activations", activations}}},
       {"kv_cache_bytes_per_token",
        {{"before", ck.config.KvBytesPerToken(ck.StoredElementBytes())},
@@ -292,7 +295,10 @@ ConvertResult Convert(const ConvertOptions& o) {
     Fail(o.report_path, "a report inside the output folder must be directly in it (e.g. OUT/report.html)");
   }
   if (!o.report_path.empty() && !report_inside) CheckCanWrite(o.report_path, "report");
-  StagedFolder staging(o.output, o.force);  // an unwritable -o fails here
+  // Under mpirun every rank computes the conversion and the first writes it (docs/mpi.md).
+  const bool writes = o.every_rank_writes || IsFirstRank();
+  std::optional<StagedFolder> staging;
+  if (writes) staging.emplace(o.output, o.force);  // an unwritable -o fails here
 
   // Calibration text: always read and hashed (recorded), run through the model when needed.
   const CalibrationInput calib = LoadCalibration(ck, o);
@@ -301,15 +307,23 @@ ConvertResult Convert(const ConvertOptions& o) {
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   ModelDraft draft(ck);
-  draft.OpenOutput(staging.path());  // layer-local pipelines write each layer as it is done
+  if (writes) {
+    draft.OpenOutput(staging->path());  // layer-local pipelines write each layer as it is done
+  } else {
+    draft.DiscardOutput();
+  }
   const PassesRun run =
       RunPasses(pipeline, draft, {calib.windows, tokenizer.bos_id()}, o, !o.report_path.empty(), result.timings);
+  if (!writes) {
+    WaitForAllRanks();  // with the writer, before its output becomes visible
+    return result;
+  }
   const nlohmann::ordered_json& pass_records = run.records;
   const std::size_t threads = run.threads;
 
   const auto t_write = Clock::now();
   std::vector<std::string> not_copied;
-  draft.WriteTo(staging.path(), &not_copied);
+  draft.WriteTo(staging->path(), &not_copied);
   for (const auto& n : not_copied) {
     if (o.progress) std::fprintf(stderr, "kvfold: not copied from %s: %s\n", o.model.c_str(), n.c_str());
   }
@@ -317,7 +331,7 @@ ConvertResult Convert(const ConvertOptions& o) {
       KvfoldJson(o, ck, source_sha256, draft, pipeline.Text(), calib, passes_calibrate ? threads : 0, run.activations, not_copied,
                  pass_records);
   AddPlan(o, meta);
-  WriteFileAtomically(staging.path() + "/kvfold.json", meta.dump(2) + "\n");
+  WriteFileAtomically(staging->path() + "/kvfold.json", meta.dump(2) + "\n");
   result.timings.push_back({"write", Since(t_write)});
 
   nlohmann::ordered_json report;
@@ -329,7 +343,7 @@ ConvertResult Convert(const ConvertOptions& o) {
                         {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()}};
     if (!o.eval_text.empty()) {
       const auto t0 = Clock::now();
-      report["validation"] = Validation(o, ck, staging.path(), tokenizer);
+      report["validation"] = Validation(o, ck, staging->path(), tokenizer);
       result.timings.push_back({"validation", Since(t0)});
     }
     const auto t0 = Clock::now();
@@ -338,9 +352,10 @@ ConvertResult Convert(const ConvertOptions& o) {
     result.timings.push_back({"report", Since(t0)});
   }
   if (report_inside) {  // written before the swap, as part of the output
-    FinishReport(report, result, staging.path() + "/" + Resolved(o.report_path).filename().string(), t_start);
+    FinishReport(report, result, staging->path() + "/" + Resolved(o.report_path).filename().string(), t_start);
   }
-  staging.Commit();
+  WaitForAllRanks();  // a rank lost until here leaves no output
+  staging->Commit();
   if (!o.report_path.empty() && !report_inside) FinishReport(report, result, o.report_path, t_start);
   result.total_seconds = Since(t_start);
   return result;

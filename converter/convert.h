@@ -42,6 +42,9 @@ struct ConvertOptions {
   std::string plan_json;
   // kvfold report --budget: the budgets a KV plan is made for (converter/plan/planner.h).
   std::vector<double> plan_budgets;
+  // Under mpirun (formats/ranks.h): every rank writes its own `output` (the planner's private
+  // scratch conversions), not only the first.
+  bool every_rank_writes = false;
 };
 
 struct PassTiming {

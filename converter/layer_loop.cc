@@ -4,10 +4,12 @@
 #include <chrono>
 #include <optional>
 
+#include "calib/statistics_across_ranks.h"
 #include "converter/passes/attention_io.h"
 #include "converter/report/report.h"
 #include "formats/error.h"
 #include "formats/progress.h"
+#include "formats/ranks.h"
 #include "formats/tensor_names.h"
 #include "runtime_check/data_parallel.h"
 
@@ -18,10 +20,13 @@ using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// This rank's share of the calibration batches (every batch with one rank): the batches are cut
+// alike on every rank and dealt out in turn, so a batch holds the same windows for any rank count.
 std::vector<ReferenceModel::ObservedBatch> MakeBatches(const CalibrationData& data, int window) {
   const std::size_t per_batch = std::max<std::size_t>(1, 2048 / static_cast<std::size_t>(window));
   std::vector<ReferenceModel::ObservedBatch> batches;
   for (std::size_t first = 0; first < data.windows.size(); first += per_batch) {
+    if (!OwnsItem(first / per_batch)) continue;
     ReferenceModel::ObservedBatch batch;
     batch.windows = static_cast<int>(std::min(per_batch, data.windows.size() - first));
     batch.first_sequence = static_cast<std::int64_t>(first);
@@ -44,15 +49,19 @@ struct Collectors {
     }
     for (auto& slot : slots) observers.push_back(&slot);
   }
-  // Layer l of every slot, merged in slot order (as KvStatistics::Merge adds them), then freed.
+  // Layer l of every slot, merged in slot order (as KvStatistics::Merge adds them), then freed;
+  // then every rank's, in rank order. Collective with several ranks.
   LayerKvStatistics TakeLayer(int l) {
     LayerKvStatistics merged = slots.front().TakeLayer(l);
     for (std::size_t s = 1; s < slots.size(); ++s) merged.Merge(slots[s].TakeLayer(l));
+    JoinAcrossRanks(merged);
     return merged;
   }
+  // Counts and whatever statistics were not taken, over every slot and rank. Collective.
   KvStatistics Totals() const {
     KvStatistics totals = slots.front().statistics();
     for (std::size_t s = 1; s < slots.size(); ++s) totals.Merge(slots[s].statistics());
+    JoinAcrossRanks(totals);
     return totals;
   }
 };
@@ -146,6 +155,7 @@ void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::S
   stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), observers, false);
   OutputRefitMoments moments;
   for (auto& c : collectors) moments.Merge(c.Take());  // slot order: deterministic
+  JoinAcrossRanks(moments);                            // then rank order
   pass.RefitLayer(ctx, moments);
 }
 

@@ -4,13 +4,15 @@
 
 #include <cstdio>
 
+#include "formats/ranks.h"
+
 namespace kvfold {
 
 Progress::Progress(std::string label, std::int64_t total, std::string unit, bool enabled)
     : label_(std::move(label)),
       total_(total),
       unit_(std::move(unit)),
-      enabled_(enabled),
+      enabled_(enabled && IsFirstRank()),  // one rank speaks for all
       tty_(::isatty(STDERR_FILENO) != 0),
       start_(std::chrono::steady_clock::now()),
       last_print_(start_) {}

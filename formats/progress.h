@@ -10,7 +10,8 @@ namespace kvfold {
 
 class Progress {
  public:
-  // `label` prefixes every line; nothing is printed when `enabled` is false.
+  // `label` prefixes every line; nothing is printed when `enabled` is false, nor on any rank but
+  // the first (formats/ranks.h).
   Progress(std::string label, std::int64_t total, std::string unit, bool enabled);
   // Reports `done` of `total`; prints at most once a second, and always the final step.
   void Update(std::int64_t done, const std::string& detail = "");

@@ -9,6 +9,7 @@
 
 #include "formats/error.h"
 #include "formats/progress.h"
+#include "formats/ranks.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/llama_forward.h"
 
@@ -105,28 +106,57 @@ struct GroupSums {
   }
 };
 
-// The windows cut into groups of `per_group` (the last may be shorter), as batches.
-std::vector<Batch> MakeGroups(const std::vector<TokenWindow>& windows, std::size_t per_group, std::int32_t bos,
-                              const ReferenceModel::Impl& model) {
-  std::vector<Batch> groups;
-  for (std::size_t first = 0; first < windows.size(); first += per_group) {
+// Every group's sums, each from the rank that evaluated it, then added in group order: the same
+// numbers, bit for bit, for any rank count (formats/ranks.h, SumOwnedItems).
+GroupSums Total(std::vector<GroupSums> sums, bool across_ranks) {
+  if (across_ranks && RankCount() > 1) {
+    constexpr std::size_t kFields = 7;
+    std::vector<double> flat;
+    flat.reserve(sums.size() * kFields);
+    for (const auto& s : sums) {
+      flat.insert(flat.end(), {s.nll_a, s.nll_b, s.kl, s.agree, s.correct_a, s.correct_b, static_cast<double>(s.tokens)});
+    }
+    SumOwnedItems(flat);
+    for (std::size_t g = 0; g < sums.size(); ++g) {
+      const double* f = flat.data() + g * kFields;
+      sums[g] = {f[0], f[1], f[2], f[3], f[4], f[5], static_cast<std::int64_t>(f[6])};
+    }
+  }
+  GroupSums t;
+  for (const auto& s : sums) t.Add(s);
+  return t;
+}
+
+// The windows cut into groups of `per_group` (the last may be shorter), as batches: every group,
+// or with `across_ranks` this rank's share of them (formats/ranks.h).
+struct Groups {
+  std::vector<Batch> batches;
+  std::vector<std::size_t> index;  // of batches[k] among all groups
+  std::size_t total = 0;           // groups over all ranks
+};
+
+Groups MakeGroups(const std::vector<TokenWindow>& windows, std::size_t per_group, std::int32_t bos,
+                  const ReferenceModel::Impl& model, bool across_ranks) {
+  Groups groups;
+  for (std::size_t first = 0; first < windows.size(); first += per_group, ++groups.total) {
+    if (across_ranks && !OwnsItem(groups.total)) continue;
     const std::size_t count = std::min(per_group, windows.size() - first);
-    groups.push_back(MakeBatch(windows, first, count, bos, model.config.vocab_size, model.device));
+    groups.batches.push_back(MakeBatch(windows, first, count, bos, model.config.vocab_size, model.device));
+    groups.index.push_back(groups.total);
   }
   return groups;
 }
 
 // The final residual streams of every group: one sweep, each layer fetched once.
-HiddenStateStore SweepGroups(const ReferenceModel::Impl& model, const std::vector<Batch>& groups,
-                                    std::size_t per_group, const KvCachePolicy* cache,
-                                    const std::function<void(std::int64_t)>& after_layer) {
+HiddenStateStore SweepGroups(const ReferenceModel::Impl& model, const Groups& groups, std::size_t per_group,
+                             const KvCachePolicy* cache, const std::function<void(std::int64_t)>& after_layer) {
   std::vector<at::Tensor> inputs;
   SweepOptions options;
   options.cache = cache;
   options.after_layer = after_layer;
-  for (std::size_t g = 0; g < groups.size(); ++g) {
-    inputs.push_back(groups[g].inputs);
-    options.first_sequences.push_back(static_cast<std::int64_t>(g * per_group));
+  for (std::size_t k = 0; k < groups.batches.size(); ++k) {
+    inputs.push_back(groups.batches[k].inputs);
+    options.first_sequences.push_back(static_cast<std::int64_t>(groups.index[k] * per_group));
   }
   if (model.config.SharesKv() && cache != nullptr) {
     Fail("--kv-cache", "decode-time cache policies on a model whose layers share K/V are not supported");
@@ -180,16 +210,18 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   const std::int64_t L = impl.config.num_hidden_layers;
   const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
   Progress progress("eval", L + 1, "layers", options.progress);
-  const std::vector<Batch> groups = MakeGroups(windows, per_group, bos, impl);
+  const Groups groups = MakeGroups(windows, per_group, bos, impl, options.across_ranks);
   const HiddenStateStore hidden =
       SweepGroups(impl, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(done); });
   const at::Tensor head = impl.LmHead();
-  std::vector<GroupSums> sums(groups.size());
+  std::vector<GroupSums> sums(groups.total);
   RunDataParallel(
-      model, groups.size(),
-      [&](std::size_t g, std::size_t) {
-        const ScoredRows rows = Scored(impl, hidden.Get(g, impl.device), groups[g].inputs.size(0), W, scored);
-        const at::Tensor targets = groups[g].targets.narrow(1, scored.begin, scored.count()).reshape({-1});
+      model, groups.batches.size(),
+      [&](std::size_t k, std::size_t) {
+        const Batch& group = groups.batches[k];
+        const std::size_t g = groups.index[k];
+        const ScoredRows rows = Scored(impl, hidden.Get(k, impl.device), group.inputs.size(0), W, scored);
+        const at::Tensor targets = group.targets.narrow(1, scored.begin, scored.count()).reshape({-1});
         const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, impl.config.vocab_size);
         for (std::int64_t begin = 0; begin < R; begin += chunk) {
           const std::int64_t count = std::min(chunk, R - begin);
@@ -201,8 +233,7 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
         sums[g].tokens = R;
       },
       [](std::size_t) {});
-  GroupSums t;
-  for (const auto& s : sums) t.Add(s);
+  const GroupSums t = Total(std::move(sums), options.across_ranks);
   progress.Update(L + 1, Rate(t.tokens, progress.ElapsedSeconds()));
   return Finish(static_cast<int>(windows.size()), t.tokens, t.nll_a, t.correct_a, progress.ElapsedSeconds());
 }
@@ -224,23 +255,24 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
   const std::int64_t La = a.config.num_hidden_layers, Lb = b.config.num_hidden_layers;
   const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
   Progress progress("compare", La + Lb + 1, "layers", options.progress);
-  const std::vector<Batch> groups = MakeGroups(windows, per_group, bos, a);
+  const Groups groups = MakeGroups(windows, per_group, bos, a, options.across_ranks);
   // One model after the other: each holds one layer at a time, both keep their hidden states.
   const HiddenStateStore hidden_a =
       SweepGroups(a, groups, per_group, nullptr, [&](std::int64_t done) { progress.Update(done); });
   const HiddenStateStore hidden_b =
       SweepGroups(b, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(La + done); });
   const at::Tensor head_a = a.LmHead(), head_b = b.LmHead();
-  std::vector<GroupSums> sums(groups.size());
+  std::vector<GroupSums> sums(groups.total);
   RunDataParallel(
-      base, groups.size(),
-      [&](std::size_t g, std::size_t) {
-        const std::int64_t windows_in_group = groups[g].inputs.size(0);
-        const ScoredRows rows_a = Scored(a, hidden_a.Get(g, a.device), windows_in_group, W, scored);
-        const ScoredRows rows_b = Scored(b, hidden_b.Get(g, b.device), windows_in_group, W, scored);
-        const at::Tensor targets = groups[g].targets.narrow(1, scored.begin, scored.count()).reshape({-1});
+      base, groups.batches.size(),
+      [&](std::size_t k, std::size_t) {
+        const Batch& group = groups.batches[k];
+        const std::int64_t windows_in_group = group.inputs.size(0);
+        const ScoredRows rows_a = Scored(a, hidden_a.Get(k, a.device), windows_in_group, W, scored);
+        const ScoredRows rows_b = Scored(b, hidden_b.Get(k, b.device), windows_in_group, W, scored);
+        const at::Tensor targets = group.targets.narrow(1, scored.begin, scored.count()).reshape({-1});
         const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, a.config.vocab_size);
-        GroupSums& s = sums[g];
+        GroupSums& s = sums[groups.index[k]];
         for (std::int64_t begin = 0; begin < R; begin += chunk) {
           const std::int64_t count = std::min(chunk, R - begin);
           const at::Tensor lp_a = LogProbs(a, head_a, rows_a, begin, count);
@@ -256,8 +288,7 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
         s.tokens = R;
       },
       [](std::size_t) {});
-  GroupSums t;
-  for (const auto& s : sums) t.Add(s);
+  const GroupSums t = Total(std::move(sums), options.across_ranks);
   progress.Update(La + Lb + 1);
   // Both models ran over every window; each gets half of the wall time.
   const double seconds = progress.ElapsedSeconds() / 2;

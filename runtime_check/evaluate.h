@@ -22,6 +22,9 @@ struct EvalOptions {
   std::int64_t scored_from = 0;
   // Scored positions whose logits are formed at once; 0 = about 32 MiB of them.
   std::int64_t logit_chunk_rows = 0;
+  // Under mpirun (formats/ranks.h): each rank evaluates its share of the window groups and every
+  // rank gets the totals (collective). Off: this rank evaluates every window alone.
+  bool across_ranks = false;
 };
 
 struct PerplexityResult {

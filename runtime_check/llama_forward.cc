@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "formats/error.h"
+#include "formats/ranks.h"
 #include "runtime_check/attention_cpu.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/layer_prefetch.h"
@@ -112,6 +113,8 @@ at::Device ParseDevice(const std::string& spec) {
       Fail("--device " + spec, "not a device name (use cpu, cuda or cuda:N)");
     }
     const int count = at::detail::getCUDAHooks().getNumGPUs();
+    // Plain "cuda" under mpirun: one rank per GPU, by the rank's place on its machine.
+    if (!device.has_index() && count > 0) device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(LocalRank() % count));
     if (device.index() >= count || count == 0) {
       Fail("--device " + spec, "no such CUDA device (" + std::to_string(count) + " visible)");
     }

@@ -1,11 +1,14 @@
 #include "runtime_check/reference_model.h"
 
+#include <algorithm>
 #include <functional>
+#include <thread>
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include "formats/error.h"
+#include "formats/ranks.h"
 #include "formats/tensor_names.h"
 #include "runtime_check/attention_cpu.h"
 #include "runtime_check/data_parallel.h"
@@ -125,7 +128,12 @@ at::Tensor ReferenceModel::Impl::LmHead() const {
 
 std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
                                                      const RuntimeOptions& options) {
-  if (options.threads > 0) at::set_num_threads(options.threads);
+  if (options.threads > 0) {
+    at::set_num_threads(options.threads);
+  } else if (LocalRankCount() > 1) {  // ranks on one machine share its cores
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    at::set_num_threads(std::max(1, cores / LocalRankCount()));
+  }
   auto impl = std::make_unique<Impl>();
   impl->config = ck.config;
   impl->device = ParseDevice(options.device);

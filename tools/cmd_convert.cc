@@ -8,6 +8,7 @@
 #include "converter/plan/planner.h"
 #include "converter/passes/pass.h"
 #include "formats/error.h"
+#include "formats/ranks.h"
 #include "runtime_check/data_parallel.h"
 #include "tools/commands.h"
 
@@ -103,14 +104,14 @@ Command AddConvertCommand(CLI::App& app) {
     }
     if (a->options.model.empty()) Fail("convert", "MODEL is required");
     if (a->options.calib_text.empty()) Fail("convert", "--calib TEXT is required");
-    a->options.progress = !a->quiet;
+    a->options.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
     if (a->kv_budget > 0) PlanPasses(a->kv_budget, a->options);
     if (a->options.passes.empty()) Fail("convert", "--passes is required (see --print-passes)");
     if (!a->options.eval_text.empty() && a->options.report_path.empty()) {
       Fail("--eval", "only used with --report (use kvfold eval to evaluate a model)");
     }
     const ConvertResult r = Convert(a->options);
-    if (a->time_passes) {
+    if (a->time_passes && IsFirstRank()) {
       for (const auto& t : r.timings) std::fprintf(stderr, "time  %-48s %8.3f s\n", t.pass.c_str(), t.seconds);
       std::fprintf(stderr, "time  %-48s %8.3f s\n", "total", r.total_seconds);
     }

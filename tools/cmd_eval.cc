@@ -12,6 +12,7 @@
 #include "calib/windows.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "formats/ranks.h"
 #include "formats/version.h"
 #include "runtime_check/evaluate.h"
 #include "runtime_check/cache_policy_spec.h"
@@ -64,6 +65,7 @@ int RunEval(const EvalArgs& a) {
   runtime.stream_layers = true;  // one layer in memory at a time (the checkpoints outlive the models)
   runtime.hidden_state_budget_bytes = a.hidden_memory_bytes;
   EvalOptions options{a.batch, !a.quiet};
+  options.across_ranks = true;  // under mpirun each rank evaluates its share of the windows
   const auto model = ReferenceModel::Load(ck, runtime);
   const std::int32_t bos = tokenizer->bos_id();
 
@@ -90,7 +92,8 @@ int RunEval(const EvalArgs& a) {
                               {"text_tokens", tokens.size()},
                               {"window", a.window},
                               {"windows", windows.size()},
-                              {"device", model->device()}};
+                              {"device", model->device()},
+                              {"ranks", RankCount()}};
   if (ck.config.SharesKv()) {
     j["kv_layers"] = {{"layer_types", LayerTypesText(ck.config.kv_layer_of)},
                       {"computing_kv", ck.config.KvLayerCount()},

@@ -5,6 +5,7 @@
 
 #include "converter/plan/planner.h"
 #include "formats/error.h"
+#include "formats/ranks.h"
 #include "tools/commands.h"
 
 namespace kvfold {
@@ -42,7 +43,7 @@ Command AddPlanCommand(CLI::App& app) {
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
   return {sub, [a] {
     a->options.budgets = ParseBudgets(a->budgets);
-    a->options.progress = !a->quiet;
+    a->options.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
     const PlanResult r = RunPlan(a->options);
     if (a->json) {
       std::printf("%s\n", PlanJson(r).dump(2).c_str());

@@ -4,6 +4,8 @@
 //   2  a command line CLI11 refuses kvfold: error: <option>: <problem>
 //   3  an internal error (a bug)    kvfold: error: internal: <what>
 //   130 / 143  SIGINT / SIGTERM, after removing the partial output
+// Under mpirun (formats/ranks.h) an error names its rank ("kvfold: error: rank 1 of 4: ...") and
+// ends every rank with the same status; only the first rank prints results.
 #include <malloc.h>
 
 #include <cstdio>
@@ -11,6 +13,7 @@
 
 #include "formats/error.h"
 #include "formats/fatal_signals.h"
+#include "formats/ranks.h"
 #include "formats/version.h"
 #include "runtime_check/blas_core.h"
 #include "tools/commands.h"
@@ -18,6 +21,22 @@
 namespace {
 
 std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+// "kvfold: error: " and, with several ranks, which rank failed.
+std::string ErrorPrefix() {
+  std::string prefix = "kvfold: error: ";
+  if (kvfold::RankCount() > 1) {
+    prefix += "rank " + std::to_string(kvfold::Rank()) + " of " + std::to_string(kvfold::RankCount()) + ": ";
+  }
+  return prefix;
+}
+
+// Ends this run with `status`: one line on stderr for an error, and every rank ends with it.
+int Finish(int status, const std::string& error_line = "") {
+  if (!error_line.empty()) kvfold::AbortRanks(ErrorPrefix() + error_line, status);
+  kvfold::StopRanks();
+  return status;
+}
 
 }  // namespace
 
@@ -29,8 +48,12 @@ int main(int argc, char** argv) {
   // then grows with the layer count (+2 MiB a layer on the streaming_memory test's model).
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   kvfold::InstallFatalSignalHandlers();
+  kvfold::StartRanks(&argc, &argv);
+  // Every rank computes the same results; the first prints them.
+  if (!kvfold::IsFirstRank() && std::freopen("/dev/null", "w", stdout) == nullptr) return Finish(1, "/dev/null: cannot open");
   CLI::App app{"kvfold: make the KV cache of transformer checkpoints smaller"};
-  app.set_version_flag("--version", std::string("kvfold ") + kvfold::kVersion + "\nBLAS: " + kvfold::BlasDescription());
+  app.set_version_flag("--version", std::string("kvfold ") + kvfold::kVersion + "\nBLAS: " + kvfold::BlasDescription() +
+                                         (kvfold::MpiBuilt() ? "\nranks: MPI (mpirun -np N kvfold ...)" : "\nranks: one process (built without MPI)"));
   app.require_subcommand(1);
   const std::vector<kvfold::Command> commands = {
       kvfold::AddInspectCommand(app),
@@ -44,20 +67,17 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
-    std::fprintf(stderr, "kvfold: error: %s\n", kvfold::Printable(FirstLine(e.what())).c_str());
-    return 2;
+    if (e.get_exit_code() == 0) return Finish(app.exit(e));  // --help, --version
+    return Finish(2, kvfold::Printable(FirstLine(e.what())));
   }
   try {
     for (const auto& c : commands) {
-      if (c.sub->parsed()) return c.run();
+      if (c.sub->parsed()) return Finish(c.run());
     }
   } catch (const kvfold::Error& e) {
-    std::fprintf(stderr, "kvfold: error: %s\n", FirstLine(e.what()).c_str());
-    return 1;
+    return Finish(1, FirstLine(e.what()));
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "kvfold: error: internal: %s\n", kvfold::Printable(FirstLine(e.what())).c_str());
-    return 3;
+    return Finish(3, "internal: " + kvfold::Printable(FirstLine(e.what())));
   }
-  return 1;
+  return Finish(1);
 }

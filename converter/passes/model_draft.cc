@@ -146,18 +146,18 @@ void ModelDraft::OpenOutput(const std::string& dir) {
 }
 
 void ModelDraft::WriteLayer(int layer) {
-  if (!output_ || layers_written_.count(layer)) return;
+  if ((!output_ && !discard_output_) || layers_written_.count(layer)) return;
   SealLayer(layer);
   for (const std::string& name : Names()) {
     if (LayerOf(name) != layer) continue;
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
       const TensorRef& ref = source_.tensors.Get(name);
-      output_->Add({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
+      if (output_) output_->Add({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
       continue;
     }
     Replacement& r = it->second;
-    output_->Add({name, OutputDType(name, r), r.shape, r.sealed});
+    if (output_) output_->Add({name, OutputDType(name, r), r.shape, r.sealed});
     r.sealed = std::string();  // frees the bytes
     r.written = true;
   }

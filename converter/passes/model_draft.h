@@ -49,6 +49,9 @@ class ModelDraft {
   // Seals layer `layer` and appends its tensors, in name order, to the open output (no-op
   // without one); its replacements are freed and can no longer be read back.
   void WriteLayer(int layer);
+  // For a rank that computes the conversion but does not write it (formats/ranks.h): WriteLayer
+  // then frees each layer as if written, and WriteTo must not be called.
+  void DiscardOutput() { discard_output_ = true; }
 
   // Writes config.json, the weights not written yet (every layer in order, then the tensors of
   // no layer; each in the source's dtype) and the companion files (formats/companion_files.h)
@@ -80,6 +83,7 @@ class ModelDraft {
   std::unique_ptr<ShardedSafetensorsWriter> output_;
   std::string output_dir_;
   std::set<int> layers_written_;
+  bool discard_output_ = false;
 };
 
 }  // namespace kvfold

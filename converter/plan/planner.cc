@@ -74,6 +74,7 @@ class Scorer {
     runtime_.hidden_state_budget_bytes = o.hidden_memory_bytes;
     base_ = ReferenceModel::Load(source_, runtime_);
     options_.progress = false;
+    options_.across_ranks = true;  // every rank scores its share of the windows
     options_.scored_from = o.window / 2;  // every candidate on the same positions: see docs/plan.md
   }
   // KL of `cache_spec` ("" = full cache) on the model in `dir`; also its KV bytes fraction.
@@ -131,6 +132,7 @@ void ConvertStructure(const PlanOptions& o, const PlanStructure& s, const std::s
   c.device = o.device;
   c.hidden_memory_bytes = o.hidden_memory_bytes;
   c.progress = false;
+  c.every_rank_writes = true;  // each rank loads the candidate from its own scratch folder
   Convert(c);
 }
 

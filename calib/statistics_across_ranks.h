@@ -1,0 +1,27 @@
+// Calibration sums joined across ranks (formats/ranks.h): each rank's statistics travel as bytes
+// (the same numbers back, bit for bit) and rank 0 merges them in rank order with the types' own
+// Merge, so N ranks add exactly what one process adds, grouped by rank.
+#pragma once
+
+#include <string>
+
+#include "calib/kv_statistics.h"
+#include "calib/output_refit_moments.h"
+
+namespace kvfold {
+
+std::string Pack(const LayerKvStatistics& s);
+std::string Pack(const KvStatistics& s);  // counts, input moments and every layer
+std::string Pack(const OutputRefitMoments& m);
+// Each throws Error ("internal") on bytes Pack did not write.
+void Unpack(const std::string& bytes, LayerKvStatistics& s);
+void Unpack(const std::string& bytes, KvStatistics& s);
+void Unpack(const std::string& bytes, OutputRefitMoments& m);
+
+// Replaces this rank's sums with every rank's, merged in rank order; the same on every rank.
+// Collective (every rank calls it at the same point); nothing happens with one rank.
+void JoinAcrossRanks(LayerKvStatistics& s);
+void JoinAcrossRanks(KvStatistics& s);
+void JoinAcrossRanks(OutputRefitMoments& m);
+
+}  // namespace kvfold

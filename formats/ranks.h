@@ -1,0 +1,56 @@
+// Ranks: kvfold run as N processes under MPI (`mpirun -np N kvfold ...`), each with a disjoint
+// share of the calibration or evaluation windows. Statistics are sums (and extremes): every rank
+// sums its share, and the shares are joined in rank order on rank 0, so the result is the same on
+// every rank and depends on N only through the grouping of float64 sums (docs/mpi.md).
+//
+// Without MPI in the build, or when kvfold was not started by mpirun, there is one rank and
+// every function here is a no-op. MPI itself is touched only in ranks_mpi.cc.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace kvfold {
+
+// Starts MPI when mpirun started this process (its environment says so); else one rank.
+void StartRanks(int* argc, char*** argv);
+// Ends MPI after a successful run (every rank must call it).
+void StopRanks();
+
+bool MpiBuilt();         // this kvfold was built with MPI
+int Rank();              // 0 .. RankCount() - 1
+int RankCount();         // 1 without mpirun
+int LocalRank();         // rank among the processes on this machine (picks its GPU)
+int LocalRankCount();    // ranks on this machine (they share its cores)
+inline bool IsFirstRank() { return Rank() == 0; }
+
+// Whether this rank takes item `index` of a list every rank builds alike (index mod N == rank).
+inline bool OwnsItem(std::size_t index) {
+  return index % static_cast<std::size_t>(RankCount()) == static_cast<std::size_t>(Rank());
+}
+
+// Ends every rank after `line` (printed by this rank, on stderr): MPI_Abort with exit status
+// `status`, or exit(status) with one rank.
+[[noreturn]] void AbortRanks(const std::string& line, int status);
+
+// Joins every rank's `local` bytes in rank order on rank 0 — joined = local_0, then
+// joined = join(joined, local_r) for r = 1 .. N-1 — and returns `joined` on every rank.
+// Collective: every rank calls it at the same point. With one rank, returns `local`.
+std::string JoinInRankOrder(std::string local,
+                            const std::function<std::string(std::string joined, const std::string& next)>& join);
+
+// Element-wise sum over ranks of values each rank sets for the items it owns and leaves 0
+// elsewhere: x + 0 == x exactly, so the sum equals the one-rank values bit for bit.
+void SumOwnedItems(std::vector<double>& values);
+
+// Returns once every rank got here (the first rank waits before it makes its output visible, so
+// that a rank lost on the way leaves none).
+void WaitForAllRanks();
+
+// Bytes this rank has sent to JoinInRankOrder so far (sizes a cluster: docs/mpi.md).
+std::uint64_t BytesJoined();
+
+}  // namespace kvfold
