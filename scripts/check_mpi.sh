@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CTest `mpi`: `mpirun -np 2` and `-np 4` give what one process gives (gqa-svd, kv-scales,
-# eval --compare), an error names its rank, and a rank killed midway leaves no output and a
-# non-zero exit. Skipped (exit 77, reason printed) without mpirun or without MPI in the build.
+# kv-mixed, eval --compare; plan with 2), an error names its rank, and a rank killed midway
+# leaves no output and a non-zero exit. Skipped (exit 77, reason printed) without mpirun or without MPI in the build.
 # Usage: BUILD_DIR SHARED_DIR
 set -euo pipefail
 build="$(cd "$1" && pwd)"; shared="$(cd "$2" && pwd)"
@@ -19,7 +19,9 @@ mpi=(mpirun --oversubscribe --bind-to none)
 # 1e-6 of each tensor's scale: what the ranks may change is the grouping of float64 sums.
 rel=1e-6
 
-for passes in 'gqa-svd<kv-heads=2>' 'kv-scales'; do
+# kv-mixed's table records the tokens its statistics saw: ranks that each took every batch (and
+# doubled the sums, which leaves the gqa-svd and kv-scales outputs unchanged) would show there.
+for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed'; do
   "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" -o "$work/n1" --quiet >/dev/null
   for n in 2 4; do
     "${mpi[@]}" -np $n "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" \
@@ -27,6 +29,10 @@ for passes in 'gqa-svd<kv-heads=2>' 'kv-scales'; do
     grep -q "\"ranks\": $n" "$work/n$n/kvfold.json" || { echo "$passes: kvfold.json does not record $n ranks"; exit 1; }
     echo -n "$passes, $n ranks vs 1: "
     python3 "$(dirname "$0")/compare_outputs.py" folders "$work/n1" "$work/n$n" $rel
+    if [ "$passes" = kv-mixed ]; then
+      echo -n "kv-mixed table, $n ranks vs 1: "
+      python3 "$(dirname "$0")/compare_outputs.py" eval "$work/n1/kv_mixed_precision.json" "$work/n$n/kv_mixed_precision.json" $rel
+    fi
   done
   [ "$passes" = kv-scales ] || mv "$work/n1" "$work/gqa"
   rm -rf "$work"/n[124]
@@ -37,6 +43,13 @@ for n in 1 2 4; do
     >"$work/eval$n.json"
   [ $n = 1 ] || { echo -n "eval --compare, $n ranks vs 1: "; python3 "$(dirname "$0")/compare_outputs.py" eval "$work/eval1.json" "$work/eval$n.json" $rel; }
 done
+
+# The planner: every rank converts each candidate into its own scratch folder and scores its
+# share of the windows; the plans and every candidate's numbers as one process makes them.
+plan=(plan "$shared/models/stories260K" --calib "$calib" --budget 0.25 --calib-tokens 4096 --score-windows 8 --json --quiet)
+"$kvfold" "${plan[@]}" >"$work/plan1.json"
+"${mpi[@]}" -np 2 "$kvfold" "${plan[@]}" >"$work/plan2.json"
+echo -n "plan, 2 ranks vs 1: "; python3 "$(dirname "$0")/compare_outputs.py" eval "$work/plan1.json" "$work/plan2.json" $rel
 
 # An error on the ranks: one line naming the rank, a non-zero exit.
 if "${mpi[@]}" -np 2 "$kvfold" convert "$work/missing" --calib "$calib" --passes kv-scales -o "$work/bad" 2>"$work/err"; then

@@ -3,8 +3,8 @@
 dtypes, and every tensor within REL of the first one's largest magnitude:
 max|a - b| <= REL * max|a|. Relative to the tensor's scale, not element by element, because
 entries near zero carry the absolute rounding of their neighbours. Also compares the numbers of two
-`kvfold eval --json` files (every number but seconds and rates) with the same bound, relative to
-each number. Pure Python: no NumPy on a fresh machine.
+`kvfold eval --json` or `kvfold plan --json` files (every number but seconds and rates) with the
+same bound, relative to each number. Pure Python: no NumPy on a fresh machine.
 
   compare_outputs.py folders A B REL     compare_outputs.py eval A.json B.json REL
 """
