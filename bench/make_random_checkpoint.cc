@@ -7,6 +7,7 @@
 //   bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1] [--tokenizer DIR]
 //   SHAPE: tinyllama-1.1b | llama-2-7b | llama-3-8b | llama-3.2-1b (llama3 RoPE scaling, tied) |
 //          qwen2.5-0.5b (q/k/v biases) | qwen3-0.6b (q/k norms, head_dim 128) | mistral-7b |
+//          llama-2-70b (GQA 64/8, 8192 wide: with --layers, the ranks' communication per layer) |
 //          tiny (a 64-wide llama for tests) |
 //          narrow (512 wide, GQA 8/2 x 64, 11 MiB of float32 per layer: streaming-memory tests)
 //   --tokenizer DIR: copy DIR's tokenizer.json and tokenizer_config.json (a model's real
@@ -87,13 +88,15 @@ ordered_json ShapeConfig(const std::string& shape) {
     c["model_type"] = "mistral";
     c["sliding_window"] = nullptr;  // v0.2 and later
     dims(4096, 32, 32, 8, 14336, 32000, 32768, 1000000.0);
+  } else if (shape == "llama-2-70b") {
+    dims(8192, 80, 64, 8, 28672, 32000, 4096, 10000.0);
   } else if (shape == "tiny") {
     dims(64, 4, 8, 4, 172, 512, 512, 10000.0);
   } else if (shape == "narrow") {
     dims(512, 8, 8, 2, 1408, 512, 512, 10000.0);
   } else {
     kvfold::Fail(shape, "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b, llama-3.2-1b, qwen2.5-0.5b, "
-                        "qwen3-0.6b, mistral-7b, tiny or narrow)");
+                        "qwen3-0.6b, mistral-7b, llama-2-70b, tiny or narrow)");
   }
   return c;
 }

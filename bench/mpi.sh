@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Ranks (issue 17, docs/mpi.md): (1) wall time of `kvfold convert` (calibration in the converted
+# sweep, gqa-svd with its refit) and of `kvfold eval --compare` with 1, 2 and 4 ranks on this
+# machine (mpirun --bind-to none; ranks share the cores, each gets cores / ranks threads), with
+# whether the output equals the one-rank output; (2) the statistics each rank sends per layer,
+# as kvfold counts them (the "statistics joined" line), on random-weight checkpoints of the
+# Llama-2-7B and Llama-2-70B shapes with 1 layer (the bytes depend on the shapes and passes only),
+# times the full models' layer counts.
+# Usage: bench/mpi.sh [MODEL] (default mini-mha). WORK=folder for the random checkpoints
+# (default /tmp/kvfold-mpi; about 4 GB).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/shared_models.sh
+kvfold=build/bin/kvfold
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+big="${WORK:-/tmp/kvfold-mpi}"
+[ "$(id -u)" -ne 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+mpi=(mpirun --oversubscribe --bind-to none)
+$kvfold --version | sed 's/^/# /'
+echo "# $(nproc) cores; $(mpirun --version | head -1)"
+
+model="${1:-mini-mha}"
+src="$shared/models/$model"
+model_texts "$model"
+kv0=$($kvfold inspect "$src" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['num_key_value_heads'])")
+passes="gqa-svd<kv-heads=$((kv0 / 2))>"
+seconds() { python3 -c "import sys; print('%.1f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$@"; }
+
+echo
+echo "| $model | ranks | wall s | calibration s (rank 0) | same as 1 rank |"
+echo "|---|---|---|---|---|"
+for n in 1 2 4; do
+  t0=$(date +%s.%N)
+  "${mpi[@]}" -np $n $kvfold convert "$src" --calib "$calib" --passes "$passes" -o "$work/c$n" --quiet --time-passes \
+    2>"$work/log" >/dev/null
+  t1=$(date +%s.%N)
+  calibration=$(awk '/^time  calibration/ {print $3}' "$work/log")
+  same=$([ $n = 1 ] && echo - || python3 scripts/compare_outputs.py folders "$work/c1" "$work/c$n" 1e-6)
+  echo "| convert $passes | $n | $(seconds "$t0" "$t1") | $calibration | $same |"
+done
+for n in 1 2 4; do
+  t0=$(date +%s.%N)
+  "${mpi[@]}" -np $n $kvfold eval "$work/c1" --compare "$src" --text "$eval" --max-windows 64 --json --quiet \
+    >"$work/e$n.json"
+  t1=$(date +%s.%N)
+  same=$([ $n = 1 ] && echo - || python3 scripts/compare_outputs.py eval "$work/e1.json" "$work/e$n.json" 1e-6)
+  echo "| eval --compare, 64 windows | $n | $(seconds "$t0" "$t1") | | $same |"
+done
+
+echo
+echo "| shape | layers | passes | MiB per layer per rank | GiB per conversion per rank |"
+echo "|---|---|---|---|---|"
+mkdir -p "$big"
+for shape in llama-2-7b llama-2-70b; do
+  layers=$([ $shape = llama-2-7b ] && echo 32 || echo 80)
+  kv=$([ $shape = llama-2-7b ] && echo 16 || echo 4)
+  [ -d "$big/$shape" ] || build/bin/bench_make_random_checkpoint $shape "$big/$shape" --layers 1 >/dev/null
+  # The refit's bytes do not depend on its ridge; ridge=1 solves once where ridge=auto tries ten
+  # ridges, each an (H d)^2 system (8192^2 for 70B) solved on every rank.
+  for p in kv-scales "gqa-svd<kv-heads=$kv,refit=none>" "gqa-svd<kv-heads=$kv,ridge=1>"; do
+    rm -rf "$work/big"
+    # Two windows, both on rank 0: rank 1 joins with nothing; rank 0's bytes are the full shapes.
+    "${mpi[@]}" -np 2 $kvfold convert "$big/$shape" --calib "$calib" --calib-tokens 512 --passes "$p" -o "$work/big" \
+      --threads 2 2>"$work/log" >/dev/null || { echo "| $shape | $layers | $p | failed: $(grep -m1 error "$work/log") | |"; continue; }
+    mib=$(sed -n 's/.*statistics joined: .* from each rank, \([0-9.]*\) MiB a layer/\1/p' "$work/log")
+    echo "| $shape | $layers | $p | $mib | $(python3 -c "print('%.3f' % ($mib * $layers / 1024))") |"
+  done
+done
