@@ -6,8 +6,8 @@
 set -euo pipefail
 build="$(cd "$1" && pwd)"; shared="$(cd "$2" && pwd)"
 kvfold="$build/bin/kvfold"
-command -v mpirun >/dev/null || { echo "skipped: mpirun not found (scripts/setup.sh installs openmpi-bin)"; exit 77; }
-"$kvfold" --version | grep -q "ranks: MPI" || { echo "skipped: kvfold was built without MPI (libopenmpi-dev)"; exit 77; }
+command -v mpirun >/dev/null || { echo "SKIPPED: mpi: mpirun not found (scripts/setup.sh installs openmpi-bin)"; exit 77; }
+"$kvfold" --version | grep -q "ranks: MPI" || { echo "SKIPPED: mpi: kvfold was built without MPI (scripts/setup.sh installs libopenmpi-dev)"; exit 77; }
 [ "$(id -u)" -ne 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 model="$shared/models/stories260K-mha"
