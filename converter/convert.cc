@@ -317,8 +317,8 @@ ConvertResult Convert(const ConvertOptions& o) {
       RunPasses(pipeline, draft, {calib.windows, tokenizer.bos_id()}, o, !o.report_path.empty(), result.timings);
   if (RankCount() > 1 && o.progress) {  // sizes a cluster (docs/mpi.md)
     const double mib = static_cast<double>(BytesJoined() - joined_before) / (1 << 20);
-    std::fprintf(stderr, "kvfold: %d ranks; statistics joined: %.3f MiB from each rank, %.3f MiB a layer\n", RankCount(),
-                 mib, mib / static_cast<double>(ck.config.num_hidden_layers));
+    std::fprintf(stderr, "kvfold: %d ranks; statistics joined: %.3f MiB from each rank, %.3f MiB a layer\n",
+                 RankCount(), mib, mib / static_cast<double>(ck.config.num_hidden_layers));
   }
   if (!writes) {
     WaitForAllRanks();  // with the writer, before its output becomes visible

@@ -114,7 +114,8 @@ GroupSums Total(std::vector<GroupSums> sums, bool across_ranks) {
     std::vector<double> flat;
     flat.reserve(sums.size() * kFields);
     for (const auto& s : sums) {
-      flat.insert(flat.end(), {s.nll_a, s.nll_b, s.kl, s.agree, s.correct_a, s.correct_b, static_cast<double>(s.tokens)});
+      const double tokens = static_cast<double>(s.tokens);
+      flat.insert(flat.end(), {s.nll_a, s.nll_b, s.kl, s.agree, s.correct_a, s.correct_b, tokens});
     }
     SumOwnedItems(flat);
     for (std::size_t g = 0; g < sums.size(); ++g) {

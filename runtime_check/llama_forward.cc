@@ -114,7 +114,9 @@ at::Device ParseDevice(const std::string& spec) {
     }
     const int count = at::detail::getCUDAHooks().getNumGPUs();
     // Plain "cuda" under mpirun: one rank per GPU, by the rank's place on its machine.
-    if (!device.has_index() && count > 0) device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(LocalRank() % count));
+    if (!device.has_index() && count > 0) {
+      device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(LocalRank() % count));
+    }
     if (device.index() >= count || count == 0) {
       Fail("--device " + spec, "no such CUDA device (" + std::to_string(count) + " visible)");
     }

@@ -50,10 +50,13 @@ int main(int argc, char** argv) {
   kvfold::InstallFatalSignalHandlers();
   kvfold::StartRanks(&argc, &argv);
   // Every rank computes the same results; the first prints them.
-  if (!kvfold::IsFirstRank() && std::freopen("/dev/null", "w", stdout) == nullptr) return Finish(1, "/dev/null: cannot open");
+  if (!kvfold::IsFirstRank() && std::freopen("/dev/null", "w", stdout) == nullptr) {
+    return Finish(1, "/dev/null: cannot open");
+  }
   CLI::App app{"kvfold: make the KV cache of transformer checkpoints smaller"};
+  const std::string ranks = kvfold::MpiBuilt() ? "MPI (mpirun -np N kvfold ...)" : "one process (built without MPI)";
   app.set_version_flag("--version", std::string("kvfold ") + kvfold::kVersion + "\nBLAS: " + kvfold::BlasDescription() +
-                                         (kvfold::MpiBuilt() ? "\nranks: MPI (mpirun -np N kvfold ...)" : "\nranks: one process (built without MPI)"));
+                                        "\nranks: " + ranks);
   app.require_subcommand(1);
   const std::vector<kvfold::Command> commands = {
       kvfold::AddInspectCommand(app),
