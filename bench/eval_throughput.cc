@@ -5,10 +5,9 @@
 //
 //   build/bin/bench_eval_throughput [--model DIR] [--text FILE] [--threads N] [--windows N]
 //                                   [--repeats N] [--resident 1] [--prefetch 0]
-#include <malloc.h>
-
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <chrono>
@@ -56,8 +55,9 @@ double ProjectionFlopsPerToken(const kvfold::ModelConfig& c) {
 
 // Calibration tokens/s: the sweep kvfold convert runs for gqa-svd (values, pre-RoPE keys and
 // query energy collected), best of `repeats`.
-double CalibrationTokensPerSecond(const kvfold::ReferenceModel& model, const std::vector<kvfold::TokenWindow>& windows,
-                                  std::int32_t bos, int repeats) {
+double CalibrationTokensPerSecond(const kvfold::ReferenceModel& model,
+                                  const std::vector<kvfold::TokenWindow>& windows, std::int32_t bos,
+                                  int repeats) {
   const kvfold::ModelConfig& c = model.config();
   std::vector<kvfold::ReferenceModel::ObservedBatch> batches;
   const std::size_t per_batch = std::max<std::size_t>(1, 2048 / windows.front().size());
@@ -75,13 +75,15 @@ double CalibrationTokensPerSecond(const kvfold::ReferenceModel& model, const std
     std::vector<kvfold::KvStatisticsCollector> collectors;
     std::vector<kvfold::LayerObserver*> observers;
     for (std::size_t s = 0; s < kvfold::DataParallelSlots(model); ++s) {
-      collectors.emplace_back(kvfold::kStatValue | kvfold::kStatKeyPreRope | kvfold::kStatQueryEnergy,
-                              static_cast<int>(c.num_hidden_layers), c.num_key_value_heads, c.head_dim);
+      collectors.emplace_back(
+          kvfold::kStatValue | kvfold::kStatKeyPreRope | kvfold::kStatQueryEnergy,
+          static_cast<int>(c.num_hidden_layers), c.num_key_value_heads, c.head_dim);
     }
     for (auto& col : collectors) observers.push_back(&col);
     const auto t0 = std::chrono::steady_clock::now();
     model.ObserveSweep(batches, observers, {});
-    best = std::max(best, static_cast<double>(windows.size() * windows.front().size()) / Seconds(t0));
+    best =
+        std::max(best, static_cast<double>(windows.size() * windows.front().size()) / Seconds(t0));
   }
   return best;
 }
@@ -105,13 +107,20 @@ int main(int argc, char** argv) {
   bool resident = false;
   bool prefetch = true;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--text")) text = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--windows")) windows = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--resident")) resident = std::atoi(argv[i + 1]) != 0;
-    else if (!std::strcmp(argv[i], "--prefetch")) prefetch = std::atoi(argv[i + 1]) != 0;
+    if (!std::strcmp(argv[i], "--model"))
+      model = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--text"))
+      text = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--threads"))
+      threads = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--windows"))
+      windows = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--repeats"))
+      repeats = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--resident"))
+      resident = std::atoi(argv[i + 1]) != 0;
+    else if (!std::strcmp(argv[i], "--prefetch"))
+      prefetch = std::atoi(argv[i + 1]) != 0;
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -132,28 +141,36 @@ int main(int argc, char** argv) {
 
     kvfold::EvalOptions opts;
     opts.progress = false;
-    kvfold::EvaluatePerplexity(*ref, {wins.begin(), wins.begin() + 1}, tok->bos_id(), opts);  // warm-up
+    kvfold::EvaluatePerplexity(*ref, {wins.begin(), wins.begin() + 1}, tok->bos_id(),
+                               opts);  // warm-up
     kvfold::PerplexityResult best;
     for (int r = 0; r < repeats; ++r) {
       auto res = kvfold::EvaluatePerplexity(*ref, wins, tok->bos_id(), opts);
       if (r == 0 || res.tokens_per_second > best.tokens_per_second) best = res;
     }
-    const double calib_tokens_per_second = CalibrationTokensPerSecond(*ref, wins, tok->bos_id(), repeats);
+    const double calib_tokens_per_second =
+        CalibrationTokensPerSecond(*ref, wins, tok->bos_id(), repeats);
     const double projection_flops = ProjectionFlopsPerToken(ck.config);
     const double flops = projection_flops + AttentionFlopsPerToken(ck.config, 256);
-    const double head_flops = 2.0 * ck.config.vocab_size * ck.config.hidden_size;  // calibration has no LM head
+    const double head_flops =
+        2.0 * ck.config.vocab_size * ck.config.hidden_size;  // calibration has no LM head
     const double D = ck.config.hidden_size;
     const double sgemm = SgemmGflops(2048, 2048, 2048, 5);
     std::printf("| quantity | value |\n|---|---|\n");
     std::printf("| model | %s (%s) |\n| threads | %d |\n", model.c_str(),
-                resident ? "resident" : prefetch ? "streamed, next layer prefetched" : "streamed", threads);
+                resident   ? "resident"
+                : prefetch ? "streamed, next layer prefetched"
+                           : "streamed",
+                threads);
     std::printf("| BLAS | %s |\n", kvfold::BlasDescription().c_str());
     std::printf("| tokens evaluated (best of %d) | %lld |\n", repeats,
                 static_cast<long long>(best.tokens_predicted));
     std::printf("| eval throughput | %.0f tokens/s |\n", best.tokens_per_second);
-    std::printf("| forward cost | %.2f MFLOP/token (%.2f weight products + %.2f causal attention) |\n",
-                flops / 1e6, projection_flops / 1e6, (flops - projection_flops) / 1e6);
-    std::printf("| forward achieved | %.1f GFLOP/s (%.0f%% of sgemm) |\n", flops * best.tokens_per_second / 1e9,
+    std::printf(
+        "| forward cost | %.2f MFLOP/token (%.2f weight products + %.2f causal attention) |\n",
+        flops / 1e6, projection_flops / 1e6, (flops - projection_flops) / 1e6);
+    std::printf("| forward achieved | %.1f GFLOP/s (%.0f%% of sgemm) |\n",
+                flops * best.tokens_per_second / 1e9,
                 100 * flops * best.tokens_per_second / 1e9 / sgemm);
     std::printf("| calibration throughput | %.0f tokens/s |\n", calib_tokens_per_second);
     std::printf("| calibration achieved | %.1f GFLOP/s at %.2f MFLOP/token (%.0f%% of sgemm) |\n",

@@ -6,16 +6,16 @@
 // kv-scales or kv-balance outputs). SPEC "full" is the folder's own full cache, scored on the same
 // positions (the KL of a conversion alone).
 //
-//   build/bin/bench_kv_cache_sweep ORIGINAL TEXT [--windows 32] [--threads 2] DIR SPEC [DIR SPEC ...]
+//   build/bin/bench_kv_cache_sweep ORIGINAL TEXT [--windows 32] [--threads 2] DIR SPEC [DIR SPEC
+//   ...]
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "calib/text.h"
 #include "calib/tokenizer.h"
@@ -32,20 +32,27 @@ int main(int argc, char** argv) {
   int windows_wanted = 32, threads = 2;
   std::vector<std::string> rest;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--windows") && i + 1 < argc) windows_wanted = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
-    else rest.push_back(argv[i]);
+    if (!std::strcmp(argv[i], "--windows") && i + 1 < argc)
+      windows_wanted = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc)
+      threads = std::atoi(argv[++i]);
+    else
+      rest.push_back(argv[i]);
   }
   if (rest.size() < 4 || rest.size() % 2 != 0) {
-    std::fprintf(stderr, "usage: bench_kv_cache_sweep ORIGINAL TEXT [--windows N] [--threads N] DIR SPEC [DIR SPEC ...]\n");
+    std::fprintf(stderr,
+                 "usage: bench_kv_cache_sweep ORIGINAL TEXT [--windows N] [--threads N] DIR SPEC "
+                 "[DIR SPEC ...]\n");
     return 2;
   }
   try {
     const Checkpoint original_ck = OpenCheckpoint(rest[0]);
     const auto tok = Tokenizer::Load(original_ck.tokenizer_path);
-    const auto windows = CutWindows(tok->Encode(LoadText(rest[1])), kWindow, windows_wanted, rest[1]);
+    const auto windows =
+        CutWindows(tok->Encode(LoadText(rest[1])), kWindow, windows_wanted, rest[1]);
     const auto original = ReferenceModel::Load(original_ck, {"cpu", threads});
-    std::map<std::string, std::pair<std::unique_ptr<Checkpoint>, std::unique_ptr<ReferenceModel>>> loaded;
+    std::map<std::string, std::pair<std::unique_ptr<Checkpoint>, std::unique_ptr<ReferenceModel>>>
+        loaded;
     for (std::size_t i = 2; i < rest.size(); i += 2) {
       const std::string& dir = rest[i];
       auto& slot = loaded[dir];
@@ -55,7 +62,8 @@ int main(int argc, char** argv) {
       }
       // "full": the model's own full cache, scored on the same positions as a policy would be.
       const bool full = rest[i + 1] == "full";
-      const CachePolicySpec policy = full ? CachePolicySpec{} : MakeCachePolicy(rest[i + 1], *slot.first, kWindow);
+      const CachePolicySpec policy =
+          full ? CachePolicySpec{} : MakeCachePolicy(rest[i + 1], *slot.first, kWindow);
       EvalOptions o;
       o.progress = false;
       o.cache = policy.policy.get();
@@ -64,7 +72,9 @@ int main(int argc, char** argv) {
       const nlohmann::ordered_json row = {
           {"model", dir},
           {"spec", full ? "full" : policy.text},
-          {"bits", full ? 16.0 : policy.policy->AverageBits(kWindow, policy.scored_from, slot.first->config.head_dim)},
+          {"bits", full ? 16.0
+                        : policy.policy->AverageBits(kWindow, policy.scored_from,
+                                                     slot.first->config.head_dim)},
           {"ppl", c.other.ppl},
           {"full_cache_ppl", c.base.ppl},
           {"kl", c.kl},

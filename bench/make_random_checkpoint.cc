@@ -4,8 +4,9 @@
 // shard at a time, so memory stays at one shard. The tokenizer is the shared stories260K one
 // (its 512 pieces are valid ids in every vocabulary here) unless --tokenizer names a real one.
 //
-//   bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1] [--tokenizer DIR]
-//   SHAPE: tinyllama-1.1b | llama-2-7b | llama-3-8b | llama-3.2-1b (llama3 RoPE scaling, tied) |
+//   bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1] [--tokenizer
+//   DIR] SHAPE: tinyllama-1.1b | llama-2-7b | llama-3-8b | llama-3.2-1b (llama3 RoPE scaling, tied)
+//   |
 //          qwen2.5-0.5b (q/k/v biases) | qwen3-0.6b (q/k norms, head_dim 128) | mistral-7b |
 //          llama-2-70b (GQA 64/8, 8192 wide: with --layers, the ranks' communication per layer) |
 //          tiny (a 64-wide llama for tests) |
@@ -18,10 +19,9 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "formats/atomic_file.h"
 #include "formats/dtype.h"
@@ -37,11 +37,18 @@ using nlohmann::ordered_json;
 
 // The config.json fields of each shape, as the published checkpoints have them.
 ordered_json ShapeConfig(const std::string& shape) {
-  ordered_json c = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
-                    {"rms_norm_eps", 1e-5}, {"rope_scaling", nullptr}, {"attention_bias", false},
-                    {"tie_word_embeddings", false}, {"torch_dtype", "bfloat16"}, {"bos_token_id", 1},
+  ordered_json c = {{"architectures", {"LlamaForCausalLM"}},
+                    {"model_type", "llama"},
+                    {"hidden_act", "silu"},
+                    {"rms_norm_eps", 1e-5},
+                    {"rope_scaling", nullptr},
+                    {"attention_bias", false},
+                    {"tie_word_embeddings", false},
+                    {"torch_dtype", "bfloat16"},
+                    {"bos_token_id", 1},
                     {"eos_token_id", 2}};
-  auto dims = [&](int hidden, int layers, int heads, int kv, int inter, int vocab, int positions, double theta) {
+  auto dims = [&](int hidden, int layers, int heads, int kv, int inter, int vocab, int positions,
+                  double theta) {
     c["hidden_size"] = hidden;
     c["num_hidden_layers"] = layers;
     c["num_attention_heads"] = heads;
@@ -62,8 +69,11 @@ ordered_json ShapeConfig(const std::string& shape) {
   } else if (shape == "llama-3.2-1b") {
     dims(2048, 16, 32, 8, 8192, 128256, 131072, 500000.0);
     c["head_dim"] = 64;
-    c["rope_scaling"] = {{"factor", 32.0}, {"high_freq_factor", 4.0}, {"low_freq_factor", 1.0},
-                         {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}};
+    c["rope_scaling"] = {{"factor", 32.0},
+                         {"high_freq_factor", 4.0},
+                         {"low_freq_factor", 1.0},
+                         {"original_max_position_embeddings", 8192},
+                         {"rope_type", "llama3"}};
     c["tie_word_embeddings"] = true;
     c["bos_token_id"] = 128000;
     c["eos_token_id"] = 128001;
@@ -95,8 +105,10 @@ ordered_json ShapeConfig(const std::string& shape) {
   } else if (shape == "narrow") {
     dims(512, 8, 8, 2, 1408, 512, 512, 10000.0);
   } else {
-    kvfold::Fail(shape, "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b, llama-3.2-1b, qwen2.5-0.5b, "
-                        "qwen3-0.6b, mistral-7b, llama-2-70b, tiny or narrow)");
+    kvfold::Fail(
+        shape,
+        "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b, llama-3.2-1b, qwen2.5-0.5b, "
+        "qwen3-0.6b, mistral-7b, llama-2-70b, tiny or narrow)");
   }
   return c;
 }
@@ -107,7 +119,7 @@ class Values {
  public:
   explicit Values(std::uint64_t seed) : state_(seed * 0x9e3779b97f4a7c15ULL + 1) {}
   float Next() {
-    state_ ^= state_ << 13, state_ ^= state_ >> 7, state_ ^= state_ << 17;  // xorshift64
+    state_ ^= state_ << 13, state_ ^= state_ >> 7, state_ ^= state_ << 17;    // xorshift64
     const double u = static_cast<double>(state_ >> 11) / 9007199254740992.0;  // [0, 1)
     return static_cast<float>((2 * u - 1) * 0.02 * std::sqrt(3.0));
   }
@@ -144,7 +156,8 @@ void WriteShard(const std::string& path, const std::vector<Planned>& tensors, Va
     blobs.emplace_back(t.bytes, '\0');
     kvfold::ConvertFromF32(kvfold::DType::kBF16, f32.data(), f32.size(), blobs.back().data());
   }
-  for (std::size_t i = 0; i < tensors.size(); ++i) list.push_back({tensors[i].name, kvfold::DType::kBF16, tensors[i].shape, blobs[i]});
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    list.push_back({tensors[i].name, kvfold::DType::kBF16, tensors[i].shape, blobs[i]});
   kvfold::WriteSafetensors(path, list, {{"format", "pt"}});
 }
 
@@ -152,22 +165,31 @@ void WriteShard(const std::string& path, const std::vector<Planned>& tensors, Va
 
 int main(int argc, char** argv) {
   try {
-    if (argc < 3) kvfold::Fail("usage", "bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1]");
+    if (argc < 3)
+      kvfold::Fail(
+          "usage",
+          "bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1]");
     const std::string shape = argv[1], out = argv[2];
     std::uint64_t shard_bytes = 4096ULL << 20, seed = 1;
     std::string tokenizer_dir;
     ordered_json config = ShapeConfig(shape);
     for (int i = 3; i + 1 < argc; i += 2) {
-      if (!std::strcmp(argv[i], "--layers")) config["num_hidden_layers"] = std::stoi(argv[i + 1]);
-      else if (!std::strcmp(argv[i], "--shard-mib")) shard_bytes = std::stoull(argv[i + 1]) << 20;
-      else if (!std::strcmp(argv[i], "--seed")) seed = std::stoull(argv[i + 1]);
-      else if (!std::strcmp(argv[i], "--tokenizer")) tokenizer_dir = argv[i + 1];
-      else kvfold::Fail(argv[i], "unknown option");
+      if (!std::strcmp(argv[i], "--layers"))
+        config["num_hidden_layers"] = std::stoi(argv[i + 1]);
+      else if (!std::strcmp(argv[i], "--shard-mib"))
+        shard_bytes = std::stoull(argv[i + 1]) << 20;
+      else if (!std::strcmp(argv[i], "--seed"))
+        seed = std::stoull(argv[i + 1]);
+      else if (!std::strcmp(argv[i], "--tokenizer"))
+        tokenizer_dir = argv[i + 1];
+      else
+        kvfold::Fail(argv[i], "unknown option");
     }
     if (std::filesystem::exists(out)) kvfold::Fail(out, "already exists");
     std::filesystem::create_directories(out);
     const std::string config_text = config.dump(2) + "\n";
-    const std::vector<Planned> plan = Plan(kvfold::ParseModelConfig(config_text, out + "/config.json"));
+    const std::vector<Planned> plan =
+        Plan(kvfold::ParseModelConfig(config_text, out + "/config.json"));
     std::vector<std::vector<Planned>> shards(1);
     std::uint64_t in_shard = 0, total = 0;
     for (const Planned& t : plan) {  // greedy, in HF's order, like save_pretrained
@@ -189,14 +211,16 @@ int main(int argc, char** argv) {
     kvfold::WriteFileAtomically(out + "/model.safetensors.index.json", index.dump(2) + "\n");
     kvfold::WriteFileAtomically(out + "/config.json", config_text);
     if (tokenizer_dir.empty()) {
-      const std::string tokenizer = std::string(KVFOLD_SHARED_DIR) + "/models/stories260K/tokenizer.model";
+      const std::string tokenizer =
+          std::string(KVFOLD_SHARED_DIR) + "/models/stories260K/tokenizer.model";
       kvfold::WriteFileAtomically(out + "/tokenizer.model", kvfold::ReadFileToString(tokenizer));
     }
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
       if (tokenizer_dir.empty()) break;
       kvfold::WriteFileAtomically(out + "/" + f, kvfold::ReadFileToString(tokenizer_dir + "/" + f));
     }
-    std::printf("wrote %s: %s, %.2f GB in %zu shards\n", out.c_str(), shape.c_str(), total / 1e9, shards.size());
+    std::printf("wrote %s: %s, %.2f GB in %zu shards\n", out.c_str(), shape.c_str(), total / 1e9,
+                shards.size());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_make_random_checkpoint: error: %s\n", e.what());

@@ -24,6 +24,7 @@ struct CalibrationTokens {
 
 // Reads `path` by its extension; throws Error naming the file (and line or element) for bad
 // input, and for ids outside [0, vocab_size).
-CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer& tokenizer, std::int64_t vocab_size);
+CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer& tokenizer,
+                                        std::int64_t vocab_size);
 
 }  // namespace kvfold

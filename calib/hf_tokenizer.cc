@@ -27,7 +27,8 @@ std::vector<hf::AddedToken> ReadAddedTokens(const nlohmann::json& root, const st
       Fail(where, "added token " + a.content + " has no valid id");
     }
     a.id = t["id"].get<std::int32_t>();
-    if (hf::OptionalBool(t, "single_word", false, where)) hf::Unsupported(where, "added token " + a.content, "with single_word: true");
+    if (hf::OptionalBool(t, "single_word", false, where))
+      hf::Unsupported(where, "added token " + a.content, "with single_word: true");
     a.lstrip = hf::OptionalBool(t, "lstrip", false, where);
     a.rstrip = hf::OptionalBool(t, "rstrip", false, where);
     a.normalized = hf::OptionalBool(t, "normalized", false, where);
@@ -42,7 +43,8 @@ std::string ConfigToken(const nlohmann::json& config, const char* key) {
   if (!config.contains(key)) return "";
   const auto& v = config[key];
   if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string())
+    return v["content"].get<std::string>();
   return "";
 }
 
@@ -61,7 +63,8 @@ std::string TemplateBos(const nlohmann::json& processor, const std::string& wher
   if (type != "TemplateProcessing") hf::Unsupported(where, "post_processor", type);
   for (const auto& piece : hf::RequireArray(processor, "single", where)) {
     if (piece.contains("Sequence")) return "";
-    if (piece.contains("SpecialToken")) return hf::RequireString(piece["SpecialToken"], "id", where + " post_processor");
+    if (piece.contains("SpecialToken"))
+      return hf::RequireString(piece["SpecialToken"], "id", where + " post_processor");
   }
   return "";
 }
@@ -84,13 +87,15 @@ std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_p
   if (!root.is_object()) Fail(json_path, "not a tokenizer.json (expected a JSON object)");
   const std::string dir = json_path.substr(0, json_path.find_last_of('/') + 1);
   const std::string config_path = dir + "tokenizer_config.json";
-  const nlohmann::json config = ::access(config_path.c_str(), F_OK) == 0 ? ReadJsonFile(config_path) : nlohmann::json::object();
+  const nlohmann::json config = ::access(config_path.c_str(), F_OK) == 0 ? ReadJsonFile(config_path)
+                                                                         : nlohmann::json::object();
 
   std::unique_ptr<HfTokenizer> tok(new HfTokenizer(json_path));
   if (!root.contains("model")) Fail(json_path, "no \"model\"");
   tok->model_ = std::make_unique<hf::BpeModel>(root["model"], json_path);
   tok->normalizer_ = hf::MakeNormalizer(root.value("normalizer", nlohmann::json()), json_path);
-  tok->pre_tokenizer_ = hf::MakePreTokenizer(root.value("pre_tokenizer", nlohmann::json()), json_path);
+  tok->pre_tokenizer_ =
+      hf::MakePreTokenizer(root.value("pre_tokenizer", nlohmann::json()), json_path);
   try {
     tok->decoder_ = hf::MakeDecoder(root.value("decoder", nlohmann::json()), json_path);
   } catch (const Error& e) {
@@ -112,7 +117,8 @@ std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_p
   // BOS: the template's leading special token; without a template, the config's bos_token when
   // it asks for one (add_bos_token). EOS: the config's eos_token.
   std::string bos = TemplateBos(root.value("post_processor", nlohmann::json()), json_path);
-  if (bos.empty() && hf::OptionalBool(config, "add_bos_token", false, config_path)) bos = ConfigToken(config, "bos_token");
+  if (bos.empty() && hf::OptionalBool(config, "add_bos_token", false, config_path))
+    bos = ConfigToken(config, "bos_token");
   const std::string eos = ConfigToken(config, "eos_token");
   for (const auto& [name, id] : {std::pair{bos, &tok->bos_id_}, std::pair{eos, &tok->eos_id_}}) {
     if (name.empty()) continue;
@@ -122,7 +128,8 @@ std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_p
   return tok;
 }
 
-void HfTokenizer::EncodeStretch(const std::string& text, int section_index, std::vector<std::int32_t>& out) const {
+void HfTokenizer::EncodeStretch(const std::string& text, int section_index,
+                                std::vector<std::int32_t>& out) const {
   const std::string normalized = normalizer_ ? normalizer_->Apply(text) : text;
   for (const hf::Section& s : normalized_->Split(normalized)) {
     if (s.text.empty()) continue;
@@ -134,7 +141,8 @@ void HfTokenizer::EncodeStretch(const std::string& text, int section_index, std:
       model_->Encode(s.text, out);
       continue;
     }
-    for (const std::string& word : pre_tokenizer_->Apply(s.text, section_index)) model_->Encode(word, out);
+    for (const std::string& word : pre_tokenizer_->Apply(s.text, section_index))
+      model_->Encode(word, out);
   }
 }
 
@@ -143,8 +151,10 @@ std::vector<std::int32_t> HfTokenizer::Encode(std::string_view text) const {
   const std::vector<hf::Section> sections = unnormalized_->Split(text);
   for (std::size_t i = 0; i < sections.size(); ++i) {
     const hf::Section& s = sections[i];
-    if (s.token >= 0) ids.push_back(unnormalized_->token(s.token).id);
-    else if (!s.text.empty()) EncodeStretch(s.text, static_cast<int>(i), ids);
+    if (s.token >= 0)
+      ids.push_back(unnormalized_->token(s.token).id);
+    else if (!s.text.empty())
+      EncodeStretch(s.text, static_cast<int>(i), ids);
   }
   return ids;
 }

@@ -34,7 +34,8 @@ class HfTokenizer : public Tokenizer {
  private:
   explicit HfTokenizer(std::string path);
   static std::unique_ptr<Tokenizer> LoadComponents(const std::string& json_path);
-  void EncodeStretch(const std::string& text, int section_index, std::vector<std::int32_t>& out) const;
+  void EncodeStretch(const std::string& text, int section_index,
+                     std::vector<std::int32_t>& out) const;
 
   std::unique_ptr<hf::BpeModel> model_;
   std::unique_ptr<hf::Normalizer> normalizer_;

@@ -55,7 +55,8 @@ void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector
 
 // Norm-vs-attention measures of every (sequence, KV head) of a [B, T, H, d] / [B, T, KV, d] pair.
 void AccumulateNormAttention(const FloatView& q, const FloatView& k, LayerKvStatistics& layer) {
-  const std::int64_t B = k.shape[0], T = k.shape[1], KV = k.shape[2], d = k.shape[3], H = q.shape[2];
+  const std::int64_t B = k.shape[0], T = k.shape[1], KV = k.shape[2], d = k.shape[3],
+                     H = q.shape[2];
   if (layer.norm_attention.empty()) layer.norm_attention.resize(static_cast<std::size_t>(KV));
   for (std::int64_t b = 0; b < B; ++b) {
     for (std::int64_t g = 0; g < KV; ++g) {
@@ -119,7 +120,8 @@ void KeepExtreme(std::vector<float>& into, const std::vector<float>& from, bool 
     into = from;
     return;
   }
-  for (std::size_t i = 0; i < from.size(); ++i) into[i] = take_max ? std::max(into[i], from[i]) : std::min(into[i], from[i]);
+  for (std::size_t i = 0; i < from.size(); ++i)
+    into[i] = take_max ? std::max(into[i], from[i]) : std::min(into[i], from[i]);
 }
 
 }  // namespace
@@ -136,11 +138,13 @@ void LayerKvStatistics::Merge(const LayerKvStatistics& other) {
   KeepExtreme(query_pair_max, other.query_pair_max, true);
   KeepExtreme(key_pair_max, other.key_pair_max, true);
   if (norm_attention.empty()) norm_attention.resize(other.norm_attention.size());
-  for (std::size_t g = 0; g < other.norm_attention.size(); ++g) norm_attention[g].Add(other.norm_attention[g]);
+  for (std::size_t g = 0; g < other.norm_attention.size(); ++g)
+    norm_attention[g].Add(other.norm_attention[g]);
 }
 
 void KvStatistics::Merge(const KvStatistics& other) {
-  if (other.collected != collected || other.layers.size() != layers.size() || other.dim() != dim()) {
+  if (other.collected != collected || other.layers.size() != layers.size() ||
+      other.dim() != dim()) {
     Fail("calibration", "internal: merging statistics of different shapes");
   }
   tokens += other.tokens;
@@ -152,14 +156,15 @@ void KvStatistics::Merge(const KvStatistics& other) {
 std::vector<double> KvStatistics::InputMoment(int a, int b) const {
   const auto it = input_moments.find({std::min(a, b), std::max(a, b)});
   if (it == input_moments.end()) {
-    Fail("calibration", "internal: the input moment of layers " + std::to_string(a) + " and " + std::to_string(b) +
-                            " was not collected");
+    Fail("calibration", "internal: the input moment of layers " + std::to_string(a) + " and " +
+                            std::to_string(b) + " was not collected");
   }
   if (a <= b) return it->second;
   const std::int64_t W = hidden + 1;  // stored as (b, a): transpose
   std::vector<double> t(it->second.size());
   for (std::int64_t i = 0; i < W; ++i) {
-    for (std::int64_t j = 0; j < W; ++j) t[static_cast<std::size_t>(i * W + j)] = it->second[static_cast<std::size_t>(j * W + i)];
+    for (std::int64_t j = 0; j < W; ++j)
+      t[static_cast<std::size_t>(i * W + j)] = it->second[static_cast<std::size_t>(j * W + i)];
   }
   return t;
 }
@@ -167,17 +172,21 @@ std::vector<double> KvStatistics::InputMoment(int a, int b) const {
 KvStatisticsCollector::KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads,
                                              std::int64_t head_dim, std::int64_t hidden,
                                              std::vector<LayerPair> input_pairs) {
-  for (const LayerPair& p : input_pairs) input_pairs_.push_back({std::min(p.first, p.second), std::max(p.first, p.second)});
+  for (const LayerPair& p : input_pairs)
+    input_pairs_.push_back({std::min(p.first, p.second), std::max(p.first, p.second)});
   std::sort(input_pairs_.begin(), input_pairs_.end());
   input_pairs_.erase(std::unique(input_pairs_.begin(), input_pairs_.end()), input_pairs_.end());
   for (const LayerPair& p : input_pairs_) {
     if (p.first != p.second) last_partner_[p.first] = std::max(last_partner_[p.first], p.second);
   }
   if (!input_pairs_.empty()) statistics |= kStatLayerInputs;
-  if ((statistics & kStatLayerInputs) && hidden <= 0) Fail("calibration", "internal: input moments need the hidden size");
+  if ((statistics & kStatLayerInputs) && hidden <= 0)
+    Fail("calibration", "internal: input moments need the hidden size");
   stats_.hidden = hidden;
   stats_.collected = statistics;
-  count_layer_ = (statistics & ~kStatLayerInputs) != 0 || input_pairs_.empty() ? 0 : input_pairs_.front().first;
+  count_layer_ = (statistics & ~kStatLayerInputs) != 0 || input_pairs_.empty()
+                     ? 0
+                     : input_pairs_.front().first;
   stats_.kv_heads = kv_heads;
   stats_.head_dim = head_dim;
   stats_.layers.resize(static_cast<std::size_t>(layers));
@@ -205,8 +214,10 @@ LayerKvStatistics KvStatisticsCollector::TakeLayer(int layer) {
 void KvStatisticsCollector::Observe(const AttentionCapture& c) {
   LayerKvStatistics& layer = stats_.layers.at(static_cast<std::size_t>(c.layer));
   const std::int64_t dim = stats_.dim();
-  if (stats_.collected & kStatKeyPreRope) AccumulateSecondMoment(c.key_pre_rope, dim, scratch_, layer.key_pre_rope);
-  if (stats_.collected & kStatKeyPostRope) AccumulateSecondMoment(c.key_post_rope, dim, scratch_, layer.key_post_rope);
+  if (stats_.collected & kStatKeyPreRope)
+    AccumulateSecondMoment(c.key_pre_rope, dim, scratch_, layer.key_pre_rope);
+  if (stats_.collected & kStatKeyPostRope)
+    AccumulateSecondMoment(c.key_post_rope, dim, scratch_, layer.key_post_rope);
   if (stats_.collected & kStatValue) AccumulateSecondMoment(c.value, dim, scratch_, layer.value);
   if (stats_.collected & kStatQueryEnergy) {
     const FloatView& q = c.query_pre_rope;
@@ -214,10 +225,12 @@ void KvStatisticsCollector::Observe(const AttentionCapture& c) {
     if (layer.query_energy.empty()) layer.query_energy.assign(static_cast<std::size_t>(width), 0.0);
     for (std::int64_t row = 0; row < q.size() / width; ++row) {
       const float* r = q.data + row * width;
-      for (std::int64_t c2 = 0; c2 < width; ++c2) layer.query_energy[static_cast<std::size_t>(c2)] += double(r[c2]) * r[c2];
+      for (std::int64_t c2 = 0; c2 < width; ++c2)
+        layer.query_energy[static_cast<std::size_t>(c2)] += double(r[c2]) * r[c2];
     }
   }
-  if (stats_.collected & kStatNormAttention) AccumulateNormAttention(c.query_post_rope, c.key_post_rope, layer);
+  if (stats_.collected & kStatNormAttention)
+    AccumulateNormAttention(c.query_post_rope, c.key_post_rope, layer);
   if (stats_.collected & kStatKvRange) {
     AccumulateRange(c.key_post_rope, layer.key_min, layer.key_max);
     AccumulateRange(c.value, layer.value_min, layer.value_max);
@@ -230,19 +243,23 @@ void KvStatisticsCollector::Observe(const AttentionCapture& c) {
     const std::int64_t D = stats_.hidden, rows = c.attn_input.size() / D;
     for (const LayerPair& p : input_pairs_) {
       if (p.second != c.layer) continue;
-      const float* earlier = p.first == c.layer ? c.attn_input.data : pending_.at({c.sequence, p.first}).data();
+      const float* earlier =
+          p.first == c.layer ? c.attn_input.data : pending_.at({c.sequence, p.first}).data();
       AccumulateInputMoment(earlier, c.attn_input.data, rows, D, scratch_, stats_.input_moments[p]);
     }
     for (const auto& [first, last] : last_partner_) {  // h no later layer of this batch needs
       if (last == c.layer) pending_.erase({c.sequence, first});
     }
     if (last_partner_.count(c.layer) != 0) {  // kept for a pair with a later layer
-      pending_[{c.sequence, c.layer}].assign(c.attn_input.data, c.attn_input.data + c.attn_input.size());
+      pending_[{c.sequence, c.layer}].assign(c.attn_input.data,
+                                             c.attn_input.data + c.attn_input.size());
     }
   }
   if (c.layer == count_layer_) {  // the first layer every batch shows this collector
-    const FloatView& any = c.value.data ? c.value : c.key_pre_rope.data ? c.key_pre_rope
-                         : c.key_post_rope.data ? c.key_post_rope : c.attn_input;
+    const FloatView& any = c.value.data           ? c.value
+                           : c.key_pre_rope.data  ? c.key_pre_rope
+                           : c.key_post_rope.data ? c.key_post_rope
+                                                  : c.attn_input;
     stats_.tokens += any.size() / (any.data == c.attn_input.data ? stats_.hidden : dim);
     stats_.windows += any.shape.front();
   }

@@ -8,16 +8,16 @@
 #include <utility>
 #include <vector>
 
-#include "calib/norm_attention.h"
 #include "calib/layer_observer.h"
+#include "calib/norm_attention.h"
 
 namespace kvfold {
 
 enum StatisticBits : unsigned {
-  kStatKeyPreRope = 1u << 0,   // sum k k^T of pre-RoPE keys  [KV d, KV d]
-  kStatKeyPostRope = 1u << 1,  // sum k k^T of post-RoPE keys [KV d, KV d]
-  kStatValue = 1u << 2,        // sum v v^T                   [KV d, KV d]
-  kStatQueryEnergy = 1u << 3,  // sum q^2 per channel of pre-RoPE queries [H d]
+  kStatKeyPreRope = 1u << 0,     // sum k k^T of pre-RoPE keys  [KV d, KV d]
+  kStatKeyPostRope = 1u << 1,    // sum k k^T of post-RoPE keys [KV d, KV d]
+  kStatValue = 1u << 2,          // sum v v^T                   [KV d, KV d]
+  kStatQueryEnergy = 1u << 3,    // sum q^2 per channel of pre-RoPE queries [H d]
   kStatNormAttention = 1u << 4,  // key norm vs attention measures per KV head, summed over windows
   kStatKvRange = 1u << 5,        // per-channel min/max of post-RoPE keys and of values [KV d]
   kStatQkPairMax = 1u << 6,      // per rotary pair, max norm of queries [H d/2] and keys [KV d/2]
@@ -34,7 +34,8 @@ struct LayerKvStatistics {
   // not collected. Channel index = kv_head * d + dim.
   std::vector<double> key_pre_rope, key_post_rope, value;
   std::vector<double> query_energy;  // [H d] sums of squares; empty when not collected
-  std::vector<HeadNormAttention> norm_attention;  // [KV] sums over windows; empty when not collected
+  std::vector<HeadNormAttention>
+      norm_attention;  // [KV] sums over windows; empty when not collected
   // Extremes over all calibration tokens (empty when not collected). Channel = kv_head * d + c.
   std::vector<float> key_min, key_max, value_min, value_max;  // post-RoPE keys, values: [KV d]
   // Largest norm of rotary pair (c, c + d/2), before RoPE (a rotation keeps it): queries
@@ -63,8 +64,9 @@ struct KvStatistics {
 
 class KvStatisticsCollector : public LayerObserver {
  public:
-  KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads, std::int64_t head_dim,
-                        std::int64_t hidden = 0, std::vector<LayerPair> input_pairs = {});
+  KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads,
+                        std::int64_t head_dim, std::int64_t hidden = 0,
+                        std::vector<LayerPair> input_pairs = {});
   unsigned Wants(int layer) const override;
   void Observe(const AttentionCapture& capture) override;
   const KvStatistics& statistics() const { return stats_; }
@@ -74,12 +76,12 @@ class KvStatisticsCollector : public LayerObserver {
 
  private:
   KvStatistics stats_;
-  std::vector<float> scratch_;  // one batch's X^T X before it joins the double accumulators
-  std::vector<LayerPair> input_pairs_;        // (a <= b), sorted
+  std::vector<float> scratch_;          // one batch's X^T X before it joins the double accumulators
+  std::vector<LayerPair> input_pairs_;  // (a <= b), sorted
   // h of (sequence, layer) for layers paired with a later one, until that later layer arrives.
   std::map<std::pair<std::int64_t, int>, std::vector<float>> pending_;
   std::map<int, int> last_partner_;  // layer -> the last later layer it is paired with
-  int count_layer_ = 0;                        // the layer whose captures count tokens
+  int count_layer_ = 0;              // the layer whose captures count tokens
 };
 
 }  // namespace kvfold

@@ -2,9 +2,9 @@
 
 // The Fortran BLAS matrix product; LibTorch already loads a BLAS (OpenBLAS after
 // scripts/setup.sh), and every BLAS exports this name.
-extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-                       const float* beta, float* c, const int* ldc);
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
+                       const int* k, const float* alpha, const float* a, const int* lda,
+                       const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
 
 namespace kvfold {
 
@@ -16,7 +16,8 @@ void AddCrossMoment(const float* a, const float* b, std::int64_t rows, std::int6
   scratch.assign(static_cast<std::size_t>(dim * dim), 0.0f);
   sgemm_("N", "T", &n, &n, &k, &one, a, &n, b, &n, &zero, scratch.data(), &n);
   for (std::int64_t j = 0; j < dim; ++j) {
-    for (std::int64_t i = 0; i < dim; ++i) acc[i * acc_stride + j] += scratch[static_cast<std::size_t>(j * dim + i)];
+    for (std::int64_t i = 0; i < dim; ++i)
+      acc[i * acc_stride + j] += scratch[static_cast<std::size_t>(j * dim + i)];
   }
 }
 

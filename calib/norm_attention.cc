@@ -13,7 +13,8 @@ namespace {
 std::vector<double> Ranks(const std::vector<double>& v) {
   std::vector<std::size_t> order(v.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return v[a] < v[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return v[a] < v[b]; });
   std::vector<double> rank(v.size());
   for (std::size_t i = 0; i < order.size();) {
     std::size_t j = i;
@@ -60,17 +61,24 @@ double Spearman(const std::vector<double>& x, const std::vector<double>& y) {
   return sxx > 0 && syy > 0 ? sxy / std::sqrt(sxx * syy) : 0.0;
 }
 
-std::vector<std::int64_t> HighestFirst(const std::vector<double>& values) { return SortedOrder(values, true); }
-std::vector<std::int64_t> LowestFirst(const std::vector<double>& values) { return SortedOrder(values, false); }
+std::vector<std::int64_t> HighestFirst(const std::vector<double>& values) {
+  return SortedOrder(values, true);
+}
+std::vector<std::int64_t> LowestFirst(const std::vector<double>& values) {
+  return SortedOrder(values, false);
+}
 
-std::vector<double> DropLoss(const std::vector<double>& attention, const std::vector<std::int64_t>& order) {
+std::vector<double> DropLoss(const std::vector<double>& attention,
+                             const std::vector<std::int64_t>& order) {
   if (order.size() != attention.size()) Fail("DropLoss", "order and attention differ in length");
   std::vector<double> loss(attention.size() + 1, 0.0);
-  for (std::size_t m = 0; m < order.size(); ++m) loss[m + 1] = loss[m] + attention[static_cast<std::size_t>(order[m])];
+  for (std::size_t m = 0; m < order.size(); ++m)
+    loss[m + 1] = loss[m] + attention[static_cast<std::size_t>(order[m])];
   return loss;
 }
 
-double AttentionLossRatio(const std::vector<double>& attention, const std::vector<std::int64_t>& order) {
+double AttentionLossRatio(const std::vector<double>& attention,
+                          const std::vector<std::int64_t>& order) {
   if (attention.empty()) return 0;
   return MeanGap(DropLoss(attention, order), DropLoss(attention, LowestFirst(attention)));
 }
@@ -80,7 +88,8 @@ double RandomAttentionLossRatio(const std::vector<double>& attention) {
   const double total = std::accumulate(attention.begin(), attention.end(), 0.0);
   const auto T = static_cast<double>(attention.size());
   std::vector<double> expected(attention.size() + 1);
-  for (std::size_t m = 0; m < expected.size(); ++m) expected[m] = total * static_cast<double>(m) / T;
+  for (std::size_t m = 0; m < expected.size(); ++m)
+    expected[m] = total * static_cast<double>(m) / T;
   return MeanGap(expected, DropLoss(attention, LowestFirst(attention)));
 }
 
@@ -101,7 +110,8 @@ std::vector<double> AttentionReceived(const NormAttentionInput& in) {
   // Transposed keys: each score row is d contiguous axpys, which the compiler vectorizes.
   std::vector<float> keys_t(static_cast<std::size_t>(d * T));
   for (std::int64_t j = 0; j < T; ++j) {
-    for (std::int64_t c = 0; c < d; ++c) keys_t[static_cast<std::size_t>(c * T + j)] = in.keys[j * in.key_stride + c];
+    for (std::int64_t c = 0; c < d; ++c)
+      keys_t[static_cast<std::size_t>(c * T + j)] = in.keys[j * in.key_stride + c];
   }
   std::vector<double> received(static_cast<std::size_t>(T), 0.0);
   std::vector<float> s(static_cast<std::size_t>(T));
@@ -116,9 +126,11 @@ std::vector<double> AttentionReceived(const NormAttentionInput& in) {
       }
       const float m = *std::max_element(s.begin(), s.begin() + i + 1);
       double sum = 0;
-      for (std::int64_t j = 0; j <= i; ++j) sum += std::exp(double(s[static_cast<std::size_t>(j)] - m));
+      for (std::int64_t j = 0; j <= i; ++j)
+        sum += std::exp(double(s[static_cast<std::size_t>(j)] - m));
       for (std::int64_t j = 0; j <= i; ++j) {
-        received[static_cast<std::size_t>(j)] += std::exp(double(s[static_cast<std::size_t>(j)] - m)) / sum;
+        received[static_cast<std::size_t>(j)] +=
+            std::exp(double(s[static_cast<std::size_t>(j)] - m)) / sum;
       }
     }
   }
@@ -132,7 +144,8 @@ HeadNormAttention MeasureHead(const NormAttentionInput& in) {
   std::vector<double> norm(static_cast<std::size_t>(in.tokens));
   for (std::int64_t j = 0; j < in.tokens; ++j) {
     double s = 0;
-    for (std::int64_t c = 0; c < in.head_dim; ++c) s += double(in.keys[j * in.key_stride + c]) * in.keys[j * in.key_stride + c];
+    for (std::int64_t c = 0; c < in.head_dim; ++c)
+      s += double(in.keys[j * in.key_stride + c]) * in.keys[j * in.key_stride + c];
     norm[static_cast<std::size_t>(j)] = std::sqrt(s);
   }
   HeadNormAttention out;
@@ -143,7 +156,8 @@ HeadNormAttention MeasureHead(const NormAttentionInput& in) {
   out.alr_random = RandomAttentionLossRatio(attention);
   out.sink_share = attention.empty() ? 0.0 : attention.front();
   for (int r = 0; r < kKeepGridSize; ++r) {
-    const auto kept = static_cast<std::int64_t>(std::llround(KeepGridRatio(r) * static_cast<double>(in.tokens)));
+    const auto kept =
+        static_cast<std::int64_t>(std::llround(KeepGridRatio(r) * static_cast<double>(in.tokens)));
     const auto dropped = static_cast<std::size_t>(in.tokens - kept);
     out.loss_l2[static_cast<std::size_t>(r)] = l2[dropped];
     out.loss_ideal[static_cast<std::size_t>(r)] = ideal[dropped];

@@ -24,14 +24,18 @@ double KeepGridRatio(int index);
 double Spearman(const std::vector<double>& x, const std::vector<double>& y);
 
 // Drop orders (indices, dropped first to last).
-std::vector<std::int64_t> HighestFirst(const std::vector<double>& values);  // L2: highest norm first
-std::vector<std::int64_t> LowestFirst(const std::vector<double>& values);   // ideal: least attention first
+std::vector<std::int64_t> HighestFirst(
+    const std::vector<double>& values);  // L2: highest norm first
+std::vector<std::int64_t> LowestFirst(
+    const std::vector<double>& values);  // ideal: least attention first
 
 // loss[m] for m = 0..T: attention mass lost when the first m of `order` are dropped.
-std::vector<double> DropLoss(const std::vector<double>& attention, const std::vector<std::int64_t>& order);
+std::vector<double> DropLoss(const std::vector<double>& attention,
+                             const std::vector<std::int64_t>& order);
 
 // ALR of `order` against the ideal order for `attention` (see the top of this file).
-double AttentionLossRatio(const std::vector<double>& attention, const std::vector<std::int64_t>& order);
+double AttentionLossRatio(const std::vector<double>& attention,
+                          const std::vector<std::int64_t>& order);
 // The expected ALR of a uniformly random order.
 double RandomAttentionLossRatio(const std::vector<double>& attention);
 

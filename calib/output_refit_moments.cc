@@ -14,8 +14,8 @@ void AddInto(std::vector<double>& acc, const std::vector<double>& x) {
   for (std::size_t i = 0; i < x.size(); ++i) acc[i] += x[i];
 }
 
-void Accumulate(const float* c, const float* s, std::int64_t rows, std::int64_t dim, std::vector<float>& scratch,
-                OutputRefitMoments::Part& part) {
+void Accumulate(const float* c, const float* s, std::int64_t rows, std::int64_t dim,
+                std::vector<float>& scratch, OutputRefitMoments::Part& part) {
   for (std::vector<double>* m : {&part.cc, &part.cs, &part.ss}) {
     if (m->empty()) m->assign(static_cast<std::size_t>(dim * dim), 0.0);
   }
@@ -60,7 +60,8 @@ void OutputRefitCollector::Observe(const AttentionCapture& capture) {
   }
   const auto kept = source_.find(capture.sequence);
   if (kept == source_.end() || static_cast<std::int64_t>(kept->second.size()) != c.size()) {
-    Fail("calibration", "refit: batch " + std::to_string(capture.sequence) + " differs between the two runs");
+    Fail("calibration",
+         "refit: batch " + std::to_string(capture.sequence) + " differs between the two runs");
   }
   moments_.dim = dim;
   for (std::int64_t b = 0; b < B; ++b) {  // row (b, t) is token t of sequence capture.sequence + b
@@ -72,7 +73,8 @@ void OutputRefitCollector::Observe(const AttentionCapture& capture) {
 }
 
 OutputRefitMoments OutputRefitCollector::Take() {
-  if (!source_.empty()) Fail("calibration", "refit: a batch of the layer before the pass was not run after it");
+  if (!source_.empty())
+    Fail("calibration", "refit: a batch of the layer before the pass was not run after it");
   return std::exchange(moments_, OutputRefitMoments());
 }
 

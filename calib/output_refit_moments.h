@@ -1,8 +1,8 @@
 // What refitting o_proj after a KV-head fold needs (gqa-svd<refit=o>, docs/gqa.md): the
 // attention context c of one layer (o_proj's input, [H d] per token) as the layer was before the
 // pass (c_s) and after it (c_c), on the same hidden states, summed into second moments. Every
-// fourth calibration window (see HeldOutWindow) is held out with sums of its own, so that the ridge can be chosen on
-// windows the fit did not see.
+// fourth calibration window (see HeldOutWindow) is held out with sums of its own, so that the ridge
+// can be chosen on windows the fit did not see.
 #pragma once
 
 #include <cstdint>
@@ -34,8 +34,8 @@ struct OutputRefitMoments {
 };
 
 // A LayerObserver of one layer in two runs over the same batches: first the layer before the pass
-// (its contexts are kept, per batch), then, after BeginConverted(), the layer after it (each batch's
-// contexts meet the kept ones and join the sums).
+// (its contexts are kept, per batch), then, after BeginConverted(), the layer after it (each
+// batch's contexts meet the kept ones and join the sums).
 class OutputRefitCollector : public LayerObserver {
  public:
   OutputRefitCollector(int layer, std::int64_t windows) : layer_(layer), windows_(windows) {}

@@ -5,7 +5,8 @@
 
 namespace kvfold {
 
-void FakeQuantAsymmetricRange(float* x, std::int64_t n, std::int64_t stride, int bits, float lo, float hi) {
+void FakeQuantAsymmetricRange(float* x, std::int64_t n, std::int64_t stride, int bits, float lo,
+                              float hi) {
   const double levels = std::ldexp(1.0, bits) - 1;
   const double scale = (double(hi) - lo) / levels;
   for (std::int64_t i = 0; i < n; ++i) {

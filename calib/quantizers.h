@@ -13,11 +13,14 @@ namespace kvfold {
 void FakeQuantAsymmetric(float* x, std::int64_t n, std::int64_t stride, int bits);
 
 // The same with a given (static) range [lo, hi]; values outside are clamped to it first.
-void FakeQuantAsymmetricRange(float* x, std::int64_t n, std::int64_t stride, int bits, float lo, float hi);
+void FakeQuantAsymmetricRange(float* x, std::int64_t n, std::int64_t stride, int bits, float lo,
+                              float hi);
 
 // Storage per element of an asymmetric group of `group` values: the code plus a float16 scale
 // and zero point shared by the group.
-inline double AsymmetricBits(int bits, std::int64_t group) { return bits + 32.0 / static_cast<double>(group); }
+inline double AsymmetricBits(int bits, std::int64_t group) {
+  return bits + 32.0 / static_cast<double>(group);
+}
 
 // The largest finite e4m3 value (OCP "e4m3fn": no infinities, 448 = 1.75 * 2^8).
 inline constexpr float kFp8E4M3Max = 448.0f;

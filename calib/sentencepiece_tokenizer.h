@@ -1,5 +1,6 @@
 // A sentencepiece tokenizer.model, through the dlopen'd shim (calib/spm_shim): Debian's
-// sentencepiece and libtorch's protobuf collide when both are linked, RTLD_DEEPBIND keeps them apart.
+// sentencepiece and libtorch's protobuf collide when both are linked, RTLD_DEEPBIND keeps them
+// apart.
 #pragma once
 
 #include <memory>
@@ -21,7 +22,8 @@ class SentencePieceTokenizer : public Tokenizer {
   int eos_id() const override;
 
  private:
-  SentencePieceTokenizer(std::string path, void* handle) : Tokenizer(std::move(path)), handle_(handle) {}
+  SentencePieceTokenizer(std::string path, void* handle)
+      : Tokenizer(std::move(path)), handle_(handle) {}
   void* handle_ = nullptr;
 };
 

@@ -55,7 +55,9 @@ class Reader {
     if (n != 0) std::memcpy(to, bytes_.data() + at_, n);
     at_ += n;
   }
-  [[noreturn]] static void Broken() { Fail("ranks", "internal: statistics from another rank do not parse"); }
+  [[noreturn]] static void Broken() {
+    Fail("ranks", "internal: statistics from another rank do not parse");
+  }
   const std::string& bytes_;
   std::size_t at_ = 0;
 };
@@ -90,15 +92,16 @@ void Join(T& s) {
   if (RankCount() == 1) return;
   std::string mine = Pack(s);
   s = T();
-  const std::string joined = JoinInRankOrder(std::move(mine), [](std::string so_far, const std::string& next) {
-    T a;
-    Unpack(so_far, a);
-    std::string().swap(so_far);
-    T b;
-    Unpack(next, b);
-    a.Merge(b);
-    return Pack(a);
-  });
+  const std::string joined =
+      JoinInRankOrder(std::move(mine), [](std::string so_far, const std::string& next) {
+        T a;
+        Unpack(so_far, a);
+        std::string().swap(so_far);
+        T b;
+        Unpack(next, b);
+        a.Merge(b);
+        return Pack(a);
+      });
   Unpack(joined, s);
 }
 

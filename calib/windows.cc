@@ -41,7 +41,8 @@ ScoredPositions ScoredPositionsOf(std::int32_t bos, std::int64_t from, std::int6
 
 std::vector<TokenWindow> CopyTaskWindows(int count, int window, int vocab, std::uint64_t seed) {
   if (count <= 0) Fail("--copy", "needs a positive number of sequences");
-  if (window < 4 || window % 2 != 0) Fail("--copy", "the window must be even and at least 4, got " + std::to_string(window));
+  if (window < 4 || window % 2 != 0)
+    Fail("--copy", "the window must be even and at least 4, got " + std::to_string(window));
   const int low = std::min(259, vocab / 2);
   if (vocab - low < 2) Fail("--copy", "vocabulary too small for the copy check");
   std::mt19937_64 rng(seed);  // its output sequence is fixed by the standard; the modulo keeps
@@ -51,7 +52,8 @@ std::vector<TokenWindow> CopyTaskWindows(int count, int window, int vocab, std::
   std::vector<TokenWindow> out(static_cast<std::size_t>(count));
   for (TokenWindow& w : out) {
     w.resize(static_cast<std::size_t>(window));
-    for (int i = 0; i < window / 2; ++i) w[static_cast<std::size_t>(i)] = w[static_cast<std::size_t>(i + window / 2)] = id(rng);
+    for (int i = 0; i < window / 2; ++i)
+      w[static_cast<std::size_t>(i)] = w[static_cast<std::size_t>(i + window / 2)] = id(rng);
   }
   return out;
 }

@@ -32,7 +32,9 @@ struct ScoredPositions {
 ScoredPositions ScoredPositionsOf(std::int32_t bos, std::int64_t from, std::int64_t window);
 
 // The token position p of a model input predicts: window[p] with a BOS, window[p + 1] without.
-inline std::int64_t PredictedToken(std::int32_t bos, std::int64_t p) { return bos >= 0 ? p : p + 1; }
+inline std::int64_t PredictedToken(std::int32_t bos, std::int64_t p) {
+  return bos >= 0 ? p : p + 1;
+}
 
 // The retrieval (copy) check: `count` windows of `window` tokens (window even), each a run of
 // window/2 random ids followed by the same run again, so the second half is predictable only by

@@ -4,9 +4,8 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <optional>
-
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "calib/calibration_input.h"
 #include "calib/kv_statistics.h"
@@ -14,9 +13,10 @@
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
 #include "converter/layer_loop.h"
-#include "converter/plan/planner.h"
 #include "converter/passes/model_draft.h"
 #include "converter/passes/pass.h"
+#include "converter/plan/planner.h"
+#include "converter/report/report.h"
 #include "formats/atomic_file.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
@@ -25,7 +25,6 @@
 #include "formats/sha256.h"
 #include "formats/staged_folder.h"
 #include "formats/version.h"
-#include "converter/report/report.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/evaluate.h"
 #include "runtime_check/reference_model.h"
@@ -57,7 +56,8 @@ fs::path Resolved(const std::string& path) {
 }
 
 // An output that is, contains or lies inside the input would destroy the source checkpoint.
-void CheckApartFromInput(const std::string& model, const std::string& path, const std::string& what) {
+void CheckApartFromInput(const std::string& model, const std::string& path,
+                         const std::string& what) {
   const fs::path in = Resolved(model), out = Resolved(path);
   if (in == out) Fail(path, "the " + what + " is the input model folder " + model);
   if (IsWithin(out, in)) Fail(path, "the " + what + " lies inside the input model folder " + model);
@@ -77,11 +77,14 @@ void CheckCanWrite(const std::string& path, const std::string& what) {
 // Numbers the CLI takes as given: refused here with the option's name, before any work.
 void CheckOptions(const ConvertOptions& o) {
   const int max_threads = MaxCpuThreads();
-  if (o.window < 2 || o.window > (1 << 20)) Fail("--window", "must be between 2 and 1048576 tokens");
-  if (o.calib_tokens < o.window) Fail("--calib-tokens", "must be at least one window (" + std::to_string(o.window) + ")");
+  if (o.window < 2 || o.window > (1 << 20))
+    Fail("--window", "must be between 2 and 1048576 tokens");
+  if (o.calib_tokens < o.window)
+    Fail("--calib-tokens", "must be at least one window (" + std::to_string(o.window) + ")");
   if (o.eval_windows < 1) Fail("--eval-windows", "must be positive");
   if (o.threads < 0 || o.threads > max_threads) {
-    Fail("--threads", "must be between 0 (all cores) and " + std::to_string(max_threads) + " (4 x this machine's cores)");
+    Fail("--threads", "must be between 0 (all cores) and " + std::to_string(max_threads) +
+                          " (4 x this machine's cores)");
   }
 }
 
@@ -108,22 +111,28 @@ struct CalibrationInput {
   std::string sha256;
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<TokenWindow> windows;
-  std::int64_t tokens() const { return static_cast<std::int64_t>(windows.size() * windows.front().size()); }
+  std::int64_t tokens() const {
+    return static_cast<std::int64_t>(windows.size() * windows.front().size());
+  }
 };
 
 CalibrationInput LoadCalibration(const Checkpoint& ck, const ConvertOptions& o) {
-  if (ck.tokenizer_path.empty()) Fail(o.model, "no tokenizer.json or tokenizer.model in the model folder");
+  if (ck.tokenizer_path.empty())
+    Fail(o.model, "no tokenizer.json or tokenizer.model in the model folder");
   CalibrationInput in;
   in.tokenizer = Tokenizer::Load(ck.tokenizer_path);
-  const CalibrationTokens calib = LoadCalibrationTokens(o.calib_text, *in.tokenizer, ck.config.vocab_size);
+  const CalibrationTokens calib =
+      LoadCalibrationTokens(o.calib_text, *in.tokenizer, ck.config.vocab_size);
   in.sha256 = calib.sha256;
-  in.windows = CutWindows(calib.tokens, o.window, static_cast<int>(o.calib_tokens / o.window), o.calib_text);
+  in.windows =
+      CutWindows(calib.tokens, o.window, static_cast<int>(o.calib_tokens / o.window), o.calib_text);
   return in;
 }
 
 // The model and run sections every report starts with.
-nlohmann::ordered_json ReportBase(const Checkpoint& ck, const ConvertOptions& o, const std::string& pipeline,
-                                  const std::string& calib_sha, std::int64_t calib_tokens) {
+nlohmann::ordered_json ReportBase(const Checkpoint& ck, const ConvertOptions& o,
+                                  const std::string& pipeline, const std::string& calib_sha,
+                                  std::int64_t calib_tokens) {
   const ModelConfig& c = ck.config;
   return {{"schema", "kvfold-report"},
           {"format_version", 1},
@@ -139,7 +148,10 @@ nlohmann::ordered_json ReportBase(const Checkpoint& ck, const ConvertOptions& o,
           {"run",
            {{"pipeline", pipeline},
             {"calibration",
-             {{"file", o.calib_text}, {"sha256", calib_sha}, {"tokens", calib_tokens}, {"window", o.window}}}}}};
+             {{"file", o.calib_text},
+              {"sha256", calib_sha},
+              {"tokens", calib_tokens},
+              {"window", o.window}}}}}};
 }
 
 std::vector<TokenWindow> EvalWindows(const Tokenizer& tokenizer, const ConvertOptions& o) {
@@ -150,16 +162,16 @@ nlohmann::ordered_json PerplexityJson(const PerplexityResult& p) {
   return {{"ppl", p.ppl}, {"mean_nll", p.mean_nll}};
 }
 
-void FinishReport(nlohmann::ordered_json& report, ConvertResult& result, const std::string& html_path,
-                  Clock::time_point t_start) {
+void FinishReport(nlohmann::ordered_json& report, ConvertResult& result,
+                  const std::string& html_path, Clock::time_point t_start) {
   nlohmann::ordered_json timings = nlohmann::ordered_json::array();
-  for (const auto& t : result.timings) timings.push_back({{"stage", t.pass}, {"seconds", t.seconds}});
+  for (const auto& t : result.timings)
+    timings.push_back({{"stage", t.pass}, {"seconds", t.seconds}});
   report["run"]["timings"] = timings;
   report["run"]["total_seconds"] = Since(t_start);
   report["run"]["peak_rss_mib"] = PeakRssMib();
   WriteReport(html_path, report);
 }
-
 
 }  // namespace
 
@@ -175,7 +187,8 @@ ConvertResult Analyze(const ConvertOptions& o) {
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   auto t0 = Clock::now();
-  const KvStatistics stats = Calibrate(ck, {calib.windows, tokenizer.bos_id()}, kReportStatistics, o);
+  const KvStatistics stats =
+      Calibrate(ck, {calib.windows, tokenizer.bos_id()}, kReportStatistics, o);
   result.timings.push_back({"calibration", Since(t0)});
   nlohmann::ordered_json report = ReportBase(ck, o, "", calib.sha256, result.calibration_tokens);
   const std::int64_t kv = ck.config.num_key_value_heads;
@@ -211,10 +224,12 @@ bool ReportInsideOutput(const ConvertOptions& o) {
   return !o.report_path.empty() && Resolved(o.report_path).parent_path() == Resolved(o.output);
 }
 
-nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck, const std::string& source_sha256,
-                                  const ModelDraft& draft, const std::string& pipeline, const CalibrationInput& calib,
+nlohmann::ordered_json KvfoldJson(const ConvertOptions& o, const Checkpoint& ck,
+                                  const std::string& source_sha256, const ModelDraft& draft,
+                                  const std::string& pipeline, const CalibrationInput& calib,
                                   std::size_t threads, const std::string& activations,
-                                  const std::vector<std::string>& not_copied, const nlohmann::ordered_json& pass_records) {
+                                  const std::vector<std::string>& not_copied,
+                                  const nlohmann::ordered_json& pass_records) {
   return {
       {"format_version", 1},
       {"kvfold_version", kVersion},
@@ -243,25 +258,28 @@ void AddPlan(const ConvertOptions& o, nlohmann::ordered_json& kvfold_json) {
 }
 
 // --reproduce: the inputs must be the bytes the recorded conversion read.
-void CheckRecordedInputs(const ConvertOptions& o, const std::string& source_sha256, const std::string& calib_sha256) {
+void CheckRecordedInputs(const ConvertOptions& o, const std::string& source_sha256,
+                         const std::string& calib_sha256) {
   if (!o.expected_source_sha256.empty() && source_sha256 != o.expected_source_sha256) {
     Fail(o.model, "is not the checkpoint the recorded conversion read (its SHA-256 differs)");
   }
   if (!o.expected_calib_sha256.empty() && calib_sha256 != o.expected_calib_sha256) {
-    Fail(o.calib_text, "is not the calibration text the recorded conversion read (its SHA-256 differs)");
+    Fail(o.calib_text,
+         "is not the calibration text the recorded conversion read (its SHA-256 differs)");
   }
 }
 
 // The report's validation section: the original against the converted model in `converted_dir`.
-nlohmann::ordered_json Validation(const ConvertOptions& o, const Checkpoint& ck, const std::string& converted_dir,
-                                  const Tokenizer& tokenizer) {
+nlohmann::ordered_json Validation(const ConvertOptions& o, const Checkpoint& ck,
+                                  const std::string& converted_dir, const Tokenizer& tokenizer) {
   const auto windows_eval = EvalWindows(tokenizer, o);
   const Checkpoint out = OpenCheckpoint(converted_dir);
   const auto original = ReferenceModel::Load(ck, StreamedRuntime(o));
   const auto converted = ReferenceModel::Load(out, StreamedRuntime(o));
   EvalOptions eo;
   eo.progress = o.progress;
-  const ComparisonResult c = CompareModels(*original, *converted, windows_eval, tokenizer.bos_id(), eo);
+  const ComparisonResult c =
+      CompareModels(*original, *converted, windows_eval, tokenizer.bos_id(), eo);
   return {{"text", o.eval_text},
           {"windows", c.base.windows},
           {"tokens_predicted", c.base.tokens_predicted},
@@ -285,14 +303,18 @@ ConvertResult Convert(const ConvertOptions& o) {
   if (!o.report_path.empty()) CheckApartFromInput(o.model, o.report_path, "report");
   const Checkpoint ck = OpenCheckpoint(o.model);
   if (ck.config.SharesKv()) {
-    Fail(o.model, "its layers already share K/V (layer_types); kvfold convert reads models without cross-layer sharing");
+    Fail(o.model,
+         "its layers already share K/V (layer_types); kvfold convert reads models without "
+         "cross-layer sharing");
   }
   Pipeline pipeline = CreatePipeline(o.passes, ck.config);
   CheckPassOrder(pipeline, CalibratesOnConverted(pipeline, o));
   const bool passes_calibrate = pipeline.needed != 0;  // a report alone does not shape the output
   const bool report_inside = ReportInsideOutput(o);
-  if (!o.report_path.empty() && !report_inside && IsWithin(Resolved(o.report_path), Resolved(o.output))) {
-    Fail(o.report_path, "a report inside the output folder must be directly in it (e.g. OUT/report.html)");
+  if (!o.report_path.empty() && !report_inside &&
+      IsWithin(Resolved(o.report_path), Resolved(o.output))) {
+    Fail(o.report_path,
+         "a report inside the output folder must be directly in it (e.g. OUT/report.html)");
   }
   if (!o.report_path.empty() && !report_inside) CheckCanWrite(o.report_path, "report");
   // Under mpirun every rank computes the conversion and the first writes it (docs/mpi.md).
@@ -313,11 +335,12 @@ ConvertResult Convert(const ConvertOptions& o) {
     draft.DiscardOutput();
   }
   const std::uint64_t joined_before = BytesJoined();  // --kv-budget's planner joined its own
-  const PassesRun run =
-      RunPasses(pipeline, draft, {calib.windows, tokenizer.bos_id()}, o, !o.report_path.empty(), result.timings);
+  const PassesRun run = RunPasses(pipeline, draft, {calib.windows, tokenizer.bos_id()}, o,
+                                  !o.report_path.empty(), result.timings);
   if (RankCount() > 1 && o.progress) {  // sizes a cluster (docs/mpi.md)
     const double mib = static_cast<double>(BytesJoined() - joined_before) / (1 << 20);
-    std::fprintf(stderr, "kvfold: %d ranks; statistics joined: %.3f MiB from each rank, %.3f MiB a layer\n",
+    std::fprintf(stderr,
+                 "kvfold: %d ranks; statistics joined: %.3f MiB from each rank, %.3f MiB a layer\n",
                  RankCount(), mib, mib / static_cast<double>(ck.config.num_hidden_layers));
   }
   if (!writes) {
@@ -331,11 +354,12 @@ ConvertResult Convert(const ConvertOptions& o) {
   std::vector<std::string> not_copied;
   draft.WriteTo(staging->path(), &not_copied);
   for (const auto& n : not_copied) {
-    if (o.progress) std::fprintf(stderr, "kvfold: not copied from %s: %s\n", o.model.c_str(), n.c_str());
+    if (o.progress)
+      std::fprintf(stderr, "kvfold: not copied from %s: %s\n", o.model.c_str(), n.c_str());
   }
   nlohmann::ordered_json meta =
-      KvfoldJson(o, ck, source_sha256, draft, pipeline.Text(), calib, passes_calibrate ? threads : 0, run.activations, not_copied,
-                 pass_records);
+      KvfoldJson(o, ck, source_sha256, draft, pipeline.Text(), calib,
+                 passes_calibrate ? threads : 0, run.activations, not_copied, pass_records);
   AddPlan(o, meta);
   WriteFileAtomically(staging->path() + "/kvfold.json", meta.dump(2) + "\n");
   result.timings.push_back({"write", Since(t_write)});
@@ -343,10 +367,11 @@ ConvertResult Convert(const ConvertOptions& o) {
   nlohmann::ordered_json report;
   if (!o.report_path.empty()) {
     report = ReportBase(ck, o, pipeline.Text(), calib.sha256, result.calibration_tokens);
-    report["output"] = {{"path", o.output},
-                        {"kv_heads", draft.config.num_key_value_heads},
-                        {"kv_bytes_per_token", draft.config.KvBytesPerToken(ck.StoredElementBytes())},
-                        {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()}};
+    report["output"] = {
+        {"path", o.output},
+        {"kv_heads", draft.config.num_key_value_heads},
+        {"kv_bytes_per_token", draft.config.KvBytesPerToken(ck.StoredElementBytes())},
+        {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()}};
     if (!o.eval_text.empty()) {
       const auto t0 = Clock::now();
       report["validation"] = Validation(o, ck, staging->path(), tokenizer);
@@ -358,11 +383,13 @@ ConvertResult Convert(const ConvertOptions& o) {
     result.timings.push_back({"report", Since(t0)});
   }
   if (report_inside) {  // written before the swap, as part of the output
-    FinishReport(report, result, staging->path() + "/" + Resolved(o.report_path).filename().string(), t_start);
+    FinishReport(report, result,
+                 staging->path() + "/" + Resolved(o.report_path).filename().string(), t_start);
   }
   WaitForAllRanks();  // a rank lost until here leaves no output
   staging->Commit();
-  if (!o.report_path.empty() && !report_inside) FinishReport(report, result, o.report_path, t_start);
+  if (!o.report_path.empty() && !report_inside)
+    FinishReport(report, result, o.report_path, t_start);
   result.total_seconds = Since(t_start);
   return result;
 }

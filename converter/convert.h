@@ -11,10 +11,10 @@
 namespace kvfold {
 
 struct ConvertOptions {
-  std::string model;        // source HF folder
-  std::string calib_text;   // calibration text (UTF-8)
-  std::string passes;       // pipeline text
-  std::string output;       // output folder (must not exist unless force)
+  std::string model;       // source HF folder
+  std::string calib_text;  // calibration text (UTF-8)
+  std::string passes;      // pipeline text
+  std::string output;      // output folder (must not exist unless force)
   std::int64_t calib_tokens = 65536;
   int window = 256;
   bool force = false;

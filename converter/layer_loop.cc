@@ -18,7 +18,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 // This rank's share of the calibration batches (every batch with one rank): the batches are cut
 // alike on every rank and dealt out in turn, so a batch holds the same windows for any rank count.
@@ -45,7 +47,8 @@ struct Collectors {
   Collectors(std::size_t count, unsigned needed, const ModelConfig& c, std::int64_t kv_heads,
              const std::vector<LayerPair>& input_pairs) {
     for (std::size_t s = 0; s < count; ++s) {
-      slots.emplace_back(needed, static_cast<int>(c.num_hidden_layers), kv_heads, c.head_dim, c.hidden_size, input_pairs);
+      slots.emplace_back(needed, static_cast<int>(c.num_hidden_layers), kv_heads, c.head_dim,
+                         c.hidden_size, input_pairs);
     }
     for (auto& slot : slots) observers.push_back(&slot);
   }
@@ -76,11 +79,13 @@ std::int64_t SpectraGroup(const Pipeline& p, const ModelConfig& c) {
 
 LayerPass& AsLayerPass(const std::unique_ptr<Pass>& pass) { return static_cast<LayerPass&>(*pass); }
 
-bool RefitsOutput(const std::unique_ptr<Pass>& pass) { return pass->LayerLocal() && AsLayerPass(pass).RefitsOutput(); }
+bool RefitsOutput(const std::unique_ptr<Pass>& pass) {
+  return pass->LayerLocal() && AsLayerPass(pass).RefitsOutput();
+}
 
 // Every pass's Finish, in pipeline order, each with its record.
-void FinishPasses(Pipeline& pipeline, ModelDraft& draft, const KvStatistics& totals, std::vector<double>& seconds,
-                  PassesRun& run) {
+void FinishPasses(Pipeline& pipeline, ModelDraft& draft, const KvStatistics& totals,
+                  std::vector<double>& seconds, PassesRun& run) {
   for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
     const auto t0 = Clock::now();
     nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
@@ -94,19 +99,22 @@ void FinishPasses(Pipeline& pipeline, ModelDraft& draft, const KvStatistics& tot
 // Source mode, layer-local passes none of which follows a K/V change: the source sweep hands
 // each layer's statistics to every pass as soon as every batch passed the layer, then frees
 // them, and the layer's replaced tensors are sealed. Byte-identical to the whole-model run.
-void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
-                           bool report, std::vector<double>& seconds, PassesRun& run) {
+void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
+                           const ConvertOptions& o, bool report, std::vector<double>& seconds,
+                           PassesRun& run) {
   const Checkpoint& ck = draft.source();
   const std::int64_t group = SpectraGroup(pipeline, ck.config);
   nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
-  const LayerDone on_layer = [&](int l, const LayerKvStatistics& statistics, std::int64_t kv_heads) {
+  const LayerDone on_layer = [&](int l, const LayerKvStatistics& statistics,
+                                 std::int64_t kv_heads) {
     for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
       const auto t0 = Clock::now();
       LayerPassContext ctx{draft, l, statistics, kv_heads};
       AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
       seconds[i] += Since(t0);
     }
-    if (report) spectra.push_back(LayerKvSpectrum(statistics, l, kv_heads, ck.config.head_dim, group));
+    if (report)
+      spectra.push_back(LayerKvSpectrum(statistics, l, kv_heads, ck.config.head_dim, group));
     draft.SealLayer(l);
     draft.WriteLayer(l);  // with the output open: written and freed now
   };
@@ -115,7 +123,8 @@ void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const Calibrat
     totals = Calibrate(ck, data, pipeline.needed, o, pipeline.input_pairs, &run.threads, on_layer);
   } else {
     const LayerKvStatistics none;
-    for (int l = 0; l < ck.config.num_hidden_layers; ++l) on_layer(l, none, ck.config.num_key_value_heads);
+    for (int l = 0; l < ck.config.num_hidden_layers; ++l)
+      on_layer(l, none, ck.config.num_key_value_heads);
   }
   if (report) run.spectra = KvSpectra(std::move(spectra), group, ck.config.head_dim);
   FinishPasses(pipeline, draft, totals, seconds, run);
@@ -127,7 +136,8 @@ ModelConfig LayerConfig(const ModelDraft& draft, int l) {
   ModelConfig c = draft.config;
   c.num_key_value_heads = LayerKvHeads(draft, l);
   if (draft.Has(HfTensorName({TensorRole::kKCacheProj, l}))) {
-    c.key_projection_heads = draft.Shape(HfTensorName({TensorRole::kKProj, l})).front() / c.head_dim;
+    c.key_projection_heads =
+        draft.Shape(HfTensorName({TensorRole::kKProj, l})).front() / c.head_dim;
   }
   return c;
 }
@@ -141,7 +151,8 @@ LayerWeightSource DraftWeights(const ModelDraft& draft) {
 // Runs `pass` on layer l with an o_proj refit around it: the layer's attention context is
 // captured as it stands, the pass rewrites the layer, the context is captured again on the same
 // hidden states (the layer sealed as it will be written), and the pass refits o_proj from the two.
-void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::Stepper& stepper, std::int64_t windows) {
+void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::Stepper& stepper,
+                       std::int64_t windows) {
   ModelDraft& draft = ctx.model;
   const int l = ctx.layer;
   std::vector<OutputRefitCollector> collectors(stepper.slots(), OutputRefitCollector(l, windows));
@@ -166,8 +177,11 @@ void DropDefaultRefits(Pipeline& pipeline) {
     if (!RefitsOutput(pipeline.passes[i])) continue;
     PassSpec& spec = pipeline.specs[i];
     if (spec.params.count("refit") || spec.params.count("ridge")) {
-      Fail("--passes", spec.name + ": refit=o fits o_proj on the converted layers' own hidden states: it needs the "
-                       "converted sweep (--calibrate-on converted, the default, and only layer-local passes)");
+      Fail("--passes",
+           spec.name +
+               ": refit=o fits o_proj on the converted layers' own hidden states: it needs the "
+               "converted sweep (--calibrate-on converted, the default, and only layer-local "
+               "passes)");
     }
     AsLayerPass(pipeline.passes[i]).DisableRefit();
     spec.defaults_used["refit"] = "none";
@@ -178,8 +192,9 @@ void DropDefaultRefits(Pipeline& pipeline) {
 // Converted mode: see layer_loop.h. Statistics are collected on the layer as written (sealed in
 // its output dtype first), so a one-pipeline composition measures what a second kvfold convert
 // on the first one's output would.
-void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
-                  bool report, std::vector<double>& seconds, PassesRun& run) {
+void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
+                  const ConvertOptions& o, bool report, std::vector<double>& seconds,
+                  PassesRun& run) {
   const Checkpoint& ck = draft.source();
   const ModelConfig& c = ck.config;
   const std::int64_t group = SpectraGroup(pipeline, c);
@@ -197,14 +212,17 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
     // Statistics of the layer as written; when no pass from `first` on changes K/V, the hidden
     // states advance in the same run.
     auto collect = [&](std::size_t first) {
-      const bool final_weights = std::none_of(pipeline.passes.begin() + static_cast<std::ptrdiff_t>(first),
-                                              pipeline.passes.end(), [](const auto& p) { return p->ChangesKv(); });
+      const bool final_weights =
+          std::none_of(pipeline.passes.begin() + static_cast<std::ptrdiff_t>(first),
+                       pipeline.passes.end(), [](const auto& p) { return p->ChangesKv(); });
       draft.SealLayer(l);
       stats_kv = LayerKvHeads(draft, l);
       Collectors collectors(stepper.slots(), needed, c, stats_kv, {});
-      stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), collectors.observers, final_weights);
+      stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), collectors.observers,
+                  final_weights);
       stats = collectors.TakeLayer(l);
-      if (l == 0 && totals.tokens == 0) totals = collectors.Totals();  // tokens are counted at layer 0
+      if (l == 0 && totals.tokens == 0)
+        totals = collectors.Totals();  // tokens are counted at layer 0
       advanced = final_weights;
     };
     if (report) {
@@ -217,7 +235,8 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       static const LayerKvStatistics kNone;
       LayerPassContext ctx{draft, l, stats ? *stats : kNone, stats_kv};
       if (RefitsOutput(pipeline.passes[i])) {
-        RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper, static_cast<std::int64_t>(data.windows.size()));
+        RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper,
+                          static_cast<std::int64_t>(data.windows.size()));
       } else {
         AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
       }
@@ -234,10 +253,12 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
 }
 
 // Whole model: statistics of every layer of the source, then pass after pass.
-void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
-                   bool report, std::vector<double>& seconds, PassesRun& run) {
+void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
+                   const ConvertOptions& o, bool report, std::vector<double>& seconds,
+                   PassesRun& run) {
   KvStatistics stats;
-  if (pipeline.needed != 0) stats = Calibrate(draft.source(), data, pipeline.needed, o, pipeline.input_pairs, &run.threads);
+  if (pipeline.needed != 0)
+    stats = Calibrate(draft.source(), data, pipeline.needed, o, pipeline.input_pairs, &run.threads);
   for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
     const auto t0 = Clock::now();
     nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
@@ -278,8 +299,9 @@ Pipeline CreatePipeline(const std::string& text, const ModelConfig& config) {
   p.specs = ParsePipeline(text);
   for (const auto& spec : p.specs) {
     if (spec.name == "kv-norm-analysis" && p.specs.size() > 1) {
-      Fail("--passes", "kv-norm-analysis runs alone: its table describes the input model's heads "
-                       "(analyse a converted model in a second run)");
+      Fail("--passes",
+           "kv-norm-analysis runs alone: its table describes the input model's heads "
+           "(analyse a converted model in a second run)");
     }
     for (const auto& info : PassRegistry()) {
       if (spec.name == info.name) p.passes.push_back(info.create(spec, config));
@@ -299,12 +321,15 @@ Pipeline CreatePipeline(const std::string& text, const ModelConfig& config) {
 void CheckPassOrder(const Pipeline& p, bool recalibrates) {
   for (std::size_t i = 0; i < p.passes.size(); ++i) {
     for (std::size_t j = 0; j < i; ++j) {
-      const unsigned kv_statistics = p.passes[i]->NeededStatistics() & ~static_cast<unsigned>(kStatLayerInputs);
+      const unsigned kv_statistics =
+          p.passes[i]->NeededStatistics() & ~static_cast<unsigned>(kStatLayerInputs);
       const std::string& a = p.specs[j].name;
       const std::string& b = p.specs[i].name;
-      if (!recalibrates && p.passes[j]->ChangesKv() && (kv_statistics != 0 || p.passes[i]->DescribesKv())) {
+      if (!recalibrates && p.passes[j]->ChangesKv() &&
+          (kv_statistics != 0 || p.passes[i]->DescribesKv())) {
         Fail("--passes", b + " needs calibration of the model it runs on, but " + a +
-                             " changes K/V before it (run " + b + " in a second kvfold convert on the output)");
+                             " changes K/V before it (run " + b +
+                             " in a second kvfold convert on the output)");
       }
       if (p.passes[j]->DescribesKv() && p.passes[i]->ChangesKv()) {
         Fail("--passes", b + " would change the K/V that " + a + " has just described (run " + b +
@@ -325,8 +350,9 @@ RuntimeOptions StreamedRuntime(const ConvertOptions& o) {
   return r;
 }
 
-KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsigned needed, const ConvertOptions& o,
-                       const std::vector<LayerPair>& input_pairs, std::size_t* slots_used, const LayerDone& layer_done) {
+KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsigned needed,
+                       const ConvertOptions& o, const std::vector<LayerPair>& input_pairs,
+                       std::size_t* slots_used, const LayerDone& layer_done) {
   const auto model = ReferenceModel::Load(ck, StreamedRuntime(o));
   const std::size_t slots = DataParallelSlots(*model);
   if (slots_used != nullptr) *slots_used = slots;
@@ -342,8 +368,8 @@ KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsign
   return collectors.Totals();
 }
 
-PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
-                    bool report, std::vector<PassTiming>& timings) {
+PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
+                    const ConvertOptions& o, bool report, std::vector<PassTiming>& timings) {
   if (report) pipeline.needed |= kReportStatistics;
   if (!(CalibratesOnConverted(pipeline, o) && pipeline.needed != 0)) DropDefaultRefits(pipeline);
   PassesRun run;
@@ -367,7 +393,8 @@ PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData
   double passes_total = 0;
   for (double x : seconds) passes_total += x;
   if (pipeline.needed != 0) timings.push_back({"calibration", Since(t0) - passes_total});
-  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) timings.push_back({pipeline.specs[i].Text(), seconds[i]});
+  for (std::size_t i = 0; i < pipeline.passes.size(); ++i)
+    timings.push_back({pipeline.specs[i].Text(), seconds[i]});
   return run;
 }
 

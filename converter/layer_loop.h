@@ -17,10 +17,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "calib/kv_statistics.h"
 #include "calib/windows.h"
@@ -67,10 +66,11 @@ struct CalibrationData {
 // collector per data-parallel slot, joined in slot order (deterministic for a given thread
 // count). With `layer_done`, each layer's statistics (all slots merged) go to it as soon as
 // every batch has passed that layer and are freed afterwards; the result then holds counts only.
-using LayerDone = std::function<void(int layer, const LayerKvStatistics& statistics, std::int64_t kv_heads)>;
-KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsigned needed, const ConvertOptions& o,
-                       const std::vector<LayerPair>& input_pairs = {}, std::size_t* slots_used = nullptr,
-                       const LayerDone& layer_done = {});
+using LayerDone =
+    std::function<void(int layer, const LayerKvStatistics& statistics, std::int64_t kv_heads)>;
+KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsigned needed,
+                       const ConvertOptions& o, const std::vector<LayerPair>& input_pairs = {},
+                       std::size_t* slots_used = nullptr, const LayerDone& layer_done = {});
 
 // What running a pipeline's passes left besides the draft.
 struct PassesRun {
@@ -82,8 +82,8 @@ struct PassesRun {
 
 // Calibration (when a pass or the report needs it) and every pass; timings appended to
 // `timings` ("calibration" first when it ran, then each pass).
-PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data, const ConvertOptions& o,
-                    bool report, std::vector<PassTiming>& timings);
+PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
+                    const ConvertOptions& o, bool report, std::vector<PassTiming>& timings);
 
 // The runtime options of every model a conversion runs: streamed, one layer at a time.
 RuntimeOptions StreamedRuntime(const ConvertOptions& o);

@@ -1,7 +1,6 @@
 #include "converter/model_summary.h"
 
 #include <nlohmann/json.hpp>
-
 #include <sstream>
 
 #include "formats/version.h"
@@ -30,7 +29,8 @@ ModelSummary SummarizeCheckpoint(const Checkpoint& ck) {
   s.rope_scaling = RopeScalingText(c.rope_scaling);
   s.tokenizer = ck.tokenizer_path.substr(ck.tokenizer_path.find_last_of('/') + 1);
   s.tied_embeddings = c.tie_word_embeddings;
-  s.dtype = DTypeName(ck.Tensor({TensorRole::kQProj, 0}).entry->dtype);  // layer 0 may have no k_proj (LCKV)
+  s.dtype = DTypeName(
+      ck.Tensor({TensorRole::kQProj, 0}).entry->dtype);  // layer 0 may have no k_proj (LCKV)
   s.parameters = ck.ParameterCount();
   s.kv_bytes_per_token = c.KvBytesPerToken(ck.StoredElementBytes());
   s.kv_layers = c.KvLayerCount();
@@ -49,15 +49,20 @@ std::string SummaryText(const ModelSummary& s) {
     << "layers         " << s.layers << "  (hidden " << s.hidden << ", intermediate "
     << s.intermediate << ")\n"
     << "vocab          " << s.vocab << (s.tied_embeddings ? "  (tied embeddings)" : "") << "\n"
-    << "rope theta     " << s.rope_theta << (s.rope_theta_defaulted ? " (not in config.json: transformers' default)" : "")
+    << "rope theta     " << s.rope_theta
+    << (s.rope_theta_defaulted ? " (not in config.json: transformers' default)" : "")
     << "  (max positions " << s.max_positions << ")\n"
     << "rope scaling   " << s.rope_scaling << "\n"
-    << "tokenizer      " << (s.tokenizer.empty() ? "none (eval and convert need tokenizer.json or tokenizer.model)" : s.tokenizer) << "\n"
-    << "parameters     " << s.parameters << "  (" << s.dtype << ", " << s.tensors
-    << " tensors in " << s.files << " file" << (s.files == 1 ? "" : "s") << ")\n"
+    << "tokenizer      "
+    << (s.tokenizer.empty() ? "none (eval and convert need tokenizer.json or tokenizer.model)"
+                            : s.tokenizer)
+    << "\n"
+    << "parameters     " << s.parameters << "  (" << s.dtype << ", " << s.tensors << " tensors in "
+    << s.files << " file" << (s.files == 1 ? "" : "s") << ")\n"
     << "KV cache       " << s.kv_bytes_per_token << " bytes/token at " << s.dtype << "\n";
   if (!s.layer_types.empty()) {
-    o << "KV layers      " << s.kv_layers << " of " << s.layers << " compute K/V  (layer_types " << s.layer_types << ")\n";
+    o << "KV layers      " << s.kv_layers << " of " << s.layers << " compute K/V  (layer_types "
+      << s.layer_types << ")\n";
   }
   return o.str();
 }
@@ -80,13 +85,15 @@ std::string SummaryJson(const ModelSummary& s) {
       {"rope_theta", s.rope_theta},
       {"rope_theta_from_config", !s.rope_theta_defaulted},
       {"rope_scaling", s.rope_scaling},
-      {"tokenizer", s.tokenizer.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s.tokenizer)},
+      {"tokenizer",
+       s.tokenizer.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s.tokenizer)},
       {"tie_word_embeddings", s.tied_embeddings},
       {"dtype", s.dtype},
       {"parameters", s.parameters},
       {"kv_cache_bytes_per_token", s.kv_bytes_per_token},
       {"num_key_value_layers", s.kv_layers},
-      {"layer_types", s.layer_types.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s.layer_types)},
+      {"layer_types",
+       s.layer_types.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s.layer_types)},
       {"files", s.files},
       {"tensors", s.tensors},
   };

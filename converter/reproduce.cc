@@ -1,6 +1,5 @@
 // kvfold convert --reproduce OLD/kvfold.json: the options of a recorded conversion.
 #include <cstdio>
-
 #include <nlohmann/json.hpp>
 
 #include "converter/convert.h"
@@ -14,7 +13,8 @@ namespace {
 using nlohmann::json;
 
 const json& Field(const json& doc, const char* key, const std::string& path) {
-  if (!doc.is_object() || !doc.contains(key)) Fail(path, std::string("missing field '") + key + "'");
+  if (!doc.is_object() || !doc.contains(key))
+    Fail(path, std::string("missing field '") + key + "'");
   return doc[key];
 }
 
@@ -26,7 +26,8 @@ ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOpt
   try {
     const std::string version = Field(doc, "kvfold_version", kvfold_json).get<std::string>();
     if (version != kVersion) {
-      std::fprintf(stderr, "kvfold: note: %s was written by kvfold %s, this is %s: the output may differ\n",
+      std::fprintf(stderr,
+                   "kvfold: note: %s was written by kvfold %s, this is %s: the output may differ\n",
                    kvfold_json.c_str(), version.c_str(), kVersion);
     }
     const json& source = Field(doc, "source", kvfold_json);
@@ -39,7 +40,8 @@ ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOpt
     o.calib_tokens = Field(calib, "tokens", kvfold_json).get<std::int64_t>();
     o.window = Field(calib, "window", kvfold_json).get<int>();
     // Outputs written before kvfold calibrated on converted layers were calibrated on the source.
-    o.calibrate_on = calib.contains("activations") ? calib["activations"].get<std::string>() : "source";
+    o.calibrate_on =
+        calib.contains("activations") ? calib["activations"].get<std::string>() : "source";
     if (o.calibrate_on != "converted" && o.calibrate_on != "source") {
       Fail(kvfold_json, "calibration.activations must be converted or source");
     }

@@ -25,7 +25,8 @@ std::string FindTokenizerFile(const std::string& dir) {
     // A link to /etc/shadow or a FIFO named tokenizer.json is not this model's tokenizer.
     const std::string problem = OwnFileProblem(dir, name);
     if (problem == "a folder") Fail(path, "is a folder");
-    if (!problem.empty()) Fail(path, problem + " (the tokenizer must be a file of the model folder)");
+    if (!problem.empty())
+      Fail(path, problem + " (the tokenizer must be a file of the model folder)");
     return path;
   }
   return "";
@@ -43,8 +44,9 @@ Checkpoint OpenCheckpoint(const std::string& dir) {
   // own. Small mismatches get the detailed list of missing tensors below.
   const auto stored = static_cast<std::int64_t>(ck.tensors.tensors().size());
   if (ck.config.num_hidden_layers > stored + 1024) {
-    Fail(dir + "/config.json", "num_hidden_layers is " + std::to_string(ck.config.num_hidden_layers) +
-                                   " but the weights hold only " + std::to_string(stored) + " tensors");
+    Fail(dir + "/config.json",
+         "num_hidden_layers is " + std::to_string(ck.config.num_hidden_layers) +
+             " but the weights hold only " + std::to_string(stored) + " tensors");
   }
 
   std::string problems;

@@ -16,9 +16,16 @@ namespace {
 
 // The HF names of tokenizer, generation and chat-template files (transformers' save_pretrained).
 const char* const kCompanionNames[] = {
-    "tokenizer.model",         "tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json",       "vocab.json",       "merges.txt",            "generation_config.json",
-    "chat_template.json",      "chat_template.jinja",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
 };
 
 std::string Upper(std::string s) {
@@ -29,20 +36,24 @@ std::string Upper(std::string s) {
 // README, LICENSE, NOTICE and USE_POLICY in any case, with or without a text extension.
 bool IsDocument(const std::string& name) {
   const std::string stem = Upper(name.substr(0, name.find('.')));
-  const std::string ext = name.find('.') == std::string::npos ? "" : Upper(name.substr(name.find('.')));
-  const bool doc = stem == "README" || stem == "LICENSE" || stem == "NOTICE" || stem == "USE_POLICY";
+  const std::string ext =
+      name.find('.') == std::string::npos ? "" : Upper(name.substr(name.find('.')));
+  const bool doc =
+      stem == "README" || stem == "LICENSE" || stem == "NOTICE" || stem == "USE_POLICY";
   return doc && (ext.empty() || ext == ".MD" || ext == ".TXT");
 }
 
 bool IsCompanionName(const std::string& name) {
-  return std::find(std::begin(kCompanionNames), std::end(kCompanionNames), name) != std::end(kCompanionNames) ||
+  return std::find(std::begin(kCompanionNames), std::end(kCompanionNames), name) !=
+             std::end(kCompanionNames) ||
          IsDocument(name);
 }
 
 // What the conversion writes anew: the config and the safetensors weights.
 bool IsRewritten(const std::string& name) {
   const std::string ext = ".safetensors";
-  const bool safetensors = name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0;
+  const bool safetensors =
+      name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0;
   return name == "config.json" || name == "model.safetensors.index.json" || safetensors;
 }
 
@@ -71,7 +82,8 @@ std::string OwnFileProblem(const std::string& dir, const std::string& name) {
   if (entry.is_symlink(ec)) {
     const fs::path target = fs::canonical(entry.path(), ec);
     if (ec) return "a broken symbolic link";
-    if (!IsOwnLinkTarget(target, fs::canonical(dir, ec))) return "a symbolic link leading out of the model folder";
+    if (!IsOwnLinkTarget(target, fs::canonical(dir, ec)))
+      return "a symbolic link leading out of the model folder";
   }
   if (!entry.is_regular_file(ec)) return "not a regular file";
   return "";

@@ -15,10 +15,10 @@ struct DTypeInfo {
 };
 
 constexpr DTypeInfo kDTypes[] = {
-    {DType::kF64, "F64", 8},   {DType::kF32, "F32", 4},     {DType::kF16, "F16", 2},
-    {DType::kBF16, "BF16", 2}, {DType::kI64, "I64", 8},     {DType::kI32, "I32", 4},
-    {DType::kI16, "I16", 2},   {DType::kI8, "I8", 1},       {DType::kU64, "U64", 8},
-    {DType::kU32, "U32", 4},   {DType::kU16, "U16", 2},     {DType::kU8, "U8", 1},
+    {DType::kF64, "F64", 8},   {DType::kF32, "F32", 4},        {DType::kF16, "F16", 2},
+    {DType::kBF16, "BF16", 2}, {DType::kI64, "I64", 8},        {DType::kI32, "I32", 4},
+    {DType::kI16, "I16", 2},   {DType::kI8, "I8", 1},          {DType::kU64, "U64", 8},
+    {DType::kU32, "U32", 4},   {DType::kU16, "U16", 2},        {DType::kU8, "U8", 1},
     {DType::kBool, "BOOL", 1}, {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kF8E5M2, "F8_E5M2", 1},
 };
 
@@ -51,7 +51,9 @@ std::optional<DType> ParseDType(std::string_view name) {
 
 const char* DTypeName(DType dtype) { return Info(dtype).name; }
 std::size_t DTypeSize(DType dtype) { return Info(dtype).size; }
-bool IsFloatingCompute(DType d) { return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16; }
+bool IsFloatingCompute(DType d) {
+  return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16;
+}
 
 float Bf16ToF32(std::uint16_t bits) { return BitsFloat(static_cast<std::uint32_t>(bits) << 16); }
 
@@ -80,11 +82,11 @@ std::uint16_t F32ToF16(float value) {
   std::uint32_t u = FloatBits(value);
   std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
   std::uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;        // NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;       // rounds to >= 65520: inf
-  if (abs < 0x38800000u) {                             // below the smallest normal half
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: inf
+  if (abs < 0x38800000u) {                        // below the smallest normal half
     // Scale into the subnormal range and let float rounding (nearest even) do the work.
-    float scaled = BitsFloat(abs) * 16777216.0f;       // * 2^24: units of the smallest subnormal
+    float scaled = BitsFloat(abs) * 16777216.0f;  // * 2^24: units of the smallest subnormal
     return sign | static_cast<std::uint16_t>(std::nearbyint(scaled));
   }
   std::uint32_t mant_round = abs + 0xfffu + ((abs >> 13) & 1u);
@@ -128,10 +130,12 @@ std::optional<std::string> FindUnrepresentable(DType dtype, const float* src, st
       why = "not finite";
     } else if (dtype == DType::kF16 && std::fabs(x) > 65504.0f) {
       why = "beyond F16's range of 65504";
-    } else if (dtype == DType::kBF16 && std::fabs(x) > bf16_max && !std::isfinite(Bf16ToF32(F32ToBf16(x)))) {
+    } else if (dtype == DType::kBF16 && std::fabs(x) > bf16_max &&
+               !std::isfinite(Bf16ToF32(F32ToBf16(x)))) {
       why = "beyond the dtype's range";
     }
-    if (why != nullptr) return "element " + std::to_string(i) + " is " + std::to_string(x) + " (" + why + ")";
+    if (why != nullptr)
+      return "element " + std::to_string(i) + " is " + std::to_string(x) + " (" + why + ")";
   }
   return std::nullopt;
 }

@@ -9,8 +9,23 @@
 
 namespace kvfold {
 
-enum class DType { kF64, kF32, kF16, kBF16, kI64, kI32, kI16, kI8, kU64, kU32, kU16, kU8, kBool,
-                   kF8E4M3, kF8E5M2 };
+enum class DType {
+  kF64,
+  kF32,
+  kF16,
+  kBF16,
+  kI64,
+  kI32,
+  kI16,
+  kI8,
+  kU64,
+  kU32,
+  kU16,
+  kU8,
+  kBool,
+  kF8E4M3,
+  kF8E5M2
+};
 
 // "F32" -> kF32; nullopt for a name safetensors does not define.
 std::optional<DType> ParseDType(std::string_view name);
@@ -22,7 +37,7 @@ bool IsFloatingCompute(DType dtype);
 float Bf16ToF32(std::uint16_t bits);
 std::uint16_t F32ToBf16(float value);  // round to nearest even, NaN stays NaN
 float F16ToF32(std::uint16_t bits);
-std::uint16_t F32ToF16(float value);   // round to nearest even, overflow to inf
+std::uint16_t F32ToF16(float value);  // round to nearest even, overflow to inf
 
 // Converts `count` elements of `src` (in `dtype`, any alignment) to float32 in `dst`.
 // Throws Error for a type that is not F32/F16/BF16.

@@ -1,9 +1,8 @@
 #include "formats/eviction_table.h"
 
 #include <cmath>
-#include <string_view>
-
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "formats/error.h"
 #include "formats/safetensors_writer.h"
@@ -18,7 +17,9 @@ constexpr int kFormatVersion = 1;
 // Rounded for the JSON, so the file stays readable; the safetensors file has the float32 values.
 double Round6(double x) { return std::round(x * 1e6) / 1e6; }
 
-std::vector<float> ToF32(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
+std::vector<float> ToF32(const std::vector<double>& v) {
+  return std::vector<float>(v.begin(), v.end());
+}
 
 template <typename Fn>
 std::vector<float> PerHead(const EvictionTable& t, Fn fn) {
@@ -61,14 +62,16 @@ std::string EvictionTableJson(const EvictionTable& t) {
 }
 
 void WriteEvictionTableSafetensors(const std::string& path, const EvictionTable& t) {
-  const std::int64_t L = t.layers, KV = t.kv_heads, R = static_cast<std::int64_t>(t.keep_grid.size());
+  const std::int64_t L = t.layers, KV = t.kv_heads,
+                     R = static_cast<std::int64_t>(t.keep_grid.size());
   const std::vector<float> spearman = PerHead(t, [](const auto& h) { return h.spearman; });
   const std::vector<float> alr = PerHead(t, [](const auto& h) { return h.alr; });
   const std::vector<float> alr_random = PerHead(t, [](const auto& h) { return h.alr_random; });
   const std::vector<float> sink = PerHead(t, [](const auto& h) { return h.sink_share; });
   const std::vector<float> keep = PerHead(t, [](const auto& h) { return h.keep; });
   const std::vector<float> skip = PerHead(t, [](const auto& h) { return h.skip ? 1.0 : 0.0; });
-  const std::vector<float> grid = ToF32(t.keep_grid), loss_l2 = ToF32(t.loss_l2), loss_ideal = ToF32(t.loss_ideal);
+  const std::vector<float> grid = ToF32(t.keep_grid), loss_l2 = ToF32(t.loss_l2),
+                           loss_ideal = ToF32(t.loss_ideal);
   auto bytes = [](const std::vector<float>& v) {
     return std::string_view(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
   };
@@ -86,7 +89,8 @@ void WriteEvictionTableSafetensors(const std::string& path, const EvictionTable&
 }
 
 EvictionTable ReadEvictionTable(const std::string& path) {
-  const nlohmann::json j = ReadVersionedJson(path, kSchema, kFormatVersion, "eviction policy table");
+  const nlohmann::json j =
+      ReadVersionedJson(path, kSchema, kFormatVersion, "eviction policy table");
   EvictionTable t;
   try {
     t.layers = j.at("layers").get<std::int64_t>();
@@ -96,14 +100,17 @@ EvictionTable ReadEvictionTable(const std::string& path) {
     t.windows = j.at("calibration").at("windows").get<std::int64_t>();
     t.window = j.at("calibration").at("window").get<std::int64_t>();
     t.keep_grid = j.at("keep_grid").get<std::vector<double>>();
-    if (t.layers <= 0 || t.kv_heads <= 0 || t.layers * t.kv_heads > (1 << 20)) Fail(path, "implausible layers/kv_heads");
+    if (t.layers <= 0 || t.kv_heads <= 0 || t.layers * t.kv_heads > (1 << 20))
+      Fail(path, "implausible layers/kv_heads");
     t.heads.resize(static_cast<std::size_t>(t.layers * t.kv_heads));
     std::vector<bool> seen(t.heads.size(), false);
     for (const auto& h : j.at("heads")) {
       const auto l = h.at("layer").get<std::int64_t>(), g = h.at("kv_head").get<std::int64_t>();
-      if (l < 0 || l >= t.layers || g < 0 || g >= t.kv_heads) Fail(path, "head entry outside the table's layers/kv_heads");
+      if (l < 0 || l >= t.layers || g < 0 || g >= t.kv_heads)
+        Fail(path, "head entry outside the table's layers/kv_heads");
       const auto index = static_cast<std::size_t>(l * t.kv_heads + g);
-      if (seen[index]) Fail(path, "layer " + std::to_string(l) + " head " + std::to_string(g) + " listed twice");
+      if (seen[index])
+        Fail(path, "layer " + std::to_string(l) + " head " + std::to_string(g) + " listed twice");
       seen[index] = true;
       EvictionTableHead& e = t.heads[index];
       e.spearman = h.at("spearman").get<double>();
@@ -112,7 +119,9 @@ EvictionTable ReadEvictionTable(const std::string& path) {
       e.sink_share = h.at("sink_share").get<double>();
       e.keep = h.at("keep").get<double>();
       e.skip = h.at("skip").get<bool>();
-      if (!(e.keep > 0 && e.keep <= 1)) Fail(path, "keep of layer " + std::to_string(l) + " head " + std::to_string(g) + " is not in (0, 1]");
+      if (!(e.keep > 0 && e.keep <= 1))
+        Fail(path, "keep of layer " + std::to_string(l) + " head " + std::to_string(g) +
+                       " is not in (0, 1]");
     }
     for (bool s : seen) {
       if (!s) Fail(path, "not every (layer, kv_head) has an entry");

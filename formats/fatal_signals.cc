@@ -30,7 +30,8 @@ struct RegionSlot {
 };
 
 PathSlot g_paths[32];
-RegionSlot g_regions[1024];  // one per mapped file; the largest published checkpoints have ~200 shards
+RegionSlot
+    g_regions[1024];  // one per mapped file; the largest published checkpoints have ~200 shards
 
 // The slot now holding `path`, or -1 when every slot is taken or the path does not fit.
 template <typename Slot, std::size_t N>

@@ -1,9 +1,8 @@
 // Reading a JSON file whole: an unreadable file or invalid JSON is one error naming the file.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace kvfold {
 

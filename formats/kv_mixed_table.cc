@@ -1,9 +1,8 @@
 #include "formats/kv_mixed_table.h"
 
 #include <algorithm>
-#include <string_view>
-
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "formats/error.h"
 #include "formats/safetensors_writer.h"
@@ -38,7 +37,8 @@ std::string KvMixedTableJson(const KvMixedTable& t) {
       {"kv_heads", t.kv_heads},
       {"head_dim", t.head_dim},
       {"calibration", {{"tokens", t.calibration_tokens}}},
-      {"importance", {{"policy", "h2o-accumulated-attention"}, {"keep", t.keep}, {"recent", t.recent}}},
+      {"importance",
+       {{"policy", "h2o-accumulated-attention"}, {"keep", t.keep}, {"recent", t.recent}}},
       {"high", {{"bits", t.hi_bits}}},
       {"low",
        {{"key_bits", t.key_bits},
@@ -82,16 +82,20 @@ KvMixedTable ReadKvMixedTable(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     Fail(path, std::string("malformed kv-mixed table (") + e.what() + ")");
   }
-  if (t.layers <= 0 || t.kv_heads <= 0 || t.head_dim <= 0 || t.layers * t.kv_heads * t.head_dim > (1 << 26)) {
+  if (t.layers <= 0 || t.kv_heads <= 0 || t.head_dim <= 0 ||
+      t.layers * t.kv_heads * t.head_dim > (1 << 26)) {
     Fail(path, "implausible layers/kv_heads/head_dim");
   }
   const std::size_t slash = path.find_last_of('/');
-  const std::string tensors = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + kKvMixedSafetensors;
+  const std::string tensors =
+      (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) +
+      kKvMixedSafetensors;
   const TensorStore store = TensorStore::OpenFile(tensors);
   t.key_min = store.ReadF32("key_channel_min");
   t.key_max = store.ReadF32("key_channel_max");
   const auto n = static_cast<std::size_t>(t.layers * t.kv_heads * t.head_dim);
-  if (t.key_min.size() != n || t.key_max.size() != n) Fail(tensors, "key ranges do not match the table's layers x kv_heads x head_dim");
+  if (t.key_min.size() != n || t.key_max.size() != n)
+    Fail(tensors, "key ranges do not match the table's layers x kv_heads x head_dim");
   return t;
 }
 

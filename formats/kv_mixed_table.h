@@ -19,8 +19,8 @@ struct KvMixedTable {
   int key_bits = 4, value_bits = 4;
   std::string key_axis = "channel";  // channel: static calibrated ranges; token: per-token groups
   std::string value_axis = "token";
-  std::int64_t group = 0;            // channels per per-token group (0 = head_dim)
-  std::vector<int> protect;          // layers left unquantized
+  std::int64_t group = 0;    // channels per per-token group (0 = head_dim)
+  std::vector<int> protect;  // layers left unquantized
   // Post-RoPE key range per (layer, KV head, channel) over the calibration tokens.
   std::vector<float> key_min, key_max;  // [layers * kv_heads * head_dim]
 };

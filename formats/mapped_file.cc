@@ -38,13 +38,15 @@ void ReleaseMappedPages(std::string_view bytes) {
 
 void RequireRegularFile(const std::string& path) {
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) Fail(path, std::string("cannot open: ") + std::strerror(errno));
+  if (::stat(path.c_str(), &st) != 0)
+    Fail(path, std::string("cannot open: ") + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) Fail(path, NotRegularReason(st));
 }
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
   RequireRegularFile(path);  // names the kind of file in the error
-  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // never blocks on a FIFO swapped in
+  int fd =
+      ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // never blocks on a FIFO swapped in
   if (fd < 0) Fail(path, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

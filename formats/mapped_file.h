@@ -25,9 +25,7 @@ class MappedFile {
   const std::uint8_t* data() const { return data_; }
   std::size_t size() const { return size_; }
   const std::string& path() const { return path_; }
-  std::string_view bytes() const {
-    return {reinterpret_cast<const char*>(data_), size_};
-  }
+  std::string_view bytes() const { return {reinterpret_cast<const char*>(data_), size_}; }
 
  private:
   std::string path_;

@@ -1,7 +1,6 @@
 #include "formats/model_config.h"
 
 #include <algorithm>
-
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
@@ -76,8 +75,9 @@ void ReadRope(const json& doc, const FieldReader& f, const std::string& file, Mo
   c.rope_theta = r.PositiveNumber("rope_theta", 10000.0);
   c.rope_scaling = ParseRopeScaling(v5 ? block : doc.value("rope_scaling", json()), file);
   if (f.Has("partial_rotary_factor") && f.PositiveNumber("partial_rotary_factor", 1.0) != 1.0) {
-    Fail(file, "partial_rotary_factor " + doc["partial_rotary_factor"].dump() + " is not supported (model_type " +
-                   c.model_type + " applies RoPE to the whole head)");
+    Fail(file, "partial_rotary_factor " + doc["partial_rotary_factor"].dump() +
+                   " is not supported (model_type " + c.model_type +
+                   " applies RoPE to the whole head)");
   }
 }
 
@@ -87,8 +87,10 @@ void ReadRope(const json& doc, const FieldReader& f, const std::string& file, Mo
 void CheckSizes(const ModelConfig& c, const std::string& file) {
   constexpr std::int64_t kLimit = std::int64_t{1} << 48;
   const std::pair<const char*, std::vector<std::int64_t>> products[] = {
-      {"num_attention_heads x head_dim x hidden_size", {c.num_attention_heads, c.head_dim, c.hidden_size}},
-      {"num_key_value_heads x head_dim x hidden_size", {c.num_key_value_heads, c.head_dim, c.hidden_size}},
+      {"num_attention_heads x head_dim x hidden_size",
+       {c.num_attention_heads, c.head_dim, c.hidden_size}},
+      {"num_key_value_heads x head_dim x hidden_size",
+       {c.num_key_value_heads, c.head_dim, c.hidden_size}},
       {"intermediate_size x hidden_size", {c.intermediate_size, c.hidden_size}},
       {"vocab_size x hidden_size", {c.vocab_size, c.hidden_size}},
       {"max_position_embeddings x head_dim", {c.max_position_embeddings, c.head_dim}},
@@ -99,7 +101,8 @@ void CheckSizes(const ModelConfig& c, const std::string& file) {
     std::int64_t n = 1;
     for (std::int64_t f : factors) {
       if (__builtin_mul_overflow(n, f, &n) || n > kLimit) {
-        Fail(file, std::string(what) + " is too large (over 2^48): the config's sizes are not a real model's");
+        Fail(file, std::string(what) +
+                       " is too large (over 2^48): the config's sizes are not a real model's");
       }
     }
   }
@@ -135,7 +138,8 @@ std::vector<std::int64_t> ParseLayerTypes(const std::string& text, std::int64_t 
   while (start <= text.size()) {
     const std::size_t end = std::min(text.find('_', start), text.size());
     const std::string item = text.substr(start, end - start);
-    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 9) {
+    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos ||
+        item.size() > 9) {
       Fail(file_name, "layer_types '" + text + "': '" + item +
                           "' is not a layer index (sliding-window 's' layers are not supported)");
     }
@@ -143,11 +147,13 @@ std::vector<std::int64_t> ParseLayerTypes(const std::string& text, std::int64_t 
     start = end + 1;
   }
   if (static_cast<std::int64_t>(out.size()) != layers) {
-    Fail(file_name, "layer_types '" + text + "' has " + std::to_string(out.size()) + " entries for " +
-                        std::to_string(layers) + " layers");
+    Fail(file_name, "layer_types '" + text + "' has " + std::to_string(out.size()) +
+                        " entries for " + std::to_string(layers) + " layers");
   }
   for (std::size_t l = 0; l < out.size(); ++l) {
-    if (out[l] >= layers) Fail(file_name, "layer_types '" + text + "': layer " + std::to_string(out[l]) + " does not exist");
+    if (out[l] >= layers)
+      Fail(file_name,
+           "layer_types '" + text + "': layer " + std::to_string(out[l]) + " does not exist");
     if (out[static_cast<std::size_t>(out[l])] != out[l]) {
       Fail(file_name, "layer_types '" + text + "': layer " + std::to_string(l) + " reads layer " +
                           std::to_string(out[l]) + ", which does not compute its own K/V");
@@ -158,7 +164,8 @@ std::vector<std::int64_t> ParseLayerTypes(const std::string& text, std::int64_t 
 
 std::string LayerTypesText(const std::vector<std::int64_t>& kv_layer_of) {
   std::string s;
-  for (std::size_t l = 0; l < kv_layer_of.size(); ++l) s += (l ? "_" : "") + std::to_string(kv_layer_of[l]);
+  for (std::size_t l = 0; l < kv_layer_of.size(); ++l)
+    s += (l ? "_" : "") + std::to_string(kv_layer_of[l]);
   return s;
 }
 
@@ -171,10 +178,11 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
   c.model_type = f.String("model_type", "");
   if (c.model_type.empty()) Fail(file_name, "missing required field 'model_type'");
   const bool cross_layer = c.model_type == kCrossLayerModelType;
-  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" && c.model_type != "qwen3" &&
-      !cross_layer) {
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" &&
+      c.model_type != "qwen3" && !cross_layer) {
     Fail(file_name, "unsupported model_type '" + c.model_type +
-                        "' (kvfold supports llama, mistral, qwen2, qwen3 and " + kCrossLayerModelType + ")");
+                        "' (kvfold supports llama, mistral, qwen2, qwen3 and " +
+                        kCrossLayerModelType + ")");
   }
   if (f.Has("architectures")) {
     const json& a = doc["architectures"];
@@ -207,7 +215,8 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
   if (act != "silu") Fail(file_name, "hidden_act '" + act + "' is not supported (only silu)");
 
   if ((c.model_type == "qwen2" || c.model_type == "qwen3") && f.Bool("use_sliding_window", false)) {
-    Fail(file_name, "use_sliding_window=true is not supported (sliding attention on some layers only)");
+    Fail(file_name,
+         "use_sliding_window=true is not supported (sliding attention on some layers only)");
   }
   if (c.model_type == "qwen2") {
     c.qkv_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias
@@ -234,29 +243,35 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
     // lckv-llama: a llama whose layer_types say which layer's K/V each layer reads. Its
     // sliding_window field only applies to layers marked 's', which kvfold does not support.
     c.sliding_window = 0;
-    if (!f.Has("layer_types")) Fail(file_name, std::string("model_type ") + kCrossLayerModelType + " needs 'layer_types'");
+    if (!f.Has("layer_types"))
+      Fail(file_name, std::string("model_type ") + kCrossLayerModelType + " needs 'layer_types'");
     c.kv_layer_of = ParseLayerTypes(f.String("layer_types", ""), c.num_hidden_layers, file_name);
     c.lckv_forward_passes = f.PositiveInt("forward_passes", 7);
     c.lckv_backward_passes = f.PositiveInt("backward_passes", 2);
-    if (f.Has("num_key_value_layers") && f.PositiveInt("num_key_value_layers") != c.KvLayerCount()) {
-      Fail(file_name, "num_key_value_layers (" + std::to_string(f.PositiveInt("num_key_value_layers")) +
-                          ") disagrees with layer_types, which has " + std::to_string(c.KvLayerCount()) +
-                          " layers computing K/V");
+    if (f.Has("num_key_value_layers") &&
+        f.PositiveInt("num_key_value_layers") != c.KvLayerCount()) {
+      Fail(file_name, "num_key_value_layers (" +
+                          std::to_string(f.PositiveInt("num_key_value_layers")) +
+                          ") disagrees with layer_types, which has " +
+                          std::to_string(c.KvLayerCount()) + " layers computing K/V");
     }
-  } else if ((f.Has("layer_types") && doc["layer_types"].is_string()) || f.Has("num_key_value_layers")) {
+  } else if ((f.Has("layer_types") && doc["layer_types"].is_string()) ||
+             f.Has("num_key_value_layers")) {
     // (Recent transformers write layer_types as a list of attention kinds; that is not sharing.)
     Fail(file_name, "cross-layer KV fields (layer_types, num_key_value_layers) need model_type " +
                         std::string(kCrossLayerModelType));
   }
   if (f.Has(kKeyReconstructField)) {
     const json& block = doc[kKeyReconstructField];
-    if (!block.is_object()) Fail(file_name, std::string("field '") + kKeyReconstructField + "' must be an object");
+    if (!block.is_object())
+      Fail(file_name, std::string("field '") + kKeyReconstructField + "' must be an object");
     FieldReader r(block, file_name);
     c.key_projection_heads = r.PositiveInt("key_projection_heads");
     if (c.key_projection_heads % c.num_key_value_heads != 0 ||
         c.num_attention_heads % c.key_projection_heads != 0) {
-      Fail(file_name, "key_projection_heads must be a multiple of num_key_value_heads and divide "
-                      "num_attention_heads");
+      Fail(file_name,
+           "key_projection_heads must be a multiple of num_key_value_heads and divide "
+           "num_attention_heads");
     }
   }
   if (c.SharesKv() && c.key_projection_heads > 0) {
@@ -295,9 +310,10 @@ std::string UpdateConfigJson(std::string_view original, const ModelConfig& confi
   doc["head_dim"] = config.head_dim;
   if (config.key_projection_heads > 0) {
     doc[kKeyReconstructField] = {{"key_projection_heads", config.key_projection_heads},
-                                 {"note", "keys are cached as a post-RoPE projection; needs a "
-                                          "runtime that applies k_cache_proj/q_cache_proj "
-                                          "(kvfold eval does); see kvfold docs/formats.md"}};
+                                 {"note",
+                                  "keys are cached as a post-RoPE projection; needs a "
+                                  "runtime that applies k_cache_proj/q_cache_proj "
+                                  "(kvfold eval does); see kvfold docs/formats.md"}};
   } else {
     doc.erase(kKeyReconstructField);
   }
@@ -309,7 +325,8 @@ std::string UpdateConfigJson(std::string_view original, const ModelConfig& confi
     doc["backward_passes"] = config.lckv_backward_passes;
     doc["num_key_value_layers"] = config.KvLayerCount();  // pythia-mlkv's name for the same count
   }
-  for (const auto& [name, json_text] : config.output_fields) doc[name] = nlohmann::ordered_json::parse(json_text);
+  for (const auto& [name, json_text] : config.output_fields)
+    doc[name] = nlohmann::ordered_json::parse(json_text);
   return doc.dump(2) + "\n";
 }
 

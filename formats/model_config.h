@@ -29,14 +29,14 @@ struct ModelConfig {
   bool rope_theta_defaulted = false;  // config.json had none: transformers' default 10000 applies
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;           // llama attention_bias; always true for qwen2
-  bool o_bias = false;             // llama attention_bias
-  bool mlp_bias = false;           // llama mlp_bias
-  bool qk_norm = false;            // qwen3: per-head RMSNorm of queries and keys before RoPE
-  std::int64_t sliding_window = 0; // mistral; 0 = full causal attention
+  bool qkv_bias = false;            // llama attention_bias; always true for qwen2
+  bool o_bias = false;              // llama attention_bias
+  bool mlp_bias = false;            // llama mlp_bias
+  bool qk_norm = false;             // qwen3: per-head RMSNorm of queries and keys before RoPE
+  std::int64_t sliding_window = 0;  // mistral; 0 = full causal attention
   std::int64_t bos_token_id = 1;
   std::int64_t eos_token_id = 2;
-  std::string torch_dtype;         // as stored; informative only
+  std::string torch_dtype;  // as stored; informative only
   // kvfold reconstruct-mode key compression (config block "kvfold_key_reconstruct"): k_proj
   // keeps this many heads, and the runtime projects post-RoPE keys and queries onto
   // num_key_value_heads cached heads. 0 for a vanilla checkpoint.

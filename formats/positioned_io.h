@@ -9,7 +9,8 @@
 
 namespace kvfold {
 
-void WriteAt(int fd, const void* data, std::size_t size, std::uint64_t offset, const std::string& where);
+void WriteAt(int fd, const void* data, std::size_t size, std::uint64_t offset,
+             const std::string& where);
 void ReadAt(int fd, void* data, std::size_t size, std::uint64_t offset, const std::string& where);
 
 }  // namespace kvfold

@@ -20,11 +20,11 @@ void StartRanks(int* argc, char*** argv);
 // Ends MPI after a successful run (every rank must call it).
 void StopRanks();
 
-bool MpiBuilt();         // this kvfold was built with MPI
-int Rank();              // 0 .. RankCount() - 1
-int RankCount();         // 1 without mpirun
-int LocalRank();         // rank among the processes on this machine (picks its GPU)
-int LocalRankCount();    // ranks on this machine (they share its cores)
+bool MpiBuilt();       // this kvfold was built with MPI
+int Rank();            // 0 .. RankCount() - 1
+int RankCount();       // 1 without mpirun
+int LocalRank();       // rank among the processes on this machine (picks its GPU)
+int LocalRankCount();  // ranks on this machine (they share its cores)
 inline bool IsFirstRank() { return Rank() == 0; }
 
 // Whether this rank takes item `index` of a list every rank builds alike (index mod N == rank).
@@ -39,8 +39,9 @@ inline bool OwnsItem(std::size_t index) {
 // Joins every rank's `local` bytes in rank order on rank 0 — joined = local_0, then
 // joined = join(joined, local_r) for r = 1 .. N-1 — and returns `joined` on every rank.
 // Collective: every rank calls it at the same point. With one rank, returns `local`.
-std::string JoinInRankOrder(std::string local,
-                            const std::function<std::string(std::string joined, const std::string& next)>& join);
+std::string JoinInRankOrder(
+    std::string local,
+    const std::function<std::string(std::string joined, const std::string& next)>& join);
 
 // Element-wise sum over ranks of values each rank sets for the items it owns and leaves 0
 // elsewhere: x + 0 == x exactly, so the sum equals the one-rank values bit for bit.

@@ -121,8 +121,8 @@ void AbortRanks(const std::string& line, int status) {
   std::exit(status);
 }
 
-std::string JoinInRankOrder(std::string local,
-                            const std::function<std::string(std::string, const std::string&)>& join) {
+std::string JoinInRankOrder(
+    std::string local, const std::function<std::string(std::string, const std::string&)>& join) {
   RankState& s = State();
   if (s.count == 1) return local;
   s.bytes_joined += local.size();
@@ -140,8 +140,8 @@ void SumOwnedItems(std::vector<double>& values) {
   if (State().count == 1) return;
   // Every element is non-zero on at most one rank, so the order MPI sums in cannot matter.
   MPI_Request request;
-  MPI_Iallreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD,
-                 &request);
+  MPI_Iallreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_DOUBLE, MPI_SUM,
+                 MPI_COMM_WORLD, &request);
   Wait(request);
 }
 

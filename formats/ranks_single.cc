@@ -12,8 +12,10 @@ void StartRanks(int*, char***) {
   for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}) {
     const char* size = std::getenv(name);
     if (size != nullptr && std::atoi(size) > 1) {
-      std::fprintf(stderr, "kvfold: error: mpirun: this kvfold was built without MPI (install libopenmpi-dev "
-                           "and rebuild), so it runs as one process only\n");
+      std::fprintf(
+          stderr,
+          "kvfold: error: mpirun: this kvfold was built without MPI (install libopenmpi-dev "
+          "and rebuild), so it runs as one process only\n");
       std::exit(1);
     }
   }
@@ -30,7 +32,8 @@ void AbortRanks(const std::string& line, int status) {
   std::exit(status);
 }
 
-std::string JoinInRankOrder(std::string local, const std::function<std::string(std::string, const std::string&)>&) {
+std::string JoinInRankOrder(std::string local,
+                            const std::function<std::string(std::string, const std::string&)>&) {
   return local;
 }
 

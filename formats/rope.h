@@ -5,18 +5,17 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace kvfold {
 
 struct RopeScaling {
-  std::string type = "default";  // default | linear | dynamic | llama3
-  double factor = 1.0;           // linear, dynamic, llama3
-  double low_freq_factor = 1.0;  // llama3
-  double high_freq_factor = 4.0; // llama3
+  std::string type = "default";                       // default | linear | dynamic | llama3
+  double factor = 1.0;                                // linear, dynamic, llama3
+  double low_freq_factor = 1.0;                       // llama3
+  double high_freq_factor = 4.0;                      // llama3
   std::int64_t original_max_position_embeddings = 0;  // llama3
 };
 
@@ -26,8 +25,10 @@ RopeScaling ParseRopeScaling(const nlohmann::json& rope_scaling, const std::stri
 
 // inv_freq[j], j < rotary_dim / 2, for sequences of `tokens` positions (dynamic scaling depends
 // on the length, as transformers' dynamic update does: beyond max_position_embeddings only).
-std::vector<double> RopeInverseFrequencies(const RopeScaling& scaling, double theta, std::int64_t rotary_dim,
-                                           std::int64_t max_position_embeddings, std::int64_t tokens);
+std::vector<double> RopeInverseFrequencies(const RopeScaling& scaling, double theta,
+                                           std::int64_t rotary_dim,
+                                           std::int64_t max_position_embeddings,
+                                           std::int64_t tokens);
 
 // Short description for inspect: "llama3 (factor 8, low 1, high 4, original 8192)".
 std::string RopeScalingText(const RopeScaling& scaling);

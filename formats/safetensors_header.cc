@@ -2,9 +2,8 @@
 
 #include <algorithm>
 #include <limits>
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "formats/error.h"
 
@@ -128,7 +127,8 @@ SafetensorsHeader ParseSafetensorsHeader(std::string_view prefix, std::uint64_t 
     if (it.key() == "__metadata__") {
       if (!it->is_object()) Fail(file_name, "__metadata__ is not an object");
       for (auto m = it->begin(); m != it->end(); ++m) {
-        if (!m->is_string()) Fail(file_name, "__metadata__ value '" + m.key() + "' is not a string");
+        if (!m->is_string())
+          Fail(file_name, "__metadata__ value '" + m.key() + "' is not a string");
         header.metadata[m.key()] = m->get<std::string>();
       }
       continue;
@@ -146,8 +146,8 @@ SafetensorsHeader ParseSafetensorsHeader(std::string_view prefix, std::uint64_t 
   const TensorEntry* previous = nullptr;
   for (const TensorEntry* t : by_offset) {
     if (t->end > data_size) {
-      Fail(file_name, "tensor '" + t->name + "' ends at byte " + std::to_string(t->end) +
-                          " of a " + std::to_string(data_size) +
+      Fail(file_name, "tensor '" + t->name + "' ends at byte " + std::to_string(t->end) + " of a " +
+                          std::to_string(data_size) +
                           "-byte data area (offsets point past the end of the file)");
     }
     if (t->begin < cursor) {

@@ -22,9 +22,9 @@ struct TensorEntry {
 };
 
 struct SafetensorsHeader {
-  std::uint64_t header_bytes = 0;   // the JSON length stored in the first 8 bytes
-  std::uint64_t data_offset = 0;    // 8 + header_bytes
-  std::vector<TensorEntry> tensors; // sorted by name
+  std::uint64_t header_bytes = 0;    // the JSON length stored in the first 8 bytes
+  std::uint64_t data_offset = 0;     // 8 + header_bytes
+  std::vector<TensorEntry> tensors;  // sorted by name
   std::map<std::string, std::string> metadata;
 };
 

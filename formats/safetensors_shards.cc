@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <limits>
-
 #include <nlohmann/json.hpp>
 
 #include "formats/atomic_file.h"
@@ -18,7 +17,8 @@ constexpr std::size_t kWriteChunk = std::size_t{64} << 20;  // mapped pages rele
 
 std::uint64_t RoundUp8(std::uint64_t n) { return (n + 7) / 8 * 8; }
 
-nlohmann::json Entry(DType dtype, const std::vector<std::int64_t>& shape, std::uint64_t begin, std::uint64_t end) {
+nlohmann::json Entry(DType dtype, const std::vector<std::int64_t>& shape, std::uint64_t begin,
+                     std::uint64_t end) {
   return {{"dtype", DTypeName(dtype)}, {"shape", shape}, {"data_offsets", {begin, end}}};
 }
 
@@ -45,14 +45,17 @@ ShardedSafetensorsWriter::ShardedSafetensorsWriter(std::string dir, std::uint64_
       max_shard_bytes_(max_shard_bytes),
       header_reserve_(header_reserve),
       metadata_(std::move(metadata)),
-      metadata_bound_(metadata_.empty() ? 2 : nlohmann::json{{"__metadata__", metadata_}}.dump().size() + 1) {}
+      metadata_bound_(
+          metadata_.empty() ? 2 : nlohmann::json{{"__metadata__", metadata_}}.dump().size() + 1) {}
 
-ShardedSafetensorsWriter::~ShardedSafetensorsWriter() = default;  // AtomicFile removes its temporary
+ShardedSafetensorsWriter::~ShardedSafetensorsWriter() =
+    default;  // AtomicFile removes its temporary
 
 std::uint64_t ShardedSafetensorsWriter::EntryBound(const std::string& name, DType dtype,
                                                    const std::vector<std::int64_t>& shape) {
   // "name": entry, with both offsets at their longest
-  return nlohmann::json(name).dump().size() + 2 + Entry(dtype, shape, kMaxOffset, kMaxOffset).dump().size();
+  return nlohmann::json(name).dump().size() + 2 +
+         Entry(dtype, shape, kMaxOffset, kMaxOffset).dump().size();
 }
 
 void ShardedSafetensorsWriter::OpenShard(std::uint64_t reserve) {
@@ -72,7 +75,8 @@ void ShardedSafetensorsWriter::CloseShard() {
   Shard& s = *shards_.back();
   if (!metadata_.empty()) s.header["__metadata__"] = metadata_;
   std::string text = s.header.dump();
-  if (text.size() > s.reserve) Fail(dir_, "internal error: a shard header outgrew its reserved space");
+  if (text.size() > s.reserve)
+    Fail(dir_, "internal error: a shard header outgrew its reserved space");
   text.append(s.reserve - text.size(), ' ');
   std::uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<std::uint8_t>(s.reserve >> (8 * i));
@@ -83,15 +87,18 @@ void ShardedSafetensorsWriter::CloseShard() {
 }
 
 void ShardedSafetensorsWriter::Add(const TensorToWrite& t) {
-  if (finished_) Fail(dir_, "internal error: tensor '" + t.name + "' added after the shards were finished");
+  if (finished_)
+    Fail(dir_, "internal error: tensor '" + t.name + "' added after the shards were finished");
   if (shard_of_.count(t.name)) Fail(dir_, "tensor '" + t.name + "' given twice");
   CheckTensorToWrite(t, dir_);
   const std::uint64_t entry = EntryBound(t.name, t.dtype, t.shape);
   if (open_) {
     const Shard& s = *shards_.back();
-    if (s.data_bytes + t.bytes.size() > max_shard_bytes_ || s.header_bound + entry > s.reserve) CloseShard();
+    if (s.data_bytes + t.bytes.size() > max_shard_bytes_ || s.header_bound + entry > s.reserve)
+      CloseShard();
   }
-  if (!open_) OpenShard(std::max(header_reserve_, metadata_bound_ + entry));  // room for one tensor at least
+  if (!open_)
+    OpenShard(std::max(header_reserve_, metadata_bound_ + entry));  // room for one tensor at least
   Shard& s = *shards_.back();
   s.header[t.name] = Entry(t.dtype, t.shape, s.data_bytes, s.data_bytes + t.bytes.size());
   s.header_bound += entry;
@@ -112,12 +119,14 @@ std::vector<std::string> ShardedSafetensorsWriter::Finish() {
   finished_ = true;
   const std::size_t n = shards_.size();
   std::vector<std::string> names;
-  for (std::size_t i = 0; i < n; ++i) names.push_back(n == 1 ? "model.safetensors" : ShardName(i, n));
+  for (std::size_t i = 0; i < n; ++i)
+    names.push_back(n == 1 ? "model.safetensors" : ShardName(i, n));
   for (std::size_t i = 0; i < n; ++i) shards_[i]->file->CommitAs(dir_ + "/" + names[i]);
   if (n == 1) return names;
   nlohmann::json weight_map = nlohmann::json::object();
   for (const auto& [name, shard] : shard_of_) weight_map[name] = names[shard];
-  const nlohmann::json index = {{"metadata", {{"total_size", total_bytes_}}}, {"weight_map", weight_map}};
+  const nlohmann::json index = {{"metadata", {{"total_size", total_bytes_}}},
+                                {"weight_map", weight_map}};
   WriteFileAtomically(dir_ + "/model.safetensors.index.json", index.dump(2) + "\n");
   names.push_back("model.safetensors.index.json");
   return names;

@@ -24,7 +24,8 @@ class AtomicFile;
 
 class ShardedSafetensorsWriter {
  public:
-  ShardedSafetensorsWriter(std::string dir, std::uint64_t max_shard_bytes, std::uint64_t header_reserve,
+  ShardedSafetensorsWriter(std::string dir, std::uint64_t max_shard_bytes,
+                           std::uint64_t header_reserve,
                            std::map<std::string, std::string> metadata);
   ~ShardedSafetensorsWriter();  // removes every shard unless Finish() succeeded
   ShardedSafetensorsWriter(const ShardedSafetensorsWriter&) = delete;
@@ -38,7 +39,8 @@ class ShardedSafetensorsWriter {
   std::vector<std::string> Finish();
 
   // The most header bytes a tensor with this name, dtype and shape can take in any shard.
-  static std::uint64_t EntryBound(const std::string& name, DType dtype, const std::vector<std::int64_t>& shape);
+  static std::uint64_t EntryBound(const std::string& name, DType dtype,
+                                  const std::vector<std::int64_t>& shape);
 
  private:
   struct Shard;
@@ -50,7 +52,7 @@ class ShardedSafetensorsWriter {
   std::map<std::string, std::string> metadata_;
   std::uint64_t metadata_bound_;
   std::vector<std::unique_ptr<Shard>> shards_;
-  bool open_ = false;  // the last shard takes more tensors
+  bool open_ = false;                            // the last shard takes more tensors
   std::map<std::string, std::size_t> shard_of_;  // tensor name -> shard index
   std::uint64_t total_bytes_ = 0;
   bool finished_ = false;

@@ -1,7 +1,6 @@
 #include "formats/safetensors_writer.h"
 
 #include <algorithm>
-
 #include <nlohmann/json.hpp>
 
 #include "formats/atomic_file.h"
@@ -11,15 +10,16 @@
 namespace kvfold {
 
 void CheckTensorToWrite(const TensorToWrite& t, const std::string& where) {
-  if (t.name.empty() || t.name == "__metadata__") Fail(where, "invalid tensor name '" + t.name + "'");
+  if (t.name.empty() || t.name == "__metadata__")
+    Fail(where, "invalid tensor name '" + t.name + "'");
   std::uint64_t expected = DTypeSize(t.dtype);
   for (auto d : t.shape) {
     if (d < 0) Fail(where, "tensor '" + t.name + "' has a negative dimension");
     expected *= static_cast<std::uint64_t>(d);
   }
   if (expected != t.bytes.size()) {
-    Fail(where, "tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) + " bytes, its shape needs " +
-                    std::to_string(expected));
+    Fail(where, "tensor '" + t.name + "' has " + std::to_string(t.bytes.size()) +
+                    " bytes, its shape needs " + std::to_string(expected));
   }
 }
 
@@ -29,7 +29,8 @@ void SortAndCheck(std::vector<TensorToWrite>& tensors, const std::string& path) 
   std::sort(tensors.begin(), tensors.end(),
             [](const TensorToWrite& a, const TensorToWrite& b) { return a.name < b.name; });
   for (std::size_t i = 0; i < tensors.size(); ++i) {
-    if (i > 0 && tensors[i - 1].name == tensors[i].name) Fail(path, "tensor '" + tensors[i].name + "' given twice");
+    if (i > 0 && tensors[i - 1].name == tensors[i].name)
+      Fail(path, "tensor '" + tensors[i].name + "' given twice");
     CheckTensorToWrite(tensors[i], path);
   }
 }

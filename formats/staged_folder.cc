@@ -31,9 +31,11 @@ void RemoveStaleStaging(const fs::path& final_path) {
     const std::string name = entry.path().filename().string();
     if (name.compare(0, prefix.size(), prefix) != 0) continue;
     const std::string pid = name.substr(prefix.size());
-    if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos)
+      continue;
     if (ProcessIsGone(std::stol(pid))) {
-      std::fprintf(stderr, "kvfold: removing %s, left by an interrupted run\n", entry.path().c_str());
+      std::fprintf(stderr, "kvfold: removing %s, left by an interrupted run\n",
+                   entry.path().c_str());
       RemoveTree(entry.path().string());
     }
   }
@@ -43,11 +45,14 @@ void CheckReplaceable(const std::string& path, bool replace) {
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) return;  // new
   if (!replace) Fail(path, "already exists (use --force to replace it)");
-  if (!S_ISDIR(st.st_mode)) Fail(path, "exists and is not a folder; --force only replaces a folder kvfold wrote");
+  if (!S_ISDIR(st.st_mode))
+    Fail(path, "exists and is not a folder; --force only replaces a folder kvfold wrote");
   std::error_code ec;
   const bool empty = fs::is_empty(path, ec);
   if (!empty && !fs::exists(fs::path(path) / "kvfold.json", ec)) {
-    Fail(path, "exists and has no kvfold.json; --force only replaces a folder kvfold wrote (or an empty one)");
+    Fail(path,
+         "exists and has no kvfold.json; --force only replaces a folder kvfold wrote (or an empty "
+         "one)");
   }
 }
 
@@ -55,7 +60,8 @@ void CheckReplaceable(const std::string& path, bool replace) {
 // without RENAME_EXCHANGE get two renames: a kill between them leaves the previous folder at
 // OUT.old.<pid>, never deleted.
 std::string SwapIntoPlace(const std::string& staging, const std::string& final_path) {
-  if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE) == 0) return staging;
+  if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE) == 0)
+    return staging;
   if (errno != EINVAL && errno != ENOSYS) {
     Fail(final_path, std::string("cannot swap the new output into place: ") + std::strerror(errno));
   }
@@ -76,7 +82,9 @@ std::string SwapIntoPlace(const std::string& staging, const std::string& final_p
 bool RemoveTree(const std::string& path) {
   std::error_code ec;
   fs::remove_all(path, ec);  // removes symbolic links themselves, never what they point to
-  if (ec) std::fprintf(stderr, "kvfold: warning: could not remove %s: %s\n", path.c_str(), ec.message().c_str());
+  if (ec)
+    std::fprintf(stderr, "kvfold: warning: could not remove %s: %s\n", path.c_str(),
+                 ec.message().c_str());
   return !ec;
 }
 
@@ -113,12 +121,14 @@ void StagedFolder::Commit() {
   std::string previous;
   if (replacing) {
     previous = SwapIntoPlace(staging_, final_);
-  } else if (::renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, final_.c_str(), RENAME_NOREPLACE) != 0 &&
+  } else if (::renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, final_.c_str(), RENAME_NOREPLACE) !=
+                 0 &&
              (errno != EINVAL || ::rename(staging_.c_str(), final_.c_str()) != 0)) {
     Fail(final_, std::string("cannot move the output into place: ") + std::strerror(errno));
   }
   committed_ = true;
-  const fs::path parent = fs::path(final_).has_parent_path() ? fs::path(final_).parent_path() : fs::path(".");
+  const fs::path parent =
+      fs::path(final_).has_parent_path() ? fs::path(final_).parent_path() : fs::path(".");
   SyncPath(parent.string());
   // The previous folder now sits at the staging name: a kill from here on leaves it to the
   // next run's stale-staging sweep, never at OUT.

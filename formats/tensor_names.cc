@@ -83,33 +83,48 @@ std::vector<std::int64_t> ExpectedShape(const TensorId& id, const ModelConfig& c
   const std::int64_t q_out = c.num_attention_heads * c.head_dim;
   const std::int64_t kv_out = c.num_key_value_heads * c.head_dim;
   // In reconstruct mode k_proj keeps the pre-compression heads.
-  const std::int64_t k_heads = c.key_projection_heads > 0 ? c.key_projection_heads : c.num_key_value_heads;
+  const std::int64_t k_heads =
+      c.key_projection_heads > 0 ? c.key_projection_heads : c.num_key_value_heads;
   const std::int64_t k_out = k_heads * c.head_dim;
   switch (id.role) {
     case TensorRole::kEmbedTokens:
-    case TensorRole::kLmHead: return {c.vocab_size, c.hidden_size};
+    case TensorRole::kLmHead:
+      return {c.vocab_size, c.hidden_size};
     case TensorRole::kFinalNorm:
     case TensorRole::kAttnNorm:
     case TensorRole::kMlpNorm:
     case TensorRole::kOBias:
-    case TensorRole::kDownBias: return {c.hidden_size};
-    case TensorRole::kQProj: return {q_out, c.hidden_size};
-    case TensorRole::kKProj: return {k_out, c.hidden_size};
-    case TensorRole::kVProj: return {kv_out, c.hidden_size};
-    case TensorRole::kOProj: return {c.hidden_size, q_out};
-    case TensorRole::kQBias: return {q_out};
-    case TensorRole::kKBias: return {k_out};
-    case TensorRole::kVBias: return {kv_out};
+    case TensorRole::kDownBias:
+      return {c.hidden_size};
+    case TensorRole::kQProj:
+      return {q_out, c.hidden_size};
+    case TensorRole::kKProj:
+      return {k_out, c.hidden_size};
+    case TensorRole::kVProj:
+      return {kv_out, c.hidden_size};
+    case TensorRole::kOProj:
+      return {c.hidden_size, q_out};
+    case TensorRole::kQBias:
+      return {q_out};
+    case TensorRole::kKBias:
+      return {k_out};
+    case TensorRole::kVBias:
+      return {kv_out};
     case TensorRole::kGateProj:
-    case TensorRole::kUpProj: return {c.intermediate_size, c.hidden_size};
-    case TensorRole::kDownProj: return {c.hidden_size, c.intermediate_size};
+    case TensorRole::kUpProj:
+      return {c.intermediate_size, c.hidden_size};
+    case TensorRole::kDownProj:
+      return {c.hidden_size, c.intermediate_size};
     case TensorRole::kGateBias:
-    case TensorRole::kUpBias: return {c.intermediate_size};
+    case TensorRole::kUpBias:
+      return {c.intermediate_size};
     case TensorRole::kKCacheProj:
       return {c.num_key_value_heads, c.head_dim, (k_heads / c.num_key_value_heads) * c.head_dim};
-    case TensorRole::kQCacheProj: return {c.num_attention_heads, c.head_dim, c.head_dim};
+    case TensorRole::kQCacheProj:
+      return {c.num_attention_heads, c.head_dim, c.head_dim};
     case TensorRole::kQNorm:
-    case TensorRole::kKNorm: return {c.head_dim};
+    case TensorRole::kKNorm:
+      return {c.head_dim};
   }
   Fail("tensor_names", "internal: unknown role");
 }

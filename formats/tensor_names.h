@@ -12,11 +12,29 @@
 namespace kvfold {
 
 enum class TensorRole {
-  kEmbedTokens, kFinalNorm, kLmHead,
-  kAttnNorm, kQProj, kKProj, kVProj, kOProj, kQBias, kKBias, kVBias, kOBias,
-  kMlpNorm, kGateProj, kUpProj, kDownProj, kGateBias, kUpBias, kDownBias,
-  kKCacheProj, kQCacheProj,  // reconstruct-mode key compression (config.key_projection_heads)
-  kQNorm, kKNorm,            // qwen3: per-head RMSNorm weights of queries and keys [head_dim]
+  kEmbedTokens,
+  kFinalNorm,
+  kLmHead,
+  kAttnNorm,
+  kQProj,
+  kKProj,
+  kVProj,
+  kOProj,
+  kQBias,
+  kKBias,
+  kVBias,
+  kOBias,
+  kMlpNorm,
+  kGateProj,
+  kUpProj,
+  kDownProj,
+  kGateBias,
+  kUpBias,
+  kDownBias,
+  kKCacheProj,
+  kQCacheProj,  // reconstruct-mode key compression (config.key_projection_heads)
+  kQNorm,
+  kKNorm,  // qwen3: per-head RMSNorm weights of queries and keys [head_dim]
 };
 
 struct TensorId {

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
@@ -70,7 +69,8 @@ TensorStore TensorStore::OpenModelDir(const std::string& dir) {
   std::vector<std::string> shard_names;
   for (auto it = weight_map.begin(); it != weight_map.end(); ++it) {
     if (!it->is_string() || !IsPlainFileName(it->get<std::string>())) {
-      Fail(index_path, "weight_map entry '" + it.key() + "' is not a file name in the model folder");
+      Fail(index_path,
+           "weight_map entry '" + it.key() + "' is not a file name in the model folder");
     }
     const std::string shard = it->get<std::string>();
     shard_of[it.key()] = shard;
@@ -90,8 +90,8 @@ TensorStore TensorStore::OpenModelDir(const std::string& dir) {
     const TensorRef* ref = store.Find(name);
     if (ref == nullptr) Fail(index_path, "tensor '" + name + "' is not in " + shard);
     if (ref->file->path() != dir + "/" + shard) {
-      Fail(index_path, "tensor '" + name + "' is listed in " + shard + " but stored in " +
-                           ref->file->path());
+      Fail(index_path,
+           "tensor '" + name + "' is listed in " + shard + " but stored in " + ref->file->path());
     }
   }
   for (const auto& [name, ref] : store.tensors_) {
@@ -132,11 +132,13 @@ const TensorRef& FloatingTensor(const TensorStore& store, const std::string& nam
 
 // A NaN or inf weight would surface much later as a failed eigendecomposition or a NaN
 // perplexity; name the tensor (and the element, counted from `first`) now.
-void RequireFinite(const TensorRef& ref, const float* values, std::size_t count, std::size_t first) {
+void RequireFinite(const TensorRef& ref, const float* values, std::size_t count,
+                   std::size_t first) {
   for (std::size_t i = 0; i < count; ++i) {
     if (!std::isfinite(values[i])) {
       Fail(ref.file->path(), "tensor '" + ref.entry->name + "' holds " + std::to_string(values[i]) +
-                                 " at element " + std::to_string(first + i) + " (weights must be finite)");
+                                 " at element " + std::to_string(first + i) +
+                                 " (weights must be finite)");
     }
   }
 }
@@ -151,7 +153,8 @@ void TensorStore::ReadF32(const std::string& name, float* dst) const {
   RequireFinite(ref, dst, count, 0);
 }
 
-void TensorStore::ReadRowsF32(const std::string& name, const std::vector<std::int64_t>& rows, float* dst) const {
+void TensorStore::ReadRowsF32(const std::string& name, const std::vector<std::int64_t>& rows,
+                              float* dst) const {
   const TensorRef& ref = FloatingTensor(*this, name);
   if (ref.entry->shape.size() != 2) Fail(ref.file->path(), "tensor '" + name + "' is not a matrix");
   const std::int64_t count = ref.entry->shape[0], width = ref.entry->shape[1];
@@ -159,7 +162,8 @@ void TensorStore::ReadRowsF32(const std::string& name, const std::vector<std::in
   const auto cols = static_cast<std::size_t>(width);
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (rows[i] < 0 || rows[i] >= count) {
-      Fail(ref.file->path(), "row " + std::to_string(rows[i]) + " of tensor '" + name + "' is out of range");
+      Fail(ref.file->path(),
+           "row " + std::to_string(rows[i]) + " of tensor '" + name + "' is out of range");
     }
     const std::size_t at = static_cast<std::size_t>(rows[i]);
     ConvertToF32(ref.entry->dtype, ref.bytes().data() + at * row_bytes, cols, dst + i * cols);

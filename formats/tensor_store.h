@@ -56,7 +56,8 @@ class TensorStore {
   void ReadF32(const std::string& name, float* dst) const;
   // Rows `rows` of the 2-D floating tensor `name` ([R, C]) as float32 [rows.size(), C] into
   // `dst`: an embedding lookup straight from the map. Throws Error for a row out of range.
-  void ReadRowsF32(const std::string& name, const std::vector<std::int64_t>& rows, float* dst) const;
+  void ReadRowsF32(const std::string& name, const std::vector<std::int64_t>& rows,
+                   float* dst) const;
   std::vector<float> ReadF32(const std::string& name) const;
 
  private:

@@ -2,14 +2,13 @@
 // expected "schema", a "format_version" this kvfold reads. Errors name the file.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace kvfold {
 
 // `what` names the document in errors ("eviction policy table").
-nlohmann::json ReadVersionedJson(const std::string& path, const std::string& schema, int format_version,
-                                 const std::string& what);
+nlohmann::json ReadVersionedJson(const std::string& path, const std::string& schema,
+                                 int format_version, const std::string& what);
 
 }  // namespace kvfold

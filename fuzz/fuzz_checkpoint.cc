@@ -17,7 +17,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (nul == std::string_view::npos) return 0;
   const std::string& dir = kvfold::fuzz::ScratchDir();
   kvfold::fuzz::WriteScratch(dir + "/config.json", input.substr(0, nul));
-  kvfold::fuzz::WriteScratch(dir + "/model.safetensors", kvfold::fuzz::SafetensorsImage(input.substr(nul + 1), 1 << 16));
+  kvfold::fuzz::WriteScratch(dir + "/model.safetensors",
+                             kvfold::fuzz::SafetensorsImage(input.substr(nul + 1), 1 << 16));
   try {
     const kvfold::Checkpoint ck = kvfold::OpenCheckpoint(dir);
     for (const kvfold::TensorId& id : kvfold::RequiredTensors(ck.config)) {

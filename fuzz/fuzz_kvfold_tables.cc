@@ -12,7 +12,8 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
   const std::string path = kvfold::fuzz::ScratchDir() + "/table.json";
-  kvfold::fuzz::WriteScratch(path, std::string_view(reinterpret_cast<const char*>(data) + 1, size - 1));
+  kvfold::fuzz::WriteScratch(path,
+                             std::string_view(reinterpret_cast<const char*>(data) + 1, size - 1));
   try {
     if (data[0] % 2 == 0) {
       const kvfold::EvictionTable t = kvfold::ReadEvictionTable(path);

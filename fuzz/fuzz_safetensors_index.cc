@@ -16,12 +16,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   static const bool shards_written = [] {
     WriteScratch(ScratchDir() + "/model-00001-of-00002.safetensors",
                  SafetensorsImage(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8));
-    WriteScratch(ScratchDir() + "/model-00002-of-00002.safetensors",
-                 SafetensorsImage(R"({"b":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]}})", 8));
+    WriteScratch(
+        ScratchDir() + "/model-00002-of-00002.safetensors",
+        SafetensorsImage(R"({"b":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]}})", 8));
     return true;
   }();
   (void)shards_written;
-  WriteScratch(ScratchDir() + "/model.safetensors.index.json", std::string_view(reinterpret_cast<const char*>(data), size));
+  WriteScratch(ScratchDir() + "/model.safetensors.index.json",
+               std::string_view(reinterpret_cast<const char*>(data), size));
   try {
     const kvfold::TensorStore store = kvfold::TensorStore::OpenModelDir(ScratchDir());
     for (const auto& [name, ref] : store.tensors()) {

@@ -17,7 +17,8 @@ inline const std::string& ScratchDir() {
   // Never freed: the exit handler below still reads it after static destructors have run.
   static const std::string* dir = [] {
     const char* base = std::getenv("TMPDIR");
-    auto* d = new std::string(std::string(base ? base : "/tmp") + "/kvfold-fuzz." + std::to_string(::getpid()));
+    auto* d = new std::string(std::string(base ? base : "/tmp") + "/kvfold-fuzz." +
+                              std::to_string(::getpid()));
     std::filesystem::create_directories(*d);
     std::atexit([] { std::filesystem::remove_all(ScratchDir()); });
     return d;
@@ -36,7 +37,8 @@ inline void WriteScratch(const std::string& path, std::string_view bytes) {
 // zero bytes of data.
 inline std::string SafetensorsImage(std::string_view header, std::size_t data_bytes) {
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<std::size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
   out.append(header);
   out.append(data_bytes, '\0');
   return out;

@@ -2,13 +2,13 @@
 // after CpuHasAttentionKernels() confirmed the instructions exist.
 #include "runtime_check/attention_cpu.h"
 
-#include "runtime_check/kv_cache_policy.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include "runtime_check/kv_cache_policy.h"
 
 namespace kvfold {
 namespace {
@@ -61,15 +61,15 @@ void ApplyRopeInPlace(float* qkv, const QkvLayout& L, const float* cos, const fl
   }
 }
 
-void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
-                     std::int64_t sliding_window, const CacheLayer* cache, float* ctx,
-                     std::int64_t first, std::int64_t last) {
+void CausalAttention(const float* qkv, const QkvLayout& L, float scale, std::int64_t sliding_window,
+                     const CacheLayer* cache, float* ctx, std::int64_t first, std::int64_t last) {
   const std::int64_t T = L.tokens, d = L.head_dim, H = L.heads, KV = L.kv_heads;
   const std::int64_t group = H / KV, row = L.row(), ctx_row = H * d;
   const bool stored_keys = cache && cache->keys, stored_values = cache && cache->values;
   std::vector<float> keys_t(static_cast<std::size_t>(d * T));  // K^T of one (b, g): [d, T]
   std::vector<float> stored_t(stored_keys ? static_cast<std::size_t>(d * T) : 0);
-  std::vector<float> p(static_cast<std::size_t>(T)), ps(stored_keys ? static_cast<std::size_t>(T) : 0);
+  std::vector<float> p(static_cast<std::size_t>(T)),
+      ps(stored_keys ? static_cast<std::size_t>(T) : 0);
   std::vector<float> acc(static_cast<std::size_t>(d));
   for (std::int64_t pair = first; pair < last; ++pair) {
     const std::int64_t b = pair / KV, g = pair % KV;
@@ -85,7 +85,8 @@ void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
     }
     for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
       for (std::int64_t i = 0; i < T; ++i) {
-        const std::int64_t lo = sliding_window > 0 ? std::max<std::int64_t>(0, i - sliding_window + 1) : 0;
+        const std::int64_t lo =
+            sliding_window > 0 ? std::max<std::int64_t>(0, i - sliding_window + 1) : 0;
         const std::int64_t n = i + 1 - lo;
         const float* q = rows + i * row + h * d;
         const std::uint8_t* code = cache ? cache->codes + (pair * T + i) * T + lo : nullptr;
@@ -127,7 +128,8 @@ void CausalAttention(const float* qkv, const QkvLayout& L, float scale,
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (std::int64_t j = 0; j < n; ++j) {
           const float* v = rows + (lo + j) * row + (H + KV + g) * d;
-          if (stored_values && (code[j] & kCacheQuantValue)) v = cache->values + (pair * T + lo + j) * d;
+          if (stored_values && (code[j] & kCacheQuantValue))
+            v = cache->values + (pair * T + lo + j) * d;
           const float w = s[j];
           for (std::int64_t c = 0; c < d; ++c) acc[c] += w * v[c];
         }

@@ -20,8 +20,9 @@ std::string CallName(const char* symbol) {
 }
 
 bool IsGenericCore(const std::string& core) {
-  for (const char* generic : {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Sandybridge",
-                              "Katmai", "Coppermine", "Northwood", "Banias", "Athlon", "Opteron", "Barcelona"}) {
+  for (const char* generic :
+       {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Sandybridge", "Katmai",
+        "Coppermine", "Northwood", "Banias", "Athlon", "Opteron", "Barcelona"}) {
     if (core == generic) return true;
   }
   return false;
@@ -49,7 +50,8 @@ std::string BetterCoreType(const std::string& core, const CpuFeatures& cpu) {
 }
 
 void EnsureFastBlasCore(char** argv) {
-  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || std::getenv("KVFOLD_BLAS_REEXEC") != nullptr) return;
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || std::getenv("KVFOLD_BLAS_REEXEC") != nullptr)
+    return;
   const std::string better = BetterCoreType(CallName("openblas_get_corename"), DetectCpuFeatures());
   if (better.empty()) return;
   ::setenv("OPENBLAS_CORETYPE", better.c_str(), 1);
@@ -63,7 +65,8 @@ std::string BlasDescription() {
   const std::string core = CallName("openblas_get_corename");
   if (config.empty()) return "not OpenBLAS (libblas.so.3 lacks openblas_get_config)";
   const char* forced = std::getenv("OPENBLAS_CORETYPE");
-  return config + " (core " + core + (forced ? std::string(", OPENBLAS_CORETYPE=") + forced : "") + ")";
+  return config + " (core " + core + (forced ? std::string(", OPENBLAS_CORETYPE=") + forced : "") +
+         ")";
 }
 
 }  // namespace kvfold

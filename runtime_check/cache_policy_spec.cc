@@ -21,7 +21,8 @@ std::vector<float> CheckpointFp8Scales(const Checkpoint& ck, const char* which) 
     }
     const std::vector<float> s = ck.tensors.ReadF32(name);
     if (s.size() != 1 && s.size() != static_cast<std::size_t>(kv)) {
-      Fail(ck.dir, name + " has " + std::to_string(s.size()) + " values; expected 1 or " + std::to_string(kv));
+      Fail(ck.dir, name + " has " + std::to_string(s.size()) + " values; expected 1 or " +
+                       std::to_string(kv));
     }
     for (std::int64_t g = 0; g < kv; ++g) {
       const float v = s[s.size() == 1 ? 0 : static_cast<std::size_t>(g)];
@@ -34,11 +35,13 @@ std::vector<float> CheckpointFp8Scales(const Checkpoint& ck, const char* which) 
 
 }  // namespace
 
-CachePolicySpec MakeCachePolicy(const std::string& text, const Checkpoint& ck, std::int64_t window) {
+CachePolicySpec MakeCachePolicy(const std::string& text, const Checkpoint& ck,
+                                std::int64_t window) {
   CachePolicySpec out;
   if (text.rfind("evict<", 0) == 0) {
     EvictionSpec spec = ParseEvictionSpec(text);
-    if (spec.policy == EvictPolicy::kTable && spec.table.empty()) spec.table = ck.dir + "/" + kEvictionTableJson;
+    if (spec.policy == EvictPolicy::kTable && spec.table.empty())
+      spec.table = ck.dir + "/" + kEvictionTableJson;
     out.policy = std::make_unique<EvictionCachePolicy>(spec, ck.config);
     out.text = spec.Text();
     out.scored_from = PrefixLength(spec, window);
@@ -55,9 +58,11 @@ CachePolicySpec MakeCachePolicy(const std::string& text, const Checkpoint& ck, s
       const KvMixedTable t = ReadKvMixedTable(spec.table);
       if (t.layers != ck.config.num_hidden_layers || t.kv_heads != ck.config.num_key_value_heads ||
           t.head_dim != ck.config.head_dim) {
-        Fail(spec.table, "table is for another model geometry (layers, KV heads or head_dim differ)");
+        Fail(spec.table,
+             "table is for another model geometry (layers, KV heads or head_dim differ)");
       }
-      if (t.value_axis != "token") Fail(spec.table, "value_axis " + t.value_axis + " is not supported (token)");
+      if (t.value_axis != "token")
+        Fail(spec.table, "value_axis " + t.value_axis + " is not supported (token)");
       spec.keep = t.keep;
       spec.recent = t.recent;
       spec.hi_bits = t.hi_bits;
@@ -74,7 +79,8 @@ CachePolicySpec MakeCachePolicy(const std::string& text, const Checkpoint& ck, s
     out.scored_from = window / 2;
     return out;
   }
-  Fail("--kv-cache", "'" + text + "' is neither evict<...> nor quant<...> (docs/eviction.md, docs/kv-quant.md)");
+  Fail("--kv-cache",
+       "'" + text + "' is neither evict<...> nor quant<...> (docs/eviction.md, docs/kv-quant.md)");
 }
 
 }  // namespace kvfold

@@ -22,6 +22,7 @@ struct CachePolicySpec {
 };
 
 // Throws Error("--kv-cache: ...") for a bad spec, or naming the file a policy needs.
-CachePolicySpec MakeCachePolicy(const std::string& spec, const Checkpoint& checkpoint, std::int64_t window);
+CachePolicySpec MakeCachePolicy(const std::string& spec, const Checkpoint& checkpoint,
+                                std::int64_t window);
 
 }  // namespace kvfold

@@ -11,14 +11,18 @@
 
 namespace kvfold {
 
-int MaxCpuThreads() { return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+int MaxCpuThreads() {
+  return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 std::size_t DataParallelSlots(bool on_cpu) {
   if (!on_cpu) return 1;
   return static_cast<std::size_t>(std::max(1, at::get_num_threads()));
 }
 
-std::size_t DataParallelSlots(const ReferenceModel& model) { return DataParallelSlots(model.impl().device.is_cpu()); }
+std::size_t DataParallelSlots(const ReferenceModel& model) {
+  return DataParallelSlots(model.impl().device.is_cpu());
+}
 
 void RunDataParallel(const ReferenceModel& model, std::size_t count,
                      const std::function<void(std::size_t, std::size_t)>& run,

@@ -56,13 +56,15 @@ void CheckWindows(const std::vector<TokenWindow>& windows, const EvalOptions& op
   for (const auto& w : windows) {
     if (w.size() != windows.front().size()) Fail("eval", "windows differ in length");
   }
-  if (options.scored_from < 0 || options.scored_from >= static_cast<std::int64_t>(windows.front().size())) {
-    Fail("eval", "scored positions start at " + std::to_string(options.scored_from) + ", outside the window of " +
-                     std::to_string(windows.front().size()));
+  if (options.scored_from < 0 ||
+      options.scored_from >= static_cast<std::int64_t>(windows.front().size())) {
+    Fail("eval", "scored positions start at " + std::to_string(options.scored_from) +
+                     ", outside the window of " + std::to_string(windows.front().size()));
   }
 }
 
-PerplexityResult Finish(int windows, std::int64_t tokens, double nll_sum, double correct, double seconds) {
+PerplexityResult Finish(int windows, std::int64_t tokens, double nll_sum, double correct,
+                        double seconds) {
   PerplexityResult r;
   r.windows = windows;
   r.tokens_predicted = tokens;
@@ -86,7 +88,8 @@ double Correct(const at::Tensor& log_probs, const at::Tensor& targets) {
 
 std::string Rate(std::int64_t tokens, double seconds) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.0f tok/s", static_cast<double>(tokens) / std::max(seconds, 1e-9));
+  std::snprintf(buf, sizeof buf, "%.0f tok/s",
+                static_cast<double>(tokens) / std::max(seconds, 1e-9));
   return buf;
 }
 
@@ -142,15 +145,17 @@ Groups MakeGroups(const std::vector<TokenWindow>& windows, std::size_t per_group
   for (std::size_t first = 0; first < windows.size(); first += per_group, ++groups.total) {
     if (across_ranks && !OwnsItem(groups.total)) continue;
     const std::size_t count = std::min(per_group, windows.size() - first);
-    groups.batches.push_back(MakeBatch(windows, first, count, bos, model.config.vocab_size, model.device));
+    groups.batches.push_back(
+        MakeBatch(windows, first, count, bos, model.config.vocab_size, model.device));
     groups.index.push_back(groups.total);
   }
   return groups;
 }
 
 // The final residual streams of every group: one sweep, each layer fetched once.
-HiddenStateStore SweepGroups(const ReferenceModel::Impl& model, const Groups& groups, std::size_t per_group,
-                             const KvCachePolicy* cache, const std::function<void(std::int64_t)>& after_layer) {
+HiddenStateStore SweepGroups(const ReferenceModel::Impl& model, const Groups& groups,
+                             std::size_t per_group, const KvCachePolicy* cache,
+                             const std::function<void(std::int64_t)>& after_layer) {
   std::vector<at::Tensor> inputs;
   SweepOptions options;
   options.cache = cache;
@@ -160,11 +165,13 @@ HiddenStateStore SweepGroups(const ReferenceModel::Impl& model, const Groups& gr
     options.first_sequences.push_back(static_cast<std::int64_t>(groups.index[k] * per_group));
   }
   if (model.config.SharesKv() && cache != nullptr) {
-    Fail("--kv-cache", "decode-time cache policies on a model whose layers share K/V are not supported");
+    Fail("--kv-cache",
+         "decode-time cache policies on a model whose layers share K/V are not supported");
   }
   if (!model.DecodesTokenByToken()) return model.SweepHiddenStates(inputs, options);
   HiddenStateStore logits(UINT64_MAX);  // token by token: the logits themselves (see ScoredRows)
-  if (cache != nullptr) Fail("runtime", "token-by-token decoding takes no observer or cache policy");
+  if (cache != nullptr)
+    Fail("runtime", "token-by-token decoding takes no observer or cache policy");
   for (const auto& in : inputs) logits.Add(DecodeTokenByToken(model, in));
   return logits;
 }
@@ -179,17 +186,20 @@ struct ScoredRows {
 ScoredRows Scored(const ReferenceModel::Impl& model, const at::Tensor& swept, std::int64_t windows,
                   std::int64_t W, const ScoredPositions& scored) {
   const std::int64_t width = swept.size(-1);
-  return {swept.reshape({windows, W, width}).narrow(1, scored.begin, scored.count()).reshape({-1, width}),
+  return {swept.reshape({windows, W, width})
+              .narrow(1, scored.begin, scored.count())
+              .reshape({-1, width}),
           model.DecodesTokenByToken()};
 }
 
 // Log-probabilities of rows [begin, begin + count) of `scored`: logits are formed here, a chunk
 // of rows at a time, never as one [tokens x vocab] tensor.
-at::Tensor LogProbs(const ReferenceModel::Impl& model, const at::Tensor& head, const ScoredRows& scored,
-                    std::int64_t begin, std::int64_t count) {
+at::Tensor LogProbs(const ReferenceModel::Impl& model, const at::Tensor& head,
+                    const ScoredRows& scored, std::int64_t begin, std::int64_t count) {
   const at::Tensor rows = scored.rows.narrow(0, begin, count);
   if (scored.are_logits) return at::log_softmax(rows, -1);
-  return at::log_softmax(at::linear(RmsNorm(rows, model.final_norm, model.config.rms_norm_eps), head), -1);
+  return at::log_softmax(
+      at::linear(RmsNorm(rows, model.final_norm, model.config.rms_norm_eps), head), -1);
 }
 
 // Rows per chunk of logits: as asked, else about 8 Mi floats (32 MiB) of them.
@@ -212,8 +222,8 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
   Progress progress("eval", L + 1, "layers", options.progress);
   const Groups groups = MakeGroups(windows, per_group, bos, impl, options.across_ranks);
-  const HiddenStateStore hidden =
-      SweepGroups(impl, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(done); });
+  const HiddenStateStore hidden = SweepGroups(impl, groups, per_group, options.cache,
+                                              [&](std::int64_t done) { progress.Update(done); });
   const at::Tensor head = impl.LmHead();
   std::vector<GroupSums> sums(groups.total);
   RunDataParallel(
@@ -221,9 +231,12 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
       [&](std::size_t k, std::size_t) {
         const Batch& group = groups.batches[k];
         const std::size_t g = groups.index[k];
-        const ScoredRows rows = Scored(impl, hidden.Get(k, impl.device), group.inputs.size(0), W, scored);
-        const at::Tensor targets = group.targets.narrow(1, scored.begin, scored.count()).reshape({-1});
-        const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, impl.config.vocab_size);
+        const ScoredRows rows =
+            Scored(impl, hidden.Get(k, impl.device), group.inputs.size(0), W, scored);
+        const at::Tensor targets =
+            group.targets.narrow(1, scored.begin, scored.count()).reshape({-1});
+        const std::int64_t R = targets.size(0),
+                           chunk = RowsPerChunk(options, impl.config.vocab_size);
         for (std::int64_t begin = 0; begin < R; begin += chunk) {
           const std::int64_t count = std::min(chunk, R - begin);
           const at::Tensor lp = LogProbs(impl, head, rows, begin, count);
@@ -236,7 +249,8 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
       [](std::size_t) {});
   const GroupSums t = Total(std::move(sums), options.across_ranks);
   progress.Update(L + 1, Rate(t.tokens, progress.ElapsedSeconds()));
-  return Finish(static_cast<int>(windows.size()), t.tokens, t.nll_a, t.correct_a, progress.ElapsedSeconds());
+  return Finish(static_cast<int>(windows.size()), t.tokens, t.nll_a, t.correct_a,
+                progress.ElapsedSeconds());
 }
 
 ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel& other,
@@ -260,8 +274,8 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
   // One model after the other: each holds one layer at a time, both keep their hidden states.
   const HiddenStateStore hidden_a =
       SweepGroups(a, groups, per_group, nullptr, [&](std::int64_t done) { progress.Update(done); });
-  const HiddenStateStore hidden_b =
-      SweepGroups(b, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(La + done); });
+  const HiddenStateStore hidden_b = SweepGroups(
+      b, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(La + done); });
   const at::Tensor head_a = a.LmHead(), head_b = b.LmHead();
   std::vector<GroupSums> sums(groups.total);
   RunDataParallel(
@@ -271,7 +285,8 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
         const std::int64_t windows_in_group = group.inputs.size(0);
         const ScoredRows rows_a = Scored(a, hidden_a.Get(k, a.device), windows_in_group, W, scored);
         const ScoredRows rows_b = Scored(b, hidden_b.Get(k, b.device), windows_in_group, W, scored);
-        const at::Tensor targets = group.targets.narrow(1, scored.begin, scored.count()).reshape({-1});
+        const at::Tensor targets =
+            group.targets.narrow(1, scored.begin, scored.count()).reshape({-1});
         const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, a.config.vocab_size);
         GroupSums& s = sums[groups.index[k]];
         for (std::int64_t begin = 0; begin < R; begin += chunk) {

@@ -38,11 +38,11 @@ struct PerplexityResult {
 };
 
 struct ComparisonResult {
-  PerplexityResult base;   // the reference model ("original")
-  PerplexityResult other;  // the model under test
-  double kl = 0;            // mean over positions of KL(base || other), nats
+  PerplexityResult base;      // the reference model ("original")
+  PerplexityResult other;     // the model under test
+  double kl = 0;              // mean over positions of KL(base || other), nats
   double top1_agreement = 0;  // fraction of positions whose argmax agrees
-  double delta_nll = 0;     // other.mean_nll - base.mean_nll
+  double delta_nll = 0;       // other.mean_nll - base.mean_nll
 };
 
 // Each window w is fed as [bos] + w[0..W-2] and scored on w[scored_from..W-1]; with no BOS

@@ -13,7 +13,9 @@
 namespace kvfold {
 namespace {
 
-std::uint64_t Bytes(const at::Tensor& x) { return static_cast<std::uint64_t>(x.numel()) * sizeof(float); }
+std::uint64_t Bytes(const at::Tensor& x) {
+  return static_cast<std::uint64_t>(x.numel()) * sizeof(float);
+}
 
 std::string SpillFolder() {
   const char* tmp = std::getenv("TMPDIR");
@@ -57,7 +59,9 @@ void HiddenStateStore::OpenSpillFile() {
   // Unlinked at once: the file goes away with the process, however it ends.
   std::string path = SpillFolder() + "/kvfold-hidden-XXXXXX";
   fd_ = ::mkstemp(path.data());
-  if (fd_ < 0) Fail(SpillFolder(), std::string("cannot create the hidden-state spill file: ") + std::strerror(errno));
+  if (fd_ < 0)
+    Fail(SpillFolder(),
+         std::string("cannot create the hidden-state spill file: ") + std::strerror(errno));
   ::unlink(path.c_str());
 }
 
@@ -92,7 +96,8 @@ void HiddenStateStore::Put(std::size_t b, const at::Tensor& x) {
     batch.resident = x;
     return;
   }
-  if (x.sizes().vec() != batch.shape) Fail("hidden states", "internal error: a batch changed shape");
+  if (x.sizes().vec() != batch.shape)
+    Fail("hidden states", "internal error: a batch changed shape");
   const at::Tensor host = x.to(at::kCPU, at::kFloat).contiguous();
   WriteAt(fd_, host.data_ptr(), Bytes(host), batch.offset, SpillFileName());
 }

@@ -31,7 +31,7 @@ class HiddenStateStore {
 
  private:
   struct Batch {
-    at::Tensor resident;      // undefined when spilled
+    at::Tensor resident;  // undefined when spilled
     std::vector<std::int64_t> shape;
     std::uint64_t offset = 0;  // in the spill file
   };

@@ -15,10 +15,10 @@ namespace kvfold {
 
 // What query i reads of cached token j, per (layer, sequence, KV head): a bit set.
 enum CacheCode : std::uint8_t {
-  kCacheHidden = 0,       // evicted (or not yet cached)
-  kCacheVisible = 1,      // read
-  kCacheQuantKey = 2,     // ... with the key from the policy's stored (quantized) copy
-  kCacheQuantValue = 4,   // ... with the value from the stored copy
+  kCacheHidden = 0,      // evicted (or not yet cached)
+  kCacheVisible = 1,     // read
+  kCacheQuantKey = 2,    // ... with the key from the policy's stored (quantized) copy
+  kCacheQuantValue = 4,  // ... with the value from the stored copy
 };
 
 // Where a policy writes one (sequence, KV head): codes [T, T] (row = query), and the stored
@@ -45,18 +45,22 @@ class KvCachePolicy {
   virtual bool Untouched(int layer) const = 0;
 
   // True when the policy stores quantized keys/values for `layer` (HeadCacheOut keys/values).
-  virtual bool Quantizes(int layer) const { (void)layer; return false; }
+  virtual bool Quantizes(int layer) const {
+    (void)layer;
+    return false;
+  }
 
   // Fills `out` for KV head `g` of batch row `b`. `qkv` holds the layer's rotated rows
   // (QkvLayout); `sequence` is the row's global index in the evaluation (seeds must not depend
   // on batching). Causality is the policy's job: codes for j > i must be kCacheHidden.
-  virtual void HeadCache(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b, std::int64_t g,
-                         std::int64_t sequence, const HeadCacheOut& out) const = 0;
+  virtual void HeadCache(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b,
+                         std::int64_t g, std::int64_t sequence, const HeadCacheOut& out) const = 0;
 
   // Mean storage bits per KV element over decode steps i in [from, tokens), relative to the
   // full cache of i + 1 tokens (evicted tokens count 0 bits; the full cache is 16), with the
   // quantization scales counted. The average over layers and heads.
-  virtual double AverageBits(std::int64_t tokens, std::int64_t from, std::int64_t head_dim) const = 0;
+  virtual double AverageBits(std::int64_t tokens, std::int64_t from,
+                             std::int64_t head_dim) const = 0;
 };
 
 }  // namespace kvfold

@@ -19,9 +19,12 @@ struct PolicyName {
   const char* name;
 };
 constexpr PolicyName kPolicies[] = {
-    {EvictPolicy::kL2Low, "l2-low"},   {EvictPolicy::kL2High, "l2-high"},
-    {EvictPolicy::kRandom, "random"},  {EvictPolicy::kRecent, "recent"},
-    {EvictPolicy::kAttentionOracle, "attention-oracle"}, {EvictPolicy::kTable, "table"},
+    {EvictPolicy::kL2Low, "l2-low"},
+    {EvictPolicy::kL2High, "l2-high"},
+    {EvictPolicy::kRandom, "random"},
+    {EvictPolicy::kRecent, "recent"},
+    {EvictPolicy::kAttentionOracle, "attention-oracle"},
+    {EvictPolicy::kTable, "table"},
 };
 
 // SplitMix64: a tiny, well-mixed generator; seeds derived from it are independent of batching.
@@ -37,7 +40,9 @@ class Rng {
   explicit Rng(std::uint64_t seed) : state_(seed) {}
   std::uint64_t Next() { return state_ = Mix(state_); }
   double Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }
-  std::size_t Below(std::size_t n) { return static_cast<std::size_t>(Uniform() * static_cast<double>(n)); }
+  std::size_t Below(std::size_t n) {
+    return static_cast<std::size_t>(Uniform() * static_cast<double>(n));
+  }
 
  private:
   std::uint64_t state_;
@@ -51,8 +56,9 @@ double KeyNorm(const HeadTensors& x, std::int64_t j) {
 }
 
 // Softmax over `keys` (token indices) of query head h at token i, added into acc[key].
-void AccumulateAttention(const HeadTensors& x, std::int64_t i, const std::vector<std::int64_t>& keys,
-                         std::vector<double>& acc, std::vector<double>& scratch) {
+void AccumulateAttention(const HeadTensors& x, std::int64_t i,
+                         const std::vector<std::int64_t>& keys, std::vector<double>& acc,
+                         std::vector<double>& scratch) {
   scratch.resize(keys.size());
   for (std::int64_t h = 0; h < x.group; ++h) {
     const float* q = x.queries + i * x.query_stride + h * x.head_dim;
@@ -66,18 +72,24 @@ void AccumulateAttention(const HeadTensors& x, std::int64_t i, const std::vector
     }
     double sum = 0;
     for (double& s : scratch) sum += (s = std::exp(s - m));
-    for (std::size_t n = 0; n < keys.size(); ++n) acc[static_cast<std::size_t>(keys[n])] += scratch[n] / sum;
+    for (std::size_t n = 0; n < keys.size(); ++n)
+      acc[static_cast<std::size_t>(keys[n])] += scratch[n] / sum;
   }
 }
 
 // Keep score per token (higher = kept first) for policies that rank without attention.
 double KeepScore(EvictPolicy policy, const HeadTensors& x, std::int64_t j, Rng& rng) {
   switch (policy) {
-    case EvictPolicy::kL2Low: return -KeyNorm(x, j);
-    case EvictPolicy::kL2High: return KeyNorm(x, j);
-    case EvictPolicy::kRecent: return static_cast<double>(j);
-    case EvictPolicy::kRandom: return rng.Uniform();
-    default: Fail(kWhere, "internal: no static score for this policy");
+    case EvictPolicy::kL2Low:
+      return -KeyNorm(x, j);
+    case EvictPolicy::kL2High:
+      return KeyNorm(x, j);
+    case EvictPolicy::kRecent:
+      return static_cast<double>(j);
+    case EvictPolicy::kRandom:
+      return rng.Uniform();
+    default:
+      Fail(kWhere, "internal: no static score for this policy");
   }
 }
 
@@ -93,11 +105,13 @@ void PrefillVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t
       AccumulateAttention(x, i, seen, score, scratch);
     }
     if (e.oracle_mean) {
-      for (std::int64_t j = 0; j < P; ++j) score[static_cast<std::size_t>(j)] /= static_cast<double>(P - j);
+      for (std::int64_t j = 0; j < P; ++j)
+        score[static_cast<std::size_t>(j)] /= static_cast<double>(P - j);
     }
   } else {
     Rng rng(e.seed);
-    for (std::int64_t j = 0; j < P; ++j) score[static_cast<std::size_t>(j)] = KeepScore(e.policy, x, j, rng);
+    for (std::int64_t j = 0; j < P; ++j)
+      score[static_cast<std::size_t>(j)] = KeepScore(e.policy, x, j, rng);
   }
   std::vector<std::int64_t> order(static_cast<std::size_t>(P));
   std::iota(order.begin(), order.end(), 0);
@@ -105,7 +119,8 @@ void PrefillVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t
     return score[static_cast<std::size_t>(a)] > score[static_cast<std::size_t>(b)];
   });
   std::vector<std::uint8_t> kept(static_cast<std::size_t>(P), 0);
-  for (std::int64_t n = 0; n < std::min(keep, P); ++n) kept[static_cast<std::size_t>(order[static_cast<std::size_t>(n)])] = 1;
+  for (std::int64_t n = 0; n < std::min(keep, P); ++n)
+    kept[static_cast<std::size_t>(order[static_cast<std::size_t>(n)])] = 1;
   for (std::int64_t i = 0; i < T; ++i) {
     std::uint8_t* row = visible + i * T;
     for (std::int64_t j = 0; j < T; ++j) {
@@ -118,7 +133,8 @@ void StreamVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t*
   const std::int64_t T = x.tokens;
   std::fill(visible, visible + T * T, std::uint8_t{0});
   std::vector<std::int64_t> cache;  // token indices, oldest first
-  std::vector<double> score(static_cast<std::size_t>(T), 0.0), received(static_cast<std::size_t>(T), 0.0), scratch;
+  std::vector<double> score(static_cast<std::size_t>(T), 0.0),
+      received(static_cast<std::size_t>(T), 0.0), scratch;
   Rng rng(e.seed);
   const bool oracle = e.policy == EvictPolicy::kAttentionOracle;
   for (std::int64_t i = 0; i < T; ++i) {
@@ -126,8 +142,8 @@ void StreamVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t*
     if (oracle) {
       AccumulateAttention(x, i, cache, received, scratch);
       for (std::int64_t j : cache) {
-        score[static_cast<std::size_t>(j)] =
-            received[static_cast<std::size_t>(j)] / (e.oracle_mean ? static_cast<double>(i - j + 1) : 1.0);
+        score[static_cast<std::size_t>(j)] = received[static_cast<std::size_t>(j)] /
+                                             (e.oracle_mean ? static_cast<double>(i - j + 1) : 1.0);
       }
     } else if (e.policy != EvictPolicy::kRandom) {
       score[static_cast<std::size_t>(i)] = KeepScore(e.policy, x, i, rng);
@@ -140,7 +156,9 @@ void StreamVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_t*
         victim = rng.Below(cache.size());
       } else {
         for (std::size_t n = 1; n < cache.size(); ++n) {  // strict <: the older token loses ties
-          if (score[static_cast<std::size_t>(cache[n])] < score[static_cast<std::size_t>(cache[victim])]) victim = n;
+          if (score[static_cast<std::size_t>(cache[n])] <
+              score[static_cast<std::size_t>(cache[victim])])
+            victim = n;
         }
       }
       cache.erase(cache.begin() + static_cast<std::ptrdiff_t>(victim));
@@ -159,7 +177,8 @@ const char* EvictPolicyName(EvictPolicy policy) {
 
 std::string EvictionSpec::Text() const {
   std::ostringstream o;
-  o << "evict<policy=" << EvictPolicyName(policy) << ",regime=" << (regime == EvictRegime::kPrefill ? "prefill" : "stream");
+  o << "evict<policy=" << EvictPolicyName(policy)
+    << ",regime=" << (regime == EvictRegime::kPrefill ? "prefill" : "stream");
   if (max_cache > 0) {
     o << ",max=" << max_cache;
   } else if (policy != EvictPolicy::kTable) {
@@ -185,11 +204,16 @@ EvictionSpec ParseEvictionSpec(const std::string& text) {
       for (const auto& p : kPolicies) {
         if (value == p.name) spec.policy = p.policy, found = true;
       }
-      if (!found) Fail(kWhere, "policy=" + value + " is not one of l2-low|l2-high|random|recent|attention-oracle|table");
+      if (!found)
+        Fail(kWhere, "policy=" + value +
+                         " is not one of l2-low|l2-high|random|recent|attention-oracle|table");
     } else if (key == "regime") {
-      if (value == "prefill") spec.regime = EvictRegime::kPrefill;
-      else if (value == "stream") spec.regime = EvictRegime::kStream;
-      else Fail(kWhere, "regime=" + value + " is not one of prefill|stream");
+      if (value == "prefill")
+        spec.regime = EvictRegime::kPrefill;
+      else if (value == "stream")
+        spec.regime = EvictRegime::kStream;
+      else
+        Fail(kWhere, "regime=" + value + " is not one of prefill|stream");
     } else if (key == "keep") {
       spec.keep = SpecFraction(key, value, false);
       has_keep = true;
@@ -204,19 +228,26 @@ EvictionSpec ParseEvictionSpec(const std::string& text) {
     } else if (key == "table") {
       spec.table = value;
     } else if (key == "score") {
-      if (value != "sum" && value != "mean") Fail(kWhere, "score=" + value + " is not one of sum|mean");
+      if (value != "sum" && value != "mean")
+        Fail(kWhere, "score=" + value + " is not one of sum|mean");
       spec.oracle_mean = value == "mean";
       has_score = true;
     } else {
-      Fail(kWhere, "unknown key '" + key + "' (policy, regime, keep, max, prefix, skip, seed, score, table)");
+      Fail(kWhere, "unknown key '" + key +
+                       "' (policy, regime, keep, max, prefix, skip, seed, score, table)");
     }
   }
-  if (spec.max_cache > 0 && spec.regime != EvictRegime::kStream) Fail(kWhere, "max= applies to regime=stream only");
+  if (spec.max_cache > 0 && spec.regime != EvictRegime::kStream)
+    Fail(kWhere, "max= applies to regime=stream only");
   if (spec.max_cache > 0 && has_keep) Fail(kWhere, "give keep= or max=, not both");
-  if (spec.prefix > 0 && spec.regime != EvictRegime::kPrefill) Fail(kWhere, "prefix= applies to regime=prefill only");
-  if (spec.policy == EvictPolicy::kTable && has_keep) Fail(kWhere, "policy=table takes each head's keep ratio from the table");
-  if (spec.policy != EvictPolicy::kTable && !spec.table.empty()) Fail(kWhere, "table= needs policy=table");
-  if (has_score && spec.policy != EvictPolicy::kAttentionOracle) Fail(kWhere, "score= applies to policy=attention-oracle");
+  if (spec.prefix > 0 && spec.regime != EvictRegime::kPrefill)
+    Fail(kWhere, "prefix= applies to regime=prefill only");
+  if (spec.policy == EvictPolicy::kTable && has_keep)
+    Fail(kWhere, "policy=table takes each head's keep ratio from the table");
+  if (spec.policy != EvictPolicy::kTable && !spec.table.empty())
+    Fail(kWhere, "table= needs policy=table");
+  if (has_score && spec.policy != EvictPolicy::kAttentionOracle)
+    Fail(kWhere, "score= applies to policy=attention-oracle");
   return spec;
 }
 
@@ -228,7 +259,8 @@ std::int64_t CachedTokens(const HeadEviction& e, std::int64_t T, std::int64_t i)
   if (e.regime == EvictRegime::kPrefill) {
     const std::int64_t P = std::min(e.prefix, T);
     if (i < P) return i + 1;
-    return std::min(P, static_cast<std::int64_t>(std::llround(e.keep * static_cast<double>(P)))) + (i - P + 1);
+    return std::min(P, static_cast<std::int64_t>(std::llround(e.keep * static_cast<double>(P)))) +
+           (i - P + 1);
   }
   // Stream: the cache after step i - 1, plus token i.
   if (i == 0) return 1;
@@ -250,15 +282,21 @@ EvictionCachePolicy::EvictionCachePolicy(const EvictionSpec& spec, const ModelCo
   const std::int64_t layers = config.num_hidden_layers;
   heads_.assign(static_cast<std::size_t>(layers * kv_heads_), HeadSetting{false, spec.keep});
   for (int l : spec.skip_layers) {
-    if (l >= layers) Fail(kWhere, "skip layer " + std::to_string(l) + " does not exist (the model has " + std::to_string(layers) + ")");
-    for (std::int64_t g = 0; g < kv_heads_; ++g) heads_[static_cast<std::size_t>(l * kv_heads_ + g)].skip = true;
+    if (l >= layers)
+      Fail(kWhere, "skip layer " + std::to_string(l) + " does not exist (the model has " +
+                       std::to_string(layers) + ")");
+    for (std::int64_t g = 0; g < kv_heads_; ++g)
+      heads_[static_cast<std::size_t>(l * kv_heads_ + g)].skip = true;
   }
   if (spec.policy == EvictPolicy::kTable) {
-    if (spec.table.empty()) Fail(kWhere, "policy=table needs table=PATH (or a model folder with " + std::string(kEvictionTableJson) + ")");
+    if (spec.table.empty())
+      Fail(kWhere, "policy=table needs table=PATH (or a model folder with " +
+                       std::string(kEvictionTableJson) + ")");
     const EvictionTable table = ReadEvictionTable(spec.table);
     if (table.layers != layers || table.kv_heads != kv_heads_) {
-      Fail(spec.table, "table is for " + std::to_string(table.layers) + " layers x " + std::to_string(table.kv_heads) +
-                           " KV heads, the model has " + std::to_string(layers) + " x " + std::to_string(kv_heads_));
+      Fail(spec.table, "table is for " + std::to_string(table.layers) + " layers x " +
+                           std::to_string(table.kv_heads) + " KV heads, the model has " +
+                           std::to_string(layers) + " x " + std::to_string(kv_heads_));
     }
     for (std::int64_t l = 0; l < layers; ++l) {
       for (std::int64_t g = 0; g < kv_heads_; ++g) {
@@ -278,8 +316,9 @@ bool EvictionCachePolicy::Untouched(int layer) const {
   return true;
 }
 
-void EvictionCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L, std::int64_t b, std::int64_t g,
-                                    std::int64_t sequence, const HeadCacheOut& out) const {
+void EvictionCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L, std::int64_t b,
+                                    std::int64_t g, std::int64_t sequence,
+                                    const HeadCacheOut& out) const {
   std::uint8_t* visible = out.codes;
   const std::int64_t T = L.tokens, d = L.head_dim, group = L.heads / L.kv_heads;
   const HeadSetting& setting = heads_[static_cast<std::size_t>(layer * kv_heads_ + g)];
@@ -306,7 +345,8 @@ void EvictionCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout
   e.max_cache = spec_.max_cache;
   e.prefix = PrefixLength(spec_, T);
   e.oracle_mean = spec_.oracle_mean;
-  e.seed = Mix(Mix(Mix(Mix(spec_.seed) ^ static_cast<std::uint64_t>(layer)) ^ static_cast<std::uint64_t>(sequence)) ^
+  e.seed = Mix(Mix(Mix(Mix(spec_.seed) ^ static_cast<std::uint64_t>(layer)) ^
+                   static_cast<std::uint64_t>(sequence)) ^
                static_cast<std::uint64_t>(g));
   EvictionVisibility(e, x, visible);
 }

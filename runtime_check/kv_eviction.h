@@ -78,7 +78,8 @@ struct HeadTensors {
 };
 
 // visible[i * T + j] = 1 when query i reads key j (causal, after the policy's evictions).
-void EvictionVisibility(const HeadEviction& eviction, const HeadTensors& head, std::uint8_t* visible);
+void EvictionVisibility(const HeadEviction& eviction, const HeadTensors& head,
+                        std::uint8_t* visible);
 
 // Tokens in the cache that query i reads (T tokens, the rules above), without any key data.
 std::int64_t CachedTokens(const HeadEviction& eviction, std::int64_t tokens, std::int64_t i);
@@ -89,8 +90,8 @@ class EvictionCachePolicy : public KvCachePolicy {
   // Reads spec.table when policy=table; throws Error when it does not fit `config`.
   EvictionCachePolicy(const EvictionSpec& spec, const ModelConfig& config);
   bool Untouched(int layer) const override;
-  void HeadCache(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b, std::int64_t g,
-                 std::int64_t sequence, const HeadCacheOut& out) const override;
+  void HeadCache(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b,
+                 std::int64_t g, std::int64_t sequence, const HeadCacheOut& out) const override;
   double AverageBits(std::int64_t tokens, std::int64_t from, std::int64_t head_dim) const override;
 
  private:

@@ -5,8 +5,8 @@
 #include <cstring>
 #include <sstream>
 
-#include "formats/error.h"
 #include "calib/quantizers.h"
+#include "formats/error.h"
 #include "runtime_check/spec_text.h"
 
 namespace kvfold {
@@ -18,8 +18,10 @@ struct SchemeName {
   QuantScheme scheme;
   const char* name;
 };
-constexpr SchemeName kSchemes[] = {{QuantScheme::kRtn, "rtn"}, {QuantScheme::kKivi, "kivi"},
-                                   {QuantScheme::kFp8, "fp8"}, {QuantScheme::kMikv, "mikv"}};
+constexpr SchemeName kSchemes[] = {{QuantScheme::kRtn, "rtn"},
+                                   {QuantScheme::kKivi, "kivi"},
+                                   {QuantScheme::kFp8, "fp8"},
+                                   {QuantScheme::kMikv, "mikv"}};
 
 const char* SchemeText(QuantScheme s) {
   for (const auto& n : kSchemes) {
@@ -29,25 +31,30 @@ const char* SchemeText(QuantScheme s) {
 }
 
 // Copies head g's keys and values of batch row b into the stored copies ([T, d] each).
-void CopyHead(const float* qkv, const QkvLayout& L, std::int64_t b, std::int64_t g, const HeadCacheOut& out) {
+void CopyHead(const float* qkv, const QkvLayout& L, std::int64_t b, std::int64_t g,
+              const HeadCacheOut& out) {
   const std::int64_t T = L.tokens, d = L.head_dim;
   for (std::int64_t t = 0; t < T; ++t) {
     const float* r = qkv + (b * T + t) * L.row();
-    std::memcpy(out.keys + t * d, r + (L.heads + g) * d, sizeof(float) * static_cast<std::size_t>(d));
-    std::memcpy(out.values + t * d, r + (L.heads + L.kv_heads + g) * d, sizeof(float) * static_cast<std::size_t>(d));
+    std::memcpy(out.keys + t * d, r + (L.heads + g) * d,
+                sizeof(float) * static_cast<std::size_t>(d));
+    std::memcpy(out.values + t * d, r + (L.heads + L.kv_heads + g) * d,
+                sizeof(float) * static_cast<std::size_t>(d));
   }
 }
 
 // Per-token asymmetric groups of `group` channels over [T, d] rows.
 void QuantizePerToken(float* x, std::int64_t T, std::int64_t d, std::int64_t group, int bits) {
   for (std::int64_t t = 0; t < T; ++t) {
-    for (std::int64_t c = 0; c < d; c += group) FakeQuantAsymmetric(x + t * d + c, std::min(group, d - c), 1, bits);
+    for (std::int64_t c = 0; c < d; c += group)
+      FakeQuantAsymmetric(x + t * d + c, std::min(group, d - c), 1, bits);
   }
 }
 
 void FillCausal(std::uint8_t* codes, std::int64_t T, std::uint8_t code) {
   for (std::int64_t i = 0; i < T; ++i) {
-    for (std::int64_t j = 0; j < T; ++j) codes[i * T + j] = j <= i ? code : std::uint8_t{kCacheHidden};
+    for (std::int64_t j = 0; j < T; ++j)
+      codes[i * T + j] = j <= i ? code : std::uint8_t{kCacheHidden};
   }
 }
 
@@ -100,7 +107,8 @@ QuantSpec ParseQuantSpec(const std::string& text) {
     } else if (key == "recent") {
       s.recent = SpecFraction(key, value, true);
     } else if (key == "key-axis") {
-      if (value != "token" && value != "channel") Fail(kWhere, "key-axis=" + value + " is not one of token|channel");
+      if (value != "token" && value != "channel")
+        Fail(kWhere, "key-axis=" + value + " is not one of token|channel");
       s.key_channel = value == "channel";
     } else if (key == "protect") {
       s.protect = SpecIntList(key, value);
@@ -108,21 +116,27 @@ QuantSpec ParseQuantSpec(const std::string& text) {
       s.table = value;
     } else {
       Fail(kWhere, "unknown key '" + key +
-                       "' (scheme, bits, key-bits, value-bits, hi-bits, group, block, keep, recent, key-axis, protect, table)");
+                       "' (scheme, bits, key-bits, value-bits, hi-bits, group, block, keep, "
+                       "recent, key-axis, protect, table)");
     }
   }
   const bool mikv = s.scheme == QuantScheme::kMikv;
-  if (!mikv && (s.key_bits == 0 || s.value_bits == 0)) Fail(kWhere, "bits=0 (evict) applies to scheme=mikv only");
-  if (mikv && (s.key_bits == 0) != (s.value_bits == 0)) Fail(kWhere, "mikv evicts keys and values together: both bits 0 or neither");
-  if (s.key_channel && !mikv) Fail(kWhere, "key-axis applies to scheme=mikv (kivi keys are always per-channel)");
+  if (!mikv && (s.key_bits == 0 || s.value_bits == 0))
+    Fail(kWhere, "bits=0 (evict) applies to scheme=mikv only");
+  if (mikv && (s.key_bits == 0) != (s.value_bits == 0))
+    Fail(kWhere, "mikv evicts keys and values together: both bits 0 or neither");
+  if (s.key_channel && !mikv)
+    Fail(kWhere, "key-axis applies to scheme=mikv (kivi keys are always per-channel)");
   if (!s.table.empty() && (!mikv || items.size() != 2)) {
     Fail(kWhere, "table= goes with scheme=mikv alone: the table holds every other setting");
   }
-  if (s.key_channel) Fail(kWhere, "key-axis=channel needs the calibrated ranges of a kv-mixed table (table=PATH)");
+  if (s.key_channel)
+    Fail(kWhere, "key-axis=channel needs the calibrated ranges of a kv-mixed table (table=PATH)");
   return s;
 }
 
-QuantCachePolicy::QuantCachePolicy(const QuantSpec& spec, const ModelConfig& c, QuantCalibration calibration)
+QuantCachePolicy::QuantCachePolicy(const QuantSpec& spec, const ModelConfig& c,
+                                   QuantCalibration calibration)
     : spec_(spec),
       layers_(c.num_hidden_layers),
       kv_heads_(c.num_key_value_heads),
@@ -130,13 +144,19 @@ QuantCachePolicy::QuantCachePolicy(const QuantSpec& spec, const ModelConfig& c, 
       calibration_(std::move(calibration)) {
   if (spec_.group == 0 || spec_.group > head_dim_) spec_.group = head_dim_;
   for (int l : spec_.protect) {
-    if (l >= layers_) Fail(kWhere, "protect layer " + std::to_string(l) + " does not exist (the model has " + std::to_string(layers_) + ")");
+    if (l >= layers_)
+      Fail(kWhere, "protect layer " + std::to_string(l) + " does not exist (the model has " +
+                       std::to_string(layers_) + ")");
   }
   const auto heads = static_cast<std::size_t>(layers_ * kv_heads_);
-  if (spec_.scheme == QuantScheme::kFp8 && (calibration_.k_scale.size() != heads || calibration_.v_scale.size() != heads)) {
-    Fail(kWhere, "scheme=fp8 needs the checkpoint's self_attn.k_scale/v_scale (run the kv-scales pass first)");
+  if (spec_.scheme == QuantScheme::kFp8 &&
+      (calibration_.k_scale.size() != heads || calibration_.v_scale.size() != heads)) {
+    Fail(kWhere,
+         "scheme=fp8 needs the checkpoint's self_attn.k_scale/v_scale (run the kv-scales pass "
+         "first)");
   }
-  if (spec_.key_channel && calibration_.key_min.size() != heads * static_cast<std::size_t>(head_dim_)) {
+  if (spec_.key_channel &&
+      calibration_.key_min.size() != heads * static_cast<std::size_t>(head_dim_)) {
     Fail(kWhere, "key-axis=channel needs per-channel key ranges for every layer and KV head");
   }
 }
@@ -152,11 +172,12 @@ bool QuantCachePolicy::Quantizes(int layer) const {
 
 std::int64_t QuantCachePolicy::HighPrecisionTokens(std::int64_t i) const {
   if (i == 0) return 1;
-  return std::min(i, RatioCapacity(spec_.keep, i)) + 1;  // the high cache after step i - 1, plus token i
+  return std::min(i, RatioCapacity(spec_.keep, i)) +
+         1;  // the high cache after step i - 1, plus token i
 }
 
-void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L, std::int64_t b, std::int64_t g,
-                                 std::int64_t, const HeadCacheOut& out) const {
+void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L, std::int64_t b,
+                                 std::int64_t g, std::int64_t, const HeadCacheOut& out) const {
   const std::int64_t T = L.tokens, d = L.head_dim;
   const bool stored = Quantizes(layer);
   if (stored) CopyHead(qkv, L, b, g, out);
@@ -177,14 +198,17 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
       QuantizePerToken(out.values, T, d, spec_.group, spec_.value_bits);
       const std::int64_t B = spec_.block;
       for (std::int64_t start = 0; start + B <= T; start += B) {  // complete blocks, per channel
-        for (std::int64_t c = 0; c < d; ++c) FakeQuantAsymmetric(out.keys + start * d + c, B, d, spec_.key_bits);
+        for (std::int64_t c = 0; c < d; ++c)
+          FakeQuantAsymmetric(out.keys + start * d + c, B, d, spec_.key_bits);
       }
       for (std::int64_t i = 0; i < T; ++i) {
         for (std::int64_t j = 0; j < T; ++j) {
           // j's block is stored quantized once its last token has been cached.
           const bool block_done = (j / B + 1) * B - 1 <= i;
-          out.codes[i * T + j] = j > i ? std::uint8_t{kCacheHidden}
-                                       : static_cast<std::uint8_t>(kCacheVisible | kCacheQuantValue | (block_done ? kCacheQuantKey : 0));
+          out.codes[i * T + j] = j > i
+                                     ? std::uint8_t{kCacheHidden}
+                                     : static_cast<std::uint8_t>(kCacheVisible | kCacheQuantValue |
+                                                                 (block_done ? kCacheQuantKey : 0));
         }
       }
       return;
@@ -199,7 +223,8 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
     if (spec_.key_channel) {
       const float* lo = calibration_.key_min.data() + head * static_cast<std::size_t>(d);
       const float* hi = calibration_.key_max.data() + head * static_cast<std::size_t>(d);
-      for (std::int64_t c = 0; c < d; ++c) FakeQuantAsymmetricRange(out.keys + c, T, d, spec_.key_bits, lo[c], hi[c]);
+      for (std::int64_t c = 0; c < d; ++c)
+        FakeQuantAsymmetricRange(out.keys + c, T, d, spec_.key_bits, lo[c], hi[c]);
     } else {
       QuantizePerToken(out.keys, T, d, spec_.group, spec_.key_bits);
     }
@@ -217,7 +242,8 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
     high_list.push_back(i);
     std::uint8_t* row = out.codes + i * T;
     for (std::int64_t j = 0; j <= i; ++j) {
-      row[j] = high[static_cast<std::size_t>(j)] ? std::uint8_t{kCacheVisible} : (evict ? std::uint8_t{kCacheHidden} : all);
+      row[j] = high[static_cast<std::size_t>(j)] ? std::uint8_t{kCacheVisible}
+                                                 : (evict ? std::uint8_t{kCacheHidden} : all);
     }
     // Attention of the group's queries over what the cache holds now (importance, H2O).
     for (std::int64_t h = 0; h < group; ++h) {
@@ -225,7 +251,8 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
       double m = -INFINITY;
       for (std::int64_t j = 0; j <= i; ++j) {
         if (!row[j]) continue;
-        const float* k = (row[j] & kCacheQuantKey) ? out.keys + j * d : rows + j * L.row() + (L.heads + g) * d;
+        const float* k =
+            (row[j] & kCacheQuantKey) ? out.keys + j * d : rows + j * L.row() + (L.heads + g) * d;
         double dot = 0;
         for (std::int64_t c = 0; c < d; ++c) dot += double(q[c]) * k[c];
         s[static_cast<std::size_t>(j)] = dot * scale;
@@ -233,7 +260,8 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
       }
       double z = 0;
       for (std::int64_t j = 0; j <= i; ++j) {
-        if (row[j]) z += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
+        if (row[j])
+          z += (s[static_cast<std::size_t>(j)] = std::exp(s[static_cast<std::size_t>(j)] - m));
       }
       for (std::int64_t j = 0; j <= i; ++j) {
         if (row[j]) received[static_cast<std::size_t>(j)] += s[static_cast<std::size_t>(j)] / z;
@@ -242,13 +270,18 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
     // Trim the high-precision set to its budget: the newest `recent` share stays, the least
     // attended of the rest is demoted (older first on ties).
     const std::int64_t capacity = RatioCapacity(spec_.keep, i + 1);
-    const auto protected_recent = static_cast<std::int64_t>(std::floor(spec_.recent * static_cast<double>(capacity)));
+    const auto protected_recent =
+        static_cast<std::int64_t>(std::floor(spec_.recent * static_cast<double>(capacity)));
     while (static_cast<std::int64_t>(high_list.size()) > capacity) {
-      const std::size_t candidates = high_list.size() - static_cast<std::size_t>(std::min<std::int64_t>(
-                                                              protected_recent, static_cast<std::int64_t>(high_list.size()) - 1));
+      const std::size_t candidates =
+          high_list.size() -
+          static_cast<std::size_t>(std::min<std::int64_t>(
+              protected_recent, static_cast<std::int64_t>(high_list.size()) - 1));
       std::size_t victim = 0;
       for (std::size_t n = 1; n < candidates; ++n) {
-        if (received[static_cast<std::size_t>(high_list[n])] < received[static_cast<std::size_t>(high_list[victim])]) victim = n;
+        if (received[static_cast<std::size_t>(high_list[n])] <
+            received[static_cast<std::size_t>(high_list[victim])])
+          victim = n;
       }
       high[static_cast<std::size_t>(high_list[victim])] = 0;
       high_list.erase(high_list.begin() + static_cast<std::ptrdiff_t>(victim));
@@ -264,21 +297,26 @@ double QuantCachePolicy::AverageBits(std::int64_t T, std::int64_t from, std::int
     full += n;
     switch (spec_.scheme) {
       case QuantScheme::kRtn:
-        per_step_quantized += n * (AsymmetricBits(spec_.key_bits, group) + AsymmetricBits(spec_.value_bits, group)) / 2;
+        per_step_quantized +=
+            n * (AsymmetricBits(spec_.key_bits, group) + AsymmetricBits(spec_.value_bits, group)) /
+            2;
         break;
       case QuantScheme::kFp8:
         per_step_quantized += n * 8;
         break;
       case QuantScheme::kKivi: {
         const auto blocked = static_cast<double>((i + 1) / spec_.block * spec_.block);
-        const double key = blocked * AsymmetricBits(spec_.key_bits, spec_.block) + (n - blocked) * 16;
+        const double key =
+            blocked * AsymmetricBits(spec_.key_bits, spec_.block) + (n - blocked) * 16;
         per_step_quantized += (key + n * AsymmetricBits(spec_.value_bits, group)) / 2;
         break;
       }
       case QuantScheme::kMikv: {
         const auto high = static_cast<double>(HighPrecisionTokens(i));
-        const double key = spec_.key_channel ? spec_.key_bits : AsymmetricBits(spec_.key_bits, group);
-        const double low = spec_.key_bits == 0 ? 0 : (key + AsymmetricBits(spec_.value_bits, group)) / 2;
+        const double key =
+            spec_.key_channel ? spec_.key_bits : AsymmetricBits(spec_.key_bits, group);
+        const double low =
+            spec_.key_bits == 0 ? 0 : (key + AsymmetricBits(spec_.value_bits, group)) / 2;
         per_step_quantized += high * spec_.hi_bits + (n - high) * low;
         break;
       }
@@ -286,7 +324,8 @@ double QuantCachePolicy::AverageBits(std::int64_t T, std::int64_t from, std::int
   }
   const double quantized = per_step_quantized / full;
   const auto protected_layers = static_cast<double>(spec_.protect.size());
-  return (protected_layers * 16 + (static_cast<double>(layers_) - protected_layers) * quantized) / static_cast<double>(layers_);
+  return (protected_layers * 16 + (static_cast<double>(layers_) - protected_layers) * quantized) /
+         static_cast<double>(layers_);
 }
 
 }  // namespace kvfold

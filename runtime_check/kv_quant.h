@@ -61,8 +61,8 @@ class QuantCachePolicy : public KvCachePolicy {
   QuantCachePolicy(const QuantSpec& spec, const ModelConfig& config, QuantCalibration calibration);
   bool Untouched(int layer) const override;
   bool Quantizes(int layer) const override;
-  void HeadCache(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b, std::int64_t g,
-                 std::int64_t sequence, const HeadCacheOut& out) const override;
+  void HeadCache(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b,
+                 std::int64_t g, std::int64_t sequence, const HeadCacheOut& out) const override;
   double AverageBits(std::int64_t tokens, std::int64_t from, std::int64_t head_dim) const override;
 
   // Tokens in high precision that query i reads, for mikv (T tokens); the rest are low.

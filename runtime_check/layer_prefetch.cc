@@ -17,9 +17,11 @@ LayerPrefetch::~LayerPrefetch() {
 
 std::shared_ptr<const LlamaLayerWeights> LayerPrefetch::Take(std::int64_t l) {
   if (taken_ >= order_.size() || order_[taken_] != l) {
-    Fail("runtime", "internal error: layer " + std::to_string(l) + " taken out of the sweep's order");
+    Fail("runtime",
+         "internal error: layer " + std::to_string(l) + " taken out of the sweep's order");
   }
-  std::shared_ptr<const LlamaLayerWeights> weights = next_.valid() ? next_.get() : model_.LayerWeights(l);
+  std::shared_ptr<const LlamaLayerWeights> weights =
+      next_.valid() ? next_.get() : model_.LayerWeights(l);
   ++taken_;
   if (model_.streamed != nullptr && model_.prefetch_layers && taken_ < order_.size()) {
     const std::int64_t following = order_[taken_];

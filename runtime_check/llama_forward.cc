@@ -1,8 +1,8 @@
 // The reference forward pass of the Llama family, batched over equal-length sequences.
 #include "runtime_check/llama_forward.h"
 
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -23,18 +23,21 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 }
 
 // Angles are formed in double: at position 255 a float32 angle would already be off by ~1e-5 rad.
-std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, const ModelConfig& config, const at::Device& device) {
+std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, const ModelConfig& config,
+                                             const at::Device& device) {
   const std::int64_t half = config.head_dim / 2;
-  const std::vector<double> inv_freq = RopeInverseFrequencies(config.rope_scaling, config.rope_theta, config.head_dim,
-                                                              config.max_position_embeddings, T);
+  const std::vector<double> inv_freq = RopeInverseFrequencies(
+      config.rope_scaling, config.rope_theta, config.head_dim, config.max_position_embeddings, T);
   at::Tensor cos = at::empty({T, half}, at::kFloat);
   at::Tensor sin = at::empty({T, half}, at::kFloat);
   float* c = cos.data_ptr<float>();
   float* s = sin.data_ptr<float>();
   for (std::int64_t j = 0; j < half; ++j) {
     for (std::int64_t p = 0; p < T; ++p) {
-      c[p * half + j] = static_cast<float>(std::cos(static_cast<double>(p) * inv_freq[static_cast<std::size_t>(j)]));
-      s[p * half + j] = static_cast<float>(std::sin(static_cast<double>(p) * inv_freq[static_cast<std::size_t>(j)]));
+      c[p * half + j] = static_cast<float>(
+          std::cos(static_cast<double>(p) * inv_freq[static_cast<std::size_t>(j)]));
+      s[p * half + j] = static_cast<float>(
+          std::sin(static_cast<double>(p) * inv_freq[static_cast<std::size_t>(j)]));
     }
   }
   return {cos.to(device), sin.to(device)};
@@ -62,8 +65,10 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 
 at::Tensor MlpOutput(const LlamaLayerWeights& w, const at::Tensor& x, const ModelConfig& config) {
   const std::int64_t I = config.intermediate_size;
-  const at::Tensor gate_up = at::linear(RmsNorm(x, w.mlp_norm, config.rms_norm_eps), w.w_gate_up, w.b_gate_up);
-  return at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down, w.b_down);
+  const at::Tensor gate_up =
+      at::linear(RmsNorm(x, w.mlp_norm, config.rms_norm_eps), w.w_gate_up, w.b_gate_up);
+  return at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down,
+                    w.b_down);
 }
 
 namespace {
@@ -77,7 +82,8 @@ at::Tensor ProjectReconstructed(const at::Tensor& q_rope, const at::Tensor& k_ro
   // q'_h = Psi_j q_h: [B, T, H, 1, d] x [H, d, d]^T -> [B, T, H, 1, d]
   const at::Tensor q = at::matmul(q_rope.unsqueeze(-2), w.q_cache_proj.transpose(-1, -2));
   // k'_g = Psi_g [k_{g t}; ...; k_{g t + t - 1}]: [B, T, KV, 1, t d] x [KV, t d, d]
-  const at::Tensor k = at::matmul(k_rope.reshape({B, T, KV, 1, td}), w.k_cache_proj.transpose(-1, -2));
+  const at::Tensor k =
+      at::matmul(k_rope.reshape({B, T, KV, 1, td}), w.k_cache_proj.transpose(-1, -2));
   return at::cat({q.reshape({B * T, H * d}), k.reshape({B * T, KV * d})}, 1);
 }
 
@@ -195,9 +201,10 @@ LayerCache RunCachePolicy(const KvCachePolicy& cache, int layer, const at::Tenso
 // of a KV head stacked along the row axis so one batched matmul per KV head computes all their
 // scores. `rotated` is [B * T, (H + 2 KV) d]; `mask` the [T, T] causal/window mask; `cache`
 // (with `policy`) the layer's cache decisions. Returns ctx [B * T, H d].
-at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double scale, const at::Tensor& mask,
-                         bool policy, const LayerCache& cache) {
-  const std::int64_t B = L.batch, T = L.tokens, H = L.heads, KV = L.kv_heads, d = L.head_dim, group = H / KV;
+at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double scale,
+                         const at::Tensor& mask, bool policy, const LayerCache& cache) {
+  const std::int64_t B = L.batch, T = L.tokens, H = L.heads, KV = L.kv_heads, d = L.head_dim,
+                     group = H / KV;
   const at::Device device = rotated.device();
   auto head_major = [&](std::int64_t offset, std::int64_t n) {  // -> [B, n, T, d]
     return rotated.narrow(1, offset * d, n * d).view({B, T, n, d}).permute({0, 2, 1, 3});
@@ -209,19 +216,23 @@ at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double s
   if (policy) {
     codes = cache.codes.to(device).view({B, KV, 1, T, T});
     if (cache.keys.defined()) {  // scores against the stored keys where the code says so
-      const at::Tensor stored = at::matmul(qg, cache.keys.to(device).transpose(-1, -2)).view({B, KV, group, T, T});
+      const at::Tensor stored =
+          at::matmul(qg, cache.keys.to(device).transpose(-1, -2)).view({B, KV, group, T, T});
       probs = at::where(codes.bitwise_and(kCacheQuantKey).ne(0), stored, probs);
     }
     // Evicted keys: -inf on top of the causal/window mask.
-    layer_mask = layer_mask.masked_fill(codes.eq(kCacheHidden), -std::numeric_limits<float>::infinity());
+    layer_mask =
+        layer_mask.masked_fill(codes.eq(kCacheHidden), -std::numeric_limits<float>::infinity());
   }
   probs = at::softmax(probs + layer_mask, -1);
-  at::Tensor heads_ctx;  // [B, KV, group T, d]
+  at::Tensor heads_ctx;                    // [B, KV, group T, d]
   if (policy && cache.values.defined()) {  // split each row between full and stored values
     const at::Tensor from_stored = codes.bitwise_and(kCacheQuantValue).ne(0);
-    const at::Tensor p_stored = probs.masked_fill(from_stored.logical_not(), 0).view({B, KV, group * T, T});
+    const at::Tensor p_stored =
+        probs.masked_fill(from_stored.logical_not(), 0).view({B, KV, group * T, T});
     const at::Tensor p_full = probs.masked_fill(from_stored, 0).view({B, KV, group * T, T});
-    heads_ctx = at::matmul(p_full, head_major(H + KV, KV)) + at::matmul(p_stored, cache.values.to(device));
+    heads_ctx =
+        at::matmul(p_full, head_major(H + KV, KV)) + at::matmul(p_stored, cache.values.to(device));
   } else {
     heads_ctx = at::matmul(probs.view({B, KV, group * T, T}), head_major(H + KV, KV));
   }
@@ -269,7 +280,8 @@ class BatchedPass {
     for (std::int64_t l = 0; l < c_.num_hidden_layers; ++l) {
       const std::int64_t source = c_.KvSourceOf(l);
       if (source > l) {  // read before the source ran: the LCKV iteration starts from zeros
-        shared_kv_[static_cast<std::size_t>(source)] = at::zeros({B_ * T_, 2 * KV_ * d_}, at::TensorOptions().device(m.device));
+        shared_kv_[static_cast<std::size_t>(source)] =
+            at::zeros({B_ * T_, 2 * KV_ * d_}, at::TensorOptions().device(m.device));
       }
     }
   }
@@ -292,15 +304,17 @@ class BatchedPass {
   std::vector<at::Tensor> shared_kv_;
 };
 
-void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x, bool observe_only) {
+void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x,
+                        bool observe_only) {
   const std::int64_t B = B_, T = T_, H = H_, KV = KV_, KVs = KVs_, d = d_;
   const std::int64_t D = c_.hidden_size;
   const bool computes = c_.ComputesKv(l);
   const std::int64_t source = c_.KvSourceOf(l);
   const at::Tensor h = RmsNorm(x, w.attn_norm, c_.rms_norm_eps);
-  at::Tensor qkv = at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + KVs + KV) d], or [N, H d]
+  at::Tensor qkv =
+      at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + KVs + KV) d], or [N, H d]
   if (c_.qk_norm) NormalizeQueryKeyHeads(qkv, w, c_, computes ? KVs : 0);
-  auto heads = [&](std::int64_t offset, std::int64_t n) {        // -> [B, T, n, d] view
+  auto heads = [&](std::int64_t offset, std::int64_t n) {  // -> [B, T, n, d] view
     return qkv.narrow(1, offset * d, n * d).view({B, T, n, d});
   };
   PendingCapture capture(observer_, static_cast<int>(l), first_sequence_);
@@ -319,10 +333,12 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
     const QkvLayout rope_layout{B, T, H, computes ? KV : 0, d};
     float* data = qkv.data_ptr<float>();
     at::parallel_for(0, B * T, 64, [&](std::int64_t begin, std::int64_t end) {
-      ApplyRopeInPlace(data, rope_layout, cos_.data_ptr<float>(), sin_.data_ptr<float>(), begin, end);
+      ApplyRopeInPlace(data, rope_layout, cos_.data_ptr<float>(), sin_.data_ptr<float>(), begin,
+                       end);
     });
     capture.Take(kCaptureQueryPostRope, heads(0, H), &AttentionCapture::query_post_rope);
-    if (computes) capture.Take(kCaptureKeyPostRope, heads(H, KVs), &AttentionCapture::key_post_rope);
+    if (computes)
+      capture.Take(kCaptureKeyPostRope, heads(H, KVs), &AttentionCapture::key_post_rope);
     rotated = qkv;
   } else {
     const at::Tensor q_rope = ApplyRope(heads(0, H), cos_, sin_);  // [B, T, H, d]
@@ -330,9 +346,10 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
     if (computes) {
       const at::Tensor k_rope = ApplyRope(heads(H, KVs), cos_, sin_);
       capture.Take(kCaptureKeyPostRope, k_rope, &AttentionCapture::key_post_rope);
-      const at::Tensor qk = reconstruct_ ? ProjectReconstructed(q_rope, k_rope, w, B, T)
-                                         : at::cat({q_rope.reshape({B * T, H * d}),
-                                                    k_rope.reshape({B * T, KV * d})}, 1);
+      const at::Tensor qk =
+          reconstruct_
+              ? ProjectReconstructed(q_rope, k_rope, w, B, T)
+              : at::cat({q_rope.reshape({B * T, H * d}), k_rope.reshape({B * T, KV * d})}, 1);
       rotated = at::cat({qk, qkv.narrow(1, (H + KVs) * d, KV * d)}, 1).contiguous();
     } else {
       rotated = q_rope.reshape({B * T, H * d});
@@ -351,7 +368,8 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
 
   const bool policy = cache_ != nullptr && !cache_->Untouched(static_cast<int>(l));
   const LayerCache layer_cache =
-      policy ? RunCachePolicy(*cache_, static_cast<int>(l), rotated, layout_, first_sequence_) : LayerCache();
+      policy ? RunCachePolicy(*cache_, static_cast<int>(l), rotated, layout_, first_sequence_)
+             : LayerCache();
   at::Tensor ctx;
   if (source > l) {  // LCKV: the source's K/V of earlier tokens only; the first token reads none
     ctx = AttentionAten(rotated, layout_, scale_, below_diagonal_, false, LayerCache());
@@ -362,8 +380,8 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
     const CacheLayer view = policy ? layer_cache.View() : CacheLayer();
     float* out = ctx.data_ptr<float>();
     at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
-      CausalAttention(in, layout_, static_cast<float>(scale_), c_.sliding_window, policy ? &view : nullptr, out,
-                      begin, end);
+      CausalAttention(in, layout_, static_cast<float>(scale_), c_.sliding_window,
+                      policy ? &view : nullptr, out, begin, end);
     });
   } else {
     ctx = AttentionAten(rotated, layout_, scale_, mask_, policy, layer_cache);
@@ -380,11 +398,13 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
 }  // namespace
 
 at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver* observer,
-                                         const KvCachePolicy* cache, std::int64_t first_sequence) const {
+                                         const KvCachePolicy* cache,
+                                         std::int64_t first_sequence) const {
   c10::InferenceMode inference;
   const std::int64_t B = tokens.size(0), T = tokens.size(1);
   if (config.SharesKv() && cache != nullptr) {
-    Fail("--kv-cache", "decode-time cache policies on a model whose layers share K/V are not supported");
+    Fail("--kv-cache",
+         "decode-time cache policies on a model whose layers share K/V are not supported");
   }
   if (DecodesTokenByToken()) {
     if (observer != nullptr || cache != nullptr) {
@@ -397,7 +417,8 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
 }
 
 at::Tensor ReferenceModel::Impl::HiddenStates(const at::Tensor& tokens, LayerObserver* observer,
-                                              const KvCachePolicy* cache, std::int64_t first_sequence) const {
+                                              const KvCachePolicy* cache,
+                                              std::int64_t first_sequence) const {
   SweepOptions options;
   if (observer != nullptr) options.observers = {observer};
   options.cache = cache;
@@ -447,7 +468,8 @@ HiddenStateStore ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::T
                                                          const SweepOptions& o) const {
   c10::InferenceMode inference;
   if (DecodesTokenByToken()) {
-    Fail("runtime", "this model is decoded token by token: its layers cannot be observed in a batched pass");
+    Fail("runtime",
+         "this model is decoded token by token: its layers cannot be observed in a batched pass");
   }
   if (config.AttendsAbove() && !o.observers.empty()) {
     Fail("calibration", "observing a model whose layers read higher layers' K/V is not supported");
@@ -457,12 +479,14 @@ HiddenStateStore ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::T
   HiddenStateStore x(hidden_state_budget_bytes);
   for (std::size_t b = 0; b < n; ++b) {
     LayerObserver* observer = o.observers.empty() ? nullptr : o.observers[b % o.observers.size()];
-    const std::int64_t first = o.first_sequences.empty() ? static_cast<std::int64_t>(b) : o.first_sequences.at(b);
+    const std::int64_t first =
+        o.first_sequences.empty() ? static_cast<std::int64_t>(b) : o.first_sequences.at(b);
     passes.push_back(std::make_unique<BatchedPass>(*this, batches[b], observer, o.cache, first));
     x.Add(Embed(batches[b]));  // [N, D]
   }
   // Slots follow the observers so that batch b's observer is only ever used by one thread.
-  const std::size_t slots = o.observers.empty() ? DataParallelSlots(device.is_cpu()) : o.observers.size();
+  const std::size_t slots =
+      o.observers.empty() ? DataParallelSlots(device.is_cpu()) : o.observers.size();
   std::int64_t layers_done = 0;
   const LayerSchedule s = ScheduleOf(config, lckv_iterations);
   const std::int64_t L = config.num_hidden_layers;
@@ -478,7 +502,8 @@ HiddenStateStore ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::T
             x.Put(b, xb);
           },
           [](std::size_t) {});
-    }  // this layer is freed before after_layer runs (it may need the memory); the next is being read
+    }  // this layer is freed before after_layer runs (it may need the memory); the next is being
+       // read
     if (o.after_layer) o.after_layer(++layers_done);
   };
   for (std::int64_t l = 0; l < std::min(s.low, L); ++l) step(l);
@@ -493,14 +518,16 @@ HiddenStateStore ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::T
   return x;
 }
 
-void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config, const LayerWeightSource& weights,
+void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
+                                  const LayerWeightSource& weights,
                                   const std::vector<LayerObserver*>& observers, bool advance) {
   c10::InferenceMode inference;
   State& s = *state_;
   s.model.config = layer_config;
   const LlamaLayerWeights w = LoadLayerWeights(weights, layer_config, layer, s.model.device);
   const std::size_t n = s.tokens.size();
-  const std::size_t slots = observers.empty() ? DataParallelSlots(s.model.device.is_cpu()) : observers.size();
+  const std::size_t slots =
+      observers.empty() ? DataParallelSlots(s.model.device.is_cpu()) : observers.size();
   RunDataParallel(
       slots, n,
       [&](std::size_t b, std::size_t) {

@@ -8,21 +8,22 @@
 #include <memory>
 #include <vector>
 
+#include "calib/layer_observer.h"
 #include "formats/checkpoint.h"
 #include "runtime_check/hidden_state_store.h"
 #include "runtime_check/kv_cache_policy.h"
-#include "calib/layer_observer.h"
 #include "runtime_check/reference_model.h"
 
 namespace kvfold {
 
 struct LlamaLayerWeights {
   at::Tensor attn_norm;
-  at::Tensor w_qkv, b_qkv;  // q, k and v stacked (one GEMM); q only where the layer reads another's K/V
+  at::Tensor w_qkv,
+      b_qkv;  // q, k and v stacked (one GEMM); q only where the layer reads another's K/V
   at::Tensor w_o, b_o;
   // Reconstruct-mode keys (config.key_projection_heads > 0), applied after RoPE:
-  at::Tensor k_cache_proj;  // [KV, d, t d]: cached key head g = Psi_g (stacked rotated keys)
-  at::Tensor q_cache_proj;  // [H, d, d]: query head h -> Psi_j h
+  at::Tensor k_cache_proj;    // [KV, d, t d]: cached key head g = Psi_g (stacked rotated keys)
+  at::Tensor q_cache_proj;    // [H, d, d]: query head h -> Psi_j h
   at::Tensor q_norm, k_norm;  // qwen3 (config.qk_norm): per-head RMSNorm weights [d], before RoPE
   at::Tensor mlp_norm;
   at::Tensor w_gate_up, b_gate_up;  // gate and up stacked
@@ -33,8 +34,8 @@ struct LlamaLayerWeights {
 // released as each tensor is converted.
 LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t l, const at::Device& device);
 // The same from a converter's draft, shaped as `config` (the layer's own head counts) says.
-LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config, std::int64_t l,
-                                   const at::Device& device);
+LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config,
+                                   std::int64_t l, const at::Device& device);
 
 // How a sweep runs: who watches, which cache policy applies, and who hears of progress.
 struct SweepOptions {
@@ -51,10 +52,10 @@ struct ReferenceModel::Impl {
   ModelConfig config;
   at::Device device{at::kCPU};
   bool use_cpu_kernels = false;  // fused RoPE/attention kernels (CPU with AVX2+FMA only)
-  at::Tensor final_norm;  // [D]
+  at::Tensor final_norm;         // [D]
   // Resident models only; a streaming model reads them from `streamed` when needed.
-  at::Tensor embed;       // [V, D]
-  at::Tensor lm_head;     // [V, D] (the embedding when tied)
+  at::Tensor embed;    // [V, D]
+  at::Tensor lm_head;  // [V, D] (the embedding when tied)
   std::vector<LlamaLayerWeights> layers;
   // Streaming (RuntimeOptions::stream_layers): the checkpoint (which must outlive the model)
   // that a sweep reads each layer from when it reaches it, releasing it before the next.
@@ -72,7 +73,8 @@ struct ReferenceModel::Impl {
   // each layer is fetched once and applied to every batch (data-parallel on CPU) before the
   // next, so only the batches' hidden states live across layers. Results do not depend on
   // whether the model is resident or streamed, nor on how many batches were spilled.
-  HiddenStateStore SweepHiddenStates(const std::vector<at::Tensor>& batches, const SweepOptions& options) const;
+  HiddenStateStore SweepHiddenStates(const std::vector<at::Tensor>& batches,
+                                     const SweepOptions& options) const;
 
   // Logits [B, T, V] for int64 tokens [B, T] on `device`. With a cache policy, each layer's
   // queries read only the cached keys the policy leaves visible; batch row b is sequence
@@ -86,17 +88,20 @@ struct ReferenceModel::Impl {
   // stream [B * T, D]. Calibration observes layers through it and never computes the
   // [tokens x vocab] logits it would discard.
   at::Tensor HiddenStates(const at::Tensor& tokens, LayerObserver* observer,
-                          const KvCachePolicy* cache = nullptr, std::int64_t first_sequence = 0) const;
+                          const KvCachePolicy* cache = nullptr,
+                          std::int64_t first_sequence = 0) const;
   int lckv_iterations = 0;
   bool token_by_token = false;
   // LCKV layouts without parallel encoding, or token_by_token: Forward decodes one token at a
   // time and HiddenStates cannot run.
-  bool DecodesTokenByToken() const { return token_by_token || (config.AttendsAbove() && lckv_iterations == 0); }
+  bool DecodesTokenByToken() const {
+    return token_by_token || (config.AttendsAbove() && lckv_iterations == 0);
+  }
 };
 
 // What a Stepper keeps between layers: the batches and their hidden states.
 struct ReferenceModel::Stepper::State {
-  ReferenceModel::Impl model;  // the device and kernels of the model; config set per layer
+  ReferenceModel::Impl model;      // the device and kernels of the model; config set per layer
   std::vector<at::Tensor> tokens;  // int64 [B, T] per batch
   std::vector<std::int64_t> first_sequences;
   HiddenStateStore hidden{UINT64_MAX};  // [B T, D] per batch
@@ -106,7 +111,8 @@ struct ReferenceModel::Stepper::State {
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // cos/sin of pos * inv_freq[j] for pos < T, j < d/2, as [T, d/2] on `device`, with the config's
 // rope_theta and rope_scaling (formats/rope.h).
-std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, const ModelConfig& config, const at::Device& device);
+std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, const ModelConfig& config,
+                                             const at::Device& device);
 // Qwen3's per-head RMSNorm of queries and keys, in place on the fused projection qkv [N, ...]:
 // the H query heads from column 0 and `key_heads` key heads after them (0 = none).
 void NormalizeQueryKeyHeads(at::Tensor& qkv, const LlamaLayerWeights& w, const ModelConfig& config,

@@ -1,11 +1,11 @@
 #include "runtime_check/reference_model.h"
 
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
 #include <algorithm>
 #include <functional>
 #include <thread>
-
-#include <ATen/Parallel.h>
-#include <c10/core/InferenceMode.h>
 
 #include "formats/error.h"
 #include "formats/ranks.h"
@@ -53,14 +53,17 @@ ReferenceModel::~ReferenceModel() = default;
 namespace {
 
 // Layer l's weights from load(role); optional tensors are asked for only when the config has them.
-LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const std::function<at::Tensor(TensorRole)>& load) {
+LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l,
+                                const std::function<at::Tensor(TensorRole)>& load) {
   auto maybe = [&](bool present, TensorRole r) { return present ? load(r) : at::Tensor(); };
   LlamaLayerWeights w;
   w.attn_norm = load(TensorRole::kAttnNorm);
   if (c.ComputesKv(l)) {
-    w.w_qkv = at::cat({load(TensorRole::kQProj), load(TensorRole::kKProj), load(TensorRole::kVProj)}, 0);
-    w.b_qkv = CatDefined({maybe(c.qkv_bias, TensorRole::kQBias), maybe(c.qkv_bias, TensorRole::kKBias),
-                          maybe(c.qkv_bias, TensorRole::kVBias)});
+    w.w_qkv =
+        at::cat({load(TensorRole::kQProj), load(TensorRole::kKProj), load(TensorRole::kVProj)}, 0);
+    w.b_qkv =
+        CatDefined({maybe(c.qkv_bias, TensorRole::kQBias), maybe(c.qkv_bias, TensorRole::kKBias),
+                    maybe(c.qkv_bias, TensorRole::kVBias)});
   } else {  // reads another layer's K/V: queries only
     w.w_qkv = load(TensorRole::kQProj);
     w.b_qkv = maybe(c.qkv_bias, TensorRole::kQBias);
@@ -75,8 +78,8 @@ LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const std::function
   w.k_norm = maybe(c.qk_norm && c.ComputesKv(l), TensorRole::kKNorm);
   w.mlp_norm = load(TensorRole::kMlpNorm);
   w.w_gate_up = at::cat({load(TensorRole::kGateProj), load(TensorRole::kUpProj)}, 0);
-  w.b_gate_up = CatDefined({maybe(c.mlp_bias, TensorRole::kGateBias),
-                            maybe(c.mlp_bias, TensorRole::kUpBias)});
+  w.b_gate_up = CatDefined(
+      {maybe(c.mlp_bias, TensorRole::kGateBias), maybe(c.mlp_bias, TensorRole::kUpBias)});
   w.w_down = load(TensorRole::kDownProj);
   w.b_down = maybe(c.mlp_bias, TensorRole::kDownBias);
   return w;
@@ -84,13 +87,14 @@ LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const std::function
 
 }  // namespace
 
-LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer, const at::Device& dev) {
+LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer,
+                                   const at::Device& dev) {
   const int l = static_cast<int>(layer);
   return AssembleLayer(ck.config, l, [&](TensorRole r) { return LoadTensor(ck, {r, l}, dev); });
 }
 
-LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config, std::int64_t layer,
-                                   const at::Device& dev) {
+LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config,
+                                   std::int64_t layer, const at::Device& dev) {
   const int l = static_cast<int>(layer);
   return AssembleLayer(config, l, [&](TensorRole r) {
     const std::string name = HfTensorName({r, l});
@@ -116,14 +120,17 @@ at::Tensor ReferenceModel::Impl::Embed(const at::Tensor& tokens) const {
   const std::int64_t* p = ids.data_ptr<std::int64_t>();
   const std::vector<std::int64_t> rows(p, p + ids.numel());
   at::Tensor out = at::empty({ids.numel(), config.hidden_size}, at::kFloat);
-  streamed->tensors.ReadRowsF32(streamed->Tensor({TensorRole::kEmbedTokens}).entry->name, rows, out.data_ptr<float>());
+  streamed->tensors.ReadRowsF32(streamed->Tensor({TensorRole::kEmbedTokens}).entry->name, rows,
+                                out.data_ptr<float>());
   return out.to(device);
 }
 
 at::Tensor ReferenceModel::Impl::LmHead() const {
   if (streamed == nullptr) return lm_head;
   c10::InferenceMode inference;
-  return LoadTensor(*streamed, {config.tie_word_embeddings ? TensorRole::kEmbedTokens : TensorRole::kLmHead}, device);
+  return LoadTensor(*streamed,
+                    {config.tie_word_embeddings ? TensorRole::kEmbedTokens : TensorRole::kLmHead},
+                    device);
 }
 
 std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
@@ -138,7 +145,8 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
   impl->config = ck.config;
   impl->device = ParseDevice(options.device);
   impl->use_cpu_kernels = options.fused_cpu_kernels && CpuHasAttentionKernels();
-  if (options.lckv_iterations < 0) Fail("--lckv-iterations", "must be 0 (token by token) or positive");
+  if (options.lckv_iterations < 0)
+    Fail("--lckv-iterations", "must be 0 (token by token) or positive");
   impl->lckv_iterations = options.lckv_iterations;
   impl->token_by_token = options.token_by_token;
   impl->hidden_state_budget_bytes = options.hidden_state_budget_bytes;
@@ -151,8 +159,10 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
     impl->streamed = &ck;
   } else {
     impl->embed = LoadTensor(ck, {TensorRole::kEmbedTokens}, dev);
-    impl->lm_head = ck.config.tie_word_embeddings ? impl->embed : LoadTensor(ck, {TensorRole::kLmHead}, dev);
-    for (int l = 0; l < ck.config.num_hidden_layers; ++l) impl->layers.push_back(LoadLayerWeights(ck, l, dev));
+    impl->lm_head =
+        ck.config.tie_word_embeddings ? impl->embed : LoadTensor(ck, {TensorRole::kLmHead}, dev);
+    for (int l = 0; l < ck.config.num_hidden_layers; ++l)
+      impl->layers.push_back(LoadLayerWeights(ck, l, dev));
   }
   return std::unique_ptr<ReferenceModel>(new ReferenceModel(std::move(impl)));
 }
@@ -160,7 +170,8 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
 const ModelConfig& ReferenceModel::config() const { return impl_->config; }
 std::string ReferenceModel::device() const { return impl_->device.str(); }
 
-std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids, LayerObserver* observer,
+std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids,
+                                          LayerObserver* observer,
                                           const KvCachePolicy* cache) const {
   const at::Tensor tokens = TokenTensor(ids, 1, impl_->config.vocab_size, impl_->device, "Logits");
   const at::Tensor logits = impl_->Forward(tokens, observer, cache).to(at::kCPU).contiguous();
@@ -170,19 +181,23 @@ std::vector<float> ReferenceModel::Logits(const std::vector<std::int32_t>& ids, 
 
 void ReferenceModel::Observe(const std::vector<std::int32_t>& tokens, int batch,
                              LayerObserver& observer) const {
-  impl_->HiddenStates(TokenTensor(tokens, batch, impl_->config.vocab_size, impl_->device, "Observe"), &observer);
+  impl_->HiddenStates(
+      TokenTensor(tokens, batch, impl_->config.vocab_size, impl_->device, "Observe"), &observer);
 }
 
-ReferenceModel::Stepper::Stepper(const ReferenceModel& model, const std::vector<ObservedBatch>& batches)
+ReferenceModel::Stepper::Stepper(const ReferenceModel& model,
+                                 const std::vector<ObservedBatch>& batches)
     : state_(std::make_unique<State>()) {
   c10::InferenceMode inference;
   const Impl& m = model.impl();
-  if (m.DecodesTokenByToken() || m.config.SharesKv()) Fail("calibration", "layers that share K/V cannot be stepped");
+  if (m.DecodesTokenByToken() || m.config.SharesKv())
+    Fail("calibration", "layers that share K/V cannot be stepped");
   state_->model.device = m.device;
   state_->model.use_cpu_kernels = m.use_cpu_kernels;
   state_->hidden = HiddenStateStore(m.hidden_state_budget_bytes);
   for (const auto& b : batches) {
-    state_->tokens.push_back(TokenTensor(b.tokens, b.windows, m.config.vocab_size, m.device, "Stepper"));
+    state_->tokens.push_back(
+        TokenTensor(b.tokens, b.windows, m.config.vocab_size, m.device, "Stepper"));
     state_->first_sequences.push_back(b.first_sequence);
     state_->hidden.Add(m.Embed(state_->tokens.back()));
   }
@@ -202,7 +217,8 @@ void ReferenceModel::ObserveSweep(const std::vector<ObservedBatch>& batches,
   options.observers = observers;
   options.after_layer = after_layer;
   for (const auto& b : batches) {
-    tokens.push_back(TokenTensor(b.tokens, b.windows, impl_->config.vocab_size, impl_->device, "ObserveSweep"));
+    tokens.push_back(
+        TokenTensor(b.tokens, b.windows, impl_->config.vocab_size, impl_->device, "ObserveSweep"));
     options.first_sequences.push_back(b.first_sequence);
   }
   impl_->SweepHiddenStates(tokens, options);

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "calib/layer_observer.h"
 #include "formats/checkpoint.h"
 #include "runtime_check/kv_cache_policy.h"
-#include "calib/layer_observer.h"
 
 namespace kvfold {
 
@@ -20,8 +20,8 @@ namespace kvfold {
 inline constexpr std::uint64_t kDefaultHiddenMemoryBytes = std::uint64_t{4096} << 20;
 
 struct RuntimeOptions {
-  std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
-  int threads = 0;             // CPU threads for LibTorch; 0 = leave LibTorch's default
+  std::string device = "cpu";     // "cpu", "cuda" or "cuda:N"
+  int threads = 0;                // CPU threads for LibTorch; 0 = leave LibTorch's default
   bool fused_cpu_kernels = true;  // false: attention through plain ATen ops (for cross-checks)
   // Models whose layers read a higher layer's K/V (LCKV): 0 = exact token-by-token decoding;
   // m > 0 = the paper's parallel prompt encoding with m iterations (approximate for m < T).
@@ -75,7 +75,8 @@ class ReferenceModel {
     int windows = 0;
     std::int64_t first_sequence = 0;
   };
-  void ObserveSweep(const std::vector<ObservedBatch>& batches, const std::vector<LayerObserver*>& observers,
+  void ObserveSweep(const std::vector<ObservedBatch>& batches,
+                    const std::vector<LayerObserver*>& observers,
                     const std::function<void(std::int64_t layers_done)>& after_layer) const;
 
   // A sweep driven from outside, one layer at a time: the converter runs layer l with the

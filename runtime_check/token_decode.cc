@@ -13,7 +13,8 @@ namespace kvfold {
 at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& tokens) {
   c10::InferenceMode inference;
   const ModelConfig& c = m.config;
-  if (c.key_projection_heads > 0) Fail("runtime", "token-by-token decoding of reconstruct-mode keys is not implemented");
+  if (c.key_projection_heads > 0)
+    Fail("runtime", "token-by-token decoding of reconstruct-mode keys is not implemented");
   const std::int64_t B = tokens.size(0), T = tokens.size(1), L = c.num_hidden_layers;
   const std::int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, d = c.head_dim;
   const std::int64_t group = H / KV;
@@ -34,26 +35,32 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
     at::Tensor x = at::embedding(m.embed, tokens.select(1, t));  // [B, D]
     for (std::int64_t l = 0; l < L; ++l) {
       const LlamaLayerWeights& w = m.layers[static_cast<std::size_t>(l)];
-      at::Tensor qkv = at::linear(RmsNorm(x, w.attn_norm, c.rms_norm_eps), w.w_qkv, w.b_qkv).contiguous();
+      at::Tensor qkv =
+          at::linear(RmsNorm(x, w.attn_norm, c.rms_norm_eps), w.w_qkv, w.b_qkv).contiguous();
       if (c.qk_norm) NormalizeQueryKeyHeads(qkv, w, c, c.ComputesKv(l) ? KV : 0);
       const at::Tensor q = ApplyRope(qkv.narrow(1, 0, H * d).view({B, 1, H, d}), c_t, s_t);
       if (c.ComputesKv(l)) {
         const at::Tensor k = ApplyRope(qkv.narrow(1, H * d, KV * d).view({B, 1, KV, d}), c_t, s_t);
         keys[static_cast<std::size_t>(l)].select(2, t).copy_(k.view({B, KV, d}));
-        values[static_cast<std::size_t>(l)].select(2, t).copy_(qkv.narrow(1, (H + KV) * d, KV * d).view({B, KV, d}));
+        values[static_cast<std::size_t>(l)].select(2, t).copy_(
+            qkv.narrow(1, (H + KV) * d, KV * d).view({B, KV, d}));
       }
       // Keys [first, end): a source above this layer has not seen token t yet.
       const std::int64_t source = c.KvSourceOf(l);
       const std::int64_t end = source > l ? t : t + 1;
-      const std::int64_t first = c.sliding_window > 0 ? std::max<std::int64_t>(0, t + 1 - c.sliding_window) : 0;
+      const std::int64_t first =
+          c.sliding_window > 0 ? std::max<std::int64_t>(0, t + 1 - c.sliding_window) : 0;
       at::Tensor ctx;
       if (end <= first) {
         ctx = at::zeros({B, H * d}, f32);
       } else {
-        const at::Tensor k_seen = keys[static_cast<std::size_t>(source)].narrow(2, first, end - first);
-        const at::Tensor v_seen = values[static_cast<std::size_t>(source)].narrow(2, first, end - first);
+        const at::Tensor k_seen =
+            keys[static_cast<std::size_t>(source)].narrow(2, first, end - first);
+        const at::Tensor v_seen =
+            values[static_cast<std::size_t>(source)].narrow(2, first, end - first);
         const at::Tensor qg = (q.view({B, KV, group, d}) * scale);
-        const at::Tensor probs = at::softmax(at::matmul(qg, k_seen.transpose(-1, -2)), -1);  // [B, KV, group, n]
+        const at::Tensor probs =
+            at::softmax(at::matmul(qg, k_seen.transpose(-1, -2)), -1);  // [B, KV, group, n]
         ctx = at::matmul(probs, v_seen).reshape({B, H * d});
       }
       x = x + at::linear(ctx, w.w_o, w.b_o);

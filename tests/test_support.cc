@@ -5,9 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -84,8 +83,10 @@ std::string SafetensorsBytes(const std::string& header_json, const std::string& 
   return bytes + header_json + data;
 }
 
-std::string NpyBytes(const std::string& descr, const std::string& shape, const std::string& data, bool fortran) {
-  std::string header = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
+std::string NpyBytes(const std::string& descr, const std::string& shape, const std::string& data,
+                     bool fortran) {
+  std::string header = "{'descr': '" + descr +
+                       "', 'fortran_order': " + (fortran ? "True" : "False") +
                        ", 'shape': " + shape + ", }";
   while ((10 + header.size() + 1) % 64 != 0) header += ' ';
   header += '\n';

@@ -41,11 +41,16 @@ std::string SafetensorsBytes(const std::string& header_json, const std::string& 
 // A NumPy .npy (format 1.0) image built from NumPy's format description, not by kvfold: the
 // header dict with `descr` ("<i4", ...), `fortran_order` and `shape` ("(2, 3)"), padded so the
 // data starts 64-byte aligned, then `data` as given.
-std::string NpyBytes(const std::string& descr, const std::string& shape, const std::string& data, bool fortran = false);
+std::string NpyBytes(const std::string& descr, const std::string& shape, const std::string& data,
+                     bool fortran = false);
 
 template <typename T>
-std::string NpyBytes(const std::string& descr, const std::string& shape, const std::vector<T>& values, bool fortran = false) {
-  return NpyBytes(descr, shape, std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T)), fortran);
+std::string NpyBytes(const std::string& descr, const std::string& shape,
+                     const std::vector<T>& values, bool fortran = false) {
+  return NpyBytes(
+      descr, shape,
+      std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T)),
+      fortran);
 }
 
 }  // namespace kvfold::test

@@ -5,8 +5,8 @@
 #include <string>
 
 #include "converter/convert.h"
-#include "converter/plan/planner.h"
 #include "converter/passes/pass.h"
+#include "converter/plan/planner.h"
 #include "formats/error.h"
 #include "formats/ranks.h"
 #include "runtime_check/data_parallel.h"
@@ -22,7 +22,8 @@ CLI::Validator ThreadCount() {
 void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes) {
   sub->add_option_function<std::uint64_t>(
          "--hidden-memory", [bytes](std::uint64_t mib) { *bytes = mib << 20; },
-         "MiB of hidden states kept in memory per model (default " + std::to_string(kDefaultHiddenMemoryBytes >> 20) +
+         "MiB of hidden states kept in memory per model (default " +
+             std::to_string(kDefaultHiddenMemoryBytes >> 20) +
              "); the rest spill to a temporary file in $TMPDIR (or /tmp)")
       ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 30));
 }
@@ -32,21 +33,28 @@ namespace {
 // --kv-budget: the plan for `budget` (scored on the calibration windows after o.calib_tokens)
 // becomes o.passes and is recorded. A plan that changes no weights has nothing to convert.
 void PlanPasses(double budget, ConvertOptions& o) {
-  if (!o.passes.empty()) Fail("--kv-budget", "not used with --passes (the plan chooses the passes)");
+  if (!o.passes.empty())
+    Fail("--kv-budget", "not used with --passes (the plan chooses the passes)");
   if (o.model.empty() || o.calib_text.empty()) Fail("--kv-budget", "needs MODEL and --calib");
   ConvertOptions planned = o;
   planned.plan_budgets = {budget};
   const PlanResult r = RunPlan(PlanOptionsFor(planned));
   const nlohmann::ordered_json plan = PlanJson(r)["plans"][0];
-  if (plan["passes"].is_null()) Fail("--kv-budget", "no candidate fits " + std::to_string(budget) + " of the KV cache");
-  const std::string cache = plan["kv_cache"].is_null() ? "(the full cache)" : plan["kv_cache"].get<std::string>();
+  if (plan["passes"].is_null())
+    Fail("--kv-budget", "no candidate fits " + std::to_string(budget) + " of the KV cache");
+  const std::string cache =
+      plan["kv_cache"].is_null() ? "(the full cache)" : plan["kv_cache"].get<std::string>();
   if (plan["passes"].get<std::string>().empty()) {
-    Fail("--kv-budget", "the best plan changes no weights: serve " + o.model + " as it is with --kv-cache '" + cache +
-                            "' (bytes " + plan["bytes_fraction"].dump() + ", KL " + plan["kl"].dump() + ")");
+    Fail("--kv-budget", "the best plan changes no weights: serve " + o.model +
+                            " as it is with --kv-cache '" + cache + "' (bytes " +
+                            plan["bytes_fraction"].dump() + ", KL " + plan["kl"].dump() + ")");
   }
   o.passes = plan["passes"].get<std::string>();
-  o.plan_json = nlohmann::json::parse(plan.dump()).dump();  // keys sorted, as --reproduce reads them back
-  if (o.progress) std::fprintf(stderr, "kvfold: plan for %g: --passes '%s', --kv-cache %s\n", budget, o.passes.c_str(), cache.c_str());
+  o.plan_json =
+      nlohmann::json::parse(plan.dump()).dump();  // keys sorted, as --reproduce reads them back
+  if (o.progress)
+    std::fprintf(stderr, "kvfold: plan for %g: --passes '%s', --kv-cache %s\n", budget,
+                 o.passes.c_str(), cache.c_str());
 }
 
 }  // namespace
@@ -61,89 +69,113 @@ Command AddConvertCommand(CLI::App& app) {
     double kv_budget = 0;   // --kv-budget: plan, then convert with the plan's passes
   };
   auto a = std::make_shared<Args>();
-  CLI::App* sub = app.add_subcommand("convert", "Run a pipeline of passes and write a new checkpoint");
+  CLI::App* sub =
+      app.add_subcommand("convert", "Run a pipeline of passes and write a new checkpoint");
   sub->add_option("MODEL", a->options.model, "HuggingFace model folder to convert");
-  sub->add_option("--calib", a->options.calib_text, "Calibration data: UTF-8 text, JSON Lines (text or token ids) or .npy ids");
-  sub->add_option("--passes", a->options.passes, "Pipeline, e.g. 'gqa-svd<kv-heads=2,rope=commute>'");
-  sub->add_option("-o,--output", a->options.output, "Output folder (refused if it exists, unless --force)");
-  sub->add_option("--calib-tokens", a->options.calib_tokens, "Calibration tokens")->capture_default_str()
+  sub->add_option("--calib", a->options.calib_text,
+                  "Calibration data: UTF-8 text, JSON Lines (text or token ids) or .npy ids");
+  sub->add_option("--passes", a->options.passes,
+                  "Pipeline, e.g. 'gqa-svd<kv-heads=2,rope=commute>'");
+  sub->add_option("-o,--output", a->options.output,
+                  "Output folder (refused if it exists, unless --force)");
+  sub->add_option("--calib-tokens", a->options.calib_tokens, "Calibration tokens")
+      ->capture_default_str()
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40));
-  sub->add_option("--window", a->options.window, "Tokens per calibration window")->capture_default_str()
+  sub->add_option("--window", a->options.window, "Tokens per calibration window")
+      ->capture_default_str()
       ->check(CLI::Range(2, 1 << 20));
   sub->add_option("--device", a->options.device, "cpu, cuda or cuda:N")->capture_default_str();
-  sub->add_option("--threads", a->options.threads, "CPU threads (0 = all cores)")->check(ThreadCount());
+  sub->add_option("--threads", a->options.threads, "CPU threads (0 = all cores)")
+      ->check(ThreadCount());
   AddHiddenMemoryOption(sub, &a->options.hidden_memory_bytes);
   sub->add_option("--calibrate-on", a->options.calibrate_on,
-                  "Activations layer-local passes are calibrated on: converted (each layer on what the converted "
+                  "Activations layer-local passes are calibrated on: converted (each layer on what "
+                  "the converted "
                   "layers below it produce) or source")
       ->check(CLI::IsMember({"converted", "source"}))
       ->capture_default_str();
   sub->add_flag("--force", a->options.force, "Replace an existing output folder");
-  sub->add_option("--report", a->options.report_path, "Write a calibration report (HTML, and JSON beside it)");
-  sub->add_option("--eval", a->options.eval_text, "Evaluation text for the report's validation section");
-  sub->add_option("--eval-windows", a->options.eval_windows, "Windows of the evaluation text")->capture_default_str()
+  sub->add_option("--report", a->options.report_path,
+                  "Write a calibration report (HTML, and JSON beside it)");
+  sub->add_option("--eval", a->options.eval_text,
+                  "Evaluation text for the report's validation section");
+  sub->add_option("--eval-windows", a->options.eval_windows, "Windows of the evaluation text")
+      ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
-  sub->add_option("--reproduce", a->reproduce,
-                  "Rerun the conversion recorded in an output's kvfold.json (its pipeline, calibration and "
-                  "threads; MODEL and --calib default to the recorded paths, whose SHA-256 must match)");
+  sub->add_option(
+      "--reproduce", a->reproduce,
+      "Rerun the conversion recorded in an output's kvfold.json (its pipeline, calibration and "
+      "threads; MODEL and --calib default to the recorded paths, whose SHA-256 must match)");
   sub->add_option("--kv-budget", a->kv_budget,
-                  "Instead of --passes: run kvfold plan for this fraction of the source's 16-bit KV cache and convert "
+                  "Instead of --passes: run kvfold plan for this fraction of the source's 16-bit "
+                  "KV cache and convert "
                   "with the best plan's passes (recorded in kvfold.json with its --kv-cache spec)")
       ->check(CLI::Range(1e-9, 1.0));
   sub->add_flag("--print-passes", a->print_passes, "List the passes and their parameters");
   sub->add_flag("--time-passes", a->time_passes, "Print the time of calibration and each pass");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
   return {sub, [a] {
-    if (a->print_passes) {
-      std::fputs(PrintPasses().c_str(), stdout);
-      return 0;
-    }
-    if (!a->reproduce.empty()) {
-      if (!a->options.passes.empty()) Fail("--passes", "not used with --reproduce (the recorded pipeline runs)");
-      a->options = ReproduceOptions(a->reproduce, a->options);
-    }
-    if (a->options.model.empty()) Fail("convert", "MODEL is required");
-    if (a->options.calib_text.empty()) Fail("convert", "--calib TEXT is required");
-    a->options.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
-    if (a->kv_budget > 0) PlanPasses(a->kv_budget, a->options);
-    if (a->options.passes.empty()) Fail("convert", "--passes is required (see --print-passes)");
-    if (!a->options.eval_text.empty() && a->options.report_path.empty()) {
-      Fail("--eval", "only used with --report (use kvfold eval to evaluate a model)");
-    }
-    const ConvertResult r = Convert(a->options);
-    if (a->time_passes && IsFirstRank()) {
-      for (const auto& t : r.timings) std::fprintf(stderr, "time  %-48s %8.3f s\n", t.pass.c_str(), t.seconds);
-      std::fprintf(stderr, "time  %-48s %8.3f s\n", "total", r.total_seconds);
-    }
-    std::printf("wrote %s\n", a->options.output.c_str());
-    if (!a->options.report_path.empty()) std::printf("wrote %s\n", a->options.report_path.c_str());
-    return 0;
-  }};
+            if (a->print_passes) {
+              std::fputs(PrintPasses().c_str(), stdout);
+              return 0;
+            }
+            if (!a->reproduce.empty()) {
+              if (!a->options.passes.empty())
+                Fail("--passes", "not used with --reproduce (the recorded pipeline runs)");
+              a->options = ReproduceOptions(a->reproduce, a->options);
+            }
+            if (a->options.model.empty()) Fail("convert", "MODEL is required");
+            if (a->options.calib_text.empty()) Fail("convert", "--calib TEXT is required");
+            a->options.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
+            if (a->kv_budget > 0) PlanPasses(a->kv_budget, a->options);
+            if (a->options.passes.empty())
+              Fail("convert", "--passes is required (see --print-passes)");
+            if (!a->options.eval_text.empty() && a->options.report_path.empty()) {
+              Fail("--eval", "only used with --report (use kvfold eval to evaluate a model)");
+            }
+            const ConvertResult r = Convert(a->options);
+            if (a->time_passes && IsFirstRank()) {
+              for (const auto& t : r.timings)
+                std::fprintf(stderr, "time  %-48s %8.3f s\n", t.pass.c_str(), t.seconds);
+              std::fprintf(stderr, "time  %-48s %8.3f s\n", "total", r.total_seconds);
+            }
+            std::printf("wrote %s\n", a->options.output.c_str());
+            if (!a->options.report_path.empty())
+              std::printf("wrote %s\n", a->options.report_path.c_str());
+            return 0;
+          }};
 }
 
 Command AddReportCommand(CLI::App& app) {
   auto o = std::make_shared<ConvertOptions>();
-  CLI::App* sub = app.add_subcommand("report", "Calibration report of a model without converting it");
+  CLI::App* sub =
+      app.add_subcommand("report", "Calibration report of a model without converting it");
   sub->add_option("MODEL", o->model, "HuggingFace model folder")->required();
-  sub->add_option("--calib", o->calib_text, "Calibration data: UTF-8 text, JSON Lines (text or token ids) or .npy ids")->required();
+  sub->add_option("--calib", o->calib_text,
+                  "Calibration data: UTF-8 text, JSON Lines (text or token ids) or .npy ids")
+      ->required();
   sub->add_option("--eval", o->eval_text, "Evaluation text (adds perplexity)");
-  sub->add_option("-o,--output", o->report_path, "Report HTML path (JSON written beside it)")->required();
-  sub->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens")->capture_default_str()
+  sub->add_option("-o,--output", o->report_path, "Report HTML path (JSON written beside it)")
+      ->required();
+  sub->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens")
+      ->capture_default_str()
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40));
-  sub->add_option("--eval-windows", o->eval_windows, "Windows of the evaluation text")->capture_default_str()
+  sub->add_option("--eval-windows", o->eval_windows, "Windows of the evaluation text")
+      ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   sub->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(ThreadCount());
   AddHiddenMemoryOption(sub, &o->hidden_memory_bytes);
   auto budgets = std::make_shared<std::string>();
-  sub->add_option("--budget", *budgets, "Add a KV budget plan (as kvfold plan) for these fractions of the 16-bit "
-                                        "KV cache, e.g. 0.5,0.25; its candidates calibrate on --calib-tokens and are "
-                                        "scored on the windows after them");
+  sub->add_option("--budget", *budgets,
+                  "Add a KV budget plan (as kvfold plan) for these fractions of the 16-bit "
+                  "KV cache, e.g. 0.5,0.25; its candidates calibrate on --calib-tokens and are "
+                  "scored on the windows after them");
   return {sub, [o, budgets] {
-    if (!budgets->empty()) o->plan_budgets = ParseBudgets(*budgets);
-    Analyze(*o);
-    std::printf("wrote %s\n", o->report_path.c_str());
-    return 0;
-  }};
+            if (!budgets->empty()) o->plan_budgets = ParseBudgets(*budgets);
+            Analyze(*o);
+            std::printf("wrote %s\n", o->report_path.c_str());
+            return 0;
+          }};
 }
 
 }  // namespace kvfold

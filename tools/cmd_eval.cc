@@ -2,10 +2,9 @@
 //              [--kv-cache SPEC] [--copy N] [--lckv-iterations M] [--json]
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "calib/text.h"
 #include "calib/tokenizer.h"
@@ -14,8 +13,8 @@
 #include "formats/error.h"
 #include "formats/ranks.h"
 #include "formats/version.h"
-#include "runtime_check/evaluate.h"
 #include "runtime_check/cache_policy_spec.h"
+#include "runtime_check/evaluate.h"
 #include "tools/commands.h"
 
 namespace kvfold {
@@ -49,7 +48,8 @@ void AddPerplexityFields(const PerplexityResult& r, nlohmann::ordered_json& j) {
 
 int RunEval(const EvalArgs& a) {
   const Checkpoint ck = OpenCheckpoint(a.model);
-  if (ck.tokenizer_path.empty()) Fail(a.model, "no tokenizer.json or tokenizer.model in the model folder");
+  if (ck.tokenizer_path.empty())
+    Fail(a.model, "no tokenizer.json or tokenizer.model in the model folder");
   if (a.max_windows == 0) Fail("--max-windows", "must be positive");
   if (a.lckv_iterations < 0) Fail("--lckv-iterations", "must be positive");
   const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
@@ -62,7 +62,8 @@ int RunEval(const EvalArgs& a) {
   const std::vector<TokenWindow> windows = CutWindows(tokens, a.window, a.max_windows, a.text);
 
   RuntimeOptions runtime{a.device, a.threads};
-  runtime.stream_layers = true;  // one layer in memory at a time (the checkpoints outlive the models)
+  runtime.stream_layers =
+      true;  // one layer in memory at a time (the checkpoints outlive the models)
   runtime.hidden_state_budget_bytes = a.hidden_memory_bytes;
   EvalOptions options{a.batch, !a.quiet};
   options.across_ranks = true;  // under mpirun each rank evaluates its share of the windows
@@ -95,15 +96,17 @@ int RunEval(const EvalArgs& a) {
                               {"device", model->device()},
                               {"ranks", RankCount()}};
   if (ck.config.SharesKv()) {
-    j["kv_layers"] = {{"layer_types", LayerTypesText(ck.config.kv_layer_of)},
-                      {"computing_kv", ck.config.KvLayerCount()},
-                      {"kv_bytes_per_token", ck.config.KvBytesPerToken(ck.StoredElementBytes())},
-                      {"decoding", ck.config.AttendsAbove() ? "token by token (exact)" : "batched (exact)"}};
+    j["kv_layers"] = {
+        {"layer_types", LayerTypesText(ck.config.kv_layer_of)},
+        {"computing_kv", ck.config.KvLayerCount()},
+        {"kv_bytes_per_token", ck.config.KvBytesPerToken(ck.StoredElementBytes())},
+        {"decoding", ck.config.AttendsAbove() ? "token by token (exact)" : "batched (exact)"}};
   }
   if (cache.policy) {
     j["kv_cache"] = {{"spec", cache.text},
                      {"scored_from", options.scored_from},
-                     {"average_bits", cache.policy->AverageBits(a.window, options.scored_from, ck.config.head_dim)}};
+                     {"average_bits", cache.policy->AverageBits(a.window, options.scored_from,
+                                                                ck.config.head_dim)}};
   }
   PerplexityResult result;
   ComparisonResult cmp;
@@ -125,8 +128,9 @@ int RunEval(const EvalArgs& a) {
   if (a.copy > 0) {
     EvalOptions copy_options = options;
     copy_options.scored_from = CopyTaskScoredFrom(a.window);
-    copy = CompareModels(base, *model, CopyTaskWindows(a.copy, a.window, static_cast<int>(ck.config.vocab_size), 0),
-                         bos, copy_options);
+    copy = CompareModels(
+        base, *model, CopyTaskWindows(a.copy, a.window, static_cast<int>(ck.config.vocab_size), 0),
+        bos, copy_options);
     j["copy"] = {{"sequences", a.copy},
                  {"scored_from", copy_options.scored_from},
                  {"accuracy", copy.other.accuracy},
@@ -136,7 +140,8 @@ int RunEval(const EvalArgs& a) {
   // LCKV: the paper's parallel prompt encoding against the exact sequential run.
   ComparisonResult parallel;
   if (a.lckv_iterations > 0) {
-    if (!ck.config.AttendsAbove()) Fail("--lckv-iterations", a.model + " has no layer reading a higher layer's K/V");
+    if (!ck.config.AttendsAbove())
+      Fail("--lckv-iterations", a.model + " has no layer reading a higher layer's K/V");
     RuntimeOptions iterative = runtime;
     iterative.lckv_iterations = a.lckv_iterations;
     parallel = CompareModels(*model, *ReferenceModel::Load(ck, iterative), windows, bos, options);
@@ -164,19 +169,22 @@ int RunEval(const EvalArgs& a) {
   }
   std::printf("ppl          %.4f  (mean NLL %.6f nats)\n", result.ppl, result.mean_nll);
   if (comparing) {
-    std::printf("%-12s %.4f  (mean NLL %.6f nats)  %s\n", reference, cmp.base.ppl, cmp.base.mean_nll,
-                original ? a.compare.c_str() : a.model.c_str());
+    std::printf("%-12s %.4f  (mean NLL %.6f nats)  %s\n", reference, cmp.base.ppl,
+                cmp.base.mean_nll, original ? a.compare.c_str() : a.model.c_str());
     std::printf("KL           %.6f nats/token  (%s || model)\n", cmp.kl, reference);
     std::printf("top-1        %.2f%% agreement\n", 100.0 * cmp.top1_agreement);
     std::printf("delta NLL    %+.6f nats/token\n", cmp.delta_nll);
   }
   if (a.copy > 0) {
-    std::printf("copy         %.2f%% next-token accuracy on the repeat (%s: %.2f%%; %d sequences)\n",
-                100.0 * copy.other.accuracy, reference, 100.0 * copy.base.accuracy, a.copy);
+    std::printf(
+        "copy         %.2f%% next-token accuracy on the repeat (%s: %.2f%%; %d sequences)\n",
+        100.0 * copy.other.accuracy, reference, 100.0 * copy.base.accuracy, a.copy);
   }
   if (a.lckv_iterations > 0) {
-    std::printf("parallel     %.4f ppl with %d iterations: KL %.6f nats/token and %.2f%% top-1 against token by token\n",
-                parallel.other.ppl, a.lckv_iterations, parallel.kl, 100.0 * parallel.top1_agreement);
+    std::printf(
+        "parallel     %.4f ppl with %d iterations: KL %.6f nats/token and %.2f%% top-1 against "
+        "token by token\n",
+        parallel.other.ppl, a.lckv_iterations, parallel.kl, 100.0 * parallel.top1_agreement);
   }
   std::printf("speed        %.0f tokens/s on %s\n", result.tokens_per_second,
               model->device().c_str());
@@ -191,23 +199,29 @@ Command AddEvalCommand(CLI::App& app) {
       "eval", "Perplexity by kvfold-ppl-v1; with --compare, KL/top-1/delta NLL vs the original");
   sub->add_option("MODEL", a->model, "HuggingFace model folder to evaluate")->required();
   sub->add_option("--text", a->text, "UTF-8 evaluation text")->required();
-  sub->add_option("--window", a->window, "Tokens per window")->capture_default_str()->check(CLI::Range(2, 1 << 20));
-  sub->add_option("--max-windows", a->max_windows, "Use only the first N windows")->check(CLI::PositiveNumber);
+  sub->add_option("--window", a->window, "Tokens per window")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1 << 20));
+  sub->add_option("--max-windows", a->max_windows, "Use only the first N windows")
+      ->check(CLI::PositiveNumber);
   sub->add_option("--compare", a->compare, "Original model to compare against (same tokenizer)");
-  sub->add_option("--kv-cache", a->kv_cache,
-                  "Decode-time cache policy: 'evict<policy=l2-low,keep=0.5,skip=0,1>' (docs/eviction.md) "
-                  "or 'quant<scheme=kivi,bits=2>' (docs/kv-quant.md); compared with the full cache "
-                  "after the prefix");
+  sub->add_option(
+      "--kv-cache", a->kv_cache,
+      "Decode-time cache policy: 'evict<policy=l2-low,keep=0.5,skip=0,1>' (docs/eviction.md) "
+      "or 'quant<scheme=kivi,bits=2>' (docs/kv-quant.md); compared with the full cache "
+      "after the prefix");
   sub->add_option("--copy", a->copy, "Also run the copy (retrieval) check on N random sequences")
       ->check(CLI::Range(0, 1 << 20));
-  sub->add_option("--lckv-iterations", a->lckv_iterations,
-                  "LCKV models: also run the paper's parallel encoding with M iterations and report how "
-                  "close it is to exact token-by-token decoding")
+  sub->add_option(
+         "--lckv-iterations", a->lckv_iterations,
+         "LCKV models: also run the paper's parallel encoding with M iterations and report how "
+         "close it is to exact token-by-token decoding")
       ->check(CLI::Range(0, 1 << 20));
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->check(ThreadCount());
   AddHiddenMemoryOption(sub, &a->hidden_memory_bytes);
-  sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~2048 tokens)")->check(CLI::Range(0, 1 << 16));
+  sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~2048 tokens)")
+      ->check(CLI::Range(0, 1 << 16));
   sub->add_flag("--json", a->json, "Print JSON instead of text");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
   return {sub, [a] { return RunEval(*a); }};

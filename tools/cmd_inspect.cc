@@ -14,16 +14,17 @@ Command AddInspectCommand(CLI::App& app) {
     bool json = false;
   };
   auto args = std::make_shared<Args>();
-  CLI::App* sub = app.add_subcommand("inspect", "Describe a checkpoint: heads, KV heads, KV bytes/token");
+  CLI::App* sub =
+      app.add_subcommand("inspect", "Describe a checkpoint: heads, KV heads, KV bytes/token");
   sub->add_option("MODEL", args->model, "HuggingFace model folder")->required();
   sub->add_flag("--json", args->json, "Print JSON instead of text");
   return {sub, [args] {
-    const Checkpoint ck = OpenCheckpoint(args->model);
-    const ModelSummary s = SummarizeCheckpoint(ck);
-    const std::string out = args->json ? SummaryJson(s) : SummaryText(s);
-    std::fwrite(out.data(), 1, out.size(), stdout);
-    return 0;
-  }};
+            const Checkpoint ck = OpenCheckpoint(args->model);
+            const ModelSummary s = SummarizeCheckpoint(ck);
+            const std::string out = args->json ? SummaryJson(s) : SummaryText(s);
+            std::fwrite(out.data(), 1, out.size(), stdout);
+            return 0;
+          }};
 }
 
 }  // namespace kvfold

@@ -19,39 +19,54 @@ Command AddPlanCommand(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   PlanOptions& o = a->options;
-  CLI::App* sub = app.add_subcommand("plan", "Pick the combination of KV reductions with the least KL at each KV budget");
+  CLI::App* sub = app.add_subcommand(
+      "plan", "Pick the combination of KV reductions with the least KL at each KV budget");
   sub->add_option("MODEL", o.model, "HuggingFace model folder")->required();
-  sub->add_option("--calib", o.calib_text, "Calibration data (text, JSON Lines or .npy): conversions calibrate on its "
-                                           "start, candidates are scored on the windows after it")->required();
-  sub->add_option("--budget", a->budgets, "KV bytes per token as fractions of the source's 16-bit cache, e.g. "
-                                          "0.5,0.25,0.125,0.0625")->required();
-  sub->add_option("--calib-tokens", o.calib_tokens, "Calibration tokens of each conversion")->capture_default_str()
+  sub->add_option("--calib", o.calib_text,
+                  "Calibration data (text, JSON Lines or .npy): conversions calibrate on its "
+                  "start, candidates are scored on the windows after it")
+      ->required();
+  sub->add_option("--budget", a->budgets,
+                  "KV bytes per token as fractions of the source's 16-bit cache, e.g. "
+                  "0.5,0.25,0.125,0.0625")
+      ->required();
+  sub->add_option("--calib-tokens", o.calib_tokens, "Calibration tokens of each conversion")
+      ->capture_default_str()
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40));
-  sub->add_option("--window", o.window, "Tokens per window")->capture_default_str()->check(CLI::Range(4, 1 << 20));
-  sub->add_option("--score-windows", o.score_windows, "Held-out calibration windows the survivors are scored on")
-      ->capture_default_str()->check(CLI::Range(1, 1 << 20));
-  sub->add_option("--screen-windows", o.screen_windows, "The first of those, on which every candidate is screened")
-      ->capture_default_str()->check(CLI::Range(1, 1 << 20));
-  sub->add_option("--survivors", o.survivors, "Candidates per budget scored on every window")->capture_default_str()
+  sub->add_option("--window", o.window, "Tokens per window")
+      ->capture_default_str()
+      ->check(CLI::Range(4, 1 << 20));
+  sub->add_option("--score-windows", o.score_windows,
+                  "Held-out calibration windows the survivors are scored on")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  sub->add_option("--screen-windows", o.screen_windows,
+                  "The first of those, on which every candidate is screened")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  sub->add_option("--survivors", o.survivors, "Candidates per budget scored on every window")
+      ->capture_default_str()
       ->check(CLI::Range(1, 1000));
-  sub->add_option("--plan-seconds", o.seconds_limit, "Stop scoring after this many seconds (0 = no limit)")
-      ->capture_default_str()->check(CLI::Range(0.0, 1e9));
+  sub->add_option("--plan-seconds", o.seconds_limit,
+                  "Stop scoring after this many seconds (0 = no limit)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e9));
   sub->add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", o.threads, "CPU threads (0 = all cores)")->check(ThreadCount());
   AddHiddenMemoryOption(sub, &o.hidden_memory_bytes);
   sub->add_flag("--json", a->json, "Print the plans and every candidate as JSON");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
   return {sub, [a] {
-    a->options.budgets = ParseBudgets(a->budgets);
-    a->options.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
-    const PlanResult r = RunPlan(a->options);
-    if (a->json) {
-      std::printf("%s\n", PlanJson(r).dump(2).c_str());
-    } else {
-      std::fputs(PlanTable(r).c_str(), stdout);
-    }
-    return 0;
-  }};
+            a->options.budgets = ParseBudgets(a->budgets);
+            a->options.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
+            const PlanResult r = RunPlan(a->options);
+            if (a->json) {
+              std::printf("%s\n", PlanJson(r).dump(2).c_str());
+            } else {
+              std::fputs(PlanTable(r).c_str(), stdout);
+            }
+            return 0;
+          }};
 }
 
 }  // namespace kvfold

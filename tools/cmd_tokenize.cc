@@ -35,25 +35,30 @@ Command AddTokenizeCommand(CLI::App& app) {
     bool json = false;
   };
   auto args = std::make_shared<Args>();
-  CLI::App* sub = app.add_subcommand("tokenize", "Print the token ids eval and convert use for a text");
-  sub->add_option("MODEL", args->model, "Model folder (or tokenizer.json / tokenizer.model)")->required();
+  CLI::App* sub =
+      app.add_subcommand("tokenize", "Print the token ids eval and convert use for a text");
+  sub->add_option("MODEL", args->model, "Model folder (or tokenizer.json / tokenizer.model)")
+      ->required();
   sub->add_option("--text", args->texts, "UTF-8 text file (repeat for several)")->required();
   sub->add_flag("--json", args->json, "Print {\"ids\": [...]} instead of one id per line");
-  return {sub, [args] {
-    const auto tokenizer = Tokenizer::Load(TokenizerFileOf(args->model));
-    std::string out;  // printed only when every text encoded: a bad file leaves stdout empty
-    for (const std::string& text : args->texts) {
-      const std::vector<std::int32_t> ids = tokenizer->Encode(LoadText(text));
-      if (args->json) out += "{\"ids\": [";
-      for (std::size_t i = 0; i < ids.size(); ++i) {
-        if (args->json) out += (i ? ", " : "") + std::to_string(ids[i]);
-        else out += std::to_string(ids[i]) + "\n";
-      }
-      if (args->json) out += "]}\n";
-    }
-    std::fwrite(out.data(), 1, out.size(), stdout);
-    return 0;
-  }};
+  return {
+      sub, [args] {
+        const auto tokenizer = Tokenizer::Load(TokenizerFileOf(args->model));
+        std::string out;  // printed only when every text encoded: a bad file leaves stdout empty
+        for (const std::string& text : args->texts) {
+          const std::vector<std::int32_t> ids = tokenizer->Encode(LoadText(text));
+          if (args->json) out += "{\"ids\": [";
+          for (std::size_t i = 0; i < ids.size(); ++i) {
+            if (args->json)
+              out += (i ? ", " : "") + std::to_string(ids[i]);
+            else
+              out += std::to_string(ids[i]) + "\n";
+          }
+          if (args->json) out += "]}\n";
+        }
+        std::fwrite(out.data(), 1, out.size(), stdout);
+        return 0;
+      }};
 }
 
 }  // namespace kvfold

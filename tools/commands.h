@@ -3,15 +3,14 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <cstdint>
 #include <functional>
 
 namespace kvfold {
 
 struct Command {
-  CLI::App* sub;            // the parsed subcommand
-  std::function<int()> run; // runs it with the parsed arguments
+  CLI::App* sub;             // the parsed subcommand
+  std::function<int()> run;  // runs it with the parsed arguments
 };
 
 // --threads: 0 (all cores) up to 4 x this machine's cores; more only spawns idle threads.

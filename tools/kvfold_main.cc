@@ -26,7 +26,8 @@ std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); 
 std::string ErrorPrefix() {
   std::string prefix = "kvfold: error: ";
   if (kvfold::RankCount() > 1) {
-    prefix += "rank " + std::to_string(kvfold::Rank()) + " of " + std::to_string(kvfold::RankCount()) + ": ";
+    prefix += "rank " + std::to_string(kvfold::Rank()) + " of " +
+              std::to_string(kvfold::RankCount()) + ": ";
   }
   return prefix;
 }
@@ -54,17 +55,14 @@ int main(int argc, char** argv) {
     return Finish(1, "/dev/null: cannot open");
   }
   CLI::App app{"kvfold: make the KV cache of transformer checkpoints smaller"};
-  const std::string ranks = kvfold::MpiBuilt() ? "MPI (mpirun -np N kvfold ...)" : "one process (built without MPI)";
-  app.set_version_flag("--version", std::string("kvfold ") + kvfold::kVersion + "\nBLAS: " + kvfold::BlasDescription() +
-                                        "\nranks: " + ranks);
+  const std::string ranks =
+      kvfold::MpiBuilt() ? "MPI (mpirun -np N kvfold ...)" : "one process (built without MPI)";
+  app.set_version_flag("--version", std::string("kvfold ") + kvfold::kVersion + "\nBLAS: " +
+                                        kvfold::BlasDescription() + "\nranks: " + ranks);
   app.require_subcommand(1);
   const std::vector<kvfold::Command> commands = {
-      kvfold::AddInspectCommand(app),
-      kvfold::AddEvalCommand(app),
-      kvfold::AddConvertCommand(app),
-      kvfold::AddReportCommand(app),
-      kvfold::AddPlanCommand(app),
-      kvfold::AddTokenizeCommand(app),
+      kvfold::AddInspectCommand(app), kvfold::AddEvalCommand(app), kvfold::AddConvertCommand(app),
+      kvfold::AddReportCommand(app),  kvfold::AddPlanCommand(app), kvfold::AddTokenizeCommand(app),
   };
 
   try {

@@ -4,14 +4,17 @@
 
 namespace kvfold::hf {
 
-AddedTokenSplitter::AddedTokenSplitter(std::vector<AddedToken> tokens) : tokens_(std::move(tokens)) {
+AddedTokenSplitter::AddedTokenSplitter(std::vector<AddedToken> tokens)
+    : tokens_(std::move(tokens)) {
   for (std::size_t t = 0; t < tokens_.size(); ++t) {
     int node = 0;
     for (unsigned char c : tokens_[t].content) {
       auto it = trie_[static_cast<std::size_t>(node)].children.find(c);
       if (it == trie_[static_cast<std::size_t>(node)].children.end()) {
         trie_.emplace_back();
-        it = trie_[static_cast<std::size_t>(node)].children.emplace(c, static_cast<int>(trie_.size() - 1)).first;
+        it = trie_[static_cast<std::size_t>(node)]
+                 .children.emplace(c, static_cast<int>(trie_.size() - 1))
+                 .first;
       }
       node = it->second;
     }
@@ -19,7 +22,8 @@ AddedTokenSplitter::AddedTokenSplitter(std::vector<AddedToken> tokens) : tokens_
   }
 }
 
-int AddedTokenSplitter::LongestAt(std::string_view text, std::size_t at, std::size_t& length) const {
+int AddedTokenSplitter::LongestAt(std::string_view text, std::size_t at,
+                                  std::size_t& length) const {
   int found = -1;
   int node = 0;
   for (std::size_t j = at; j < text.size(); ++j) {
@@ -54,7 +58,8 @@ std::vector<Section> AddedTokenSplitter::Split(std::string_view text) const {
   for (std::size_t s = 0; s < sections.size(); ++s) {
     if (sections[s].token < 0) continue;
     const AddedToken& t = tokens_[static_cast<std::size_t>(sections[s].token)];
-    if (t.lstrip && s > 0 && sections[s - 1].token < 0) sections[s - 1].text = std::string(TrimEnd(sections[s - 1].text));
+    if (t.lstrip && s > 0 && sections[s - 1].token < 0)
+      sections[s - 1].text = std::string(TrimEnd(sections[s - 1].text));
     if (t.rstrip && s + 1 < sections.size() && sections[s + 1].token < 0) {
       sections[s + 1].text = std::string(TrimStart(sections[s + 1].text));
     }

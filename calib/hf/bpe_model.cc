@@ -15,11 +15,13 @@ constexpr std::size_t kCacheEntries = 1 << 16;
 constexpr std::size_t kCachedWordBytes = 256;
 
 std::uint64_t PairKey(std::int32_t left, std::int32_t right) {
-  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32) | static_cast<std::uint32_t>(right);
+  return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32) |
+         static_cast<std::uint32_t>(right);
 }
 
 bool NullOrEmpty(const nlohmann::json& model, const char* key) {
-  return !model.contains(key) || model[key].is_null() || (model[key].is_string() && model[key].get<std::string>().empty());
+  return !model.contains(key) || model[key].is_null() ||
+         (model[key].is_string() && model[key].get<std::string>().empty());
 }
 
 }  // namespace
@@ -30,12 +32,15 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& where) : wher
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (!NullOrEmpty(model, key)) Unsupported(where, "BPE model", std::string("with ") + key);
   }
-  if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() != 0.0) {
+  if (model.contains("dropout") && !model["dropout"].is_null() &&
+      model["dropout"].get<double>() != 0.0) {
     Unsupported(where, "BPE model", "with dropout");
   }
-  if (!model.contains("vocab") || !model["vocab"].is_object()) Fail(where, "BPE model without a \"vocab\" object");
+  if (!model.contains("vocab") || !model["vocab"].is_object())
+    Fail(where, "BPE model without a \"vocab\" object");
   for (const auto& [token, id] : model["vocab"].items()) {
-    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || id.get<std::int64_t>() >= (1 << 30)) {
+    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 ||
+        id.get<std::int64_t>() >= (1 << 30)) {
       Fail(where, "vocab entry " + token + " has no valid id");
     }
     AddToken(token, id.get<std::int32_t>());
@@ -57,8 +62,10 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& where) : wher
       Fail(where, "merge " + std::to_string(rank) + " is neither \"a b\" nor [\"a\", \"b\"]");
     }
     const std::int32_t l = Find(left), r = Find(right), merged = Find(left + right);
-    if (l < 0 || r < 0 || merged < 0) Fail(where, "merge \"" + left + " " + right + "\" uses a token not in the vocab");
-    merges_[PairKey(l, r)] = MergeRule{rank++, merged};  // a repeated pair keeps its last rank, as in HF
+    if (l < 0 || r < 0 || merged < 0)
+      Fail(where, "merge \"" + left + " " + right + "\" uses a token not in the vocab");
+    merges_[PairKey(l, r)] =
+        MergeRule{rank++, merged};  // a repeated pair keeps its last rank, as in HF
   }
   ignore_merges_ = OptionalBool(model, "ignore_merges", false, where);
   byte_fallback_ = OptionalBool(model, "byte_fallback", false, where);
@@ -71,7 +78,8 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& where) : wher
 
 void BpeModel::AddToken(const std::string& content, std::int32_t id) {
   ids_[content] = id;
-  if (static_cast<std::size_t>(id) >= tokens_.size()) tokens_.resize(static_cast<std::size_t>(id) + 1);
+  if (static_cast<std::size_t>(id) >= tokens_.size())
+    tokens_.resize(static_cast<std::size_t>(id) + 1);
   tokens_[static_cast<std::size_t>(id)] = content;
 }
 
@@ -82,7 +90,9 @@ std::int32_t BpeModel::Find(std::string_view token) const {
 
 const std::string& BpeModel::Token(std::int32_t id) const {
   static const std::string kNone;
-  return id >= 0 && static_cast<std::size_t>(id) < tokens_.size() ? tokens_[static_cast<std::size_t>(id)] : kNone;
+  return id >= 0 && static_cast<std::size_t>(id) < tokens_.size()
+             ? tokens_[static_cast<std::size_t>(id)]
+             : kNone;
 }
 
 void BpeModel::Merge(std::vector<std::int32_t>& ids, std::vector<std::size_t>& starts) const {
@@ -96,13 +106,16 @@ void BpeModel::Merge(std::vector<std::int32_t>& ids, std::vector<std::size_t>& s
     std::int32_t rank;
     std::size_t left;  // node index; nodes keep their first symbol's position, so it orders ties
     std::int32_t left_id, right_id;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : left > o.left;
+    }
   };
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
   auto consider = [&](std::int64_t left) {
     if (left < 0 || next[left] < 0 || ids[left] < 0 || ids[next[left]] < 0) return;
     const auto it = merges_.find(PairKey(ids[left], ids[next[left]]));
-    if (it != merges_.end()) queue.push({it->second.rank, static_cast<std::size_t>(left), ids[left], ids[next[left]]});
+    if (it != merges_.end())
+      queue.push({it->second.rank, static_cast<std::size_t>(left), ids[left], ids[next[left]]});
   };
   for (std::size_t i = 0; i + 1 < n; ++i) consider(static_cast<std::int64_t>(i));
   std::vector<bool> gone(n, false);
@@ -129,7 +142,8 @@ void BpeModel::Merge(std::vector<std::int32_t>& ids, std::vector<std::size_t>& s
   starts = std::move(merged_starts);
 }
 
-void BpeModel::Emit(std::string_view symbol, std::int32_t id, std::vector<std::int32_t>& out, bool& last_was_unk) const {
+void BpeModel::Emit(std::string_view symbol, std::int32_t id, std::vector<std::int32_t>& out,
+                    bool& last_was_unk) const {
   if (id >= 0) {
     out.push_back(id);
     last_was_unk = false;
@@ -150,7 +164,8 @@ void BpeModel::Emit(std::string_view symbol, std::int32_t id, std::vector<std::i
     }
   }
   if (unk_id_ < 0) {
-    Fail(where_, "the text has \"" + std::string(symbol) + "\", which no token covers, and the model has no unk_token");
+    Fail(where_, "the text has \"" + std::string(symbol) +
+                     "\", which no token covers, and the model has no unk_token");
   }
   if (!(fuse_unk_ && last_was_unk)) out.push_back(unk_id_);
   last_was_unk = true;

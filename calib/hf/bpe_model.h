@@ -6,12 +6,11 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace kvfold::hf {
 
@@ -25,12 +24,13 @@ class BpeModel {
   // Registers an added token: its id is found by content like a vocabulary entry's.
   void AddToken(const std::string& content, std::int32_t id);
   std::int32_t Find(std::string_view token) const;  // -1 when absent
-  const std::string& Token(std::int32_t id) const;   // empty when no token has the id
+  const std::string& Token(std::int32_t id) const;  // empty when no token has the id
   int vocab_size() const { return static_cast<int>(tokens_.size()); }
 
  private:
   void Merge(std::vector<std::int32_t>& ids, std::vector<std::size_t>& starts) const;
-  void Emit(std::string_view symbol, std::int32_t id, std::vector<std::int32_t>& out, bool& last_was_unk) const;
+  void Emit(std::string_view symbol, std::int32_t id, std::vector<std::int32_t>& out,
+            bool& last_was_unk) const;
 
   std::string where_;
   std::unordered_map<std::string, std::int32_t> ids_;

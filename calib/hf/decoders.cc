@@ -24,8 +24,10 @@ class ByteLevel : public Decoder {
       for (std::size_t i = 0; i < t.size(); i += CodePointLength(t, i)) {
         const std::string c = t.substr(i, CodePointLength(t, i));
         const auto it = bytes.find(c);
-        if (it != bytes.end()) text += static_cast<char>(it->second);
-        else text += c;  // an added token's own text
+        if (it != bytes.end())
+          text += static_cast<char>(it->second);
+        else
+          text += c;  // an added token's own text
       }
     }
     return {text};
@@ -35,7 +37,8 @@ class ByteLevel : public Decoder {
 class Replace : public Decoder {
  public:
   Replace(const nlohmann::json& config, const std::string& where)
-      : pattern_(ReadPattern(config, where + " Replace decoder")), content_(config.value("content", std::string())) {
+      : pattern_(ReadPattern(config, where + " Replace decoder")),
+        content_(config.value("content", std::string())) {
     if (pattern_.is_regex) Unsupported(where, "Replace decoder", "with a regex");
   }
   std::vector<std::string> Apply(std::vector<std::string> tokens) const override {
@@ -78,12 +81,16 @@ class Fuse : public Decoder {
 class Strip : public Decoder {
  public:
   explicit Strip(const nlohmann::json& config)
-      : content_(config.value("content", std::string(" "))), start_(config.value("start", 0)), stop_(config.value("stop", 0)) {}
+      : content_(config.value("content", std::string(" "))),
+        start_(config.value("start", 0)),
+        stop_(config.value("stop", 0)) {}
   std::vector<std::string> Apply(std::vector<std::string> tokens) const override {
     for (auto& t : tokens) {
-      for (int i = 0; i < start_ && t.compare(0, content_.size(), content_) == 0; ++i) t.erase(0, content_.size());
+      for (int i = 0; i < start_ && t.compare(0, content_.size(), content_) == 0; ++i)
+        t.erase(0, content_.size());
       for (int i = 0; i < stop_ && t.size() >= content_.size() &&
-                      t.compare(t.size() - content_.size(), content_.size(), content_) == 0; ++i) {
+                      t.compare(t.size() - content_.size(), content_.size(), content_) == 0;
+           ++i) {
         t.erase(t.size() - content_.size());
       }
     }
@@ -103,7 +110,8 @@ class Metaspace : public Decoder {
   std::vector<std::string> Apply(std::vector<std::string> tokens) const override {
     for (std::size_t i = 0; i < tokens.size(); ++i) {
       tokens[i] = ReplaceLiteral(tokens[i], replacement_, " ");
-      if (i == 0 && strip_first_ && !tokens[i].empty() && tokens[i][0] == ' ') tokens[i].erase(0, 1);
+      if (i == 0 && strip_first_ && !tokens[i].empty() && tokens[i][0] == ' ')
+        tokens[i].erase(0, 1);
     }
     return tokens;
   }
@@ -138,7 +146,8 @@ std::unique_ptr<Decoder> MakeDecoder(const nlohmann::json& config, const std::st
   if (type == "Metaspace") return std::make_unique<Metaspace>(config);
   if (type == "Sequence") {
     std::vector<std::unique_ptr<Decoder>> steps;
-    for (const auto& step : RequireArray(config, "decoders", where)) steps.push_back(MakeDecoder(step, where));
+    for (const auto& step : RequireArray(config, "decoders", where))
+      steps.push_back(MakeDecoder(step, where));
     return std::make_unique<Sequence>(std::move(steps));
   }
   Unsupported(where, "decoder", type);

@@ -28,7 +28,8 @@ std::vector<std::string> SplitIsolated(const Regex& regex, std::string_view text
 std::string EscapeLiteral(const std::string& literal) {
   std::string out;
   for (char c : literal) {
-    const bool plain = static_cast<unsigned char>(c) >= 0x80 || std::isalnum(static_cast<unsigned char>(c));
+    const bool plain =
+        static_cast<unsigned char>(c) >= 0x80 || std::isalnum(static_cast<unsigned char>(c));
     if (!plain) out += '\\';
     out += c;
   }
@@ -40,11 +41,15 @@ class Split : public PreTokenizer {
   Split(const nlohmann::json& config, const std::string& where) {
     const std::string behavior = config.value("behavior", std::string("Isolated"));
     if (behavior != "Isolated") Unsupported(where, "Split pre_tokenizer behavior", behavior);
-    if (OptionalBool(config, "invert", false, where)) Unsupported(where, "Split pre_tokenizer", "with invert: true");
+    if (OptionalBool(config, "invert", false, where))
+      Unsupported(where, "Split pre_tokenizer", "with invert: true");
     const Pattern p = ReadPattern(config, where + " Split pre_tokenizer");
-    regex_ = std::make_unique<Regex>(p.is_regex ? Regex::WithUnicodeWhitespace(p.text) : EscapeLiteral(p.text), where);
+    regex_ = std::make_unique<Regex>(
+        p.is_regex ? Regex::WithUnicodeWhitespace(p.text) : EscapeLiteral(p.text), where);
   }
-  std::vector<std::string> Apply(std::string_view text, int) const override { return SplitIsolated(*regex_, text); }
+  std::vector<std::string> Apply(std::string_view text, int) const override {
+    return SplitIsolated(*regex_, text);
+  }
 
  private:
   std::unique_ptr<Regex> regex_;
@@ -52,19 +57,22 @@ class Split : public PreTokenizer {
 
 // GPT-2's word regex, with JavaScript's \s written out (the reference tokenizers run it as a JS
 // regex: U+FEFF is space there, U+0085 is not).
-constexpr const char* kJsSpace = "\\t\\n\\x0B\\f\\r \\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}\\x{feff}";
+constexpr const char* kJsSpace =
+    "\\t\\n\\x0B\\f\\r "
+    "\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}\\x{feff}";
 
 std::string Gpt2Pattern() {
   const std::string s = kJsSpace;
-  return "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" + s + "\\p{L}\\p{N}]+|[" + s + "]+(?![^" + s +
-         "])|[" + s + "]+";
+  return "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" + s + "\\p{L}\\p{N}]+|[" + s +
+         "]+(?![^" + s + "])|[" + s + "]+";
 }
 
 class ByteLevel : public PreTokenizer {
  public:
   ByteLevel(const nlohmann::json& config, const std::string& where)
       : add_prefix_space_(OptionalBool(config, "add_prefix_space", false, where)) {
-    if (OptionalBool(config, "use_regex", true, where)) regex_ = std::make_unique<Regex>(Gpt2Pattern(), where);
+    if (OptionalBool(config, "use_regex", true, where))
+      regex_ = std::make_unique<Regex>(Gpt2Pattern(), where);
   }
   std::vector<std::string> Apply(std::string_view text, int) const override {
     std::string s(text);
@@ -96,7 +104,8 @@ class Metaspace : public PreTokenizer {
  public:
   Metaspace(const nlohmann::json& config, const std::string& where)
       : replacement_(config.value("replacement", std::string("\u2581"))) {
-    if (OptionalBool(config, "split", false, where)) Unsupported(where, "Metaspace pre_tokenizer", "with split: true");
+    if (OptionalBool(config, "split", false, where))
+      Unsupported(where, "Metaspace pre_tokenizer", "with split: true");
     if (config.contains("prepend_scheme") && config["prepend_scheme"].is_string()) {
       scheme_ = config["prepend_scheme"].get<std::string>();
     } else {
@@ -140,7 +149,8 @@ class Sequence : public PreTokenizer {
 
 }  // namespace
 
-std::unique_ptr<PreTokenizer> MakePreTokenizer(const nlohmann::json& config, const std::string& where) {
+std::unique_ptr<PreTokenizer> MakePreTokenizer(const nlohmann::json& config,
+                                               const std::string& where) {
   if (config.is_null()) return nullptr;
   const std::string type = ComponentType(config, where, "pre_tokenizer");
   if (type == "Split") return std::make_unique<Split>(config, where);
@@ -148,7 +158,8 @@ std::unique_ptr<PreTokenizer> MakePreTokenizer(const nlohmann::json& config, con
   if (type == "Metaspace") return std::make_unique<Metaspace>(config, where);
   if (type == "Sequence") {
     std::vector<std::unique_ptr<PreTokenizer>> steps;
-    for (const auto& step : RequireArray(config, "pretokenizers", where)) steps.push_back(MakePreTokenizer(step, where));
+    for (const auto& step : RequireArray(config, "pretokenizers", where))
+      steps.push_back(MakePreTokenizer(step, where));
     return std::make_unique<Sequence>(std::move(steps));
   }
   Unsupported(where, "pre_tokenizer", type);
@@ -159,7 +170,8 @@ const std::array<std::string, 256>& ByteLevelAlphabet() {
     std::array<std::string, 256> a;
     char32_t next = 256;  // bytes without a printable self get 256, 257, ... in byte order
     for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+      const bool printable =
+          (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
       a[b] = EncodeUtf8(printable ? static_cast<char32_t>(b) : next++);
     }
     return a;

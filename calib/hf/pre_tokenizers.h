@@ -5,11 +5,10 @@
 
 #include <array>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace kvfold::hf {
 
@@ -21,7 +20,8 @@ class PreTokenizer {
   virtual std::vector<std::string> Apply(std::string_view text, int section_index) const = 0;
 };
 
-std::unique_ptr<PreTokenizer> MakePreTokenizer(const nlohmann::json& config, const std::string& where);
+std::unique_ptr<PreTokenizer> MakePreTokenizer(const nlohmann::json& config,
+                                               const std::string& where);
 
 // GPT-2's printable stand-in for each byte (ByteLevel), as UTF-8.
 const std::array<std::string, 256>& ByteLevelAlphabet();

@@ -13,9 +13,12 @@ std::string Regex::WithUnicodeWhitespace(const std::string& pattern) {
   for (std::size_t i = 0; i < pattern.size(); ++i) {
     if (pattern[i] == '\\' && i + 1 < pattern.size()) {
       const char next = pattern[++i];
-      if (next == 's') out += "\\p{White_Space}";
-      else if (next == 'S') out += "\\P{White_Space}";
-      else out += std::string{'\\', next};
+      if (next == 's')
+        out += "\\p{White_Space}";
+      else if (next == 'S')
+        out += "\\P{White_Space}";
+      else
+        out += std::string{'\\', next};
       continue;
     }
     out += pattern[i];
@@ -31,8 +34,8 @@ Regex::Regex(const std::string& pattern, const std::string& where) : where_(wher
   if (code_ == nullptr) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error, message, sizeof message);
-    Fail(where, "regex " + pattern + " does not compile at offset " + std::to_string(offset) + ": " +
-                    reinterpret_cast<const char*>(message));
+    Fail(where, "regex " + pattern + " does not compile at offset " + std::to_string(offset) +
+                    ": " + reinterpret_cast<const char*>(message));
   }
 }
 
@@ -52,7 +55,7 @@ std::vector<Match> Regex::FindAll(std::string_view text) const {
     if (rc < 0) Fail(where_, "regex match failed (PCRE2 error " + std::to_string(rc) + ")");
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data.get());
     matches.push_back({ovector[0], ovector[1]});
-    start = ovector[1] > ovector[0] ? ovector[1]
+    start = ovector[1] > ovector[0]    ? ovector[1]
             : ovector[1] < text.size() ? ovector[1] + CodePointLength(text, ovector[1])
                                        : text.size() + 1;
   }
@@ -63,7 +66,8 @@ std::string ReplaceLiteral(std::string_view text, std::string_view from, std::st
   if (from.empty()) return std::string(text);
   std::string out;
   std::size_t i = 0;
-  for (std::size_t hit; (hit = text.find(from, i)) != std::string_view::npos; i = hit + from.size()) {
+  for (std::size_t hit; (hit = text.find(from, i)) != std::string_view::npos;
+       i = hit + from.size()) {
     out.append(text.substr(i, hit - i));
     out.append(to);
   }

@@ -6,28 +6,32 @@
 
 namespace kvfold::hf {
 
-std::string ComponentType(const nlohmann::json& config, const std::string& where, const std::string& kind) {
+std::string ComponentType(const nlohmann::json& config, const std::string& where,
+                          const std::string& kind) {
   if (!config.is_object() || !config.contains("type") || !config["type"].is_string()) {
     Fail(where, kind + " without a \"type\" string");
   }
   return config["type"].get<std::string>();
 }
 
-std::string RequireString(const nlohmann::json& config, const std::string& key, const std::string& where) {
+std::string RequireString(const nlohmann::json& config, const std::string& key,
+                          const std::string& where) {
   if (!config.is_object() || !config.contains(key) || !config[key].is_string()) {
     Fail(where, "field \"" + key + "\" must be a string");
   }
   return config[key].get<std::string>();
 }
 
-const nlohmann::json& RequireArray(const nlohmann::json& config, const std::string& key, const std::string& where) {
+const nlohmann::json& RequireArray(const nlohmann::json& config, const std::string& key,
+                                   const std::string& where) {
   if (!config.is_object() || !config.contains(key) || !config[key].is_array()) {
     Fail(where, "field \"" + key + "\" must be an array");
   }
   return config[key];
 }
 
-bool OptionalBool(const nlohmann::json& config, const std::string& key, bool fallback, const std::string& where) {
+bool OptionalBool(const nlohmann::json& config, const std::string& key, bool fallback,
+                  const std::string& where) {
   if (!config.contains(key) || config[key].is_null()) return fallback;
   if (!config[key].is_boolean()) Fail(where, "field \"" + key + "\" must be true or false");
   return config[key].get<bool>();
@@ -36,14 +40,17 @@ bool OptionalBool(const nlohmann::json& config, const std::string& key, bool fal
 Pattern ReadPattern(const nlohmann::json& config, const std::string& where) {
   if (config.contains("pattern") && config["pattern"].is_object()) {
     const auto& p = config["pattern"];
-    if (p.contains("String") && p["String"].is_string()) return {false, p["String"].get<std::string>()};
+    if (p.contains("String") && p["String"].is_string())
+      return {false, p["String"].get<std::string>()};
     if (p.contains("Regex") && p["Regex"].is_string()) return {true, p["Regex"].get<std::string>()};
   }
   Fail(where, "\"pattern\" must be {\"String\": ...} or {\"Regex\": ...}");
 }
 
 void Unsupported(const std::string& where, const std::string& kind, const std::string& what) {
-  Fail(where, kind + " " + what + " is not supported by kvfold's tokenizer.json reader (docs/formats.md lists what is)");
+  Fail(where,
+       kind + " " + what +
+           " is not supported by kvfold's tokenizer.json reader (docs/formats.md lists what is)");
 }
 
 }  // namespace kvfold::hf

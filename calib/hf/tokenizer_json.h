@@ -2,18 +2,21 @@
 // one line that names the file, the component and the field.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json_fwd.hpp>
+#include <string>
 
 namespace kvfold::hf {
 
 // config["type"], required to be a string; `kind` is "normalizer", "pre_tokenizer", ...
-std::string ComponentType(const nlohmann::json& config, const std::string& where, const std::string& kind);
-std::string RequireString(const nlohmann::json& config, const std::string& key, const std::string& where);
-const nlohmann::json& RequireArray(const nlohmann::json& config, const std::string& key, const std::string& where);
+std::string ComponentType(const nlohmann::json& config, const std::string& where,
+                          const std::string& kind);
+std::string RequireString(const nlohmann::json& config, const std::string& key,
+                          const std::string& where);
+const nlohmann::json& RequireArray(const nlohmann::json& config, const std::string& key,
+                                   const std::string& where);
 // config[key] when it is a bool, `fallback` when absent or null.
-bool OptionalBool(const nlohmann::json& config, const std::string& key, bool fallback, const std::string& where);
+bool OptionalBool(const nlohmann::json& config, const std::string& key, bool fallback,
+                  const std::string& where);
 
 // A "pattern": {"String": "..."} or {"Regex": "..."}.
 struct Pattern {
@@ -23,6 +26,7 @@ struct Pattern {
 Pattern ReadPattern(const nlohmann::json& config, const std::string& where);
 
 // The error for a component kvfold does not implement, named so the user knows what to ask for.
-[[noreturn]] void Unsupported(const std::string& where, const std::string& kind, const std::string& what);
+[[noreturn]] void Unsupported(const std::string& where, const std::string& kind,
+                              const std::string& what);
 
 }  // namespace kvfold::hf

@@ -13,7 +13,8 @@ char32_t CodePointAt(std::string_view text, std::size_t i) {
   const auto c = static_cast<unsigned char>(text[i]);
   if (len == 1) return c;
   char32_t cp = c & (0x7f >> len);
-  for (std::size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3f);
+  for (std::size_t k = 1; k < len; ++k)
+    cp = (cp << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3f);
   return cp;
 }
 

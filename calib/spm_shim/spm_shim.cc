@@ -33,13 +33,19 @@ void* kvfold_spm_open(const char* model_path, char* err, size_t err_len) {
   return sp;
 }
 
-void kvfold_spm_close(void* handle) { delete static_cast<sentencepiece::SentencePieceProcessor*>(handle); }
+void kvfold_spm_close(void* handle) {
+  delete static_cast<sentencepiece::SentencePieceProcessor*>(handle);
+}
 
 int kvfold_spm_vocab_size(void* h) {
   return static_cast<sentencepiece::SentencePieceProcessor*>(h)->GetPieceSize();
 }
-int kvfold_spm_bos_id(void* h) { return static_cast<sentencepiece::SentencePieceProcessor*>(h)->bos_id(); }
-int kvfold_spm_eos_id(void* h) { return static_cast<sentencepiece::SentencePieceProcessor*>(h)->eos_id(); }
+int kvfold_spm_bos_id(void* h) {
+  return static_cast<sentencepiece::SentencePieceProcessor*>(h)->bos_id();
+}
+int kvfold_spm_eos_id(void* h) {
+  return static_cast<sentencepiece::SentencePieceProcessor*>(h)->eos_id();
+}
 
 int kvfold_spm_encode(void* h, const char* text, size_t len, int** ids, size_t* n, char* err,
                       size_t err_len) {

@@ -20,8 +20,8 @@ int kvfold_spm_vocab_size(void* handle);
 int kvfold_spm_bos_id(void* handle);
 int kvfold_spm_eos_id(void* handle);
 /* Encodes without BOS/EOS; *ids is malloc'd (free with kvfold_spm_free). Returns 0 on success. */
-int kvfold_spm_encode(void* handle, const char* text, size_t len, int** ids, size_t* n,
-                      char* err, size_t err_len);
+int kvfold_spm_encode(void* handle, const char* text, size_t len, int** ids, size_t* n, char* err,
+                      size_t err_len);
 /* Decodes ids to a malloc'd, NUL-terminated string (free with kvfold_spm_free). */
 int kvfold_spm_decode(void* handle, const int* ids, size_t n, char** text, char* err,
                       size_t err_len);

@@ -18,12 +18,13 @@ std::vector<double> WithBias(const std::vector<float>& w, const std::vector<floa
   return out;
 }
 
-void Split(ModelDraft& model, int layer, TensorRole weight, TensorRole bias, const std::vector<double>& m,
-           std::int64_t rows, std::int64_t hidden, bool has_bias) {
+void Split(ModelDraft& model, int layer, TensorRole weight, TensorRole bias,
+           const std::vector<double>& m, std::int64_t rows, std::int64_t hidden, bool has_bias) {
   const std::int64_t cols = hidden + (has_bias ? 1 : 0);
   std::vector<float> w(static_cast<std::size_t>(rows * hidden)), b(static_cast<std::size_t>(rows));
   for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t c = 0; c < hidden; ++c) w[r * hidden + c] = static_cast<float>(m[r * cols + c]);
+    for (std::int64_t c = 0; c < hidden; ++c)
+      w[r * hidden + c] = static_cast<float>(m[r * cols + c]);
     if (has_bias) b[r] = static_cast<float>(m[r * cols + hidden]);
   }
   model.Replace(HfTensorName({weight, layer}), {rows, hidden}, std::move(w));
@@ -37,7 +38,8 @@ std::int64_t LayerKvHeads(const ModelDraft& model, int layer) {
 }
 
 bool LayerReconstructsKeys(const ModelDraft& model, int layer) {
-  return model.config.key_projection_heads > 0 || model.Has(HfTensorName({TensorRole::kKCacheProj, layer}));
+  return model.config.key_projection_heads > 0 ||
+         model.Has(HfTensorName({TensorRole::kKCacheProj, layer}));
 }
 
 AttentionProjections ReadAttention(const ModelDraft& model, int layer) {
@@ -69,7 +71,8 @@ void WriteAttention(ModelDraft& model, int layer, const AttentionProjections& p)
   const std::int64_t d = p.head_dim;
   const std::int64_t k_rows = static_cast<std::int64_t>(p.wk.size()) / p.in_cols();
   const std::int64_t v_rows = static_cast<std::int64_t>(p.wv.size()) / p.in_cols();
-  Split(model, layer, TensorRole::kQProj, TensorRole::kQBias, p.wq, p.heads * d, p.hidden, p.has_bias);
+  Split(model, layer, TensorRole::kQProj, TensorRole::kQBias, p.wq, p.heads * d, p.hidden,
+        p.has_bias);
   Split(model, layer, TensorRole::kKProj, TensorRole::kKBias, p.wk, k_rows, p.hidden, p.has_bias);
   Split(model, layer, TensorRole::kVProj, TensorRole::kVBias, p.wv, v_rows, p.hidden, p.has_bias);
   std::vector<float> wo(p.wo.begin(), p.wo.end());

@@ -16,7 +16,8 @@ constexpr double kRidge = 1e-9;
 // The top-left [w, w] block of a row-major [full, full] moment: without q/k/v biases the
 // constant input channel has nowhere to go, so the fit leaves it out.
 Matrix Leading(const std::vector<double>& moment, std::int64_t w) {
-  const std::int64_t full = static_cast<std::int64_t>(std::llround(std::sqrt(static_cast<double>(moment.size()))));
+  const std::int64_t full =
+      static_cast<std::int64_t>(std::llround(std::sqrt(static_cast<double>(moment.size()))));
   if (full * full != static_cast<std::int64_t>(moment.size()) || full < w) {
     Fail("calibration", "internal: input moment has the wrong size");
   }
@@ -44,13 +45,15 @@ std::vector<double> RowEnergies(const Matrix& w, const Matrix& s) {
   return e;
 }
 
-std::vector<double> AverageRows(const std::vector<const AttentionProjections*>& readers, std::size_t source,
-                                MeanRule rule, std::vector<double> AttentionProjections::*field) {
+std::vector<double> AverageRows(const std::vector<const AttentionProjections*>& readers,
+                                std::size_t source, MeanRule rule,
+                                std::vector<double> AttentionProjections::*field) {
   std::vector<double> out = readers[source]->*field;
   if (rule == MeanRule::kUniform) {
     std::fill(out.begin(), out.end(), 0.0);
     for (const AttentionProjections* r : readers) {
-      for (std::size_t i = 0; i < out.size(); ++i) out[i] += (r->*field)[i] / static_cast<double>(readers.size());
+      for (std::size_t i = 0; i < out.size(); ++i)
+        out[i] += (r->*field)[i] / static_cast<double>(readers.size());
     }
     return out;
   }
@@ -63,14 +66,14 @@ std::vector<double> AverageRows(const std::vector<const AttentionProjections*>& 
 
 }  // namespace
 
-SharedKv MeanSharedKv(const std::vector<const AttentionProjections*>& readers, std::size_t source_index,
-                      MeanRule rule) {
+SharedKv MeanSharedKv(const std::vector<const AttentionProjections*>& readers,
+                      std::size_t source_index, MeanRule rule) {
   return {AverageRows(readers, source_index, rule, &AttentionProjections::wk),
           AverageRows(readers, source_index, rule, &AttentionProjections::wv)};
 }
 
-SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const SharingMoments& moments,
-                     SharingRecord& record) {
+SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers,
+                     const SharingMoments& moments, SharingRecord& record) {
   const std::size_t n = readers.size();
   if (n == 0 || moments.cross.size() != n || moments.reader.size() != n) {
     Fail("cross-layer fit", "internal: moments and readers disagree");
@@ -95,8 +98,12 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
     }
   }
   const Matrix ols = SolvePositiveDefinite(s_source, rhs, kRidge);
-  auto key_col = [&](std::size_t r, std::int64_t channel) { return static_cast<std::int64_t>(2 * r) * kvd + channel; };
-  auto value_col = [&](std::size_t r, std::int64_t channel) { return static_cast<std::int64_t>(2 * r + 1) * kvd + channel; };
+  auto key_col = [&](std::size_t r, std::int64_t channel) {
+    return static_cast<std::int64_t>(2 * r) * kvd + channel;
+  };
+  auto value_col = [&](std::size_t r, std::int64_t channel) {
+    return static_cast<std::int64_t>(2 * r + 1) * kvd + channel;
+  };
 
   // Each reader's own energies: keys and values per channel, queries per channel (the weights).
   std::vector<std::vector<double>> key_energy(n), value_energy(n), query_energy(n);
@@ -131,7 +138,8 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
         mean += weight[r] / static_cast<double>(n);
       }
       for (double& w : weight) w = mean > 0 ? std::sqrt(std::max(w, 1e-12 * mean) / mean) : 1.0;
-      ComplexMatrix m(static_cast<std::int64_t>(n), static_cast<std::int64_t>(n));  // E[ŷ ŷ^H] = G^T conj(R)
+      ComplexMatrix m(static_cast<std::int64_t>(n),
+                      static_cast<std::int64_t>(n));  // E[ŷ ŷ^H] = G^T conj(R)
       for (std::size_t a = 0; a < n; ++a) {
         for (std::size_t b = 0; b < n; ++b) {
           Complex sum = 0;
@@ -140,7 +148,8 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
             const Complex rb(rhs(k, key_col(b, re)), rhs(k, key_col(b, im)));
             sum += ga * std::conj(rb);
           }
-          m(static_cast<std::int64_t>(a), static_cast<std::int64_t>(b)) = weight[a] * weight[b] * sum;
+          m(static_cast<std::int64_t>(a), static_cast<std::int64_t>(b)) =
+              weight[a] * weight[b] * sum;
         }
       }
       for (std::size_t a = 0; a < n; ++a) {  // exact Hermitian symmetry before LAPACK
@@ -155,7 +164,8 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
       key_kept += std::max(0.0, e.values[0]);
       for (std::size_t r = 0; r < n; ++r) {
         key_total += weight[r] * weight[r] *
-                     (key_energy[r][static_cast<std::size_t>(re)] + key_energy[r][static_cast<std::size_t>(im)]);
+                     (key_energy[r][static_cast<std::size_t>(re)] +
+                      key_energy[r][static_cast<std::size_t>(im)]);
       }
       // Source key pair: gamma = sum_r s_r G_r conj(u_r); channel j = Re, channel j + d/2 = Im.
       for (std::int64_t k = 0; k < W; ++k) {
@@ -167,15 +177,18 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
         out.wk[static_cast<std::size_t>(re * W + k)] = gamma.real();
         out.wk[static_cast<std::size_t>(im * W + k)] = gamma.imag();
       }
-      // Reader r decodes z_r ~ (u_r / s_r) z': its queries of head g multiply pair j by the conjugate.
+      // Reader r decodes z_r ~ (u_r / s_r) z': its queries of head g multiply pair j by the
+      // conjugate.
       for (std::size_t r = 0; r < n; ++r) {
         const Complex u = e.vectors(static_cast<std::int64_t>(r), 0) / weight[r];
-        for (std::int64_t h = g * group; h < (g + 1) * group; ++h) ConjugateQueryPair(readers[r]->wq, new_wq[r], h, d, j, W, u);
+        for (std::int64_t h = g * group; h < (g + 1) * group; ++h)
+          ConjugateQueryPair(readers[r]->wq, new_wq[r], h, d, j, W, u);
       }
     }
     record.key_energy_kept.push_back(key_total > 0 ? key_kept / key_total : 1.0);
 
-    // Values: y = [v_r of head g]_r (n d), rank d: the top-d eigenvectors Omega of E[ŷ ŷ^T] = G^T R.
+    // Values: y = [v_r of head g]_r (n d), rank d: the top-d eigenvectors Omega of E[ŷ ŷ^T] = G^T
+    // R.
     const std::int64_t nd = static_cast<std::int64_t>(n) * d;
     Matrix g_values(W, nd), r_values(W, nd);
     for (std::int64_t k = 0; k < W; ++k) {
@@ -191,12 +204,15 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
     }
     const SymmetricEigen e = EigenSymmetric(c);
     double value_kept = 0, value_total = 0;
-    for (std::int64_t a = 0; a < d; ++a) value_kept += std::max(0.0, e.values[static_cast<std::size_t>(a)]);
+    for (std::int64_t a = 0; a < d; ++a)
+      value_kept += std::max(0.0, e.values[static_cast<std::size_t>(a)]);
     for (std::size_t r = 0; r < n; ++r) {
-      for (std::int64_t a = 0; a < d; ++a) value_total += value_energy[r][static_cast<std::size_t>(g * d + a)];
+      for (std::int64_t a = 0; a < d; ++a)
+        value_total += value_energy[r][static_cast<std::size_t>(g * d + a)];
     }
     record.value_energy_kept.push_back(value_total > 0 ? value_kept / value_total : 1.0);
-    // Source value head g: Omega G^T. Reader r: W_O[:, h] <- W_O[:, h] Omega_r^T for its heads h of g.
+    // Source value head g: Omega G^T. Reader r: W_O[:, h] <- W_O[:, h] Omega_r^T for its heads h of
+    // g.
     Matrix omega(d, nd);
     for (std::int64_t a = 0; a < d; ++a) {
       for (std::int64_t b = 0; b < nd; ++b) omega(a, b) = e.vectors(b, a);
@@ -205,7 +221,8 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const Sh
     std::copy(source_values.data.begin(), source_values.data.end(), out.wv.begin() + g * d * W);
     for (std::size_t r = 0; r < n; ++r) {
       for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
-        DecodeOutputHead(readers[r]->wo, new_wo[r], first.hidden, H * d, h, d, omega, static_cast<std::int64_t>(r) * d);
+        DecodeOutputHead(readers[r]->wo, new_wo[r], first.hidden, H * d, h, d, omega,
+                         static_cast<std::int64_t>(r) * d);
       }
     }
   }

@@ -23,15 +23,15 @@ enum class MeanRule { kRunningPairwise, kUniform };
 struct SharedKv {
   std::vector<double> wk, wv;
 };
-SharedKv MeanSharedKv(const std::vector<const AttentionProjections*>& readers, std::size_t source_index,
-                      MeanRule rule);
+SharedKv MeanSharedKv(const std::vector<const AttentionProjections*>& readers,
+                      std::size_t source_index, MeanRule rule);
 
 // Calibration sums over the same tokens, ĥ = [h; 1] (h = attention input after input_layernorm):
 // [D + 1, D + 1] row-major each.
 struct SharingMoments {
-  std::vector<double> source;                  // sum ĥ_s ĥ_s^T
-  std::vector<std::vector<double>> cross;      // per reader r: sum ĥ_s ĥ_r^T
-  std::vector<std::vector<double>> reader;     // per reader r: sum ĥ_r ĥ_r^T
+  std::vector<double> source;               // sum ĥ_s ĥ_s^T
+  std::vector<std::vector<double>> cross;   // per reader r: sum ĥ_s ĥ_r^T
+  std::vector<std::vector<double>> reader;  // per reader r: sum ĥ_r ĥ_r^T
 };
 
 // Per KV head, the fraction of the readers' (query-weighted) key energy and value energy the
@@ -45,7 +45,7 @@ struct SharingRecord {
 // rotary pair as a complex rank-1 problem, weighted by the reader's query energy at that pair
 // (the score error); values per KV head as a rank-d problem. A reader whose own K/V lies in the
 // span is reproduced exactly (to the ridge). `readers` are modified in place (wq, wo).
-SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers, const SharingMoments& moments,
-                     SharingRecord& record);
+SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers,
+                     const SharingMoments& moments, SharingRecord& record);
 
 }  // namespace kvfold

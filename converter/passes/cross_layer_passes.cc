@@ -20,8 +20,12 @@ bool IsIdentity(const std::vector<std::int64_t>& layout) {
 // Either pass: one group per source layer; each group's source K/V by the chosen init.
 class CrossLayerShare : public Pass {
  public:
-  CrossLayerShare(std::string name, std::vector<std::int64_t> layout, std::string init, MeanRule mean_rule)
-      : name_(std::move(name)), layout_(std::move(layout)), init_(std::move(init)), mean_rule_(mean_rule) {}
+  CrossLayerShare(std::string name, std::vector<std::int64_t> layout, std::string init,
+                  MeanRule mean_rule)
+      : name_(std::move(name)),
+        layout_(std::move(layout)),
+        init_(std::move(init)),
+        mean_rule_(mean_rule) {}
 
   bool ChangesKv() const override { return true; }
   unsigned NeededStatistics() const override { return init_ == "calib" ? kStatLayerInputs : 0u; }
@@ -39,13 +43,17 @@ class CrossLayerShare : public Pass {
     ModelDraft& model = ctx.model;
     const ModelConfig& c = model.config;
     if (c.qk_norm) {
-      Fail("--passes", name_ + ": not supported on " + c.model_type + ": a layer's per-head key RMSNorm (k_norm) "
-                       "is its own; sharing another layer's K/V would drop it (and the output would be lckv-llama)");
+      Fail("--passes", name_ + ": not supported on " + c.model_type +
+                           ": a layer's per-head key RMSNorm (k_norm) "
+                           "is its own; sharing another layer's K/V would drop it (and the output "
+                           "would be lckv-llama)");
     }
     if (c.model_type != "llama" || c.sliding_window > 0) {
-      Fail("--passes", name_ + ": needs a llama model without sliding window (the output is lckv-llama)");
+      Fail("--passes",
+           name_ + ": needs a llama model without sliding window (the output is lckv-llama)");
     }
-    if (c.key_projection_heads > 0) Fail("--passes", name_ + ": the model already uses reconstruct-mode keys");
+    if (c.key_projection_heads > 0)
+      Fail("--passes", name_ + ": the model already uses reconstruct-mode keys");
     if (c.SharesKv()) Fail("--passes", name_ + ": the model's layers already share K/V");
     nlohmann::ordered_json groups = nlohmann::ordered_json::array();
     for (std::int64_t source = 0; source < c.num_hidden_layers; ++source) {
@@ -81,7 +89,8 @@ class CrossLayerShare : public Pass {
       for (const auto& x : p) readers.push_back(&x);
       shared = MeanSharedKv(readers, source_index, mean_rule_);
     } else {
-      if (ctx.statistics.input_moments.empty()) Fail("--passes", name_ + ": internal: input moments were not collected");
+      if (ctx.statistics.input_moments.empty())
+        Fail("--passes", name_ + ": internal: input moments were not collected");
       std::vector<AttentionProjections*> readers;
       SharingMoments moments;
       moments.source = ctx.statistics.InputMoment(source, source);
@@ -125,8 +134,9 @@ class CrossLayerShare : public Pass {
 std::vector<std::int64_t> MlkvLayout(std::int64_t layers, std::int64_t kv_layers) {
   std::vector<std::int64_t> sources = {0};
   for (std::int64_t i = 0; i + 1 < kv_layers; ++i) {  // Python: int((i + 1) * (L / N))
-    sources.push_back(static_cast<std::int64_t>(std::floor(static_cast<double>(i + 1) *
-                                                           (static_cast<double>(layers) / static_cast<double>(kv_layers)))));
+    sources.push_back(static_cast<std::int64_t>(
+        std::floor(static_cast<double>(i + 1) *
+                   (static_cast<double>(layers) / static_cast<double>(kv_layers)))));
   }
   std::vector<std::int64_t> layout(static_cast<std::size_t>(layers));
   for (std::int64_t l = 0; l < layers; ++l) {
@@ -151,17 +161,22 @@ std::unique_ptr<Pass> CreateMlkv(const PassSpec& spec, const ModelConfig& config
   const std::int64_t L = config.num_hidden_layers;
   const std::int64_t n = IntParam(spec, "kv-layers", -1);
   if (n < 1 || n > L) {
-    Fail("--passes", "mlkv: kv-layers=N is required, between 1 and the model's " + std::to_string(L) + " layers");
+    Fail("--passes", "mlkv: kv-layers=N is required, between 1 and the model's " +
+                         std::to_string(L) + " layers");
   }
-  return std::make_unique<CrossLayerShare>("mlkv", MlkvLayout(L, n), StringParam(spec, "init", "calib", {"mean", "calib"}),
+  return std::make_unique<CrossLayerShare>("mlkv", MlkvLayout(L, n),
+                                           StringParam(spec, "init", "calib", {"mean", "calib"}),
                                            MeanRule::kRunningPairwise);
 }
 
 std::unique_ptr<Pass> CreateLckv(const PassSpec& spec, const ModelConfig& config) {
   const std::int64_t L = config.num_hidden_layers;
   const std::int64_t w = IntParam(spec, "warmup", 2);
-  if (w < 0 || w > L) Fail("--passes", "lckv: warmup=w must be between 0 and the model's " + std::to_string(L) + " layers");
-  return std::make_unique<CrossLayerShare>("lckv", LckvLayout(L, w), StringParam(spec, "init", "calib", {"mean", "calib"}),
+  if (w < 0 || w > L)
+    Fail("--passes",
+         "lckv: warmup=w must be between 0 and the model's " + std::to_string(L) + " layers");
+  return std::make_unique<CrossLayerShare>("lckv", LckvLayout(L, w),
+                                           StringParam(spec, "init", "calib", {"mean", "calib"}),
                                            MeanRule::kUniform);
 }
 

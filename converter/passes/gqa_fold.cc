@@ -11,8 +11,8 @@ namespace kvfold {
 namespace {
 
 // The [t d, t d] diagonal block of `moment` ([KV d, KV d]) for KV heads first .. first + t - 1.
-Matrix GroupBlock(const std::vector<double>& moment, std::int64_t kv_dim, std::int64_t first_channel,
-                  std::int64_t size) {
+Matrix GroupBlock(const std::vector<double>& moment, std::int64_t kv_dim,
+                  std::int64_t first_channel, std::int64_t size) {
   Matrix m(size, size);
   for (std::int64_t i = 0; i < size; ++i) {
     for (std::int64_t j = 0; j < size; ++j) {
@@ -37,8 +37,8 @@ Matrix TopEigenRows(const Matrix& symmetric, std::int64_t count, double* energy_
 }
 
 // out rows [n_out, cols] = basis [n_out, n_in] x in rows [n_in, cols] (in = rows first_row..).
-std::vector<double> CombineRows(const Matrix& basis, const std::vector<double>& w, std::int64_t cols,
-                                std::int64_t first_row) {
+std::vector<double> CombineRows(const Matrix& basis, const std::vector<double>& w,
+                                std::int64_t cols, std::int64_t first_row) {
   std::vector<double> out(static_cast<std::size_t>(basis.rows * cols), 0.0);
   for (std::int64_t r = 0; r < basis.rows; ++r) {
     for (std::int64_t i = 0; i < basis.cols; ++i) {
@@ -60,7 +60,8 @@ std::int64_t KvHeadOf(const AttentionProjections& p, std::int64_t head) {
 // Score-error weights per (original KV head, channel): the pre-RoPE query energy of the query
 // heads that read the head, at the channel's rotary pair (RoPE mixes the two channels of a
 // pair, so both get the pair's mean). All ones without query statistics.
-std::vector<double> KeyWeights(const AttentionProjections& p, const std::vector<double>* query_energy) {
+std::vector<double> KeyWeights(const AttentionProjections& p,
+                               const std::vector<double>* query_energy) {
   const std::int64_t d = p.head_dim, half = d / 2;
   std::vector<double> w(static_cast<std::size_t>(p.kv_heads * d), query_energy ? 0.0 : 1.0);
   if (!query_energy) return w;
@@ -75,14 +76,16 @@ std::vector<double> KeyWeights(const AttentionProjections& p, const std::vector<
   }
   double mean = 0;
   for (double x : w) mean += x / static_cast<double>(w.size());
-  for (double& x : w) x = std::sqrt(std::max(x, 1e-12 * mean) / std::max(mean, 1e-300));  // s = sqrt(w)
+  for (double& x : w)
+    x = std::sqrt(std::max(x, 1e-12 * mean) / std::max(mean, 1e-300));  // s = sqrt(w)
   return w;
 }
 
 }  // namespace
 
-void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& wq_out, std::int64_t head,
-                        std::int64_t head_dim, std::int64_t pair, std::int64_t cols, std::complex<double> u) {
+void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& wq_out,
+                        std::int64_t head, std::int64_t head_dim, std::int64_t pair,
+                        std::int64_t cols, std::complex<double> u) {
   const double a = u.real(), b = u.imag();
   const std::int64_t row = head * head_dim + pair, half = head_dim / 2;
   const double* A = &wq_in[static_cast<std::size_t>(row * cols)];
@@ -95,9 +98,9 @@ void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& w
   }
 }
 
-void DecodeOutputHead(const std::vector<double>& wo_in, std::vector<double>& wo_out, std::int64_t rows,
-                      std::int64_t o_cols, std::int64_t head, std::int64_t head_dim, const Matrix& omega,
-                      std::int64_t first_col) {
+void DecodeOutputHead(const std::vector<double>& wo_in, std::vector<double>& wo_out,
+                      std::int64_t rows, std::int64_t o_cols, std::int64_t head,
+                      std::int64_t head_dim, const Matrix& omega, std::int64_t first_col) {
   const std::int64_t d = head_dim;
   for (std::int64_t r = 0; r < rows; ++r) {
     const double* src = &wo_in[static_cast<std::size_t>(r * o_cols + head * d)];
@@ -159,7 +162,8 @@ namespace {
 
 // Encoder rows E [d, n] and decoder D^T [d, n] minimising E || A (v - D E v) ||^2 for A^T A =
 // `gram` and E[v v^T] = `moment` (FoldValues), with the fraction of weighted energy kept.
-std::pair<Matrix, Matrix> WeightedValueBasis(const Matrix& moment, Matrix gram, std::int64_t d, double* kept) {
+std::pair<Matrix, Matrix> WeightedValueBasis(const Matrix& moment, Matrix gram, std::int64_t d,
+                                             double* kept) {
   const std::int64_t n = gram.rows;
   double trace = 0;
   for (std::int64_t i = 0; i < n; ++i) trace += gram(i, i);
@@ -171,14 +175,17 @@ std::pair<Matrix, Matrix> WeightedValueBasis(const Matrix& moment, Matrix gram, 
   Matrix scaled(n, n), inverse_scaled(n, n);
   for (std::int64_t i = 0; i < n; ++i) {
     for (std::int64_t k = 0; k < n; ++k) {
-      const double root_lambda = std::sqrt(std::max(ge.values[static_cast<std::size_t>(k)], 1e-300));
+      const double root_lambda =
+          std::sqrt(std::max(ge.values[static_cast<std::size_t>(k)], 1e-300));
       scaled(i, k) = ge.vectors(i, k) * root_lambda;
       inverse_scaled(i, k) = ge.vectors(i, k) / root_lambda;
     }
   }
   const Matrix vectors_t = Transpose(ge.vectors);
-  const Matrix root = Multiply(scaled, vectors_t), inverse_root = Multiply(inverse_scaled, vectors_t);
-  const Matrix q_rows = TopEigenRows(Multiply(Multiply(root, moment), root), d, kept);  // Q^T [d, n]
+  const Matrix root = Multiply(scaled, vectors_t),
+               inverse_root = Multiply(inverse_scaled, vectors_t);
+  const Matrix q_rows =
+      TopEigenRows(Multiply(Multiply(root, moment), root), d, kept);  // Q^T [d, n]
   return {Multiply(q_rows, root), Multiply(q_rows, inverse_root)};
 }
 
@@ -194,11 +201,11 @@ void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<
     double kept = 0;
     const Matrix sigma = GroupBlock(moment, kv_dim, g * t * d, t * d);
     // Without output weighting the basis is orthonormal: the decoder is the encoder.
-    const auto [encoder, decoder_rows] = weight_by_output ? WeightedValueBasis(sigma, OutputGram(p, new_kv, g), d, &kept)
-                                                          : [&] {
-                                                              const Matrix e = TopEigenRows(sigma, d, &kept);
-                                                              return std::pair<Matrix, Matrix>(e, e);
-                                                            }();
+    const auto [encoder, decoder_rows] =
+        weight_by_output ? WeightedValueBasis(sigma, OutputGram(p, new_kv, g), d, &kept) : [&] {
+          const Matrix e = TopEigenRows(sigma, d, &kept);
+          return std::pair<Matrix, Matrix>(e, e);
+        }();
     omegas.push_back(decoder_rows);
     record.value_energy_kept.push_back(kept);
     const auto v = CombineRows(encoder, p.wv, cols, g * t * d);
@@ -215,11 +222,14 @@ void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<
   // kv_heads changes with the keys: FoldValues and a key fold are applied as a pair.
 }
 
-void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv, const std::vector<double>& moment,
-                     FoldRecord& record, const std::vector<double>* query_energy) {
+void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
+                     const std::vector<double>& moment, FoldRecord& record,
+                     const std::vector<double>* query_energy) {
   const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, half = d / 2, cols = p.in_cols();
   const std::int64_t kv_dim = p.kv_heads * d;
-  auto S = [&](std::int64_t a, std::int64_t b) { return moment[static_cast<std::size_t>(a * kv_dim + b)]; };
+  auto S = [&](std::int64_t a, std::int64_t b) {
+    return moment[static_cast<std::size_t>(a * kv_dim + b)];
+  };
   const std::vector<double> scale = KeyWeights(p, query_energy);  // s per (head, channel)
   std::vector<double> wk(static_cast<std::size_t>(new_kv * d * cols), 0.0);
   std::vector<double> wq = p.wq;
@@ -234,7 +244,8 @@ void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv, const std::ve
         for (std::int64_t n = 0; n < t; ++n) {
           const std::int64_t xm = (g * t + m) * d + j, ym = xm + half;
           const std::int64_t xn = (g * t + n) * d + j, yn = xn + half;
-          const double sm = scale[static_cast<std::size_t>(xm)], sn = scale[static_cast<std::size_t>(xn)];
+          const double sm = scale[static_cast<std::size_t>(xm)],
+                       sn = scale[static_cast<std::size_t>(xn)];
           c(m, n) = sm * sn * Complex(S(xm, xn) + S(ym, yn), S(ym, xn) - S(xm, yn));
         }
       }
@@ -265,7 +276,8 @@ void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv, const std::ve
   for (std::int64_t h = 0; h < p.heads; ++h) {
     const std::int64_t m = KvHeadOf(p, h);
     for (std::int64_t j = 0; j < half; ++j) {
-      ConjugateQueryPair(p.wq, wq, h, d, j, cols, u[static_cast<std::size_t>(m)][static_cast<std::size_t>(j)]);
+      ConjugateQueryPair(p.wq, wq, h, d, j, cols,
+                         u[static_cast<std::size_t>(m)][static_cast<std::size_t>(j)]);
     }
   }
   p.wk = std::move(wk);
@@ -288,14 +300,16 @@ KeyReconstruction ReconstructKeys(const AttentionProjections& p, std::int64_t ne
     Matrix block = GroupBlock(moment, kv_dim, g * t * d, t * d);
     for (std::int64_t a = 0; a < t * d; ++a) {
       for (std::int64_t b = 0; b < t * d; ++b) {
-        block(a, b) *= scale[static_cast<std::size_t>(g * t * d + a)] * scale[static_cast<std::size_t>(g * t * d + b)];
+        block(a, b) *= scale[static_cast<std::size_t>(g * t * d + a)] *
+                       scale[static_cast<std::size_t>(g * t * d + b)];
       }
     }
     psis.push_back(TopEigenRows(block, d, &kept));
     record.key_energy_kept.push_back(kept);
     for (std::int64_t a = 0; a < d; ++a) {
       for (std::int64_t b = 0; b < t * d; ++b) {
-        r.k_cache_proj.push_back(psis.back()(a, b) * scale[static_cast<std::size_t>(g * t * d + b)]);
+        r.k_cache_proj.push_back(psis.back()(a, b) *
+                                 scale[static_cast<std::size_t>(g * t * d + b)]);
       }
     }
   }
@@ -304,7 +318,8 @@ KeyReconstruction ReconstructKeys(const AttentionProjections& p, std::int64_t ne
     for (std::int64_t a = 0; a < d; ++a) {
       for (std::int64_t b = 0; b < d; ++b) {
         r.q_cache_proj[static_cast<std::size_t>((h * d + a) * d + b)] =
-            psis[static_cast<std::size_t>(g)](a, j * d + b) / scale[static_cast<std::size_t>(m * d + b)];
+            psis[static_cast<std::size_t>(g)](a, j * d + b) /
+            scale[static_cast<std::size_t>(m * d + b)];
       }
     }
   }

@@ -15,7 +15,7 @@ namespace kvfold {
 // as one extra trailing column, so a row transform moves weight and bias together.
 struct AttentionProjections {
   std::int64_t heads = 0, kv_heads = 0, head_dim = 0, hidden = 0;
-  bool has_bias = false;  // q/k/v biases present (Qwen2)
+  bool has_bias = false;   // q/k/v biases present (Qwen2)
   std::vector<double> wq;  // [H d, hidden + bias]
   std::vector<double> wk;  // [KV d, hidden + bias]
   std::vector<double> wv;  // [KV d, hidden + bias]
@@ -40,14 +40,16 @@ struct KeyReconstruction {
 // Query head `head`'s rotary pair j (rows head*d + j and head*d + j + d/2 of `wq_in`, [H d, cols])
 // multiplied by conj(u), written to the same rows of `wq_out`: scores then read the key pair
 // decoded as u * k'.
-void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& wq_out, std::int64_t head,
-                        std::int64_t head_dim, std::int64_t pair, std::int64_t cols, std::complex<double> u);
+void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& wq_out,
+                        std::int64_t head, std::int64_t head_dim, std::int64_t pair,
+                        std::int64_t cols, std::complex<double> u);
 // W_O[:, head] <- W_O[:, head] Omega^T for Omega = columns first_col .. first_col + d - 1 of
 // `omega` ([d, ...]): the value head it read is decoded as Omega^T v'. `wo_in`/`wo_out` are
 // [rows, o_cols].
-void DecodeOutputHead(const std::vector<double>& wo_in, std::vector<double>& wo_out, std::int64_t rows,
-                      std::int64_t o_cols, std::int64_t head, std::int64_t head_dim,
-                      const DenseMatrix<double>& omega, std::int64_t first_col);
+void DecodeOutputHead(const std::vector<double>& wo_in, std::vector<double>& wo_out,
+                      std::int64_t rows, std::int64_t o_cols, std::int64_t head,
+                      std::int64_t head_dim, const DenseMatrix<double>& omega,
+                      std::int64_t first_col);
 
 // Throws Error unless `new_kv` divides the current KV heads.
 std::int64_t GroupSize(const AttentionProjections& p, std::int64_t new_kv);
@@ -64,7 +66,8 @@ void MeanPoolKv(AttentionProjections& p, std::int64_t new_kv);
 // G^1/2 Sigma G^1/2, encoder E = Q^T G^1/2 (into W_V), decoder D = G^-1/2 Q (into W_O). Equal to
 // the plain fold when G is a multiple of I; lossless whenever the plain one is.
 void FoldValues(AttentionProjections& p, std::int64_t new_kv,
-                const std::vector<double>& value_moment, FoldRecord& record, bool weight_by_output = false);
+                const std::vector<double>& value_moment, FoldRecord& record,
+                bool weight_by_output = false);
 
 // The output-error Gram G of group g's stacked values ([t d, t d], see FoldValues).
 Matrix OutputGram(const AttentionProjections& p, std::int64_t new_kv, std::int64_t group);

@@ -13,25 +13,29 @@ std::int64_t TargetKvHeads(const PassSpec& spec, const ModelConfig& config) {
   const std::int64_t kv = IntParam(spec, "kv-heads", -1);
   if (kv <= 0) Fail("--passes", spec.name + ": kv-heads=N is required and must be positive");
   if (config.num_key_value_heads % kv != 0) {
-    Fail("--passes", spec.name + ": kv-heads=" + std::to_string(kv) + " does not divide the model's " +
-                         std::to_string(config.num_key_value_heads) +
-                         " KV heads (groups must be even)");
+    Fail("--passes",
+         spec.name + ": kv-heads=" + std::to_string(kv) + " does not divide the model's " +
+             std::to_string(config.num_key_value_heads) + " KV heads (groups must be even)");
   }
   return kv;
 }
 
 // Layer `layer` as it stands: vanilla keys, and a KV head count the target divides.
-void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target, const std::string& pass) {
+void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target,
+                     const std::string& pass) {
   if (model.config.qk_norm) {
-    Fail("--passes", pass + ": not supported on " + model.config.model_type + ": its per-head key RMSNorm (k_norm, "
-                     "before RoPE) is not linear, so no fold of k_proj can merge key heads exactly (kv-scales, "
-                     "kv-mixed and cache policies do apply)");
+    Fail("--passes", pass + ": not supported on " + model.config.model_type +
+                         ": its per-head key RMSNorm (k_norm, "
+                         "before RoPE) is not linear, so no fold of k_proj can merge key heads "
+                         "exactly (kv-scales, "
+                         "kv-mixed and cache policies do apply)");
   }
-  if (LayerReconstructsKeys(model, layer)) Fail("--passes", pass + ": the model already uses reconstruct-mode keys");
+  if (LayerReconstructsKeys(model, layer))
+    Fail("--passes", pass + ": the model already uses reconstruct-mode keys");
   const std::int64_t kv = LayerKvHeads(model, layer);
   if (kv % target != 0) {
-    Fail("--passes", pass + ": kv-heads=" + std::to_string(target) + " does not divide the " + std::to_string(kv) +
-                         " KV heads an earlier pass left");
+    Fail("--passes", pass + ": kv-heads=" + std::to_string(target) + " does not divide the " +
+                         std::to_string(kv) + " KV heads an earlier pass left");
   }
 }
 
@@ -67,8 +71,12 @@ struct GqaSvdOptions {
 class GqaSvd : public LayerPass {
  public:
   GqaSvd(std::int64_t kv, GqaSvdOptions o)
-      : kv_(kv), rope_(std::move(o.rope)), weight_(std::move(o.weight)), value_weight_(std::move(o.value_weight)),
-        refit_output_(o.refit_output), ridge_(o.ridge) {}
+      : kv_(kv),
+        rope_(std::move(o.rope)),
+        weight_(std::move(o.weight)),
+        value_weight_(std::move(o.value_weight)),
+        refit_output_(o.refit_output),
+        ridge_(o.ridge) {}
   bool RefitsOutput() const override { return refit_output_; }
   void DisableRefit() override { refit_output_ = false; }
   bool ChangesKv() const override { return true; }
@@ -97,7 +105,8 @@ class GqaSvd : public LayerPass {
     if (rope_ == "commute") {
       FoldKeysCommute(p, kv_, stats.key_pre_rope, record, query_energy);
     } else {
-      const KeyReconstruction r = ReconstructKeys(p, kv_, stats.key_post_rope, record, query_energy);
+      const KeyReconstruction r =
+          ReconstructKeys(p, kv_, stats.key_post_rope, record, query_energy);
       const std::int64_t d = p.head_dim, t = kv_before / kv_;
       model.Replace(HfTensorName({TensorRole::kKCacheProj, l}), {kv_, d, t * d},
                     std::vector<float>(r.k_cache_proj.begin(), r.k_cache_proj.end()));
@@ -115,19 +124,22 @@ class GqaSvd : public LayerPass {
     const std::string o = HfTensorName({TensorRole::kOProj, ctx.layer});
     const std::vector<float> wo = ctx.model.ReadF32(o);
     const std::int64_t hidden = ctx.model.config.hidden_size;
-    const OutputRefit r = RefitOutput(source_wo_, std::vector<double>(wo.begin(), wo.end()), hidden, moments, ridge_);
+    const OutputRefit r =
+        RefitOutput(source_wo_, std::vector<double>(wo.begin(), wo.end()), hidden, moments, ridge_);
     source_wo_.clear();
     if (r.ridge >= 0) {
       ctx.model.Replace(o, {hidden, moments.dim}, std::vector<float>(r.wo.begin(), r.wo.end()));
     }
     nlohmann::ordered_json tried = nlohmann::ordered_json::array();
-    for (const auto& [ridge, error] : r.tried) tried.push_back({{"ridge", ridge}, {"held_out_error", error}});
-    layers_.back()["refit"] = {{"ridge", r.ridge >= 0 ? nlohmann::ordered_json(r.ridge) : nlohmann::ordered_json("kept")},
-                               {"fit_error_before", r.fit_before},
-                               {"fit_error_after", r.fit_after},
-                               {"held_out_error_before", r.held_out_before},
-                               {"held_out_error_after", r.held_out_after},
-                               {"tried", std::move(tried)}};
+    for (const auto& [ridge, error] : r.tried)
+      tried.push_back({{"ridge", ridge}, {"held_out_error", error}});
+    layers_.back()["refit"] = {
+        {"ridge", r.ridge >= 0 ? nlohmann::ordered_json(r.ridge) : nlohmann::ordered_json("kept")},
+        {"fit_error_before", r.fit_before},
+        {"fit_error_after", r.fit_after},
+        {"held_out_error_before", r.held_out_before},
+        {"held_out_error_after", r.held_out_after},
+        {"tried", std::move(tried)}};
   }
   void Finish(PassContext& ctx) override {
     ModelDraft& model = ctx.model;
@@ -174,7 +186,8 @@ std::unique_ptr<Pass> CreateGqaSvd(const PassSpec& spec, const ModelConfig& conf
       if (!spec.params.count("ridge")) spec.defaults_used["ridge"] = "auto";
     } else {
       o.ridge = DoubleParam(spec, "ridge", -1);
-      if (!(o.ridge >= 0)) Fail("--passes", "gqa-svd: ridge must be auto or a number >= 0, not " + ridge);
+      if (!(o.ridge >= 0))
+        Fail("--passes", "gqa-svd: ridge must be auto or a number >= 0, not " + ridge);
     }
   } else if (spec.params.count("ridge")) {
     Fail("--passes", "gqa-svd: ridge applies only with refit=o");

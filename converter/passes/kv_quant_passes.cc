@@ -2,28 +2,30 @@
 
 #include <algorithm>
 #include <cmath>
-
 #include <nlohmann/json.hpp>
 
+#include "calib/quantizers.h"
 #include "converter/passes/attention_io.h"
 #include "formats/atomic_file.h"
 #include "formats/dtype.h"
 #include "formats/error.h"
 #include "formats/kv_mixed_table.h"
-#include "calib/quantizers.h"
 
 namespace kvfold {
 namespace {
 
 void RequirePlainKeys(const ModelDraft& model, int layer, const std::string& pass) {
-  if (LayerReconstructsKeys(model, layer)) Fail("--passes", pass + ": reconstruct-mode checkpoints are not supported");
+  if (LayerReconstructsKeys(model, layer))
+    Fail("--passes", pass + ": reconstruct-mode checkpoints are not supported");
 }
 
 // The statistics must describe the heads the layer has now.
-void RequireSourceHeads(const ModelDraft& model, int layer, std::int64_t statistics_kv_heads, const std::string& pass) {
+void RequireSourceHeads(const ModelDraft& model, int layer, std::int64_t statistics_kv_heads,
+                        const std::string& pass) {
   if (statistics_kv_heads != LayerKvHeads(model, layer)) {
-    Fail("--passes", pass + ": calibration describes the source model's " + std::to_string(statistics_kv_heads) +
-                         " KV heads; put " + pass + " before any pass that changes KV heads");
+    Fail("--passes", pass + ": calibration describes the source model's " +
+                         std::to_string(statistics_kv_heads) + " KV heads; put " + pass +
+                         " before any pass that changes KV heads");
   }
 }
 
@@ -43,7 +45,8 @@ class KvScales : public LayerPass {
     RequirePlainKeys(model, ctx.layer, "kv-scales");
     RequireSourceHeads(model, ctx.layer, ctx.statistics_kv_heads, "kv-scales");
     const std::int64_t kv = LayerKvHeads(model, ctx.layer), d = model.config.head_dim;
-    const std::vector<std::int64_t> shape = per_head_ ? std::vector<std::int64_t>{kv, 1, 1} : std::vector<std::int64_t>{1};
+    const std::vector<std::int64_t> shape =
+        per_head_ ? std::vector<std::int64_t>{kv, 1, 1} : std::vector<std::int64_t>{1};
     const LayerKvStatistics& s = ctx.statistics;
     std::vector<float> k = Fp8Scales(s.key_min, s.key_max, kv, d, per_head_);
     std::vector<float> v = Fp8Scales(s.value_min, s.value_max, kv, d, per_head_);
@@ -88,15 +91,18 @@ class KvBalance : public LayerPass {
     ModelDraft& model = ctx.model;
     RequirePlainKeys(model, ctx.layer, "kv-balance");
     if (model.config.qk_norm) {
-      Fail("--passes", "kv-balance: not supported on " + model.config.model_type + ": keys pass a per-head RMSNorm "
-                       "after k_proj (which would undo the factors) whose weight all heads share");
+      Fail("--passes",
+           "kv-balance: not supported on " + model.config.model_type +
+               ": keys pass a per-head RMSNorm "
+               "after k_proj (which would undo the factors) whose weight all heads share");
     }
     RequireSourceHeads(model, ctx.layer, ctx.statistics_kv_heads, "kv-balance");
     const ModelConfig& c = model.config;
     const LayerKvStatistics& s = ctx.statistics;
     // Every supported family applies RoPE: the two channels of a rotary pair share a factor.
-    const std::vector<double> b = BalanceFactors(s.query_pair_max, s.key_pair_max, c.num_attention_heads,
-                                                 LayerKvHeads(model, ctx.layer), c.head_dim, alpha_, true);
+    const std::vector<double> b =
+        BalanceFactors(s.query_pair_max, s.key_pair_max, c.num_attention_heads,
+                       LayerKvHeads(model, ctx.layer), c.head_dim, alpha_, true);
     AttentionProjections p = ReadAttention(model, ctx.layer);
     FoldBalance(p, b);
     WriteAttention(model, ctx.layer, p);
@@ -106,10 +112,14 @@ class KvBalance : public LayerPass {
     std::vector<double> before(s.key_pair_max.begin(), s.key_pair_max.end()), after = before;
     const std::int64_t half = c.head_dim / 2;
     for (std::size_t i = 0; i < after.size(); ++i) {
-      after[i] *= b[static_cast<std::size_t>((static_cast<std::int64_t>(i) / half) * c.head_dim + static_cast<std::int64_t>(i) % half)];
+      after[i] *= b[static_cast<std::size_t>((static_cast<std::int64_t>(i) / half) * c.head_dim +
+                                             static_cast<std::int64_t>(i) % half)];
     }
-    layers_.push_back({{"layer", ctx.layer}, {"factor_min", lo}, {"factor_max", hi},
-                       {"key_outlier_ratio_before", OutlierRatio(before)}, {"key_outlier_ratio_after", OutlierRatio(after)}});
+    layers_.push_back({{"layer", ctx.layer},
+                       {"factor_min", lo},
+                       {"factor_max", hi},
+                       {"key_outlier_ratio_before", OutlierRatio(before)},
+                       {"key_outlier_ratio_after", OutlierRatio(after)}});
   }
   void Finish(PassContext& ctx) override {
     ctx.record["alpha"] = alpha_;
@@ -134,7 +144,8 @@ class KvMixed : public LayerPass {
     if (ctx.layer == 0) {
       table_ = std::make_shared<KvMixedTable>(settings_);
       for (int l : table_->protect) {
-        if (l >= model.config.num_hidden_layers) Fail("--passes", "kv-mixed: protect layer " + std::to_string(l) + " does not exist");
+        if (l >= model.config.num_hidden_layers)
+          Fail("--passes", "kv-mixed: protect layer " + std::to_string(l) + " does not exist");
       }
     }
     table_->kv_heads = ctx.statistics_kv_heads;
@@ -148,8 +159,12 @@ class KvMixed : public LayerPass {
     table->layers = model.config.num_hidden_layers;
     table->head_dim = model.config.head_dim;
     table->calibration_tokens = ctx.statistics.tokens;
-    model.AddOutputFile(kKvMixedJson, [table](const std::string& path) { WriteFileAtomically(path, KvMixedTableJson(*table)); });
-    model.AddOutputFile(kKvMixedSafetensors, [table](const std::string& path) { WriteKvMixedSafetensors(path, *table); });
+    model.AddOutputFile(kKvMixedJson, [table](const std::string& path) {
+      WriteFileAtomically(path, KvMixedTableJson(*table));
+    });
+    model.AddOutputFile(kKvMixedSafetensors, [table](const std::string& path) {
+      WriteKvMixedSafetensors(path, *table);
+    });
     ctx.record["table"] = kKvMixedJson;
     ctx.record["keep"] = table->keep;
     ctx.record["key_bits"] = table->key_bits;
@@ -165,8 +180,8 @@ class KvMixed : public LayerPass {
 
 }  // namespace
 
-std::vector<float> Fp8Scales(const std::vector<float>& lo, const std::vector<float>& hi, std::int64_t kv,
-                             std::int64_t d, bool per_head) {
+std::vector<float> Fp8Scales(const std::vector<float>& lo, const std::vector<float>& hi,
+                             std::int64_t kv, std::int64_t d, bool per_head) {
   if (lo.size() != static_cast<std::size_t>(kv * d) || hi.size() != lo.size()) {
     Fail("kv-scales", "internal: calibration ranges were not collected");
   }
@@ -174,7 +189,8 @@ std::vector<float> Fp8Scales(const std::vector<float>& lo, const std::vector<flo
   for (std::int64_t g = 0; g < kv; ++g) {
     for (std::int64_t c = 0; c < d; ++c) {
       const auto i = static_cast<std::size_t>(g * d + c);
-      amax[static_cast<std::size_t>(g)] = std::max({amax[static_cast<std::size_t>(g)], std::abs(lo[i]), std::abs(hi[i])});
+      amax[static_cast<std::size_t>(g)] =
+          std::max({amax[static_cast<std::size_t>(g)], std::abs(lo[i]), std::abs(hi[i])});
     }
   }
   if (!per_head) amax = {*std::max_element(amax.begin(), amax.end())};
@@ -183,17 +199,20 @@ std::vector<float> Fp8Scales(const std::vector<float>& lo, const std::vector<flo
   return scale;
 }
 
-std::vector<double> BalanceFactors(const std::vector<float>& qmax, const std::vector<float>& kmax, std::int64_t heads,
-                                   std::int64_t kv, std::int64_t d, double alpha, bool pairs) {
+std::vector<double> BalanceFactors(const std::vector<float>& qmax, const std::vector<float>& kmax,
+                                   std::int64_t heads, std::int64_t kv, std::int64_t d,
+                                   double alpha, bool pairs) {
   const std::int64_t units = pairs ? d / 2 : d, group = heads / kv;
-  if (qmax.size() != static_cast<std::size_t>(heads * units) || kmax.size() != static_cast<std::size_t>(kv * units)) {
+  if (qmax.size() != static_cast<std::size_t>(heads * units) ||
+      kmax.size() != static_cast<std::size_t>(kv * units)) {
     Fail("kv-balance", "internal: query/key maxima were not collected");
   }
   std::vector<double> b(static_cast<std::size_t>(kv * d), 1.0);
   for (std::int64_t g = 0; g < kv; ++g) {
     for (std::int64_t u = 0; u < units; ++u) {
       double q = 0;
-      for (std::int64_t h = g * group; h < (g + 1) * group; ++h) q = std::max(q, double(qmax[static_cast<std::size_t>(h * units + u)]));
+      for (std::int64_t h = g * group; h < (g + 1) * group; ++h)
+        q = std::max(q, double(qmax[static_cast<std::size_t>(h * units + u)]));
       const double k = kmax[static_cast<std::size_t>(g * units + u)];
       // MiKV's balancer is sqrt(max|q| / max|k|); alpha generalises the square root: 0 leaves the
       // weights alone, 1 swaps the query and key maxima.
@@ -207,13 +226,16 @@ std::vector<double> BalanceFactors(const std::vector<float>& qmax, const std::ve
 
 void FoldBalance(AttentionProjections& p, const std::vector<double>& b) {
   const std::int64_t d = p.head_dim, cols = p.in_cols(), group = p.heads / p.kv_heads;
-  if (b.size() != static_cast<std::size_t>(p.kv_heads * d)) Fail("kv-balance", "internal: factor count");
+  if (b.size() != static_cast<std::size_t>(p.kv_heads * d))
+    Fail("kv-balance", "internal: factor count");
   for (std::int64_t g = 0; g < p.kv_heads; ++g) {
     for (std::int64_t c = 0; c < d; ++c) {
       const double f = b[static_cast<std::size_t>(g * d + c)];
-      for (std::int64_t x = 0; x < cols; ++x) p.wk[static_cast<std::size_t>((g * d + c) * cols + x)] *= f;
+      for (std::int64_t x = 0; x < cols; ++x)
+        p.wk[static_cast<std::size_t>((g * d + c) * cols + x)] *= f;
       for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
-        for (std::int64_t x = 0; x < cols; ++x) p.wq[static_cast<std::size_t>((h * d + c) * cols + x)] /= f;
+        for (std::int64_t x = 0; x < cols; ++x)
+          p.wq[static_cast<std::size_t>((h * d + c) * cols + x)] /= f;
       }
     }
   }
@@ -221,7 +243,8 @@ void FoldBalance(AttentionProjections& p, const std::vector<double>& b) {
 
 std::unique_ptr<Pass> CreateKvScales(const PassSpec& spec, const ModelConfig&) {
   StringParam(spec, "format", "vllm-fp8", {"vllm-fp8"});
-  return std::make_unique<KvScales>(StringParam(spec, "strategy", "tensor", {"tensor", "head"}) == "head");
+  return std::make_unique<KvScales>(StringParam(spec, "strategy", "tensor", {"tensor", "head"}) ==
+                                    "head");
 }
 
 std::unique_ptr<Pass> CreateKvBalance(const PassSpec& spec, const ModelConfig&) {
@@ -233,14 +256,16 @@ std::unique_ptr<Pass> CreateKvBalance(const PassSpec& spec, const ModelConfig&) 
 std::unique_ptr<Pass> CreateKvMixed(const PassSpec& spec, const ModelConfig& config) {
   KvMixedTable t;
   const auto bits = IntParam(spec, "bits", 4);
-  const auto key_bits = IntParam(spec, "key-bits", bits), value_bits = IntParam(spec, "value-bits", bits);
+  const auto key_bits = IntParam(spec, "key-bits", bits),
+             value_bits = IntParam(spec, "value-bits", bits);
   for (std::int64_t b : {key_bits, value_bits}) {
     if (b < 1 || b > 8) Fail("--passes", "kv-mixed: key/value bits must be in [1, 8]");
   }
   t.key_bits = static_cast<int>(key_bits);
   t.value_bits = static_cast<int>(value_bits);
   if (IntParam(spec, "hi-bits", 16) != 16) {
-    Fail("--passes", "kv-mixed: hi-bits must be 16 (kvfold simulates unquantized important tokens)");
+    Fail("--passes",
+         "kv-mixed: hi-bits must be 16 (kvfold simulates unquantized important tokens)");
   }
   t.hi_bits = 16;
   t.keep = DoubleParam(spec, "keep", 0.2);
@@ -250,13 +275,16 @@ std::unique_ptr<Pass> CreateKvMixed(const PassSpec& spec, const ModelConfig& con
   t.group = IntParam(spec, "group", 0);
   for (std::int64_t l : IntListParam(spec, "protect")) {
     if (l < 0 || l >= config.num_hidden_layers) {
-      Fail("--passes", "kv-mixed: protect layer " + std::to_string(l) + " does not exist (the model has layers 0.." +
+      Fail("--passes", "kv-mixed: protect layer " + std::to_string(l) +
+                           " does not exist (the model has layers 0.." +
                            std::to_string(config.num_hidden_layers - 1) + ")");
     }
     t.protect.push_back(static_cast<int>(l));
   }
-  if (!(t.keep > 0 && t.keep <= 1) || !(t.recent >= 0 && t.recent <= 1)) Fail("--passes", "kv-mixed: keep in (0, 1], recent in [0, 1]");
-  if (t.group < 0 || t.group > config.head_dim) Fail("--passes", "kv-mixed: group must be in [0, head_dim]");
+  if (!(t.keep > 0 && t.keep <= 1) || !(t.recent >= 0 && t.recent <= 1))
+    Fail("--passes", "kv-mixed: keep in (0, 1], recent in [0, 1]");
+  if (t.group < 0 || t.group > config.head_dim)
+    Fail("--passes", "kv-mixed: group must be in [0, head_dim]");
   return std::make_unique<KvMixed>(t);
 }
 

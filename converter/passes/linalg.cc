@@ -12,9 +12,10 @@
 #include "formats/error.h"
 
 // The Fortran BLAS product (OpenBLAS, which LAPACKE sits on).
-extern "C" void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                       const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
-                       const double* beta, double* c, const int* ldc);
+extern "C" void dgemm_(const char* transa, const char* transb, const int* m, const int* n,
+                       const int* k, const double* alpha, const double* a, const int* lda,
+                       const double* b, const int* ldb, const double* beta, double* c,
+                       const int* ldc);
 
 namespace kvfold {
 namespace {
@@ -71,13 +72,15 @@ Matrix SolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge) {
 }
 
 std::optional<Matrix> TrySolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge) {
-  if (a.rows != a.cols || b.rows != a.rows) Fail("linalg", "internal: SolvePositiveDefinite shapes disagree");
+  if (a.rows != a.cols || b.rows != a.rows)
+    Fail("linalg", "internal: SolvePositiveDefinite shapes disagree");
   const lapack_int n = static_cast<lapack_int>(a.rows), nrhs = static_cast<lapack_int>(b.cols);
   double mean_diag = 0;
   for (std::int64_t i = 0; i < a.rows; ++i) mean_diag += a(i, i) / static_cast<double>(a.rows);
   Matrix factor = a, x = b;
   for (std::int64_t i = 0; i < a.rows; ++i) factor(i, i) += ridge * std::max(mean_diag, 1e-300);
-  const lapack_int info = LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', n, nrhs, factor.data.data(), n, x.data.data(), nrhs);
+  const lapack_int info =
+      LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', n, nrhs, factor.data.data(), n, x.data.data(), nrhs);
   if (info > 0) return std::nullopt;  // a leading minor is not positive definite
   if (info < 0) Fail("linalg", "internal: dposv argument " + std::to_string(-info) + " is invalid");
   return x;
@@ -88,9 +91,11 @@ Matrix Multiply(const Matrix& a, const Matrix& b) {
   Matrix c(a.rows, b.cols);
   if (c.data.empty() || a.cols == 0) return c;
   // Row-major C = A B is column-major C^T = B^T A^T.
-  const int m = static_cast<int>(b.cols), n = static_cast<int>(a.rows), k = static_cast<int>(a.cols);
+  const int m = static_cast<int>(b.cols), n = static_cast<int>(a.rows),
+            k = static_cast<int>(a.cols);
   const double one = 1.0, zero = 0.0;
-  dgemm_("N", "N", &m, &n, &k, &one, b.data.data(), &m, a.data.data(), &k, &zero, c.data.data(), &m);
+  dgemm_("N", "N", &m, &n, &k, &one, b.data.data(), &m, a.data.data(), &k, &zero, c.data.data(),
+         &m);
   return c;
 }
 
@@ -106,7 +111,8 @@ double OrthonormalityError(const Matrix& a) {
   const Matrix g = Multiply(Transpose(a), a);
   double worst = 0;
   for (std::int64_t i = 0; i < g.rows; ++i) {
-    for (std::int64_t j = 0; j < g.cols; ++j) worst = std::max(worst, std::abs(g(i, j) - (i == j ? 1.0 : 0.0)));
+    for (std::int64_t j = 0; j < g.cols; ++j)
+      worst = std::max(worst, std::abs(g(i, j) - (i == j ? 1.0 : 0.0)));
   }
   return worst;
 }

@@ -16,9 +16,14 @@ struct DenseMatrix {
   std::int64_t rows = 0, cols = 0;
   std::vector<T> data;
   DenseMatrix() = default;
-  DenseMatrix(std::int64_t r, std::int64_t c) : rows(r), cols(c), data(static_cast<std::size_t>(r * c), T(0)) {}
-  T& operator()(std::int64_t r, std::int64_t c) { return data[static_cast<std::size_t>(r * cols + c)]; }
-  T operator()(std::int64_t r, std::int64_t c) const { return data[static_cast<std::size_t>(r * cols + c)]; }
+  DenseMatrix(std::int64_t r, std::int64_t c)
+      : rows(r), cols(c), data(static_cast<std::size_t>(r * c), T(0)) {}
+  T& operator()(std::int64_t r, std::int64_t c) {
+    return data[static_cast<std::size_t>(r * cols + c)];
+  }
+  T operator()(std::int64_t r, std::int64_t c) const {
+    return data[static_cast<std::size_t>(r * cols + c)];
+  }
 };
 
 using Complex = std::complex<double>;

@@ -19,7 +19,8 @@ std::optional<int> LayerOf(const std::string& name) {
   const std::string prefix = "model.layers.";
   if (name.rfind(prefix, 0) != 0) return std::nullopt;
   const std::size_t end = name.find('.', prefix.size());
-  if (end == std::string::npos || end == prefix.size() || end - prefix.size() > 6) return std::nullopt;
+  if (end == std::string::npos || end == prefix.size() || end - prefix.size() > 6)
+    return std::nullopt;
   const std::string digits = name.substr(prefix.size(), end - prefix.size());
   if (digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
   return std::stoi(digits);
@@ -58,7 +59,8 @@ std::vector<float> ModelDraft::ReadF32(const std::string& name) const {
   }
   if (it != replaced_.end() && !it->second.sealed.empty()) {
     std::vector<float> values(it->second.sealed.size() / DTypeSize(OutputDType(name, it->second)));
-    ConvertToF32(OutputDType(name, it->second), it->second.sealed.data(), values.size(), values.data());
+    ConvertToF32(OutputDType(name, it->second), it->second.sealed.data(), values.size(),
+                 values.data());
     return values;
   }
   if (it != replaced_.end()) return it->second.data;
@@ -70,7 +72,8 @@ void ModelDraft::Replace(const std::string& name, std::vector<std::int64_t> shap
                          std::vector<float> data) {
   std::int64_t n = 1;
   for (auto d : shape) n *= d;
-  if (n != static_cast<std::int64_t>(data.size())) Fail(name, "replacement data does not match its shape");
+  if (n != static_cast<std::int64_t>(data.size()))
+    Fail(name, "replacement data does not match its shape");
   RequireUnwritten(name);
   removed_.erase(std::remove(removed_.begin(), removed_.end(), name), removed_.end());
   Replacement& r = replaced_[name] = Replacement();
@@ -78,7 +81,8 @@ void ModelDraft::Replace(const std::string& name, std::vector<std::int64_t> shap
   r.data = std::move(data);
 }
 
-void ModelDraft::Add(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data, DType dtype) {
+void ModelDraft::Add(const std::string& name, std::vector<std::int64_t> shape,
+                     std::vector<float> data, DType dtype) {
   Replace(name, std::move(shape), std::move(data));
   replaced_[name].dtype = dtype;
 }
@@ -140,8 +144,8 @@ void ModelDraft::OpenOutput(const std::string& dir) {
     header += 2 * ShardedSafetensorsWriter::EntryBound(name, ref.entry->dtype, ref.entry->shape);
   }
   if (source_.tensors.files().size() <= 1) max_shard = UINT64_MAX;
-  output_ = std::make_unique<ShardedSafetensorsWriter>(dir, max_shard, header,
-                                                        std::map<std::string, std::string>{{"format", "pt"}});
+  output_ = std::make_unique<ShardedSafetensorsWriter>(
+      dir, max_shard, header, std::map<std::string, std::string>{{"format", "pt"}});
   output_dir_ = dir;
 }
 
@@ -153,7 +157,8 @@ void ModelDraft::WriteLayer(int layer) {
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
       const TensorRef& ref = source_.tensors.Get(name);
-      if (output_) output_->Add({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
+      if (output_)
+        output_->Add({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
       continue;
     }
     Replacement& r = it->second;
@@ -164,7 +169,8 @@ void ModelDraft::WriteLayer(int layer) {
   layers_written_.insert(layer);
 }
 
-std::vector<std::string> ModelDraft::WriteTo(const std::string& dir, std::vector<std::string>* not_copied) {
+std::vector<std::string> ModelDraft::WriteTo(const std::string& dir,
+                                             std::vector<std::string>* not_copied) {
   if (!output_) OpenOutput(dir);
   if (dir != output_dir_) Fail(dir, "internal error: the draft's output is open in " + output_dir_);
   for (int l = 0; l < config.num_hidden_layers; ++l) WriteLayer(l);
@@ -200,7 +206,8 @@ std::vector<std::string> ModelDraft::WriteTo(const std::string& dir, std::vector
   return written;
 }
 
-void ModelDraft::AddOutputFile(const std::string& name, std::function<void(const std::string&)> write) {
+void ModelDraft::AddOutputFile(const std::string& name,
+                               std::function<void(const std::string&)> write) {
   extra_files_[name] = std::move(write);
 }
 

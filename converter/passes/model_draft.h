@@ -33,7 +33,8 @@ class ModelDraft {
   void Replace(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data);
   // Like Replace, for a new tensor that must be written as `dtype` (e.g. float32 scales in a
   // bf16 checkpoint) rather than in the source's attention dtype.
-  void Add(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data, DType dtype);
+  void Add(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data,
+           DType dtype);
   void Remove(const std::string& name);
   std::vector<std::string> Names() const;
 
@@ -59,7 +60,8 @@ class ModelDraft {
   // whether layers were written as they finished or all here.
   // Returns the files written; `not_copied` receives the source files left behind, with why.
   // Throws Error naming a tensor whose values are not finite or overflow its dtype.
-  std::vector<std::string> WriteTo(const std::string& dir, std::vector<std::string>* not_copied = nullptr);
+  std::vector<std::string> WriteTo(const std::string& dir,
+                                   std::vector<std::string>* not_copied = nullptr);
 
   // A file a pass adds beside the model: write(path) creates it (atomically) when the draft is
   // written. Source files of kvfold's own (kvfold.json, reports, eviction tables) never travel.

@@ -10,17 +10,21 @@ namespace {
 
 class NormAnalysis : public Pass {
  public:
-  NormAnalysis(double budget, double max_alr_ratio) : budget_(budget), max_alr_ratio_(max_alr_ratio) {}
+  NormAnalysis(double budget, double max_alr_ratio)
+      : budget_(budget), max_alr_ratio_(max_alr_ratio) {}
   unsigned NeededStatistics() const override { return kStatNormAttention; }
   bool DescribesKv() const override { return true; }
 
   void Run(PassContext& ctx) override {
     const ModelConfig& c = ctx.model.config;
     if (c.key_projection_heads > 0 || c.num_key_value_heads != ctx.statistics.kv_heads) {
-      Fail("--passes", "kv-norm-analysis: the statistics describe the source model's heads; run it alone");
+      Fail("--passes",
+           "kv-norm-analysis: the statistics describe the source model's heads; run it alone");
     }
-    const std::int64_t window = ctx.statistics.windows > 0 ? ctx.statistics.tokens / ctx.statistics.windows : 0;
-    auto table = std::make_shared<EvictionTable>(BuildEvictionTable(ctx.statistics, budget_, max_alr_ratio_, window));
+    const std::int64_t window =
+        ctx.statistics.windows > 0 ? ctx.statistics.tokens / ctx.statistics.windows : 0;
+    auto table = std::make_shared<EvictionTable>(
+        BuildEvictionTable(ctx.statistics, budget_, max_alr_ratio_, window));
     ctx.model.AddOutputFile(kEvictionTableJson, [table](const std::string& path) {
       WriteFileAtomically(path, EvictionTableJson(*table));
     });
@@ -43,7 +47,8 @@ class NormAnalysis : public Pass {
     ctx.record["mean_spearman"] = spearman / n;
     nlohmann::ordered_json layers = nlohmann::ordered_json::array();  // for the report
     for (std::int64_t l = 0; l < table->layers; ++l) {
-      nlohmann::ordered_json rho = nlohmann::ordered_json::array(), ratio = rho, sink = rho, keeps = rho, skips = rho;
+      nlohmann::ordered_json rho = nlohmann::ordered_json::array(), ratio = rho, sink = rho,
+                             keeps = rho, skips = rho;
       for (std::int64_t g = 0; g < table->kv_heads; ++g) {
         const EvictionTableHead& h = table->at(l, g);
         rho.push_back(h.spearman);
@@ -52,8 +57,12 @@ class NormAnalysis : public Pass {
         keeps.push_back(h.keep);
         skips.push_back(h.skip);
       }
-      layers.push_back({{"layer", l}, {"spearman", rho}, {"alr_over_random", ratio}, {"sink_share", sink},
-                        {"keep", keeps}, {"skip", skips}});
+      layers.push_back({{"layer", l},
+                        {"spearman", rho},
+                        {"alr_over_random", ratio},
+                        {"sink_share", sink},
+                        {"keep", keeps},
+                        {"skip", skips}});
     }
     ctx.record["norm_layers"] = layers;
   }
@@ -64,7 +73,8 @@ class NormAnalysis : public Pass {
 
 }  // namespace
 
-EvictionTable BuildEvictionTable(const KvStatistics& s, double budget, double max_alr_ratio, std::int64_t window) {
+EvictionTable BuildEvictionTable(const KvStatistics& s, double budget, double max_alr_ratio,
+                                 std::int64_t window) {
   if (s.windows <= 0) Fail("kv-norm-analysis", "no calibration windows were measured");
   EvictionTable t;
   t.layers = static_cast<std::int64_t>(s.layers.size());

@@ -15,7 +15,7 @@ std::unique_ptr<Pass> CreateNormAnalysis(const PassSpec& spec, const ModelConfig
 // The table's rule, applied to measures averaged over calibration windows: a head is exempt
 // (skip, keep 1.0) when its ALR exceeds max_alr_ratio x the random order's ALR; otherwise its
 // keep ratio is the smallest grid ratio whose L2-order attention loss is at most `budget`.
-EvictionTable BuildEvictionTable(const KvStatistics& statistics, double budget, double max_alr_ratio,
-                                 std::int64_t window);
+EvictionTable BuildEvictionTable(const KvStatistics& statistics, double budget,
+                                 double max_alr_ratio, std::int64_t window);
 
 }  // namespace kvfold

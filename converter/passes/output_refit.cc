@@ -79,14 +79,17 @@ const std::vector<double>& RefitRidgeGrid() {
 OutputRefit RefitOutput(const std::vector<double>& source_wo, const std::vector<double>& folded_wo,
                         std::int64_t hidden, const OutputRefitMoments& m, double ridge) {
   const std::int64_t dim = m.dim;
-  const Matrix source_t = Transposed(source_wo, hidden, dim), folded_t = Transposed(folded_wo, hidden, dim);
+  const Matrix source_t = Transposed(source_wo, hidden, dim),
+               folded_t = Transposed(folded_wo, hidden, dim);
   const PartSystem held_out(m.held_out, dim, source_t), fit(m.fit, dim, source_t);
   OutputRefit r;
   std::optional<Matrix> fit_only;  // the chosen ridge's solution on the fit windows alone
   if (ridge < 0) {
     if (held_out.empty()) {
-      Fail("--passes", "gqa-svd: refit=o with ridge=auto needs at least 2 calibration windows (one is held out to "
-                       "choose the ridge); give more calibration text, a fixed ridge=R, or refit=none");
+      Fail("--passes",
+           "gqa-svd: refit=o with ridge=auto needs at least 2 calibration windows (one is held out "
+           "to "
+           "choose the ridge); give more calibration text, a fixed ridge=R, or refit=none");
     }
     double best = held_out.Error(folded_t);  // keeping the fold's o_proj is a candidate too
     for (double candidate : RefitRidgeGrid()) {
@@ -115,8 +118,10 @@ OutputRefit RefitOutput(const std::vector<double>& source_wo, const std::vector<
   if (!w_t) {
     char text[32];
     std::snprintf(text, sizeof text, "%g", ridge);
-    Fail("--passes", "gqa-svd: refit=o with ridge=" + std::string(text) + ": the attention context's second moment "
-                     "is singular (fewer calibration tokens than its dimensions?); use ridge=auto or a larger ridge");
+    Fail("--passes", "gqa-svd: refit=o with ridge=" + std::string(text) +
+                         ": the attention context's second moment "
+                         "is singular (fewer calibration tokens than its dimensions?); use "
+                         "ridge=auto or a larger ridge");
   }
   r.ridge = ridge;
   r.fit_after = fit.Error(*w_t);

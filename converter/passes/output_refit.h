@@ -25,7 +25,8 @@ struct OutputRefit {
   double held_out_before = std::numeric_limits<double>::quiet_NaN();
   double held_out_after = std::numeric_limits<double>::quiet_NaN();
   double fit_before = 0, fit_after = 0;
-  std::vector<std::pair<double, double>> tried;  // ridge=auto: (ridge, held-out error) per grid point
+  std::vector<std::pair<double, double>>
+      tried;  // ridge=auto: (ridge, held-out error) per grid point
 };
 
 // The ridges ridge=auto tries, besides keeping W_c.

@@ -5,10 +5,9 @@
 
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "calib/kv_statistics.h"
 #include "calib/output_refit_moments.h"
@@ -79,7 +78,7 @@ struct PassSpec {
 
 struct PassParam {
   const char* name;
-  const char* help;      // includes the allowed values and the default
+  const char* help;  // includes the allowed values and the default
 };
 
 struct PassInfo {

@@ -35,7 +35,8 @@ void LayerPass::Run(PassContext& ctx) {
   static const LayerKvStatistics kNone;
   for (int l = 0; l < ctx.model.config.num_hidden_layers; ++l) {
     const auto i = static_cast<std::size_t>(l);
-    LayerPassContext layer{ctx.model, l, i < ctx.statistics.layers.size() ? ctx.statistics.layers[i] : kNone,
+    LayerPassContext layer{ctx.model, l,
+                           i < ctx.statistics.layers.size() ? ctx.statistics.layers[i] : kNone,
                            ctx.statistics.kv_heads};
     RunLayer(layer);
   }
@@ -72,10 +73,12 @@ std::vector<PassSpec> ParsePipeline(const std::string& text) {
     if (i < text.size() && text[i] == '<') {
       const std::size_t close = text.find('>', i);
       if (close == std::string::npos) Fail(where, "'<' after " + spec.name + " is never closed");
-      for (const auto& [key, value] : ParseSpecParams(text.substr(i + 1, close - i - 1), where + ": " + spec.name)) {
+      for (const auto& [key, value] :
+           ParseSpecParams(text.substr(i + 1, close - i - 1), where + ": " + spec.name)) {
         bool known = false;
         for (const auto& p : info->params) known |= key == p.name;
-        if (!known) Fail(where, spec.name + ": unknown parameter '" + key + "' (see --print-passes)");
+        if (!known)
+          Fail(where, spec.name + ": unknown parameter '" + key + "' (see --print-passes)");
         spec.params.emplace(key, value);
       }
       i = close + 1;
@@ -111,7 +114,8 @@ std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& 
   for (const std::string& item : SplitSpecList(it->second)) {
     const std::int64_t v = IntParam(PassSpec{spec.name, {{key, TrimSpaces(item)}}, {}}, key, 0);
     if (std::find(out.begin(), out.end(), v) != out.end()) {
-      Fail("--passes", spec.name + ": " + key + "=" + it->second + " lists " + std::to_string(v) + " twice");
+      Fail("--passes",
+           spec.name + ": " + key + "=" + it->second + " lists " + std::to_string(v) + " twice");
     }
     out.push_back(v);
   }

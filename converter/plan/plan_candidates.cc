@@ -9,19 +9,21 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c) {
   if (c.qk_norm) return out;  // gqa-svd and mlkv refuse per-head q/k norms
   const std::int64_t kv = c.num_key_value_heads, layers = c.num_hidden_layers;
   for (std::int64_t divisor : {2, 4, 8}) {
-    if (kv % divisor == 0) out.push_back({"gqa-svd<kv-heads=" + std::to_string(kv / divisor) + ">", "heads", true});
+    if (kv % divisor == 0)
+      out.push_back({"gqa-svd<kv-heads=" + std::to_string(kv / divisor) + ">", "heads", true});
   }
   // mlkv runs in the whole-model sweep: kv-scales cannot follow it there, and gqa-svd's refit
   // cannot run before it (refit=none says so in the text that is recorded). The runtime has no
   // cache policies for layers that share K/V, so these take the full cache only.
   for (std::int64_t divisor : {2, 4}) {
     if (layers / divisor >= 1 && layers / divisor < layers) {
-      out.push_back({"mlkv<kv-layers=" + std::to_string(layers / divisor) + ">", "cross-layer", false, false});
+      out.push_back({"mlkv<kv-layers=" + std::to_string(layers / divisor) + ">", "cross-layer",
+                     false, false});
     }
   }
   if (kv % 2 == 0 && layers >= 2) {
-    out.push_back({"gqa-svd<kv-heads=" + std::to_string(kv / 2) + ",refit=none>,mlkv<kv-layers=" +
-                       std::to_string(layers / 2) + ">",
+    out.push_back({"gqa-svd<kv-heads=" + std::to_string(kv / 2) +
+                       ",refit=none>,mlkv<kv-layers=" + std::to_string(layers / 2) + ">",
                    "heads+cross-layer", false, false});
   }
   return out;
@@ -30,7 +32,8 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c) {
 std::vector<PlanCache> PlanCaches() {
   std::vector<PlanCache> out = {{"", "none", false}, {"quant<scheme=fp8>", "quant", true}};
   for (const char* scheme : {"rtn", "kivi"}) {
-    const std::vector<int> bits = std::string(scheme) == "rtn" ? std::vector<int>{8, 4, 3, 2} : std::vector<int>{4, 2};
+    const std::vector<int> bits =
+        std::string(scheme) == "rtn" ? std::vector<int>{8, 4, 3, 2} : std::vector<int>{4, 2};
     for (int key : bits) {
       for (int value : bits) {
         out.push_back({std::string("quant<scheme=") + scheme + ",key-bits=" + std::to_string(key) +
@@ -41,7 +44,8 @@ std::vector<PlanCache> PlanCaches() {
   }
   out.push_back({"quant<scheme=mikv,bits=4,keep=0.2>", "quant", false});
   out.push_back({"quant<scheme=mikv,bits=2,keep=0.2>", "quant", false});
-  for (const char* keep : {"0.5", "0.25"}) out.push_back({std::string("evict<policy=l2-low,keep=") + keep + ">", "evict", false});
+  for (const char* keep : {"0.5", "0.25"})
+    out.push_back({std::string("evict<policy=l2-low,keep=") + keep + ">", "evict", false});
   return out;
 }
 
@@ -62,13 +66,16 @@ std::string LayerProbeCache(std::int64_t layers, std::int64_t layer) {
   for (std::int64_t l = 0; l < layers; ++l) {
     if (l != layer) others.push_back(l);
   }
-  return "quant<scheme=rtn,key-bits=2,value-bits=2" + (others.empty() ? "" : ",protect=" + LayerList(others)) + ">";
+  return "quant<scheme=rtn,key-bits=2,value-bits=2" +
+         (others.empty() ? "" : ",protect=" + LayerList(others)) + ">";
 }
 
-std::vector<PlanCache> ProtectedCaches(const std::vector<PlanCache>& caches, const std::vector<std::int64_t>& by_sensitivity) {
+std::vector<PlanCache> ProtectedCaches(const std::vector<PlanCache>& caches,
+                                       const std::vector<std::int64_t>& by_sensitivity) {
   std::vector<PlanCache> out;
   for (std::size_t count = 1; count <= 2 && count < by_sensitivity.size(); ++count) {
-    const std::vector<std::int64_t> top(by_sensitivity.begin(), by_sensitivity.begin() + static_cast<std::ptrdiff_t>(count));
+    const std::vector<std::int64_t> top(
+        by_sensitivity.begin(), by_sensitivity.begin() + static_cast<std::ptrdiff_t>(count));
     for (const PlanCache& c : caches) {
       if (!c.low_bits) continue;
       PlanCache p = c;
@@ -80,8 +87,8 @@ std::vector<PlanCache> ProtectedCaches(const std::vector<PlanCache>& caches, con
   return out;
 }
 
-PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t s, const std::vector<PlanCache>& caches,
-                      std::size_t c) {
+PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t s,
+                      const std::vector<PlanCache>& caches, std::size_t c) {
   const PlanStructure& st = structures[s];
   const PlanCache& ca = caches[c];
   PlanCandidate k;

@@ -16,8 +16,8 @@ namespace kvfold {
 // A conversion of the weights: the passes that make it ("" = the model as it is).
 struct PlanStructure {
   std::string passes;
-  std::string family;       // "none", "heads", "cross-layer" or "heads+cross-layer"
-  bool fp8_scales = false;  // kv-scales can follow these passes (FP8 caches are possible)
+  std::string family;          // "none", "heads", "cross-layer" or "heads+cross-layer"
+  bool fp8_scales = false;     // kv-scales can follow these passes (FP8 caches are possible)
   bool cache_policies = true;  // the runtime applies cache policies to the result
 };
 
@@ -26,17 +26,18 @@ struct PlanCache {
   std::string spec;
   std::string family;  // "none", "quant" or "evict"
   bool needs_fp8_scales = false;
-  bool low_bits = false;  // RTN or KIVI with keys or values at 3 bits or fewer: per-layer protection pays
+  bool low_bits =
+      false;  // RTN or KIVI with keys or values at 3 bits or fewer: per-layer protection pays
 };
 
 struct PlanCandidate {
   std::size_t structure = 0, cache = 0;  // indexes into the two lists
-  std::string passes;    // pipeline text to convert with ("" = none)
-  std::string kv_cache;  // --kv-cache spec ("" = full cache)
-  std::string family;    // methods combined, e.g. "heads", "quant", "heads+quant"
-  double bytes_fraction = 1;  // KV bytes per cached token over the source's 16-bit cache
-  double kl = std::numeric_limits<double>::quiet_NaN();          // on every scoring window
-  double quick_kl = std::numeric_limits<double>::quiet_NaN();    // on the pruning windows
+  std::string passes;                    // pipeline text to convert with ("" = none)
+  std::string kv_cache;                  // --kv-cache spec ("" = full cache)
+  std::string family;                    // methods combined, e.g. "heads", "quant", "heads+quant"
+  double bytes_fraction = 1;             // KV bytes per cached token over the source's 16-bit cache
+  double kl = std::numeric_limits<double>::quiet_NaN();        // on every scoring window
+  double quick_kl = std::numeric_limits<double>::quiet_NaN();  // on the pruning windows
   bool frontier = false;  // no scored candidate is both smaller (or equal) and better
 };
 
@@ -55,10 +56,11 @@ std::string LayerProbeCache(std::int64_t layers, std::int64_t layer);
 // For each low-bit RTN/KIVI cache (keys or values at 3 bits or fewer), the same cache with the
 // most sensitive layer, and the two most sensitive, left at 16 bits (`by_sensitivity`: layers,
 // most sensitive first).
-std::vector<PlanCache> ProtectedCaches(const std::vector<PlanCache>& caches, const std::vector<std::int64_t>& by_sensitivity);
+std::vector<PlanCache> ProtectedCaches(const std::vector<PlanCache>& caches,
+                                       const std::vector<std::int64_t>& by_sensitivity);
 
 // Passes text and family of one combination (FP8 adds kv-scales to the passes).
-PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t s, const std::vector<PlanCache>& caches,
-                      std::size_t c);
+PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t s,
+                      const std::vector<PlanCache>& caches, std::size_t c);
 
 }  // namespace kvfold

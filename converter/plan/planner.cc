@@ -33,8 +33,10 @@ class ScratchFolder {
  public:
   ScratchFolder() {
     const char* tmp = std::getenv("TMPDIR");
-    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/kvfold-plan.XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) Fail(pattern, "cannot create the planner's scratch folder");
+    std::string pattern =
+        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/kvfold-plan.XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr)
+      Fail(pattern, "cannot create the planner's scratch folder");
     path_ = pattern;
     cleanup_ = std::make_unique<RemoveOnFatalSignal>(path_);
   }
@@ -53,12 +55,16 @@ class ScratchFolder {
 // The scoring windows: the `count` complete windows after the first `calib_tokens` tokens.
 std::vector<TokenWindow> ScoringWindows(const PlanOptions& o, const Checkpoint& ck) {
   const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
-  const CalibrationTokens calib = LoadCalibrationTokens(o.calib_text, *tokenizer, ck.config.vocab_size);
-  const std::int64_t needed = o.calib_tokens + static_cast<std::int64_t>(o.score_windows) * o.window;
+  const CalibrationTokens calib =
+      LoadCalibrationTokens(o.calib_text, *tokenizer, ck.config.vocab_size);
+  const std::int64_t needed =
+      o.calib_tokens + static_cast<std::int64_t>(o.score_windows) * o.window;
   if (static_cast<std::int64_t>(calib.tokens.size()) < needed) {
-    Fail(o.calib_text, std::to_string(calib.tokens.size()) + " tokens; the planner calibrates on the first " +
-                           std::to_string(o.calib_tokens) + " and scores the next " + std::to_string(o.score_windows) +
-                           " windows of " + std::to_string(o.window) + ", so it needs " + std::to_string(needed) +
+    Fail(o.calib_text, std::to_string(calib.tokens.size()) +
+                           " tokens; the planner calibrates on the first " +
+                           std::to_string(o.calib_tokens) + " and scores the next " +
+                           std::to_string(o.score_windows) + " windows of " +
+                           std::to_string(o.window) + ", so it needs " + std::to_string(needed) +
                            " (fewer --calib-tokens or --score-windows, or more text)");
   }
   const std::vector<std::int32_t> rest(calib.tokens.begin() + o.calib_tokens, calib.tokens.end());
@@ -74,11 +80,12 @@ class Scorer {
     runtime_.hidden_state_budget_bytes = o.hidden_memory_bytes;
     base_ = ReferenceModel::Load(source_, runtime_);
     options_.progress = false;
-    options_.across_ranks = true;  // every rank scores its share of the windows
+    options_.across_ranks = true;         // every rank scores its share of the windows
     options_.scored_from = o.window / 2;  // every candidate on the same positions: see docs/plan.md
   }
   // KL of `cache_spec` ("" = full cache) on the model in `dir`; also its KV bytes fraction.
-  double Kl(const std::string& dir, const std::string& cache_spec, const std::vector<TokenWindow>& windows) {
+  double Kl(const std::string& dir, const std::string& cache_spec,
+            const std::vector<TokenWindow>& windows) {
     Load(dir);
     CachePolicySpec cache;
     EvalOptions options = options_;
@@ -93,7 +100,8 @@ class Scorer {
     double bits = 16;
     if (!cache_spec.empty()) {
       const CachePolicySpec cache = MakeCachePolicy(cache_spec, *checkpoint_, o_.window);
-      bits = cache.policy->AverageBits(o_.window, options_.scored_from, checkpoint_->config.head_dim);
+      bits =
+          cache.policy->AverageBits(o_.window, options_.scored_from, checkpoint_->config.head_dim);
     }
     // Both caches at 16 bits before the policy: a fraction of the source's 16-bit cache.
     return static_cast<double>(checkpoint_->config.KvBytesPerToken(2)) /
@@ -139,9 +147,11 @@ void ConvertStructure(const PlanOptions& o, const PlanStructure& s, const std::s
 // Layers, most sensitive first: the screening KL of a 2-bit cache on that layer alone (`kl` gets
 // each layer's).
 std::vector<std::int64_t> RankLayers(Scorer& scorer, const std::string& dir, std::int64_t layers,
-                                     const std::vector<TokenWindow>& screen, std::vector<double>& kl) {
+                                     const std::vector<TokenWindow>& screen,
+                                     std::vector<double>& kl) {
   kl.clear();
-  for (std::int64_t l = 0; l < layers; ++l) kl.push_back(scorer.Kl(dir, LayerProbeCache(layers, l), screen));
+  for (std::int64_t l = 0; l < layers; ++l)
+    kl.push_back(scorer.Kl(dir, LayerProbeCache(layers, l), screen));
   std::vector<std::int64_t> order(static_cast<std::size_t>(layers));
   for (std::int64_t l = 0; l < layers; ++l) order[static_cast<std::size_t>(l)] = l;
   std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
@@ -150,7 +160,9 @@ std::vector<std::int64_t> RankLayers(Scorer& scorer, const std::string& dir, std
   return order;
 }
 
-bool Fits(const PlanCandidate& c, double budget) { return c.bytes_fraction <= budget * (1 + 1e-12); }
+bool Fits(const PlanCandidate& c, double budget) {
+  return c.bytes_fraction <= budget * (1 + 1e-12);
+}
 
 // The candidates worth every window: per budget, the `survivors` best screened that fit it.
 std::vector<std::size_t> Survivors(const PlanResult& r, const PlanOptions& o) {
@@ -158,11 +170,14 @@ std::vector<std::size_t> Survivors(const PlanResult& r, const PlanOptions& o) {
   for (double budget : o.budgets) {
     std::vector<std::size_t> fitting;
     for (std::size_t i = 0; i < r.candidates.size(); ++i) {
-      if (Fits(r.candidates[i], budget) && !std::isnan(r.candidates[i].quick_kl)) fitting.push_back(i);
+      if (Fits(r.candidates[i], budget) && !std::isnan(r.candidates[i].quick_kl))
+        fitting.push_back(i);
     }
-    std::stable_sort(fitting.begin(), fitting.end(),
-                     [&](std::size_t a, std::size_t b) { return r.candidates[a].quick_kl < r.candidates[b].quick_kl; });
-    for (std::size_t k = 0; k < fitting.size() && k < static_cast<std::size_t>(o.survivors); ++k) chosen[fitting[k]] = true;
+    std::stable_sort(fitting.begin(), fitting.end(), [&](std::size_t a, std::size_t b) {
+      return r.candidates[a].quick_kl < r.candidates[b].quick_kl;
+    });
+    for (std::size_t k = 0; k < fitting.size() && k < static_cast<std::size_t>(o.survivors); ++k)
+      chosen[fitting[k]] = true;
   }
   std::vector<std::size_t> out;
   for (std::size_t i = 0; i < chosen.size(); ++i) {
@@ -180,7 +195,8 @@ void MarkFrontier(std::vector<PlanCandidate>& candidates) {
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
     const auto& x = candidates[a];
     const auto& y = candidates[b];
-    return x.bytes_fraction != y.bytes_fraction ? x.bytes_fraction < y.bytes_fraction : x.quick_kl < y.quick_kl;
+    return x.bytes_fraction != y.bytes_fraction ? x.bytes_fraction < y.bytes_fraction
+                                                : x.quick_kl < y.quick_kl;
   });
   double best = INFINITY;
   for (std::size_t i : order) {
@@ -189,7 +205,9 @@ void MarkFrontier(std::vector<PlanCandidate>& candidates) {
   }
 }
 
-nlohmann::ordered_json Number(double x) { return std::isnan(x) ? nlohmann::ordered_json() : nlohmann::ordered_json(x); }
+nlohmann::ordered_json Number(double x) {
+  return std::isnan(x) ? nlohmann::ordered_json() : nlohmann::ordered_json(x);
+}
 
 // --plan-seconds: once passed, no new scoring starts (and the result says so).
 class Deadline {
@@ -224,23 +242,28 @@ PlanResult NewResult(const PlanOptions& o, const Checkpoint& source) {
 void Screen(const PlanOptions& o, const Checkpoint& source, const std::vector<TokenWindow>& screen,
             const ScratchFolder& scratch, Scorer& scorer, const Deadline& deadline, PlanResult& r) {
   const std::int64_t layers = source.config.num_hidden_layers;
-  // Progress counts the per-layer caches to come too: their number depends on the layer count alone.
+  // Progress counts the per-layer caches to come too: their number depends on the layer count
+  // alone.
   const std::vector<std::int64_t> any_order(static_cast<std::size_t>(layers), 0);
   const std::size_t per_structure = r.caches.size() + ProtectedCaches(r.caches, any_order).size();
-  Progress progress("plan", static_cast<std::int64_t>(r.structures.size() * (per_structure + 1)), "steps", o.progress);
+  Progress progress("plan", static_cast<std::int64_t>(r.structures.size() * (per_structure + 1)),
+                    "steps", o.progress);
   std::int64_t step = 0;
   for (std::size_t s = 0; s < r.structures.size() && !deadline.Passed(r); ++s) {
     const PlanStructure& st = r.structures[s];
     ConvertStructure(o, st, scratch.Conversion(s));
     progress.Update(++step, "converted " + (st.passes.empty() ? "(none)" : st.passes));
     if (s == 0) {
-      r.layers_by_sensitivity = RankLayers(scorer, scratch.Conversion(0), layers, screen, r.layer_kl);
+      r.layers_by_sensitivity =
+          RankLayers(scorer, scratch.Conversion(0), layers, screen, r.layer_kl);
       const auto protected_caches = ProtectedCaches(r.caches, r.layers_by_sensitivity);
       r.caches.insert(r.caches.end(), protected_caches.begin(), protected_caches.end());
     }
     for (std::size_t c = 0; c < r.caches.size(); ++c) {
       progress.Update(++step);
-      if ((r.caches[c].needs_fp8_scales && !st.fp8_scales) || (!r.caches[c].spec.empty() && !st.cache_policies)) continue;
+      if ((r.caches[c].needs_fp8_scales && !st.fp8_scales) ||
+          (!r.caches[c].spec.empty() && !st.cache_policies))
+        continue;
       PlanCandidate k = Combine(r.structures, s, r.caches, c);
       k.bytes_fraction = scorer.BytesFraction(scratch.Conversion(s), k.kv_cache);
       if (!deadline.Passed(r)) k.quick_kl = scorer.Kl(scratch.Conversion(s), k.kv_cache, screen);
@@ -255,8 +278,10 @@ void ChoosePlans(PlanResult& r) {
     for (std::size_t i = 0; i < r.candidates.size(); ++i) {
       const PlanCandidate& k = r.candidates[i];
       if (std::isnan(k.kl) || !Fits(k, plan.budget)) continue;
-      const PlanCandidate* best = plan.candidate < 0 ? nullptr : &r.candidates[static_cast<std::size_t>(plan.candidate)];
-      if (!best || k.kl < best->kl || (k.kl == best->kl && k.bytes_fraction < best->bytes_fraction)) {
+      const PlanCandidate* best =
+          plan.candidate < 0 ? nullptr : &r.candidates[static_cast<std::size_t>(plan.candidate)];
+      if (!best || k.kl < best->kl ||
+          (k.kl == best->kl && k.bytes_fraction < best->bytes_fraction)) {
         plan.candidate = static_cast<int>(i);
       }
     }
@@ -303,7 +328,8 @@ PlanResult RunPlan(const PlanOptions& o) {
   const ScratchFolder scratch;
   const auto tokenizer = Tokenizer::Load(source.tokenizer_path);
   Scorer scorer(o, source, tokenizer->bos_id());
-  Screen(o, source, {windows.begin(), windows.begin() + o.screen_windows}, scratch, scorer, deadline, r);
+  Screen(o, source, {windows.begin(), windows.begin() + o.screen_windows}, scratch, scorer,
+         deadline, r);
   // The survivors on every window, grouped by conversion (sorted indexes keep them together).
   for (std::size_t i : Survivors(r, o)) {
     if (deadline.Passed(r)) break;
@@ -317,24 +343,30 @@ PlanResult RunPlan(const PlanOptions& o) {
 }
 
 nlohmann::ordered_json PlanJson(const PlanResult& r) {
-  nlohmann::ordered_json plans = nlohmann::ordered_json::array(), candidates = nlohmann::ordered_json::array();
+  nlohmann::ordered_json plans = nlohmann::ordered_json::array(),
+                         candidates = nlohmann::ordered_json::array();
   for (const BudgetPlan& p : r.plans) {
     if (p.candidate < 0) {
-      plans.push_back({{"budget", p.budget}, {"passes", nullptr}, {"kv_cache", nullptr}, {"bytes_fraction", nullptr},
+      plans.push_back({{"budget", p.budget},
+                       {"passes", nullptr},
+                       {"kv_cache", nullptr},
+                       {"bytes_fraction", nullptr},
                        {"kl", nullptr}});
       continue;
     }
     const PlanCandidate& k = r.candidates[static_cast<std::size_t>(p.candidate)];
     plans.push_back({{"budget", p.budget},
                      {"passes", k.passes},
-                     {"kv_cache", k.kv_cache.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(k.kv_cache)},
+                     {"kv_cache", k.kv_cache.empty() ? nlohmann::ordered_json()
+                                                     : nlohmann::ordered_json(k.kv_cache)},
                      {"bytes_fraction", k.bytes_fraction},
                      {"kl", k.kl},
                      {"family", k.family}});
   }
   for (const PlanCandidate& k : r.candidates) {
     candidates.push_back({{"passes", k.passes},
-                          {"kv_cache", k.kv_cache.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(k.kv_cache)},
+                          {"kv_cache", k.kv_cache.empty() ? nlohmann::ordered_json()
+                                                          : nlohmann::ordered_json(k.kv_cache)},
                           {"family", k.family},
                           {"bytes_fraction", k.bytes_fraction},
                           {"screen_kl", Number(k.quick_kl)},
@@ -342,9 +374,10 @@ nlohmann::ordered_json PlanJson(const PlanResult& r) {
                           {"frontier", k.frontier}});
   }
   return {{"plans", std::move(plans)},
-          {"layer_sensitivity", {{"probe", "keys and values at 2 bits (RTN) on that layer alone"},
-                                 {"kl", r.layer_kl},
-                                 {"most_sensitive_first", r.layers_by_sensitivity}}},
+          {"layer_sensitivity",
+           {{"probe", "keys and values at 2 bits (RTN) on that layer alone"},
+            {"kl", r.layer_kl},
+            {"most_sensitive_first", r.layers_by_sensitivity}}},
           {"scoring",
            {{"calibration_tokens", r.calibration_tokens},
             {"window", r.window},
@@ -372,7 +405,8 @@ std::string PlanTable(const PlanResult& r) {
     out += line + (k.passes.empty() ? std::string("(no conversion)") : k.passes) + " | " +
            (k.kv_cache.empty() ? std::string("(full cache)") : k.kv_cache) + "\n";
   }
-  if (r.time_limited) out += "note: --plan-seconds stopped the search; some candidates were not scored\n";
+  if (r.time_limited)
+    out += "note: --plan-seconds stopped the search; some candidates were not scored\n";
   return out;
 }
 

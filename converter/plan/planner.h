@@ -5,10 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "converter/convert.h"
 #include "converter/plan/plan_candidates.h"
@@ -18,12 +17,12 @@ namespace kvfold {
 
 struct PlanOptions {
   std::string model, calib_text;
-  std::vector<double> budgets;  // fractions of the source's 16-bit KV cache, in (0, 1]
+  std::vector<double> budgets;        // fractions of the source's 16-bit KV cache, in (0, 1]
   std::int64_t calib_tokens = 16384;  // what each conversion calibrates on (the text's start)
   int window = 256;
-  int score_windows = 8;   // held-out windows after the calibration tokens
-  int screen_windows = 2;  // the first of those, for screening every candidate
-  int survivors = 3;       // per budget: the best screened, scored on every window
+  int score_windows = 8;     // held-out windows after the calibration tokens
+  int screen_windows = 2;    // the first of those, for screening every candidate
+  int survivors = 3;         // per budget: the best screened, scored on every window
   double seconds_limit = 0;  // --plan-seconds: no new scoring after it (0 = none)
   int threads = 0;
   std::string device = "cpu";
@@ -44,8 +43,9 @@ struct PlanResult {
   std::int64_t calibration_tokens = 0;
   int window = 0, score_windows = 0, screen_windows = 0;
   std::int64_t scored_from = 0;  // window positions from here on are scored
-  std::vector<double> layer_kl;                  // per layer: screening KL of a 2-bit cache there alone
-  std::vector<std::int64_t> layers_by_sensitivity;  // most sensitive first (per-layer caches protect these)
+  std::vector<double> layer_kl;  // per layer: screening KL of a 2-bit cache there alone
+  std::vector<std::int64_t>
+      layers_by_sensitivity;  // most sensitive first (per-layer caches protect these)
   double seconds = 0;
   bool time_limited = false;  // --plan-seconds stopped scoring: some candidates were not scored
 };

@@ -27,15 +27,17 @@ std::string Number(const ordered_json& v, const char* format) {
 double LogKl(double kl) { return std::log10(std::max(kl, 1e-6)); }
 
 std::string ParetoChart(const ordered_json& candidates) {
-  Series weights{"weights only", "#2c7be5", {}, true}, cache{"cache policy only", "#e67e22", {}, true},
-      both{"both", "#8e44ad", {}, true}, frontier{"frontier", "#2e7d32", {}, false};
+  Series weights{"weights only", "#2c7be5", {}, true},
+      cache{"cache policy only", "#e67e22", {}, true}, both{"both", "#8e44ad", {}, true},
+      frontier{"frontier", "#2e7d32", {}, false};
   double low = 0, high = -6;
   for (const auto& c : candidates) {
     if (c["screen_kl"].is_null()) continue;
     const double x = c["bytes_fraction"].get<double>(), y = LogKl(c["screen_kl"].get<double>());
     low = std::min(low, y);
     high = std::max(high, y);
-    const bool has_passes = !c["passes"].get<std::string>().empty(), has_cache = !c["kv_cache"].is_null();
+    const bool has_passes = !c["passes"].get<std::string>().empty(),
+               has_cache = !c["kv_cache"].is_null();
     (has_passes && has_cache ? both : has_cache ? cache : weights).points.push_back({x, y});
     if (c["frontier"].get<bool>()) frontier.points.push_back({x, y});
   }
@@ -56,18 +58,23 @@ std::string ParetoChart(const ordered_json& candidates) {
 std::string PlanSection(const ordered_json& plan) {
   std::ostringstream o;
   const auto& s = plan["scoring"];
-  o << "<h2>KV budget plan</h2><p>Each candidate is scored by its KL against the source model's full cache on "
-    << s["windows"].get<int>() << " calibration windows after the " << s["calibration_tokens"].get<std::int64_t>()
-    << " calibration tokens (positions " << s["scored_from"].get<std::int64_t>() << "&ndash;"
-    << s["window"].get<int>() - 1 << "); every candidate on the first " << s["screen_windows"].get<int>()
+  o << "<h2>KV budget plan</h2><p>Each candidate is scored by its KL against the source model's "
+       "full cache on "
+    << s["windows"].get<int>() << " calibration windows after the "
+    << s["calibration_tokens"].get<std::int64_t>() << " calibration tokens (positions "
+    << s["scored_from"].get<std::int64_t>() << "&ndash;" << s["window"].get<int>() - 1
+    << "); every candidate on the first " << s["screen_windows"].get<int>()
     << " (the chart), the best per budget on all (the table).</p>";
-  if (plan["time_limited"].get<bool>()) o << "<p><b>The time limit stopped the search: some candidates were not scored.</b></p>";
-  o << "<table><tr><th>budget</th><th>passes</th><th>--kv-cache</th><th>KV bytes</th><th>KL</th></tr>";
+  if (plan["time_limited"].get<bool>())
+    o << "<p><b>The time limit stopped the search: some candidates were not scored.</b></p>";
+  o << "<table><tr><th>budget</th><th>passes</th><th>--kv-cache</th><th>KV "
+       "bytes</th><th>KL</th></tr>";
   for (const auto& p : plan["plans"]) {
     o << "<tr><td>" << Number(p["budget"], "%.4g") << "</td><td><code>"
       << EscapeHtml(p["passes"].is_null() ? "(nothing fits)" : Text(p["passes"], "(no conversion)"))
-      << "</code></td><td><code>" << EscapeHtml(Text(p["kv_cache"], "(full cache)")) << "</code></td><td>"
-      << Number(p["bytes_fraction"], "%.4f") << "</td><td>" << Number(p["kl"], "%.5f") << "</td></tr>";
+      << "</code></td><td><code>" << EscapeHtml(Text(p["kv_cache"], "(full cache)"))
+      << "</code></td><td>" << Number(p["bytes_fraction"], "%.4f") << "</td><td>"
+      << Number(p["kl"], "%.5f") << "</td></tr>";
   }
   o << "</table><div class=\"charts\">" << ParetoChart(plan["candidates"]) << "</div>";
   return o.str();

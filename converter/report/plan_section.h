@@ -2,9 +2,8 @@
 // candidate's KL against its KV bytes, the frontier marked.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace kvfold {
 

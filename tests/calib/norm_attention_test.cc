@@ -1,11 +1,10 @@
-#include <catch2/catch.hpp>
+#include "calib/norm_attention.h"
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <numeric>
 #include <random>
-
-#include "calib/norm_attention.h"
 
 using namespace kvfold;
 
@@ -19,7 +18,8 @@ TEST_CASE("Spearman: monotone, reversed, ties and a worked example", "[norm-atte
   CHECK(Spearman({1, 2, 3}, {5, 5, 9}) == Approx(std::sqrt(3.0) / 2));
 }
 
-TEST_CASE("ALR: zero for the ideal order, positive otherwise, random matches sampling", "[norm-attention]") {
+TEST_CASE("ALR: zero for the ideal order, positive otherwise, random matches sampling",
+          "[norm-attention]") {
   const std::vector<double> a = {0.4, 0.05, 0.2, 0.1, 0.25};
   CHECK(AttentionLossRatio(a, LowestFirst(a)) == 0.0);  // the oracle's own order
   CHECK(AttentionLossRatio(a, HighestFirst(a)) > AttentionLossRatio(a, {1, 3, 0, 2, 4}));
@@ -40,7 +40,8 @@ TEST_CASE("ALR: zero for the ideal order, positive otherwise, random matches sam
   CHECK(sampled / trials == Approx(RandomAttentionLossRatio(a)).margin(3e-3));
 }
 
-TEST_CASE("attention received is a distribution and matches a direct computation", "[norm-attention]") {
+TEST_CASE("attention received is a distribution and matches a direct computation",
+          "[norm-attention]") {
   const std::int64_t T = 12, d = 4, group = 2;
   std::mt19937 rng(3);
   std::normal_distribution<float> n(0, 1);
@@ -56,17 +57,23 @@ TEST_CASE("attention received is a distribution and matches a direct computation
       std::vector<double> s;
       for (std::int64_t j = 0; j <= i; ++j) {
         double dot = 0;
-        for (std::int64_t c = 0; c < d; ++c) dot += double(q[static_cast<std::size_t>((i * group + h) * d + c)]) * k[static_cast<std::size_t>(j * d + c)];
+        for (std::int64_t c = 0; c < d; ++c)
+          dot += double(q[static_cast<std::size_t>((i * group + h) * d + c)]) *
+                 k[static_cast<std::size_t>(j * d + c)];
         s.push_back(std::exp(dot / 2.0));  // 1/sqrt(4)
       }
       const double z = std::accumulate(s.begin(), s.end(), 0.0);
-      for (std::int64_t j = 0; j <= i; ++j) want[static_cast<std::size_t>(j)] += s[static_cast<std::size_t>(j)] / z / double(group * T);
+      for (std::int64_t j = 0; j <= i; ++j)
+        want[static_cast<std::size_t>(j)] += s[static_cast<std::size_t>(j)] / z / double(group * T);
     }
   }
-  for (std::int64_t j = 0; j < T; ++j) CHECK(got[static_cast<std::size_t>(j)] == Approx(want[static_cast<std::size_t>(j)]).epsilon(1e-5));
+  for (std::int64_t j = 0; j < T; ++j)
+    CHECK(got[static_cast<std::size_t>(j)] ==
+          Approx(want[static_cast<std::size_t>(j)]).epsilon(1e-5));
 }
 
-TEST_CASE("head measures: keys whose norm decides attention score a perfect L2 order", "[norm-attention]") {
+TEST_CASE("head measures: keys whose norm decides attention score a perfect L2 order",
+          "[norm-attention]") {
   // Query along +x, keys along -x with growing length: the lowest-norm key gets the most
   // attention from every query that sees it, so dropping the highest norms first is ideal.
   const std::int64_t T = 16;
@@ -81,5 +88,7 @@ TEST_CASE("head measures: keys whose norm decides attention score a perfect L2 o
   CHECK(m.alr == Approx(0.0).margin(1e-12));
   CHECK(m.alr_random > 0.1);
   CHECK(m.loss_l2.back() == 0.0);  // keep 1.0 loses nothing
-  for (int r = 0; r < kKeepGridSize; ++r) CHECK(m.loss_l2[static_cast<std::size_t>(r)] == Approx(m.loss_ideal[static_cast<std::size_t>(r)]));
+  for (int r = 0; r < kKeepGridSize; ++r)
+    CHECK(m.loss_l2[static_cast<std::size_t>(r)] ==
+          Approx(m.loss_ideal[static_cast<std::size_t>(r)]));
 }

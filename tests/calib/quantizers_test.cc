@@ -1,10 +1,9 @@
-#include <catch2/catch.hpp>
+#include "calib/quantizers.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <random>
 #include <vector>
-
-#include "calib/quantizers.h"
 
 using namespace kvfold;
 
@@ -17,7 +16,8 @@ TEST_CASE("asymmetric fake quantization stays within half a step", "[quant]") {
     for (auto& v : x) v = n(rng);
     std::vector<float> q = x;
     FakeQuantAsymmetric(q.data(), 64, 1, bits);
-    const float lo = *std::min_element(x.begin(), x.end()), hi = *std::max_element(x.begin(), x.end());
+    const float lo = *std::min_element(x.begin(), x.end()),
+                hi = *std::max_element(x.begin(), x.end());
     const double step = (double(hi) - lo) / (std::ldexp(1.0, bits) - 1);
     std::vector<float> levels;
     for (std::size_t i = 0; i < x.size(); ++i) {
@@ -27,7 +27,8 @@ TEST_CASE("asymmetric fake quantization stays within half a step", "[quant]") {
     std::sort(levels.begin(), levels.end());
     levels.erase(std::unique(levels.begin(), levels.end()), levels.end());
     CHECK(levels.size() <= (1u << bits));
-    CHECK(q[static_cast<std::size_t>(std::min_element(x.begin(), x.end()) - x.begin())] == lo);  // the minimum is a level
+    CHECK(q[static_cast<std::size_t>(std::min_element(x.begin(), x.end()) - x.begin())] ==
+          lo);  // the minimum is a level
   }
   std::vector<float> constant(5, 2.5f);
   FakeQuantAsymmetric(constant.data(), 5, 1, 2);
@@ -35,22 +36,26 @@ TEST_CASE("asymmetric fake quantization stays within half a step", "[quant]") {
   // Strided groups (a channel of a [T, d] block) and a static range that clamps.
   std::vector<float> block = {0, 10, 1, 20, 2, 30};  // channel 0: 0 1 2; channel 1: 10 20 30
   FakeQuantAsymmetric(block.data(), 3, 2, 1);
-  // 1 bit on channel 0 only: levels {min, max}, the middle ties to even (down); channel 1 untouched.
+  // 1 bit on channel 0 only: levels {min, max}, the middle ties to even (down); channel 1
+  // untouched.
   CHECK(block == std::vector<float>{0, 10, 0, 20, 2, 30});
   std::vector<float> wide = {-5, 0.5f, 5};
   FakeQuantAsymmetricRange(wide.data(), 3, 1, 2, -1, 2);  // levels -1, 0, 1, 2
-  CHECK(wide == std::vector<float>{-1, 1, 2});  // 0.5 sits halfway between levels 0 and 1: to even (code 2)
+  CHECK(wide ==
+        std::vector<float>{-1, 1, 2});  // 0.5 sits halfway between levels 0 and 1: to even (code 2)
   CHECK(AsymmetricBits(4, 32) == 5.0);
 }
 
-TEST_CASE("FP8 e4m3: representable values survive, rounding is to nearest even, 448 saturates", "[quant]") {
-  for (float v : {0.0f, 1.0f, 1.75f, 448.0f, 416.0f, 240.0f, 0.015625f, 0.001953125f, -3.5f, -448.0f}) {
+TEST_CASE("FP8 e4m3: representable values survive, rounding is to nearest even, 448 saturates",
+          "[quant]") {
+  for (float v :
+       {0.0f, 1.0f, 1.75f, 448.0f, 416.0f, 240.0f, 0.015625f, 0.001953125f, -3.5f, -448.0f}) {
     INFO(v);
     CHECK(RoundToFp8E4M3(v) == v);
   }
-  CHECK(RoundToFp8E4M3(1.0625f) == 1.0f);      // halfway between 1 and 1.125: to the even mantissa
-  CHECK(RoundToFp8E4M3(1.1875f) == 1.25f);     // halfway between 1.125 and 1.25: to 1.25
-  CHECK(RoundToFp8E4M3(1000.0f) == 448.0f);    // saturates (e4m3fn has no infinity)
+  CHECK(RoundToFp8E4M3(1.0625f) == 1.0f);    // halfway between 1 and 1.125: to the even mantissa
+  CHECK(RoundToFp8E4M3(1.1875f) == 1.25f);   // halfway between 1.125 and 1.25: to 1.25
+  CHECK(RoundToFp8E4M3(1000.0f) == 448.0f);  // saturates (e4m3fn has no infinity)
   CHECK(RoundToFp8E4M3(-1e9f) == -448.0f);
   CHECK(RoundToFp8E4M3(440.0f) == 448.0f);
   CHECK(RoundToFp8E4M3(0.0009765625f) == 0.0f);  // half the smallest subnormal: ties to 0
@@ -74,5 +79,6 @@ TEST_CASE("FP8 static scale amax/448: the amax survives, everything stays in ran
   FakeQuantFp8(q.data(), static_cast<std::int64_t>(q.size()), scale);
   CHECK(q[1] == Approx(-amax).epsilon(1e-6));
   CHECK(q[3] == Approx(amax).epsilon(1e-6));
-  for (std::size_t i = 0; i < x.size(); ++i) CHECK(std::abs(q[i] - x[i]) <= std::abs(x[i]) * 0.0625f + scale * 0.001f);
+  for (std::size_t i = 0; i < x.size(); ++i)
+    CHECK(std::abs(q[i] - x[i]) <= std::abs(x[i]) * 0.0625f + scale * 0.001f);
 }

@@ -1,8 +1,8 @@
-#include <catch2/catch.hpp>
+#include "calib/statistics_across_ranks.h"
 
+#include <catch2/catch.hpp>
 #include <random>
 
-#include "calib/statistics_across_ranks.h"
 #include "formats/error.h"
 
 using namespace kvfold;

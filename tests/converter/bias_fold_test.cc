@@ -1,7 +1,6 @@
 // Qwen2-style q/k/v biases must fold with their rows. No shared model has them, so this test
 // builds one: stories260K's weights under a qwen2 config, plus random biases.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <random>
 
@@ -37,12 +36,15 @@ std::string MakeQwen2(const TempDir& tmp) {
     tensors.push_back({name, ref.entry->dtype, ref.entry->shape, {}});
   }
   for (int l = 0; l < ck.config.num_hidden_layers; ++l) {
-    for (auto [proj, rows] : {std::pair<const char*, int>{"q_proj", 64}, {"k_proj", 32}, {"v_proj", 32}}) {
+    for (auto [proj, rows] :
+         {std::pair<const char*, int>{"q_proj", 64}, {"k_proj", 32}, {"v_proj", 32}}) {
       std::vector<float> b(rows);
       for (auto& x : b) x = n01(rng);
       blobs.emplace_back(reinterpret_cast<const char*>(b.data()), b.size() * 4);
-      tensors.push_back({"model.layers." + std::to_string(l) + ".self_attn." + proj + ".bias", DType::kF32,
-                         {rows}, {}});
+      tensors.push_back({"model.layers." + std::to_string(l) + ".self_attn." + proj + ".bias",
+                         DType::kF32,
+                         {rows},
+                         {}});
     }
   }
   for (std::size_t i = 0; i < tensors.size(); ++i) tensors[i].bytes = blobs[i];
@@ -68,7 +70,8 @@ double MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
 
 }  // namespace
 
-TEST_CASE("biases fold with their rows at full rank, in both key modes", "[convert][bias][shared]") {
+TEST_CASE("biases fold with their rows at full rank, in both key modes",
+          "[convert][bias][shared]") {
   TempDir tmp;
   const std::string qwen = MakeQwen2(tmp);
   REQUIRE(OpenCheckpoint(qwen).config.qkv_bias);
@@ -91,7 +94,8 @@ TEST_CASE("biases fold with their rows at full rank, in both key modes", "[conve
   }
 }
 
-TEST_CASE("lossy reconstruct conversions run the same in both attention paths", "[convert][shared]") {
+TEST_CASE("lossy reconstruct conversions run the same in both attention paths",
+          "[convert][shared]") {
   TempDir tmp;
   ConvertOptions o;
   o.model = SharedPath("models/micro-mha");

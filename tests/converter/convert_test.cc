@@ -1,36 +1,34 @@
-#include <catch2/catch.hpp>
+#include "converter/convert.h"
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
-
 #include <nlohmann/json.hpp>
 
-#include "converter/convert.h"
-#include "formats/checkpoint.h"
-#include "formats/error.h"
-#include "formats/mapped_file.h"
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "formats/mapped_file.h"
 #include "runtime_check/evaluate.h"
 #include "runtime_check/reference_model.h"
 #include "tests/converter/convert_test_support.h"
 #include "tests/test_support.h"
 
 using namespace kvfold;
+using kvfold::test::CalibFor;
 using kvfold::test::ListDir;
+using kvfold::test::MaxLogitDiff;
 using kvfold::test::ReadBytes;
+using kvfold::test::ReadJson;
+using kvfold::test::RunConvert;
 using kvfold::test::SharedPath;
 using kvfold::test::TempDir;
-using kvfold::test::RunConvert;
-using kvfold::test::MaxLogitDiff;
-using kvfold::test::ReadJson;
-using kvfold::test::CalibFor;
-
 
 TEST_CASE("full-rank conversions reproduce the original logits", "[convert][exact][shared]") {
-  for (const char* model : {"stories260K", "stories260K-mha", "micro-mha", "mini-mha",
-                            "mini-mha-bf16-sharded"}) {
+  for (const char* model :
+       {"stories260K", "stories260K-mha", "micro-mha", "mini-mha", "mini-mha-bf16-sharded"}) {
     const Checkpoint ck = OpenCheckpoint(SharedPath(std::string("models/") + model));
     const std::string kv = std::to_string(ck.config.num_key_value_heads);
     // BF16 storage rounds the folded weights once more; that is all the difference allowed.
@@ -59,18 +57,21 @@ TEST_CASE("gqa-svd beats mean-pooling on held-out text", "[convert][quality][sha
   TempDir tmp;
   const Checkpoint original = OpenCheckpoint(SharedPath("models/stories260K"));
   const auto tok = Tokenizer::Load(original.tokenizer_path);
-  const auto windows = CutWindows(tok->Encode(LoadText(SharedPath("text/tinystories/eval.txt"))), 256, 8, "eval");
+  const auto windows =
+      CutWindows(tok->Encode(LoadText(SharedPath("text/tinystories/eval.txt"))), 256, 8, "eval");
   const auto reference = ReferenceModel::Load(original, {"cpu", 2});
   EvalOptions quiet;
   quiet.progress = false;
   auto compare = [&](const std::string& passes, const std::string& out) {
     RunConvert("stories260K", passes, out);
     const Checkpoint ck = OpenCheckpoint(out);
-    return CompareModels(*reference, *ReferenceModel::Load(ck, {"cpu", 2}), windows, tok->bos_id(), quiet);
+    return CompareModels(*reference, *ReferenceModel::Load(ck, {"cpu", 2}), windows, tok->bos_id(),
+                         quiet);
   };
   const ComparisonResult mean = compare("gqa-meanpool<kv-heads=2>", tmp.File("mean"));
-  for (const char* passes : {"gqa-svd<kv-heads=2,rope=commute>", "gqa-svd<kv-heads=2,rope=reconstruct>",
-                             "gqa-svd<kv-heads=2,rope=commute,weight=none>"}) {
+  for (const char* passes :
+       {"gqa-svd<kv-heads=2,rope=commute>", "gqa-svd<kv-heads=2,rope=reconstruct>",
+        "gqa-svd<kv-heads=2,rope=commute,weight=none>"}) {
     INFO(passes);
     const ComparisonResult svd = compare(passes, tmp.File("svd"));
     CHECK(svd.other.ppl < mean.other.ppl);
@@ -79,7 +80,8 @@ TEST_CASE("gqa-svd beats mean-pooling on held-out text", "[convert][quality][sha
   }
 }
 
-TEST_CASE("outputs are complete, described and byte-identical across runs", "[convert][output][shared]") {
+TEST_CASE("outputs are complete, described and byte-identical across runs",
+          "[convert][output][shared]") {
   TempDir tmp;
   RunConvert("mini-mha-bf16-sharded", "gqa-svd<kv-heads=2,rope=reconstruct>", tmp.File("a"));
   RunConvert("mini-mha-bf16-sharded", "gqa-svd<kv-heads=2,rope=reconstruct>", tmp.File("b"));
@@ -100,7 +102,9 @@ TEST_CASE("outputs are complete, described and byte-identical across runs", "[co
   CHECK(out.config.head_dim == 32);
   const auto meta = ReadJson(tmp.File("a/kvfold.json"));
   CHECK(meta["format_version"] == 1);
-  CHECK(meta["pipeline"] == "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=reconstruct,value-weight=none,weight=query>");  // defaults recorded
+  CHECK(
+      meta["pipeline"] ==
+      "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=reconstruct,value-weight=none,weight=query>");  // defaults recorded
   CHECK(meta["vanilla_checkpoint"] == false);
   CHECK(meta["calibration"]["tokens"] == 8192);
   CHECK(meta["calibration"]["sha256"].get<std::string>().size() == 64);
@@ -123,7 +127,8 @@ TEST_CASE("a commute conversion is a vanilla GQA checkpoint", "[convert][output]
   CHECK(ReadJson(tmp.File("out/kvfold.json"))["vanilla_checkpoint"] == true);
 }
 
-TEST_CASE("existing outputs are refused without --force and replaced with it", "[convert][output][shared]") {
+TEST_CASE("existing outputs are refused without --force and replaced with it",
+          "[convert][output][shared]") {
   TempDir tmp;
   const std::string out = tmp.File("out");
   REQUIRE(std::system(("mkdir -p " + out + " && echo keep > " + out + "/marker").c_str()) == 0);
@@ -138,7 +143,9 @@ TEST_CASE("existing outputs are refused without --force and replaced with it", "
   o.force = true;
   o.progress = false;
   // --force replaces only what kvfold wrote: a folder without kvfold.json is someone's data.
-  CHECK_THROWS_WITH(Convert(o), Catch::Contains("has no kvfold.json; --force only replaces a folder kvfold wrote"));
+  CHECK_THROWS_WITH(
+      Convert(o),
+      Catch::Contains("has no kvfold.json; --force only replaces a folder kvfold wrote"));
   CHECK(ReadBytes(out + "/marker") == "keep\n");
   test::WriteBytes(out + "/kvfold.json", "{}");
   Convert(o);
@@ -153,8 +160,9 @@ TEST_CASE("a failing conversion leaves no output", "[convert][output][shared]") 
                     Catch::Contains("does not divide"));
   // Fails in the layer loop, after calibration started and the output was staged: 4 KV heads
   // cannot come from the 2 gqa-svd left.
-  CHECK_THROWS_WITH(RunConvert("mini-mha", "gqa-svd<kv-heads=2>,gqa-meanpool<kv-heads=4>", tmp.File("out")),
-                    Catch::Contains("does not divide the 2 KV heads an earlier pass left"));
+  CHECK_THROWS_WITH(
+      RunConvert("mini-mha", "gqa-svd<kv-heads=2>,gqa-meanpool<kv-heads=4>", tmp.File("out")),
+      Catch::Contains("does not divide the 2 KV heads an earlier pass left"));
   CHECK(ListDir(tmp.path()).empty());
 }
 
@@ -189,8 +197,9 @@ TEST_CASE("--reproduce reruns a recorded conversion byte for byte", "[convert][o
   RunConvert("stories260K", "kv-mixed<bits=2,protect=1>", tmp.File("a"), 2048);
   const auto meta = ReadJson(tmp.File("a/kvfold.json"));
   // Every parameter is recorded, defaults included, so a changed default cannot change a rerun.
-  CHECK(meta["pipeline"] == "kv-mixed<bits=2,group=0,hi-bits=16,keep=0.2,key-axis=channel,key-bits=2,"
-                            "protect=1,recent=0.5,value-axis=token,value-bits=2>");
+  CHECK(meta["pipeline"] ==
+        "kv-mixed<bits=2,group=0,hi-bits=16,keep=0.2,key-axis=channel,key-bits=2,"
+        "protect=1,recent=0.5,value-axis=token,value-bits=2>");
   CHECK(meta["calibration"]["threads"] == 2);
   ConvertOptions given;
   given.output = tmp.File("b");
@@ -209,7 +218,8 @@ TEST_CASE("--reproduce reruns a recorded conversion byte for byte", "[convert][o
                     Catch::Contains("is not the calibration text the recorded conversion read"));
 }
 
-TEST_CASE("outputs never overlap the input, and only the model's own files travel", "[convert][output][shared]") {
+TEST_CASE("outputs never overlap the input, and only the model's own files travel",
+          "[convert][output][shared]") {
   TempDir tmp;
   // A model folder as users have them: stale .bin shards, a subfolder, a symlink out of it.
   const std::string src = SharedPath("models/stories260K");
@@ -217,8 +227,8 @@ TEST_CASE("outputs never overlap the input, and only the model's own files trave
   REQUIRE(std::system(("cp -r " + src + " " + model + " && mkdir " + model + "/original && " +
                        "echo stale > " + model + "/pytorch_model-00001-of-00001.bin && " +
                        "echo '{}' > " + model + "/pytorch_model.bin.index.json && " +
-                       "echo license > " + model + "/LICENSE && " +
-                       "ln -s /etc/passwd " + model + "/README.md")
+                       "echo license > " + model + "/LICENSE && " + "ln -s /etc/passwd " + model +
+                       "/README.md")
                           .c_str()) == 0);
   for (const std::string& out : {model, model + "/out", tmp.path()}) {
     INFO(out);
@@ -240,23 +250,28 @@ TEST_CASE("outputs never overlap the input, and only the model's own files trave
   o.progress = false;
   Convert(o);
   CHECK(ListDir(tmp.File("out")) ==
-        (std::vector<std::string>{"LICENSE", "config.json", "generation_config.json", "kvfold.json", "model.safetensors",
-                                  "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json"}));
+        (std::vector<std::string>{"LICENSE", "config.json", "generation_config.json", "kvfold.json",
+                                  "model.safetensors", "special_tokens_map.json", "tokenizer.model",
+                                  "tokenizer_config.json"}));
   const auto not_copied = ReadJson(tmp.File("out/kvfold.json"))["not_copied"];
   CHECK(not_copied.size() == 4);
-  CHECK(not_copied.dump().find("README.md (a symbolic link leading out of the model folder)") != std::string::npos);
+  CHECK(not_copied.dump().find("README.md (a symbolic link leading out of the model folder)") !=
+        std::string::npos);
   CHECK(not_copied.dump().find("original (a folder)") != std::string::npos);
 }
 
-TEST_CASE("a HuggingFace hub cache snapshot (links into ../../blobs) converts with its tokenizer", "[convert][output][shared]") {
+TEST_CASE("a HuggingFace hub cache snapshot (links into ../../blobs) converts with its tokenizer",
+          "[convert][output][shared]") {
   TempDir tmp;
   const std::string src = SharedPath("models/stories260K");
   const std::string repo = tmp.File("models--org--stories"), snapshot = repo + "/snapshots/abc123";
   REQUIRE(std::system(("mkdir -p " + repo + "/blobs " + snapshot).c_str()) == 0);
-  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"}) {
+  for (const char* f :
+       {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"}) {
     const std::string blob = std::string("blob-") + f;  // the hub names blobs by hash
-    REQUIRE(std::system(("cp " + src + "/" + f + " " + repo + "/blobs/" + blob + " && ln -s ../../blobs/" + blob +
-                         " " + snapshot + "/" + f).c_str()) == 0);
+    REQUIRE(std::system(("cp " + src + "/" + f + " " + repo + "/blobs/" + blob +
+                         " && ln -s ../../blobs/" + blob + " " + snapshot + "/" + f)
+                            .c_str()) == 0);
   }
   ConvertOptions o;
   o.model = snapshot;
@@ -266,17 +281,20 @@ TEST_CASE("a HuggingFace hub cache snapshot (links into ../../blobs) converts wi
   o.output = tmp.File("out");
   o.progress = false;
   Convert(o);
-  CHECK(ListDir(tmp.File("out")) == (std::vector<std::string>{"config.json", "kvfold.json", "model.safetensors",
-                                                               "tokenizer.model", "tokenizer_config.json"}));
+  CHECK(ListDir(tmp.File("out")) ==
+        (std::vector<std::string>{"config.json", "kvfold.json", "model.safetensors",
+                                  "tokenizer.model", "tokenizer_config.json"}));
   CHECK(ReadBytes(tmp.File("out/tokenizer.model")) == ReadBytes(src + "/tokenizer.model"));
 }
 
-TEST_CASE("calibrated on the source, layer by layer inside the sweep equals pass after pass", "[convert][sweep][shared]") {
+TEST_CASE("calibrated on the source, layer by layer inside the sweep equals pass after pass",
+          "[convert][sweep][shared]") {
   // The sweep hands each layer-local pass the same statistics (each layer's sums merged in slot
   // order, as the whole-model merge adds them) and the same tensors: the outputs are the same
   // bytes. A pass that read another layer's statistics or tensors, or statistics merged in
   // another order, would change them.
-  const char* pipelines[] = {"gqa-svd<kv-heads=2,refit=none>", "gqa-svd<kv-heads=4,refit=none,rope=reconstruct,weight=none>",
+  const char* pipelines[] = {"gqa-svd<kv-heads=2,refit=none>",
+                             "gqa-svd<kv-heads=4,refit=none,rope=reconstruct,weight=none>",
                              "kv-scales<strategy=head>", "kv-balance", "gqa-meanpool<kv-heads=2>"};
   for (const char* passes : pipelines) {
     INFO(passes);
@@ -302,7 +320,9 @@ TEST_CASE("calibrated on the source, layer by layer inside the sweep equals pass
       INFO(f);
       CHECK(ReadBytes(tmp.File("sweep/" + f)) == ReadBytes(tmp.File("whole/" + f)));
     }
-    auto spectra = [&](const std::string& dir) { return ReadJson(tmp.File(dir + "/report.json"))["spectra"].dump(); };
+    auto spectra = [&](const std::string& dir) {
+      return ReadJson(tmp.File(dir + "/report.json"))["spectra"].dump();
+    };
     CHECK(spectra("sweep") == spectra("whole"));
   }
 }
@@ -318,14 +338,16 @@ double WorstRelative(const std::vector<float>& a, const std::vector<float>& b) {
   REQUIRE(a.size() == b.size());
   double worst = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    worst = std::max(worst, std::abs(double(a[i]) - b[i]) / std::max(std::abs(double(a[i])), 1e-30));
+    worst =
+        std::max(worst, std::abs(double(a[i]) - b[i]) / std::max(std::abs(double(a[i])), 1e-30));
   }
   return worst;
 }
 
 }  // namespace
 
-TEST_CASE("one pipeline calibrated on converted layers equals two conversions", "[convert][sweep][shared]") {
+TEST_CASE("one pipeline calibrated on converted layers equals two conversions",
+          "[convert][sweep][shared]") {
   // gqa-svd then kv-scales in one kvfold convert measures the scales on the converted K/V, with
   // every layer fed what the converted layers below produce: exactly what kv-scales measures
   // in a second kvfold convert of gqa-svd's output.
@@ -340,7 +362,8 @@ TEST_CASE("one pipeline calibrated on converted layers equals two conversions", 
   for (const Case& c : cases) {
     INFO(c.first << " then " << c.second);
     TempDir tmp;
-    RunConvert("mini-mha-bf16-sharded", std::string(c.first) + "," + c.second, tmp.File("one"), 2048);
+    RunConvert("mini-mha-bf16-sharded", std::string(c.first) + "," + c.second, tmp.File("one"),
+               2048);
     RunConvert("mini-mha-bf16-sharded", c.first, tmp.File("first"), 2048);
     ConvertOptions o;
     o.model = tmp.File("first");
@@ -354,12 +377,14 @@ TEST_CASE("one pipeline calibrated on converted layers equals two conversions", 
     const Checkpoint one = OpenCheckpoint(tmp.File("one"));
     for (int l = 0; l < one.config.num_hidden_layers; ++l) {
       const std::string prefix = "model.layers." + std::to_string(l) + ".self_attn.";
-      for (const char* t : {"k_proj.weight", "v_proj.weight", "q_proj.weight", "o_proj.weight", "k_scale", "v_scale"}) {
+      for (const char* t : {"k_proj.weight", "v_proj.weight", "q_proj.weight", "o_proj.weight",
+                            "k_scale", "v_scale"}) {
         if (one.tensors.Find(prefix + t) == nullptr) continue;
         INFO(prefix + t);
         // The same operations on the same values in the same order; 1e-6 only allows BLAS to
         // pick another kernel for a product whose shape differs between the two runs.
-        CHECK(WorstRelative(TensorValues(tmp.File("one"), prefix + t), TensorValues(tmp.File("two"), prefix + t)) < 1e-6);
+        CHECK(WorstRelative(TensorValues(tmp.File("one"), prefix + t),
+                            TensorValues(tmp.File("two"), prefix + t)) < 1e-6);
       }
     }
     if (std::string(c.second).rfind("kv-mixed", 0) == 0) {  // the table's calibrated key ranges
@@ -375,7 +400,8 @@ TEST_CASE("one pipeline calibrated on converted layers equals two conversions", 
   }
 }
 
-TEST_CASE("a conversion whose hidden states spill to a file writes the same bytes", "[convert][sweep][shared]") {
+TEST_CASE("a conversion whose hidden states spill to a file writes the same bytes",
+          "[convert][sweep][shared]") {
   // The converted mode steps every calibration batch through each layer; with no memory for
   // hidden states each batch is read from the spill file and written back per layer.
   TempDir tmp;
@@ -397,7 +423,8 @@ TEST_CASE("a conversion whose hidden states spill to a file writes the same byte
   }
 }
 
-TEST_CASE("calibrating on pre-tokenized ids (.npy, JSON Lines) converts exactly as on the text", "[convert][calib][shared]") {
+TEST_CASE("calibrating on pre-tokenized ids (.npy, JSON Lines) converts exactly as on the text",
+          "[convert][calib][shared]") {
   // A calibration set built in Python reproduces the conversion: the same ids give the same bytes.
   TempDir tmp;
   const std::string text = CalibFor("stories260K");
@@ -407,7 +434,11 @@ TEST_CASE("calibrating on pre-tokenized ids (.npy, JSON Lines) converts exactly 
   test::WriteBytes(tmp.File("calib.npy"), test::NpyBytes("<i4", "(4, 256)", ids));
   std::string jsonl;
   for (int row = 0; row < 4; ++row) {
-    jsonl += "{\"input_ids\": " + nlohmann::json(std::vector<std::int32_t>(ids.begin() + row * 256, ids.begin() + (row + 1) * 256)).dump() + "}\n";
+    jsonl += "{\"input_ids\": " +
+             nlohmann::json(
+                 std::vector<std::int32_t>(ids.begin() + row * 256, ids.begin() + (row + 1) * 256))
+                 .dump() +
+             "}\n";
   }
   test::WriteBytes(tmp.File("calib.jsonl"), jsonl);
   std::vector<std::string> weights;

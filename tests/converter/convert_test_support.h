@@ -2,14 +2,12 @@
 // compare two checkpoints' logits on a fixed probe.
 #pragma once
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "converter/convert.h"
 #include "formats/checkpoint.h"
@@ -24,8 +22,8 @@ inline std::string CalibFor(const std::string& model) {
                                                    : "text/wikitext-2/valid.tokens.txt");
 }
 
-inline ConvertResult RunConvert(const std::string& model, const std::string& passes, const std::string& out,
-                                std::int64_t calib_tokens = 8192) {
+inline ConvertResult RunConvert(const std::string& model, const std::string& passes,
+                                const std::string& out, std::int64_t calib_tokens = 8192) {
   ConvertOptions o;
   o.model = SharedPath("models/" + model);
   o.calib_text = CalibFor(model);
@@ -49,10 +47,13 @@ inline double MaxLogitDiff(const std::string& a_dir, const std::string& b_dir) {
   const auto lb = ReferenceModel::Load(b, {"cpu", 2})->Logits(Probe());
   REQUIRE(la.size() == lb.size());
   double worst = 0;
-  for (std::size_t i = 0; i < la.size(); ++i) worst = std::max(worst, double(std::abs(la[i] - lb[i])));
+  for (std::size_t i = 0; i < la.size(); ++i)
+    worst = std::max(worst, double(std::abs(la[i] - lb[i])));
   return worst;
 }
 
-inline nlohmann::json ReadJson(const std::string& path) { return nlohmann::json::parse(ReadFileToString(path)); }
+inline nlohmann::json ReadJson(const std::string& path) {
+  return nlohmann::json::parse(ReadFileToString(path));
+}
 
 }  // namespace kvfold::test

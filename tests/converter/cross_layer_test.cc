@@ -1,12 +1,11 @@
 #include <catch2/catch.hpp>
-
 #include <nlohmann/json.hpp>
 
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
-#include "converter/passes/cross_layer_passes.h"
 #include "converter/model_summary.h"
+#include "converter/passes/cross_layer_passes.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/tensor_names.h"
@@ -33,11 +32,15 @@ std::vector<std::int64_t> Layout(const std::string& layer_types, std::int64_t la
 double HeldOutKl(const std::string& model, const std::string& converted, int windows = 8) {
   const Checkpoint a = OpenCheckpoint(SharedPath("models/" + model)), b = OpenCheckpoint(converted);
   const auto tokenizer = Tokenizer::Load(a.tokenizer_path);
-  const std::string text = SharedPath(model.rfind("stories", 0) == 0 ? "text/tinystories/eval.txt" : "text/wikitext-2/test.raw.txt");
+  const std::string text =
+      SharedPath(model.rfind("stories", 0) == 0 ? "text/tinystories/eval.txt"
+                                                : "text/wikitext-2/test.raw.txt");
   const auto w = CutWindows(tokenizer->Encode(LoadText(text)), 128, windows, text);
   EvalOptions o;
   o.progress = false;
-  return CompareModels(*ReferenceModel::Load(a, {"cpu", 2}), *ReferenceModel::Load(b, {"cpu", 2}), w, tokenizer->bos_id(), o).kl;
+  return CompareModels(*ReferenceModel::Load(a, {"cpu", 2}), *ReferenceModel::Load(b, {"cpu", 2}),
+                       w, tokenizer->bos_id(), o)
+      .kl;
 }
 
 }  // namespace
@@ -50,19 +53,22 @@ TEST_CASE("layouts match the reference repositories", "[cross-layer]") {
   CHECK(MlkvLayout(6, 1) == Layout("0_0_0_0_0_0", 6));
   // whyNLP/LCKV: configs/llama_tiny_lckv.json and the README's 22-layer example (w = 2).
   CHECK(LckvLayout(8, 2) == Layout("0_6_6_6_6_6_6_7", 8));
-  CHECK(LayerTypesText(LckvLayout(22, 2)) == "0_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_21");
+  CHECK(LayerTypesText(LckvLayout(22, 2)) ==
+        "0_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_20_21");
   CHECK(LckvLayout(6, 0) == Layout("5_5_5_5_5_5", 6));
   CHECK(LckvLayout(6, 3) == Layout("0_1_4_4_4_5", 6));
 }
 
-TEST_CASE("sharing that keeps every layer's K/V reproduces the original logits", "[cross-layer][exact][shared]") {
+TEST_CASE("sharing that keeps every layer's K/V reproduces the original logits",
+          "[cross-layer][exact][shared]") {
   for (const char* model : {"stories260K", "mini-mha"}) {
     const Checkpoint ck = OpenCheckpoint(SharedPath(std::string("models/") + model));
     const std::string L = std::to_string(ck.config.num_hidden_layers);
     const std::string below = std::to_string(ck.config.num_hidden_layers - 1);
     // init=calib runs the whole fit and fold (each layer predicts itself); the others are no-ops.
-    for (const std::string& passes : {"mlkv<kv-layers=" + L + ",init=calib>", "mlkv<kv-layers=" + L + ",init=mean>",
-                                     "lckv<warmup=" + below + ",init=calib>", "lckv<warmup=" + L + ",init=mean>"}) {
+    for (const std::string& passes :
+         {"mlkv<kv-layers=" + L + ",init=calib>", "mlkv<kv-layers=" + L + ",init=mean>",
+          "lckv<warmup=" + below + ",init=calib>", "lckv<warmup=" + L + ",init=mean>"}) {
       INFO(model << " " << passes);
       TempDir tmp;
       RunConvert(model, passes, tmp.File("out"));
@@ -72,7 +78,8 @@ TEST_CASE("sharing that keeps every layer's K/V reproduces the original logits",
   }
 }
 
-TEST_CASE("an mlkv output records the sharing and drops the k/v projections of readers", "[cross-layer][output][shared]") {
+TEST_CASE("an mlkv output records the sharing and drops the k/v projections of readers",
+          "[cross-layer][output][shared]") {
   TempDir tmp;
   RunConvert("mini-mha", "mlkv<kv-layers=3>", tmp.File("out"));
   const auto config = ReadJson(tmp.File("out/config.json"));
@@ -113,7 +120,8 @@ TEST_CASE("init=calib beats the reference mean initialisation", "[cross-layer][q
   TempDir tmp;
   for (const char* shape : {"mlkv<kv-layers=2", "lckv<warmup=1"}) {
     INFO(shape);
-    const std::string calib_dir = tmp.File(std::string("calib-") + shape[0]), mean_dir = tmp.File(std::string("mean-") + shape[0]);
+    const std::string calib_dir = tmp.File(std::string("calib-") + shape[0]),
+                      mean_dir = tmp.File(std::string("mean-") + shape[0]);
     RunConvert("micro-mha", std::string(shape) + ",init=calib>", calib_dir, 16384);
     RunConvert("micro-mha", std::string(shape) + ",init=mean>", mean_dir, 16384);
     const double calib = HeldOutKl("micro-mha", calib_dir), mean = HeldOutKl("micro-mha", mean_dir);
@@ -122,7 +130,8 @@ TEST_CASE("init=calib beats the reference mean initialisation", "[cross-layer][q
   }
 }
 
-TEST_CASE("sharing composes with gqa-svd: fewer KV heads and fewer KV layers", "[cross-layer][output][shared]") {
+TEST_CASE("sharing composes with gqa-svd: fewer KV heads and fewer KV layers",
+          "[cross-layer][output][shared]") {
   TempDir tmp;
   RunConvert("mini-mha", "gqa-svd<kv-heads=4>,mlkv<kv-layers=3>", tmp.File("out"));
   const Checkpoint out = OpenCheckpoint(tmp.File("out"));
@@ -133,8 +142,9 @@ TEST_CASE("sharing composes with gqa-svd: fewer KV heads and fewer KV layers", "
   // BLAS and thread-count noise but not for a fit that lost a quarter of its quality.
   CHECK(HeldOutKl("mini-mha", tmp.File("out"), 4) < 0.65);
   // The other order would fit gqa-svd to K/V statistics of layers that no longer have K/V.
-  CHECK_THROWS_WITH(RunConvert("mini-mha", "mlkv<kv-layers=3>,gqa-svd<kv-heads=4>", tmp.File("bad")),
-                    Catch::Contains("gqa-svd needs calibration of the model it runs on"));
+  CHECK_THROWS_WITH(
+      RunConvert("mini-mha", "mlkv<kv-layers=3>,gqa-svd<kv-heads=4>", tmp.File("bad")),
+      Catch::Contains("gqa-svd needs calibration of the model it runs on"));
   // A model whose layers already share K/V is not converted again.
   ConvertOptions again;
   again.model = tmp.File("out");
@@ -148,8 +158,10 @@ TEST_CASE("sharing composes with gqa-svd: fewer KV heads and fewer KV layers", "
 TEST_CASE("bad sharing parameters are refused", "[cross-layer]") {
   const ModelConfig c = LoadModelConfig(SharedPath("models/mini-mha"));
   auto spec = [](const std::string& text) { return ParsePipeline(text).front(); };
-  CHECK_THROWS_WITH(CreateMlkv(spec("mlkv<kv-layers=0>"), c), Catch::Contains("between 1 and the model's 6 layers"));
-  CHECK_THROWS_WITH(CreateMlkv(spec("mlkv<kv-layers=7>"), c), Catch::Contains("between 1 and the model's 6 layers"));
+  CHECK_THROWS_WITH(CreateMlkv(spec("mlkv<kv-layers=0>"), c),
+                    Catch::Contains("between 1 and the model's 6 layers"));
+  CHECK_THROWS_WITH(CreateMlkv(spec("mlkv<kv-layers=7>"), c),
+                    Catch::Contains("between 1 and the model's 6 layers"));
   CHECK_THROWS_WITH(CreateMlkv(spec("mlkv"), c), Catch::Contains("kv-layers=N is required"));
   CHECK_THROWS_WITH(CreateLckv(spec("lckv<warmup=9>"), c), Catch::Contains("between 0 and"));
   CHECK_THROWS_WITH(CreateLckv(spec("lckv<init=svd>"), c), Catch::Contains("init"));
@@ -157,7 +169,8 @@ TEST_CASE("bad sharing parameters are refused", "[cross-layer]") {
 
 // LCKV's semantics: layers below the top read its K/V of earlier tokens. The paper's parallel
 // encoding reaches the token-by-token result after T iterations (each fixes one more token).
-TEST_CASE("lckv parallel encoding converges to token-by-token decoding", "[cross-layer][lckv][shared]") {
+TEST_CASE("lckv parallel encoding converges to token-by-token decoding",
+          "[cross-layer][lckv][shared]") {
   TempDir tmp;
   RunConvert("stories260K", "lckv<warmup=1>", tmp.File("out"));
   const Checkpoint ck = OpenCheckpoint(tmp.File("out"));
@@ -180,12 +193,14 @@ TEST_CASE("lckv parallel encoding converges to token-by-token decoding", "[cross
   streamed.threads = 2;
   streamed.lckv_iterations = 3;
   streamed.stream_layers = true;
-  CHECK(kvfold::test::MaxAbsDiff(logits(3), ReferenceModel::Load(ck, streamed)->Logits(ids)) < 1e-6);
+  CHECK(kvfold::test::MaxAbsDiff(logits(3), ReferenceModel::Load(ck, streamed)->Logits(ids)) <
+        1e-6);
   // Token by token, the first tokens' logits do not depend on later tokens.
   std::vector<std::int32_t> prefix(ids.begin(), ids.begin() + 8);
   RuntimeOptions o;
   o.threads = 2;
   const auto short_run = ReferenceModel::Load(ck, o)->Logits(prefix);
-  const std::vector<float> head(exact.begin(), exact.begin() + static_cast<std::ptrdiff_t>(short_run.size()));
+  const std::vector<float> head(exact.begin(),
+                                exact.begin() + static_cast<std::ptrdiff_t>(short_run.size()));
   CHECK(kvfold::test::MaxAbsDiff(head, short_run) < 1e-5);
 }

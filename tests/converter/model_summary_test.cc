@@ -1,8 +1,8 @@
-#include <catch2/catch.hpp>
+#include "converter/model_summary.h"
 
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "converter/model_summary.h"
 #include "tests/test_support.h"
 
 using namespace kvfold;

@@ -1,7 +1,5 @@
-#include <catch2/catch.hpp>
-
 #include <algorithm>
-
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include "converter/convert.h"
@@ -32,7 +30,8 @@ ConvertOptions Options(const std::string& passes, const std::string& out) {
 
 }  // namespace
 
-TEST_CASE("kv-norm-analysis writes a table that follows its stated rule", "[norm-analysis][shared]") {
+TEST_CASE("kv-norm-analysis writes a table that follows its stated rule",
+          "[norm-analysis][shared]") {
   TempDir tmp;
   const std::string out = tmp.File("out");
   ConvertOptions options = Options("kv-norm-analysis<budget=0.3,max-alr-ratio=1.5>", out);
@@ -48,7 +47,8 @@ TEST_CASE("kv-norm-analysis writes a table that follows its stated rule", "[norm
   // The safetensors measures, re-judged by the rule independently of the pass.
   const TensorStore store = TensorStore::OpenFile(out + "/" + kEvictionTableSafetensors);
   const std::vector<float> alr = store.ReadF32("alr"), alr_random = store.ReadF32("alr_random");
-  const std::vector<float> loss = store.ReadF32("attention_loss_l2"), ideal = store.ReadF32("attention_loss_ideal");
+  const std::vector<float> loss = store.ReadF32("attention_loss_l2"),
+                           ideal = store.ReadF32("attention_loss_ideal");
   const std::vector<float> grid = store.ReadF32("keep_grid");
   REQUIRE(grid.size() == 10);
   REQUIRE(loss.size() == 5 * 4 * 10);
@@ -68,8 +68,9 @@ TEST_CASE("kv-norm-analysis writes a table that follows its stated rule", "[norm
       }
     }
     CHECK(e.keep == Approx(want_keep).epsilon(1e-6));
-    for (std::size_t r = 0; r < grid.size(); ++r) CHECK(ideal[h * 10 + r] <= loss[h * 10 + r] + 1e-6f);  // ideal is a floor
-    CHECK(loss[h * 10 + 9] == Approx(0.0).margin(1e-9));  // keeping all loses nothing
+    for (std::size_t r = 0; r < grid.size(); ++r)
+      CHECK(ideal[h * 10 + r] <= loss[h * 10 + r] + 1e-6f);  // ideal is a floor
+    CHECK(loss[h * 10 + 9] == Approx(0.0).margin(1e-9));     // keeping all loses nothing
     skipped += e.skip;
     kept_less += e.keep < 1.0;
   }
@@ -90,7 +91,8 @@ TEST_CASE("kv-norm-analysis writes a table that follows its stated rule", "[norm
   CHECK(html.find("first-token share") != std::string::npos);
 }
 
-TEST_CASE("kv-norm-analysis runs alone and its table is not carried into conversions", "[norm-analysis][shared]") {
+TEST_CASE("kv-norm-analysis runs alone and its table is not carried into conversions",
+          "[norm-analysis][shared]") {
   TempDir tmp;
   CHECK_THROWS_WITH(Convert(Options("kv-norm-analysis,gqa-svd<kv-heads=2>", tmp.File("a"))),
                     Catch::Contains("kv-norm-analysis runs alone"));
@@ -108,10 +110,13 @@ TEST_CASE("eviction tables: malformed files are refused naming the file", "[norm
   TempDir tmp;
   const std::string path = tmp.File("t.json");
   kvfold::test::WriteBytes(path, "{\"schema\":\"something-else\",\"format_version\":1}");
-  CHECK_THROWS_WITH(ReadEvictionTable(path), Catch::StartsWith(path + ": not a kvfold eviction policy table"));
-  kvfold::test::WriteBytes(path, R"({"schema":"kvfold-eviction-policy","format_version":1,"layers":1,"kv_heads":2,
+  CHECK_THROWS_WITH(ReadEvictionTable(path),
+                    Catch::StartsWith(path + ": not a kvfold eviction policy table"));
+  kvfold::test::WriteBytes(
+      path, R"({"schema":"kvfold-eviction-policy","format_version":1,"layers":1,"kv_heads":2,
     "rule":"r","budget":0.1,"calibration":{"windows":1,"window":8},"keep_grid":[1.0],"heads":[{"layer":0,"kv_head":0,"spearman":0,"alr":0,"alr_random":0,"sink_share":0,"keep":0.5,"skip":false}]})");
-  CHECK_THROWS_WITH(ReadEvictionTable(path), Catch::Contains("not every (layer, kv_head) has an entry"));
+  CHECK_THROWS_WITH(ReadEvictionTable(path),
+                    Catch::Contains("not every (layer, kv_head) has an entry"));
   kvfold::test::WriteBytes(path, "{");
   CHECK_THROWS_WITH(ReadEvictionTable(path), Catch::StartsWith(path + ": not valid JSON"));
 }

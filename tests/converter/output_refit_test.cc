@@ -1,7 +1,6 @@
 // gqa-svd<refit=o> end to end on the shared models: exact when the fold is, better when it is not,
 // and only where its inputs exist (the converted sweep).
 #include <catch2/catch.hpp>
-
 #include <cstdlib>
 #include <string>
 
@@ -23,11 +22,13 @@ using kvfold::test::RunConvert;
 using kvfold::test::SharedPath;
 using kvfold::test::TempDir;
 
-TEST_CASE("a full-rank conversion with the o_proj refit reproduces the original logits", "[convert][refit][exact][shared]") {
+TEST_CASE("a full-rank conversion with the o_proj refit reproduces the original logits",
+          "[convert][refit][exact][shared]") {
   for (const char* model : {"stories260K", "micro-mha"}) {
     INFO(model);
     TempDir tmp;
-    const std::string kv = std::to_string(OpenCheckpoint(SharedPath(std::string("models/") + model)).config.num_key_value_heads);
+    const std::string kv = std::to_string(
+        OpenCheckpoint(SharedPath(std::string("models/") + model)).config.num_key_value_heads);
     RunConvert(model, "gqa-svd<kv-heads=" + kv + ",refit=o>", tmp.File("out"));
     // As the other full-rank conversions (float32 weights): the fold is exact, so the refit's
     // least squares has the fold's own o_proj as its solution, up to the float32 sums of the
@@ -39,12 +40,14 @@ TEST_CASE("a full-rank conversion with the o_proj refit reproduces the original 
   }
 }
 
-TEST_CASE("the o_proj refit lowers a lossy fold's error, layer by layer and on held-out text", "[convert][refit][quality][shared]") {
+TEST_CASE("the o_proj refit lowers a lossy fold's error, layer by layer and on held-out text",
+          "[convert][refit][quality][shared]") {
   TempDir tmp;
   RunConvert("stories260K", "gqa-svd<kv-heads=2,refit=none>", tmp.File("plain"));
   RunConvert("stories260K", "gqa-svd<kv-heads=2,refit=o>", tmp.File("refit"));
   const auto record = ReadJson(tmp.File("refit/kvfold.json"));
-  CHECK(record["pipeline"] == "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>");
+  CHECK(record["pipeline"] ==
+        "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>");
   for (const auto& layer : record["passes"][0]["layers"]) {
     INFO("layer " << layer["layer"]);
     const auto& r = layer["refit"];
@@ -56,20 +59,25 @@ TEST_CASE("the o_proj refit lowers a lossy fold's error, layer by layer and on h
   // 0.70 -> 0.47 over 64 windows; docs/results.md).
   const Checkpoint original = OpenCheckpoint(SharedPath("models/stories260K"));
   const auto tok = Tokenizer::Load(original.tokenizer_path);
-  const auto windows = CutWindows(tok->Encode(LoadText(SharedPath("text/tinystories/eval.txt"))), 256, 8, "eval");
+  const auto windows =
+      CutWindows(tok->Encode(LoadText(SharedPath("text/tinystories/eval.txt"))), 256, 8, "eval");
   const auto reference = ReferenceModel::Load(original, {"cpu", 2});
   EvalOptions quiet;
   quiet.progress = false;
   auto kl = [&](const std::string& dir) {
-    return CompareModels(*reference, *ReferenceModel::Load(OpenCheckpoint(dir), {"cpu", 2}), windows, tok->bos_id(), quiet).kl;
+    return CompareModels(*reference, *ReferenceModel::Load(OpenCheckpoint(dir), {"cpu", 2}),
+                         windows, tok->bos_id(), quiet)
+        .kl;
   };
   CHECK(kl(tmp.File("refit")) < kl(tmp.File("plain")));
   // Deterministic: a second run writes the same weights.
   RunConvert("stories260K", "gqa-svd<kv-heads=2,refit=o>", tmp.File("again"));
-  CHECK(ReadBytes(tmp.File("again/model.safetensors")) == ReadBytes(tmp.File("refit/model.safetensors")));
+  CHECK(ReadBytes(tmp.File("again/model.safetensors")) ==
+        ReadBytes(tmp.File("refit/model.safetensors")));
 }
 
-TEST_CASE("the o_proj refit needs the converted sweep and held-out windows", "[convert][refit][shared]") {
+TEST_CASE("the o_proj refit needs the converted sweep and held-out windows",
+          "[convert][refit][shared]") {
   TempDir tmp;
   ConvertOptions o;
   o.model = SharedPath("models/stories260K");
@@ -79,7 +87,9 @@ TEST_CASE("the o_proj refit needs the converted sweep and held-out windows", "[c
   o.threads = 2;
   o.progress = false;
   o.calibrate_on = "source";
-  CHECK_THROWS_WITH(Convert(o), Catch::Contains("refit=o fits o_proj on the converted layers' own hidden states"));
+  CHECK_THROWS_WITH(
+      Convert(o),
+      Catch::Contains("refit=o fits o_proj on the converted layers' own hidden states"));
   // The default refit=o gives way where it cannot run, and the record says so.
   o.passes = "gqa-svd<kv-heads=2>";
   Convert(o);

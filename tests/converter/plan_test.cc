@@ -2,7 +2,6 @@
 // plan fits its budget, is the best candidate scored within it, and measures what an
 // independent conversion and comparison measure.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <string>
 
@@ -47,8 +46,9 @@ TEST_CASE("the planner's search space", "[plan]") {
   c.num_hidden_layers = 6;
   std::vector<std::string> passes;
   for (const auto& s : PlanStructures(c)) passes.push_back(s.passes);
-  CHECK(passes == std::vector<std::string>{"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>", "gqa-svd<kv-heads=1>",
-                                           "mlkv<kv-layers=3>", "mlkv<kv-layers=1>",
+  CHECK(passes == std::vector<std::string>{"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>",
+                                           "gqa-svd<kv-heads=1>", "mlkv<kv-layers=3>",
+                                           "mlkv<kv-layers=1>",
                                            "gqa-svd<kv-heads=4,refit=none>,mlkv<kv-layers=3>"});
   c.qk_norm = true;  // Qwen3: no fold applies
   CHECK(PlanStructures(c).size() == 1);
@@ -66,15 +66,17 @@ TEST_CASE("the planner's search space", "[plan]") {
   CHECK(LayerProbeCache(3, 1) == "quant<scheme=rtn,key-bits=2,value-bits=2,protect=0,2>");
   std::size_t low_bits = 0;
   for (const auto& cache : caches) low_bits += cache.low_bits ? 1 : 0;
-  CHECK(low_bits == 15);  // RTN pairs with a side at 3 or 2 bits (12 of 16) and KIVI's 4/2, 2/4, 2/2
+  CHECK(low_bits ==
+        15);  // RTN pairs with a side at 3 or 2 bits (12 of 16) and KIVI's 4/2, 2/4, 2/2
   const auto protected_caches = ProtectedCaches(caches, {2, 0, 1});
   REQUIRE(protected_caches.size() == 2 * low_bits);
   CHECK(protected_caches.front().spec == "quant<scheme=rtn,key-bits=8,value-bits=3,protect=2>");
   CHECK(protected_caches.back().spec == "quant<scheme=kivi,key-bits=2,value-bits=2,protect=0,2>");
 }
 
-TEST_CASE("each plan fits its budget, is the best scored candidate within it, and is what eval measures",
-          "[plan][shared]") {
+TEST_CASE(
+    "each plan fits its budget, is the best scored candidate within it, and is what eval measures",
+    "[plan][shared]") {
   const PlanOptions o = SmallPlan({0.5, 0.25, 0.125});
   const PlanResult r = RunPlan(o);
   REQUIRE(r.plans.size() == 3);
@@ -83,8 +85,10 @@ TEST_CASE("each plan fits its budget, is the best scored candidate within it, an
   const Checkpoint source = OpenCheckpoint(o.model);
   const auto tokenizer = Tokenizer::Load(source.tokenizer_path);
   // The scoring windows, cut here from the calibration text's tokens after the first 4096.
-  const auto tokens = LoadCalibrationTokens(o.calib_text, *tokenizer, source.config.vocab_size).tokens;
-  const auto windows = CutWindows(std::vector<std::int32_t>(tokens.begin() + 4096, tokens.end()), 256, 4, "calib");
+  const auto tokens =
+      LoadCalibrationTokens(o.calib_text, *tokenizer, source.config.vocab_size).tokens;
+  const auto windows =
+      CutWindows(std::vector<std::int32_t>(tokens.begin() + 4096, tokens.end()), 256, 4, "calib");
   const auto base = ReferenceModel::Load(source, {"cpu", 2});
   for (const BudgetPlan& plan : r.plans) {
     INFO("budget " << plan.budget);
@@ -112,22 +116,29 @@ TEST_CASE("each plan fits its budget, is the best scored candidate within it, an
       eo.cache = cache.policy.get();
       bits = cache.policy->AverageBits(256, 128, ck.config.head_dim);
     }
-    const double kl = CompareModels(*base, *ReferenceModel::Load(ck, {"cpu", 2}), windows, tokenizer->bos_id(), eo).kl;
+    const double kl = CompareModels(*base, *ReferenceModel::Load(ck, {"cpu", 2}), windows,
+                                    tokenizer->bos_id(), eo)
+                          .kl;
     // The same conversion and comparison (same threads, same summation order): equal up to
     // rounding; 1e-6 relative leaves room for nothing else.
     CHECK(std::abs(kl - chosen.kl) <= 1e-6 * std::max(1e-3, kl));
-    const double heads_and_layers = static_cast<double>(ck.config.KvBytesPerToken(2)) / source.config.KvBytesPerToken(2);
+    const double heads_and_layers =
+        static_cast<double>(ck.config.KvBytesPerToken(2)) / source.config.KvBytesPerToken(2);
     CHECK(std::abs(chosen.bytes_fraction - heads_and_layers * bits / 16) < 1e-12);
   }
   // The budgets are nested, so a larger one never plans a worse KL.
-  const auto kl_of = [&](int i) { return r.candidates[static_cast<std::size_t>(r.plans[i].candidate)].kl; };
+  const auto kl_of = [&](int i) {
+    return r.candidates[static_cast<std::size_t>(r.plans[i].candidate)].kl;
+  };
   CHECK(kl_of(0) <= kl_of(1));
   CHECK(kl_of(1) <= kl_of(2));
 }
 
-TEST_CASE("kvfold plan --json: the documented schema, deterministic, and one-line errors", "[plan][cli][shared]") {
-  const std::string args = "plan " + SharedPath("models/stories260K") + " --calib " + CalibFor("stories260K") +
-                           " --calib-tokens 4096 --score-windows 4 --screen-windows 1 --survivors 1 --threads 2 --quiet";
+TEST_CASE("kvfold plan --json: the documented schema, deterministic, and one-line errors",
+          "[plan][cli][shared]") {
+  const std::string args =
+      "plan " + SharedPath("models/stories260K") + " --calib " + CalibFor("stories260K") +
+      " --calib-tokens 4096 --score-windows 4 --screen-windows 1 --survivors 1 --threads 2 --quiet";
   const auto a = test::RunKvfold(args + " --budget 0.5,0.25 --json");
   REQUIRE(a.exit_code == 0);
   auto j = nlohmann::json::parse(a.out);
@@ -147,43 +158,49 @@ TEST_CASE("kvfold plan --json: the documented schema, deterministic, and one-lin
   const auto bad = test::RunKvfold(args + " --budget 0.5,0");
   CHECK(bad.exit_code == 1);
   CHECK(bad.err == "kvfold: error: --budget: '0' is not a fraction in (0, 1]\n");
-  const auto short_text = test::RunKvfold("plan " + SharedPath("models/stories260K") + " --calib " +
-                                          CalibFor("stories260K") + " --calib-tokens 1000000 --budget 0.5 --quiet");
+  const auto short_text =
+      test::RunKvfold("plan " + SharedPath("models/stories260K") + " --calib " +
+                      CalibFor("stories260K") + " --calib-tokens 1000000 --budget 0.5 --quiet");
   CHECK(short_text.exit_code == 1);
-  CHECK(short_text.err.find("tokens; the planner calibrates on the first 1000000") != std::string::npos);
-  CHECK(short_text.err.rfind("kvfold: error: " + CalibFor("stories260K") + ": ", 0) == 0);  // names the file
+  CHECK(short_text.err.find("tokens; the planner calibrates on the first 1000000") !=
+        std::string::npos);
+  CHECK(short_text.err.rfind("kvfold: error: " + CalibFor("stories260K") + ": ", 0) ==
+        0);  // names the file
   const auto limited = test::RunKvfold(args + " --budget 0.5 --plan-seconds 0.001 --json");
   REQUIRE(limited.exit_code == 0);
   CHECK(nlohmann::json::parse(limited.out)["time_limited"] == true);
 }
 
-TEST_CASE("convert --kv-budget converts with the plan, records it, and --reproduce reruns it", "[plan][cli][shared]") {
+TEST_CASE("convert --kv-budget converts with the plan, records it, and --reproduce reruns it",
+          "[plan][cli][shared]") {
   TempDir tmp;
-  const std::string common = "convert " + SharedPath("models/stories260K") + " --calib " + CalibFor("stories260K") +
-                             " --calib-tokens 4096 --threads 2 --quiet";
+  const std::string common = "convert " + SharedPath("models/stories260K") + " --calib " +
+                             CalibFor("stories260K") + " --calib-tokens 4096 --threads 2 --quiet";
   const auto r = test::RunKvfold(common + " --kv-budget 0.25 -o " + tmp.File("out"));
   REQUIRE(r.exit_code == 0);
   const auto meta = test::ReadJson(tmp.File("out/kvfold.json"));
   CHECK(meta["plan"]["budget"] == 0.25);
   CHECK(meta["plan"]["bytes_fraction"].get<double>() <= 0.25);
   CHECK(!meta["plan"]["passes"].get<std::string>().empty());
-  const auto again = test::RunKvfold("convert --reproduce " + tmp.File("out/kvfold.json") + " -o " + tmp.File("again") +
-                                     " --quiet");
+  const auto again = test::RunKvfold("convert --reproduce " + tmp.File("out/kvfold.json") + " -o " +
+                                     tmp.File("again") + " --quiet");
   REQUIRE(again.exit_code == 0);
   for (const char* f : {"kvfold.json", "model.safetensors", "config.json"}) {
     INFO(f);
-    CHECK(test::ReadBytes(tmp.File(std::string("again/") + f)) == test::ReadBytes(tmp.File(std::string("out/") + f)));
+    CHECK(test::ReadBytes(tmp.File(std::string("again/") + f)) ==
+          test::ReadBytes(tmp.File(std::string("out/") + f)));
   }
   // At half the cache the best plan on stories260K changes no weights: nothing to convert.
   const auto none = test::RunKvfold(common + " --kv-budget 0.5 -o " + tmp.File("none"));
   CHECK(none.exit_code == 1);
   CHECK(none.err.find("the best plan changes no weights: serve") != std::string::npos);
   CHECK(test::ListDir(tmp.path()) == std::vector<std::string>{"again", "out"});
-  CHECK(test::RunKvfold(common + " --kv-budget 0.25 --passes kv-scales -o " + tmp.File("x")).err.find(
-            "--kv-budget: not used with --passes") != std::string::npos);
+  CHECK(test::RunKvfold(common + " --kv-budget 0.25 --passes kv-scales -o " + tmp.File("x"))
+            .err.find("--kv-budget: not used with --passes") != std::string::npos);
 }
 
-TEST_CASE("kvfold report --budget adds the plan: its table, the Pareto chart and the JSON", "[plan][shared]") {
+TEST_CASE("kvfold report --budget adds the plan: its table, the Pareto chart and the JSON",
+          "[plan][shared]") {
   TempDir tmp;
   ConvertOptions o;
   o.model = SharedPath("models/stories260K");
@@ -202,7 +219,9 @@ TEST_CASE("kvfold report --budget adds the plan: its table, the Pareto chart and
   CHECK(html.find("data-chart=\"plan-pareto\"") != std::string::npos);
   // One dot per screened candidate.
   std::size_t dots = 0;
-  for (std::size_t at = html.find("<circle"); at != std::string::npos; at = html.find("<circle", at + 1)) ++dots;
+  for (std::size_t at = html.find("<circle"); at != std::string::npos;
+       at = html.find("<circle", at + 1))
+    ++dots;
   std::size_t screened = 0;
   for (const auto& c : report["plan"]["candidates"]) screened += c["screen_kl"].is_null() ? 0 : 1;
   CHECK(dots == screened);

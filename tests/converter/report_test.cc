@@ -1,5 +1,4 @@
 #include <catch2/catch.hpp>
-
 #include <nlohmann/json.hpp>
 
 #include "converter/convert.h"
@@ -15,7 +14,8 @@ namespace {
 
 std::size_t Count(const std::string& haystack, const std::string& needle) {
   std::size_t n = 0;
-  for (auto p = haystack.find(needle); p != std::string::npos; p = haystack.find(needle, p + 1)) ++n;
+  for (auto p = haystack.find(needle); p != std::string::npos; p = haystack.find(needle, p + 1))
+    ++n;
   return n;
 }
 
@@ -42,7 +42,8 @@ TEST_CASE("a conversion report: schema, self-contained page, numbers equal kvfol
   CHECK(r["format_version"] == 1);
   CHECK(r["model"]["kv_bytes_per_token"] == 1280);
   CHECK(r["output"]["kv_bytes_per_token"] == 640);
-  CHECK(r["run"]["pipeline"] == "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>");
+  CHECK(r["run"]["pipeline"] ==
+        "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>");
   CHECK(r["run"]["calibration"]["tokens"] == 8192);
   CHECK(r["run"]["peak_rss_mib"].get<double>() > 0);
   CHECK(r["passes"][0]["layers"].size() == 5);
@@ -68,7 +69,8 @@ TEST_CASE("a conversion report: schema, self-contained page, numbers equal kvfol
   const auto& v = r["validation"];
   CHECK(v["tokens_predicted"] == ev["tokens_predicted"]);
   CHECK(v["converted"]["ppl"].get<double>() == Approx(ev["ppl"].get<double>()).epsilon(1e-12));
-  CHECK(v["original"]["ppl"].get<double>() == Approx(ev["compare"]["ppl"].get<double>()).epsilon(1e-12));
+  CHECK(v["original"]["ppl"].get<double>() ==
+        Approx(ev["compare"]["ppl"].get<double>()).epsilon(1e-12));
   CHECK(v["kl"].get<double>() == Approx(ev["compare"]["kl"].get<double>()).epsilon(1e-12));
   CHECK(v["top1_agreement"] == ev["compare"]["top1_agreement"]);
 
@@ -83,10 +85,10 @@ TEST_CASE("a conversion report: schema, self-contained page, numbers equal kvfol
 
 TEST_CASE("kvfold report analyses a model without converting it", "[report][shared]") {
   TempDir tmp;
-  const auto r = RunKvfold("report " + SharedPath("models/micro-mha") + " --calib " +
-                           SharedPath("text/wikitext-2/valid.tokens.txt") + " --calib-tokens 4096 --eval " +
-                           SharedPath("text/wikitext-2/test.raw.txt") + " --eval-windows 4 -o " +
-                           tmp.File("r.html"));
+  const auto r = RunKvfold(
+      "report " + SharedPath("models/micro-mha") + " --calib " +
+      SharedPath("text/wikitext-2/valid.tokens.txt") + " --calib-tokens 4096 --eval " +
+      SharedPath("text/wikitext-2/test.raw.txt") + " --eval-windows 4 -o " + tmp.File("r.html"));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(ReadFileToString(tmp.File("r.json")));

@@ -1,6 +1,7 @@
+#include "formats/checkpoint.h"
+
 #include <catch2/catch.hpp>
 
-#include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
 #include "formats/safetensors_writer.h"
@@ -11,8 +12,8 @@ using kvfold::test::SharedPath;
 using kvfold::test::TempDir;
 
 TEST_CASE("every shared checkpoint opens and validates", "[checkpoint][shared]") {
-  for (const char* m : {"stories260K", "stories260K-mha", "micro-mha", "mini-mha",
-                        "mini-mha-bf16-sharded"}) {
+  for (const char* m :
+       {"stories260K", "stories260K-mha", "micro-mha", "mini-mha", "mini-mha-bf16-sharded"}) {
     INFO(m);
     const Checkpoint ck = OpenCheckpoint(SharedPath(std::string("models/") + m));
     CHECK_FALSE(ck.tokenizer_path.empty());
@@ -51,8 +52,10 @@ TEST_CASE("a checkpoint whose tensors contradict its config lists the problems",
     const std::string msg = e.what();
     INFO(msg);
     CHECK(msg.find("4 tensor problem(s)") != std::string::npos);
-    CHECK(msg.find("model.layers.1.self_attn.k_proj.weight has shape [16, 64], config implies [32, 64]") !=
-          std::string::npos);
+    CHECK(
+        msg.find(
+            "model.layers.1.self_attn.k_proj.weight has shape [16, 64], config implies [32, 64]") !=
+        std::string::npos);
     CHECK(msg.find("missing model.layers.4.mlp.down_proj.weight") != std::string::npos);
   }
 }

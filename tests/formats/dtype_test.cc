@@ -1,10 +1,10 @@
-#include <catch2/catch.hpp>
+#include "formats/dtype.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
-#include "formats/dtype.h"
 #include "formats/error.h"
 
 using namespace kvfold;
@@ -36,11 +36,11 @@ TEST_CASE("f16 conversion covers normals, subnormals, overflow", "[dtype]") {
   CHECK(F16ToF32(0x3c00) == 1.0f);
   CHECK(F16ToF32(0xc000) == -2.0f);
   CHECK(F16ToF32(0x0001) == std::ldexp(1.0f, -24));  // smallest subnormal
-  CHECK(F16ToF32(0x7bff) == 65504.0f);                 // largest finite
+  CHECK(F16ToF32(0x7bff) == 65504.0f);               // largest finite
   CHECK(F32ToF16(65504.0f) == 0x7bff);
-  CHECK(F32ToF16(65520.0f) == 0x7c00);                 // rounds up to inf
+  CHECK(F32ToF16(65520.0f) == 0x7c00);  // rounds up to inf
   CHECK(F32ToF16(std::ldexp(1.0f, -24)) == 0x0001);
-  CHECK(F32ToF16(std::ldexp(1.0f, -26)) == 0x0000);    // below half the smallest subnormal
+  CHECK(F32ToF16(std::ldexp(1.0f, -26)) == 0x0000);  // below half the smallest subnormal
   // Every finite half survives half -> float -> half.
   for (std::uint32_t h = 0; h < 0x10000; ++h) {
     if ((h & 0x7c00) == 0x7c00) continue;  // inf/NaN
@@ -65,9 +65,11 @@ TEST_CASE("values a dtype cannot hold are found and named", "[dtype]") {
   CHECK_FALSE(FindUnrepresentable(DType::kBF16, ok, 3));
   CHECK_FALSE(FindUnrepresentable(DType::kF32, ok, 3));
   const float big[] = {1.0f, 1e6f};  // a decode coefficient F16 turns into inf
-  CHECK(FindUnrepresentable(DType::kF16, big, 2).value() == "element 1 is 1000000.000000 (beyond F16's range of 65504)");
+  CHECK(FindUnrepresentable(DType::kF16, big, 2).value() ==
+        "element 1 is 1000000.000000 (beyond F16's range of 65504)");
   const float max_f32 = std::numeric_limits<float>::max();  // rounds up to BF16 inf
-  CHECK(FindUnrepresentable(DType::kBF16, &max_f32, 1).value().find("beyond the dtype's range") != std::string::npos);
+  CHECK(FindUnrepresentable(DType::kBF16, &max_f32, 1).value().find("beyond the dtype's range") !=
+        std::string::npos);
   const float nan[] = {0.0f, std::nanf("")};
   CHECK(FindUnrepresentable(DType::kF32, nan, 2).value() == "element 1 is nan (not finite)");
 }

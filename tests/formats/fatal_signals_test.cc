@@ -1,4 +1,4 @@
-#include <catch2/catch.hpp>
+#include "formats/fatal_signals.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -6,9 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <string>
 
-#include "formats/fatal_signals.h"
 #include "formats/mapped_file.h"
 #include "tests/test_support.h"
 
@@ -36,26 +36,30 @@ ChildResult InChild(const std::string& err_path, Body body) {
   }
   int status = 0;
   ::waitpid(pid, &status, 0);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), test::ReadBytes(err_path)};
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
+          test::ReadBytes(err_path)};
 }
 
 }  // namespace
 
-TEST_CASE("a mapped file truncated while it is read is an error naming it, not a crash", "[formats][signals]") {
+TEST_CASE("a mapped file truncated while it is read is an error naming it, not a crash",
+          "[formats][signals]") {
   TempDir tmp;
   const std::string weights = tmp.File("model.safetensors");
   test::WriteBytes(weights, std::string(1 << 16, 'x'));
   const ChildResult r = InChild(tmp.File("err"), [&] {
     MappedFile f(weights);
-    REQUIRE(::truncate(weights.c_str(), 0) == 0);  // another process truncates the checkpoint
+    REQUIRE(::truncate(weights.c_str(), 0) == 0);    // another process truncates the checkpoint
     volatile std::uint8_t sink = f.data()[1 << 15];  // SIGBUS: the page is gone
     (void)sink;
   });
   CHECK(r.exit_code == 1);
-  CHECK(r.err == "kvfold: error: " + weights + ": changed or truncated while kvfold was reading it (SIGBUS)\n");
+  CHECK(r.err == "kvfold: error: " + weights +
+                     ": changed or truncated while kvfold was reading it (SIGBUS)\n");
 }
 
-TEST_CASE("SIGTERM and SIGINT remove registered temporaries and exit 128 + signal", "[formats][signals]") {
+TEST_CASE("SIGTERM and SIGINT remove registered temporaries and exit 128 + signal",
+          "[formats][signals]") {
   for (int sig : {SIGTERM, SIGINT}) {
     TempDir tmp;
     const std::string staging = tmp.File("out.tmp.1");

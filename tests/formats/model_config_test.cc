@@ -1,11 +1,10 @@
+#include "formats/model_config.h"
+
 #include <catch2/catch.hpp>
-
 #include <cmath>
-
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
-#include "formats/model_config.h"
 #include "tests/test_support.h"
 
 using namespace kvfold;
@@ -68,11 +67,13 @@ TEST_CASE("bad configs give one clear line", "[config]") {
       CHECK(std::string(e.what()).find(needle) != std::string::npos);
     }
   };
-  rejects(R"({"model_type":"llama","hidden_size":64})", "missing required field 'num_hidden_layers'");
+  rejects(R"({"model_type":"llama","hidden_size":64})",
+          "missing required field 'num_hidden_layers'");
   rejects(With(R"("model_type":"gpt2x")"), "unsupported model_type 'gpt2x'");
   rejects(R"({"hidden_size":64})", "missing required field 'model_type'");
   rejects(With(R"("num_key_value_heads":3)"), "not a multiple of num_key_value_heads");
-  rejects(With(R"("rope_scaling":{"rope_type":"yarn","factor":2.0})"), "rope_scaling type 'yarn' is not supported");
+  rejects(With(R"("rope_scaling":{"rope_type":"yarn","factor":2.0})"),
+          "rope_scaling type 'yarn' is not supported");
   rejects(With(R"("hidden_act":"gelu")"), "hidden_act");
   rejects(With(R"("head_dim":7)"), "even");
   rejects(With(R"("hidden_size":-6)"), "'hidden_size' must be a positive integer, got -6");
@@ -80,9 +81,11 @@ TEST_CASE("bad configs give one clear line", "[config]") {
   rejects("[]", "not a JSON object");
   rejects(With(R"("rms_norm_eps":"small")"), "rms_norm_eps");
   // Sizes whose products wrap int64 (2^62 + 8 heads' worth) or exceed any real model.
-  rejects(With(R"("head_dim":4611686018427387912)"), "num_attention_heads x head_dim x hidden_size is too large");
+  rejects(With(R"("head_dim":4611686018427387912)"),
+          "num_attention_heads x head_dim x hidden_size is too large");
   rejects(With(R"("vocab_size":4611686018427387904)"), "vocab_size x hidden_size is too large");
-  rejects(With(R"("max_position_embeddings":9223372036854775807)"), "max_position_embeddings x head_dim is too large");
+  rejects(With(R"("max_position_embeddings":9223372036854775807)"),
+          "max_position_embeddings x head_dim is too large");
   // Wrong JSON types inside blocks are named, never a JSON library exception.
   rejects(With(R"("rope_scaling":{"rope_type":5})"), "rope_scaling.rope_type must be a string");
   rejects(With(R"("rope_scaling":{"type":[1]})"), "rope_scaling.type must be a string");
@@ -142,37 +145,46 @@ TEST_CASE("bad layer_types are refused with the reason", "[config][cross-layer]"
   rejects(R"("model_type":"lckv-llama","layer_types":"0_0","num_key_value_layers":2)", "disagrees");
   rejects(R"("layer_types":"0_0")", "need model_type lckv-llama");
   // transformers' own layer_types (attention kinds per layer) is not cross-layer sharing.
-  CHECK_NOTHROW(ParseModelConfig(With(R"("layer_types":["full_attention","full_attention"])"), "c"));
+  CHECK_NOTHROW(
+      ParseModelConfig(With(R"("layer_types":["full_attention","full_attention"])"), "c"));
 }
 
-TEST_CASE("rope_scaling: llama3, linear and dynamic as transformers computes them", "[config][rope]") {
+TEST_CASE("rope_scaling: llama3, linear and dynamic as transformers computes them",
+          "[config][rope]") {
   // Llama 3.1 8B's block. With head_dim 128 the first frequency (wavelength 2 pi) is kept and the
   // last (wavelength above 8192) is divided by the factor; those between blend.
-  const ModelConfig c = ParseModelConfig(With(R"("head_dim":128,"rope_theta":500000.0,"max_position_embeddings":131072,
-    "rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"})"), "c");
+  const ModelConfig c = ParseModelConfig(
+      With(R"("head_dim":128,"rope_theta":500000.0,"max_position_embeddings":131072,
+    "rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"})"),
+      "c");
   CHECK(c.rope_scaling.type == "llama3");
-  const std::vector<double> inv = RopeInverseFrequencies(c.rope_scaling, c.rope_theta, 128, c.max_position_embeddings, 256);
+  const std::vector<double> inv =
+      RopeInverseFrequencies(c.rope_scaling, c.rope_theta, 128, c.max_position_embeddings, 256);
   REQUIRE(inv.size() == 64);
   CHECK(inv[0] == Approx(1.0).epsilon(1e-12));
   CHECK(inv[63] == Approx(std::pow(500000.0, -126.0 / 128) / 8).epsilon(1e-12));
-  for (std::size_t j = 1; j < inv.size(); ++j) CHECK(inv[j] < inv[j - 1]);  // blending keeps the order
+  for (std::size_t j = 1; j < inv.size(); ++j)
+    CHECK(inv[j] < inv[j - 1]);  // blending keeps the order
   // j = 32: wavelength 2 pi 500000^(64/128) ~ 4443, inside [2048, 8192]: blended.
   const double f = std::pow(500000.0, -64.0 / 128), smooth = (8192 * f / (2 * M_PI) - 1) / 3;
   CHECK(inv[32] == Approx((1 - smooth) * f / 8 + smooth * f).epsilon(1e-12));
 
-  const ModelConfig linear = ParseModelConfig(With(R"("rope_scaling":{"type":"linear","factor":4.0})"), "c");
+  const ModelConfig linear =
+      ParseModelConfig(With(R"("rope_scaling":{"type":"linear","factor":4.0})"), "c");
   const ModelConfig plain = ParseModelConfig(kMinimal, "c");
   const auto base = RopeInverseFrequencies(plain.rope_scaling, 10000, 8, 2048, 64);
   const auto lin = RopeInverseFrequencies(linear.rope_scaling, 10000, 8, 2048, 64);
   for (std::size_t j = 0; j < base.size(); ++j) CHECK(lin[j] == Approx(base[j] / 4).epsilon(1e-12));
   // dynamic: unchanged up to max_position_embeddings, a larger base beyond.
-  const ModelConfig dyn = ParseModelConfig(With(R"("rope_scaling":{"rope_type":"dynamic","factor":2.0})"), "c");
+  const ModelConfig dyn =
+      ParseModelConfig(With(R"("rope_scaling":{"rope_type":"dynamic","factor":2.0})"), "c");
   CHECK(RopeInverseFrequencies(dyn.rope_scaling, 10000, 8, 2048, 2048) == base);
   const auto longer = RopeInverseFrequencies(dyn.rope_scaling, 10000, 8, 2048, 4096);
   const double new_base = 10000 * std::pow(2.0 * 4096 / 2048 - 1, 8.0 / 6);
   CHECK(longer[1] == Approx(1 / std::pow(new_base, 2.0 / 8)).epsilon(1e-12));
   // transformers v5 writes theta and scaling together as rope_parameters.
-  const ModelConfig v5 = ParseModelConfig(With(R"("rope_parameters":{"rope_type":"linear","factor":2.0,"rope_theta":123.0})"), "c");
+  const ModelConfig v5 = ParseModelConfig(
+      With(R"("rope_parameters":{"rope_type":"linear","factor":2.0,"rope_theta":123.0})"), "c");
   CHECK(v5.rope_theta == 123.0);
   CHECK(v5.rope_scaling.type == "linear");
   CHECK_FALSE(v5.rope_theta_defaulted);
@@ -190,15 +202,19 @@ TEST_CASE("unsupported rope settings and architectures are refused by name", "[c
   };
   CHECK_THAT(message(With(R"("rope_scaling":{"rope_type":"yarn","factor":4.0})")),
              Catch::StartsWith("config.json: rope_scaling type 'yarn' is not supported"));
-  CHECK_THAT(message(With(R"("rope_scaling":{"type":"longrope","short_factor":[1],"long_factor":[1]})")),
-             Catch::Contains("'longrope' is not supported"));
+  CHECK_THAT(
+      message(With(R"("rope_scaling":{"type":"longrope","short_factor":[1],"long_factor":[1]})")),
+      Catch::Contains("'longrope' is not supported"));
   CHECK_THAT(message(With(R"("rope_scaling":{"rope_type":"llama3","factor":8.0})")),
              Catch::Contains("rope_scaling needs 'low_freq_factor'"));
   CHECK(message(With(R"("partial_rotary_factor":0.5)")) ==
-        "config.json: partial_rotary_factor 0.5 is not supported (model_type llama applies RoPE to the whole head)");
+        "config.json: partial_rotary_factor 0.5 is not supported (model_type llama applies RoPE to "
+        "the whole head)");
   CHECK(message(With(R"("partial_rotary_factor":1.0)")) == "accepted");
-  CHECK_THAT(message(With(R"("model_type":"gemma")")), Catch::Contains("unsupported model_type 'gemma'"));
-  CHECK_THAT(message(With(R"("model_type":"qwen3","use_sliding_window":true)")), Catch::Contains("use_sliding_window"));
+  CHECK_THAT(message(With(R"("model_type":"gemma")")),
+             Catch::Contains("unsupported model_type 'gemma'"));
+  CHECK_THAT(message(With(R"("model_type":"qwen3","use_sliding_window":true)")),
+             Catch::Contains("use_sliding_window"));
 }
 
 TEST_CASE("qwen3 has per-head query and key norms", "[config]") {

@@ -1,7 +1,8 @@
+#include "formats/safetensors_header.h"
+
 #include <catch2/catch.hpp>
 
 #include "formats/error.h"
-#include "formats/safetensors_header.h"
 #include "tests/test_support.h"
 
 using namespace kvfold;
@@ -27,10 +28,9 @@ void ExpectRejected(const std::string& bytes, const std::string& needle) {
   }
 }
 
-const std::string kTwoTensors =
-    R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-    R"("b":{"dtype":"BF16","shape":[2,1],"data_offsets":[8,12]},)"
-    R"("__metadata__":{"format":"pt"}})";
+const std::string kTwoTensors = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                R"("b":{"dtype":"BF16","shape":[2,1],"data_offsets":[8,12]},)"
+                                R"("__metadata__":{"format":"pt"}})";
 
 }  // namespace
 
@@ -87,7 +87,9 @@ TEST_CASE("malformed headers are rejected with a one-line reason", "[safetensors
   SECTION("JSON that is not well formed") {
     ExpectRejected(SafetensorsBytes(R"({"a":{"dtype":"F32",)", ""), "not valid JSON");
   }
-  SECTION("a JSON value that is not an object") { ExpectRejected(SafetensorsBytes("[1,2]", ""), "not a JSON object"); }
+  SECTION("a JSON value that is not an object") {
+    ExpectRejected(SafetensorsBytes("[1,2]", ""), "not a JSON object");
+  }
   SECTION("the same tensor named twice") {
     ExpectRejected(SafetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
                                     R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
@@ -112,8 +114,9 @@ TEST_CASE("malformed headers are rejected with a one-line reason", "[safetensors
   }
   SECTION("shape whose byte size overflows 64 bits") {
     ExpectRejected(
-        SafetensorsBytes(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})",
-                         std::string(4, '\0')),
+        SafetensorsBytes(
+            R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})",
+            std::string(4, '\0')),
         "too large");
   }
   SECTION("end before begin") {

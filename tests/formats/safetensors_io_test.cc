@@ -1,10 +1,8 @@
-#include <catch2/catch.hpp>
-
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cstring>
-
 #include <nlohmann/json.hpp>
 
 #include "formats/dtype.h"
@@ -61,7 +59,8 @@ TEST_CASE("written safetensors read back identically", "[safetensors][io]") {
   CHECK(ListDir(dir.path()) == std::vector<std::string>{"t.safetensors", "t2.safetensors"});
 }
 
-TEST_CASE("the writer refuses inconsistent tensors and leaves nothing behind", "[safetensors][io]") {
+TEST_CASE("the writer refuses inconsistent tensors and leaves nothing behind",
+          "[safetensors][io]") {
   TempDir dir;
   const std::string a = FloatBytes({1, 2, 3});
   CHECK_THROWS_WITH(WriteSafetensors(dir.File("x.safetensors"), {{"a", DType::kF32, {2, 2}, a}}),
@@ -95,7 +94,8 @@ static std::size_t CheckSafetensorsLayout(const std::string& path) {
   const auto header = nlohmann::json::parse(text.substr(0, json_end));
   std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;
   for (const auto& [name, entry] : header.items()) {
-    if (name != "__metadata__") spans.emplace_back(entry["data_offsets"][0], entry["data_offsets"][1]);
+    if (name != "__metadata__")
+      spans.emplace_back(entry["data_offsets"][0], entry["data_offsets"][1]);
   }
   std::sort(spans.begin(), spans.end());
   std::uint64_t at = 0;
@@ -107,7 +107,8 @@ static std::size_t CheckSafetensorsLayout(const std::string& path) {
   return spans.size();
 }
 
-TEST_CASE("a model written tensor by tensor is sharded by size with an HF index", "[safetensors][io]") {
+TEST_CASE("a model written tensor by tensor is sharded by size with an HF index",
+          "[safetensors][io]") {
   TempDir dir;
   std::vector<std::string> blobs;
   for (int i = 0; i < 5; ++i) blobs.push_back(FloatBytes(std::vector<float>(100, float(i))));
@@ -117,8 +118,9 @@ TEST_CASE("a model written tensor by tensor is sharded by size with an HF index"
     for (int i = 0; i < 5; ++i) writer.Add({"t" + std::to_string(i), DType::kF32, {100}, blobs[i]});
     CHECK(ListDir(dir.path()).size() == 3);  // temporary names only, until Finish
     const auto files = writer.Finish();
-    CHECK(files == std::vector<std::string>{"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
-                                            "model-00003-of-00003.safetensors", "model.safetensors.index.json"});
+    CHECK(files == std::vector<std::string>{
+                       "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                       "model-00003-of-00003.safetensors", "model.safetensors.index.json"});
     CHECK(ListDir(dir.path()).size() == 4);
     CHECK(CheckSafetensorsLayout(dir.File(files[0])) == 2);
     CHECK(CheckSafetensorsLayout(dir.File(files[2])) == 1);
@@ -127,8 +129,10 @@ TEST_CASE("a model written tensor by tensor is sharded by size with an HF index"
     for (int i = 0; i < 5; ++i) CHECK(store.ReadF32("t" + std::to_string(i))[99] == float(i));
   }
   SECTION("header space closes a shard: room for two entries, no size limit") {
-    const std::uint64_t metadata = nlohmann::json{{"__metadata__", {{"format", "pt"}}}}.dump().size() + 1;
-    ShardedSafetensorsWriter writer(dir.path(), UINT64_MAX, metadata + 2 * entry, {{"format", "pt"}});
+    const std::uint64_t metadata =
+        nlohmann::json{{"__metadata__", {{"format", "pt"}}}}.dump().size() + 1;
+    ShardedSafetensorsWriter writer(dir.path(), UINT64_MAX, metadata + 2 * entry,
+                                    {{"format", "pt"}});
     for (int i = 0; i < 5; ++i) writer.Add({"t" + std::to_string(i), DType::kF32, {100}, blobs[i]});
     const auto files = writer.Finish();
     CHECK(files.size() == 4);  // 2 + 2 + 1 tensors and the index
@@ -150,8 +154,10 @@ TEST_CASE("a model written tensor by tensor is sharded by size with an HF index"
     {
       ShardedSafetensorsWriter writer(dir.path(), 900, 4096, {});
       writer.Add({"t0", DType::kF32, {100}, blobs[0]});
-      CHECK_THROWS_WITH(writer.Add({"t0", DType::kF32, {100}, blobs[0]}), Catch::Contains("'t0' given twice"));
-      CHECK_THROWS_WITH(writer.Add({"t1", DType::kF32, {99}, blobs[1]}), Catch::Contains("its shape needs 396"));
+      CHECK_THROWS_WITH(writer.Add({"t0", DType::kF32, {100}, blobs[0]}),
+                        Catch::Contains("'t0' given twice"));
+      CHECK_THROWS_WITH(writer.Add({"t1", DType::kF32, {99}, blobs[1]}),
+                        Catch::Contains("its shape needs 396"));
     }
     CHECK(ListDir(dir.path()).empty());
   }

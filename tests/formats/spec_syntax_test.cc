@@ -1,7 +1,8 @@
+#include "formats/spec_syntax.h"
+
 #include <catch2/catch.hpp>
 
 #include "formats/error.h"
-#include "formats/spec_syntax.h"
 
 using namespace kvfold;
 

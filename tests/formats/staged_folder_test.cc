@@ -1,13 +1,13 @@
-#include <catch2/catch.hpp>
+#include "formats/staged_folder.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <string>
 #include <vector>
 
 #include "formats/error.h"
-#include "formats/staged_folder.h"
 #include "tests/test_support.h"
 
 using namespace kvfold;
@@ -42,7 +42,8 @@ TEST_CASE("a staged folder appears whole, or not at all", "[formats][output]") {
   CHECK(ListDir(tmp.path()) == std::vector<std::string>{"out"});
 }
 
-TEST_CASE("--force replaces only what kvfold wrote; dead runs' staging folders are swept", "[formats][output]") {
+TEST_CASE("--force replaces only what kvfold wrote; dead runs' staging folders are swept",
+          "[formats][output]") {
   TempDir tmp;
   WriteBytes(tmp.File("data"), "user's");
   CHECK_THROWS_WITH(StagedFolder(tmp.File("data"), true), Catch::Contains("is not a folder"));

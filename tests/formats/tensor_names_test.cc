@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "formats/tensor_names.h"
+
+#include <catch2/catch.hpp>
 
 using namespace kvfold;
 

@@ -1,9 +1,9 @@
-#include <catch2/catch.hpp>
+#include "converter/passes/cross_layer_fold.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <random>
 
-#include "converter/passes/cross_layer_fold.h"
 #include "tests/passes/random_layer.h"
 
 using namespace kvfold;
@@ -56,7 +56,8 @@ Setup MakeSetup(bool off_span) {
       for (std::int64_t c = 0; c < D; ++c) {
         const double x = src.wk[static_cast<std::size_t>((g * d + j) * D + c)];
         const double y = src.wk[static_cast<std::size_t>((g * d + j + half) * D + c)];
-        reader.wk[static_cast<std::size_t>((g * d + j) * D + c)] = a * x - b * y + (off_span ? n01(rng) : 0.0);
+        reader.wk[static_cast<std::size_t>((g * d + j) * D + c)] =
+            a * x - b * y + (off_span ? n01(rng) : 0.0);
         reader.wk[static_cast<std::size_t>((g * d + j + half) * D + c)] = a * y + b * x;
       }
     }
@@ -65,7 +66,9 @@ Setup MakeSetup(bool off_span) {
       for (auto& m : mix) m = n01(rng);
       for (std::int64_t c = 0; c < D; ++c) {
         double v = 0;
-        for (std::int64_t k = 0; k < d; ++k) v += mix[static_cast<std::size_t>(k)] * src.wv[static_cast<std::size_t>((g * d + k) * D + c)];
+        for (std::int64_t k = 0; k < d; ++k)
+          v += mix[static_cast<std::size_t>(k)] *
+               src.wv[static_cast<std::size_t>((g * d + k) * D + c)];
         reader.wv[static_cast<std::size_t>((g * d + r) * D + c)] = v;
       }
     }
@@ -81,8 +84,8 @@ Setup MakeSetup(bool off_span) {
 
 // Worst difference, over sample pairs, of every query head's score and of the attention
 // output W_O v, between a reader's own K/V and the shared one.
-double WorstDifference(const AttentionProjections& before, const AttentionProjections& after, const SharedKv& shared,
-                       const std::vector<std::vector<double>>& samples) {
+double WorstDifference(const AttentionProjections& before, const AttentionProjections& after,
+                       const SharedKv& shared, const std::vector<std::vector<double>>& samples) {
   const std::int64_t d = before.head_dim, group = before.heads / before.kv_heads;
   double worst = 0;
   for (std::size_t a = 0; a < 20; ++a) {
@@ -92,8 +95,10 @@ double WorstDifference(const AttentionProjections& before, const AttentionProjec
       for (std::int64_t h = 0; h < before.heads; ++h) {
         double s0 = 0, s1 = 0;
         for (std::int64_t c = 0; c < d; ++c) {
-          s0 += q0[static_cast<std::size_t>(h * d + c)] * k0[static_cast<std::size_t>((h / group) * d + c)];
-          s1 += q1[static_cast<std::size_t>(h * d + c)] * k1[static_cast<std::size_t>((h / group) * d + c)];
+          s0 += q0[static_cast<std::size_t>(h * d + c)] *
+                k0[static_cast<std::size_t>((h / group) * d + c)];
+          s1 += q1[static_cast<std::size_t>(h * d + c)] *
+                k1[static_cast<std::size_t>((h / group) * d + c)];
         }
         worst = std::max(worst, std::abs(s0 - s1));
       }
@@ -125,9 +130,11 @@ TEST_CASE("a reader whose K/V the source can carry is reproduced exactly", "[fol
     const SharedKv shared = FitSharedKv({&s.layers[0], &s.layers[1]}, moments, record);
     REQUIRE(record.key_energy_kept.size() == 2);
     double worst = 0, kept = 1;
-    for (std::size_t r = 0; r < 2; ++r) worst = std::max(worst, WorstDifference(before[r], s.layers[r], shared, s.samples));
+    for (std::size_t r = 0; r < 2; ++r)
+      worst = std::max(worst, WorstDifference(before[r], s.layers[r], shared, s.samples));
     for (double k : record.key_energy_kept) kept = std::min(kept, k);
-    for (double v : record.value_energy_kept) CHECK(v == Approx(1.0).epsilon(1e-7));  // values are in span both times
+    for (double v : record.value_energy_kept)
+      CHECK(v == Approx(1.0).epsilon(1e-7));  // values are in span both times
     if (off_span) {
       CHECK(kept < 0.99);  // an independent key direction cannot be shared
       CHECK(worst > 1e-2);

@@ -1,9 +1,9 @@
-#include <catch2/catch.hpp>
+#include "converter/passes/gqa_fold.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <random>
 
-#include "converter/passes/gqa_fold.h"
 #include "formats/error.h"
 #include "tests/passes/random_layer.h"
 
@@ -38,7 +38,8 @@ std::vector<std::vector<double>> Samples(int n, std::int64_t D, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> n01;
   std::vector<std::vector<double>> s(n, std::vector<double>(static_cast<std::size_t>(D)));
-  for (auto& v : s) for (auto& x : v) x = n01(rng);
+  for (auto& v : s)
+    for (auto& x : v) x = n01(rng);
   return s;
 }
 
@@ -106,20 +107,22 @@ TEST_CASE("commute key fold is exact at every position when pairs are complex mu
     const double cr = n01(rng), ci = n01(rng);
     for (std::int64_t c = 0; c < D; ++c) {
       const double x = p.wk[j * D + c], y = p.wk[(j + half) * D + c];
-      p.wk[(d + j) * D + c] = cr * x - ci * y;           // Re(c z)
-      p.wk[(d + j + half) * D + c] = cr * y + ci * x;    // Im(c z)
+      p.wk[(d + j) * D + c] = cr * x - ci * y;         // Re(c z)
+      p.wk[(d + j + half) * D + c] = cr * y + ci * x;  // Im(c z)
     }
   }
   const AttentionProjections unfolded = p;
   const auto samples = Samples(30, D, 5);
   // Unweighted, and weighted by (arbitrary, unequal) query energies: both must be exact here.
   std::vector<double> query_energy(static_cast<std::size_t>(4 * d));
-  for (std::size_t i = 0; i < query_energy.size(); ++i) query_energy[i] = 0.1 + static_cast<double>(i % 7);
+  for (std::size_t i = 0; i < query_energy.size(); ++i)
+    query_energy[i] = 0.1 + static_cast<double>(i % 7);
   const bool weighted = GENERATE(false, true);
   INFO("weighted " << weighted);
   const AttentionProjections before = unfolded;
   FoldRecord record;
-  FoldKeysCommute(p, 1, Moment(p.wk, 2 * d, D, samples), record, weighted ? &query_energy : nullptr);
+  FoldKeysCommute(p, 1, Moment(p.wk, 2 * d, D, samples), record,
+                  weighted ? &query_energy : nullptr);
   REQUIRE(p.kv_heads == 1);
   CHECK(record.key_energy_kept[0] == Approx(1.0));
   for (int trial = 0; trial < 5; ++trial) {
@@ -129,8 +132,8 @@ TEST_CASE("commute key fold is exact at every position when pairs are complex mu
       const std::int64_t kv = h / 2;
       const double original = Dot(Rope(Project(before.wq, h * d, d, D, hq), pq),
                                   Rope(Project(before.wk, kv * d, d, D, hk), pk));
-      const double folded = Dot(Rope(Project(p.wq, h * d, d, D, hq), pq),
-                                Rope(Project(p.wk, 0, d, D, hk), pk));
+      const double folded =
+          Dot(Rope(Project(p.wq, h * d, d, D, hq), pq), Rope(Project(p.wk, 0, d, D, hk), pk));
       REQUIRE(folded == Approx(original).margin(1e-9));
     }
   }
@@ -145,7 +148,8 @@ TEST_CASE("lossy folds keep between 0 and 1 of the energy, best-first", "[gqa][f
   FoldValues(a, 2, vm, two);
   FoldValues(b, 1, vm, one);
   for (double kept : two.value_energy_kept) CHECK((kept > 0.5 && kept < 1.0));
-  CHECK(one.value_energy_kept[0] < std::min(two.value_energy_kept[0], two.value_energy_kept[1]) + 1e-12);
+  CHECK(one.value_energy_kept[0] <
+        std::min(two.value_energy_kept[0], two.value_energy_kept[1]) + 1e-12);
   FoldRecord rec;
   const KeyReconstruction r = ReconstructKeys(p, 2, km, rec);
   CHECK(r.k_cache_proj.size() == 2 * 4 * 8);
@@ -156,7 +160,8 @@ TEST_CASE("lossy folds keep between 0 and 1 of the energy, best-first", "[gqa][f
     for (int a_row = 0; a_row < 4; ++a_row) {
       for (int b_row = 0; b_row < 4; ++b_row) {
         double s = 0;
-        for (int c = 0; c < 8; ++c) s += r.k_cache_proj[(g * 4 + a_row) * 8 + c] * r.k_cache_proj[(g * 4 + b_row) * 8 + c];
+        for (int c = 0; c < 8; ++c)
+          s += r.k_cache_proj[(g * 4 + a_row) * 8 + c] * r.k_cache_proj[(g * 4 + b_row) * 8 + c];
         CHECK(s == Approx(a_row == b_row ? 1.0 : 0.0).margin(1e-12));
       }
     }
@@ -168,9 +173,11 @@ TEST_CASE("query-weighted reconstruct bases are exact at full rank", "[gqa][fold
   AttentionProjections p = RandomLayer(4, 2, 4, 6, 9);
   const auto samples = Samples(40, 6, 10);
   std::vector<double> query_energy(16);
-  for (std::size_t i = 0; i < query_energy.size(); ++i) query_energy[i] = 0.5 + static_cast<double>(i % 5);
+  for (std::size_t i = 0; i < query_energy.size(); ++i)
+    query_energy[i] = 0.5 + static_cast<double>(i % 5);
   FoldRecord record;
-  const KeyReconstruction r = ReconstructKeys(p, 2, Moment(p.wk, 8, 6, samples), record, &query_energy);
+  const KeyReconstruction r =
+      ReconstructKeys(p, 2, Moment(p.wk, 8, 6, samples), record, &query_energy);
   const auto q = Samples(1, 4, 11)[0], k = Samples(1, 4, 12)[0];
   for (std::int64_t h = 0; h < 4; ++h) {
     const std::int64_t g = h / 2;  // full rank: group g is original head g
@@ -228,7 +235,8 @@ TEST_CASE("output-weighted value fold: lossless where the plain fold is, better 
     FoldRecord record;
     FoldValues(p, 1, Moment(p.wv, 8, 6, samples), record, weighted);
     p.kv_heads = 1;
-    CHECK(OutputError(dup, p, samples) < 1e-18 * OutputError(dup, RandomLayer(4, 2, 4, 6, 4), samples));
+    CHECK(OutputError(dup, p, samples) <
+          1e-18 * OutputError(dup, RandomLayer(4, 2, 4, 6, 4), samples));
   }
   // Random values: the weighted fold minimises exactly this error, so it can only do better.
   const AttentionProjections random = RandomLayer(4, 2, 4, 6, 7);

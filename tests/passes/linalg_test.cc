@@ -1,8 +1,7 @@
-#include <catch2/catch.hpp>
-
-#include <random>
-
 #include "converter/passes/linalg.h"
+
+#include <catch2/catch.hpp>
+#include <random>
 
 using namespace kvfold;
 
@@ -21,7 +20,8 @@ TEST_CASE("symmetric eigendecomposition: orthonormal, descending, reconstructs",
     for (std::int64_t k = 0; k < vd.cols; ++k) vd(i, k) *= e.values[static_cast<std::size_t>(k)];
   }
   const Matrix back = Multiply(vd, Transpose(e.vectors));
-  for (std::size_t i = 0; i < s.data.size(); ++i) CHECK(back.data[i] == Approx(s.data[i]).margin(1e-9));
+  for (std::size_t i = 0; i < s.data.size(); ++i)
+    CHECK(back.data[i] == Approx(s.data[i]).margin(1e-9));
   // Phase convention: the largest component of each eigenvector is positive.
   for (std::int64_t k = 0; k < e.vectors.cols; ++k) {
     double best = 0;

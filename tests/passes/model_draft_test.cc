@@ -1,9 +1,9 @@
-#include <catch2/catch.hpp>
+#include "converter/passes/model_draft.h"
 
+#include <catch2/catch.hpp>
 #include <string>
 #include <vector>
 
-#include "converter/passes/model_draft.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
@@ -37,7 +37,8 @@ std::string F16Copy(const TempDir& tmp) {
 
 }  // namespace
 
-TEST_CASE("a replaced tensor that its dtype cannot hold is refused, naming it", "[convert][output][shared]") {
+TEST_CASE("a replaced tensor that its dtype cannot hold is refused, naming it",
+          "[convert][output][shared]") {
   TempDir tmp;
   const Checkpoint ck = OpenCheckpoint(F16Copy(tmp));
   const std::string name = "model.layers.2.self_attn.k_proj.weight";
@@ -46,14 +47,17 @@ TEST_CASE("a replaced tensor that its dtype cannot hold is refused, naming it", 
   w[5] = 1e6f;  // a decode coefficient far beyond F16's 65504
   draft.Replace(name, draft.Shape(name), w);
   REQUIRE(std::system(("mkdir " + tmp.File("out")).c_str()) == 0);
-  CHECK_THROWS_WITH(draft.WriteTo(tmp.File("out")),
-                    name + ": cannot be written as F16: element 5 is 1000000.000000 (beyond F16's range of 65504)");
+  CHECK_THROWS_WITH(
+      draft.WriteTo(tmp.File("out")),
+      name +
+          ": cannot be written as F16: element 5 is 1000000.000000 (beyond F16's range of 65504)");
   w[5] = 60000.0f;  // large but representable
   draft.Replace(name, draft.Shape(name), w);
   CHECK_NOTHROW(draft.WriteTo(tmp.File("out")));
 }
 
-TEST_CASE("layers written as they finish give the bytes of a draft written at the end", "[convert][output][shared]") {
+TEST_CASE("layers written as they finish give the bytes of a draft written at the end",
+          "[convert][output][shared]") {
   TempDir tmp;
   const Checkpoint ck = OpenCheckpoint(F16Copy(tmp));
   const std::string k1 = "model.layers.1.self_attn.k_proj.weight";
@@ -73,7 +77,8 @@ TEST_CASE("layers written as they finish give the bytes of a draft written at th
     }
     // The layer's replacement is freed once written: reading it back is a bug, said loudly.
     CHECK_THROWS_WITH(draft.ReadF32(k1), Catch::Contains("read after it was written"));
-    CHECK_THROWS_WITH(draft.Replace(k1, {1}, {0.0f}), Catch::Contains("changed after its layer was written"));
+    CHECK_THROWS_WITH(draft.Replace(k1, {1}, {0.0f}),
+                      Catch::Contains("changed after its layer was written"));
     draft.WriteTo(tmp.File("streamed"));
   }
   {

@@ -1,11 +1,11 @@
 // The o_proj refit's math (converter/passes/output_refit.h) on synthetic context moments whose
 // exact answer is known.
-#include <catch2/catch.hpp>
+#include "converter/passes/output_refit.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <random>
 
-#include "converter/passes/output_refit.h"
 #include "formats/error.h"
 
 using namespace kvfold;
@@ -22,8 +22,8 @@ std::vector<double> Random(std::size_t n, std::mt19937& rng) {
 }
 
 // Contexts c_c (random) and c_s = T c_c + noise * N(0, 1), summed into `part` in double.
-void AddTokens(OutputRefitMoments::Part& part, const std::vector<double>& t, int tokens, double noise,
-               std::mt19937& rng) {
+void AddTokens(OutputRefitMoments::Part& part, const std::vector<double>& t, int tokens,
+               double noise, std::mt19937& rng) {
   for (std::vector<double>* m : {&part.cc, &part.cs, &part.ss}) m->assign(kDim * kDim, 0.0);
   for (int n = 0; n < tokens; ++n) {
     const std::vector<double> c = Random(kDim, rng), e = Random(kDim, rng);
@@ -61,7 +61,8 @@ std::vector<double> Times(const std::vector<double>& wo, const std::vector<doubl
   std::vector<double> out(kHidden * kDim, 0.0);
   for (std::int64_t r = 0; r < kHidden; ++r) {
     for (std::int64_t j = 0; j < kDim; ++j) {
-      for (std::int64_t k = 0; k < kDim; ++k) out[r * kDim + j] += wo[r * kDim + k] * t[k * kDim + j];
+      for (std::int64_t k = 0; k < kDim; ++k)
+        out[r * kDim + j] += wo[r * kDim + k] * t[k * kDim + j];
     }
   }
   return out;
@@ -109,13 +110,14 @@ TEST_CASE("after a lossless fold the refit keeps the fold's o_proj, at any ridge
   }
 }
 
-TEST_CASE("ridge=auto keeps the fold's o_proj when every refit is worse on the held-out windows", "[refit]") {
+TEST_CASE("ridge=auto keeps the fold's o_proj when every refit is worse on the held-out windows",
+          "[refit]") {
   std::mt19937 rng(9);
   const std::vector<double> source = Random(kHidden * kDim, rng);
   OutputRefitMoments m;
   m.dim = kDim;
   AddTokens(m.fit, Random(kDim * kDim, rng), 200, 0.0, rng);  // the fit windows say "transform"
-  AddTokens(m.held_out, Identity(), 100, 0.0, rng);          // the held-out ones say "no error"
+  AddTokens(m.held_out, Identity(), 100, 0.0, rng);           // the held-out ones say "no error"
   const OutputRefit r = RefitOutput(source, source, kHidden, m, -1);
   CHECK(r.ridge == -1);
   CHECK(r.wo == source);  // kept, not refit: the same numbers
@@ -144,11 +146,15 @@ TEST_CASE("ridge=auto without held-out windows is refused", "[refit]") {
   OutputRefitMoments m;
   m.dim = kDim;
   AddTokens(m.fit, Identity(), 50, 0.0, rng);
-  CHECK_THROWS_WITH(RefitOutput(source, source, kHidden, m, -1), Catch::Contains("needs at least 2 calibration windows"));
-  CHECK_NOTHROW(RefitOutput(source, source, kHidden, m, 1e-3));  // a fixed ridge needs no held-out windows
+  CHECK_THROWS_WITH(RefitOutput(source, source, kHidden, m, -1),
+                    Catch::Contains("needs at least 2 calibration windows"));
+  CHECK_NOTHROW(
+      RefitOutput(source, source, kHidden, m, 1e-3));  // a fixed ridge needs no held-out windows
 }
 
-TEST_CASE("a ridge whose system is not positive definite is skipped by auto and refused when written", "[refit]") {
+TEST_CASE(
+    "a ridge whose system is not positive definite is skipped by auto and refused when written",
+    "[refit]") {
   std::mt19937 rng(12);
   const std::vector<double> source = Random(kHidden * kDim, rng);
   OutputRefitMoments m;
@@ -158,12 +164,14 @@ TEST_CASE("a ridge whose system is not positive definite is skipped by auto and 
   // What float32 sums of too few tokens can leave: a direction with a slightly negative second
   // moment, which small ridges do not lift (1e-1 of the mean diagonal does).
   for (auto* part : {&m.fit, &m.held_out}) {
-    for (std::int64_t i = 0; i < kDim; ++i) part->cc[i * kDim + kDim - 1] = part->cc[(kDim - 1) * kDim + i] = 0;
+    for (std::int64_t i = 0; i < kDim; ++i)
+      part->cc[i * kDim + kDim - 1] = part->cc[(kDim - 1) * kDim + i] = 0;
     part->cc[kDim * kDim - 1] = -1e-2 * part->cc[0];
   }
   const OutputRefit r = RefitOutput(source, source, kHidden, m, -1);
   REQUIRE(r.tried.size() == RefitRidgeGrid().size());
   CHECK(std::isnan(r.tried.front().second));  // ridge 0: skipped
   CHECK(!std::isnan(r.tried.back().second));  // ridge 1: solved
-  CHECK_THROWS_WITH(RefitOutput(source, source, kHidden, m, 0.0), Catch::Contains("second moment is singular"));
+  CHECK_THROWS_WITH(RefitOutput(source, source, kHidden, m, 0.0),
+                    Catch::Contains("second moment is singular"));
 }

@@ -10,8 +10,8 @@ namespace kvfold::test {
 
 // H query heads, KV key/value heads, head dim d, hidden D; weights N(0, 1) drawn from `rng`
 // in the order wq, wk, wv, wo.
-inline AttentionProjections RandomLayer(std::int64_t H, std::int64_t KV, std::int64_t d, std::int64_t D,
-                                        std::mt19937& rng) {
+inline AttentionProjections RandomLayer(std::int64_t H, std::int64_t KV, std::int64_t d,
+                                        std::int64_t D, std::mt19937& rng) {
   std::normal_distribution<double> n01;
   AttentionProjections p;
   p.heads = H;

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "runtime_check/blas_core.h"
+
+#include <catch2/catch.hpp>
 
 using namespace kvfold;
 

@@ -25,7 +25,8 @@ EvalOptions Quiet() {
 
 }  // namespace
 
-TEST_CASE("a model compared with itself has zero KL and full agreement", "[runtime][compare][shared]") {
+TEST_CASE("a model compared with itself has zero KL and full agreement",
+          "[runtime][compare][shared]") {
   const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
   const auto a = ReferenceModel::Load(ck, {"cpu", 2});
   const auto windows = Windows(ck, "text/tinystories/eval.txt", 8);
@@ -44,7 +45,7 @@ TEST_CASE("duplicated KV heads change nothing; BF16 rounding changes a little",
   const auto a = ReferenceModel::Load(gqa, {"cpu", 2});
   const auto b = ReferenceModel::Load(mha, {"cpu", 2});
   const ComparisonResult same = CompareModels(*a, *b, windows, 1, Quiet());
-  CHECK(same.kl < 1e-7);  // only float32 rounding of differently shaped GEMMs
+  CHECK(same.kl < 1e-7);               // only float32 rounding of differently shaped GEMMs
   CHECK(same.top1_agreement >= 0.99);  // other GEMM shapes: a near-tie may flip an argmax
   CHECK(std::abs(same.delta_nll) < 1e-6);
 
@@ -54,8 +55,8 @@ TEST_CASE("duplicated KV heads change nothing; BF16 rounding changes a little",
   const auto m32 = ReferenceModel::Load(f32, {"cpu", 2});
   const auto m16 = ReferenceModel::Load(bf16, {"cpu", 2});
   const ComparisonResult rounded = CompareModels(*m32, *m16, mini_windows, 1, Quiet());
-  CHECK(rounded.kl > 1e-7);   // the rounding is visible...
-  CHECK(rounded.kl < 1e-2);   // ...and small
+  CHECK(rounded.kl > 1e-7);  // the rounding is visible...
+  CHECK(rounded.kl < 1e-2);  // ...and small
   CHECK(rounded.top1_agreement > 0.95);
   CHECK(rounded.top1_agreement < 1.0);
   CHECK(rounded.delta_nll == Approx(rounded.other.mean_nll - rounded.base.mean_nll));

@@ -1,7 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cmath>
 
 #include "formats/checkpoint.h"
@@ -15,7 +14,6 @@ using kvfold::test::MaxAbsDiff;
 using kvfold::test::SharedPath;
 using kvfold::test::SomeTokens;
 
-
 // Two independent implementations of RoPE + causal softmax attention: ATen ops on the full
 // masked score matrix, and the fused kernels on its visible half.
 TEST_CASE("fused CPU attention equals the ATen path", "[runtime][kernels][shared]") {
@@ -23,11 +21,13 @@ TEST_CASE("fused CPU attention equals the ATen path", "[runtime][kernels][shared
     INFO(model);
     const Checkpoint ck = OpenCheckpoint(SharedPath(std::string("models/") + model));
     const auto ids = SomeTokens(200, static_cast<int>(ck.config.vocab_size));
-    CHECK(MaxAbsDiff(test::LoadModel(ck, true)->Logits(ids), test::LoadModel(ck, false)->Logits(ids)) < 2e-5);
+    CHECK(MaxAbsDiff(test::LoadModel(ck, true)->Logits(ids),
+                     test::LoadModel(ck, false)->Logits(ids)) < 2e-5);
   }
 }
 
-TEST_CASE("a Mistral sliding window hides distant keys in both paths", "[runtime][kernels][shared]") {
+TEST_CASE("a Mistral sliding window hides distant keys in both paths",
+          "[runtime][kernels][shared]") {
   // mini-mha's weights under a Mistral config with a 16-token window.
   test::TempDir dir;
   const std::string src = SharedPath("models/mini-mha");
@@ -35,7 +35,8 @@ TEST_CASE("a Mistral sliding window hides distant keys in both paths", "[runtime
   config.replace(config.find("\"llama\""), 7, "\"mistral\"");
   config.insert(config.rfind('}'), ", \"sliding_window\": 16");
   test::WriteBytes(dir.File("config.json"), config);
-  REQUIRE(::symlink((src + "/model.safetensors").c_str(), dir.File("model.safetensors").c_str()) == 0);
+  REQUIRE(::symlink((src + "/model.safetensors").c_str(), dir.File("model.safetensors").c_str()) ==
+          0);
   const Checkpoint windowed = OpenCheckpoint(dir.path());
   REQUIRE(windowed.config.sliding_window == 16);
   const Checkpoint full = OpenCheckpoint(src);

@@ -1,5 +1,6 @@
-#include <catch2/catch.hpp>
+#include "runtime_check/kv_eviction.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <iterator>
 #include <random>
@@ -8,7 +9,6 @@
 #include "calib/norm_attention.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
-#include "runtime_check/kv_eviction.h"
 #include "runtime_check/reference_model.h"
 #include "tests/runtime_check/runtime_test_support.h"
 #include "tests/test_support.h"
@@ -49,14 +49,16 @@ std::vector<std::uint8_t> Visibility(const HeadEviction& e, const ToyHead& head)
 std::set<std::int64_t> Row(const std::vector<std::uint8_t>& v, std::int64_t T, std::int64_t i) {
   std::set<std::int64_t> keys;
   for (std::int64_t j = 0; j < T; ++j) {
-    REQUIRE((v[static_cast<std::size_t>(i * T + j)] == 0 || v[static_cast<std::size_t>(i * T + j)] == 1));
+    REQUIRE((v[static_cast<std::size_t>(i * T + j)] == 0 ||
+             v[static_cast<std::size_t>(i * T + j)] == 1));
     if (v[static_cast<std::size_t>(i * T + j)]) keys.insert(j);
   }
   return keys;
 }
 
 // After prefilling P of T tokens, query i >= P reads exactly `kept` plus [P, i].
-void CheckPrefill(const std::vector<std::uint8_t>& v, std::int64_t T, std::int64_t P, const std::set<std::int64_t>& kept) {
+void CheckPrefill(const std::vector<std::uint8_t>& v, std::int64_t T, std::int64_t P,
+                  const std::set<std::int64_t>& kept) {
   for (std::int64_t i = 0; i < T; ++i) {
     std::set<std::int64_t> want;
     for (std::int64_t j = 0; j <= i; ++j) {
@@ -124,7 +126,8 @@ TEST_CASE("attention-oracle keeps the keys the prefill queries attended to", "[e
   CheckPrefill(Visibility(Prefill(EvictPolicy::kAttentionOracle, 0.5, 6), head), 8, 6, {0, 1, 3});
 }
 
-TEST_CASE("the prefill attention-oracle drops in kv-norm-analysis's ideal order: its ALR is zero", "[eviction]") {
+TEST_CASE("the prefill attention-oracle drops in kv-norm-analysis's ideal order: its ALR is zero",
+          "[eviction]") {
   // Random post-RoPE-like data: 2 query heads on one KV head. The oracle accumulates the prefill
   // queries' attention, which is exactly the analysis's attention received on the prefix.
   const std::int64_t T = 21, P = 20, d = 4;
@@ -149,7 +152,8 @@ TEST_CASE("the prefill attention-oracle drops in kv-norm-analysis's ideal order:
     const std::set<std::int64_t> now = kept(m);
     REQUIRE(now.size() == static_cast<std::size_t>(m));
     std::vector<std::int64_t> left;
-    std::set_difference(before.begin(), before.end(), now.begin(), now.end(), std::back_inserter(left));
+    std::set_difference(before.begin(), before.end(), now.begin(), now.end(),
+                        std::back_inserter(left));
     REQUIRE(left.size() == 1);  // nested: one token leaves per step
     order.push_back(left.front());
     before = now;
@@ -158,7 +162,8 @@ TEST_CASE("the prefill attention-oracle drops in kv-norm-analysis's ideal order:
   CHECK(AttentionLossRatio(attention, HighestFirst(attention)) > 0.01);  // and the measure can tell
 }
 
-TEST_CASE("streaming l2-low evicts the highest norm whenever the cache exceeds its size", "[eviction]") {
+TEST_CASE("streaming l2-low evicts the highest norm whenever the cache exceeds its size",
+          "[eviction]") {
   const ToyHead head(kNorms);
   const auto v = Visibility(Stream(EvictPolicy::kL2Low, 3), head);
   // Worked by hand: the cache before each trim, then the highest norm leaves.
@@ -187,7 +192,8 @@ TEST_CASE("streaming policies: recent is a sliding window, ratios cap the cache"
   }
   // keep = 1: nothing is ever evicted.
   const auto all = Visibility(Stream(EvictPolicy::kL2Low, 0, 1.0), head);
-  for (std::int64_t i = 0; i < 8; ++i) CHECK(Row(all, 8, i).size() == static_cast<std::size_t>(i + 1));
+  for (std::int64_t i = 0; i < 8; ++i)
+    CHECK(Row(all, 8, i).size() == static_cast<std::size_t>(i + 1));
 }
 
 TEST_CASE("eviction specs parse, and bad ones are refused with the reason", "[eviction]") {
@@ -201,16 +207,16 @@ TEST_CASE("eviction specs parse, and bad ones are refused with the reason", "[ev
   CHECK(t.max_cache == 64);
   CHECK(PrefixLength(s, 256) == 128);
   CHECK(PrefixLength(ParseEvictionSpec("evict<policy=random,prefix=100>"), 256) == 100);
-  for (const char* bad : {"l2-low", "evict<policy=l3>", "evict<keep=0>", "evict<keep=1.5>", "evict<keep=abc>",
-                          "evict<max=10>", "evict<regime=stream,keep=0.5,max=3>", "evict<colour=red>",
-                          "evict<policy=table,keep=0.5>", "evict<skip=x>", "evict<keep=0.5,keep=0.4>"}) {
+  for (const char* bad :
+       {"l2-low", "evict<policy=l3>", "evict<keep=0>", "evict<keep=1.5>", "evict<keep=abc>",
+        "evict<max=10>", "evict<regime=stream,keep=0.5,max=3>", "evict<colour=red>",
+        "evict<policy=table,keep=0.5>", "evict<skip=x>", "evict<keep=0.5,keep=0.4>"}) {
     INFO(bad);
     CHECK_THROWS_WITH(ParseEvictionSpec(bad), Catch::StartsWith("--kv-cache: "));
   }
 }
 
 namespace {
-
 
 // Records the captures of every layer (pre-attention quantities only).
 class KeyRecorder : public LayerObserver {
@@ -226,7 +232,8 @@ class KeyRecorder : public LayerObserver {
 
 }  // namespace
 
-TEST_CASE("keep=1 and skipped layers leave the forward bit for bit unchanged", "[eviction][runtime][shared]") {
+TEST_CASE("keep=1 and skipped layers leave the forward bit for bit unchanged",
+          "[eviction][runtime][shared]") {
   const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
   const auto ids = SomeTokens(128, static_cast<int>(ck.config.vocab_size));
   for (bool fused : {true, false}) {
@@ -234,16 +241,18 @@ TEST_CASE("keep=1 and skipped layers leave the forward bit for bit unchanged", "
     const auto model = test::LoadModel(ck, fused);
     const std::vector<float> full = model->Logits(ids);
     // max=1000 > T runs the masked kernels with nothing hidden: still bit for bit.
-    for (const char* spec : {"evict<policy=l2-low,keep=1>", "evict<policy=attention-oracle,regime=stream,keep=1>",
-                             "evict<policy=l2-low,regime=stream,max=1000>",
-                             "evict<policy=random,keep=0.3,skip=0,1,2,3,4>"}) {
+    for (const char* spec :
+         {"evict<policy=l2-low,keep=1>", "evict<policy=attention-oracle,regime=stream,keep=1>",
+          "evict<policy=l2-low,regime=stream,max=1000>",
+          "evict<policy=random,keep=0.3,skip=0,1,2,3,4>"}) {
       INFO(spec);
       const EvictionCachePolicy policy(ParseEvictionSpec(spec), ck.config);
       CHECK(model->Logits(ids, nullptr, &policy) == full);
     }
     // Evicting in the last layer only: every earlier layer's K/V (and the last layer's input)
     // are exactly the full cache's; the logits are not.
-    const EvictionCachePolicy last_only(ParseEvictionSpec("evict<policy=l2-low,keep=0.25,skip=0,1,2,3>"), ck.config);
+    const EvictionCachePolicy last_only(
+        ParseEvictionSpec("evict<policy=l2-low,keep=0.25,skip=0,1,2,3>"), ck.config);
     KeyRecorder a, b;
     const std::vector<float> evicted = model->Logits(ids, &b, &last_only);
     model->Logits(ids, &a);
@@ -252,11 +261,13 @@ TEST_CASE("keep=1 and skipped layers leave the forward bit for bit unchanged", "
   }
 }
 
-TEST_CASE("streaming recent-window eviction equals sliding-window attention", "[eviction][runtime][shared]") {
+TEST_CASE("streaming recent-window eviction equals sliding-window attention",
+          "[eviction][runtime][shared]") {
   // Independent truth: a cache of M tokens plus the current one is a sliding window of M + 1.
   Checkpoint ck = OpenCheckpoint(SharedPath("models/mini-mha"));
   const auto ids = SomeTokens(160, static_cast<int>(ck.config.vocab_size));
-  const EvictionCachePolicy recent(ParseEvictionSpec("evict<policy=recent,regime=stream,max=31>"), ck.config);
+  const EvictionCachePolicy recent(ParseEvictionSpec("evict<policy=recent,regime=stream,max=31>"),
+                                   ck.config);
   for (bool fused : {true, false}) {
     INFO("fused " << fused);
     const std::vector<float> evicted = test::LoadModel(ck, fused)->Logits(ids, nullptr, &recent);
@@ -266,11 +277,13 @@ TEST_CASE("streaming recent-window eviction equals sliding-window attention", "[
   }
 }
 
-TEST_CASE("masked attention agrees between the fused kernel and ATen", "[eviction][runtime][shared]") {
+TEST_CASE("masked attention agrees between the fused kernel and ATen",
+          "[eviction][runtime][shared]") {
   const Checkpoint ck = OpenCheckpoint(SharedPath("models/mini-mha"));
   const auto ids = SomeTokens(200, static_cast<int>(ck.config.vocab_size));
-  for (const char* spec : {"evict<policy=l2-low,keep=0.3>", "evict<policy=attention-oracle,regime=stream,keep=0.4>",
-                           "evict<policy=random,regime=stream,max=40,seed=3>"}) {
+  for (const char* spec :
+       {"evict<policy=l2-low,keep=0.3>", "evict<policy=attention-oracle,regime=stream,keep=0.4>",
+        "evict<policy=random,regime=stream,max=40,seed=3>"}) {
     INFO(spec);
     const EvictionCachePolicy policy(ParseEvictionSpec(spec), ck.config);
     const auto fused = test::LoadModel(ck, true)->Logits(ids, nullptr, &policy);
@@ -286,10 +299,12 @@ TEST_CASE("skip layers outside the model are refused", "[eviction][runtime][shar
                     Catch::Contains("skip layer 9 does not exist"));
 }
 
-TEST_CASE("cache specs are strict: no empty parameters, no repeated layers", "[eviction][runtime]") {
+TEST_CASE("cache specs are strict: no empty parameters, no repeated layers",
+          "[eviction][runtime]") {
   CHECK_THROWS_WITH(ParseEvictionSpec("evict<keep=0.5,>"), Catch::Contains("empty parameter"));
   CHECK_THROWS_WITH(ParseEvictionSpec("evict<,>"), Catch::Contains("empty parameter"));
   CHECK_THROWS_WITH(ParseEvictionSpec("evict<skip=0,,1>"), Catch::Contains("empty parameter"));
   CHECK_THROWS_WITH(ParseEvictionSpec("evict<skip=1,0,1>"), Catch::Contains("lists a value twice"));
-  CHECK(ParseEvictionSpec("evict<keep=0.5,skip=1,0>").Text() == "evict<policy=l2-low,regime=prefill,keep=0.5,skip=0,1>");
+  CHECK(ParseEvictionSpec("evict<keep=0.5,skip=1,0>").Text() ==
+        "evict<policy=l2-low,regime=prefill,keep=0.5,skip=0,1>");
 }

@@ -1,9 +1,8 @@
 // The layer sweep: a streamed model (one layer read at a time) gives what the resident model
 // gives; statistics gathered layer by layer equal those gathered batch by batch; and metrics
 // formed a chunk of rows at a time equal log-softmax over whole logits in float64.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 
 #include "calib/kv_statistics.h"
@@ -29,7 +28,8 @@ struct Loaded {
 Loaded LoadWindows(const std::string& model, int window, int count) {
   Loaded l{OpenCheckpoint(SharedPath("models/" + model)), nullptr, {}};
   l.tokenizer = Tokenizer::Load(l.ck.tokenizer_path);
-  l.windows = CutWindows(l.tokenizer->Encode(LoadText(SharedPath("text/tinystories/eval.txt"))), window, count, "eval");
+  l.windows = CutWindows(l.tokenizer->Encode(LoadText(SharedPath("text/tinystories/eval.txt"))),
+                         window, count, "eval");
   return l;
 }
 
@@ -39,7 +39,9 @@ std::unique_ptr<ReferenceModel> Model(const Checkpoint& ck, bool streamed) {
   return ReferenceModel::Load(ck, o);
 }
 
-double RelativeDifference(double a, double b) { return std::abs(a - b) / std::max(std::abs(a), 1e-30); }
+double RelativeDifference(double a, double b) {
+  return std::abs(a - b) / std::max(std::abs(a), 1e-30);
+}
 
 double WorstRelative(const std::vector<double>& a, const std::vector<double>& b) {
   REQUIRE(a.size() == b.size());
@@ -51,7 +53,8 @@ double WorstRelative(const std::vector<double>& a, const std::vector<double>& b)
 
 }  // namespace
 
-TEST_CASE("a streamed model evaluates and compares like the resident one", "[runtime][sweep][shared]") {
+TEST_CASE("a streamed model evaluates and compares like the resident one",
+          "[runtime][sweep][shared]") {
   // mini-mha-bf16-sharded: BF16 shards, so streaming converts and releases per layer.
   const Loaded l = LoadWindows("mini-mha-bf16-sharded", 64, 6);
   const auto resident = Model(l.ck, false);
@@ -66,18 +69,21 @@ TEST_CASE("a streamed model evaluates and compares like the resident one", "[run
   CHECK(RelativeDifference(a.mean_nll, b.mean_nll) < 1e-6);
   CHECK(a.accuracy == Approx(b.accuracy).margin(1e-9));
   CHECK(a.tokens_predicted == 6 * 64);
-  const ComparisonResult c = CompareModels(*streamed, *resident, l.windows, l.tokenizer->bos_id(), o);
+  const ComparisonResult c =
+      CompareModels(*streamed, *resident, l.windows, l.tokenizer->bos_id(), o);
   CHECK(c.kl < 1e-6);  // the same model: KL is float32 noise
   CHECK(c.top1_agreement == 1.0);
   // Without the next layer read ahead on another thread: the same weights, the same operations.
   RuntimeOptions one_at_a_time{"cpu", 2};
   one_at_a_time.stream_layers = true;
   one_at_a_time.prefetch_layers = false;
-  const PerplexityResult d = EvaluatePerplexity(*ReferenceModel::Load(l.ck, one_at_a_time), l.windows, l.tokenizer->bos_id(), o);
+  const PerplexityResult d = EvaluatePerplexity(*ReferenceModel::Load(l.ck, one_at_a_time),
+                                                l.windows, l.tokenizer->bos_id(), o);
   CHECK(RelativeDifference(b.mean_nll, d.mean_nll) < 1e-6);
 }
 
-TEST_CASE("hidden states spilled to a file give what resident ones give", "[runtime][sweep][shared]") {
+TEST_CASE("hidden states spilled to a file give what resident ones give",
+          "[runtime][sweep][shared]") {
   const Loaded l = LoadWindows("mini-mha-bf16-sharded", 64, 6);
   EvalOptions o;
   o.progress = false;
@@ -91,7 +97,8 @@ TEST_CASE("hidden states spilled to a file give what resident ones give", "[runt
     return CompareModels(*model, *model, l.windows, l.tokenizer->bos_id(), o);
   };
   const ComparisonResult resident = run(UINT64_MAX);
-  for (const std::uint64_t budget : {std::uint64_t{0}, first_batch}) {  // all spilled; the second batch only
+  for (const std::uint64_t budget :
+       {std::uint64_t{0}, first_batch}) {  // all spilled; the second batch only
     INFO("budget " << budget);
     const ComparisonResult spilled = run(budget);
     // The spill file holds the float32 bytes themselves and the same operations run on them:
@@ -103,7 +110,8 @@ TEST_CASE("hidden states spilled to a file give what resident ones give", "[runt
   }
 }
 
-TEST_CASE("chunked metrics equal float64 log-softmax over whole logits", "[runtime][sweep][shared]") {
+TEST_CASE("chunked metrics equal float64 log-softmax over whole logits",
+          "[runtime][sweep][shared]") {
   const Loaded l = LoadWindows("stories260K", 32, 3);
   const auto model = Model(l.ck, true);
   const std::int32_t bos = l.tokenizer->bos_id();
@@ -139,10 +147,11 @@ TEST_CASE("statistics of a sweep equal those gathered batch by batch", "[runtime
   const Loaded l = LoadWindows("stories260K", 64, 5);
   const ModelConfig& c = l.ck.config;
   const unsigned wanted = kStatValue | kStatKeyPreRope | kStatKvRange;
-  const std::vector<LayerPair> pairs = {{0, 2}, {1, 3}, {0, 0}};  // cross-layer moments need per-batch memory
+  const std::vector<LayerPair> pairs = {
+      {0, 2}, {1, 3}, {0, 0}};  // cross-layer moments need per-batch memory
   auto collector = [&] {
-    return KvStatisticsCollector(wanted, static_cast<int>(c.num_hidden_layers), c.num_key_value_heads, c.head_dim,
-                                 c.hidden_size, pairs);
+    return KvStatisticsCollector(wanted, static_cast<int>(c.num_hidden_layers),
+                                 c.num_key_value_heads, c.head_dim, c.hidden_size, pairs);
   };
   std::vector<ReferenceModel::ObservedBatch> batches;
   for (std::size_t first = 0; first < l.windows.size(); first += 2) {
@@ -159,7 +168,9 @@ TEST_CASE("statistics of a sweep equal those gathered batch by batch", "[runtime
   for (const auto& b : batches) resident->Observe(b.tokens, b.windows, one_by_one);
   KvStatisticsCollector swept = collector();
   std::int64_t layers_seen = 0;
-  Model(l.ck, true)->ObserveSweep(batches, {&swept}, [&](std::int64_t done) { layers_seen = done; });
+  Model(l.ck, true)->ObserveSweep(batches, {&swept}, [&](std::int64_t done) {
+    layers_seen = done;
+  });
   CHECK(layers_seen == c.num_hidden_layers);
   const KvStatistics& a = one_by_one.statistics();
   const KvStatistics& b = swept.statistics();
@@ -172,5 +183,7 @@ TEST_CASE("statistics of a sweep equal those gathered batch by batch", "[runtime
     CHECK(WorstRelative(a.layers[layer].key_pre_rope, b.layers[layer].key_pre_rope) < 1e-12);
     CHECK(a.layers[layer].key_max == b.layers[layer].key_max);  // extremes: no arithmetic at all
   }
-  for (const LayerPair& p : pairs) CHECK(WorstRelative(a.InputMoment(p.first, p.second), b.InputMoment(p.first, p.second)) < 1e-12);
+  for (const LayerPair& p : pairs)
+    CHECK(WorstRelative(a.InputMoment(p.first, p.second), b.InputMoment(p.first, p.second)) <
+          1e-12);
 }

@@ -1,5 +1,4 @@
 #include <catch2/catch.hpp>
-
 #include <cmath>
 
 #include "formats/checkpoint.h"
@@ -63,7 +62,8 @@ TEST_CASE("the layer observer sees exactly what it asked for", "[runtime][observ
   const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
   const auto rt = ReferenceModel::Load(ck, {"cpu", 2});
   std::vector<std::int32_t> tokens(2 * 16);
-  for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<std::int32_t>(3 + i * 7 % 500);
+  for (std::size_t i = 0; i < tokens.size(); ++i)
+    tokens[i] = static_cast<std::int32_t>(3 + i * 7 % 500);
   CheckingObserver obs;
   rt->Observe(tokens, 2, obs);
   CHECK(obs.calls == 1);
@@ -89,10 +89,12 @@ TEST_CASE("the layer observer sees exactly what it asked for", "[runtime][observ
   aten->Observe(tokens, 2, aten_obs);
   REQUIRE(aten_obs.keys_post.size() == obs.keys_post.size());
   for (std::size_t i = 0; i < obs.keys_post.size(); ++i) {
-    REQUIRE(std::abs(aten_obs.keys_post[i] - obs.keys_post[i]) < 1e-5 * (1 + std::abs(obs.keys_post[i])));
+    REQUIRE(std::abs(aten_obs.keys_post[i] - obs.keys_post[i]) <
+            1e-5 * (1 + std::abs(obs.keys_post[i])));
   }
   for (std::size_t i = 0; i < obs.queries_post.size(); ++i) {
-    REQUIRE(std::abs(aten_obs.queries_post[i] - obs.queries_post[i]) < 1e-5 * (1 + std::abs(obs.queries_post[i])));
+    REQUIRE(std::abs(aten_obs.queries_post[i] - obs.queries_post[i]) <
+            1e-5 * (1 + std::abs(obs.queries_post[i])));
   }
 }
 

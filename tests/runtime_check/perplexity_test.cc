@@ -1,5 +1,4 @@
 #include <catch2/catch.hpp>
-
 #include <cmath>
 
 #include "calib/text.h"
@@ -49,12 +48,13 @@ TEST_CASE("kvfold-ppl-v1 reproduces every reference perplexity", "[runtime][ppl]
     const PerplexityResult p = EvaluatePerplexity(*rt, windows, tok->bos_id(), options);
     CHECK(p.windows == 64);
     CHECK(p.tokens_predicted == 16384);
-    CHECK(std::abs(p.ppl / r.ppl - 1) < 1e-3);             // the issue's bar: 0.1% relative
-    CHECK(p.mean_nll == Approx(r.mean_nll).epsilon(1e-5)); // what float32 actually achieves
+    CHECK(std::abs(p.ppl / r.ppl - 1) < 1e-3);              // the issue's bar: 0.1% relative
+    CHECK(p.mean_nll == Approx(r.mean_nll).epsilon(1e-5));  // what float32 actually achieves
   }
 }
 
-TEST_CASE("without a BOS the window is fed as is and its first token is not scored", "[runtime][ppl][shared]") {
+TEST_CASE("without a BOS the window is fed as is and its first token is not scored",
+          "[runtime][ppl][shared]") {
   // Property: window v = [t] + u fed without BOS predicts exactly what window u predicts with t as
   // its BOS (same contexts; the extra last input affects nothing before it under causal attention).
   const Checkpoint ck = OpenCheckpoint(SharedPath("models/micro-mha"));
@@ -76,5 +76,6 @@ TEST_CASE("without a BOS the window is fed as is and its first token is not scor
   CHECK(without.tokens_predicted == with_bos.tokens_predicted);
   // Different sequence lengths block the GEMMs differently: float32 rounding only.
   CHECK(without.mean_nll == Approx(with_bos.mean_nll).epsilon(1e-5));
-  CHECK(without.accuracy == Approx(with_bos.accuracy).margin(1.0 / 504));  // at most one argmax tie flips
+  CHECK(without.accuracy ==
+        Approx(with_bos.accuracy).margin(1.0 / 504));  // at most one argmax tie flips
 }

@@ -2,9 +2,8 @@
 // and loading a model with or without the fused CPU kernels.
 #pragma once
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -18,7 +17,8 @@ namespace kvfold::test {
 inline std::vector<std::int32_t> SomeTokens(std::size_t n, int vocab) {
   std::vector<std::int32_t> ids(n);
   ids[0] = 1;
-  for (std::size_t i = 1; i < n; ++i) ids[i] = static_cast<std::int32_t>(3 + (i * 7919) % (vocab - 3));
+  for (std::size_t i = 1; i < n; ++i)
+    ids[i] = static_cast<std::int32_t>(3 + (i * 7919) % (vocab - 3));
   return ids;
 }
 

@@ -1,7 +1,6 @@
 // The kvfold binary end to end: output formats, and one-line errors with non-zero exits for
 // every kind of bad input.
 #include <catch2/catch.hpp>
-
 #include <nlohmann/json.hpp>
 
 #include "formats/mapped_file.h"
@@ -21,7 +20,8 @@ std::string MakeModelDir(const TempDir& tmp, const std::string& safetensors_byte
   REQUIRE(std::system(("mkdir -p " + dir).c_str()) == 0);
   const std::string src = SharedPath("models/stories260K");
   kvfold::test::WriteBytes(dir + "/config.json", kvfold::ReadFileToString(src + "/config.json"));
-  kvfold::test::WriteBytes(dir + "/tokenizer.model", kvfold::ReadFileToString(src + "/tokenizer.model"));
+  kvfold::test::WriteBytes(dir + "/tokenizer.model",
+                           kvfold::ReadFileToString(src + "/tokenizer.model"));
   kvfold::test::WriteBytes(dir + "/model.safetensors", safetensors_bytes);
   return dir;
 }
@@ -55,9 +55,9 @@ TEST_CASE("inspect prints the model's KV geometry", "[cli][shared]") {
 
 TEST_CASE("eval --json and --compare agree with the protocol", "[cli][shared]") {
   const std::string text = SharedPath("text/tinystories/eval.txt");
-  const auto r = RunKvfold("eval " + SharedPath("models/stories260K-mha") + " --text " + text +
-                           " --max-windows 4 --quiet --json --compare " +
-                           SharedPath("models/stories260K"));
+  const auto r =
+      RunKvfold("eval " + SharedPath("models/stories260K-mha") + " --text " + text +
+                " --max-windows 4 --quiet --json --compare " + SharedPath("models/stories260K"));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   CHECK(r.err.empty());  // --quiet
@@ -66,7 +66,8 @@ TEST_CASE("eval --json and --compare agree with the protocol", "[cli][shared]") 
   CHECK(j["windows"] == 4);
   CHECK(j["tokens_predicted"] == 1024);
   CHECK(j["compare"]["kl"].get<double>() < 1e-7);  // float32 noise of different GEMM shapes
-  CHECK(j["compare"]["top1_agreement"].get<double>() >= 0.99);  // GEMM shapes differ: a near-tie may flip
+  CHECK(j["compare"]["top1_agreement"].get<double>() >=
+        0.99);  // GEMM shapes differ: a near-tie may flip
   CHECK(j["ppl"].get<double>() == Approx(j["compare"]["ppl"].get<double>()).epsilon(1e-6));
 }
 
@@ -107,7 +108,8 @@ TEST_CASE("malformed inputs: one line, non-zero exit", "[cli][errors][shared]") 
   }
   SECTION("valid file whose tensors do not fit the config") {
     const auto dir = MakeModelDir(tmp, SafetensorsBytes(f32x2, std::string(8, '\0')));
-    ExpectOneLineError(RunKvfold("inspect " + dir), "tensor problem(s): missing model.embed_tokens.weight");
+    ExpectOneLineError(RunKvfold("inspect " + dir),
+                       "tensor problem(s): missing model.embed_tokens.weight");
   }
   SECTION("config missing a required field") {
     const std::string dir = tmp.File("cfg");
@@ -144,8 +146,8 @@ TEST_CASE("malformed inputs: one line, non-zero exit", "[cli][errors][shared]") 
     ExpectOneLineError(RunKvfold("inspect " + tmp.File("nope")), "not a model folder");
   }
   SECTION("an unknown device") {
-    ExpectOneLineError(RunKvfold("eval " + SharedPath("models/stories260K") + " --text " + good_text +
-                                 " --max-windows 1 --quiet --device tpu"),
+    ExpectOneLineError(RunKvfold("eval " + SharedPath("models/stories260K") + " --text " +
+                                 good_text + " --max-windows 1 --quiet --device tpu"),
                        "unknown device");
   }
   SECTION("--version names the BLAS and its core") {
@@ -160,7 +162,8 @@ TEST_CASE("malformed inputs: one line, non-zero exit", "[cli][errors][shared]") 
   }
 }
 
-TEST_CASE("convert: pass listing, one-line errors, a working conversion", "[cli][convert][shared]") {
+TEST_CASE("convert: pass listing, one-line errors, a working conversion",
+          "[cli][convert][shared]") {
   const auto list = RunKvfold("convert --print-passes");
   REQUIRE(list.exit_code == 0);
   CHECK(list.out.find("gqa-svd") != std::string::npos);
@@ -174,17 +177,23 @@ TEST_CASE("convert: pass listing, one-line errors, a working conversion", "[cli]
                      "unknown pass 'gqa-svdd'");
   ExpectOneLineError(RunKvfold(base + "--passes 'gqa-svd<kv-heads=3>' -o " + tmp.File("o")),
                      "does not divide the model's 4 KV heads");
-  ExpectOneLineError(RunKvfold(base + "--passes 'gqa-svd<kv-heads=2>' -o " + tmp.File("no/such/dir")),
-                     "cannot create the output folder");
+  ExpectOneLineError(
+      RunKvfold(base + "--passes 'gqa-svd<kv-heads=2>' -o " + tmp.File("no/such/dir")),
+      "cannot create the output folder");
   CHECK(kvfold::test::ListDir(tmp.path()).empty());
 
-  const auto ok = RunKvfold(base + "--calib-tokens 2048 --passes 'gqa-svd<kv-heads=2>' --time-passes -o " +
-                            tmp.File("o"));
+  const auto ok =
+      RunKvfold(base + "--calib-tokens 2048 --passes 'gqa-svd<kv-heads=2>' --time-passes -o " +
+                tmp.File("o"));
   INFO(ok.err);
   REQUIRE(ok.exit_code == 0);
   CHECK(ok.err.find("time  calibration") != std::string::npos);
-  CHECK(ok.err.find("time  gqa-svd<kv-heads=2,rope=commute>") == std::string::npos);  // rope not given
-  CHECK(ok.err.find("time  gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>") != std::string::npos);
+  CHECK(ok.err.find("time  gqa-svd<kv-heads=2,rope=commute>") ==
+        std::string::npos);  // rope not given
+  CHECK(ok.err.find(
+            "time  "
+            "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>") !=
+        std::string::npos);
   const auto again = RunKvfold(base + "--passes 'gqa-svd<kv-heads=2>' -o " + tmp.File("o"));
   ExpectOneLineError(again, "already exists (use --force to replace it)");
   const auto inspect = RunKvfold("inspect " + tmp.File("o") + " --json");
@@ -192,11 +201,13 @@ TEST_CASE("convert: pass listing, one-line errors, a working conversion", "[cli]
   CHECK(nlohmann::json::parse(inspect.out)["kv_cache_bytes_per_token"] == 640);
 }
 
-TEST_CASE("eval --kv-cache: eviction against the full cache, copy check, bad specs", "[cli][eviction][shared]") {
+TEST_CASE("eval --kv-cache: eviction against the full cache, copy check, bad specs",
+          "[cli][eviction][shared]") {
   const std::string model = SharedPath("models/stories260K");
   const std::string text = SharedPath("text/tinystories/eval.txt");
   const auto r = RunKvfold("eval " + model + " --text " + text +
-                           " --max-windows 4 --quiet --json --copy 2 --kv-cache 'evict<policy=l2-low,keep=0.5,skip=0,1>'");
+                           " --max-windows 4 --quiet --json --copy 2 --kv-cache "
+                           "'evict<policy=l2-low,keep=0.5,skip=0,1>'");
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);
@@ -207,28 +218,37 @@ TEST_CASE("eval --kv-cache: eviction against the full cache, copy check, bad spe
   CHECK(j["compare"]["top1_agreement"].get<double>() < 1.0);
   // Evicting more loses more: keep=0.25 must cost more than keep=0.5 on the same windows.
   const auto fewer = nlohmann::json::parse(
-      RunKvfold("eval " + model + " --text " + text +
-                " --max-windows 4 --quiet --json --kv-cache 'evict<policy=l2-low,keep=0.25,skip=0,1>'").out);
+      RunKvfold(
+          "eval " + model + " --text " + text +
+          " --max-windows 4 --quiet --json --kv-cache 'evict<policy=l2-low,keep=0.25,skip=0,1>'")
+          .out);
   CHECK(fewer["compare"]["kl"].get<double>() > j["compare"]["kl"].get<double>());
   CHECK(j["copy"]["sequences"] == 2);
   CHECK(j["copy"]["scored_from"] == 129);
 
   // keep=1 evicts nothing: the same numbers as the full cache, exactly.
-  const auto same = nlohmann::json::parse(
-      RunKvfold("eval " + model + " --text " + text + " --max-windows 2 --quiet --json --kv-cache 'evict<keep=1>'").out);
+  const auto same =
+      nlohmann::json::parse(RunKvfold("eval " + model + " --text " + text +
+                                      " --max-windows 2 --quiet --json --kv-cache 'evict<keep=1>'")
+                                .out);
   CHECK(same["compare"]["kl"] == 0.0);
   CHECK(same["ppl"] == same["compare"]["ppl"]);
 
-  ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'evict<policy=l2-middle>'"),
-                     "--kv-cache: policy=l2-middle is not one of");
-  ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'evict<policy=table>'"),
-                     model + "/kv_eviction_policy.json");
+  ExpectOneLineError(
+      RunKvfold("eval " + model + " --text " + text + " --kv-cache 'evict<policy=l2-middle>'"),
+      "--kv-cache: policy=l2-middle is not one of");
+  ExpectOneLineError(
+      RunKvfold("eval " + model + " --text " + text + " --kv-cache 'evict<policy=table>'"),
+      model + "/kv_eviction_policy.json");
 }
 
-TEST_CASE("eval --kv-cache quant<...>: bits reported, fp8 needs calibrated scales", "[cli][kv-quant][shared]") {
+TEST_CASE("eval --kv-cache quant<...>: bits reported, fp8 needs calibrated scales",
+          "[cli][kv-quant][shared]") {
   const std::string model = SharedPath("models/stories260K");
   const std::string text = SharedPath("text/tinystories/eval.txt");
-  const auto r = RunKvfold("eval " + model + " --text " + text + " --max-windows 2 --quiet --json --kv-cache 'quant<scheme=kivi,bits=4>'");
+  const auto r =
+      RunKvfold("eval " + model + " --text " + text +
+                " --max-windows 2 --quiet --json --kv-cache 'quant<scheme=kivi,bits=4>'");
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);
@@ -236,15 +256,20 @@ TEST_CASE("eval --kv-cache quant<...>: bits reported, fp8 needs calibrated scale
   // Fewer bits: fewer bits stored and more lost. 4-bit KIVI with its fp16 residual window
   // averages well under 16 bits; 2-bit averages less and must cost more KL.
   const auto two = nlohmann::json::parse(
-      RunKvfold("eval " + model + " --text " + text + " --max-windows 2 --quiet --json --kv-cache 'quant<scheme=kivi,bits=2>'").out);
+      RunKvfold("eval " + model + " --text " + text +
+                " --max-windows 2 --quiet --json --kv-cache 'quant<scheme=kivi,bits=2>'")
+          .out);
   CHECK(j["kv_cache"]["average_bits"].get<double>() < 12);
-  CHECK(two["kv_cache"]["average_bits"].get<double>() < j["kv_cache"]["average_bits"].get<double>() - 1);
+  CHECK(two["kv_cache"]["average_bits"].get<double>() <
+        j["kv_cache"]["average_bits"].get<double>() - 1);
   CHECK(j["compare"]["kl"].get<double>() > 0);
   CHECK(two["compare"]["kl"].get<double>() > j["compare"]["kl"].get<double>());
-  ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'quant<scheme=fp8>'"),
-                     "model.layers.0.self_attn.k_scale (scheme=fp8 reads the scales the kv-scales pass writes)");
-  ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'quant<scheme=rtn,bits=9>'"),
-                     "--kv-cache: bits=9 is not an integer in [0, 8]");
+  ExpectOneLineError(
+      RunKvfold("eval " + model + " --text " + text + " --kv-cache 'quant<scheme=fp8>'"),
+      "model.layers.0.self_attn.k_scale (scheme=fp8 reads the scales the kv-scales pass writes)");
+  ExpectOneLineError(
+      RunKvfold("eval " + model + " --text " + text + " --kv-cache 'quant<scheme=rtn,bits=9>'"),
+      "--kv-cache: bits=9 is not an integer in [0, 8]");
   ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'compress<x=1>'"),
                      "is neither evict<...> nor quant<...>");
 }
@@ -254,7 +279,8 @@ TEST_CASE("tokenize prints the ids eval uses, one JSON line per text", "[cli][to
   kvfold::test::WriteBytes(tmp.File("a.txt"), "Once upon a time");
   kvfold::test::WriteBytes(tmp.File("b.txt"), "there was a cat.");
   const std::string model = SharedPath("models/stories260K");
-  const CommandResult r = RunKvfold("tokenize " + model + " --text " + tmp.File("a.txt") + " --text " + tmp.File("b.txt") + " --json");
+  const CommandResult r = RunKvfold("tokenize " + model + " --text " + tmp.File("a.txt") +
+                                    " --text " + tmp.File("b.txt") + " --json");
   REQUIRE(r.exit_code == 0);
   const auto newline = r.out.find('\n');
   REQUIRE(newline != std::string::npos);
@@ -263,14 +289,17 @@ TEST_CASE("tokenize prints the ids eval uses, one JSON line per text", "[cli][to
   CHECK_FALSE(a.empty());
   CHECK_FALSE(b.empty());
   // The same ids as the tokenizer file named directly, and as plain lines without --json.
-  const CommandResult direct = RunKvfold("tokenize " + model + "/tokenizer.model --text " + tmp.File("a.txt"));
+  const CommandResult direct =
+      RunKvfold("tokenize " + model + "/tokenizer.model --text " + tmp.File("a.txt"));
   std::string lines;
   for (int id : a) lines += std::to_string(id) + "\n";
   CHECK(direct.out == lines);
-  ExpectOneLineError(RunKvfold("tokenize " + tmp.File("nothing") + " --text " + tmp.File("a.txt")), "no such file or folder");
+  ExpectOneLineError(RunKvfold("tokenize " + tmp.File("nothing") + " --text " + tmp.File("a.txt")),
+                     "no such file or folder");
   ExpectOneLineError(RunKvfold("tokenize " + tmp.path() + " --text " + tmp.File("a.txt")),
                      "no tokenizer.json or tokenizer.model in the folder");
   kvfold::test::WriteBytes(tmp.File("empty.txt"), "");
-  ExpectOneLineError(RunKvfold("tokenize " + model + " --text " + tmp.File("a.txt") + " --text " + tmp.File("empty.txt")),
+  ExpectOneLineError(RunKvfold("tokenize " + model + " --text " + tmp.File("a.txt") + " --text " +
+                               tmp.File("empty.txt")),
                      "empty.txt");  // nothing printed for the good text before it either
 }
