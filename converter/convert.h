@@ -60,6 +60,10 @@ struct ConvertResult {
 
 ConvertResult Convert(const ConvertOptions& options);
 
+// SHA-256 over config.json and every weight file in name order: what a conversion read
+// (kvfold.json's source.sha256), and what every rank compares under mpirun.
+std::string SourceSha256(const Checkpoint& ck);
+
 // The options that rerun the conversion recorded in `kvfold_json` (an output's kvfold.json):
 // its pipeline with every parameter, calibration tokens, window and threads, its model and
 // calibration text unless `given` names others, and their SHA-256 to check. -o, --force and

@@ -47,11 +47,33 @@ std::string JoinInRankOrder(
 // elsewhere: x + 0 == x exactly, so the sum equals the one-rank values bit for bit.
 void SumOwnedItems(std::vector<double>& values);
 
-// Returns once every rank got here (the first rank waits before it makes its output visible, so
-// that a rank lost on the way leaves none).
+// The first rank returns once every other rank got here (it waits before it makes its output
+// visible, so that a rank lost on the way leaves none); the others return at once, as they may
+// have nothing left to do while the first writes.
 void WaitForAllRanks();
 
 // Bytes this rank has sent to JoinInRankOrder so far (sizes a cluster: docs/mpi.md).
 std::uint64_t BytesJoined();
+
+// --rank-timeout: how long a rank waits at a meeting point (the input check, a join, the end)
+// before it ends the run with an error naming the ranks that did not come. Rank 0 waits
+// `seconds` for the others; they wait twice as long for rank 0, so that rank 0, which hears from
+// every rank, names the missing one first. 0 waits forever.
+constexpr double kDefaultRankTimeoutSeconds = 600;
+void SetRankTimeout(double seconds);
+
+// One input every rank must have alike (RequireSameOnEveryRank).
+struct RankInput {
+  std::string what;   // an option ("--passes") or what a file is ("calibration file")
+  std::string value;  // what is compared: the option's canonical text, or the file's SHA-256
+  std::string path;   // a file: its path on this rank (named in the error); else empty
+};
+
+// Collective, before a run's first window: rank 0 gathers every rank's `inputs` and compares
+// them with its own (paths aside). The lowest rank whose inputs differ throws Error naming the
+// first difference ("--passes differs from rank 0's (A here, B on rank 0)", or "<path>: its
+// SHA-256 differs from rank 0's calibration file <path>"); the other ranks wait for it to end the
+// run (AbortRanks), and throw after the rank timeout if it did not. No-op with one rank.
+void RequireSameOnEveryRank(const std::vector<RankInput>& inputs);
 
 }  // namespace kvfold

@@ -41,5 +41,7 @@ void SumOwnedItems(std::vector<double>&) {}
 void WaitForAllRanks() {}
 
 std::uint64_t BytesJoined() { return 0; }
+void SetRankTimeout(double) {}
+void RequireSameOnEveryRank(const std::vector<RankInput>&) {}
 
 }  // namespace kvfold

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CTest `mpi`: `mpirun -np 2` and `-np 4` give what one process gives (gqa-svd, kv-scales,
-# kv-mixed, eval --compare; plan with 2), an error names its rank, and a rank killed midway
-# leaves no output and a non-zero exit. Skipped (exit 77, reason printed) without mpirun or without MPI in the build.
+# kv-mixed, eval --compare; plan with 2), an error names its rank, rank 1 given other inputs
+# (calibration file, --passes, --calib-tokens) is refused by name before any work, and a rank
+# stopped (named after --rank-timeout) or killed midway leaves no output and a non-zero exit.
+# Skipped (exit 77, reason printed) without mpirun or without MPI in the build.
 # Usage: BUILD_DIR SHARED_DIR
 set -euo pipefail
 build="$(cd "$1" && pwd)"; shared="$(cd "$2" && pwd)"
@@ -58,21 +60,63 @@ fi
 grep -q "^kvfold: error: rank [01] of 2: .*missing" "$work/err" || { echo "no error line naming the rank:"; cat "$work/err"; exit 1; }
 [ ! -e "$work/bad" ] || { echo "output left after an error"; exit 1; }
 
-# A rank killed midway: every rank ends, mpirun exits non-zero, no output (nor staging folder).
+# Rank 1 given other inputs (mpirun's MPMD form, `-np 1 A : -np 1 B`): every rank ends before
+# any work, with one line naming rank 1 and what differs, and leaves no output nor staging folder.
+differs() {  # 'WHAT THE ERROR SAYS' RANK_1_CALIB RANK_1_CALIB_TOKENS RANK_1_PASSES
+  local expected="$1" common=(convert "$model" -o "$work/mixed" --quiet)
+  if "${mpi[@]}" -np 1 "$kvfold" "${common[@]}" --calib "$calib" --calib-tokens 4096 --passes kv-scales \
+    : -np 1 "$kvfold" "${common[@]}" --calib "$2" --calib-tokens "$3" --passes "$4" >/dev/null 2>"$work/err"; then
+    echo "rank 1 with other inputs ($expected) did not fail"; exit 1
+  fi
+  grep -qxF "kvfold: error: rank 1 of 2: $expected" "$work/err" || { echo "no line '$expected':"; cat "$work/err"; exit 1; }
+  [ "$(grep -c '^kvfold: error:' "$work/err")" = 1 ] || { echo "more than one error line:"; cat "$work/err"; exit 1; }
+  [ ! -e "$work/mixed" ] || { echo "output left by mixed inputs ($expected)"; exit 1; }
+  if ls -d "$work"/mixed.tmp.* >/dev/null 2>&1; then echo "staging folder left by mixed inputs ($expected)"; exit 1; fi
+  echo "rank 1 with other inputs: ${expected%% (*}"
+}
+{ cat "$calib"; echo "One more line."; } >"$work/calib2.txt"
+differs "$work/calib2.txt: its SHA-256 differs from rank 0's calibration file $calib" "$work/calib2.txt" 4096 kv-scales
+differs "--passes differs from rank 0's (kv-scales<format=vllm-fp8,strategy=head> here, kv-scales<format=vllm-fp8,strategy=tensor> on rank 0)" \
+  "$calib" 4096 'kv-scales<strategy=head>'
+differs "--calib-tokens differs from rank 0's (2048 here, 4096 on rank 0)" "$calib" 2048 kv-scales
+
+# Rank 1 of a conversion after its first layer (the pid of mpirun's child with that rank).
 big="$shared/models/micro-mha"
+rank1_after_first_layer() {  # LAUNCHER_PID
+  for _ in $(seq 600); do
+    grep -q '\[convert\] [1-9]' "$work/log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q '\[convert\] [1-9]' "$work/log" || { echo "the conversion never reported a layer:" >&2; cat "$work/log" >&2; return 1; }
+  for pid in $(pgrep -P "$1"); do
+    tr '\0' '\n' <"/proc/$pid/environ" | grep -qx OMPI_COMM_WORLD_RANK=1 && { echo "$pid"; return 0; }
+  done
+  echo "rank 1 not found among mpirun's children" >&2; return 1
+}
+
+# A rank stopped (SIGSTOP) midway: rank 0 waits --rank-timeout for it, then ends the run with an
+# error naming it; no output, no staging folder.
+"${mpi[@]}" -np 2 "$kvfold" convert "$big" --calib "$calib" --calib-tokens 65536 --passes 'gqa-svd<kv-heads=2>' \
+  --rank-timeout 5 -o "$work/stopped" >"$work/out" 2>"$work/log" &
+launcher=$!
+victim="$(rank1_after_first_layer $launcher)" || exit 1
+kill -STOP "$victim"
+for _ in $(seq 300); do kill -0 $launcher 2>/dev/null || break; sleep 0.1; done
+still_running=0; kill -0 $launcher 2>/dev/null && still_running=1
+kill -9 "$victim" 2>/dev/null || true
+[ $still_running = 0 ] || { kill $launcher; echo "the run did not end 30 s after rank 1 was stopped"; exit 1; }
+if wait $launcher; then echo "mpirun exited 0 after a rank was stopped"; exit 1; fi
+grep -q "^kvfold: error: rank 0 of 2: rank 1 of 2 did not reach .* within 5 s (--rank-timeout)$" "$work/log" ||
+  { echo "no error line naming the stopped rank:"; cat "$work/log"; exit 1; }
+[ ! -e "$work/stopped" ] || { echo "output left after a rank was stopped"; exit 1; }
+if ls -d "$work"/stopped.tmp.* >/dev/null 2>&1; then echo "staging folder left after a rank was stopped"; exit 1; fi
+echo "stopped rank 1 after the first layer: named after --rank-timeout 5, no output, mpirun exit non-zero"
+
+# A rank killed midway: every rank ends, mpirun exits non-zero, no output (nor staging folder).
 "${mpi[@]}" -np 2 "$kvfold" convert "$big" --calib "$calib" --calib-tokens 65536 --passes 'gqa-svd<kv-heads=2>' \
   -o "$work/killed" >"$work/out" 2>"$work/log" &
 launcher=$!
-for _ in $(seq 600); do
-  grep -q '\[convert\] [1-9]' "$work/log" 2>/dev/null && break
-  sleep 0.1
-done
-grep -q '\[convert\] [1-9]' "$work/log" || { echo "the conversion never reported a layer:"; cat "$work/log"; exit 1; }
-victim=""
-for pid in $(pgrep -P $launcher); do
-  tr '\0' '\n' <"/proc/$pid/environ" | grep -qx OMPI_COMM_WORLD_RANK=1 && victim=$pid
-done
-[ -n "$victim" ] || { echo "rank 1 not found among mpirun's children"; exit 1; }
+victim="$(rank1_after_first_layer $launcher)" || exit 1
 kill -9 "$victim"
 if wait $launcher; then echo "mpirun exited 0 after a rank was killed"; exit 1; fi
 [ ! -e "$work/killed" ] || { echo "output left after a rank was killed"; exit 1; }
