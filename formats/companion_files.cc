@@ -43,11 +43,15 @@ bool IsDocument(const std::string& name) {
   return doc && (ext.empty() || ext == ".MD" || ext == ".TXT");
 }
 
+}  // namespace
+
 bool IsCompanionName(const std::string& name) {
   return std::find(std::begin(kCompanionNames), std::end(kCompanionNames), name) !=
              std::end(kCompanionNames) ||
          IsDocument(name);
 }
+
+namespace {
 
 // What the conversion writes anew: the config and the safetensors weights.
 bool IsRewritten(const std::string& name) {

@@ -16,6 +16,10 @@ struct CompanionFiles {
 
 CompanionFiles FindCompanionFiles(const std::string& dir);
 
+// Whether `name` is one of the companion files' names (tokenizer, generation and chat-template
+// files, README/LICENSE/NOTICE/USE_POLICY).
+bool IsCompanionName(const std::string& name);
+
 // Why `dir`/`name` is not a file of the model folder's own ("a folder", "a broken symbolic link",
 // "a symbolic link leading out of the model folder", "not a regular file"), or "" when it is one.
 // The rule companion files are copied by, and tokenizer files read by.

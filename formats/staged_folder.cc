@@ -13,16 +13,15 @@
 
 #include "formats/error.h"
 #include "formats/fatal_signals.h"
+#include "formats/owned_folder.h"
 
 namespace kvfold {
 namespace fs = std::filesystem;
 namespace {
 
-bool ProcessIsGone(long pid) {
-  return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
-}
-
-// OUT.tmp.<pid> of a process that no longer runs: what a SIGKILL leaves behind.
+// OUT.tmp.<pid> of a process that no longer runs: what a SIGKILL leaves behind. Only a folder
+// that carries kvfold's staging marker naming that process, and holds nothing but files kvfold
+// writes, is removed: a user's own `OUT.tmp.2024` is left alone (formats/owned_folder.h).
 void RemoveStaleStaging(const fs::path& final_path) {
   const fs::path parent = final_path.has_parent_path() ? final_path.parent_path() : fs::path(".");
   const std::string prefix = final_path.filename().string() + ".tmp.";
@@ -33,7 +32,8 @@ void RemoveStaleStaging(const fs::path& final_path) {
     const std::string pid = name.substr(prefix.size());
     if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos)
       continue;
-    if (ProcessIsGone(std::stol(pid))) {
+    const long owner = MarkedOwner(entry.path().string(), MarkerKind::kStaging);
+    if (owner == std::stol(pid) && ProcessIsGone(owner)) {
       std::fprintf(stderr, "kvfold: removing %s, left by an interrupted run\n",
                    entry.path().c_str());
       RemoveTree(entry.path().string());
@@ -48,11 +48,11 @@ void CheckReplaceable(const std::string& path, bool replace) {
   if (!S_ISDIR(st.st_mode))
     Fail(path, "exists and is not a folder; --force only replaces a folder kvfold wrote");
   std::error_code ec;
-  const bool empty = fs::is_empty(path, ec);
-  if (!empty && !fs::exists(fs::path(path) / "kvfold.json", ec)) {
+  if (fs::is_empty(path, ec)) return;
+  const std::string why = NotKvfoldOutput(path);
+  if (!why.empty()) {
     Fail(path,
-         "exists and has no kvfold.json; --force only replaces a folder kvfold wrote (or an empty "
-         "one)");
+         "exists and " + why + "; --force only replaces a folder kvfold wrote (or an empty one)");
   }
 }
 
@@ -107,6 +107,7 @@ StagedFolder::StagedFolder(std::string final_path, bool replace) : final_(std::m
     Fail(final_, std::string("cannot create the output folder: ") + std::strerror(errno));
   }
   cleanup_ = std::make_unique<RemoveOnFatalSignal>(staging_);
+  WriteMarker(staging_, MarkerKind::kStaging);
 }
 
 StagedFolder::~StagedFolder() {
@@ -120,7 +121,15 @@ void StagedFolder::Commit() {
   const bool replacing = ::lstat(final_.c_str(), &st) == 0;
   std::string previous;
   if (replacing) {
-    previous = SwapIntoPlace(staging_, final_);
+    // The folder being replaced (checked to be kvfold's) takes the staging marker with it to
+    // the staging name, so a kill before it is deleted leaves it to the next run's sweep.
+    WriteMarker(final_, MarkerKind::kStaging);
+    try {
+      previous = SwapIntoPlace(staging_, final_);
+    } catch (...) {
+      RemoveMarker(final_, MarkerKind::kStaging);
+      throw;
+    }
   } else if (::renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, final_.c_str(), RENAME_NOREPLACE) !=
                  0 &&
              (errno != EINVAL || ::rename(staging_.c_str(), final_.c_str()) != 0)) {
@@ -132,6 +141,7 @@ void StagedFolder::Commit() {
   SyncPath(parent.string());
   // The previous folder now sits at the staging name: a kill from here on leaves it to the
   // next run's stale-staging sweep, never at OUT.
+  RemoveMarker(final_, MarkerKind::kStaging);
   if (replacing) RemoveTree(previous);
   cleanup_.reset();
 }

@@ -17,8 +17,11 @@
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/fatal_signals.h"
+#include "formats/owned_folder.h"
 #include "formats/progress.h"
+#include "formats/ranks.h"
 #include "formats/spec_syntax.h"
+#include "formats/staged_folder.h"
 #include "runtime_check/cache_policy_spec.h"
 #include "runtime_check/evaluate.h"
 
@@ -28,35 +31,50 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // A private folder under $TMPDIR for the candidate conversions, removed afterwards (and on
-// SIGINT/SIGTERM).
+// SIGINT/SIGTERM). It carries kvfold's scratch marker, so that the scratch of a run killed
+// outright is removed by the next plan (formats/owned_folder.h), and nothing else is.
 class ScratchFolder {
  public:
   ScratchFolder() {
     const char* tmp = std::getenv("TMPDIR");
-    std::string pattern =
-        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/kvfold-plan.XXXXXX";
+    const std::string root = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+    RemoveStaleScratch(root);
+    std::string pattern = root + "/kvfold-plan.XXXXXX";
     if (::mkdtemp(pattern.data()) == nullptr)
       Fail(pattern, "cannot create the planner's scratch folder");
     path_ = pattern;
     cleanup_ = std::make_unique<RemoveOnFatalSignal>(path_);
+    WriteMarker(path_, MarkerKind::kScratch);
   }
-  ~ScratchFolder() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
+  ~ScratchFolder() { RemoveTree(path_); }
   // Where candidate conversion `s` goes.
   std::string Conversion(std::size_t s) const { return path_ + "/s" + std::to_string(s); }
 
  private:
+  static void RemoveStaleScratch(const std::string& root) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
+      if (entry.path().filename().string().rfind("kvfold-plan.", 0) != 0) continue;
+      const long owner = MarkedOwner(entry.path().string(), MarkerKind::kScratch);
+      if (owner == 0 || !ProcessIsGone(owner)) continue;
+      std::fprintf(stderr, "kvfold: removing %s, left by an interrupted plan\n",
+                   entry.path().c_str());
+      RemoveTree(entry.path().string());
+    }
+  }
+
   std::string path_;
   std::unique_ptr<RemoveOnFatalSignal> cleanup_;
 };
 
 // The scoring windows: the `count` complete windows after the first `calib_tokens` tokens.
-std::vector<TokenWindow> ScoringWindows(const PlanOptions& o, const Checkpoint& ck) {
+// `calib_sha256` gets the calibration file's hash.
+std::vector<TokenWindow> ScoringWindows(const PlanOptions& o, const Checkpoint& ck,
+                                        std::string& calib_sha256) {
   const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
   const CalibrationTokens calib =
       LoadCalibrationTokens(o.calib_text, *tokenizer, ck.config.vocab_size);
+  calib_sha256 = calib.sha256;
   const std::int64_t needed =
       o.calib_tokens + static_cast<std::int64_t>(o.score_windows) * o.window;
   if (static_cast<std::int64_t>(calib.tokens.size()) < needed) {
@@ -69,6 +87,30 @@ std::vector<TokenWindow> ScoringWindows(const PlanOptions& o, const Checkpoint& 
   }
   const std::vector<std::int32_t> rest(calib.tokens.begin() + o.calib_tokens, calib.tokens.end());
   return CutWindows(rest, o.window, o.score_windows, o.calib_text);
+}
+
+// What every rank must have alike under mpirun (formats/ranks.h); the checkpoint is hashed only
+// with several ranks.
+std::vector<RankInput> RankInputs(const PlanOptions& o, const Checkpoint& source,
+                                  const std::string& calib_sha256) {
+  if (RankCount() == 1) return {};
+  std::string budgets;
+  char number[32];
+  for (double b : o.budgets) {
+    std::snprintf(number, sizeof number, "%.17g", b);
+    budgets += (budgets.empty() ? "" : ",") + std::string(number);
+  }
+  std::snprintf(number, sizeof number, "%.17g", o.seconds_limit);
+  return {{"kvfold command", "plan", ""},
+          {"checkpoint", SourceSha256(source), o.model},
+          {"calibration file", calib_sha256, o.calib_text},
+          {"--budget", budgets, ""},
+          {"--calib-tokens", std::to_string(o.calib_tokens), ""},
+          {"--window", std::to_string(o.window), ""},
+          {"--score-windows", std::to_string(o.score_windows), ""},
+          {"--screen-windows", std::to_string(o.screen_windows), ""},
+          {"--survivors", std::to_string(o.survivors), ""},
+          {"--plan-seconds", number, ""}};
 }
 
 // One scoring pass: the KL of candidates against the source's full cache on `windows`.
@@ -323,7 +365,9 @@ PlanResult RunPlan(const PlanOptions& o) {
     Fail("--screen-windows", "must be between 1 and --score-windows");
   }
   const Checkpoint source = OpenCheckpoint(o.model);
-  const std::vector<TokenWindow> windows = ScoringWindows(o, source);
+  std::string calib_sha256;
+  const std::vector<TokenWindow> windows = ScoringWindows(o, source, calib_sha256);
+  RequireSameOnEveryRank(RankInputs(o, source, calib_sha256));
   PlanResult r = NewResult(o, source);
   const ScratchFolder scratch;
   const auto tokenizer = Tokenizer::Load(source.tokenizer_path);

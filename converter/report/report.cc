@@ -1,9 +1,11 @@
 #include "converter/report/report.h"
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <sstream>
 
 #include "converter/passes/linalg.h"
@@ -370,13 +372,47 @@ std::string RenderReportHtml(const ordered_json& r) {
   return o.str();
 }
 
-void WriteReport(const std::string& html_path, const ordered_json& report) {
+std::string ReportJsonPath(const std::string& html_path) {
   const std::size_t dot = html_path.rfind('.');
   const std::size_t slash = html_path.rfind('/');
-  const std::string stem = (dot == std::string::npos || (slash != std::string::npos && dot < slash))
-                               ? html_path
-                               : html_path.substr(0, dot);
-  WriteFileAtomically(stem + ".json", report.dump(2) + "\n");
+  const bool has_extension =
+      dot != std::string::npos && (slash == std::string::npos || dot > slash);
+  return (has_extension ? html_path.substr(0, dot) : html_path) + ".json";
+}
+
+namespace {
+
+// Whether `path` holds a report JSON kvfold wrote (schema kvfold-report), which a new report
+// may replace; anything else at that name is the user's.
+bool IsKvfoldReportJson(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  const auto doc = ordered_json::parse(bytes.str(), nullptr, /*allow_exceptions=*/false);
+  return doc.is_object() && doc.contains("schema") && doc["schema"] == "kvfold-report";
+}
+
+}  // namespace
+
+void CheckReportPath(const std::string& html_path) {
+  const std::string json = ReportJsonPath(html_path);
+  if (json == html_path) {
+    Fail(html_path,
+         "is where the report's JSON goes (beside the HTML, named with .json); name "
+         "the HTML report .html");
+  }
+  struct stat st {};
+  if (::lstat(json.c_str(), &st) != 0) return;
+  if (!S_ISREG(st.st_mode) || st.st_size > (std::int64_t{256} << 20) || !IsKvfoldReportJson(json)) {
+    Fail(json,
+         "exists and is not a report kvfold wrote; the report would replace it (choose "
+         "another report name)");
+  }
+}
+
+void WriteReport(const std::string& html_path, const ordered_json& report) {
+  CheckReportPath(html_path);
+  WriteFileAtomically(ReportJsonPath(html_path), report.dump(2) + "\n");
   WriteFileAtomically(html_path, RenderReportHtml(report));
 }
 

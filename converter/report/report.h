@@ -24,6 +24,13 @@ nlohmann::ordered_json KvSpectra(nlohmann::ordered_json layer_spectra, std::int6
 
 std::string RenderReportHtml(const nlohmann::ordered_json& report);
 
+// The report's JSON beside `html_path`: the same name with .json for its extension.
+std::string ReportJsonPath(const std::string& html_path);
+
+// Refuses (Error naming it) a report path whose JSON companion would be the path itself
+// (`-o r.json`): the report would overwrite its own data.
+void CheckReportPath(const std::string& html_path);
+
 // Writes `html_path` and, beside it, the same name with .json; both atomically.
 void WriteReport(const std::string& html_path, const nlohmann::ordered_json& report);
 

@@ -147,11 +147,19 @@ TEST_CASE("existing outputs are refused without --force and replaced with it",
       Convert(o),
       Catch::Contains("has no kvfold.json; --force only replaces a folder kvfold wrote"));
   CHECK(ReadBytes(out + "/marker") == "keep\n");
+  // Nor is a name proof: the kvfold.json must be kvfold's, and nothing else of the user's there.
   test::WriteBytes(out + "/kvfold.json", "{}");
+  CHECK_THROWS_WITH(Convert(o), Catch::Contains("its kvfold.json is not one kvfold wrote"));
+  CHECK(ReadBytes(out + "/marker") == "keep\n");
+  o.output = tmp.File("ours");
+  o.force = false;
   Convert(o);
-  CHECK(ListDir(out).size() > 3);
-  CHECK(ReadBytes(out + "/marker").empty());
-  CHECK(ListDir(tmp.path()) == std::vector<std::string>{"out"});  // no temporary left behind
+  o.force = true;
+  Convert(o);  // kvfold's own output is replaced
+  CHECK(ListDir(o.output).size() > 3);
+  auto left = ListDir(tmp.path());
+  std::sort(left.begin(), left.end());
+  CHECK(left == std::vector<std::string>{"ours", "out"});  // nothing left behind
 }
 
 TEST_CASE("a failing conversion leaves no output", "[convert][output][shared]") {
