@@ -2,7 +2,7 @@
 # The fuzz campaign behind docs/results.md ("Fuzzing"): every libFuzzer target runs from its
 # checked-in seeds for SECONDS (default 600), then the inputs that found new coverage are merged
 # into fuzz/corpus/<target> (libFuzzer -merge=1 keeps only those), ready to commit.
-# Usage: bench/fuzz_campaign.sh [SECONDS] [BUILD_DIR]
+# Usage: bench/fuzz_campaign.sh [SECONDS] [BUILD_DIR] [TARGET ...]   (default: every target)
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 seconds="${1:-600}"
@@ -11,9 +11,12 @@ CXX=clang++ cmake -S "$src" -B "$build" -G Ninja -DKVFOLD_FUZZ_ONLY=ON -DCMAKE_B
 cmake --build "$build" >/dev/null
 echo "clang: $(clang++ --version | head -1)"
 printf '%-20s %8s %12s %10s %8s %s\n' target seconds executions exec/s "seeds+" result
-for target in safetensors_header:safetensors model_config:config safetensors_index:index \
-              kvfold_tables:tables checkpoint:checkpoint; do
+targets=(safetensors_header:safetensors model_config:config safetensors_index:index
+         kvfold_tables:tables checkpoint:checkpoint token_ids:token_ids)
+shift $(($# < 2 ? $# : 2))
+for target in "${targets[@]}"; do
   name="${target%%:*}"; seeds="$src/fuzz/corpus/${target#*:}"
+  if (($#)) && [[ " $* " != *" $name "* ]]; then continue; fi
   work="$build/campaign-$name"; rm -rf "$work"; mkdir -p "$work"
   before=$(ls "$seeds" | wc -l)
   rc=0

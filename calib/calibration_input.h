@@ -22,9 +22,15 @@ struct CalibrationTokens {
   std::string format;  // "text", "jsonl-text", "jsonl-ids" or "npy"
 };
 
-// Reads `path` by its extension; throws Error naming the file (and line or element) for bad
-// input, and for ids outside [0, vocab_size).
+// Reads `path` by its extension (the .npy and JSON Lines bytes are parsed by formats/token_ids.h);
+// throws Error naming the file (and line or element) for bad input, and for ids outside
+// [0, vocab_size), the tokenizer's included.
 CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer& tokenizer,
                                         std::int64_t vocab_size);
+
+// The ids of the UTF-8 text file `path` (an evaluation text); an id outside [0, vocab_size) (a
+// tokenizer larger than the model) is an Error naming the file and the tokenizer.
+std::vector<std::int32_t> EncodeTextFile(const std::string& path, const Tokenizer& tokenizer,
+                                         std::int64_t vocab_size);
 
 }  // namespace kvfold

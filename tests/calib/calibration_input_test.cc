@@ -91,3 +91,113 @@ TEST_CASE("bad calibration files name the file, the line and the problem",
         ": element 1: token id -1 is outside the model's vocabulary of 512");
   check("m.npy", "PK\x03\x04 not numpy", ": not a NumPy .npy file (bad magic)");
 }
+
+// Hostile .npy and JSON Lines input (formats/token_ids.h parses the bytes; tests/formats has the
+// parser's own cases): each is one clean Error naming the file, never a read past the data, a
+// hang or another exception type.
+namespace {
+
+// A version 1.0 .npy file whose header is `header` as written, padded as NumPy pads it.
+std::string NpyWithHeader(std::string header, const std::string& data) {
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  return std::string("\x93NUMPY\x01\x00", 8) + static_cast<char>(header.size() & 0xff) +
+         static_cast<char>(header.size() >> 8) + header + data;
+}
+
+std::string Int32s(const std::vector<std::int32_t>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(std::int32_t));
+}
+
+}  // namespace
+
+TEST_CASE("an .npy shape whose byte size overflows is refused before any read",
+          "[calib][input][hostile][shared]") {
+  const auto tok = Stories();
+  test::TempDir dir;
+  auto check = [&](const std::string& shape) {
+    test::WriteBytes(dir.File("big.npy"), test::NpyBytes<std::int32_t>("<i4", shape, {1, 2}));
+    CHECK(ErrorOf(dir.File("big.npy"), *tok) ==
+          dir.File("big.npy") + ": .npy shape is too large (its size in bytes overflows 64 bits)");
+  };
+  check("(4611686018427387906,)");    // 4 x (2^62 + 2) wraps around to the 8 data bytes
+  check("(4294967296, 4294967296)");  // 2^64 elements wrap around to 0
+}
+
+TEST_CASE("an .npy header is read as the Python dict NumPy writes and nothing else",
+          "[calib][input][hostile][shared]") {
+  const auto tok = Stories();
+  test::TempDir dir;
+  const std::string file = dir.File("h.npy");
+  // Any exception is caught, so that one case the old reader threw on does not hide the others.
+  auto outcome = [&](const std::string& header, const std::string& data) -> std::string {
+    test::WriteBytes(file, NpyWithHeader(header, data));
+    try {
+      LoadCalibrationTokens(file, *tok, 512);
+    } catch (const Error& e) {
+      return e.what();
+    } catch (const std::exception& e) {
+      return std::string("not a kvfold::Error: ") + e.what();
+    }
+    return "accepted";
+  };
+  auto check = [&](const std::string& shape_and_more, const std::string& data,
+                   const std::string& message) {
+    CHECK(outcome("{'descr': '<i4', 'fortran_order': False, " + shape_and_more, data) ==
+          file + ": .npy header: " + message);
+  };
+  const std::string two = Int32s({1, 2});
+  check("'shape': (-1,-4096) }", Int32s(std::vector<std::int32_t>(4096, 1)),
+        "'shape' has a negative dimension");  // (-1) x (-4096) = 4096 was accepted
+  check("'shape': (2,), 'extra': 1}", two,
+        "unknown key 'extra' (a .npy header has 'descr', 'fortran_order', 'shape')");
+  check("'shape': (2,), 'descr': '<f4'}", two, "'descr' is given twice");  // the first was read
+  // What NumPy itself may write or read is accepted: double quotes, another order, new lines.
+  CHECK(outcome("{\"shape\": (1, 2),\n \"fortran_order\": False, \"descr\": \"<i4\"}", two) ==
+        "accepted");
+  const std::string form = "'shape' must be a tuple of non-negative integers, like (6,) or (2, 3)";
+  check("'shape': (abc,) }", two, form);  // was exit 3 ("internal: stoll")
+  check("'shape': 4096 }", two, form);    // no parentheses: looped forever (so checked last)
+}
+
+TEST_CASE("JSON Lines ids that are not ids are reported as written in the file",
+          "[calib][input][hostile][shared]") {
+  const auto tok = Stories();
+  test::TempDir dir;
+  auto check = [&](const std::string& line, const std::string& message) {
+    test::WriteBytes(dir.File("ids.jsonl"), "[1, 2]\n" + line + "\n");
+    CHECK(ErrorOf(dir.File("ids.jsonl"), *tok) == dir.File("ids.jsonl") + ": line 2: " + message);
+  };
+  check("[18446744073709551615]",  // was "token id -1"
+        "token id 18446744073709551615 is outside the model's vocabulary of 512");
+  check("{\"ids\": [99999999999999999999]}",
+        "token id 99999999999999999999 is outside the model's vocabulary of 512");
+  check("[1e3]", "token id 1e3 is not an integer");
+  check("{\"input_ids\": [2.5]}", "token id 2.5 is not an integer");
+}
+
+TEST_CASE("ids the tokenizer gives outside the model's vocabulary name the text",
+          "[calib][input][hostile][shared]") {
+  const auto tok = Stories();  // 512 pieces, against a model of 100 embeddings
+  test::TempDir dir;
+  const std::string prefix = "the tokenizer " + tok->path() + " gives token id ";
+  const std::string suffix =
+      ", outside the model's vocabulary of 100 (tokenizer and model do not match?)";
+  auto check = [&](const std::string& name, const std::string& bytes, const std::string& where) {
+    test::WriteBytes(dir.File(name), bytes);
+    std::string message = "accepted";
+    try {
+      LoadCalibrationTokens(dir.File(name), *tok, 100);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    CHECK(message.rfind(dir.File(name) + where + ": " + prefix, 0) == 0);
+    CHECK(message.size() > suffix.size());
+    CHECK(message.compare(message.size() - suffix.size(), suffix.size(), suffix) == 0);
+  };
+  check("calib.txt", "Once upon a time there was a little girl.", "");
+  check("docs.jsonl", "\n{\"text\": \"Once upon a time there was a girl.\"}\n", ": line 2");
+  // Evaluation text (convert --eval) goes through the same check.
+  CHECK_THROWS_WITH(EncodeTextFile(dir.File("calib.txt"), *tok, 100),
+                    Catch::StartsWith(dir.File("calib.txt") + ": " + prefix));
+}
