@@ -74,8 +74,22 @@ void CheckCanWrite(const std::string& path, const std::string& what) {
   }
 }
 
+// kvfold.json and the report record these paths as JSON text, which is UTF-8: a name that is
+// not is refused before any work, not after the last layer.
+void CheckPathsAreUtf8(const ConvertOptions& o) {
+  for (const std::string* path : {&o.model, &o.calib_text, &o.eval_text}) {
+    if (FindInvalidUtf8(*path)) {
+      Fail(*path,
+           "its name is not valid UTF-8, which kvfold.json and the report record it as; "
+           "rename it (or link to it under a UTF-8 name)");
+    }
+  }
+}
+
 // Numbers the CLI takes as given: refused here with the option's name, before any work.
 void CheckOptions(const ConvertOptions& o) {
+  CheckPathsAreUtf8(o);
+  if (!o.report_path.empty()) CheckReportPath(o.report_path);
   const int max_threads = MaxCpuThreads();
   if (o.window < 2 || o.window > (1 << 20))
     Fail("--window", "must be between 2 and 1048576 tokens");
@@ -88,7 +102,23 @@ void CheckOptions(const ConvertOptions& o) {
   }
 }
 
-// SHA-256 over config.json and every weight file in name order: what the conversion read.
+// What every rank must have alike under mpirun (formats/ranks.h): the inputs and the options that
+// shape the joined statistics.
+std::vector<RankInput> RankInputs(const char* command, const ConvertOptions& o,
+                                  const std::string& pipeline, const std::string& source_sha256,
+                                  const std::string& calib_sha256) {
+  return {{"kvfold command", command, ""},
+          {"checkpoint", source_sha256, o.model},
+          {"calibration file", calib_sha256, o.calib_text},
+          {"--passes", pipeline, ""},
+          {"--calib-tokens", std::to_string(o.calib_tokens), ""},
+          {"--window", std::to_string(o.window), ""},
+          {"--calibrate-on", o.calibrate_on, ""},
+          {"--report", o.report_path.empty() ? "not given" : "given", ""}};
+}
+
+}  // namespace
+
 std::string SourceSha256(const Checkpoint& ck) {
   Sha256 h;
   MappedFile config(ck.dir + "/config.json");
@@ -104,6 +134,8 @@ std::string SourceSha256(const Checkpoint& ck) {
   }
   return h.HexDigest();
 }
+
+namespace {
 
 // The calibration text as the run uses it: recorded by hash, cut into the first
 // calib_tokens / window windows with the checkpoint's tokenizer.
@@ -154,8 +186,10 @@ nlohmann::ordered_json ReportBase(const Checkpoint& ck, const ConvertOptions& o,
               {"window", o.window}}}}}};
 }
 
-std::vector<TokenWindow> EvalWindows(const Tokenizer& tokenizer, const ConvertOptions& o) {
-  return CutWindows(tokenizer.Encode(LoadText(o.eval_text)), o.window, o.eval_windows, o.eval_text);
+std::vector<TokenWindow> EvalWindows(const Tokenizer& tokenizer, const ConvertOptions& o,
+                                     std::int64_t vocab_size) {
+  return CutWindows(EncodeTextFile(o.eval_text, tokenizer, vocab_size), o.window, o.eval_windows,
+                    o.eval_text);
 }
 
 nlohmann::ordered_json PerplexityJson(const PerplexityResult& p) {
@@ -184,6 +218,8 @@ ConvertResult Analyze(const ConvertOptions& o) {
   CheckCanWrite(o.report_path, "report");
   const Checkpoint ck = OpenCheckpoint(o.model);
   const CalibrationInput calib = LoadCalibration(ck, o);
+  const std::string source_sha256 = RankCount() > 1 ? SourceSha256(ck) : "";  // several ranks
+  RequireSameOnEveryRank(RankInputs("report", o, "", source_sha256, calib.sha256));
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   auto t0 = Clock::now();
@@ -195,7 +231,7 @@ ConvertResult Analyze(const ConvertOptions& o) {
   report["spectra"] = KvSpectra(stats, kv % 2 == 0 ? 2 : 1);  // what halving the KV heads keeps
   if (!o.eval_text.empty()) {
     t0 = Clock::now();
-    const auto windows_eval = EvalWindows(tokenizer, o);
+    const auto windows_eval = EvalWindows(tokenizer, o, ck.config.vocab_size);
     const auto model = ReferenceModel::Load(ck, StreamedRuntime(o));
     EvalOptions eo;
     eo.progress = o.progress;
@@ -272,7 +308,7 @@ void CheckRecordedInputs(const ConvertOptions& o, const std::string& source_sha2
 // The report's validation section: the original against the converted model in `converted_dir`.
 nlohmann::ordered_json Validation(const ConvertOptions& o, const Checkpoint& ck,
                                   const std::string& converted_dir, const Tokenizer& tokenizer) {
-  const auto windows_eval = EvalWindows(tokenizer, o);
+  const auto windows_eval = EvalWindows(tokenizer, o, ck.config.vocab_size);
   const Checkpoint out = OpenCheckpoint(converted_dir);
   const auto original = ReferenceModel::Load(ck, StreamedRuntime(o));
   const auto converted = ReferenceModel::Load(out, StreamedRuntime(o));
@@ -326,6 +362,7 @@ ConvertResult Convert(const ConvertOptions& o) {
   const CalibrationInput calib = LoadCalibration(ck, o);
   const std::string source_sha256 = SourceSha256(ck);  // recorded in kvfold.json; hashed once
   CheckRecordedInputs(o, source_sha256, calib.sha256);
+  RequireSameOnEveryRank(RankInputs("convert", o, pipeline.Text(), source_sha256, calib.sha256));
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   ModelDraft draft(ck);

@@ -24,11 +24,15 @@ ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOpt
   const json doc = ReadJsonFile(kvfold_json);
   ConvertOptions o = given;
   try {
+    const json& format = Field(doc, "format_version", kvfold_json);
+    if (format != 1) {
+      Fail(kvfold_json, "format_version " + format.dump() + " is not one this kvfold reads (1)");
+    }
     const std::string version = Field(doc, "kvfold_version", kvfold_json).get<std::string>();
-    if (version != kVersion) {
+    if (version != kVersion) {  // text from a file reaches the terminal escaped, as errors do
       std::fprintf(stderr,
                    "kvfold: note: %s was written by kvfold %s, this is %s: the output may differ\n",
-                   kvfold_json.c_str(), version.c_str(), kVersion);
+                   Printable(kvfold_json).c_str(), Printable(version).c_str(), kVersion);
     }
     const json& source = Field(doc, "source", kvfold_json);
     const json& calib = Field(doc, "calibration", kvfold_json);
@@ -38,7 +42,11 @@ ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOpt
     o.expected_source_sha256 = Field(source, "sha256", kvfold_json).get<std::string>();
     o.expected_calib_sha256 = Field(calib, "sha256", kvfold_json).get<std::string>();
     o.calib_tokens = Field(calib, "tokens", kvfold_json).get<std::int64_t>();
-    o.window = Field(calib, "window", kvfold_json).get<int>();
+    const std::int64_t window = Field(calib, "window", kvfold_json).get<std::int64_t>();
+    if (window < 2 || window > (1 << 20)) {
+      Fail(kvfold_json, "calibration.window " + std::to_string(window) + " is not 2 to 1048576");
+    }
+    o.window = static_cast<int>(window);
     // Outputs written before kvfold calibrated on converted layers were calibrated on the source.
     o.calibrate_on =
         calib.contains("activations") ? calib["activations"].get<std::string>() : "source";
@@ -48,9 +56,12 @@ ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOpt
     // A --kv-budget conversion reruns its recorded plan's passes and records the plan again.
     if (doc.contains("plan")) o.plan_json = doc["plan"].dump();
     // Calibration sums are joined per thread: the same count gives the same bytes.
-    if (calib.contains("threads") && calib["threads"].get<int>() > 0 && given.threads == 0) {
-      o.threads = calib["threads"].get<int>();
+    const std::int64_t threads =
+        calib.contains("threads") ? calib["threads"].get<std::int64_t>() : 0;
+    if (threads < 0 || threads > 4096) {
+      Fail(kvfold_json, "calibration.threads " + std::to_string(threads) + " is not 0 to 4096");
     }
+    if (threads > 0 && given.threads == 0) o.threads = static_cast<int>(threads);
   } catch (const json::exception& e) {
     Fail(kvfold_json, std::string("unexpected value (") + e.what() + ")");
   }

@@ -1,9 +1,11 @@
 #include "formats/model_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
+#include "formats/json_file.h"
 #include "formats/mapped_file.h"
 
 namespace kvfold {
@@ -33,8 +35,9 @@ class FieldReader {
   double PositiveNumber(const char* key, double fallback) const {
     if (!Has(key)) return fallback;
     const json& v = doc_[key];
-    if (!v.is_number() || !(v.get<double>() > 0)) {
-      Fail(file_, std::string("field '") + key + "' must be a positive number");
+    if (!v.is_number() || !(v.get<double>() > 0) || !std::isnormal(v.get<double>())) {
+      Fail(file_, std::string("field '") + key + "' must be a positive number (" + v.dump() +
+                      " is not a normal float64)");
     }
     return v.get<double>();
   }
@@ -78,6 +81,20 @@ void ReadRope(const json& doc, const FieldReader& f, const std::string& file, Mo
     Fail(file, "partial_rotary_factor " + doc["partial_rotary_factor"].dump() +
                    " is not supported (model_type " + c.model_type +
                    " applies RoPE to the whole head)");
+  }
+}
+
+// The RoPE frequencies the config implies, at its longest context: each must be a positive
+// normal number, or the angles (and every score after them) would be inf, NaN or zero.
+void CheckRopeTable(const ModelConfig& c, const std::string& file) {
+  const std::int64_t longest = c.max_position_embeddings;
+  for (double f :
+       RopeInverseFrequencies(c.rope_scaling, c.rope_theta, c.head_dim, longest, longest)) {
+    if (!(f > 0) || !std::isnormal(f)) {
+      Fail(file, "rope_theta " + std::to_string(c.rope_theta) + " with rope_scaling " +
+                     RopeScalingText(c.rope_scaling) + " gives a RoPE frequency of " +
+                     std::to_string(f) + " (not a positive normal number)");
+    }
   }
 }
 
@@ -278,6 +295,7 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
     Fail(file_name, "cross-layer KV sharing with reconstruct-mode keys is not supported");
   }
   CheckSizes(c, file_name);
+  CheckRopeTable(c, file_name);
   return c;
 }
 
@@ -285,6 +303,7 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
 
 ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file_name) {
   json doc;
+  CheckJsonDepth(json_text, file_name);
   try {
     doc = json::parse(json_text.begin(), json_text.end());
   } catch (const json::exception& e) {
@@ -298,9 +317,38 @@ ModelConfig ParseModelConfig(std::string_view json_text, const std::string& file
   }
 }
 
+namespace {
+
+// The depth to which the output config.json is indented as json::dump(2) indents it; deeper
+// values stay on one line, as compact as they came. Real configs nest at most this deep (and so
+// come out byte for byte as dump(2) writes them); a hostile one nested thousands deep would
+// otherwise grow quadratically (each of its lines indented by its depth).
+constexpr int kIndentedDepth = 5;
+
+void DumpIndented(const nlohmann::ordered_json& v, int depth, std::string& out) {
+  if (depth >= kIndentedDepth || !v.is_structured() || v.empty()) {
+    out += v.dump();
+    return;
+  }
+  const std::string pad(static_cast<std::size_t>(2 * (depth + 1)), ' ');
+  out += v.is_object() ? "{\n" : "[\n";
+  bool first = true;
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    out += first ? "" : ",\n";
+    first = false;
+    out += pad;
+    if (v.is_object()) out += nlohmann::ordered_json(it.key()).dump() + ": ";
+    DumpIndented(it.value(), depth + 1, out);
+  }
+  out += "\n" + std::string(static_cast<std::size_t>(2 * depth), ' ') + (v.is_object() ? "}" : "]");
+}
+
+}  // namespace
+
 std::string UpdateConfigJson(std::string_view original, const ModelConfig& config,
                              const std::string& file_name) {
   nlohmann::ordered_json doc;
+  CheckJsonDepth(original, file_name);
   try {
     doc = nlohmann::ordered_json::parse(original.begin(), original.end());
   } catch (const nlohmann::ordered_json::exception& e) {
@@ -327,7 +375,9 @@ std::string UpdateConfigJson(std::string_view original, const ModelConfig& confi
   }
   for (const auto& [name, json_text] : config.output_fields)
     doc[name] = nlohmann::ordered_json::parse(json_text);
-  return doc.dump(2) + "\n";
+  std::string out;
+  DumpIndented(doc, 0, out);
+  return out + "\n";
 }
 
 ModelConfig LoadModelConfig(const std::string& model_dir) {

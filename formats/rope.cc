@@ -15,8 +15,10 @@ double Number(const nlohmann::json& block, const char* key, const std::string& f
     if (required) Fail(file, std::string("rope_scaling needs '") + key + "'");
     return fallback;
   }
-  if (!block[key].is_number() || !(block[key].get<double>() > 0)) {
-    Fail(file, std::string("rope_scaling.") + key + " must be a positive number");
+  const double value = block[key].is_number() ? block[key].get<double>() : 0.0;
+  if (!(value > 0) || !std::isnormal(value)) {  // a denormal factor makes inf frequencies
+    Fail(file, std::string("rope_scaling.") + key + " must be a positive number (" +
+                   block[key].dump() + " is not a normal float64)");
   }
   return block[key].get<double>();
 }

@@ -2,6 +2,8 @@
 
 #include <cctype>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
 
 #include "formats/error.h"
@@ -70,6 +72,15 @@ SpecParams ParseSpecParams(const std::string& body, const std::string& where) {
     params.emplace_back(key, TrimSpaces(item.substr(eq + 1)));
   }
   return params;
+}
+
+std::string FormatNumber(double x) {
+  char buf[32];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, x);
+    if (std::strtod(buf, nullptr) == x) break;
+  }
+  return buf;
 }
 
 }  // namespace kvfold

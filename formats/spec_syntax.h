@@ -27,4 +27,8 @@ std::string TrimSpaces(const std::string& s);
 std::optional<std::int64_t> ParseSpecInt(const std::string& value);
 std::optional<double> ParseSpecNumber(const std::string& value);
 
+// `x` in the shortest form that reads back as the same double ("0.5", "1e-09", "0.0625"): how
+// kvfold prints a number it was given.
+std::string FormatNumber(double x);
+
 }  // namespace kvfold

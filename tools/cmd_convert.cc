@@ -1,6 +1,8 @@
 // kvfold convert MODEL --calib TEXT --passes 'PIPELINE' -o OUT [--force] [--time-passes]
 // kvfold convert --print-passes
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -9,6 +11,7 @@
 #include "converter/plan/planner.h"
 #include "formats/error.h"
 #include "formats/ranks.h"
+#include "formats/spec_syntax.h"
 #include "runtime_check/data_parallel.h"
 #include "tools/commands.h"
 
@@ -19,6 +22,33 @@ CLI::Validator ThreadCount() {
   return CLI::Range(0, most).description("0 (all cores) to " + std::to_string(most));
 }
 
+CLI::Validator FiniteRange(double lo, double hi) {
+  const std::string range = FormatNumber(lo) + " to " + FormatNumber(hi);
+  return CLI::Validator(
+      [lo, hi, range](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double x = std::strtod(text.c_str(), &end);
+        const bool whole = !text.empty() && end == text.c_str() + text.size();
+        if (whole && std::isfinite(x) && x >= lo && x <= hi) return "";
+        return "'" + text + "' is not a number from " + range;
+      },
+      "a number from " + range);
+}
+
+CLI::Validator BudgetList() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        try {
+          ParseBudgets(text);
+        } catch (const Error& e) {
+          const std::string why = e.what();  // "--budget: ...": CLI11 names the option itself
+          return why.rfind("--budget: ", 0) == 0 ? why.substr(10) : why;
+        }
+        return "";
+      },
+      "fractions in (0, 1], e.g. 0.5,0.25");
+}
+
 void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes) {
   sub->add_option_function<std::uint64_t>(
          "--hidden-memory", [bytes](std::uint64_t mib) { *bytes = mib << 20; },
@@ -26,6 +56,15 @@ void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes) {
              std::to_string(kDefaultHiddenMemoryBytes >> 20) +
              "); the rest spill to a temporary file in $TMPDIR (or /tmp)")
       ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 30));
+}
+
+void AddRankTimeoutOption(CLI::App* sub) {
+  sub->add_option_function<double>(
+         "--rank-timeout", [](double seconds) { SetRankTimeout(seconds); },
+         "Under mpirun: seconds a rank waits for another before it ends the run naming the "
+         "missing rank (default " +
+             std::to_string(static_cast<int>(kDefaultRankTimeoutSeconds)) + "; 0 = forever)")
+      ->check(FiniteRange(0.0, 1e9));
 }
 
 namespace {
@@ -41,7 +80,7 @@ void PlanPasses(double budget, ConvertOptions& o) {
   const PlanResult r = RunPlan(PlanOptionsFor(planned));
   const nlohmann::ordered_json plan = PlanJson(r)["plans"][0];
   if (plan["passes"].is_null())
-    Fail("--kv-budget", "no candidate fits " + std::to_string(budget) + " of the KV cache");
+    Fail("--kv-budget", "no candidate fits " + FormatNumber(budget) + " of the KV cache");
   const std::string cache =
       plan["kv_cache"].is_null() ? "(the full cache)" : plan["kv_cache"].get<std::string>();
   if (plan["passes"].get<std::string>().empty()) {
@@ -88,6 +127,7 @@ Command AddConvertCommand(CLI::App& app) {
   sub->add_option("--threads", a->options.threads, "CPU threads (0 = all cores)")
       ->check(ThreadCount());
   AddHiddenMemoryOption(sub, &a->options.hidden_memory_bytes);
+  AddRankTimeoutOption(sub);
   sub->add_option("--calibrate-on", a->options.calibrate_on,
                   "Activations layer-local passes are calibrated on: converted (each layer on what "
                   "the converted "
@@ -110,7 +150,7 @@ Command AddConvertCommand(CLI::App& app) {
                   "Instead of --passes: run kvfold plan for this fraction of the source's 16-bit "
                   "KV cache and convert "
                   "with the best plan's passes (recorded in kvfold.json with its --kv-cache spec)")
-      ->check(CLI::Range(1e-9, 1.0));
+      ->check(BudgetList());
   sub->add_flag("--print-passes", a->print_passes, "List the passes and their parameters");
   sub->add_flag("--time-passes", a->time_passes, "Print the time of calibration and each pass");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
@@ -165,11 +205,13 @@ Command AddReportCommand(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 20));
   sub->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->check(ThreadCount());
   AddHiddenMemoryOption(sub, &o->hidden_memory_bytes);
+  AddRankTimeoutOption(sub);
   auto budgets = std::make_shared<std::string>();
   sub->add_option("--budget", *budgets,
                   "Add a KV budget plan (as kvfold plan) for these fractions of the 16-bit "
                   "KV cache, e.g. 0.5,0.25; its candidates calibrate on --calib-tokens and are "
-                  "scored on the windows after them");
+                  "scored on the windows after them")
+      ->check(BudgetList());
   return {sub, [o, budgets] {
             if (!budgets->empty()) o->plan_budgets = ParseBudgets(*budgets);
             Analyze(*o);

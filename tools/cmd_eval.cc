@@ -9,9 +9,11 @@
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
+#include "converter/convert.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/ranks.h"
+#include "formats/sha256.h"
 #include "formats/version.h"
 #include "runtime_check/cache_policy_spec.h"
 #include "runtime_check/evaluate.h"
@@ -44,6 +46,22 @@ void AddPerplexityFields(const PerplexityResult& r, nlohmann::ordered_json& j) {
   j["tokens_predicted"] = r.tokens_predicted;
   j["seconds"] = r.seconds;
   j["tokens_per_second"] = r.tokens_per_second;
+}
+
+// What every rank must have alike under mpirun (formats/ranks.h): hashed only with several ranks.
+std::vector<RankInput> RankInputs(const EvalArgs& a, const Checkpoint& ck,
+                                  const Checkpoint* compare, const CachePolicySpec& cache) {
+  if (RankCount() == 1) return {};
+  return {{"kvfold command", "eval", ""},
+          {"checkpoint", SourceSha256(ck), a.model},
+          {"--compare checkpoint", compare ? SourceSha256(*compare) : "", a.compare},
+          {"evaluation text", Sha256OfFile(a.text), a.text},
+          {"--window", std::to_string(a.window), ""},
+          {"--max-windows", std::to_string(a.max_windows), ""},
+          {"--kv-cache", cache.policy ? cache.text : "", ""},
+          {"--copy", std::to_string(a.copy), ""},
+          {"--lckv-iterations", std::to_string(a.lckv_iterations), ""},
+          {"--batch", std::to_string(a.batch), ""}};
 }
 
 int RunEval(const EvalArgs& a) {
@@ -85,6 +103,7 @@ int RunEval(const EvalArgs& a) {
   }
   const bool comparing = original || cache.policy;
   const ReferenceModel& base = original ? *original : *model;
+  RequireSameOnEveryRank(RankInputs(a, ck, compare_ck ? &*compare_ck : nullptr, cache));
 
   nlohmann::ordered_json j = {{"kvfold_version", kVersion},
                               {"protocol", "kvfold-ppl-v1"},
@@ -220,6 +239,7 @@ Command AddEvalCommand(CLI::App& app) {
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->check(ThreadCount());
   AddHiddenMemoryOption(sub, &a->hidden_memory_bytes);
+  AddRankTimeoutOption(sub);
   sub->add_option("--batch", a->batch, "Windows per forward batch (0 = ~2048 tokens)")
       ->check(CLI::Range(0, 1 << 16));
   sub->add_flag("--json", a->json, "Print JSON instead of text");

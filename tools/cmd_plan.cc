@@ -29,7 +29,8 @@ Command AddPlanCommand(CLI::App& app) {
   sub->add_option("--budget", a->budgets,
                   "KV bytes per token as fractions of the source's 16-bit cache, e.g. "
                   "0.5,0.25,0.125,0.0625")
-      ->required();
+      ->required()
+      ->check(BudgetList());
   sub->add_option("--calib-tokens", o.calib_tokens, "Calibration tokens of each conversion")
       ->capture_default_str()
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40));
@@ -50,10 +51,11 @@ Command AddPlanCommand(CLI::App& app) {
   sub->add_option("--plan-seconds", o.seconds_limit,
                   "Stop scoring after this many seconds (0 = no limit)")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1e9));
+      ->check(FiniteRange(0.0, 1e9));
   sub->add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", o.threads, "CPU threads (0 = all cores)")->check(ThreadCount());
   AddHiddenMemoryOption(sub, &o.hidden_memory_bytes);
+  AddRankTimeoutOption(sub);
   sub->add_flag("--json", a->json, "Print the plans and every candidate as JSON");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
   return {sub, [a] {

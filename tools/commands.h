@@ -16,8 +16,18 @@ struct Command {
 // --threads: 0 (all cores) up to 4 x this machine's cores; more only spawns idle threads.
 CLI::Validator ThreadCount();
 
+// A floating-point option: the whole text is a finite number in [lo, hi] (NaN, inf, "1x" and
+// out-of-range values exit 2 naming the option). Every such option on the command line uses it.
+CLI::Validator FiniteRange(double lo, double hi);
+
+// --budget fractions, e.g. 0.5,0.25: each in (0, 1] (exit 2 otherwise).
+CLI::Validator BudgetList();
+
 // --hidden-memory MIB: the hidden states a sweep keeps in memory per model, stored in `bytes`.
 void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes);
+
+// --rank-timeout SECONDS: under mpirun, how long a rank waits for another (formats/ranks.h).
+void AddRankTimeoutOption(CLI::App* sub);
 
 Command AddInspectCommand(CLI::App& app);
 Command AddEvalCommand(CLI::App& app);

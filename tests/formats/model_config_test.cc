@@ -223,3 +223,41 @@ TEST_CASE("qwen3 has per-head query and key norms", "[config]") {
   CHECK_FALSE(q.qkv_bias);
   CHECK_FALSE(ParseModelConfig(kMinimal, "c").qk_norm);
 }
+
+TEST_CASE("config.json: unknown fields go back as they came, never growing with their depth",
+          "[config][hostile]") {
+  const ModelConfig m = ParseModelConfig(kMinimal, "c");
+  // A real config's nesting (rope_scaling, Nemotron-NAS block_configs) is written as dump(2).
+  const std::string real =
+      With(R"("rope_scaling":{"rope_type":"llama3","factor":8.0},"block_configs":[{"attention":)"
+           R"({"n_heads_in_group":8,"no_op":false},"ffn":{"ffn_mult":1.3}}],"eos_token_id":[1,2])");
+  auto doc = nlohmann::ordered_json::parse(real);
+  doc["num_key_value_heads"] = m.num_key_value_heads;
+  doc["head_dim"] = m.head_dim;
+  CHECK(UpdateConfigJson(real, m, "c") == doc.dump(2) + "\n");
+  // 400 nested arrays in an unused field: once a 1.8 GB output for a 60 KB config (each line
+  // indented by its depth); now bounded by a small multiple of the input.
+  const std::string deep = With(R"("unused":)" + std::string(400, '[') + std::string(400, ']'));
+  const std::string out = UpdateConfigJson(deep, m, "c");
+  CHECK(out.size() < 2 * deep.size());
+  CHECK(nlohmann::json::parse(out)["unused"] == nlohmann::json::parse(deep)["unused"]);
+  // Deeper than any reader walks safely: refused by name before parsing.
+  const std::string deeper =
+      With(R"("unused":)" + std::string(100000, '[') + std::string(100000, ']'));
+  CHECK_THROWS_WITH(ParseModelConfig(deeper, "config.json"), Catch::StartsWith("config.json: "));
+  CHECK_THROWS_WITH(UpdateConfigJson(deeper, m, "config.json"), Catch::StartsWith("config.json: "));
+}
+
+TEST_CASE("config.json: RoPE parameters must be normal numbers", "[config][hostile]") {
+  CHECK_THROWS_WITH(ParseModelConfig(With(R"("rope_scaling":{"rope_type":"llama3","factor":1e-320,)"
+                                          R"("low_freq_factor":1,"high_freq_factor":4,)"
+                                          R"("original_max_position_embeddings":8192})"),
+                                     "c"),
+                    Catch::Contains("rope_scaling.factor must be a positive number"));
+  CHECK_THROWS_WITH(ParseModelConfig(With(R"("rope_theta":1e-320)"), "c"),
+                    Catch::Contains("'rope_theta' must be a positive number"));
+  CHECK_THROWS_WITH(ParseModelConfig(With(R"("rope_theta":1e200,"rope_scaling":)"
+                                          R"({"rope_type":"linear","factor":1e300})"),
+                                     "c"),
+                    Catch::Contains("gives a RoPE frequency of"));
+}

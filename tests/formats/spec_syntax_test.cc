@@ -20,3 +20,12 @@ TEST_CASE("spec parameters: lists continue the previous key, mistakes are refuse
   CHECK_THROWS_WITH(ParseSpecParams("a=1,a=2", "w"), "w: parameter 'a' given twice");
   CHECK(SplitSpecList("0,,1") == std::vector<std::string>{"0", "", "1"});
 }
+
+TEST_CASE("numbers are printed as given, in their shortest exact form", "[spec]") {
+  CHECK(FormatNumber(0.5) == "0.5");
+  CHECK(FormatNumber(1e-9) == "1e-09");  // once "0.000000" (--kv-budget 1e-9)
+  CHECK(FormatNumber(0.0625) == "0.0625");
+  CHECK(FormatNumber(0.1) == "0.1");
+  CHECK(FormatNumber(1.0 / 3) == "0.3333333333333333");
+  CHECK(std::stod(FormatNumber(1.0 / 3)) == 1.0 / 3);
+}
