@@ -29,6 +29,19 @@ struct ShimApi {
 };
 
 constexpr const char* kShimFile = "libkvfold_spm_shim.so";
+// AddressSanitizer refuses RTLD_DEEPBIND; its build (scripts/sanitize_readers.sh) has no
+// LibTorch, so no second protobuf to keep apart.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int kDeepBind = 0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr int kDeepBind = 0;
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
 
 std::string ExecutableDir() {
   char buf[PATH_MAX];
@@ -51,14 +64,12 @@ const ShimApi& Shim() {
   std::call_once(once, [] {
     std::vector<std::string> candidates;
     if (const char* env = std::getenv("KVFOLD_SPM_SHIM")) candidates.push_back(env);
-    candidates.push_back(ExecutableDir() + "/" + kShimFile);
-#ifdef KVFOLD_SPM_SHIM_BUILD_PATH
-    candidates.push_back(KVFOLD_SPM_SHIM_BUILD_PATH);
-#endif
+    candidates.push_back(ExecutableDir() + "/" + kShimFile);                // the build tree's bin/
+    candidates.push_back(ExecutableDir() + "/../lib/kvfold/" + kShimFile);  // cmake --install
     std::string tried;
     for (const auto& path : candidates) {
       // DEEPBIND: the shim's sentencepiece must bind to its own protobuf, not libtorch's.
-      api.lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      api.lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | kDeepBind);
       if (api.lib != nullptr) {
         try {
           Resolve(api.lib, "kvfold_spm_abi", &api.abi, path);

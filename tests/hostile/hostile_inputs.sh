@@ -5,6 +5,7 @@
 # files and the input model's checksum are verified after every case.
 # Usage: tests/hostile/hostile_inputs.sh BUILD_DIR SHARED_DIR
 set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 kv="$(cd "$1" && pwd)/bin/kvfold"
 shared="$(cd "$2" && pwd)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/kvfold-hostile.XXXXXX")"
@@ -135,7 +136,7 @@ expect_error "--max-windows -1" 2 "--max-windows" eval model --text "$calib" --m
 expect_error "--eval-windows -5" 2 "--eval-windows" "${convert[@]}" "${meanpool[@]}" -o o1 --eval-windows -5
 expect_error "eval --window 0" 2 "--window" eval model --text "$calib" --window 0
 expect_error "plan without --budget" 2 "--budget" plan model --calib "$calib"
-expect_error "plan --budget 1.5" 1 "--budget: '1.5' is not a fraction" plan model --calib "$calib" --budget 0.5,1.5
+expect_error "plan --budget 1.5" 2 "--budget: '1.5' is not a fraction" plan model --calib "$calib" --budget 0.5,1.5
 expect_error "plan on a missing model" 1 "nowhere" plan nowhere --calib "$calib" --budget 0.5
 expect_error "--kv-budget with --passes" 1 "--kv-budget: not used with --passes" "${convert[@]}" "${meanpool[@]}" -o o1 --kv-budget 0.5
 
@@ -214,6 +215,13 @@ for delay in 0.05 0.1 0.2 0.3 0.4 0.6; do
 done
 rm -rf swap-out.tmp.* && passed=$((passed + 1))
 rm -rf swap-out o1 bad
+
+# More cases, one file per surface (tests/hostile/cases_*.sh), run with the helpers above.
+for cases in "$here"/cases_*.sh; do
+  [ -e "$cases" ] || continue
+  # shellcheck source=/dev/null
+  source "$cases"
+done
 
 echo "hostile inputs: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
