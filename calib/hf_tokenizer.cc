@@ -9,7 +9,9 @@
 #include "calib/hf/decoders.h"
 #include "calib/hf/normalizers.h"
 #include "calib/hf/pre_tokenizers.h"
+#include "calib/hf/regex.h"
 #include "calib/hf/tokenizer_json.h"
+#include "calib/text.h"
 #include "formats/error.h"
 #include "formats/json_file.h"
 
@@ -36,6 +38,14 @@ std::vector<hf::AddedToken> ReadAddedTokens(const nlohmann::json& root, const st
     tokens.push_back(a);
   }
   return tokens;
+}
+
+void CheckAddedTokenLength(const std::string& content, const std::string& where) {
+  if (content.size() <= hf::kMaxAddedTokenBytes) return;
+  Fail(where, "added token " + content.substr(0, 32) + "... is " + std::to_string(content.size()) +
+                  " bytes long; kvfold reads added tokens of up to " +
+                  std::to_string(hf::kMaxAddedTokenBytes) +
+                  " bytes (matching one walks its length at every position of a text)");
 }
 
 // A token named in tokenizer_config.json: a string or an AddedToken object {"content": ...}.
@@ -92,7 +102,11 @@ std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_p
 
   std::unique_ptr<HfTokenizer> tok(new HfTokenizer(json_path));
   if (!root.contains("model")) Fail(json_path, "no \"model\"");
-  tok->model_ = std::make_unique<hf::BpeModel>(root["model"], json_path);
+  std::vector<hf::AddedToken> added = ReadAddedTokens(root, json_path);
+  tok->model_ = std::make_unique<hf::BpeModel>(root["model"], json_path, added.size());
+  for (const char* kind : {"normalizer", "pre_tokenizer", "decoder", "post_processor"}) {
+    if (root.contains(kind)) hf::CheckComponentCount(root[kind], json_path, kind);
+  }
   tok->normalizer_ = hf::MakeNormalizer(root.value("normalizer", nlohmann::json()), json_path);
   tok->pre_tokenizer_ =
       hf::MakePreTokenizer(root.value("pre_tokenizer", nlohmann::json()), json_path);
@@ -102,12 +116,15 @@ std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_p
     tok->decoder_error_ = e.what();
   }
   std::vector<hf::AddedToken> raw, normalized;
-  for (hf::AddedToken& t : ReadAddedTokens(root, json_path)) {
+  for (hf::AddedToken& t : added) {
     tok->model_->AddToken(t.content, t.id);
     if (t.normalized && tok->normalizer_) {
-      t.content = tok->normalizer_->Apply(t.content);
+      hf::MatchBudget budget(t.content.size());
+      t.content = hf::Normalize(*tok->normalizer_, t.content, budget);
+      CheckAddedTokenLength(t.content, json_path);
       normalized.push_back(t);
     } else {
+      CheckAddedTokenLength(t.content, json_path);
       raw.push_back(t);
     }
   }
@@ -128,9 +145,9 @@ std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_p
   return tok;
 }
 
-void HfTokenizer::EncodeStretch(const std::string& text, int section_index,
+void HfTokenizer::EncodeStretch(const std::string& text, int section_index, hf::MatchBudget& budget,
                                 std::vector<std::int32_t>& out) const {
-  const std::string normalized = normalizer_ ? normalizer_->Apply(text) : text;
+  const std::string normalized = normalizer_ ? hf::Normalize(*normalizer_, text, budget) : text;
   for (const hf::Section& s : normalized_->Split(normalized)) {
     if (s.text.empty()) continue;
     if (s.token >= 0) {
@@ -141,12 +158,17 @@ void HfTokenizer::EncodeStretch(const std::string& text, int section_index,
       model_->Encode(s.text, out);
       continue;
     }
-    for (const std::string& word : pre_tokenizer_->Apply(s.text, section_index))
+    for (const std::string& word : pre_tokenizer_->Apply(s.text, section_index, budget))
       model_->Encode(word, out);
   }
 }
 
 std::vector<std::int32_t> HfTokenizer::Encode(std::string_view text) const {
+  // The regexes run without PCRE2's UTF-8 check.
+  if (const auto bad = FindInvalidUtf8(text))
+    Fail(path(),
+         "cannot encode a text that is not valid UTF-8 (byte " + std::to_string(*bad) + ")");
+  hf::MatchBudget budget(text.size());  // the regex work of the whole Encode
   std::vector<std::int32_t> ids;
   const std::vector<hf::Section> sections = unnormalized_->Split(text);
   for (std::size_t i = 0; i < sections.size(); ++i) {
@@ -154,7 +176,7 @@ std::vector<std::int32_t> HfTokenizer::Encode(std::string_view text) const {
     if (s.token >= 0)
       ids.push_back(unnormalized_->token(s.token).id);
     else if (!s.text.empty())
-      EncodeStretch(s.text, static_cast<int>(i), ids);
+      EncodeStretch(s.text, static_cast<int>(i), budget, ids);
   }
   return ids;
 }

@@ -17,6 +17,7 @@ class Normalizer;
 class PreTokenizer;
 class Decoder;
 class AddedTokenSplitter;
+class MatchBudget;
 }  // namespace hf
 
 class HfTokenizer : public Tokenizer {
@@ -34,7 +35,7 @@ class HfTokenizer : public Tokenizer {
  private:
   explicit HfTokenizer(std::string path);
   static std::unique_ptr<Tokenizer> LoadComponents(const std::string& json_path);
-  void EncodeStretch(const std::string& text, int section_index,
+  void EncodeStretch(const std::string& text, int section_index, hf::MatchBudget& budget,
                      std::vector<std::int32_t>& out) const;
 
   std::unique_ptr<hf::BpeModel> model_;

@@ -15,6 +15,7 @@
 #include "formats/atomic_file.h"
 #include "formats/companion_files.h"
 #include "formats/error.h"
+#include "formats/json_file.h"
 
 namespace kvfold {
 namespace fs = std::filesystem;
@@ -91,6 +92,11 @@ std::string NotKvfoldJson(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
   std::stringstream bytes;
   bytes << in.rdbuf();
+  try {
+    CheckJsonDepth(bytes.str(), file.string());
+  } catch (const Error&) {
+    return "its kvfold.json nests deeper than kvfold writes";
+  }
   const auto doc = nlohmann::json::parse(bytes.str(), nullptr, /*allow_exceptions=*/false);
   const bool ours =
       doc.is_object() && doc.contains("format_version") && doc["format_version"] == 1 &&

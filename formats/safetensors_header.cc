@@ -6,6 +6,7 @@
 #include <set>
 
 #include "formats/error.h"
+#include "formats/json_file.h"
 
 namespace kvfold {
 namespace {
@@ -31,6 +32,7 @@ json ParseJsonRejectingDuplicates(std::string_view text, const std::string& file
     return true;
   };
   json doc;
+  CheckJsonDepth(text, file_name);
   try {
     doc = json::parse(text.begin(), text.end(), cb);
   } catch (const json::exception& e) {

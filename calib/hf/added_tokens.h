@@ -11,6 +11,10 @@
 
 namespace kvfold::hf {
 
+// The longest added token read (as matched, after normalization): finding the longest token at a
+// position walks up to its length, at every position of the text.
+constexpr std::size_t kMaxAddedTokenBytes = 256;
+
 struct AddedToken {
   std::string content;
   std::int32_t id = 0;

@@ -1,5 +1,6 @@
 #include "calib/hf/bpe_model.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -26,7 +27,12 @@ bool NullOrEmpty(const nlohmann::json& model, const char* key) {
 
 }  // namespace
 
-BpeModel::BpeModel(const nlohmann::json& model, const std::string& where) : where_(where) {
+std::int64_t TokenIdLimit(std::size_t entries) {
+  return std::min<std::int64_t>(2 * static_cast<std::int64_t>(entries) + kIdSlack, 1 << 30);
+}
+
+BpeModel::BpeModel(const nlohmann::json& model, const std::string& where, std::size_t added_tokens)
+    : where_(where) {
   const std::string type = ComponentType(model, where, "model");
   if (type != "BPE") Unsupported(where, "model", type);
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
@@ -38,6 +44,7 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& where) : wher
   }
   if (!model.contains("vocab") || !model["vocab"].is_object())
     Fail(where, "BPE model without a \"vocab\" object");
+  id_limit_ = TokenIdLimit(model["vocab"].size() + added_tokens);
   for (const auto& [token, id] : model["vocab"].items()) {
     if (!id.is_number_integer() || id.get<std::int64_t>() < 0 ||
         id.get<std::int64_t>() >= (1 << 30)) {
@@ -77,6 +84,12 @@ BpeModel::BpeModel(const nlohmann::json& model, const std::string& where) : wher
 }
 
 void BpeModel::AddToken(const std::string& content, std::int32_t id) {
+  if (id < 0 || id >= id_limit_) {
+    Fail(where_, "token " + content + " has id " + std::to_string(id) +
+                     ", but ids must stay below " + std::to_string(id_limit_) +
+                     " (twice the vocab and added tokens + " + std::to_string(kIdSlack) +
+                     ": a larger id would leave a gap of unused ids)");
+  }
   ids_[content] = id;
   if (static_cast<std::size_t>(id) >= tokens_.size())
     tokens_.resize(static_cast<std::size_t>(id) + 1);

@@ -3,6 +3,8 @@
 // Merging follows the reference implementations: the lowest-ranked adjacent pair first, the
 // leftmost on a tie, with a heap so a whole unsplit text (sentencepiece-style files have no
 // pre-tokenizer) stays O(n log n).
+// Ids index a dense table, so they are bounded by the entries: every id must be below
+// TokenIdLimit(vocab entries + added tokens), twice the entries + kIdSlack.
 #pragma once
 
 #include <cstdint>
@@ -14,14 +16,19 @@
 
 namespace kvfold::hf {
 
+constexpr std::int64_t kIdSlack = 1024;
+std::int64_t TokenIdLimit(std::size_t entries);
+
 class BpeModel {
  public:
-  BpeModel(const nlohmann::json& model, const std::string& where);
+  // `added_tokens`: how many added tokens AddToken will register after the vocabulary.
+  BpeModel(const nlohmann::json& model, const std::string& where, std::size_t added_tokens);
 
   // Appends the ids of one pre-tokenized word.
   void Encode(const std::string& word, std::vector<std::int32_t>& out) const;
 
-  // Registers an added token: its id is found by content like a vocabulary entry's.
+  // Registers an added token: its id is found by content like a vocabulary entry's. Fails naming
+  // the file when `id` is not below the bound.
   void AddToken(const std::string& content, std::int32_t id);
   std::int32_t Find(std::string_view token) const;  // -1 when absent
   const std::string& Token(std::int32_t id) const;  // empty when no token has the id
@@ -33,6 +40,7 @@ class BpeModel {
             bool& last_was_unk) const;
 
   std::string where_;
+  std::int64_t id_limit_ = 0;
   std::unordered_map<std::string, std::int32_t> ids_;
   std::vector<std::string> tokens_;
   struct MergeRule {

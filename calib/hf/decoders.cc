@@ -7,6 +7,7 @@
 #include "calib/hf/regex.h"
 #include "calib/hf/tokenizer_json.h"
 #include "calib/hf/utf8.h"
+#include "formats/error.h"
 
 namespace kvfold::hf {
 namespace {
@@ -80,10 +81,14 @@ class Fuse : public Decoder {
 
 class Strip : public Decoder {
  public:
-  explicit Strip(const nlohmann::json& config)
+  Strip(const nlohmann::json& config, const std::string& where)
       : content_(config.value("content", std::string(" "))),
         start_(config.value("start", 0)),
-        stop_(config.value("stop", 0)) {}
+        stop_(config.value("stop", 0)) {
+    // An empty content would be stripped `start` times (up to 2^31) from every token.
+    if (content_.empty() || CodePointLength(content_, 0) != content_.size())
+      Fail(where, "Strip decoder content must be one character");
+  }
   std::vector<std::string> Apply(std::vector<std::string> tokens) const override {
     for (auto& t : tokens) {
       for (int i = 0; i < start_ && t.compare(0, content_.size(), content_) == 0; ++i)
@@ -142,12 +147,12 @@ std::unique_ptr<Decoder> MakeDecoder(const nlohmann::json& config, const std::st
   if (type == "Replace") return std::make_unique<Replace>(config, where);
   if (type == "ByteFallback") return std::make_unique<ByteFallback>();
   if (type == "Fuse") return std::make_unique<Fuse>();
-  if (type == "Strip") return std::make_unique<Strip>(config);
+  if (type == "Strip") return std::make_unique<Strip>(config, where);
   if (type == "Metaspace") return std::make_unique<Metaspace>(config);
   if (type == "Sequence") {
     std::vector<std::unique_ptr<Decoder>> steps;
     for (const auto& step : RequireArray(config, "decoders", where))
-      steps.push_back(MakeDecoder(step, where));
+      steps.push_back(MakeDecoder(RequireStep(step, where, "decoder"), where));
     return std::make_unique<Sequence>(std::move(steps));
   }
   Unsupported(where, "decoder", type);

@@ -3,6 +3,7 @@
 #include <cctype>
 #include <nlohmann/json.hpp>
 
+#include "calib/hf/normalizers.h"
 #include "calib/hf/regex.h"
 #include "calib/hf/tokenizer_json.h"
 #include "calib/hf/utf8.h"
@@ -13,10 +14,11 @@ namespace {
 
 // Pieces of `text` as JavaScript's split-keeping-delimiters walk makes them: the text between
 // matches and every non-empty match, in order (an empty match still ends the piece before it).
-std::vector<std::string> SplitIsolated(const Regex& regex, std::string_view text) {
+std::vector<std::string> SplitIsolated(const Regex& regex, std::string_view text,
+                                       MatchBudget& budget) {
   std::vector<std::string> pieces;
   std::size_t previous = 0;
-  for (const Match& m : regex.FindAll(text)) {
+  for (const Match& m : regex.FindAll(text, budget)) {
     if (previous < m.begin) pieces.emplace_back(text.substr(previous, m.begin - previous));
     if (m.end > m.begin) pieces.emplace_back(text.substr(m.begin, m.end - m.begin));
     previous = m.end;
@@ -47,8 +49,8 @@ class Split : public PreTokenizer {
     regex_ = std::make_unique<Regex>(
         p.is_regex ? Regex::WithUnicodeWhitespace(p.text) : EscapeLiteral(p.text), where);
   }
-  std::vector<std::string> Apply(std::string_view text, int) const override {
-    return SplitIsolated(*regex_, text);
+  std::vector<std::string> Apply(std::string_view text, int, MatchBudget& budget) const override {
+    return SplitIsolated(*regex_, text, budget);
   }
 
  private:
@@ -74,10 +76,10 @@ class ByteLevel : public PreTokenizer {
     if (OptionalBool(config, "use_regex", true, where))
       regex_ = std::make_unique<Regex>(Gpt2Pattern(), where);
   }
-  std::vector<std::string> Apply(std::string_view text, int) const override {
+  std::vector<std::string> Apply(std::string_view text, int, MatchBudget& budget) const override {
     std::string s(text);
     if (add_prefix_space_ && (s.empty() || s[0] != ' ')) s.insert(0, " ");
-    std::vector<std::string> words = regex_ ? SplitMatches(s) : std::vector<std::string>{s};
+    std::vector<std::string> words = regex_ ? SplitMatches(s, budget) : std::vector<std::string>{s};
     const auto& alphabet = ByteLevelAlphabet();
     for (auto& w : words) {
       std::string mapped;
@@ -89,9 +91,9 @@ class ByteLevel : public PreTokenizer {
 
  private:
   // The matches alone (JavaScript's String.prototype.match with a global regex).
-  std::vector<std::string> SplitMatches(const std::string& s) const {
+  std::vector<std::string> SplitMatches(const std::string& s, MatchBudget& budget) const {
     std::vector<std::string> out;
-    for (const Match& m : regex_->FindAll(s)) {
+    for (const Match& m : regex_->FindAll(s, budget)) {
       if (m.end > m.begin) out.push_back(s.substr(m.begin, m.end - m.begin));
     }
     return out;
@@ -106,6 +108,8 @@ class Metaspace : public PreTokenizer {
       : replacement_(config.value("replacement", std::string("\u2581"))) {
     if (OptionalBool(config, "split", false, where))
       Unsupported(where, "Metaspace pre_tokenizer", "with split: true");
+    if (replacement_.empty() || CodePointLength(replacement_, 0) != replacement_.size())
+      Fail(where, "Metaspace pre_tokenizer replacement must be one character");
     if (config.contains("prepend_scheme") && config["prepend_scheme"].is_string()) {
       scheme_ = config["prepend_scheme"].get<std::string>();
     } else {
@@ -116,7 +120,8 @@ class Metaspace : public PreTokenizer {
       Unsupported(where, "Metaspace prepend_scheme", scheme_);
     }
   }
-  std::vector<std::string> Apply(std::string_view text, int section_index) const override {
+  std::vector<std::string> Apply(std::string_view text, int section_index,
+                                 MatchBudget&) const override {
     std::string s = ReplaceLiteral(text, " ", replacement_);
     const bool prepend = scheme_ == "always" || (scheme_ == "first" && section_index == 0);
     if (prepend && s.compare(0, replacement_.size(), replacement_) != 0) s.insert(0, replacement_);
@@ -130,13 +135,21 @@ class Metaspace : public PreTokenizer {
 
 class Sequence : public PreTokenizer {
  public:
-  explicit Sequence(std::vector<std::unique_ptr<PreTokenizer>> steps) : steps_(std::move(steps)) {}
-  std::vector<std::string> Apply(std::string_view text, int section_index) const override {
+  Sequence(std::vector<std::unique_ptr<PreTokenizer>> steps, std::string where)
+      : steps_(std::move(steps)), where_(std::move(where)) {}
+  std::vector<std::string> Apply(std::string_view text, int section_index,
+                                 MatchBudget& budget) const override {
+    const std::size_t max_bytes = MaxNormalizedBytes(text.size());
     std::vector<std::string> words{std::string(text)};
     for (const auto& step : steps_) {
       std::vector<std::string> next;
+      std::size_t bytes = 0;
       for (const auto& w : words) {
-        for (auto& piece : step->Apply(w, section_index)) next.push_back(std::move(piece));
+        for (auto& piece : step->Apply(w, section_index, budget)) {
+          bytes += piece.size();
+          next.push_back(std::move(piece));
+        }
+        if (bytes > max_bytes) FailTooLong(max_bytes);
       }
       words = std::move(next);
     }
@@ -144,7 +157,15 @@ class Sequence : public PreTokenizer {
   }
 
  private:
+  [[noreturn]] void FailTooLong(std::size_t max_bytes) const {
+    Fail(where_, "pre_tokenizer Sequence would make the text longer than " +
+                     std::to_string(max_bytes) + " bytes (at most " +
+                     std::to_string(kNormalizedGrowth) + " times its input + " +
+                     std::to_string(kNormalizedSlack) + " bytes)");
+  }
+
   std::vector<std::unique_ptr<PreTokenizer>> steps_;
+  std::string where_;
 };
 
 }  // namespace
@@ -159,8 +180,8 @@ std::unique_ptr<PreTokenizer> MakePreTokenizer(const nlohmann::json& config,
   if (type == "Sequence") {
     std::vector<std::unique_ptr<PreTokenizer>> steps;
     for (const auto& step : RequireArray(config, "pretokenizers", where))
-      steps.push_back(MakePreTokenizer(step, where));
-    return std::make_unique<Sequence>(std::move(steps));
+      steps.push_back(MakePreTokenizer(RequireStep(step, where, "pre_tokenizer"), where));
+    return std::make_unique<Sequence>(std::move(steps), where);
   }
   Unsupported(where, "pre_tokenizer", type);
 }

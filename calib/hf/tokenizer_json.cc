@@ -14,6 +14,12 @@ std::string ComponentType(const nlohmann::json& config, const std::string& where
   return config["type"].get<std::string>();
 }
 
+const nlohmann::json& RequireStep(const nlohmann::json& config, const std::string& where,
+                                  const std::string& kind) {
+  if (config.is_null()) Fail(where, "a " + kind + " Sequence step is null");
+  return config;
+}
+
 std::string RequireString(const nlohmann::json& config, const std::string& key,
                           const std::string& where) {
   if (!config.is_object() || !config.contains(key) || !config[key].is_string()) {
@@ -45,6 +51,30 @@ Pattern ReadPattern(const nlohmann::json& config, const std::string& where) {
     if (p.contains("Regex") && p["Regex"].is_string()) return {true, p["Regex"].get<std::string>()};
   }
   Fail(where, "\"pattern\" must be {\"String\": ...} or {\"Regex\": ...}");
+}
+
+namespace {
+
+// Objects with a "type" in `j`, counting stops past `limit` (the JSON nests at most
+// kMaxJsonDepth levels: the recursion is bounded).
+int CountComponents(const nlohmann::json& j, int limit) {
+  int count = j.is_object() && j.contains("type") ? 1 : 0;
+  if (!j.is_structured()) return count;
+  for (const auto& child : j) {
+    if (count > limit) break;
+    count += CountComponents(child, limit - count);
+  }
+  return count;
+}
+
+}  // namespace
+
+void CheckComponentCount(const nlohmann::json& config, const std::string& where,
+                         const std::string& kind) {
+  if (CountComponents(config, kMaxComponents) > kMaxComponents) {
+    Fail(where, kind + " with more than " + std::to_string(kMaxComponents) +
+                    " components (each one walks the whole text)");
+  }
 }
 
 void Unsupported(const std::string& where, const std::string& kind, const std::string& what) {

@@ -10,6 +10,9 @@ namespace kvfold::hf {
 // config["type"], required to be a string; `kind` is "normalizer", "pre_tokenizer", ...
 std::string ComponentType(const nlohmann::json& config, const std::string& where,
                           const std::string& kind);
+// A step of a `kind` Sequence: `config` itself, which must not be null.
+const nlohmann::json& RequireStep(const nlohmann::json& config, const std::string& where,
+                                  const std::string& kind);
 std::string RequireString(const nlohmann::json& config, const std::string& key,
                           const std::string& where);
 const nlohmann::json& RequireArray(const nlohmann::json& config, const std::string& key,
@@ -24,6 +27,13 @@ struct Pattern {
   std::string text;
 };
 Pattern ReadPattern(const nlohmann::json& config, const std::string& where);
+
+// The most components (objects with a "type", Sequences included) one normalizer, pre_tokenizer
+// or decoder may hold: each walks the whole text. Real files have a handful.
+constexpr int kMaxComponents = 256;
+// Fails naming the file when `config` holds more than kMaxComponents; `kind` names the part.
+void CheckComponentCount(const nlohmann::json& config, const std::string& where,
+                         const std::string& kind);
 
 // The error for a component kvfold does not implement, named so the user knows what to ask for.
 [[noreturn]] void Unsupported(const std::string& where, const std::string& kind,

@@ -13,6 +13,7 @@
 #include "converter/report/svg_chart.h"
 #include "formats/atomic_file.h"
 #include "formats/error.h"
+#include "formats/json_file.h"
 
 namespace kvfold {
 namespace {
@@ -388,6 +389,11 @@ bool IsKvfoldReportJson(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream bytes;
   bytes << in.rdbuf();
+  try {
+    CheckJsonDepth(bytes.str(), path);
+  } catch (const Error&) {
+    return false;
+  }
   const auto doc = ordered_json::parse(bytes.str(), nullptr, /*allow_exceptions=*/false);
   return doc.is_object() && doc.contains("schema") && doc["schema"] == "kvfold-report";
 }
