@@ -4,7 +4,7 @@
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 build="$1"
-seconds="${2:-${KVFOLD_FUZZ_SECONDS:-20}}"
+seconds="${2:-${KVFOLD_FUZZ_SECONDS:-10}}"  # CI replays the seeds and fuzzes briefly; campaigns: bench/fuzz_campaign.sh
 CXX=clang++ cmake -S "$src" -B "$build" -G Ninja -DKVFOLD_FUZZ_ONLY=ON \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" >/dev/null

@@ -212,8 +212,11 @@ Command AddReportCommand(CLI::App& app) {
                   "KV cache, e.g. 0.5,0.25; its candidates calibrate on --calib-tokens and are "
                   "scored on the windows after them")
       ->check(BudgetList());
-  return {sub, [o, budgets] {
+  auto quiet = std::make_shared<bool>(false);
+  sub->add_flag("--quiet", *quiet, "No progress lines on stderr");
+  return {sub, [o, budgets, quiet] {
             if (!budgets->empty()) o->plan_budgets = ParseBudgets(*budgets);
+            o->progress = !*quiet && IsFirstRank();  // one rank speaks for all
             Analyze(*o);
             std::printf("wrote %s\n", o->report_path.c_str());
             return 0;
