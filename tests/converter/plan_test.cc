@@ -156,7 +156,7 @@ TEST_CASE("kvfold plan --json: the documented schema, deterministic, and one-lin
   k.erase("seconds");
   CHECK(j == k);  // same inputs, same plan and scores
   const auto bad = test::RunKvfold(args + " --budget 0.5,0");
-  CHECK(bad.exit_code == 1);
+  CHECK(bad.exit_code == 2);  // a number the command line refuses, as every such number
   CHECK(bad.err == "kvfold: error: --budget: '0' is not a fraction in (0, 1]\n");
   const auto short_text =
       test::RunKvfold("plan " + SharedPath("models/stories260K") + " --calib " +
