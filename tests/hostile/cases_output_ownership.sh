@@ -55,12 +55,12 @@ plan=(plan model --calib "$calib" --calib-tokens 512 --window 64 --score-windows
 case_name="kill -9 during kvfold plan"
 TMPDIR="$work/ptmp" "$kv" "${plan[@]}" --quiet >/dev/null 2>&1 &
 pid=$!
-for _ in $(seq 400); do compgen -G "ptmp/kvfold-plan.*/s*" >/dev/null && break; sleep 0.05; done
+for _ in $(seq 1200); do compgen -G "ptmp/kvfold-plan.*/s*" >/dev/null && break; sleep 0.05; done
 kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
 mkdir ptmp/kvfold-plan.mine && echo "my notes" >ptmp/kvfold-plan.mine/notes.txt
 left="$(ls ptmp | grep -v '^kvfold-plan.mine$' | wc -l)"
 [ "$left" -ge 1 ] || fail "the killed plan left no scratch folder to sweep (it finished first?)"
-TMPDIR="$work/ptmp" timeout 120 "$kv" "${plan[@]}" --quiet >/dev/null 2>plan.err ||
+TMPDIR="$work/ptmp" timeout 300 "$kv" "${plan[@]}" --quiet >/dev/null 2>plan.err ||
   fail "the next plan failed: $(head -c 300 plan.err)"
 [ "$(ls ptmp | tr '\n' ' ')" = "kvfold-plan.mine " ] || fail "left in \$TMPDIR: $(ls ptmp | tr '\n' ' ')"
 [ "$(cat ptmp/kvfold-plan.mine/notes.txt)" = "my notes" ] || fail "a user's kvfold-plan.mine was touched"
