@@ -7,15 +7,14 @@
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <system_error>
 
 #include "formats/atomic_file.h"
 #include "formats/companion_files.h"
 #include "formats/error.h"
 #include "formats/json_file.h"
+#include "formats/mapped_file.h"
 
 namespace kvfold {
 namespace fs = std::filesystem;
@@ -89,15 +88,11 @@ std::string NotKvfoldJson(const fs::path& file) {
   if (::lstat(file.c_str(), &st) != 0) return "has no kvfold.json";
   if (!S_ISREG(st.st_mode)) return "its kvfold.json is not a regular file";
   if (st.st_size > (64 << 20)) return "its kvfold.json is larger than kvfold writes";
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream bytes;
-  bytes << in.rdbuf();
+  nlohmann::json doc;
   try {
-    CheckJsonDepth(bytes.str(), file.string());
-  } catch (const Error&) {
-    return "its kvfold.json nests deeper than kvfold writes";
+    doc = ReadJsonFile(file.string());  // depth-checked, parsed, or an Error
+  } catch (const Error&) {  // unreadable, not JSON or nested too deep: not kvfold's, as below
   }
-  const auto doc = nlohmann::json::parse(bytes.str(), nullptr, /*allow_exceptions=*/false);
   const bool ours =
       doc.is_object() && doc.contains("format_version") && doc["format_version"] == 1 &&
       doc.contains("kvfold_version") && doc["kvfold_version"].is_string() &&
@@ -112,10 +107,12 @@ long ReadMarkerPid(const fs::path& folder, MarkerKind kind) {
   const fs::path file = folder / MarkerName(kind);
   struct stat st {};
   if (::lstat(file.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > 64) return 0;
-  std::ifstream in(file, std::ios::binary);
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  const std::string text = bytes.str();
+  std::string text;
+  try {
+    text = ReadFileToString(file.string());
+  } catch (const Error&) {
+    return 0;
+  }
   const std::size_t at = text.find("\npid ");
   if (at == std::string::npos || !EndsWith(text, "\n")) return 0;
   const std::string pid = text.substr(at + 5, text.size() - at - 6);
@@ -140,12 +137,14 @@ bool HoldsOnlyCandidates(const fs::path& folder) {
   return !ec;
 }
 
-bool HoldsOnlyOutputFiles(const fs::path& folder) {
+// Why `dir` holds something kvfold does not write into an output folder ("it holds ..."), or "".
+std::string FirstForeignEntry(const fs::path& dir) {
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(folder, ec)) {
-    if (!ForeignEntry(entry, folder).empty()) return false;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string why = ForeignEntry(entry, dir);
+    if (!why.empty()) return "it holds " + why;
   }
-  return !ec;
+  return ec ? "it cannot be listed: " + ec.message() : "";
 }
 
 }  // namespace
@@ -163,15 +162,8 @@ void RemoveMarker(const std::string& folder, MarkerKind kind) {
 }
 
 std::string NotKvfoldOutput(const std::string& folder) {
-  const fs::path dir(folder);
-  const std::string json = NotKvfoldJson(dir / "kvfold.json");
-  if (!json.empty()) return json;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string why = ForeignEntry(entry, dir);
-    if (!why.empty()) return "it holds " + why;
-  }
-  return ec ? "it cannot be listed: " + ec.message() : "";
+  const std::string json = NotKvfoldJson(fs::path(folder) / "kvfold.json");
+  return json.empty() ? FirstForeignEntry(folder) : json;
 }
 
 long MarkedOwner(const std::string& folder, MarkerKind kind) {
@@ -180,8 +172,8 @@ long MarkedOwner(const std::string& folder, MarkerKind kind) {
     return 0;
   const long pid = ReadMarkerPid(folder, kind);
   if (pid == 0) return 0;
-  const bool contents_ours =
-      kind == MarkerKind::kStaging ? HoldsOnlyOutputFiles(folder) : HoldsOnlyCandidates(folder);
+  const bool contents_ours = kind == MarkerKind::kStaging ? FirstForeignEntry(folder).empty()
+                                                          : HoldsOnlyCandidates(folder);
   return contents_ours ? pid : 0;
 }
 

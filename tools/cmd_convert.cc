@@ -1,9 +1,8 @@
 // kvfold convert MODEL --calib TEXT --passes 'PIPELINE' -o OUT [--force] [--time-passes]
 // kvfold convert --print-passes
-#include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "converter/convert.h"
@@ -26,10 +25,8 @@ CLI::Validator FiniteRange(double lo, double hi) {
   const std::string range = FormatNumber(lo) + " to " + FormatNumber(hi);
   return CLI::Validator(
       [lo, hi, range](std::string& text) -> std::string {
-        char* end = nullptr;
-        const double x = std::strtod(text.c_str(), &end);
-        const bool whole = !text.empty() && end == text.c_str() + text.size();
-        if (whole && std::isfinite(x) && x >= lo && x <= hi) return "";
+        const std::optional<double> x = ParseSpecNumber(text);  // the whole text, finite
+        if (x && *x >= lo && *x <= hi) return "";
         return "'" + text + "' is not a number from " + range;
       },
       "a number from " + range);

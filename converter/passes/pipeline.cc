@@ -1,8 +1,5 @@
 // Pipeline text: parsing, parameter access, and the --print-passes listing.
 #include <algorithm>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <sstream>
 
 #include "converter/passes/pass.h"
@@ -17,16 +14,6 @@ const PassInfo* FindPass(const std::string& name) {
     if (name == info.name) return &info;
   }
   return nullptr;
-}
-
-// The shortest decimal text that reads back as exactly `v` (0.5 -> "0.5", not "0.500000").
-std::string ShortestText(double v) {
-  char buf[32];
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof buf, "%.*g", precision, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  return buf;
 }
 
 }  // namespace
@@ -125,7 +112,7 @@ std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& 
 double DoubleParam(const PassSpec& spec, const std::string& key, double fallback) {
   auto it = spec.params.find(key);
   if (it == spec.params.end()) {
-    spec.defaults_used[key] = ShortestText(fallback);
+    spec.defaults_used[key] = FormatNumber(fallback);
     return fallback;
   }
   const std::optional<double> v = ParseSpecNumber(it->second);

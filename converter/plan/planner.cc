@@ -95,12 +95,7 @@ std::vector<RankInput> RankInputs(const PlanOptions& o, const Checkpoint& source
                                   const std::string& calib_sha256) {
   if (RankCount() == 1) return {};
   std::string budgets;
-  char number[32];
-  for (double b : o.budgets) {
-    std::snprintf(number, sizeof number, "%.17g", b);
-    budgets += (budgets.empty() ? "" : ",") + std::string(number);
-  }
-  std::snprintf(number, sizeof number, "%.17g", o.seconds_limit);
+  for (double b : o.budgets) budgets += (budgets.empty() ? "" : ",") + FormatNumber(b);
   return {{"kvfold command", "plan", ""},
           {"checkpoint", SourceSha256(source), o.model},
           {"calibration file", calib_sha256, o.calib_text},
@@ -110,7 +105,7 @@ std::vector<RankInput> RankInputs(const PlanOptions& o, const Checkpoint& source
           {"--score-windows", std::to_string(o.score_windows), ""},
           {"--screen-windows", std::to_string(o.screen_windows), ""},
           {"--survivors", std::to_string(o.survivors), ""},
-          {"--plan-seconds", number, ""}};
+          {"--plan-seconds", FormatNumber(o.seconds_limit), ""}};
 }
 
 // One scoring pass: the KL of candidates against the source's full cache on `windows`.

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <sstream>
 
 #include "converter/passes/linalg.h"
@@ -386,16 +385,12 @@ namespace {
 // Whether `path` holds a report JSON kvfold wrote (schema kvfold-report), which a new report
 // may replace; anything else at that name is the user's.
 bool IsKvfoldReportJson(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream bytes;
-  bytes << in.rdbuf();
   try {
-    CheckJsonDepth(bytes.str(), path);
+    const nlohmann::json doc = ReadJsonFile(path);  // depth-checked, parsed, or an Error
+    return doc.is_object() && doc.contains("schema") && doc["schema"] == "kvfold-report";
   } catch (const Error&) {
     return false;
   }
-  const auto doc = ordered_json::parse(bytes.str(), nullptr, /*allow_exceptions=*/false);
-  return doc.is_object() && doc.contains("schema") && doc["schema"] == "kvfold-report";
 }
 
 }  // namespace
