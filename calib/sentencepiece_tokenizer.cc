@@ -26,6 +26,7 @@ struct ShimApi {
   decltype(&kvfold_spm_encode) encode = nullptr;
   decltype(&kvfold_spm_decode) decode = nullptr;
   decltype(&kvfold_spm_free) free = nullptr;
+  decltype(&kvfold_spm_piece) piece = nullptr;
 };
 
 constexpr const char* kShimFile = "libkvfold_spm_shim.so";
@@ -81,6 +82,7 @@ const ShimApi& Shim() {
           Resolve(api.lib, "kvfold_spm_encode", &api.encode, path);
           Resolve(api.lib, "kvfold_spm_decode", &api.decode, path);
           Resolve(api.lib, "kvfold_spm_free", &api.free, path);
+          Resolve(api.lib, "kvfold_spm_piece", &api.piece, path);
           if (api.abi() != KVFOLD_SPM_SHIM_ABI) Fail(path, "shim ABI mismatch (rebuild kvfold)");
           return;
         } catch (const Error& e) {
@@ -143,5 +145,19 @@ int SentencePieceTokenizer::vocab_size() const { return Shim().vocab_size(handle
 // sentencepiece says -1 for a model without BOS/EOS, which is kNoToken.
 int SentencePieceTokenizer::bos_id() const { return Shim().bos_id(handle_); }
 int SentencePieceTokenizer::eos_id() const { return Shim().eos_id(handle_); }
+
+std::vector<SentencePieceTokenizer::Piece> SentencePieceTokenizer::Pieces() const {
+  const ShimApi& api = Shim();
+  std::vector<Piece> pieces(static_cast<std::size_t>(vocab_size()));
+  for (int id = 0; id < vocab_size(); ++id) {
+    const char* text = nullptr;
+    std::size_t len = 0;
+    Piece& p = pieces[static_cast<std::size_t>(id)];
+    if (api.piece(handle_, id, &text, &len, &p.score, &p.kind) != 0)
+      Fail(path(), "cannot read piece " + std::to_string(id));
+    p.text.assign(text, len);
+  }
+  return pieces;
+}
 
 }  // namespace kvfold

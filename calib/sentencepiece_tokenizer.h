@@ -21,6 +21,15 @@ class SentencePieceTokenizer : public Tokenizer {
   int bos_id() const override;
   int eos_id() const override;
 
+  // Every piece with its score and kind (GGUF's token types: 1 normal, 2 unknown, 3 control,
+  // 5 unused, 6 byte), as llama.cpp's converter reads them.
+  struct Piece {
+    std::string text;
+    float score = 0;
+    int kind = 1;
+  };
+  std::vector<Piece> Pieces() const;
+
  private:
   SentencePieceTokenizer(std::string path, void* handle)
       : Tokenizer(std::move(path)), handle_(handle) {}

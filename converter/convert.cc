@@ -12,6 +12,8 @@
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
+#include "converter/export/gguf_exporter.h"
+#include "converter/export/gguf_model.h"
 #include "converter/layer_loop.h"
 #include "converter/passes/model_draft.h"
 #include "converter/passes/pass.h"
@@ -305,6 +307,22 @@ void CheckRecordedInputs(const ConvertOptions& o, const std::string& source_sha2
   }
 }
 
+// --format gguf: one file llama.cpp runs; what it cannot represent is refused before any work.
+void CheckGgufConvert(const ConvertOptions& o, const Checkpoint& ck, const Pipeline& pipeline) {
+  GgufArchitecture(ck.config, o.model);
+  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+    const std::string why = pipeline.passes[i]->Unexportable(OutputFormat::kGguf);
+    if (!why.empty()) Fail("--format gguf", why);
+  }
+  if (!o.report_path.empty() && !o.eval_text.empty()) {
+    Fail("--format gguf",
+         "the report's validation reads an hf output: convert to hf with "
+         "--report, then kvfold export it");
+  }
+  if (ReportInsideOutput(o)) Fail(o.report_path, "a GGUF output is a file, not a folder");
+  CheckGgufOutputPath(o.output, o.force);
+}
+
 // The report's validation section: the original against the converted model in `converted_dir`.
 nlohmann::ordered_json Validation(const ConvertOptions& o, const Checkpoint& ck,
                                   const std::string& converted_dir, const Tokenizer& tokenizer) {
@@ -345,6 +363,8 @@ ConvertResult Convert(const ConvertOptions& o) {
   }
   Pipeline pipeline = CreatePipeline(o.passes, ck.config);
   CheckPassOrder(pipeline, CalibratesOnConverted(pipeline, o));
+  const bool gguf = o.output_format.format == OutputFormat::kGguf;
+  if (gguf) CheckGgufConvert(o, ck, pipeline);
   const bool passes_calibrate = pipeline.needed != 0;  // a report alone does not shape the output
   const bool report_inside = ReportInsideOutput(o);
   if (!o.report_path.empty() && !report_inside &&
@@ -356,7 +376,7 @@ ConvertResult Convert(const ConvertOptions& o) {
   // Under mpirun every rank computes the conversion and the first writes it (docs/mpi.md).
   const bool writes = o.every_rank_writes || IsFirstRank();
   std::optional<StagedFolder> staging;
-  if (writes) staging.emplace(o.output, o.force);  // an unwritable -o fails here
+  if (writes && !gguf) staging.emplace(o.output, o.force);  // an unwritable -o fails here
 
   // Calibration text: always read and hashed (recorded), run through the model when needed.
   const CalibrationInput calib = LoadCalibration(ck, o);
@@ -366,8 +386,8 @@ ConvertResult Convert(const ConvertOptions& o) {
   const Tokenizer& tokenizer = *calib.tokenizer;
   result.calibration_tokens = calib.tokens();
   ModelDraft draft(ck);
-  if (writes) {
-    draft.OpenOutput(staging->path());  // layer-local pipelines write each layer as it is done
+  if (writes) {  // layer-local pipelines write each layer as it is done
+    draft.OpenOutput(MakeExporter(gguf ? o.output : staging->path(), ck, o.output_format));
   } else {
     draft.DiscardOutput();
   }
@@ -388,8 +408,8 @@ ConvertResult Convert(const ConvertOptions& o) {
   const std::size_t threads = run.threads;
 
   const auto t_write = Clock::now();
-  std::vector<std::string> not_copied;
-  draft.WriteTo(staging->path(), &not_copied);
+  draft.WriteRemaining();
+  const std::vector<std::string> not_copied = draft.NotCopied();
   for (const auto& n : not_copied) {
     if (o.progress)
       std::fprintf(stderr, "kvfold: not copied from %s: %s\n", o.model.c_str(), n.c_str());
@@ -398,7 +418,7 @@ ConvertResult Convert(const ConvertOptions& o) {
       KvfoldJson(o, ck, source_sha256, draft, pipeline.Text(), calib,
                  passes_calibrate ? threads : 0, run.activations, not_copied, pass_records);
   AddPlan(o, meta);
-  WriteFileAtomically(staging->path() + "/kvfold.json", meta.dump(2) + "\n");
+  draft.FinishOutput(&meta);
   result.timings.push_back({"write", Since(t_write)});
 
   nlohmann::ordered_json report;
@@ -424,7 +444,7 @@ ConvertResult Convert(const ConvertOptions& o) {
                  staging->path() + "/" + Resolved(o.report_path).filename().string(), t_start);
   }
   WaitForAllRanks();  // a rank lost until here leaves no output
-  staging->Commit();
+  if (staging) staging->Commit();
   if (!o.report_path.empty() && !report_inside)
     FinishReport(report, result, o.report_path, t_start);
   result.total_seconds = Since(t_start);

@@ -6,15 +6,17 @@
 #include <string>
 #include <vector>
 
+#include "converter/export/model_exporter.h"
 #include "runtime_check/reference_model.h"
 
 namespace kvfold {
 
 struct ConvertOptions {
-  std::string model;       // source HF folder
-  std::string calib_text;  // calibration text (UTF-8)
-  std::string passes;      // pipeline text
-  std::string output;      // output folder (must not exist unless force)
+  std::string model;            // source HF folder
+  std::string calib_text;       // calibration text (UTF-8)
+  std::string passes;           // pipeline text
+  std::string output;           // output folder, or file for gguf (must not exist unless force)
+  ExportOptions output_format;  // --format hf (default) or gguf, --dtype
   std::int64_t calib_tokens = 65536;
   int window = 256;
   bool force = false;

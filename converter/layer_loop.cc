@@ -135,9 +135,8 @@ void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const Calibrat
 ModelConfig LayerConfig(const ModelDraft& draft, int l) {
   ModelConfig c = draft.config;
   c.num_key_value_heads = LayerKvHeads(draft, l);
-  if (draft.Has(HfTensorName({TensorRole::kKCacheProj, l}))) {
-    c.key_projection_heads =
-        draft.Shape(HfTensorName({TensorRole::kKProj, l})).front() / c.head_dim;
+  if (draft.Has({TensorRole::kKCacheProj, l})) {
+    c.key_projection_heads = draft.Shape({TensorRole::kKProj, l}).front() / c.head_dim;
   }
   return c;
 }

@@ -40,8 +40,12 @@ void AtomicFile::Write(const void* data, std::size_t size) {
   }
 }
 
-void AtomicFile::Overwrite(std::uint64_t offset, const void* data, std::size_t size) {
+void AtomicFile::Flush() {
   if (std::fflush(file_) != 0) Fail(path_, std::string("write failed: ") + std::strerror(errno));
+}
+
+void AtomicFile::Overwrite(std::uint64_t offset, const void* data, std::size_t size) {
+  Flush();
   WriteAt(fileno(file_), data, size, offset, path_);
 }
 

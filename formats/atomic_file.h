@@ -28,6 +28,10 @@ class AtomicFile {
   // Overwrites `size` bytes already written at `offset` (space reserved for a header that is
   // known only at the end); later writes still append.
   void Overwrite(std::uint64_t offset, const void* data, std::size_t size);
+  // Pushes what was written so far to the temporary file, so that it can be read back through
+  // temp_path() (the GGUF writer moves its data when its header outgrows the space set aside).
+  void Flush();
+  const std::string& temp_path() const { return tmp_path_; }
   // Flushes, fsyncs and renames onto the final path.
   void Commit();
   // Commit() onto `path` instead (a name known only once the file is complete), which must lie

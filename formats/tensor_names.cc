@@ -39,6 +39,8 @@ constexpr RoleSpec kRoles[] = {
     {TensorRole::kQCacheProj, "q_cache_proj", "self_attn.q_cache_proj.weight", true},
     {TensorRole::kQNorm, "q_norm", "self_attn.q_norm.weight", true},
     {TensorRole::kKNorm, "k_norm", "self_attn.k_norm.weight", true},
+    {TensorRole::kKScale, "k_scale", "self_attn.k_scale", true},
+    {TensorRole::kVScale, "v_scale", "self_attn.v_scale", true},
 };
 
 const RoleSpec& Spec(TensorRole role) {
@@ -125,6 +127,9 @@ std::vector<std::int64_t> ExpectedShape(const TensorId& id, const ModelConfig& c
     case TensorRole::kQNorm:
     case TensorRole::kKNorm:
       return {c.head_dim};
+    case TensorRole::kKScale:  // the per-tensor strategy's; per head: [kv_heads, 1, 1]
+    case TensorRole::kVScale:
+      return {1};
   }
   Fail("tensor_names", "internal: unknown role");
 }

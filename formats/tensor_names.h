@@ -34,7 +34,9 @@ enum class TensorRole {
   kKCacheProj,
   kQCacheProj,  // reconstruct-mode key compression (config.key_projection_heads)
   kQNorm,
-  kKNorm,  // qwen3: per-head RMSNorm weights of queries and keys [head_dim]
+  kKNorm,   // qwen3: per-head RMSNorm weights of queries and keys [head_dim]
+  kKScale,  // vLLM's static FP8 cache scales (kv-scales): [1] or [kv_heads, 1, 1]
+  kVScale,
 };
 
 struct TensorId {

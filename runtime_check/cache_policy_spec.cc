@@ -11,11 +11,11 @@ namespace {
 
 // vLLM's static FP8 scales from the checkpoint, one per (layer, KV head): a [1] tensor applies
 // to every head, a [KV, 1, 1] (compressed-tensors attn_head) tensor per head.
-std::vector<float> CheckpointFp8Scales(const Checkpoint& ck, const char* which) {
+std::vector<float> CheckpointFp8Scales(const Checkpoint& ck, TensorRole which) {
   const std::int64_t layers = ck.config.num_hidden_layers, kv = ck.config.num_key_value_heads;
   std::vector<float> out;
   for (std::int64_t l = 0; l < layers; ++l) {
-    const std::string name = "model.layers." + std::to_string(l) + ".self_attn." + which;
+    const std::string name = HfTensorName({which, static_cast<int>(l)});
     if (ck.tensors.Find(name) == nullptr) {
       Fail(ck.dir, "has no " + name + " (scheme=fp8 reads the scales the kv-scales pass writes)");
     }
@@ -51,8 +51,8 @@ CachePolicySpec MakeCachePolicy(const std::string& text, const Checkpoint& ck,
     QuantSpec spec = ParseQuantSpec(text);
     QuantCalibration calibration;
     if (spec.scheme == QuantScheme::kFp8) {
-      calibration.k_scale = CheckpointFp8Scales(ck, "k_scale");
-      calibration.v_scale = CheckpointFp8Scales(ck, "v_scale");
+      calibration.k_scale = CheckpointFp8Scales(ck, TensorRole::kKScale);
+      calibration.v_scale = CheckpointFp8Scales(ck, TensorRole::kVScale);
     }
     if (!spec.table.empty()) {
       const KvMixedTable t = ReadKvMixedTable(spec.table);

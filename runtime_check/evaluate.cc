@@ -222,6 +222,10 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
   Progress progress("eval", L + 1, "layers", options.progress);
   const Groups groups = MakeGroups(windows, per_group, bos, impl, options.across_ranks);
+  if (options.token_logp != nullptr) {
+    if (options.across_ranks && RankCount() > 1) Fail("eval", "per-token log p on one rank only");
+    options.token_logp->assign(windows.size() * static_cast<std::size_t>(scored.count()), 0.0f);
+  }
   const HiddenStateStore hidden = SweepGroups(impl, groups, per_group, options.cache,
                                               [&](std::int64_t done) { progress.Update(done); });
   const at::Tensor head = impl.LmHead();
@@ -243,6 +247,11 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
           const at::Tensor t = targets.narrow(0, begin, count);
           sums[g].nll_a += NllSum(lp, t);
           sums[g].correct_a += Correct(lp, t);
+          if (options.token_logp != nullptr) {
+            const at::Tensor picked = lp.gather(-1, t.unsqueeze(-1)).to(at::kFloat).cpu();
+            std::copy_n(picked.data_ptr<float>(), count,
+                        options.token_logp->begin() + (g * per_group * scored.count() + begin));
+          }
         }
         sums[g].tokens = R;
       },

@@ -25,6 +25,9 @@ struct EvalOptions {
   // Under mpirun (formats/ranks.h): each rank evaluates its share of the window groups and every
   // rank gets the totals (collective). Off: this rank evaluates every window alone.
   bool across_ranks = false;
+  // EvaluatePerplexity, one rank: receives log p(target) of every scored position, window by
+  // window (windows x scored positions), for comparison with another runtime.
+  std::vector<float>* token_logp = nullptr;
 };
 
 struct PerplexityResult {

@@ -9,7 +9,7 @@ CXX=clang++ cmake -S "$src" -B "$build" -G Ninja -DKVFOLD_FUZZ_ONLY=ON \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" >/dev/null
 for target in safetensors_header:safetensors model_config:config safetensors_index:index \
-              kvfold_tables:tables checkpoint:checkpoint token_ids:token_ids; do
+              kvfold_tables:tables checkpoint:checkpoint token_ids:token_ids gguf_header:gguf; do
   name="${target%%:*}"; seeds="${target#*:}"
   work="$build/corpus-$name"      # new inputs go here, never into the checked-in seeds
   mkdir -p "$work"

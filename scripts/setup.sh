@@ -31,12 +31,19 @@ if [ "$current" != "$(readlink -f "$openblas")" ]; then
   $sudo update-alternatives --set "libblas.so.3-${arch_triplet}" "$openblas" >/dev/null
 fi
 # Test-only: the real tokenizer.json files and the JavaScript tokenizers kvfold's ids are checked
-# against (tests/js/package-lock.json pins them). Reinstalled only when the lock file changes.
+# against, and llama.cpp (node-llama-cpp's prebuilt linux-x64 CPU build) that judges kvfold's GGUF
+# outputs (tests/js/package-lock.json pins them). Reinstalled only when the lock file changes.
+# `npm install` from the lock file, not `npm ci`: node-llama-cpp lists every platform's prebuilt
+# package as optional, and the registry here serves only some of them, so the lock file cannot
+# name them all and `npm ci` refuses it. --omit=optional leaves the other platforms out;
+# --ignore-scripts and NODE_LLAMA_CPP_SKIP_DOWNLOAD keep node-llama-cpp from downloading or
+# building llama.cpp (it loads the prebuilt binary with build: "never"); --no-save keeps the lock.
 js_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/js"
 if [ "${KVFOLD_SKIP_NPM:-0}" != 1 ] && ! cmp -s "$js_dir/package-lock.json" "$js_dir/node_modules/.package-lock.json.installed"; then
   command -v npm >/dev/null || { echo "setup: npm not found (Node.js is needed for the tokenizer tests)" >&2; exit 1; }
-  echo "setup: installing the tokenizer test references (npm ci in tests/js)" >&2
-  (cd "$js_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "setup: installing the tokenizer and llama.cpp test references (npm in tests/js)" >&2
+  (cd "$js_dir" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --omit=optional --ignore-scripts \
+    --no-save --no-audit --no-fund --loglevel=error >/dev/null)
   cp "$js_dir/package-lock.json" "$js_dir/node_modules/.package-lock.json.installed"
 fi
 echo "setup: dependencies ready" >&2

@@ -113,7 +113,18 @@ Command AddConvertCommand(CLI::App& app) {
   sub->add_option("--passes", a->options.passes,
                   "Pipeline, e.g. 'gqa-svd<kv-heads=2,rope=commute>'");
   sub->add_option("-o,--output", a->options.output,
-                  "Output folder (refused if it exists, unless --force)");
+                  "Output folder, or file with --format gguf (refused if it exists, unless "
+                  "--force)");
+  sub->add_option_function<std::string>(
+         "--format",
+         [a](const std::string& f) {
+           a->options.output_format.format = ParseOutputFormat(f, "--format");
+         },
+         "Output: hf (default: a HuggingFace folder) or gguf (one file for llama.cpp)")
+      ->check(CLI::IsMember({"hf", "gguf"}));
+  sub->add_option("--dtype", a->options.output_format.dtype,
+                  "With --format gguf: f32, f16 or bf16 weights (default: the source's)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   sub->add_option("--calib-tokens", a->options.calib_tokens, "Calibration tokens")
       ->capture_default_str()
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40));
@@ -164,6 +175,7 @@ Command AddConvertCommand(CLI::App& app) {
             if (a->options.model.empty()) Fail("convert", "MODEL is required");
             if (a->options.calib_text.empty()) Fail("convert", "--calib TEXT is required");
             a->options.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
+            a->options.output_format.progress = a->options.progress;
             if (a->kv_budget > 0) PlanPasses(a->kv_budget, a->options);
             if (a->options.passes.empty())
               Fail("convert", "--passes is required (see --print-passes)");

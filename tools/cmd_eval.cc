@@ -10,6 +10,7 @@
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
 #include "converter/convert.h"
+#include "formats/atomic_file.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/ranks.h"
@@ -27,6 +28,7 @@ struct EvalArgs {
   std::string text;
   std::string compare;
   std::string kv_cache;
+  std::string token_logp;  // --token-logp FILE
   int copy = 0;
   int lckv_iterations = 0;
   int window = 256;
@@ -64,11 +66,38 @@ std::vector<RankInput> RankInputs(const EvalArgs& a, const Checkpoint& ck,
           {"--batch", std::to_string(a.batch), ""}};
 }
 
+// --token-logp: every window's model input, its scored targets and their log p, for comparing
+// another runtime token for token (tests/js/llama_cpp_logp.mjs).
+void WriteTokenLogp(const std::string& path, const std::vector<TokenWindow>& windows,
+                    std::int32_t bos, const std::vector<float>& logp) {
+  const std::int64_t W = static_cast<std::int64_t>(windows.front().size());
+  const ScoredPositions scored = ScoredPositionsOf(bos, 0, W);
+  nlohmann::ordered_json out = {{"protocol", "kvfold-ppl-v1"},
+                                {"window", W},
+                                {"bos", bos},
+                                {"scored_from", scored.begin},
+                                {"windows", nlohmann::ordered_json::array()}};
+  for (std::size_t w = 0; w < windows.size(); ++w) {
+    std::vector<std::int32_t> input;
+    AppendModelInput(windows[w], bos, input);
+    std::vector<std::int32_t> targets;
+    for (std::int64_t p = scored.begin; p < scored.end; ++p)
+      targets.push_back(windows[w][std::min(PredictedToken(bos, p), W - 1)]);
+    const auto first = logp.begin() + static_cast<std::ptrdiff_t>(w * targets.size());
+    out["windows"].push_back({{"input", input},
+                              {"targets", targets},
+                              {"logp", std::vector<float>(first, first + targets.size())}});
+  }
+  WriteFileAtomically(path, out.dump() + "\n");
+}
+
 int RunEval(const EvalArgs& a) {
   const Checkpoint ck = OpenCheckpoint(a.model);
   if (ck.tokenizer_path.empty())
     Fail(a.model, "no tokenizer.json or tokenizer.model in the model folder");
   if (a.max_windows == 0) Fail("--max-windows", "must be positive");
+  if (!a.token_logp.empty() && (!a.compare.empty() || !a.kv_cache.empty()))
+    Fail("--token-logp", "records one model's log p: not with --compare or --kv-cache");
   if (a.lckv_iterations < 0) Fail("--lckv-iterations", "must be positive");
   const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
   if (tokenizer->vocab_size() > ck.config.vocab_size) {
@@ -130,8 +159,11 @@ int RunEval(const EvalArgs& a) {
   PerplexityResult result;
   ComparisonResult cmp;
   if (!comparing) {
+    std::vector<float> logp;
+    if (!a.token_logp.empty()) options.token_logp = &logp;
     result = EvaluatePerplexity(*model, windows, bos, options);
     AddPerplexityFields(result, j);
+    if (!a.token_logp.empty()) WriteTokenLogp(a.token_logp, windows, bos, logp);
   } else {
     cmp = CompareModels(base, *model, windows, bos, options);
     result = cmp.other;
@@ -229,6 +261,9 @@ Command AddEvalCommand(CLI::App& app) {
       "Decode-time cache policy: 'evict<policy=l2-low,keep=0.5,skip=0,1>' (docs/eviction.md) "
       "or 'quant<scheme=kivi,bits=2>' (docs/kv-quant.md); compared with the full cache "
       "after the prefix");
+  sub->add_option("--token-logp", a->token_logp,
+                  "Also write each window's input ids, targets and log p(target) to this JSON "
+                  "file (for comparing another runtime token for token; not with --compare)");
   sub->add_option("--copy", a->copy, "Also run the copy (retrieval) check on N random sequences")
       ->check(CLI::Range(0, 1 << 20));
   sub->add_option(

@@ -35,5 +35,6 @@ Command AddConvertCommand(CLI::App& app);
 Command AddReportCommand(CLI::App& app);
 Command AddTokenizeCommand(CLI::App& app);
 Command AddPlanCommand(CLI::App& app);
+Command AddExportCommand(CLI::App& app);
 
 }  // namespace kvfold

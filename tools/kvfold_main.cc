@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
   const std::vector<kvfold::Command> commands = {
       kvfold::AddInspectCommand(app), kvfold::AddEvalCommand(app), kvfold::AddConvertCommand(app),
       kvfold::AddReportCommand(app),  kvfold::AddPlanCommand(app), kvfold::AddTokenizeCommand(app),
+      kvfold::AddExportCommand(app),
   };
 
   try {

@@ -85,4 +85,19 @@ int kvfold_spm_decode(void* h, const int* ids, size_t n, char** text, char* err,
 
 void kvfold_spm_free(void* p) { std::free(p); }
 
+int kvfold_spm_piece(void* h, int id, const char** text, size_t* len, float* score, int* kind) {
+  const auto* sp = static_cast<sentencepiece::SentencePieceProcessor*>(h);
+  if (id < 0 || id >= sp->GetPieceSize()) return 1;
+  const std::string& piece = sp->IdToPiece(id);
+  *text = piece.data();
+  *len = piece.size();
+  *score = sp->GetScore(id);
+  *kind = sp->IsUnknown(id)   ? 2
+          : sp->IsControl(id) ? 3
+          : sp->IsUnused(id)  ? 5
+          : sp->IsByte(id)    ? 6
+                              : 1;
+  return 0;
+}
+
 }  // extern "C"

@@ -10,7 +10,7 @@
 extern "C" {
 #endif
 
-#define KVFOLD_SPM_SHIM_ABI 1
+#define KVFOLD_SPM_SHIM_ABI 2
 
 int kvfold_spm_abi(void);
 /* Returns a handle, or NULL with a message in err. */
@@ -26,6 +26,10 @@ int kvfold_spm_encode(void* handle, const char* text, size_t len, int** ids, siz
 int kvfold_spm_decode(void* handle, const int* ids, size_t n, char** text, char* err,
                       size_t err_len);
 void kvfold_spm_free(void* p);
+/* Piece `id` (0 <= id < vocab size): its text (owned by the model, valid while it is open), score
+ * and kind: 2 unknown, 3 control, 5 unused, 6 byte, 1 any other (GGUF's token types). Returns 0
+ * on success. */
+int kvfold_spm_piece(void* handle, int id, const char** text, size_t* len, float* score, int* kind);
 
 #ifdef __cplusplus
 }

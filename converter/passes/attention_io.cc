@@ -27,19 +27,18 @@ void Split(ModelDraft& model, int layer, TensorRole weight, TensorRole bias,
       w[r * hidden + c] = static_cast<float>(m[r * cols + c]);
     if (has_bias) b[r] = static_cast<float>(m[r * cols + hidden]);
   }
-  model.Replace(HfTensorName({weight, layer}), {rows, hidden}, std::move(w));
-  if (has_bias) model.Replace(HfTensorName({bias, layer}), {rows}, std::move(b));
+  model.Replace({weight, layer}, {rows, hidden}, std::move(w));
+  if (has_bias) model.Replace({bias, layer}, {rows}, std::move(b));
 }
 
 }  // namespace
 
 std::int64_t LayerKvHeads(const ModelDraft& model, int layer) {
-  return model.Shape(HfTensorName({TensorRole::kVProj, layer})).front() / model.config.head_dim;
+  return model.Shape({TensorRole::kVProj, layer}).front() / model.config.head_dim;
 }
 
 bool LayerReconstructsKeys(const ModelDraft& model, int layer) {
-  return model.config.key_projection_heads > 0 ||
-         model.Has(HfTensorName({TensorRole::kKCacheProj, layer}));
+  return model.config.key_projection_heads > 0 || model.Has({TensorRole::kKCacheProj, layer});
 }
 
 AttentionProjections ReadAttention(const ModelDraft& model, int layer) {
@@ -51,7 +50,7 @@ AttentionProjections ReadAttention(const ModelDraft& model, int layer) {
   p.head_dim = c.head_dim;
   p.hidden = c.hidden_size;
   p.has_bias = c.qkv_bias;
-  auto read = [&](TensorRole r) { return model.ReadF32(HfTensorName({r, layer})); };
+  auto read = [&](TensorRole r) { return model.ReadF32({r, layer}); };
   std::vector<float> bq, bk, bv;
   if (p.has_bias) {
     bq = read(TensorRole::kQBias);
@@ -76,7 +75,7 @@ void WriteAttention(ModelDraft& model, int layer, const AttentionProjections& p)
   Split(model, layer, TensorRole::kKProj, TensorRole::kKBias, p.wk, k_rows, p.hidden, p.has_bias);
   Split(model, layer, TensorRole::kVProj, TensorRole::kVBias, p.wv, v_rows, p.hidden, p.has_bias);
   std::vector<float> wo(p.wo.begin(), p.wo.end());
-  model.Replace(HfTensorName({TensorRole::kOProj, layer}), {p.hidden, p.heads * d}, std::move(wo));
+  model.Replace({TensorRole::kOProj, layer}, {p.hidden, p.heads * d}, std::move(wo));
 }
 
 }  // namespace kvfold

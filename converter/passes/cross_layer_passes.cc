@@ -20,6 +20,13 @@ bool IsIdentity(const std::vector<std::int64_t>& layout) {
 // Either pass: one group per source layer; each group's source K/V by the chosen init.
 class CrossLayerShare : public Pass {
  public:
+  std::string Unexportable(OutputFormat format) const override {
+    if (format != OutputFormat::kGguf) return "";
+    return "layers sharing K/V (mlkv, lckv) cannot run in llama.cpp: write an hf output for "
+           "kvfold's runtime";
+  }
+
+ public:
   CrossLayerShare(std::string name, std::vector<std::int64_t> layout, std::string init,
                   MeanRule mean_rule)
       : name_(std::move(name)),
@@ -112,11 +119,11 @@ class CrossLayerShare : public Pass {
       }
       WriteAttention(model, l, p[i]);
       if (l != source) {  // reads the source's K/V: no projections of its own
-        model.Remove(HfTensorName({TensorRole::kKProj, l}));
-        model.Remove(HfTensorName({TensorRole::kVProj, l}));
+        model.Remove({TensorRole::kKProj, l});
+        model.Remove({TensorRole::kVProj, l});
         if (p[i].has_bias) {
-          model.Remove(HfTensorName({TensorRole::kKBias, l}));
-          model.Remove(HfTensorName({TensorRole::kVBias, l}));
+          model.Remove({TensorRole::kKBias, l});
+          model.Remove({TensorRole::kVBias, l});
         }
       }
     }

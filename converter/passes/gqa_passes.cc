@@ -108,9 +108,9 @@ class GqaSvd : public LayerPass {
       const KeyReconstruction r =
           ReconstructKeys(p, kv_, stats.key_post_rope, record, query_energy);
       const std::int64_t d = p.head_dim, t = kv_before / kv_;
-      model.Replace(HfTensorName({TensorRole::kKCacheProj, l}), {kv_, d, t * d},
+      model.Replace({TensorRole::kKCacheProj, l}, {kv_, d, t * d},
                     std::vector<float>(r.k_cache_proj.begin(), r.k_cache_proj.end()));
-      model.Replace(HfTensorName({TensorRole::kQCacheProj, l}), {p.heads, d, d},
+      model.Replace({TensorRole::kQCacheProj, l}, {p.heads, d, d},
                     std::vector<float>(r.q_cache_proj.begin(), r.q_cache_proj.end()));
     }
     WriteAttention(model, l, p);
@@ -121,7 +121,7 @@ class GqaSvd : public LayerPass {
   // o_proj refit to the layer's attention output before the fold (output_refit.h); layers_ has
   // this layer's entry.
   void RefitLayer(LayerPassContext& ctx, const OutputRefitMoments& moments) override {
-    const std::string o = HfTensorName({TensorRole::kOProj, ctx.layer});
+    const TensorId o{TensorRole::kOProj, ctx.layer};
     const std::vector<float> wo = ctx.model.ReadF32(o);
     const std::int64_t hidden = ctx.model.config.hidden_size;
     const OutputRefit r =
@@ -154,6 +154,11 @@ class GqaSvd : public LayerPass {
     ctx.record["refit"] = refit_output_ ? "o" : "none";
     ctx.record["vanilla_gqa"] = rope_ == "commute";
     ctx.record["layers"] = std::move(layers_);
+  }
+  std::string Unexportable(OutputFormat format) const override {
+    if (format != OutputFormat::kGguf || rope_ != "reconstruct") return "";
+    return "gqa-svd rope=reconstruct compresses keys after RoPE, which llama.cpp cannot run: "
+           "use rope=commute";
   }
 
  private:

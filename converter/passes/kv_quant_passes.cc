@@ -38,6 +38,11 @@ double OutlierRatio(std::vector<double> v) {
 class KvScales : public LayerPass {
  public:
   explicit KvScales(bool per_head) : per_head_(per_head) {}
+  std::string Unexportable(OutputFormat format) const override {
+    if (format != OutputFormat::kGguf) return "";
+    return "kv-scales writes vLLM's FP8 cache scales, which llama.cpp does not read: leave it out "
+           "and choose llama.cpp's cache type (-ctk/-ctv)";
+  }
   bool DescribesKv() const override { return true; }
   unsigned NeededStatistics() const override { return kStatKvRange; }
   void RunLayer(LayerPassContext& ctx) override {
@@ -51,9 +56,8 @@ class KvScales : public LayerPass {
     std::vector<float> k = Fp8Scales(s.key_min, s.key_max, kv, d, per_head_);
     std::vector<float> v = Fp8Scales(s.value_min, s.value_max, kv, d, per_head_);
     layers_.push_back({{"layer", ctx.layer}, {"k_scale", k}, {"v_scale", v}});
-    const std::string prefix = "model.layers." + std::to_string(ctx.layer) + ".self_attn.";
-    model.Add(prefix + "k_scale", shape, std::move(k), DType::kF32);
-    model.Add(prefix + "v_scale", shape, std::move(v), DType::kF32);
+    model.Add({TensorRole::kKScale, ctx.layer}, shape, std::move(k), DType::kF32);
+    model.Add({TensorRole::kVScale, ctx.layer}, shape, std::move(v), DType::kF32);
   }
   void Finish(PassContext& ctx) override {
     // compressed-tensors' config for a KV-cache-only scheme, as vLLM validates it: float, 8 bits,
@@ -134,6 +138,11 @@ class KvBalance : public LayerPass {
 class KvMixed : public LayerPass {
  public:
   explicit KvMixed(KvMixedTable settings) : settings_(std::move(settings)) {}
+  std::string Unexportable(OutputFormat format) const override {
+    if (format != OutputFormat::kGguf) return "";
+    return "kv-mixed writes a table for kvfold's runtime, which llama.cpp does not read: choose "
+           "llama.cpp's cache type (-ctk/-ctv) instead";
+  }
   bool DescribesKv() const override { return true; }
   unsigned NeededStatistics() const override { return kStatKvRange; }
   // Layers arrive in order: each adds its calibrated key ranges to the table.

@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "formats/atomic_file.h"
-#include "formats/companion_files.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
 #include "formats/tensor_names.h"
@@ -81,8 +79,9 @@ void ModelDraft::Replace(const std::string& name, std::vector<std::int64_t> shap
   r.data = std::move(data);
 }
 
-void ModelDraft::Add(const std::string& name, std::vector<std::int64_t> shape,
-                     std::vector<float> data, DType dtype) {
+void ModelDraft::Add(const TensorId& id, std::vector<std::int64_t> shape, std::vector<float> data,
+                     DType dtype) {
+  const std::string name = HfTensorName(id);
   Replace(name, std::move(shape), std::move(data));
   replaced_[name].dtype = dtype;
 }
@@ -130,23 +129,9 @@ void ModelDraft::SealLayer(int layer) {
   }
 }
 
-void ModelDraft::OpenOutput(const std::string& dir) {
-  if (output_) Fail(dir, "internal error: the draft's output is already open");
-  // Shard like the source: at most as large as its largest weight file. Header space for twice
-  // the source's tensors covers what passes add (scales, key projections) in one shard.
-  std::uint64_t max_shard = 0, header = 0;
-  for (const auto& f : source_.tensors.files()) {
-    std::uint64_t size = 0;
-    for (const auto& e : f->header().tensors) size += e.end - e.begin;
-    max_shard = std::max(max_shard, size);
-  }
-  for (const auto& [name, ref] : source_.tensors.tensors()) {
-    header += 2 * ShardedSafetensorsWriter::EntryBound(name, ref.entry->dtype, ref.entry->shape);
-  }
-  if (source_.tensors.files().size() <= 1) max_shard = UINT64_MAX;
-  output_ = std::make_unique<ShardedSafetensorsWriter>(
-      dir, max_shard, header, std::map<std::string, std::string>{{"format", "pt"}});
-  output_dir_ = dir;
+void ModelDraft::OpenOutput(std::unique_ptr<ModelExporter> exporter) {
+  if (output_) Fail(source_.dir, "internal error: the draft's output is already open");
+  output_ = std::move(exporter);
 }
 
 void ModelDraft::WriteLayer(int layer) {
@@ -157,22 +142,23 @@ void ModelDraft::WriteLayer(int layer) {
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
       const TensorRef& ref = source_.tensors.Get(name);
-      if (output_)
-        output_->Add({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
+      if (output_) {
+        output_->Add(ParseHfTensorName(name),
+                     {name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
+      }
       continue;
     }
     Replacement& r = it->second;
-    if (output_) output_->Add({name, OutputDType(name, r), r.shape, r.sealed});
+    if (output_)
+      output_->Add(ParseHfTensorName(name), {name, OutputDType(name, r), r.shape, r.sealed});
     r.sealed = std::string();  // frees the bytes
     r.written = true;
   }
   layers_written_.insert(layer);
 }
 
-std::vector<std::string> ModelDraft::WriteTo(const std::string& dir,
-                                             std::vector<std::string>* not_copied) {
-  if (!output_) OpenOutput(dir);
-  if (dir != output_dir_) Fail(dir, "internal error: the draft's output is open in " + output_dir_);
+void ModelDraft::WriteRemaining() {
+  if (!output_) Fail(source_.dir, "internal error: the draft has no output open");
   for (int l = 0; l < config.num_hidden_layers; ++l) WriteLayer(l);
   for (const std::string& name : Names()) {
     const std::optional<int> layer = LayerOf(name);
@@ -180,30 +166,32 @@ std::vector<std::string> ModelDraft::WriteTo(const std::string& dir,
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
       const TensorRef& ref = source_.tensors.Get(name);
-      output_->Add({name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
+      output_->Add(ParseHfTensorName(name),
+                   {name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
     } else {
       const std::string bytes = OutputBytes(name, it->second);
-      output_->Add({name, OutputDType(name, it->second), it->second.shape, bytes});
+      output_->Add(ParseHfTensorName(name),
+                   {name, OutputDType(name, it->second), it->second.shape, bytes});
     }
   }
-  std::vector<std::string> written = output_->Finish();
+}
 
-  WriteFileAtomically(dir + "/config.json",
-                      UpdateConfigJson(ReadFileToString(source_.dir + "/config.json"), config,
-                                       source_.dir + "/config.json"));
-  written.push_back("config.json");
-  // Tokenizer, generation and license files travel unchanged; nothing else does.
-  const CompanionFiles companions = FindCompanionFiles(source_.dir);
-  for (const auto& name : companions.copy) {
-    CopyRegularFile(source_.dir + "/" + name, dir + "/" + name);
-    written.push_back(name);
-  }
-  if (not_copied != nullptr) *not_copied = companions.skipped;
-  for (const auto& [name, write] : extra_files_) {
-    write(dir + "/" + name);
-    written.push_back(name);
-  }
-  return written;
+std::vector<std::string> ModelDraft::NotCopied() const {
+  if (!output_) Fail(source_.dir, "internal error: the draft has no output open");
+  return output_->NotCopied();
+}
+
+std::vector<std::string> ModelDraft::FinishOutput(const nlohmann::ordered_json* provenance) {
+  if (!output_) Fail(source_.dir, "internal error: the draft has no output open");
+  return output_->Finish({source_, config, extra_files_, provenance});
+}
+
+std::vector<std::string> ModelDraft::WriteTo(const std::string& dir,
+                                             std::vector<std::string>* not_copied) {
+  if (!output_) OpenOutput(MakeExporter(dir, source_, {}));
+  WriteRemaining();
+  if (not_copied != nullptr) *not_copied = NotCopied();
+  return FinishOutput(nullptr);
 }
 
 void ModelDraft::AddOutputFile(const std::string& name,

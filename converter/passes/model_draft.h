@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "converter/export/model_exporter.h"
 #include "formats/checkpoint.h"
 #include "formats/dtype.h"
-#include "formats/safetensors_shards.h"
 
 namespace kvfold {
 
@@ -27,16 +27,24 @@ class ModelDraft {
   const Checkpoint& source() const { return source_; }
   ModelConfig config;  // passes update it together with the tensors
 
+  // Tensors are addressed by their typed id (formats/tensor_names.h); the draft stores them
+  // under the HF name, the name the source has them by.
+  bool Has(const TensorId& id) const { return Has(HfTensorName(id)); }
+  std::vector<std::int64_t> Shape(const TensorId& id) const { return Shape(HfTensorName(id)); }
+  std::vector<float> ReadF32(const TensorId& id) const { return ReadF32(HfTensorName(id)); }
+  void Replace(const TensorId& id, std::vector<std::int64_t> shape, std::vector<float> data) {
+    Replace(HfTensorName(id), std::move(shape), std::move(data));
+  }
+  // Like Replace, for a new tensor that must be written as `dtype` (e.g. float32 scales in a
+  // bf16 checkpoint) rather than in the source's attention dtype.
+  void Add(const TensorId& id, std::vector<std::int64_t> shape, std::vector<float> data,
+           DType dtype);
+  void Remove(const TensorId& id) { Remove(HfTensorName(id)); }
+  // By HF name, for the runtime's weight reader (converter/layer_loop.cc), which reads a layer
+  // of the draft as it reads a checkpoint.
   bool Has(const std::string& name) const;
   std::vector<std::int64_t> Shape(const std::string& name) const;
   std::vector<float> ReadF32(const std::string& name) const;
-  void Replace(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data);
-  // Like Replace, for a new tensor that must be written as `dtype` (e.g. float32 scales in a
-  // bf16 checkpoint) rather than in the source's attention dtype.
-  void Add(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data,
-           DType dtype);
-  void Remove(const std::string& name);
-  std::vector<std::string> Names() const;
 
   // Converts every tensor replaced or added in `layer` to the dtype it will be written in and
   // frees its float32 copy: a converter done with a layer holds its bytes, not twice as many.
@@ -44,22 +52,28 @@ class ModelDraft {
   // values are not finite or overflow its dtype (as WriteTo would).
   void SealLayer(int layer);
 
-  // Starts the weights in the existing folder `dir` (shards at most as large as the source's
-  // largest weight file): WriteLayer then writes each layer as it is done.
-  void OpenOutput(const std::string& dir);
-  // Seals layer `layer` and appends its tensors, in name order, to the open output (no-op
+  // Starts the output (converter/export/model_exporter.h): WriteLayer then hands it each layer
+  // as it is done.
+  void OpenOutput(std::unique_ptr<ModelExporter> exporter);
+  // Seals layer `layer` and hands its tensors, in name order, to the open output (no-op
   // without one); its replacements are freed and can no longer be read back.
   void WriteLayer(int layer);
   // For a rank that computes the conversion but does not write it (formats/ranks.h): WriteLayer
   // then frees each layer as if written, and WriteTo must not be called.
   void DiscardOutput() { discard_output_ = true; }
 
-  // Writes config.json, the weights not written yet (every layer in order, then the tensors of
-  // no layer; each in the source's dtype) and the companion files (formats/companion_files.h)
-  // into the existing folder `dir` (the open output's, if any). The output is the same bytes
-  // whether layers were written as they finished or all here.
-  // Returns the files written; `not_copied` receives the source files left behind, with why.
-  // Throws Error naming a tensor whose values are not finite or overflow its dtype.
+  // Hands the open output the tensors not written yet (every layer in order, then the tensors
+  // of no layer; each in the source's dtype). The output is the same bytes whether layers were
+  // written as they finished or all here. Throws Error naming a tensor whose values are not
+  // finite or overflow its dtype.
+  void WriteRemaining();
+  // Source files the open output leaves behind, as "name (why)".
+  std::vector<std::string> NotCopied() const;
+  // Finishes the open output (config, tokenizer, added files, `provenance` as kvfold.json when
+  // given) after WriteRemaining; returns the files written.
+  std::vector<std::string> FinishOutput(const nlohmann::ordered_json* provenance);
+  // All three into the existing folder `dir` as a HuggingFace checkpoint (the open output's
+  // if any), without provenance. `not_copied` receives the source files left behind.
   std::vector<std::string> WriteTo(const std::string& dir,
                                    std::vector<std::string>* not_copied = nullptr);
 
@@ -68,6 +82,9 @@ class ModelDraft {
   void AddOutputFile(const std::string& name, std::function<void(const std::string& path)> write);
 
  private:
+  void Replace(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> data);
+  void Remove(const std::string& name);
+  std::vector<std::string> Names() const;
   struct Replacement {
     std::vector<std::int64_t> shape;
     std::vector<float> data;     // empty once sealed
@@ -81,9 +98,8 @@ class ModelDraft {
   const Checkpoint& source_;
   std::map<std::string, Replacement> replaced_;
   std::vector<std::string> removed_;
-  std::map<std::string, std::function<void(const std::string&)>> extra_files_;
-  std::unique_ptr<ShardedSafetensorsWriter> output_;
-  std::string output_dir_;
+  ExtraFiles extra_files_;
+  std::unique_ptr<ModelExporter> output_;
   std::set<int> layers_written_;
   bool discard_output_ = false;
 };

@@ -14,6 +14,11 @@ class NormAnalysis : public Pass {
       : budget_(budget), max_alr_ratio_(max_alr_ratio) {}
   unsigned NeededStatistics() const override { return kStatNormAttention; }
   bool DescribesKv() const override { return true; }
+  std::string Unexportable(OutputFormat format) const override {
+    if (format != OutputFormat::kGguf) return "";
+    return "kv-norm-analysis writes an eviction table for kvfold's runtime, which llama.cpp does "
+           "not read";
+  }
 
   void Run(PassContext& ctx) override {
     const ModelConfig& c = ctx.model.config;

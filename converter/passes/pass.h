@@ -45,6 +45,9 @@ class Pass {
   virtual bool LayerLocal() const { return false; }
   // KV-head passes: the number of KV heads they leave; 0 for every other pass.
   virtual std::int64_t KvHeadsAfter() const { return 0; }
+  // Why what this pass writes cannot be stored as `format` (converter/export), with what to do
+  // instead; "" when it can. Convert asks before any work.
+  virtual std::string Unexportable(OutputFormat /*format*/) const { return ""; }
 };
 
 // A pass whose work on layer l reads and writes only layer l's tensors and statistics

@@ -41,18 +41,19 @@ TEST_CASE("a replaced tensor that its dtype cannot hold is refused, naming it",
           "[convert][output][shared]") {
   TempDir tmp;
   const Checkpoint ck = OpenCheckpoint(F16Copy(tmp));
-  const std::string name = "model.layers.2.self_attn.k_proj.weight";
+  const TensorId id{TensorRole::kKProj, 2};
+  const std::string name = HfTensorName(id);
   ModelDraft draft(ck);
-  std::vector<float> w = draft.ReadF32(name);
+  std::vector<float> w = draft.ReadF32(id);
   w[5] = 1e6f;  // a decode coefficient far beyond F16's 65504
-  draft.Replace(name, draft.Shape(name), w);
+  draft.Replace(id, draft.Shape(id), w);
   REQUIRE(std::system(("mkdir " + tmp.File("out")).c_str()) == 0);
   CHECK_THROWS_WITH(
       draft.WriteTo(tmp.File("out")),
       name +
           ": cannot be written as F16: element 5 is 1000000.000000 (beyond F16's range of 65504)");
   w[5] = 60000.0f;  // large but representable
-  draft.Replace(name, draft.Shape(name), w);
+  draft.Replace(id, draft.Shape(id), w);
   CHECK_NOTHROW(draft.WriteTo(tmp.File("out")));
 }
 
@@ -60,24 +61,25 @@ TEST_CASE("layers written as they finish give the bytes of a draft written at th
           "[convert][output][shared]") {
   TempDir tmp;
   const Checkpoint ck = OpenCheckpoint(F16Copy(tmp));
-  const std::string k1 = "model.layers.1.self_attn.k_proj.weight";
+  const TensorId k1_id{TensorRole::kKProj, 1};
+  const std::string k1 = HfTensorName(k1_id);
   auto edit = [&](ModelDraft& draft) {
-    std::vector<float> w = draft.ReadF32(k1);
+    std::vector<float> w = draft.ReadF32(k1_id);
     for (float& x : w) x *= 0.5f;  // exact in F16: the written values are known
-    draft.Replace(k1, draft.Shape(k1), w);
-    draft.Add("model.layers.1.self_attn.k_scale", {1}, {0.25f}, DType::kF32);
+    draft.Replace(k1_id, draft.Shape(k1_id), w);
+    draft.Add({TensorRole::kKScale, 1}, {1}, {0.25f}, DType::kF32);
   };
   REQUIRE(std::system(("mkdir " + tmp.File("streamed") + " " + tmp.File("at_end")).c_str()) == 0);
   {
     ModelDraft draft(ck);
-    draft.OpenOutput(tmp.File("streamed"));
+    draft.OpenOutput(MakeExporter(tmp.File("streamed"), ck, {}));
     for (int l = 0; l < ck.config.num_hidden_layers; ++l) {
       if (l == 1) edit(draft);
       draft.WriteLayer(l);
     }
     // The layer's replacement is freed once written: reading it back is a bug, said loudly.
     CHECK_THROWS_WITH(draft.ReadF32(k1), Catch::Contains("read after it was written"));
-    CHECK_THROWS_WITH(draft.Replace(k1, {1}, {0.0f}),
+    CHECK_THROWS_WITH(draft.Replace(k1_id, {1}, {0.0f}),
                       Catch::Contains("changed after its layer was written"));
     draft.WriteTo(tmp.File("streamed"));
   }

