@@ -12,7 +12,7 @@ cmake --build "$build" >/dev/null
 echo "clang: $(clang++ --version | head -1)"
 printf '%-20s %8s %12s %10s %8s %s\n' target seconds executions exec/s "seeds+" result
 targets=(safetensors_header:safetensors model_config:config safetensors_index:index
-         kvfold_tables:tables checkpoint:checkpoint token_ids:token_ids)
+         kvfold_tables:tables checkpoint:checkpoint token_ids:token_ids gguf_header:gguf)
 shift $(($# < 2 ? $# : 2))
 for target in "${targets[@]}"; do
   name="${target%%:*}"; seeds="$src/fuzz/corpus/${target#*:}"

@@ -31,6 +31,13 @@ GgmlType GgmlOf(DType d, const std::string& where) {
   }
 }
 
+// "model" for "/x/model" and "/x/model/".
+std::string FolderName(const std::string& dir) {
+  std::filesystem::path p = std::filesystem::path(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
+
 DType DTypeOf(GgmlType t) {
   return t == GgmlType::kF16 ? DType::kF16 : t == GgmlType::kBF16 ? DType::kBF16 : DType::kF32;
 }
@@ -105,8 +112,7 @@ class GgufExporter : public ModelExporter {
     GgufMetadata meta;
     meta.Set("general.architecture", GgufValue::String(arch));
     meta.Set("general.type", GgufValue::String("model"));
-    meta.Set("general.name",
-             GgufValue::String(std::filesystem::path(m.source.dir).lexically_normal().filename()));
+    meta.Set("general.name", GgufValue::String(FolderName(m.source.dir)));
     meta.Set("general.file_type", GgufValue::U32(GgufFileType(weight_type_)));
     AddArchitectureMetadata(m.config, arch, meta);
     AddVocabularyMetadata(vocabulary_, meta);

@@ -53,8 +53,16 @@ std::string GgufArchitecture(const ModelConfig& c, const std::string& where) {
     Fail(where, "rope_scaling dynamic (NTK) has no llama.cpp equivalent");
   }
   if (c.mlp_bias) Fail(where, "MLP biases (mlp_bias) are not read by llama.cpp's llama");
-  if (c.model_type == "qwen2") return "qwen2";
-  if (c.model_type == "qwen3") return "qwen3";
+  if (c.model_type == "qwen2") {
+    if (c.num_attention_heads * c.head_dim != c.hidden_size)
+      Fail(where, "llama.cpp's qwen2 needs heads x head_dim = hidden_size");
+    if (c.o_bias) Fail(where, "llama.cpp's qwen2 has no o_proj bias");
+    return "qwen2";
+  }
+  if (c.model_type == "qwen3") {
+    if (c.qkv_bias || c.o_bias) Fail(where, "llama.cpp's qwen3 reads no attention biases");
+    return "qwen3";
+  }
   if (c.o_bias && c.model_type != "llama") Fail(where, "an o_proj bias outside Llama");
   return "llama";  // llama and mistral (llama.cpp's converter maps Mistral to llama too)
 }
