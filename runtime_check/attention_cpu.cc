@@ -100,8 +100,9 @@ void CausalAttention(const float* qkv, const QkvLayout& L, float scale, std::int
         if (stored_keys) {  // scores against the stored keys, taken where the code says so
           float* sq = ps.data();
           std::fill(sq, sq + n, 0.0f);
+          const float* qs = cache->queries ? cache->queries + (b * T + i) * ctx_row + h * d : q;
           for (std::int64_t c = 0; c < d; ++c) {
-            const float qc = q[c] * scale;
+            const float qc = qs[c] * scale;
             const float* kt = stored_t.data() + c * T + lo;
             for (std::int64_t j = 0; j < n; ++j) sq[j] += qc * kt[j];
           }

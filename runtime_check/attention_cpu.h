@@ -33,6 +33,8 @@ struct CacheLayer {
   const std::uint8_t* codes = nullptr;  // [B, KV, T, T] CacheCode bits
   const float* keys = nullptr;          // [B, KV, T, d] stored keys (or null: none quantized)
   const float* values = nullptr;        // [B, KV, T, d] stored values (or null)
+  // [B * T, H * d] the queries scores against stored keys are computed with (or null: as is).
+  const float* queries = nullptr;
 };
 void CausalAttention(const float* qkv, const QkvLayout& layout, float scale,
                      std::int64_t sliding_window, const CacheLayer* cache, float* ctx,

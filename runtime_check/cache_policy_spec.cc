@@ -47,7 +47,7 @@ CachePolicySpec MakeCachePolicy(const std::string& text, const Checkpoint& ck,
     out.scored_from = PrefixLength(spec, window);
     return out;
   }
-  if (text.rfind("quant<", 0) == 0) {
+  if (text.rfind("quant<", 0) == 0 || text.rfind("ggml<", 0) == 0) {
     QuantSpec spec = ParseQuantSpec(text);
     QuantCalibration calibration;
     if (spec.scheme == QuantScheme::kFp8) {
@@ -79,8 +79,9 @@ CachePolicySpec MakeCachePolicy(const std::string& text, const Checkpoint& ck,
     out.scored_from = window / 2;
     return out;
   }
-  Fail("--kv-cache",
-       "'" + text + "' is neither evict<...> nor quant<...> (docs/eviction.md, docs/kv-quant.md)");
+  Fail("--kv-cache", "'" + text +
+                         "' is neither evict<...>, quant<...> nor ggml<...> (docs/eviction.md, "
+                         "docs/kv-quant.md)");
 }
 
 }  // namespace kvfold

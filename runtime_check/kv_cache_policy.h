@@ -56,6 +56,16 @@ class KvCachePolicy {
   virtual void HeadCache(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b,
                          std::int64_t g, std::int64_t sequence, const HeadCacheOut& out) const = 0;
 
+  // The precision a runtime reads stored keys with: rounds `rows` query rows of `d` values in
+  // place (llama.cpp converts each query row to its K type's dot-product type). Default: none.
+  virtual bool RoundsQueries(int layer) const {
+    (void)layer;
+    return false;
+  }
+  virtual void RoundQueries(int layer, float* q, std::int64_t rows, std::int64_t d) const {
+    (void)layer, (void)q, (void)rows, (void)d;
+  }
+
   // Mean storage bits per KV element over decode steps i in [from, tokens), relative to the
   // full cache of i + 1 tokens (evicted tokens count 0 bits; the full cache is 16), with the
   // quantization scales counted. The average over layers and heads.

@@ -21,7 +21,8 @@ struct SchemeName {
 constexpr SchemeName kSchemes[] = {{QuantScheme::kRtn, "rtn"},
                                    {QuantScheme::kKivi, "kivi"},
                                    {QuantScheme::kFp8, "fp8"},
-                                   {QuantScheme::kMikv, "mikv"}};
+                                   {QuantScheme::kMikv, "mikv"},
+                                   {QuantScheme::kGgml, "ggml"}};
 
 const char* SchemeText(QuantScheme s) {
   for (const auto& n : kSchemes) {
@@ -62,8 +63,12 @@ void FillCausal(std::uint8_t* codes, std::int64_t T, std::uint8_t code) {
 
 std::string QuantSpec::Text() const {
   std::ostringstream o;
-  o << "quant<scheme=" << SchemeText(scheme);
-  if (scheme != QuantScheme::kFp8) {
+  if (scheme == QuantScheme::kGgml) {
+    o << "ggml<k=" << GgmlCacheTypeName(key_type) << ",v=" << GgmlCacheTypeName(value_type);
+  } else {
+    o << "quant<scheme=" << SchemeText(scheme);
+  }
+  if (scheme != QuantScheme::kFp8 && scheme != QuantScheme::kGgml) {
     o << ",key-bits=" << key_bits << ",value-bits=" << value_bits;
     if (group > 0) o << ",group=" << group;
   }
@@ -80,9 +85,16 @@ std::string QuantSpec::Text() const {
   return o.str() + ">";
 }
 
+GgmlCacheType GgmlType(const std::string& key, const std::string& value) {
+  if (const auto t = ParseGgmlCacheType(value)) return *t;
+  Fail(kWhere, key + "=" + value + " is not one of f16|bf16|q8_0|q5_1|q5_0|q4_1|q4_0|iq4_nl");
+}
+
 QuantSpec ParseQuantSpec(const std::string& text) {
   QuantSpec s;
-  const auto items = SpecItems(text, "quant");
+  const bool ggml = text.rfind("ggml<", 0) == 0;
+  if (ggml) s.scheme = QuantScheme::kGgml;
+  const auto items = SpecItems(text, ggml ? "ggml" : "quant");
   for (const auto& [key, value] : items) {
     if (key == "scheme") {
       bool found = false;
@@ -114,12 +126,21 @@ QuantSpec ParseQuantSpec(const std::string& text) {
       s.protect = SpecIntList(key, value);
     } else if (key == "table") {
       s.table = value;
+    } else if (key == "k" || key == "v") {
+      (key == "k" ? s.key_type : s.value_type) = GgmlType(key, value);
     } else {
       Fail(kWhere, "unknown key '" + key +
                        "' (scheme, bits, key-bits, value-bits, hi-bits, group, block, keep, "
-                       "recent, key-axis, protect, table)");
+                       "recent, key-axis, protect, table, k, v)");
     }
+    if (ggml && key != "k" && key != "v" && key != "protect")
+      Fail(kWhere, "ggml<...> takes k, v and protect");
   }
+  const bool typed = std::any_of(items.begin(), items.end(),
+                                 [](const auto& kv) { return kv.first == "k" || kv.first == "v"; });
+  if (typed != (s.scheme == QuantScheme::kGgml) && (typed || ggml))
+    Fail(kWhere, "k= and v= (llama.cpp's cache types) go with scheme=ggml");
+  if (s.scheme == QuantScheme::kGgml) return s;
   const bool mikv = s.scheme == QuantScheme::kMikv;
   if (!mikv && (s.key_bits == 0 || s.value_bits == 0))
     Fail(kWhere, "bits=0 (evict) applies to scheme=mikv only");
@@ -155,6 +176,13 @@ QuantCachePolicy::QuantCachePolicy(const QuantSpec& spec, const ModelConfig& c,
          "scheme=fp8 needs the checkpoint's self_attn.k_scale/v_scale (run the kv-scales pass "
          "first)");
   }
+  for (GgmlCacheType t : {spec_.key_type, spec_.value_type}) {
+    if (spec_.scheme == QuantScheme::kGgml &&
+        head_dim_ % static_cast<std::int64_t>(GgmlBlockSize(t)) != 0) {
+      Fail(kWhere, std::string(GgmlCacheTypeName(t)) + " stores blocks of 32 along head_dim, " +
+                       "which " + std::to_string(head_dim_) + " does not divide");
+    }
+  }
   if (spec_.key_channel &&
       calibration_.key_min.size() != heads * static_cast<std::size_t>(head_dim_)) {
     Fail(kWhere, "key-axis=channel needs per-channel key ranges for every layer and KV head");
@@ -166,6 +194,15 @@ bool QuantCachePolicy::Protected(int layer) const {
 }
 
 bool QuantCachePolicy::Untouched(int layer) const { return Protected(layer); }
+
+bool QuantCachePolicy::RoundsQueries(int layer) const {
+  return spec_.scheme == QuantScheme::kGgml && !Protected(layer);
+}
+
+void QuantCachePolicy::RoundQueries(int, float* q, std::int64_t rows, std::int64_t d) const {
+  for (std::int64_t r = 0; r < rows; ++r)
+    GgmlRoundQuery(spec_.key_type, q + r * d, static_cast<std::size_t>(d));
+}
 bool QuantCachePolicy::Quantizes(int layer) const {
   return !Protected(layer) && !(spec_.scheme == QuantScheme::kMikv && spec_.key_bits == 0);
 }
@@ -213,6 +250,13 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
       }
       return;
     }
+    case QuantScheme::kGgml:
+      for (std::int64_t t = 0; t < T; ++t) {
+        GgmlRoundTrip(spec_.key_type, out.keys + t * d, static_cast<std::size_t>(d));
+        GgmlRoundTrip(spec_.value_type, out.values + t * d, static_cast<std::size_t>(d));
+      }
+      FillCausal(out.codes, T, all);
+      return;
     case QuantScheme::kMikv:
       break;
   }
@@ -303,6 +347,10 @@ double QuantCachePolicy::AverageBits(std::int64_t T, std::int64_t from, std::int
         break;
       case QuantScheme::kFp8:
         per_step_quantized += n * 8;
+        break;
+      case QuantScheme::kGgml:
+        per_step_quantized +=
+            n * (GgmlBitsPerElement(spec_.key_type) + GgmlBitsPerElement(spec_.value_type)) / 2;
         break;
       case QuantScheme::kKivi: {
         const auto blocked = static_cast<double>((i + 1) / spec_.block * spec_.block);

@@ -8,6 +8,11 @@
 //          per-token as rtn
 //   fp8    static FP8 e4m3 with the checkpoint's vLLM scales (self_attn.k_scale / v_scale, from
 //          the kv-scales pass): x' = e4m3(x / scale) * scale
+//   ggml   llama.cpp's cache types, `ggml<k=q8_0,v=q4_0>` (or quant<scheme=ggml,k=..,v=..>): each
+//          token's K and V rows stored as ggml stores them (calib/ggml_cache_types.h: f16,
+//          bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl; blocks of 32 along head_dim). The
+//          storage only: llama.cpp's flash attention also rounds queries to K's dot-product type
+//          and accumulates V in its own precision (docs/kv-quant.md says what that adds)
 //   mikv   MiKV (arXiv 2402.18096): the `keep` fraction of tokens judged important stays in full
 //          precision, the rest drops to `bits` (0 = evicted instead: the same selection as an
 //          H2O cache). Importance is H2O's: attention received, accumulated as decoding
@@ -22,12 +27,13 @@
 #include <string>
 #include <vector>
 
+#include "calib/ggml_cache_types.h"
 #include "formats/model_config.h"
 #include "runtime_check/kv_cache_policy.h"
 
 namespace kvfold {
 
-enum class QuantScheme { kRtn, kKivi, kFp8, kMikv };
+enum class QuantScheme { kRtn, kKivi, kFp8, kMikv, kGgml };
 
 struct QuantSpec {
   QuantScheme scheme = QuantScheme::kRtn;
@@ -40,10 +46,13 @@ struct QuantSpec {
   bool key_channel = false;          // mikv: key-axis=channel (static calibrated ranges)
   std::vector<int> protect;          // layers left unquantized
   std::string table;                 // mikv: kv-mixed table (kv_mixed_precision.json)
+  GgmlCacheType key_type = GgmlCacheType::kF16;    // ggml: llama.cpp's -ctk
+  GgmlCacheType value_type = GgmlCacheType::kF16;  // ggml: llama.cpp's -ctv
   std::string Text() const;
 };
 
-// Parses "quant<scheme=rtn|kivi|fp8|mikv,bits=4,key-bits=N,value-bits=N,hi-bits=16,group=N,
+// Parses "ggml<k=TYPE,v=TYPE>" or
+// "quant<scheme=rtn|kivi|fp8|mikv|ggml,k=TYPE,v=TYPE,bits=4,key-bits=N,value-bits=N,hi-bits=16,group=N,
 // block=N,keep=F,recent=F,key-axis=token|channel,protect=0,1,table=PATH>". Throws
 // Error("--kv-cache: ...").
 QuantSpec ParseQuantSpec(const std::string& text);
@@ -64,6 +73,8 @@ class QuantCachePolicy : public KvCachePolicy {
   void HeadCache(int layer, const float* qkv, const QkvLayout& layout, std::int64_t b,
                  std::int64_t g, std::int64_t sequence, const HeadCacheOut& out) const override;
   double AverageBits(std::int64_t tokens, std::int64_t from, std::int64_t head_dim) const override;
+  bool RoundsQueries(int layer) const override;
+  void RoundQueries(int layer, float* q, std::int64_t rows, std::int64_t d) const override;
 
   // Tokens in high precision that query i reads, for mikv (T tokens); the rest are low.
   std::int64_t HighPrecisionTokens(std::int64_t i) const;

@@ -163,9 +163,11 @@ class PendingCapture {
 // quantizes, the stored keys and values [B, KV, T, d].
 struct LayerCache {
   at::Tensor codes, keys, values;
+  at::Tensor queries;  // [B * T, H * d] rounded as the runtime reads stored keys, or undefined
   CacheLayer View() const {
     return {codes.data_ptr<std::uint8_t>(), keys.defined() ? keys.data_ptr<float>() : nullptr,
-            values.defined() ? values.data_ptr<float>() : nullptr};
+            values.defined() ? values.data_ptr<float>() : nullptr,
+            queries.defined() ? queries.data_ptr<float>() : nullptr};
   }
 };
 
@@ -194,6 +196,10 @@ LayerCache RunCachePolicy(const KvCachePolicy& cache, int layer, const at::Tenso
       cache.HeadCache(layer, data, layout, b, g, first_sequence + b, head);
     }
   });
+  if (cache.Quantizes(layer) && cache.RoundsQueries(layer)) {
+    out.queries = rows.narrow(1, 0, layout.heads * d).contiguous();
+    cache.RoundQueries(layer, out.queries.data_ptr<float>(), B * T * layout.heads, d);
+  }
   return out;
 }
 
@@ -216,8 +222,13 @@ at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double s
   if (policy) {
     codes = cache.codes.to(device).view({B, KV, 1, T, T});
     if (cache.keys.defined()) {  // scores against the stored keys where the code says so
+      const at::Tensor qs =
+          cache.queries.defined()
+              ? (cache.queries.to(device).view({B, T, H, d}).permute({0, 2, 1, 3}) * scale)
+                    .reshape({B, KV, group * T, d})
+              : qg;
       const at::Tensor stored =
-          at::matmul(qg, cache.keys.to(device).transpose(-1, -2)).view({B, KV, group, T, T});
+          at::matmul(qs, cache.keys.to(device).transpose(-1, -2)).view({B, KV, group, T, T});
       probs = at::where(codes.bitwise_and(kCacheQuantKey).ne(0), stored, probs);
     }
     // Evicted keys: -inf on top of the causal/window mask.

@@ -3,14 +3,14 @@
 // llama.cpp's log p of every scored target with kvfold's.
 //
 //   node llama_cpp_logp.mjs MODEL.gguf TOKEN_LOGP.json [--cache f32|f16|q8_0|...] [--flash on|off]
-//        [--tolerance 1e-4] [--json OUT.json]
+//        [--cache-k TYPE] [--cache-v TYPE] [--from POSITION] [--tolerance 1e-4] [--json OUT.json]
 // Prints: windows, tokens, mean NLL of both, max |delta log p|; exit 1 when it exceeds the
 // tolerance (the tolerance applies only with --cache f32 --flash off, else it only reports).
 import fs from "node:fs";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 
 function parseArgs(argv) {
-  const a = { cache: "f32", flash: "off", tolerance: 1e-4, json: "" };
+  const a = { cache: "f32", flash: "off", tolerance: 1e-4, json: "", from: 0 };
   const pos = [];
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i];
@@ -20,6 +20,7 @@ function parseArgs(argv) {
     else if (k === "--flash") a.flash = argv[++i];
     else if (k === "--tolerance") a.tolerance = Number(argv[++i]);
     else if (k === "--json") a.json = argv[++i];
+    else if (k === "--from") a.from = Number(argv[++i]);
     else pos.push(k);
   }
   if (pos.length !== 2) throw new Error("usage: llama_cpp_logp.mjs MODEL.gguf TOKEN_LOGP.json [options]");
@@ -63,6 +64,7 @@ for (const [w, win] of ref.windows.entries()) {
   const out = await sequence.controlledEvaluate(items);
   let windowNll = 0;
   for (let i = 0; i < win.targets.length; ++i) {
+    if (from + i < a.from) continue;  // --from: only positions from there on are scored
     const lp = logProb(out[from + i].next.logits, win.targets[i]);
     const d = Math.abs(lp - win.logp[i]);
     if (d > maxDiff) { maxDiff = d; worst = { window: w, position: from + i }; }

@@ -176,11 +176,16 @@ TEST_CASE("quant specs parse, and bad ones are refused with the reason", "[quant
   CHECK(s.value_bits == 4);
   CHECK(s.protect == std::vector<int>{0, 1});
   CHECK(ParseQuantSpec(s.Text()).Text() == s.Text());
+  const QuantSpec g = ParseQuantSpec("ggml<v=q4_0,k=q8_0>");
+  CHECK(g.scheme == QuantScheme::kGgml);
+  CHECK(g.Text() == "ggml<k=q8_0,v=q4_0>");
+  CHECK(ParseQuantSpec("quant<scheme=ggml,k=q8_0,v=q4_0>").Text() == g.Text());
   for (const char* bad :
        {"quant<scheme=int3>", "quant<bits=9>", "quant<scheme=rtn,bits=0>",
         "quant<scheme=mikv,keep=0>", "quant<scheme=mikv,key-bits=0,value-bits=2>",
         "quant<hi-bits=8>", "quant<scheme=mikv,key-axis=channel>", "quant<scheme=rtn,table=x.json>",
-        "quant<scheme=mikv,keep=0.3,table=x.json>", "quant<colour=red>"}) {
+        "quant<scheme=mikv,keep=0.3,table=x.json>", "quant<colour=red>", "ggml<k=q3_K>",
+        "ggml<k=q8_0,bits=4>", "quant<scheme=rtn,k=q8_0>"}) {
     INFO(bad);
     CHECK_THROWS_WITH(ParseQuantSpec(bad), Catch::StartsWith("--kv-cache: "));
   }
@@ -208,4 +213,20 @@ TEST_CASE("quantized caches in the forward: fused and ATen agree, keep=1 is exac
   const double err3 = MaxAbsDiff(test::LoadModel(ck, true)->Logits(ids, nullptr, &int3), full);
   const double err8 = MaxAbsDiff(test::LoadModel(ck, true)->Logits(ids, nullptr, &int8), full);
   CHECK(err8 < err3 / 10);
+  // llama.cpp's cache types: f16 barely moves the logits, q4_0 keys / q4_1 values do. (No exact
+  // fused-vs-ATen check here: their keys differ by ~1e-7 after RoPE, and grids this fine (f16:
+  // 2^11 steps an octave) flip a few stored values under that; CTest llama_cpp compares the
+  // simulation with llama.cpp itself instead.)
+  const QuantCachePolicy f16(ParseQuantSpec("ggml<k=f16,v=f16>"), ck.config, {});
+  const QuantCachePolicy q4(ParseQuantSpec("ggml<k=q4_0,v=q4_1>"), ck.config, {});
+  const double err_f16 = MaxAbsDiff(test::LoadModel(ck, true)->Logits(ids, nullptr, &f16), full);
+  const double err_q4 = MaxAbsDiff(test::LoadModel(ck, true)->Logits(ids, nullptr, &q4), full);
+  CHECK(err_f16 < 5e-3);
+  CHECK(err_q4 > 10 * err_f16);
+  // llama.cpp's blocks of 32 must tile head_dim: refused on stories260K's head_dim 8.
+  CHECK_THROWS_WITH(QuantCachePolicy(ParseQuantSpec("ggml<k=q8_0,v=f16>"),
+                                     OpenCheckpoint(SharedPath("models/stories260K")).config, {}),
+                    Catch::Contains("blocks of 32 along head_dim, which 8 does not divide"));
+  CHECK_NOTHROW(QuantCachePolicy(ParseQuantSpec("ggml<k=f16,v=bf16>"),
+                                 OpenCheckpoint(SharedPath("models/stories260K")).config, {}));
 }
