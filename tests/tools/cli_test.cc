@@ -271,7 +271,7 @@ TEST_CASE("eval --kv-cache quant<...>: bits reported, fp8 needs calibrated scale
       RunKvfold("eval " + model + " --text " + text + " --kv-cache 'quant<scheme=rtn,bits=9>'"),
       "--kv-cache: bits=9 is not an integer in [0, 8]");
   ExpectOneLineError(RunKvfold("eval " + model + " --text " + text + " --kv-cache 'compress<x=1>'"),
-                     "is neither evict<...> nor quant<...>");
+                     "is neither evict<...>, quant<...> nor ggml<...>");
 }
 
 TEST_CASE("tokenize prints the ids eval uses, one JSON line per text", "[cli][tokenize][shared]") {
