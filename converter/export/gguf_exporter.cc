@@ -61,15 +61,15 @@ class GgufExporter : public ModelExporter {
     if (source.tokenizer_path.empty())
       Fail(source.dir, "has no tokenizer.json or tokenizer.model to put into the GGUF file");
     const auto tokenizer = Tokenizer::Load(source.tokenizer_path);
-    vocabulary_ = ReadGgufVocabulary(*tokenizer, source.config.vocab_size);
-    GgufMetadata tokenizer_keys;
-    AddVocabularyMetadata(vocabulary_, tokenizer_keys);
+    const GgufVocabulary vocabulary = ReadGgufVocabulary(*tokenizer, source.config.vocab_size);
+    AddVocabularyMetadata(vocabulary, tokenizer_keys_);
+    notes_ = vocabulary.notes;
     // Header space: the tokenizer, the source's tensors (GGUF takes nothing passes add) and
     // rope_freqs at the longest name, 16 KiB + 2 KiB a layer for the architecture keys and
     // kvfold.json (5 KiB for 6 layers of gqa-svd). A larger header moves the data once at the end.
     const std::uint64_t info = GgufWriter::TensorInfoBytes(std::string(kGgufMaxNameBytes, 'x'), 4);
     const std::uint64_t reserve =
-        GgufWriter::MetadataBytes(tokenizer_keys) + (source.tensors.tensors().size() + 1) * info +
+        GgufWriter::MetadataBytes(tokenizer_keys_) + (source.tensors.tensors().size() + 1) * info +
         (16 << 10) + static_cast<std::uint64_t>(source.config.num_hidden_layers) * 2048;
     writer_ = std::make_unique<GgufWriter>(path_, reserve);
     for (const auto& [name, ref] : source.tensors.tensors()) {
@@ -115,7 +115,7 @@ class GgufExporter : public ModelExporter {
     meta.Set("general.name", GgufValue::String(FolderName(m.source.dir)));
     meta.Set("general.file_type", GgufValue::U32(GgufFileType(weight_type_)));
     AddArchitectureMetadata(m.config, arch, meta);
-    AddVocabularyMetadata(vocabulary_, meta);
+    for (const auto& [key, value] : tokenizer_keys_.entries) meta.Set(key, value);
     meta.Set("kvfold.version", GgufValue::String(kVersion));
     if (m.provenance != nullptr) meta.Set("kvfold.json", GgufValue::String(m.provenance->dump()));
     writer_->Finish(meta);
@@ -129,8 +129,7 @@ class GgufExporter : public ModelExporter {
   // What llama.cpp will do differently, said once the file is written.
   void PrintNotes(const ModelConfig& config) const {
     if (!progress_) return;
-    for (const auto& note : vocabulary_.notes)
-      std::fprintf(stderr, "kvfold: note: %s\n", note.c_str());
+    for (const auto& note : notes_) std::fprintf(stderr, "kvfold: note: %s\n", note.c_str());
     if (config.sliding_window > 0) {
       std::fprintf(stderr,
                    "kvfold: note: llama.cpp's %s attends to the whole context, not the sliding "
@@ -184,7 +183,8 @@ class GgufExporter : public ModelExporter {
   GgmlType weight_type_;
   std::int64_t head_dim_;
   bool progress_;
-  GgufVocabulary vocabulary_;
+  GgufMetadata tokenizer_keys_;     // tokenizer.ggml.*, built once: sized the header, then written
+  std::vector<std::string> notes_;  // what llama.cpp does differently with the tokenizer
   std::unique_ptr<GgufWriter> writer_;
 };
 
