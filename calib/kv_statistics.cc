@@ -213,7 +213,10 @@ LayerKvStatistics KvStatisticsCollector::TakeLayer(int layer) {
 
 void KvStatisticsCollector::Observe(const AttentionCapture& c) {
   LayerKvStatistics& layer = stats_.layers.at(static_cast<std::size_t>(c.layer));
-  const std::int64_t dim = stats_.dim();
+  const std::int64_t dim =
+      layer_kv_heads_.empty()
+          ? stats_.dim()
+          : layer_kv_heads_.at(static_cast<std::size_t>(c.layer)) * stats_.head_dim;
   if (stats_.collected & kStatKeyPreRope)
     AccumulateSecondMoment(c.key_pre_rope, dim, scratch_, layer.key_pre_rope);
   if (stats_.collected & kStatKeyPostRope)

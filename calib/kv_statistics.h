@@ -67,6 +67,10 @@ class KvStatisticsCollector : public LayerObserver {
   KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads,
                         std::int64_t head_dim, std::int64_t hidden = 0,
                         std::vector<LayerPair> input_pairs = {});
+  // Layers with different KV-head counts (Nemotron-NAS): entry l = layer l's.
+  void SetLayerKvHeads(std::vector<std::int64_t> kv_heads) {
+    layer_kv_heads_ = std::move(kv_heads);
+  }
   unsigned Wants(int layer) const override;
   void Observe(const AttentionCapture& capture) override;
   const KvStatistics& statistics() const { return stats_; }
@@ -76,6 +80,7 @@ class KvStatisticsCollector : public LayerObserver {
 
  private:
   KvStatistics stats_;
+  std::vector<std::int64_t> layer_kv_heads_;  // per-layer KV heads, when layers differ
   std::vector<float> scratch_;          // one batch's X^T X before it joins the double accumulators
   std::vector<LayerPair> input_pairs_;  // (a <= b), sorted
   // h of (sequence, layer) for layers paired with a later one, until that later layer arrives.

@@ -164,6 +164,12 @@ CalibrationInput LoadCalibration(const Checkpoint& ck, const ConvertOptions& o) 
 }
 
 // The model and run sections every report starts with.
+// The KV heads, or one count per layer where they differ.
+nlohmann::ordered_json KvHeadsJson(const ModelConfig& c) {
+  if (c.PerLayerKvHeads()) return c.layer_kv_heads;
+  return c.num_key_value_heads;
+}
+
 nlohmann::ordered_json ReportBase(const Checkpoint& ck, const ConvertOptions& o,
                                   const std::string& pipeline, const std::string& calib_sha,
                                   std::int64_t calib_tokens) {
@@ -176,7 +182,7 @@ nlohmann::ordered_json ReportBase(const Checkpoint& ck, const ConvertOptions& o,
             {"architecture", c.architecture},
             {"layers", c.num_hidden_layers},
             {"heads", c.num_attention_heads},
-            {"kv_heads", c.num_key_value_heads},
+            {"kv_heads", KvHeadsJson(c)},
             {"head_dim", c.head_dim},
             {"kv_bytes_per_token", c.KvBytesPerToken(ck.StoredElementBytes())}}},
           {"run",
@@ -308,12 +314,8 @@ void CheckRecordedInputs(const ConvertOptions& o, const std::string& source_sha2
 }
 
 // --format gguf: one file llama.cpp runs; what it cannot represent is refused before any work.
-void CheckGgufConvert(const ConvertOptions& o, const Checkpoint& ck, const Pipeline& pipeline) {
+void CheckGgufConvert(const ConvertOptions& o, const Checkpoint& ck) {
   GgufArchitecture(ck.config, o.model);
-  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
-    const std::string why = pipeline.passes[i]->Unexportable(OutputFormat::kGguf);
-    if (!why.empty()) Fail("--format gguf", why);
-  }
   if (!o.report_path.empty() && !o.eval_text.empty()) {
     Fail("--format gguf",
          "the report's validation reads an hf output: convert to hf with "
@@ -364,7 +366,11 @@ ConvertResult Convert(const ConvertOptions& o) {
   Pipeline pipeline = CreatePipeline(o.passes, ck.config);
   CheckPassOrder(pipeline, CalibratesOnConverted(pipeline, o));
   const bool gguf = o.output_format.format == OutputFormat::kGguf;
-  if (gguf) CheckGgufConvert(o, ck, pipeline);
+  if (gguf) CheckGgufConvert(o, ck);
+  for (const auto& pass : pipeline.passes) {
+    const std::string why = pass->Unexportable(o.output_format.format);
+    if (!why.empty()) Fail(gguf ? "--format gguf" : "--format hf", why);
+  }
   const bool passes_calibrate = pipeline.needed != 0;  // a report alone does not shape the output
   const bool report_inside = ReportInsideOutput(o);
   if (!o.report_path.empty() && !report_inside &&
@@ -426,7 +432,7 @@ ConvertResult Convert(const ConvertOptions& o) {
     report = ReportBase(ck, o, pipeline.Text(), calib.sha256, result.calibration_tokens);
     report["output"] = {
         {"path", o.output},
-        {"kv_heads", draft.config.num_key_value_heads},
+        {"kv_heads", KvHeadsJson(draft.config)},
         {"kv_bytes_per_token", draft.config.KvBytesPerToken(ck.StoredElementBytes())},
         {"vanilla_checkpoint", draft.config.key_projection_heads == 0 && !draft.config.SharesKv()}};
     if (!o.eval_text.empty()) {

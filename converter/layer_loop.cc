@@ -49,6 +49,7 @@ struct Collectors {
     for (std::size_t s = 0; s < count; ++s) {
       slots.emplace_back(needed, static_cast<int>(c.num_hidden_layers), kv_heads, c.head_dim,
                          c.hidden_size, input_pairs);
+      if (c.PerLayerKvHeads()) slots.back().SetLayerKvHeads(c.layer_kv_heads);
     }
     for (auto& slot : slots) observers.push_back(&slot);
   }
@@ -71,6 +72,7 @@ struct Collectors {
 
 // The report's spectra group KV heads as the first KV-head pass does (else in pairs).
 std::int64_t SpectraGroup(const Pipeline& p, const ModelConfig& c) {
+  if (c.PerLayerKvHeads()) return 1;  // one head: every layer's count has it as a divisor
   for (const auto& pass : p.passes) {
     if (pass->KvHeadsAfter() > 0) return c.num_key_value_heads / pass->KvHeadsAfter();
   }
@@ -123,8 +125,7 @@ void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const Calibrat
     totals = Calibrate(ck, data, pipeline.needed, o, pipeline.input_pairs, &run.threads, on_layer);
   } else {
     const LayerKvStatistics none;
-    for (int l = 0; l < ck.config.num_hidden_layers; ++l)
-      on_layer(l, none, ck.config.num_key_value_heads);
+    for (int l = 0; l < ck.config.num_hidden_layers; ++l) on_layer(l, none, ck.config.KvHeads(l));
   }
   if (report) run.spectra = KvSpectra(std::move(spectra), group, ck.config.head_dim);
   FinishPasses(pipeline, draft, totals, seconds, run);
@@ -133,7 +134,7 @@ void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const Calibrat
 // Layer l's config as the draft has it now: a pass rewrites a layer's heads before its Finish
 // changes the model's config.
 ModelConfig LayerConfig(const ModelDraft& draft, int l) {
-  ModelConfig c = draft.config;
+  ModelConfig c = draft.config.ForLayer(l);
   c.num_key_value_heads = LayerKvHeads(draft, l);
   if (draft.Has({TensorRole::kKCacheProj, l})) {
     c.key_projection_heads = draft.Shape({TensorRole::kKProj, l}).front() / c.head_dim;
@@ -216,7 +217,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
                        pipeline.passes.end(), [](const auto& p) { return p->ChangesKv(); });
       draft.SealLayer(l);
       stats_kv = LayerKvHeads(draft, l);
-      Collectors collectors(stepper.slots(), needed, c, stats_kv, {});
+      Collectors collectors(stepper.slots(), needed, LayerConfig(draft, l), stats_kv, {});
       stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), collectors.observers,
                   final_weights);
       stats = collectors.TakeLayer(l);
@@ -360,15 +361,35 @@ KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsign
   model->ObserveSweep(MakeBatches(data, o.window), collectors.observers, [&](std::int64_t done) {
     if (layer_done) {
       const int layer = static_cast<int>(done - 1);
-      layer_done(layer, collectors.TakeLayer(layer), ck.config.num_key_value_heads);
+      layer_done(layer, collectors.TakeLayer(layer), ck.config.KvHeads(layer));
     }
     progress.Update(done);
   });
   return collectors.Totals();
 }
 
+namespace {
+
+// Passes that allocate per layer (gqa-svd<kv-heads=auto>) measure every layer on one sweep of
+// the source before any layer is rewritten.
+void AllocatePerLayer(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
+                      const ConvertOptions& o) {
+  for (auto& pass : pipeline.passes) {
+    if (!pass->LayerLocal() || AsLayerPass(pass).AllocationStatistics() == 0) continue;
+    LayerPass& p = AsLayerPass(pass);
+    const unsigned needed = p.AllocationStatistics();
+    Calibrate(
+        draft.source(), data, needed, o, {}, nullptr,
+        [&](int l, const LayerKvStatistics& s, std::int64_t) { p.MeasureLayer(draft, l, s); });
+    p.Allocate();
+  }
+}
+
+}  // namespace
+
 PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
                     const ConvertOptions& o, bool report, std::vector<PassTiming>& timings) {
+  AllocatePerLayer(pipeline, draft, data, o);
   if (report) pipeline.needed |= kReportStatistics;
   if (!(CalibratesOnConverted(pipeline, o) && pipeline.needed != 0)) DropDefaultRefits(pipeline);
   PassesRun run;

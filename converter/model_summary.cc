@@ -13,9 +13,11 @@ ModelSummary SummarizeCheckpoint(const Checkpoint& ck) {
   s.path = ck.dir;
   s.architecture = c.architecture;
   s.model_type = c.model_type;
-  s.attention = c.num_key_value_heads == c.num_attention_heads ? "MHA"
-                : c.num_key_value_heads == 1                   ? "MQA"
-                                                               : "GQA";
+  s.attention = c.PerLayerKvHeads()                              ? "GQA, per layer"
+                : c.num_key_value_heads == c.num_attention_heads ? "MHA"
+                : c.num_key_value_heads == 1                     ? "MQA"
+                                                                 : "GQA";
+  s.layer_kv_heads = c.layer_kv_heads;
   s.layers = c.num_hidden_layers;
   s.hidden = c.hidden_size;
   s.heads = c.num_attention_heads;
@@ -42,9 +44,11 @@ ModelSummary SummarizeCheckpoint(const Checkpoint& ck) {
 
 std::string SummaryText(const ModelSummary& s) {
   std::ostringstream o;
+  std::string kv_heads = std::to_string(s.kv_heads);
+  if (!s.layer_kv_heads.empty()) kv_heads = nlohmann::json(s.layer_kv_heads).dump();
   o << "model          " << s.path << "\n"
     << "architecture   " << s.architecture << " (" << s.model_type << ")\n"
-    << "attention      " << s.attention << ": " << s.heads << " query heads, " << s.kv_heads
+    << "attention      " << s.attention << ": " << s.heads << " query heads, " << kv_heads
     << " KV heads, head dim " << s.head_dim << "\n"
     << "layers         " << s.layers << "  (hidden " << s.hidden << ", intermediate "
     << s.intermediate << ")\n"
@@ -77,7 +81,8 @@ std::string SummaryJson(const ModelSummary& s) {
       {"num_hidden_layers", s.layers},
       {"hidden_size", s.hidden},
       {"num_attention_heads", s.heads},
-      {"num_key_value_heads", s.kv_heads},
+      {"num_key_value_heads", s.layer_kv_heads.empty() ? nlohmann::ordered_json(s.kv_heads)
+                                                       : nlohmann::ordered_json(s.layer_kv_heads)},
       {"head_dim", s.head_dim},
       {"intermediate_size", s.intermediate},
       {"vocab_size", s.vocab},

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "formats/checkpoint.h"
 
@@ -24,8 +25,9 @@ struct ModelSummary {
   std::string dtype;  // of the attention weights, which the KV cache inherits
   std::int64_t parameters = 0;
   std::int64_t kv_bytes_per_token = 0;
-  std::int64_t kv_layers = 0;  // layers that compute K/V (all of them unless shared)
-  std::string layer_types;     // cross-layer sharing layout; empty when none
+  std::int64_t kv_layers = 0;                // layers that compute K/V (all of them unless shared)
+  std::string layer_types;                   // cross-layer sharing layout; empty when none
+  std::vector<std::int64_t> layer_kv_heads;  // per-layer KV heads; empty when uniform
   int files = 0;
   int tensors = 0;
 };

@@ -142,6 +142,31 @@ bool ModelConfig::AttendsAbove() const {
   return false;
 }
 
+void ModelConfig::SetLayerKvHeads(const std::vector<std::int64_t>& counts) {
+  num_key_value_heads = *std::max_element(counts.begin(), counts.end());
+  const bool uniform =
+      std::all_of(counts.begin(), counts.end(), [&](std::int64_t n) { return n == counts[0]; });
+  layer_kv_heads = uniform ? std::vector<std::int64_t>{} : counts;
+}
+
+ModelConfig ModelConfig::ForLayer(std::int64_t layer) const {
+  ModelConfig c = *this;
+  c.num_key_value_heads = KvHeads(layer);
+  c.layer_kv_heads.clear();
+  return c;
+}
+
+std::int64_t ModelConfig::KvBytesPerToken(std::int64_t bytes_per_element) const {
+  std::int64_t heads = 0;
+  for (std::int64_t l = 0; l < num_hidden_layers; ++l) heads += ComputesKv(l) ? KvHeads(l) : 0;
+  return 2 * heads * head_dim * bytes_per_element;
+}
+
+std::int64_t DeciIntermediateSize(double ffn_mult, std::int64_t hidden_size) {
+  const auto n = static_cast<std::int64_t>(2 * ffn_mult * static_cast<double>(hidden_size) / 3);
+  return n % 256 == 0 ? n : n + 256 - n % 256;
+}
+
 std::int64_t ModelConfig::KvLayerCount() const {
   std::int64_t n = 0;
   for (std::int64_t l = 0; l < num_hidden_layers; ++l) n += ComputesKv(l) ? 1 : 0;
@@ -188,6 +213,62 @@ std::string LayerTypesText(const std::vector<std::int64_t>& kv_layer_of) {
 
 namespace {
 
+// One block_configs entry's FFN width: ffn_mult (NVIDIA's checkpoints) or intermediate_size.
+std::int64_t BlockIntermediateSize(const json& ffn, std::int64_t hidden, const std::string& where,
+                                   const std::string& file) {
+  FieldReader r(ffn, file);
+  if (r.Has("ffn_mult")) {
+    const double mult = r.PositiveNumber("ffn_mult", 1);
+    if (mult > 1e6) Fail(file, where + ".ffn.ffn_mult is too large");
+    return DeciIntermediateSize(mult, hidden);
+  }
+  return r.PositiveInt("intermediate_size");
+}
+
+// Nemotron-NAS block_configs: one entry per layer; kvfold reads those that are Llama layers with
+// their own KV-head count (no no-op or linear-replaced blocks, no attention window, one FFN width).
+void ReadBlockConfigs(const json& doc, const std::string& file, ModelConfig& c) {
+  if (!doc.contains("block_configs") || !doc["block_configs"].is_array() ||
+      static_cast<std::int64_t>(doc["block_configs"].size()) != c.num_hidden_layers) {
+    Fail(file, std::string("model_type ") + kPerLayerModelType +
+                   " needs 'block_configs', a list with one entry per layer");
+  }
+  std::vector<std::int64_t> kv;
+  std::int64_t width = 0;
+  for (std::size_t l = 0; l < doc["block_configs"].size(); ++l) {
+    const json& b = doc["block_configs"][l];
+    const std::string where = "block_configs[" + std::to_string(l) + "]";
+    if (!b.is_object() || !b.contains("attention") || !b["attention"].is_object() ||
+        !b.contains("ffn") || !b["ffn"].is_object())
+      Fail(file, where + " needs 'attention' and 'ffn' objects");
+    for (const char* part : {"attention", "ffn"}) {
+      FieldReader r(b[part], file);
+      for (const char* key : {"no_op", "replace_with_linear"})
+        if (r.Bool(key, false))
+          Fail(file, where + "." + part + "." + key + " is not supported (a Llama layer only)");
+      for (const char* key : {"sparsify", "window_length", "num_sink_tokens"})
+        if (r.Has(key)) Fail(file, where + "." + part + "." + key + " is not supported");
+    }
+    FieldReader a(b["attention"], file);
+    const std::int64_t group = a.PositiveInt("n_heads_in_group");
+    if (c.num_attention_heads % group != 0)
+      Fail(file, where + ".attention.n_heads_in_group (" + std::to_string(group) +
+                     ") does not divide num_attention_heads");
+    kv.push_back(c.num_attention_heads / group);
+    if (FieldReader(b["ffn"], file).String("hidden_act", "silu") != "silu")
+      Fail(file, where + ".ffn.hidden_act is not supported (only silu)");
+    const std::int64_t w = BlockIntermediateSize(b["ffn"], c.hidden_size, where, file);
+    if (width != 0 && w != width)
+      Fail(file, where + ": layers of different FFN widths are not supported");
+    width = w;
+  }
+  if (c.intermediate_size != 0 && c.intermediate_size != width)
+    Fail(file, "intermediate_size " + std::to_string(c.intermediate_size) +
+                   " disagrees with block_configs' FFN width " + std::to_string(width));
+  c.intermediate_size = width;
+  c.SetLayerKvHeads(kv);
+}
+
 ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& file_name) {
   FieldReader f(doc, file_name);
 
@@ -195,11 +276,12 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
   c.model_type = f.String("model_type", "");
   if (c.model_type.empty()) Fail(file_name, "missing required field 'model_type'");
   const bool cross_layer = c.model_type == kCrossLayerModelType;
+  const bool per_layer = c.model_type == kPerLayerModelType;
   if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" &&
-      c.model_type != "qwen3" && !cross_layer) {
+      c.model_type != "qwen3" && !cross_layer && !per_layer) {
     Fail(file_name, "unsupported model_type '" + c.model_type +
-                        "' (kvfold supports llama, mistral, qwen2, qwen3 and " +
-                        kCrossLayerModelType + ")");
+                        "' (kvfold supports llama, mistral, qwen2, qwen3, " + kPerLayerModelType +
+                        " and " + kCrossLayerModelType + ")");
   }
   if (f.Has("architectures")) {
     const json& a = doc["architectures"];
@@ -212,7 +294,8 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
   c.num_hidden_layers = f.PositiveInt("num_hidden_layers");
   c.num_attention_heads = f.PositiveInt("num_attention_heads");
   c.num_key_value_heads = f.PositiveInt("num_key_value_heads", c.num_attention_heads);
-  c.intermediate_size = f.PositiveInt("intermediate_size");
+  c.intermediate_size =
+      per_layer ? f.PositiveInt("intermediate_size", 0) : f.PositiveInt("intermediate_size");
   c.vocab_size = f.PositiveInt("vocab_size");
   c.max_position_embeddings = f.PositiveInt("max_position_embeddings", 2048);
   if (c.hidden_size % c.num_attention_heads != 0 && !f.Has("head_dim")) {
@@ -225,6 +308,7 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
                         ") is not a multiple of num_key_value_heads (" +
                         std::to_string(c.num_key_value_heads) + ")");
   }
+  if (per_layer) ReadBlockConfigs(doc, file_name, c);
   c.rms_norm_eps = f.PositiveNumber("rms_norm_eps", 1e-6);
   ReadRope(doc, f, file_name, c);
   c.tie_word_embeddings = f.Bool("tie_word_embeddings", false);
@@ -291,6 +375,8 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
            "num_attention_heads");
     }
   }
+  if (c.PerLayerKvHeads() && c.key_projection_heads > 0)
+    Fail(file_name, "per-layer KV heads with reconstruct-mode keys are not supported");
   if (c.SharesKv() && c.key_projection_heads > 0) {
     Fail(file_name, "cross-layer KV sharing with reconstruct-mode keys is not supported");
   }
@@ -343,7 +429,62 @@ void DumpIndented(const nlohmann::ordered_json& v, int depth, std::string& out) 
   out += "\n" + std::string(static_cast<std::size_t>(2 * depth), ' ') + (v.is_object() ? "}" : "]");
 }
 
+// ffn_mult that DeciLM's rule turns back into `intermediate`, or 0 if there is none.
+double DeciFfnMult(std::int64_t intermediate, std::int64_t hidden) {
+  const double mult = 1.5 * static_cast<double>(intermediate) / static_cast<double>(hidden);
+  return DeciIntermediateSize(mult, hidden) == intermediate ? mult : 0;
+}
+
+// Nemotron-NAS fields for per-layer KV heads (what vLLM's nemotron_nas.py reads).
+void WriteBlockConfigs(nlohmann::ordered_json& doc, const ModelConfig& c, const std::string& file) {
+  const std::string problem = DeciConfigProblem(c);
+  if (!problem.empty()) Fail(file, problem);
+  // NVIDIA's checkpoints state the FFN width as ffn_mult, which DeciIntermediateSize rounds up
+  // to a multiple of 256; any other width is written as intermediate_size, which vLLM reads
+  // when a block has no ffn_mult.
+  const double mult = DeciFfnMult(c.intermediate_size, c.hidden_size);
+  nlohmann::ordered_json ffn = {{"no_op", false}, {"replace_with_linear", false}};
+  if (mult > 0) {
+    ffn["ffn_mult"] = mult;
+  } else {
+    ffn["intermediate_size"] = c.intermediate_size;
+  }
+  nlohmann::ordered_json blocks = nlohmann::ordered_json::array();
+  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    blocks.push_back({{"attention",
+                       {{"n_heads_in_group", c.num_attention_heads / c.KvHeads(l)},
+                        {"no_op", false},
+                        {"replace_with_linear", false}}},
+                      {"ffn", ffn}});
+  }
+  doc["model_type"] = kPerLayerModelType;
+  doc["architectures"] = {kPerLayerArchitecture};
+  doc["block_configs"] = std::move(blocks);
+  doc["auto_map"] = {{"AutoConfig", "configuration_decilm.DeciLMConfig"}};
+  doc.erase("num_key_value_heads");
+}
+
+// A config that was Nemotron-NAS and now has one KV-head count: a plain Llama again.
+void DropBlockConfigs(nlohmann::ordered_json& doc) {
+  if (!doc.contains("model_type") || doc["model_type"] != kPerLayerModelType) return;
+  doc.erase("block_configs");
+  doc.erase("auto_map");
+  doc["model_type"] = "llama";
+  doc["architectures"] = {"LlamaForCausalLM"};
+}
+
 }  // namespace
+
+std::string DeciConfigProblem(const ModelConfig& c) {
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != kPerLayerModelType)
+    return "per-layer KV heads are written as DeciLM, a Llama layout; " + c.model_type +
+           " is not one (use the GGUF output)";
+  if (c.qkv_bias || c.o_bias || c.mlp_bias)
+    return "per-layer KV heads: DeciLM output of a model with biases is not supported";
+  if (c.sliding_window > 0)
+    return "per-layer KV heads: DeciLM has no sliding window; this model's would be lost";
+  return "";
+}
 
 std::string UpdateConfigJson(std::string_view original, const ModelConfig& config,
                              const std::string& file_name) {
@@ -356,6 +497,11 @@ std::string UpdateConfigJson(std::string_view original, const ModelConfig& confi
   }
   doc["num_key_value_heads"] = config.num_key_value_heads;
   doc["head_dim"] = config.head_dim;
+  if (config.PerLayerKvHeads()) {
+    WriteBlockConfigs(doc, config, file_name);
+  } else {
+    DropBlockConfigs(doc);
+  }
   if (config.key_projection_heads > 0) {
     doc[kKeyReconstructField] = {{"key_projection_heads", config.key_projection_heads},
                                  {"note",

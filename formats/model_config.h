@@ -19,7 +19,8 @@ struct ModelConfig {
   std::int64_t hidden_size = 0;
   std::int64_t num_hidden_layers = 0;
   std::int64_t num_attention_heads = 0;
-  std::int64_t num_key_value_heads = 0;  // defaults to num_attention_heads
+  std::int64_t num_key_value_heads = 0;  // defaults to num_attention_heads; with per-layer
+                                         // counts, their largest
   std::int64_t head_dim = 0;             // defaults to hidden_size / num_attention_heads
   std::int64_t intermediate_size = 0;
   std::int64_t vocab_size = 0;
@@ -51,6 +52,10 @@ struct ModelConfig {
   std::vector<std::int64_t> kv_layer_of;
   std::int64_t lckv_forward_passes = 7;   // LCKV "forward_passes" (m in the paper)
   std::int64_t lckv_backward_passes = 2;  // LCKV "backward_passes" (b)
+  // Per-layer KV heads (Nemotron-NAS / DeciLM "block_configs"; GGUF architecture deci): entry l
+  // = layer l's KV heads, each dividing num_attention_heads. Empty = num_key_value_heads on every
+  // layer. Never set with equal entries (SetLayerKvHeads folds a uniform list away).
+  std::vector<std::int64_t> layer_kv_heads;
 
   bool SharesKv() const { return !kv_layer_of.empty(); }
   std::int64_t KvSourceOf(std::int64_t layer) const {
@@ -61,11 +66,26 @@ struct ModelConfig {
   bool AttendsAbove() const;
   std::int64_t KvLayerCount() const;  // layers that compute (and cache) K/V
 
+  bool PerLayerKvHeads() const { return !layer_kv_heads.empty(); }
+  std::int64_t KvHeads(std::int64_t layer) const {
+    return layer_kv_heads.empty() ? num_key_value_heads
+                                  : layer_kv_heads[static_cast<std::size_t>(layer)];
+  }
+  // Index of (layer, KV head g) among every layer's KV heads, layer-major; and their count.
+  std::int64_t KvHeadIndex(std::int64_t layer, std::int64_t g) const {
+    if (layer_kv_heads.empty()) return layer * num_key_value_heads + g;
+    std::int64_t index = g;
+    for (std::int64_t l = 0; l < layer; ++l) index += layer_kv_heads[static_cast<std::size_t>(l)];
+    return index;
+  }
+  std::int64_t TotalKvHeads() const { return KvHeadIndex(num_hidden_layers, 0); }
+  // Sets every layer's KV heads: a uniform list becomes num_key_value_heads alone.
+  void SetLayerKvHeads(const std::vector<std::int64_t>& counts);
+  // This config as layer `layer` sees it: that layer's KV heads as num_key_value_heads.
+  ModelConfig ForLayer(std::int64_t layer) const;
   std::int64_t QueriesPerKvHead() const { return num_attention_heads / num_key_value_heads; }
   // Bytes one token occupies in the KV cache (keys + values, all layers) at `bytes_per_element`.
-  std::int64_t KvBytesPerToken(std::int64_t bytes_per_element) const {
-    return 2 * KvLayerCount() * num_key_value_heads * head_dim * bytes_per_element;
-  }
+  std::int64_t KvBytesPerToken(std::int64_t bytes_per_element) const;
 };
 
 // model_type and architecture of a checkpoint whose layers share K/V (whyNLP/LCKV's names).
@@ -77,6 +97,19 @@ constexpr const char* kCrossLayerArchitecture = "LCKVLlamaForCausalLM";
 std::vector<std::int64_t> ParseLayerTypes(const std::string& text, std::int64_t layers,
                                           const std::string& file_name);
 std::string LayerTypesText(const std::vector<std::int64_t>& kv_layer_of);
+
+// model_type and architecture of a checkpoint with per-layer KV heads (NVIDIA's Nemotron-NAS
+// layout, which vLLM runs as DeciLMForCausalLM).
+constexpr const char* kPerLayerModelType = "nemotron-nas";
+constexpr const char* kPerLayerArchitecture = "DeciLMForCausalLM";
+
+// DeciLM's FFN width rule (ffn_mult -> intermediate size, rounded up to a multiple of 256), as
+// vLLM's nemotron_nas.py and llama.cpp's converter compute it.
+std::int64_t DeciIntermediateSize(double ffn_mult, std::int64_t hidden_size);
+
+// Why `config`'s per-layer KV heads cannot be written as a DeciLM config.json ("" when they
+// can): the layers must be plain Llama layers (no biases, no sliding window).
+std::string DeciConfigProblem(const ModelConfig& config);
 
 // Config block that marks a reconstruct-mode checkpoint (not loadable by vanilla runtimes).
 constexpr const char* kKeyReconstructField = "kvfold_key_reconstruct";

@@ -50,6 +50,7 @@ std::string WithoutTemporarySuffix(const std::string& name) {
 bool IsOutputName(const std::string& name, const fs::path& dir) {
   static const char* const kFixed[] = {"kvfold.json",
                                        "config.json",
+                                       "configuration_decilm.py",
                                        "model.safetensors.index.json",
                                        "kv_eviction_policy.json",
                                        "kv_eviction_policy.safetensors",

@@ -81,7 +81,10 @@ std::optional<TensorId> ParseHfTensorName(const std::string& name) {
   return std::nullopt;
 }
 
-std::vector<std::int64_t> ExpectedShape(const TensorId& id, const ModelConfig& c) {
+std::vector<std::int64_t> ExpectedShape(const TensorId& id, const ModelConfig& config) {
+  if (config.PerLayerKvHeads() && id.layer >= 0)
+    return ExpectedShape(id, config.ForLayer(id.layer));
+  const ModelConfig& c = config;
   const std::int64_t q_out = c.num_attention_heads * c.head_dim;
   const std::int64_t kv_out = c.num_key_value_heads * c.head_dim;
   // In reconstruct mode k_proj keeps the pre-compression heads.

@@ -12,9 +12,10 @@ namespace {
 // vLLM's static FP8 scales from the checkpoint, one per (layer, KV head): a [1] tensor applies
 // to every head, a [KV, 1, 1] (compressed-tensors attn_head) tensor per head.
 std::vector<float> CheckpointFp8Scales(const Checkpoint& ck, TensorRole which) {
-  const std::int64_t layers = ck.config.num_hidden_layers, kv = ck.config.num_key_value_heads;
+  const std::int64_t layers = ck.config.num_hidden_layers;
   std::vector<float> out;
   for (std::int64_t l = 0; l < layers; ++l) {
+    const std::int64_t kv = ck.config.KvHeads(l);
     const std::string name = HfTensorName({which, static_cast<int>(l)});
     if (ck.tensors.Find(name) == nullptr) {
       Fail(ck.dir, "has no " + name + " (scheme=fp8 reads the scales the kv-scales pass writes)");
@@ -56,6 +57,10 @@ CachePolicySpec MakeCachePolicy(const std::string& text, const Checkpoint& ck,
     }
     if (!spec.table.empty()) {
       const KvMixedTable t = ReadKvMixedTable(spec.table);
+      if (ck.config.PerLayerKvHeads())
+        Fail(spec.table,
+             "a kv-mixed table holds one KV-head count for every layer; this "
+             "model's layers have different counts");
       if (t.layers != ck.config.num_hidden_layers || t.kv_heads != ck.config.num_key_value_heads ||
           t.head_dim != ck.config.head_dim) {
         Fail(spec.table,

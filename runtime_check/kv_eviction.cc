@@ -278,29 +278,35 @@ void EvictionVisibility(const HeadEviction& e, const HeadTensors& x, std::uint8_
 }
 
 EvictionCachePolicy::EvictionCachePolicy(const EvictionSpec& spec, const ModelConfig& config)
-    : spec_(spec), kv_heads_(config.num_key_value_heads) {
+    : spec_(spec) {
   const std::int64_t layers = config.num_hidden_layers;
-  heads_.assign(static_cast<std::size_t>(layers * kv_heads_), HeadSetting{false, spec.keep});
+  for (std::int64_t l = 0; l <= layers; ++l) first_head_.push_back(config.KvHeadIndex(l, 0));
+  heads_.assign(static_cast<std::size_t>(config.TotalKvHeads()), HeadSetting{false, spec.keep});
   for (int l : spec.skip_layers) {
     if (l >= layers)
       Fail(kWhere, "skip layer " + std::to_string(l) + " does not exist (the model has " +
                        std::to_string(layers) + ")");
-    for (std::int64_t g = 0; g < kv_heads_; ++g)
-      heads_[static_cast<std::size_t>(l * kv_heads_ + g)].skip = true;
+    for (std::int64_t g = 0; g < config.KvHeads(l); ++g)
+      heads_[static_cast<std::size_t>(config.KvHeadIndex(l, g))].skip = true;
   }
   if (spec.policy == EvictPolicy::kTable) {
     if (spec.table.empty())
       Fail(kWhere, "policy=table needs table=PATH (or a model folder with " +
                        std::string(kEvictionTableJson) + ")");
+    if (config.PerLayerKvHeads())
+      Fail(spec.table,
+           "an eviction table holds one KV-head count for every layer; this model's "
+           "layers have different counts");
     const EvictionTable table = ReadEvictionTable(spec.table);
-    if (table.layers != layers || table.kv_heads != kv_heads_) {
+    if (table.layers != layers || table.kv_heads != config.num_key_value_heads) {
       Fail(spec.table, "table is for " + std::to_string(table.layers) + " layers x " +
                            std::to_string(table.kv_heads) + " KV heads, the model has " +
-                           std::to_string(layers) + " x " + std::to_string(kv_heads_));
+                           std::to_string(layers) + " x " +
+                           std::to_string(config.num_key_value_heads));
     }
     for (std::int64_t l = 0; l < layers; ++l) {
-      for (std::int64_t g = 0; g < kv_heads_; ++g) {
-        HeadSetting& h = heads_[static_cast<std::size_t>(l * kv_heads_ + g)];
+      for (std::int64_t g = 0; g < config.num_key_value_heads; ++g) {
+        HeadSetting& h = heads_[static_cast<std::size_t>(config.KvHeadIndex(l, g))];
         h.skip = h.skip || table.at(l, g).skip;
         h.keep = table.at(l, g).keep;
       }
@@ -309,8 +315,10 @@ EvictionCachePolicy::EvictionCachePolicy(const EvictionSpec& spec, const ModelCo
 }
 
 bool EvictionCachePolicy::Untouched(int layer) const {
-  for (std::int64_t g = 0; g < kv_heads_; ++g) {
-    const HeadSetting& h = heads_[static_cast<std::size_t>(layer * kv_heads_ + g)];
+  const std::int64_t heads = first_head_[static_cast<std::size_t>(layer) + 1] -
+                             first_head_[static_cast<std::size_t>(layer)];
+  for (std::int64_t g = 0; g < heads; ++g) {
+    const HeadSetting& h = Head(layer, g);
     if (!h.skip && (h.keep < 1.0 || spec_.max_cache > 0)) return false;
   }
   return true;
@@ -321,7 +329,7 @@ void EvictionCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout
                                     const HeadCacheOut& out) const {
   std::uint8_t* visible = out.codes;
   const std::int64_t T = L.tokens, d = L.head_dim, group = L.heads / L.kv_heads;
-  const HeadSetting& setting = heads_[static_cast<std::size_t>(layer * kv_heads_ + g)];
+  const HeadSetting& setting = Head(layer, g);
   if (setting.skip) {
     for (std::int64_t i = 0; i < T; ++i) {
       for (std::int64_t j = 0; j < T; ++j) visible[i * T + j] = j <= i ? 1 : 0;

@@ -100,8 +100,11 @@ class EvictionCachePolicy : public KvCachePolicy {
     double keep = 1.0;
   };
   EvictionSpec spec_;
-  std::int64_t kv_heads_ = 0;
-  std::vector<HeadSetting> heads_;  // [layer * kv_heads + g]
+  std::vector<std::int64_t> first_head_;  // per layer: its first KV head's index in heads_
+  std::vector<HeadSetting> heads_;        // [ModelConfig::KvHeadIndex(layer, g)]
+  const HeadSetting& Head(std::int64_t layer, std::int64_t g) const {
+    return heads_[static_cast<std::size_t>(first_head_[static_cast<std::size_t>(layer)] + g)];
+  }
 };
 
 }  // namespace kvfold

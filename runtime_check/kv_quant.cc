@@ -160,7 +160,6 @@ QuantCachePolicy::QuantCachePolicy(const QuantSpec& spec, const ModelConfig& c,
                                    QuantCalibration calibration)
     : spec_(spec),
       layers_(c.num_hidden_layers),
-      kv_heads_(c.num_key_value_heads),
       head_dim_(c.head_dim),
       calibration_(std::move(calibration)) {
   if (spec_.group == 0 || spec_.group > head_dim_) spec_.group = head_dim_;
@@ -169,7 +168,8 @@ QuantCachePolicy::QuantCachePolicy(const QuantSpec& spec, const ModelConfig& c,
       Fail(kWhere, "protect layer " + std::to_string(l) + " does not exist (the model has " +
                        std::to_string(layers_) + ")");
   }
-  const auto heads = static_cast<std::size_t>(layers_ * kv_heads_);
+  for (std::int64_t l = 0; l < layers_; ++l) first_head_.push_back(c.KvHeadIndex(l, 0));
+  const auto heads = static_cast<std::size_t>(c.TotalKvHeads());
   if (spec_.scheme == QuantScheme::kFp8 &&
       (calibration_.k_scale.size() != heads || calibration_.v_scale.size() != heads)) {
     Fail(kWhere,
@@ -218,7 +218,7 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
   const std::int64_t T = L.tokens, d = L.head_dim;
   const bool stored = Quantizes(layer);
   if (stored) CopyHead(qkv, L, b, g, out);
-  const auto head = static_cast<std::size_t>(layer * kv_heads_ + g);
+  const auto head = static_cast<std::size_t>(first_head_[static_cast<std::size_t>(layer)] + g);
   const std::uint8_t all = kCacheVisible | kCacheQuantKey | kCacheQuantValue;
   switch (spec_.scheme) {
     case QuantScheme::kRtn:

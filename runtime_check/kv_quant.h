@@ -60,8 +60,8 @@ QuantSpec ParseQuantSpec(const std::string& text);
 // Static numbers a scheme reads: fp8 scales per (layer, KV head) and mikv's per-channel key
 // ranges per (layer, KV head, channel).
 struct QuantCalibration {
-  std::vector<float> k_scale, v_scale;  // [layers * kv_heads]
-  std::vector<float> key_min, key_max;  // [layers * kv_heads * head_dim]
+  std::vector<float> k_scale, v_scale;  // [every layer's KV heads] (ModelConfig::KvHeadIndex)
+  std::vector<float> key_min, key_max;  // [every layer's KV heads * head_dim]
 };
 
 class QuantCachePolicy : public KvCachePolicy {
@@ -82,7 +82,8 @@ class QuantCachePolicy : public KvCachePolicy {
  private:
   bool Protected(int layer) const;
   QuantSpec spec_;
-  std::int64_t layers_ = 0, kv_heads_ = 0, head_dim_ = 0;
+  std::int64_t layers_ = 0, head_dim_ = 0;
+  std::vector<std::int64_t> first_head_;  // per layer: its first KV head's index in the tables
   QuantCalibration calibration_;
 };
 

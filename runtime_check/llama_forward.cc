@@ -277,13 +277,10 @@ class BatchedPass {
     B_ = tokens.size(0);
     T_ = tokens.size(1);
     H_ = c_.num_attention_heads;
-    KV_ = c_.num_key_value_heads;
     d_ = c_.head_dim;
     reconstruct_ = c_.key_projection_heads > 0;
-    KVs_ = reconstruct_ ? c_.key_projection_heads : KV_;
     scale_ = 1.0 / std::sqrt(static_cast<double>(d_));
     fused_ = m.use_cpu_kernels && m.device.is_cpu();
-    layout_ = QkvLayout{B_, T_, H_, KV_, d_};
     std::tie(cos_, sin_) = RopeTables(T_, c_, m.device);
     if (!fused_) mask_ = CausalMask(T_, c_.sliding_window, m.device);
     if (c_.AttendsAbove()) below_diagonal_ = BelowDiagonalMask(T_, m.device);
@@ -292,7 +289,7 @@ class BatchedPass {
       const std::int64_t source = c_.KvSourceOf(l);
       if (source > l) {  // read before the source ran: the LCKV iteration starts from zeros
         shared_kv_[static_cast<std::size_t>(source)] =
-            at::zeros({B_ * T_, 2 * KV_ * d_}, at::TensorOptions().device(m.device));
+            at::zeros({B_ * T_, 2 * c_.KvHeads(source) * d_}, at::TensorOptions().device(m.device));
       }
     }
   }
@@ -307,7 +304,7 @@ class BatchedPass {
   LayerObserver* observer_;
   const KvCachePolicy* cache_;
   std::int64_t first_sequence_;
-  std::int64_t B_, T_, H_, KV_, KVs_, d_;
+  std::int64_t B_, T_, H_, KV_ = 0, KVs_ = 0, d_;  // KV_, KVs_, layout_: the current layer's
   bool reconstruct_, fused_;
   double scale_;
   QkvLayout layout_;
@@ -317,6 +314,9 @@ class BatchedPass {
 
 void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x,
                         bool observe_only) {
+  KV_ = c_.KvHeads(l);  // per-layer KV heads (Nemotron-NAS)
+  KVs_ = reconstruct_ ? c_.key_projection_heads : KV_;
+  layout_ = QkvLayout{B_, T_, H_, KV_, d_};
   const std::int64_t B = B_, T = T_, H = H_, KV = KV_, KVs = KVs_, d = d_;
   const std::int64_t D = c_.hidden_size;
   const bool computes = c_.ComputesKv(l);

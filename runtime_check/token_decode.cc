@@ -16,8 +16,7 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
   if (c.key_projection_heads > 0)
     Fail("runtime", "token-by-token decoding of reconstruct-mode keys is not implemented");
   const std::int64_t B = tokens.size(0), T = tokens.size(1), L = c.num_hidden_layers;
-  const std::int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, d = c.head_dim;
-  const std::int64_t group = H / KV;
+  const std::int64_t H = c.num_attention_heads, d = c.head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   const auto [cos, sin] = RopeTables(T, c, m.device);
   const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(m.device);
@@ -26,8 +25,8 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
   std::vector<at::Tensor> keys(static_cast<std::size_t>(L)), values(static_cast<std::size_t>(L));
   for (std::int64_t l = 0; l < L; ++l) {
     if (!c.ComputesKv(l)) continue;
-    keys[static_cast<std::size_t>(l)] = at::zeros({B, KV, T, d}, f32);
-    values[static_cast<std::size_t>(l)] = at::zeros({B, KV, T, d}, f32);
+    keys[static_cast<std::size_t>(l)] = at::zeros({B, c.KvHeads(l), T, d}, f32);
+    values[static_cast<std::size_t>(l)] = at::zeros({B, c.KvHeads(l), T, d}, f32);
   }
   at::Tensor logits = at::empty({B, T, c.vocab_size}, f32);
   for (std::int64_t t = 0; t < T; ++t) {
@@ -35,6 +34,8 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
     at::Tensor x = at::embedding(m.embed, tokens.select(1, t));  // [B, D]
     for (std::int64_t l = 0; l < L; ++l) {
       const LlamaLayerWeights& w = m.layers[static_cast<std::size_t>(l)];
+      const std::int64_t source = c.KvSourceOf(l);
+      const std::int64_t KV = c.KvHeads(source), group = H / KV;
       at::Tensor qkv =
           at::linear(RmsNorm(x, w.attn_norm, c.rms_norm_eps), w.w_qkv, w.b_qkv).contiguous();
       if (c.qk_norm) NormalizeQueryKeyHeads(qkv, w, c, c.ComputesKv(l) ? KV : 0);
@@ -46,7 +47,6 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
             qkv.narrow(1, (H + KV) * d, KV * d).view({B, KV, d}));
       }
       // Keys [first, end): a source above this layer has not seen token t yet.
-      const std::int64_t source = c.KvSourceOf(l);
       const std::int64_t end = source > l ? t : t + 1;
       const std::int64_t first =
           c.sliding_window > 0 ? std::max<std::int64_t>(0, t + 1 - c.sliding_window) : 0;

@@ -8,7 +8,8 @@
 #     on the Llama 2 / Mistral tokenizer.json), whose tokenizer llama.cpp must also reproduce
 #     token for token on WikiText-2 test;
 #   - converted outputs: gqa-svd written straight to GGUF by convert, kv-balance exported from an
-#     HF output (its kvfold.json travels into the GGUF metadata).
+#     HF output (its kvfold.json travels into the GGUF metadata), per-layer KV heads
+#     (kv-heads=auto) exported from the DeciLM output as llama.cpp's deci.
 # On the sentencepiece models llama.cpp's tokenizer differs (it skips nmt_nfkc): measured, printed.
 # Skipped (exit 77) with the reason where Node.js or the packages are missing.
 set -euo pipefail
@@ -89,6 +90,15 @@ judge gqa-svd "$work/gqa.gguf" "$work/gqa-hf" "$wiki" 256 8
   -o "$work/balance-hf" --quiet >/dev/null
 "$kvfold" export "$work/balance-hf" -o "$work/balance.gguf" --dtype f32 --quiet >/dev/null
 judge kv-balance "$work/balance.gguf" "$work/balance-hf" "$wiki" 256 8
+# Per-layer KV heads: allocated by measured fold error, DeciLM, then GGUF deci.
+"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 8192 \
+  --passes 'gqa-svd<kv-heads=auto,kv-head-total=24>' -o "$work/deci-hf" --quiet >/dev/null
+"$kvfold" export "$work/deci-hf" -o "$work/deci.gguf" --dtype f32 --quiet >/dev/null
+judge per-layer-heads "$work/deci.gguf" "$work/deci-hf" "$wiki" 256 8
+if ! "$kvfold" inspect "$work/deci.gguf" | grep -q "architecture   deci"; then
+  echo "FAIL  per-layer-heads: the GGUF is not llama.cpp's deci"
+  failures=$((failures + 1))
+fi
 if ! "$kvfold" inspect "$work/balance.gguf" | grep -q "kv-balance"; then
   echo "FAIL  kv-balance: inspect of the GGUF does not name its pipeline"
   failures=$((failures + 1))

@@ -50,6 +50,10 @@ GgmlType ParseGgufDType(const std::string& text, const Checkpoint& source) {
   Fail("--dtype", "'" + text + "' is not f32, f16 or bf16");
 }
 
+// llama and deci store tensors alike (deci: per-layer KV heads): a pass may turn one into the
+// other after the tensors are written.
+bool IsLlamaLayout(const std::string& arch) { return arch == "llama" || arch == "deci"; }
+
 class GgufExporter : public ModelExporter {
  public:
   GgufExporter(std::string path, const Checkpoint& source, const ExportOptions& options)
@@ -80,7 +84,7 @@ class GgufExporter : public ModelExporter {
     }
     const std::vector<float> factors = RopeFrequencyFactors(source.config);
     if (!factors.empty()) {
-      if (architecture_ != "llama") Fail(source.dir, "llama3 RoPE scaling outside llama");
+      if (!IsLlamaLayout(architecture_)) Fail(source.dir, "llama3 RoPE scaling outside llama");
       writer_->AddTensor("rope_freqs.weight", GgmlType::kF32, {factors.size()});
       writer_->Write({reinterpret_cast<const char*>(factors.data()), factors.size() * 4});
     }
@@ -103,7 +107,8 @@ class GgufExporter : public ModelExporter {
 
   std::vector<std::string> Finish(const ExportedModel& m) override {
     const std::string arch = GgufArchitecture(m.config, m.source.dir);
-    if (arch != architecture_) Fail(m.source.dir, "internal error: the architecture changed");
+    if (arch != architecture_ && !(IsLlamaLayout(arch) && IsLlamaLayout(architecture_)))
+      Fail(m.source.dir, "internal error: the architecture changed");
     if (!m.extra_files.empty()) {
       Fail(path_, "the pipeline writes " + m.extra_files.begin()->first +
                       ", a kvfold table llama.cpp cannot use: write an hf output for kvfold's "

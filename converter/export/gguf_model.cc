@@ -64,7 +64,13 @@ std::string GgufArchitecture(const ModelConfig& c, const std::string& where) {
     return "qwen3";
   }
   if (c.o_bias && c.model_type != "llama") Fail(where, "an o_proj bias outside Llama");
-  return "llama";  // llama and mistral (llama.cpp's converter maps Mistral to llama too)
+  if (c.PerLayerKvHeads()) {  // llama.cpp's Llama with per-layer counts (Nemotron-NAS)
+    if (c.qkv_bias || c.o_bias) Fail(where, "llama.cpp's deci reads no attention biases");
+    return "deci";
+  }
+  // llama, mistral (llama.cpp's converter maps Mistral to llama too), and nemotron-nas with one
+  // KV-head count
+  return "llama";
 }
 
 std::string GgufTensorName(const TensorId& id, const std::string& where) {
@@ -134,7 +140,14 @@ void AddArchitectureMetadata(const ModelConfig& c, const std::string& arch, Gguf
   u32("block_count", c.num_hidden_layers);
   u32("feed_forward_length", c.intermediate_size);
   u32("attention.head_count", c.num_attention_heads);
-  u32("attention.head_count_kv", c.num_key_value_heads);
+  if (c.PerLayerKvHeads()) {  // deci: llama.cpp reads a count or an INT32 array per layer
+    std::vector<double> kv;
+    for (std::int64_t l = 0; l < c.num_hidden_layers; ++l)
+      kv.push_back(static_cast<double>(c.KvHeads(l)));
+    m.Set(arch + ".attention.head_count_kv", GgufValue::Numbers(GgufValueType::kI32, kv));
+  } else {
+    u32("attention.head_count_kv", c.num_key_value_heads);
+  }
   u32("attention.key_length", c.head_dim);
   u32("attention.value_length", c.head_dim);
   u32("rope.dimension_count", c.head_dim);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "converter/export/decilm_config.h"
 #include "formats/atomic_file.h"
 #include "formats/companion_files.h"
 #include "formats/mapped_file.h"
@@ -39,6 +40,10 @@ class HfExporter : public ModelExporter {
     WriteFileAtomically(dir_ + "/config.json",
                         UpdateConfigJson(ReadFileToString(config), m.config, config));
     written.push_back("config.json");
+    if (m.config.PerLayerKvHeads()) {  // DeciLM: its configuration class (decilm_config.h)
+      WriteFileAtomically(dir_ + "/" + kDeciConfigFile, kDeciConfigSource);
+      written.push_back(kDeciConfigFile);
+    }
     // Tokenizer, generation and license files travel unchanged; nothing else does.
     for (const auto& name : companions_.copy) {
       CopyRegularFile(m.source.dir + "/" + name, dir_ + "/" + name);

@@ -165,6 +165,7 @@ std::vector<std::int64_t> LckvLayout(std::int64_t layers, std::int64_t warmup) {
 }
 
 std::unique_ptr<Pass> CreateMlkv(const PassSpec& spec, const ModelConfig& config) {
+  RequireUniformKvHeads(config, "mlkv", "layers that share K/V need");
   const std::int64_t L = config.num_hidden_layers;
   const std::int64_t n = IntParam(spec, "kv-layers", -1);
   if (n < 1 || n > L) {
@@ -177,6 +178,7 @@ std::unique_ptr<Pass> CreateMlkv(const PassSpec& spec, const ModelConfig& config
 }
 
 std::unique_ptr<Pass> CreateLckv(const PassSpec& spec, const ModelConfig& config) {
+  RequireUniformKvHeads(config, "lckv", "layers that share K/V need");
   const std::int64_t L = config.num_hidden_layers;
   const std::int64_t w = IntParam(spec, "warmup", 2);
   if (w < 0 || w > L)

@@ -1,23 +1,65 @@
 #include "converter/passes/gqa_passes.h"
 
+#include <algorithm>
+#include <optional>
+
 #include "converter/passes/attention_io.h"
 #include "converter/passes/gqa_fold.h"
+#include "converter/passes/kv_head_allocation.h"
 #include "converter/passes/output_refit.h"
 #include "formats/error.h"
+#include "formats/spec_syntax.h"
 #include "formats/tensor_names.h"
 
 namespace kvfold {
 namespace {
 
-std::int64_t TargetKvHeads(const PassSpec& spec, const ModelConfig& config) {
-  const std::int64_t kv = IntParam(spec, "kv-heads", -1);
-  if (kv <= 0) Fail("--passes", spec.name + ": kv-heads=N is required and must be positive");
-  if (config.num_key_value_heads % kv != 0) {
-    Fail("--passes",
-         spec.name + ": kv-heads=" + std::to_string(kv) + " does not divide the model's " +
-             std::to_string(config.num_key_value_heads) + " KV heads (groups must be even)");
+// kv-heads: one count for every layer, a list with one per layer (each dividing that layer's
+// current count), or auto (allocate, gqa-svd only): nullopt.
+std::optional<std::vector<std::int64_t>> KvHeadTargets(const PassSpec& spec,
+                                                       const ModelConfig& config) {
+  const auto it = spec.params.find("kv-heads");
+  if (it == spec.params.end())
+    Fail("--passes", spec.name + ": kv-heads=N is required (N, one per layer, or auto)");
+  if (TrimSpaces(it->second) == "auto") return std::nullopt;
+  const std::vector<std::string> items = SplitSpecList(it->second);
+  const auto layers = static_cast<std::size_t>(config.num_hidden_layers);
+  if (items.size() != 1 && items.size() != layers) {
+    Fail("--passes", spec.name + ": kv-heads lists " + std::to_string(items.size()) +
+                         " counts for " + std::to_string(layers) + " layers (give one, or one " +
+                         "per layer)");
   }
-  return kv;
+  std::vector<std::int64_t> out;
+  for (std::size_t i = 0; i < std::max(items.size(), layers); ++i) {
+    const std::string item = TrimSpaces(items[items.size() == 1 ? 0 : i]);
+    const std::optional<std::int64_t> kv = ParseSpecInt(item);
+    if (!kv) Fail("--passes", spec.name + ": kv-heads=" + item + " is not an integer");
+    if (*kv <= 0) Fail("--passes", spec.name + ": kv-heads=" + item + " must be positive");
+    const std::int64_t now = config.KvHeads(static_cast<std::int64_t>(i));
+    if (now % *kv != 0) {
+      Fail("--passes", spec.name + ": kv-heads=" + item + " does not divide " +
+                           (config.PerLayerKvHeads() ? "layer " + std::to_string(i) + "'s "
+                                                     : std::string("the model's ")) +
+                           std::to_string(now) + " KV heads (groups must be even)");
+    }
+    if (i < layers) out.push_back(*kv);
+  }
+  return out;
+}
+
+bool Uniform(const std::vector<std::int64_t>& v) {
+  return std::all_of(v.begin(), v.end(), [&](std::int64_t n) { return n == v.front(); });
+}
+
+nlohmann::ordered_json CountsJson(const std::vector<std::int64_t>& v) {
+  if (Uniform(v)) return v.front();
+  return v;
+}
+
+std::vector<std::int64_t> LayerCounts(const ModelConfig& c) {
+  std::vector<std::int64_t> v;
+  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) v.push_back(c.KvHeads(l));
+  return v;
 }
 
 // Layer `layer` as it stands: vanilla keys, and a KV head count the target divides.
@@ -41,37 +83,42 @@ void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target,
 
 class GqaMeanpool : public LayerPass {
  public:
-  explicit GqaMeanpool(std::int64_t kv) : kv_(kv) {}
+  explicit GqaMeanpool(std::vector<std::int64_t> kv) : kv_(std::move(kv)) {}
   bool ChangesKv() const override { return true; }
-  std::int64_t KvHeadsAfter() const override { return kv_; }
+  std::int64_t KvHeadsAfter() const override { return Uniform(kv_) ? kv_.front() : 0; }
   unsigned NeededStatistics() const override { return 0; }
   void RunLayer(LayerPassContext& ctx) override {
-    RequireFoldable(ctx.model, ctx.layer, kv_, "gqa-meanpool");
+    const std::int64_t kv = kv_[static_cast<std::size_t>(ctx.layer)];
+    RequireFoldable(ctx.model, ctx.layer, kv, "gqa-meanpool");
     AttentionProjections p = ReadAttention(ctx.model, ctx.layer);
-    MeanPoolKv(p, kv_);
+    MeanPoolKv(p, kv);
     WriteAttention(ctx.model, ctx.layer, p);
   }
   void Finish(PassContext& ctx) override {
-    ctx.record["kv_heads_before"] = ctx.model.config.num_key_value_heads;
-    ctx.model.config.num_key_value_heads = kv_;
-    ctx.record["kv_heads_after"] = kv_;
+    ctx.record["kv_heads_before"] = CountsJson(LayerCounts(ctx.model.config));
+    ctx.model.config.SetLayerKvHeads(kv_);
+    ctx.record["kv_heads_after"] = CountsJson(kv_);
   }
 
  private:
-  std::int64_t kv_;
+  std::vector<std::int64_t> kv_;  // per layer
 };
 
 // gqa-svd's options besides the target KV heads.
 struct GqaSvdOptions {
   std::string rope, weight, value_weight;
+  std::int64_t kv_total = 0;  // kv-heads=auto: the KV heads of every layer together
+  std::string deci_problem;   // why per-layer counts cannot be an hf output ("" if they can)
   bool refit_output = false;
   double ridge = -1;  // refit: the relative ridge, or -1 for auto (chosen on held-out windows)
 };
 
 class GqaSvd : public LayerPass {
  public:
-  GqaSvd(std::int64_t kv, GqaSvdOptions o)
-      : kv_(kv),
+  GqaSvd(std::vector<std::int64_t> kv, GqaSvdOptions o)
+      : kv_(std::move(kv)),
+        kv_total_(o.kv_total),
+        deci_problem_(std::move(o.deci_problem)),
         rope_(std::move(o.rope)),
         weight_(std::move(o.weight)),
         value_weight_(std::move(o.value_weight)),
@@ -80,16 +127,33 @@ class GqaSvd : public LayerPass {
   bool RefitsOutput() const override { return refit_output_; }
   void DisableRefit() override { refit_output_ = false; }
   bool ChangesKv() const override { return true; }
-  std::int64_t KvHeadsAfter() const override { return kv_; }
+  std::int64_t KvHeadsAfter() const override {
+    return !kv_.empty() && Uniform(kv_) ? kv_.front() : 0;
+  }
   unsigned NeededStatistics() const override {
     return kStatValue | (rope_ == "commute" ? kStatKeyPreRope : kStatKeyPostRope) |
            (weight_ == "query" ? kStatQueryEnergy : 0u);
   }
+  unsigned AllocationStatistics() const override { return kv_total_ > 0 ? NeededStatistics() : 0; }
+  // The layer's fold error at every count it could take (docs/gqa.md, "Per-layer KV heads").
+  void MeasureLayer(const ModelDraft& model, int l, const LayerKvStatistics& stats) override {
+    RequireFoldable(model, l, 1, "gqa-svd");
+    const AttentionProjections source = ReadAttention(model, l);
+    KvHeadCurve curve;
+    for (std::int64_t k = 1; k <= source.kv_heads; ++k) {
+      if (source.kv_heads % k != 0) continue;
+      curve.heads.push_back(k);
+      curve.error.push_back(k == source.kv_heads ? 0.0 : FoldError(source, k, stats));
+    }
+    curves_.push_back(std::move(curve));
+  }
+  void Allocate() override { kv_ = AllocateKvHeads(curves_, kv_total_); }
   // The config keeps the source's KV heads until Finish: every layer reads as the source.
   void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
     const int l = ctx.layer;
-    RequireFoldable(model, l, kv_, "gqa-svd");
+    const std::int64_t target = kv_.at(static_cast<std::size_t>(l));
+    RequireFoldable(model, l, target, "gqa-svd");
     const std::int64_t kv_before = LayerKvHeads(model, l);
     if (ctx.statistics_kv_heads != kv_before) {
       Fail("--passes", "gqa-svd: calibration statistics describe the source model's " +
@@ -100,21 +164,22 @@ class GqaSvd : public LayerPass {
     AttentionProjections p = ReadAttention(model, l);
     if (refit_output_) source_wo_ = p.wo;  // the refit's target is the layer before the fold
     FoldRecord record;
-    FoldValues(p, kv_, stats.value, record, value_weight_ == "output");
+    FoldValues(p, target, stats.value, record, value_weight_ == "output");
     const std::vector<double>* query_energy = weight_ == "query" ? &stats.query_energy : nullptr;
     if (rope_ == "commute") {
-      FoldKeysCommute(p, kv_, stats.key_pre_rope, record, query_energy);
+      FoldKeysCommute(p, target, stats.key_pre_rope, record, query_energy);
     } else {
       const KeyReconstruction r =
-          ReconstructKeys(p, kv_, stats.key_post_rope, record, query_energy);
-      const std::int64_t d = p.head_dim, t = kv_before / kv_;
-      model.Replace({TensorRole::kKCacheProj, l}, {kv_, d, t * d},
+          ReconstructKeys(p, target, stats.key_post_rope, record, query_energy);
+      const std::int64_t d = p.head_dim, t = kv_before / target;
+      model.Replace({TensorRole::kKCacheProj, l}, {target, d, t * d},
                     std::vector<float>(r.k_cache_proj.begin(), r.k_cache_proj.end()));
       model.Replace({TensorRole::kQCacheProj, l}, {p.heads, d, d},
                     std::vector<float>(r.q_cache_proj.begin(), r.q_cache_proj.end()));
     }
     WriteAttention(model, l, p);
     layers_.push_back({{"layer", l},
+                       {"kv_heads", target},
                        {"value_energy_kept", record.value_energy_kept},
                        {"key_energy_kept", record.key_energy_kept}});
   }
@@ -144,10 +209,11 @@ class GqaSvd : public LayerPass {
   void Finish(PassContext& ctx) override {
     ModelDraft& model = ctx.model;
     const std::int64_t kv_before = model.config.num_key_value_heads;
-    model.config.num_key_value_heads = kv_;
+    ctx.record["kv_heads_before"] = CountsJson(LayerCounts(model.config));
+    model.config.SetLayerKvHeads(kv_);
     if (rope_ == "reconstruct") model.config.key_projection_heads = kv_before;
-    ctx.record["kv_heads_before"] = kv_before;
-    ctx.record["kv_heads_after"] = kv_;
+    ctx.record["kv_heads_after"] = CountsJson(kv_);
+    if (kv_total_ > 0) ctx.record["allocation"] = AllocationJson();
     ctx.record["rope"] = rope_;
     ctx.record["weight"] = weight_;
     ctx.record["value_weight"] = value_weight_;
@@ -156,13 +222,43 @@ class GqaSvd : public LayerPass {
     ctx.record["layers"] = std::move(layers_);
   }
   std::string Unexportable(OutputFormat format) const override {
+    if (format == OutputFormat::kHf && (kv_.empty() || !Uniform(kv_)) && !deci_problem_.empty())
+      return "gqa-svd: " + deci_problem_;
     if (format != OutputFormat::kGguf || rope_ != "reconstruct") return "";
     return "gqa-svd rope=reconstruct compresses keys after RoPE, which llama.cpp cannot run: "
            "use rope=commute";
   }
 
  private:
-  std::int64_t kv_;
+  // Fraction of the layer's calibration energy the fold to k heads loses, keys and values
+  // (each the mean over groups of 1 - energy kept, weighted as the fold weights it).
+  double FoldError(const AttentionProjections& source, std::int64_t k,
+                   const LayerKvStatistics& stats) const {
+    AttentionProjections p = source;
+    FoldRecord r;
+    FoldValues(p, k, stats.value, r, value_weight_ == "output");
+    FoldKeysCommute(p, k, stats.key_pre_rope, r,
+                    weight_ == "query" ? &stats.query_energy : nullptr);
+    auto lost = [](const std::vector<double>& kept) {
+      double sum = 0;
+      for (double x : kept) sum += 1 - x;
+      return sum / static_cast<double>(kept.size());
+    };
+    return lost(r.value_energy_kept) + lost(r.key_energy_kept);
+  }
+  nlohmann::ordered_json AllocationJson() const {
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    for (std::size_t l = 0; l < curves_.size(); ++l) {
+      layers.push_back(
+          {{"layer", l}, {"heads", curves_[l].heads}, {"fold_error", curves_[l].error}});
+    }
+    return {{"kv_head_total", kv_total_}, {"measure", "fold energy lost"}, {"layers", layers}};
+  }
+
+  std::vector<std::int64_t> kv_;  // per layer; empty until Allocate with kv-heads=auto
+  std::int64_t kv_total_;
+  std::string deci_problem_;
+  std::vector<KvHeadCurve> curves_;  // kv-heads=auto: per layer, from MeasureLayer
   std::string rope_;
   std::string weight_;
   std::string value_weight_;
@@ -175,7 +271,9 @@ class GqaSvd : public LayerPass {
 }  // namespace
 
 std::unique_ptr<Pass> CreateGqaMeanpool(const PassSpec& spec, const ModelConfig& config) {
-  return std::make_unique<GqaMeanpool>(TargetKvHeads(spec, config));
+  auto kv = KvHeadTargets(spec, config);
+  if (!kv) Fail("--passes", "gqa-meanpool: kv-heads=auto is gqa-svd's (it measures)");
+  return std::make_unique<GqaMeanpool>(std::move(*kv));
 }
 
 std::unique_ptr<Pass> CreateGqaSvd(const PassSpec& spec, const ModelConfig& config) {
@@ -197,7 +295,22 @@ std::unique_ptr<Pass> CreateGqaSvd(const PassSpec& spec, const ModelConfig& conf
   } else if (spec.params.count("ridge")) {
     Fail("--passes", "gqa-svd: ridge applies only with refit=o");
   }
-  return std::make_unique<GqaSvd>(TargetKvHeads(spec, config), std::move(o));
+  const auto targets = KvHeadTargets(spec, config);
+  std::vector<std::int64_t> kv = targets.value_or(std::vector<std::int64_t>{});
+  if (!targets) {
+    o.kv_total = IntParam(spec, "kv-head-total", 0);
+    if (o.kv_total <= 0 || o.kv_total > config.TotalKvHeads()) {
+      Fail("--passes", "gqa-svd: kv-heads=auto needs kv-head-total=N, the KV heads of all " +
+                           std::to_string(config.num_hidden_layers) + " layers together (at most " +
+                           std::to_string(config.TotalKvHeads()) + ")");
+    }
+  } else if (spec.params.count("kv-head-total")) {
+    Fail("--passes", "gqa-svd: kv-head-total goes with kv-heads=auto");
+  }
+  if (o.rope == "reconstruct" && (kv.empty() || !Uniform(kv)))
+    Fail("--passes", "gqa-svd: rope=reconstruct needs one kv-heads count for every layer");
+  o.deci_problem = DeciConfigProblem(config);
+  return std::make_unique<GqaSvd>(std::move(kv), std::move(o));
 }
 
 }  // namespace kvfold

@@ -263,6 +263,7 @@ std::unique_ptr<Pass> CreateKvBalance(const PassSpec& spec, const ModelConfig&) 
 }
 
 std::unique_ptr<Pass> CreateKvMixed(const PassSpec& spec, const ModelConfig& config) {
+  RequireUniformKvHeads(config, "kv-mixed", "its table holds");
   KvMixedTable t;
   const auto bits = IntParam(spec, "bits", 4);
   const auto key_bits = IntParam(spec, "key-bits", bits),

@@ -123,7 +123,8 @@ EvictionTable BuildEvictionTable(const KvStatistics& s, double budget, double ma
   return t;
 }
 
-std::unique_ptr<Pass> CreateNormAnalysis(const PassSpec& spec, const ModelConfig&) {
+std::unique_ptr<Pass> CreateNormAnalysis(const PassSpec& spec, const ModelConfig& config) {
+  RequireUniformKvHeads(config, "kv-norm-analysis", "its eviction table holds");
   const double budget = DoubleParam(spec, "budget", 0.1);
   const double ratio = DoubleParam(spec, "max-alr-ratio", 0.5);
   if (!(budget > 0 && budget < 1)) Fail("--passes", "kv-norm-analysis: budget must be in (0, 1)");

@@ -66,6 +66,13 @@ class LayerPass : public Pass {
   virtual bool RefitsOutput() const { return false; }
   virtual void DisableRefit() {}
   virtual void RefitLayer(LayerPassContext& /*context*/, const OutputRefitMoments& /*moments*/) {}
+  // Passes that choose a setting per layer from every layer's measurements before any layer is
+  // rewritten (gqa-svd<kv-heads=auto>): the statistics they measure on (0: none), then one
+  // MeasureLayer per layer from a sweep of the source, in layer order, then Allocate.
+  virtual unsigned AllocationStatistics() const { return 0; }
+  virtual void MeasureLayer(const ModelDraft& /*model*/, int /*layer*/,
+                            const LayerKvStatistics& /*statistics*/) {}
+  virtual void Allocate() {}
 };
 
 // A pass invocation as written in a pipeline: name<key=value,...>.
@@ -104,6 +111,10 @@ std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t
 // A list parameter written protect=0,1: its distinct integers in order (empty when absent or
 // written as "none", the canonical empty list).
 std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& key);
+// Refuses a pass whose output holds one KV-head count for every layer on a model whose layers
+// differ (Nemotron-NAS / DeciLM): Error("--passes: <pass>: ...").
+void RequireUniformKvHeads(const ModelConfig& config, const std::string& pass,
+                           const std::string& what);
 double DoubleParam(const PassSpec& spec, const std::string& key, double fallback);
 std::string StringParam(const PassSpec& spec, const std::string& key, const std::string& fallback,
                         const std::vector<std::string>& allowed);

@@ -12,11 +12,17 @@ const std::vector<PassInfo>& PassRegistry() {
   static const std::vector<PassInfo> registry = {
       {"gqa-meanpool",
        "KV heads -> fewer KV heads by averaging each group's K/V projections (uptraining baseline)",
-       {{"kv-heads", "target number of KV heads; must divide the current number (required)"}},
+       {{"kv-heads",
+         "target KV heads: N for every layer, or one count per layer (8,4,4,2,...); each must "
+         "divide the layer's current count (required)"}},
        &CreateGqaMeanpool},
       {"gqa-svd",
        "KV heads -> fewer KV heads by per-group PCA of calibration K/V, folded into the weights",
-       {{"kv-heads", "target number of KV heads; must divide the current number (required)"},
+       {{"kv-heads",
+         "target KV heads: N for every layer, one count per layer (8,4,4,2,...; written as "
+         "DeciLM / GGUF deci), or auto (chosen per layer by measured fold error under "
+         "kv-head-total); each must divide the layer's current count (required)"},
+        {"kv-head-total", "with kv-heads=auto: the KV heads of all layers together"},
         {"rope",
          "commute (default: vanilla GQA output) | reconstruct (post-RoPE key PCA; needs "
          "kvfold's runtime)"},

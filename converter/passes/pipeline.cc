@@ -109,6 +109,13 @@ std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& 
   return out;
 }
 
+void RequireUniformKvHeads(const ModelConfig& config, const std::string& pass,
+                           const std::string& what) {
+  if (!config.PerLayerKvHeads()) return;
+  Fail("--passes",
+       pass + ": " + what + " one KV-head count for every layer; this model's layers differ");
+}
+
 double DoubleParam(const PassSpec& spec, const std::string& key, double fallback) {
   auto it = spec.params.find(key);
   if (it == spec.params.end()) {

@@ -233,8 +233,7 @@ std::string RenderReportHtml(const ordered_json& r) {
   o << Row({"architecture", EscapeHtml(model["architecture"].get<std::string>())});
   o << Row({"layers", std::to_string(model["layers"].get<int>())});
   o << Row({"query heads / KV heads / head dim", std::to_string(model["heads"].get<int>()) + " / " +
-                                                     std::to_string(model["kv_heads"].get<int>()) +
-                                                     " / " +
+                                                     model["kv_heads"].dump() + " / " +
                                                      std::to_string(model["head_dim"].get<int>())});
   if (r.contains("run")) {
     const auto& run = r["run"];

@@ -261,3 +261,115 @@ TEST_CASE("config.json: RoPE parameters must be normal numbers", "[config][hosti
                                      "c"),
                     Catch::Contains("gives a RoPE frequency of"));
 }
+
+namespace {
+
+// A Nemotron-NAS config.json in the layout NVIDIA's checkpoints use: n_heads_in_group per layer,
+// the FFN width as ffn_mult.
+std::string DeciConfig(const std::string& blocks, const std::string& extra = "") {
+  return R"({"model_type":"nemotron-nas","architectures":["DeciLMForCausalLM"],
+    "hidden_size":8192,"num_hidden_layers":3,"num_attention_heads":64,"vocab_size":100,)" +
+         extra + R"("block_configs":)" + blocks + "}";
+}
+
+std::string Block(int group, const std::string& ffn = R"("ffn_mult":5.25)",
+                  const std::string& attention_extra = "") {
+  return R"({"attention":{"n_heads_in_group":)" + std::to_string(group) + attention_extra +
+         R"(,"no_op":false,"replace_with_linear":false,"sparsify":null},"ffn":{)" + ffn +
+         R"(,"no_op":false,"replace_with_linear":false}})";
+}
+
+}  // namespace
+
+TEST_CASE("nemotron-nas configs carry per-layer KV heads", "[config][per-layer]") {
+  // Llama-3.1-70B's width: ffn_mult 5.25 at hidden 8192 is 28672 by DeciLM's rule (vLLM's
+  // nemotron_nas.py: int(2 * mult * hidden / 3) rounded up to a multiple of 256).
+  CHECK(DeciIntermediateSize(5.25, 8192) == 28672);
+  CHECK(DeciIntermediateSize(1.0, 64) == 256);  // 42 rounds up
+  const ModelConfig c = ParseModelConfig(
+      DeciConfig("[" + Block(8) + "," + Block(64) + "," + Block(2) + "]"), "config.json");
+  CHECK(c.PerLayerKvHeads());
+  CHECK(c.KvHeads(0) == 8);
+  CHECK(c.KvHeads(1) == 1);
+  CHECK(c.KvHeads(2) == 32);
+  CHECK(c.num_key_value_heads == 32);  // the largest
+  CHECK(c.intermediate_size == 28672);
+  CHECK(c.KvBytesPerToken(2) == 2 * (8 + 1 + 32) * 128 * 2);
+  CHECK(c.KvHeadIndex(2, 3) == 8 + 1 + 3);
+  CHECK(c.TotalKvHeads() == 41);
+  CHECK(c.ForLayer(2).num_key_value_heads == 32);
+  CHECK_FALSE(c.ForLayer(2).PerLayerKvHeads());
+  // Equal counts fold away: a plain config.
+  const ModelConfig u = ParseModelConfig(
+      DeciConfig("[" + Block(8) + "," + Block(8) + "," + Block(8) + "]"), "config.json");
+  CHECK_FALSE(u.PerLayerKvHeads());
+  CHECK(u.num_key_value_heads == 8);
+}
+
+TEST_CASE("per-layer KV heads are written as DeciLM and read back", "[config][per-layer]") {
+  ModelConfig c = ParseModelConfig(With(R"("num_key_value_heads":8)"), "c");
+  c.SetLayerKvHeads({8, 2});
+  const nlohmann::json out = nlohmann::json::parse(UpdateConfigJson(kMinimal, c, "c"));
+  CHECK(out["model_type"] == "nemotron-nas");
+  CHECK(out["architectures"][0] == "DeciLMForCausalLM");
+  CHECK(out["auto_map"]["AutoConfig"] == "configuration_decilm.DeciLMConfig");
+  CHECK_FALSE(out.contains("num_key_value_heads"));
+  CHECK(out["block_configs"][1]["attention"]["n_heads_in_group"] == 4);
+  // 128 is no width ffn_mult can state (multiples of 256): written as intermediate_size.
+  CHECK(out["block_configs"][0]["ffn"]["intermediate_size"] == 128);
+  CHECK_FALSE(out["block_configs"][0]["ffn"].contains("ffn_mult"));
+  const ModelConfig back = ParseModelConfig(out.dump(), "c");
+  CHECK(back.layer_kv_heads == std::vector<std::int64_t>{8, 2});
+  CHECK(back.intermediate_size == 128);
+  // A width of 512 at hidden 256 is ffn_mult 3, as NVIDIA writes it; uniform again: a Llama.
+  ModelConfig wide = c;
+  wide.hidden_size = 256;
+  wide.intermediate_size = 512;
+  const nlohmann::json w = nlohmann::json::parse(UpdateConfigJson(kMinimal, wide, "c"));
+  CHECK(w["block_configs"][0]["ffn"]["ffn_mult"] == 3.0);
+  ModelConfig plain = back;
+  plain.SetLayerKvHeads({2, 2});
+  const nlohmann::json p = nlohmann::json::parse(UpdateConfigJson(out.dump(), plain, "c"));
+  CHECK(p["model_type"] == "llama");
+  CHECK_FALSE(p.contains("block_configs"));
+  CHECK_FALSE(p.contains("auto_map"));
+  CHECK(p["num_key_value_heads"] == 2);
+  // What DeciLM cannot hold is refused by name.
+  ModelConfig biased = c;
+  biased.qkv_bias = true;
+  CHECK(DeciConfigProblem(biased).find("biases") != std::string::npos);
+  CHECK_THROWS_WITH(UpdateConfigJson(kMinimal, biased, "c"), Catch::Contains("biases"));
+}
+
+TEST_CASE("nemotron-nas blocks kvfold cannot run are refused by name", "[config][per-layer]") {
+  auto rejects = [](const std::string& text, const std::string& needle) {
+    try {
+      ParseModelConfig(text, "config.json");
+      FAIL("accepted: " << text);
+    } catch (const Error& e) {
+      INFO(e.what());
+      CHECK(std::string(e.what()).rfind("config.json: ", 0) == 0);
+      CHECK(std::string(e.what()).find(needle) != std::string::npos);
+    }
+  };
+  const std::string b = Block(8);
+  rejects(DeciConfig("[" + b + "," + b + "]"), "one entry per layer");
+  rejects(DeciConfig(R"("blocks")"), "one entry per layer");
+  rejects(DeciConfig("[" + b + "," + b + R"(,{"attention":{"n_heads_in_group":8}}])"),
+          "block_configs[2] needs 'attention' and 'ffn'");
+  rejects(DeciConfig("[" + b + "," + b + "," + Block(7) + "]"), "does not divide");
+  rejects(DeciConfig("[" + b + "," + b + "," + Block(0) + "]"), "n_heads_in_group");
+  rejects(DeciConfig("[" + b + "," + b + "," + Block(8, R"("ffn_mult":2.0)") + "]"),
+          "different FFN widths");
+  rejects(DeciConfig("[" + b + "," + b + "," + Block(8, R"("ffn_mult":1e300)") + "]"),
+          "ffn_mult is too large");
+  rejects(DeciConfig("[" + b + "," + b + "," + Block(8, R"("ffn_mult":"x")") + "]"), "ffn_mult");
+  rejects(DeciConfig("[" + b + "," + b +
+                     R"(,{"attention":{"n_heads_in_group":8},"ffn":{"no_op":true}}])"),
+          "block_configs[2].ffn.no_op is not supported");
+  rejects(DeciConfig("[" + b + "," + b + "," +
+                     Block(8, R"("ffn_mult":5.25)", R"(,"window_length":4096)") + "]"),
+          "window_length");
+  rejects(DeciConfig("[" + b + "," + b + "," + b + "]", R"("intermediate_size":1000,)"),
+          "disagrees with block_configs");
+}
