@@ -252,7 +252,16 @@ ConvertResult Analyze(const ConvertOptions& o) {
   }
   if (!o.plan_budgets.empty()) {
     t0 = Clock::now();
-    report["plan"] = PlanJson(RunPlan(PlanOptionsFor(o)));
+    for (const std::string& runtime : o.plan_runtimes) {
+      PlanOptions p = PlanOptionsFor(o);
+      p.runtime = ParsePlanRuntime(runtime, "--runtime");
+      nlohmann::ordered_json plan = PlanJson(RunPlan(p));
+      if (!report.contains("plan")) {
+        report["plan"] = std::move(plan);
+      } else {
+        report["plan"]["other_runtimes"].push_back(std::move(plan));
+      }
+    }
     result.timings.push_back({"plan", Since(t0)});
   }
   FinishReport(report, result, o.report_path, t_start);

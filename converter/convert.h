@@ -44,6 +44,9 @@ struct ConvertOptions {
   std::string plan_json;
   // kvfold report --budget: the budgets a KV plan is made for (converter/plan/planner.h).
   std::vector<double> plan_budgets;
+  // kvfold report --runtime: the runtimes planned for ("kvfold", "llama.cpp", "vllm"); the
+  // first one's plan is the report's table, every one's frontier is in its chart.
+  std::vector<std::string> plan_runtimes = {"kvfold"};
   // Under mpirun (formats/ranks.h): every rank writes its own `output` (the planner's private
   // scratch conversions), not only the first.
   bool every_rank_writes = false;

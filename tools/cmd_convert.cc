@@ -66,23 +66,46 @@ void AddRankTimeoutOption(CLI::App* sub) {
 
 namespace {
 
+// With --runtime llama.cpp the output is the GGUF llama.cpp runs; with vllm an hf folder.
+void SetArtifact(PlanRuntime runtime, bool format_given, ConvertOptions& o) {
+  const OutputFormat wanted =
+      runtime == PlanRuntime::kLlamaCpp ? OutputFormat::kGguf : OutputFormat::kHf;
+  if (format_given && o.output_format.format != wanted) {
+    Fail("--runtime", std::string(PlanRuntimeName(runtime)) + " runs " +
+                          (wanted == OutputFormat::kGguf ? "a GGUF file" : "an hf folder") +
+                          ": drop --format");
+  }
+  o.output_format.format = wanted;
+}
+
 // --kv-budget: the plan for `budget` (scored on the calibration windows after o.calib_tokens)
 // becomes o.passes and is recorded. A plan that changes no weights has nothing to convert.
-void PlanPasses(double budget, ConvertOptions& o) {
+// Returns the plan's serve command for the output.
+std::string PlanPasses(double budget, PlanRuntime runtime, bool format_given, ConvertOptions& o) {
   if (!o.passes.empty())
     Fail("--kv-budget", "not used with --passes (the plan chooses the passes)");
   if (o.model.empty() || o.calib_text.empty()) Fail("--kv-budget", "needs MODEL and --calib");
+  SetArtifact(runtime, format_given, o);
   ConvertOptions planned = o;
   planned.plan_budgets = {budget};
-  const PlanResult r = RunPlan(PlanOptionsFor(planned));
-  const nlohmann::ordered_json plan = PlanJson(r)["plans"][0];
+  PlanOptions options = PlanOptionsFor(planned);
+  options.runtime = runtime;
+  const PlanResult r = RunPlan(options);
+  const nlohmann::ordered_json plan = PlanJson(r, o.output)["plans"][0];
   if (plan["passes"].is_null())
     Fail("--kv-budget", "no candidate fits " + FormatNumber(budget) + " of the KV cache");
   const std::string cache =
       plan["kv_cache"].is_null() ? "(the full cache)" : plan["kv_cache"].get<std::string>();
   if (plan["passes"].get<std::string>().empty()) {
-    Fail("--kv-budget", "the best plan changes no weights: serve " + o.model +
-                            " as it is with --kv-cache '" + cache + "' (bytes " +
+    // Nothing to convert: how to serve the model as it is.
+    std::string how = "serve " + o.model + " as it is with --kv-cache '" + cache + "'";
+    if (runtime == PlanRuntime::kLlamaCpp) {
+      how = "kvfold export " + o.model + " -o " + o.output + ", then " +
+            plan["serve"].get<std::string>();
+    } else if (runtime == PlanRuntime::kVllm) {
+      how = PlanJson(r, o.model)["plans"][0]["serve"].get<std::string>();
+    }
+    Fail("--kv-budget", "the best plan changes no weights: " + how + " (bytes " +
                             plan["bytes_fraction"].dump() + ", KL " + plan["kl"].dump() + ")");
   }
   o.passes = plan["passes"].get<std::string>();
@@ -91,6 +114,7 @@ void PlanPasses(double budget, ConvertOptions& o) {
   if (o.progress)
     std::fprintf(stderr, "kvfold: plan for %g: --passes '%s', --kv-cache %s\n", budget,
                  o.passes.c_str(), cache.c_str());
+  return plan["serve"].get<std::string>();
 }
 
 }  // namespace
@@ -103,6 +127,8 @@ Command AddConvertCommand(CLI::App& app) {
     bool quiet = false;
     std::string reproduce;  // a kvfold.json
     double kv_budget = 0;   // --kv-budget: plan, then convert with the plan's passes
+    PlanRuntime runtime = PlanRuntime::kKvfold;  // --runtime: what the plan must run in
+    bool format_given = false;
   };
   auto a = std::make_shared<Args>();
   CLI::App* sub =
@@ -119,6 +145,7 @@ Command AddConvertCommand(CLI::App& app) {
          "--format",
          [a](const std::string& f) {
            a->options.output_format.format = ParseOutputFormat(f, "--format");
+           a->format_given = true;
          },
          "Output: hf (default: a HuggingFace folder) or gguf (one file for llama.cpp)")
       ->check(CLI::IsMember({"hf", "gguf"}));
@@ -159,6 +186,11 @@ Command AddConvertCommand(CLI::App& app) {
                   "KV cache and convert "
                   "with the best plan's passes (recorded in kvfold.json with its --kv-cache spec)")
       ->check(BudgetList());
+  sub->add_option_function<std::string>(
+         "--runtime", [a](const std::string& r) { a->runtime = ParsePlanRuntime(r, "--runtime"); },
+         "With --kv-budget: the runtime the plan must run in: kvfold (default), llama.cpp (writes "
+         "a GGUF) or vllm (an hf folder); the serve command is printed and recorded")
+      ->check(CLI::IsMember({"kvfold", "llama.cpp", "vllm"}));
   sub->add_flag("--print-passes", a->print_passes, "List the passes and their parameters");
   sub->add_flag("--time-passes", a->time_passes, "Print the time of calibration and each pass");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
@@ -176,7 +208,11 @@ Command AddConvertCommand(CLI::App& app) {
             if (a->options.calib_text.empty()) Fail("convert", "--calib TEXT is required");
             a->options.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
             a->options.output_format.progress = a->options.progress;
-            if (a->kv_budget > 0) PlanPasses(a->kv_budget, a->options);
+            if (a->runtime != PlanRuntime::kKvfold && a->kv_budget <= 0)
+              Fail("--runtime", "goes with --kv-budget (the plan is made for that runtime)");
+            std::string serve;  // the plan's command that runs the output
+            if (a->kv_budget > 0)
+              serve = PlanPasses(a->kv_budget, a->runtime, a->format_given, a->options);
             if (a->options.passes.empty())
               Fail("convert", "--passes is required (see --print-passes)");
             if (!a->options.eval_text.empty() && a->options.report_path.empty()) {
@@ -189,6 +225,7 @@ Command AddConvertCommand(CLI::App& app) {
               std::fprintf(stderr, "time  %-48s %8.3f s\n", "total", r.total_seconds);
             }
             std::printf("wrote %s\n", a->options.output.c_str());
+            if (!serve.empty()) std::printf("serve: %s\n", serve.c_str());
             if (!a->options.report_path.empty())
               std::printf("wrote %s\n", a->options.report_path.c_str());
             return 0;
@@ -221,6 +258,12 @@ Command AddReportCommand(CLI::App& app) {
                   "KV cache, e.g. 0.5,0.25; its candidates calibrate on --calib-tokens and are "
                   "scored on the windows after them")
       ->check(BudgetList());
+  sub->add_option("--runtime", o->plan_runtimes,
+                  "With --budget: plan for these runtimes (kvfold, llama.cpp, vllm; default "
+                  "kvfold): the first one's plan is the table, every one's frontier is in the "
+                  "chart")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"kvfold", "llama.cpp", "vllm"}));
   auto quiet = std::make_shared<bool>(false);
   sub->add_flag("--quiet", *quiet, "No progress lines on stderr");
   return {sub, [o, budgets, quiet] {

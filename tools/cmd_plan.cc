@@ -31,6 +31,13 @@ Command AddPlanCommand(CLI::App& app) {
                   "0.5,0.25,0.125,0.0625")
       ->required()
       ->check(BudgetList());
+  sub->add_option_function<std::string>(
+         "--runtime",
+         [a](const std::string& r) { a->options.runtime = ParsePlanRuntime(r, "--runtime"); },
+         "What the plans must run in: kvfold (default: every method, kvfold's runtime), llama.cpp "
+         "(KV heads x -ctk/-ctv cache types, a GGUF) or vllm (KV heads x fp8 or 16-bit, an hf "
+         "folder)")
+      ->check(CLI::IsMember({"kvfold", "llama.cpp", "vllm"}));
   sub->add_option("--calib-tokens", o.calib_tokens, "Calibration tokens of each conversion")
       ->capture_default_str()
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40));

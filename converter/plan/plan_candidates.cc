@@ -2,11 +2,62 @@
 
 #include <algorithm>
 
+#include "calib/ggml_cache_types.h"
+#include "formats/error.h"
+
 namespace kvfold {
 
-std::vector<PlanStructure> PlanStructures(const ModelConfig& c) {
+PlanRuntime ParsePlanRuntime(const std::string& text, const std::string& where) {
+  if (text == "kvfold") return PlanRuntime::kKvfold;
+  if (text == "llama.cpp") return PlanRuntime::kLlamaCpp;
+  if (text == "vllm") return PlanRuntime::kVllm;
+  Fail(where, "'" + text + "' is not kvfold, llama.cpp or vllm");
+}
+
+const char* PlanRuntimeName(PlanRuntime runtime) {
+  switch (runtime) {
+    case PlanRuntime::kLlamaCpp:
+      return "llama.cpp";
+    case PlanRuntime::kVllm:
+      return "vllm";
+    default:
+      return "kvfold";
+  }
+}
+
+namespace {
+
+// What llama.cpp and vLLM serve: KV heads on every layer, or the same totals per layer.
+std::vector<PlanStructure> ServedStructures(const ModelConfig& c) {
   std::vector<PlanStructure> out = {{"", "none", true}};
-  if (c.qk_norm) return out;  // gqa-svd and mlkv refuse per-head q/k norms
+  if (c.qk_norm) return out;  // gqa-svd refuses per-head key norms
+  const std::int64_t layers = c.num_hidden_layers, total = c.TotalKvHeads();
+  for (std::int64_t divisor : {2, 4, 8}) {
+    if (!c.PerLayerKvHeads() && c.num_key_value_heads % divisor == 0) {
+      const std::int64_t kv = c.num_key_value_heads / divisor;
+      out.push_back({"gqa-svd<kv-heads=" + std::to_string(kv) + ">", "heads", true});
+    }
+  }
+  // Per layer, in eighths of the heads: a total between two uniform counts trims a cache type
+  // to a budget (at one head a layer there is nothing to allocate).
+  std::int64_t last = total;
+  for (std::int64_t eighths = 7; eighths >= 1; --eighths) {
+    const std::int64_t t = total * eighths / 8;
+    if (t <= layers || t == last) continue;
+    out.push_back({"gqa-svd<kv-heads=auto,kv-head-total=" + std::to_string(t) + ">",
+                   "heads per layer", true});
+    last = t;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runtime) {
+  if (runtime != PlanRuntime::kKvfold) return ServedStructures(c);
+  std::vector<PlanStructure> out = {{"", "none", true}};
+  // gqa-svd and mlkv refuse per-head q/k norms; the planner's KV-head counts are uniform.
+  if (c.qk_norm || c.PerLayerKvHeads()) return out;
   const std::int64_t kv = c.num_key_value_heads, layers = c.num_hidden_layers;
   for (std::int64_t divisor : {2, 4, 8}) {
     if (kv % divisor == 0)
@@ -29,7 +80,44 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c) {
   return out;
 }
 
-std::vector<PlanCache> PlanCaches() {
+namespace {
+
+// llama.cpp's -ctk/-ctv pairs, keys at least as precise as values (bf16 stores as many bytes as
+// f16, llama.cpp's default, and is left out).
+std::vector<PlanCache> LlamaCppCaches(std::int64_t head_dim) {
+  const GgmlCacheType types[] = {GgmlCacheType::kF16,   GgmlCacheType::kQ8_0, GgmlCacheType::kQ5_1,
+                                 GgmlCacheType::kQ5_0,  GgmlCacheType::kQ4_1, GgmlCacheType::kQ4_0,
+                                 GgmlCacheType::kIQ4_NL};
+  std::vector<PlanCache> out;
+  for (GgmlCacheType k : types) {
+    for (GgmlCacheType v : types) {
+      if (GgmlBitsPerElement(v) > GgmlBitsPerElement(k)) continue;
+      if (head_dim % static_cast<std::int64_t>(GgmlBlockSize(k)) != 0 ||
+          head_dim % static_cast<std::int64_t>(GgmlBlockSize(v)) != 0)
+        continue;
+      const std::string kn = GgmlCacheTypeName(k), vn = GgmlCacheTypeName(v);
+      PlanCache c{"ggml<k=" + kn + ",v=" + vn + ">", kn == "f16" && vn == "f16" ? "none" : "quant"};
+      c.cache_k = kn;
+      c.cache_v = vn;
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+std::vector<PlanCache> VllmCaches() {
+  PlanCache full{"", "none"};
+  full.cache_k = full.cache_v = "auto";  // vLLM's --kv-cache-dtype auto: the model's dtype
+  PlanCache fp8{"quant<scheme=fp8>", "quant", true};
+  fp8.cache_k = fp8.cache_v = "fp8";
+  return {full, fp8};
+}
+
+}  // namespace
+
+std::vector<PlanCache> PlanCaches(PlanRuntime runtime, std::int64_t head_dim) {
+  if (runtime == PlanRuntime::kLlamaCpp) return LlamaCppCaches(head_dim);
+  if (runtime == PlanRuntime::kVllm) return VllmCaches();
   std::vector<PlanCache> out = {{"", "none", false}, {"quant<scheme=fp8>", "quant", true}};
   for (const char* scheme : {"rtn", "kivi"}) {
     const std::vector<int> bits =
@@ -97,12 +185,39 @@ PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t 
   k.passes = st.passes;
   if (ca.needs_fp8_scales) k.passes += std::string(k.passes.empty() ? "" : ",") + "kv-scales";
   k.kv_cache = ca.spec;
+  k.cache_k = ca.cache_k;
+  k.cache_v = ca.cache_v;
   if (st.family == "none") {
     k.family = ca.family;
   } else {
     k.family = ca.family == "none" ? st.family : st.family + "+" + ca.family;
   }
   return k;
+}
+
+PlanServing ServingOf(PlanRuntime runtime, const PlanCandidate& k, const std::string& output) {
+  const bool per_layer =
+      !k.kv_heads.empty() && std::any_of(k.kv_heads.begin(), k.kv_heads.end(),
+                                         [&](std::int64_t n) { return n != k.kv_heads.front(); });
+  PlanServing s;
+  switch (runtime) {
+    case PlanRuntime::kLlamaCpp:
+      // -fa on: quantized V needs flash attention, and kvfold simulates its path (the query
+      // rounded to the K type's dot-product type).
+      s = {"gguf", k.cache_k, k.cache_v,
+           "llama-server -m " + output + " -fa on -ctk " + k.cache_k + " -ctv " + k.cache_v};
+      break;
+    case PlanRuntime::kVllm:
+      s = {"hf", k.cache_k, k.cache_v,
+           "vllm serve " + output + (k.cache_k == "fp8" ? " --kv-cache-dtype fp8" : "") +
+               (per_layer ? " --trust-remote-code" : "")};
+      break;
+    default:
+      s = {"hf", "", "",
+           "kvfold eval " + output + " --text TEXT" +
+               (k.kv_cache.empty() ? "" : " --kv-cache '" + k.kv_cache + "'")};
+  }
+  return s;
 }
 
 }  // namespace kvfold

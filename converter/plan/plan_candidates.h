@@ -13,6 +13,15 @@
 
 namespace kvfold {
 
+// The runtime a plan is for (kvfold plan --runtime): what it serves decides the candidates, the
+// bytes, the artifact and the command that runs it.
+//   kvfold:    everything kvfold's validation runtime runs (research cache policies too)
+//   llama.cpp: KV heads (uniform or per layer, GGUF deci) x llama.cpp's K and V cache types
+//   vllm:      KV heads (uniform or per layer, DeciLM) x fp8 (kv-scales, per tensor) or 16 bits
+enum class PlanRuntime { kKvfold, kLlamaCpp, kVllm };
+PlanRuntime ParsePlanRuntime(const std::string& text, const std::string& where);
+const char* PlanRuntimeName(PlanRuntime runtime);
+
 // A conversion of the weights: the passes that make it ("" = the model as it is).
 struct PlanStructure {
   std::string passes;
@@ -28,6 +37,7 @@ struct PlanCache {
   bool needs_fp8_scales = false;
   bool low_bits =
       false;  // RTN or KIVI with keys or values at 3 bits or fewer: per-layer protection pays
+  std::string cache_k, cache_v;  // llama.cpp and vLLM: the runtime's names for the cache types
 };
 
 struct PlanCandidate {
@@ -36,6 +46,8 @@ struct PlanCandidate {
   std::string kv_cache;                  // --kv-cache spec ("" = full cache)
   std::string family;                    // methods combined, e.g. "heads", "quant", "heads+quant"
   double bytes_fraction = 1;             // KV bytes per cached token over the source's 16-bit cache
+  std::vector<std::int64_t> kv_heads;    // per layer, after the conversion
+  std::string cache_k, cache_v;          // as PlanCache's
   double kl = std::numeric_limits<double>::quiet_NaN();        // on every scoring window
   double quick_kl = std::numeric_limits<double>::quiet_NaN();  // on the pruning windows
   bool frontier = false;  // no scored candidate is both smaller (or equal) and better
@@ -44,11 +56,26 @@ struct PlanCandidate {
 // The conversions tried for `c`: the model, gqa-svd to 1/2, 1/4 and 1/8 of the KV heads, mlkv to
 // 1/2 and 1/4 of the layers, and 1/2 of each together (what `c` allows: no KV-head or cross-layer
 // fold for models with per-head q/k norms).
-std::vector<PlanStructure> PlanStructures(const ModelConfig& c);
+// For llama.cpp and vLLM: the model, gqa-svd to 1/2, 1/4, 1/8 on every layer, and totals of
+// 7/8, 6/8, ... 1/8 of the heads allocated per layer (kv-heads=auto); no cross-layer sharing
+// (neither runs it).
+std::vector<PlanStructure> PlanStructures(const ModelConfig& c,
+                                          PlanRuntime runtime = PlanRuntime::kKvfold);
 
 // The cache policies tried: full, FP8, RTN and KIVI with key and value bits chosen apart, MiKV
 // and L2-norm eviction.
-std::vector<PlanCache> PlanCaches();
+// llama.cpp: ggml<k=K,v=V> for K at least as many bits as V among f16, q8_0, q5_1, q5_0, q4_1,
+// q4_0, iq4_nl (the block types only when 32 divides head_dim); vLLM: 16 bits and fp8.
+std::vector<PlanCache> PlanCaches(PlanRuntime runtime = PlanRuntime::kKvfold,
+                                  std::int64_t head_dim = 0);
+
+// How a candidate is served: the artifact convert writes ("gguf" or "hf"), the cache types in
+// the runtime's own names (empty for kvfold's policies) and the command that runs `output`.
+struct PlanServing {
+  std::string artifact, cache_k, cache_v, serve;
+};
+PlanServing ServingOf(PlanRuntime runtime, const PlanCandidate& candidate,
+                      const std::string& output);
 
 // Per-layer precision by measured sensitivity: the cache spec that quantizes layer `layer` alone
 // at the lowest bits tried (every other layer protected), whose KL ranks the layers.

@@ -132,6 +132,13 @@ class Scorer {
     }
     return CompareModels(*base_, *model_, windows, bos_, options).kl;
   }
+  std::vector<std::int64_t> KvHeads(const std::string& dir) {
+    Load(dir);
+    std::vector<std::int64_t> heads;
+    for (std::int64_t l = 0; l < checkpoint_->config.num_hidden_layers; ++l)
+      heads.push_back(checkpoint_->config.KvHeads(l));
+    return heads;
+  }
   double BytesFraction(const std::string& dir, const std::string& cache_spec) {
     Load(dir);
     double bits = 16;
@@ -242,6 +249,12 @@ void MarkFrontier(std::vector<PlanCandidate>& candidates) {
   }
 }
 
+// The artifact's name in serve commands: the output given, or a placeholder.
+std::string ArtifactPath(PlanRuntime runtime, const std::string& output) {
+  if (!output.empty()) return output;
+  return runtime == PlanRuntime::kLlamaCpp ? "OUT.gguf" : "OUT";
+}
+
 nlohmann::ordered_json Number(double x) {
   return std::isnan(x) ? nlohmann::ordered_json() : nlohmann::ordered_json(x);
 }
@@ -263,8 +276,9 @@ class Deadline {
 
 PlanResult NewResult(const PlanOptions& o, const Checkpoint& source) {
   PlanResult r;
-  r.structures = PlanStructures(source.config);
-  r.caches = PlanCaches();
+  r.runtime = o.runtime;
+  r.structures = PlanStructures(source.config, o.runtime);
+  r.caches = PlanCaches(o.runtime, source.config.head_dim);
   r.calibration_tokens = o.calib_tokens;
   r.window = o.window;
   r.score_windows = o.score_windows;
@@ -279,10 +293,12 @@ PlanResult NewResult(const PlanOptions& o, const Checkpoint& source) {
 void Screen(const PlanOptions& o, const Checkpoint& source, const std::vector<TokenWindow>& screen,
             const ScratchFolder& scratch, Scorer& scorer, const Deadline& deadline, PlanResult& r) {
   const std::int64_t layers = source.config.num_hidden_layers;
-  // Progress counts the per-layer caches to come too: their number depends on the layer count
-  // alone.
+  // Per-layer cache precision is kvfold's runtime's alone. Progress counts those caches to come
+  // too: their number depends on the layer count alone.
+  const bool per_layer_caches = o.runtime == PlanRuntime::kKvfold;
   const std::vector<std::int64_t> any_order(static_cast<std::size_t>(layers), 0);
-  const std::size_t per_structure = r.caches.size() + ProtectedCaches(r.caches, any_order).size();
+  const std::size_t per_structure =
+      r.caches.size() + (per_layer_caches ? ProtectedCaches(r.caches, any_order).size() : 0);
   Progress progress("plan", static_cast<std::int64_t>(r.structures.size() * (per_structure + 1)),
                     "steps", o.progress);
   std::int64_t step = 0;
@@ -290,7 +306,7 @@ void Screen(const PlanOptions& o, const Checkpoint& source, const std::vector<To
     const PlanStructure& st = r.structures[s];
     ConvertStructure(o, st, scratch.Conversion(s));
     progress.Update(++step, "converted " + (st.passes.empty() ? "(none)" : st.passes));
-    if (s == 0) {
+    if (s == 0 && per_layer_caches) {
       r.layers_by_sensitivity =
           RankLayers(scorer, scratch.Conversion(0), layers, screen, r.layer_kl);
       const auto protected_caches = ProtectedCaches(r.caches, r.layers_by_sensitivity);
@@ -302,6 +318,7 @@ void Screen(const PlanOptions& o, const Checkpoint& source, const std::vector<To
           (!r.caches[c].spec.empty() && !st.cache_policies))
         continue;
       PlanCandidate k = Combine(r.structures, s, r.caches, c);
+      k.kv_heads = scorer.KvHeads(scratch.Conversion(s));
       k.bytes_fraction = scorer.BytesFraction(scratch.Conversion(s), k.kv_cache);
       if (!deadline.Passed(r)) k.quick_kl = scorer.Kl(scratch.Conversion(s), k.kv_cache, screen);
       r.candidates.push_back(std::move(k));
@@ -381,7 +398,7 @@ PlanResult RunPlan(const PlanOptions& o) {
   return r;
 }
 
-nlohmann::ordered_json PlanJson(const PlanResult& r) {
+nlohmann::ordered_json PlanJson(const PlanResult& r, const std::string& output) {
   nlohmann::ordered_json plans = nlohmann::ordered_json::array(),
                          candidates = nlohmann::ordered_json::array();
   for (const BudgetPlan& p : r.plans) {
@@ -394,13 +411,22 @@ nlohmann::ordered_json PlanJson(const PlanResult& r) {
       continue;
     }
     const PlanCandidate& k = r.candidates[static_cast<std::size_t>(p.candidate)];
+    const PlanServing serving = ServingOf(r.runtime, k, ArtifactPath(r.runtime, output));
+    auto name = [](const std::string& s) {
+      return s.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s);
+    };
     plans.push_back({{"budget", p.budget},
                      {"passes", k.passes},
-                     {"kv_cache", k.kv_cache.empty() ? nlohmann::ordered_json()
-                                                     : nlohmann::ordered_json(k.kv_cache)},
+                     {"kv_cache", name(k.kv_cache)},
                      {"bytes_fraction", k.bytes_fraction},
                      {"kl", k.kl},
-                     {"family", k.family}});
+                     {"family", k.family},
+                     {"runtime", PlanRuntimeName(r.runtime)},
+                     {"artifact", serving.artifact},
+                     {"kv_heads", k.kv_heads},
+                     {"cache_k", name(serving.cache_k)},
+                     {"cache_v", name(serving.cache_v)},
+                     {"serve", serving.serve}});
   }
   for (const PlanCandidate& k : r.candidates) {
     candidates.push_back({{"passes", k.passes},
@@ -412,7 +438,8 @@ nlohmann::ordered_json PlanJson(const PlanResult& r) {
                           {"kl", Number(k.kl)},
                           {"frontier", k.frontier}});
   }
-  return {{"plans", std::move(plans)},
+  return {{"runtime", PlanRuntimeName(r.runtime)},
+          {"plans", std::move(plans)},
           {"layer_sensitivity",
            {{"probe", "keys and values at 2 bits (RTN) on that layer alone"},
             {"kl", r.layer_kl},
@@ -443,6 +470,8 @@ std::string PlanTable(const PlanResult& r) {
     std::snprintf(line, sizeof line, "%-8.4f %-9.5f ", k.bytes_fraction, k.kl);
     out += line + (k.passes.empty() ? std::string("(no conversion)") : k.passes) + " | " +
            (k.kv_cache.empty() ? std::string("(full cache)") : k.kv_cache) + "\n";
+    if (r.runtime != PlanRuntime::kKvfold)
+      out += "        serve: " + ServingOf(r.runtime, k, ArtifactPath(r.runtime, "")).serve + "\n";
   }
   if (r.time_limited)
     out += "note: --plan-seconds stopped the search; some candidates were not scored\n";

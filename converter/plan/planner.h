@@ -17,7 +17,8 @@ namespace kvfold {
 
 struct PlanOptions {
   std::string model, calib_text;
-  std::vector<double> budgets;        // fractions of the source's 16-bit KV cache, in (0, 1]
+  std::vector<double> budgets;  // fractions of the source's 16-bit KV cache, in (0, 1]
+  PlanRuntime runtime = PlanRuntime::kKvfold;  // what the plans must run in (--runtime)
   std::int64_t calib_tokens = 16384;  // what each conversion calibrates on (the text's start)
   int window = 256;
   int score_windows = 8;     // held-out windows after the calibration tokens
@@ -36,6 +37,7 @@ struct BudgetPlan {
 };
 
 struct PlanResult {
+  PlanRuntime runtime = PlanRuntime::kKvfold;
   std::vector<PlanStructure> structures;
   std::vector<PlanCache> caches;
   std::vector<PlanCandidate> candidates;
@@ -57,8 +59,10 @@ PlanResult RunPlan(const PlanOptions& options);
 // calibration text and tokens, window, device, threads and memory; budgets = o.plan_budgets.
 PlanOptions PlanOptionsFor(const ConvertOptions& o);
 
-// {"plans": [{"budget", "passes", "kv_cache", "bytes_fraction", "kl"}], "candidates": [...], ...}
-nlohmann::ordered_json PlanJson(const PlanResult& result);
+// {"runtime", "plans": [{"budget", "passes", "kv_cache", "bytes_fraction", "kl", "family",
+// "runtime", "artifact", "kv_heads", "cache_k", "cache_v", "serve"}], "candidates": [...], ...};
+// `output` names the artifact in the serve commands (OUT / OUT.gguf when empty).
+nlohmann::ordered_json PlanJson(const PlanResult& result, const std::string& output = "");
 // The plans as a text table, one line per budget.
 std::string PlanTable(const PlanResult& result);
 // Parses "0.5,0.25": each in (0, 1]; throws Error("--budget: ...").
