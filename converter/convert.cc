@@ -163,13 +163,13 @@ CalibrationInput LoadCalibration(const Checkpoint& ck, const ConvertOptions& o) 
   return in;
 }
 
-// The model and run sections every report starts with.
 // The KV heads, or one count per layer where they differ.
 nlohmann::ordered_json KvHeadsJson(const ModelConfig& c) {
   if (c.PerLayerKvHeads()) return c.layer_kv_heads;
   return c.num_key_value_heads;
 }
 
+// The model and run sections every report starts with.
 nlohmann::ordered_json ReportBase(const Checkpoint& ck, const ConvertOptions& o,
                                   const std::string& pipeline, const std::string& calib_sha,
                                   std::int64_t calib_tokens) {

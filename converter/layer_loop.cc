@@ -217,9 +217,9 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
                        pipeline.passes.end(), [](const auto& p) { return p->ChangesKv(); });
       draft.SealLayer(l);
       stats_kv = LayerKvHeads(draft, l);
-      Collectors collectors(stepper.slots(), needed, LayerConfig(draft, l), stats_kv, {});
-      stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), collectors.observers,
-                  final_weights);
+      const ModelConfig layer = LayerConfig(draft, l);
+      Collectors collectors(stepper.slots(), needed, layer, stats_kv, {});
+      stepper.Run(l, layer, DraftWeights(draft), collectors.observers, final_weights);
       stats = collectors.TakeLayer(l);
       if (l == 0 && totals.tokens == 0)
         totals = collectors.Totals();  // tokens are counted at layer 0
@@ -375,9 +375,10 @@ namespace {
 void AllocatePerLayer(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
                       const ConvertOptions& o) {
   for (auto& pass : pipeline.passes) {
-    if (!pass->LayerLocal() || AsLayerPass(pass).AllocationStatistics() == 0) continue;
+    if (!pass->LayerLocal()) continue;
     LayerPass& p = AsLayerPass(pass);
     const unsigned needed = p.AllocationStatistics();
+    if (needed == 0) continue;
     Calibrate(
         draft.source(), data, needed, o, {}, nullptr,
         [&](int l, const LayerKvStatistics& s, std::int64_t) { p.MeasureLayer(draft, l, s); });

@@ -79,6 +79,12 @@ struct ModelConfig {
     return index;
   }
   std::int64_t TotalKvHeads() const { return KvHeadIndex(num_hidden_layers, 0); }
+  // Every layer's KV heads, in layer order.
+  std::vector<std::int64_t> KvHeadCounts() const {
+    std::vector<std::int64_t> counts;
+    for (std::int64_t l = 0; l < num_hidden_layers; ++l) counts.push_back(KvHeads(l));
+    return counts;
+  }
   // Sets every layer's KV heads: a uniform list becomes num_key_value_heads alone.
   void SetLayerKvHeads(const std::vector<std::int64_t>& counts);
   // This config as layer `layer` sees it: that layer's KV heads as num_key_value_heads.

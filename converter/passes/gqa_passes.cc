@@ -56,12 +56,6 @@ nlohmann::ordered_json CountsJson(const std::vector<std::int64_t>& v) {
   return v;
 }
 
-std::vector<std::int64_t> LayerCounts(const ModelConfig& c) {
-  std::vector<std::int64_t> v;
-  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) v.push_back(c.KvHeads(l));
-  return v;
-}
-
 // Layer `layer` as it stands: vanilla keys, and a KV head count the target divides.
 void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target,
                      const std::string& pass) {
@@ -95,7 +89,7 @@ class GqaMeanpool : public LayerPass {
     WriteAttention(ctx.model, ctx.layer, p);
   }
   void Finish(PassContext& ctx) override {
-    ctx.record["kv_heads_before"] = CountsJson(LayerCounts(ctx.model.config));
+    ctx.record["kv_heads_before"] = CountsJson(ctx.model.config.KvHeadCounts());
     ctx.model.config.SetLayerKvHeads(kv_);
     ctx.record["kv_heads_after"] = CountsJson(kv_);
   }
@@ -209,7 +203,7 @@ class GqaSvd : public LayerPass {
   void Finish(PassContext& ctx) override {
     ModelDraft& model = ctx.model;
     const std::int64_t kv_before = model.config.num_key_value_heads;
-    ctx.record["kv_heads_before"] = CountsJson(LayerCounts(model.config));
+    ctx.record["kv_heads_before"] = CountsJson(model.config.KvHeadCounts());
     model.config.SetLayerKvHeads(kv_);
     if (rope_ == "reconstruct") model.config.key_projection_heads = kv_before;
     ctx.record["kv_heads_after"] = CountsJson(kv_);

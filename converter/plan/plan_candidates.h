@@ -37,7 +37,8 @@ struct PlanCache {
   bool needs_fp8_scales = false;
   bool low_bits =
       false;  // RTN or KIVI with keys or values at 3 bits or fewer: per-layer protection pays
-  std::string cache_k, cache_v;  // llama.cpp and vLLM: the runtime's names for the cache types
+  // llama.cpp and vLLM: the runtime's names for the cache types.
+  std::string cache_k = {}, cache_v = {};
 };
 
 struct PlanCandidate {

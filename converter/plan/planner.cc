@@ -134,10 +134,7 @@ class Scorer {
   }
   std::vector<std::int64_t> KvHeads(const std::string& dir) {
     Load(dir);
-    std::vector<std::int64_t> heads;
-    for (std::int64_t l = 0; l < checkpoint_->config.num_hidden_layers; ++l)
-      heads.push_back(checkpoint_->config.KvHeads(l));
-    return heads;
+    return checkpoint_->config.KvHeadCounts();
   }
   double BytesFraction(const std::string& dir, const std::string& cache_spec) {
     Load(dir);

@@ -21,6 +21,18 @@ std::string With(const std::string& extra) {
   return s.substr(0, s.size() - 1) + "," + extra + "}";
 }
 
+// `text` (as config.json) is refused in one line naming the file and containing `needle`.
+void rejects(const std::string& text, const std::string& needle) {
+  try {
+    ParseModelConfig(text, "config.json");
+    FAIL("accepted: " << text);
+  } catch (const Error& e) {
+    INFO(e.what());
+    CHECK(std::string(e.what()).rfind("config.json: ", 0) == 0);
+    CHECK(std::string(e.what()).find(needle) != std::string::npos);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("shared configs parse to the documented shapes", "[config][shared]") {
@@ -57,16 +69,6 @@ TEST_CASE("config defaults follow HF", "[config]") {
 }
 
 TEST_CASE("bad configs give one clear line", "[config]") {
-  auto rejects = [](const std::string& text, const std::string& needle) {
-    try {
-      ParseModelConfig(text, "config.json");
-      FAIL("accepted: " << text);
-    } catch (const Error& e) {
-      INFO(e.what());
-      CHECK(std::string(e.what()).rfind("config.json: ", 0) == 0);
-      CHECK(std::string(e.what()).find(needle) != std::string::npos);
-    }
-  };
   rejects(R"({"model_type":"llama","hidden_size":64})",
           "missing required field 'num_hidden_layers'");
   rejects(With(R"("model_type":"gpt2x")"), "unsupported model_type 'gpt2x'");
@@ -342,16 +344,6 @@ TEST_CASE("per-layer KV heads are written as DeciLM and read back", "[config][pe
 }
 
 TEST_CASE("nemotron-nas blocks kvfold cannot run are refused by name", "[config][per-layer]") {
-  auto rejects = [](const std::string& text, const std::string& needle) {
-    try {
-      ParseModelConfig(text, "config.json");
-      FAIL("accepted: " << text);
-    } catch (const Error& e) {
-      INFO(e.what());
-      CHECK(std::string(e.what()).rfind("config.json: ", 0) == 0);
-      CHECK(std::string(e.what()).find(needle) != std::string::npos);
-    }
-  };
   const std::string b = Block(8);
   rejects(DeciConfig("[" + b + "," + b + "]"), "one entry per layer");
   rejects(DeciConfig(R"("blocks")"), "one entry per layer");
