@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <optional>
 
 #include "calib/statistics_across_ranks.h"
@@ -102,7 +103,7 @@ void FinishPasses(Pipeline& pipeline, ModelDraft& draft, const KvStatistics& tot
 // each layer's statistics to every pass as soon as every batch passed the layer, then frees
 // them, and the layer's replaced tensors are sealed. Byte-identical to the whole-model run.
 void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
-                           const ConvertOptions& o, bool report, std::vector<double>& seconds,
+                           const ConvertJob& o, bool report, std::vector<double>& seconds,
                            PassesRun& run) {
   const Checkpoint& ck = draft.source();
   const std::int64_t group = SpectraGroup(pipeline, ck.config);
@@ -122,7 +123,8 @@ void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const Calibrat
   };
   KvStatistics totals;
   if (pipeline.needed != 0) {
-    totals = Calibrate(ck, data, pipeline.needed, o, pipeline.input_pairs, &run.threads, on_layer);
+    totals = Calibrate(ck, data, pipeline.needed, o.compute, pipeline.input_pairs, &run.threads,
+                       on_layer);
   } else {
     const LayerKvStatistics none;
     for (int l = 0; l < ck.config.num_hidden_layers; ++l) on_layer(l, none, ck.config.KvHeads(l));
@@ -176,7 +178,7 @@ void DropDefaultRefits(Pipeline& pipeline) {
   for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
     if (!RefitsOutput(pipeline.passes[i])) continue;
     PassSpec& spec = pipeline.specs[i];
-    if (spec.params.count("refit") || spec.params.count("ridge")) {
+    if (spec.written.count("refit") || spec.written.count("ridge")) {
       Fail("--passes",
            spec.name +
                ": refit=o fits o_proj on the converted layers' own hidden states: it needs the "
@@ -184,8 +186,9 @@ void DropDefaultRefits(Pipeline& pipeline) {
                "passes)");
     }
     AsLayerPass(pipeline.passes[i]).DisableRefit();
-    spec.defaults_used["refit"] = "none";
-    spec.defaults_used.erase("ridge");
+    std::map<std::string, std::string> written = {{"refit", "none"}};
+    for (const std::string& key : spec.written) written.emplace(key, spec.values.at(key));
+    spec = MakePassSpec(spec.name, written);
   }
 }
 
@@ -193,18 +196,17 @@ void DropDefaultRefits(Pipeline& pipeline) {
 // its output dtype first), so a one-pipeline composition measures what a second kvfold convert
 // on the first one's output would.
 void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
-                  const ConvertOptions& o, bool report, std::vector<double>& seconds,
-                  PassesRun& run) {
+                  const ConvertJob& o, bool report, std::vector<double>& seconds, PassesRun& run) {
   const Checkpoint& ck = draft.source();
   const ModelConfig& c = ck.config;
   const std::int64_t group = SpectraGroup(pipeline, c);
   const unsigned needed = pipeline.needed & ~static_cast<unsigned>(kStatLayerInputs);
-  const auto model = ReferenceModel::Load(ck, StreamedRuntime(o));
-  ReferenceModel::Stepper stepper(*model, MakeBatches(data, o.window));
+  const auto model = ReferenceModel::Load(ck, StreamedRuntime(o.compute));
+  ReferenceModel::Stepper stepper(*model, MakeBatches(data, o.input.window));
   run.threads = stepper.slots();
   KvStatistics totals;
   nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
-  Progress progress("convert", c.num_hidden_layers, "layers", o.progress);
+  Progress progress("convert", c.num_hidden_layers, "layers", o.compute.progress);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     std::optional<LayerKvStatistics> stats;  // of layer l as it stands
     std::int64_t stats_kv = 0;
@@ -254,11 +256,11 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
 
 // Whole model: statistics of every layer of the source, then pass after pass.
 void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
-                   const ConvertOptions& o, bool report, std::vector<double>& seconds,
-                   PassesRun& run) {
+                   const ConvertJob& o, bool report, std::vector<double>& seconds, PassesRun& run) {
   KvStatistics stats;
   if (pipeline.needed != 0)
-    stats = Calibrate(draft.source(), data, pipeline.needed, o, pipeline.input_pairs, &run.threads);
+    stats = Calibrate(draft.source(), data, pipeline.needed, o.compute, pipeline.input_pairs,
+                      &run.threads);
   for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
     const auto t0 = Clock::now();
     nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
@@ -272,7 +274,7 @@ void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData&
 
 // Source layer by layer needs every pass layer-local and none after a K/V change (its layer l
 // would run before the earlier pass's Finish changed the config).
-bool RunsSourceLayerByLayer(const Pipeline& p, const ConvertOptions& o) {
+bool RunsSourceLayerByLayer(const Pipeline& p, const ConvertJob& o) {
   if (!o.layer_by_layer || !p.LayerLocal()) return false;
   bool after_kv_change = false;
   for (const auto& pass : p.passes) {
@@ -284,19 +286,16 @@ bool RunsSourceLayerByLayer(const Pipeline& p, const ConvertOptions& o) {
 
 }  // namespace
 
-std::string Pipeline::Text() const {
-  std::string text;
-  for (const auto& spec : specs) text += (text.empty() ? "" : ",") + spec.Text();
-  return text;
-}
+std::string Pipeline::Text() const { return PipelineText(specs); }
 
 bool Pipeline::LayerLocal() const {
   return std::all_of(passes.begin(), passes.end(), [](const auto& p) { return p->LayerLocal(); });
 }
 
-Pipeline CreatePipeline(const std::string& text, const ModelConfig& config) {
+Pipeline CreatePipeline(const PipelineSpec& specs, const ModelConfig& config) {
+  if (specs.empty()) Fail("--passes", "no passes given");
   Pipeline p;
-  p.specs = ParsePipeline(text);
+  p.specs = specs;
   for (const auto& spec : p.specs) {
     if (spec.name == "kv-norm-analysis" && p.specs.size() > 1) {
       Fail("--passes",
@@ -339,26 +338,19 @@ void CheckPassOrder(const Pipeline& p, bool recalibrates) {
   }
 }
 
-bool CalibratesOnConverted(const Pipeline& p, const ConvertOptions& o) {
+bool CalibratesOnConverted(const Pipeline& p, const ConvertJob& o) {
   return o.calibrate_on == "converted" && o.layer_by_layer && p.LayerLocal();
 }
 
-RuntimeOptions StreamedRuntime(const ConvertOptions& o) {
-  RuntimeOptions r{o.device, o.threads};
-  r.stream_layers = true;  // one layer of weights in memory at a time
-  r.hidden_state_budget_bytes = o.hidden_memory_bytes;
-  return r;
-}
-
 KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsigned needed,
-                       const ConvertOptions& o, const std::vector<LayerPair>& input_pairs,
+                       const ComputePart& compute, const std::vector<LayerPair>& input_pairs,
                        std::size_t* slots_used, const LayerDone& layer_done) {
-  const auto model = ReferenceModel::Load(ck, StreamedRuntime(o));
+  const auto model = ReferenceModel::Load(ck, StreamedRuntime(compute));
   const std::size_t slots = DataParallelSlots(*model);
   if (slots_used != nullptr) *slots_used = slots;
   Collectors collectors(slots, needed, ck.config, ck.config.num_key_value_heads, input_pairs);
-  Progress progress("calibrate", ck.config.num_hidden_layers, "layers", o.progress);
-  model->ObserveSweep(MakeBatches(data, o.window), collectors.observers, [&](std::int64_t done) {
+  Progress progress("calibrate", ck.config.num_hidden_layers, "layers", compute.progress);
+  model->ObserveSweep(MakeBatches(data, data.window), collectors.observers, [&](std::int64_t done) {
     if (layer_done) {
       const int layer = static_cast<int>(done - 1);
       layer_done(layer, collectors.TakeLayer(layer), ck.config.KvHeads(layer));
@@ -373,14 +365,14 @@ namespace {
 // Passes that allocate per layer (gqa-svd<kv-heads=auto>) measure every layer on one sweep of
 // the source before any layer is rewritten.
 void AllocatePerLayer(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
-                      const ConvertOptions& o) {
+                      const ConvertJob& o) {
   for (auto& pass : pipeline.passes) {
     if (!pass->LayerLocal()) continue;
     LayerPass& p = AsLayerPass(pass);
     const unsigned needed = p.AllocationStatistics();
     if (needed == 0) continue;
     Calibrate(
-        draft.source(), data, needed, o, {}, nullptr,
+        draft.source(), data, needed, o.compute, {}, nullptr,
         [&](int l, const LayerKvStatistics& s, std::int64_t) { p.MeasureLayer(draft, l, s); });
     p.Allocate();
   }
@@ -389,7 +381,7 @@ void AllocatePerLayer(Pipeline& pipeline, ModelDraft& draft, const CalibrationDa
 }  // namespace
 
 PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
-                    const ConvertOptions& o, bool report, std::vector<PassTiming>& timings) {
+                    const ConvertJob& o, bool report, std::vector<PassTiming>& timings) {
   AllocatePerLayer(pipeline, draft, data, o);
   if (report) pipeline.needed |= kReportStatistics;
   if (!(CalibratesOnConverted(pipeline, o) && pipeline.needed != 0)) DropDefaultRefits(pipeline);

@@ -31,10 +31,11 @@
 
 namespace kvfold {
 
-// The passes of a pipeline, created against the source's config: every parameter is checked
-// and resolved here (specs[i].Text() then names every value in force), before any work.
+// The passes of a pipeline, created against the source's config before any work: the schema
+// has checked each parameter's type (MakePassSpec); what depends on the model (a count that
+// must divide the KV heads, a layer that must exist) is checked here.
 struct Pipeline {
-  std::vector<PassSpec> specs;
+  PipelineSpec specs;
   std::vector<std::unique_ptr<Pass>> passes;
   unsigned needed = 0;                 // StatisticBits
   std::vector<LayerPair> input_pairs;  // kStatLayerInputs
@@ -43,7 +44,7 @@ struct Pipeline {
   bool LayerLocal() const;
 };
 
-Pipeline CreatePipeline(const std::string& text, const ModelConfig& config);
+Pipeline CreatePipeline(const PipelineSpec& specs, const ModelConfig& config);
 
 // Refuses orders whose numbers would describe a model that no longer exists; with
 // `recalibrates` (the converted mode), statistics are collected again after a K/V change, so a
@@ -54,12 +55,13 @@ void CheckPassOrder(const Pipeline& p, bool recalibrates);
 constexpr unsigned kReportStatistics = kStatValue | kStatKeyPreRope | kStatKeyPostRope;
 
 // Whether `o` runs `p` in the converted mode.
-bool CalibratesOnConverted(const Pipeline& p, const ConvertOptions& o);
+bool CalibratesOnConverted(const Pipeline& p, const ConvertJob& o);
 
 // The calibration windows as the sweep's batches (about 2048 tokens each).
 struct CalibrationData {
   const std::vector<TokenWindow>& windows;
   std::int32_t bos;
+  int window;  // tokens per window
 };
 
 // The source model's calibration sweep (kvfold report, and the source modes above): one
@@ -69,7 +71,7 @@ struct CalibrationData {
 using LayerDone =
     std::function<void(int layer, const LayerKvStatistics& statistics, std::int64_t kv_heads)>;
 KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsigned needed,
-                       const ConvertOptions& o, const std::vector<LayerPair>& input_pairs = {},
+                       const ComputePart& compute, const std::vector<LayerPair>& input_pairs = {},
                        std::size_t* slots_used = nullptr, const LayerDone& layer_done = {});
 
 // What running a pipeline's passes left besides the draft.
@@ -83,9 +85,6 @@ struct PassesRun {
 // Calibration (when a pass or the report needs it) and every pass; timings appended to
 // `timings` ("calibration" first when it ran, then each pass).
 PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
-                    const ConvertOptions& o, bool report, std::vector<PassTiming>& timings);
-
-// The runtime options of every model a conversion runs: streamed, one layer at a time.
-RuntimeOptions StreamedRuntime(const ConvertOptions& o);
+                    const ConvertJob& o, bool report, std::vector<PassTiming>& timings);
 
 }  // namespace kvfold

@@ -1,4 +1,4 @@
-// kvfold convert --reproduce OLD/kvfold.json: the options of a recorded conversion.
+// kvfold convert --reproduce OLD/kvfold.json: the job of a recorded conversion.
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -18,11 +18,20 @@ const json& Field(const json& doc, const char* key, const std::string& path) {
   return doc[key];
 }
 
+// The recorded pipeline text as a pipeline; a text this kvfold does not parse names the file.
+PipelineSpec RecordedPipeline(const std::string& text, const std::string& kvfold_json) {
+  try {
+    return ParsePipeline(text);
+  } catch (const Error& e) {
+    Fail(kvfold_json, std::string("pipeline: ") + e.what());
+  }
+}
+
 }  // namespace
 
-ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOptions& given) {
+ConvertJob ReproduceJob(const std::string& kvfold_json, const ConvertJob& given) {
   const json doc = ReadJsonFile(kvfold_json);
-  ConvertOptions o = given;
+  ConvertJob o = given;
   try {
     const json& format = Field(doc, "format_version", kvfold_json);
     if (format != 1) {
@@ -36,17 +45,19 @@ ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOpt
     }
     const json& source = Field(doc, "source", kvfold_json);
     const json& calib = Field(doc, "calibration", kvfold_json);
-    o.passes = Field(doc, "pipeline", kvfold_json).get<std::string>();
-    if (o.model.empty()) o.model = Field(source, "path", kvfold_json).get<std::string>();
-    if (o.calib_text.empty()) o.calib_text = Field(calib, "file", kvfold_json).get<std::string>();
+    o.passes =
+        RecordedPipeline(Field(doc, "pipeline", kvfold_json).get<std::string>(), kvfold_json);
+    InputPart& in = o.input;
+    if (in.model.empty()) in.model = Field(source, "path", kvfold_json).get<std::string>();
+    if (in.calib_text.empty()) in.calib_text = Field(calib, "file", kvfold_json).get<std::string>();
     o.expected_source_sha256 = Field(source, "sha256", kvfold_json).get<std::string>();
     o.expected_calib_sha256 = Field(calib, "sha256", kvfold_json).get<std::string>();
-    o.calib_tokens = Field(calib, "tokens", kvfold_json).get<std::int64_t>();
+    in.calib_tokens = Field(calib, "tokens", kvfold_json).get<std::int64_t>();
     const std::int64_t window = Field(calib, "window", kvfold_json).get<std::int64_t>();
     if (window < 2 || window > (1 << 20)) {
       Fail(kvfold_json, "calibration.window " + std::to_string(window) + " is not 2 to 1048576");
     }
-    o.window = static_cast<int>(window);
+    in.window = static_cast<int>(window);
     // Outputs written before kvfold calibrated on converted layers were calibrated on the source.
     o.calibrate_on =
         calib.contains("activations") ? calib["activations"].get<std::string>() : "source";
@@ -61,7 +72,7 @@ ConvertOptions ReproduceOptions(const std::string& kvfold_json, const ConvertOpt
     if (threads < 0 || threads > 4096) {
       Fail(kvfold_json, "calibration.threads " + std::to_string(threads) + " is not 0 to 4096");
     }
-    if (threads > 0 && given.threads == 0) o.threads = static_cast<int>(threads);
+    if (threads > 0 && given.compute.threads == 0) o.compute.threads = static_cast<int>(threads);
   } catch (const json::exception& e) {
     Fail(kvfold_json, std::string("unexpected value (") + e.what() + ")");
   }

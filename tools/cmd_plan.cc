@@ -12,17 +12,17 @@ namespace kvfold {
 
 Command AddPlanCommand(CLI::App& app) {
   struct Args {
-    PlanOptions options;
+    PlanJob job;
     std::string budgets;
     bool json = false;
     bool quiet = false;
   };
   auto a = std::make_shared<Args>();
-  PlanOptions& o = a->options;
+  PlanJob& o = a->job;
   CLI::App* sub = app.add_subcommand(
       "plan", "Pick the combination of KV reductions with the least KL at each KV budget");
-  sub->add_option("MODEL", o.model, "HuggingFace model folder")->required();
-  sub->add_option("--calib", o.calib_text,
+  sub->add_option("MODEL", o.input.model, "HuggingFace model folder")->required();
+  sub->add_option("--calib", o.input.calib_text,
                   "Calibration data (text, JSON Lines or .npy): conversions calibrate on its "
                   "start, candidates are scored on the windows after it")
       ->required();
@@ -33,15 +33,15 @@ Command AddPlanCommand(CLI::App& app) {
       ->check(BudgetList());
   sub->add_option_function<std::string>(
          "--runtime",
-         [a](const std::string& r) { a->options.runtime = ParsePlanRuntime(r, "--runtime"); },
+         [a](const std::string& r) { a->job.runtime = ParsePlanRuntime(r, "--runtime"); },
          "What the plans must run in: kvfold (default: every method, kvfold's runtime), llama.cpp "
          "(KV heads x -ctk/-ctv cache types, a GGUF) or vllm (KV heads x fp8 or 16-bit, an hf "
          "folder)")
       ->check(CLI::IsMember({"kvfold", "llama.cpp", "vllm"}));
-  sub->add_option("--calib-tokens", o.calib_tokens, "Calibration tokens of each conversion")
+  sub->add_option("--calib-tokens", o.input.calib_tokens, "Calibration tokens of each conversion")
       ->capture_default_str()
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40));
-  sub->add_option("--window", o.window, "Tokens per window")
+  sub->add_option("--window", o.input.window, "Tokens per window")
       ->capture_default_str()
       ->check(CLI::Range(4, 1 << 20));
   sub->add_option("--score-windows", o.score_windows,
@@ -59,16 +59,13 @@ Command AddPlanCommand(CLI::App& app) {
                   "Stop scoring after this many seconds (0 = no limit)")
       ->capture_default_str()
       ->check(FiniteRange(0.0, 1e9));
-  sub->add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
-  sub->add_option("--threads", o.threads, "CPU threads (0 = all cores)")->check(ThreadCount());
-  AddHiddenMemoryOption(sub, &o.hidden_memory_bytes);
-  AddRankTimeoutOption(sub);
+  AddComputeOptions(sub, o.compute);
   sub->add_flag("--json", a->json, "Print the plans and every candidate as JSON");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
   return {sub, [a] {
-            a->options.budgets = ParseBudgets(a->budgets);
-            a->options.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
-            const PlanResult r = RunPlan(a->options);
+            a->job.budgets = ParseBudgets(a->budgets);
+            a->job.compute.progress = !a->quiet && IsFirstRank();  // one rank speaks for all
+            const PlanResult r = RunPlan(a->job);
             if (a->json) {
               std::printf("%s\n", PlanJson(r).dump(2).c_str());
             } else {

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <functional>
 
+#include "converter/job.h"
+
 namespace kvfold {
 
 struct Command {
@@ -28,6 +30,9 @@ void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes);
 
 // --rank-timeout SECONDS: under mpirun, how long a rank waits for another (formats/ranks.h).
 void AddRankTimeoutOption(CLI::App* sub);
+
+// --device, --threads, --hidden-memory and --rank-timeout into a job's ComputePart.
+void AddComputeOptions(CLI::App* sub, ComputePart& compute);
 
 Command AddInspectCommand(CLI::App& app);
 Command AddEvalCommand(CLI::App& app);

@@ -167,25 +167,23 @@ std::vector<std::int64_t> LckvLayout(std::int64_t layers, std::int64_t warmup) {
 std::unique_ptr<Pass> CreateMlkv(const PassSpec& spec, const ModelConfig& config) {
   RequireUniformKvHeads(config, "mlkv", "layers that share K/V need");
   const std::int64_t L = config.num_hidden_layers;
-  const std::int64_t n = IntParam(spec, "kv-layers", -1);
+  const std::int64_t n = spec.Int("kv-layers");
   if (n < 1 || n > L) {
-    Fail("--passes", "mlkv: kv-layers=N is required, between 1 and the model's " +
-                         std::to_string(L) + " layers");
+    Fail("--passes",
+         "mlkv: kv-layers=N must be between 1 and the model's " + std::to_string(L) + " layers");
   }
-  return std::make_unique<CrossLayerShare>("mlkv", MlkvLayout(L, n),
-                                           StringParam(spec, "init", "calib", {"mean", "calib"}),
+  return std::make_unique<CrossLayerShare>("mlkv", MlkvLayout(L, n), spec.Get("init"),
                                            MeanRule::kRunningPairwise);
 }
 
 std::unique_ptr<Pass> CreateLckv(const PassSpec& spec, const ModelConfig& config) {
   RequireUniformKvHeads(config, "lckv", "layers that share K/V need");
   const std::int64_t L = config.num_hidden_layers;
-  const std::int64_t w = IntParam(spec, "warmup", 2);
+  const std::int64_t w = spec.Int("warmup");
   if (w < 0 || w > L)
     Fail("--passes",
          "lckv: warmup=w must be between 0 and the model's " + std::to_string(L) + " layers");
-  return std::make_unique<CrossLayerShare>("lckv", LckvLayout(L, w),
-                                           StringParam(spec, "init", "calib", {"mean", "calib"}),
+  return std::make_unique<CrossLayerShare>("lckv", LckvLayout(L, w), spec.Get("init"),
                                            MeanRule::kUniform);
 }
 

@@ -18,11 +18,8 @@ namespace {
 // current count), or auto (allocate, gqa-svd only): nullopt.
 std::optional<std::vector<std::int64_t>> KvHeadTargets(const PassSpec& spec,
                                                        const ModelConfig& config) {
-  const auto it = spec.params.find("kv-heads");
-  if (it == spec.params.end())
-    Fail("--passes", spec.name + ": kv-heads=N is required (N, one per layer, or auto)");
-  if (TrimSpaces(it->second) == "auto") return std::nullopt;
-  const std::vector<std::string> items = SplitSpecList(it->second);
+  if (spec.Get("kv-heads") == "auto") return std::nullopt;
+  const std::vector<std::int64_t> items = spec.IntList("kv-heads");
   const auto layers = static_cast<std::size_t>(config.num_hidden_layers);
   if (items.size() != 1 && items.size() != layers) {
     Fail("--passes", spec.name + ": kv-heads lists " + std::to_string(items.size()) +
@@ -31,18 +28,17 @@ std::optional<std::vector<std::int64_t>> KvHeadTargets(const PassSpec& spec,
   }
   std::vector<std::int64_t> out;
   for (std::size_t i = 0; i < std::max(items.size(), layers); ++i) {
-    const std::string item = TrimSpaces(items[items.size() == 1 ? 0 : i]);
-    const std::optional<std::int64_t> kv = ParseSpecInt(item);
-    if (!kv) Fail("--passes", spec.name + ": kv-heads=" + item + " is not an integer");
-    if (*kv <= 0) Fail("--passes", spec.name + ": kv-heads=" + item + " must be positive");
+    const std::int64_t kv = items[items.size() == 1 ? 0 : i];
+    const std::string item = std::to_string(kv);
+    if (kv <= 0) Fail("--passes", spec.name + ": kv-heads=" + item + " must be positive");
     const std::int64_t now = config.KvHeads(static_cast<std::int64_t>(i));
-    if (now % *kv != 0) {
+    if (now % kv != 0) {
       Fail("--passes", spec.name + ": kv-heads=" + item + " does not divide " +
                            (config.PerLayerKvHeads() ? "layer " + std::to_string(i) + "'s "
                                                      : std::string("the model's ")) +
                            std::to_string(now) + " KV heads (groups must be even)");
     }
-    if (i < layers) out.push_back(*kv);
+    if (i < layers) out.push_back(kv);
   }
   return out;
 }
@@ -272,34 +268,25 @@ std::unique_ptr<Pass> CreateGqaMeanpool(const PassSpec& spec, const ModelConfig&
 
 std::unique_ptr<Pass> CreateGqaSvd(const PassSpec& spec, const ModelConfig& config) {
   GqaSvdOptions o;
-  o.rope = StringParam(spec, "rope", "commute", {"commute", "reconstruct"});
-  o.weight = StringParam(spec, "weight", "query", {"none", "query"});
-  o.value_weight = StringParam(spec, "value-weight", "none", {"none", "output"});
-  o.refit_output = StringParam(spec, "refit", "o", {"none", "o"}) == "o";  // measured: docs/gqa.md
-  // The ridge is a parameter of the refit alone: read (and recorded) only with refit=o.
-  if (o.refit_output) {
-    const std::string ridge = spec.params.count("ridge") ? spec.params.at("ridge") : "auto";
-    if (ridge == "auto") {
-      if (!spec.params.count("ridge")) spec.defaults_used["ridge"] = "auto";
-    } else {
-      o.ridge = DoubleParam(spec, "ridge", -1);
-      if (!(o.ridge >= 0))
-        Fail("--passes", "gqa-svd: ridge must be auto or a number >= 0, not " + ridge);
-    }
-  } else if (spec.params.count("ridge")) {
-    Fail("--passes", "gqa-svd: ridge applies only with refit=o");
+  o.rope = spec.Get("rope");
+  o.weight = spec.Get("weight");
+  o.value_weight = spec.Get("value-weight");
+  o.refit_output = spec.Get("refit") == "o";  // the default measured: docs/gqa.md
+  // The ridge is a parameter of the refit alone (the schema has it only with refit=o).
+  if (spec.Has("ridge") && spec.Get("ridge") != "auto") {
+    o.ridge = spec.Number("ridge");
+    if (!(o.ridge >= 0))
+      Fail("--passes", "gqa-svd: ridge must be auto or a number >= 0, not " + spec.Get("ridge"));
   }
   const auto targets = KvHeadTargets(spec, config);
   std::vector<std::int64_t> kv = targets.value_or(std::vector<std::int64_t>{});
   if (!targets) {
-    o.kv_total = IntParam(spec, "kv-head-total", 0);
+    o.kv_total = spec.Int("kv-head-total");
     if (o.kv_total <= 0 || o.kv_total > config.TotalKvHeads()) {
       Fail("--passes", "gqa-svd: kv-heads=auto needs kv-head-total=N, the KV heads of all " +
                            std::to_string(config.num_hidden_layers) + " layers together (at most " +
                            std::to_string(config.TotalKvHeads()) + ")");
     }
-  } else if (spec.params.count("kv-head-total")) {
-    Fail("--passes", "gqa-svd: kv-head-total goes with kv-heads=auto");
   }
   if (o.rope == "reconstruct" && (kv.empty() || !Uniform(kv)))
     Fail("--passes", "gqa-svd: rope=reconstruct needs one kv-heads count for every layer");

@@ -251,13 +251,11 @@ void FoldBalance(AttentionProjections& p, const std::vector<double>& b) {
 }
 
 std::unique_ptr<Pass> CreateKvScales(const PassSpec& spec, const ModelConfig&) {
-  StringParam(spec, "format", "vllm-fp8", {"vllm-fp8"});
-  return std::make_unique<KvScales>(StringParam(spec, "strategy", "tensor", {"tensor", "head"}) ==
-                                    "head");
+  return std::make_unique<KvScales>(spec.Get("strategy") == "head");
 }
 
 std::unique_ptr<Pass> CreateKvBalance(const PassSpec& spec, const ModelConfig&) {
-  const double alpha = DoubleParam(spec, "alpha", 0.5);
+  const double alpha = spec.Number("alpha");
   if (!(alpha >= 0 && alpha <= 1)) Fail("--passes", "kv-balance: alpha must be in [0, 1]");
   return std::make_unique<KvBalance>(alpha);
 }
@@ -265,25 +263,23 @@ std::unique_ptr<Pass> CreateKvBalance(const PassSpec& spec, const ModelConfig&) 
 std::unique_ptr<Pass> CreateKvMixed(const PassSpec& spec, const ModelConfig& config) {
   RequireUniformKvHeads(config, "kv-mixed", "its table holds");
   KvMixedTable t;
-  const auto bits = IntParam(spec, "bits", 4);
-  const auto key_bits = IntParam(spec, "key-bits", bits),
-             value_bits = IntParam(spec, "value-bits", bits);
+  const std::int64_t key_bits = spec.Int("key-bits"), value_bits = spec.Int("value-bits");
   for (std::int64_t b : {key_bits, value_bits}) {
     if (b < 1 || b > 8) Fail("--passes", "kv-mixed: key/value bits must be in [1, 8]");
   }
   t.key_bits = static_cast<int>(key_bits);
   t.value_bits = static_cast<int>(value_bits);
-  if (IntParam(spec, "hi-bits", 16) != 16) {
+  if (spec.Int("hi-bits") != 16) {
     Fail("--passes",
          "kv-mixed: hi-bits must be 16 (kvfold simulates unquantized important tokens)");
   }
   t.hi_bits = 16;
-  t.keep = DoubleParam(spec, "keep", 0.2);
-  t.recent = DoubleParam(spec, "recent", 0.5);
-  t.key_axis = StringParam(spec, "key-axis", "channel", {"channel", "token"});
-  t.value_axis = StringParam(spec, "value-axis", "token", {"token"});
-  t.group = IntParam(spec, "group", 0);
-  for (std::int64_t l : IntListParam(spec, "protect")) {
+  t.keep = spec.Number("keep");
+  t.recent = spec.Number("recent");
+  t.key_axis = spec.Get("key-axis");
+  t.value_axis = spec.Get("value-axis");
+  t.group = spec.Int("group");
+  for (std::int64_t l : spec.IntList("protect")) {
     if (l < 0 || l >= config.num_hidden_layers) {
       Fail("--passes", "kv-mixed: protect layer " + std::to_string(l) +
                            " does not exist (the model has layers 0.." +

@@ -125,8 +125,8 @@ EvictionTable BuildEvictionTable(const KvStatistics& s, double budget, double ma
 
 std::unique_ptr<Pass> CreateNormAnalysis(const PassSpec& spec, const ModelConfig& config) {
   RequireUniformKvHeads(config, "kv-norm-analysis", "its eviction table holds");
-  const double budget = DoubleParam(spec, "budget", 0.1);
-  const double ratio = DoubleParam(spec, "max-alr-ratio", 0.5);
+  const double budget = spec.Number("budget");
+  const double ratio = spec.Number("max-alr-ratio");
   if (!(budget > 0 && budget < 1)) Fail("--passes", "kv-norm-analysis: budget must be in (0, 1)");
   if (!(ratio > 0)) Fail("--passes", "kv-norm-analysis: max-alr-ratio must be positive");
   return std::make_unique<NormAnalysis>(budget, ratio);

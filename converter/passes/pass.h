@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -75,21 +76,51 @@ class LayerPass : public Pass {
   virtual void Allocate() {}
 };
 
-// A pass invocation as written in a pipeline: name<key=value,...>.
-struct PassSpec {
-  std::string name;
-  std::map<std::string, std::string> params;  // as written
-  // Values the parameter helpers below fell back to when a parameter was not written. A pass
-  // reads every parameter when it is created, so afterwards Text() names every value in force:
-  // kvfold.json then reproduces its output even after a default changes.
-  mutable std::map<std::string, std::string> defaults_used;
-  std::string Text() const;  // canonical text: written and defaulted parameters, sorted
+// One parameter of a pass, declared once in the registry: its type, default, allowed values
+// and the condition under which it applies drive parsing, validation, the canonical text and
+// --print-passes (converter/passes/pipeline.cc). Passes read checked values only.
+enum class ParamType {
+  kInt,      // an integer
+  kNumber,   // a decimal number
+  kChoice,   // one of `words`
+  kIntList,  // integers separated by commas (kv-heads=8,4,4,2)
+  kIntSet,   // distinct integers separated by commas, or none (protect=0,1)
 };
 
 struct PassParam {
   const char* name;
-  const char* help;  // includes the allowed values and the default
+  ParamType type;
+  const char* help;  // what it means; the type, the choices and the default are added from here
+  // The value in force when the pipeline does not write one; nullptr: none (then the parameter
+  // is required wherever it applies, unless default_from names another parameter).
+  const char* default_value = nullptr;
+  std::vector<std::string> words = {};  // kChoice: the values; other types: words also allowed
+  const char* default_from = nullptr;   // the default is this parameter's value (key-bits: bits)
+  // "key=value": the parameter applies only when that parameter has that value (ridge applies
+  // with refit=o); written otherwise it is refused, and its default is in force only then.
+  const char* when = nullptr;
 };
+
+// A pass invocation with every parameter in force, checked against its registry entry: what a
+// pipeline holds between the command line (or kvfold.json) and the passes. Built only by
+// MakePassSpec / ParsePipeline.
+struct PassSpec {
+  std::string name;
+  std::map<std::string, std::string> values;  // parameter -> canonical value, defaults included
+  std::set<std::string> written;              // the parameters the pipeline wrote
+  // Canonical text: every value in force, sorted. Parsing it gives the same spec (kvfold.json
+  // then reproduces an output even after a default changes).
+  std::string Text() const;
+  bool Has(const std::string& key) const { return values.count(key) != 0; }
+  const std::string& Get(const std::string& key) const;
+  std::int64_t Int(const std::string& key) const;
+  double Number(const std::string& key) const;
+  std::vector<std::int64_t> IntList(const std::string& key) const;  // kIntSet "none": empty
+};
+
+// A pipeline as a value: the passes in order. Serialised (PipelineText) only where it leaves
+// the program: kvfold.json, the report, the plan's JSON and table, the command line.
+using PipelineSpec = std::vector<PassSpec>;
 
 struct PassInfo {
   const char* name;
@@ -100,23 +131,23 @@ struct PassInfo {
 
 // Every pass kvfold has (converter/passes/pass_registry.cc).
 const std::vector<PassInfo>& PassRegistry();
+// The listing of --print-passes, from the registry's schemas.
 std::string PrintPasses();
 
-// Parses 'a<k=v,k2=v2>,b' into specs; checks pass and parameter names against the registry.
-// Throws Error("--passes: ...") naming the unknown pass or parameter.
-std::vector<PassSpec> ParsePipeline(const std::string& text);
+// `name` with the parameters `written` (name -> value text): each checked against its type and
+// condition, the defaults of the rest filled in. Throws Error("--passes: <name>: ...") naming
+// the unknown pass or parameter, the bad value, or the missing required parameter.
+PassSpec MakePassSpec(const std::string& name,
+                      const std::map<std::string, std::string>& written = {});
+// Parses 'a<k=v,k2=v2>,b' into specs (MakePassSpec each). Throws Error("--passes: ...").
+PipelineSpec ParsePipeline(const std::string& text);
+std::string PipelineText(const PipelineSpec& pipeline);  // "" for no passes
+// `pipeline` followed by `pass` (e.g. kv-scales after a structure).
+PipelineSpec Then(PipelineSpec pipeline, PassSpec pass);
 
-// Integer parameter helper for pass constructors: Error naming the pass and parameter.
-std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t fallback);
-// A list parameter written protect=0,1: its distinct integers in order (empty when absent or
-// written as "none", the canonical empty list).
-std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& key);
 // Refuses a pass whose output holds one KV-head count for every layer on a model whose layers
 // differ (Nemotron-NAS / DeciLM): Error("--passes: <pass>: ...").
 void RequireUniformKvHeads(const ModelConfig& config, const std::string& pass,
                            const std::string& what);
-double DoubleParam(const PassSpec& spec, const std::string& key, double fallback);
-std::string StringParam(const PassSpec& spec, const std::string& key, const std::string& fallback,
-                        const std::vector<std::string>& allowed);
 
 }  // namespace kvfold

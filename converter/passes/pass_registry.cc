@@ -9,90 +9,128 @@
 namespace kvfold {
 
 const std::vector<PassInfo>& PassRegistry() {
+  using T = ParamType;
   static const std::vector<PassInfo> registry = {
       {"gqa-meanpool",
        "KV heads -> fewer KV heads by averaging each group's K/V projections (uptraining baseline)",
-       {{"kv-heads",
+       {{"kv-heads", T::kIntList,
          "target KV heads: N for every layer, or one count per layer (8,4,4,2,...); each must "
-         "divide the layer's current count (required)"}},
+         "divide the layer's current count"}},
        &CreateGqaMeanpool},
       {"gqa-svd",
        "KV heads -> fewer KV heads by per-group PCA of calibration K/V, folded into the weights",
        {{"kv-heads",
+         T::kIntList,
          "target KV heads: N for every layer, one count per layer (8,4,4,2,...; written as "
          "DeciLM / GGUF deci), or auto (chosen per layer by measured fold error under "
-         "kv-head-total); each must divide the layer's current count (required)"},
-        {"kv-head-total", "with kv-heads=auto: the KV heads of all layers together"},
+         "kv-head-total); each must divide the layer's current count",
+         nullptr,
+         {"auto"}},
+        {"kv-head-total",
+         T::kInt,
+         "the KV heads of all layers together",
+         nullptr,
+         {},
+         nullptr,
+         "kv-heads=auto"},
         {"rope",
-         "commute (default: vanilla GQA output) | reconstruct (post-RoPE key PCA; needs "
-         "kvfold's runtime)"},
+         T::kChoice,
+         "commute: vanilla GQA output; reconstruct: post-RoPE key PCA (needs kvfold's runtime)",
+         "commute",
+         {"commute", "reconstruct"}},
         {"weight",
-         "query (default: weight key errors by the query energy reading them, i.e. the "
-         "expected score error) | none (plain key energy, the paper's objective)"},
+         T::kChoice,
+         "query: weight key errors by the query energy reading them (the expected score error); "
+         "none: plain key energy, the paper's objective",
+         "query",
+         {"none", "query"}},
         {"value-weight",
-         "none (default: plain value energy) | output (the error of what W_O makes of "
-         "the values, issue 16)"},
+         T::kChoice,
+         "none: plain value energy; output: the error of what W_O makes of the values (issue 16)",
+         "none",
+         {"none", "output"}},
         {"refit",
-         "o (default: refit o_proj by least squares so the layer's attention output matches the "
-         "layer before the fold, on the converted model's own hidden states; needs --calibrate-on "
-         "converted) | none"},
+         T::kChoice,
+         "o: refit o_proj by least squares so the layer's attention output matches the layer "
+         "before the fold, on the converted model's own hidden states (needs --calibrate-on "
+         "converted); none: keep the folded o_proj",
+         "o",
+         {"none", "o"}},
         {"ridge",
-         "with refit=o: auto (default: chosen on held-out calibration windows, every fourth; "
-         "keeps o_proj when no ridge helps there) | R >= 0 (relative to the context energy)"}},
+         T::kNumber,
+         "auto: chosen on held-out calibration windows (every fourth; keeps o_proj when no ridge "
+         "helps there); R >= 0: relative to the context energy",
+         "auto",
+         {"auto"},
+         nullptr,
+         "refit=o"}},
        &CreateGqaSvd},
       {"kv-norm-analysis",
        "Key L2 norm vs attention per layer/KV head (arXiv 2406.11430); writes the eviction policy "
        "table kv_eviction_policy.json/.safetensors beside the model. Runs alone",
-       {{"budget", "attention mass a head may lose at its recommended keep ratio (default 0.1)"},
-        {"max-alr-ratio",
-         "exempt a head when its ALR exceeds this times a random order's "
-         "(default 0.5)"}},
+       {{"budget", T::kNumber, "attention mass a head may lose at its recommended keep ratio",
+         "0.1"},
+        {"max-alr-ratio", T::kNumber,
+         "exempt a head when its ALR exceeds this times a random order's", "0.5"}},
        &CreateNormAnalysis},
       {"kv-scales",
        "Static FP8 (e4m3) KV-cache scales from calibration (amax / 448 of post-RoPE keys and of "
        "values) as self_attn.k_scale/v_scale plus compressed-tensors kv_cache_scheme: vLLM loads "
        "them",
-       {{"format", "vllm-fp8 (default; the only one)"},
+       {{"format", T::kChoice, "the scale format (the only one)", "vllm-fp8", {"vllm-fp8"}},
         {"strategy",
-         "tensor (default: one scale per layer, shape [1]) | head (per KV head, [KV, 1, 1], "
-         "compressed-tensors attn_head)"}},
+         T::kChoice,
+         "tensor: one scale per layer, shape [1]; head: per KV head, [KV, 1, 1], "
+         "compressed-tensors attn_head",
+         "tensor",
+         {"tensor", "head"}}},
        &CreateKvScales},
       {"kv-balance",
        "MiKV query/key channel balancing: keys x b, queries x 1/b per rotary pair (b = (max|q| / "
        "max|k|)^alpha), folded into W_K/W_Q; logits unchanged, key outliers tamed for low-bit keys",
-       {{"alpha", "migration strength in [0, 1] (default 0.5: equal maxima)"}},
+       {{"alpha", T::kNumber, "migration strength in [0, 1] (0.5: equal maxima)", "0.5"}},
        &CreateKvBalance},
       {"kv-mixed",
        "MiKV mixed-precision table (kv_mixed_precision.json/.safetensors beside the model): "
        "important tokens in high precision, the rest low-bit; calibrated per-channel key ranges",
-       {{"bits", "low precision of keys and values (default 4)"},
-        {"key-bits", "low precision of keys (default: bits)"},
-        {"value-bits", "low precision of values (default: bits)"},
-        {"hi-bits",
-         "precision of important tokens (default 16 = unquantized; the only one simulated)"},
-        {"keep", "fraction of tokens in high precision (default 0.2)"},
-        {"recent", "share of that budget reserved for the newest tokens (default 0.5)"},
+       {{"bits", T::kInt, "low precision of keys and values, 1..8", "4"},
+        {"key-bits", T::kInt, "low precision of keys, 1..8", nullptr, {}, "bits"},
+        {"value-bits", T::kInt, "low precision of values, 1..8", nullptr, {}, "bits"},
+        {"hi-bits", T::kInt,
+         "precision of important tokens (16 = unquantized, the only one simulated)", "16"},
+        {"keep", T::kNumber, "fraction of tokens in high precision, in (0, 1]", "0.2"},
+        {"recent", T::kNumber, "share of that budget reserved for the newest tokens, in [0, 1]",
+         "0.5"},
         {"key-axis",
-         "channel (default: static calibrated per-channel ranges) | token (per-token groups)"},
-        {"value-axis", "token (default; the only one)"},
-        {"group", "channels per per-token group (default 0 = head_dim)"},
-        {"protect", "layers left unquantized, e.g. protect=0,1 (default none)"}},
+         T::kChoice,
+         "channel: static calibrated per-channel ranges; token: per-token groups",
+         "channel",
+         {"channel", "token"}},
+        {"value-axis", T::kChoice, "per-token value groups (the only one)", "token", {"token"}},
+        {"group", T::kInt, "channels per per-token group (0 = head_dim)", "0"},
+        {"protect", T::kIntSet, "layers left unquantized, e.g. protect=0,1", "none"}},
        &CreateKvMixed},
       {"mlkv",
        "Cross-layer KV sharing (MLKV, arXiv 2406.09297): N layers compute K/V, each layer reads "
-       "the "
-       "nearest one at or below it (pythia-mlkv's choice); output is lckv-llama",
-       {{"kv-layers", "layers that keep K/V, 1..L (required)"},
+       "the nearest one at or below it (pythia-mlkv's choice); output is lckv-llama",
+       {{"kv-layers", T::kInt, "layers that keep K/V, 1..L"},
         {"init",
-         "calib (default: the shared K/V fitted by reduced-rank least squares to every "
-         "reader's own K/V, decoders folded into W_Q/W_O) | mean (pythia-mlkv's running average)"}},
+         T::kChoice,
+         "calib: the shared K/V fitted by reduced-rank least squares to every reader's own K/V, "
+         "decoders folded into W_Q/W_O; mean: pythia-mlkv's running average",
+         "calib",
+         {"calib", "mean"}}},
        &CreateMlkv},
       {"lckv",
        "Cross-layer KV sharing (LCKV, arXiv 2405.10637): layers read the top layer's K/V of "
-       "earlier "
-       "tokens, except w warm-up layers (ceil(w/2) bottom, floor(w/2) top); output is lckv-llama",
-       {{"warmup", "warm-up layers keeping their own K/V (default 2)"},
-        {"init", "calib (default: fitted like mlkv) | mean (whyNLP/LCKV's uniform average)"}},
+       "earlier tokens, except w warm-up layers (ceil(w/2) bottom, floor(w/2) top); output is "
+       "lckv-llama",
+       {{"warmup", T::kInt, "warm-up layers keeping their own K/V", "2"},
+        {"init",
+         T::kChoice,
+         "calib: fitted like mlkv; mean: whyNLP/LCKV's uniform average",
+         "calib",
+         {"calib", "mean"}}},
        &CreateLckv},
   };
   return registry;

@@ -1,4 +1,5 @@
-// Pipeline text: parsing, parameter access, and the --print-passes listing.
+// Pipeline text and pass specs: the registry's parameter schemas drive parsing, checking,
+// defaults, the canonical text and the --print-passes listing.
 #include <algorithm>
 #include <sstream>
 
@@ -16,6 +17,105 @@ const PassInfo* FindPass(const std::string& name) {
   return nullptr;
 }
 
+[[noreturn]] void FailParam(const std::string& pass, const std::string& what) {
+  Fail("--passes", pass + ": " + what);
+}
+
+bool IsWord(const PassParam& p, const std::string& v) {
+  return std::find(p.words.begin(), p.words.end(), v) != p.words.end();
+}
+
+std::string Joined(const std::vector<std::string>& words, const char* sep) {
+  std::string out;
+  for (const auto& w : words) out += (out.empty() ? "" : sep) + w;
+  return out;
+}
+
+// Integers separated by commas, canonical ("4,8"); `distinct` refuses repeats, and then "none"
+// is the empty list.
+std::string CanonicalIntList(const std::string& pass, const PassParam& p, const std::string& v,
+                             bool distinct) {
+  if (distinct && v == "none") return v;
+  std::vector<std::int64_t> seen;
+  std::string out;
+  for (const std::string& raw : SplitSpecList(v)) {
+    const std::string item = TrimSpaces(raw);
+    const std::optional<std::int64_t> n = ParseSpecInt(item);
+    if (!n) FailParam(pass, std::string(p.name) + "=" + item + " is not an integer");
+    if (distinct && std::find(seen.begin(), seen.end(), *n) != seen.end())
+      FailParam(pass, std::string(p.name) + "=" + v + " lists " + std::to_string(*n) + " twice");
+    seen.push_back(*n);
+    out += (out.empty() ? "" : ",") + std::to_string(*n);
+  }
+  return out;
+}
+
+// `v` checked against `p`'s type, in canonical form.
+std::string Canonical(const std::string& pass, const PassParam& p, const std::string& written) {
+  const std::string v = TrimSpaces(written);
+  if (p.type != ParamType::kChoice && IsWord(p, v)) return v;
+  const std::string what = std::string(p.name) + "=" + v;
+  switch (p.type) {
+    case ParamType::kInt: {
+      const std::optional<std::int64_t> n = ParseSpecInt(v);
+      if (!n) FailParam(pass, what + " is not an integer");
+      return std::to_string(*n);
+    }
+    case ParamType::kNumber:
+      if (!ParseSpecNumber(v)) FailParam(pass, what + " is not a number");
+      return v;
+    case ParamType::kChoice:
+      if (!IsWord(p, v)) FailParam(pass, what + " is not one of " + Joined(p.words, "|"));
+      return v;
+    case ParamType::kIntList:
+      return CanonicalIntList(pass, p, v, false);
+    case ParamType::kIntSet:
+      return CanonicalIntList(pass, p, v, true);
+  }
+  return v;
+}
+
+// Whether `p` applies given the values already in force (its `when` condition).
+bool Applies(const PassParam& p, const std::map<std::string, std::string>& values) {
+  if (p.when == nullptr) return true;
+  const std::string cond = p.when;
+  const std::size_t eq = cond.find('=');
+  const auto it = values.find(cond.substr(0, eq));
+  return it != values.end() && it->second == cond.substr(eq + 1);
+}
+
+const char* TypeName(const PassParam& p) {
+  switch (p.type) {
+    case ParamType::kInt:
+      return "integer";
+    case ParamType::kNumber:
+      return "number";
+    case ParamType::kChoice:
+      return "";
+    case ParamType::kIntList:
+      return "integers, comma-separated";
+    case ParamType::kIntSet:
+      return "distinct integers, comma-separated, or none";
+  }
+  return "";
+}
+
+// "kv-heads (integers, comma-separated | auto; required)".
+std::string Signature(const PassParam& p) {
+  std::string type = p.type == ParamType::kChoice ? Joined(p.words, " | ") : TypeName(p);
+  if (p.type != ParamType::kChoice && !p.words.empty()) type += " | " + Joined(p.words, " | ");
+  std::string in_force;
+  if (p.default_value != nullptr) {
+    in_force = std::string("default ") + p.default_value;
+  } else if (p.default_from != nullptr) {
+    in_force = std::string("default: as ") + p.default_from;
+  } else {
+    in_force = "required";
+  }
+  if (p.when != nullptr) in_force += std::string(", only with ") + p.when;
+  return std::string(p.name) + " (" + type + "; " + in_force + ")";
+}
+
 }  // namespace
 
 void LayerPass::Run(PassContext& ctx) {
@@ -31,48 +131,103 @@ void LayerPass::Run(PassContext& ctx) {
 }
 
 std::string PassSpec::Text() const {
-  std::map<std::string, std::string> all = defaults_used;
-  for (const auto& [k, v] : params) all[k] = v;
   std::string out = name;
-  if (all.empty()) return out;
+  if (values.empty()) return out;
   out += "<";
   bool first = true;
-  for (const auto& [k, v] : all) {
+  for (const auto& [k, v] : values) {
     out += (first ? "" : ",") + k + "=" + v;
     first = false;
   }
   return out + ">";
 }
 
-std::vector<PassSpec> ParsePipeline(const std::string& text) {
-  std::vector<PassSpec> specs;
+const std::string& PassSpec::Get(const std::string& key) const {
+  const auto it = values.find(key);
+  if (it == values.end()) FailParam(name, key + " is not in force here");
+  return it->second;
+}
+
+std::int64_t PassSpec::Int(const std::string& key) const {
+  const std::optional<std::int64_t> n = ParseSpecInt(Get(key));
+  if (!n) FailParam(name, key + "=" + Get(key) + " is not an integer");
+  return *n;
+}
+
+double PassSpec::Number(const std::string& key) const {
+  const std::optional<double> x = ParseSpecNumber(Get(key));
+  if (!x) FailParam(name, key + "=" + Get(key) + " is not a number");
+  return *x;
+}
+
+std::vector<std::int64_t> PassSpec::IntList(const std::string& key) const {
+  std::vector<std::int64_t> out;
+  if (Get(key) == "none") return out;
+  for (const std::string& item : SplitSpecList(Get(key))) {
+    const std::optional<std::int64_t> n = ParseSpecInt(item);
+    if (!n) FailParam(name, key + "=" + Get(key) + " is not a list of integers");
+    out.push_back(*n);
+  }
+  return out;
+}
+
+PassSpec MakePassSpec(const std::string& name, const std::map<std::string, std::string>& written) {
+  const PassInfo* info = FindPass(name);
+  if (info == nullptr) Fail("--passes", "unknown pass '" + name + "' (see --print-passes)");
+  PassSpec spec{name, {}, {}};
+  for (const auto& [key, value] : written) {
+    const auto p = std::find_if(info->params.begin(), info->params.end(),
+                                [&](const PassParam& q) { return key == q.name; });
+    if (p == info->params.end())
+      FailParam(name, "unknown parameter '" + key + "' (see --print-passes)");
+    spec.values[key] = Canonical(name, *p, value);
+    spec.written.insert(key);
+  }
+  // Unconditional parameters first: the conditions of the others read them.
+  for (const bool conditional : {false, true}) {
+    for (const PassParam& p : info->params) {
+      if ((p.when != nullptr) != conditional) continue;
+      if (!Applies(p, spec.values)) {
+        if (spec.written.count(p.name))
+          FailParam(name, std::string(p.name) + " applies only with " + p.when);
+        continue;
+      }
+      if (spec.values.count(p.name)) continue;
+      if (p.default_value != nullptr) {
+        spec.values[p.name] = p.default_value;
+      } else if (p.default_from != nullptr) {
+        spec.values[p.name] = spec.values.at(p.default_from);
+      } else {
+        FailParam(name, std::string(p.name) + " is required (" + p.help + ")");
+      }
+    }
+  }
+  return spec;
+}
+
+PipelineSpec ParsePipeline(const std::string& text) {
+  PipelineSpec specs;
   std::size_t i = 0;
   const std::string where = "--passes";
   while (i < text.size()) {
     std::size_t end = i;
     while (end < text.size() && text[end] != ',' && text[end] != '<') ++end;
-    PassSpec spec;
-    spec.name = TrimSpaces(text.substr(i, end - i));
-    if (spec.name.empty()) Fail(where, "empty pass name at character " + std::to_string(i));
-    const PassInfo* info = FindPass(spec.name);
-    if (info == nullptr) Fail(where, "unknown pass '" + spec.name + "' (see --print-passes)");
+    const std::string name = TrimSpaces(text.substr(i, end - i));
+    if (name.empty()) Fail(where, "empty pass name at character " + std::to_string(i));
+    if (FindPass(name) == nullptr) Fail(where, "unknown pass '" + name + "' (see --print-passes)");
     i = end;
+    std::map<std::string, std::string> written;
     if (i < text.size() && text[i] == '<') {
       const std::size_t close = text.find('>', i);
-      if (close == std::string::npos) Fail(where, "'<' after " + spec.name + " is never closed");
+      if (close == std::string::npos) Fail(where, "'<' after " + name + " is never closed");
       for (const auto& [key, value] :
-           ParseSpecParams(text.substr(i + 1, close - i - 1), where + ": " + spec.name)) {
-        bool known = false;
-        for (const auto& p : info->params) known |= key == p.name;
-        if (!known)
-          Fail(where, spec.name + ": unknown parameter '" + key + "' (see --print-passes)");
-        spec.params.emplace(key, value);
-      }
+           ParseSpecParams(text.substr(i + 1, close - i - 1), where + ": " + name))
+        written.emplace(key, value);
       i = close + 1;
     }
-    specs.push_back(std::move(spec));
+    specs.push_back(MakePassSpec(name, written));
     if (i < text.size()) {
-      if (text[i] != ',') Fail(where, "expected ',' after " + specs.back().name);
+      if (text[i] != ',') Fail(where, "expected ',' after " + name);
       ++i;
     }
   }
@@ -80,33 +235,15 @@ std::vector<PassSpec> ParsePipeline(const std::string& text) {
   return specs;
 }
 
-std::int64_t IntParam(const PassSpec& spec, const std::string& key, std::int64_t fallback) {
-  auto it = spec.params.find(key);
-  if (it == spec.params.end()) {
-    spec.defaults_used[key] = std::to_string(fallback);
-    return fallback;
-  }
-  const std::optional<std::int64_t> v = ParseSpecInt(it->second);
-  if (!v) Fail("--passes", spec.name + ": " + key + "=" + it->second + " is not an integer");
-  return *v;
+std::string PipelineText(const PipelineSpec& pipeline) {
+  std::string text;
+  for (const auto& spec : pipeline) text += (text.empty() ? "" : ",") + spec.Text();
+  return text;
 }
 
-std::vector<std::int64_t> IntListParam(const PassSpec& spec, const std::string& key) {
-  std::vector<std::int64_t> out;
-  auto it = spec.params.find(key);
-  if (it == spec.params.end() || it->second == "none") {
-    if (it == spec.params.end()) spec.defaults_used[key] = "none";
-    return out;
-  }
-  for (const std::string& item : SplitSpecList(it->second)) {
-    const std::int64_t v = IntParam(PassSpec{spec.name, {{key, TrimSpaces(item)}}, {}}, key, 0);
-    if (std::find(out.begin(), out.end(), v) != out.end()) {
-      Fail("--passes",
-           spec.name + ": " + key + "=" + it->second + " lists " + std::to_string(v) + " twice");
-    }
-    out.push_back(v);
-  }
-  return out;
+PipelineSpec Then(PipelineSpec pipeline, PassSpec pass) {
+  pipeline.push_back(std::move(pass));
+  return pipeline;
 }
 
 void RequireUniformKvHeads(const ModelConfig& config, const std::string& pass,
@@ -116,35 +253,11 @@ void RequireUniformKvHeads(const ModelConfig& config, const std::string& pass,
        pass + ": " + what + " one KV-head count for every layer; this model's layers differ");
 }
 
-double DoubleParam(const PassSpec& spec, const std::string& key, double fallback) {
-  auto it = spec.params.find(key);
-  if (it == spec.params.end()) {
-    spec.defaults_used[key] = FormatNumber(fallback);
-    return fallback;
-  }
-  const std::optional<double> v = ParseSpecNumber(it->second);
-  if (!v) Fail("--passes", spec.name + ": " + key + "=" + it->second + " is not a number");
-  return *v;
-}
-
-std::string StringParam(const PassSpec& spec, const std::string& key, const std::string& fallback,
-                        const std::vector<std::string>& allowed) {
-  auto it = spec.params.find(key);
-  const std::string v = it == spec.params.end() ? fallback : it->second;
-  if (it == spec.params.end()) spec.defaults_used[key] = fallback;
-  for (const auto& a : allowed) {
-    if (v == a) return v;
-  }
-  std::string list;
-  for (const auto& a : allowed) list += (list.empty() ? "" : "|") + a;
-  Fail("--passes", spec.name + ": " + key + "=" + v + " is not one of " + list);
-}
-
 std::string PrintPasses() {
   std::ostringstream o;
   for (const auto& info : PassRegistry()) {
     o << info.name << "\n    " << info.summary << "\n";
-    for (const auto& p : info.params) o << "    " << p.name << ": " << p.help << "\n";
+    for (const auto& p : info.params) o << "    " << Signature(p) << ": " << p.help << "\n";
   }
   return o.str();
 }

@@ -1,6 +1,7 @@
 #include "converter/plan/plan_candidates.h"
 
 #include <algorithm>
+#include <map>
 
 #include "calib/ggml_cache_types.h"
 #include "formats/error.h"
@@ -27,15 +28,27 @@ const char* PlanRuntimeName(PlanRuntime runtime) {
 
 namespace {
 
+// gqa-svd to `kv` KV heads on every layer (refit=none: before cross-layer sharing).
+PassSpec HeadsTo(std::int64_t kv, bool refit = true) {
+  std::map<std::string, std::string> params = {{"kv-heads", std::to_string(kv)}};
+  if (!refit) params["refit"] = "none";
+  return MakePassSpec("gqa-svd", params);
+}
+
+// mlkv to `layers` layers that keep K/V.
+PassSpec ShareTo(std::int64_t layers) {
+  return MakePassSpec("mlkv", {{"kv-layers", std::to_string(layers)}});
+}
+
 // What llama.cpp and vLLM serve: KV heads on every layer, or the same totals per layer.
 std::vector<PlanStructure> ServedStructures(const ModelConfig& c) {
-  std::vector<PlanStructure> out = {{"", "none", true}};
+  std::vector<PlanStructure> out = {{{}, "none", true}};
   if (c.qk_norm) return out;  // gqa-svd refuses per-head key norms
   const std::int64_t layers = c.num_hidden_layers, total = c.TotalKvHeads();
   for (std::int64_t divisor : {2, 4, 8}) {
     if (!c.PerLayerKvHeads() && c.num_key_value_heads % divisor == 0) {
       const std::int64_t kv = c.num_key_value_heads / divisor;
-      out.push_back({"gqa-svd<kv-heads=" + std::to_string(kv) + ">", "heads", true});
+      out.push_back({{HeadsTo(kv)}, "heads", true});
     }
   }
   // Per layer, in eighths of the heads: a total between two uniform counts trims a cache type
@@ -44,8 +57,10 @@ std::vector<PlanStructure> ServedStructures(const ModelConfig& c) {
   for (std::int64_t eighths = 7; eighths >= 1; --eighths) {
     const std::int64_t t = total * eighths / 8;
     if (t <= layers || t == last) continue;
-    out.push_back({"gqa-svd<kv-heads=auto,kv-head-total=" + std::to_string(t) + ">",
-                   "heads per layer", true});
+    out.push_back(
+        {{MakePassSpec("gqa-svd", {{"kv-heads", "auto"}, {"kv-head-total", std::to_string(t)}})},
+         "heads per layer",
+         true});
     last = t;
   }
   return out;
@@ -55,27 +70,24 @@ std::vector<PlanStructure> ServedStructures(const ModelConfig& c) {
 
 std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runtime) {
   if (runtime != PlanRuntime::kKvfold) return ServedStructures(c);
-  std::vector<PlanStructure> out = {{"", "none", true}};
+  std::vector<PlanStructure> out = {{{}, "none", true}};
   // gqa-svd and mlkv refuse per-head q/k norms; the planner's KV-head counts are uniform.
   if (c.qk_norm || c.PerLayerKvHeads()) return out;
   const std::int64_t kv = c.num_key_value_heads, layers = c.num_hidden_layers;
   for (std::int64_t divisor : {2, 4, 8}) {
-    if (kv % divisor == 0)
-      out.push_back({"gqa-svd<kv-heads=" + std::to_string(kv / divisor) + ">", "heads", true});
+    if (kv % divisor == 0) out.push_back({{HeadsTo(kv / divisor)}, "heads", true});
   }
   // mlkv runs in the whole-model sweep: kv-scales cannot follow it there, and gqa-svd's refit
   // cannot run before it (refit=none says so in the text that is recorded). The runtime has no
   // cache policies for layers that share K/V, so these take the full cache only.
   for (std::int64_t divisor : {2, 4}) {
     if (layers / divisor >= 1 && layers / divisor < layers) {
-      out.push_back({"mlkv<kv-layers=" + std::to_string(layers / divisor) + ">", "cross-layer",
-                     false, false});
+      out.push_back({{ShareTo(layers / divisor)}, "cross-layer", false, false});
     }
   }
   if (kv % 2 == 0 && layers >= 2) {
-    out.push_back({"gqa-svd<kv-heads=" + std::to_string(kv / 2) +
-                       ",refit=none>,mlkv<kv-layers=" + std::to_string(layers / 2) + ">",
-                   "heads+cross-layer", false, false});
+    out.push_back(
+        {{HeadsTo(kv / 2, false), ShareTo(layers / 2)}, "heads+cross-layer", false, false});
   }
   return out;
 }
@@ -182,8 +194,7 @@ PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t 
   PlanCandidate k;
   k.structure = s;
   k.cache = c;
-  k.passes = st.passes;
-  if (ca.needs_fp8_scales) k.passes += std::string(k.passes.empty() ? "" : ",") + "kv-scales";
+  k.passes = ca.needs_fp8_scales ? Then(st.passes, MakePassSpec("kv-scales")) : st.passes;
   k.kv_cache = ca.spec;
   k.cache_k = ca.cache_k;
   k.cache_v = ca.cache_v;

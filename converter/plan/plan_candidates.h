@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "converter/passes/pass.h"
 #include "formats/model_config.h"
 
 namespace kvfold {
@@ -24,7 +25,7 @@ const char* PlanRuntimeName(PlanRuntime runtime);
 
 // A conversion of the weights: the passes that make it ("" = the model as it is).
 struct PlanStructure {
-  std::string passes;
+  PipelineSpec passes;         // empty: the model as it is
   std::string family;          // "none", "heads", "cross-layer" or "heads+cross-layer"
   bool fp8_scales = false;     // kv-scales can follow these passes (FP8 caches are possible)
   bool cache_policies = true;  // the runtime applies cache policies to the result
@@ -43,7 +44,7 @@ struct PlanCache {
 
 struct PlanCandidate {
   std::size_t structure = 0, cache = 0;  // indexes into the two lists
-  std::string passes;                    // pipeline text to convert with ("" = none)
+  PipelineSpec passes;                   // what to convert with (empty: nothing)
   std::string kv_cache;                  // --kv-cache spec ("" = full cache)
   std::string family;                    // methods combined, e.g. "heads", "quant", "heads+quant"
   double bytes_fraction = 1;             // KV bytes per cached token over the source's 16-bit cache

@@ -69,39 +69,40 @@ class ScratchFolder {
 
 // The scoring windows: the `count` complete windows after the first `calib_tokens` tokens.
 // `calib_sha256` gets the calibration file's hash.
-std::vector<TokenWindow> ScoringWindows(const PlanOptions& o, const Checkpoint& ck,
+std::vector<TokenWindow> ScoringWindows(const PlanJob& o, const Checkpoint& ck,
                                         std::string& calib_sha256) {
   const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
   const CalibrationTokens calib =
-      LoadCalibrationTokens(o.calib_text, *tokenizer, ck.config.vocab_size);
+      LoadCalibrationTokens(o.input.calib_text, *tokenizer, ck.config.vocab_size);
   calib_sha256 = calib.sha256;
   const std::int64_t needed =
-      o.calib_tokens + static_cast<std::int64_t>(o.score_windows) * o.window;
+      o.input.calib_tokens + static_cast<std::int64_t>(o.score_windows) * o.input.window;
   if (static_cast<std::int64_t>(calib.tokens.size()) < needed) {
-    Fail(o.calib_text, std::to_string(calib.tokens.size()) +
-                           " tokens; the planner calibrates on the first " +
-                           std::to_string(o.calib_tokens) + " and scores the next " +
-                           std::to_string(o.score_windows) + " windows of " +
-                           std::to_string(o.window) + ", so it needs " + std::to_string(needed) +
-                           " (fewer --calib-tokens or --score-windows, or more text)");
+    Fail(o.input.calib_text,
+         std::to_string(calib.tokens.size()) + " tokens; the planner calibrates on the first " +
+             std::to_string(o.input.calib_tokens) + " and scores the next " +
+             std::to_string(o.score_windows) + " windows of " + std::to_string(o.input.window) +
+             ", so it needs " + std::to_string(needed) +
+             " (fewer --calib-tokens or --score-windows, or more text)");
   }
-  const std::vector<std::int32_t> rest(calib.tokens.begin() + o.calib_tokens, calib.tokens.end());
-  return CutWindows(rest, o.window, o.score_windows, o.calib_text);
+  const std::vector<std::int32_t> rest(calib.tokens.begin() + o.input.calib_tokens,
+                                       calib.tokens.end());
+  return CutWindows(rest, o.input.window, o.score_windows, o.input.calib_text);
 }
 
 // What every rank must have alike under mpirun (formats/ranks.h); the checkpoint is hashed only
 // with several ranks.
-std::vector<RankInput> RankInputs(const PlanOptions& o, const Checkpoint& source,
+std::vector<RankInput> RankInputs(const PlanJob& o, const Checkpoint& source,
                                   const std::string& calib_sha256) {
   if (RankCount() == 1) return {};
   std::string budgets;
   for (double b : o.budgets) budgets += (budgets.empty() ? "" : ",") + FormatNumber(b);
   return {{"kvfold command", "plan", ""},
-          {"checkpoint", SourceSha256(source), o.model},
-          {"calibration file", calib_sha256, o.calib_text},
+          {"checkpoint", SourceSha256(source), o.input.model},
+          {"calibration file", calib_sha256, o.input.calib_text},
           {"--budget", budgets, ""},
-          {"--calib-tokens", std::to_string(o.calib_tokens), ""},
-          {"--window", std::to_string(o.window), ""},
+          {"--calib-tokens", std::to_string(o.input.calib_tokens), ""},
+          {"--window", std::to_string(o.input.window), ""},
           {"--score-windows", std::to_string(o.score_windows), ""},
           {"--screen-windows", std::to_string(o.screen_windows), ""},
           {"--survivors", std::to_string(o.survivors), ""},
@@ -111,14 +112,13 @@ std::vector<RankInput> RankInputs(const PlanOptions& o, const Checkpoint& source
 // One scoring pass: the KL of candidates against the source's full cache on `windows`.
 class Scorer {
  public:
-  Scorer(const PlanOptions& o, const Checkpoint& source, std::int32_t bos)
-      : o_(o), source_(source), bos_(bos), runtime_{o.device, o.threads} {
-    runtime_.stream_layers = true;
-    runtime_.hidden_state_budget_bytes = o.hidden_memory_bytes;
+  Scorer(const PlanJob& o, const Checkpoint& source, std::int32_t bos)
+      : o_(o), source_(source), bos_(bos), runtime_(StreamedRuntime(o.compute)) {
     base_ = ReferenceModel::Load(source_, runtime_);
     options_.progress = false;
-    options_.across_ranks = true;         // every rank scores its share of the windows
-    options_.scored_from = o.window / 2;  // every candidate on the same positions: see docs/plan.md
+    options_.across_ranks = true;  // every rank scores its share of the windows
+    options_.scored_from =
+        o.input.window / 2;  // every candidate on the same positions: see docs/plan.md
   }
   // KL of `cache_spec` ("" = full cache) on the model in `dir`; also its KV bytes fraction.
   double Kl(const std::string& dir, const std::string& cache_spec,
@@ -127,7 +127,7 @@ class Scorer {
     CachePolicySpec cache;
     EvalOptions options = options_;
     if (!cache_spec.empty()) {
-      cache = MakeCachePolicy(cache_spec, *checkpoint_, o_.window);
+      cache = MakeCachePolicy(cache_spec, *checkpoint_, o_.input.window);
       options.cache = cache.policy.get();
     }
     return CompareModels(*base_, *model_, windows, bos_, options).kl;
@@ -140,9 +140,9 @@ class Scorer {
     Load(dir);
     double bits = 16;
     if (!cache_spec.empty()) {
-      const CachePolicySpec cache = MakeCachePolicy(cache_spec, *checkpoint_, o_.window);
-      bits =
-          cache.policy->AverageBits(o_.window, options_.scored_from, checkpoint_->config.head_dim);
+      const CachePolicySpec cache = MakeCachePolicy(cache_spec, *checkpoint_, o_.input.window);
+      bits = cache.policy->AverageBits(o_.input.window, options_.scored_from,
+                                       checkpoint_->config.head_dim);
     }
     // Both caches at 16 bits before the policy: a fraction of the source's 16-bit cache.
     return static_cast<double>(checkpoint_->config.KvBytesPerToken(2)) /
@@ -157,7 +157,7 @@ class Scorer {
     model_ = ReferenceModel::Load(*checkpoint_, runtime_);
     loaded_ = dir;
   }
-  const PlanOptions& o_;
+  const PlanJob& o_;
   const Checkpoint& source_;
   std::int32_t bos_;
   RuntimeOptions runtime_;
@@ -168,21 +168,9 @@ class Scorer {
 };
 
 // Converts `structure` (with kv-scales where FP8 can follow) into `dir`.
-void ConvertStructure(const PlanOptions& o, const PlanStructure& s, const std::string& dir) {
-  ConvertOptions c;
-  c.model = o.model;
-  c.calib_text = o.calib_text;
-  c.passes = s.passes;
-  if (s.fp8_scales) c.passes += std::string(c.passes.empty() ? "" : ",") + "kv-scales";
-  c.output = dir;
-  c.calib_tokens = o.calib_tokens;
-  c.window = o.window;
-  c.threads = o.threads;
-  c.device = o.device;
-  c.hidden_memory_bytes = o.hidden_memory_bytes;
-  c.progress = false;
-  c.every_rank_writes = true;  // each rank loads the candidate from its own scratch folder
-  Convert(c);
+void ConvertStructure(const PlanJob& o, const PlanStructure& s, const std::string& dir) {
+  ConvertToFolder(o.input, s.fp8_scales ? Then(s.passes, MakePassSpec("kv-scales")) : s.passes, dir,
+                  o.compute);
 }
 
 // Layers, most sensitive first: the screening KL of a 2-bit cache on that layer alone (`kl` gets
@@ -206,7 +194,7 @@ bool Fits(const PlanCandidate& c, double budget) {
 }
 
 // The candidates worth every window: per budget, the `survivors` best screened that fit it.
-std::vector<std::size_t> Survivors(const PlanResult& r, const PlanOptions& o) {
+std::vector<std::size_t> Survivors(const PlanResult& r, const PlanJob& o) {
   std::vector<bool> chosen(r.candidates.size(), false);
   for (double budget : o.budgets) {
     std::vector<std::size_t> fitting;
@@ -271,23 +259,23 @@ class Deadline {
   Clock::time_point start_;
 };
 
-PlanResult NewResult(const PlanOptions& o, const Checkpoint& source) {
+PlanResult NewResult(const PlanJob& o, const Checkpoint& source) {
   PlanResult r;
   r.runtime = o.runtime;
   r.structures = PlanStructures(source.config, o.runtime);
   r.caches = PlanCaches(o.runtime, source.config.head_dim);
-  r.calibration_tokens = o.calib_tokens;
-  r.window = o.window;
+  r.calibration_tokens = o.input.calib_tokens;
+  r.window = o.input.window;
   r.score_windows = o.score_windows;
   r.screen_windows = o.screen_windows;
-  r.scored_from = o.window / 2;
+  r.scored_from = o.input.window / 2;
   for (double b : o.budgets) r.plans.push_back({b, -1});
   return r;
 }
 
 // Screening: every combination on the screening windows, one conversion at a time. The model as it
 // is comes first: its layers' sensitivity to a low-bit cache adds the per-layer caches.
-void Screen(const PlanOptions& o, const Checkpoint& source, const std::vector<TokenWindow>& screen,
+void Screen(const PlanJob& o, const Checkpoint& source, const std::vector<TokenWindow>& screen,
             const ScratchFolder& scratch, Scorer& scorer, const Deadline& deadline, PlanResult& r) {
   const std::int64_t layers = source.config.num_hidden_layers;
   // Per-layer cache precision is kvfold's runtime's alone. Progress counts those caches to come
@@ -297,12 +285,13 @@ void Screen(const PlanOptions& o, const Checkpoint& source, const std::vector<To
   const std::size_t per_structure =
       r.caches.size() + (per_layer_caches ? ProtectedCaches(r.caches, any_order).size() : 0);
   Progress progress("plan", static_cast<std::int64_t>(r.structures.size() * (per_structure + 1)),
-                    "steps", o.progress);
+                    "steps", o.compute.progress);
   std::int64_t step = 0;
   for (std::size_t s = 0; s < r.structures.size() && !deadline.Passed(r); ++s) {
     const PlanStructure& st = r.structures[s];
     ConvertStructure(o, st, scratch.Conversion(s));
-    progress.Update(++step, "converted " + (st.passes.empty() ? "(none)" : st.passes));
+    progress.Update(++step,
+                    "converted " + (st.passes.empty() ? "(none)" : PipelineText(st.passes)));
     if (s == 0 && per_layer_caches) {
       r.layers_by_sensitivity =
           RankLayers(scorer, scratch.Conversion(0), layers, screen, r.layer_kl);
@@ -353,27 +342,13 @@ std::vector<double> ParseBudgets(const std::string& text) {
   return budgets;
 }
 
-PlanOptions PlanOptionsFor(const ConvertOptions& o) {
-  PlanOptions p;
-  p.model = o.model;
-  p.calib_text = o.calib_text;
-  p.budgets = o.plan_budgets;
-  p.calib_tokens = o.calib_tokens;
-  p.window = o.window;
-  p.threads = o.threads;
-  p.device = o.device;
-  p.hidden_memory_bytes = o.hidden_memory_bytes;
-  p.progress = o.progress;
-  return p;
-}
-
-PlanResult RunPlan(const PlanOptions& o) {
+PlanResult RunPlan(const PlanJob& o) {
   const Deadline deadline(o.seconds_limit);
   if (o.budgets.empty()) Fail("--budget", "give at least one fraction, e.g. 0.5,0.25");
   if (o.screen_windows < 1 || o.screen_windows > o.score_windows) {
     Fail("--screen-windows", "must be between 1 and --score-windows");
   }
-  const Checkpoint source = OpenCheckpoint(o.model);
+  const Checkpoint source = OpenCheckpoint(o.input.model);
   std::string calib_sha256;
   const std::vector<TokenWindow> windows = ScoringWindows(o, source, calib_sha256);
   RequireSameOnEveryRank(RankInputs(o, source, calib_sha256));
@@ -413,7 +388,7 @@ nlohmann::ordered_json PlanJson(const PlanResult& r, const std::string& output) 
       return s.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s);
     };
     plans.push_back({{"budget", p.budget},
-                     {"passes", k.passes},
+                     {"passes", PipelineText(k.passes)},
                      {"kv_cache", name(k.kv_cache)},
                      {"bytes_fraction", k.bytes_fraction},
                      {"kl", k.kl},
@@ -426,7 +401,7 @@ nlohmann::ordered_json PlanJson(const PlanResult& r, const std::string& output) 
                      {"serve", serving.serve}});
   }
   for (const PlanCandidate& k : r.candidates) {
-    candidates.push_back({{"passes", k.passes},
+    candidates.push_back({{"passes", PipelineText(k.passes)},
                           {"kv_cache", k.kv_cache.empty() ? nlohmann::ordered_json()
                                                           : nlohmann::ordered_json(k.kv_cache)},
                           {"family", k.family},
@@ -465,8 +440,8 @@ std::string PlanTable(const PlanResult& r) {
     }
     const PlanCandidate& k = r.candidates[static_cast<std::size_t>(p.candidate)];
     std::snprintf(line, sizeof line, "%-8.4f %-9.5f ", k.bytes_fraction, k.kl);
-    out += line + (k.passes.empty() ? std::string("(no conversion)") : k.passes) + " | " +
-           (k.kv_cache.empty() ? std::string("(full cache)") : k.kv_cache) + "\n";
+    out += line + (k.passes.empty() ? std::string("(no conversion)") : PipelineText(k.passes)) +
+           " | " + (k.kv_cache.empty() ? std::string("(full cache)") : k.kv_cache) + "\n";
     if (r.runtime != PlanRuntime::kKvfold)
       out += "        serve: " + ServingOf(r.runtime, k, ArtifactPath(r.runtime, "")).serve + "\n";
   }

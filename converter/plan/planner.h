@@ -9,26 +9,23 @@
 #include <string>
 #include <vector>
 
-#include "converter/convert.h"
+#include "converter/job.h"
 #include "converter/plan/plan_candidates.h"
 #include "runtime_check/reference_model.h"
 
 namespace kvfold {
 
-struct PlanOptions {
-  std::string model, calib_text;
+// `kvfold plan`: the input model and calibration text, the budgets and the runtime.
+struct PlanJob {
+  // Each candidate conversion calibrates on input.calib_tokens (the text's start).
+  InputPart input = {"", "", 16384, 256};
+  ComputePart compute;
   std::vector<double> budgets;  // fractions of the source's 16-bit KV cache, in (0, 1]
   PlanRuntime runtime = PlanRuntime::kKvfold;  // what the plans must run in (--runtime)
-  std::int64_t calib_tokens = 16384;  // what each conversion calibrates on (the text's start)
-  int window = 256;
-  int score_windows = 8;     // held-out windows after the calibration tokens
-  int screen_windows = 2;    // the first of those, for screening every candidate
+  int score_windows = 8;                       // held-out windows after the calibration tokens
+  int screen_windows = 2;                      // the first of those, for screening every candidate
   int survivors = 3;         // per budget: the best screened, scored on every window
   double seconds_limit = 0;  // --plan-seconds: no new scoring after it (0 = none)
-  int threads = 0;
-  std::string device = "cpu";
-  std::uint64_t hidden_memory_bytes = kDefaultHiddenMemoryBytes;
-  bool progress = true;
 };
 
 struct BudgetPlan {
@@ -53,11 +50,7 @@ struct PlanResult {
 };
 
 // Throws Error naming the input (model, --calib, --budget) for bad input.
-PlanResult RunPlan(const PlanOptions& options);
-
-// The plan a conversion's options ask for (convert --kv-budget, report --budget): its model,
-// calibration text and tokens, window, device, threads and memory; budgets = o.plan_budgets.
-PlanOptions PlanOptionsFor(const ConvertOptions& o);
+PlanResult RunPlan(const PlanJob& job);
 
 // {"runtime", "plans": [{"budget", "passes", "kv_cache", "bytes_fraction", "kl", "family",
 // "runtime", "artifact", "kv_heads", "cache_k", "cache_v", "serve"}], "candidates": [...], ...};

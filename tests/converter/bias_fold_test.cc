@@ -80,30 +80,30 @@ TEST_CASE("biases fold with their rows at full rank, in both key modes",
   CHECK(MaxDiff(original, Logits(SharedPath("models/stories260K"))) > 1e-2);
   for (const char* rope : {"commute", "reconstruct"}) {
     INFO(rope);
-    ConvertOptions o;
-    o.model = qwen;
-    o.calib_text = SharedPath("text/tinystories/calib.txt");
-    o.passes = std::string("gqa-svd<kv-heads=4,rope=") + rope + ">";
-    o.output = tmp.File(std::string("out-") + rope);
-    o.calib_tokens = 4096;
-    o.progress = false;
+    ConvertJob o;
+    o.input.model = qwen;
+    o.input.calib_text = SharedPath("text/tinystories/calib.txt");
+    o.passes = ParsePipeline(std::string("gqa-svd<kv-heads=4,rope=") + rope + ">");
+    o.output.path = tmp.File(std::string("out-") + rope);
+    o.input.calib_tokens = 4096;
+    o.compute.progress = false;
     Convert(o);
-    CHECK(MaxDiff(original, Logits(o.output)) < 1e-4);
+    CHECK(MaxDiff(original, Logits(o.output.path)) < 1e-4);
     // The reconstruct runtime agrees between the fused and the ATen attention paths.
-    CHECK(MaxDiff(Logits(o.output, true), Logits(o.output, false)) < 2e-5);
+    CHECK(MaxDiff(Logits(o.output.path, true), Logits(o.output.path, false)) < 2e-5);
   }
 }
 
 TEST_CASE("lossy reconstruct conversions run the same in both attention paths",
           "[convert][shared]") {
   TempDir tmp;
-  ConvertOptions o;
-  o.model = SharedPath("models/micro-mha");
-  o.calib_text = SharedPath("text/wikitext-2/valid.tokens.txt");
-  o.passes = "gqa-svd<kv-heads=1,rope=reconstruct>";
-  o.output = tmp.File("out");
-  o.calib_tokens = 4096;
-  o.progress = false;
+  ConvertJob o;
+  o.input.model = SharedPath("models/micro-mha");
+  o.input.calib_text = SharedPath("text/wikitext-2/valid.tokens.txt");
+  o.passes = ParsePipeline("gqa-svd<kv-heads=1,rope=reconstruct>");
+  o.output.path = tmp.File("out");
+  o.input.calib_tokens = 4096;
+  o.compute.progress = false;
   Convert(o);
-  CHECK(MaxDiff(Logits(o.output, true), Logits(o.output, false)) < 2e-5);
+  CHECK(MaxDiff(Logits(o.output.path, true), Logits(o.output.path, false)) < 2e-5);
 }

@@ -135,13 +135,13 @@ TEST_CASE("existing outputs are refused without --force and replaced with it",
   CHECK_THROWS_WITH(RunConvert("stories260K", "gqa-meanpool<kv-heads=2>", out),
                     out + ": already exists (use --force to replace it)");
   CHECK(ReadBytes(out + "/marker") == "keep\n");
-  ConvertOptions o;
-  o.model = SharedPath("models/stories260K");
-  o.calib_text = CalibFor("stories260K");
-  o.passes = "gqa-meanpool<kv-heads=2>";
-  o.output = out;
-  o.force = true;
-  o.progress = false;
+  ConvertJob o;
+  o.input.model = SharedPath("models/stories260K");
+  o.input.calib_text = CalibFor("stories260K");
+  o.passes = ParsePipeline("gqa-meanpool<kv-heads=2>");
+  o.output.path = out;
+  o.output.force = true;
+  o.compute.progress = false;
   // --force replaces only what kvfold wrote: a folder without kvfold.json is someone's data.
   CHECK_THROWS_WITH(
       Convert(o),
@@ -151,12 +151,12 @@ TEST_CASE("existing outputs are refused without --force and replaced with it",
   test::WriteBytes(out + "/kvfold.json", "{}");
   CHECK_THROWS_WITH(Convert(o), Catch::Contains("its kvfold.json is not one kvfold wrote"));
   CHECK(ReadBytes(out + "/marker") == "keep\n");
-  o.output = tmp.File("ours");
-  o.force = false;
+  o.output.path = tmp.File("ours");
+  o.output.force = false;
   Convert(o);
-  o.force = true;
+  o.output.force = true;
   Convert(o);  // kvfold's own output is replaced
-  CHECK(ListDir(o.output).size() > 3);
+  CHECK(ListDir(o.output.path).size() > 3);
   auto left = ListDir(tmp.path());
   std::sort(left.begin(), left.end());
   CHECK(left == std::vector<std::string>{"ours", "out"});  // nothing left behind
@@ -180,21 +180,21 @@ TEST_CASE("a conversion failing after its output is written leaves the previous 
   // weights and kvfold.json are in the staging folder, so the clean-up path really runs.
   TempDir tmp;
   test::WriteBytes(tmp.File("short.txt"), "Once upon a time.");
-  ConvertOptions o;
-  o.model = SharedPath("models/stories260K");
-  o.calib_text = CalibFor("stories260K");
-  o.calib_tokens = 1024;
-  o.passes = "gqa-meanpool<kv-heads=2>";
-  o.output = tmp.File("out");
-  o.report_path = tmp.File("out/report.html");  // inside the output: part of the atomic output
-  o.eval_text = tmp.File("short.txt");
-  o.progress = false;
+  ConvertJob o;
+  o.input.model = SharedPath("models/stories260K");
+  o.input.calib_text = CalibFor("stories260K");
+  o.input.calib_tokens = 1024;
+  o.passes = ParsePipeline("gqa-meanpool<kv-heads=2>");
+  o.output.path = tmp.File("out");
+  o.report.path = tmp.File("out/report.html");  // inside the output: part of the atomic output
+  o.report.eval_text = tmp.File("short.txt");
+  o.compute.progress = false;
   CHECK_THROWS_WITH(Convert(o), Catch::Contains("fewer than one window"));
   CHECK(ListDir(tmp.path()) == std::vector<std::string>{"short.txt"});
   // The same failure under --force keeps the previous output, byte for byte.
   RunConvert("stories260K", "gqa-meanpool<kv-heads=1>", tmp.File("out"));
   const std::string before = ReadBytes(tmp.File("out/model.safetensors"));
-  o.force = true;
+  o.output.force = true;
   CHECK_THROWS_WITH(Convert(o), Catch::Contains("fewer than one window"));
   CHECK(ReadBytes(tmp.File("out/model.safetensors")) == before);
   CHECK(ListDir(tmp.path()) == (std::vector<std::string>{"out", "short.txt"}));
@@ -209,10 +209,10 @@ TEST_CASE("--reproduce reruns a recorded conversion byte for byte", "[convert][o
         "kv-mixed<bits=2,group=0,hi-bits=16,keep=0.2,key-axis=channel,key-bits=2,"
         "protect=1,recent=0.5,value-axis=token,value-bits=2>");
   CHECK(meta["calibration"]["threads"] == 2);
-  ConvertOptions given;
-  given.output = tmp.File("b");
-  given.progress = false;
-  Convert(ReproduceOptions(tmp.File("a/kvfold.json"), given));
+  ConvertJob given;
+  given.output.path = tmp.File("b");
+  given.compute.progress = false;
+  Convert(ReproduceJob(tmp.File("a/kvfold.json"), given));
   const auto files = ListDir(tmp.File("a"));
   REQUIRE(files == ListDir(tmp.File("b")));
   for (const auto& f : files) {
@@ -220,9 +220,9 @@ TEST_CASE("--reproduce reruns a recorded conversion byte for byte", "[convert][o
     CHECK(ReadBytes(tmp.File("a/" + f)) == ReadBytes(tmp.File("b/" + f)));
   }
   // Other inputs than the recorded ones are refused by hash.
-  given.output = tmp.File("c");
-  given.calib_text = SharedPath("text/tinystories/eval.txt");
-  CHECK_THROWS_WITH(Convert(ReproduceOptions(tmp.File("a/kvfold.json"), given)),
+  given.output.path = tmp.File("c");
+  given.input.calib_text = SharedPath("text/tinystories/eval.txt");
+  CHECK_THROWS_WITH(Convert(ReproduceJob(tmp.File("a/kvfold.json"), given)),
                     Catch::Contains("is not the calibration text the recorded conversion read"));
 }
 
@@ -240,22 +240,22 @@ TEST_CASE("outputs never overlap the input, and only the model's own files trave
                           .c_str()) == 0);
   for (const std::string& out : {model, model + "/out", tmp.path()}) {
     INFO(out);
-    ConvertOptions o;
-    o.model = model;
-    o.calib_text = CalibFor("stories260K");
-    o.passes = "gqa-meanpool<kv-heads=2>";
-    o.output = out;
-    o.force = true;
-    o.progress = false;
+    ConvertJob o;
+    o.input.model = model;
+    o.input.calib_text = CalibFor("stories260K");
+    o.passes = ParsePipeline("gqa-meanpool<kv-heads=2>");
+    o.output.path = out;
+    o.output.force = true;
+    o.compute.progress = false;
     CHECK_THROWS_WITH(Convert(o), Catch::Contains("the input model folder"));
   }
   CHECK(ReadBytes(model + "/pytorch_model-00001-of-00001.bin") == "stale\n");
-  ConvertOptions o;
-  o.model = model;
-  o.calib_text = CalibFor("stories260K");
-  o.passes = "gqa-meanpool<kv-heads=2>";
-  o.output = tmp.File("out");
-  o.progress = false;
+  ConvertJob o;
+  o.input.model = model;
+  o.input.calib_text = CalibFor("stories260K");
+  o.passes = ParsePipeline("gqa-meanpool<kv-heads=2>");
+  o.output.path = tmp.File("out");
+  o.compute.progress = false;
   Convert(o);
   CHECK(ListDir(tmp.File("out")) ==
         (std::vector<std::string>{"LICENSE", "config.json", "generation_config.json", "kvfold.json",
@@ -281,13 +281,13 @@ TEST_CASE("a HuggingFace hub cache snapshot (links into ../../blobs) converts wi
                          " && ln -s ../../blobs/" + blob + " " + snapshot + "/" + f)
                             .c_str()) == 0);
   }
-  ConvertOptions o;
-  o.model = snapshot;
-  o.calib_text = CalibFor("stories260K");
-  o.calib_tokens = 1024;
-  o.passes = "gqa-meanpool<kv-heads=2>";
-  o.output = tmp.File("out");
-  o.progress = false;
+  ConvertJob o;
+  o.input.model = snapshot;
+  o.input.calib_text = CalibFor("stories260K");
+  o.input.calib_tokens = 1024;
+  o.passes = ParsePipeline("gqa-meanpool<kv-heads=2>");
+  o.output.path = tmp.File("out");
+  o.compute.progress = false;
   Convert(o);
   CHECK(ListDir(tmp.File("out")) ==
         (std::vector<std::string>{"config.json", "kvfold.json", "model.safetensors",
@@ -308,15 +308,15 @@ TEST_CASE("calibrated on the source, layer by layer inside the sweep equals pass
     INFO(passes);
     TempDir tmp;
     for (const bool layer_by_layer : {true, false}) {
-      ConvertOptions o;
-      o.model = SharedPath("models/mini-mha-bf16-sharded");
-      o.calib_text = CalibFor("mini-mha");
-      o.passes = passes;
-      o.output = tmp.File(layer_by_layer ? "sweep" : "whole");
-      o.report_path = o.output + "/report.html";  // spectra built layer by layer too
-      o.calib_tokens = 2048;
-      o.threads = 2;
-      o.progress = false;
+      ConvertJob o;
+      o.input.model = SharedPath("models/mini-mha-bf16-sharded");
+      o.input.calib_text = CalibFor("mini-mha");
+      o.passes = ParsePipeline(passes);
+      o.output.path = tmp.File(layer_by_layer ? "sweep" : "whole");
+      o.report.path = o.output.path + "/report.html";  // spectra built layer by layer too
+      o.input.calib_tokens = 2048;
+      o.compute.threads = 2;
+      o.compute.progress = false;
       o.calibrate_on = "source";
       o.layer_by_layer = layer_by_layer;
       Convert(o);
@@ -373,14 +373,14 @@ TEST_CASE("one pipeline calibrated on converted layers equals two conversions",
     RunConvert("mini-mha-bf16-sharded", std::string(c.first) + "," + c.second, tmp.File("one"),
                2048);
     RunConvert("mini-mha-bf16-sharded", c.first, tmp.File("first"), 2048);
-    ConvertOptions o;
-    o.model = tmp.File("first");
-    o.calib_text = CalibFor("mini-mha");
-    o.passes = c.second;
-    o.output = tmp.File("two");
-    o.calib_tokens = 2048;
-    o.threads = 2;
-    o.progress = false;
+    ConvertJob o;
+    o.input.model = tmp.File("first");
+    o.input.calib_text = CalibFor("mini-mha");
+    o.passes = ParsePipeline(c.second);
+    o.output.path = tmp.File("two");
+    o.input.calib_tokens = 2048;
+    o.compute.threads = 2;
+    o.compute.progress = false;
     Convert(o);
     const Checkpoint one = OpenCheckpoint(tmp.File("one"));
     for (int l = 0; l < one.config.num_hidden_layers; ++l) {
@@ -414,15 +414,15 @@ TEST_CASE("a conversion whose hidden states spill to a file writes the same byte
   // hidden states each batch is read from the spill file and written back per layer.
   TempDir tmp;
   for (const std::uint64_t budget : {kDefaultHiddenMemoryBytes, std::uint64_t{0}}) {
-    ConvertOptions o;
-    o.model = SharedPath("models/stories260K");
-    o.calib_text = CalibFor("stories260K");
-    o.passes = "gqa-svd<kv-heads=2>,kv-scales";
-    o.output = tmp.File(budget == 0 ? "spilled" : "resident");
-    o.calib_tokens = 6144;  // three batches of about 2048 tokens
-    o.threads = 2;
-    o.progress = false;
-    o.hidden_memory_bytes = budget;
+    ConvertJob o;
+    o.input.model = SharedPath("models/stories260K");
+    o.input.calib_text = CalibFor("stories260K");
+    o.passes = ParsePipeline("gqa-svd<kv-heads=2>,kv-scales");
+    o.output.path = tmp.File(budget == 0 ? "spilled" : "resident");
+    o.input.calib_tokens = 6144;  // three batches of about 2048 tokens
+    o.compute.threads = 2;
+    o.compute.progress = false;
+    o.compute.hidden_memory_bytes = budget;
     Convert(o);
   }
   for (const std::string f : {"model.safetensors", "config.json"}) {
@@ -451,15 +451,15 @@ TEST_CASE("calibrating on pre-tokenized ids (.npy, JSON Lines) converts exactly 
   test::WriteBytes(tmp.File("calib.jsonl"), jsonl);
   std::vector<std::string> weights;
   for (const std::string& calib : {text, tmp.File("calib.npy"), tmp.File("calib.jsonl")}) {
-    ConvertOptions o;
-    o.model = SharedPath("models/stories260K");
-    o.calib_text = calib;
-    o.calib_tokens = 1024;
-    o.passes = "gqa-svd<kv-heads=2>,kv-scales";
-    o.output = tmp.File("out" + std::to_string(weights.size()));
-    o.progress = false;
+    ConvertJob o;
+    o.input.model = SharedPath("models/stories260K");
+    o.input.calib_text = calib;
+    o.input.calib_tokens = 1024;
+    o.passes = ParsePipeline("gqa-svd<kv-heads=2>,kv-scales");
+    o.output.path = tmp.File("out" + std::to_string(weights.size()));
+    o.compute.progress = false;
     Convert(o);
-    weights.push_back(ReadBytes(o.output + "/model.safetensors"));
+    weights.push_back(ReadBytes(o.output.path + "/model.safetensors"));
   }
   CHECK(weights[1] == weights[0]);  // same ids, same code path: the same bytes
   CHECK(weights[2] == weights[0]);

@@ -24,15 +24,22 @@ inline std::string CalibFor(const std::string& model) {
 
 inline ConvertResult RunConvert(const std::string& model, const std::string& passes,
                                 const std::string& out, std::int64_t calib_tokens = 8192) {
-  ConvertOptions o;
-  o.model = SharedPath("models/" + model);
-  o.calib_text = CalibFor(model);
-  o.passes = passes;
-  o.output = out;
-  o.calib_tokens = calib_tokens;
-  o.threads = 2;
-  o.progress = false;
+  ConvertJob o;
+  o.input.model = SharedPath("models/" + model);
+  o.input.calib_text = CalibFor(model);
+  o.passes = ParsePipeline(passes);
+  o.output.path = out;
+  o.input.calib_tokens = calib_tokens;
+  o.compute.threads = 2;
+  o.compute.progress = false;
   return Convert(o);
+}
+
+// Pipeline texts in canonical form (every parameter in force), "" kept as the empty pipeline.
+inline std::vector<std::string> CanonicalPipelines(const std::vector<std::string>& texts) {
+  std::vector<std::string> out;
+  for (const auto& t : texts) out.push_back(t.empty() ? t : PipelineText(ParsePipeline(t)));
+  return out;
 }
 
 inline std::vector<std::int32_t> Probe() {

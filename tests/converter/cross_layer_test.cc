@@ -146,12 +146,12 @@ TEST_CASE("sharing composes with gqa-svd: fewer KV heads and fewer KV layers",
       RunConvert("mini-mha", "mlkv<kv-layers=3>,gqa-svd<kv-heads=4>", tmp.File("bad")),
       Catch::Contains("gqa-svd needs calibration of the model it runs on"));
   // A model whose layers already share K/V is not converted again.
-  ConvertOptions again;
-  again.model = tmp.File("out");
-  again.calib_text = kvfold::test::CalibFor("mini-mha");
-  again.passes = "mlkv<kv-layers=2>";
-  again.output = tmp.File("again");
-  again.progress = false;
+  ConvertJob again;
+  again.input.model = tmp.File("out");
+  again.input.calib_text = kvfold::test::CalibFor("mini-mha");
+  again.passes = ParsePipeline("mlkv<kv-layers=2>");
+  again.output.path = tmp.File("again");
+  again.compute.progress = false;
   CHECK_THROWS_WITH(Convert(again), Catch::Contains("already share K/V"));
 }
 
@@ -162,7 +162,7 @@ TEST_CASE("bad sharing parameters are refused", "[cross-layer]") {
                     Catch::Contains("between 1 and the model's 6 layers"));
   CHECK_THROWS_WITH(CreateMlkv(spec("mlkv<kv-layers=7>"), c),
                     Catch::Contains("between 1 and the model's 6 layers"));
-  CHECK_THROWS_WITH(CreateMlkv(spec("mlkv"), c), Catch::Contains("kv-layers=N is required"));
+  CHECK_THROWS_WITH(CreateMlkv(spec("mlkv"), c), Catch::Contains("mlkv: kv-layers is required"));
   CHECK_THROWS_WITH(CreateLckv(spec("lckv<warmup=9>"), c), Catch::Contains("between 0 and"));
   CHECK_THROWS_WITH(CreateLckv(spec("lckv<init=svd>"), c), Catch::Contains("init"));
 }

@@ -25,17 +25,17 @@ namespace {
 
 constexpr std::int64_t kCalibTokens = 4096;
 
-ConvertOptions Options(const std::string& model, const std::string& passes,
-                       const std::string& out) {
-  ConvertOptions o;
-  o.model = SharedPath("models/" + model);
-  o.calib_text = SharedPath(model.rfind("stories", 0) == 0 ? "text/tinystories/calib.txt"
-                                                           : "text/wikitext-2/valid.tokens.txt");
-  o.passes = passes;
-  o.output = out;
-  o.calib_tokens = kCalibTokens;
-  o.threads = 2;
-  o.progress = false;
+ConvertJob Options(const std::string& model, const std::string& passes, const std::string& out) {
+  ConvertJob o;
+  o.input.model = SharedPath("models/" + model);
+  o.input.calib_text =
+      SharedPath(model.rfind("stories", 0) == 0 ? "text/tinystories/calib.txt"
+                                                : "text/wikitext-2/valid.tokens.txt");
+  if (!passes.empty()) o.passes = ParsePipeline(passes);
+  o.output.path = out;
+  o.input.calib_tokens = kCalibTokens;
+  o.compute.threads = 2;
+  o.compute.progress = false;
   return o;
 }
 
@@ -63,11 +63,11 @@ struct Extremes : LayerObserver {
   }
 };
 
-Extremes MeasureExtremes(const ConvertOptions& o) {
-  const Checkpoint ck = OpenCheckpoint(o.model);
+Extremes MeasureExtremes(const ConvertJob& o) {
+  const Checkpoint ck = OpenCheckpoint(o.input.model);
   const auto tok = Tokenizer::Load(ck.tokenizer_path);
-  const auto windows = CutWindows(tok->Encode(LoadText(o.calib_text)), o.window,
-                                  static_cast<int>(kCalibTokens / o.window), "calib");
+  const auto windows = CutWindows(tok->Encode(LoadText(o.input.calib_text)), o.input.window,
+                                  static_cast<int>(kCalibTokens / o.input.window), "calib");
   const auto model = ReferenceModel::Load(ck, {"cpu", 2});
   Extremes e;
   for (const auto& w : windows) {
@@ -94,7 +94,7 @@ double MaxLogitDiff(const std::string& a, const std::string& b) {
 TEST_CASE("kv-scales writes vLLM's compressed-tensors FP8 KV scales: amax / 448",
           "[kv-quant][shared]") {
   TempDir tmp;
-  const ConvertOptions base = Options("stories260K", "", "");
+  const ConvertJob base = Options("stories260K", "", "");
   const Extremes truth = MeasureExtremes(base);
   for (const char* strategy : {"tensor", "head"}) {
     INFO(strategy);
@@ -150,15 +150,15 @@ TEST_CASE("kv-balance folds into W_Q/W_K without changing the logits", "[kv-quan
   for (const char* model : {"stories260K", "mini-mha"}) {
     INFO(model);
     const std::string out = tmp.File(model);
-    ConvertOptions o = Options(model, "kv-balance", out);
-    o.report_path = tmp.File(std::string(model) + ".html");
+    ConvertJob o = Options(model, "kv-balance", out);
+    o.report.path = tmp.File(std::string(model) + ".html");
     Convert(o);
     CHECK(MaxLogitDiff(out, SharedPath(std::string("models/") + model)) < 1e-4);
     const auto report =
         nlohmann::json::parse(ReadFileToString(tmp.File(std::string(model) + ".json")));
     CHECK(static_cast<std::int64_t>(report["passes"][0]["balance"].size()) ==
           OpenCheckpoint(out).config.num_hidden_layers);
-    CHECK(ReadFileToString(o.report_path).find("key outliers after") != std::string::npos);
+    CHECK(ReadFileToString(o.report.path).find("key outliers after") != std::string::npos);
     const TensorStore a = TensorStore::OpenModelDir(out),
                       b = TensorStore::OpenModelDir(SharedPath(std::string("models/") + model));
     CHECK(a.ReadF32("model.layers.1.self_attn.k_proj.weight") !=
@@ -331,13 +331,13 @@ TEST_CASE("quantization passes refuse pipelines where calibration no longer desc
           "[kv-quant][shared]") {
   TempDir tmp;
   // Calibrated on the source, statistics cannot describe K/V a pass has changed.
-  ConvertOptions on_source = Options("stories260K", "kv-balance,kv-scales", tmp.File("a"));
+  ConvertJob on_source = Options("stories260K", "kv-balance,kv-scales", tmp.File("a"));
   on_source.calibrate_on = "source";
   CHECK_THROWS_WITH(
       Convert(on_source),
       Catch::Contains(
           "kv-scales needs calibration of the model it runs on, but kv-balance changes K/V"));
-  on_source.passes = "gqa-svd<kv-heads=2>,kv-mixed";
+  on_source.passes = ParsePipeline("gqa-svd<kv-heads=2>,kv-mixed");
   CHECK_THROWS_WITH(Convert(on_source), Catch::Contains("kv-mixed needs calibration"));
   // Calibrated on the converted layers (the default), they are measured again after the change.
   CHECK_NOTHROW(Convert(Options("stories260K", "kv-balance,kv-scales", tmp.File("e"))));

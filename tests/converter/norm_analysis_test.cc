@@ -16,15 +16,15 @@ using kvfold::test::TempDir;
 
 namespace {
 
-ConvertOptions Options(const std::string& passes, const std::string& out) {
-  ConvertOptions o;
-  o.model = SharedPath("models/stories260K");
-  o.calib_text = SharedPath("text/tinystories/calib.txt");
-  o.passes = passes;
-  o.output = out;
-  o.calib_tokens = 4096;
-  o.threads = 2;
-  o.progress = false;
+ConvertJob Options(const std::string& passes, const std::string& out) {
+  ConvertJob o;
+  o.input.model = SharedPath("models/stories260K");
+  o.input.calib_text = SharedPath("text/tinystories/calib.txt");
+  o.passes = ParsePipeline(passes);
+  o.output.path = out;
+  o.input.calib_tokens = 4096;
+  o.compute.threads = 2;
+  o.compute.progress = false;
   return o;
 }
 
@@ -34,8 +34,8 @@ TEST_CASE("kv-norm-analysis writes a table that follows its stated rule",
           "[norm-analysis][shared]") {
   TempDir tmp;
   const std::string out = tmp.File("out");
-  ConvertOptions options = Options("kv-norm-analysis<budget=0.3,max-alr-ratio=1.5>", out);
-  options.report_path = tmp.File("report.html");
+  ConvertJob options = Options("kv-norm-analysis<budget=0.3,max-alr-ratio=1.5>", out);
+  options.report.path = tmp.File("report.html");
   Convert(options);
   const EvictionTable t = ReadEvictionTable(out + "/" + kEvictionTableJson);
   CHECK(t.layers == 5);
@@ -98,8 +98,8 @@ TEST_CASE("kv-norm-analysis runs alone and its table is not carried into convers
                     Catch::Contains("kv-norm-analysis runs alone"));
   const std::string analysed = tmp.File("analysed");
   Convert(Options("kv-norm-analysis", analysed));
-  ConvertOptions o = Options("gqa-svd<kv-heads=2>", tmp.File("gqa"));
-  o.model = analysed;
+  ConvertJob o = Options("gqa-svd<kv-heads=2>", tmp.File("gqa"));
+  o.input.model = analysed;
   Convert(o);
   const auto files = kvfold::test::ListDir(tmp.File("gqa"));
   CHECK(std::find(files.begin(), files.end(), kEvictionTableJson) == files.end());

@@ -79,26 +79,26 @@ TEST_CASE("the o_proj refit lowers a lossy fold's error, layer by layer and on h
 TEST_CASE("the o_proj refit needs the converted sweep and held-out windows",
           "[convert][refit][shared]") {
   TempDir tmp;
-  ConvertOptions o;
-  o.model = SharedPath("models/stories260K");
-  o.calib_text = kvfold::test::CalibFor("stories260K");
-  o.passes = "gqa-svd<kv-heads=2,refit=o>";
-  o.output = tmp.File("out");
-  o.threads = 2;
-  o.progress = false;
+  ConvertJob o;
+  o.input.model = SharedPath("models/stories260K");
+  o.input.calib_text = kvfold::test::CalibFor("stories260K");
+  o.passes = ParsePipeline("gqa-svd<kv-heads=2,refit=o>");
+  o.output.path = tmp.File("out");
+  o.compute.threads = 2;
+  o.compute.progress = false;
   o.calibrate_on = "source";
   CHECK_THROWS_WITH(
       Convert(o),
       Catch::Contains("refit=o fits o_proj on the converted layers' own hidden states"));
   // The default refit=o gives way where it cannot run, and the record says so.
-  o.passes = "gqa-svd<kv-heads=2>";
+  o.passes = ParsePipeline("gqa-svd<kv-heads=2>");
   Convert(o);
   CHECK(ReadJson(tmp.File("out/kvfold.json"))["pipeline"] ==
         "gqa-svd<kv-heads=2,refit=none,rope=commute,value-weight=none,weight=query>");
   REQUIRE(std::system(("rm -rf " + tmp.File("out")).c_str()) == 0);
-  o.passes = "gqa-svd<kv-heads=2,refit=o>";
+  o.passes = ParsePipeline("gqa-svd<kv-heads=2,refit=o>");
   o.calibrate_on = "converted";
-  o.calib_tokens = 256;  // one window: none can be held out
+  o.input.calib_tokens = 256;  // one window: none can be held out
   CHECK_THROWS_WITH(Convert(o), Catch::Contains("needs at least 2 calibration windows"));
   CHECK(kvfold::test::ListDir(tmp.path()).empty());  // nothing left behind
 }

@@ -65,18 +65,18 @@ TEST_CASE("per-layer KV heads fold duplicated heads back exactly and read back a
   CHECK(MaxAbsDiff(decoded, LoadModel(ck, false)->Logits(ids)) < 1e-4);
   // A second pass on the DeciLM output: one count again, a plain Llama.
   RunConvert("stories260K-mha", "gqa-svd<kv-heads=4>", tmp.File("uniform"));
-  ConvertOptions o;
-  o.model = tmp.File("gqa-svd");
-  o.calib_text = CalibFor("stories260K");
-  o.passes = "gqa-svd<kv-heads=4,4,4,4,4>";
-  o.output = tmp.File("again");
-  o.calib_tokens = 2048;
-  o.progress = false;
+  ConvertJob o;
+  o.input.model = tmp.File("gqa-svd");
+  o.input.calib_text = CalibFor("stories260K");
+  o.passes = ParsePipeline("gqa-svd<kv-heads=4,4,4,4,4>");
+  o.output.path = tmp.File("again");
+  o.input.calib_tokens = 2048;
+  o.compute.progress = false;
   Convert(o);
-  const Checkpoint again = OpenCheckpoint(o.output);
+  const Checkpoint again = OpenCheckpoint(o.output.path);
   CHECK_FALSE(again.config.PerLayerKvHeads());
   CHECK(again.config.architecture == "LlamaForCausalLM");
-  CHECK(ReferenceDiff(o.output, "stories260K_logits.json") < 1e-4);
+  CHECK(ReferenceDiff(o.output.path, "stories260K_logits.json") < 1e-4);
 }
 
 TEST_CASE("kv-heads=auto allocates within the total and is exact at the full total",
@@ -121,10 +121,10 @@ TEST_CASE("per-layer KV heads: what cannot hold them is refused before any work"
           "kv-heads lists 2 counts for 6 layers");
   refused(SharedPath("models/mini-mha") + calib + " --passes 'gqa-svd<kv-heads=auto>' -o " +
               tmp.File("x"),
-          "kv-heads=auto needs kv-head-total=N");
+          "kv-head-total is required");
   refused(SharedPath("models/mini-mha") + calib +
               " --passes 'gqa-svd<kv-heads=4,kv-head-total=8>' -o " + tmp.File("x"),
-          "kv-head-total goes with kv-heads=auto");
+          "kv-head-total applies only with kv-heads=auto");
   refused(SharedPath("models/mini-mha") + calib +
               " --passes 'gqa-svd<kv-heads=8,4,4,4,4,2,rope=reconstruct>' -o " + tmp.File("x"),
           "rope=reconstruct needs one kv-heads count");

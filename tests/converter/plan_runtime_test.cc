@@ -5,6 +5,7 @@
 #include <string>
 
 #include "calib/ggml_cache_types.h"
+#include "converter/analyze.h"
 #include "converter/export/gguf_inspect.h"
 #include "converter/plan/planner.h"
 #include "tests/converter/convert_test_support.h"
@@ -20,12 +21,13 @@ TEST_CASE("what llama.cpp and vLLM serve is the planner's search space for them"
   c.num_key_value_heads = 8;
   c.num_hidden_layers = 6;
   std::vector<std::string> passes;
-  for (const auto& s : PlanStructures(c, PlanRuntime::kLlamaCpp)) passes.push_back(s.passes);
+  for (const auto& s : PlanStructures(c, PlanRuntime::kLlamaCpp))
+    passes.push_back(PipelineText(s.passes));
   const std::string automatic = "gqa-svd<kv-heads=auto,kv-head-total=";
-  CHECK(passes == std::vector<std::string>{"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>",
-                                           "gqa-svd<kv-heads=1>", automatic + "42>",
-                                           automatic + "36>", automatic + "30>", automatic + "24>",
-                                           automatic + "18>", automatic + "12>"});
+  CHECK(passes == test::CanonicalPipelines({"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>",
+                                            "gqa-svd<kv-heads=1>", automatic + "42>",
+                                            automatic + "36>", automatic + "30>", automatic + "24>",
+                                            automatic + "18>", automatic + "12>"}));
   CHECK(PlanStructures(c, PlanRuntime::kVllm).size() == passes.size());
   // llama.cpp: K at least as many bits as V, block types only where 32 divides head_dim: 28
   // pairs of 7 types, and q4_0 / iq4_nl both ways (4.5 bits each).
@@ -63,16 +65,16 @@ TEST_CASE("what llama.cpp and vLLM serve is the planner's search space for them"
 
 TEST_CASE("plan --runtime llama.cpp: per-layer heads, the artifact and its serve command",
           "[plan][shared]") {
-  PlanOptions o;
-  o.model = SharedPath("models/stories260K-mha");
-  o.calib_text = CalibFor("stories260K");
+  PlanJob o;
+  o.input.model = SharedPath("models/stories260K-mha");
+  o.input.calib_text = CalibFor("stories260K");
   o.budgets = {0.375, 0.125};
-  o.calib_tokens = 4096;
+  o.input.calib_tokens = 4096;
   o.score_windows = 2;
   o.screen_windows = 1;
   o.survivors = 2;
-  o.threads = 2;
-  o.progress = false;
+  o.compute.threads = 2;
+  o.compute.progress = false;
   o.runtime = PlanRuntime::kLlamaCpp;
   const nlohmann::json j = nlohmann::json::parse(PlanJson(RunPlan(o)).dump());
   CHECK(j["runtime"] == "llama.cpp");
@@ -94,7 +96,8 @@ TEST_CASE("plan --runtime llama.cpp: per-layer heads, the artifact and its serve
     CHECK(p["serve"] == "llama-server -m OUT.gguf -fa on -ctk f16 -ctv f16");
   }
   // 0.375 of the cache is 15 heads of 40: only a per-layer allocation uses it (uniform: 10).
-  CHECK(j["plans"][0]["passes"] == "gqa-svd<kv-heads=auto,kv-head-total=15>");
+  CHECK(j["plans"][0]["passes"] ==
+        test::CanonicalPipelines({"gqa-svd<kv-heads=auto,kv-head-total=15>"})[0]);
 }
 
 TEST_CASE("convert --kv-budget --runtime llama.cpp writes the GGUF and records how to serve it",
@@ -125,15 +128,15 @@ TEST_CASE("convert --kv-budget --runtime llama.cpp writes the GGUF and records h
 TEST_CASE("kvfold report --runtime: one frontier per runtime, each runtime's plans",
           "[plan][shared]") {
   TempDir tmp;
-  ConvertOptions o;
-  o.model = SharedPath("models/stories260K");
-  o.calib_text = CalibFor("stories260K");
-  o.calib_tokens = 4096;
-  o.report_path = tmp.File("report.html");
+  ReportJob o;
+  o.input.model = SharedPath("models/stories260K");
+  o.input.calib_text = CalibFor("stories260K");
+  o.input.calib_tokens = 4096;
+  o.report.path = tmp.File("report.html");
   o.plan_budgets = {0.25};
-  o.plan_runtimes = {"kvfold", "llama.cpp"};
-  o.threads = 2;
-  o.progress = false;
+  o.plan_runtimes = {PlanRuntime::kKvfold, PlanRuntime::kLlamaCpp};
+  o.compute.threads = 2;
+  o.compute.progress = false;
   Analyze(o);
   const auto report = test::ReadJson(tmp.File("report.json"));
   CHECK(report["plan"]["runtime"] == "kvfold");

@@ -8,6 +8,7 @@
 #include "calib/calibration_input.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
+#include "converter/analyze.h"
 #include "converter/convert.h"
 #include "converter/plan/planner.h"
 #include "formats/checkpoint.h"
@@ -24,17 +25,17 @@ using kvfold::test::TempDir;
 
 namespace {
 
-PlanOptions SmallPlan(const std::vector<double>& budgets) {
-  PlanOptions o;
-  o.model = SharedPath("models/stories260K");
-  o.calib_text = CalibFor("stories260K");
+PlanJob SmallPlan(const std::vector<double>& budgets) {
+  PlanJob o;
+  o.input.model = SharedPath("models/stories260K");
+  o.input.calib_text = CalibFor("stories260K");
   o.budgets = budgets;
-  o.calib_tokens = 4096;
+  o.input.calib_tokens = 4096;
   o.score_windows = 4;
   o.screen_windows = 1;
   o.survivors = 2;
-  o.threads = 2;
-  o.progress = false;
+  o.compute.threads = 2;
+  o.compute.progress = false;
   return o;
 }
 
@@ -45,19 +46,21 @@ TEST_CASE("the planner's search space", "[plan]") {
   c.num_key_value_heads = 8;
   c.num_hidden_layers = 6;
   std::vector<std::string> passes;
-  for (const auto& s : PlanStructures(c)) passes.push_back(s.passes);
-  CHECK(passes == std::vector<std::string>{"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>",
-                                           "gqa-svd<kv-heads=1>", "mlkv<kv-layers=3>",
-                                           "mlkv<kv-layers=1>",
-                                           "gqa-svd<kv-heads=4,refit=none>,mlkv<kv-layers=3>"});
+  for (const auto& s : PlanStructures(c)) passes.push_back(PipelineText(s.passes));
+  CHECK(passes ==
+        test::CanonicalPipelines({"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>",
+                                  "gqa-svd<kv-heads=1>", "mlkv<kv-layers=3>", "mlkv<kv-layers=1>",
+                                  "gqa-svd<kv-heads=4,refit=none>,mlkv<kv-layers=3>"}));
   c.qk_norm = true;  // Qwen3: no fold applies
   CHECK(PlanStructures(c).size() == 1);
   c.qk_norm = false;
   const auto structures = PlanStructures(c);
   const auto caches = PlanCaches();
   REQUIRE(caches[1].spec == "quant<scheme=fp8>");
-  CHECK(Combine(structures, 0, caches, 1).passes == "kv-scales");  // FP8 needs the scales
-  CHECK(Combine(structures, 1, caches, 1).passes == "gqa-svd<kv-heads=4>,kv-scales");
+  CHECK(PipelineText(Combine(structures, 0, caches, 1).passes) ==
+        "kv-scales<format=vllm-fp8,strategy=tensor>");  // FP8 needs the scales
+  CHECK(PipelineText(Combine(structures, 1, caches, 1).passes) ==
+        PipelineText(ParsePipeline("gqa-svd<kv-heads=4>,kv-scales")));
   CHECK(Combine(structures, 1, caches, 1).family == "heads+quant");
   CHECK(Combine(structures, 0, caches, 0).family == "none");
   CHECK(Combine(structures, 4, caches, 0).family == "cross-layer");
@@ -77,16 +80,16 @@ TEST_CASE("the planner's search space", "[plan]") {
 TEST_CASE(
     "each plan fits its budget, is the best scored candidate within it, and is what eval measures",
     "[plan][shared]") {
-  const PlanOptions o = SmallPlan({0.5, 0.25, 0.125});
+  const PlanJob o = SmallPlan({0.5, 0.25, 0.125});
   const PlanResult r = RunPlan(o);
   REQUIRE(r.plans.size() == 3);
   CHECK(r.layer_kl.size() == 5);  // one sensitivity probe per layer
   CHECK(r.layers_by_sensitivity.size() == 5);
-  const Checkpoint source = OpenCheckpoint(o.model);
+  const Checkpoint source = OpenCheckpoint(o.input.model);
   const auto tokenizer = Tokenizer::Load(source.tokenizer_path);
   // The scoring windows, cut here from the calibration text's tokens after the first 4096.
   const auto tokens =
-      LoadCalibrationTokens(o.calib_text, *tokenizer, source.config.vocab_size).tokens;
+      LoadCalibrationTokens(o.input.calib_text, *tokenizer, source.config.vocab_size).tokens;
   const auto windows =
       CutWindows(std::vector<std::int32_t>(tokens.begin() + 4096, tokens.end()), 256, 4, "calib");
   const auto base = ReferenceModel::Load(source, {"cpu", 2});
@@ -100,9 +103,10 @@ TEST_CASE(
     }
     // Converted and compared again, outside the planner.
     TempDir tmp;
-    std::string dir = o.model;
+    std::string dir = o.input.model;
     if (!chosen.passes.empty()) {
-      test::RunConvert("stories260K", chosen.passes, tmp.File("out"), o.calib_tokens);
+      test::RunConvert("stories260K", PipelineText(chosen.passes), tmp.File("out"),
+                       o.input.calib_tokens);
       dir = tmp.File("out");
     }
     const Checkpoint ck = OpenCheckpoint(dir);
@@ -202,14 +206,14 @@ TEST_CASE("convert --kv-budget converts with the plan, records it, and --reprodu
 TEST_CASE("kvfold report --budget adds the plan: its table, the Pareto chart and the JSON",
           "[plan][shared]") {
   TempDir tmp;
-  ConvertOptions o;
-  o.model = SharedPath("models/stories260K");
-  o.calib_text = CalibFor("stories260K");
-  o.calib_tokens = 4096;
-  o.report_path = tmp.File("report.html");
+  ReportJob o;
+  o.input.model = SharedPath("models/stories260K");
+  o.input.calib_text = CalibFor("stories260K");
+  o.input.calib_tokens = 4096;
+  o.report.path = tmp.File("report.html");
   o.plan_budgets = {0.25};
-  o.threads = 2;
-  o.progress = false;
+  o.compute.threads = 2;
+  o.compute.progress = false;
   Analyze(o);
   const auto report = test::ReadJson(tmp.File("report.json"));
   REQUIRE(report["plan"]["plans"].size() == 1);

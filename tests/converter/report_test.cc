@@ -24,17 +24,17 @@ std::size_t Count(const std::string& haystack, const std::string& needle) {
 TEST_CASE("a conversion report: schema, self-contained page, numbers equal kvfold eval",
           "[report][shared]") {
   TempDir tmp;
-  ConvertOptions o;
-  o.model = SharedPath("models/stories260K");
-  o.calib_text = SharedPath("text/tinystories/calib.txt");
-  o.passes = "gqa-svd<kv-heads=2>";
-  o.output = tmp.File("out");
-  o.calib_tokens = 8192;
-  o.threads = 2;
-  o.progress = false;
-  o.report_path = tmp.File("report.html");
-  o.eval_text = SharedPath("text/tinystories/eval.txt");
-  o.eval_windows = 8;
+  ConvertJob o;
+  o.input.model = SharedPath("models/stories260K");
+  o.input.calib_text = SharedPath("text/tinystories/calib.txt");
+  o.passes = ParsePipeline("gqa-svd<kv-heads=2>");
+  o.output.path = tmp.File("out");
+  o.input.calib_tokens = 8192;
+  o.compute.threads = 2;
+  o.compute.progress = false;
+  o.report.path = tmp.File("report.html");
+  o.report.eval_text = SharedPath("text/tinystories/eval.txt");
+  o.report.eval_windows = 8;
   Convert(o);
 
   const auto r = nlohmann::json::parse(ReadFileToString(tmp.File("report.json")));
@@ -62,8 +62,9 @@ TEST_CASE("a conversion report: schema, self-contained page, numbers equal kvfol
   }
 
   // The validation numbers are exactly what kvfold eval prints for the same windows.
-  const auto e = RunKvfold("eval " + tmp.File("out") + " --text " + o.eval_text +
-                           " --max-windows 8 --threads 2 --quiet --json --compare " + o.model);
+  const auto e =
+      RunKvfold("eval " + tmp.File("out") + " --text " + o.report.eval_text +
+                " --max-windows 8 --threads 2 --quiet --json --compare " + o.input.model);
   REQUIRE(e.exit_code == 0);
   const auto ev = nlohmann::json::parse(e.out);
   const auto& v = r["validation"];

@@ -1,4 +1,6 @@
 #include <catch2/catch.hpp>
+#include <map>
+#include <set>
 
 #include "converter/passes/pass.h"
 #include "formats/error.h"
@@ -10,9 +12,69 @@ TEST_CASE("pipeline text parses into canonical specs", "[pipeline]") {
       ParsePipeline("gqa-svd< rope=reconstruct , kv-heads=2 >,gqa-meanpool<kv-heads=1>");
   REQUIRE(specs.size() == 2);
   CHECK(specs[0].name == "gqa-svd");
-  CHECK(specs[0].params.at("kv-heads") == "2");
-  CHECK(specs[0].Text() == "gqa-svd<kv-heads=2,rope=reconstruct>");
+  CHECK(specs[0].Int("kv-heads") == 2);
+  CHECK(specs[0].written == std::set<std::string>{"kv-heads", "rope"});
+  // Every parameter in force, defaults from the schema included; none that does not apply
+  // (kv-head-total goes with kv-heads=auto).
+  CHECK(specs[0].Text() ==
+        "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=reconstruct,value-weight=none,weight=query>");
   CHECK(specs[1].Text() == "gqa-meanpool<kv-heads=1>");
+  CHECK(PipelineText(ParsePipeline(PipelineText(specs))) == PipelineText(specs));
+}
+
+TEST_CASE("the parameter schema checks types, conditions and requirements", "[pipeline]") {
+  // Types: integers, numbers, choices, lists, sets.
+  CHECK_THROWS_WITH(MakePassSpec("mlkv", {{"kv-layers", "two"}}),
+                    "--passes: mlkv: kv-layers=two is not an integer");
+  CHECK_THROWS_WITH(MakePassSpec("kv-balance", {{"alpha", "half"}}),
+                    "--passes: kv-balance: alpha=half is not a number");
+  CHECK_THROWS_WITH(MakePassSpec("lckv", {{"init", "zero"}}),
+                    "--passes: lckv: init=zero is not one of calib|mean");
+  CHECK_THROWS_WITH(MakePassSpec("gqa-svd", {{"kv-heads", "4,x"}}),
+                    "--passes: gqa-svd: kv-heads=x is not an integer");
+  CHECK(MakePassSpec("gqa-svd", {{"kv-heads", " 4, 2 "}}).Get("kv-heads") == "4,2");
+  CHECK(MakePassSpec("gqa-svd", {{"kv-heads", "auto"}, {"kv-head-total", "8"}})
+            .Int("kv-head-total") == 8);
+  CHECK(MakePassSpec("kv-mixed", {{"protect", "3,1"}}).IntList("protect") ==
+        std::vector<std::int64_t>{3, 1});
+  CHECK(MakePassSpec("kv-mixed").IntList("protect").empty());
+  // Required parameters, with the help text naming what they are.
+  CHECK_THROWS_WITH(MakePassSpec("mlkv"), Catch::Contains("mlkv: kv-layers is required"));
+  CHECK_THROWS_WITH(MakePassSpec("gqa-svd", {{"kv-heads", "auto"}}),
+                    Catch::Contains("gqa-svd: kv-head-total is required"));
+  // Conditions: a parameter that does not apply is refused, its default not in force.
+  CHECK_THROWS_WITH(MakePassSpec("gqa-svd", {{"kv-heads", "2"}, {"kv-head-total", "8"}}),
+                    "--passes: gqa-svd: kv-head-total applies only with kv-heads=auto");
+  CHECK_FALSE(MakePassSpec("gqa-svd", {{"kv-heads", "2"}, {"refit", "none"}}).Has("ridge"));
+  // Defaults taken from another parameter.
+  const PassSpec mixed = MakePassSpec("kv-mixed", {{"bits", "3"}, {"value-bits", "2"}});
+  CHECK(mixed.Int("key-bits") == 3);
+  CHECK(mixed.Int("value-bits") == 2);
+  // --print-passes is the schema: type, choices, default or requirement, condition.
+  const std::string listing = PrintPasses();
+  CHECK(listing.find("ridge (number | auto; default auto, only with refit=o)") !=
+        std::string::npos);
+  CHECK(listing.find("kv-layers (integer; required)") != std::string::npos);
+  CHECK(listing.find("key-bits (integer; default: as bits)") != std::string::npos);
+  CHECK(listing.find("rope (commute | reconstruct; default commute)") != std::string::npos);
+  // Every registered parameter's default is a valid value of its own type.
+  for (const PassInfo& info : PassRegistry()) {
+    for (const PassParam& p : info.params) {
+      if (p.default_value == nullptr) continue;
+      INFO(info.name << " " << p.name);
+      std::map<std::string, std::string> required;
+      if (std::string(info.name).rfind("gqa-", 0) == 0) required["kv-heads"] = "1";
+      if (std::string(info.name) == "mlkv") required["kv-layers"] = "1";
+      if (p.when != nullptr) {
+        const std::string w = p.when;
+        required[w.substr(0, w.find('='))] = w.substr(w.find('=') + 1);
+      }
+      if (required.count("kv-heads") && required["kv-heads"] == "auto")
+        required["kv-head-total"] = "4";
+      required[p.name] = p.default_value;
+      CHECK(MakePassSpec(info.name, required).Get(p.name) == p.default_value);
+    }
+  }
 }
 
 TEST_CASE("pipeline errors name what is wrong", "[pipeline]") {
@@ -42,7 +104,7 @@ TEST_CASE("pipeline errors name what is wrong", "[pipeline]") {
   CHECK(PrintPasses().find("gqa-meanpool") != std::string::npos);
 }
 
-TEST_CASE("a created pass's spec names every parameter in force, defaults included", "[pipeline]") {
+TEST_CASE("passes read the checked values; created specs round-trip", "[pipeline]") {
   ModelConfig c;
   c.num_hidden_layers = 4;
   c.num_attention_heads = 8;
