@@ -24,7 +24,7 @@ echo "| K | V | bits/element | kvfold (simulated) | llama.cpp (-fa on) | differe
 echo "|---|---|---|---|---|---|"
 echo "| f32 | f32 | 32 | $(llama f32 f32 off) (llama.cpp, flash off) | $(llama f32 f32 on) | (flash attention alone) |"
 for kv in f16:f16 bf16:bf16 q8_0:q8_0 q5_1:q5_1 q5_0:q5_0 q4_1:q4_1 q4_0:q4_0 iq4_nl:iq4_nl \
-  q8_0:q4_0 f16:q4_0; do
+  q8_0:q4_0 f16:q4_0 q5_0:f16 f16:q5_0 iq4_nl:f16 f16:iq4_nl; do
   k=${kv%%:*} v=${kv##*:}
   ours=$("$kvfold" eval "$model" --text "$text" --max-windows "$windows" \
     --kv-cache "ggml<k=$k,v=$v>" --json --quiet)

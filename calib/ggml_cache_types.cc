@@ -259,15 +259,38 @@ void GgmlDequantize(GgmlCacheType type, const std::uint8_t* bytes, std::size_t n
   }
 }
 
-void GgmlRoundQuery(GgmlCacheType key_type, float* q, std::size_t n) {
+std::size_t GgmlScoreExtras(GgmlCacheType key_type, std::size_t n) {
+  const bool with_minimum = key_type == GgmlCacheType::kQ4_1 || key_type == GgmlCacheType::kQ5_1;
+  return with_minimum ? n / kBlock : 0;
+}
+
+void GgmlKeyExtras(GgmlCacheType key_type, const std::uint8_t* bytes, std::size_t n,
+                   float* extras) {
+  const std::size_t block_bytes = SpecOf(key_type).bytes;
+  for (std::size_t b = 0; b < GgmlScoreExtras(key_type, n); ++b)
+    extras[b] = GetF16(bytes + b * block_bytes + 2);  // d, then m
+}
+
+void GgmlRoundQuery(GgmlCacheType key_type, float* q, std::size_t n, float* extras) {
   if (key_type == GgmlCacheType::kF16 || key_type == GgmlCacheType::kBF16)
     return GgmlRoundTrip(key_type, q, n);
+  const bool q8_1 = GgmlScoreExtras(key_type, n) > 0;
   for (std::size_t i = 0; i + kBlock <= n; i += kBlock) {
     float amax = 0;
     for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(q[i + j]));
     const float id = amax != 0 ? 127.0f / amax : 0.0f;
-    const float d = F16ToF32(F32ToF16(amax / 127.0f));
-    for (int j = 0; j < kBlock; ++j) q[i + j] = std::nearbyint(q[i + j] * id) * d;
+    const float d = amax / 127.0f, d16 = F16ToF32(F32ToF16(d));
+    int sum = 0;
+    for (int j = 0; j < kBlock; ++j) {
+      const float c = std::nearbyint(q[i + j] * id);
+      sum += static_cast<int>(c);
+      q[i + j] = c * d16;
+    }
+    // q8_1's s: d * sum(codes) in f16, where the exact product has d16 * sum(codes).
+    if (q8_1 && extras != nullptr) {
+      const float s = F16ToF32(F32ToF16(d * static_cast<float>(sum)));
+      extras[i / kBlock] = s - d16 * static_cast<float>(sum);
+    }
   }
 }
 

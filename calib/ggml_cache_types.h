@@ -36,6 +36,16 @@ void GgmlRoundTrip(GgmlCacheType type, float* x, std::size_t n);
 // that type's dot-product type (f16 and bf16 to themselves; every block type to 8-bit blocks of
 // 32, q8_0 or q8_1, whose values agree), as the x86 build does it (scale 127 / max|x|, codes
 // rounded half to even).
-void GgmlRoundQuery(GgmlCacheType key_type, float* q, std::size_t n);
+//
+// Keys with a minimum (q4_1, q5_1) are read against q8_1 blocks, whose dot product ggml forms
+// as d_k d_q sum(c_k c_q) + m_k s_q, with s_q = d * sum(c_q) rounded to f16: not the exact
+// product of the two dequantized rows. The difference is one term per block, m_k (s_q - d_q
+// sum(c_q)): GgmlScoreExtras(key_type, n) terms per row (0 for the other types), the query's
+// factors written to `extras` by GgmlRoundQuery and the key's (its block minima) by
+// GgmlKeyExtras. A score is then dot(rounded q, stored k) + dot(query extras, key extras).
+void GgmlRoundQuery(GgmlCacheType key_type, float* q, std::size_t n, float* extras = nullptr);
+std::size_t GgmlScoreExtras(GgmlCacheType key_type, std::size_t n);
+// A key row's extras: the f16 minimum of each block, from its ggml bytes.
+void GgmlKeyExtras(GgmlCacheType key_type, const std::uint8_t* bytes, std::size_t n, float* extras);
 
 }  // namespace kvfold

@@ -61,6 +61,24 @@ void ApplyRopeInPlace(float* qkv, const QkvLayout& L, const float* cos, const fl
   }
 }
 
+namespace {
+
+// The stored-key scores of query (b, i, head h) gain dot(query extras, key extras) per key.
+void AddScoreExtras(const CacheLayer& cache, std::int64_t b, std::int64_t T, std::int64_t H,
+                    std::int64_t pair, std::int64_t h, std::int64_t i, std::int64_t lo,
+                    std::int64_t n, float scale, float* sq) {
+  const std::int64_t E = cache.extras;
+  const float* qe = cache.query_extras + ((b * T + i) * H + h) * E;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const float* ke = cache.key_extras + (pair * T + lo + j) * E;
+    float extra = 0;
+    for (std::int64_t e = 0; e < E; ++e) extra += qe[e] * ke[e];
+    sq[j] += extra * scale;
+  }
+}
+
+}  // namespace
+
 void CausalAttention(const float* qkv, const QkvLayout& L, float scale, std::int64_t sliding_window,
                      const CacheLayer* cache, float* ctx, std::int64_t first, std::int64_t last) {
   const std::int64_t T = L.tokens, d = L.head_dim, H = L.heads, KV = L.kv_heads;
@@ -106,6 +124,7 @@ void CausalAttention(const float* qkv, const QkvLayout& L, float scale, std::int
             const float* kt = stored_t.data() + c * T + lo;
             for (std::int64_t j = 0; j < n; ++j) sq[j] += qc * kt[j];
           }
+          if (cache->extras > 0) AddScoreExtras(*cache, b, T, H, pair, h, i, lo, n, scale, sq);
           for (std::int64_t j = 0; j < n; ++j) s[j] = (code[j] & kCacheQuantKey) ? sq[j] : s[j];
         }
         // The plain causal loops stay branch-free (vectorized); the cache variants skip hidden

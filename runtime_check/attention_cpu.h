@@ -35,6 +35,10 @@ struct CacheLayer {
   const float* values = nullptr;        // [B, KV, T, d] stored values (or null)
   // [B * T, H * d] the queries scores against stored keys are computed with (or null: as is).
   const float* queries = nullptr;
+  // Score extras (KvCachePolicy::ScoreExtras): [B * T, H * extras] and [B, KV, T, extras].
+  std::int64_t extras = 0;
+  const float* query_extras = nullptr;
+  const float* key_extras = nullptr;
 };
 void CausalAttention(const float* qkv, const QkvLayout& layout, float scale,
                      std::int64_t sliding_window, const CacheLayer* cache, float* ctx,

@@ -22,11 +22,13 @@ enum CacheCode : std::uint8_t {
 };
 
 // Where a policy writes one (sequence, KV head): codes [T, T] (row = query), and the stored
-// copies of keys and values [T, d] (only when the policy quantizes the layer).
+// copies of keys and values [T, d] (only when the policy quantizes the layer), with each stored
+// key's score extras [T, ScoreExtras] (only when the policy has them).
 struct HeadCacheOut {
   std::uint8_t* codes = nullptr;
   float* keys = nullptr;
   float* values = nullptr;
+  float* key_extras = nullptr;
 };
 
 // Tokens a cache that holds at most `keep` of what it has seen may keep after `seen` tokens:
@@ -62,8 +64,17 @@ class KvCachePolicy {
     (void)layer;
     return false;
   }
-  virtual void RoundQueries(int layer, float* q, std::int64_t rows, std::int64_t d) const {
-    (void)layer, (void)q, (void)rows, (void)d;
+  // `extras` [rows, ScoreExtras]: each row's score extras (when the policy has them).
+  virtual void RoundQueries(int layer, float* q, std::int64_t rows, std::int64_t d,
+                            float* extras) const {
+    (void)layer, (void)q, (void)rows, (void)d, (void)extras;
+  }
+  // Terms a runtime adds to a score against a stored key beyond the dot product of the rounded
+  // query and the stored key (llama.cpp's q8_1 block sums against q4_1/q5_1 keys): the score is
+  // dot(q, k) + dot(query extras, key extras), both ScoreExtras(layer, d) long. Default: none.
+  virtual std::int64_t ScoreExtras(int layer, std::int64_t d) const {
+    (void)layer, (void)d;
+    return 0;
   }
 
   // Mean storage bits per KV element over decode steps i in [from, tokens), relative to the

@@ -199,9 +199,25 @@ bool QuantCachePolicy::RoundsQueries(int layer) const {
   return spec_.scheme == QuantScheme::kGgml && !Protected(layer);
 }
 
-void QuantCachePolicy::RoundQueries(int, float* q, std::int64_t rows, std::int64_t d) const {
-  for (std::int64_t r = 0; r < rows; ++r)
-    GgmlRoundQuery(spec_.key_type, q + r * d, static_cast<std::size_t>(d));
+void QuantCachePolicy::RoundQueries(int layer, float* q, std::int64_t rows, std::int64_t d,
+                                    float* extras) const {
+  const std::int64_t E = ScoreExtras(layer, d);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    GgmlRoundQuery(spec_.key_type, q + r * d, static_cast<std::size_t>(d),
+                   extras != nullptr ? extras + r * E : nullptr);
+  }
+}
+
+void QuantCachePolicy::StoreGgmlKey(float* key, std::int64_t d, float* extras) const {
+  const auto n = static_cast<std::size_t>(d);
+  const std::vector<std::uint8_t> bytes = GgmlQuantize(spec_.key_type, key, n);
+  GgmlDequantize(spec_.key_type, bytes.data(), n, key);
+  if (extras != nullptr) GgmlKeyExtras(spec_.key_type, bytes.data(), n, extras);
+}
+
+std::int64_t QuantCachePolicy::ScoreExtras(int layer, std::int64_t d) const {
+  if (!RoundsQueries(layer)) return 0;
+  return static_cast<std::int64_t>(GgmlScoreExtras(spec_.key_type, static_cast<std::size_t>(d)));
 }
 bool QuantCachePolicy::Quantizes(int layer) const {
   return !Protected(layer) && !(spec_.scheme == QuantScheme::kMikv && spec_.key_bits == 0);
@@ -252,7 +268,8 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
     }
     case QuantScheme::kGgml:
       for (std::int64_t t = 0; t < T; ++t) {
-        GgmlRoundTrip(spec_.key_type, out.keys + t * d, static_cast<std::size_t>(d));
+        StoreGgmlKey(out.keys + t * d, d,
+                     out.key_extras ? out.key_extras + t * ScoreExtras(layer, d) : nullptr);
         GgmlRoundTrip(spec_.value_type, out.values + t * d, static_cast<std::size_t>(d));
       }
       FillCausal(out.codes, T, all);

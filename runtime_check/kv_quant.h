@@ -10,9 +10,10 @@
 //          the kv-scales pass): x' = e4m3(x / scale) * scale
 //   ggml   llama.cpp's cache types, `ggml<k=q8_0,v=q4_0>` (or quant<scheme=ggml,k=..,v=..>): each
 //          token's K and V rows stored as ggml stores them (calib/ggml_cache_types.h: f16,
-//          bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl; blocks of 32 along head_dim). The
-//          storage only: llama.cpp's flash attention also rounds queries to K's dot-product type
-//          and accumulates V in its own precision (docs/kv-quant.md says what that adds)
+//          bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl; blocks of 32 along head_dim), read
+//          with queries rounded to K's dot-product type and, for q4_1/q5_1 keys, q8_1's f16
+//          block sums as score extras, as ggml's CPU flash attention reads them (its f16
+//          accumulation of an f16 V is not simulated: docs/kv-quant.md)
 //   mikv   MiKV (arXiv 2402.18096): the `keep` fraction of tokens judged important stays in full
 //          precision, the rest drops to `bits` (0 = evicted instead: the same selection as an
 //          H2O cache). Importance is H2O's: attention received, accumulated as decoding
@@ -74,13 +75,18 @@ class QuantCachePolicy : public KvCachePolicy {
                  std::int64_t g, std::int64_t sequence, const HeadCacheOut& out) const override;
   double AverageBits(std::int64_t tokens, std::int64_t from, std::int64_t head_dim) const override;
   bool RoundsQueries(int layer) const override;
-  void RoundQueries(int layer, float* q, std::int64_t rows, std::int64_t d) const override;
+  void RoundQueries(int layer, float* q, std::int64_t rows, std::int64_t d,
+                    float* extras) const override;
+  std::int64_t ScoreExtras(int layer, std::int64_t d) const override;
 
   // Tokens in high precision that query i reads, for mikv (T tokens); the rest are low.
   std::int64_t HighPrecisionTokens(std::int64_t i) const;
 
  private:
   bool Protected(int layer) const;
+  // A key row of `d` values stored as llama.cpp's K type, in place; its score extras to
+  // `extras` (when not null).
+  void StoreGgmlKey(float* key, std::int64_t d, float* extras) const;
   QuantSpec spec_;
   std::int64_t layers_ = 0, head_dim_ = 0;
   std::vector<std::int64_t> first_head_;  // per layer: its first KV head's index in the tables

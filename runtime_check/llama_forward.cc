@@ -164,10 +164,17 @@ class PendingCapture {
 struct LayerCache {
   at::Tensor codes, keys, values;
   at::Tensor queries;  // [B * T, H * d] rounded as the runtime reads stored keys, or undefined
+  // Score extras (KvCachePolicy::ScoreExtras): [B * T, H * E] and [B, KV, T, E], or undefined.
+  at::Tensor query_extras, key_extras;
   CacheLayer View() const {
-    return {codes.data_ptr<std::uint8_t>(), keys.defined() ? keys.data_ptr<float>() : nullptr,
-            values.defined() ? values.data_ptr<float>() : nullptr,
-            queries.defined() ? queries.data_ptr<float>() : nullptr};
+    auto data = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
+    return {codes.data_ptr<std::uint8_t>(),
+            data(keys),
+            data(values),
+            data(queries),
+            key_extras.defined() ? key_extras.size(-1) : 0,
+            data(query_extras),
+            data(key_extras)};
   }
 };
 
@@ -178,14 +185,17 @@ LayerCache RunCachePolicy(const KvCachePolicy& cache, int layer, const at::Tenso
   const std::int64_t B = layout.batch, KV = layout.kv_heads, T = layout.tokens, d = layout.head_dim;
   LayerCache out;
   out.codes = at::empty({B, KV, T, T}, at::kByte);
+  const std::int64_t E = cache.Quantizes(layer) ? cache.ScoreExtras(layer, d) : 0;
   if (cache.Quantizes(layer)) {
     out.keys = at::empty({B, KV, T, d}, at::kFloat);
     out.values = at::empty({B, KV, T, d}, at::kFloat);
   }
+  if (E > 0) out.key_extras = at::empty({B, KV, T, E}, at::kFloat);
   const float* data = rows.data_ptr<float>();
   std::uint8_t* codes = out.codes.data_ptr<std::uint8_t>();
   float* keys = out.keys.defined() ? out.keys.data_ptr<float>() : nullptr;
   float* values = out.values.defined() ? out.values.data_ptr<float>() : nullptr;
+  float* key_extras = E > 0 ? out.key_extras.data_ptr<float>() : nullptr;
   at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t pair = begin; pair < end; ++pair) {
       const std::int64_t b = pair / KV, g = pair % KV;
@@ -193,12 +203,15 @@ LayerCache RunCachePolicy(const KvCachePolicy& cache, int layer, const at::Tenso
       head.codes = codes + pair * T * T;
       head.keys = keys ? keys + pair * T * d : nullptr;
       head.values = values ? values + pair * T * d : nullptr;
+      head.key_extras = key_extras ? key_extras + pair * T * E : nullptr;
       cache.HeadCache(layer, data, layout, b, g, first_sequence + b, head);
     }
   });
   if (cache.Quantizes(layer) && cache.RoundsQueries(layer)) {
     out.queries = rows.narrow(1, 0, layout.heads * d).contiguous();
-    cache.RoundQueries(layer, out.queries.data_ptr<float>(), B * T * layout.heads, d);
+    if (E > 0) out.query_extras = at::empty({B * T, layout.heads * E}, at::kFloat);
+    cache.RoundQueries(layer, out.queries.data_ptr<float>(), B * T * layout.heads, d,
+                       E > 0 ? out.query_extras.data_ptr<float>() : nullptr);
   }
   return out;
 }
@@ -227,8 +240,15 @@ at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double s
               ? (cache.queries.to(device).view({B, T, H, d}).permute({0, 2, 1, 3}) * scale)
                     .reshape({B, KV, group * T, d})
               : qg;
-      const at::Tensor stored =
-          at::matmul(qs, cache.keys.to(device).transpose(-1, -2)).view({B, KV, group, T, T});
+      at::Tensor stored = at::matmul(qs, cache.keys.to(device).transpose(-1, -2));
+      if (cache.key_extras.defined()) {  // [B, KV, group T, E] x [B, KV, E, T]
+        const std::int64_t E = cache.key_extras.size(-1);
+        const at::Tensor qe =
+            (cache.query_extras.to(device).view({B, T, H, E}).permute({0, 2, 1, 3}) * scale)
+                .reshape({B, KV, group * T, E});
+        stored = stored + at::matmul(qe, cache.key_extras.to(device).transpose(-1, -2));
+      }
+      stored = stored.view({B, KV, group, T, T});
       probs = at::where(codes.bitwise_and(kCacheQuantKey).ne(0), stored, probs);
     }
     // Evicted keys: -inf on top of the causal/window mask.

@@ -133,3 +133,78 @@ TEST_CASE("queries read block-quantized keys as ggml's x86 flash attention conve
     CHECK(f16 == want);
   }
 }
+
+TEST_CASE("a score against a stored key is ggml's own dot product, q8_1 block sums included",
+          "[ggml][kvquant]") {
+  void* cpu = ::dlopen(KVFOLD_SOURCE_DIR
+                       "/tests/js/node_modules/@node-llama-cpp/linux-x64/bins/"
+                       "linux-x64/libggml-cpu-haswell.so",
+                       RTLD_NOW | RTLD_LOCAL);
+  if (Ggml() == nullptr || cpu == nullptr) {
+    WARN("SKIPPED: libggml-cpu-haswell from node-llama-cpp not loadable: " << ::dlerror());
+    return;
+  }
+  // The CPU backend's tables (f16 conversion among them) are filled by ggml_cpu_init.
+  const auto init = reinterpret_cast<void (*)()>(::dlsym(cpu, "ggml_cpu_init"));
+  REQUIRE(init != nullptr);
+  init();
+  using DotFn =
+      void (*)(int, float*, std::size_t, const void*, std::size_t, const void*, std::size_t, int);
+  struct Case {
+    const char* key;
+    const char* query;  // the key type's dot-product type
+    std::size_t query_block_bytes;
+  };
+  const std::vector<float> x = Vectors().front();  // 256 values: keys and queries from it
+  for (const Case& c :
+       {Case{"q8_0", "q8_0", 34}, Case{"q5_1", "q8_1", 36}, Case{"q5_0", "q8_0", 34},
+        Case{"q4_1", "q8_1", 36}, Case{"q4_0", "q8_0", 34}, Case{"iq4_nl", "q8_0", 34}}) {
+    const GgmlCacheType type = *ParseGgmlCacheType(c.key);
+    const auto quantize_key =
+        reinterpret_cast<QuantizeFn>(::dlsym(cpu, (std::string("quantize_row_") + c.key).c_str()));
+    const auto quantize_query = reinterpret_cast<QuantizeFn>(
+        ::dlsym(cpu, (std::string("quantize_row_") + c.query).c_str()));
+    const auto dot = reinterpret_cast<DotFn>(
+        ::dlsym(cpu, (std::string("ggml_vec_dot_") + c.key + "_" + c.query).c_str()));
+    REQUIRE((quantize_key && quantize_query && dot));
+    const std::size_t n = 64;  // two blocks
+    double worst = 0, worst_without_extras = 0;
+    for (std::size_t k0 = 0; k0 + n <= x.size(); k0 += 32) {
+      for (std::size_t q0 = 0; q0 + n <= x.size(); q0 += 64) {
+        std::vector<float> key(x.begin() + k0, x.begin() + k0 + n), query(n);
+        for (std::size_t i = 0; i < n; ++i) query[i] = x[q0 + i] * 0.5f + 0.2f;  // sum != 0
+        for (std::size_t i = 0; i < n; ++i) key[i] += 1.5f;  // block minima far from 0
+        std::vector<std::uint8_t> kb(n / 32 * GgmlBlockBytes(type)),
+            qb(n / 32 * c.query_block_bytes);
+        quantize_key(key.data(), kb.data(), n);
+        quantize_query(query.data(), qb.data(), n);
+        float theirs = 0;
+        dot(static_cast<int>(n), &theirs, 0, kb.data(), 0, qb.data(), 0, 1);
+        const std::size_t E = GgmlScoreExtras(type, n);
+        std::vector<float> query_extras(E), key_extras(E);
+        std::vector<std::uint8_t> ours_bytes = GgmlQuantize(type, key.data(), n);
+        CHECK(ours_bytes == kb);  // the CPU backend stores the reference bytes
+        GgmlKeyExtras(type, ours_bytes.data(), n, key_extras.data());
+        GgmlRoundTrip(type, key.data(), n);
+        GgmlRoundQuery(type, query.data(), n, query_extras.data());
+        double ours = 0, magnitude = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+          ours += static_cast<double>(query[i]) * key[i];
+          magnitude += std::fabs(static_cast<double>(query[i]) * key[i]);
+        }
+        double extra = 0;
+        for (std::size_t e = 0; e < E; ++e)
+          extra += static_cast<double>(query_extras[e]) * key_extras[e];
+        // ggml sums each block's integer products, then scales in float: the two orders of
+        // float rounding differ by a few float epsilons of the magnitude.
+        worst = std::max(worst, std::fabs(ours + extra - theirs) / magnitude);
+        worst_without_extras = std::max(worst_without_extras, std::fabs(ours - theirs) / magnitude);
+      }
+    }
+    INFO(c.key << ": worst relative difference " << worst << ", without the extras "
+               << worst_without_extras);
+    CHECK(worst < 4e-7);
+    // The extras are what q8_1's f16 block sums change: without them the scores are off.
+    if (GgmlScoreExtras(type, n) > 0) CHECK(worst_without_extras > 1e-5);
+  }
+}
