@@ -1,4 +1,5 @@
-// Progress: rate-limited progress lines on stderr for long work ("eval 12/64 windows ...").
+// Progress: rate-limited progress lines on stderr for long work, with the time left estimated
+// from the rate so far ("[convert] 3/22 layers  12.1s, about 1m17s left").
 // Lives in the base library so every stage (calibration, passes, evaluation) reports the same way.
 #pragma once
 
@@ -7,6 +8,10 @@
 #include <string>
 
 namespace kvfold {
+
+// "about 1m17s left" for `done` of `total` steps in `elapsed` seconds at the same rate; "" before
+// the first step and after the last.
+std::string TimeLeftText(double elapsed, std::int64_t done, std::int64_t total);
 
 class Progress {
  public:
