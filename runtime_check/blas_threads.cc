@@ -21,6 +21,10 @@ GetThreads GetFn() {
 
 }  // namespace
 
+void SetBlasThreads(int threads) {
+  if (SetFn() != nullptr && threads > 0) SetFn()(threads);
+}
+
 ScopedSingleThreadBlas::ScopedSingleThreadBlas() {
   if (SetFn() == nullptr || GetFn() == nullptr) return;
   previous_ = GetFn()();

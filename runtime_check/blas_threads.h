@@ -5,6 +5,11 @@
 
 namespace kvfold {
 
+// OpenBLAS's own thread count, for the whole process (`--threads N`: without it OpenBLAS keeps
+// one thread per core whatever LibTorch uses, and its idle threads spin in sched_yield). A
+// no-op where the BLAS is not OpenBLAS.
+void SetBlasThreads(int threads);
+
 class ScopedSingleThreadBlas {
  public:
   ScopedSingleThreadBlas();

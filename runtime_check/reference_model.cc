@@ -11,6 +11,7 @@
 #include "formats/ranks.h"
 #include "formats/tensor_names.h"
 #include "runtime_check/attention_cpu.h"
+#include "runtime_check/blas_threads.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/llama_forward.h"
 
@@ -137,9 +138,11 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
                                                      const RuntimeOptions& options) {
   if (options.threads > 0) {
     at::set_num_threads(options.threads);
+    SetBlasThreads(options.threads);  // --threads N means N, OpenBLAS's pool included
   } else if (LocalRankCount() > 1) {  // ranks on one machine share its cores
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     at::set_num_threads(std::max(1, cores / LocalRankCount()));
+    SetBlasThreads(std::max(1, cores / LocalRankCount()));
   }
   auto impl = std::make_unique<Impl>();
   impl->config = ck.config;

@@ -1,6 +1,12 @@
 #include "runtime_check/blas_core.h"
 
+#include <dlfcn.h>
+
 #include <catch2/catch.hpp>
+
+#include "formats/checkpoint.h"
+#include "runtime_check/reference_model.h"
+#include "tests/test_support.h"
 
 using namespace kvfold;
 
@@ -21,4 +27,19 @@ TEST_CASE("the BLAS in use is described", "[blas]") {
   // scripts/setup.sh selects OpenBLAS for libblas.so.3: its config string names it.
   CHECK(BlasDescription().find("OpenBLAS") != std::string::npos);
   CHECK(BlasDescription().find("(core ") != std::string::npos);
+}
+
+TEST_CASE("--threads N sets OpenBLAS's own pool to N threads", "[blas][shared]") {
+  // Before, OpenBLAS kept one thread per core whatever --threads said (docs/results.md, "CPU
+  // time of conversion and eval").
+  const auto get = reinterpret_cast<int (*)()>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (get == nullptr) {
+    WARN("SKIPPED: the BLAS is not OpenBLAS");
+    return;
+  }
+  const Checkpoint ck = OpenCheckpoint(test::SharedPath("models/stories260K"));
+  ReferenceModel::Load(ck, {"cpu", 1});
+  CHECK(get() == 1);
+  ReferenceModel::Load(ck, {"cpu", 2});
+  CHECK(get() == 2);
 }
