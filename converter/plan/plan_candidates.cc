@@ -187,6 +187,10 @@ std::vector<PlanCache> ProtectedCaches(const std::vector<PlanCache>& caches,
   return out;
 }
 
+PipelineSpec WithKvScales(const PipelineSpec& passes) {
+  return Then(passes, MakePassSpec("kv-scales"));
+}
+
 PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t s,
                       const std::vector<PlanCache>& caches, std::size_t c) {
   const PlanStructure& st = structures[s];
@@ -194,7 +198,7 @@ PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t 
   PlanCandidate k;
   k.structure = s;
   k.cache = c;
-  k.passes = ca.needs_fp8_scales ? Then(st.passes, MakePassSpec("kv-scales")) : st.passes;
+  k.passes = ca.needs_fp8_scales ? WithKvScales(st.passes) : st.passes;
   k.kv_cache = ca.spec;
   k.cache_k = ca.cache_k;
   k.cache_v = ca.cache_v;

@@ -88,6 +88,9 @@ std::string LayerProbeCache(std::int64_t layers, std::int64_t layer);
 std::vector<PlanCache> ProtectedCaches(const std::vector<PlanCache>& caches,
                                        const std::vector<std::int64_t>& by_sensitivity);
 
+// `passes` followed by kv-scales: what an FP8 cache needs written beside the weights.
+PipelineSpec WithKvScales(const PipelineSpec& passes);
+
 // Passes text and family of one combination (FP8 adds kv-scales to the passes).
 PlanCandidate Combine(const std::vector<PlanStructure>& structures, std::size_t s,
                       const std::vector<PlanCache>& caches, std::size_t c);

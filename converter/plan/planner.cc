@@ -169,8 +169,7 @@ class Scorer {
 
 // Converts `structure` (with kv-scales where FP8 can follow) into `dir`.
 void ConvertStructure(const PlanJob& o, const PlanStructure& s, const std::string& dir) {
-  ConvertToFolder(o.input, s.fp8_scales ? Then(s.passes, MakePassSpec("kv-scales")) : s.passes, dir,
-                  o.compute);
+  ConvertToFolder(o.input, s.fp8_scales ? WithKvScales(s.passes) : s.passes, dir, o.compute);
 }
 
 // Layers, most sensitive first: the screening KL of a 2-bit cache on that layer alone (`kl` gets

@@ -27,6 +27,21 @@ void* Ggml() {
   return lib;
 }
 
+// The AVX2 build of ggml's CPU backend from the same package, initialised (ggml_cpu_init fills
+// its tables, f16 conversion among them, where it has it); null where it does not load.
+void* GgmlCpu() {
+  static void* lib = [] {
+    void* cpu = ::dlopen(KVFOLD_SOURCE_DIR
+                         "/tests/js/node_modules/@node-llama-cpp/linux-x64/bins/"
+                         "linux-x64/libggml-cpu-haswell.so",
+                         RTLD_NOW | RTLD_LOCAL);
+    const auto init = cpu ? reinterpret_cast<void (*)()>(::dlsym(cpu, "ggml_cpu_init")) : nullptr;
+    if (init != nullptr) init();
+    return cpu;
+  }();
+  return lib;
+}
+
 template <typename Fn>
 Fn Symbol(const std::string& name) {
   Fn f = reinterpret_cast<Fn>(::dlsym(Ggml(), name.c_str()));
@@ -106,10 +121,7 @@ TEST_CASE("queries read block-quantized keys as ggml's x86 flash attention conve
           "[ggml][kvquant]") {
   // The AVX2 build's quantize_row_q8_0 (what the CPU backend converts a query row with when K
   // is a block type), from the same package.
-  void* cpu = ::dlopen(KVFOLD_SOURCE_DIR
-                       "/tests/js/node_modules/@node-llama-cpp/linux-x64/bins/"
-                       "linux-x64/libggml-cpu-haswell.so",
-                       RTLD_NOW | RTLD_LOCAL);
+  void* cpu = GgmlCpu();
   if (Ggml() == nullptr || cpu == nullptr) {
     WARN("SKIPPED: libggml-cpu-haswell from node-llama-cpp not loadable: " << ::dlerror());
     return;
@@ -136,18 +148,12 @@ TEST_CASE("queries read block-quantized keys as ggml's x86 flash attention conve
 
 TEST_CASE("a score against a stored key is ggml's own dot product, q8_1 block sums included",
           "[ggml][kvquant]") {
-  void* cpu = ::dlopen(KVFOLD_SOURCE_DIR
-                       "/tests/js/node_modules/@node-llama-cpp/linux-x64/bins/"
-                       "linux-x64/libggml-cpu-haswell.so",
-                       RTLD_NOW | RTLD_LOCAL);
+  void* cpu = GgmlCpu();
   if (Ggml() == nullptr || cpu == nullptr) {
     WARN("SKIPPED: libggml-cpu-haswell from node-llama-cpp not loadable: " << ::dlerror());
     return;
   }
-  // The CPU backend's tables (f16 conversion among them) are filled by ggml_cpu_init.
-  const auto init = reinterpret_cast<void (*)()>(::dlsym(cpu, "ggml_cpu_init"));
-  REQUIRE(init != nullptr);
-  init();
+  REQUIRE(::dlsym(cpu, "ggml_cpu_init") != nullptr);  // the dot products need its tables
   using DotFn =
       void (*)(int, float*, std::size_t, const void*, std::size_t, const void*, std::size_t, int);
   struct Case {

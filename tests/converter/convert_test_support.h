@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "converter/analyze.h"
 #include "converter/convert.h"
 #include "formats/checkpoint.h"
 #include "formats/mapped_file.h"
@@ -33,6 +34,20 @@ inline ConvertResult RunConvert(const std::string& model, const std::string& pas
   o.compute.threads = 2;
   o.compute.progress = false;
   return Convert(o);
+}
+
+// kvfold report on stories260K (4096 calibration tokens) with a KV plan at 25% of the cache,
+// the report at `html`, quiet.
+inline ReportJob StoriesQuarterBudgetReport(const std::string& html) {
+  ReportJob o;
+  o.input.model = SharedPath("models/stories260K");
+  o.input.calib_text = CalibFor("stories260K");
+  o.input.calib_tokens = 4096;
+  o.report.path = html;
+  o.plan_budgets = {0.25};
+  o.compute.threads = 2;
+  o.compute.progress = false;
+  return o;
 }
 
 // Pipeline texts in canonical form (every parameter in force), "" kept as the empty pipeline.

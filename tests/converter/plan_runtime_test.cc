@@ -128,15 +128,8 @@ TEST_CASE("convert --kv-budget --runtime llama.cpp writes the GGUF and records h
 TEST_CASE("kvfold report --runtime: one frontier per runtime, each runtime's plans",
           "[plan][shared]") {
   TempDir tmp;
-  ReportJob o;
-  o.input.model = SharedPath("models/stories260K");
-  o.input.calib_text = CalibFor("stories260K");
-  o.input.calib_tokens = 4096;
-  o.report.path = tmp.File("report.html");
-  o.plan_budgets = {0.25};
+  ReportJob o = test::StoriesQuarterBudgetReport(tmp.File("report.html"));
   o.plan_runtimes = {PlanRuntime::kKvfold, PlanRuntime::kLlamaCpp};
-  o.compute.threads = 2;
-  o.compute.progress = false;
   Analyze(o);
   const auto report = test::ReadJson(tmp.File("report.json"));
   CHECK(report["plan"]["runtime"] == "kvfold");

@@ -206,15 +206,7 @@ TEST_CASE("convert --kv-budget converts with the plan, records it, and --reprodu
 TEST_CASE("kvfold report --budget adds the plan: its table, the Pareto chart and the JSON",
           "[plan][shared]") {
   TempDir tmp;
-  ReportJob o;
-  o.input.model = SharedPath("models/stories260K");
-  o.input.calib_text = CalibFor("stories260K");
-  o.input.calib_tokens = 4096;
-  o.report.path = tmp.File("report.html");
-  o.plan_budgets = {0.25};
-  o.compute.threads = 2;
-  o.compute.progress = false;
-  Analyze(o);
+  Analyze(test::StoriesQuarterBudgetReport(tmp.File("report.html")));
   const auto report = test::ReadJson(tmp.File("report.json"));
   REQUIRE(report["plan"]["plans"].size() == 1);
   CHECK(report["plan"]["plans"][0]["bytes_fraction"].get<double>() <= 0.25);
