@@ -142,7 +142,6 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
   } else if (LocalRankCount() > 1) {  // ranks on one machine share its cores
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     at::set_num_threads(std::max(1, cores / LocalRankCount()));
-    SetBlasThreads(std::max(1, cores / LocalRankCount()));
   }
   auto impl = std::make_unique<Impl>();
   impl->config = ck.config;
