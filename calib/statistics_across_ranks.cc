@@ -178,6 +178,40 @@ void Unpack(const std::string& bytes, OutputRefitMoments& m) {
   r.End();
 }
 
+template <class IO, class W>
+void HealFields(IO& io, W& w) {
+  io.Value(w.T);
+  io.Value(w.D);
+  io.Value(w.HD);
+  io.Vector(w.sequences);
+  io.Vector(w.input);
+  io.Vector(w.context);
+}
+
+std::string Pack(const HealWindows& w) {
+  Writer io;
+  HealFields(io, w);
+  return io.Take();
+}
+
+void Unpack(const std::string& bytes, HealWindows& w) {
+  Reader io(bytes);
+  HealFields(io, w);
+  io.End();
+}
+
+void JoinAcrossRanks(HealWindows& w) {
+  if (RankCount() == 1) return;
+  const std::string joined =
+      JoinInRankOrder(Pack(w), [](std::string joined, const std::string& next) {
+        std::vector<HealWindows> parts(2);
+        Unpack(joined, parts[0]);
+        Unpack(next, parts[1]);
+        return Pack(MergeHealWindows(std::move(parts)));
+      });
+  Unpack(joined, w);
+}
+
 void JoinAcrossRanks(LayerKvStatistics& s) { Join(s); }
 void JoinAcrossRanks(KvStatistics& s) { Join(s); }
 void JoinAcrossRanks(OutputRefitMoments& m) { Join(m); }

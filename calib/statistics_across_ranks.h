@@ -6,6 +6,7 @@
 #include <string>
 
 #include "calib/kv_statistics.h"
+#include "calib/layer_heal.h"
 #include "calib/output_refit_moments.h"
 
 namespace kvfold {
@@ -13,15 +14,19 @@ namespace kvfold {
 std::string Pack(const LayerKvStatistics& s);
 std::string Pack(const KvStatistics& s);  // counts, input moments and every layer
 std::string Pack(const OutputRefitMoments& m);
+std::string Pack(const HealWindows& w);
 // Each throws Error ("internal") on bytes Pack did not write.
 void Unpack(const std::string& bytes, LayerKvStatistics& s);
 void Unpack(const std::string& bytes, KvStatistics& s);
 void Unpack(const std::string& bytes, OutputRefitMoments& m);
+void Unpack(const std::string& bytes, HealWindows& w);
 
 // Replaces this rank's sums with every rank's, merged in rank order; the same on every rank.
 // Collective (every rank calls it at the same point); nothing happens with one rank.
 void JoinAcrossRanks(LayerKvStatistics& s);
 void JoinAcrossRanks(KvStatistics& s);
 void JoinAcrossRanks(OutputRefitMoments& m);
+// Every rank's captured windows, merged in window order (MergeHealWindows), on every rank.
+void JoinAcrossRanks(HealWindows& w);
 
 }  // namespace kvfold

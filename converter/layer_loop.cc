@@ -12,6 +12,7 @@
 #include "formats/progress.h"
 #include "formats/ranks.h"
 #include "formats/tensor_names.h"
+#include "runtime_check/attention_heal.h"
 #include "runtime_check/data_parallel.h"
 
 namespace kvfold {
@@ -84,6 +85,20 @@ LayerPass& AsLayerPass(const std::unique_ptr<Pass>& pass) { return static_cast<L
 
 bool RefitsOutput(const std::unique_ptr<Pass>& pass) {
   return pass->LayerLocal() && AsLayerPass(pass).RefitsOutput();
+}
+
+const HealSettings* HealsOf(const std::unique_ptr<Pass>& pass) {
+  return pass->LayerLocal() ? AsLayerPass(pass).Heals() : nullptr;
+}
+
+// What the heal passes of a pipeline capture: the most windows any of them trains on (null when
+// none heals).
+std::optional<std::int64_t> HealWindowsOf(const Pipeline& pipeline) {
+  std::optional<std::int64_t> windows;
+  for (const auto& pass : pipeline.passes) {
+    if (const HealSettings* s = HealsOf(pass)) windows = std::max(windows.value_or(0), s->windows);
+  }
+  return windows;
 }
 
 // Every pass's Finish, in pipeline order, each with its record.
@@ -172,6 +187,45 @@ void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::S
   pass.RefitLayer(ctx, moments);
 }
 
+// Layer l's inputs and the source layer's attention context on them, for the first `windows`
+// calibration windows, before any pass rewrites the layer: every slot's and rank's, in window
+// order.
+HealWindows CaptureHealWindows(ModelDraft& draft, int l, ReferenceModel::Stepper& stepper,
+                               std::int64_t windows) {
+  std::vector<HealCollector> collectors(stepper.slots(), HealCollector(l, windows));
+  std::vector<LayerObserver*> observers;
+  for (auto& c : collectors) observers.push_back(&c);
+  draft.SealLayer(l);
+  stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), observers, false);
+  std::vector<HealWindows> parts;
+  for (auto& c : collectors) parts.push_back(c.Take());
+  HealWindows all = MergeHealWindows(std::move(parts));
+  JoinAcrossRanks(all);  // every rank trains on every window: the same bytes for any rank count
+  return all;
+}
+
+// The heal passes' trainer for layer l: the fold's projections (double, biases as the last
+// column) trained in float32 by the runtime against the captured source attention.
+HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealWindows& data,
+                            const std::vector<float>& source_wo, const std::string& device) {
+  return [&draft, l, &data, &source_wo, device](AttentionProjections& p, const HealSettings& s) {
+    HealWeights w{p.heads, p.kv_heads, p.head_dim, p.in_cols(), {}, {}, {}, {}};
+    auto to_float = [](const std::vector<double>& v) {
+      return std::vector<float>(v.begin(), v.end());
+    };
+    w.wq = to_float(p.wq);
+    w.wk = to_float(p.wk);
+    w.wv = to_float(p.wv);
+    w.wo = to_float(p.wo);
+    const HealOutcome r = HealAttention(LayerConfig(draft, l), data, source_wo, w, s, device);
+    p.wq.assign(w.wq.begin(), w.wq.end());
+    p.wk.assign(w.wk.begin(), w.wk.end());
+    p.wv.assign(w.wv.begin(), w.wv.end());
+    p.wo.assign(w.wo.begin(), w.wo.end());
+    return r;
+  };
+}
+
 // Outside the converted sweep no refit can run: a refit the pipeline asks for is refused, and
 // a defaulted one (gqa-svd's refit=o) becomes refit=none, which the recorded pipeline then says.
 void DropDefaultRefits(Pipeline& pipeline) {
@@ -207,7 +261,16 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
   KvStatistics totals;
   nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
   Progress progress("convert", c.num_hidden_layers, "layers", o.compute.progress);
+  const std::optional<std::int64_t> heal_windows = HealWindowsOf(pipeline);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
+    HealWindows heal_data;
+    std::vector<float> source_wo;
+    HealAttentionFn heal;
+    if (heal_windows) {
+      heal_data = CaptureHealWindows(draft, l, stepper, *heal_windows);
+      source_wo = draft.ReadF32({TensorRole::kOProj, l});
+      heal = HealTrainer(draft, l, heal_data, source_wo, o.compute.device);
+    }
     std::optional<LayerKvStatistics> stats;  // of layer l as it stands
     std::int64_t stats_kv = 0;
     bool advanced = false;
@@ -235,7 +298,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       if (pipeline.passes[i]->NeededStatistics() != 0 && !stats) collect(i);
       const auto t0 = Clock::now();
       static const LayerKvStatistics kNone;
-      LayerPassContext ctx{draft, l, stats ? *stats : kNone, stats_kv};
+      LayerPassContext ctx{draft, l, stats ? *stats : kNone, stats_kv, heal ? &heal : nullptr};
       if (RefitsOutput(pipeline.passes[i])) {
         RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper,
                           static_cast<std::int64_t>(data.windows.size()));
@@ -312,6 +375,24 @@ Pipeline CreatePipeline(const PipelineSpec& specs, const ModelConfig& config) {
   return p;
 }
 
+namespace {
+
+// heal trains what a K/V pass before it changed, on the converted sweep's hidden states.
+void CheckHealPlace(const Pipeline& p, std::size_t i, bool recalibrates) {
+  if (!recalibrates) {
+    Fail("--passes",
+         "heal trains on the converted layers' own hidden states: it needs the converted sweep "
+         "(--calibrate-on converted, the default, and only layer-local passes)");
+  }
+  if (std::none_of(p.passes.begin(), p.passes.begin() + static_cast<std::ptrdiff_t>(i),
+                   [](const auto& pass) { return pass->ChangesKv() && !HealsOf(pass); })) {
+    Fail("--passes",
+         "heal has nothing to heal: put it after a pass that changes K/V (gqa-svd, gqa-meanpool)");
+  }
+}
+
+}  // namespace
+
 // Calibrated on the source, a pass that reads K/V statistics, or one that writes numbers tied
 // to K/V, cannot follow a pass that changes K/V. Nothing may change K/V after such numbers are
 // written (they would describe heads that no longer exist). Attention-input moments
@@ -319,6 +400,7 @@ Pipeline CreatePipeline(const PipelineSpec& specs, const ModelConfig& config) {
 // draft's projections against the source's inputs.
 void CheckPassOrder(const Pipeline& p, bool recalibrates) {
   for (std::size_t i = 0; i < p.passes.size(); ++i) {
+    if (HealsOf(p.passes[i]) != nullptr) CheckHealPlace(p, i, recalibrates);
     for (std::size_t j = 0; j < i; ++j) {
       const unsigned kv_statistics =
           p.passes[i]->NeededStatistics() & ~static_cast<unsigned>(kStatLayerInputs);
@@ -384,13 +466,14 @@ PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData
                     const ConvertJob& o, bool report, std::vector<PassTiming>& timings) {
   AllocatePerLayer(pipeline, draft, data, o);
   if (report) pipeline.needed |= kReportStatistics;
-  if (!(CalibratesOnConverted(pipeline, o) && pipeline.needed != 0)) DropDefaultRefits(pipeline);
+  const bool sweeps = pipeline.needed != 0 || HealWindowsOf(pipeline).has_value();
+  if (!(CalibratesOnConverted(pipeline, o) && sweeps)) DropDefaultRefits(pipeline);
   PassesRun run;
   std::vector<double> seconds(pipeline.passes.size(), 0.0);
   const auto t0 = Clock::now();
   if (CalibratesOnConverted(pipeline, o)) {
     run.activations = "converted";
-    if (pipeline.needed != 0) {
+    if (sweeps) {
       RunConverted(pipeline, draft, data, o, report, seconds, run);
     } else {  // nothing to measure: the passes alone, layer by layer
       RunSourceLayerByLayer(pipeline, draft, data, o, report, seconds, run);

@@ -71,6 +71,18 @@ at::Tensor MlpOutput(const LlamaLayerWeights& w, const at::Tensor& x, const Mode
                     w.b_down);
 }
 
+// Additive mask [T, T]: 0 where key j is visible to query i (j <= i, inside the sliding window
+// when there is one), -inf elsewhere.
+at::Tensor CausalMask(std::int64_t T, std::int64_t sliding_window, const at::Device& device) {
+  at::Tensor i = at::arange(T, at::kLong).unsqueeze(1);
+  at::Tensor j = at::arange(T, at::kLong).unsqueeze(0);
+  at::Tensor hidden = j > i;
+  if (sliding_window > 0) hidden = hidden.logical_or(j <= i - sliding_window);
+  return at::zeros({T, T}, at::kFloat)
+      .masked_fill(hidden, -std::numeric_limits<float>::infinity())
+      .to(device);
+}
+
 namespace {
 
 // Reconstruct mode: project rotated queries [B, T, H, d] and keys [B, T, KVs, d] onto the
@@ -85,18 +97,6 @@ at::Tensor ProjectReconstructed(const at::Tensor& q_rope, const at::Tensor& k_ro
   const at::Tensor k =
       at::matmul(k_rope.reshape({B, T, KV, 1, td}), w.k_cache_proj.transpose(-1, -2));
   return at::cat({q.reshape({B * T, H * d}), k.reshape({B * T, KV * d})}, 1);
-}
-
-// Additive mask [T, T]: 0 where key j is visible to query i (j <= i, inside the sliding window
-// when there is one), -inf elsewhere.
-at::Tensor CausalMask(std::int64_t T, std::int64_t sliding_window, const at::Device& device) {
-  at::Tensor i = at::arange(T, at::kLong).unsqueeze(1);
-  at::Tensor j = at::arange(T, at::kLong).unsqueeze(0);
-  at::Tensor hidden = j > i;
-  if (sliding_window > 0) hidden = hidden.logical_or(j <= i - sliding_window);
-  return at::zeros({T, T}, at::kFloat)
-      .masked_fill(hidden, -std::numeric_limits<float>::infinity())
-      .to(device);
 }
 
 FloatView ViewOf(const at::Tensor& cpu) {

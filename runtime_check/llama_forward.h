@@ -122,6 +122,9 @@ void NormalizeQueryKeyHeads(at::Tensor& qkv, const LlamaLayerWeights& w, const M
 at::Tensor MlpOutput(const LlamaLayerWeights& w, const at::Tensor& x, const ModelConfig& config);
 // rotate_half RoPE on token-major [B, T, n, d] with cos/sin [T, d/2].
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// Additive mask [T, T]: 0 where key j is visible to query i (j <= i, inside the sliding window
+// when there is one), -inf elsewhere.
+at::Tensor CausalMask(std::int64_t T, std::int64_t sliding_window, const at::Device& device);
 
 // Logits [B, T, V]: each token run through every layer before the next token, K/V appended to
 // per-layer caches, exactly as a decoder generates. For LCKV layers reading a higher layer, a

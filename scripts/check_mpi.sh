@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CTest `mpi`: `mpirun -np 2` and `-np 4` give what one process gives (gqa-svd, kv-scales,
-# kv-mixed, eval --compare; plan with 2), an error names its rank, rank 1 given other inputs
-# (calibration file, --passes, --calib-tokens) is refused by name before any work, and a rank
+# kv-mixed, heal (every rank trains on every rank's windows), eval --compare; plan with 2), an
+# error names its rank, rank 1 given other inputs (calibration file, --passes, --calib-tokens)
+# is refused by name before any work, and a rank
 # stopped (named after --rank-timeout) or killed midway leaves no output and a non-zero exit.
 # Skipped (exit 77, reason printed) without mpirun or without MPI in the build.
 # Usage: BUILD_DIR SHARED_DIR
@@ -23,7 +24,7 @@ rel=1e-6
 
 # kv-mixed's table records the tokens its statistics saw: ranks that each took every batch (and
 # doubled the sums, which leaves the gqa-svd and kv-scales outputs unchanged) would show there.
-for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed'; do
+for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,heal<steps=40,windows=16>'; do
   "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" -o "$work/n1" --quiet >/dev/null
   for n in 2 4; do
     "${mpi[@]}" -np $n "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" \
@@ -36,7 +37,7 @@ for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed'; do
       python3 "$(dirname "$0")/compare_outputs.py" eval "$work/n1/kv_mixed_precision.json" "$work/n$n/kv_mixed_precision.json" $rel
     fi
   done
-  [ "$passes" = kv-scales ] || mv "$work/n1" "$work/gqa"
+  [ "$passes" != 'gqa-svd<kv-heads=2>' ] || mv "$work/n1" "$work/gqa"
   rm -rf "$work"/n[124]
 done
 

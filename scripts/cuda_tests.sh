@@ -19,4 +19,4 @@ if [ $rc -ne 0 ]; then
 fi
 set -e
 "$build/bin/test_runtime_check" "[cuda]"
-echo "cuda: eval on the device and the CPU/CUDA agreement test passed"
+echo "cuda: eval on the device and the CPU/CUDA agreement tests (runtime, heal) passed"

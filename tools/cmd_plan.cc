@@ -59,6 +59,9 @@ Command AddPlanCommand(CLI::App& app) {
                   "Stop scoring after this many seconds (0 = no limit)")
       ->capture_default_str()
       ->check(FiniteRange(0.0, 1e9));
+  sub->add_flag("--heal", o.heal,
+                "Also try each KV-head structure followed by heal (docs/heal.md); each "
+                "candidate's convert_seconds shows what a conversion cost");
   AddComputeOptions(sub, o.compute);
   sub->add_flag("--json", a->json, "Print the plans and every candidate as JSON");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");

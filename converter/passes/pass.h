@@ -3,6 +3,7 @@
 // their JSON record (kept in kvfold.json and the report).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -11,7 +12,9 @@
 #include <vector>
 
 #include "calib/kv_statistics.h"
+#include "calib/layer_heal.h"
 #include "calib/output_refit_moments.h"
+#include "converter/passes/gqa_fold.h"
 #include "converter/passes/model_draft.h"
 
 namespace kvfold {
@@ -22,12 +25,18 @@ struct PassContext {
   nlohmann::ordered_json& record;  // the pass adds what it did (deterministic values only)
 };
 
+// Trains a layer's attention projections in place (biases as the last column) against the
+// source layer on the inputs captured before any pass rewrote it; the converted sweep supplies
+// it (LibTorch's autograd, runtime_check/attention_heal.h).
+using HealAttentionFn = std::function<HealOutcome(AttentionProjections&, const HealSettings&)>;
+
 // What a layer-local pass reads and writes of one layer.
 struct LayerPassContext {
   ModelDraft& model;
   int layer;
-  const LayerKvStatistics& statistics;  // this layer's (empty when the pipeline needs none)
-  std::int64_t statistics_kv_heads;     // the KV heads those statistics describe
+  const LayerKvStatistics& statistics;    // this layer's (empty when the pipeline needs none)
+  std::int64_t statistics_kv_heads;       // the KV heads those statistics describe
+  const HealAttentionFn* heal = nullptr;  // only in the converted sweep of a pipeline that heals
 };
 
 class Pass {
@@ -67,6 +76,9 @@ class LayerPass : public Pass {
   virtual bool RefitsOutput() const { return false; }
   virtual void DisableRefit() {}
   virtual void RefitLayer(LayerPassContext& /*context*/, const OutputRefitMoments& /*moments*/) {}
+  // Passes that train the layer (heal): their settings; the converted sweep then captures
+  // each layer's inputs and the source layer's attention before the pipeline touches it.
+  virtual const HealSettings* Heals() const { return nullptr; }
   // Passes that choose a setting per layer from every layer's measurements before any layer is
   // rewritten (gqa-svd<kv-heads=auto>): the statistics they measure on (0: none), then one
   // MeasureLayer per layer from a sweep of the source, in layer order, then Allocate.

@@ -2,6 +2,7 @@
 // file, one entry here, one test.
 #include "converter/passes/cross_layer_passes.h"
 #include "converter/passes/gqa_passes.h"
+#include "converter/passes/heal_pass.h"
 #include "converter/passes/kv_quant_passes.h"
 #include "converter/passes/norm_analysis_pass.h"
 #include "converter/passes/pass.h"
@@ -65,6 +66,20 @@ const std::vector<PassInfo>& PassRegistry() {
          nullptr,
          "refit=o"}},
        &CreateGqaSvd},
+      {"heal",
+       "Layer-wise healing after a lossy K/V pass: Adam on W_Q/W_K/W_V/W_O (and q/k/v biases) so "
+       "that each layer's attention output on the converted model's own hidden states matches "
+       "the source layer's; stopped on held-out calibration windows (docs/heal.md)",
+       {{"windows", T::kInt,
+         "calibration windows trained on (the first ones; every fourth held out)", "64"},
+        {"steps", T::kInt, "Adam steps at most", "400"},
+        {"lr", T::kNumber, "Adam's step relative to each matrix's RMS, on a cosine schedule",
+         "0.05"},
+        {"batch", T::kInt, "windows per step", "4"},
+        {"check-every", T::kInt, "steps between held-out checks", "10"},
+        {"patience", T::kInt, "checks without improvement before stopping", "3"},
+        {"seed", T::kInt, "the order the fit windows are visited in", "0"}},
+       &CreateHeal},
       {"kv-norm-analysis",
        "Key L2 norm vs attention per layer/KV head (arXiv 2406.11430); writes the eviction policy "
        "table kv_eviction_policy.json/.safetensors beside the model. Runs alone",

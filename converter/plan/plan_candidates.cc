@@ -92,6 +92,19 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runt
   return out;
 }
 
+std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures) {
+  const std::size_t n = structures.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    const PlanStructure& s = structures[i];
+    if (s.family != "heads" && s.family != "heads per layer") continue;
+    PlanStructure healed = s;
+    healed.passes = Then(s.passes, MakePassSpec("heal"));
+    healed.family = "healed " + s.family;
+    structures.push_back(std::move(healed));
+  }
+  return structures;
+}
+
 namespace {
 
 // llama.cpp's -ctk/-ctv pairs, keys at least as precise as values (bf16 stores as many bytes as

@@ -63,6 +63,9 @@ struct PlanCandidate {
 // (neither runs it).
 std::vector<PlanStructure> PlanStructures(const ModelConfig& c,
                                           PlanRuntime runtime = PlanRuntime::kKvfold);
+// `structures` with, after them, each KV-head structure (family "heads" or "heads per layer")
+// followed by heal, as family "healed " + its family (plan --heal).
+std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures);
 
 // The cache policies tried: full, FP8, RTN and KIVI with key and value bits chosen apart, MiKV
 // and L2-norm eviction.

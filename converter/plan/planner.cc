@@ -106,7 +106,8 @@ std::vector<RankInput> RankInputs(const PlanJob& o, const Checkpoint& source,
           {"--score-windows", std::to_string(o.score_windows), ""},
           {"--screen-windows", std::to_string(o.screen_windows), ""},
           {"--survivors", std::to_string(o.survivors), ""},
-          {"--plan-seconds", FormatNumber(o.seconds_limit), ""}};
+          {"--plan-seconds", FormatNumber(o.seconds_limit), ""},
+          {"--heal", o.heal ? "yes" : "no", ""}};
 }
 
 // One scoring pass: the KL of candidates against the source's full cache on `windows`.
@@ -262,6 +263,8 @@ PlanResult NewResult(const PlanJob& o, const Checkpoint& source) {
   PlanResult r;
   r.runtime = o.runtime;
   r.structures = PlanStructures(source.config, o.runtime);
+  if (o.heal) r.structures = WithHealedStructures(std::move(r.structures));
+  r.convert_seconds.assign(r.structures.size(), std::numeric_limits<double>::quiet_NaN());
   r.caches = PlanCaches(o.runtime, source.config.head_dim);
   r.calibration_tokens = o.input.calib_tokens;
   r.window = o.input.window;
@@ -288,7 +291,9 @@ void Screen(const PlanJob& o, const Checkpoint& source, const std::vector<TokenW
   std::int64_t step = 0;
   for (std::size_t s = 0; s < r.structures.size() && !deadline.Passed(r); ++s) {
     const PlanStructure& st = r.structures[s];
+    const auto t0 = Clock::now();
     ConvertStructure(o, st, scratch.Conversion(s));
+    r.convert_seconds[s] = std::chrono::duration<double>(Clock::now() - t0).count();
     progress.Update(++step,
                     "converted " + (st.passes.empty() ? "(none)" : PipelineText(st.passes)));
     if (s == 0 && per_layer_caches) {
@@ -369,6 +374,21 @@ PlanResult RunPlan(const PlanJob& o) {
   return r;
 }
 
+namespace {
+
+// The conversions tried, with what each cost (wall seconds; null when not reached).
+nlohmann::ordered_json StructuresJson(const PlanResult& r) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (std::size_t s = 0; s < r.structures.size(); ++s) {
+    out.push_back({{"passes", PipelineText(r.structures[s].passes)},
+                   {"family", r.structures[s].family},
+                   {"convert_seconds", Number(r.convert_seconds.at(s))}});
+  }
+  return out;
+}
+
+}  // namespace
+
 nlohmann::ordered_json PlanJson(const PlanResult& r, const std::string& output) {
   nlohmann::ordered_json plans = nlohmann::ordered_json::array(),
                          candidates = nlohmann::ordered_json::array();
@@ -424,6 +444,7 @@ nlohmann::ordered_json PlanJson(const PlanResult& r, const std::string& output) 
             {"reference", "the source model with its full cache"}}},
           {"time_limited", r.time_limited},
           {"seconds", r.seconds},
+          {"structures", StructuresJson(r)},
           {"candidates", std::move(candidates)}};
 }
 

@@ -26,6 +26,7 @@ struct PlanJob {
   int screen_windows = 2;                      // the first of those, for screening every candidate
   int survivors = 3;         // per budget: the best screened, scored on every window
   double seconds_limit = 0;  // --plan-seconds: no new scoring after it (0 = none)
+  bool heal = false;         // --heal: every KV-head structure also followed by heal
 };
 
 struct BudgetPlan {
@@ -38,6 +39,7 @@ struct PlanResult {
   std::vector<PlanStructure> structures;
   std::vector<PlanCache> caches;
   std::vector<PlanCandidate> candidates;
+  std::vector<double> convert_seconds;  // per structure: its conversion's wall time (NaN: none)
   std::vector<BudgetPlan> plans;
   std::int64_t calibration_tokens = 0;
   int window = 0, score_windows = 0, screen_windows = 0;

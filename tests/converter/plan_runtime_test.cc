@@ -78,6 +78,7 @@ TEST_CASE("plan --runtime llama.cpp: per-layer heads, the artifact and its serve
   o.runtime = PlanRuntime::kLlamaCpp;
   const nlohmann::json j = nlohmann::json::parse(PlanJson(RunPlan(o)).dump());
   CHECK(j["runtime"] == "llama.cpp");
+  for (const auto& s : j["structures"]) CHECK(s["convert_seconds"].get<double>() > 0);
   for (const auto& c : j["candidates"]) {
     INFO(c.dump());
     CHECK(c["kv_cache"] == "ggml<k=f16,v=f16>");  // head_dim 8: no block type fits

@@ -51,6 +51,16 @@ TEST_CASE("the planner's search space", "[plan]") {
         test::CanonicalPipelines({"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>",
                                   "gqa-svd<kv-heads=1>", "mlkv<kv-layers=3>", "mlkv<kv-layers=1>",
                                   "gqa-svd<kv-heads=4,refit=none>,mlkv<kv-layers=3>"}));
+  // plan --heal: each KV-head structure again, healed (kv-scales may still follow it)
+  passes.clear();
+  const auto healed = WithHealedStructures(PlanStructures(c));
+  for (std::size_t i = PlanStructures(c).size(); i < healed.size(); ++i) {
+    passes.push_back(PipelineText(healed[i].passes));
+    CHECK(healed[i].family == "healed heads");
+    CHECK(healed[i].fp8_scales);
+  }
+  CHECK(passes == test::CanonicalPipelines({"gqa-svd<kv-heads=4>,heal", "gqa-svd<kv-heads=2>,heal",
+                                            "gqa-svd<kv-heads=1>,heal"}));
   c.qk_norm = true;  // Qwen3: no fold applies
   CHECK(PlanStructures(c).size() == 1);
   c.qk_norm = false;
@@ -156,8 +166,10 @@ TEST_CASE("kvfold plan --json: the documented schema, deterministic, and one-lin
   CHECK(j["candidates"].size() > 50);
   const auto b = test::RunKvfold(args + " --budget 0.5,0.25 --json");
   auto k = nlohmann::json::parse(b.out);
-  j.erase("seconds");
-  k.erase("seconds");
+  for (auto* plan : {&j, &k}) {  // wall times aside
+    plan->erase("seconds");
+    for (auto& s : (*plan)["structures"]) s.erase("convert_seconds");
+  }
   CHECK(j == k);  // same inputs, same plan and scores
   const auto bad = test::RunKvfold(args + " --budget 0.5,0");
   CHECK(bad.exit_code == 2);  // a number the command line refuses, as every such number

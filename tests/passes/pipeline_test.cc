@@ -104,6 +104,36 @@ TEST_CASE("pipeline errors name what is wrong", "[pipeline]") {
   CHECK(PrintPasses().find("gqa-meanpool") != std::string::npos);
 }
 
+TEST_CASE("heal checks its settings and refuses the layers it cannot model", "[pipeline][heal]") {
+  ModelConfig c;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 8;
+  auto create = [&](const std::string& text) {
+    const PassSpec spec = ParsePipeline(text)[0];
+    for (const auto& info : PassRegistry()) {
+      if (spec.name == info.name) return info.create(spec, c);
+    }
+    return std::unique_ptr<Pass>();
+  };
+  const auto heal = create("heal");
+  REQUIRE(heal->LayerLocal());
+  const HealSettings* s = static_cast<LayerPass&>(*heal).Heals();
+  REQUIRE(s != nullptr);
+  CHECK(s->windows == 64);
+  CHECK(s->steps == 400);
+  CHECK(s->lr == 0.05);
+  CHECK(heal->ChangesKv());  // so that kv-scales after it measures the healed layer
+  CHECK_THROWS_WITH(create("heal<windows=1>"), Catch::Contains("windows must be at least 2"));
+  CHECK_THROWS_WITH(create("heal<lr=0>"), Catch::Contains("lr must be in (0, 1]"));
+  CHECK_THROWS_WITH(create("heal<steps=0>"), Catch::Contains("must be at least 1"));
+  CHECK_THROWS_WITH(create("heal<seed=-1>"), Catch::Contains("seed must not be negative"));
+  c.qk_norm = true;
+  CHECK_THROWS_WITH(create("heal"), Catch::Contains("q/k norms (Qwen3)"));
+  c.qk_norm = false;
+  c.kv_layer_of = {0, 0};
+  CHECK_THROWS_WITH(create("heal"), Catch::Contains("another layer's K/V"));
+}
+
 TEST_CASE("passes read the checked values; created specs round-trip", "[pipeline]") {
   ModelConfig c;
   c.num_hidden_layers = 4;

@@ -1,0 +1,79 @@
+#include "converter/passes/heal_pass.h"
+
+#include <utility>
+
+#include "converter/passes/attention_io.h"
+#include "formats/error.h"
+
+namespace kvfold {
+namespace {
+
+[[noreturn]] void Refuse(const std::string& why) { Fail("--passes", "heal: " + why); }
+
+HealSettings SettingsOf(const PassSpec& spec) {
+  HealSettings s;
+  s.windows = spec.Int("windows");
+  s.steps = spec.Int("steps");
+  s.lr = spec.Number("lr");
+  s.batch = spec.Int("batch");
+  s.check_every = spec.Int("check-every");
+  s.patience = spec.Int("patience");
+  s.seed = static_cast<std::uint64_t>(spec.Int("seed"));
+  if (s.windows < 2) Refuse("windows must be at least 2 (one is held out)");
+  if (s.steps < 1 || s.batch < 1 || s.check_every < 1 || s.patience < 1)
+    Refuse("steps, batch, check-every and patience must be at least 1");
+  if (!(s.lr > 0 && s.lr <= 1)) Refuse("lr must be in (0, 1]");
+  if (spec.Int("seed") < 0) Refuse("seed must not be negative");
+  return s;
+}
+
+class HealPass : public LayerPass {
+ public:
+  explicit HealPass(HealSettings settings) : settings_(settings) {}
+  unsigned NeededStatistics() const override { return 0; }
+  bool ChangesKv() const override { return true; }
+  const HealSettings* Heals() const override { return &settings_; }
+
+  void RunLayer(LayerPassContext& ctx) override {
+    if (ctx.heal == nullptr) {
+      Refuse(
+          "trains on the converted layers' own hidden states: it needs the converted sweep "
+          "(--calibrate-on converted, the default, and only layer-local passes)");
+    }
+    if (LayerReconstructsKeys(ctx.model, ctx.layer))
+      Refuse("reconstruct-mode keys (gqa-svd<rope=reconstruct>) are not healed");
+    AttentionProjections p = ReadAttention(ctx.model, ctx.layer);
+    const HealOutcome r = (*ctx.heal)(p, settings_);
+    if (r.best_step > 0) WriteAttention(ctx.model, ctx.layer, p);
+    layers_.push_back({{"layer", ctx.layer},
+                       {"steps", r.steps},
+                       {"kept_step", r.best_step},
+                       {"fit_error_before", r.fit_before},
+                       {"fit_error_after", r.fit_after},
+                       {"held_out_error_before", r.held_out_before},
+                       {"held_out_error_after", r.held_out_after}});
+  }
+
+  void Finish(PassContext& ctx) override {
+    ctx.record["target"] = "source layer's attention output on the converted hidden states";
+    ctx.record["layers"] = std::move(layers_);
+  }
+
+ private:
+  HealSettings settings_;
+  nlohmann::ordered_json layers_ = nlohmann::ordered_json::array();
+};
+
+}  // namespace
+
+std::unique_ptr<Pass> CreateHeal(const PassSpec& spec, const ModelConfig& config) {
+  if (config.qk_norm) Refuse("q/k norms (Qwen3) are not in its attention model yet");
+  if (config.key_projection_heads > 0)
+    Refuse("reconstruct-mode keys (gqa-svd<rope=reconstruct>) are not healed");
+  if (config.SharesKv())
+    Refuse("layers reading another layer's K/V (mlkv, lckv outputs) are not healed yet");
+  if (config.o_bias) Refuse("an o_proj bias is not supported");
+  return std::make_unique<HealPass>(SettingsOf(spec));
+}
+
+}  // namespace kvfold

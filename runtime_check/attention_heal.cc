@@ -1,0 +1,240 @@
+#include "runtime_check/attention_heal.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
+#include <malloc.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "calib/output_refit_moments.h"
+#include "formats/error.h"
+#include "runtime_check/llama_forward.h"
+
+namespace kvfold {
+namespace {
+
+at::Tensor FromVector(const std::vector<float>& v, std::vector<std::int64_t> shape,
+                      const at::Device& device) {
+  return at::from_blob(const_cast<float*>(v.data()), shape, at::kFloat).clone().to(device);
+}
+
+void ToVector(const at::Tensor& t, std::vector<float>& v) {
+  const at::Tensor cpu = t.detach().to(at::kCPU).contiguous();
+  std::copy(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel(), v.begin());
+}
+
+// The attention of one layer with trainable projections, on windows [W, T, in_cols].
+class Attention {
+ public:
+  Attention(const ModelConfig& c, const HealWeights& w, std::int64_t T, const at::Device& device)
+      : H_(w.heads), KV_(w.kv_heads), d_(w.head_dim) {
+    const std::int64_t D = static_cast<std::int64_t>(w.wo.size()) / (H_ * d_);
+    params_ = {FromVector(w.wq, {H_ * d_, w.in_cols}, device),
+               FromVector(w.wk, {KV_ * d_, w.in_cols}, device),
+               FromVector(w.wv, {KV_ * d_, w.in_cols}, device),
+               FromVector(w.wo, {D, H_ * d_}, device)};
+    std::tie(cos_, sin_) = RopeTables(T, c, device);
+    mask_ = CausalMask(T, c.sliding_window, device);
+    scale_ = 1.0 / std::sqrt(static_cast<double>(d_));
+  }
+  std::vector<at::Tensor>& params() { return params_; }
+
+  at::Tensor Output(const at::Tensor& x) const {
+    const std::int64_t W = x.size(0), T = x.size(1);
+    auto heads = [&](const at::Tensor& w, std::int64_t n) {
+      return at::matmul(x, w.t()).view({W, T, n, d_});
+    };
+    const at::Tensor q = ApplyRope(heads(params_[0], H_), cos_, sin_).permute({0, 2, 1, 3});
+    const std::int64_t group = H_ / KV_;
+    const at::Tensor k = ApplyRope(heads(params_[1], KV_), cos_, sin_)
+                             .permute({0, 2, 1, 3})
+                             .repeat_interleave(group, 1);
+    const at::Tensor v = heads(params_[2], KV_).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
+    const at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale_ + mask_;
+    const at::Tensor ctx = at::matmul(at::softmax(scores, -1), v).permute({0, 2, 1, 3});
+    return at::matmul(ctx.reshape({W, T, H_ * d_}), params_[3].t());
+  }
+
+ private:
+  std::int64_t H_, KV_, d_;
+  double scale_ = 1;
+  std::vector<at::Tensor> params_;
+  at::Tensor cos_, sin_, mask_;
+};
+
+// The windows of one part, as inputs (with the bias column) and targets.
+struct Part {
+  at::Tensor x, y;    // [W, T, in_cols], [W, T, D]
+  double energy = 0;  // sum ||y||^2
+};
+
+Part MakePart(const HealWindows& data, const std::vector<std::int64_t>& rows,
+              const at::Tensor& input, const at::Tensor& target, bool bias) {
+  Part p;
+  const at::Tensor index = at::tensor(rows, at::kLong).to(input.device());
+  p.x = input.index_select(0, index);
+  if (bias) p.x = at::cat({p.x, at::ones({p.x.size(0), data.T, 1}, p.x.options())}, -1);
+  p.y = target.index_select(0, index);
+  p.energy = p.y.pow(2).sum().item<double>();
+  return p;
+}
+
+double RelativeError(const Attention& a, const Part& p) {
+  if (p.x.size(0) == 0) return std::numeric_limits<double>::quiet_NaN();
+  at::NoGradGuard no_grad;
+  double sum = 0;
+  for (std::int64_t w = 0; w < p.x.size(0); w += 8) {
+    const std::int64_t n = std::min<std::int64_t>(8, p.x.size(0) - w);
+    sum += (a.Output(p.x.narrow(0, w, n)) - p.y.narrow(0, w, n)).pow(2).sum().item<double>();
+  }
+  return sum / std::max(p.energy, std::numeric_limits<double>::min());
+}
+
+// Adam with bias correction; each matrix's step is `lr` times its initial RMS, on a cosine
+// schedule over `steps`.
+class Adam {
+ public:
+  Adam(const std::vector<at::Tensor>& params, double lr, std::int64_t steps) : steps_(steps) {
+    for (const at::Tensor& p : params) {
+      m_.push_back(at::zeros_like(p));
+      v_.push_back(at::zeros_like(p));
+      step_.push_back(lr * std::max(p.pow(2).mean().sqrt().item<double>(), 1e-12));
+    }
+  }
+  void Step(std::vector<at::Tensor>& params) {
+    ++t_;
+    const double b1 = 0.9, b2 = 0.999;
+    const double schedule =
+        0.5 * (1 + std::cos(M_PI * static_cast<double>(t_ - 1) / static_cast<double>(steps_)));
+    const double c1 = 1 - std::pow(b1, t_), c2 = 1 - std::pow(b2, t_);
+    at::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const at::Tensor g = params[i].grad();
+      m_[i].mul_(b1).add_(g, 1 - b1);
+      v_[i].mul_(b2).addcmul_(g, g, 1 - b2);
+      const at::Tensor denom = (v_[i] / c2).sqrt_().add_(1e-30);
+      params[i].addcdiv_(m_[i], denom, -step_[i] * schedule / c1);
+      params[i].mutable_grad().zero_();
+    }
+  }
+
+ private:
+  std::int64_t steps_, t_ = 0;
+  std::vector<at::Tensor> m_, v_;
+  std::vector<double> step_;
+};
+
+// The fit windows' order: a Fisher-Yates shuffle per pass over them, from a fixed seed (mt19937_64
+// is specified exactly, so every platform visits them alike).
+std::vector<std::int64_t> VisitOrder(std::int64_t n, std::int64_t visits, std::uint64_t seed) {
+  std::mt19937_64 random(seed);
+  std::vector<std::int64_t> order, pass(static_cast<std::size_t>(n));
+  while (static_cast<std::int64_t>(order.size()) < visits) {
+    for (std::int64_t i = 0; i < n; ++i) pass[static_cast<std::size_t>(i)] = i;
+    for (std::int64_t i = n - 1; i > 0; --i) {
+      std::swap(pass[static_cast<std::size_t>(i)],
+                pass[static_cast<std::size_t>(random() % static_cast<std::uint64_t>(i + 1))]);
+    }
+    order.insert(order.end(), pass.begin(), pass.end());
+  }
+  return order;
+}
+
+// Training allocates the same few-MiB tensors every step. Under kvfold's fixed 256 KiB mmap
+// threshold (tools/kvfold_main.cc) each would be a fresh mapping, faulted in page by page: most
+// of the CPU time went to the kernel. While it trains, buffers come from the heap and are reused;
+// everything it allocated is freed when it returns, and the heap is trimmed back.
+class HeapReuse {
+ public:
+  HeapReuse() {
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);  // glibc's largest on 64-bit
+    mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
+  }
+  ~HeapReuse() {
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 128 * 1024);  // glibc's default
+    malloc_trim(0);
+  }
+  HeapReuse(const HeapReuse&) = delete;
+  HeapReuse& operator=(const HeapReuse&) = delete;
+};
+
+}  // namespace
+
+HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
+                          const std::vector<float>& source_wo, HealWeights& w,
+                          const HealSettings& s, const std::string& device_spec) {
+  c10::InferenceMode not_inference(false);
+  const HeapReuse heap;
+  at::AutoGradMode grad(true);
+  const at::Device device = ParseDevice(device_spec);
+  const std::int64_t W = data.count(), T = data.T, D = data.D;
+  if (W < 2) Fail("heal", "needs at least 2 calibration windows (one is held out)");
+  const at::Tensor input = FromVector(data.input, {W, T, D}, device);
+  const at::Tensor target = at::matmul(FromVector(data.context, {W, T, data.HD}, device),
+                                       FromVector(source_wo, {D, data.HD}, device).t());
+  std::vector<std::int64_t> fit_rows, held_rows;
+  for (std::int64_t i = 0; i < W; ++i) {
+    (HeldOutWindow(data.sequences[static_cast<std::size_t>(i)], W) ? held_rows : fit_rows)
+        .push_back(i);
+  }
+  const bool bias = w.in_cols == D + 1;
+  const Part fit = MakePart(data, fit_rows, input, target, bias);
+  const Part held = MakePart(data, held_rows, input, target, bias);
+
+  Attention a(layer, w, T, device);
+  for (at::Tensor& p : a.params()) p.set_requires_grad(true);
+  HealOutcome out;
+  out.fit_before = RelativeError(a, fit);
+  out.held_out_before = RelativeError(a, held);
+  std::vector<at::Tensor> best;
+  double best_error = out.held_out_before;
+  std::int64_t since_better = 0;
+  Adam adam(a.params(), s.lr, s.steps);
+  const std::int64_t n_fit = static_cast<std::int64_t>(fit_rows.size());
+  const std::int64_t batch = std::min(s.batch, n_fit);
+  const std::vector<std::int64_t> order = VisitOrder(n_fit, s.steps * batch, s.seed);
+  for (std::int64_t step = 1; step <= s.steps; ++step) {
+    const std::vector<std::int64_t> rows(order.begin() + (step - 1) * batch,
+                                         order.begin() + step * batch);
+    const at::Tensor index = at::tensor(rows, at::kLong).to(device);
+    const at::Tensor y = fit.y.index_select(0, index);
+    const at::Tensor loss = (a.Output(fit.x.index_select(0, index)) - y).pow(2).sum() /
+                            y.pow(2).sum().clamp_min(std::numeric_limits<float>::min());
+    loss.backward();
+    adam.Step(a.params());
+    out.steps = step;
+    if (step % s.check_every != 0 && step != s.steps) continue;
+    const double e = RelativeError(a, held);
+    if (e < best_error) {
+      best_error = e;
+      out.best_step = step;
+      best.clear();
+      for (const at::Tensor& p : a.params()) best.push_back(p.detach().clone());
+      since_better = 0;
+    } else if (++since_better >= s.patience) {
+      break;
+    }
+  }
+  if (out.best_step == 0 || !(best_error < out.held_out_before * (1 - 1e-3))) {
+    out.best_step = 0;
+    out.fit_after = out.fit_before;
+    out.held_out_after = out.held_out_before;
+    return out;
+  }
+  ToVector(best[0], w.wq);
+  ToVector(best[1], w.wk);
+  ToVector(best[2], w.wv);
+  ToVector(best[3], w.wo);
+  at::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < best.size(); ++i) a.params()[i].copy_(best[i]);
+  out.fit_after = RelativeError(a, fit);
+  out.held_out_after = best_error;
+  return out;
+}
+
+}  // namespace kvfold

@@ -1,0 +1,33 @@
+// Healing one folded layer's attention (the heal pass, docs/heal.md): Adam on W_Q, W_K, W_V and
+// W_O (q/k/v biases included) so that the layer's attention output on the captured inputs
+// matches the source layer's, stopped early on held-out windows. LibTorch's autograd does the
+// gradients; nothing here is in ATen's types, so the layer loop calls it without ATen.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "calib/layer_heal.h"
+#include "formats/model_config.h"
+
+namespace kvfold {
+
+// One layer's attention projections in float32, row-major.
+struct HealWeights {
+  std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  std::int64_t in_cols = 0;       // hidden size, + 1 when q/k/v have biases (last column)
+  std::vector<float> wq, wk, wv;  // [heads d, in_cols], [kv_heads d, in_cols] x 2
+  std::vector<float> wo;          // [hidden, heads d]
+};
+
+// Trains `w` in place on `data` against the target context x `source_wo`^T ([hidden, HD]).
+// `layer` gives the RoPE tables, the sliding window and the scaling. Windows HeldOutWindow names
+// (among data.count()) only measure. The weights at the check with the lowest held-out error are
+// kept when that error is at least 0.1% below the fold's; else `w` is left exactly as it was.
+// Deterministic for a given device and thread count. Throws Error on an unusable layer.
+HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
+                          const std::vector<float>& source_wo, HealWeights& w,
+                          const HealSettings& settings, const std::string& device);
+
+}  // namespace kvfold

@@ -1,0 +1,101 @@
+// The heal pass end to end on the shared models: an exact fold is left byte for byte, a lossy
+// fold's held-out error drops on every layer and its KL on text the calibration never saw, reruns
+// write the same bytes, and the places it cannot run are refused before any work.
+#include <catch2/catch.hpp>
+#include <string>
+
+#include "calib/text.h"
+#include "calib/tokenizer.h"
+#include "calib/windows.h"
+#include "converter/convert.h"
+#include "formats/checkpoint.h"
+#include "runtime_check/evaluate.h"
+#include "runtime_check/reference_model.h"
+#include "tests/converter/convert_test_support.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using kvfold::test::ReadBytes;
+using kvfold::test::ReadJson;
+using kvfold::test::RunConvert;
+using kvfold::test::SharedPath;
+using kvfold::test::TempDir;
+
+namespace {
+
+// Short training: the test's 32 calibration windows, 60 steps.
+const std::string kHeal = "heal<steps=60,windows=32>";
+
+double KlOnEvalText(const std::string& dir) {
+  const Checkpoint original = OpenCheckpoint(SharedPath("models/stories260K-mha"));
+  const auto tok = Tokenizer::Load(original.tokenizer_path);
+  const auto windows =
+      CutWindows(tok->Encode(LoadText(SharedPath("text/tinystories/eval.txt"))), 256, 8, "eval");
+  EvalOptions quiet;
+  quiet.progress = false;
+  return CompareModels(*ReferenceModel::Load(original, {"cpu", 2}),
+                       *ReferenceModel::Load(OpenCheckpoint(dir), {"cpu", 2}), windows,
+                       tok->bos_id(), quiet)
+      .kl;
+}
+
+}  // namespace
+
+TEST_CASE("heal leaves an exact fold byte for byte", "[convert][heal][exact][shared]") {
+  // stories260K-mha's KV heads are duplicated pairs: folding to 4 loses nothing.
+  TempDir tmp;
+  RunConvert("stories260K-mha", "gqa-svd<kv-heads=4>", tmp.File("fold"));
+  RunConvert("stories260K-mha", "gqa-svd<kv-heads=4>," + kHeal, tmp.File("healed"));
+  for (const auto& layer : ReadJson(tmp.File("healed/kvfold.json"))["passes"][1]["layers"]) {
+    INFO("layer " << layer["layer"]);
+    CHECK(layer["kept_step"] == 0);
+    CHECK(layer["held_out_error_before"].get<double>() < 1e-8);  // float rounding of the fold
+  }
+  CHECK(ReadBytes(tmp.File("healed/model.safetensors")) ==
+        ReadBytes(tmp.File("fold/model.safetensors")));
+}
+
+TEST_CASE("heal lowers a lossy fold's error on every layer and on held-out text",
+          "[convert][heal][quality][shared]") {
+  TempDir tmp;
+  RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>", tmp.File("fold"));
+  RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>," + kHeal, tmp.File("healed"));
+  const auto record = ReadJson(tmp.File("healed/kvfold.json"));
+  CHECK(record["pipeline"].get<std::string>().find(
+            ",heal<batch=4,check-every=10,lr=0.05,patience=3,seed=0,steps=60,windows=32>") !=
+        std::string::npos);
+  for (const auto& layer : record["passes"][1]["layers"]) {
+    INFO("layer " << layer["layer"]);
+    CHECK(layer["kept_step"].get<int>() > 0);
+    CHECK(layer["held_out_error_after"].get<double>() <
+          layer["held_out_error_before"].get<double>());
+    CHECK(layer["fit_error_after"].get<double>() < layer["fit_error_before"].get<double>());
+  }
+  CHECK(record["vanilla_checkpoint"] == true);  // still vanilla GQA
+  CHECK(ReadJson(tmp.File("healed/config.json"))["num_key_value_heads"] == 2);
+  // tinystories/eval.txt is disjoint from the calibration text (docs/results.md has the figures)
+  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("fold")));
+  RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>," + kHeal, tmp.File("again"));
+  CHECK(ReadBytes(tmp.File("again/model.safetensors")) ==
+        ReadBytes(tmp.File("healed/model.safetensors")));
+}
+
+TEST_CASE("heal is refused where it cannot run, before any work", "[convert][heal][shared]") {
+  TempDir tmp;
+  ConvertJob o;
+  o.input.model = SharedPath("models/stories260K-mha");
+  o.input.calib_text = kvfold::test::CalibFor("stories260K-mha");
+  o.output.path = tmp.File("out");
+  o.compute.progress = false;
+  o.passes = ParsePipeline(kHeal);
+  CHECK_THROWS_WITH(Convert(o), Catch::Contains("heal has nothing to heal"));
+  o.passes = ParsePipeline("gqa-svd<kv-heads=2>,kv-scales," + kHeal);
+  CHECK_THROWS_WITH(Convert(o), Catch::Contains("would change the K/V that kv-scales"));
+  o.passes = ParsePipeline("gqa-svd<kv-heads=2,refit=none>," + kHeal);
+  o.calibrate_on = "source";
+  CHECK_THROWS_WITH(Convert(o), Catch::Contains("heal trains on the converted layers' own"));
+  o.calibrate_on = "converted";
+  o.passes = ParsePipeline("mlkv<kv-layers=2>," + kHeal);
+  CHECK_THROWS_WITH(Convert(o), Catch::Contains("only layer-local passes"));
+  CHECK(kvfold::test::ListDir(tmp.path()).empty());  // nothing left behind
+}
