@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The heal pass (issue 28): gqa-svd at 1/2 and 1/4 of the KV heads with its default o_proj refit,
-# then the same followed by `heal` (HEAL overrides its parameters, e.g. HEAL='heal<steps=400>'),
+# then the same followed by `heal` with each target (HEAL lists the heal specs, space-separated),
 # on every shared model. Calibration and evaluation texts as bench/gqa_quality.sh (65536
 # calibration tokens, --calibrate-on converted); each output is scored on 64 windows
 # (kvfold-ppl-v1, W = 256) of its evaluation text, which the calibration never saw, with the KL
@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/shared_models.sh
-kvfold=build/bin/kvfold
-heal="${HEAL:-heal}"
+kvfold=${KVFOLD:-build/bin/kvfold}
+heal="${HEAL:-heal heal<target=trajectory>}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 $kvfold --version | sed 's/^/# /'
@@ -33,15 +33,17 @@ for model in ${MODELS:-${shared_models[*]}}; do
     kv=$((kv0 / divisor))
     [ "$kv" -ge 1 ] || continue
     fold_ppl=""
-    for passes in "gqa-svd<kv-heads=$kv>" "gqa-svd<kv-heads=$kv>,$heal"; do
+    heals=()
+    for h in $heal; do heals+=("gqa-svd<kv-heads=$kv>,$h"); done
+    for passes in "gqa-svd<kv-heads=$kv>" "${heals[@]}"; do
       /usr/bin/time -f "%e %M" -o "$work/time" $kvfold convert "$src" --calib "$calib" \
         --passes "$passes" -o "$work/out" --force --quiet --threads 2 >/dev/null
       read -r wall rss_kb < "$work/time"
       read -r ppl kl <<< "$(score "$work/out")"
       if [ -z "$fold_ppl" ]; then
         fold_ppl=$ppl; closed="-"
-      else
-        closed=$(python3 -c "print('%.0f%%' % (100 * (1 - ($ppl - $original) / ($fold_ppl - $original))))")
+      else  # a lossless fold leaves no gap
+        closed=$(python3 -c "g = $fold_ppl - $original; print('%.0f%%' % (100 * (1 - ($ppl - $original) / g)) if g > 0 else '(no gap)')")
       fi
       echo "| $model | $kv0 -> $kv | $original | \`$passes\` | $ppl | $kl | $closed | $wall | $((rss_kb / 1024)) |"
     done

@@ -5,40 +5,50 @@
 #include "formats/error.h"
 
 namespace kvfold {
+namespace {
 
-unsigned HealCollector::Wants(int layer) const {
-  return layer == layer_ ? (kCaptureAttnInput | kCaptureContext) : 0u;
+// Row `i` of a [W, T, width] capture, appended to `out` (nothing when the capture is absent).
+void AppendWindow(const std::vector<float>& from, std::int64_t i, std::int64_t rows,
+                  std::vector<float>& out) {
+  if (from.empty()) return;
+  out.insert(out.end(), from.begin() + i * rows, from.begin() + (i + 1) * rows);
 }
 
+void AppendView(const FloatView& v, std::int64_t b, std::vector<float>& out) {
+  if (v.data == nullptr) return;
+  const std::int64_t rows = v.shape.at(1) * v.shape.at(2);
+  out.insert(out.end(), v.data + b * rows, v.data + (b + 1) * rows);
+}
+
+}  // namespace
+
+unsigned HealCollector::Wants(int layer) const { return layer == layer_ ? bits_ : 0u; }
+
 void HealCollector::Observe(const AttentionCapture& capture) {
-  const FloatView& x = capture.attn_input;
-  const FloatView& c = capture.context;
-  const std::int64_t B = x.shape.at(0);
-  T_ = x.shape.at(1);
-  D_ = x.shape.at(2);
-  HD_ = c.shape.at(2);
+  for (const FloatView* v : {&capture.attn_input, &capture.residual}) {
+    if (v->data != nullptr) windows_.D = v->shape.at(2);
+  }
+  const FloatView& any = capture.context.data      ? capture.context
+                         : capture.attn_input.data ? capture.attn_input
+                                                   : capture.residual;
+  const std::int64_t B = any.shape.at(0);
+  windows_.T = any.shape.at(1);
+  if (capture.context.data) windows_.HD = capture.context.shape.at(2);
   for (std::int64_t b = 0; b < B; ++b) {
-    const std::int64_t sequence = capture.sequence + b;
-    if (sequence >= limit_) continue;
-    const float* xb = x.data + b * T_ * D_;
-    const float* cb = c.data + b * T_ * HD_;
-    windows_[sequence] = {std::vector<float>(xb, xb + T_ * D_),
-                          std::vector<float>(cb, cb + T_ * HD_)};
+    if (capture.sequence + b >= limit_) continue;
+    windows_.sequences.push_back(capture.sequence + b);
+    if (bits_ & kCaptureAttnInput) AppendView(capture.attn_input, b, windows_.input);
+    if (bits_ & kCaptureContext) AppendView(capture.context, b, windows_.context);
+    if (bits_ & kCaptureResidual) AppendView(capture.residual, b, windows_.residual);
   }
 }
 
 HealWindows HealCollector::Take() {
-  HealWindows out;
-  out.T = T_;
-  out.D = D_;
-  out.HD = HD_;
-  for (auto& [sequence, w] : windows_) {
-    out.sequences.push_back(sequence);
-    out.input.insert(out.input.end(), w.first.begin(), w.first.end());
-    out.context.insert(out.context.end(), w.second.begin(), w.second.end());
-  }
-  windows_.clear();
-  return out;
+  HealWindows taken = std::move(windows_);
+  windows_ = HealWindows();
+  std::vector<HealWindows> one;
+  one.push_back(std::move(taken));
+  return MergeHealWindows(std::move(one));  // sorted by window
 }
 
 HealWindows MergeHealWindows(std::vector<HealWindows> parts) {
@@ -57,12 +67,22 @@ HealWindows MergeHealWindows(std::vector<HealWindows> parts) {
   for (const auto& [sequence, at] : order) {
     const auto& [p, i] = at;
     out.sequences.push_back(sequence);
-    const auto x = p->input.begin() + i * out.T * out.D;
-    const auto c = p->context.begin() + i * out.T * out.HD;
-    out.input.insert(out.input.end(), x, x + out.T * out.D);
-    out.context.insert(out.context.end(), c, c + out.T * out.HD);
+    AppendWindow(p->input, i, out.T * out.D, out.input);
+    AppendWindow(p->context, i, out.T * out.HD, out.context);
+    AppendWindow(p->residual, i, out.T * out.D, out.residual);
   }
   return out;
+}
+
+HealWindows TrajectoryWindows(HealWindows converted, const HealWindows& source) {
+  if (converted.sequences != source.sequences ||
+      converted.residual.size() != source.residual.size())
+    Fail("heal", "internal: the source and converted streams captured different windows");
+  converted.HD = source.HD;
+  converted.context = source.context;
+  for (std::size_t i = 0; i < converted.residual.size(); ++i)
+    converted.residual[i] = source.residual[i] - converted.residual[i];
+  return converted;
 }
 
 }  // namespace kvfold

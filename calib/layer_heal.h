@@ -1,10 +1,12 @@
 // What healing a folded layer needs (the heal pass, docs/heal.md), without LibTorch: its
 // settings, what it reports, and the calibration windows it trains on. Before any pass rewrites
 // layer l, the converted sweep captures, for the first `windows` calibration windows, the layer's
-// attention input (after input_layernorm, on the converted model's own hidden states) and the
-// source layer's attention context on those inputs; the source's o_proj turns the context into the
-// target the healed attention must reproduce. Windows HeldOutWindow() names are not trained on:
-// they decide when to stop and whether the healed weights are kept.
+// attention input (after input_layernorm, on the converted model's own hidden states) and a
+// source attention context: the source layer's on those same inputs (target=layer), or on the
+// source model's own hidden states (target=trajectory, with the two residual streams). The
+// source's o_proj turns the context into the target the healed attention must reproduce. Windows
+// HeldOutWindow() names are not trained on: they decide when to stop and whether the healed
+// weights are kept.
 #pragma once
 
 #include <cstdint>
@@ -17,7 +19,13 @@
 namespace kvfold {
 
 // The heal pass's parameters (their defaults are declared once, in pass_registry.cc).
+enum class HealTarget {
+  kLayer,       // the source layer's attention output on the converted hidden states
+  kTrajectory,  // the source model's residual stream after attention: x_s + attn_s(h_s) - x_c
+};
+
 struct HealSettings {
+  HealTarget target = HealTarget::kLayer;
   std::int64_t windows = 0;      // calibration windows captured (the first ones)
   std::int64_t steps = 0;        // Adam steps at most
   double lr = 0;                 // Adam's step, relative to each matrix's RMS
@@ -42,13 +50,18 @@ struct HealWindows {
   std::vector<std::int64_t> sequences;  // calibration window indices, ascending
   std::vector<float> input;             // [W, T, D]
   std::vector<float> context;           // [W, T, HD]
+  // [W, T, D] or empty: added to the target (target=trajectory: x_source - x_converted, the
+  // residual streams entering the layer). A collector stores the residual stream here.
+  std::vector<float> residual;
   std::int64_t count() const { return static_cast<std::int64_t>(sequences.size()); }
 };
 
-// A LayerObserver of layer `layer` that keeps the windows whose index is below `limit`.
+// A LayerObserver of layer `layer` that keeps the windows whose index is below `limit`: the
+// captures `bits` names among kCaptureAttnInput, kCaptureContext and kCaptureResidual.
 class HealCollector : public LayerObserver {
  public:
-  HealCollector(int layer, std::int64_t limit) : layer_(layer), limit_(limit) {}
+  HealCollector(int layer, std::int64_t limit, unsigned bits)
+      : layer_(layer), limit_(limit), bits_(bits) {}
   unsigned Wants(int layer) const override;
   void Observe(const AttentionCapture& capture) override;
   HealWindows Take();
@@ -56,11 +69,15 @@ class HealCollector : public LayerObserver {
  private:
   int layer_;
   std::int64_t limit_;
-  std::int64_t T_ = 0, D_ = 0, HD_ = 0;
-  std::map<std::int64_t, std::pair<std::vector<float>, std::vector<float>>> windows_;
+  unsigned bits_;
+  HealWindows windows_;  // in arrival order; Take() sorts
 };
 
 // Every collector's windows merged in window order (the same windows for any slot count).
 HealWindows MergeHealWindows(std::vector<HealWindows> parts);
+
+// target=trajectory: the converted stream's inputs, the source stream's context, and as
+// `residual` the source's residual stream minus the converted one (same windows in both).
+HealWindows TrajectoryWindows(HealWindows converted, const HealWindows& source);
 
 }  // namespace kvfold

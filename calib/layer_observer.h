@@ -30,6 +30,7 @@ enum CaptureBits : unsigned {
   // The attention context, o_proj's input (the forward then runs attention even when it only
   // observes the layer)                                                    [B, T, H d]
   kCaptureContext = 1u << 6,
+  kCaptureResidual = 1u << 7,  // the residual stream entering the layer      [B, T, D]
 };
 
 struct AttentionCapture {
@@ -44,6 +45,7 @@ struct AttentionCapture {
   FloatView key_post_rope;
   FloatView value;
   FloatView context;
+  FloatView residual;
 };
 
 class LayerObserver {

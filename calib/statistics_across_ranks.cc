@@ -186,6 +186,7 @@ void HealFields(IO& io, W& w) {
   io.Vector(w.sequences);
   io.Vector(w.input);
   io.Vector(w.context);
+  io.Vector(w.residual);
 }
 
 std::string Pack(const HealWindows& w) {

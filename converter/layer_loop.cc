@@ -91,14 +91,23 @@ const HealSettings* HealsOf(const std::unique_ptr<Pass>& pass) {
   return pass->LayerLocal() ? AsLayerPass(pass).Heals() : nullptr;
 }
 
-// What the heal passes of a pipeline capture: the most windows any of them trains on (null when
-// none heals).
-std::optional<std::int64_t> HealWindowsOf(const Pipeline& pipeline) {
-  std::optional<std::int64_t> windows;
+// What the heal passes of a pipeline need captured: the most windows any of them trains on, and
+// whether one follows the source trajectory (a second hidden stream). Null when none heals.
+struct HealNeeds {
+  std::int64_t windows = 0;
+  bool trajectory = false;
+};
+
+std::optional<HealNeeds> HealNeedsOf(const Pipeline& pipeline) {
+  std::optional<HealNeeds> needs;
   for (const auto& pass : pipeline.passes) {
-    if (const HealSettings* s = HealsOf(pass)) windows = std::max(windows.value_or(0), s->windows);
+    const HealSettings* s = HealsOf(pass);
+    if (s == nullptr) continue;
+    if (!needs) needs = HealNeeds();
+    needs->windows = std::max(needs->windows, s->windows);
+    needs->trajectory |= s->target == HealTarget::kTrajectory;
   }
-  return windows;
+  return needs;
 }
 
 // Every pass's Finish, in pipeline order, each with its record.
@@ -187,16 +196,16 @@ void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::S
   pass.RefitLayer(ctx, moments);
 }
 
-// Layer l's inputs and the source layer's attention context on them, for the first `windows`
-// calibration windows, before any pass rewrites the layer: every slot's and rank's, in window
-// order.
-HealWindows CaptureHealWindows(ModelDraft& draft, int l, ReferenceModel::Stepper& stepper,
-                               std::int64_t windows) {
-  std::vector<HealCollector> collectors(stepper.slots(), HealCollector(l, windows));
+// `bits` of layer l as it stands (the source layer: no pass has rewritten it yet) on `stream`'s
+// hidden states, for the first `windows` calibration windows: every slot's and rank's, in window
+// order. `advance` moves the stream past the layer.
+HealWindows CaptureHealWindows(ModelDraft& draft, int l, ReferenceModel::Stepper& stream,
+                               std::int64_t windows, unsigned bits, bool advance) {
+  std::vector<HealCollector> collectors(stream.slots(), HealCollector(l, windows, bits));
   std::vector<LayerObserver*> observers;
   for (auto& c : collectors) observers.push_back(&c);
   draft.SealLayer(l);
-  stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), observers, false);
+  stream.Run(l, LayerConfig(draft, l), DraftWeights(draft), observers, advance);
   std::vector<HealWindows> parts;
   for (auto& c : collectors) parts.push_back(c.Take());
   HealWindows all = MergeHealWindows(std::move(parts));
@@ -204,11 +213,35 @@ HealWindows CaptureHealWindows(ModelDraft& draft, int l, ReferenceModel::Stepper
   return all;
 }
 
+// Layer l's training data for each target, and the source o_proj.
+struct HealLayerData {
+  HealWindows layer, trajectory;
+  std::vector<float> source_wo;
+};
+
+// Before any pass rewrites layer l: the converted stream's inputs and the source layer's context
+// on them; with a trajectory target, also the source stream's context and residual (advancing
+// that stream past the layer).
+HealLayerData CaptureHeal(ModelDraft& draft, int l, ReferenceModel::Stepper& converted,
+                          ReferenceModel::Stepper* source, const HealNeeds& needs) {
+  HealLayerData d;
+  const unsigned bits = kCaptureAttnInput | kCaptureContext | (source ? kCaptureResidual : 0u);
+  d.layer = CaptureHealWindows(draft, l, converted, needs.windows, bits, false);
+  if (source != nullptr) {
+    const HealWindows s = CaptureHealWindows(draft, l, *source, needs.windows,
+                                             kCaptureContext | kCaptureResidual, true);
+    d.trajectory = TrajectoryWindows(d.layer, s);
+    d.layer.residual.clear();
+  }
+  d.source_wo = draft.ReadF32({TensorRole::kOProj, l});
+  return d;
+}
+
 // The heal passes' trainer for layer l: the fold's projections (double, biases as the last
 // column) trained in float32 by the runtime against the captured source attention.
-HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealWindows& data,
-                            const std::vector<float>& source_wo, const std::string& device) {
-  return [&draft, l, &data, &source_wo, device](AttentionProjections& p, const HealSettings& s) {
+HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData& d,
+                            const std::string& device) {
+  return [&draft, l, &d, device](AttentionProjections& p, const HealSettings& s) {
     HealWeights w{p.heads, p.kv_heads, p.head_dim, p.in_cols(), {}, {}, {}, {}};
     auto to_float = [](const std::vector<double>& v) {
       return std::vector<float>(v.begin(), v.end());
@@ -217,7 +250,8 @@ HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealWindows& d
     w.wk = to_float(p.wk);
     w.wv = to_float(p.wv);
     w.wo = to_float(p.wo);
-    const HealOutcome r = HealAttention(LayerConfig(draft, l), data, source_wo, w, s, device);
+    const HealWindows& data = s.target == HealTarget::kTrajectory ? d.trajectory : d.layer;
+    const HealOutcome r = HealAttention(LayerConfig(draft, l), data, d.source_wo, w, s, device);
     p.wq.assign(w.wq.begin(), w.wq.end());
     p.wk.assign(w.wk.begin(), w.wk.end());
     p.wv.assign(w.wv.begin(), w.wv.end());
@@ -261,15 +295,17 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
   KvStatistics totals;
   nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
   Progress progress("convert", c.num_hidden_layers, "layers", o.compute.progress);
-  const std::optional<std::int64_t> heal_windows = HealWindowsOf(pipeline);
+  const std::optional<HealNeeds> heal_needs = HealNeedsOf(pipeline);
+  std::optional<ReferenceModel::Stepper> source_stream;  // heal<target=trajectory>
+  if (heal_needs && heal_needs->trajectory)
+    source_stream.emplace(*model, MakeBatches(data, o.input.window));
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    HealWindows heal_data;
-    std::vector<float> source_wo;
+    HealLayerData heal_data;
     HealAttentionFn heal;
-    if (heal_windows) {
-      heal_data = CaptureHealWindows(draft, l, stepper, *heal_windows);
-      source_wo = draft.ReadF32({TensorRole::kOProj, l});
-      heal = HealTrainer(draft, l, heal_data, source_wo, o.compute.device);
+    if (heal_needs) {
+      heal_data =
+          CaptureHeal(draft, l, stepper, source_stream ? &*source_stream : nullptr, *heal_needs);
+      heal = HealTrainer(draft, l, heal_data, o.compute.device);
     }
     std::optional<LayerKvStatistics> stats;  // of layer l as it stands
     std::int64_t stats_kv = 0;
@@ -466,7 +502,7 @@ PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData
                     const ConvertJob& o, bool report, std::vector<PassTiming>& timings) {
   AllocatePerLayer(pipeline, draft, data, o);
   if (report) pipeline.needed |= kReportStatistics;
-  const bool sweeps = pipeline.needed != 0 || HealWindowsOf(pipeline).has_value();
+  const bool sweeps = pipeline.needed != 0 || HealNeedsOf(pipeline).has_value();
   if (!(CalibratesOnConverted(pipeline, o) && sweeps)) DropDefaultRefits(pipeline);
   PassesRun run;
   std::vector<double> seconds(pipeline.passes.size(), 0.0);

@@ -175,8 +175,9 @@ HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
   const std::int64_t W = data.count(), T = data.T, D = data.D;
   if (W < 2) Fail("heal", "needs at least 2 calibration windows (one is held out)");
   const at::Tensor input = FromVector(data.input, {W, T, D}, device);
-  const at::Tensor target = at::matmul(FromVector(data.context, {W, T, data.HD}, device),
-                                       FromVector(source_wo, {D, data.HD}, device).t());
+  at::Tensor target = at::matmul(FromVector(data.context, {W, T, data.HD}, device),
+                                 FromVector(source_wo, {D, data.HD}, device).t());
+  if (!data.residual.empty()) target = target + FromVector(data.residual, {W, T, D}, device);
   std::vector<std::int64_t> fit_rows, held_rows;
   for (std::int64_t i = 0; i < W; ++i) {
     (HeldOutWindow(data.sequences[static_cast<std::size_t>(i)], W) ? held_rows : fit_rows)

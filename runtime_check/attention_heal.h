@@ -21,7 +21,8 @@ struct HealWeights {
   std::vector<float> wo;          // [hidden, heads d]
 };
 
-// Trains `w` in place on `data` against the target context x `source_wo`^T ([hidden, HD]).
+// Trains `w` in place on `data` against the target context x `source_wo`^T ([hidden, HD]), plus
+// data.residual when there is one.
 // `layer` gives the RoPE tables, the sliding window and the scaling. Windows HeldOutWindow names
 // (among data.count()) only measure. The weights at the check with the lowest held-out error are
 // kept when that error is at least 0.1% below the fold's; else `w` is left exactly as it was.

@@ -350,6 +350,7 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
   };
   PendingCapture capture(observer_, static_cast<int>(l), first_sequence_);
   if (capture.active()) {
+    capture.Take(kCaptureResidual, x.view({B, T, D}), &AttentionCapture::residual);
     capture.Take(kCaptureAttnInput, h.view({B, T, D}), &AttentionCapture::attn_input);
     capture.Take(kCaptureQueryPreRope, heads(0, H), &AttentionCapture::query_pre_rope);
     if (computes) {

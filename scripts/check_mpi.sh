@@ -24,7 +24,8 @@ rel=1e-6
 
 # kv-mixed's table records the tokens its statistics saw: ranks that each took every batch (and
 # doubled the sums, which leaves the gqa-svd and kv-scales outputs unchanged) would show there.
-for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,heal<steps=40,windows=16>'; do
+for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,heal<steps=40,windows=16>' \
+  'gqa-svd<kv-heads=2>,heal<steps=40,windows=16,target=trajectory>'; do
   "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" -o "$work/n1" --quiet >/dev/null
   for n in 2 4; do
     "${mpi[@]}" -np $n "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" \

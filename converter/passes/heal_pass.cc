@@ -12,6 +12,7 @@ namespace {
 
 HealSettings SettingsOf(const PassSpec& spec) {
   HealSettings s;
+  s.target = spec.Get("target") == "trajectory" ? HealTarget::kTrajectory : HealTarget::kLayer;
   s.windows = spec.Int("windows");
   s.steps = spec.Int("steps");
   s.lr = spec.Number("lr");
@@ -55,7 +56,10 @@ class HealPass : public LayerPass {
   }
 
   void Finish(PassContext& ctx) override {
-    ctx.record["target"] = "source layer's attention output on the converted hidden states";
+    ctx.record["target"] = settings_.target == HealTarget::kTrajectory
+                               ? "the source model's residual stream after attention"
+                               : "the source layer's attention output on the converted hidden "
+                                 "states";
     ctx.record["layers"] = std::move(layers_);
   }
 

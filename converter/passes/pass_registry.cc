@@ -70,7 +70,14 @@ const std::vector<PassInfo>& PassRegistry() {
        "Layer-wise healing after a lossy K/V pass: Adam on W_Q/W_K/W_V/W_O (and q/k/v biases) so "
        "that each layer's attention output on the converted model's own hidden states matches "
        "the source layer's; stopped on held-out calibration windows (docs/heal.md)",
-       {{"windows", T::kInt,
+       {{"target",
+         T::kChoice,
+         "layer: the source layer's attention output on the converted model's hidden states; "
+         "trajectory: the source model's own residual stream after the attention (a second, "
+         "source hidden stream; the healed attention also corrects the drift of the layers below)",
+         "layer",
+         {"layer", "trajectory"}},
+        {"windows", T::kInt,
          "calibration windows trained on (the first ones; every fourth held out)", "64"},
         {"steps", T::kInt, "Adam steps at most", "400"},
         {"lr", T::kNumber, "Adam's step relative to each matrix's RMS, on a cosine schedule",

@@ -45,14 +45,20 @@ TEST_CASE("heal leaves an exact fold byte for byte", "[convert][heal][exact][sha
   // stories260K-mha's KV heads are duplicated pairs: folding to 4 loses nothing.
   TempDir tmp;
   RunConvert("stories260K-mha", "gqa-svd<kv-heads=4>", tmp.File("fold"));
-  RunConvert("stories260K-mha", "gqa-svd<kv-heads=4>," + kHeal, tmp.File("healed"));
-  for (const auto& layer : ReadJson(tmp.File("healed/kvfold.json"))["passes"][1]["layers"]) {
-    INFO("layer " << layer["layer"]);
-    CHECK(layer["kept_step"] == 0);
-    CHECK(layer["held_out_error_before"].get<double>() < 1e-8);  // float rounding of the fold
+  // Both targets: with every layer below exact, the two streams agree and so do the targets.
+  for (const std::string& target : {"layer", "trajectory"}) {
+    INFO(target);
+    RunConvert("stories260K-mha",
+               "gqa-svd<kv-heads=4>,heal<steps=60,windows=32,target=" + target + ">",
+               tmp.File(target));
+    for (const auto& layer : ReadJson(tmp.File(target + "/kvfold.json"))["passes"][1]["layers"]) {
+      INFO("layer " << layer["layer"]);
+      CHECK(layer["kept_step"] == 0);
+      CHECK(layer["held_out_error_before"].get<double>() < 1e-8);  // float rounding of the fold
+    }
+    CHECK(ReadBytes(tmp.File(target + "/model.safetensors")) ==
+          ReadBytes(tmp.File("fold/model.safetensors")));
   }
-  CHECK(ReadBytes(tmp.File("healed/model.safetensors")) ==
-        ReadBytes(tmp.File("fold/model.safetensors")));
 }
 
 TEST_CASE("heal lowers a lossy fold's error on every layer and on held-out text",
@@ -62,8 +68,8 @@ TEST_CASE("heal lowers a lossy fold's error on every layer and on held-out text"
   RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>," + kHeal, tmp.File("healed"));
   const auto record = ReadJson(tmp.File("healed/kvfold.json"));
   CHECK(record["pipeline"].get<std::string>().find(
-            ",heal<batch=4,check-every=10,lr=0.05,patience=3,seed=0,steps=60,windows=32>") !=
-        std::string::npos);
+            ",heal<batch=4,check-every=10,lr=0.05,patience=3,seed=0,steps=60,target=layer,"
+            "windows=32>") != std::string::npos);
   for (const auto& layer : record["passes"][1]["layers"]) {
     INFO("layer " << layer["layer"]);
     CHECK(layer["kept_step"].get<int>() > 0);
@@ -78,6 +84,21 @@ TEST_CASE("heal lowers a lossy fold's error on every layer and on held-out text"
   RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>," + kHeal, tmp.File("again"));
   CHECK(ReadBytes(tmp.File("again/model.safetensors")) ==
         ReadBytes(tmp.File("healed/model.safetensors")));
+}
+
+TEST_CASE("heal's trajectory target follows the source model's own hidden states",
+          "[convert][heal][quality][shared]") {
+  TempDir tmp;
+  RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>", tmp.File("fold"));
+  RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>,heal<steps=60,windows=32,target=trajectory>",
+             tmp.File("healed"));
+  const auto record = ReadJson(tmp.File("healed/kvfold.json"));
+  CHECK(record["passes"][1]["target"] == "the source model's residual stream after attention");
+  const auto& layers = record["passes"][1]["layers"];
+  // Layer 0 sees the same hidden states in both streams: both targets are the same there.
+  CHECK(layers[0]["held_out_error_after"].get<double>() <
+        layers[0]["held_out_error_before"].get<double>());
+  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("fold")));
 }
 
 TEST_CASE("heal is refused where it cannot run, before any work", "[convert][heal][shared]") {
