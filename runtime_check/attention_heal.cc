@@ -12,6 +12,7 @@
 
 #include "calib/output_refit_moments.h"
 #include "formats/error.h"
+#include "runtime_check/blas_threads.h"
 #include "runtime_check/llama_forward.h"
 
 namespace kvfold {
@@ -170,6 +171,9 @@ HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
                           const HealSettings& s, const std::string& device_spec) {
   c10::InferenceMode not_inference(false);
   const HeapReuse heap;
+  // One layer's small products: OpenBLAS's own pool beside ATen's threads only oversubscribes
+  // the cores (measured: 2.3x slower at --threads 2 on mini-mha, docs/results.md).
+  const ScopedSingleThreadBlas one_blas_thread;
   at::AutoGradMode grad(true);
   const at::Device device = ParseDevice(device_spec);
   const std::int64_t W = data.count(), T = data.T, D = data.D;

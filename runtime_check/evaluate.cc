@@ -262,10 +262,27 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
                 progress.ElapsedSeconds());
 }
 
-ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel& other,
-                               const std::vector<TokenWindow>& windows, std::int32_t bos,
-                               const EvalOptions& options) {
-  CheckWindows(windows, options);
+struct ReferenceSweep::State {
+  const ReferenceModel* base = nullptr;
+  std::vector<TokenWindow> windows;
+  std::int32_t bos = 0;
+  std::int64_t scored_from = 0;
+  bool across_ranks = false;
+  std::size_t per_group = 0;
+  ScoredPositions scored;
+  Groups groups;
+  HiddenStateStore hidden{UINT64_MAX};
+  double seconds = 0;  // of the sweep
+};
+
+ReferenceSweep::ReferenceSweep(std::unique_ptr<State> state) : state_(std::move(state)) {}
+ReferenceSweep::ReferenceSweep(ReferenceSweep&&) noexcept = default;
+ReferenceSweep& ReferenceSweep::operator=(ReferenceSweep&&) noexcept = default;
+ReferenceSweep::~ReferenceSweep() = default;
+
+namespace {
+
+void CheckComparable(const ReferenceModel& base, const ReferenceModel& other) {
   const auto& a = base.impl();
   const auto& b = other.impl();
   if (a.config.vocab_size != b.config.vocab_size) {
@@ -273,58 +290,123 @@ ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel&
                           " vs " + std::to_string(b.config.vocab_size) + ")");
   }
   if (a.device != b.device) Fail("--compare", "models are on different devices");
+}
+
+// The reference's final residual streams over `windows`, its groups as CompareModels cuts them.
+std::unique_ptr<ReferenceSweep::State> SweepBase(const ReferenceModel& base,
+                                                 const std::vector<TokenWindow>& windows,
+                                                 std::int32_t bos, const EvalOptions& options,
+                                                 Progress& progress) {
+  CheckWindows(windows, options);
   c10::InferenceMode inference;
+  auto s = std::make_unique<ReferenceSweep::State>();
+  s->base = &base;
+  s->windows = windows;
+  s->bos = bos;
+  s->scored_from = options.scored_from;
+  s->across_ranks = options.across_ranks;
   const std::int64_t W = static_cast<std::int64_t>(windows.front().size());
-  const ScoredPositions scored = ScoredPositionsOf(bos, options.scored_from, W);
-  const std::int64_t La = a.config.num_hidden_layers, Lb = b.config.num_hidden_layers;
-  const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
-  Progress progress("compare", La + Lb + 1, "layers", options.progress);
-  const Groups groups = MakeGroups(windows, per_group, bos, a, options.across_ranks);
-  // One model after the other: each holds one layer at a time, both keep their hidden states.
-  const HiddenStateStore hidden_a =
-      SweepGroups(a, groups, per_group, nullptr, [&](std::int64_t done) { progress.Update(done); });
-  const HiddenStateStore hidden_b = SweepGroups(
-      b, groups, per_group, options.cache, [&](std::int64_t done) { progress.Update(La + done); });
+  s->scored = ScoredPositionsOf(bos, options.scored_from, W);
+  s->per_group = WindowsPerBatch(options, windows.front().size());
+  s->groups = MakeGroups(windows, s->per_group, bos, base.impl(), options.across_ranks);
+  const double t0 = progress.ElapsedSeconds();
+  s->hidden = SweepGroups(base.impl(), s->groups, s->per_group, nullptr,
+                          [&](std::int64_t done) { progress.Update(done); });
+  s->seconds = progress.ElapsedSeconds() - t0;
+  return s;
+}
+
+// `other` over the sweep's windows, scored against the reference's rows; progress counts on
+// from `offset` layers. Each model gets half of the elapsed time.
+ComparisonResult Score(const ReferenceSweep::State& s, const ReferenceModel& other,
+                       const EvalOptions& options, Progress& progress, std::int64_t offset) {
+  const auto& a = s.base->impl();
+  const auto& b = other.impl();
+  c10::InferenceMode inference;
+  const std::int64_t W = static_cast<std::int64_t>(s.windows.front().size());
+  const std::int64_t Lb = b.config.num_hidden_layers;
+  const HiddenStateStore hidden_b =
+      SweepGroups(b, s.groups, s.per_group, options.cache,
+                  [&](std::int64_t done) { progress.Update(offset + done); });
   const at::Tensor head_a = a.LmHead(), head_b = b.LmHead();
-  std::vector<GroupSums> sums(groups.total);
+  std::vector<GroupSums> sums(s.groups.total);
   RunDataParallel(
-      base, groups.batches.size(),
+      *s.base, s.groups.batches.size(),
       [&](std::size_t k, std::size_t) {
-        const Batch& group = groups.batches[k];
+        const Batch& group = s.groups.batches[k];
         const std::int64_t windows_in_group = group.inputs.size(0);
-        const ScoredRows rows_a = Scored(a, hidden_a.Get(k, a.device), windows_in_group, W, scored);
-        const ScoredRows rows_b = Scored(b, hidden_b.Get(k, b.device), windows_in_group, W, scored);
+        const ScoredRows rows_a =
+            Scored(a, s.hidden.Get(k, a.device), windows_in_group, W, s.scored);
+        const ScoredRows rows_b =
+            Scored(b, hidden_b.Get(k, b.device), windows_in_group, W, s.scored);
         const at::Tensor targets =
-            group.targets.narrow(1, scored.begin, scored.count()).reshape({-1});
+            group.targets.narrow(1, s.scored.begin, s.scored.count()).reshape({-1});
         const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, a.config.vocab_size);
-        GroupSums& s = sums[groups.index[k]];
+        GroupSums& g = sums[s.groups.index[k]];
         for (std::int64_t begin = 0; begin < R; begin += chunk) {
           const std::int64_t count = std::min(chunk, R - begin);
           const at::Tensor lp_a = LogProbs(a, head_a, rows_a, begin, count);
           const at::Tensor lp_b = LogProbs(b, head_b, rows_b, begin, count);
           const at::Tensor t = targets.narrow(0, begin, count);
-          s.nll_a += NllSum(lp_a, t);
-          s.nll_b += NllSum(lp_b, t);
-          s.correct_a += Correct(lp_a, t);
-          s.correct_b += Correct(lp_b, t);
-          s.kl += (lp_a.exp() * (lp_a - lp_b)).sum(-1).to(at::kDouble).sum().item<double>();
-          s.agree += lp_a.argmax(-1).eq(lp_b.argmax(-1)).sum().item<double>();
+          g.nll_a += NllSum(lp_a, t);
+          g.nll_b += NllSum(lp_b, t);
+          g.correct_a += Correct(lp_a, t);
+          g.correct_b += Correct(lp_b, t);
+          g.kl += (lp_a.exp() * (lp_a - lp_b)).sum(-1).to(at::kDouble).sum().item<double>();
+          g.agree += lp_a.argmax(-1).eq(lp_b.argmax(-1)).sum().item<double>();
         }
-        s.tokens = R;
+        g.tokens = R;
       },
       [](std::size_t) {});
-  const GroupSums t = Total(std::move(sums), options.across_ranks);
-  progress.Update(La + Lb + 1);
-  // Both models ran over every window; each gets half of the wall time.
+  const GroupSums t = Total(std::move(sums), s.across_ranks);
+  progress.Update(offset + Lb + 1);
   const double seconds = progress.ElapsedSeconds() / 2;
   ComparisonResult r;
-  const int n = static_cast<int>(windows.size());
+  const int n = static_cast<int>(s.windows.size());
   r.base = Finish(n, t.tokens, t.nll_a, t.correct_a, seconds);
   r.other = Finish(n, t.tokens, t.nll_b, t.correct_b, seconds);
   // KL is >= 0; a sum of float32 terms can land a hair below zero when the models agree.
   r.kl = std::max(0.0, t.kl / static_cast<double>(t.tokens));
   r.top1_agreement = t.agree / static_cast<double>(t.tokens);
   r.delta_nll = r.other.mean_nll - r.base.mean_nll;
+  return r;
+}
+
+}  // namespace
+
+ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel& other,
+                               const std::vector<TokenWindow>& windows, std::int32_t bos,
+                               const EvalOptions& options) {
+  CheckComparable(base, other);
+  // One model after the other: each holds one layer at a time, both keep their hidden states.
+  const std::int64_t La = base.impl().config.num_hidden_layers;
+  Progress progress("compare", La + other.impl().config.num_hidden_layers + 1, "layers",
+                    options.progress);
+  const auto swept = SweepBase(base, windows, bos, options, progress);
+  return Score(*swept, other, options, progress, La);
+}
+
+ReferenceSweep SweepReference(const ReferenceModel& base, const std::vector<TokenWindow>& windows,
+                              std::int32_t bos, const EvalOptions& options) {
+  Progress progress("reference", base.impl().config.num_hidden_layers, "layers", options.progress);
+  return ReferenceSweep(SweepBase(base, windows, bos, options, progress));
+}
+
+ComparisonResult CompareModels(const ReferenceSweep& base, const ReferenceModel& other,
+                               const EvalOptions& options) {
+  const ReferenceSweep::State& s = *base.state_;
+  CheckComparable(*s.base, other);
+  if (options.scored_from != s.scored_from || options.across_ranks != s.across_ranks ||
+      WindowsPerBatch(options, s.windows.front().size()) != s.per_group) {
+    Fail("eval", "internal: a reference sweep compared under other options than it was made with");
+  }
+  Progress progress("compare", other.impl().config.num_hidden_layers + 1, "layers",
+                    options.progress);
+  ComparisonResult r = Score(s, other, options, progress, 0);
+  r.base.seconds = s.seconds;  // the reference ran once, before
+  r.other.seconds = progress.ElapsedSeconds();
+  r.base.tokens_per_second = static_cast<double>(r.base.tokens_predicted) / s.seconds;
+  r.other.tokens_per_second = static_cast<double>(r.other.tokens_predicted) / r.other.seconds;
   return r;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,34 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
 
 ComparisonResult CompareModels(const ReferenceModel& base, const ReferenceModel& other,
                                const std::vector<TokenWindow>& windows, std::int32_t bos,
+                               const EvalOptions& options);
+
+// The reference model's final residual streams over `windows`, swept once, for comparisons of
+// many models against it on the same windows (the planner scores every candidate against one
+// source): each then runs only the model under test. Made by SweepReference, read by
+// CompareModels; refers to the reference model, which must outlive it.
+class ReferenceSweep {
+ public:
+  struct State;
+  explicit ReferenceSweep(std::unique_ptr<State> state);
+  ReferenceSweep(ReferenceSweep&&) noexcept;
+  ReferenceSweep& operator=(ReferenceSweep&&) noexcept;
+  ~ReferenceSweep();
+
+ private:
+  std::unique_ptr<State> state_;
+  friend ComparisonResult CompareModels(const ReferenceSweep& base, const ReferenceModel& other,
+                                        const EvalOptions& options);
+};
+
+// With `options` as CompareModels takes them (options.cache is ignored here: the reference runs
+// with its full cache).
+ReferenceSweep SweepReference(const ReferenceModel& base, const std::vector<TokenWindow>& windows,
+                              std::int32_t bos, const EvalOptions& options);
+// The same numbers as CompareModels(base model, other, windows, bos, options) on the sweep's
+// windows; `options` must score what the sweep was made with (scored_from, across_ranks, batch
+// windows), else Error ("internal"). Collective under mpirun with across_ranks, like that.
+ComparisonResult CompareModels(const ReferenceSweep& base, const ReferenceModel& other,
                                const EvalOptions& options);
 
 }  // namespace kvfold

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -131,7 +132,7 @@ class Scorer {
       cache = MakeCachePolicy(cache_spec, *checkpoint_, o_.input.window);
       options.cache = cache.policy.get();
     }
-    return CompareModels(*base_, *model_, windows, bos_, options).kl;
+    return CompareModels(Reference(windows), *model_, options).kl;
   }
   std::vector<std::int64_t> KvHeads(const std::string& dir) {
     Load(dir);
@@ -151,6 +152,15 @@ class Scorer {
   }
 
  private:
+  // The source's sweep over `windows`: run once per window set (screening, scoring) for every
+  // candidate scored on it.
+  const ReferenceSweep& Reference(const std::vector<TokenWindow>& windows) {
+    for (const auto& [w, sweep] : sweeps_) {
+      if (w == windows) return sweep;
+    }
+    sweeps_.emplace_back(windows, SweepReference(*base_, windows, bos_, options_));
+    return sweeps_.back().second;
+  }
   void Load(const std::string& dir) {
     if (dir == loaded_) return;
     model_.reset();
@@ -166,6 +176,7 @@ class Scorer {
   std::unique_ptr<ReferenceModel> base_, model_;
   std::unique_ptr<Checkpoint> checkpoint_;
   std::string loaded_;
+  std::deque<std::pair<std::vector<TokenWindow>, ReferenceSweep>> sweeps_;  // stable addresses
 };
 
 // Converts `structure` (with kv-scales where FP8 can follow) into `dir`.

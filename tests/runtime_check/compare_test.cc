@@ -87,3 +87,28 @@ TEST_CASE("results do not depend on batch size or thread count", "[runtime][dete
     CHECK(t.tokens_predicted == a.tokens_predicted);
   }
 }
+
+TEST_CASE("a reference swept once scores every model as a fresh comparison does",
+          "[runtime][compare][shared]") {
+  const Checkpoint mha = OpenCheckpoint(SharedPath("models/stories260K-mha"));
+  const Checkpoint gqa = OpenCheckpoint(SharedPath("models/stories260K"));
+  const auto base = ReferenceModel::Load(mha, {"cpu", 2});
+  const auto other = ReferenceModel::Load(gqa, {"cpu", 2});
+  const auto windows = Windows(mha, "text/tinystories/eval.txt", 4);
+  EvalOptions o = Quiet();
+  o.scored_from = 128;
+  const ReferenceSweep swept = SweepReference(*base, windows, 1, o);
+  for (const auto* model : {base.get(), other.get()}) {
+    // The same code on the same rows in the same order: the same numbers, bit for bit.
+    const ComparisonResult fresh = CompareModels(*base, *model, windows, 1, o);
+    const ComparisonResult reused = CompareModels(swept, *model, o);
+    CHECK(reused.kl == fresh.kl);
+    CHECK(reused.base.mean_nll == fresh.base.mean_nll);
+    CHECK(reused.other.mean_nll == fresh.other.mean_nll);
+    CHECK(reused.top1_agreement == fresh.top1_agreement);
+  }
+  EvalOptions other_positions = o;
+  other_positions.scored_from = 0;
+  CHECK_THROWS_WITH(CompareModels(swept, *other, other_positions),
+                    Catch::Contains("other options than it was made with"));
+}
