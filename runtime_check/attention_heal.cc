@@ -164,6 +164,44 @@ class HeapReuse {
   HeapReuse& operator=(const HeapReuse&) = delete;
 };
 
+// Adam on `fit` from the weights `a` holds, checking `held` every check_every steps; leaves `a`
+// as trained and returns the weights of the best check (empty when none beat `start_error`),
+// with that check's step and error in `out`.
+std::vector<at::Tensor> Train(Attention& a, const Part& fit, const Part& held,
+                              const HealSettings& s, double start_error, HealOutcome& out) {
+  std::vector<at::Tensor> best;
+  double best_error = start_error;
+  std::int64_t since_better = 0;
+  Adam adam(a.params(), s.lr, s.steps);
+  const std::int64_t n_fit = fit.x.size(0);
+  const std::int64_t batch = std::min(s.batch, n_fit);
+  const std::vector<std::int64_t> order = VisitOrder(n_fit, s.steps * batch, s.seed);
+  for (std::int64_t step = 1; step <= s.steps; ++step) {
+    const std::vector<std::int64_t> rows(order.begin() + (step - 1) * batch,
+                                         order.begin() + step * batch);
+    const at::Tensor index = at::tensor(rows, at::kLong).to(fit.x.device());
+    const at::Tensor y = fit.y.index_select(0, index);
+    const at::Tensor loss = (a.Output(fit.x.index_select(0, index)) - y).pow(2).sum() /
+                            y.pow(2).sum().clamp_min(std::numeric_limits<float>::min());
+    loss.backward();
+    adam.Step(a.params());
+    out.steps = step;
+    if (step % s.check_every != 0 && step != s.steps) continue;
+    const double e = RelativeError(a, held);
+    if (e < best_error) {
+      best_error = e;
+      out.best_step = step;
+      out.held_out_after = e;
+      best.clear();
+      for (const at::Tensor& p : a.params()) best.push_back(p.detach().clone());
+      since_better = 0;
+    } else if (++since_better >= s.patience) {
+      break;
+    }
+  }
+  return best;
+}
+
 }  // namespace
 
 HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
@@ -172,7 +210,7 @@ HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
   c10::InferenceMode not_inference(false);
   const HeapReuse heap;
   // One layer's small products: OpenBLAS's own pool beside ATen's threads only oversubscribes
-  // the cores (measured: 2.3x slower at --threads 2 on mini-mha, docs/results.md).
+  // the cores (measured: 2.5x slower at --threads 2 on mini-mha, docs/results.md).
   const ScopedSingleThreadBlas one_blas_thread;
   at::AutoGradMode grad(true);
   const at::Device device = ParseDevice(device_spec);
@@ -196,36 +234,9 @@ HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
   HealOutcome out;
   out.fit_before = RelativeError(a, fit);
   out.held_out_before = RelativeError(a, held);
-  std::vector<at::Tensor> best;
-  double best_error = out.held_out_before;
-  std::int64_t since_better = 0;
-  Adam adam(a.params(), s.lr, s.steps);
-  const std::int64_t n_fit = static_cast<std::int64_t>(fit_rows.size());
-  const std::int64_t batch = std::min(s.batch, n_fit);
-  const std::vector<std::int64_t> order = VisitOrder(n_fit, s.steps * batch, s.seed);
-  for (std::int64_t step = 1; step <= s.steps; ++step) {
-    const std::vector<std::int64_t> rows(order.begin() + (step - 1) * batch,
-                                         order.begin() + step * batch);
-    const at::Tensor index = at::tensor(rows, at::kLong).to(device);
-    const at::Tensor y = fit.y.index_select(0, index);
-    const at::Tensor loss = (a.Output(fit.x.index_select(0, index)) - y).pow(2).sum() /
-                            y.pow(2).sum().clamp_min(std::numeric_limits<float>::min());
-    loss.backward();
-    adam.Step(a.params());
-    out.steps = step;
-    if (step % s.check_every != 0 && step != s.steps) continue;
-    const double e = RelativeError(a, held);
-    if (e < best_error) {
-      best_error = e;
-      out.best_step = step;
-      best.clear();
-      for (const at::Tensor& p : a.params()) best.push_back(p.detach().clone());
-      since_better = 0;
-    } else if (++since_better >= s.patience) {
-      break;
-    }
-  }
-  if (out.best_step == 0 || !(best_error < out.held_out_before * (1 - 1e-3))) {
+  const std::vector<at::Tensor> best = Train(a, fit, held, s, out.held_out_before, out);
+  // Kept only when the held-out error fell by 0.1%: an exact fold stays byte for byte.
+  if (best.empty() || !(out.held_out_after < out.held_out_before * (1 - 1e-3))) {
     out.best_step = 0;
     out.fit_after = out.fit_before;
     out.held_out_after = out.held_out_before;
@@ -238,7 +249,6 @@ HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
   at::NoGradGuard no_grad;
   for (std::size_t i = 0; i < best.size(); ++i) a.params()[i].copy_(best[i]);
   out.fit_after = RelativeError(a, fit);
-  out.held_out_after = best_error;
   return out;
 }
 
