@@ -51,7 +51,9 @@ TEST_CASE("heal leaves an exact fold byte for byte", "[convert][heal][exact][sha
     RunConvert("stories260K-mha",
                "gqa-svd<kv-heads=4>,heal<steps=60,windows=32,target=" + target + ">",
                tmp.File(target));
-    for (const auto& layer : ReadJson(tmp.File(target + "/kvfold.json"))["passes"][1]["layers"]) {
+    const auto record = ReadJson(tmp.File(target + "/kvfold.json"));  // named: see below
+    REQUIRE(record["passes"][1]["layers"].size() == 5);
+    for (const auto& layer : record["passes"][1]["layers"]) {
       INFO("layer " << layer["layer"]);
       CHECK(layer["kept_step"] == 0);
       CHECK(layer["held_out_error_before"].get<double>() < 1e-8);  // float rounding of the fold
@@ -119,4 +121,19 @@ TEST_CASE("heal is refused where it cannot run, before any work", "[convert][hea
   o.passes = ParsePipeline("mlkv<kv-layers=2>," + kHeal);
   CHECK_THROWS_WITH(Convert(o), Catch::Contains("only layer-local passes"));
   CHECK(kvfold::test::ListDir(tmp.path()).empty());  // nothing left behind
+}
+
+TEST_CASE("heal follows gqa-meanpool too", "[convert][heal][shared]") {
+  // gqa-meanpool needs no statistics: heal alone makes the conversion run the converted sweep.
+  TempDir tmp;
+  RunConvert("stories260K-mha", "gqa-meanpool<kv-heads=2>,heal<steps=20,windows=16>",
+             tmp.File("healed"));
+  // Named: a range-for over a member of the temporary ReadJson returns would read freed memory.
+  const auto record = ReadJson(tmp.File("healed/kvfold.json"));
+  REQUIRE(record["passes"][1]["layers"].size() == 5);
+  for (const auto& layer : record["passes"][1]["layers"]) {
+    INFO("layer " << layer["layer"]);
+    CHECK(layer["held_out_error_after"].get<double>() <
+          layer["held_out_error_before"].get<double>());
+  }
 }

@@ -34,7 +34,13 @@ TEST_CASE("a full-rank conversion with the o_proj refit reproduces the original 
     // least squares has the fold's own o_proj as its solution, up to the float32 sums of the
     // context moments.
     CHECK(MaxLogitDiff(SharedPath(std::string("models/") + model), tmp.File("out")) < 1e-4);
-    for (const auto& layer : ReadJson(tmp.File("out/kvfold.json"))["passes"][0]["layers"]) {
+    // Named: a range-for over a member of the temporary ReadJson returns would read freed memory.
+    const auto record = ReadJson(tmp.File("out/kvfold.json"));
+    REQUIRE(
+        record["passes"][0]["layers"].size() ==
+        static_cast<std::size_t>(
+            OpenCheckpoint(SharedPath(std::string("models/") + model)).config.num_hidden_layers));
+    for (const auto& layer : record["passes"][0]["layers"]) {
       CHECK(layer["refit"]["fit_error_before"].get<double>() < 1e-6);  // float rounding of the fold
     }
   }
