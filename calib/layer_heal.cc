@@ -74,6 +74,13 @@ HealWindows MergeHealWindows(std::vector<HealWindows> parts) {
   return out;
 }
 
+void HealWindows::Merge(const HealWindows& other) {
+  std::vector<HealWindows> parts(2);
+  parts[0] = std::move(*this);
+  parts[1] = other;
+  *this = MergeHealWindows(std::move(parts));
+}
+
 HealWindows TrajectoryWindows(HealWindows converted, const HealWindows& source) {
   if (converted.sequences != source.sequences ||
       converted.residual.size() != source.residual.size())

@@ -54,6 +54,7 @@ struct HealWindows {
   // residual streams entering the layer). A collector stores the residual stream here.
   std::vector<float> residual;
   std::int64_t count() const { return static_cast<std::int64_t>(sequences.size()); }
+  void Merge(const HealWindows& other);  // MergeHealWindows of the two
 };
 
 // A LayerObserver of layer `layer` that keeps the windows whose index is below `limit`: the

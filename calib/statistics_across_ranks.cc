@@ -201,20 +201,9 @@ void Unpack(const std::string& bytes, HealWindows& w) {
   io.End();
 }
 
-void JoinAcrossRanks(HealWindows& w) {
-  if (RankCount() == 1) return;
-  const std::string joined =
-      JoinInRankOrder(Pack(w), [](std::string joined, const std::string& next) {
-        std::vector<HealWindows> parts(2);
-        Unpack(joined, parts[0]);
-        Unpack(next, parts[1]);
-        return Pack(MergeHealWindows(std::move(parts)));
-      });
-  Unpack(joined, w);
-}
-
 void JoinAcrossRanks(LayerKvStatistics& s) { Join(s); }
 void JoinAcrossRanks(KvStatistics& s) { Join(s); }
 void JoinAcrossRanks(OutputRefitMoments& m) { Join(m); }
+void JoinAcrossRanks(HealWindows& w) { Join(w); }
 
 }  // namespace kvfold
