@@ -9,6 +9,8 @@
 //   |
 //          qwen2.5-0.5b (q/k/v biases) | qwen3-0.6b (q/k norms, head_dim 128) | mistral-7b |
 //          llama-2-70b (GQA 64/8, 8192 wide: with --layers, the ranks' communication per layer) |
+//          phi-3-mini (Phi-3-mini-128k: MHA 32 x 96, fused qkv/gate_up, longrope) |
+//          phi-4-mini (24/8 heads of 128, 96 rotated, longrope, tied vocab 200064) |
 //          tiny (a 64-wide llama for tests) |
 //          narrow (512 wide, GQA 8/2 x 64, 11 MiB of float32 per layer: streaming-memory tests)
 //   --tokenizer DIR: copy DIR's tokenizer.json and tokenizer_config.json (a model's real
@@ -23,6 +25,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +35,7 @@
 #include "formats/mapped_file.h"
 #include "formats/model_config.h"
 #include "formats/safetensors_writer.h"
+#include "formats/stored_layout.h"
 #include "formats/tensor_names.h"
 
 namespace {
@@ -101,6 +105,31 @@ ordered_json ShapeConfig(const std::string& shape) {
     c["model_type"] = "mistral";
     c["sliding_window"] = nullptr;  // v0.2 and later
     dims(4096, 32, 32, 8, 14336, 32000, 32768, 1000000.0);
+  } else if (shape == "phi-3-mini" || shape == "phi-4-mini") {
+    const bool phi4 = shape == "phi-4-mini";
+    c["architectures"] = {"Phi3ForCausalLM"};
+    c["model_type"] = "phi3";
+    if (phi4) {
+      dims(3072, 32, 24, 8, 8192, 200064, 131072, 10000.0);
+      c["partial_rotary_factor"] = 0.75;
+      c["tie_word_embeddings"] = true;
+      c["bos_token_id"] = 199999;
+      c["eos_token_id"] = 199999;
+    } else {
+      dims(3072, 32, 32, 32, 8192, 32064, 131072, 10000.0);
+      c["eos_token_id"] = 32000;
+    }
+    c["original_max_position_embeddings"] = 4096;
+    c["sliding_window"] = 262144;
+    // 48 rotary frequencies each; the published factors rise from 1 to about 60 (long) and
+    // stay near 1 (short): smooth ramps of that size.
+    std::vector<double> short_factor, long_factor;
+    for (int j = 0; j < 48; ++j) {
+      short_factor.push_back(1.0 + 0.1 * j / 47.0);
+      long_factor.push_back(1.0 + 59.0 * (j / 47.0) * (j / 47.0));
+    }
+    c["rope_scaling"] = {
+        {"long_factor", long_factor}, {"short_factor", short_factor}, {"type", "longrope"}};
   } else if (shape == "llama-2-70b") {
     dims(8192, 80, 64, 8, 28672, 32000, 4096, 10000.0);
   } else if (shape == "tiny") {
@@ -111,7 +140,7 @@ ordered_json ShapeConfig(const std::string& shape) {
     kvfold::Fail(
         shape,
         "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b, llama-3.2-1b, qwen2.5-0.5b, "
-        "qwen3-0.6b, mistral-7b, llama-2-70b, tiny or narrow)");
+        "qwen3-0.6b, mistral-7b, phi-3-mini, phi-4-mini, llama-2-70b, tiny or narrow)");
   }
   return c;
 }
@@ -145,6 +174,14 @@ double Shrink(ordered_json& c) {
   } else if (c.contains("head_dim")) {
     c["head_dim"] = 16;
   }
+  if (c["rope_scaling"].is_object() && c["rope_scaling"].contains("long_factor")) {
+    // longrope: one factor per rotary frequency of the 16-wide heads (first ones kept)
+    const double rotated = 16 * c.value("partial_rotary_factor", 1.0);
+    for (const char* key : {"long_factor", "short_factor"}) {
+      auto& f = c["rope_scaling"][key];
+      f.erase(f.begin() + static_cast<std::ptrdiff_t>(rotated / 2), f.end());
+    }
+  }
   return 0.3;
 }
 
@@ -155,10 +192,31 @@ struct Planned {
   std::uint64_t bytes;
 };
 
+// The stored name and shape of `id` (Phi-3: q/k/v as one qkv_proj, gate/up as one gate_up_proj,
+// under q's and gate's places); nullopt for a part stored inside another.
+std::optional<std::pair<std::string, std::vector<std::int64_t>>> Stored(
+    const kvfold::TensorId& id, const kvfold::ModelConfig& c) {
+  using kvfold::TensorRole;
+  std::vector<std::int64_t> shape = kvfold::ExpectedShape(id, c);
+  if (c.fused_qkv && (id.role == TensorRole::kKProj || id.role == TensorRole::kVProj)) return {};
+  if (c.fused_gate_up && id.role == TensorRole::kUpProj) return {};
+  if (c.fused_qkv && id.role == TensorRole::kQProj) {
+    shape[0] += 2 * c.num_key_value_heads * c.head_dim;
+    return {{kvfold::FusedQkvName(id.layer), shape}};
+  }
+  if (c.fused_gate_up && id.role == TensorRole::kGateProj) {
+    shape[0] *= 2;
+    return {{kvfold::FusedGateUpName(id.layer), shape}};
+  }
+  return {{kvfold::HfTensorName(id), shape}};
+}
+
 std::vector<Planned> Plan(const kvfold::ModelConfig& config) {
   std::vector<Planned> out;
   for (const kvfold::TensorId& id : kvfold::RequiredTensors(config)) {
-    Planned p{kvfold::HfTensorName(id), kvfold::ExpectedShape(id, config), false, 2};
+    const auto stored = Stored(id, config);
+    if (!stored) continue;
+    Planned p{stored->first, stored->second, false, 2};
     for (auto d : p.shape) p.bytes *= static_cast<std::uint64_t>(d);
     p.is_norm = p.name.find("norm") != std::string::npos;
     out.push_back(p);

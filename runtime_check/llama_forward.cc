@@ -23,21 +23,21 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 }
 
 // Angles are formed in double: at position 255 a float32 angle would already be off by ~1e-5 rad.
+// Pairs RoPE passes through (partial rotary) have frequency zero and no attention factor.
 std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, const ModelConfig& config,
                                              const at::Device& device) {
-  const std::int64_t half = config.head_dim / 2;
-  const std::vector<double> inv_freq = RopeInverseFrequencies(
-      config.rope_scaling, config.rope_theta, config.head_dim, config.max_position_embeddings, T);
+  const std::int64_t half = config.head_dim / 2, rotated = config.RotaryDim() / 2;
+  const std::vector<double> inv_freq = RopePairFrequencies(config, T);
+  const double scale = RopeCosSinScale(config);
   at::Tensor cos = at::empty({T, half}, at::kFloat);
   at::Tensor sin = at::empty({T, half}, at::kFloat);
   float* c = cos.data_ptr<float>();
   float* s = sin.data_ptr<float>();
   for (std::int64_t j = 0; j < half; ++j) {
+    const double f = inv_freq[static_cast<std::size_t>(j)], a = j < rotated ? scale : 1.0;
     for (std::int64_t p = 0; p < T; ++p) {
-      c[p * half + j] = static_cast<float>(
-          std::cos(static_cast<double>(p) * inv_freq[static_cast<std::size_t>(j)]));
-      s[p * half + j] = static_cast<float>(
-          std::sin(static_cast<double>(p) * inv_freq[static_cast<std::size_t>(j)]));
+      c[p * half + j] = static_cast<float>(a * std::cos(static_cast<double>(p) * f));
+      s[p * half + j] = static_cast<float>(a * std::sin(static_cast<double>(p) * f));
     }
   }
   return {cos.to(device), sin.to(device)};

@@ -11,6 +11,7 @@
 #include "formats/error.h"
 #include "formats/gguf.h"
 #include "formats/mapped_file.h"
+#include "formats/stored_layout.h"
 #include "formats/version.h"
 
 namespace kvfold {
@@ -85,18 +86,30 @@ class GgufExporter : public ModelExporter {
     const std::vector<float> factors = RopeFrequencyFactors(source.config);
     if (!factors.empty()) {
       if (!IsLlamaLayout(architecture_)) Fail(source.dir, "llama3 RoPE scaling outside llama");
-      writer_->AddTensor("rope_freqs.weight", GgmlType::kF32, {factors.size()});
-      writer_->Write({reinterpret_cast<const char*>(factors.data()), factors.size() * 4});
+      AddF32("rope_freqs.weight", factors);
+    }
+    if (source.config.rope_scaling.type == "longrope") {
+      AddF32("rope_factors_long.weight", source.config.rope_scaling.long_factor);
+      AddF32("rope_factors_short.weight", source.config.rope_scaling.short_factor);
+    }
+    // Phi-3's fused tensors, rotary channels in the checkpoint's order (llama.cpp's NEOX RoPE).
+    if (source.config.fused_qkv) {
+      stored_ = std::make_unique<StoredLayoutWriter>(source.config, [this](const TensorToWrite& t) {
+        AddNamed(GgufStoredTensorName(t.name, t.name), t, false);
+      });
     }
   }
 
   void Add(const std::optional<TensorId>& id, const TensorToWrite& t) override {
     if (!id) return;  // rotary_emb.inv_freq: llama.cpp computes its own (checked on open)
-    const std::string name = GgufTensorName(*id, t.name);
+    if (stored_) return stored_->Add(id, t);
+    AddNamed(GgufTensorName(*id, t.name), t, PermutesRows(architecture_, id->role));
+  }
+
+  void AddNamed(const std::string& name, const TensorToWrite& t, bool permute) {
     const GgmlType type = t.shape.size() <= 1 ? GgmlType::kF32 : weight_type_;
     std::vector<std::uint64_t> dims(t.shape.rbegin(), t.shape.rend());
     writer_->AddTensor(name, type, dims);
-    const bool permute = PermutesRows(architecture_, id->role);
     if (!permute && t.dtype == DTypeOf(type)) {
       writer_->Write(t.bytes);
     } else {
@@ -106,6 +119,7 @@ class GgufExporter : public ModelExporter {
   }
 
   std::vector<std::string> Finish(const ExportedModel& m) override {
+    if (stored_) stored_->Finish();
     const std::string arch = GgufArchitecture(m.config, m.source.dir);
     if (arch != architecture_ && !(IsLlamaLayout(arch) && IsLlamaLayout(architecture_)))
       Fail(m.source.dir, "internal error: the architecture changed");
@@ -131,6 +145,13 @@ class GgufExporter : public ModelExporter {
   std::vector<std::string> NotCopied() const override { return {}; }
 
  private:
+  template <typename T>
+  void AddF32(const std::string& name, const std::vector<T>& values) {
+    const std::vector<float> f(values.begin(), values.end());
+    writer_->AddTensor(name, GgmlType::kF32, {f.size()});
+    writer_->Write({reinterpret_cast<const char*>(f.data()), f.size() * 4});
+  }
+
   // What llama.cpp will do differently, said once the file is written.
   void PrintNotes(const ModelConfig& config) const {
     if (!progress_) return;
@@ -191,6 +212,7 @@ class GgufExporter : public ModelExporter {
   GgufMetadata tokenizer_keys_;     // tokenizer.ggml.*, built once: sized the header, then written
   std::vector<std::string> notes_;  // what llama.cpp does differently with the tokenizer
   std::unique_ptr<GgufWriter> writer_;
+  std::unique_ptr<StoredLayoutWriter> stored_;  // phi3: fused as the checkpoint stores them
 };
 
 }  // namespace

@@ -53,6 +53,11 @@ std::string GgufArchitecture(const ModelConfig& c, const std::string& where) {
     Fail(where, "rope_scaling dynamic (NTK) has no llama.cpp equivalent");
   }
   if (c.mlp_bias) Fail(where, "MLP biases (mlp_bias) are not read by llama.cpp's llama");
+  if (c.model_type == "phi3") {  // llama.cpp's phi3: fused qkv and gate/up, NEOX RoPE
+    if (c.num_attention_heads * c.head_dim != c.hidden_size)
+      Fail(where, "llama.cpp's phi3 needs heads x head_dim = hidden_size");
+    return "phi3";
+  }
   if (c.model_type == "qwen2") {
     if (c.num_attention_heads * c.head_dim != c.hidden_size)
       Fail(where, "llama.cpp's qwen2 needs heads x head_dim = hidden_size");
@@ -86,6 +91,20 @@ std::string GgufTensorName(const TensorId& id, const std::string& where) {
   }
   Fail(where, std::string("has kvfold's ") + RoleName(id.role) +
                   " tensors, which llama.cpp cannot run (rope=reconstruct): use rope=commute");
+}
+
+std::string GgufStoredTensorName(const std::string& hf_name, const std::string& where) {
+  if (const std::optional<TensorId> id = ParseHfTensorName(hf_name))
+    return GgufTensorName(*id, where);
+  const std::string prefix = "model.layers.";
+  const std::size_t dot = hf_name.find('.', prefix.size());
+  if (hf_name.rfind(prefix, 0) == 0 && dot != std::string::npos) {
+    const std::string layer = hf_name.substr(prefix.size(), dot - prefix.size());
+    const std::string rest = hf_name.substr(dot + 1);
+    if (rest == "self_attn.qkv_proj.weight") return kBlockPrefix + layer + ".attn_qkv.weight";
+    if (rest == "mlp.gate_up_proj.weight") return kBlockPrefix + layer + ".ffn_up.weight";
+  }
+  Fail(where, "is a tensor llama.cpp does not read");
 }
 
 std::optional<TensorId> TensorIdOfGgufName(const std::string& name) {
@@ -150,11 +169,16 @@ void AddArchitectureMetadata(const ModelConfig& c, const std::string& arch, Gguf
   }
   u32("attention.key_length", c.head_dim);
   u32("attention.value_length", c.head_dim);
-  u32("rope.dimension_count", c.head_dim);
+  u32("rope.dimension_count", c.RotaryDim());  // phi3: the rotated channels only (NEOX)
   u32("vocab_size", c.vocab_size);
   m.Set(arch + ".rope.freq_base", GgufValue::F32(static_cast<float>(c.rope_theta)));
   m.Set(arch + ".attention.layer_norm_rms_epsilon",
         GgufValue::F32(static_cast<float>(c.rms_norm_eps)));
+  if (c.rope_scaling.type == "longrope") {  // factors: rope_factors_long/short.weight
+    m.Set(arch + ".rope.scaling.attn_factor",
+          GgufValue::F32(static_cast<float>(RopeCosSinScale(c))));
+    u32("rope.scaling.original_context_length", c.rope_scaling.original_max_position_embeddings);
+  }
   if (c.rope_scaling.type == "linear") {
     m.Set(arch + ".rope.scaling.type", GgufValue::String("linear"));
     m.Set(arch + ".rope.scaling.factor", GgufValue::F32(static_cast<float>(c.rope_scaling.factor)));

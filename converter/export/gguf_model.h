@@ -22,6 +22,10 @@ std::string GgufArchitecture(const ModelConfig& config, const std::string& where
 // "blk.3.attn_q.weight" for {kQProj, 3}; throws Error naming `where` for a role llama.cpp has
 // no tensor for (vLLM's k_scale/v_scale, kvfold's key projections).
 std::string GgufTensorName(const TensorId& id, const std::string& where);
+// The name of a tensor as the checkpoint stores it (formats/stored_layout.h): Phi-3's fused
+// self_attn.qkv_proj as blk.N.attn_qkv, mlp.gate_up_proj as blk.N.ffn_up (gate rows first, as
+// llama.cpp's SwiGLU splits it); others as GgufTensorName.
+std::string GgufStoredTensorName(const std::string& hf_name, const std::string& where);
 // The inverse, for reading a GGUF back; nullopt for names kvfold does not write.
 std::optional<TensorId> TensorIdOfGgufName(const std::string& name);
 

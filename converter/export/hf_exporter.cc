@@ -8,6 +8,7 @@
 #include "formats/companion_files.h"
 #include "formats/mapped_file.h"
 #include "formats/safetensors_shards.h"
+#include "formats/stored_layout.h"
 
 namespace kvfold {
 namespace {
@@ -15,7 +16,9 @@ namespace {
 class HfExporter : public ModelExporter {
  public:
   HfExporter(std::string dir, const Checkpoint& source)
-      : dir_(std::move(dir)), companions_(FindCompanionFiles(source.dir)) {
+      : dir_(std::move(dir)),
+        companions_(FindCompanionFiles(source.dir)),
+        layout_(source.config, [this](const TensorToWrite& t) { shards_->Add(t); }) {
     // Shard like the source: at most as large as its largest weight file. Header space for
     // twice the source's tensors covers what passes add (scales, key projections) in one shard.
     std::uint64_t max_shard = 0, header = 0;
@@ -32,9 +35,13 @@ class HfExporter : public ModelExporter {
         dir_, max_shard, header, std::map<std::string, std::string>{{"format", "pt"}});
   }
 
-  void Add(const std::optional<TensorId>&, const TensorToWrite& t) override { shards_->Add(t); }
+  // Tensors arrive in kvfold's layout; the checkpoint keeps its own (formats/stored_layout.h).
+  void Add(const std::optional<TensorId>& id, const TensorToWrite& t) override {
+    layout_.Add(id, t);
+  }
 
   std::vector<std::string> Finish(const ExportedModel& m) override {
+    layout_.Finish();
     std::vector<std::string> written = shards_->Finish();
     const std::string config = m.source.dir + "/config.json";
     WriteFileAtomically(dir_ + "/config.json",
@@ -66,6 +73,7 @@ class HfExporter : public ModelExporter {
   std::string dir_;
   CompanionFiles companions_;
   std::unique_ptr<ShardedSafetensorsWriter> shards_;
+  StoredLayoutWriter layout_;
 };
 
 }  // namespace

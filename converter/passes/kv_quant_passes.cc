@@ -10,6 +10,7 @@
 #include "formats/dtype.h"
 #include "formats/error.h"
 #include "formats/kv_mixed_table.h"
+#include "formats/stored_layout.h"
 
 namespace kvfold {
 namespace {
@@ -168,6 +169,8 @@ class KvMixed : public LayerPass {
     table->layers = model.config.num_hidden_layers;
     table->head_dim = model.config.head_dim;
     table->calibration_tokens = ctx.statistics.tokens;
+    table->key_min = ChannelsAsStored(model.config, table->key_min);  // the checkpoint's channels
+    table->key_max = ChannelsAsStored(model.config, table->key_max);
     model.AddOutputFile(kKvMixedJson, [table](const std::string& path) {
       WriteFileAtomically(path, KvMixedTableJson(*table));
     });

@@ -134,6 +134,17 @@ void ModelDraft::OpenOutput(std::unique_ptr<ModelExporter> exporter) {
   output_ = std::move(exporter);
 }
 
+void ModelDraft::AddUnchanged(const std::string& name) {
+  const TensorRef& ref = source_.tensors.Get(name);
+  if (!ref.row_order) {
+    output_->Add(ParseHfTensorName(name),
+                 {name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
+    return;
+  }
+  const std::string ordered = OrderedBytes(ref);  // the exporter takes kvfold's channel order
+  output_->Add(ParseHfTensorName(name), {name, ref.entry->dtype, ref.entry->shape, ordered});
+}
+
 void ModelDraft::WriteLayer(int layer) {
   if ((!output_ && !discard_output_) || layers_written_.count(layer)) return;
   SealLayer(layer);
@@ -141,11 +152,7 @@ void ModelDraft::WriteLayer(int layer) {
     if (LayerOf(name) != layer) continue;
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
-      const TensorRef& ref = source_.tensors.Get(name);
-      if (output_) {
-        output_->Add(ParseHfTensorName(name),
-                     {name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
-      }
+      if (output_) AddUnchanged(name);
       continue;
     }
     Replacement& r = it->second;
@@ -165,9 +172,7 @@ void ModelDraft::WriteRemaining() {
     if (layer && layers_written_.count(*layer)) continue;
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
-      const TensorRef& ref = source_.tensors.Get(name);
-      output_->Add(ParseHfTensorName(name),
-                   {name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
+      AddUnchanged(name);
     } else {
       const std::string bytes = OutputBytes(name, it->second);
       output_->Add(ParseHfTensorName(name),

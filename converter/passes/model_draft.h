@@ -93,6 +93,7 @@ class ModelDraft {
     bool written = false;        // WriteLayer: in the output, bytes freed
   };
   void RequireUnwritten(const std::string& name) const;  // a written layer is final
+  void AddUnchanged(const std::string& name);            // a source tensor, to the output
   DType OutputDType(const std::string& name, const Replacement& r) const;
   std::string OutputBytes(const std::string& name, const Replacement& r) const;
   const Checkpoint& source_;

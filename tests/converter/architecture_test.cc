@@ -1,11 +1,14 @@
 // Each supported architecture on a small random checkpoint with its real layout, vocabulary and
 // tokenizer.json (Llama 3.2 with llama3 rope_scaling, Qwen2.5 with q/k/v biases, Qwen3 with
-// per-head q/k norms and head_dim != hidden / heads, Mistral with a sliding window):
+// per-head q/k norms and head_dim != hidden / heads, Mistral with a sliding window, Phi-3 128k
+// with fused qkv_proj / gate_up_proj and longrope, Phi-4-mini's partial rotary):
 //  - the runtime's logits against an independent float64 forward written here from the HF
 //    modeling code's definitions (plain loops, no LibTorch);
 //  - inspect, eval, a full-rank gqa-svd conversion (the checkpoint's KV heads are duplicated, so
 //    folding them back is lossless: logits to 1e-4), kv-scales and report through the CLI, the
-//    outputs keeping the architecture. Qwen3's KV-head folds are refused with the reason.
+//    outputs keeping the architecture (and its stored layout: the float64 forward of the output's
+//    raw tensors matches the source's). Qwen3's KV-head folds are refused with the reason.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
@@ -89,6 +92,29 @@ std::vector<Arch> Architectures() {
   mistral["max_position_embeddings"] = 32768;
   mistral["sliding_window"] = 16;
   a.push_back({"mistral", "tokenizer-llama2", mistral});
+  // Phi-3-mini-128k's layout and vocabulary (Llama 2's, 32064 rows): fused projections, longrope.
+  // An original context of 32 (4096 published) puts the 48-token probe on the long factors, and
+  // a window of 40 (262144) is crossed.
+  json phi3 = BaseConfig("phi3", "Phi3ForCausalLM", 32064, 64, false);
+  phi3["rope_theta"] = 10000.0;
+  phi3["max_position_embeddings"] = 131072;
+  phi3["original_max_position_embeddings"] = 32;
+  phi3["sliding_window"] = 40;
+  phi3["rope_scaling"] = {{"type", "longrope"},
+                          {"short_factor", {1.0, 1.02, 1.05, 1.1, 1.2, 1.3, 1.5, 1.8}},
+                          {"long_factor", {1.0, 1.3, 2.0, 3.5, 6.0, 11.0, 24.0, 48.0}}};
+  a.push_back({"phi3", "tokenizer-llama2", phi3});
+  // Phi-4-mini's attention: 12 of 16 channels rotated (partial_rotary_factor 0.75), longrope at
+  // its original context (short factors), tied embeddings.
+  json phi4 = BaseConfig("phi3", "Phi3ForCausalLM", 32064, 64, true);
+  phi4["rope_theta"] = 10000.0;
+  phi4["max_position_embeddings"] = 131072;
+  phi4["original_max_position_embeddings"] = 4096;
+  phi4["partial_rotary_factor"] = 0.75;
+  phi4["rope_scaling"] = {{"type", "longrope"},
+                          {"short_factor", {1.0, 1.1, 1.3, 1.6, 2.0, 2.5}},
+                          {"long_factor", {1.0, 2.0, 4.0, 8.0, 16.0, 32.0}}};
+  a.push_back({"phi4-mini", "tokenizer-llama2", phi4});
   return a;
 }
 
@@ -132,6 +158,16 @@ Weights MakeWeights(const json& c, std::map<std::string, std::vector<std::int64_
       std::copy_n(v.begin() + g * d * cols, d * cols, v.begin() + (g + 1) * d * cols);
     }
   };
+  auto fuse = [&](const std::string& name, const std::vector<std::string>& parts) {
+    std::int64_t rows = 0;
+    for (const std::string& part : parts) {
+      w[name].insert(w[name].end(), w[part].begin(), w[part].end());
+      rows += shapes[part][0];
+      w.erase(part);
+      shapes.erase(part);
+    }
+    shapes[name] = {rows, D};
+  };
   add("model.embed_tokens.weight", {V, D}, 1.0);
   add("model.norm.weight", {D}, 0.5, 1.0);
   if (!c["tie_word_embeddings"].get<bool>())
@@ -160,6 +196,12 @@ Weights MakeWeights(const json& c, std::map<std::string, std::vector<std::int64_
     add(p + "mlp.gate_proj.weight", {I, D}, 1 / std::sqrt(double(D)));
     add(p + "mlp.up_proj.weight", {I, D}, 1 / std::sqrt(double(D)));
     add(p + "mlp.down_proj.weight", {D, I}, 1 / std::sqrt(double(I)));
+    if (type == "phi3") {  // stored fused, as Phi3ForCausalLM stores them
+      fuse(p + "self_attn.qkv_proj.weight",
+           {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
+            p + "self_attn.v_proj.weight"});
+      fuse(p + "mlp.gate_up_proj.weight", {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
+    }
   }
   return w;
 }
@@ -184,14 +226,35 @@ void WriteCheckpoint(const std::string& dir, const Arch& arch, const Weights& w,
   }
 }
 
-// transformers' RoPE frequencies, written out again from modeling_rope_utils (default, llama3).
-std::vector<double> InverseFrequencies(const json& c) {
-  const int d = c["head_dim"];
+// The channels of a head RoPE rotates: int(head_dim x partial_rotary_factor) (Phi3Attention).
+int RotaryDim(const json& c) {
+  return int(c["head_dim"].get<int>() * c.value("partial_rotary_factor", 1.0));
+}
+
+// longrope's attention factor (modeling_rope_utils): sqrt(1 + ln(f) / ln(original)) with
+// f = max_position_embeddings / original_max_position_embeddings; 1 for other types.
+double AttentionFactor(const json& c) {
+  if (!c.contains("rope_scaling") || c["rope_scaling"].value("type", "") != "longrope") return 1;
+  const double original = c["original_max_position_embeddings"];
+  const double factor = c["max_position_embeddings"].get<double>() / original;
+  return factor <= 1 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(original));
+}
+
+// transformers' RoPE frequencies, written out again from modeling_rope_utils (default, llama3,
+// longrope at a sequence of `tokens` positions).
+std::vector<double> InverseFrequencies(const json& c, std::size_t tokens) {
+  const int d = RotaryDim(c);
   const double theta = c["rope_theta"];
   std::vector<double> inv;
   for (int j = 0; j < d; j += 2) inv.push_back(1.0 / std::pow(theta, double(j) / d));
   if (!c.contains("rope_scaling")) return inv;
   const json& rs = c["rope_scaling"];
+  if (rs.value("type", "") == "longrope") {
+    const bool long_context = tokens > c["original_max_position_embeddings"].get<std::size_t>();
+    const std::vector<double> ext = rs[long_context ? "long_factor" : "short_factor"];
+    for (std::size_t j = 0; j < inv.size(); ++j) inv[j] /= ext[j];
+    return inv;
+  }
   const double factor = rs["factor"], low = rs["low_freq_factor"], high = rs["high_freq_factor"];
   const double old_context = rs["original_max_position_embeddings"];
   for (double& f : inv) {
@@ -235,11 +298,14 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
   const std::size_t D = c["hidden_size"], d = c["head_dim"], H = c["num_attention_heads"];
   const std::size_t KV = c["num_key_value_heads"], T = tokens.size(), L = c["num_hidden_layers"];
   const double eps = c["rms_norm_eps"];
-  const std::size_t window = c.contains("sliding_window") && c["model_type"] == "mistral"
+  const std::string type = c["model_type"];
+  const std::size_t window = c.contains("sliding_window") && (type == "mistral" || type == "phi3")
                                  ? c["sliding_window"].get<std::size_t>()
                                  : 0;
-  const bool qk_norm = c["model_type"] == "qwen3";
-  const std::vector<double> inv = InverseFrequencies(c);
+  const bool qk_norm = type == "qwen3", fused = type == "phi3";
+  const std::vector<double> inv = InverseFrequencies(c, T);
+  const std::size_t rot = RotaryDim(c);  // rotate_half over the first rot channels of a head
+  const double attention_factor = AttentionFactor(c);
   std::vector<std::vector<double>> x(T);
   for (std::size_t t = 0; t < T; ++t) {
     const auto& e = w.at("model.embed_tokens.weight");
@@ -251,9 +317,16 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
     for (std::size_t t = 0; t < T; ++t) {
       const std::vector<double> h =
           RmsNorm(x[t].data(), w.at(p + "input_layernorm.weight"), D, eps);
-      q[t] = Linear(w.at(p + "self_attn.q_proj.weight"), h, w, p + "self_attn.q_proj.bias");
-      k[t] = Linear(w.at(p + "self_attn.k_proj.weight"), h, w, p + "self_attn.k_proj.bias");
-      v[t] = Linear(w.at(p + "self_attn.v_proj.weight"), h, w, p + "self_attn.v_proj.bias");
+      if (fused) {  // Phi3Attention: qkv[:H d], qkv[H d : (H + KV) d], the rest
+        const std::vector<double> qkv = Linear(w.at(p + "self_attn.qkv_proj.weight"), h, w, "");
+        q[t].assign(qkv.begin(), qkv.begin() + H * d);
+        k[t].assign(qkv.begin() + H * d, qkv.begin() + (H + KV) * d);
+        v[t].assign(qkv.begin() + (H + KV) * d, qkv.end());
+      } else {
+        q[t] = Linear(w.at(p + "self_attn.q_proj.weight"), h, w, p + "self_attn.q_proj.bias");
+        k[t] = Linear(w.at(p + "self_attn.k_proj.weight"), h, w, p + "self_attn.k_proj.bias");
+        v[t] = Linear(w.at(p + "self_attn.v_proj.weight"), h, w, p + "self_attn.v_proj.bias");
+      }
       using Heads = std::tuple<std::vector<double>*, std::size_t, const char*>;
       for (const auto& [vec, heads, norm] :
            {Heads{&q[t], H, "q_norm"}, Heads{&k[t], KV, "k_norm"}}) {
@@ -264,10 +337,12 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
                 RmsNorm(head, w.at(p + "self_attn." + norm + ".weight"), d, eps);
             std::copy(n.begin(), n.end(), head);
           }
-          for (std::size_t j = 0; j < d / 2; ++j) {  // rotate_half: channel j pairs with j + d/2
-            const double a = head[j], b = head[j + d / 2], angle = double(t) * inv[j];
-            head[j] = a * std::cos(angle) - b * std::sin(angle);
-            head[j + d / 2] = b * std::cos(angle) + a * std::sin(angle);
+          for (std::size_t j = 0; j < rot / 2; ++j) {  // rotate_half: j pairs with j + rot/2
+            const double a = head[j], b = head[j + rot / 2], angle = double(t) * inv[j];
+            const double cos = attention_factor * std::cos(angle),
+                         sin = attention_factor * std::sin(angle);
+            head[j] = a * cos - b * sin;
+            head[j + rot / 2] = b * cos + a * sin;
           }
         }
       }
@@ -297,8 +372,15 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
       for (std::size_t i = 0; i < D; ++i) x[t][i] += o[i];
       const std::vector<double> h =
           RmsNorm(x[t].data(), w.at(p + "post_attention_layernorm.weight"), D, eps);
-      std::vector<double> gate = Linear(w.at(p + "mlp.gate_proj.weight"), h, w, "");
-      const std::vector<double> up = Linear(w.at(p + "mlp.up_proj.weight"), h, w, "");
+      std::vector<double> gate, up;
+      if (fused) {  // Phi3MLP: gate, up = gate_up_proj(x).chunk(2)
+        const std::vector<double> both = Linear(w.at(p + "mlp.gate_up_proj.weight"), h, w, "");
+        gate.assign(both.begin(), both.begin() + both.size() / 2);
+        up.assign(both.begin() + both.size() / 2, both.end());
+      } else {
+        gate = Linear(w.at(p + "mlp.gate_proj.weight"), h, w, "");
+        up = Linear(w.at(p + "mlp.up_proj.weight"), h, w, "");
+      }
       for (std::size_t i = 0; i < gate.size(); ++i)
         gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
       const std::vector<double> down = Linear(w.at(p + "mlp.down_proj.weight"), gate, w, "");
@@ -317,6 +399,26 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
 }
 
 std::string Quote(const std::string& s) { return "'" + s + "'"; }
+
+// A checkpoint's tensors by their stored names, read raw (no kvfold layout applied).
+Weights StoredWeights(const std::string& dir) {
+  const TensorStore store = TensorStore::OpenModelDir(dir);
+  Weights w;
+  for (const std::string& name : store.Names()) {
+    const std::vector<float> v = store.ReadF32(name);
+    w[name].assign(v.begin(), v.end());
+  }
+  return w;
+}
+
+double WorstRelative(const std::vector<double>& got, const std::vector<double>& expected) {
+  double worst = 0, scale = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    worst = std::max(worst, std::abs(got[i] - expected[i]));
+    scale = std::max(scale, std::abs(expected[i]));
+  }
+  return worst / scale;
+}
 
 }  // namespace
 
@@ -372,6 +474,15 @@ TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, 
       CHECK(out["model_type"] == arch.config["model_type"]);
       CHECK(out["architectures"] == arch.config["architectures"]);
       CHECK(out["num_key_value_heads"] == 2);
+      // The output's own tensors, as stored, through the float64 forward: its layout is the
+      // architecture's (fused for Phi-3, the rotary channels where transformers expects them).
+      const Weights converted = StoredWeights(tmp.File("gqa"));
+      CHECK(converted.size() == weights.size());
+      for (const auto& [name, values] : weights) {
+        INFO(name);
+        CHECK(converted.count(name) == 1);
+      }
+      CHECK(WorstRelative(ReferenceLogits(out, converted, tokens), expected) < 1e-4);
       CHECK(OpenCheckpoint(tmp.File("gqa")).tokenizer_path == tmp.File("gqa/tokenizer.json"));
     }
     const auto scales = test::RunKvfold("convert " + model + common + " --passes kv-scales -o " +
@@ -403,5 +514,61 @@ TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, 
     INFO(report.err);
     REQUIRE(report.exit_code == 0);
     CHECK(test::ReadBytes(tmp.File("report.html")).size() > 1000);
+  }
+}
+
+// What every pass does on every architecture: works (and, where the pass is exact on these
+// duplicated-head checkpoints, keeps the logits) or is refused in one line with the reason.
+// docs/results.md's architecture table is this one.
+TEST_CASE("every architecture x every pass: works or refused with the reason",
+          "[architectures][shared]") {
+  struct PassCase {
+    const char* passes;
+    bool exact;              // logits kept to 1e-4 when it works
+    const char* refused_on;  // architectures that refuse it (" "-separated, padded)
+    const char* reason;      // in the refusal (Qwen3's: its k_norm, named with the model)
+  };
+  const PassCase cases[] = {
+      {"gqa-meanpool<kv-heads=2>", true, " qwen3 ", ""},
+      {"gqa-svd<kv-heads=2,rope=reconstruct>", true, " qwen3 ", ""},
+      {"gqa-svd<kv-heads=2>,heal<windows=8,steps=10>", true, " qwen3 ", ""},
+      {"kv-balance", true, " qwen3 ", ""},
+      {"mlkv<kv-layers=1>", false, " qwen2 qwen3 mistral phi3 phi4-mini ", "needs a llama model"},
+      {"lckv<warmup=0>", false, " qwen2 qwen3 mistral phi3 phi4-mini ", "needs a llama model"},
+  };
+  const std::string calib = test::SharedPath("text/tinystories/calib.txt");
+  for (const Arch& arch : Architectures()) {
+    test::TempDir tmp;
+    const std::string model = tmp.File("model");
+    std::filesystem::create_directories(model);
+    std::map<std::string, std::vector<std::int64_t>> shapes;
+    WriteCheckpoint(model, arch, MakeWeights(arch.config, shapes), shapes);
+    for (const PassCase& pass : cases) {
+      INFO(arch.name << " x " << pass.passes);
+      const std::string out = tmp.File("out");
+      std::filesystem::remove_all(out);
+      const auto run = test::RunKvfold("convert " + model + " --calib " + calib +
+                                       " --calib-tokens 512 --window 64 --threads 2 --passes " +
+                                       Quote(pass.passes) + " -o " + out);
+      INFO(run.err);
+      const bool refused = std::string(pass.refused_on).find(std::string(" ") + arch.name + " ") !=
+                           std::string::npos;
+      if (refused) {  // one error line, after the progress lines
+        CHECK(run.exit_code == 1);
+        const std::string last = run.err.substr(run.err.rfind('\n', run.err.size() - 2) + 1);
+        CHECK_THAT(last,
+                   Catch::StartsWith("kvfold: error: --passes: ") &&
+                       Catch::Contains(arch.name == std::string("qwen3") ? "wen3" : pass.reason));
+        CHECK_FALSE(std::filesystem::exists(out));
+        continue;
+      }
+      REQUIRE(run.exit_code == 0);
+      CHECK(test::ReadJson(out + "/config.json")["architectures"] ==
+            (std::string(pass.passes).rfind("mlkv", 0) == 0 ||
+                     std::string(pass.passes).rfind("lckv", 0) == 0
+                 ? json::array({"LCKVLlamaForCausalLM"})
+                 : arch.config["architectures"]));
+      if (pass.exact) CHECK(test::MaxLogitDiff(model, out) < 1e-4);
+    }
   }
 }

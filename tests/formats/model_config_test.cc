@@ -206,7 +206,7 @@ TEST_CASE("unsupported rope settings and architectures are refused by name", "[c
              Catch::StartsWith("config.json: rope_scaling type 'yarn' is not supported"));
   CHECK_THAT(
       message(With(R"("rope_scaling":{"type":"longrope","short_factor":[1],"long_factor":[1]})")),
-      Catch::Contains("'longrope' is not supported"));
+      Catch::Contains("rope_scaling longrope is supported on model_type phi3 only, not llama"));
   CHECK_THAT(message(With(R"("rope_scaling":{"rope_type":"llama3","factor":8.0})")),
              Catch::Contains("rope_scaling needs 'low_freq_factor'"));
   CHECK(message(With(R"("partial_rotary_factor":0.5)")) ==
@@ -217,6 +217,64 @@ TEST_CASE("unsupported rope settings and architectures are refused by name", "[c
              Catch::Contains("unsupported model_type 'gemma'"));
   CHECK_THAT(message(With(R"("model_type":"qwen3","use_sliding_window":true)")),
              Catch::Contains("use_sliding_window"));
+}
+
+TEST_CASE("phi3: fused projections, partial rotary and longrope as transformers reads them",
+          "[config][rope]") {
+  // Phi-4-mini's geometry: head_dim 128, 96 channels rotated, longrope from a 4096 context.
+  std::string factors = "[1";
+  for (int j = 1; j < 48; ++j) factors += "," + std::to_string(1 + j);
+  factors += "]";
+  const std::string phi4 =
+      With(R"("model_type":"phi3","hidden_size":3072,"num_attention_heads":24,)"
+           R"("num_key_value_heads":8,"max_position_embeddings":131072,)"
+           R"("partial_rotary_factor":0.75,"sliding_window":262144,)"
+           R"("rope_scaling":{"type":"longrope","short_factor":)" +
+           factors + R"(,"long_factor":)" + factors + "}");
+  const ModelConfig c = ParseModelConfig(phi4, "config.json");
+  CHECK(c.head_dim == 128);
+  CHECK(c.rotary_dim == 96);
+  CHECK(c.PartialRotary());
+  CHECK(c.fused_qkv);
+  CHECK(c.fused_gate_up);
+  CHECK(c.sliding_window == 262144);
+  CHECK(c.rope_scaling.original_max_position_embeddings == 4096);  // Phi3Config's default
+  // transformers: sqrt(1 + ln(131072 / 4096) / ln(4096))
+  CHECK(RopeCosSinScale(c) == Approx(std::sqrt(1 + std::log(32.0) / std::log(4096.0))));
+  const std::vector<double> f = RopePairFrequencies(c, 16);
+  REQUIRE(f.size() == 64);
+  CHECK(f[1] == Approx(1.0 / (2 * std::pow(10000.0, 2.0 / 96))));  // short factor 2 at j = 1
+  CHECK(f[47] > 0);
+  CHECK(f[48] == 0);  // the pass-through pairs do not turn
+  CHECK(f[63] == 0);
+  CHECK(RopePairFrequencies(c, 5000)[1] == Approx(f[1]));  // equal factors here: long = short
+
+  auto message = [](const std::string& text) {
+    try {
+      ParseModelConfig(text, "config.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  const std::string phi = R"("model_type":"phi3",)";
+  CHECK(ParseModelConfig(With(phi + R"("partial_rotary_factor":0.3)"), "c").rotary_dim ==
+        2);  // int(8 x 0.3), as transformers rounds
+  CHECK(message(With(phi + R"("partial_rotary_factor":0.1)")) ==
+        "config.json: partial_rotary_factor 0.1 with head_dim 8 gives 0 rotary channels (must be "
+        "even, at least 2 and at most head_dim)");
+  CHECK_THAT(message(With(phi + R"("rope_scaling":{"type":"su","short_factor":[1,1],)"
+                                R"("long_factor":[1,1]})")),
+             Catch::Contains("short_factor has 2 entries; the 8 rotary channels need 4"));
+  CHECK_THAT(message(With(phi + R"("rope_scaling":{"type":"longrope","short_factor":[1,1,1,1],)"
+                                R"("long_factor":[1,1,1]})")),
+             Catch::Contains("short_factor and long_factor differ in length"));
+  CHECK_THAT(message(With(phi + R"("rope_scaling":{"type":"longrope","short_factor":[1,1,1,0],)"
+                                R"("long_factor":[1,1,1,1]})")),
+             Catch::Contains("rope_scaling.short_factor holds 0"));
+  CHECK(message(With(phi + R"("rope_scaling":{"type":"longrope","short_factor":[1,1,1,1],)"
+                           R"("long_factor":[1,1,1,1]})")) == "accepted");
+  CHECK_FALSE(ParseModelConfig(With(phi + R"("attention_bias":true)"), "c").qkv_bias);
 }
 
 TEST_CASE("qwen3 has per-head query and key norms", "[config]") {
