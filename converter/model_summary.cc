@@ -23,6 +23,7 @@ ModelSummary SummarizeCheckpoint(const Checkpoint& ck) {
   s.heads = c.num_attention_heads;
   s.kv_heads = c.num_key_value_heads;
   s.head_dim = c.head_dim;
+  s.rotary_dim = c.RotaryDim();
   s.intermediate = c.intermediate_size;
   s.vocab = c.vocab_size;
   s.max_positions = c.max_position_embeddings;
@@ -38,7 +39,9 @@ ModelSummary SummarizeCheckpoint(const Checkpoint& ck) {
   s.kv_layers = c.KvLayerCount();
   if (c.SharesKv()) s.layer_types = LayerTypesText(c.kv_layer_of);
   s.files = static_cast<int>(ck.tensors.files().size());
-  s.tensors = static_cast<int>(ck.tensors.tensors().size());
+  s.tensors = 0;  // as stored: Phi-3's fused qkv_proj is one tensor, not its three views
+  for (const auto& file : ck.tensors.files())
+    s.tensors += static_cast<int>(file->header().tensors.size());
   return s;
 }
 
@@ -55,7 +58,10 @@ std::string SummaryText(const ModelSummary& s) {
     << "vocab          " << s.vocab << (s.tied_embeddings ? "  (tied embeddings)" : "") << "\n"
     << "rope theta     " << s.rope_theta
     << (s.rope_theta_defaulted ? " (not in config.json: transformers' default)" : "")
-    << "  (max positions " << s.max_positions << ")\n"
+    << "  (max positions " << s.max_positions;
+  if (s.rotary_dim < s.head_dim)
+    o << "; " << s.rotary_dim << " of " << s.head_dim << " channels of a head rotated";
+  o << ")\n"
     << "rope scaling   " << s.rope_scaling << "\n"
     << "tokenizer      "
     << (s.tokenizer.empty() ? "none (eval and convert need tokenizer.json or tokenizer.model)"
@@ -84,6 +90,7 @@ std::string SummaryJson(const ModelSummary& s) {
       {"num_key_value_heads", s.layer_kv_heads.empty() ? nlohmann::ordered_json(s.kv_heads)
                                                        : nlohmann::ordered_json(s.layer_kv_heads)},
       {"head_dim", s.head_dim},
+      {"rotary_dim", s.rotary_dim},
       {"intermediate_size", s.intermediate},
       {"vocab_size", s.vocab},
       {"max_position_embeddings", s.max_positions},

@@ -16,6 +16,7 @@ struct ModelSummary {
   std::string model_type;
   std::string attention;  // "MHA", "GQA" or "MQA"
   std::int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  std::int64_t rotary_dim = 0;  // channels of a head RoPE rotates (Phi-4-mini: 96 of 128)
   std::int64_t intermediate = 0, vocab = 0, max_positions = 0;
   double rope_theta = 0;
   bool rope_theta_defaulted = false;  // not in config.json: transformers' default

@@ -454,6 +454,8 @@ TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, 
     const auto inspect = test::RunKvfold("inspect " + model + " --json");
     REQUIRE(inspect.exit_code == 0);
     CHECK(json::parse(inspect.out)["model_type"] == arch.config["model_type"]);
+    CHECK(json::parse(inspect.out)["rotary_dim"] == RotaryDim(arch.config));
+    CHECK(json::parse(inspect.out)["tensors"] == weights.size());  // as stored (fused: one)
     const auto evaluated = test::RunKvfold("eval " + model + " --text " + eval +
                                            " --window 64 --max-windows 2 --json --quiet");
     REQUIRE(evaluated.exit_code == 0);
