@@ -23,19 +23,17 @@ std::vector<std::int64_t> RowOrder(const std::vector<std::int64_t>& head_order,
   return rows;
 }
 
-std::size_t RowBytes(const TensorToWrite& t) {
-  std::size_t n = DTypeSize(t.dtype);
-  for (std::size_t i = 1; i < t.shape.size(); ++i) n *= static_cast<std::size_t>(t.shape[i]);
-  return n;
-}
-
-// `t`'s bytes with kvfold's row order undone: stored row order[i] is row i.
-std::string StoredRows(const TensorToWrite& t, const std::vector<std::int64_t>& order) {
-  const std::size_t row = RowBytes(t);
-  std::string out(t.bytes.size(), '\0');
-  for (std::size_t i = 0; i < order.size(); ++i)
-    std::memcpy(out.data() + static_cast<std::size_t>(order[i]) * row, t.bytes.data() + i * row,
-                row);
+// Per-channel values of whole heads moved by the head order (formats/tensor_store.h's MoveRows,
+// one float a row).
+std::vector<float> MoveChannels(const ModelConfig& c, const std::vector<float>& values,
+                                RowMove move) {
+  const std::vector<std::int64_t> head = HeadChannelOrder(c);
+  if (head.empty()) return values;
+  const std::string moved = MoveRows(
+      {reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)}, sizeof(float),
+      RowOrder(head, static_cast<std::int64_t>(values.size() / head.size())), move);
+  std::vector<float> out(values.size());
+  std::memcpy(out.data(), moved.data(), moved.size());
   return out;
 }
 
@@ -51,25 +49,11 @@ std::vector<std::int64_t> HeadChannelOrder(const ModelConfig& c) {
 }
 
 std::vector<float> ChannelsAsStored(const ModelConfig& c, const std::vector<float>& values) {
-  const std::vector<std::int64_t> order = HeadChannelOrder(c);
-  if (order.empty()) return values;
-  std::vector<float> out(values.size());
-  const std::size_t d = order.size();
-  for (std::size_t base = 0; base + d <= values.size(); base += d)
-    for (std::size_t i = 0; i < d; ++i)
-      out[base + static_cast<std::size_t>(order[i])] = values[base + i];
-  return out;
+  return MoveChannels(c, values, RowMove::kScatter);
 }
 
 std::vector<float> ChannelsAsKvfold(const ModelConfig& c, const std::vector<float>& values) {
-  const std::vector<std::int64_t> order = HeadChannelOrder(c);
-  if (order.empty()) return values;
-  std::vector<float> out(values.size());
-  const std::size_t d = order.size();
-  for (std::size_t base = 0; base + d <= values.size(); base += d)
-    for (std::size_t i = 0; i < d; ++i)
-      out[base + i] = values[base + static_cast<std::size_t>(order[i])];
-  return out;
+  return MoveChannels(c, values, RowMove::kGather);
 }
 
 std::string FusedQkvName(int layer) { return LayerName(layer, "self_attn.qkv_proj.weight"); }
@@ -113,7 +97,8 @@ void StoredLayoutWriter::Add(const std::optional<TensorId>& id, const TensorToWr
   TensorToWrite part = t;
   if (!head_order_.empty() && (r == TensorRole::kQProj || r == TensorRole::kKProj)) {
     const std::int64_t heads = t.shape[0] / config_.head_dim;
-    reordered = StoredRows(t, RowOrder(head_order_, heads));
+    reordered = MoveRows(t.bytes, RowBytes(t.dtype, t.shape), RowOrder(head_order_, heads),
+                         RowMove::kScatter);
     part.bytes = reordered;
   }
   if (config_.fused_qkv && r == TensorRole::kQProj)

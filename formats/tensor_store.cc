@@ -35,7 +35,7 @@ std::string_view SafetensorsFile::Bytes(const TensorEntry& entry) const {
 
 void TensorStore::AddFile(std::unique_ptr<SafetensorsFile> file) {
   for (const auto& entry : file->header().tensors) {
-    auto [it, inserted] = tensors_.emplace(entry.name, TensorRef{&entry, file.get()});
+    auto [it, inserted] = tensors_.emplace(entry.name, TensorRef{&entry, file.get(), nullptr});
     if (!inserted) {
       Fail(file->path(), "tensor '" + entry.name + "' also appears in " + it->second.file->path());
     }
@@ -144,23 +144,30 @@ void RequireFinite(const TensorRef& ref, const float* values, std::size_t count,
   }
 }
 
-std::size_t RowBytes(const TensorEntry& e) {
-  std::size_t n = DTypeSize(e.dtype);
-  for (std::size_t i = 1; i < e.shape.size(); ++i) n *= static_cast<std::size_t>(e.shape[i]);
+}  // namespace
+
+std::size_t RowBytes(DType dtype, const std::vector<std::int64_t>& shape) {
+  std::size_t n = DTypeSize(dtype);
+  for (std::size_t i = 1; i < shape.size(); ++i) n *= static_cast<std::size_t>(shape[i]);
   return n;
 }
 
-}  // namespace
+std::string MoveRows(std::string_view bytes, std::size_t row_bytes,
+                     const std::vector<std::int64_t>& order, RowMove move) {
+  std::string out(bytes.size(), '\0');
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const std::size_t other = static_cast<std::size_t>(order[i]) * row_bytes, own = i * row_bytes;
+    const bool gather = move == RowMove::kGather;
+    std::memcpy(out.data() + (gather ? own : other), bytes.data() + (gather ? other : own),
+                row_bytes);
+  }
+  return out;
+}
 
 std::string OrderedBytes(const TensorRef& ref) {
-  const std::string_view stored = ref.bytes();
-  if (!ref.row_order) return std::string(stored);
-  const std::size_t row = RowBytes(*ref.entry);
-  std::string out(stored.size(), '\0');
-  for (std::size_t i = 0; i < ref.row_order->size(); ++i)
-    std::memcpy(out.data() + i * row,
-                stored.data() + static_cast<std::size_t>((*ref.row_order)[i]) * row, row);
-  return out;
+  if (!ref.row_order) return std::string(ref.bytes());
+  return MoveRows(ref.bytes(), RowBytes(ref.entry->dtype, ref.entry->shape), *ref.row_order,
+                  RowMove::kGather);
 }
 
 void TensorStore::ReadF32(const std::string& name, float* dst) const {
@@ -186,7 +193,7 @@ void TensorStore::SplitRows(const std::string& stored, const std::vector<RowView
                                  std::to_string(e.shape.empty() ? 0 : e.shape[0]) +
                                  " rows; the config implies " + std::to_string(rows));
   }
-  const std::size_t row = RowBytes(e);
+  const std::size_t row = RowBytes(e.dtype, e.shape);
   tensors_.erase(stored);  // `whole` keeps its entry and file; a view may reuse the name
   std::int64_t first = 0;
   for (const RowView& v : views) {

@@ -38,6 +38,16 @@ struct TensorRef {
   std::string_view bytes() const { return file->Bytes(*entry); }
 };
 
+// Bytes per row (first dimension) of a tensor of `dtype` and `shape`.
+std::size_t RowBytes(DType dtype, const std::vector<std::int64_t>& shape);
+
+// Rows of `row_bytes` bytes moved by `order`. kGather: row i of the result is row order[i] of
+// `bytes` (a stored order read in kvfold's); kScatter: the inverse, row i goes to row order[i].
+// Rows `order` does not reach stay zero.
+enum class RowMove { kGather, kScatter };
+std::string MoveRows(std::string_view bytes, std::size_t row_bytes,
+                     const std::vector<std::int64_t>& order, RowMove move);
+
 // The bytes of `ref` with its rows in kvfold's order (a copy when a row order applies).
 std::string OrderedBytes(const TensorRef& ref);
 

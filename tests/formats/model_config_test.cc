@@ -21,6 +21,16 @@ std::string With(const std::string& extra) {
   return s.substr(0, s.size() - 1) + "," + extra + "}";
 }
 
+// The error `text` (as config.json) is refused with, or "accepted".
+std::string message(const std::string& text) {
+  try {
+    ParseModelConfig(text, "config.json");
+  } catch (const Error& e) {
+    return std::string(e.what());
+  }
+  return std::string("accepted");
+}
+
 // `text` (as config.json) is refused in one line naming the file and containing `needle`.
 void rejects(const std::string& text, const std::string& needle) {
   try {
@@ -194,14 +204,6 @@ TEST_CASE("rope_scaling: llama3, linear and dynamic as transformers computes the
 }
 
 TEST_CASE("unsupported rope settings and architectures are refused by name", "[config][rope]") {
-  auto message = [](const std::string& text) {
-    try {
-      ParseModelConfig(text, "config.json");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("accepted");
-  };
   CHECK_THAT(message(With(R"("rope_scaling":{"rope_type":"yarn","factor":4.0})")),
              Catch::StartsWith("config.json: rope_scaling type 'yarn' is not supported"));
   CHECK_THAT(
@@ -249,14 +251,6 @@ TEST_CASE("phi3: fused projections, partial rotary and longrope as transformers 
   CHECK(f[63] == 0);
   CHECK(RopePairFrequencies(c, 5000)[1] == Approx(f[1]));  // equal factors here: long = short
 
-  auto message = [](const std::string& text) {
-    try {
-      ParseModelConfig(text, "config.json");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("accepted");
-  };
   const std::string phi = R"("model_type":"phi3",)";
   CHECK(ParseModelConfig(With(phi + R"("partial_rotary_factor":0.3)"), "c").rotary_dim ==
         2);  // int(8 x 0.3), as transformers rounds
