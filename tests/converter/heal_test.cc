@@ -46,7 +46,7 @@ TEST_CASE("heal leaves an exact fold byte for byte", "[convert][heal][exact][sha
   TempDir tmp;
   RunConvert("stories260K-mha", "gqa-svd<kv-heads=4>", tmp.File("fold"));
   // Both targets: with every layer below exact, the two streams agree and so do the targets.
-  for (const std::string& target : {"layer", "trajectory"}) {
+  for (const std::string target : {"layer", "trajectory"}) {
     INFO(target);
     RunConvert("stories260K-mha",
                "gqa-svd<kv-heads=4>,heal<steps=60,windows=32,target=" + target + ">",
