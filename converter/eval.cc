@@ -196,6 +196,7 @@ nlohmann::ordered_json RunEval(const EvalJob& a) {
   const std::int32_t bos = tokenizer->bos_id();
   const RuntimeOptions runtime = StreamedRuntime(a.compute);  // the checkpoints outlive the models
   EvalOptions options{a.batch, a.compute.progress};
+  options.vocab_block_rows = a.vocab_block;
   options.across_ranks = true;  // under mpirun each rank evaluates its share of the windows
   const EvalModels m = LoadModels(a, ck, runtime, options);
   RequireSameOnEveryRank(RankInputs(a, ck, m.compare_ck ? &*m.compare_ck : nullptr, m.cache));

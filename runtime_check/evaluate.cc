@@ -12,6 +12,7 @@
 #include "formats/ranks.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/llama_forward.h"
+#include "runtime_check/vocab_blocks.h"
 
 namespace kvfold {
 namespace {
@@ -77,13 +78,13 @@ PerplexityResult Finish(int windows, std::int64_t tokens, double nll_sum, double
 }
 
 // Sum over positions of -log p(target), in double.
-double NllSum(const at::Tensor& log_probs, const at::Tensor& targets) {
-  return -log_probs.gather(-1, targets.unsqueeze(-1)).to(at::kDouble).sum().item<double>();
+double NllSum(const RowScores& s) {
+  return -s.TargetLogProb().to(at::kDouble).sum().item<double>();
 }
 
 // Number of positions whose argmax is the target.
-double Correct(const at::Tensor& log_probs, const at::Tensor& targets) {
-  return log_probs.argmax(-1).eq(targets).sum().item<double>();
+double Correct(const RowScores& s, const at::Tensor& targets) {
+  return s.argmax.eq(targets).sum().item<double>();
 }
 
 std::string Rate(std::int64_t tokens, double seconds) {
@@ -176,36 +177,24 @@ HiddenStateStore SweepGroups(const ReferenceModel::Impl& model, const Groups& gr
   return logits;
 }
 
-// A model's scored positions of one group, ready to be cut into row chunks: the final residual
-// stream [R, D] of the rows that are scored (or, decoded token by token, their logits [R, V]).
-struct ScoredRows {
-  at::Tensor rows;
-  bool are_logits = false;
-};
-
-ScoredRows Scored(const ReferenceModel::Impl& model, const at::Tensor& swept, std::int64_t windows,
-                  std::int64_t W, const ScoredPositions& scored) {
+// A model's scored positions of one group as logits formed a vocabulary block at a time: the
+// final residual streams of the rows that are scored, normalised, against the LM head (or,
+// decoded token by token, the logits [R, V] themselves).
+std::unique_ptr<LogitSource> ScoredLogits(const ReferenceModel::Impl& model,
+                                          const at::Tensor& swept, std::int64_t windows,
+                                          std::int64_t W, const ScoredPositions& scored) {
   const std::int64_t width = swept.size(-1);
-  return {swept.reshape({windows, W, width})
-              .narrow(1, scored.begin, scored.count())
-              .reshape({-1, width}),
-          model.DecodesTokenByToken()};
+  at::Tensor rows = swept.reshape({windows, W, width})
+                        .narrow(1, scored.begin, scored.count())
+                        .reshape({-1, width});
+  if (model.DecodesTokenByToken()) return std::make_unique<GivenLogits>(std::move(rows));
+  return std::make_unique<HeadLogits>(
+      RmsNorm(rows, model.final_norm, model.config.rms_norm_eps), model.config.vocab_size,
+      [&model](std::int64_t begin, std::int64_t count) { return model.LmHeadRows(begin, count); });
 }
 
-// Log-probabilities of rows [begin, begin + count) of `scored`: logits are formed here, a chunk
-// of rows at a time, never as one [tokens x vocab] tensor.
-at::Tensor LogProbs(const ReferenceModel::Impl& model, const at::Tensor& head,
-                    const ScoredRows& scored, std::int64_t begin, std::int64_t count) {
-  const at::Tensor rows = scored.rows.narrow(0, begin, count);
-  if (scored.are_logits) return at::log_softmax(rows, -1);
-  return at::log_softmax(
-      at::linear(RmsNorm(rows, model.final_norm, model.config.rms_norm_eps), head), -1);
-}
-
-// Rows per chunk of logits: as asked, else about 8 Mi floats (32 MiB) of them.
-std::int64_t RowsPerChunk(const EvalOptions& options, std::int64_t vocab) {
-  if (options.logit_chunk_rows > 0) return options.logit_chunk_rows;
-  return std::max<std::int64_t>(1, (std::int64_t{8} << 20) / vocab);
+VocabBlocking BlockingOf(const EvalOptions& options) {
+  return {options.vocab_block_rows, options.logit_chunk_rows};
 }
 
 }  // namespace
@@ -228,32 +217,25 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   }
   const HiddenStateStore hidden = SweepGroups(impl, groups, per_group, options.cache,
                                               [&](std::int64_t done) { progress.Update(done); });
-  const at::Tensor head = impl.LmHead();
   std::vector<GroupSums> sums(groups.total);
   RunDataParallel(
       model, groups.batches.size(),
       [&](std::size_t k, std::size_t) {
         const Batch& group = groups.batches[k];
         const std::size_t g = groups.index[k];
-        const ScoredRows rows =
-            Scored(impl, hidden.Get(k, impl.device), group.inputs.size(0), W, scored);
+        const auto rows =
+            ScoredLogits(impl, hidden.Get(k, impl.device), group.inputs.size(0), W, scored);
         const at::Tensor targets =
             group.targets.narrow(1, scored.begin, scored.count()).reshape({-1});
-        const std::int64_t R = targets.size(0),
-                           chunk = RowsPerChunk(options, impl.config.vocab_size);
-        for (std::int64_t begin = 0; begin < R; begin += chunk) {
-          const std::int64_t count = std::min(chunk, R - begin);
-          const at::Tensor lp = LogProbs(impl, head, rows, begin, count);
-          const at::Tensor t = targets.narrow(0, begin, count);
-          sums[g].nll_a += NllSum(lp, t);
-          sums[g].correct_a += Correct(lp, t);
-          if (options.token_logp != nullptr) {
-            const at::Tensor picked = lp.gather(-1, t.unsqueeze(-1)).to(at::kFloat).cpu();
-            std::copy_n(picked.data_ptr<float>(), count,
-                        options.token_logp->begin() + (g * per_group * scored.count() + begin));
-          }
+        const RowScores s = ScoreRows(*rows, targets, BlockingOf(options));
+        sums[g].nll_a += NllSum(s);
+        sums[g].correct_a += Correct(s, targets);
+        if (options.token_logp != nullptr) {
+          const at::Tensor picked = s.TargetLogProb().to(at::kFloat).cpu().contiguous();
+          std::copy_n(picked.data_ptr<float>(), picked.numel(),
+                      options.token_logp->begin() + g * per_group * scored.count());
         }
-        sums[g].tokens = R;
+        sums[g].tokens = targets.size(0);
       },
       [](std::size_t) {});
   const GroupSums t = Total(std::move(sums), options.across_ranks);
@@ -328,34 +310,27 @@ ComparisonResult Score(const ReferenceSweep::State& s, const ReferenceModel& oth
   const HiddenStateStore hidden_b =
       SweepGroups(b, s.groups, s.per_group, options.cache,
                   [&](std::int64_t done) { progress.Update(offset + done); });
-  const at::Tensor head_a = a.LmHead(), head_b = b.LmHead();
   std::vector<GroupSums> sums(s.groups.total);
   RunDataParallel(
       *s.base, s.groups.batches.size(),
       [&](std::size_t k, std::size_t) {
         const Batch& group = s.groups.batches[k];
         const std::int64_t windows_in_group = group.inputs.size(0);
-        const ScoredRows rows_a =
-            Scored(a, s.hidden.Get(k, a.device), windows_in_group, W, s.scored);
-        const ScoredRows rows_b =
-            Scored(b, hidden_b.Get(k, b.device), windows_in_group, W, s.scored);
+        const auto rows_a =
+            ScoredLogits(a, s.hidden.Get(k, a.device), windows_in_group, W, s.scored);
+        const auto rows_b =
+            ScoredLogits(b, hidden_b.Get(k, b.device), windows_in_group, W, s.scored);
         const at::Tensor targets =
             group.targets.narrow(1, s.scored.begin, s.scored.count()).reshape({-1});
-        const std::int64_t R = targets.size(0), chunk = RowsPerChunk(options, a.config.vocab_size);
+        const PairScores p = CompareRows(*rows_a, *rows_b, targets, BlockingOf(options));
         GroupSums& g = sums[s.groups.index[k]];
-        for (std::int64_t begin = 0; begin < R; begin += chunk) {
-          const std::int64_t count = std::min(chunk, R - begin);
-          const at::Tensor lp_a = LogProbs(a, head_a, rows_a, begin, count);
-          const at::Tensor lp_b = LogProbs(b, head_b, rows_b, begin, count);
-          const at::Tensor t = targets.narrow(0, begin, count);
-          g.nll_a += NllSum(lp_a, t);
-          g.nll_b += NllSum(lp_b, t);
-          g.correct_a += Correct(lp_a, t);
-          g.correct_b += Correct(lp_b, t);
-          g.kl += (lp_a.exp() * (lp_a - lp_b)).sum(-1).to(at::kDouble).sum().item<double>();
-          g.agree += lp_a.argmax(-1).eq(lp_b.argmax(-1)).sum().item<double>();
-        }
-        g.tokens = R;
+        g.nll_a += NllSum(p.a);
+        g.nll_b += NllSum(p.b);
+        g.correct_a += Correct(p.a, targets);
+        g.correct_b += Correct(p.b, targets);
+        g.kl += p.kl.to(at::kDouble).sum().item<double>();
+        g.agree += p.a.argmax.eq(p.b.argmax).sum().item<double>();
+        g.tokens = targets.size(0);
       },
       [](std::size_t) {});
   const GroupSums t = Total(std::move(sums), s.across_ranks);

@@ -23,6 +23,9 @@ struct EvalOptions {
   std::int64_t scored_from = 0;
   // Scored positions whose logits are formed at once; 0 = about 32 MiB of them.
   std::int64_t logit_chunk_rows = 0;
+  // Vocabulary ids whose LM head rows are read and applied at once; 0 = about 64 MiB of them
+  // (runtime_check/vocab_blocks.h: the whole head never exists in float32 when streamed).
+  std::int64_t vocab_block_rows = 0;
   // Under mpirun (formats/ranks.h): each rank evaluates its share of the window groups and every
   // rank gets the totals (collective). Off: this rank evaluates every window alone.
   bool across_ranks = false;

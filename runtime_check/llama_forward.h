@@ -68,6 +68,9 @@ struct ReferenceModel::Impl {
   std::shared_ptr<const LlamaLayerWeights> LayerWeights(std::int64_t l) const;
   at::Tensor Embed(const at::Tensor& tokens) const;  // int64 [B, T] -> [B T, D]
   at::Tensor LmHead() const;                         // [V, D]
+  // Rows [begin, begin + count) of the LM head, float32 on `device`: a streamed model reads only
+  // those rows from the checkpoint (runtime_check/vocab_blocks.h).
+  at::Tensor LmHeadRows(std::int64_t begin, std::int64_t count) const;
 
   // The residual streams [B T, D] of many batches of int64 tokens [B, T], run layer by layer:
   // each layer is fetched once and applied to every batch (data-parallel on CPU) before the

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <numeric>
 #include <thread>
 
 #include "formats/error.h"
@@ -126,12 +127,18 @@ at::Tensor ReferenceModel::Impl::Embed(const at::Tensor& tokens) const {
   return out.to(device);
 }
 
-at::Tensor ReferenceModel::Impl::LmHead() const {
-  if (streamed == nullptr) return lm_head;
+at::Tensor ReferenceModel::Impl::LmHead() const { return LmHeadRows(0, config.vocab_size); }
+
+at::Tensor ReferenceModel::Impl::LmHeadRows(std::int64_t begin, std::int64_t count) const {
+  if (streamed == nullptr) return lm_head.narrow(0, begin, count);
   c10::InferenceMode inference;
-  return LoadTensor(*streamed,
-                    {config.tie_word_embeddings ? TensorRole::kEmbedTokens : TensorRole::kLmHead},
-                    device);
+  const TensorRole role =
+      config.tie_word_embeddings ? TensorRole::kEmbedTokens : TensorRole::kLmHead;
+  std::vector<std::int64_t> rows(static_cast<std::size_t>(count));
+  std::iota(rows.begin(), rows.end(), begin);
+  at::Tensor out = at::empty({count, config.hidden_size}, at::kFloat);
+  streamed->tensors.ReadRowsF32(streamed->Tensor({role}).entry->name, rows, out.data_ptr<float>());
+  return out.to(device);
 }
 
 std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,

@@ -109,6 +109,10 @@ Command AddEvalCommand(CLI::App& app) {
   AddComputeOptions(sub, job.compute);
   sub->add_option("--batch", job.batch, "Windows per forward batch (0 = ~2048 tokens)")
       ->check(CLI::Range(0, 1 << 16));
+  sub->add_option("--vocab-block", job.vocab_block,
+                  "LM head rows read and applied at once when scoring (0 = about 64 MiB of them; "
+                  "the vocabulary size = the whole head in float32 at once)")
+      ->check(CLI::Range(0, 1 << 30));
   sub->add_flag("--json", a->json, "Print JSON instead of text");
   sub->add_flag("--quiet", a->quiet, "No progress lines on stderr");
   return {sub, [a] { return Run(*a); }};

@@ -112,3 +112,27 @@ TEST_CASE("a reference swept once scores every model as a fresh comparison does"
   CHECK_THROWS_WITH(CompareModels(swept, *other, other_positions),
                     Catch::Contains("other options than it was made with"));
 }
+
+TEST_CASE(
+    "a comparison over vocabulary blocks read from the checkpoint equals one over the whole head",
+    "[runtime][compare][vocab][shared]") {
+  const Checkpoint f32 = OpenCheckpoint(SharedPath("models/mini-mha"));
+  const Checkpoint bf16 = OpenCheckpoint(SharedPath("models/mini-mha-bf16-sharded"));
+  const auto windows = Windows(f32, "text/wikitext-2/test.raw.txt", 4);
+  RuntimeOptions streamed{"cpu", 2};
+  streamed.stream_layers = true;  // head rows read block by block from the (tied) embedding
+  const auto a = ReferenceModel::Load(f32, streamed);
+  const auto b = ReferenceModel::Load(bf16, streamed);
+  const ComparisonResult whole = CompareModels(*a, *b, windows, 1, Quiet());  // one block
+  EvalOptions blocked = Quiet();
+  blocked.vocab_block_rows = 300;  // 2048 ids: six blocks and a remainder
+  blocked.logit_chunk_rows = 100;
+  const ComparisonResult c = CompareModels(*a, *b, windows, 1, blocked);
+  // The same float32 terms summed in another order. The KL (~1e-5 nats) is what is left of
+  // sum p_a (la - lb) minus the lse difference, terms ~1e3 times larger: 1e-3 relative. NLL: 1e-6.
+  CHECK(c.kl == Approx(whole.kl).epsilon(1e-3));
+  CHECK(c.base.mean_nll == Approx(whole.base.mean_nll).epsilon(1e-6));
+  CHECK(c.other.mean_nll == Approx(whole.other.mean_nll).epsilon(1e-6));
+  CHECK(c.top1_agreement == Approx(whole.top1_agreement).margin(2.0 / c.base.tokens_predicted));
+  CHECK(c.base.tokens_predicted == whole.base.tokens_predicted);
+}

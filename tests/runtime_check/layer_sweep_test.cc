@@ -110,14 +110,15 @@ TEST_CASE("hidden states spilled to a file give what resident ones give",
   }
 }
 
-TEST_CASE("chunked metrics equal float64 log-softmax over whole logits",
+TEST_CASE("chunked, vocabulary-blocked metrics equal float64 log-softmax over whole logits",
           "[runtime][sweep][shared]") {
   const Loaded l = LoadWindows("stories260K", 32, 3);
   const auto model = Model(l.ck, true);
   const std::int32_t bos = l.tokenizer->bos_id();
   EvalOptions o;
   o.progress = false;
-  o.logit_chunk_rows = 7;  // chunks that straddle windows and leave a remainder
+  o.logit_chunk_rows = 7;   // chunks that straddle windows and leave a remainder
+  o.vocab_block_rows = 37;  // head rows read from the checkpoint in uneven blocks
   o.scored_from = 5;
   const PerplexityResult p = EvaluatePerplexity(*model, l.windows, bos, o);
   // Independent reference: whole [T, V] logits of each window, log-softmax in double.
