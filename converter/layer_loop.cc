@@ -171,7 +171,8 @@ ModelConfig LayerConfig(const ModelDraft& draft, int l) {
 LayerWeightSource DraftWeights(const ModelDraft& draft) {
   return {[&draft](const std::string& name) { return draft.Has(name); },
           [&draft](const std::string& name) { return draft.Shape(name); },
-          [&draft](const std::string& name) { return draft.ReadF32(name); }};
+          [&draft](const std::string& name) { return draft.ReadF32(name); },
+          [&draft](const std::string& name) { return draft.Generation(name); }};
 }
 
 // Runs `pass` on layer l with an o_proj refit around it: the layer's attention context is

@@ -556,7 +556,8 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
   c10::InferenceMode inference;
   State& s = *state_;
   s.model.config = layer_config;
-  const LlamaLayerWeights w = LoadLayerWeights(weights, layer_config, layer, s.model.device);
+  const LlamaLayerWeights w =
+      LoadLayerWeights(weights, layer_config, layer, s.model.device, &s.weights);
   const std::size_t n = s.tokens.size();
   const std::size_t slots =
       observers.empty() ? DataParallelSlots(s.model.device.is_cpu()) : observers.size();
@@ -570,6 +571,7 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
         if (advance) s.hidden.Put(b, x);
       },
       [](std::size_t) {});
+  if (advance) s.weights = LayerWeightCache();  // the layer is done: its weights leave
 }
 
 }  // namespace kvfold

@@ -5,7 +5,9 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "calib/layer_observer.h"
@@ -33,9 +35,23 @@ struct LlamaLayerWeights {
 // Layer l's weights read from the checkpoint as float32 onto `device`; the source pages are
 // released as each tensor is converted.
 LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t l, const at::Device& device);
+// One layer's weights as read from a LayerWeightSource with generations, stacked as
+// LlamaLayerWeights holds them, with the generations of the tensors each was read from.
+struct LayerWeightCache {
+  struct Entry {
+    std::vector<std::uint64_t> generations;
+    at::Tensor value;
+  };
+  std::int64_t layer = -1;
+  std::map<std::string, Entry> entries;  // by the names read, joined
+};
+
 // The same from a converter's draft, shaped as `config` (the layer's own head counts) says.
+// With a cache (and a source that tells generations), tensors unchanged since the cache read
+// them for this layer are not read again; a cache of another layer is emptied first.
 LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config,
-                                   std::int64_t l, const at::Device& device);
+                                   std::int64_t l, const at::Device& device,
+                                   LayerWeightCache* cache = nullptr);
 
 // How a sweep runs: who watches, which cache policy applies, and who hears of progress.
 struct SweepOptions {
@@ -108,6 +124,7 @@ struct ReferenceModel::Stepper::State {
   std::vector<at::Tensor> tokens;  // int64 [B, T] per batch
   std::vector<std::int64_t> first_sequences;
   HiddenStateStore hidden{UINT64_MAX};  // [B T, D] per batch
+  LayerWeightCache weights;             // the layer being run, until it is advanced past
 };
 
 // Building blocks shared by the batched forward and token-by-token decoding.

@@ -43,10 +43,6 @@ at::Tensor TokenTensor(const std::vector<std::int32_t>& ids, int rows, std::int6
   return t.to(device);
 }
 
-at::Tensor CatDefined(std::vector<at::Tensor> parts) {
-  return parts.front().defined() ? at::cat(parts, 0) : at::Tensor();
-}
-
 }  // namespace
 
 ReferenceModel::ReferenceModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -54,37 +50,45 @@ ReferenceModel::~ReferenceModel() = default;
 
 namespace {
 
-// Layer l's weights from load(role); optional tensors are asked for only when the config has them.
-LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l,
-                                const std::function<at::Tensor(TensorRole)>& load) {
-  auto maybe = [&](bool present, TensorRole r) { return present ? load(r) : at::Tensor(); };
+// The roles' tensors of one layer stacked by rows (one role: its tensor), float32 on the device.
+using LoadRoles = std::function<at::Tensor(const std::vector<TensorRole>&)>;
+
+// Layer l's weights from load(roles); optional tensors are asked for only when the config has them.
+LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const LoadRoles& load) {
+  using R = TensorRole;
+  auto maybe = [&](bool present, std::vector<TensorRole> roles) {
+    return present ? load(roles) : at::Tensor();
+  };
   LlamaLayerWeights w;
-  w.attn_norm = load(TensorRole::kAttnNorm);
-  if (c.ComputesKv(l)) {
-    w.w_qkv =
-        at::cat({load(TensorRole::kQProj), load(TensorRole::kKProj), load(TensorRole::kVProj)}, 0);
-    w.b_qkv =
-        CatDefined({maybe(c.qkv_bias, TensorRole::kQBias), maybe(c.qkv_bias, TensorRole::kKBias),
-                    maybe(c.qkv_bias, TensorRole::kVBias)});
-  } else {  // reads another layer's K/V: queries only
-    w.w_qkv = load(TensorRole::kQProj);
-    w.b_qkv = maybe(c.qkv_bias, TensorRole::kQBias);
-  }
-  w.w_o = load(TensorRole::kOProj);
+  w.attn_norm = load({R::kAttnNorm});
+  const bool kv = c.ComputesKv(l);  // else it reads another layer's K/V: queries only
+  w.w_qkv = kv ? load({R::kQProj, R::kKProj, R::kVProj}) : load({R::kQProj});
+  w.b_qkv = maybe(c.qkv_bias,
+                  kv ? std::vector<R>{R::kQBias, R::kKBias, R::kVBias} : std::vector<R>{R::kQBias});
+  w.w_o = load({R::kOProj});
   if (c.key_projection_heads > 0) {
-    w.k_cache_proj = load(TensorRole::kKCacheProj);
-    w.q_cache_proj = load(TensorRole::kQCacheProj);
+    w.k_cache_proj = load({R::kKCacheProj});
+    w.q_cache_proj = load({R::kQCacheProj});
   }
-  w.b_o = maybe(c.o_bias, TensorRole::kOBias);
-  w.q_norm = maybe(c.qk_norm, TensorRole::kQNorm);
-  w.k_norm = maybe(c.qk_norm && c.ComputesKv(l), TensorRole::kKNorm);
-  w.mlp_norm = load(TensorRole::kMlpNorm);
-  w.w_gate_up = at::cat({load(TensorRole::kGateProj), load(TensorRole::kUpProj)}, 0);
-  w.b_gate_up = CatDefined(
-      {maybe(c.mlp_bias, TensorRole::kGateBias), maybe(c.mlp_bias, TensorRole::kUpBias)});
-  w.w_down = load(TensorRole::kDownProj);
-  w.b_down = maybe(c.mlp_bias, TensorRole::kDownBias);
+  w.b_o = maybe(c.o_bias, {R::kOBias});
+  w.q_norm = maybe(c.qk_norm, {R::kQNorm});
+  w.k_norm = maybe(c.qk_norm && kv, {R::kKNorm});
+  w.mlp_norm = load({R::kMlpNorm});
+  w.w_gate_up = load({R::kGateProj, R::kUpProj});
+  w.b_gate_up = maybe(c.mlp_bias, {R::kGateBias, R::kUpBias});
+  w.w_down = load({R::kDownProj});
+  w.b_down = maybe(c.mlp_bias, {R::kDownBias});
   return w;
+}
+
+// load(roles) from one tensor loader: the tensors read one by one, then stacked.
+LoadRoles Stacked(const std::function<at::Tensor(TensorRole)>& one) {
+  return [one](const std::vector<TensorRole>& roles) {
+    if (roles.size() == 1) return one(roles.front());
+    std::vector<at::Tensor> parts;
+    for (const TensorRole r : roles) parts.push_back(one(r));
+    return at::cat(parts, 0);
+  };
 }
 
 }  // namespace
@@ -92,17 +96,37 @@ LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l,
 LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer,
                                    const at::Device& dev) {
   const int l = static_cast<int>(layer);
-  return AssembleLayer(ck.config, l, [&](TensorRole r) { return LoadTensor(ck, {r, l}, dev); });
+  return AssembleLayer(ck.config, l, Stacked([&](TensorRole r) {
+                         return LoadTensor(ck, {r, l}, dev);
+                       }));
 }
 
 LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config,
-                                   std::int64_t layer, const at::Device& dev) {
+                                   std::int64_t layer, const at::Device& dev,
+                                   LayerWeightCache* cache) {
   const int l = static_cast<int>(layer);
-  return AssembleLayer(config, l, [&](TensorRole r) {
+  const LoadRoles read = Stacked([&](TensorRole r) {
     const std::string name = HfTensorName({r, l});
     if (!source.has(name)) Fail(name, "the converted layer has no such tensor");
     std::vector<float> values = source.read(name);
     return at::from_blob(values.data(), source.shape(name), at::kFloat).clone().to(dev);
+  });
+  if (cache == nullptr || !source.generation) return AssembleLayer(config, l, read);
+  if (cache->layer != l) *cache = LayerWeightCache{l, {}};
+  return AssembleLayer(config, l, [&](const std::vector<TensorRole>& roles) {
+    std::string key;
+    std::vector<std::uint64_t> generations;
+    for (const TensorRole r : roles) {
+      key += HfTensorName({r, l}) + ";";
+      generations.push_back(source.generation(HfTensorName({r, l})));
+    }
+    auto& entry = cache->entries[key];
+    if (!entry.value.defined() || entry.generations != generations) {
+      entry.value = at::Tensor();  // the stale copy leaves first
+      entry.value = read(roles);
+      entry.generations = std::move(generations);
+    }
+    return entry.value;
   });
 }
 

@@ -44,6 +44,10 @@ struct LayerWeightSource {
   std::function<bool(const std::string& name)> has;
   std::function<std::vector<std::int64_t>(const std::string& name)> shape;
   std::function<std::vector<float>(const std::string& name)> read;
+  // Optional: a number that changes whenever the tensor's values do. With it a Stepper reads a
+  // layer's tensors once and keeps them while they stay unchanged (observe, observe again after
+  // a pass rewrote K/V, advance: the MLP is read once, not three times).
+  std::function<std::uint64_t(const std::string& name)> generation;
 };
 
 class ReferenceModel {

@@ -77,6 +77,12 @@ void ModelDraft::Replace(const std::string& name, std::vector<std::int64_t> shap
   Replacement& r = replaced_[name] = Replacement();
   r.shape = std::move(shape);
   r.data = std::move(data);
+  Touch(name);
+}
+
+std::uint64_t ModelDraft::Generation(const std::string& name) const {
+  const auto it = generations_.find(name);
+  return it == generations_.end() ? 0 : it->second;
 }
 
 void ModelDraft::Add(const TensorId& id, std::vector<std::int64_t> shape, std::vector<float> data,
@@ -89,6 +95,7 @@ void ModelDraft::Add(const TensorId& id, std::vector<std::int64_t> shape, std::v
 void ModelDraft::Remove(const std::string& name) {
   RequireUnwritten(name);
   replaced_.erase(name);
+  Touch(name);
   if (source_.tensors.Find(name) != nullptr) removed_.push_back(name);
 }
 
@@ -126,6 +133,7 @@ void ModelDraft::SealLayer(int layer) {
     if (LayerOf(name) != layer || !r.sealed.empty() || r.written) continue;
     r.sealed = OutputBytes(name, r);
     r.data = std::vector<float>();  // frees the float32 copy
+    Touch(name);                    // reads now give the rounded values
   }
 }
 

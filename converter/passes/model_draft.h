@@ -45,6 +45,9 @@ class ModelDraft {
   bool Has(const std::string& name) const;
   std::vector<std::int64_t> Shape(const std::string& name) const;
   std::vector<float> ReadF32(const std::string& name) const;
+  // Changes whenever the values ReadF32(name) gives may have: 0 for a source tensor never
+  // touched; Replace, Add, Remove and the rounding of SealLayer each give a new number.
+  std::uint64_t Generation(const std::string& name) const;
 
   // Converts every tensor replaced or added in `layer` to the dtype it will be written in and
   // frees its float32 copy: a converter done with a layer holds its bytes, not twice as many.
@@ -97,8 +100,11 @@ class ModelDraft {
   DType OutputDType(const std::string& name, const Replacement& r) const;
   std::string OutputBytes(const std::string& name, const Replacement& r) const;
   const Checkpoint& source_;
+  void Touch(const std::string& name) { generations_[name] = ++last_generation_; }
   std::map<std::string, Replacement> replaced_;
   std::vector<std::string> removed_;
+  std::map<std::string, std::uint64_t> generations_;
+  std::uint64_t last_generation_ = 0;
   ExtraFiles extra_files_;
   std::unique_ptr<ModelExporter> output_;
   std::set<int> layers_written_;

@@ -104,3 +104,30 @@ TEST_CASE("layers written as they finish give the bytes of a draft written at th
   CHECK(out.tensors.Get("model.layers." + last + ".self_attn.v_proj.weight").entry->begin <
         out.tensors.Get("model.embed_tokens.weight").entry->begin);
 }
+
+TEST_CASE("a tensor's generation changes whenever the values read from it may have",
+          "[passes][draft][shared]") {
+  TempDir tmp;
+  const Checkpoint ck = OpenCheckpoint(F16Copy(tmp));  // sealing rounds to F16: values change
+  ModelDraft draft(ck);
+  const TensorId k{TensorRole::kKProj, 0}, v{TensorRole::kVProj, 0};
+  const std::string k_name = HfTensorName(k);
+  CHECK(draft.Generation(k_name) == 0);  // the source's, untouched
+  std::vector<float> x = draft.ReadF32(k);
+  for (float& f : x) f = f / 3;  // thirds: not representable in F16, so sealing rounds them
+  draft.Replace(k, draft.Shape(k), x);
+  const std::uint64_t replaced = draft.Generation(k_name);
+  CHECK(replaced != 0);
+  CHECK(draft.Generation(HfTensorName(v)) == 0);  // another tensor keeps its own
+  draft.SealLayer(0);
+  const std::uint64_t sealed = draft.Generation(k_name);
+  CHECK(sealed != replaced);
+  CHECK(draft.ReadF32(k) != x);  // ...because the values read did change
+  draft.SealLayer(0);            // nothing left to seal: nothing changes
+  CHECK(draft.Generation(k_name) == sealed);
+  draft.Replace(k, draft.Shape(k), x);
+  CHECK(draft.Generation(k_name) != sealed);
+  CHECK(draft.Generation(k_name) != replaced);  // never a number given before
+  draft.Remove(k);
+  CHECK(draft.Generation(k_name) > sealed);
+}

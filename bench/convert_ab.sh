@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 27: one conversion at a published shape timed with two builds, A/B alternated (A, B, A,
+# B, ...): wall, user and system CPU time, peak RSS. The conversion is a quarter of the KV heads by
+# gqa-svd with its default o_proj refit (three runs of every layer: observe, observe after the
+# fold, advance), then kv-scales, with 4096 calibration tokens.
+#   bench/convert_ab.sh BUILD_B BUILD_A [SHAPE] [ROUNDS]   (default tinyllama-1.1b, 2 rounds)
+# WORK=folder for the checkpoints (default /tmp/kvfold-scale, shared with scale_sweep.sh).
+set -euo pipefail
+src="$(cd "$(dirname "$0")/.." && pwd)"
+shared="${KVFOLD_SHARED:-$src/../shared}"
+work="${WORK:-/tmp/kvfold-scale}"
+builds=("$2" "$1") shape="${3:-tinyllama-1.1b}" rounds="${4:-2}"
+calib="$shared/text/wikitext-2/valid.tokens.txt"
+model="$work/$shape"
+mkdir -p "$work"
+"${builds[1]}/bin/kvfold" --version | sed 's/^/# /'
+"${builds[1]}/bin/bench_eval_throughput" --model "$shared/models/micro-mha" --windows 1 --repeats 1 2>/dev/null |
+  grep -E "sgemm 2048" | sed 's/^/# /'
+[ -d "$model" ] || "${builds[1]}/bin/bench_make_random_checkpoint" "$shape" "$model" >/dev/null 2>&1
+kv=$(python3 -c "import json; print(max(1, json.load(open('$model/config.json'))['num_key_value_heads'] // 4))")
+passes="gqa-svd<kv-heads=$kv>,kv-scales"
+echo "# $shape: convert --passes '$passes' --calib-tokens 4096 --threads 2"
+echo "| build | wall s | user s | sys s | sys share | peak RSS GiB |"
+echo "|---|---|---|---|---|---|"
+for ((r = 0; r < rounds; ++r)); do
+  for i in 0 1; do
+    /usr/bin/time -f "%e %U %S %M" -o "$work/ab.time" "${builds[$i]}/bin/kvfold" convert "$model" \
+      --calib "$calib" --calib-tokens 4096 --passes "$passes" -o "$work/$shape-ab" --force --quiet \
+      --threads 2 >/dev/null
+    label=$([ "$i" = 0 ] && echo "A ${builds[0]}" || echo "B ${builds[1]}")
+    awk -v l="$label" '{printf "| %s | %.1f | %.1f | %.1f | %.0f%% | %.2f |\n", l, $1, $2, $3, 100 * $3 / ($2 + $3), $4 / 1048576}' "$work/ab.time"
+  done
+done
+rm -rf "$work/$shape-ab"

@@ -1,0 +1,117 @@
+// The converted mode's Stepper reads a layer once while its tensors stay unchanged.
+#include <catch2/catch.hpp>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "formats/checkpoint.h"
+#include "formats/tensor_names.h"
+#include "runtime_check/reference_model.h"
+#include "tests/test_support.h"
+
+using namespace kvfold;
+using kvfold::test::SharedPath;
+
+namespace {
+
+// A checkpoint as a LayerWeightSource that counts reads and whose tensors can be replaced (a
+// pass's rewrite), each replacement with a new generation.
+struct CountingSource {
+  explicit CountingSource(const Checkpoint& checkpoint) : ck(checkpoint) {}
+  const Checkpoint& ck;
+  bool tells_generations = true;
+  std::map<std::string, std::vector<float>> replaced;
+  std::map<std::string, std::uint64_t> generations;
+  std::map<std::string, int> reads;
+
+  LayerWeightSource Source() {
+    LayerWeightSource s{[this](const std::string& n) { return ck.tensors.Find(n) != nullptr; },
+                        [this](const std::string& n) { return ck.tensors.Get(n).entry->shape; },
+                        [this](const std::string& n) {
+                          ++reads[n];
+                          const auto it = replaced.find(n);
+                          return it != replaced.end() ? it->second : ck.tensors.ReadF32(n);
+                        },
+                        {}};
+    if (tells_generations) s.generation = [this](const std::string& n) { return generations[n]; };
+    return s;
+  }
+  void Replace(const std::string& name, std::vector<float> values) {
+    replaced[name] = std::move(values);
+    ++generations[name];
+  }
+};
+
+// Everything the layer shows: the residual stream entering it and its attention context.
+class Recorder : public LayerObserver {
+ public:
+  unsigned Wants(int) const override { return kCaptureResidual | kCaptureContext; }
+  void Observe(const AttentionCapture& c) override {
+    values.insert(values.end(), c.residual.data, c.residual.data + c.residual.size());
+    values.insert(values.end(), c.context.data, c.context.data + c.context.size());
+  }
+  std::vector<float> values;
+};
+
+// Per layer, as the converter runs a K/V pass with the o_proj refit: observe, rewrite k_proj,
+// observe again, advance. Returns everything observed.
+std::vector<float> Convert(CountingSource& source) {
+  const Checkpoint& ck = source.ck;
+  RuntimeOptions o{"cpu", 2};
+  o.stream_layers = true;
+  const auto model = ReferenceModel::Load(ck, o);
+  std::vector<ReferenceModel::ObservedBatch> batches(2);
+  std::mt19937 rng(7);
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    for (int i = 0; i < 2 * 32; ++i) batches[b].tokens.push_back(static_cast<int>(rng() % 512));
+    batches[b].windows = 2;
+    batches[b].first_sequence = static_cast<std::int64_t>(2 * b);
+  }
+  ReferenceModel::Stepper stepper(*model, batches);
+  std::vector<Recorder> recorders(stepper.slots());  // one per data-parallel slot
+  std::vector<LayerObserver*> observers;
+  for (Recorder& r : recorders) observers.push_back(&r);
+  for (int l = 0; l < ck.config.num_hidden_layers; ++l) {
+    const LayerWeightSource weights = source.Source();
+    stepper.Run(l, ck.config, weights, observers, false);
+    const std::string k = HfTensorName({TensorRole::kKProj, l});
+    std::vector<float> scaled = ck.tensors.ReadF32(k);
+    for (float& x : scaled) x *= 1.5f;
+    source.Replace(k, scaled);
+    stepper.Run(l, ck.config, weights, observers, false);
+    stepper.Run(l, ck.config, weights, {}, true);
+  }
+  std::vector<float> all;
+  for (const Recorder& r : recorders) all.insert(all.end(), r.values.begin(), r.values.end());
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("a stepper reads each tensor of a layer once until the tensor changes",
+          "[runtime][stepper][shared]") {
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
+  CountingSource cached{ck};
+  const std::vector<float> seen = Convert(cached);
+  CountingSource uncached{ck};
+  uncached.tells_generations = false;  // the same source, read afresh by every Run
+  const std::vector<float> expected = Convert(uncached);
+  // The same float32 values through the same operations: bit for bit, or a stale k_proj.
+  REQUIRE(seen.size() == expected.size());
+  CHECK(seen == expected);
+  for (int l = 0; l < ck.config.num_hidden_layers; ++l) {
+    INFO("layer " << l);
+    // q, k and v are read as one stacked matrix: k's change reads the three again.
+    for (const TensorRole r : {TensorRole::kQProj, TensorRole::kKProj, TensorRole::kVProj}) {
+      CHECK(cached.reads[HfTensorName({r, l})] == 2);
+      CHECK(uncached.reads[HfTensorName({r, l})] == 3);
+    }
+    for (const TensorRole r :
+         {TensorRole::kOProj, TensorRole::kGateProj, TensorRole::kUpProj, TensorRole::kDownProj,
+          TensorRole::kAttnNorm, TensorRole::kMlpNorm}) {
+      CHECK(cached.reads[HfTensorName({r, l})] == 1);
+      CHECK(uncached.reads[HfTensorName({r, l})] == 3);
+    }
+  }
+}
