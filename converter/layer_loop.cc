@@ -402,9 +402,8 @@ Pipeline CreatePipeline(const PipelineSpec& specs, const ModelConfig& config) {
            "kv-norm-analysis runs alone: its table describes the input model's heads "
            "(analyse a converted model in a second run)");
     }
-    for (const auto& info : PassRegistry()) {
-      if (spec.name == info.name) p.passes.push_back(info.create(spec, config));
-    }
+    p.passes.push_back(CreatePass(spec, config));
+    RequireSupported(*p.passes.back(), spec.name, config);
     p.needed |= p.passes.back()->NeededStatistics();
     const auto pairs = p.passes.back()->InputPairs();
     p.input_pairs.insert(p.input_pairs.end(), pairs.begin(), pairs.end());

@@ -25,6 +25,20 @@ class CrossLayerShare : public Pass {
     return "layers sharing K/V (mlkv, lckv) cannot run in llama.cpp: write an hf output for "
            "kvfold's runtime";
   }
+  std::string Unsupported(const ModelConfig& c) const override {
+    const std::string per_layer = NonUniformKvHeads(c, "layers that share K/V need");
+    if (!per_layer.empty()) return per_layer;
+    if (c.qk_norm) {
+      return "not supported on " + c.model_type +
+             ": a layer's per-head key RMSNorm (k_norm) is its own; sharing another layer's K/V "
+             "would drop it (and the output would be lckv-llama)";
+    }
+    if (c.model_type != "llama" || c.sliding_window > 0)
+      return "needs a llama model without sliding window (the output is lckv-llama)";
+    if (c.key_projection_heads > 0) return "the model already uses reconstruct-mode keys";
+    if (c.SharesKv()) return "the model's layers already share K/V";
+    return "";
+  }
 
  public:
   CrossLayerShare(std::string name, std::vector<std::int64_t> layout, std::string init,
@@ -49,19 +63,7 @@ class CrossLayerShare : public Pass {
   void Run(PassContext& ctx) override {
     ModelDraft& model = ctx.model;
     const ModelConfig& c = model.config;
-    if (c.qk_norm) {
-      Fail("--passes", name_ + ": not supported on " + c.model_type +
-                           ": a layer's per-head key RMSNorm (k_norm) "
-                           "is its own; sharing another layer's K/V would drop it (and the output "
-                           "would be lckv-llama)");
-    }
-    if (c.model_type != "llama" || c.sliding_window > 0) {
-      Fail("--passes",
-           name_ + ": needs a llama model without sliding window (the output is lckv-llama)");
-    }
-    if (c.key_projection_heads > 0)
-      Fail("--passes", name_ + ": the model already uses reconstruct-mode keys");
-    if (c.SharesKv()) Fail("--passes", name_ + ": the model's layers already share K/V");
+    RequireSupported(*this, name_, c);
     nlohmann::ordered_json groups = nlohmann::ordered_json::array();
     for (std::int64_t source = 0; source < c.num_hidden_layers; ++source) {
       std::vector<int> layers;
@@ -165,7 +167,6 @@ std::vector<std::int64_t> LckvLayout(std::int64_t layers, std::int64_t warmup) {
 }
 
 std::unique_ptr<Pass> CreateMlkv(const PassSpec& spec, const ModelConfig& config) {
-  RequireUniformKvHeads(config, "mlkv", "layers that share K/V need");
   const std::int64_t L = config.num_hidden_layers;
   const std::int64_t n = spec.Int("kv-layers");
   if (n < 1 || n > L) {
@@ -177,7 +178,6 @@ std::unique_ptr<Pass> CreateMlkv(const PassSpec& spec, const ModelConfig& config
 }
 
 std::unique_ptr<Pass> CreateLckv(const PassSpec& spec, const ModelConfig& config) {
-  RequireUniformKvHeads(config, "lckv", "layers that share K/V need");
   const std::int64_t L = config.num_hidden_layers;
   const std::int64_t w = spec.Int("warmup");
   if (w < 0 || w > L)

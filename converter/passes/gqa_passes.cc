@@ -52,16 +52,20 @@ nlohmann::ordered_json CountsJson(const std::vector<std::int64_t>& v) {
   return v;
 }
 
-// Layer `layer` as it stands: vanilla keys, and a KV head count the target divides.
+// Why no KV-head fold runs on a model `config` describes ("" when one can).
+std::string FoldUnsupported(const ModelConfig& config) {
+  if (!config.qk_norm) return "";
+  return "not supported on " + config.model_type +
+         ": its per-head key RMSNorm (k_norm, before RoPE) is not linear, so no fold of k_proj "
+         "can merge key heads exactly (kv-scales, kv-mixed and cache policies do apply)";
+}
+
+// Layer `layer` as it stands: a model a fold applies to, vanilla keys, and a KV head count the
+// target divides.
 void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target,
                      const std::string& pass) {
-  if (model.config.qk_norm) {
-    Fail("--passes", pass + ": not supported on " + model.config.model_type +
-                         ": its per-head key RMSNorm (k_norm, "
-                         "before RoPE) is not linear, so no fold of k_proj can merge key heads "
-                         "exactly (kv-scales, "
-                         "kv-mixed and cache policies do apply)");
-  }
+  const std::string why = FoldUnsupported(model.config);
+  if (!why.empty()) Fail("--passes", pass + ": " + why);
   if (LayerReconstructsKeys(model, layer))
     Fail("--passes", pass + ": the model already uses reconstruct-mode keys");
   const std::int64_t kv = LayerKvHeads(model, layer);
@@ -77,6 +81,9 @@ class GqaMeanpool : public LayerPass {
   bool ChangesKv() const override { return true; }
   std::int64_t KvHeadsAfter() const override { return Uniform(kv_) ? kv_.front() : 0; }
   unsigned NeededStatistics() const override { return 0; }
+  std::string Unsupported(const ModelConfig& config) const override {
+    return FoldUnsupported(config);
+  }
   void RunLayer(LayerPassContext& ctx) override {
     const std::int64_t kv = kv_[static_cast<std::size_t>(ctx.layer)];
     RequireFoldable(ctx.model, ctx.layer, kv, "gqa-meanpool");
@@ -116,6 +123,9 @@ class GqaSvd : public LayerPass {
         ridge_(o.ridge) {}
   bool RefitsOutput() const override { return refit_output_; }
   void DisableRefit() override { refit_output_ = false; }
+  std::string Unsupported(const ModelConfig& config) const override {
+    return FoldUnsupported(config);
+  }
   bool ChangesKv() const override { return true; }
   std::int64_t KvHeadsAfter() const override {
     return !kv_.empty() && Uniform(kv_) ? kv_.front() : 0;

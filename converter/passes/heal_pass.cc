@@ -34,6 +34,15 @@ class HealPass : public LayerPass {
   unsigned NeededStatistics() const override { return 0; }
   bool ChangesKv() const override { return true; }
   const HealSettings* Heals() const override { return &settings_; }
+  std::string Unsupported(const ModelConfig& config) const override {
+    if (config.qk_norm) return "q/k norms (Qwen3) are not in its attention model yet";
+    if (config.key_projection_heads > 0)
+      return "reconstruct-mode keys (gqa-svd<rope=reconstruct>) are not healed";
+    if (config.SharesKv())
+      return "layers reading another layer's K/V (mlkv, lckv outputs) are not healed yet";
+    if (config.o_bias) return "an o_proj bias is not supported";
+    return "";
+  }
 
   void RunLayer(LayerPassContext& ctx) override {
     if (ctx.heal == nullptr) {
@@ -70,13 +79,7 @@ class HealPass : public LayerPass {
 
 }  // namespace
 
-std::unique_ptr<Pass> CreateHeal(const PassSpec& spec, const ModelConfig& config) {
-  if (config.qk_norm) Refuse("q/k norms (Qwen3) are not in its attention model yet");
-  if (config.key_projection_heads > 0)
-    Refuse("reconstruct-mode keys (gqa-svd<rope=reconstruct>) are not healed");
-  if (config.SharesKv())
-    Refuse("layers reading another layer's K/V (mlkv, lckv outputs) are not healed yet");
-  if (config.o_bias) Refuse("an o_proj bias is not supported");
+std::unique_ptr<Pass> CreateHeal(const PassSpec& spec, const ModelConfig&) {
   return std::make_unique<HealPass>(SettingsOf(spec));
 }
 

@@ -92,15 +92,16 @@ class KvBalance : public LayerPass {
   explicit KvBalance(double alpha) : alpha_(alpha) {}
   bool ChangesKv() const override { return true; }
   unsigned NeededStatistics() const override { return kStatQkPairMax; }
+  std::string Unsupported(const ModelConfig& config) const override {
+    if (!config.qk_norm) return "";
+    return "not supported on " + config.model_type +
+           ": keys pass a per-head RMSNorm after k_proj (which would undo the factors) whose "
+           "weight all heads share";
+  }
   void RunLayer(LayerPassContext& ctx) override {
     ModelDraft& model = ctx.model;
     RequirePlainKeys(model, ctx.layer, "kv-balance");
-    if (model.config.qk_norm) {
-      Fail("--passes",
-           "kv-balance: not supported on " + model.config.model_type +
-               ": keys pass a per-head RMSNorm "
-               "after k_proj (which would undo the factors) whose weight all heads share");
-    }
+    RequireSupported(*this, "kv-balance", model.config);
     RequireSourceHeads(model, ctx.layer, ctx.statistics_kv_heads, "kv-balance");
     const ModelConfig& c = model.config;
     const LayerKvStatistics& s = ctx.statistics;
@@ -139,6 +140,9 @@ class KvBalance : public LayerPass {
 class KvMixed : public LayerPass {
  public:
   explicit KvMixed(KvMixedTable settings) : settings_(std::move(settings)) {}
+  std::string Unsupported(const ModelConfig& config) const override {
+    return NonUniformKvHeads(config, "its table holds");
+  }
   std::string Unexportable(OutputFormat format) const override {
     if (format != OutputFormat::kGguf) return "";
     return "kv-mixed writes a table for kvfold's runtime, which llama.cpp does not read: choose "
@@ -264,7 +268,6 @@ std::unique_ptr<Pass> CreateKvBalance(const PassSpec& spec, const ModelConfig&) 
 }
 
 std::unique_ptr<Pass> CreateKvMixed(const PassSpec& spec, const ModelConfig& config) {
-  RequireUniformKvHeads(config, "kv-mixed", "its table holds");
   KvMixedTable t;
   const std::int64_t key_bits = spec.Int("key-bits"), value_bits = spec.Int("value-bits");
   for (std::int64_t b : {key_bits, value_bits}) {

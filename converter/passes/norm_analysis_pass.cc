@@ -14,6 +14,9 @@ class NormAnalysis : public Pass {
       : budget_(budget), max_alr_ratio_(max_alr_ratio) {}
   unsigned NeededStatistics() const override { return kStatNormAttention; }
   bool DescribesKv() const override { return true; }
+  std::string Unsupported(const ModelConfig& config) const override {
+    return NonUniformKvHeads(config, "its eviction table holds");
+  }
   std::string Unexportable(OutputFormat format) const override {
     if (format != OutputFormat::kGguf) return "";
     return "kv-norm-analysis writes an eviction table for kvfold's runtime, which llama.cpp does "
@@ -123,8 +126,7 @@ EvictionTable BuildEvictionTable(const KvStatistics& s, double budget, double ma
   return t;
 }
 
-std::unique_ptr<Pass> CreateNormAnalysis(const PassSpec& spec, const ModelConfig& config) {
-  RequireUniformKvHeads(config, "kv-norm-analysis", "its eviction table holds");
+std::unique_ptr<Pass> CreateNormAnalysis(const PassSpec& spec, const ModelConfig&) {
   const double budget = spec.Number("budget");
   const double ratio = spec.Number("max-alr-ratio");
   if (!(budget > 0 && budget < 1)) Fail("--passes", "kv-norm-analysis: budget must be in (0, 1)");

@@ -58,7 +58,15 @@ class Pass {
   // Why what this pass writes cannot be stored as `format` (converter/export), with what to do
   // instead; "" when it can. Convert asks before any work.
   virtual std::string Unexportable(OutputFormat /*format*/) const { return ""; }
+  // Why this pass cannot run on a model that `config` describes (its architecture, and what
+  // earlier passes made of it), saying what applies instead; "" when it can. The one answer for
+  // the pipeline (before any work), the planner (before it offers a candidate) and the pass
+  // itself (RequireSupported, on the draft as the pass reaches it).
+  virtual std::string Unsupported(const ModelConfig& /*config*/) const { return ""; }
 };
+
+// Error("--passes: <name>: <why>") when `pass` cannot run on `config` (Pass::Unsupported).
+void RequireSupported(const Pass& pass, const std::string& name, const ModelConfig& config);
 
 // A pass whose work on layer l reads and writes only layer l's tensors and statistics
 // (RunLayer), and which changes the config and fills its record once, after every layer
@@ -151,15 +159,17 @@ std::string PrintPasses();
 // the unknown pass or parameter, the bad value, or the missing required parameter.
 PassSpec MakePassSpec(const std::string& name,
                       const std::map<std::string, std::string>& written = {});
+// The pass `spec` names, made for a model `config` describes (its parameters checked against it;
+// whether it supports the model is Pass::Unsupported's answer).
+std::unique_ptr<Pass> CreatePass(const PassSpec& spec, const ModelConfig& config);
 // Parses 'a<k=v,k2=v2>,b' into specs (MakePassSpec each). Throws Error("--passes: ...").
 PipelineSpec ParsePipeline(const std::string& text);
 std::string PipelineText(const PipelineSpec& pipeline);  // "" for no passes
 // `pipeline` followed by `pass` (e.g. kv-scales after a structure).
 PipelineSpec Then(PipelineSpec pipeline, PassSpec pass);
 
-// Refuses a pass whose output holds one KV-head count for every layer on a model whose layers
-// differ (Nemotron-NAS / DeciLM): Error("--passes: <pass>: ...").
-void RequireUniformKvHeads(const ModelConfig& config, const std::string& pass,
-                           const std::string& what);
+// Why a pass whose output holds one KV-head count for every layer cannot run on a model whose
+// layers differ (Nemotron-NAS / DeciLM): "<what> one KV-head count ..."; "" when they do not.
+std::string NonUniformKvHeads(const ModelConfig& config, const std::string& what);
 
 }  // namespace kvfold

@@ -171,6 +171,12 @@ std::vector<std::int64_t> PassSpec::IntList(const std::string& key) const {
   return out;
 }
 
+std::unique_ptr<Pass> CreatePass(const PassSpec& spec, const ModelConfig& config) {
+  const PassInfo* info = FindPass(spec.name);
+  if (info == nullptr) Fail("--passes", "unknown pass '" + spec.name + "' (see --print-passes)");
+  return info->create(spec, config);
+}
+
 PassSpec MakePassSpec(const std::string& name, const std::map<std::string, std::string>& written) {
   const PassInfo* info = FindPass(name);
   if (info == nullptr) Fail("--passes", "unknown pass '" + name + "' (see --print-passes)");
@@ -246,11 +252,14 @@ PipelineSpec Then(PipelineSpec pipeline, PassSpec pass) {
   return pipeline;
 }
 
-void RequireUniformKvHeads(const ModelConfig& config, const std::string& pass,
-                           const std::string& what) {
-  if (!config.PerLayerKvHeads()) return;
-  Fail("--passes",
-       pass + ": " + what + " one KV-head count for every layer; this model's layers differ");
+std::string NonUniformKvHeads(const ModelConfig& config, const std::string& what) {
+  if (!config.PerLayerKvHeads()) return "";
+  return what + " one KV-head count for every layer; this model's layers differ";
+}
+
+void RequireSupported(const Pass& pass, const std::string& name, const ModelConfig& config) {
+  const std::string why = pass.Unsupported(config);
+  if (!why.empty()) Fail("--passes", name + ": " + why);
 }
 
 std::string PrintPasses() {

@@ -43,7 +43,6 @@ PassSpec ShareTo(std::int64_t layers) {
 // What llama.cpp and vLLM serve: KV heads on every layer, or the same totals per layer.
 std::vector<PlanStructure> ServedStructures(const ModelConfig& c) {
   std::vector<PlanStructure> out = {{{}, "none", true}};
-  if (c.qk_norm) return out;  // gqa-svd refuses per-head key norms
   const std::int64_t layers = c.num_hidden_layers, total = c.TotalKvHeads();
   for (std::int64_t divisor : {2, 4, 8}) {
     if (!c.PerLayerKvHeads() && c.num_key_value_heads % divisor == 0) {
@@ -66,13 +65,27 @@ std::vector<PlanStructure> ServedStructures(const ModelConfig& c) {
   return out;
 }
 
+// Whether every pass of `s` runs on a model `c` describes: each pass says (Pass::Unsupported);
+// the planner copies none of their rules.
+bool Runs(const PlanStructure& s, const ModelConfig& c) {
+  return std::all_of(s.passes.begin(), s.passes.end(), [&](const PassSpec& spec) {
+    return CreatePass(spec, c)->Unsupported(c).empty();
+  });
+}
+
+std::vector<PlanStructure> Runnable(std::vector<PlanStructure> structures, const ModelConfig& c) {
+  structures.erase(std::remove_if(structures.begin(), structures.end(),
+                                  [&](const PlanStructure& s) { return !Runs(s, c); }),
+                   structures.end());
+  return structures;
+}
+
 }  // namespace
 
 std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runtime) {
-  if (runtime != PlanRuntime::kKvfold) return ServedStructures(c);
+  if (runtime != PlanRuntime::kKvfold) return Runnable(ServedStructures(c), c);
   std::vector<PlanStructure> out = {{{}, "none", true}};
-  // gqa-svd and mlkv refuse per-head q/k norms; the planner's KV-head counts are uniform.
-  if (c.qk_norm || c.PerLayerKvHeads()) return out;
+  if (c.PerLayerKvHeads()) return out;  // the counts tried here are uniform
   const std::int64_t kv = c.num_key_value_heads, layers = c.num_hidden_layers;
   for (std::int64_t divisor : {2, 4, 8}) {
     if (kv % divisor == 0) out.push_back({{HeadsTo(kv / divisor)}, "heads", true});
@@ -89,10 +102,11 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runt
     out.push_back(
         {{HeadsTo(kv / 2, false), ShareTo(layers / 2)}, "heads+cross-layer", false, false});
   }
-  return out;
+  return Runnable(std::move(out), c);
 }
 
-std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures) {
+std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures,
+                                                const ModelConfig& c) {
   const std::size_t n = structures.size();
   for (std::size_t i = 0; i < n; ++i) {
     const PlanStructure& s = structures[i];
@@ -102,7 +116,7 @@ std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> struc
     healed.family = "healed " + s.family;
     structures.push_back(std::move(healed));
   }
-  return structures;
+  return Runnable(std::move(structures), c);
 }
 
 namespace {

@@ -56,16 +56,18 @@ struct PlanCandidate {
 };
 
 // The conversions tried for `c`: the model, gqa-svd to 1/2, 1/4 and 1/8 of the KV heads, mlkv to
-// 1/2 and 1/4 of the layers, and 1/2 of each together (what `c` allows: no KV-head or cross-layer
-// fold for models with per-head q/k norms).
+// 1/2 and 1/4 of the layers, and 1/2 of each together; of those, the ones whose every pass runs
+// on `c` (each pass says: Pass::Unsupported; e.g. no fold for per-head q/k norms, no mlkv on a
+// sliding window).
 // For llama.cpp and vLLM: the model, gqa-svd to 1/2, 1/4, 1/8 on every layer, and totals of
 // 7/8, 6/8, ... 1/8 of the heads allocated per layer (kv-heads=auto); no cross-layer sharing
 // (neither runs it).
 std::vector<PlanStructure> PlanStructures(const ModelConfig& c,
                                           PlanRuntime runtime = PlanRuntime::kKvfold);
 // `structures` with, after them, each KV-head structure (family "heads" or "heads per layer")
-// followed by heal, as family "healed " + its family (plan --heal).
-std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures);
+// followed by heal, as family "healed " + its family (plan --heal), where heal runs on `c`.
+std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures,
+                                                const ModelConfig& c);
 
 // The cache policies tried: full, FP8, RTN and KIVI with key and value bits chosen apart, MiKV
 // and L2-norm eviction.

@@ -274,7 +274,7 @@ PlanResult NewResult(const PlanJob& o, const Checkpoint& source) {
   PlanResult r;
   r.runtime = o.runtime;
   r.structures = PlanStructures(source.config, o.runtime);
-  if (o.heal) r.structures = WithHealedStructures(std::move(r.structures));
+  if (o.heal) r.structures = WithHealedStructures(std::move(r.structures), source.config);
   r.convert_seconds.assign(r.structures.size(), std::numeric_limits<double>::quiet_NaN());
   r.caches = PlanCaches(o.runtime, source.config.head_dim);
   r.calibration_tokens = o.input.calib_tokens;

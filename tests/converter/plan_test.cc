@@ -43,6 +43,7 @@ PlanJob SmallPlan(const std::vector<double>& budgets) {
 
 TEST_CASE("the planner's search space", "[plan]") {
   ModelConfig c;
+  c.model_type = "llama";
   c.num_key_value_heads = 8;
   c.num_hidden_layers = 6;
   std::vector<std::string> passes;
@@ -53,7 +54,7 @@ TEST_CASE("the planner's search space", "[plan]") {
                                   "gqa-svd<kv-heads=4,refit=none>,mlkv<kv-layers=3>"}));
   // plan --heal: each KV-head structure again, healed (kv-scales may still follow it)
   passes.clear();
-  const auto healed = WithHealedStructures(PlanStructures(c));
+  const auto healed = WithHealedStructures(PlanStructures(c), c);
   for (std::size_t i = PlanStructures(c).size(); i < healed.size(); ++i) {
     passes.push_back(PipelineText(healed[i].passes));
     CHECK(healed[i].family == "healed heads");
@@ -64,6 +65,9 @@ TEST_CASE("the planner's search space", "[plan]") {
   c.qk_norm = true;  // Qwen3: no fold applies
   CHECK(PlanStructures(c).size() == 1);
   c.qk_norm = false;
+  c.o_bias = true;  // heal refuses an o_proj bias: nothing healed is offered
+  CHECK(WithHealedStructures(PlanStructures(c), c).size() == PlanStructures(c).size());
+  c.o_bias = false;
   const auto structures = PlanStructures(c);
   const auto caches = PlanCaches();
   REQUIRE(caches[1].spec == "quant<scheme=fp8>");
@@ -85,6 +89,27 @@ TEST_CASE("the planner's search space", "[plan]") {
   REQUIRE(protected_caches.size() == 2 * low_bits);
   CHECK(protected_caches.front().spec == "quant<scheme=rtn,key-bits=8,value-bits=3,protect=2>");
   CHECK(protected_caches.back().spec == "quant<scheme=kivi,key-bits=2,value-bits=2,protect=0,2>");
+}
+
+TEST_CASE("the planner offers what the passes run, and asks them rather than copying rules",
+          "[plan]") {
+  ModelConfig c;
+  c.model_type = "mistral";  // mlkv's output is lckv-llama: a sliding window cannot be kept
+  c.sliding_window = 4096;
+  c.num_key_value_heads = 8;
+  c.num_hidden_layers = 6;
+  std::vector<std::string> passes;
+  for (const auto& s : WithHealedStructures(PlanStructures(c), c)) {
+    passes.push_back(PipelineText(s.passes));
+    for (const PassSpec& spec : s.passes) CHECK(CreatePass(spec, c)->Unsupported(c).empty());
+  }
+  CHECK(passes ==
+        test::CanonicalPipelines({"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>",
+                                  "gqa-svd<kv-heads=1>", "gqa-svd<kv-heads=4>,heal",
+                                  "gqa-svd<kv-heads=2>,heal", "gqa-svd<kv-heads=1>,heal"}));
+  // What was left out is what mlkv itself refuses, in its own words.
+  CHECK(CreatePass(MakePassSpec("mlkv", {{"kv-layers", "3"}}), c)->Unsupported(c) ==
+        "needs a llama model without sliding window (the output is lckv-llama)");
 }
 
 TEST_CASE(

@@ -108,12 +108,12 @@ TEST_CASE("heal checks its settings and refuses the layers it cannot model", "[p
   ModelConfig c;
   c.num_attention_heads = 8;
   c.num_key_value_heads = 8;
+  // Made and asked, as a pipeline does (the settings at creation, the model by Unsupported).
   auto create = [&](const std::string& text) {
     const PassSpec spec = ParsePipeline(text)[0];
-    for (const auto& info : PassRegistry()) {
-      if (spec.name == info.name) return info.create(spec, c);
-    }
-    return std::unique_ptr<Pass>();
+    auto pass = CreatePass(spec, c);
+    RequireSupported(*pass, spec.name, c);
+    return pass;
   };
   const auto heal = create("heal");
   REQUIRE(heal->LayerLocal());
@@ -127,8 +127,10 @@ TEST_CASE("heal checks its settings and refuses the layers it cannot model", "[p
   CHECK_THROWS_WITH(create("heal<lr=0>"), Catch::Contains("lr must be in (0, 1]"));
   CHECK_THROWS_WITH(create("heal<steps=0>"), Catch::Contains("must be at least 1"));
   CHECK_THROWS_WITH(create("heal<seed=-1>"), Catch::Contains("seed must not be negative"));
+  CHECK(heal->Unsupported(c).empty());
   c.qk_norm = true;
   CHECK_THROWS_WITH(create("heal"), Catch::Contains("q/k norms (Qwen3)"));
+  CHECK_THROWS_WITH(create("heal"), Catch::Contains("--passes: heal: "));
   c.qk_norm = false;
   c.kv_layer_of = {0, 0};
   CHECK_THROWS_WITH(create("heal"), Catch::Contains("another layer's K/V"));
