@@ -65,25 +65,36 @@ std::vector<PlanStructure> ServedStructures(const ModelConfig& c) {
   return out;
 }
 
-// Whether every pass of `s` runs on a model `c` describes: each pass says (Pass::Unsupported);
-// the planner copies none of their rules.
-bool Runs(const PlanStructure& s, const ModelConfig& c) {
-  return std::all_of(s.passes.begin(), s.passes.end(), [&](const PassSpec& spec) {
-    return CreatePass(spec, c)->Unsupported(c).empty();
-  });
+// Why `s` cannot run on a model `c` describes ("<pass>: <reason>"), or "": each pass says
+// (Pass::Unsupported); the planner copies none of their rules.
+std::string Refusal(const PlanStructure& s, const ModelConfig& c) {
+  for (const PassSpec& spec : s.passes) {
+    const std::string why = CreatePass(spec, c)->Unsupported(c);
+    if (!why.empty()) return spec.name + ": " + why;
+  }
+  return "";
 }
 
-std::vector<PlanStructure> Runnable(std::vector<PlanStructure> structures, const ModelConfig& c) {
-  structures.erase(std::remove_if(structures.begin(), structures.end(),
-                                  [&](const PlanStructure& s) { return !Runs(s, c); }),
-                   structures.end());
-  return structures;
+// The structures that run on `c`; the others, with why, to `refused` when given.
+std::vector<PlanStructure> Runnable(const std::vector<PlanStructure>& structures,
+                                    const ModelConfig& c, std::vector<RefusedStructure>* refused) {
+  std::vector<PlanStructure> out;
+  for (const PlanStructure& s : structures) {
+    std::string why = Refusal(s, c);
+    if (why.empty()) {
+      out.push_back(s);
+    } else if (refused != nullptr) {
+      refused->push_back({PipelineText(s.passes), std::move(why)});
+    }
+  }
+  return out;
 }
 
 }  // namespace
 
-std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runtime) {
-  if (runtime != PlanRuntime::kKvfold) return Runnable(ServedStructures(c), c);
+std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runtime,
+                                          std::vector<RefusedStructure>* refused) {
+  if (runtime != PlanRuntime::kKvfold) return Runnable(ServedStructures(c), c, refused);
   std::vector<PlanStructure> out = {{{}, "none", true}};
   if (c.PerLayerKvHeads()) return out;  // the counts tried here are uniform
   const std::int64_t kv = c.num_key_value_heads, layers = c.num_hidden_layers;
@@ -102,11 +113,12 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runt
     out.push_back(
         {{HeadsTo(kv / 2, false), ShareTo(layers / 2)}, "heads+cross-layer", false, false});
   }
-  return Runnable(std::move(out), c);
+  return Runnable(out, c, refused);
 }
 
 std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures,
-                                                const ModelConfig& c) {
+                                                const ModelConfig& c,
+                                                std::vector<RefusedStructure>* refused) {
   const std::size_t n = structures.size();
   for (std::size_t i = 0; i < n; ++i) {
     const PlanStructure& s = structures[i];
@@ -116,7 +128,7 @@ std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> struc
     healed.family = "healed " + s.family;
     structures.push_back(std::move(healed));
   }
-  return Runnable(std::move(structures), c);
+  return Runnable(structures, c, refused);
 }
 
 namespace {

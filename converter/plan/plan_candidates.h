@@ -62,12 +62,21 @@ struct PlanCandidate {
 // For llama.cpp and vLLM: the model, gqa-svd to 1/2, 1/4, 1/8 on every layer, and totals of
 // 7/8, 6/8, ... 1/8 of the heads allocated per layer (kv-heads=auto); no cross-layer sharing
 // (neither runs it).
+// A conversion the planner would try but one of its passes refuses on the model.
+struct RefusedStructure {
+  std::string passes;  // the pipeline's text
+  std::string reason;  // "<pass>: <Pass::Unsupported's answer>"
+};
+// The refused ones go to `refused` when given.
 std::vector<PlanStructure> PlanStructures(const ModelConfig& c,
-                                          PlanRuntime runtime = PlanRuntime::kKvfold);
+                                          PlanRuntime runtime = PlanRuntime::kKvfold,
+                                          std::vector<RefusedStructure>* refused = nullptr);
 // `structures` with, after them, each KV-head structure (family "heads" or "heads per layer")
-// followed by heal, as family "healed " + its family (plan --heal), where heal runs on `c`.
+// followed by heal, as family "healed " + its family (plan --heal), where heal runs on `c`
+// (where it does not, to `refused` when given).
 std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures,
-                                                const ModelConfig& c);
+                                                const ModelConfig& c,
+                                                std::vector<RefusedStructure>* refused = nullptr);
 
 // The cache policies tried: full, FP8, RTN and KIVI with key and value bits chosen apart, MiKV
 // and L2-norm eviction.

@@ -273,8 +273,9 @@ class Deadline {
 PlanResult NewResult(const PlanJob& o, const Checkpoint& source) {
   PlanResult r;
   r.runtime = o.runtime;
-  r.structures = PlanStructures(source.config, o.runtime);
-  if (o.heal) r.structures = WithHealedStructures(std::move(r.structures), source.config);
+  r.structures = PlanStructures(source.config, o.runtime, &r.refused);
+  if (o.heal)
+    r.structures = WithHealedStructures(std::move(r.structures), source.config, &r.refused);
   r.convert_seconds.assign(r.structures.size(), std::numeric_limits<double>::quiet_NaN());
   r.caches = PlanCaches(o.runtime, source.config.head_dim);
   r.calibration_tokens = o.input.calib_tokens;
@@ -398,6 +399,14 @@ nlohmann::ordered_json StructuresJson(const PlanResult& r) {
   return out;
 }
 
+// The conversions not tried because a pass refuses the model, with its reason.
+nlohmann::ordered_json RefusedJson(const PlanResult& r) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const RefusedStructure& s : r.refused)
+    out.push_back({{"passes", s.passes}, {"reason", s.reason}});
+  return out;
+}
+
 }  // namespace
 
 nlohmann::ordered_json PlanJson(const PlanResult& r, const std::string& output) {
@@ -456,6 +465,7 @@ nlohmann::ordered_json PlanJson(const PlanResult& r, const std::string& output) 
           {"time_limited", r.time_limited},
           {"seconds", r.seconds},
           {"structures", StructuresJson(r)},
+          {"refused_structures", RefusedJson(r)},
           {"candidates", std::move(candidates)}};
 }
 
@@ -478,6 +488,8 @@ std::string PlanTable(const PlanResult& r) {
   }
   if (r.time_limited)
     out += "note: --plan-seconds stopped the search; some candidates were not scored\n";
+  for (const RefusedStructure& s : r.refused)
+    out += "not tried: " + s.passes + " (" + s.reason + ")\n";
   return out;
 }
 

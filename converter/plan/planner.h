@@ -37,6 +37,7 @@ struct BudgetPlan {
 struct PlanResult {
   PlanRuntime runtime = PlanRuntime::kKvfold;
   std::vector<PlanStructure> structures;
+  std::vector<RefusedStructure> refused;  // not tried: a pass refuses the model (with why)
   std::vector<PlanCache> caches;
   std::vector<PlanCandidate> candidates;
   std::vector<double> convert_seconds;  // per structure: its conversion's wall time (NaN: none)

@@ -99,7 +99,9 @@ TEST_CASE("the planner offers what the passes run, and asks them rather than cop
   c.num_key_value_heads = 8;
   c.num_hidden_layers = 6;
   std::vector<std::string> passes;
-  for (const auto& s : WithHealedStructures(PlanStructures(c), c)) {
+  std::vector<RefusedStructure> refused;
+  for (const auto& s :
+       WithHealedStructures(PlanStructures(c, PlanRuntime::kKvfold, &refused), c, &refused)) {
     passes.push_back(PipelineText(s.passes));
     for (const PassSpec& spec : s.passes) CHECK(CreatePass(spec, c)->Unsupported(c).empty());
   }
@@ -107,9 +109,14 @@ TEST_CASE("the planner offers what the passes run, and asks them rather than cop
         test::CanonicalPipelines({"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>",
                                   "gqa-svd<kv-heads=1>", "gqa-svd<kv-heads=4>,heal",
                                   "gqa-svd<kv-heads=2>,heal", "gqa-svd<kv-heads=1>,heal"}));
-  // What was left out is what mlkv itself refuses, in its own words.
-  CHECK(CreatePass(MakePassSpec("mlkv", {{"kv-layers", "3"}}), c)->Unsupported(c) ==
-        "needs a llama model without sliding window (the output is lckv-llama)");
+  // What was left out is what mlkv itself refuses, in its own words, each with its reason.
+  const std::string why = "needs a llama model without sliding window (the output is lckv-llama)";
+  CHECK(CreatePass(MakePassSpec("mlkv", {{"kv-layers", "3"}}), c)->Unsupported(c) == why);
+  REQUIRE(refused.size() == 3);  // mlkv to 3 and 1 layers, and gqa-svd then mlkv
+  for (const RefusedStructure& r : refused) {
+    CHECK(r.passes.find("mlkv<") != std::string::npos);
+    CHECK(r.reason == "mlkv: " + why);
+  }
 }
 
 TEST_CASE(
