@@ -13,10 +13,10 @@ builds=("$2" "$1") shape="${3:-tinyllama-1.1b}" rounds="${4:-2}"
 calib="$shared/text/wikitext-2/valid.tokens.txt"
 model="$work/$shape"
 mkdir -p "$work"
-"${builds[1]}/bin/kvfold" --version | sed 's/^/# /'
-"${builds[1]}/bin/bench_eval_throughput" --model "$shared/models/micro-mha" --windows 1 --repeats 1 2>/dev/null |
-  grep -E "sgemm 2048" | sed 's/^/# /'
-[ -d "$model" ] || "${builds[1]}/bin/bench_make_random_checkpoint" "$shape" "$model" >/dev/null 2>&1
+build="${builds[1]}"
+source "$src/bench/shape_checkpoints.sh"
+machine_header
+shape_checkpoint "$shape" "$model"
 kv=$(python3 -c "import json; print(max(1, json.load(open('$model/config.json'))['num_key_value_heads'] // 4))")
 passes="gqa-svd<kv-heads=$kv>,kv-scales"
 echo "# $shape: convert --passes '$passes' --calib-tokens 4096 --threads 2"

