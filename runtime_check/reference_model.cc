@@ -117,8 +117,9 @@ LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelC
     std::string key;
     std::vector<std::uint64_t> generations;
     for (const TensorRole r : roles) {
-      key += HfTensorName({r, l}) + ";";
-      generations.push_back(source.generation(HfTensorName({r, l})));
+      const std::string name = HfTensorName({r, l});
+      key += name + ";";
+      generations.push_back(source.generation(name));
     }
     auto& entry = cache->entries[key];
     if (!entry.value.defined() || entry.generations != generations) {

@@ -119,16 +119,16 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runt
 std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures,
                                                 const ModelConfig& c,
                                                 std::vector<RefusedStructure>* refused) {
-  const std::size_t n = structures.size();
-  for (std::size_t i = 0; i < n; ++i) {
-    const PlanStructure& s = structures[i];
+  std::vector<PlanStructure> healed;
+  for (const PlanStructure& s : structures) {
     if (s.family != "heads" && s.family != "heads per layer") continue;
-    PlanStructure healed = s;
-    healed.passes = Then(s.passes, MakePassSpec("heal"));
-    healed.family = "healed " + s.family;
-    structures.push_back(std::move(healed));
+    healed.push_back(s);
+    healed.back().passes = Then(s.passes, MakePassSpec("heal"));
+    healed.back().family = "healed " + s.family;
   }
-  return Runnable(structures, c, refused);
+  // `structures` were asked already (PlanStructures); only heal is new.
+  for (PlanStructure& s : Runnable(healed, c, refused)) structures.push_back(std::move(s));
+  return structures;
 }
 
 namespace {

@@ -55,6 +55,12 @@ struct PlanCandidate {
   bool frontier = false;  // no scored candidate is both smaller (or equal) and better
 };
 
+// A conversion the planner would try but one of its passes refuses on the model.
+struct RefusedStructure {
+  std::string passes;  // the pipeline's text
+  std::string reason;  // "<pass>: <Pass::Unsupported's answer>"
+};
+
 // The conversions tried for `c`: the model, gqa-svd to 1/2, 1/4 and 1/8 of the KV heads, mlkv to
 // 1/2 and 1/4 of the layers, and 1/2 of each together; of those, the ones whose every pass runs
 // on `c` (each pass says: Pass::Unsupported; e.g. no fold for per-head q/k norms, no mlkv on a
@@ -62,18 +68,13 @@ struct PlanCandidate {
 // For llama.cpp and vLLM: the model, gqa-svd to 1/2, 1/4, 1/8 on every layer, and totals of
 // 7/8, 6/8, ... 1/8 of the heads allocated per layer (kv-heads=auto); no cross-layer sharing
 // (neither runs it).
-// A conversion the planner would try but one of its passes refuses on the model.
-struct RefusedStructure {
-  std::string passes;  // the pipeline's text
-  std::string reason;  // "<pass>: <Pass::Unsupported's answer>"
-};
 // The refused ones go to `refused` when given.
 std::vector<PlanStructure> PlanStructures(const ModelConfig& c,
                                           PlanRuntime runtime = PlanRuntime::kKvfold,
                                           std::vector<RefusedStructure>* refused = nullptr);
-// `structures` with, after them, each KV-head structure (family "heads" or "heads per layer")
-// followed by heal, as family "healed " + its family (plan --heal), where heal runs on `c`
-// (where it does not, to `refused` when given).
+// `structures` (PlanStructures' answer: they run on `c`) with, after them, each KV-head structure
+// (family "heads" or "heads per layer") followed by heal, as family "healed " + its family (plan
+// --heal), where heal runs on `c` (where it does not, to `refused` when given).
 std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures,
                                                 const ModelConfig& c,
                                                 std::vector<RefusedStructure>* refused = nullptr);
