@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "calib/hf/added_tokens.h"
@@ -92,6 +93,19 @@ std::unique_ptr<Tokenizer> HfTokenizer::Load(const std::string& json_path) {
   }
 }
 
+namespace {
+
+// The BPE vocabulary's size, or one past its highest added token that is not special.
+int ModelVocabSize(int model_tokens, const std::vector<hf::AddedToken>& added) {
+  int size = model_tokens;
+  for (const hf::AddedToken& t : added) {
+    if (!t.special) size = std::max(size, t.id + 1);
+  }
+  return size;
+}
+
+}  // namespace
+
 std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_path) {
   const nlohmann::json root = ReadJsonFile(json_path);
   if (!root.is_object()) Fail(json_path, "not a tokenizer.json (expected a JSON object)");
@@ -115,6 +129,7 @@ std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_p
   } catch (const Error& e) {
     tok->decoder_error_ = e.what();
   }
+  tok->model_vocab_size_ = ModelVocabSize(tok->model_->vocab_size(), added);
   std::vector<hf::AddedToken> raw, normalized;
   for (hf::AddedToken& t : added) {
     tok->model_->AddToken(t.content, t.id);

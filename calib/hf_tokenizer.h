@@ -29,6 +29,7 @@ class HfTokenizer : public Tokenizer {
   std::vector<std::int32_t> Encode(std::string_view text) const override;
   std::string Decode(const std::vector<std::int32_t>& ids) const override;
   int vocab_size() const override;
+  int model_vocab_size() const override { return model_vocab_size_; }
   int bos_id() const override { return bos_id_; }
   int eos_id() const override { return eos_id_; }
 
@@ -47,6 +48,7 @@ class HfTokenizer : public Tokenizer {
   std::unique_ptr<hf::AddedTokenSplitter> normalized_;    // those matched after normalization
   int bos_id_ = kNoToken;
   int eos_id_ = kNoToken;
+  int model_vocab_size_ = 0;
 };
 
 }  // namespace kvfold

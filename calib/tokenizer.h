@@ -23,6 +23,10 @@ class Tokenizer {
   virtual std::vector<std::int32_t> Encode(std::string_view text) const = 0;
   virtual std::string Decode(const std::vector<std::int32_t>& ids) const = 0;
   virtual int vocab_size() const = 0;
+  // The ids a model must have rows for: the vocabulary and every added token that is not special.
+  // A special token beyond the model's rows (Gemma 3's tokenizer.json lists its image token at
+  // 262144, beyond the text model's 262144) is refused only when a text holds it.
+  virtual int model_vocab_size() const { return vocab_size(); }
   // The token a model input starts with, or kNoToken when the tokenizer adds none (Qwen): then
   // the perplexity protocol feeds windows without one (calib/windows.h).
   virtual int bos_id() const = 0;

@@ -81,8 +81,8 @@ void CheckJob(const EvalJob& a, const Checkpoint& ck) {
 
 std::unique_ptr<Tokenizer> LoadTokenizer(const Checkpoint& ck) {
   auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
-  if (tokenizer->vocab_size() > ck.config.vocab_size) {
-    Fail(ck.tokenizer_path, "tokenizer has " + std::to_string(tokenizer->vocab_size()) +
+  if (tokenizer->model_vocab_size() > ck.config.vocab_size) {
+    Fail(ck.tokenizer_path, "tokenizer has " + std::to_string(tokenizer->model_vocab_size()) +
                                 " pieces but the model only " +
                                 std::to_string(ck.config.vocab_size));
   }

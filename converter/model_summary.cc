@@ -1,5 +1,6 @@
 #include "converter/model_summary.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -36,6 +37,11 @@ ModelSummary SummarizeCheckpoint(const Checkpoint& ck) {
       ck.Tensor({TensorRole::kQProj, 0}).entry->dtype);  // layer 0 may have no k_proj (LCKV)
   s.parameters = ck.ParameterCount();
   s.kv_bytes_per_token = c.KvBytesPerToken(ck.StoredElementBytes());
+  s.kv_bytes_at_max_positions = c.KvBytesAt(c.max_position_embeddings, ck.StoredElementBytes());
+  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    s.sliding_layers += c.WindowOf(l) > 0 ? 1 : 0;
+    s.sliding_window = std::max(s.sliding_window, c.WindowOf(l));
+  }
   s.kv_layers = c.KvLayerCount();
   if (c.SharesKv()) s.layer_types = LayerTypesText(c.kv_layer_of);
   s.files = static_cast<int>(ck.tensors.files().size());
@@ -70,6 +76,13 @@ std::string SummaryText(const ModelSummary& s) {
     << "parameters     " << s.parameters << "  (" << s.dtype << ", " << s.tensors << " tensors in "
     << s.files << " file" << (s.files == 1 ? "" : "s") << ")\n"
     << "KV cache       " << s.kv_bytes_per_token << " bytes/token at " << s.dtype << "\n";
+  if (s.kv_bytes_at_max_positions < s.kv_bytes_per_token * s.max_positions) {
+    o << "sliding        " << s.sliding_layers << " of " << s.layers << " layers attend over "
+      << s.sliding_window
+      << " tokens and cache no more: " << s.kv_bytes_at_max_positions / (1 << 20) << " MiB at "
+      << s.max_positions << " tokens, not " << s.kv_bytes_per_token * s.max_positions / (1 << 20)
+      << " MiB\n";
+  }
   if (!s.layer_types.empty()) {
     o << "KV layers      " << s.kv_layers << " of " << s.layers << " compute K/V  (layer_types "
       << s.layer_types << ")\n";
@@ -103,6 +116,8 @@ std::string SummaryJson(const ModelSummary& s) {
       {"dtype", s.dtype},
       {"parameters", s.parameters},
       {"kv_cache_bytes_per_token", s.kv_bytes_per_token},
+      {"sliding_layers", s.sliding_layers},
+      {"kv_cache_bytes_at_max_positions", s.kv_bytes_at_max_positions},
       {"num_key_value_layers", s.kv_layers},
       {"layer_types",
        s.layer_types.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s.layer_types)},

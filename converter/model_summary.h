@@ -26,6 +26,9 @@ struct ModelSummary {
   std::string dtype;  // of the attention weights, which the KV cache inherits
   std::int64_t parameters = 0;
   std::int64_t kv_bytes_per_token = 0;
+  // Layers with a sliding window (Gemma, Mistral): their count and window, and the whole cache
+  // at max_positions tokens, where each holds its window only.
+  std::int64_t sliding_layers = 0, sliding_window = 0, kv_bytes_at_max_positions = 0;
   std::int64_t kv_layers = 0;                // layers that compute K/V (all of them unless shared)
   std::string layer_types;                   // cross-layer sharing layout; empty when none
   std::vector<std::int64_t> layer_kv_heads;  // per-layer KV heads; empty when uniform

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "formats/architectures.h"
+#include "formats/config_fields.h"
 #include "formats/error.h"
 #include "formats/json_file.h"
 #include "formats/mapped_file.h"
@@ -12,60 +14,6 @@ namespace kvfold {
 namespace {
 
 using nlohmann::json;
-
-class FieldReader {
- public:
-  FieldReader(const json& doc, const std::string& file) : doc_(doc), file_(file) {}
-
-  bool Has(const char* key) const { return doc_.contains(key) && !doc_[key].is_null(); }
-
-  std::int64_t PositiveInt(const char* key) const {
-    if (!Has(key)) Fail(file_, std::string("missing required field '") + key + "'");
-    return PositiveIntValue(key);
-  }
-  std::int64_t PositiveInt(const char* key, std::int64_t fallback) const {
-    return Has(key) ? PositiveIntValue(key) : fallback;
-  }
-  std::int64_t Int(const char* key, std::int64_t fallback) const {
-    if (!Has(key)) return fallback;
-    const json& v = doc_[key];
-    if (!v.is_number_integer()) Fail(file_, std::string("field '") + key + "' must be an integer");
-    return v.get<std::int64_t>();
-  }
-  double PositiveNumber(const char* key, double fallback) const {
-    if (!Has(key)) return fallback;
-    const json& v = doc_[key];
-    if (!v.is_number() || !(v.get<double>() > 0) || !std::isnormal(v.get<double>())) {
-      Fail(file_, std::string("field '") + key + "' must be a positive number (" + v.dump() +
-                      " is not a normal float64)");
-    }
-    return v.get<double>();
-  }
-  bool Bool(const char* key, bool fallback) const {
-    if (!Has(key)) return fallback;
-    const json& v = doc_[key];
-    if (!v.is_boolean()) Fail(file_, std::string("field '") + key + "' must be true or false");
-    return v.get<bool>();
-  }
-  std::string String(const char* key, const std::string& fallback) const {
-    if (!Has(key)) return fallback;
-    const json& v = doc_[key];
-    if (!v.is_string()) Fail(file_, std::string("field '") + key + "' must be a string");
-    return v.get<std::string>();
-  }
-
- private:
-  std::int64_t PositiveIntValue(const char* key) const {
-    const json& v = doc_[key];
-    if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) {
-      Fail(file_, std::string("field '") + key + "' must be a positive integer, got " + v.dump());
-    }
-    return v.get<std::int64_t>();
-  }
-
-  const json& doc_;
-  const std::string& file_;
-};
 
 // partial_rotary_factor (top level, or v5's rope_parameters): Phi-3's attention rotates the first
 // int(head_dim x factor) channels of a head. transformers' Llama, Mistral and Qwen rotate whole
@@ -171,6 +119,20 @@ double RopeCosSinScale(const ModelConfig& c) {
   return RopeAttentionFactor(c.rope_scaling, c.max_position_embeddings);
 }
 
+ModelConfig ModelConfig::RopeOf(std::int64_t layer) const {
+  if (local_rope_theta <= 0 || WindowOf(layer) == 0) return *this;
+  ModelConfig local = *this;
+  local.rope_theta = local_rope_theta;
+  local.rope_scaling = RopeScaling();
+  return local;
+}
+
+double ModelConfig::AttentionScale() const {
+  const double scalar =
+      query_pre_attn_scalar > 0 ? query_pre_attn_scalar : static_cast<double>(head_dim);
+  return 1.0 / std::sqrt(scalar);
+}
+
 bool ModelConfig::ComputesKv(std::int64_t layer) const {
   if (kv_layer_of.empty()) return true;
   for (std::int64_t source : kv_layer_of) {
@@ -204,6 +166,16 @@ std::int64_t ModelConfig::KvBytesPerToken(std::int64_t bytes_per_element) const 
   std::int64_t heads = 0;
   for (std::int64_t l = 0; l < num_hidden_layers; ++l) heads += ComputesKv(l) ? KvHeads(l) : 0;
   return 2 * heads * head_dim * bytes_per_element;
+}
+
+std::int64_t ModelConfig::KvBytesAt(std::int64_t tokens, std::int64_t bytes_per_element) const {
+  std::int64_t bytes = 0;
+  for (std::int64_t l = 0; l < num_hidden_layers; ++l) {
+    if (!ComputesKv(l)) continue;
+    const std::int64_t held = WindowOf(l) > 0 ? std::min(tokens, WindowOf(l)) : tokens;
+    bytes += 2 * KvHeads(l) * head_dim * bytes_per_element * held;
+  }
+  return bytes;
 }
 
 std::int64_t DeciIntermediateSize(double ffn_mult, std::int64_t hidden_size) {
@@ -319,14 +291,9 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
   ModelConfig c;
   c.model_type = f.String("model_type", "");
   if (c.model_type.empty()) Fail(file_name, "missing required field 'model_type'");
+  const ArchitectureEntry& architecture = FindArchitecture(c.model_type, file_name);
   const bool cross_layer = c.model_type == kCrossLayerModelType;
   const bool per_layer = c.model_type == kPerLayerModelType;
-  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2" &&
-      c.model_type != "qwen3" && c.model_type != "phi3" && !cross_layer && !per_layer) {
-    Fail(file_name, "unsupported model_type '" + c.model_type +
-                        "' (kvfold supports llama, mistral, qwen2, qwen3, phi3, " +
-                        kPerLayerModelType + " and " + kCrossLayerModelType + ")");
-  }
   if (f.Has("architectures")) {
     const json& a = doc["architectures"];
     if (!a.is_array() || a.empty() || !a[0].is_string()) {
@@ -342,10 +309,13 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
       per_layer ? f.PositiveInt("intermediate_size", 0) : f.PositiveInt("intermediate_size");
   c.vocab_size = f.PositiveInt("vocab_size");
   c.max_position_embeddings = f.PositiveInt("max_position_embeddings", 2048);
-  if (c.hidden_size % c.num_attention_heads != 0 && !f.Has("head_dim")) {
+  if (c.hidden_size % c.num_attention_heads != 0 && !f.Has("head_dim") &&
+      architecture.default_head_dim == 0) {
     Fail(file_name, "hidden_size is not a multiple of num_attention_heads and head_dim is absent");
   }
-  c.head_dim = f.PositiveInt("head_dim", c.hidden_size / c.num_attention_heads);
+  c.head_dim = f.PositiveInt("head_dim", architecture.default_head_dim > 0
+                                             ? architecture.default_head_dim
+                                             : c.hidden_size / c.num_attention_heads);
   if (c.head_dim % 2 != 0) Fail(file_name, "head_dim must be even for RoPE");
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     Fail(file_name, "num_attention_heads (" + std::to_string(c.num_attention_heads) +
@@ -355,26 +325,8 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
   if (per_layer) ReadBlockConfigs(doc, file_name, c);
   c.rms_norm_eps = f.PositiveNumber("rms_norm_eps", 1e-6);
   ReadRope(doc, f, file_name, c);
-  c.tie_word_embeddings = f.Bool("tie_word_embeddings", false);
-  const std::string act = f.String("hidden_act", "silu");
-  if (act != "silu") Fail(file_name, "hidden_act '" + act + "' is not supported (only silu)");
-
-  if ((c.model_type == "qwen2" || c.model_type == "qwen3") && f.Bool("use_sliding_window", false)) {
-    Fail(file_name,
-         "use_sliding_window=true is not supported (sliding attention on some layers only)");
-  }
-  if (c.model_type == "qwen2") {
-    c.qkv_bias = true;                  // Qwen2 always has q/k/v biases and no o_proj bias
-  } else if (c.model_type != "phi3") {  // Phi-3's projections have no biases, whatever it says
-    const bool attention_bias = f.Bool("attention_bias", false);
-    c.qkv_bias = attention_bias;
-    c.o_bias = attention_bias;
-    c.mlp_bias = f.Bool("mlp_bias", false);
-  }
-  if (c.model_type == "mistral" || c.model_type == "phi3")
-    c.sliding_window = f.PositiveInt("sliding_window", 0);
-  c.fused_qkv = c.fused_gate_up = c.model_type == "phi3";
-  c.qk_norm = c.model_type == "qwen3";
+  c.tie_word_embeddings = f.Bool("tie_word_embeddings", architecture.tied_by_default);
+  architecture.read(f, c);
   c.bos_token_id = f.Int("bos_token_id", 1);
   if (f.Has("eos_token_id") && doc["eos_token_id"].is_array()) {  // some configs list several
     const json& eos = doc["eos_token_id"];

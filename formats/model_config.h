@@ -1,7 +1,8 @@
 // ModelConfig: the fields of a HuggingFace config.json that kvfold needs, for the Llama family
-// (llama, mistral, qwen2, qwen3) and Phi-3 (phi3: fused projections, partial rotary, longrope).
-// Anything the reference runtime could not honour is rejected here, by name (docs/formats.md lists
-// what is accepted).
+// (llama, mistral, qwen2, qwen3), Phi-3 (phi3: fused projections, partial rotary, longrope) and
+// Gemma 2/3 (gemma2, gemma3_text). What each model_type means is its entry in
+// formats/architectures.cc. Anything the reference runtime could not honour is rejected here, by
+// name (docs/formats.md lists what is accepted).
 #pragma once
 
 #include <cstdint>
@@ -14,8 +15,12 @@
 
 namespace kvfold {
 
+// The MLP's gate activation: SiLU (SwiGLU) or GELU's tanh approximation (Gemma's GeGLU,
+// transformers' gelu_pytorch_tanh).
+enum class MlpActivation { kSilu, kGeluTanh };
+
 struct ModelConfig {
-  std::string model_type;    // "llama", "mistral", "qwen2", "qwen3" or "phi3"
+  std::string model_type;    // a formats/architectures.cc entry ("llama", "gemma2", ...)
   std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM"
   std::int64_t hidden_size = 0;
   std::int64_t num_hidden_layers = 0;
@@ -40,7 +45,22 @@ struct ModelConfig {
   bool o_bias = false;              // llama attention_bias
   bool mlp_bias = false;            // llama mlp_bias
   bool qk_norm = false;             // qwen3: per-head RMSNorm of queries and keys before RoPE
-  std::int64_t sliding_window = 0;  // mistral, phi3; 0 = full causal attention
+  std::int64_t sliding_window = 0;  // every layer's window (mistral, phi3); 0 = full causal
+  // The Gemma family's layer (Llama's when left at these defaults):
+  double norm_offset = 0;  // every RMSNorm scales by (norm_offset + w): Gemma's (1 + w)
+  MlpActivation mlp_activation = MlpActivation::kSilu;
+  // Gemma: the attention and MLP outputs are normalised before they join the residual (by
+  // post_attention_layernorm and post_feedforward_layernorm), and the MLP's input norm is
+  // pre_feedforward_layernorm.
+  bool sandwich_norms = false;
+  bool scale_embeddings = false;     // embeddings x sqrt(hidden_size) (factor in their dtype)
+  double query_pre_attn_scalar = 0;  // scores scaled by its -1/2 power; 0: head_dim's
+  double attn_logit_softcap = 0;     // Gemma 2: scores -> cap tanh(scores / cap), before the mask
+  double final_logit_softcap = 0;    // Gemma 2: the same on the logits
+  // Per layer: its sliding window, 0 for a global layer (Gemma's alternating layers). Empty:
+  // sliding_window on every layer.
+  std::vector<std::int64_t> layer_window;
+  double local_rope_theta = 0;  // Gemma 3: sliding layers' RoPE base, unscaled (0: one RoPE)
   // Phi-3 stores q/k/v as one qkv_proj and gate/up as one gate_up_proj (formats/stored_layout.h).
   bool fused_qkv = false;
   bool fused_gate_up = false;
@@ -75,6 +95,16 @@ struct ModelConfig {
   bool AttendsAbove() const;
   std::int64_t KvLayerCount() const;  // layers that compute (and cache) K/V
 
+  std::int64_t WindowOf(std::int64_t layer) const {
+    return layer_window.empty() ? sliding_window : layer_window[static_cast<std::size_t>(layer)];
+  }
+  bool SlidingLayers() const { return sliding_window > 0 || !layer_window.empty(); }
+  // The config whose rope_theta and rope_scaling layer `layer` rotates with (Gemma 3's sliding
+  // layers: local_rope_theta, no scaling).
+  ModelConfig RopeOf(std::int64_t layer) const;
+  // The factor scores are multiplied by: query_pre_attn_scalar^-1/2, else head_dim^-1/2.
+  double AttentionScale() const;
+
   std::int64_t RotaryDim() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
   bool PartialRotary() const { return RotaryDim() < head_dim; }
   bool PerLayerKvHeads() const { return !layer_kv_heads.empty(); }
@@ -103,6 +133,9 @@ struct ModelConfig {
   std::int64_t QueriesPerKvHead() const { return num_attention_heads / num_key_value_heads; }
   // Bytes one token occupies in the KV cache (keys + values, all layers) at `bytes_per_element`.
   std::int64_t KvBytesPerToken(std::int64_t bytes_per_element) const;
+  // Bytes of the whole KV cache at a context of `tokens`: a sliding layer keeps at most its
+  // window (KvBytesPerToken() x tokens without sliding layers).
+  std::int64_t KvBytesAt(std::int64_t tokens, std::int64_t bytes_per_element) const;
 };
 
 // The angle per position of each of a head's head_dim / 2 rotary pairs in kvfold's channel order,

@@ -41,6 +41,8 @@ constexpr RoleSpec kRoles[] = {
     {TensorRole::kKNorm, "k_norm", "self_attn.k_norm.weight", true},
     {TensorRole::kKScale, "k_scale", "self_attn.k_scale", true},
     {TensorRole::kVScale, "v_scale", "self_attn.v_scale", true},
+    {TensorRole::kPreFeedforwardNorm, "pre_ffw_norm", "pre_feedforward_layernorm.weight", true},
+    {TensorRole::kPostFeedforwardNorm, "post_ffw_norm", "post_feedforward_layernorm.weight", true},
 };
 
 const RoleSpec& Spec(TensorRole role) {
@@ -98,6 +100,8 @@ std::vector<std::int64_t> ExpectedShape(const TensorId& id, const ModelConfig& c
     case TensorRole::kFinalNorm:
     case TensorRole::kAttnNorm:
     case TensorRole::kMlpNorm:
+    case TensorRole::kPreFeedforwardNorm:
+    case TensorRole::kPostFeedforwardNorm:
     case TensorRole::kOBias:
     case TensorRole::kDownBias:
       return {c.hidden_size};
@@ -155,6 +159,10 @@ std::vector<TensorId> RequiredTensors(const ModelConfig& c) {
       }
     }
     if (c.o_bias) ids.push_back({TensorRole::kOBias, l});
+    if (c.sandwich_norms) {
+      ids.push_back({TensorRole::kPreFeedforwardNorm, l});
+      ids.push_back({TensorRole::kPostFeedforwardNorm, l});
+    }
     if (c.qk_norm) {
       ids.push_back({TensorRole::kQNorm, l});
       if (kv) ids.push_back({TensorRole::kKNorm, l});

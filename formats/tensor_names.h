@@ -1,5 +1,6 @@
 // The one place that maps HuggingFace tensor names of the Llama family to canonical roles, with
-// each role's shape (derived from the config) and read contract.
+// each role's shape (derived from the config) and read contract. A role is named after its HF
+// tensor; what the tensor does in a layer is the architecture's (config.sandwich_norms).
 #pragma once
 
 #include <cstdint>
@@ -24,7 +25,7 @@ enum class TensorRole {
   kKBias,
   kVBias,
   kOBias,
-  kMlpNorm,
+  kMlpNorm,  // post_attention_layernorm: Llama's MLP input norm; Gemma's attention output norm
   kGateProj,
   kUpProj,
   kDownProj,
@@ -37,6 +38,8 @@ enum class TensorRole {
   kKNorm,   // qwen3: per-head RMSNorm weights of queries and keys [head_dim]
   kKScale,  // vLLM's static FP8 cache scales (kv-scales): [1] or [kv_heads, 1, 1]
   kVScale,
+  kPreFeedforwardNorm,   // Gemma: the MLP's input norm
+  kPostFeedforwardNorm,  // Gemma: the MLP's output norm
 };
 
 struct TensorId {

@@ -190,7 +190,8 @@ std::unique_ptr<LogitSource> ScoredLogits(const ReferenceModel::Impl& model,
   if (model.DecodesTokenByToken()) return std::make_unique<GivenLogits>(std::move(rows));
   return std::make_unique<HeadLogits>(
       RmsNorm(rows, model.final_norm, model.config.rms_norm_eps), model.config.vocab_size,
-      [&model](std::int64_t begin, std::int64_t count) { return model.LmHeadRows(begin, count); });
+      [&model](std::int64_t begin, std::int64_t count) { return model.LmHeadRows(begin, count); },
+      model.config.final_logit_softcap);
 }
 
 VocabBlocking BlockingOf(const EvalOptions& options) {

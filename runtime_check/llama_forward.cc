@@ -67,8 +67,26 @@ at::Tensor MlpOutput(const LlamaLayerWeights& w, const at::Tensor& x, const Mode
   const std::int64_t I = config.intermediate_size;
   const at::Tensor gate_up =
       at::linear(RmsNorm(x, w.mlp_norm, config.rms_norm_eps), w.w_gate_up, w.b_gate_up);
-  return at::linear(at::silu(gate_up.narrow(1, 0, I)) * gate_up.narrow(1, I, I), w.w_down,
-                    w.b_down);
+  const at::Tensor gate = gate_up.narrow(1, 0, I);
+  const at::Tensor active =
+      config.mlp_activation == MlpActivation::kGeluTanh ? at::gelu(gate, "tanh") : at::silu(gate);
+  const at::Tensor out = at::linear(active * gate_up.narrow(1, I, I), w.w_down, w.b_down);
+  return config.sandwich_norms ? RmsNorm(out, w.mlp_out_norm, config.rms_norm_eps) : out;
+}
+
+at::Tensor AttentionOutput(const LlamaLayerWeights& w, const at::Tensor& ctx,
+                           const ModelConfig& config) {
+  const at::Tensor out = at::linear(ctx, w.w_o, w.b_o);
+  return config.sandwich_norms ? RmsNorm(out, w.attn_out_norm, config.rms_norm_eps) : out;
+}
+
+at::Tensor SoftCap(const at::Tensor& x, double cap) {
+  return cap > 0 ? at::tanh(x / cap) * cap : x;
+}
+
+std::pair<at::Tensor, at::Tensor> LayerRopeTables(std::int64_t T, const ModelConfig& config,
+                                                  std::int64_t layer, const at::Device& device) {
+  return RopeTables(T, config.RopeOf(layer), device);
 }
 
 // Additive mask [T, T]: 0 where key j is visible to query i (j <= i, inside the sliding window
@@ -221,7 +239,8 @@ LayerCache RunCachePolicy(const KvCachePolicy& cache, int layer, const at::Tenso
 // scores. `rotated` is [B * T, (H + 2 KV) d]; `mask` the [T, T] causal/window mask; `cache`
 // (with `policy`) the layer's cache decisions. Returns ctx [B * T, H d].
 at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double scale,
-                         const at::Tensor& mask, bool policy, const LayerCache& cache) {
+                         double softcap, const at::Tensor& mask, bool policy,
+                         const LayerCache& cache) {
   const std::int64_t B = L.batch, T = L.tokens, H = L.heads, KV = L.kv_heads, d = L.head_dim,
                      group = H / KV;
   const at::Device device = rotated.device();
@@ -255,7 +274,7 @@ at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double s
     layer_mask =
         layer_mask.masked_fill(codes.eq(kCacheHidden), -std::numeric_limits<float>::infinity());
   }
-  probs = at::softmax(probs + layer_mask, -1);
+  probs = at::softmax(SoftCap(probs, softcap) + layer_mask, -1);
   at::Tensor heads_ctx;                    // [B, KV, group T, d]
   if (policy && cache.values.defined()) {  // split each row between full and stored values
     const at::Tensor from_stored = codes.bitwise_and(kCacheQuantValue).ne(0);
@@ -299,10 +318,8 @@ class BatchedPass {
     H_ = c_.num_attention_heads;
     d_ = c_.head_dim;
     reconstruct_ = c_.key_projection_heads > 0;
-    scale_ = 1.0 / std::sqrt(static_cast<double>(d_));
+    scale_ = c_.AttentionScale();
     fused_ = m.use_cpu_kernels && m.device.is_cpu();
-    std::tie(cos_, sin_) = RopeTables(T_, c_, m.device);
-    if (!fused_) mask_ = CausalMask(T_, c_.sliding_window, m.device);
     if (c_.AttendsAbove()) below_diagonal_ = BelowDiagonalMask(T_, m.device);
     shared_kv_.resize(static_cast<std::size_t>(c_.num_hidden_layers));
     for (std::int64_t l = 0; l < c_.num_hidden_layers; ++l) {
@@ -328,8 +345,23 @@ class BatchedPass {
   bool reconstruct_, fused_;
   double scale_;
   QkvLayout layout_;
-  at::Tensor cos_, sin_, mask_, below_diagonal_;
+  at::Tensor below_diagonal_;
   std::vector<at::Tensor> shared_kv_;
+  // Made when a layer first needs them: RoPE tables by base (Gemma 3 has two), masks by window.
+  std::map<double, std::pair<at::Tensor, at::Tensor>> rope_;
+  std::map<std::int64_t, at::Tensor> masks_;
+  const std::pair<at::Tensor, at::Tensor>& Rope(std::int64_t l) {
+    const ModelConfig rope = c_.RopeOf(l);
+    auto it = rope_.find(rope.rope_theta);
+    if (it == rope_.end())
+      it = rope_.emplace(rope.rope_theta, RopeTables(T_, rope, m_.device)).first;
+    return it->second;
+  }
+  const at::Tensor& Mask(std::int64_t window) {
+    auto it = masks_.find(window);
+    if (it == masks_.end()) it = masks_.emplace(window, CausalMask(T_, window, m_.device)).first;
+    return it->second;
+  }
 };
 
 void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x,
@@ -341,6 +373,9 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
   const std::int64_t D = c_.hidden_size;
   const bool computes = c_.ComputesKv(l);
   const std::int64_t source = c_.KvSourceOf(l);
+  const std::int64_t window = c_.WindowOf(l);
+  const std::pair<at::Tensor, at::Tensor>& rope = Rope(l);
+  const at::Tensor &cos = rope.first, &sin = rope.second;
   const at::Tensor h = RmsNorm(x, w.attn_norm, c_.rms_norm_eps);
   at::Tensor qkv =
       at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + KVs + KV) d], or [N, H d]
@@ -365,18 +400,17 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
     const QkvLayout rope_layout{B, T, H, computes ? KV : 0, d};
     float* data = qkv.data_ptr<float>();
     at::parallel_for(0, B * T, 64, [&](std::int64_t begin, std::int64_t end) {
-      ApplyRopeInPlace(data, rope_layout, cos_.data_ptr<float>(), sin_.data_ptr<float>(), begin,
-                       end);
+      ApplyRopeInPlace(data, rope_layout, cos.data_ptr<float>(), sin.data_ptr<float>(), begin, end);
     });
     capture.Take(kCaptureQueryPostRope, heads(0, H), &AttentionCapture::query_post_rope);
     if (computes)
       capture.Take(kCaptureKeyPostRope, heads(H, KVs), &AttentionCapture::key_post_rope);
     rotated = qkv;
   } else {
-    const at::Tensor q_rope = ApplyRope(heads(0, H), cos_, sin_);  // [B, T, H, d]
+    const at::Tensor q_rope = ApplyRope(heads(0, H), cos, sin);  // [B, T, H, d]
     capture.Take(kCaptureQueryPostRope, q_rope, &AttentionCapture::query_post_rope);
     if (computes) {
-      const at::Tensor k_rope = ApplyRope(heads(H, KVs), cos_, sin_);
+      const at::Tensor k_rope = ApplyRope(heads(H, KVs), cos, sin);
       capture.Take(kCaptureKeyPostRope, k_rope, &AttentionCapture::key_post_rope);
       const at::Tensor qk =
           reconstruct_
@@ -404,26 +438,28 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
              : LayerCache();
   at::Tensor ctx;
   if (source > l) {  // LCKV: the source's K/V of earlier tokens only; the first token reads none
-    ctx = AttentionAten(rotated, layout_, scale_, below_diagonal_, false, LayerCache());
+    ctx = AttentionAten(rotated, layout_, scale_, c_.attn_logit_softcap, below_diagonal_, false,
+                        LayerCache());
     ctx.view({B, T, H * d}).select(1, 0).zero_();
-  } else if (fused_) {
+  } else if (fused_ && c_.attn_logit_softcap == 0) {  // the kernel has no soft-cap
     ctx = at::empty({B * T, H * d}, at::kFloat);
     const float* in = rotated.data_ptr<float>();
     const CacheLayer view = policy ? layer_cache.View() : CacheLayer();
     float* out = ctx.data_ptr<float>();
     at::parallel_for(0, B * KV, 1, [&](std::int64_t begin, std::int64_t end) {
-      CausalAttention(in, layout_, static_cast<float>(scale_), c_.sliding_window,
-                      policy ? &view : nullptr, out, begin, end);
+      CausalAttention(in, layout_, static_cast<float>(scale_), window, policy ? &view : nullptr,
+                      out, begin, end);
     });
   } else {
-    ctx = AttentionAten(rotated, layout_, scale_, mask_, policy, layer_cache);
+    ctx = AttentionAten(rotated, layout_, scale_, c_.attn_logit_softcap, Mask(window), policy,
+                        layer_cache);
   }
   if (wants_context) {
     capture.Take(kCaptureContext, ctx.view({B, T, H * d}), &AttentionCapture::context);
     capture.Deliver();
   }
   if (observe_only) return;
-  x.add_(at::linear(ctx, w.w_o, w.b_o));
+  x.add_(AttentionOutput(w, ctx, c_));
   x.add_(MlpOutput(w, x, c_));
 }
 
@@ -445,7 +481,9 @@ at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver
     return DecodeTokenByToken(*this, tokens);
   }
   const at::Tensor x = HiddenStates(tokens, observer, cache, first_sequence);
-  return at::linear(RmsNorm(x, final_norm, config.rms_norm_eps), LmHead()).view({B, T, -1});
+  return SoftCap(at::linear(RmsNorm(x, final_norm, config.rms_norm_eps), LmHead()),
+                 config.final_logit_softcap)
+      .view({B, T, -1});
 }
 
 at::Tensor ReferenceModel::Impl::HiddenStates(const at::Tensor& tokens, LayerObserver* observer,

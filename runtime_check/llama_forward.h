@@ -27,7 +27,9 @@ struct LlamaLayerWeights {
   at::Tensor k_cache_proj;    // [KV, d, t d]: cached key head g = Psi_g (stacked rotated keys)
   at::Tensor q_cache_proj;    // [H, d, d]: query head h -> Psi_j h
   at::Tensor q_norm, k_norm;  // qwen3 (config.qk_norm): per-head RMSNorm weights [d], before RoPE
+  at::Tensor attn_out_norm;   // config.sandwich_norms (Gemma): the attention output's norm
   at::Tensor mlp_norm;
+  at::Tensor mlp_out_norm;          // config.sandwich_norms: the MLP output's norm
   at::Tensor w_gate_up, b_gate_up;  // gate and up stacked
   at::Tensor w_down, b_down;
 };
@@ -68,7 +70,8 @@ struct ReferenceModel::Impl {
   ModelConfig config;
   at::Device device{at::kCPU};
   bool use_cpu_kernels = false;  // fused RoPE/attention kernels (CPU with AVX2+FMA only)
-  at::Tensor final_norm;         // [D]
+  at::Tensor final_norm;         // [D] (the architecture's norm offset included)
+  float embed_scale = 1.0f;      // config.scale_embeddings: sqrt(D) in the embedding's dtype
   // Resident models only; a streaming model reads them from `streamed` when needed.
   at::Tensor embed;    // [V, D]
   at::Tensor lm_head;  // [V, D] (the embedding when tied)
@@ -83,7 +86,10 @@ struct ReferenceModel::Impl {
   // Layer l's weights: the resident ones, or read now from `streamed`.
   std::shared_ptr<const LlamaLayerWeights> LayerWeights(std::int64_t l) const;
   at::Tensor Embed(const at::Tensor& tokens) const;  // int64 [B, T] -> [B T, D]
-  at::Tensor LmHead() const;                         // [V, D]
+  at::Tensor Scaled(const at::Tensor& embedded) const {
+    return embed_scale != 1.0f ? embedded * embed_scale : embedded;
+  }
+  at::Tensor LmHead() const;  // [V, D]
   // Rows [begin, begin + count) of the LM head, float32 on `device`: a streamed model reads only
   // those rows from the checkpoint (runtime_check/vocab_blocks.h).
   at::Tensor LmHeadRows(std::int64_t begin, std::int64_t count) const;
@@ -137,9 +143,18 @@ std::pair<at::Tensor, at::Tensor> RopeTables(std::int64_t T, const ModelConfig& 
 // the H query heads from column 0 and `key_heads` key heads after them (0 = none).
 void NormalizeQueryKeyHeads(at::Tensor& qkv, const LlamaLayerWeights& w, const ModelConfig& config,
                             std::int64_t key_heads);
-// The layer's SwiGLU MLP on its residual stream x [N, D] (post-attention RMSNorm included):
-// the amount the layer adds to x.
+// The layer's gated MLP (SwiGLU, or Gemma's GeGLU) on its residual stream x [N, D], its input
+// norm included (and its output norm, config.sandwich_norms): the amount the layer adds to x.
 at::Tensor MlpOutput(const LlamaLayerWeights& w, const at::Tensor& x, const ModelConfig& config);
+// The attention's contribution to the residual: o_proj of the context [N, H d] (then Gemma's
+// output norm).
+at::Tensor AttentionOutput(const LlamaLayerWeights& w, const at::Tensor& ctx,
+                           const ModelConfig& config);
+// cap tanh(x / cap) (Gemma 2's soft-capping of scores and logits); x itself when cap is 0.
+at::Tensor SoftCap(const at::Tensor& x, double cap);
+// The RoPE tables of layer `layer` (Gemma 3's sliding layers rotate with their own base).
+std::pair<at::Tensor, at::Tensor> LayerRopeTables(std::int64_t T, const ModelConfig& config,
+                                                  std::int64_t layer, const at::Device& device);
 // rotate_half RoPE on token-major [B, T, n, d] with cos/sin [T, d/2].
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 // Additive mask [T, T]: 0 where key j is visible to query i (j <= i, inside the sliding window

@@ -4,10 +4,12 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <numeric>
 #include <thread>
 
+#include "formats/dtype.h"
 #include "formats/error.h"
 #include "formats/ranks.h"
 #include "formats/tensor_names.h"
@@ -43,6 +45,21 @@ at::Tensor TokenTensor(const std::vector<std::int32_t>& ids, int rows, std::int6
   return t.to(device);
 }
 
+// Gemma's embedding factor sqrt(hidden_size), rounded to the embedding's stored dtype as
+// transformers rounds it to the model's (Gemma3TextScaledWordEmbedding, Gemma2Model); 1 elsewhere.
+float EmbeddingScale(const Checkpoint& ck) {
+  if (!ck.config.scale_embeddings) return 1.0f;
+  const auto scale = static_cast<float>(std::sqrt(static_cast<double>(ck.config.hidden_size)));
+  switch (ck.Tensor({TensorRole::kEmbedTokens}).entry->dtype) {
+    case DType::kBF16:
+      return Bf16ToF32(F32ToBf16(scale));
+    case DType::kF16:
+      return F16ToF32(F32ToF16(scale));
+    default:
+      return scale;
+  }
+}
+
 }  // namespace
 
 ReferenceModel::ReferenceModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -59,8 +76,12 @@ LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const LoadRoles& lo
   auto maybe = [&](bool present, std::vector<TensorRole> roles) {
     return present ? load(roles) : at::Tensor();
   };
+  auto norm = [&](TensorRole role) {  // Gemma's norms scale by (1 + w)
+    const at::Tensor t = load({role});
+    return c.norm_offset != 0 ? t + c.norm_offset : t;
+  };
   LlamaLayerWeights w;
-  w.attn_norm = load({R::kAttnNorm});
+  w.attn_norm = norm(R::kAttnNorm);
   const bool kv = c.ComputesKv(l);  // else it reads another layer's K/V: queries only
   w.w_qkv = kv ? load({R::kQProj, R::kKProj, R::kVProj}) : load({R::kQProj});
   w.b_qkv = maybe(c.qkv_bias,
@@ -71,9 +92,15 @@ LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const LoadRoles& lo
     w.q_cache_proj = load({R::kQCacheProj});
   }
   w.b_o = maybe(c.o_bias, {R::kOBias});
-  w.q_norm = maybe(c.qk_norm, {R::kQNorm});
-  w.k_norm = maybe(c.qk_norm && kv, {R::kKNorm});
-  w.mlp_norm = load({R::kMlpNorm});
+  if (c.qk_norm) w.q_norm = norm(R::kQNorm);
+  if (c.qk_norm && kv) w.k_norm = norm(R::kKNorm);
+  if (c.sandwich_norms) {  // post_attention_layernorm is the attention output's norm here
+    w.attn_out_norm = norm(R::kMlpNorm);
+    w.mlp_norm = norm(R::kPreFeedforwardNorm);
+    w.mlp_out_norm = norm(R::kPostFeedforwardNorm);
+  } else {
+    w.mlp_norm = norm(R::kMlpNorm);
+  }
   w.w_gate_up = load({R::kGateProj, R::kUpProj});
   w.b_gate_up = maybe(c.mlp_bias, {R::kGateBias, R::kUpBias});
   w.w_down = load({R::kDownProj});
@@ -142,14 +169,14 @@ std::shared_ptr<const LlamaLayerWeights> ReferenceModel::Impl::LayerWeights(std:
 
 at::Tensor ReferenceModel::Impl::Embed(const at::Tensor& tokens) const {
   const at::Tensor flat = tokens.reshape({-1});
-  if (streamed == nullptr) return at::embedding(embed, flat);
+  if (streamed == nullptr) return Scaled(at::embedding(embed, flat));
   const at::Tensor ids = flat.to(at::kCPU).contiguous();
   const std::int64_t* p = ids.data_ptr<std::int64_t>();
   const std::vector<std::int64_t> rows(p, p + ids.numel());
   at::Tensor out = at::empty({ids.numel(), config.hidden_size}, at::kFloat);
   streamed->tensors.ReadRowsF32(streamed->Tensor({TensorRole::kEmbedTokens}).entry->name, rows,
                                 out.data_ptr<float>());
-  return out.to(device);
+  return Scaled(out.to(device));
 }
 
 at::Tensor ReferenceModel::Impl::LmHead() const { return LmHeadRows(0, config.vocab_size); }
@@ -188,7 +215,8 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
   const at::Device dev = impl->device;
 
   c10::InferenceMode inference;
-  impl->final_norm = LoadTensor(ck, {TensorRole::kFinalNorm}, dev);
+  impl->final_norm = LoadTensor(ck, {TensorRole::kFinalNorm}, dev) + ck.config.norm_offset;
+  impl->embed_scale = EmbeddingScale(ck);
   if (options.stream_layers && !impl->DecodesTokenByToken()) {
     impl->streamed = &ck;
   } else {

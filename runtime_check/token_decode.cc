@@ -17,8 +17,9 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
     Fail("runtime", "token-by-token decoding of reconstruct-mode keys is not implemented");
   const std::int64_t B = tokens.size(0), T = tokens.size(1), L = c.num_hidden_layers;
   const std::int64_t H = c.num_attention_heads, d = c.head_dim;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const auto [cos, sin] = RopeTables(T, c, m.device);
+  const double scale = c.AttentionScale();
+  std::vector<std::pair<at::Tensor, at::Tensor>> rope;  // per layer (Gemma 3 has two bases)
+  for (std::int64_t l = 0; l < L; ++l) rope.push_back(LayerRopeTables(T, c, l, m.device));
   const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(m.device);
 
   // The KV cache: [B, KV, T, d] per layer that computes K/V.
@@ -30,9 +31,10 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
   }
   at::Tensor logits = at::empty({B, T, c.vocab_size}, f32);
   for (std::int64_t t = 0; t < T; ++t) {
-    const at::Tensor c_t = cos.narrow(0, t, 1), s_t = sin.narrow(0, t, 1);
-    at::Tensor x = at::embedding(m.embed, tokens.select(1, t));  // [B, D]
+    at::Tensor x = m.Embed(tokens.select(1, t));  // [B, D]
     for (std::int64_t l = 0; l < L; ++l) {
+      const auto& [cos, sin] = rope[static_cast<std::size_t>(l)];
+      const at::Tensor c_t = cos.narrow(0, t, 1), s_t = sin.narrow(0, t, 1);
       const LlamaLayerWeights& w = m.layers[static_cast<std::size_t>(l)];
       const std::int64_t source = c.KvSourceOf(l);
       const std::int64_t KV = c.KvHeads(source), group = H / KV;
@@ -48,8 +50,8 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
       }
       // Keys [first, end): a source above this layer has not seen token t yet.
       const std::int64_t end = source > l ? t : t + 1;
-      const std::int64_t first =
-          c.sliding_window > 0 ? std::max<std::int64_t>(0, t + 1 - c.sliding_window) : 0;
+      const std::int64_t window = c.WindowOf(l);
+      const std::int64_t first = window > 0 ? std::max<std::int64_t>(0, t + 1 - window) : 0;
       at::Tensor ctx;
       if (end <= first) {
         ctx = at::zeros({B, H * d}, f32);
@@ -59,14 +61,16 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
         const at::Tensor v_seen =
             values[static_cast<std::size_t>(source)].narrow(2, first, end - first);
         const at::Tensor qg = (q.view({B, KV, group, d}) * scale);
-        const at::Tensor probs =
-            at::softmax(at::matmul(qg, k_seen.transpose(-1, -2)), -1);  // [B, KV, group, n]
+        const at::Tensor probs =  // [B, KV, group, n]
+            at::softmax(SoftCap(at::matmul(qg, k_seen.transpose(-1, -2)), c.attn_logit_softcap),
+                        -1);
         ctx = at::matmul(probs, v_seen).reshape({B, H * d});
       }
-      x = x + at::linear(ctx, w.w_o, w.b_o);
+      x = x + AttentionOutput(w, ctx, c);
       x = x + MlpOutput(w, x, c);
     }
-    logits.select(1, t).copy_(at::linear(RmsNorm(x, m.final_norm, c.rms_norm_eps), m.lm_head));
+    logits.select(1, t).copy_(SoftCap(
+        at::linear(RmsNorm(x, m.final_norm, c.rms_norm_eps), m.lm_head), c.final_logit_softcap));
   }
   return logits;
 }

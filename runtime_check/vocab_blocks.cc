@@ -78,8 +78,12 @@ void ForEachBlock(LogitSource& a, LogitSource* b, const VocabBlocking& blocking,
 
 }  // namespace
 
-HeadLogits::HeadLogits(at::Tensor normed_rows, std::int64_t vocab, HeadRows head_rows)
-    : rows_(std::move(normed_rows)), vocab_(vocab), head_rows_(std::move(head_rows)) {}
+HeadLogits::HeadLogits(at::Tensor normed_rows, std::int64_t vocab, HeadRows head_rows,
+                       double softcap)
+    : rows_(std::move(normed_rows)),
+      vocab_(vocab),
+      head_rows_(std::move(head_rows)),
+      softcap_(softcap) {}
 
 void HeadLogits::Select(std::int64_t begin, std::int64_t count) {
   block_ = at::Tensor();  // the previous block leaves before the next is read
@@ -87,7 +91,8 @@ void HeadLogits::Select(std::int64_t begin, std::int64_t count) {
 }
 
 at::Tensor HeadLogits::Logits(std::int64_t begin, std::int64_t count) const {
-  return at::linear(rows_.narrow(0, begin, count), block_);
+  const at::Tensor logits = at::linear(rows_.narrow(0, begin, count), block_);
+  return softcap_ > 0 ? at::tanh(logits / softcap_) * softcap_ : logits;
 }
 
 std::int64_t HeadLogits::DefaultBlock() const {

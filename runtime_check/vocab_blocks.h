@@ -30,7 +30,8 @@ class LogitSource {
 class HeadLogits final : public LogitSource {
  public:
   using HeadRows = std::function<at::Tensor(std::int64_t begin, std::int64_t count)>;
-  HeadLogits(at::Tensor normed_rows, std::int64_t vocab, HeadRows head_rows);
+  // softcap > 0: each logit becomes softcap tanh(logit / softcap) (Gemma 2's final soft-cap).
+  HeadLogits(at::Tensor normed_rows, std::int64_t vocab, HeadRows head_rows, double softcap = 0);
   std::int64_t rows() const override { return rows_.size(0); }
   std::int64_t vocab() const override { return vocab_; }
   void Select(std::int64_t begin, std::int64_t count) override;
@@ -41,6 +42,7 @@ class HeadLogits final : public LogitSource {
   at::Tensor rows_, block_;
   std::int64_t vocab_;
   HeadRows head_rows_;
+  double softcap_;
 };
 
 // Logits that exist already [R, V] (token-by-token decoding forms them).

@@ -1,5 +1,6 @@
 #include "calib/hf/pre_tokenizers.h"
 
+#include <algorithm>
 #include <cctype>
 #include <nlohmann/json.hpp>
 
@@ -27,6 +28,20 @@ std::vector<std::string> SplitIsolated(const Regex& regex, std::string_view text
   return pieces;
 }
 
+// MergedWithPrevious: each match ends the piece before it ("a b" split on " " is "a ", "b"), as
+// Gemma's tokenizer.json splits after spaces.
+std::vector<std::string> SplitMergedWithPrevious(const Regex& regex, std::string_view text,
+                                                 MatchBudget& budget) {
+  std::vector<std::string> pieces;
+  std::size_t previous = 0;
+  for (const Match& m : regex.FindAll(text, budget)) {
+    if (m.end > previous) pieces.emplace_back(text.substr(previous, m.end - previous));
+    previous = std::max(previous, m.end);
+  }
+  if (previous < text.size()) pieces.emplace_back(text.substr(previous));
+  return pieces;
+}
+
 std::string EscapeLiteral(const std::string& literal) {
   std::string out;
   for (char c : literal) {
@@ -42,7 +57,9 @@ class Split : public PreTokenizer {
  public:
   Split(const nlohmann::json& config, const std::string& where) {
     const std::string behavior = config.value("behavior", std::string("Isolated"));
-    if (behavior != "Isolated") Unsupported(where, "Split pre_tokenizer behavior", behavior);
+    if (behavior != "Isolated" && behavior != "MergedWithPrevious")
+      Unsupported(where, "Split pre_tokenizer behavior", behavior);
+    merge_with_previous_ = behavior == "MergedWithPrevious";
     if (OptionalBool(config, "invert", false, where))
       Unsupported(where, "Split pre_tokenizer", "with invert: true");
     const Pattern p = ReadPattern(config, where + " Split pre_tokenizer");
@@ -50,11 +67,13 @@ class Split : public PreTokenizer {
         p.is_regex ? Regex::WithUnicodeWhitespace(p.text) : EscapeLiteral(p.text), where);
   }
   std::vector<std::string> Apply(std::string_view text, int, MatchBudget& budget) const override {
-    return SplitIsolated(*regex_, text, budget);
+    return merge_with_previous_ ? SplitMergedWithPrevious(*regex_, text, budget)
+                                : SplitIsolated(*regex_, text, budget);
   }
 
  private:
   std::unique_ptr<Regex> regex_;
+  bool merge_with_previous_ = false;
 };
 
 // GPT-2's word regex, with JavaScript's \s written out (the reference tokenizers run it as a JS

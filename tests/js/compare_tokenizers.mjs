@@ -1,7 +1,7 @@
 // Token-exactness check: kvfold's native tokenizer.json reader against HF's JavaScript
 // implementation (@huggingface/tokenizers; @lenml/tokenizers agrees on the real files, and any
-// disagreement is reported) on real tokenizer.json files (Llama 3.1, Qwen3, Llama 2 / Mistral) and
-// two forms derived from them, for the shared texts and every hand-written hard case. Usage:
+// disagreement is reported) on real tokenizer.json files (Llama 3.1, Qwen3, Llama 2 / Mistral,
+// Gemma 3) and three forms derived from them, for the shared texts and every hand-written hard case. Usage:
 //   node compare_tokenizers.mjs KVFOLD_BIN SHARED_DIR
 // Exits 0 when every id matches, 1 with the first difference per file otherwise.
 import { execFileSync } from "node:child_process";
@@ -21,6 +21,9 @@ const variants = [
   { name: "llama3.1", pkg: "tokenizer-llama3_1" },
   { name: "qwen3", pkg: "tokenizer-qwen3" },
   { name: "llama2/mistral", pkg: "tokenizer-llama2" },
+  { name: "gemma3", pkg: "tokenizer-gemma3" },
+  { name: "gemma3 pre-tokenizer on raw spaces (no normalizer)", pkg: "tokenizer-gemma3", derived: true,
+    edit: (j) => { j.normalizer = null; } },
   { name: "llama3.1 vocabulary, GPT-2 ByteLevel regex", pkg: "tokenizer-llama3_1", derived: true,
     edit: (j) => { j.pre_tokenizer = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true }; } },
   { name: "mistral vocabulary, Metaspace first", pkg: "tokenizer-llama2", derived: true,

@@ -129,7 +129,7 @@ TEST_CASE("heal checks its settings and refuses the layers it cannot model", "[p
   CHECK_THROWS_WITH(create("heal<seed=-1>"), Catch::Contains("seed must not be negative"));
   CHECK(heal->Unsupported(c).empty());
   c.qk_norm = true;
-  CHECK_THROWS_WITH(create("heal"), Catch::Contains("q/k norms (Qwen3)"));
+  CHECK_THROWS_WITH(create("heal"), Catch::Contains("q/k norms (Qwen3"));
   CHECK_THROWS_WITH(create("heal"), Catch::Contains("--passes: heal: "));
   c.qk_norm = false;
   c.kv_layer_of = {0, 0};
