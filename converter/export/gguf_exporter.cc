@@ -1,6 +1,7 @@
 #include "converter/export/gguf_exporter.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -69,6 +70,7 @@ class GgufExporter : public ModelExporter {
     const GgufVocabulary vocabulary = ReadGgufVocabulary(*tokenizer, source.config.vocab_size);
     AddVocabularyMetadata(vocabulary, tokenizer_keys_);
     notes_ = vocabulary.notes;
+    AddEmbeddingScaleNote(source);
     // Header space: the tokenizer, the source's tensors (GGUF takes nothing passes add) and
     // rope_freqs at the longest name, 16 KiB + 2 KiB a layer for the architecture keys and
     // kvfold.json (5 KiB for 6 layers of gqa-svd). A larger header moves the data once at the end.
@@ -103,17 +105,19 @@ class GgufExporter : public ModelExporter {
   void Add(const std::optional<TensorId>& id, const TensorToWrite& t) override {
     if (!id) return;  // rotary_emb.inv_freq: llama.cpp computes its own (checked on open)
     if (stored_) return stored_->Add(id, t);
-    AddNamed(GgufTensorName(*id, t.name), t, PermutesRows(architecture_, id->role));
+    AddNamed(GgufTensorName(*id, t.name, architecture_), t, PermutesRows(architecture_, id->role));
   }
 
   void AddNamed(const std::string& name, const TensorToWrite& t, bool permute) {
     const GgmlType type = t.shape.size() <= 1 ? GgmlType::kF32 : weight_type_;
+    const bool norm = name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+    const float shift = norm ? NormWeightShift(architecture_) : 0.0f;
     std::vector<std::uint64_t> dims(t.shape.rbegin(), t.shape.rend());
     writer_->AddTensor(name, type, dims);
-    if (!permute && t.dtype == DTypeOf(type)) {
+    if (!permute && shift == 0 && t.dtype == DTypeOf(type)) {
       writer_->Write(t.bytes);
     } else {
-      WriteConverted(t, type, permute);
+      WriteConverted(t, type, permute, shift);
     }
     if (t.mapped) ReleaseMappedPages(t.bytes);
   }
@@ -152,6 +156,26 @@ class GgufExporter : public ModelExporter {
     writer_->Write({reinterpret_cast<const char*>(f.data()), f.size() * 4});
   }
 
+  // Gemma: llama.cpp scales embeddings by sqrtf(hidden_size); transformers (and kvfold's eval)
+  // by that factor rounded to the embedding's dtype. Said when the two differ.
+  void AddEmbeddingScaleNote(const Checkpoint& source) {
+    const ModelConfig& c = source.config;
+    if (!c.scale_embeddings) return;
+    const DType dtype = source.Tensor({TensorRole::kEmbedTokens}).entry->dtype;
+    const auto exact = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
+    std::vector<char> bytes(DTypeSize(dtype));
+    float rounded = exact;
+    ConvertFromF32(dtype, &exact, 1, bytes.data());
+    ConvertToF32(dtype, bytes.data(), 1, &rounded);
+    if (rounded == exact) return;
+    char note[256];
+    std::snprintf(note, sizeof note,
+                  "llama.cpp scales embeddings by sqrt(hidden_size) = %.6g, transformers and "
+                  "kvfold eval by its %s rounding %.6g: logits differ slightly",
+                  exact, DTypeName(dtype), rounded);
+    notes_.push_back(note);
+  }
+
   // What llama.cpp will do differently, said once the file is written.
   void PrintNotes(const ModelConfig& config) const {
     if (!progress_) return;
@@ -164,8 +188,8 @@ class GgufExporter : public ModelExporter {
     }
   }
 
-  // Rows in chunks of whole heads: converted to float32, permuted, converted to `type`.
-  void WriteConverted(const TensorToWrite& t, GgmlType type, bool permute) {
+  // Rows in chunks of whole heads: converted to float32, shifted, permuted, converted to `type`.
+  void WriteConverted(const TensorToWrite& t, GgmlType type, bool permute, float shift) {
     const std::int64_t rows = t.shape.empty() ? 1 : t.shape[0];
     const std::int64_t cols = rows == 0 ? 0 : NumElements(t) / rows;
     const std::int64_t block = permute ? head_dim_ : 1;
@@ -183,6 +207,7 @@ class GgufExporter : public ModelExporter {
       in.resize(count);
       ConvertToF32(t.dtype, t.bytes.data() + static_cast<std::size_t>(r0 * cols) * in_size, count,
                    in.data());
+      for (float& v : in) v += shift;
       const std::vector<float>* src = &in;
       if (permute) {
         out.resize(count);

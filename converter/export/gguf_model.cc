@@ -38,7 +38,40 @@ constexpr const char* kBlockPrefix = "blk.";
 
 }  // namespace
 
+namespace {
+
+// What llama.cpp's gemma2 / gemma3 fix in code rather than read from the file (llama-model.cpp):
+// every `pattern`-th layer global, the rest sliding with one window; scores scaled by
+// head_dim^-1/2; Gemma 3's sliding layers on RoPE base 10000 unscaled; no biases.
+void CheckGemmaLayout(const ModelConfig& c, std::int64_t pattern, const std::string& arch,
+                      const std::string& where) {
+  const std::string what = "llama.cpp's " + arch + " ";
+  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const bool sliding = l % pattern < pattern - 1;
+    if ((c.WindowOf(l) > 0) != sliding || c.WindowOf(l) != (sliding ? c.WindowOf(0) : 0))
+      Fail(where, what + "has every " + std::to_string(pattern) +
+                      "th layer global and the others sliding with one window; layer " +
+                      std::to_string(l) + " is not so");
+  }
+  if (c.query_pre_attn_scalar != static_cast<double>(c.head_dim))
+    Fail(where, what +
+                    "scales scores by head_dim^-1/2; this model's query_pre_attn_scalar is not "
+                    "head_dim");
+  if (c.qkv_bias || c.o_bias) Fail(where, what + "reads no attention biases");
+  if (arch == "gemma3" &&
+      (c.local_rope_theta != 10000.0 || c.attn_logit_softcap > 0 || c.final_logit_softcap > 0))
+    Fail(where, what + "has sliding layers on RoPE base 10000 and no soft-caps");
+}
+
+}  // namespace
+
 std::string GgufArchitecture(const ModelConfig& c, const std::string& where) {
+  if (c.model_type == "gemma2" || c.model_type == "gemma3_text") {
+    const std::string arch = c.model_type == "gemma2" ? "gemma2" : "gemma3";
+    CheckGemmaLayout(c, arch == "gemma2" ? 2 : 6, arch, where);
+    if (c.PerLayerKvHeads()) Fail(where, "llama.cpp's " + arch + " has one KV-head count");
+    return arch;
+  }
   if (c.SharesKv()) {
     Fail(where, "its layers share K/V (" + c.model_type +
                     "), which llama.cpp cannot run: export the model before mlkv/lckv, or use "
@@ -78,7 +111,15 @@ std::string GgufArchitecture(const ModelConfig& c, const std::string& where) {
   return "llama";
 }
 
-std::string GgufTensorName(const TensorId& id, const std::string& where) {
+std::string GgufTensorName(const TensorId& id, const std::string& where,
+                           const std::string& architecture) {
+  if (IsGemma(architecture)) {  // post_attention_layernorm is the attention output's norm there
+    const char* gemma = id.role == TensorRole::kMlpNorm               ? "post_attention_norm.weight"
+                        : id.role == TensorRole::kPreFeedforwardNorm  ? "ffn_norm.weight"
+                        : id.role == TensorRole::kPostFeedforwardNorm ? "post_ffw_norm.weight"
+                                                                      : nullptr;
+    if (gemma != nullptr) return kBlockPrefix + std::to_string(id.layer) + "." + gemma;
+  }
   for (const auto& n : kNames) {
     if (n.role != id.role) continue;
     if (!IsPerLayer(id.role)) return n.gguf;
@@ -123,6 +164,14 @@ std::optional<TensorId> TensorIdOfGgufName(const std::string& name) {
     if (!IsPerLayer(n.role) && name == n.gguf) return TensorId{n.role, -1};
   }
   return std::nullopt;
+}
+
+bool IsGemma(const std::string& architecture) {
+  return architecture == "gemma2" || architecture == "gemma3";
+}
+
+float NormWeightShift(const std::string& architecture) {
+  return IsGemma(architecture) ? 1.0f : 0.0f;
 }
 
 bool PermutesRows(const std::string& architecture, TensorRole role) {
@@ -179,6 +228,13 @@ void AddArchitectureMetadata(const ModelConfig& c, const std::string& arch, Gguf
           GgufValue::F32(static_cast<float>(RopeCosSinScale(c))));
     u32("rope.scaling.original_context_length", c.rope_scaling.original_max_position_embeddings);
   }
+  if (c.layer_window.size() > 0) u32("attention.sliding_window", c.WindowOf(0));
+  if (c.attn_logit_softcap > 0)
+    m.Set(arch + ".attn_logit_softcapping",
+          GgufValue::F32(static_cast<float>(c.attn_logit_softcap)));
+  if (c.final_logit_softcap > 0)
+    m.Set(arch + ".final_logit_softcapping",
+          GgufValue::F32(static_cast<float>(c.final_logit_softcap)));
   if (c.rope_scaling.type == "linear") {
     m.Set(arch + ".rope.scaling.type", GgufValue::String("linear"));
     m.Set(arch + ".rope.scaling.factor", GgufValue::F32(static_cast<float>(c.rope_scaling.factor)));

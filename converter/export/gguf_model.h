@@ -14,14 +14,21 @@
 
 namespace kvfold {
 
-// llama.cpp's architecture for `config`: "llama" (Llama, Mistral), "qwen2", "qwen3". Throws
+// llama.cpp's architecture for `config`: "llama" (Llama, Mistral), "qwen2", "qwen3", "phi3",
+// "deci", "gemma2", "gemma3". Throws
 // Error naming `where` and what to use instead for what llama.cpp cannot run: layers sharing
 // K/V (LCKV/MLKV), reconstruct-mode keys, dynamic RoPE scaling, MLP biases.
 std::string GgufArchitecture(const ModelConfig& config, const std::string& where);
 
 // "blk.3.attn_q.weight" for {kQProj, 3}; throws Error naming `where` for a role llama.cpp has
-// no tensor for (vLLM's k_scale/v_scale, kvfold's key projections).
-std::string GgufTensorName(const TensorId& id, const std::string& where);
+// no tensor for (vLLM's k_scale/v_scale, kvfold's key projections). Gemma's norms take
+// llama.cpp's Gemma names (post_attention_layernorm is post_attention_norm there).
+std::string GgufTensorName(const TensorId& id, const std::string& where,
+                           const std::string& architecture = "");
+bool IsGemma(const std::string& architecture);  // gemma2, gemma3
+// What llama.cpp's converter adds to every norm weight: 1 for Gemma ((1 + w) stored as is),
+// else 0.
+float NormWeightShift(const std::string& architecture);
 // The name of a tensor as the checkpoint stores it (formats/stored_layout.h): Phi-3's fused
 // self_attn.qkv_proj as blk.N.attn_qkv, mlp.gate_up_proj as blk.N.ffn_up (gate rows first, as
 // llama.cpp's SwiGLU splits it); others as GgufTensorName.

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -119,6 +120,27 @@ std::string PreTokenizerName(const nlohmann::json& root, const std::string& wher
                   "...): llama.cpp would tokenize differently; run it with kvfold's ids");
 }
 
+// Whether a sentencepiece-style tokenizer.json puts "▁" before the text: a Prepend normalizer
+// (Llama 2's), or a Metaspace pre-tokenizer that prepends (prepend_scheme first or always, or
+// the older add_prefix_space).
+bool PrependsSpace(const nlohmann::json& root) {
+  const std::string normalizer = root.value("normalizer", nlohmann::json()).dump();
+  if (normalizer.find("\"Prepend\"") != std::string::npos) return true;
+  bool prepends = false;
+  std::function<void(const nlohmann::json&)> visit = [&](const nlohmann::json& pre) {
+    if (!pre.is_object()) return;
+    if (pre.value("type", "") == "Sequence" && pre.contains("pretokenizers")) {
+      for (const auto& p : pre["pretokenizers"]) visit(p);
+    } else if (pre.value("type", "") == "Metaspace") {
+      const std::string scheme = pre.value("prepend_scheme", std::string());
+      prepends = prepends || scheme == "first" || scheme == "always" ||
+                 (scheme.empty() && pre.value("add_prefix_space", true));
+    }
+  };
+  visit(root.value("pre_tokenizer", nlohmann::json()));
+  return prepends;
+}
+
 bool IsByteLevel(const nlohmann::json& root) {
   const std::string s = root.value("pre_tokenizer", nlohmann::json()).dump() +
                         root.value("decoder", nlohmann::json()).dump();
@@ -163,6 +185,7 @@ GgufVocabulary FromTokenizerJson(const Tokenizer& tok, std::int64_t vocab_size) 
   GgufVocabulary v;
   v.model = byte_level ? "gpt2" : "llama";
   if (byte_level) v.pre = PreTokenizerName(root, where);
+  if (!byte_level) v.add_space_prefix = PrependsSpace(root);
   std::map<std::string, float> scores;
   if (!byte_level) {
     if (!model.value("byte_fallback", false))
@@ -183,7 +206,14 @@ GgufVocabulary FromTokenizerJson(const Tokenizer& tok, std::int64_t vocab_size) 
     const std::int32_t type = content == unk              ? kUnknown
                               : t.value("special", false) ? kControl
                                                           : kUserDefined;
-    SetPiece(p, t.at("id").get<std::int64_t>(), content, 0.0f, type, where);
+    const std::int64_t id = t.at("id").get<std::int64_t>();
+    if (type == kControl && id >= vocab_size) {  // Gemma 3's image token, beyond the text model
+      v.notes.push_back("special token " + content + " (id " + std::to_string(id) +
+                        ") lies beyond the model's " + std::to_string(vocab_size) +
+                        " rows: left out, as llama.cpp's converter leaves it");
+      continue;
+    }
+    SetPiece(p, id, content, 0.0f, type, where);
   }
   for (std::size_t id = 0; id < p.tokens.size(); ++id) {
     if (!unk.empty() && p.tokens[id] == unk) v.unk = static_cast<std::int64_t>(id);
@@ -239,6 +269,7 @@ void AddVocabularyMetadata(const GgufVocabulary& v, GgufMetadata& m) {
       "tokenizer.ggml.token_type",
       GgufValue::Numbers(GgufValueType::kI32, std::vector<double>(v.types.begin(), v.types.end())));
   if (!v.merges.empty()) m.Set("tokenizer.ggml.merges", GgufValue::Strings(v.merges));
+  if (!v.add_space_prefix) m.Set("tokenizer.ggml.add_space_prefix", GgufValue::Bool(false));
   auto id = [&](const char* key, std::int64_t value) {
     if (value >= 0) m.Set(key, GgufValue::U32(static_cast<std::uint32_t>(value)));
   };

@@ -31,6 +31,9 @@ struct GgufVocabulary {
   std::vector<std::string> merges;  // gpt2
   std::int64_t bos = -1, eos = -1, unk = -1, pad = -1;
   bool add_bos = false;
+  // llama: whether llama.cpp's sentencepiece tokenizer puts "▁" before the text (its default).
+  // A tokenizer.json whose normalizer and pre-tokenizer add none (Gemma's) says false.
+  bool add_space_prefix = true;
   std::string chat_template;
   // What a user should know about running the tokenizer in llama.cpp (printed by export).
   std::vector<std::string> notes;

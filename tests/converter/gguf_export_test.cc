@@ -151,3 +151,38 @@ TEST_CASE("convert --format gguf carries kvfold.json into the file", "[gguf][sha
   CHECK(inspect.out.find("pipeline       gqa-svd<kv-heads=4,") != std::string::npos);
   CHECK(ListDir(tmp.path()) == std::vector<std::string>{"g.gguf"});
 }
+
+// What llama.cpp's gemma2 / gemma3 fix in code (llama-model.cpp) and the file cannot say: a model
+// that differs is refused by name rather than written to run wrong.
+TEST_CASE("GGUF gemma2/gemma3: the layouts llama.cpp fixes are checked, norms shifted by 1",
+          "[gguf][gemma]") {
+  auto config = [](const std::string& extra) {
+    return ParseModelConfig(
+        R"({"model_type":"gemma3_text","hidden_size":64,"num_hidden_layers":7,
+            "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,
+            "query_pre_attn_scalar":16,"sliding_window":32,"intermediate_size":96,
+            "vocab_size":512)" +
+            extra + "}",
+        "config.json");
+  };
+  CHECK(GgufArchitecture(config(""), "m") == "gemma3");
+  CHECK_THROWS_WITH(GgufArchitecture(config(R"(,"sliding_window_pattern":2)"), "m"),
+                    Catch::Contains("every 6th layer global") && Catch::Contains("layer 1"));
+  CHECK_THROWS_WITH(GgufArchitecture(config(R"(,"query_pre_attn_scalar":24)"), "m"),
+                    Catch::Contains("head_dim^-1/2"));
+  CHECK_THROWS_WITH(GgufArchitecture(config(R"(,"rope_local_base_freq":20000)"), "m"),
+                    Catch::Contains("RoPE base 10000"));
+  ModelConfig gemma2 = config(R"(,"sliding_window_pattern":2)");
+  gemma2.model_type = "gemma2";
+  gemma2.qk_norm = false;
+  CHECK(GgufArchitecture(gemma2, "m") == "gemma2");
+  CHECK(GgufTensorName({TensorRole::kMlpNorm, 3}, "m", "gemma2") ==
+        "blk.3.post_attention_norm.weight");
+  CHECK(GgufTensorName({TensorRole::kPreFeedforwardNorm, 3}, "m", "gemma3") ==
+        "blk.3.ffn_norm.weight");
+  CHECK(GgufTensorName({TensorRole::kPostFeedforwardNorm, 3}, "m", "gemma3") ==
+        "blk.3.post_ffw_norm.weight");
+  CHECK(GgufTensorName({TensorRole::kMlpNorm, 3}, "m", "llama") == "blk.3.ffn_norm.weight");
+  CHECK(NormWeightShift("gemma3") == 1.0f);
+  CHECK(NormWeightShift("qwen3") == 0.0f);
+}
