@@ -4,6 +4,7 @@
 // has both (CpuHasAttentionKernels), else the forward pass falls back to ATen ops.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace kvfold {
@@ -13,7 +14,11 @@ namespace kvfold {
 struct QkvLayout {
   std::int64_t batch = 0, tokens = 0;  // B, T
   std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  double score_scale = 0;  // what scores are multiplied by (Gemma's); 0: head_dim^-1/2
   std::int64_t row() const { return (heads + 2 * kv_heads) * head_dim; }
+  double ScoreScale() const {
+    return score_scale > 0 ? score_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+  }
 };
 
 bool CpuHasAttentionKernels();

@@ -345,7 +345,7 @@ void EvictionCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout
   x.key_stride = L.row();
   x.queries = rows + g * group * d;
   x.query_stride = L.row();
-  x.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  x.scale = static_cast<float>(L.ScoreScale());
   HeadEviction e;
   e.policy = spec_.policy == EvictPolicy::kTable ? EvictPolicy::kL2Low : spec_.policy;
   e.regime = spec_.regime;

@@ -293,7 +293,7 @@ void QuantCachePolicy::HeadCache(int layer, const float* qkv, const QkvLayout& L
   }
   const std::int64_t group = L.heads / L.kv_heads;
   const float* rows = qkv + b * T * L.row();
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const double scale = L.ScoreScale();
   std::vector<std::uint8_t> high(static_cast<std::size_t>(T), 0);
   std::vector<std::int64_t> high_list;  // oldest first
   std::vector<double> received(static_cast<std::size_t>(T), 0.0), s(static_cast<std::size_t>(T));

@@ -347,14 +347,14 @@ class BatchedPass {
   QkvLayout layout_;
   at::Tensor below_diagonal_;
   std::vector<at::Tensor> shared_kv_;
-  // Made when a layer first needs them: RoPE tables by base (Gemma 3 has two), masks by window.
-  std::map<double, std::pair<at::Tensor, at::Tensor>> rope_;
+  // Made when a layer first needs them: RoPE tables, global and local (Gemma 3's sliding
+  // layers), and masks by window.
+  std::map<bool, std::pair<at::Tensor, at::Tensor>> rope_;
   std::map<std::int64_t, at::Tensor> masks_;
   const std::pair<at::Tensor, at::Tensor>& Rope(std::int64_t l) {
-    const ModelConfig rope = c_.RopeOf(l);
-    auto it = rope_.find(rope.rope_theta);
-    if (it == rope_.end())
-      it = rope_.emplace(rope.rope_theta, RopeTables(T_, rope, m_.device)).first;
+    const bool local = c_.local_rope_theta > 0 && c_.WindowOf(l) > 0;
+    auto it = rope_.find(local);
+    if (it == rope_.end()) it = rope_.emplace(local, LayerRopeTables(T_, c_, l, m_.device)).first;
     return it->second;
   }
   const at::Tensor& Mask(std::int64_t window) {
@@ -368,7 +368,7 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
                         bool observe_only) {
   KV_ = c_.KvHeads(l);  // per-layer KV heads (Nemotron-NAS)
   KVs_ = reconstruct_ ? c_.key_projection_heads : KV_;
-  layout_ = QkvLayout{B_, T_, H_, KV_, d_};
+  layout_ = QkvLayout{B_, T_, H_, KV_, d_, scale_};
   const std::int64_t B = B_, T = T_, H = H_, KV = KV_, KVs = KVs_, d = d_;
   const std::int64_t D = c_.hidden_size;
   const bool computes = c_.ComputesKv(l);
