@@ -3,6 +3,7 @@
 #include <memory>
 #include <optional>
 
+#include "calib/calibration_input.h"
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
@@ -191,7 +192,9 @@ nlohmann::ordered_json RunEval(const EvalJob& a) {
   const Checkpoint ck = OpenCheckpoint(a.model);
   CheckJob(a, ck);
   const auto tokenizer = LoadTokenizer(ck);
-  const std::vector<std::int32_t> tokens = tokenizer->Encode(LoadText(a.text));
+  // Every id checked against the model's rows, naming the text (a special token written in it
+  // may lie beyond them: Gemma 3's image token).
+  const std::vector<std::int32_t> tokens = EncodeTextFile(a.text, *tokenizer, ck.config.vocab_size);
   const std::vector<TokenWindow> windows = CutWindows(tokens, a.window, a.max_windows, a.text);
   const std::int32_t bos = tokenizer->bos_id();
   const RuntimeOptions runtime = StreamedRuntime(a.compute);  // the checkpoints outlive the models
