@@ -119,8 +119,16 @@ double RopeCosSinScale(const ModelConfig& c) {
   return RopeAttentionFactor(c.rope_scaling, c.max_position_embeddings);
 }
 
+float EmbeddingScale(const ModelConfig& c, DType embedding_dtype) {
+  if (!c.scale_embeddings) return 1.0f;
+  const auto scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
+  if (embedding_dtype == DType::kBF16) return Bf16ToF32(F32ToBf16(scale));
+  if (embedding_dtype == DType::kF16) return F16ToF32(F32ToF16(scale));
+  return scale;
+}
+
 ModelConfig ModelConfig::RopeOf(std::int64_t layer) const {
-  if (local_rope_theta <= 0 || WindowOf(layer) == 0) return *this;
+  if (!LocalRope(layer)) return *this;
   ModelConfig local = *this;
   local.rope_theta = local_rope_theta;
   local.rope_scaling = RopeScaling();
@@ -163,9 +171,7 @@ ModelConfig ModelConfig::ForLayer(std::int64_t layer) const {
 }
 
 std::int64_t ModelConfig::KvBytesPerToken(std::int64_t bytes_per_element) const {
-  std::int64_t heads = 0;
-  for (std::int64_t l = 0; l < num_hidden_layers; ++l) heads += ComputesKv(l) ? KvHeads(l) : 0;
-  return 2 * heads * head_dim * bytes_per_element;
+  return KvBytesAt(1, bytes_per_element);  // every window holds one token
 }
 
 std::int64_t ModelConfig::KvBytesAt(std::int64_t tokens, std::int64_t bytes_per_element) const {

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "formats/dtype.h"
 #include "formats/rope.h"
 
 namespace kvfold {
@@ -99,8 +100,9 @@ struct ModelConfig {
     return layer_window.empty() ? sliding_window : layer_window[static_cast<std::size_t>(layer)];
   }
   bool SlidingLayers() const { return sliding_window > 0 || !layer_window.empty(); }
-  // The config whose rope_theta and rope_scaling layer `layer` rotates with (Gemma 3's sliding
-  // layers: local_rope_theta, no scaling).
+  // Layer `layer` rotates with local_rope_theta, unscaled (Gemma 3's sliding layers).
+  bool LocalRope(std::int64_t layer) const { return local_rope_theta > 0 && WindowOf(layer) > 0; }
+  // The config whose rope_theta and rope_scaling layer `layer` rotates with.
   ModelConfig RopeOf(std::int64_t layer) const;
   // The factor scores are multiplied by: query_pre_attn_scalar^-1/2, else head_dim^-1/2.
   double AttentionScale() const;
@@ -144,6 +146,10 @@ struct ModelConfig {
 std::vector<double> RopePairFrequencies(const ModelConfig& config, std::int64_t tokens);
 // What cos and sin of the rotated pairs are multiplied by (longrope's attention factor; else 1).
 double RopeCosSinScale(const ModelConfig& config);
+// What embeddings are multiplied by: Gemma's sqrt(hidden_size), rounded to the embedding's stored
+// dtype as transformers rounds it to the model's (Gemma3TextScaledWordEmbedding, Gemma2Model);
+// 1 for the others.
+float EmbeddingScale(const ModelConfig& config, DType embedding_dtype);
 
 // model_type and architecture of a checkpoint whose layers share K/V (whyNLP/LCKV's names).
 constexpr const char* kCrossLayerModelType = "lckv-llama";

@@ -352,7 +352,7 @@ class BatchedPass {
   std::map<bool, std::pair<at::Tensor, at::Tensor>> rope_;
   std::map<std::int64_t, at::Tensor> masks_;
   const std::pair<at::Tensor, at::Tensor>& Rope(std::int64_t l) {
-    const bool local = c_.local_rope_theta > 0 && c_.WindowOf(l) > 0;
+    const bool local = c_.LocalRope(l);
     auto it = rope_.find(local);
     if (it == rope_.end()) it = rope_.emplace(local, LayerRopeTables(T_, c_, l, m_.device)).first;
     return it->second;

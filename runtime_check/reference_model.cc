@@ -4,12 +4,10 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
-#include <cmath>
 #include <functional>
 #include <numeric>
 #include <thread>
 
-#include "formats/dtype.h"
 #include "formats/error.h"
 #include "formats/ranks.h"
 #include "formats/tensor_names.h"
@@ -43,21 +41,6 @@ at::Tensor TokenTensor(const std::vector<std::int32_t>& ids, int rows, std::int6
     p[i] = ids[i];
   }
   return t.to(device);
-}
-
-// Gemma's embedding factor sqrt(hidden_size), rounded to the embedding's stored dtype as
-// transformers rounds it to the model's (Gemma3TextScaledWordEmbedding, Gemma2Model); 1 elsewhere.
-float EmbeddingScale(const Checkpoint& ck) {
-  if (!ck.config.scale_embeddings) return 1.0f;
-  const auto scale = static_cast<float>(std::sqrt(static_cast<double>(ck.config.hidden_size)));
-  switch (ck.Tensor({TensorRole::kEmbedTokens}).entry->dtype) {
-    case DType::kBF16:
-      return Bf16ToF32(F32ToBf16(scale));
-    case DType::kF16:
-      return F16ToF32(F32ToF16(scale));
-    default:
-      return scale;
-  }
 }
 
 }  // namespace
@@ -216,7 +199,7 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
 
   c10::InferenceMode inference;
   impl->final_norm = LoadTensor(ck, {TensorRole::kFinalNorm}, dev) + ck.config.norm_offset;
-  impl->embed_scale = EmbeddingScale(ck);
+  impl->embed_scale = EmbeddingScale(ck.config, ck.Tensor({TensorRole::kEmbedTokens}).entry->dtype);
   if (options.stream_layers && !impl->DecodesTokenByToken()) {
     impl->streamed = &ck;
   } else {

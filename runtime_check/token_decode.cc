@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <map>
 
 #include "formats/error.h"
 #include "runtime_check/llama_forward.h"
@@ -18,8 +19,11 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
   const std::int64_t B = tokens.size(0), T = tokens.size(1), L = c.num_hidden_layers;
   const std::int64_t H = c.num_attention_heads, d = c.head_dim;
   const double scale = c.AttentionScale();
-  std::vector<std::pair<at::Tensor, at::Tensor>> rope;  // per layer (Gemma 3 has two bases)
-  for (std::int64_t l = 0; l < L; ++l) rope.push_back(LayerRopeTables(T, c, l, m.device));
+  // Global and local (Gemma 3's sliding layers) RoPE tables, each made once.
+  std::map<bool, std::pair<at::Tensor, at::Tensor>> rope;
+  for (std::int64_t l = 0; l < L; ++l) {
+    if (!rope.count(c.LocalRope(l))) rope[c.LocalRope(l)] = LayerRopeTables(T, c, l, m.device);
+  }
   const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(m.device);
 
   // The KV cache: [B, KV, T, d] per layer that computes K/V.
@@ -33,7 +37,7 @@ at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& t
   for (std::int64_t t = 0; t < T; ++t) {
     at::Tensor x = m.Embed(tokens.select(1, t));  // [B, D]
     for (std::int64_t l = 0; l < L; ++l) {
-      const auto& [cos, sin] = rope[static_cast<std::size_t>(l)];
+      const auto& [cos, sin] = rope.at(c.LocalRope(l));
       const at::Tensor c_t = cos.narrow(0, t, 1), s_t = sin.narrow(0, t, 1);
       const LlamaLayerWeights& w = m.layers[static_cast<std::size_t>(l)];
       const std::int64_t source = c.KvSourceOf(l);

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "formats/error.h"
+#include "runtime_check/llama_forward.h"
 
 namespace kvfold {
 namespace {
@@ -91,8 +92,7 @@ void HeadLogits::Select(std::int64_t begin, std::int64_t count) {
 }
 
 at::Tensor HeadLogits::Logits(std::int64_t begin, std::int64_t count) const {
-  const at::Tensor logits = at::linear(rows_.narrow(0, begin, count), block_);
-  return softcap_ > 0 ? at::tanh(logits / softcap_) * softcap_ : logits;
+  return SoftCap(at::linear(rows_.narrow(0, begin, count), block_), softcap_);
 }
 
 std::int64_t HeadLogits::DefaultBlock() const {

@@ -1,7 +1,6 @@
 #include "converter/export/gguf_exporter.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -159,14 +158,9 @@ class GgufExporter : public ModelExporter {
   // Gemma: llama.cpp scales embeddings by sqrtf(hidden_size); transformers (and kvfold's eval)
   // by that factor rounded to the embedding's dtype. Said when the two differ.
   void AddEmbeddingScaleNote(const Checkpoint& source) {
-    const ModelConfig& c = source.config;
-    if (!c.scale_embeddings) return;
     const DType dtype = source.Tensor({TensorRole::kEmbedTokens}).entry->dtype;
-    const auto exact = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
-    std::vector<char> bytes(DTypeSize(dtype));
-    float rounded = exact;
-    ConvertFromF32(dtype, &exact, 1, bytes.data());
-    ConvertToF32(dtype, bytes.data(), 1, &rounded);
+    const float exact = EmbeddingScale(source.config, DType::kF32);
+    const float rounded = EmbeddingScale(source.config, dtype);
     if (rounded == exact) return;
     char note[256];
     std::snprintf(note, sizeof note,

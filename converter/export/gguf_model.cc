@@ -228,7 +228,7 @@ void AddArchitectureMetadata(const ModelConfig& c, const std::string& arch, Gguf
           GgufValue::F32(static_cast<float>(RopeCosSinScale(c))));
     u32("rope.scaling.original_context_length", c.rope_scaling.original_max_position_embeddings);
   }
-  if (c.layer_window.size() > 0) u32("attention.sliding_window", c.WindowOf(0));
+  if (!c.layer_window.empty()) u32("attention.sliding_window", c.WindowOf(0));
   if (c.attn_logit_softcap > 0)
     m.Set(arch + ".attn_logit_softcapping",
           GgufValue::F32(static_cast<float>(c.attn_logit_softcap)));

@@ -10,11 +10,12 @@
 namespace kvfold {
 namespace {
 
-const PassInfo* FindPass(const std::string& name) {
+// The registered pass `name`; Error("--passes: unknown pass ...") when there is none.
+const PassInfo& FindPass(const std::string& name) {
   for (const auto& info : PassRegistry()) {
-    if (name == info.name) return &info;
+    if (name == info.name) return info;
   }
-  return nullptr;
+  Fail("--passes", "unknown pass '" + name + "' (see --print-passes)");
 }
 
 [[noreturn]] void FailParam(const std::string& pass, const std::string& what) {
@@ -172,26 +173,23 @@ std::vector<std::int64_t> PassSpec::IntList(const std::string& key) const {
 }
 
 std::unique_ptr<Pass> CreatePass(const PassSpec& spec, const ModelConfig& config) {
-  const PassInfo* info = FindPass(spec.name);
-  if (info == nullptr) Fail("--passes", "unknown pass '" + spec.name + "' (see --print-passes)");
-  return info->create(spec, config);
+  return FindPass(spec.name).create(spec, config);
 }
 
 PassSpec MakePassSpec(const std::string& name, const std::map<std::string, std::string>& written) {
-  const PassInfo* info = FindPass(name);
-  if (info == nullptr) Fail("--passes", "unknown pass '" + name + "' (see --print-passes)");
+  const PassInfo& info = FindPass(name);
   PassSpec spec{name, {}, {}};
   for (const auto& [key, value] : written) {
-    const auto p = std::find_if(info->params.begin(), info->params.end(),
+    const auto p = std::find_if(info.params.begin(), info.params.end(),
                                 [&](const PassParam& q) { return key == q.name; });
-    if (p == info->params.end())
+    if (p == info.params.end())
       FailParam(name, "unknown parameter '" + key + "' (see --print-passes)");
     spec.values[key] = Canonical(name, *p, value);
     spec.written.insert(key);
   }
   // Unconditional parameters first: the conditions of the others read them.
   for (const bool conditional : {false, true}) {
-    for (const PassParam& p : info->params) {
+    for (const PassParam& p : info.params) {
       if ((p.when != nullptr) != conditional) continue;
       if (!Applies(p, spec.values)) {
         if (spec.written.count(p.name))
@@ -220,7 +218,7 @@ PipelineSpec ParsePipeline(const std::string& text) {
     while (end < text.size() && text[end] != ',' && text[end] != '<') ++end;
     const std::string name = TrimSpaces(text.substr(i, end - i));
     if (name.empty()) Fail(where, "empty pass name at character " + std::to_string(i));
-    if (FindPass(name) == nullptr) Fail(where, "unknown pass '" + name + "' (see --print-passes)");
+    FindPass(name);  // an unknown name fails here, before its parameters are read
     i = end;
     std::map<std::string, std::string> written;
     if (i < text.size() && text[i] == '<') {
