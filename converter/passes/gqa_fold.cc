@@ -222,20 +222,18 @@ void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<
   // kv_heads changes with the keys: FoldValues and a key fold are applied as a pair.
 }
 
-void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
-                     const std::vector<double>& moment, FoldRecord& record,
-                     const std::vector<double>* query_energy) {
-  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, half = d / 2, cols = p.in_cols();
+KeyFoldCoefficients CommutingKeyFold(const AttentionProjections& p, std::int64_t new_kv,
+                                     const std::vector<double>& moment, FoldRecord& record,
+                                     const std::vector<double>* query_energy) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, half = d / 2;
   const std::int64_t kv_dim = p.kv_heads * d;
   auto S = [&](std::int64_t a, std::int64_t b) {
     return moment[static_cast<std::size_t>(a * kv_dim + b)];
   };
   const std::vector<double> scale = KeyWeights(p, query_energy);  // s per (head, channel)
-  std::vector<double> wk(static_cast<std::size_t>(new_kv * d * cols), 0.0);
-  std::vector<double> wq = p.wq;
-  // Decode coefficient u_m / s_m for every original KV head m and pair j (queries use it).
-  std::vector<std::vector<Complex>> u(static_cast<std::size_t>(p.kv_heads),
-                                      std::vector<Complex>(static_cast<std::size_t>(half)));
+  KeyFoldCoefficients f;
+  f.encode.assign(static_cast<std::size_t>(p.kv_heads), std::vector<Complex>(half));
+  f.decode = f.encode;
   for (std::int64_t g = 0; g < new_kv; ++g) {
     double kept = 0, total = 0;
     for (std::int64_t j = 0; j < half; ++j) {
@@ -252,13 +250,28 @@ void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
       const HermitianEigen e = EigenHermitian(c);
       for (std::int64_t m = 0; m < t; ++m) {
         total += std::max(0.0, e.values[static_cast<std::size_t>(m)]);
+        const auto head = static_cast<std::size_t>(g * t + m);
         const double sm = scale[static_cast<std::size_t>((g * t + m) * d + j)];
-        u[static_cast<std::size_t>(g * t + m)][static_cast<std::size_t>(j)] = e.vectors(m, 0) / sm;
+        f.encode[head][static_cast<std::size_t>(j)] = e.vectors(m, 0) * sm;
+        f.decode[head][static_cast<std::size_t>(j)] = e.vectors(m, 0) / sm;
       }
       kept += std::max(0.0, e.values[0]);
-      // New key pair j of group g: sum_m conj(u_m s_m) z_m.
+    }
+    record.key_energy_kept.push_back(total > 0 ? kept / total : 1.0);
+  }
+  return f;
+}
+
+void ApplyKeyFold(AttentionProjections& p, std::int64_t new_kv, const KeyFoldCoefficients& f) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, half = d / 2, cols = p.in_cols();
+  std::vector<double> wk(static_cast<std::size_t>(new_kv * d * cols), 0.0);
+  std::vector<double> wq = p.wq;
+  for (std::int64_t g = 0; g < new_kv; ++g) {
+    for (std::int64_t j = 0; j < half; ++j) {
+      // New key pair j of group g: sum_m conj(encode_m) z_m.
       for (std::int64_t m = 0; m < t; ++m) {
-        const Complex um = e.vectors(m, 0) * scale[static_cast<std::size_t>((g * t + m) * d + j)];
+        const Complex um =
+            f.encode[static_cast<std::size_t>(g * t + m)][static_cast<std::size_t>(j)];
         const double a = um.real(), b = um.imag();
         const double* x = &p.wk[static_cast<std::size_t>(((g * t + m) * d + j) * cols)];
         const double* y = &p.wk[static_cast<std::size_t>(((g * t + m) * d + j + half) * cols)];
@@ -270,19 +283,22 @@ void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
         }
       }
     }
-    record.key_energy_kept.push_back(total > 0 ? kept / total : 1.0);
   }
-  // Each query head multiplies its pair j by conj(u_m) of the KV head it read.
+  // Each query head multiplies its pair j by conj(decode_m) of the KV head it read.
   for (std::int64_t h = 0; h < p.heads; ++h) {
-    const std::int64_t m = KvHeadOf(p, h);
-    for (std::int64_t j = 0; j < half; ++j) {
-      ConjugateQueryPair(p.wq, wq, h, d, j, cols,
-                         u[static_cast<std::size_t>(m)][static_cast<std::size_t>(j)]);
-    }
+    const auto m = static_cast<std::size_t>(KvHeadOf(p, h));
+    for (std::int64_t j = 0; j < half; ++j)
+      ConjugateQueryPair(p.wq, wq, h, d, j, cols, f.decode[m][static_cast<std::size_t>(j)]);
   }
   p.wk = std::move(wk);
   p.wq = std::move(wq);
   p.kv_heads = new_kv;
+}
+
+void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
+                     const std::vector<double>& moment, FoldRecord& record,
+                     const std::vector<double>* query_energy) {
+  ApplyKeyFold(p, new_kv, CommutingKeyFold(p, new_kv, moment, record, query_energy));
 }
 
 KeyReconstruction ReconstructKeys(const AttentionProjections& p, std::int64_t new_kv,

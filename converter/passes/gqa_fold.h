@@ -81,6 +81,33 @@ void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
                      const std::vector<double>& key_pre_rope_moment, FoldRecord& record,
                      const std::vector<double>* query_energy = nullptr);
 
+// The commuting key fold's coefficients for every original KV head m and rotary pair j: the new
+// key pair of m's group is sum_m conj(encode_m) z_m, and the query heads reading m multiply their
+// pair by conj(decode_m) (encode = u_m s_m, decode = u_m / s_m; s = 1 without query energy).
+struct KeyFoldCoefficients {
+  std::vector<std::vector<std::complex<double>>> encode, decode;  // [KV][d / 2]
+};
+KeyFoldCoefficients CommutingKeyFold(const AttentionProjections& p, std::int64_t new_kv,
+                                     const std::vector<double>& key_pre_rope_moment,
+                                     FoldRecord& record,
+                                     const std::vector<double>* query_energy = nullptr);
+void ApplyKeyFold(AttentionProjections& p, std::int64_t new_kv, const KeyFoldCoefficients& f);
+
+// A layer's per-head query and key RMSNorm weights (Qwen3, Gemma 3) as they multiply, [d] each.
+struct HeadNorms {
+  std::vector<double> query, key;
+};
+
+// Keys behind a per-head RMSNorm, approximately (docs/gqa.md, "Qwen3 and Gemma 3"): the
+// commuting fold of the normalised keys (`key_pre_rope_moment` is theirs; `query_energy`, of the
+// normalised queries, weights it as in FoldKeysCommute), applied to diag(w_k) W_K and
+// diag(w_q) W_Q and divided by the norm weights again; the norm weights stay. Exact when the
+// heads of a group differ by a positive factor; otherwise the norm rescales each token's key and
+// query. Throws Error for a norm weight of 0.
+void FoldNormalizedKeys(AttentionProjections& p, std::int64_t new_kv,
+                        const std::vector<double>& key_pre_rope_moment, FoldRecord& record,
+                        const std::vector<double>* query_energy, const HeadNorms& norms);
+
 // Keys, reconstruct mode: top-d eigenvectors of the group's stacked post-RoPE keys. W_K and W_Q
 // are unchanged; the returned matrices are applied by the runtime after RoPE.
 KeyReconstruction ReconstructKeys(const AttentionProjections& p, std::int64_t new_kv,

@@ -52,19 +52,21 @@ nlohmann::ordered_json CountsJson(const std::vector<std::int64_t>& v) {
   return v;
 }
 
-// Why no KV-head fold runs on a model `config` describes ("" when one can).
-std::string FoldUnsupported(const ModelConfig& config) {
-  if (!config.qk_norm) return "";
+// Why no KV-head fold runs on a model `config` describes ("" when one can); `approximate`:
+// gqa-svd qk-norm=approximate, which folds keys behind a per-head norm approximately.
+std::string FoldUnsupported(const ModelConfig& config, bool approximate = false) {
+  if (!config.qk_norm || approximate) return "";
   return "not supported on " + config.model_type +
          ": its per-head key RMSNorm (k_norm, before RoPE) is not linear, so no fold of k_proj "
-         "can merge key heads exactly (kv-scales, kv-mixed and cache policies do apply)";
+         "can merge key heads exactly (gqa-svd qk-norm=approximate folds approximately; "
+         "kv-scales, kv-mixed and cache policies do apply)";
 }
 
 // Layer `layer` as it stands: a model a fold applies to, vanilla keys, and a KV head count the
 // target divides.
 void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target,
-                     const std::string& pass) {
-  const std::string why = FoldUnsupported(model.config);
+                     const std::string& pass, bool approximate = false) {
+  const std::string why = FoldUnsupported(model.config, approximate);
   if (!why.empty()) Fail("--passes", pass + ": " + why);
   if (LayerReconstructsKeys(model, layer))
     Fail("--passes", pass + ": the model already uses reconstruct-mode keys");
@@ -73,6 +75,17 @@ void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target,
     Fail("--passes", pass + ": kv-heads=" + std::to_string(target) + " does not divide the " +
                          std::to_string(kv) + " KV heads an earlier pass left");
   }
+}
+
+// Layer `layer`'s per-head query and key norm weights as they multiply.
+HeadNorms HeadNormsOf(const ModelDraft& model, int layer) {
+  const double offset = model.config.norm_offset ? 1.0 : 0.0;
+  auto read = [&](TensorRole role) {
+    std::vector<double> w;
+    for (float x : model.ReadF32({role, layer})) w.push_back(x + offset);
+    return w;
+  };
+  return {read(TensorRole::kQNorm), read(TensorRole::kKNorm)};
 }
 
 class GqaMeanpool : public LayerPass {
@@ -104,8 +117,9 @@ class GqaMeanpool : public LayerPass {
 // gqa-svd's options besides the target KV heads.
 struct GqaSvdOptions {
   std::string rope, weight, value_weight;
-  std::int64_t kv_total = 0;  // kv-heads=auto: the KV heads of every layer together
-  std::string deci_problem;   // why per-layer counts cannot be an hf output ("" if they can)
+  bool approximate_norms = false;  // qk-norm=approximate
+  std::int64_t kv_total = 0;       // kv-heads=auto: the KV heads of every layer together
+  std::string deci_problem;        // why per-layer counts cannot be an hf output ("" if they can)
   bool refit_output = false;
   double ridge = -1;  // refit: the relative ridge, or -1 for auto (chosen on held-out windows)
 };
@@ -119,12 +133,13 @@ class GqaSvd : public LayerPass {
         rope_(std::move(o.rope)),
         weight_(std::move(o.weight)),
         value_weight_(std::move(o.value_weight)),
+        approximate_norms_(o.approximate_norms),
         refit_output_(o.refit_output),
         ridge_(o.ridge) {}
   bool RefitsOutput() const override { return refit_output_; }
   void DisableRefit() override { refit_output_ = false; }
   std::string Unsupported(const ModelConfig& config) const override {
-    return FoldUnsupported(config);
+    return FoldUnsupported(config, approximate_norms_);
   }
   bool ChangesKv() const override { return true; }
   std::int64_t KvHeadsAfter() const override {
@@ -137,7 +152,7 @@ class GqaSvd : public LayerPass {
   unsigned AllocationStatistics() const override { return kv_total_ > 0 ? NeededStatistics() : 0; }
   // The layer's fold error at every count it could take (docs/gqa.md, "Per-layer KV heads").
   void MeasureLayer(const ModelDraft& model, int l, const LayerKvStatistics& stats) override {
-    RequireFoldable(model, l, 1, "gqa-svd");
+    RequireFoldable(model, l, 1, "gqa-svd", approximate_norms_);
     const AttentionProjections source = ReadAttention(model, l);
     KvHeadCurve curve;
     for (std::int64_t k = 1; k <= source.kv_heads; ++k) {
@@ -153,7 +168,7 @@ class GqaSvd : public LayerPass {
     ModelDraft& model = ctx.model;
     const int l = ctx.layer;
     const std::int64_t target = kv_.at(static_cast<std::size_t>(l));
-    RequireFoldable(model, l, target, "gqa-svd");
+    RequireFoldable(model, l, target, "gqa-svd", approximate_norms_);
     const std::int64_t kv_before = LayerKvHeads(model, l);
     if (ctx.statistics_kv_heads != kv_before) {
       Fail("--passes", "gqa-svd: calibration statistics describe the source model's " +
@@ -166,7 +181,10 @@ class GqaSvd : public LayerPass {
     FoldRecord record;
     FoldValues(p, target, stats.value, record, value_weight_ == "output");
     const std::vector<double>* query_energy = weight_ == "query" ? &stats.query_energy : nullptr;
-    if (rope_ == "commute") {
+    if (model.config.qk_norm) {
+      FoldNormalizedKeys(p, target, stats.key_pre_rope, record, query_energy,
+                         HeadNormsOf(model, l));
+    } else if (rope_ == "commute") {
       FoldKeysCommute(p, target, stats.key_pre_rope, record, query_energy);
     } else {
       const KeyReconstruction r =
@@ -217,6 +235,7 @@ class GqaSvd : public LayerPass {
     ctx.record["rope"] = rope_;
     ctx.record["weight"] = weight_;
     ctx.record["value_weight"] = value_weight_;
+    if (ctx.model.config.qk_norm) ctx.record["qk_norm"] = "approximate";
     ctx.record["refit"] = refit_output_ ? "o" : "none";
     ctx.record["vanilla_gqa"] = rope_ == "commute";
     ctx.record["layers"] = std::move(layers_);
@@ -262,6 +281,7 @@ class GqaSvd : public LayerPass {
   std::string rope_;
   std::string weight_;
   std::string value_weight_;
+  bool approximate_norms_;
   bool refit_output_;
   double ridge_;
   std::vector<double> source_wo_;  // refit: layer's o_proj before the fold, until RefitLayer
@@ -282,6 +302,9 @@ std::unique_ptr<Pass> CreateGqaSvd(const PassSpec& spec, const ModelConfig& conf
   o.weight = spec.Get("weight");
   o.value_weight = spec.Get("value-weight");
   o.refit_output = spec.Get("refit") == "o";  // the default measured: docs/gqa.md
+  o.approximate_norms = spec.Get("qk-norm") == "approximate";
+  if (o.approximate_norms && o.rope != "commute")
+    Fail("--passes", "gqa-svd: qk-norm=approximate folds with rope=commute");
   // The ridge is a parameter of the refit alone (the schema has it only with refit=o).
   if (spec.Has("ridge") && spec.Get("ridge") != "auto") {
     o.ridge = spec.Number("ridge");

@@ -50,6 +50,13 @@ const std::vector<PassInfo>& PassRegistry() {
          "none: plain value energy; output: the error of what W_O makes of the values (issue 16)",
          "none",
          {"none", "output"}},
+        {"qk-norm",
+         T::kChoice,
+         "exact: refuse models with per-head q/k RMSNorm (Qwen3, Gemma 3), where no fold is "
+         "exact; approximate: fold their normalised keys, exact only where a group's heads are "
+         "equal up to a factor (docs/gqa.md)",
+         "exact",
+         {"exact", "approximate"}},
         {"refit",
          T::kChoice,
          "o: refit o_proj by least squares so the layer's attention output matches the layer "

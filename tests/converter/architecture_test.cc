@@ -7,7 +7,8 @@
 //  - inspect, eval, a full-rank gqa-svd conversion (the checkpoint's KV heads are duplicated, so
 //    folding them back is lossless: logits to 1e-4), kv-scales and report through the CLI, the
 //    outputs keeping the architecture (and its stored layout: the float64 forward of the output's
-//    raw tensors matches the source's). Qwen3's KV-head folds are refused with the reason.
+//    raw tensors matches the source's). Qwen3's and Gemma 3's exact KV-head folds are refused with
+//    the reason; their approximate one (qk-norm=approximate) is exact on duplicated heads.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -598,8 +599,20 @@ TEST_CASE("every supported architecture: real layout, vocabulary and tokenizer, 
     const std::string type = arch.config["model_type"];
     if (type == "qwen3" || type == "gemma3_text") {  // per-head key norms
       CHECK(gqa.exit_code == 1);
-      CHECK_THAT(gqa.err,
-                 Catch::Contains("gqa-svd: not supported on " + type) && Catch::Contains("k_norm"));
+      CHECK_THAT(gqa.err, Catch::Contains("gqa-svd: not supported on " + type) &&
+                              Catch::Contains("k_norm") && Catch::Contains("qk-norm=approximate"));
+      // The approximate fold is exact where a group's normalised keys are equal (duplicated
+      // heads), and writes the architecture with fewer KV heads.
+      const auto approximate = test::RunKvfold("convert " + model + common + " --passes " +
+                                               Quote("gqa-svd<kv-heads=2,qk-norm=approximate>") +
+                                               " -o " + tmp.File("approx"));
+      INFO(approximate.err);
+      REQUIRE(approximate.exit_code == 0);
+      const json out = test::ReadJson(tmp.File("approx/config.json"));
+      CHECK(out["model_type"] == type);
+      CHECK(out["num_key_value_heads"] == 2);
+      CHECK(WorstRelative(ReferenceLogits(out, StoredWeights(tmp.File("approx")), tokens),
+                          expected) < 1e-4);
     } else {
       REQUIRE(gqa.exit_code == 0);
       CHECK(test::MaxLogitDiff(model, tmp.File("gqa")) <

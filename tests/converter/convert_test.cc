@@ -102,9 +102,9 @@ TEST_CASE("outputs are complete, described and byte-identical across runs",
   CHECK(out.config.head_dim == 32);
   const auto meta = ReadJson(tmp.File("a/kvfold.json"));
   CHECK(meta["format_version"] == 1);
-  CHECK(
-      meta["pipeline"] ==
-      "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=reconstruct,value-weight=none,weight=query>");  // defaults recorded
+  CHECK(meta["pipeline"] ==
+        "gqa-svd<kv-heads=2,qk-norm=exact,refit=o,ridge=auto,rope=reconstruct,value-weight=none,"
+        "weight=query>");  // defaults recorded
   CHECK(meta["vanilla_checkpoint"] == false);
   CHECK(meta["calibration"]["tokens"] == 8192);
   CHECK(meta["calibration"]["sha256"].get<std::string>().size() == 64);

@@ -53,7 +53,8 @@ TEST_CASE("the o_proj refit lowers a lossy fold's error, layer by layer and on h
   RunConvert("stories260K", "gqa-svd<kv-heads=2,refit=o>", tmp.File("refit"));
   const auto record = ReadJson(tmp.File("refit/kvfold.json"));
   CHECK(record["pipeline"] ==
-        "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>");
+        "gqa-svd<kv-heads=2,qk-norm=exact,refit=o,ridge=auto,rope=commute,value-weight=none,weight="
+        "query>");
   for (const auto& layer : record["passes"][0]["layers"]) {
     INFO("layer " << layer["layer"]);
     const auto& r = layer["refit"];
@@ -100,7 +101,7 @@ TEST_CASE("the o_proj refit needs the converted sweep and held-out windows",
   o.passes = ParsePipeline("gqa-svd<kv-heads=2>");
   Convert(o);
   CHECK(ReadJson(tmp.File("out/kvfold.json"))["pipeline"] ==
-        "gqa-svd<kv-heads=2,refit=none,rope=commute,value-weight=none,weight=query>");
+        "gqa-svd<kv-heads=2,qk-norm=exact,refit=none,rope=commute,value-weight=none,weight=query>");
   REQUIRE(std::system(("rm -rf " + tmp.File("out")).c_str()) == 0);
   o.passes = ParsePipeline("gqa-svd<kv-heads=2,refit=o>");
   o.calibrate_on = "converted";

@@ -43,7 +43,8 @@ TEST_CASE("a conversion report: schema, self-contained page, numbers equal kvfol
   CHECK(r["model"]["kv_bytes_per_token"] == 1280);
   CHECK(r["output"]["kv_bytes_per_token"] == 640);
   CHECK(r["run"]["pipeline"] ==
-        "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>");
+        "gqa-svd<kv-heads=2,qk-norm=exact,refit=o,ridge=auto,rope=commute,value-weight=none,weight="
+        "query>");
   CHECK(r["run"]["calibration"]["tokens"] == 8192);
   CHECK(r["run"]["peak_rss_mib"].get<double>() > 0);
   CHECK(r["passes"][0]["layers"].size() == 5);

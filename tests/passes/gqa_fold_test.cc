@@ -250,3 +250,128 @@ TEST_CASE("output-weighted value fold: lossless where the plain fold is, better 
   }
   CHECK(errors[1] < 0.999 * errors[0]);
 }
+
+namespace {
+
+// A head's vector after a per-head RMSNorm with weight w (Qwen3's q_norm/k_norm, eps 0).
+std::vector<double> HeadNorm(std::vector<double> x, const std::vector<double>& w) {
+  double ms = 0;
+  for (double v : x) ms += v * v / static_cast<double>(x.size());
+  for (std::size_t c = 0; c < x.size(); ++c) x[c] = w[c] * x[c] / std::sqrt(ms);
+  return x;
+}
+
+// sum over samples of z z^T for the normalised keys z of every KV head, [KV d, KV d], and the
+// sums of squares of the normalised queries, [H d]: the statistics a Qwen3 layer gives.
+void NormalizedMoments(const AttentionProjections& p, const HeadNorms& norms,
+                       const std::vector<std::vector<double>>& samples, std::vector<double>& keys,
+                       std::vector<double>& query_energy) {
+  const std::int64_t d = p.head_dim, kv_dim = p.kv_heads * d, D = p.hidden;
+  keys.assign(static_cast<std::size_t>(kv_dim * kv_dim), 0.0);
+  query_energy.assign(static_cast<std::size_t>(p.heads * d), 0.0);
+  for (const auto& h : samples) {
+    std::vector<double> z;
+    for (std::int64_t m = 0; m < p.kv_heads; ++m) {
+      const auto k = HeadNorm(Project(p.wk, m * d, d, D, h), norms.key);
+      z.insert(z.end(), k.begin(), k.end());
+    }
+    for (std::int64_t a = 0; a < kv_dim; ++a)
+      for (std::int64_t b = 0; b < kv_dim; ++b) keys[a * kv_dim + b] += z[a] * z[b];
+    for (std::int64_t q = 0; q < p.heads; ++q) {
+      const auto v = HeadNorm(Project(p.wq, q * d, d, D, h), norms.query);
+      for (std::int64_t c = 0; c < d; ++c) query_energy[q * d + c] += v[c] * v[c];
+    }
+  }
+}
+
+// Score of query head h (token hq at position pq) against its KV head (token hk at pk), each
+// through its norm and RoPE.
+double NormalizedScore(const AttentionProjections& p, const HeadNorms& norms, std::int64_t h,
+                       const std::vector<double>& hq, double pq, const std::vector<double>& hk,
+                       double pk) {
+  const std::int64_t d = p.head_dim, kv = h / (p.heads / p.kv_heads);
+  return Dot(Rope(HeadNorm(Project(p.wq, h * d, d, p.hidden, hq), norms.query), pq),
+             Rope(HeadNorm(Project(p.wk, kv * d, d, p.hidden, hk), norms.key), pk));
+}
+
+HeadNorms UnequalNorms(std::int64_t d, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> u(0.3, 2.0);
+  HeadNorms n;
+  for (std::int64_t c = 0; c < d; ++c) {
+    n.query.push_back(u(rng));
+    n.key.push_back(u(rng));
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("normalised-key fold is exact when a group's heads differ by a positive scale",
+          "[gqa][fold][qk-norm]") {
+  // Each KV head of a group is head 0 times its own positive factor: the norm removes the
+  // factor, so the normalised keys of the group are equal and the fold to one head must keep
+  // every score at every position, whatever the (unequal) norm weights of a pair's channels.
+  const std::int64_t d = 8, D = 6, H = 4;
+  AttentionProjections p = RandomLayer(H, 2, d, D, 11);
+  for (std::int64_t i = 0; i < d * D; ++i) p.wk[d * D + i] = 2.5 * p.wk[i];
+  const HeadNorms norms = UnequalNorms(d, 12);
+  const AttentionProjections before = p;
+  std::vector<double> keys, query_energy;
+  NormalizedMoments(p, norms, Samples(40, D, 13), keys, query_energy);
+  const bool weighted = GENERATE(false, true);
+  INFO("weighted " << weighted);
+  FoldRecord record;
+  FoldNormalizedKeys(p, 1, keys, record, weighted ? &query_energy : nullptr, norms);
+  REQUIRE(p.kv_heads == 1);
+  CHECK(record.key_energy_kept[0] == Approx(1.0));
+  for (int trial = 0; trial < 5; ++trial) {
+    const auto hq = Samples(1, D, 100 + trial)[0], hk = Samples(1, D, 200 + trial)[0];
+    for (std::int64_t h = 0; h < H; ++h) {
+      const double original = NormalizedScore(before, norms, h, hq, 3 + 17 * trial, hk, trial);
+      REQUIRE(NormalizedScore(p, norms, h, hq, 3 + 17 * trial, hk, trial) ==
+              Approx(original).margin(1e-9));
+    }
+  }
+}
+
+TEST_CASE("normalised-key fold: lossy groups keep their scores better than a norm-blind fold",
+          "[gqa][fold][qk-norm]") {
+  // Correlated but unequal heads of unequal lengths, norm weights that differ between a pair's
+  // channels: the fold is lossy and the norm rescales each token. Its scores must follow the
+  // originals, more closely than the commuting fold applied to W_K as if there were no norm
+  // (same normalised-key statistics).
+  const std::int64_t d = 8, D = 12, H = 8, KV = 4;
+  AttentionProjections p = RandomLayer(H, KV, d, D, 21);
+  std::mt19937 rng(22);
+  std::normal_distribution<double> n01;
+  for (std::int64_t m = 1; m < KV; m += 2) {  // head m = 0.5 x head m - 1 + noise
+    for (std::int64_t i = 0; i < d * D; ++i)
+      p.wk[m * d * D + i] = 0.5 * p.wk[(m - 1) * d * D + i] + 0.25 * n01(rng);
+  }
+  const HeadNorms norms = UnequalNorms(d, 23);
+  const AttentionProjections before = p;
+  std::vector<double> keys, query_energy;
+  NormalizedMoments(p, norms, Samples(400, D, 24), keys, query_energy);
+  FoldRecord record, blind_record;
+  FoldNormalizedKeys(p, KV / 2, keys, record, &query_energy, norms);
+  AttentionProjections blind = before;
+  FoldKeysCommute(blind, KV / 2, keys, blind_record, &query_energy);
+  double error = 0, blind_error = 0, energy = 0, of = 0, ff = 0;
+  const auto held_out = Samples(200, D, 25);
+  for (std::size_t s = 0; s + 1 < held_out.size(); s += 2) {
+    for (std::int64_t h = 0; h < H; ++h) {
+      const double pq = double(s % 37), pk = double(s % 11);
+      const auto& hq = held_out[s];
+      const auto& hk = held_out[s + 1];
+      const double o = NormalizedScore(before, norms, h, hq, pq, hk, pk);
+      const double f = NormalizedScore(p, norms, h, hq, pq, hk, pk);
+      const double b = NormalizedScore(blind, norms, h, hq, pq, hk, pk);
+      error += (f - o) * (f - o), blind_error += (b - o) * (b - o), energy += o * o;
+      of += o * f, ff += f * f;
+    }
+  }
+  INFO("relative score error " << error / energy << ", norm-blind " << blind_error / energy);
+  CHECK(error < 0.75 * blind_error);         // measured 0.61 of it
+  CHECK(of / std::sqrt(energy * ff) > 0.8);  // the folded scores follow the originals
+}

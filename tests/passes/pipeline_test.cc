@@ -17,7 +17,8 @@ TEST_CASE("pipeline text parses into canonical specs", "[pipeline]") {
   // Every parameter in force, defaults from the schema included; none that does not apply
   // (kv-head-total goes with kv-heads=auto).
   CHECK(specs[0].Text() ==
-        "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=reconstruct,value-weight=none,weight=query>");
+        "gqa-svd<kv-heads=2,qk-norm=exact,refit=o,ridge=auto,rope=reconstruct,value-weight=none,"
+        "weight=query>");
   CHECK(specs[1].Text() == "gqa-meanpool<kv-heads=1>");
   CHECK(PipelineText(ParsePipeline(PipelineText(specs))) == PipelineText(specs));
 }
@@ -150,10 +151,11 @@ TEST_CASE("passes read the checked values; created specs round-trip", "[pipeline
     return spec.Text();
   };
   CHECK(created("gqa-svd<kv-heads=2>") ==
-        "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>");
+        "gqa-svd<kv-heads=2,qk-norm=exact,refit=o,ridge=auto,rope=commute,value-weight=none,weight="
+        "query>");
   // The ridge belongs to the refit: recorded with refit=o, refused without it.
   CHECK(created("gqa-svd<kv-heads=2,refit=none>") ==
-        "gqa-svd<kv-heads=2,refit=none,rope=commute,value-weight=none,weight=query>");
+        "gqa-svd<kv-heads=2,qk-norm=exact,refit=none,rope=commute,value-weight=none,weight=query>");
   CHECK(created(created("gqa-svd<kv-heads=2,ridge=0.01>")) ==
         created("gqa-svd<kv-heads=2,refit=o,ridge=0.01>"));
   CHECK_THROWS_WITH(created("gqa-svd<kv-heads=2,refit=none,ridge=0>"),

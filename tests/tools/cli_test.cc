@@ -190,10 +190,9 @@ TEST_CASE("convert: pass listing, one-line errors, a working conversion",
   CHECK(ok.err.find("time  calibration") != std::string::npos);
   CHECK(ok.err.find("time  gqa-svd<kv-heads=2,rope=commute>") ==
         std::string::npos);  // rope not given
-  CHECK(ok.err.find(
-            "time  "
-            "gqa-svd<kv-heads=2,refit=o,ridge=auto,rope=commute,value-weight=none,weight=query>") !=
-        std::string::npos);
+  CHECK(ok.err.find("time  "
+                    "gqa-svd<kv-heads=2,qk-norm=exact,refit=o,ridge=auto,rope=commute,value-weight="
+                    "none,weight=query>") != std::string::npos);
   const auto again = RunKvfold(base + "--passes 'gqa-svd<kv-heads=2>' -o " + tmp.File("o"));
   ExpectOneLineError(again, "already exists (use --force to replace it)");
   const auto inspect = RunKvfold("inspect " + tmp.File("o") + " --json");
