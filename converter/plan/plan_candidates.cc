@@ -28,11 +28,23 @@ const char* PlanRuntimeName(PlanRuntime runtime) {
 
 namespace {
 
+// gqa-svd with `params`; on a model with per-head q/k norms (Qwen3, Gemma 3) its approximate
+// fold, the only one there (docs/gqa.md): the plan measures whether it is worth its bytes.
+PassSpec Fold(std::map<std::string, std::string> params, const ModelConfig& c) {
+  if (c.qk_norm) params["qk-norm"] = "approximate";
+  return MakePassSpec("gqa-svd", params);
+}
+
+// The family of a KV-head conversion: approximate on models with q/k norms.
+std::string HeadsFamily(const ModelConfig& c, const std::string& family = "heads") {
+  return c.qk_norm ? "approximate " + family : family;
+}
+
 // gqa-svd to `kv` KV heads on every layer (refit=none: before cross-layer sharing).
-PassSpec HeadsTo(std::int64_t kv, bool refit = true) {
+PassSpec HeadsTo(std::int64_t kv, const ModelConfig& c, bool refit = true) {
   std::map<std::string, std::string> params = {{"kv-heads", std::to_string(kv)}};
   if (!refit) params["refit"] = "none";
-  return MakePassSpec("gqa-svd", params);
+  return Fold(params, c);
 }
 
 // mlkv to `layers` layers that keep K/V.
@@ -47,7 +59,7 @@ std::vector<PlanStructure> ServedStructures(const ModelConfig& c) {
   for (std::int64_t divisor : {2, 4, 8}) {
     if (!c.PerLayerKvHeads() && c.num_key_value_heads % divisor == 0) {
       const std::int64_t kv = c.num_key_value_heads / divisor;
-      out.push_back({{HeadsTo(kv)}, "heads", true});
+      out.push_back({{HeadsTo(kv, c)}, HeadsFamily(c), true});
     }
   }
   // Per layer, in eighths of the heads: a total between two uniform counts trims a cache type
@@ -56,10 +68,9 @@ std::vector<PlanStructure> ServedStructures(const ModelConfig& c) {
   for (std::int64_t eighths = 7; eighths >= 1; --eighths) {
     const std::int64_t t = total * eighths / 8;
     if (t <= layers || t == last) continue;
-    out.push_back(
-        {{MakePassSpec("gqa-svd", {{"kv-heads", "auto"}, {"kv-head-total", std::to_string(t)}})},
-         "heads per layer",
-         true});
+    out.push_back({{Fold({{"kv-heads", "auto"}, {"kv-head-total", std::to_string(t)}}, c)},
+                   HeadsFamily(c, "heads per layer"),
+                   true});
     last = t;
   }
   return out;
@@ -99,7 +110,7 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runt
   if (c.PerLayerKvHeads()) return out;  // the counts tried here are uniform
   const std::int64_t kv = c.num_key_value_heads, layers = c.num_hidden_layers;
   for (std::int64_t divisor : {2, 4, 8}) {
-    if (kv % divisor == 0) out.push_back({{HeadsTo(kv / divisor)}, "heads", true});
+    if (kv % divisor == 0) out.push_back({{HeadsTo(kv / divisor, c)}, HeadsFamily(c), true});
   }
   // mlkv runs in the whole-model sweep: kv-scales cannot follow it there, and gqa-svd's refit
   // cannot run before it (refit=none says so in the text that is recorded). The runtime has no
@@ -111,7 +122,7 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c, PlanRuntime runt
   }
   if (kv % 2 == 0 && layers >= 2) {
     out.push_back(
-        {{HeadsTo(kv / 2, false), ShareTo(layers / 2)}, "heads+cross-layer", false, false});
+        {{HeadsTo(kv / 2, c, false), ShareTo(layers / 2)}, "heads+cross-layer", false, false});
   }
   return Runnable(out, c, refused);
 }
