@@ -12,7 +12,8 @@
 #   - converted outputs: gqa-svd written straight to GGUF by convert, kv-balance exported from an
 #     HF output (its kvfold.json travels into the GGUF metadata), per-layer KV heads
 #     (kv-heads=auto) exported from the DeciLM output as llama.cpp's deci, gqa-svd on Phi-4-mini's
-#     partial-rotary heads straight to GGUF phi3, gqa-svd on Gemma 2 exported as gemma2.
+#     partial-rotary heads straight to GGUF phi3, gqa-svd on Gemma 2 exported as gemma2, Qwen3's
+#     approximate fold (qk-norm=approximate) exported as qwen3.
 # On the sentencepiece models llama.cpp's tokenizer differs (it skips nmt_nfkc): measured, printed.
 # Skipped (exit 77) with the reason where Node.js or the packages are missing.
 set -euo pipefail
@@ -103,6 +104,12 @@ tokens gemma-3-1b "$work/gemma-3-1b.gguf" "$work/gemma-3-1b" "$wiki" equal
   --passes 'gqa-svd<kv-heads=1>' -o "$work/gemma2-gqa-hf" --quiet >/dev/null
 "$kvfold" export "$work/gemma2-gqa-hf" -o "$work/gemma2-gqa.gguf" --dtype f32 --quiet >/dev/null
 judge gemma2-gqa-svd "$work/gemma2-gqa.gguf" "$work/gemma2-gqa-hf" "$wiki" 64 1 3e-3
+
+# Qwen3's KV heads folded approximately (2 to 1; docs/gqa.md), a vanilla qwen3 GGUF.
+"$kvfold" convert "$work/qwen3-0.6b" --calib "$wiki" --calib-tokens 2048 --window 64 \
+  --passes 'gqa-svd<kv-heads=1,qk-norm=approximate>' -o "$work/qwen3-gqa-hf" --quiet >/dev/null
+"$kvfold" export "$work/qwen3-gqa-hf" -o "$work/qwen3-gqa.gguf" --dtype f32 --quiet >/dev/null
+judge qwen3-gqa-svd "$work/qwen3-gqa.gguf" "$work/qwen3-gqa-hf" "$wiki" 64 1
 
 # Phi-4-mini's partial-rotary heads folded (2 KV heads to 1), straight to GGUF phi3.
 "$kvfold" convert "$work/phi-4-mini" --calib "$wiki" --calib-tokens 2048 --window 64 \
