@@ -243,7 +243,7 @@ HealLayerData CaptureHeal(ModelDraft& draft, int l, ReferenceModel::Stepper& con
 HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData& d,
                             const std::string& device) {
   return [&draft, l, &d, device](AttentionProjections& p, const HealSettings& s) {
-    HealWeights w{p.heads, p.kv_heads, p.head_dim, p.in_cols(), {}, {}, {}, {}};
+    HealWeights w{p.heads, p.kv_heads, p.head_dim, p.in_cols(), {}, {}, {}, {}, {}, {}};
     auto to_float = [](const std::vector<double>& v) {
       return std::vector<float>(v.begin(), v.end());
     };
@@ -251,6 +251,10 @@ HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData&
     w.wk = to_float(p.wk);
     w.wv = to_float(p.wv);
     w.wo = to_float(p.wo);
+    if (draft.config.qk_norm) {
+      w.q_norm = draft.ReadF32({TensorRole::kQNorm, l});
+      w.k_norm = draft.ReadF32({TensorRole::kKNorm, l});
+    }
     const HealWindows& data = s.target == HealTarget::kTrajectory ? d.trajectory : d.layer;
     const HealOutcome r = HealAttention(LayerConfig(draft, l), data, d.source_wo, w, s, device);
     p.wq.assign(w.wq.begin(), w.wq.end());

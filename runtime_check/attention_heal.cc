@@ -41,6 +41,11 @@ class Attention {
     std::tie(cos_, sin_) = RopeTables(T, c, device);
     mask_ = CausalMask(T, c.sliding_window, device);
     scale_ = 1.0 / std::sqrt(static_cast<double>(d_));
+    eps_ = c.rms_norm_eps;
+    if (!w.q_norm.empty()) {
+      q_norm_ = FromVector(w.q_norm, {d_}, device);
+      k_norm_ = FromVector(w.k_norm, {d_}, device);
+    }
   }
   std::vector<at::Tensor>& params() { return params_; }
 
@@ -49,9 +54,10 @@ class Attention {
     auto heads = [&](const at::Tensor& w, std::int64_t n) {
       return at::matmul(x, w.t()).view({W, T, n, d_});
     };
-    const at::Tensor q = ApplyRope(heads(params_[0], H_), cos_, sin_).permute({0, 2, 1, 3});
+    const at::Tensor q =
+        ApplyRope(Normed(heads(params_[0], H_), q_norm_), cos_, sin_).permute({0, 2, 1, 3});
     const std::int64_t group = H_ / KV_;
-    const at::Tensor k = ApplyRope(heads(params_[1], KV_), cos_, sin_)
+    const at::Tensor k = ApplyRope(Normed(heads(params_[1], KV_), k_norm_), cos_, sin_)
                              .permute({0, 2, 1, 3})
                              .repeat_interleave(group, 1);
     const at::Tensor v = heads(params_[2], KV_).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
@@ -61,10 +67,17 @@ class Attention {
   }
 
  private:
+  // Each head of x [W, T, n, d] through RMSNorm with `weight` (undefined: x as it is).
+  at::Tensor Normed(const at::Tensor& x, const at::Tensor& weight) const {
+    if (!weight.defined()) return x;
+    return x * at::rsqrt(x.pow(2).mean(-1, true) + eps_) * weight;
+  }
+
   std::int64_t H_, KV_, d_;
-  double scale_ = 1;
+  double scale_ = 1, eps_ = 0;
   std::vector<at::Tensor> params_;
   at::Tensor cos_, sin_, mask_;
+  at::Tensor q_norm_, k_norm_;  // per-head norms before RoPE, or undefined
 };
 
 // The windows of one part, as inputs (with the bias column) and targets.

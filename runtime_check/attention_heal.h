@@ -1,7 +1,8 @@
 // Healing one folded layer's attention (the heal pass, docs/heal.md): Adam on W_Q, W_K, W_V and
-// W_O (q/k/v biases included) so that the layer's attention output on the captured inputs
-// matches the source layer's, stopped early on held-out windows. LibTorch's autograd does the
-// gradients; nothing here is in ATen's types, so the layer loop calls it without ATen.
+// W_O (q/k/v biases included; through Qwen3's per-head q/k norms) so that the layer's attention
+// output on the captured inputs matches the source layer's, stopped early on held-out windows.
+// LibTorch's autograd does the gradients; nothing here is in ATen's types, so the layer loop calls
+// it without ATen.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +20,9 @@ struct HealWeights {
   std::int64_t in_cols = 0;       // hidden size, + 1 when q/k/v have biases (last column)
   std::vector<float> wq, wk, wv;  // [heads d, in_cols], [kv_heads d, in_cols] x 2
   std::vector<float> wo;          // [hidden, heads d]
+  // Per-head RMSNorm weights of queries and keys before RoPE (Qwen3), as they multiply, [d]
+  // each; empty without them. Applied, not trained.
+  std::vector<float> q_norm, k_norm;
 };
 
 // Trains `w` in place on `data` against the target context x `source_wo`^T ([hidden, HD]), plus

@@ -56,8 +56,20 @@ std::vector<double> Context(const HealWeights& w, const float* x) {
           b = b0 * std::cos(angle) + a0 * std::sin(angle);
         }
   };
+  // Qwen3's per-head RMSNorm before RoPE, when the weights have one.
+  auto norm = [&](std::vector<double>& v, std::int64_t heads, const std::vector<float>& weight) {
+    if (weight.empty()) return;
+    for (std::int64_t th = 0; th < kT * heads; ++th) {
+      double ms = 0;
+      for (std::int64_t e = 0; e < d; ++e) ms += v[th * d + e] * v[th * d + e] / double(d);
+      for (std::int64_t e = 0; e < d; ++e)
+        v[th * d + e] *= double(weight[e]) / std::sqrt(ms + Layer().rms_norm_eps);
+    }
+  };
   std::vector<double> q = project(w.wq, H * d), k = project(w.wk, KV * d),
                       v = project(w.wv, KV * d);
+  norm(q, H, w.q_norm);
+  norm(k, KV, w.k_norm);
   rope(q, H);
   rope(k, KV);
   std::vector<double> ctx(static_cast<std::size_t>(kT * H * d), 0.0);
@@ -100,8 +112,9 @@ struct Case {
   std::vector<float> with_bias;  // [W, T, hidden + 1]
 };
 
-// An MHA source layer with q/k/v biases, and its fold to 2 KV heads by averaging head pairs.
-Case MakeCase() {
+// An MHA source layer with q/k/v biases (and, with `norms`, Qwen3's per-head q/k norms), and its
+// fold to 2 KV heads by averaging head pairs.
+Case MakeCase(bool norms = false) {
   std::mt19937_64 g(7);
   Case c;
   const std::int64_t C = kHidden + 1, HD = kH * kD;
@@ -112,7 +125,15 @@ Case MakeCase() {
               Random(HD * C, 0.4, g),
               Random(HD * C, 0.4, g),
               Random(HD * C, 0.4, g),
-              Random(kHidden * HD, 0.3, g)};
+              Random(kHidden * HD, 0.3, g),
+              {},
+              {}};
+  if (norms) {
+    c.source.q_norm = Random(kD, 0.3, g);
+    c.source.k_norm = Random(kD, 0.3, g);
+    for (float& x : c.source.q_norm) x += 1.0f;
+    for (float& x : c.source.k_norm) x += 1.0f;
+  }
   c.fold = c.source;
   c.fold.kv_heads = 2;
   for (auto* m : {&c.fold.wk, &c.fold.wv}) {
@@ -192,6 +213,19 @@ TEST_CASE("healing lowers a lossy fold's held-out error, and reports the weights
   CHECK(again.wk == w.wk);
   CHECK(again.wv == w.wv);
   CHECK(again.wo == w.wo);
+}
+
+TEST_CASE("healing trains through Qwen3's per-head q/k norms", "[heal]") {
+  // The norms are applied (the errors before training are the float64 reference's), not trained.
+  const Case c = MakeCase(true);
+  HealWeights w = c.fold;
+  const HealOutcome r = HealAttention(Layer(), c.data, c.source.wo, w, Settings(), "cpu");
+  CHECK(r.held_out_before == Approx(ReferenceError(c, c.fold, true)).epsilon(1e-4));
+  REQUIRE(r.best_step > 0);
+  CHECK(r.held_out_after < 0.8 * r.held_out_before);
+  CHECK(r.held_out_after == Approx(ReferenceError(c, w, true)).epsilon(1e-4));
+  CHECK(w.q_norm == c.fold.q_norm);
+  CHECK(w.k_norm == c.fold.k_norm);
 }
 
 TEST_CASE("healing leaves an exact fold exactly as it was", "[heal]") {
