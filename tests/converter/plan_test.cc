@@ -117,6 +117,22 @@ TEST_CASE("the planner offers what the passes run, and asks them rather than cop
     CHECK(r.passes.find("mlkv<") != std::string::npos);
     CHECK(r.reason == "mlkv: " + why);
   }
+  // Per-head q/k norms (Qwen3): the exact folds refuse, so the KV-head candidates are the
+  // approximate fold's, healed too, each family saying so; sharing across layers stays refused.
+  c.model_type = "qwen3";
+  c.sliding_window = 0;
+  c.qk_norm = true;
+  std::vector<std::string> qwen3;
+  for (const auto& s : WithHealedStructures(PlanStructures(c, PlanRuntime::kKvfold), c)) {
+    qwen3.push_back(PipelineText(s.passes));
+    CHECK(s.family.find(s.passes.empty() ? "none" : "approximate heads") != std::string::npos);
+  }
+  CHECK(qwen3 == test::CanonicalPipelines({"", "gqa-svd<kv-heads=4,qk-norm=approximate>",
+                                           "gqa-svd<kv-heads=2,qk-norm=approximate>",
+                                           "gqa-svd<kv-heads=1,qk-norm=approximate>",
+                                           "gqa-svd<kv-heads=4,qk-norm=approximate>,heal",
+                                           "gqa-svd<kv-heads=2,qk-norm=approximate>,heal",
+                                           "gqa-svd<kv-heads=1,qk-norm=approximate>,heal"}));
 }
 
 TEST_CASE(
