@@ -74,8 +74,8 @@ std::vector<PlanStructure> PlanStructures(const ModelConfig& c,
                                           std::vector<RefusedStructure>* refused = nullptr);
 // `structures` (PlanStructures' answer: they run on `c`) with, after them, each KV-head structure
 // (family "heads" or "heads per layer", "approximate ..." on models with q/k norms) followed by
-// heal, as family "healed " + its family (plan
-// --heal), where heal runs on `c` (where it does not, to `refused` when given).
+// heal, as family "healed " + its family (plan --heal), where heal runs on `c` (where it does
+// not, to `refused` when given).
 std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures,
                                                 const ModelConfig& c,
                                                 std::vector<RefusedStructure>* refused = nullptr);
