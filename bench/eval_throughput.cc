@@ -7,7 +7,6 @@
 //                                   [--repeats N] [--resident 1] [--prefetch 0]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <malloc.h>
 
 #include <algorithm>
 #include <chrono>
@@ -23,6 +22,7 @@
 #include "calib/windows.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "formats/heap_policy.h"
 #include "runtime_check/blas_core.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/evaluate.h"
@@ -99,7 +99,7 @@ double AttentionFlopsPerToken(const kvfold::ModelConfig& c, std::int64_t window)
 
 int main(int argc, char** argv) {
   kvfold::EnsureFastBlasCore(argv);
-  mallopt(M_MMAP_THRESHOLD, 256 * 1024);  // as kvfold runs (tools/kvfold_main.cc)
+  kvfold::SetHeapPolicy();  // as kvfold runs (tools/kvfold_main.cc)
   std::string shared = KVFOLD_SHARED_DIR;
   std::string model = shared + "/models/mini-mha";
   std::string text = shared + "/text/wikitext-2/test.raw.txt";

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
-#include <malloc.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +11,7 @@
 
 #include "calib/output_refit_moments.h"
 #include "formats/error.h"
+#include "formats/heap_policy.h"
 #include "runtime_check/blas_threads.h"
 #include "runtime_check/llama_forward.h"
 
@@ -158,23 +158,14 @@ std::vector<std::int64_t> VisitOrder(std::int64_t n, std::int64_t visits, std::u
   return order;
 }
 
-// Training allocates the same few-MiB tensors every step. Under kvfold's fixed 256 KiB mmap
-// threshold (tools/kvfold_main.cc) each would be a fresh mapping, faulted in page by page: most
-// of the CPU time went to the kernel. While it trains, buffers come from the heap and are reused;
-// everything it allocated is freed when it returns, and the heap is trimmed back.
-class HeapReuse {
+// Training allocates the same few-MiB tensors every step: they come from the heap and are reused
+// (formats/heap_policy.h); what it allocated goes back to the system when it returns.
+class ReleaseHeapAtEnd {
  public:
-  HeapReuse() {
-    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);  // glibc's largest on 64-bit
-    mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
-  }
-  ~HeapReuse() {
-    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
-    mallopt(M_TRIM_THRESHOLD, 128 * 1024);  // glibc's default
-    malloc_trim(0);
-  }
-  HeapReuse(const HeapReuse&) = delete;
-  HeapReuse& operator=(const HeapReuse&) = delete;
+  ReleaseHeapAtEnd() = default;
+  ~ReleaseHeapAtEnd() { ReleaseFreedHeap(); }
+  ReleaseHeapAtEnd(const ReleaseHeapAtEnd&) = delete;
+  ReleaseHeapAtEnd& operator=(const ReleaseHeapAtEnd&) = delete;
 };
 
 // Adam on `fit` from the weights `a` holds, checking `held` every check_every steps; leaves `a`
@@ -221,7 +212,7 @@ HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
                           const std::vector<float>& source_wo, HealWeights& w,
                           const HealSettings& s, const std::string& device_spec) {
   c10::InferenceMode not_inference(false);
-  const HeapReuse heap;
+  const ReleaseHeapAtEnd heap;
   // One layer's small products: OpenBLAS's own pool beside ATen's threads only oversubscribes
   // the cores (measured: 2.5x slower at --threads 2 on mini-mha, docs/results.md).
   const ScopedSingleThreadBlas one_blas_thread;

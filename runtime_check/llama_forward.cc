@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "formats/error.h"
+#include "formats/heap_policy.h"
 #include "formats/ranks.h"
 #include "runtime_check/attention_cpu.h"
 #include "runtime_check/data_parallel.h"
@@ -593,6 +594,7 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
                                   const std::vector<LayerObserver*>& observers, bool advance) {
   c10::InferenceMode inference;
   State& s = *state_;
+  ReleaseFreedHeap();  // the previous layer's buffers (formats/heap_policy.h)
   s.model.config = layer_config;
   const LlamaLayerWeights w =
       LoadLayerWeights(weights, layer_config, layer, s.model.device, &s.weights);

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "formats/error.h"
+#include "formats/heap_policy.h"
 #include "formats/ranks.h"
 #include "formats/tensor_names.h"
 #include "runtime_check/attention_cpu.h"
@@ -147,6 +148,7 @@ std::shared_ptr<const LlamaLayerWeights> ReferenceModel::Impl::LayerWeights(std:
                                                     [](const LlamaLayerWeights*) {});
   }
   c10::InferenceMode inference;
+  ReleaseFreedHeap();  // the previous layer's buffers (formats/heap_policy.h)
   return std::make_shared<const LlamaLayerWeights>(LoadLayerWeights(*streamed, l, device));
 }
 

@@ -6,13 +6,13 @@
 //   130 / 143  SIGINT / SIGTERM, after removing the partial output
 // Under mpirun (formats/ranks.h) an error names its rank ("kvfold: error: rank 1 of 4: ...") and
 // ends every rank with the same status; only the first rank prints results.
-#include <malloc.h>
 
 #include <cstdio>
 #include <string>
 
 #include "formats/error.h"
 #include "formats/fatal_signals.h"
+#include "formats/heap_policy.h"
 #include "formats/ranks.h"
 #include "formats/version.h"
 #include "runtime_check/blas_core.h"
@@ -43,11 +43,7 @@ int Finish(int status, const std::string& error_line = "") {
 
 int main(int argc, char** argv) {
   kvfold::EnsureFastBlasCore(argv);  // before any matrix product; may re-execute kvfold
-  // A fixed threshold: every buffer of 256 KiB or more is its own mapping, returned to the
-  // system when freed. glibc's default raises the threshold to the largest buffer freed so far,
-  // after which a layer loop's per-layer buffers come from the heap and fragment it: peak RSS
-  // then grows with the layer count (+2 MiB a layer on the streaming_memory test's model).
-  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  kvfold::SetHeapPolicy();           // formats/heap_policy.h
   kvfold::InstallFatalSignalHandlers();
   kvfold::StartRanks(&argc, &argv);
   // Every rank computes the same results; the first prints them.
