@@ -67,10 +67,10 @@ class Attention {
   }
 
  private:
-  // Each head of x [W, T, n, d] through RMSNorm with `weight` (undefined: x as it is).
+  // Each head of x [W, T, n, d] through the runtime's RMSNorm with `weight` (undefined: x as it
+  // is); its expression is differentiable as it stands.
   at::Tensor Normed(const at::Tensor& x, const at::Tensor& weight) const {
-    if (!weight.defined()) return x;
-    return x * at::rsqrt(x.pow(2).mean(-1, true) + eps_) * weight;
+    return weight.defined() ? RmsNorm(x, weight, eps_) : x;
   }
 
   std::int64_t H_, KV_, d_;
