@@ -51,24 +51,47 @@ void OutputRefitMoments::Merge(const OutputRefitMoments& other) {
   held_out.Merge(other.held_out);
 }
 
+void OutputRefitCollector::Keep(std::int64_t sequence, const FloatView& c) {
+  Kept kept;
+  kept.count = static_cast<std::size_t>(c.size());
+  const std::uint64_t bytes = kept.count * sizeof(float);
+  if (bytes <= memory_bytes_ && resident_bytes_ + bytes <= memory_bytes_) {
+    kept.rows.assign(c.data, c.data + c.size());
+    resident_bytes_ += bytes;
+  } else {
+    kept.offset = spill_.Append(c.data, bytes);
+    kept.spilled = true;
+  }
+  source_[sequence] = std::move(kept);
+}
+
+const std::vector<float>& OutputRefitCollector::Rows(Kept& kept) {
+  if (!kept.spilled) return kept.rows;
+  read_back_.resize(kept.count);
+  spill_.Read(kept.offset, read_back_.data(), kept.count * sizeof(float));
+  return read_back_;
+}
+
 void OutputRefitCollector::Observe(const AttentionCapture& capture) {
   const FloatView& c = capture.context;
   const std::int64_t B = c.shape.at(0), T = c.shape.at(1), dim = c.shape.at(2);
   if (!converted_) {
-    source_[capture.sequence].assign(c.data, c.data + c.size());
+    Keep(capture.sequence, c);
     return;
   }
   const auto kept = source_.find(capture.sequence);
-  if (kept == source_.end() || static_cast<std::int64_t>(kept->second.size()) != c.size()) {
+  if (kept == source_.end() || static_cast<std::int64_t>(kept->second.count) != c.size()) {
     Fail("calibration",
          "refit: batch " + std::to_string(capture.sequence) + " differs between the two runs");
   }
+  const std::vector<float>& s = Rows(kept->second);
   moments_.dim = dim;
   for (std::int64_t b = 0; b < B; ++b) {  // row (b, t) is token t of sequence capture.sequence + b
     const std::int64_t offset = b * T * dim;
-    Accumulate(c.data + offset, kept->second.data() + offset, T, dim, scratch_,
+    Accumulate(c.data + offset, s.data() + offset, T, dim, scratch_,
                HeldOutWindow(capture.sequence + b, windows_) ? moments_.held_out : moments_.fit);
   }
+  if (!kept->second.spilled) resident_bytes_ -= kept->second.count * sizeof(float);
   source_.erase(kept);
 }
 

@@ -6,10 +6,12 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <vector>
 
 #include "calib/layer_observer.h"
+#include "formats/spill_file.h"
 
 namespace kvfold {
 
@@ -35,23 +37,42 @@ struct OutputRefitMoments {
 
 // A LayerObserver of one layer in two runs over the same batches: first the layer before the pass
 // (its contexts are kept, per batch), then, after BeginConverted(), the layer after it (each
-// batch's contexts meet the kept ones and join the sums).
+// batch's contexts meet the kept ones and join the sums). Kept contexts stay in memory up to
+// `memory_bytes`; the batches beyond it wait in a spill file (formats/spill_file.h). The sums do
+// not depend on where a batch waited.
 class OutputRefitCollector : public LayerObserver {
  public:
-  OutputRefitCollector(int layer, std::int64_t windows) : layer_(layer), windows_(windows) {}
+  OutputRefitCollector(int layer, std::int64_t windows,
+                       std::uint64_t memory_bytes = std::numeric_limits<std::uint64_t>::max())
+      : layer_(layer), windows_(windows), memory_bytes_(memory_bytes) {}
   void BeginConverted() { converted_ = true; }
   unsigned Wants(int layer) const override { return layer == layer_ ? kCaptureContext : 0u; }
   void Observe(const AttentionCapture& capture) override;
   // The sums; throws Error when a batch of the first run never came back in the second.
   OutputRefitMoments Take();
+  std::uint64_t resident_bytes() const { return resident_bytes_; }  // kept in memory now
+  std::uint64_t spilled_bytes() const { return spill_.size(); }     // ever spilled
 
  private:
+  // One batch's c_s rows: in memory, or `count` floats at `offset` in the spill file.
+  struct Kept {
+    std::vector<float> rows;
+    std::uint64_t offset = 0;
+    std::size_t count = 0;
+    bool spilled = false;
+  };
+  void Keep(std::int64_t sequence, const FloatView& c);
+  const std::vector<float>& Rows(Kept& kept);  // the batch's c_s, read back when spilled
+
   int layer_;
   std::int64_t windows_;  // calibration windows in all (HeldOutWindow)
+  std::uint64_t memory_bytes_;
+  std::uint64_t resident_bytes_ = 0;
   bool converted_ = false;
-  std::map<std::int64_t, std::vector<float>> source_;  // first sequence of a batch -> its c_s rows
+  std::map<std::int64_t, Kept> source_;  // first sequence of a batch -> its c_s rows
+  SpillFile spill_{"refit context spill file"};
   OutputRefitMoments moments_;
-  std::vector<float> scratch_;
+  std::vector<float> scratch_, read_back_;
 };
 
 }  // namespace kvfold

@@ -178,11 +178,15 @@ LayerWeightSource DraftWeights(const ModelDraft& draft) {
 // Runs `pass` on layer l with an o_proj refit around it: the layer's attention context is
 // captured as it stands, the pass rewrites the layer, the context is captured again on the same
 // hidden states (the layer sealed as it will be written), and the pass refits o_proj from the two.
+// The contexts before the pass wait in `memory_bytes` (split among the slots), the rest spilled.
 void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::Stepper& stepper,
-                       std::int64_t windows) {
+                       std::int64_t windows, std::uint64_t memory_bytes) {
   ModelDraft& draft = ctx.model;
   const int l = ctx.layer;
-  std::vector<OutputRefitCollector> collectors(stepper.slots(), OutputRefitCollector(l, windows));
+  std::vector<OutputRefitCollector> collectors;
+  collectors.reserve(stepper.slots());
+  for (std::size_t i = 0; i < stepper.slots(); ++i)
+    collectors.emplace_back(l, windows, memory_bytes / stepper.slots());
   std::vector<LayerObserver*> observers;
   for (auto& c : collectors) observers.push_back(&c);
   draft.SealLayer(l);
@@ -342,7 +346,8 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       LayerPassContext ctx{draft, l, stats ? *stats : kNone, stats_kv, heal ? &heal : nullptr};
       if (RefitsOutput(pipeline.passes[i])) {
         RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper,
-                          static_cast<std::int64_t>(data.windows.size()));
+                          static_cast<std::int64_t>(data.windows.size()),
+                          o.compute.hidden_memory_bytes);
       } else {
         AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
       }

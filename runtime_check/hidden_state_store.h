@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "formats/spill_file.h"
+
 namespace kvfold {
 
 class HiddenStateStore {
@@ -17,9 +19,6 @@ class HiddenStateStore {
   // Batches stay resident, in the order added, while they fit in `budget_bytes` (0: every batch
   // is spilled; UINT64_MAX: none).
   explicit HiddenStateStore(std::uint64_t budget_bytes);
-  ~HiddenStateStore();
-  HiddenStateStore(HiddenStateStore&&) noexcept;
-  HiddenStateStore& operator=(HiddenStateStore&&) noexcept;
 
   void Add(const at::Tensor& x);  // a new batch, [rows, D] float32
   // Batch b on `device`: a resident batch is the stored tensor itself (changes made in place are
@@ -35,12 +34,10 @@ class HiddenStateStore {
     std::vector<std::int64_t> shape;
     std::uint64_t offset = 0;  // in the spill file
   };
-  void OpenSpillFile();
   std::uint64_t budget_bytes_;
   std::uint64_t resident_bytes_ = 0;
-  std::uint64_t spilled_bytes_ = 0;  // the spill file's length: where the next batch goes
   std::vector<Batch> batches_;
-  int fd_ = -1;
+  SpillFile spill_{"hidden-state spill file"};
 };
 
 }  // namespace kvfold

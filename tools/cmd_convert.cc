@@ -50,7 +50,7 @@ CLI::Validator BudgetList() {
 void AddHiddenMemoryOption(CLI::App* sub, std::uint64_t* bytes) {
   sub->add_option_function<std::uint64_t>(
          "--hidden-memory", [bytes](std::uint64_t mib) { *bytes = mib << 20; },
-         "MiB of hidden states kept in memory per model (default " +
+         "MiB of hidden states kept in memory per model, and of o_proj refit contexts (default " +
              std::to_string(kDefaultHiddenMemoryBytes >> 20) +
              "); the rest spill to a temporary file in $TMPDIR (or /tmp)")
       ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 30));

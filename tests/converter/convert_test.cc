@@ -411,7 +411,8 @@ TEST_CASE("one pipeline calibrated on converted layers equals two conversions",
 TEST_CASE("a conversion whose hidden states spill to a file writes the same bytes",
           "[convert][sweep][shared]") {
   // The converted mode steps every calibration batch through each layer; with no memory for
-  // hidden states each batch is read from the spill file and written back per layer.
+  // hidden states each batch is read from the spill file and written back per layer, and the
+  // o_proj refit's contexts before the fold (gqa-svd's default refit=o) wait in a spill file too.
   TempDir tmp;
   for (const std::uint64_t budget : {kDefaultHiddenMemoryBytes, std::uint64_t{0}}) {
     ConvertJob o;

@@ -1,0 +1,68 @@
+#include "formats/spill_file.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "formats/error.h"
+#include "formats/positioned_io.h"
+
+namespace kvfold {
+namespace {
+
+std::string SpillFolder() {
+  const char* tmp = std::getenv("TMPDIR");
+  return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+}
+
+}  // namespace
+
+SpillFile::~SpillFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+SpillFile::SpillFile(SpillFile&& other) noexcept
+    : what_(std::move(other.what_)), fd_(std::exchange(other.fd_, -1)), size_(other.size_) {}
+
+SpillFile& SpillFile::operator=(SpillFile&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    what_ = std::move(other.what_);
+    fd_ = std::exchange(other.fd_, -1);
+    size_ = other.size_;
+  }
+  return *this;
+}
+
+void SpillFile::Open() {
+  std::string path = SpillFolder() + "/kvfold-spill-XXXXXX";
+  fd_ = ::mkstemp(path.data());
+  if (fd_ < 0) Fail(SpillFolder(), "cannot create the " + what_ + ": " + std::strerror(errno));
+  ::unlink(path.c_str());  // at once: nothing is left behind, however the process ends
+}
+
+// I/O errors name the folder: the file itself has no name any more.
+std::string SpillFile::Where() const { return SpillFolder() + ": " + what_; }
+
+std::uint64_t SpillFile::Append(const void* data, std::size_t size) {
+  if (fd_ < 0) Open();
+  const std::uint64_t offset = size_;
+  size_ += size;
+  WriteAt(fd_, data, size, offset, Where());
+  return offset;
+}
+
+void SpillFile::Write(std::uint64_t offset, const void* data, std::size_t size) {
+  if (offset + size > size_) Fail(Where(), "internal error: a write past the appended bytes");
+  WriteAt(fd_, data, size, offset, Where());
+}
+
+void SpillFile::Read(std::uint64_t offset, void* data, std::size_t size) const {
+  if (offset + size > size_) Fail(Where(), "internal error: a read past the appended bytes");
+  ReadAt(fd_, data, size, offset, Where());
+}
+
+}  // namespace kvfold

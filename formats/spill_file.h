@@ -1,0 +1,36 @@
+// A temporary file for bytes a run has no memory budget for (hidden states above
+// --hidden-memory, refit contexts): created unlinked in $TMPDIR (else /tmp) on the first write,
+// so it goes away with the process however it ends. Not copyable; I/O errors name the folder.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace kvfold {
+
+class SpillFile {
+ public:
+  // `what` names the contents in errors ("hidden-state spill file").
+  explicit SpillFile(std::string what) : what_(std::move(what)) {}
+  ~SpillFile();
+  SpillFile(SpillFile&& other) noexcept;
+  SpillFile& operator=(SpillFile&& other) noexcept;
+  SpillFile(const SpillFile&) = delete;
+  SpillFile& operator=(const SpillFile&) = delete;
+
+  // Writes `size` bytes after everything appended so far; returns their offset.
+  std::uint64_t Append(const void* data, std::size_t size);
+  void Write(std::uint64_t offset, const void* data, std::size_t size);
+  void Read(std::uint64_t offset, void* data, std::size_t size) const;
+  std::uint64_t size() const { return size_; }  // bytes appended
+
+ private:
+  void Open();
+  std::string Where() const;
+  std::string what_;
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+};
+
+}  // namespace kvfold
