@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 27: one conversion at a published shape timed with two builds, A/B alternated (A, B, A,
 # B, ...): wall, user and system CPU time, peak RSS. The conversion is a quarter of the KV heads by
-# gqa-svd with its default o_proj refit (three runs of every layer: observe, observe after the
-# fold, advance), then kv-scales, with 4096 calibration tokens.
+# gqa-svd with its default o_proj refit (three runs of every layer: observe for the statistics and
+# the refit, observe after the fold, advance; the refit had a run of its own before 2026-12-05),
+# then kv-scales, with 4096 calibration tokens.
 #   bench/convert_ab.sh BUILD_B BUILD_A [SHAPE] [ROUNDS]   (default tinyllama-1.1b, 2 rounds)
 # WORK=folder for the checkpoints (default /tmp/kvfold-scale, shared with scale_sweep.sh).
 set -euo pipefail

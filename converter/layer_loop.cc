@@ -175,29 +175,53 @@ LayerWeightSource DraftWeights(const ModelDraft& draft) {
           [&draft](const std::string& name) { return draft.Generation(name); }};
 }
 
+// The o_proj refit's contexts of layer l, one collector per slot (calib/output_refit_moments.h):
+// kept from the run of the layer before a pass to the run after it, in `memory_bytes` (split
+// among the slots), the rest spilled.
+struct RefitContexts {
+  std::vector<OutputRefitCollector> collectors;
+  std::vector<LayerObserver*> observers;
+  RefitContexts(int l, std::int64_t windows, std::uint64_t memory_bytes, std::size_t slots) {
+    collectors.reserve(slots);
+    for (std::size_t i = 0; i < slots; ++i)
+      collectors.emplace_back(l, windows, memory_bytes / slots);
+    for (auto& c : collectors) observers.push_back(&c);
+  }
+};
+
+// Both observers of one slot on the same run.
+class TeeObserver : public LayerObserver {
+ public:
+  TeeObserver(LayerObserver* a, LayerObserver* b) : a_(a), b_(b) {}
+  unsigned Wants(int layer) const override { return a_->Wants(layer) | b_->Wants(layer); }
+  void Observe(const AttentionCapture& capture) override {
+    if (a_->Wants(capture.layer) != 0) a_->Observe(capture);
+    if (b_->Wants(capture.layer) != 0) b_->Observe(capture);
+  }
+
+ private:
+  LayerObserver *a_, *b_;
+};
+
 // Runs `pass` on layer l with an o_proj refit around it: the layer's attention context is
-// captured as it stands, the pass rewrites the layer, the context is captured again on the same
-// hidden states (the layer sealed as it will be written), and the pass refits o_proj from the two.
-// The contexts before the pass wait in `memory_bytes` (split among the slots), the rest spilled.
+// captured as it stands (unless `refit` already saw that run: the statistics run of the same
+// layer), the pass rewrites the layer, the context is captured again on the same hidden states
+// (the layer sealed as it will be written), and the pass refits o_proj from the two.
 void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::Stepper& stepper,
-                       std::int64_t windows, std::uint64_t memory_bytes) {
+                       RefitContexts& refit, bool captured_before) {
   ModelDraft& draft = ctx.model;
   const int l = ctx.layer;
-  std::vector<OutputRefitCollector> collectors;
-  collectors.reserve(stepper.slots());
-  for (std::size_t i = 0; i < stepper.slots(); ++i)
-    collectors.emplace_back(l, windows, memory_bytes / stepper.slots());
-  std::vector<LayerObserver*> observers;
-  for (auto& c : collectors) observers.push_back(&c);
-  draft.SealLayer(l);
-  stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), observers, false);
+  if (!captured_before) {
+    draft.SealLayer(l);
+    stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), refit.observers, false);
+  }
   pass.RunLayer(ctx);
-  for (auto& c : collectors) c.BeginConverted();
+  for (auto& c : refit.collectors) c.BeginConverted();
   draft.SealLayer(l);
-  stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), observers, false);
+  stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), refit.observers, false);
   OutputRefitMoments moments;
-  for (auto& c : collectors) moments.Merge(c.Take());  // slot order: deterministic
-  JoinAcrossRanks(moments);                            // then rank order
+  for (auto& c : refit.collectors) moments.Merge(c.Take());  // slot order: deterministic
+  JoinAcrossRanks(moments);                                  // then rank order
   pass.RefitLayer(ctx, moments);
 }
 
@@ -304,6 +328,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
   KvStatistics totals;
   nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
   Progress progress("convert", c.num_hidden_layers, "layers", o.compute.progress);
+  const auto windows = static_cast<std::int64_t>(data.windows.size());
   const std::optional<HealNeeds> heal_needs = HealNeedsOf(pipeline);
   std::optional<ReferenceModel::Stepper> source_stream;  // heal<target=trajectory>
   if (heal_needs && heal_needs->trajectory)
@@ -319,8 +344,11 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
     std::optional<LayerKvStatistics> stats;  // of layer l as it stands
     std::int64_t stats_kv = 0;
     bool advanced = false;
+    std::optional<RefitContexts> refit;  // of pass refit_pass, captured before it
+    std::size_t refit_pass = pipeline.passes.size();
     // Statistics of the layer as written; when no pass from `first` on changes K/V, the hidden
-    // states advance in the same run.
+    // states advance in the same run. When pass `first` refits o_proj, its contexts before the
+    // pass are captured in the same run.
     auto collect = [&](std::size_t first) {
       const bool final_weights =
           std::none_of(pipeline.passes.begin() + static_cast<std::ptrdiff_t>(first),
@@ -329,7 +357,16 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       stats_kv = LayerKvHeads(draft, l);
       const ModelConfig layer = LayerConfig(draft, l);
       Collectors collectors(stepper.slots(), needed, layer, stats_kv, {});
-      stepper.Run(l, layer, DraftWeights(draft), collectors.observers, final_weights);
+      std::vector<LayerObserver*> observers = collectors.observers;
+      std::vector<TeeObserver> tees;
+      if (first < pipeline.passes.size() && RefitsOutput(pipeline.passes[first])) {
+        refit.emplace(l, windows, o.compute.hidden_memory_bytes, stepper.slots());
+        refit_pass = first;
+        for (std::size_t s = 0; s < observers.size(); ++s)
+          tees.emplace_back(observers[s], refit->observers[s]);
+        for (std::size_t s = 0; s < observers.size(); ++s) observers[s] = &tees[s];
+      }
+      stepper.Run(l, layer, DraftWeights(draft), observers, final_weights);
       stats = collectors.TakeLayer(l);
       if (l == 0 && totals.tokens == 0)
         totals = collectors.Totals();  // tokens are counted at layer 0
@@ -345,9 +382,11 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       static const LayerKvStatistics kNone;
       LayerPassContext ctx{draft, l, stats ? *stats : kNone, stats_kv, heal ? &heal : nullptr};
       if (RefitsOutput(pipeline.passes[i])) {
-        RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper,
-                          static_cast<std::int64_t>(data.windows.size()),
-                          o.compute.hidden_memory_bytes);
+        const bool captured = refit_pass == i;
+        if (!captured) refit.emplace(l, windows, o.compute.hidden_memory_bytes, stepper.slots());
+        RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper, *refit, captured);
+        refit.reset();
+        refit_pass = pipeline.passes.size();
       } else {
         AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
       }
