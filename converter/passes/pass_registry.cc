@@ -85,7 +85,7 @@ const std::vector<PassInfo>& PassRegistry() {
          "layer",
          {"layer", "trajectory"}},
         {"windows", T::kInt,
-         "calibration windows trained on (the first ones; every fourth held out)", "64"},
+         "calibration windows trained on (the first ones; every fourth held out)", "256"},
         {"steps", T::kInt, "Adam steps at most", "400"},
         {"lr", T::kNumber, "Adam's step relative to each matrix's RMS, on a cosine schedule",
          "0.05"},

@@ -120,7 +120,7 @@ TEST_CASE("heal checks its settings and refuses the layers it cannot model", "[p
   REQUIRE(heal->LayerLocal());
   const HealSettings* s = static_cast<LayerPass&>(*heal).Heals();
   REQUIRE(s != nullptr);
-  CHECK(s->windows == 64);
+  CHECK(s->windows == 256);
   CHECK(s->steps == 400);
   CHECK(s->lr == 0.05);
   CHECK(heal->ChangesKv());  // so that kv-scales after it measures the healed layer
