@@ -93,6 +93,7 @@ void PrintNormSummary(const ReferenceModel& model, const Checkpoint& ck, const T
       CutWindows(tok.Encode(LoadText(a.calib_text)), kWindow, a.calib_windows, a.calib_text);
   KvStatisticsCollector collector(kStatNormAttention, static_cast<int>(ck.config.num_hidden_layers),
                                   ck.config.num_key_value_heads, ck.config.head_dim);
+  collector.SetScoreRules(ScoreRulesOf(ck.config));
   for (const auto& w : windows) {
     std::vector<std::int32_t> in;
     AppendModelInput(w, tok.bos_id(), in);
@@ -131,7 +132,7 @@ class PositionFreeSpearman : public LayerObserver {
         NormAttentionInput in{T,      d,
                               H / KV, k.data + b * T * KV * d + g * d,
                               KV * d, q.data + b * T * H * d + g * (H / KV) * d,
-                              H * d};
+                              H * d,  ScoreRule{}};
         const std::vector<double> received = AttentionReceived(in);
         std::vector<double> norm, per_query;
         for (std::int64_t j = 1; j < T; ++j) {

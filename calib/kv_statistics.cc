@@ -54,7 +54,8 @@ void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector
 }
 
 // Norm-vs-attention measures of every (sequence, KV head) of a [B, T, H, d] / [B, T, KV, d] pair.
-void AccumulateNormAttention(const FloatView& q, const FloatView& k, LayerKvStatistics& layer) {
+void AccumulateNormAttention(const FloatView& q, const FloatView& k, const ScoreRule& rule,
+                             LayerKvStatistics& layer) {
   const std::int64_t B = k.shape[0], T = k.shape[1], KV = k.shape[2], d = k.shape[3],
                      H = q.shape[2];
   if (layer.norm_attention.empty()) layer.norm_attention.resize(static_cast<std::size_t>(KV));
@@ -68,6 +69,7 @@ void AccumulateNormAttention(const FloatView& q, const FloatView& k, LayerKvStat
       in.key_stride = KV * d;
       in.queries = q.data + b * T * H * d + g * in.group * d;
       in.query_stride = H * d;
+      in.rule = rule;
       layer.norm_attention[static_cast<std::size_t>(g)].Add(MeasureHead(in));
     }
   }
@@ -169,6 +171,13 @@ std::vector<double> KvStatistics::InputMoment(int a, int b) const {
   return t;
 }
 
+std::vector<ScoreRule> ScoreRulesOf(const ModelConfig& config) {
+  std::vector<ScoreRule> rules;
+  for (std::int64_t l = 0; l < config.num_hidden_layers; ++l)
+    rules.push_back({config.AttentionScale(), config.attn_logit_softcap, config.WindowOf(l)});
+  return rules;
+}
+
 KvStatisticsCollector::KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads,
                                              std::int64_t head_dim, std::int64_t hidden,
                                              std::vector<LayerPair> input_pairs) {
@@ -232,8 +241,11 @@ void KvStatisticsCollector::Observe(const AttentionCapture& c) {
         layer.query_energy[static_cast<std::size_t>(c2)] += double(r[c2]) * r[c2];
     }
   }
-  if (stats_.collected & kStatNormAttention)
-    AccumulateNormAttention(c.query_post_rope, c.key_post_rope, layer);
+  if (stats_.collected & kStatNormAttention) {
+    const ScoreRule rule =
+        score_rules_.empty() ? ScoreRule() : score_rules_.at(static_cast<std::size_t>(c.layer));
+    AccumulateNormAttention(c.query_post_rope, c.key_post_rope, rule, layer);
+  }
   if (stats_.collected & kStatKvRange) {
     AccumulateRange(c.key_post_rope, layer.key_min, layer.key_max);
     AccumulateRange(c.value, layer.value_min, layer.value_max);

@@ -10,6 +10,7 @@
 
 #include "calib/layer_observer.h"
 #include "calib/norm_attention.h"
+#include "formats/model_config.h"
 
 namespace kvfold {
 
@@ -62,6 +63,9 @@ struct KvStatistics {
   void Merge(const KvStatistics& other);
 };
 
+// Every layer's ScoreRule as `config`'s runtime forms its scores.
+std::vector<ScoreRule> ScoreRulesOf(const ModelConfig& config);
+
 class KvStatisticsCollector : public LayerObserver {
  public:
   KvStatisticsCollector(unsigned statistics, int layers, std::int64_t kv_heads,
@@ -71,6 +75,9 @@ class KvStatisticsCollector : public LayerObserver {
   void SetLayerKvHeads(std::vector<std::int64_t> kv_heads) {
     layer_kv_heads_ = std::move(kv_heads);
   }
+  // How each layer forms its scores, for kStatNormAttention (entry l = layer l's; empty: every
+  // layer head_dim^-1/2, no cap, no window).
+  void SetScoreRules(std::vector<ScoreRule> rules) { score_rules_ = std::move(rules); }
   unsigned Wants(int layer) const override;
   void Observe(const AttentionCapture& capture) override;
   const KvStatistics& statistics() const { return stats_; }
@@ -81,6 +88,7 @@ class KvStatisticsCollector : public LayerObserver {
  private:
   KvStatistics stats_;
   std::vector<std::int64_t> layer_kv_heads_;  // per-layer KV heads, when layers differ
+  std::vector<ScoreRule> score_rules_;        // per layer; empty: the default rule
   std::vector<float> scratch_;          // one batch's X^T X before it joins the double accumulators
   std::vector<LayerPair> input_pairs_;  // (a <= b), sorted
   // h of (sequence, layer) for layers paired with a later one, until that later layer arrives.

@@ -106,7 +106,9 @@ void HeadNormAttention::Add(const HeadNormAttention& o) {
 
 std::vector<double> AttentionReceived(const NormAttentionInput& in) {
   const std::int64_t T = in.tokens, d = in.head_dim;
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  const float scale = static_cast<float>(
+      in.rule.scale > 0 ? in.rule.scale : 1.0 / std::sqrt(static_cast<double>(d)));
+  const auto cap = static_cast<float>(in.rule.soft_cap);
   // Transposed keys: each score row is d contiguous axpys, which the compiler vectorizes.
   std::vector<float> keys_t(static_cast<std::size_t>(d * T));
   for (std::int64_t j = 0; j < T; ++j) {
@@ -118,17 +120,23 @@ std::vector<double> AttentionReceived(const NormAttentionInput& in) {
   for (std::int64_t h = 0; h < in.group; ++h) {
     for (std::int64_t i = 0; i < T; ++i) {
       const float* q = in.queries + i * in.query_stride + h * d;
-      std::fill(s.begin(), s.begin() + i + 1, 0.0f);
+      const std::int64_t first =
+          in.rule.window > 0 ? std::max<std::int64_t>(0, i - in.rule.window + 1) : 0;
+      std::fill(s.begin() + first, s.begin() + i + 1, 0.0f);
       for (std::int64_t c = 0; c < d; ++c) {
         const float qc = q[c] * scale;
         const float* kt = keys_t.data() + c * T;
-        for (std::int64_t j = 0; j <= i; ++j) s[static_cast<std::size_t>(j)] += qc * kt[j];
+        for (std::int64_t j = first; j <= i; ++j) s[static_cast<std::size_t>(j)] += qc * kt[j];
       }
-      const float m = *std::max_element(s.begin(), s.begin() + i + 1);
+      if (cap > 0) {
+        for (std::int64_t j = first; j <= i; ++j)
+          s[static_cast<std::size_t>(j)] = cap * std::tanh(s[static_cast<std::size_t>(j)] / cap);
+      }
+      const float m = *std::max_element(s.begin() + first, s.begin() + i + 1);
       double sum = 0;
-      for (std::int64_t j = 0; j <= i; ++j)
+      for (std::int64_t j = first; j <= i; ++j)
         sum += std::exp(double(s[static_cast<std::size_t>(j)] - m));
-      for (std::int64_t j = 0; j <= i; ++j) {
+      for (std::int64_t j = first; j <= i; ++j) {
         received[static_cast<std::size_t>(j)] +=
             std::exp(double(s[static_cast<std::size_t>(j)] - m)) / sum;
       }

@@ -3,7 +3,8 @@
 //
 // Attention received by key j: A_j = sum over the query heads h that read the KV head and the
 // queries i >= j of softmax_j(q_hi . k_j / sqrt(d)), divided by (heads x T), so sum_j A_j = 1:
-// A is the share of the window's whole attention mass that key j draws (full causal attention).
+// A is the share of the window's whole attention mass that key j draws (causal attention, with
+// the layer's own scale, soft-cap and sliding window: ScoreRule).
 // Dropping a set of keys loses the sum of their A. For a drop order (the first m dropped when m
 // keys go), loss(m) is that sum; the ideal order drops ascending A. The attention loss of an
 // order is ALR = (1/T) sum_{m=1..T} (loss(m) - loss_ideal(m)) >= 0: the mean gap to the ideal,
@@ -49,6 +50,16 @@ struct HeadNormAttention {
   void Add(const HeadNormAttention& other);
 };
 
+// How a layer's scores are formed, as its runtime forms them: the score q . k times `scale`
+// (0: head_dim^-1/2; Gemma's query_pre_attn_scalar^-1/2), then cap tanh(score / cap) when
+// `soft_cap` > 0 (Gemma 2), and query i sees key j only when i - j < `window` (a sliding layer;
+// 0: every earlier key).
+struct ScoreRule {
+  double scale = 0;
+  double soft_cap = 0;
+  std::int64_t window = 0;
+};
+
 // Keys of token j: keys + j * key_stride; query head h of token i: queries + i * query_stride +
 // h * head_dim (post-RoPE both).
 struct NormAttentionInput {
@@ -57,6 +68,7 @@ struct NormAttentionInput {
   std::int64_t key_stride = 0;
   const float* queries = nullptr;
   std::int64_t query_stride = 0;
+  ScoreRule rule;
 };
 
 // A_j of one head and window (sums to 1).

@@ -52,6 +52,7 @@ struct Collectors {
       slots.emplace_back(needed, static_cast<int>(c.num_hidden_layers), kv_heads, c.head_dim,
                          c.hidden_size, input_pairs);
       if (c.PerLayerKvHeads()) slots.back().SetLayerKvHeads(c.layer_kv_heads);
+      if (needed & kStatNormAttention) slots.back().SetScoreRules(ScoreRulesOf(c));
     }
     for (auto& slot : slots) observers.push_back(&slot);
   }

@@ -137,7 +137,8 @@ TEST_CASE("the prefill attention-oracle drops in kv-norm-analysis's ideal order:
   for (auto& v : k) v = n(rng);
   for (auto& v : q) v = n(rng);
   HeadTensors x{T, d, 2, k.data(), d, q.data(), 2 * d, 0.5f};
-  const std::vector<double> attention = AttentionReceived({P, d, 2, k.data(), d, q.data(), 2 * d});
+  const std::vector<double> attention =
+      AttentionReceived({P, d, 2, k.data(), d, q.data(), 2 * d, ScoreRule{}});
   auto kept = [&](std::int64_t m) {
     HeadEviction e = Prefill(EvictPolicy::kAttentionOracle, static_cast<double>(m) / P, P);
     std::vector<std::uint8_t> v(static_cast<std::size_t>(T * T));
