@@ -280,12 +280,15 @@ HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData&
     w.wk = to_float(p.wk);
     w.wv = to_float(p.wv);
     w.wo = to_float(p.wo);
-    if (draft.config.qk_norm) {
+    if (draft.config.qk_norm) {  // as the runtime multiplies: Gemma's (1 + w)
+      const float offset = draft.config.norm_offset ? 1.0f : 0.0f;
       w.q_norm = draft.ReadF32({TensorRole::kQNorm, l});
       w.k_norm = draft.ReadF32({TensorRole::kKNorm, l});
+      for (float& x : w.q_norm) x += offset;
+      for (float& x : w.k_norm) x += offset;
     }
     const HealWindows& data = s.target == HealTarget::kTrajectory ? d.trajectory : d.layer;
-    const HealOutcome r = HealAttention(LayerConfig(draft, l), data, d.source_wo, w, s, device);
+    const HealOutcome r = HealAttention(LayerConfig(draft, l), l, data, d.source_wo, w, s, device);
     p.wq.assign(w.wq.begin(), w.wq.end());
     p.wk.assign(w.wk.begin(), w.wk.end());
     p.wv.assign(w.wv.begin(), w.wv.end());

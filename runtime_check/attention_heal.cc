@@ -31,16 +31,19 @@ void ToVector(const at::Tensor& t, std::vector<float>& v) {
 // The attention of one layer with trainable projections, on windows [W, T, in_cols].
 class Attention {
  public:
-  Attention(const ModelConfig& c, const HealWeights& w, std::int64_t T, const at::Device& device)
+  Attention(const ModelConfig& c, std::int64_t layer, const HealWeights& w, std::int64_t T,
+            const at::Device& device)
       : H_(w.heads), KV_(w.kv_heads), d_(w.head_dim) {
     const std::int64_t D = static_cast<std::int64_t>(w.wo.size()) / (H_ * d_);
     params_ = {FromVector(w.wq, {H_ * d_, w.in_cols}, device),
                FromVector(w.wk, {KV_ * d_, w.in_cols}, device),
                FromVector(w.wv, {KV_ * d_, w.in_cols}, device),
                FromVector(w.wo, {D, H_ * d_}, device)};
-    std::tie(cos_, sin_) = RopeTables(T, c, device);
-    mask_ = CausalMask(T, c.sliding_window, device);
-    scale_ = 1.0 / std::sqrt(static_cast<double>(d_));
+    // The layer's own RoPE (Gemma 3's sliding layers: their base), window, scale and soft-cap.
+    std::tie(cos_, sin_) = LayerRopeTables(T, c, layer, device);
+    mask_ = CausalMask(T, c.WindowOf(layer), device);
+    scale_ = c.AttentionScale();
+    soft_cap_ = c.attn_logit_softcap;
     eps_ = c.rms_norm_eps;
     if (!w.q_norm.empty()) {
       q_norm_ = FromVector(w.q_norm, {d_}, device);
@@ -61,7 +64,8 @@ class Attention {
                              .permute({0, 2, 1, 3})
                              .repeat_interleave(group, 1);
     const at::Tensor v = heads(params_[2], KV_).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
-    const at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale_ + mask_;
+    const at::Tensor scores =
+        SoftCap(at::matmul(q, k.transpose(-1, -2)) * scale_, soft_cap_) + mask_;
     const at::Tensor ctx = at::matmul(at::softmax(scores, -1), v).permute({0, 2, 1, 3});
     return at::matmul(ctx.reshape({W, T, H_ * d_}), params_[3].t());
   }
@@ -74,7 +78,7 @@ class Attention {
   }
 
   std::int64_t H_, KV_, d_;
-  double scale_ = 1, eps_ = 0;
+  double scale_ = 1, soft_cap_ = 0, eps_ = 0;
   std::vector<at::Tensor> params_;
   at::Tensor cos_, sin_, mask_;
   at::Tensor q_norm_, k_norm_;  // per-head norms before RoPE, or undefined
@@ -208,9 +212,9 @@ std::vector<at::Tensor> Train(Attention& a, const Part& fit, const Part& held,
 
 }  // namespace
 
-HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
-                          const std::vector<float>& source_wo, HealWeights& w,
-                          const HealSettings& s, const std::string& device_spec) {
+HealOutcome HealAttention(const ModelConfig& layer, std::int64_t layer_index,
+                          const HealWindows& data, const std::vector<float>& source_wo,
+                          HealWeights& w, const HealSettings& s, const std::string& device_spec) {
   c10::InferenceMode not_inference(false);
   const ReleaseHeapAtEnd heap;
   // One layer's small products: OpenBLAS's own pool beside ATen's threads only oversubscribes
@@ -233,7 +237,7 @@ HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
   const Part fit = MakePart(data, fit_rows, input, target, bias);
   const Part held = MakePart(data, held_rows, input, target, bias);
 
-  Attention a(layer, w, T, device);
+  Attention a(layer, layer_index, w, T, device);
   for (at::Tensor& p : a.params()) p.set_requires_grad(true);
   HealOutcome out;
   out.fit_before = RelativeError(a, fit);

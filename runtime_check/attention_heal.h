@@ -27,12 +27,14 @@ struct HealWeights {
 
 // Trains `w` in place on `data` against the target context x `source_wo`^T ([hidden, HD]), plus
 // data.residual when there is one.
-// `layer` gives the RoPE tables, the sliding window and the scaling. Windows HeldOutWindow names
+// `layer` (the config of layer `layer_index`) gives the RoPE tables, the sliding window, the
+// score scale and soft-cap. q/k norm weights in `w` are the ones the runtime multiplies by (with
+// Gemma's + 1 already added). Windows HeldOutWindow names
 // (among data.count()) only measure. The weights at the check with the lowest held-out error are
 // kept when that error is at least 0.1% below the fold's; else `w` is left exactly as it was.
 // Deterministic for a given device and thread count. Throws Error on an unusable layer.
-HealOutcome HealAttention(const ModelConfig& layer, const HealWindows& data,
-                          const std::vector<float>& source_wo, HealWeights& w,
-                          const HealSettings& settings, const std::string& device);
+HealOutcome HealAttention(const ModelConfig& layer, std::int64_t layer_index,
+                          const HealWindows& data, const std::vector<float>& source_wo,
+                          HealWeights& w, const HealSettings& settings, const std::string& device);
 
 }  // namespace kvfold

@@ -35,11 +35,9 @@ class HealPass : public LayerPass {
   bool ChangesKv() const override { return true; }
   const HealSettings* Heals() const override { return &settings_; }
   std::string Unsupported(const ModelConfig& config) const override {
-    if (config.sandwich_norms)
-      return "Gemma's attention (soft-capped scores, per-layer windows, output norm) is not in its "
-             "model yet";
-    if (config.qk_norm && config.norm_offset)
-      return "per-head q/k norms with (1 + w) weights are not in its attention model yet";
+    if (config.sandwich_norms && settings_.target == HealTarget::kTrajectory)
+      return "target=trajectory: Gemma's residual adds the normed attention output, which that "
+             "target does not model (use target=layer)";
     if (config.key_projection_heads > 0)
       return "reconstruct-mode keys (gqa-svd<rope=reconstruct>) are not healed";
     if (config.SharesKv())

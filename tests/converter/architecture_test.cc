@@ -671,14 +671,18 @@ TEST_CASE("every architecture x every pass: works or refused with the reason",
           "[architectures][shared]") {
   struct PassCase {
     const char* passes;
-    bool exact;              // logits kept to 1e-4 when it works
-    const char* refused_on;  // architectures that refuse it (" "-separated, padded)
-    const char* reason;      // in the refusal (Qwen3's: its k_norm, named with the model)
+    bool exact;               // logits kept to `tolerance` when it works
+    const char* refused_on;   // architectures that refuse it (" "-separated, padded)
+    const char* reason;       // in the refusal (Qwen3's: its k_norm, named with the model)
+    double tolerance = 1e-4;  // largest |logit difference| (float32 arithmetic of the fold)
   };
   const PassCase cases[] = {
       {"gqa-meanpool<kv-heads=2>", true, " qwen3 gemma3 ", ""},
       {"gqa-svd<kv-heads=2,rope=reconstruct>", true, " qwen3 gemma3 ", ""},
-      {"gqa-svd<kv-heads=2>,heal<windows=8,steps=10>", true, " qwen3 gemma2 gemma3 ", ""},
+      // heal after the fold that q/k-norm models allow (on the others qk-norm= changes nothing).
+      // The approximate fold of duplicated heads alone moves Gemma 3's logits by 1.3e-4 (float32
+      // rounding through its (1 + w) q/k norms; 1e-4 relative in the float64 check above).
+      {"gqa-svd<kv-heads=2,qk-norm=approximate>,heal<windows=8,steps=10>", true, " ", "", 3e-4},
       {"kv-balance", true, " qwen3 gemma3 ", ""},
       {"mlkv<kv-layers=1>", false, " qwen2 qwen3 mistral phi3 phi4-mini gemma2 gemma3 ",
        "needs a llama model"},
@@ -716,7 +720,20 @@ TEST_CASE("every architecture x every pass: works or refused with the reason",
                      std::string(pass.passes).rfind("lckv", 0) == 0
                  ? json::array({"LCKVLlamaForCausalLM"})
                  : arch.config["architectures"]));
-      if (pass.exact) CHECK(test::MaxLogitDiff(model, out) < 1e-4);
+      if (pass.exact) CHECK(test::MaxLogitDiff(model, out) < pass.tolerance);
+      if (std::string(pass.passes).find("heal") != std::string::npos) {
+        // Heal's own attention model (its scale, soft-cap, window, RoPE and q/k norms) on the
+        // exact fold reproduces the runtime's: the error it starts from is rounding only
+        // (relative squared error ~1e-11 measured; without the sliding window 0.08-0.34, tried),
+        // and the fold's weights are kept.
+        const json record = test::ReadJson(out + "/kvfold.json");
+        const json& layers = record["passes"][1]["layers"];
+        CHECK(layers.size() == 2);
+        for (const auto& layer : layers) {
+          CHECK(layer["fit_error_before"].get<double>() < 1e-8);
+          CHECK(layer["kept_step"] == 0);
+        }
+      }
     }
   }
 }

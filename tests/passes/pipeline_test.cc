@@ -129,11 +129,14 @@ TEST_CASE("heal checks its settings and refuses the layers it cannot model", "[p
   CHECK_THROWS_WITH(create("heal<steps=0>"), Catch::Contains("must be at least 1"));
   CHECK_THROWS_WITH(create("heal<seed=-1>"), Catch::Contains("seed must not be negative"));
   CHECK(heal->Unsupported(c).empty());
-  c.qk_norm = true;  // Qwen3's q/k norms are in heal's attention; (1 + w) ones are not
+  c.qk_norm = true;  // Qwen3's and Gemma 3's q/k norms are in heal's attention
   CHECK(heal->Unsupported(c).empty());
   c.norm_offset = true;
-  CHECK_THROWS_WITH(create("heal"), Catch::Contains("q/k norms with (1 + w) weights"));
-  CHECK_THROWS_WITH(create("heal"), Catch::Contains("--passes: heal: "));
+  c.sandwich_norms = true;  // Gemma: the layer target works, the trajectory one does not
+  CHECK(create("heal")->Unsupported(c).empty());
+  CHECK_THROWS_WITH(create("heal<target=trajectory>"),
+                    Catch::Contains("--passes: heal: target=trajectory: Gemma's residual"));
+  c.sandwich_norms = false;
   c.norm_offset = false;
   c.qk_norm = false;
   c.kv_layer_of = {0, 0};

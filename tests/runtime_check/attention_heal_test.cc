@@ -195,7 +195,7 @@ TEST_CASE("healing lowers a lossy fold's held-out error, and reports the weights
           "[heal]") {
   const Case c = MakeCase();
   HealWeights w = c.fold;
-  const HealOutcome r = HealAttention(Layer(), c.data, c.source.wo, w, Settings(), "cpu");
+  const HealOutcome r = HealAttention(Layer(), 0, c.data, c.source.wo, w, Settings(), "cpu");
   // float32 training against float64 sums over a few hundred products: 1e-4 relative
   CHECK(r.fit_before == Approx(ReferenceError(c, c.fold, false)).epsilon(1e-4));
   CHECK(r.held_out_before == Approx(ReferenceError(c, c.fold, true)).epsilon(1e-4));
@@ -207,7 +207,7 @@ TEST_CASE("healing lowers a lossy fold's held-out error, and reports the weights
   CHECK(w.kv_heads == 2);  // the architecture stays
 
   HealWeights again = c.fold;
-  const HealOutcome r2 = HealAttention(Layer(), c.data, c.source.wo, again, Settings(), "cpu");
+  const HealOutcome r2 = HealAttention(Layer(), 0, c.data, c.source.wo, again, Settings(), "cpu");
   CHECK(r2.best_step == r.best_step);
   CHECK(again.wq == w.wq);  // deterministic: the same bytes
   CHECK(again.wk == w.wk);
@@ -219,7 +219,7 @@ TEST_CASE("healing trains through Qwen3's per-head q/k norms", "[heal]") {
   // The norms are applied (the errors before training are the float64 reference's), not trained.
   const Case c = MakeCase(true);
   HealWeights w = c.fold;
-  const HealOutcome r = HealAttention(Layer(), c.data, c.source.wo, w, Settings(), "cpu");
+  const HealOutcome r = HealAttention(Layer(), 0, c.data, c.source.wo, w, Settings(), "cpu");
   CHECK(r.held_out_before == Approx(ReferenceError(c, c.fold, true)).epsilon(1e-4));
   REQUIRE(r.best_step > 0);
   CHECK(r.held_out_after < 0.8 * r.held_out_before);
@@ -231,7 +231,7 @@ TEST_CASE("healing trains through Qwen3's per-head q/k norms", "[heal]") {
 TEST_CASE("healing leaves an exact fold exactly as it was", "[heal]") {
   const Case c = MakeCase();
   HealWeights w = c.source;  // nothing was lost: the error is float rounding only
-  const HealOutcome r = HealAttention(Layer(), c.data, c.source.wo, w, Settings(), "cpu");
+  const HealOutcome r = HealAttention(Layer(), 0, c.data, c.source.wo, w, Settings(), "cpu");
   CHECK(r.held_out_before < 1e-10);
   CHECK(r.best_step == 0);
   CHECK(w.wq == c.source.wq);
@@ -244,8 +244,8 @@ TEST_CASE("healing leaves an exact fold exactly as it was", "[heal]") {
 TEST_CASE("healing on CUDA matches healing on the CPU", "[.][cuda][heal]") {
   const Case c = MakeCase();
   HealWeights cpu = c.fold, cuda = c.fold;
-  const HealOutcome a = HealAttention(Layer(), c.data, c.source.wo, cpu, Settings(), "cpu");
-  const HealOutcome b = HealAttention(Layer(), c.data, c.source.wo, cuda, Settings(), "cuda");
+  const HealOutcome a = HealAttention(Layer(), 0, c.data, c.source.wo, cpu, Settings(), "cpu");
+  const HealOutcome b = HealAttention(Layer(), 0, c.data, c.source.wo, cuda, Settings(), "cuda");
   // Two devices' float32 kernels sum in different orders; Adam's steps then drift apart a
   // little, so the errors, not the bytes, are compared.
   CHECK(b.held_out_before == Approx(a.held_out_before).epsilon(1e-4));
