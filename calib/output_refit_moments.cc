@@ -55,9 +55,8 @@ void OutputRefitCollector::Keep(std::int64_t sequence, const FloatView& c) {
   Kept kept;
   kept.count = static_cast<std::size_t>(c.size());
   const std::uint64_t bytes = kept.count * sizeof(float);
-  if (bytes <= memory_bytes_ && resident_bytes_ + bytes <= memory_bytes_) {
+  if (memory_.Take(bytes)) {
     kept.rows.assign(c.data, c.data + c.size());
-    resident_bytes_ += bytes;
   } else {
     kept.offset = spill_.Append(c.data, bytes);
     kept.spilled = true;
@@ -91,7 +90,7 @@ void OutputRefitCollector::Observe(const AttentionCapture& capture) {
     Accumulate(c.data + offset, s.data() + offset, T, dim, scratch_,
                HeldOutWindow(capture.sequence + b, windows_) ? moments_.held_out : moments_.fit);
   }
-  if (!kept->second.spilled) resident_bytes_ -= kept->second.count * sizeof(float);
+  if (!kept->second.spilled) memory_.Give(kept->second.count * sizeof(float));
   source_.erase(kept);
 }
 

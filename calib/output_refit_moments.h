@@ -44,14 +44,14 @@ class OutputRefitCollector : public LayerObserver {
  public:
   OutputRefitCollector(int layer, std::int64_t windows,
                        std::uint64_t memory_bytes = std::numeric_limits<std::uint64_t>::max())
-      : layer_(layer), windows_(windows), memory_bytes_(memory_bytes) {}
+      : layer_(layer), windows_(windows), memory_(memory_bytes) {}
   void BeginConverted() { converted_ = true; }
   unsigned Wants(int layer) const override { return layer == layer_ ? kCaptureContext : 0u; }
   void Observe(const AttentionCapture& capture) override;
   // The sums; throws Error when a batch of the first run never came back in the second.
   OutputRefitMoments Take();
-  std::uint64_t resident_bytes() const { return resident_bytes_; }  // kept in memory now
-  std::uint64_t spilled_bytes() const { return spill_.size(); }     // ever spilled
+  std::uint64_t resident_bytes() const { return memory_.used(); }  // kept in memory now
+  std::uint64_t spilled_bytes() const { return spill_.size(); }    // ever spilled
 
  private:
   // One batch's c_s rows: in memory, or `count` floats at `offset` in the spill file.
@@ -66,8 +66,7 @@ class OutputRefitCollector : public LayerObserver {
 
   int layer_;
   std::int64_t windows_;  // calibration windows in all (HeldOutWindow)
-  std::uint64_t memory_bytes_;
-  std::uint64_t resident_bytes_ = 0;
+  MemoryBudget memory_;
   bool converted_ = false;
   std::map<std::int64_t, Kept> source_;  // first sequence of a batch -> its c_s rows
   SpillFile spill_{"refit context spill file"};

@@ -281,11 +281,9 @@ HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData&
     w.wv = to_float(p.wv);
     w.wo = to_float(p.wo);
     if (draft.config.qk_norm) {  // as the runtime multiplies: Gemma's (1 + w)
-      const float offset = draft.config.norm_offset ? 1.0f : 0.0f;
-      w.q_norm = draft.ReadF32({TensorRole::kQNorm, l});
-      w.k_norm = draft.ReadF32({TensorRole::kKNorm, l});
-      for (float& x : w.q_norm) x += offset;
-      for (float& x : w.k_norm) x += offset;
+      const HeadNorms norms = HeadNormsOf(draft, l);
+      w.q_norm = to_float(norms.query);
+      w.k_norm = to_float(norms.key);
     }
     const HealWindows& data = s.target == HealTarget::kTrajectory ? d.trajectory : d.layer;
     const HealOutcome r = HealAttention(LayerConfig(draft, l), l, data, d.source_wo, w, s, device);
@@ -348,8 +346,8 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
     std::optional<LayerKvStatistics> stats;  // of layer l as it stands
     std::int64_t stats_kv = 0;
     bool advanced = false;
-    std::optional<RefitContexts> refit;  // of pass refit_pass, captured before it
-    std::size_t refit_pass = pipeline.passes.size();
+    // The refit contexts of the pass about to run, when its statistics run captured them.
+    std::optional<RefitContexts> refit;
     // Statistics of the layer as written; when no pass from `first` on changes K/V, the hidden
     // states advance in the same run. When pass `first` refits o_proj, its contexts before the
     // pass are captured in the same run.
@@ -365,7 +363,6 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       std::vector<TeeObserver> tees;
       if (first < pipeline.passes.size() && RefitsOutput(pipeline.passes[first])) {
         refit.emplace(l, windows, o.compute.hidden_memory_bytes, stepper.slots());
-        refit_pass = first;
         for (std::size_t s = 0; s < observers.size(); ++s)
           tees.emplace_back(observers[s], refit->observers[s]);
         for (std::size_t s = 0; s < observers.size(); ++s) observers[s] = &tees[s];
@@ -386,11 +383,10 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       static const LayerKvStatistics kNone;
       LayerPassContext ctx{draft, l, stats ? *stats : kNone, stats_kv, heal ? &heal : nullptr};
       if (RefitsOutput(pipeline.passes[i])) {
-        const bool captured = refit_pass == i;
+        const bool captured = refit.has_value();  // by collect(i), just before
         if (!captured) refit.emplace(l, windows, o.compute.hidden_memory_bytes, stepper.slots());
         RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper, *refit, captured);
         refit.reset();
-        refit_pass = pipeline.passes.size();
       } else {
         AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
       }

@@ -1,6 +1,7 @@
 // A temporary file for bytes a run has no memory budget for (hidden states above
 // --hidden-memory, refit contexts): created unlinked in $TMPDIR (else /tmp) on the first write,
 // so it goes away with the process however it ends. Not copyable; I/O errors name the folder.
+// MemoryBudget decides what stays in memory.
 #pragma once
 
 #include <cstddef>
@@ -32,6 +33,24 @@ class SpillFile {
   std::string what_;
   int fd_ = -1;
   std::uint64_t size_ = 0;
+};
+
+// The bytes a store may keep in memory before the rest go to its SpillFile: Take says whether a
+// block still fits (and counts it), Give hands one back.
+class MemoryBudget {
+ public:
+  explicit MemoryBudget(std::uint64_t limit) : limit_(limit) {}
+  bool Take(std::uint64_t bytes) {
+    if (bytes > limit_ || used_ + bytes > limit_) return false;  // the first test: no overflow
+    used_ += bytes;
+    return true;
+  }
+  void Give(std::uint64_t bytes) { used_ -= bytes; }
+  std::uint64_t limit() const { return limit_; }
+  std::uint64_t used() const { return used_; }
+
+ private:
+  std::uint64_t limit_, used_ = 0;
 };
 
 }  // namespace kvfold

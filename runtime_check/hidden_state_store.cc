@@ -11,15 +11,13 @@ std::uint64_t Bytes(const at::Tensor& x) {
 
 }  // namespace
 
-HiddenStateStore::HiddenStateStore(std::uint64_t budget_bytes) : budget_bytes_(budget_bytes) {}
+HiddenStateStore::HiddenStateStore(std::uint64_t budget_bytes) : budget_(budget_bytes) {}
 
 void HiddenStateStore::Add(const at::Tensor& x) {
   Batch batch;
   batch.shape = x.sizes().vec();
-  const std::uint64_t bytes = Bytes(x);
-  if (bytes <= budget_bytes_ && resident_bytes_ + bytes <= budget_bytes_) {
+  if (budget_.Take(Bytes(x))) {
     batch.resident = x;
-    resident_bytes_ += bytes;
     batches_.push_back(std::move(batch));
     return;
   }
@@ -49,7 +47,7 @@ void HiddenStateStore::Put(std::size_t b, const at::Tensor& x) {
 }
 
 HiddenStateStore HiddenStateStore::Clone(const at::Device& device) const {
-  HiddenStateStore copy(budget_bytes_);
+  HiddenStateStore copy(budget_.limit());
   for (std::size_t b = 0; b < batches_.size(); ++b) copy.Add(Get(b, device).clone());
   return copy;
 }

@@ -34,8 +34,7 @@ class HiddenStateStore {
     std::vector<std::int64_t> shape;
     std::uint64_t offset = 0;  // in the spill file
   };
-  std::uint64_t budget_bytes_;
-  std::uint64_t resident_bytes_ = 0;
+  MemoryBudget budget_;
   std::vector<Batch> batches_;
   SpillFile spill_{"hidden-state spill file"};
 };

@@ -66,6 +66,16 @@ AttentionProjections ReadAttention(const ModelDraft& model, int layer) {
   return p;
 }
 
+HeadNorms HeadNormsOf(const ModelDraft& model, int layer) {
+  const double offset = model.config.norm_offset ? 1.0 : 0.0;
+  auto read = [&](TensorRole role) {
+    std::vector<double> w;
+    for (float x : model.ReadF32({role, layer})) w.push_back(x + offset);
+    return w;
+  };
+  return {read(TensorRole::kQNorm), read(TensorRole::kKNorm)};
+}
+
 void WriteAttention(ModelDraft& model, int layer, const AttentionProjections& p) {
   const std::int64_t d = p.head_dim;
   const std::int64_t k_rows = static_cast<std::int64_t>(p.wk.size()) / p.in_cols();

@@ -13,6 +13,8 @@ std::int64_t LayerKvHeads(const ModelDraft& model, int layer);
 bool LayerReconstructsKeys(const ModelDraft& model, int layer);
 
 AttentionProjections ReadAttention(const ModelDraft& model, int layer);
+// Layer `layer`'s per-head query and key norm weights as they multiply (Gemma's 1 + w).
+HeadNorms HeadNormsOf(const ModelDraft& model, int layer);
 // Writes wq/wk/wv/wo (and q/k/v biases) of `p` back; shapes follow p's head counts.
 void WriteAttention(ModelDraft& model, int layer, const AttentionProjections& p);
 

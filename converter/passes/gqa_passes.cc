@@ -77,17 +77,6 @@ void RequireFoldable(const ModelDraft& model, int layer, std::int64_t target,
   }
 }
 
-// Layer `layer`'s per-head query and key norm weights as they multiply.
-HeadNorms HeadNormsOf(const ModelDraft& model, int layer) {
-  const double offset = model.config.norm_offset ? 1.0 : 0.0;
-  auto read = [&](TensorRole role) {
-    std::vector<double> w;
-    for (float x : model.ReadF32({role, layer})) w.push_back(x + offset);
-    return w;
-  };
-  return {read(TensorRole::kQNorm), read(TensorRole::kKNorm)};
-}
-
 class GqaMeanpool : public LayerPass {
  public:
   explicit GqaMeanpool(std::vector<std::int64_t> kv) : kv_(std::move(kv)) {}
