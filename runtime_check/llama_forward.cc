@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <optional>
 #include <tuple>
 
 #include "formats/error.h"
@@ -306,20 +308,24 @@ at::Tensor BelowDiagonalMask(std::int64_t T, const at::Device& device) {
       .to(device);
 }
 
-// One batched forward over [B, T] tokens, layer by layer. Layers that read another layer's K/V
-// (cross-layer sharing) take it from shared_kv: the rotated K/V [B T, 2 KV d] of their source,
-// computed earlier in this pass (source below) or in the previous iteration (source above).
+// Token-by-token decoding's state: per-layer K/V caches and the position being decoded.
+struct DecodeCache {
+  std::int64_t position = 0, length = 0;  // the token decoded now, of `length`
+  std::vector<at::Tensor> keys, values;   // [B, KV, T, d] per layer that computes K/V
+};
+
+// The one layer body of the runtime: a batched forward over [B, T] tokens, layer by layer
+// (prefill, calibration, the converter's stepper), or, made with Decoding(), one token at a time
+// over per-layer K/V caches (T = 1 per call). Layers that read another layer's K/V (cross-layer
+// sharing) take it from shared_kv: the rotated K/V [B T, 2 KV d] of their source, computed
+// earlier in this pass (source below) or in the previous iteration (source above); decoding
+// reads it from the source's cache.
 class BatchedPass {
  public:
   BatchedPass(const ReferenceModel::Impl& m, const at::Tensor& tokens, LayerObserver* observer,
               const KvCachePolicy* cache, std::int64_t first_sequence)
       : m_(m), c_(m.config), observer_(observer), cache_(cache), first_sequence_(first_sequence) {
-    B_ = tokens.size(0);
-    T_ = tokens.size(1);
-    H_ = c_.num_attention_heads;
-    d_ = c_.head_dim;
-    reconstruct_ = c_.key_projection_heads > 0;
-    scale_ = c_.AttentionScale();
+    Init(tokens.size(0), tokens.size(1));
     fused_ = m.use_cpu_kernels && m.device.is_cpu();
     if (c_.AttendsAbove()) below_diagonal_ = BelowDiagonalMask(T_, m.device);
     shared_kv_.resize(static_cast<std::size_t>(c_.num_hidden_layers));
@@ -332,11 +338,54 @@ class BatchedPass {
     }
   }
 
+  // Decoding `batch` sequences of `tokens` tokens: Layer takes x [B, D] of the token at
+  // DecodeAt's position.
+  static BatchedPass Decoding(const ReferenceModel::Impl& m, std::int64_t batch,
+                              std::int64_t tokens) {
+    BatchedPass pass(m, batch, tokens);
+    return pass;
+  }
+  void DecodeAt(std::int64_t position) { decode_->position = position; }
+
   // Runs layer l on x in place; observe_only stops once the observer has its captures (x is
   // left unchanged).
   void Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& x, bool observe_only = false);
 
  private:
+  BatchedPass(const ReferenceModel::Impl& m, std::int64_t batch, std::int64_t tokens)
+      : m_(m), c_(m.config), observer_(nullptr), cache_(nullptr), first_sequence_(0) {
+    if (c_.key_projection_heads > 0)
+      Fail("runtime", "token-by-token decoding of reconstruct-mode keys is not implemented");
+    Init(batch, 1);
+    fused_ = false;
+    decode_.emplace();
+    decode_->length = tokens;
+    const at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(m.device);
+    decode_->keys.resize(static_cast<std::size_t>(c_.num_hidden_layers));
+    decode_->values.resize(static_cast<std::size_t>(c_.num_hidden_layers));
+    for (std::int64_t l = 0; l < c_.num_hidden_layers; ++l) {
+      if (!c_.ComputesKv(l)) continue;
+      decode_->keys[static_cast<std::size_t>(l)] =
+          at::zeros({batch, c_.KvHeads(l), tokens, d_}, f32);
+      decode_->values[static_cast<std::size_t>(l)] =
+          at::zeros({batch, c_.KvHeads(l), tokens, d_}, f32);
+    }
+  }
+  void Init(std::int64_t batch, std::int64_t tokens) {
+    B_ = batch;
+    T_ = tokens;
+    H_ = c_.num_attention_heads;
+    d_ = c_.head_dim;
+    reconstruct_ = c_.key_projection_heads > 0;
+    scale_ = c_.AttentionScale();
+  }
+  at::Tensor Rotated(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& qkv,
+                     PendingCapture& capture);
+  // Attention of the layer's rotated q/k/v [B T, (H + 2 KV) d] (q only for a layer reading
+  // another's K/V): ctx [B T, H d].
+  at::Tensor BatchedAttention(std::int64_t l, at::Tensor rotated);
+  at::Tensor CachedAttention(std::int64_t l, const at::Tensor& rotated);
+
   const ReferenceModel::Impl& m_;
   const ModelConfig& c_;
   LayerObserver* observer_;
@@ -348,15 +397,22 @@ class BatchedPass {
   QkvLayout layout_;
   at::Tensor below_diagonal_;
   std::vector<at::Tensor> shared_kv_;
+  std::optional<DecodeCache> decode_;
   // Made when a layer first needs them: RoPE tables, global and local (Gemma 3's sliding
   // layers), and masks by window.
   std::map<bool, std::pair<at::Tensor, at::Tensor>> rope_;
   std::map<std::int64_t, at::Tensor> masks_;
-  const std::pair<at::Tensor, at::Tensor>& Rope(std::int64_t l) {
+  // The layer's cos/sin rows of this pass's tokens (decoding: the one at its position).
+  std::pair<at::Tensor, at::Tensor> Rope(std::int64_t l) {
     const bool local = c_.LocalRope(l);
     auto it = rope_.find(local);
-    if (it == rope_.end()) it = rope_.emplace(local, LayerRopeTables(T_, c_, l, m_.device)).first;
-    return it->second;
+    if (it == rope_.end()) {
+      const std::int64_t length = decode_ ? decode_->length : T_;
+      it = rope_.emplace(local, LayerRopeTables(length, c_, l, m_.device)).first;
+    }
+    if (!decode_) return it->second;
+    return {it->second.first.narrow(0, decode_->position, 1),
+            it->second.second.narrow(0, decode_->position, 1)};
   }
   const at::Tensor& Mask(std::int64_t window) {
     auto it = masks_.find(window);
@@ -373,10 +429,6 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
   const std::int64_t B = B_, T = T_, H = H_, KV = KV_, KVs = KVs_, d = d_;
   const std::int64_t D = c_.hidden_size;
   const bool computes = c_.ComputesKv(l);
-  const std::int64_t source = c_.KvSourceOf(l);
-  const std::int64_t window = c_.WindowOf(l);
-  const std::pair<at::Tensor, at::Tensor>& rope = Rope(l);
-  const at::Tensor &cos = rope.first, &sin = rope.second;
   const at::Tensor h = RmsNorm(x, w.attn_norm, c_.rms_norm_eps);
   at::Tensor qkv =
       at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + KVs + KV) d], or [N, H d]
@@ -395,7 +447,33 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
     }
   }
 
-  // RoPE (and, in reconstruct mode, the key/query projections) -> rotated [N, (H + 2 KV) d].
+  const at::Tensor rotated = Rotated(l, w, qkv, capture);
+  // The context comes after attention: only an observer that wants it makes an observe-only
+  // run go that far.
+  const bool wants_context = capture.Wants(kCaptureContext);
+  if (!wants_context) capture.Deliver();
+  if (observe_only && !wants_context) return;
+  const at::Tensor ctx = decode_ ? CachedAttention(l, rotated) : BatchedAttention(l, rotated);
+  if (wants_context) {
+    capture.Take(kCaptureContext, ctx.view({B, T, H * d}), &AttentionCapture::context);
+    capture.Deliver();
+  }
+  if (observe_only) return;
+  x.add_(AttentionOutput(w, ctx, c_));
+  x.add_(MlpOutput(w, x, c_));
+}
+
+// RoPE (and, in reconstruct mode, the key/query projections) of the projected qkv:
+// rotated [N, (H + 2 KV) d], or [N, H d] for a layer that reads another's K/V.
+at::Tensor BatchedPass::Rotated(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& qkv,
+                                PendingCapture& capture) {
+  const std::int64_t B = B_, T = T_, H = H_, KV = KV_, KVs = KVs_, d = d_;
+  const bool computes = c_.ComputesKv(l);
+  const std::pair<at::Tensor, at::Tensor> rope = Rope(l);
+  const at::Tensor &cos = rope.first, &sin = rope.second;
+  auto heads = [&](std::int64_t offset, std::int64_t n) {  // -> [B, T, n, d] view
+    return qkv.narrow(1, offset * d, n * d).view({B, T, n, d});
+  };
   at::Tensor rotated;
   if (fused_ && !reconstruct_) {
     const QkvLayout rope_layout{B, T, H, computes ? KV : 0, d};
@@ -422,28 +500,30 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
       rotated = q_rope.reshape({B * T, H * d});
     }
   }
-  // The context comes after attention: only an observer that wants it makes an observe-only
-  // run go that far.
-  const bool wants_context = capture.Wants(kCaptureContext);
-  if (!wants_context) capture.Deliver();
-  if (observe_only && !wants_context) return;
-  if (!computes) {  // this layer's queries over its source layer's K/V
+  return rotated;
+}
+
+at::Tensor BatchedPass::BatchedAttention(std::int64_t l, at::Tensor rotated) {
+  const std::int64_t B = B_, T = T_, H = H_, KV = KV_, d = d_;
+  const std::int64_t source = c_.KvSourceOf(l);
+  const std::int64_t window = c_.WindowOf(l);
+  if (!c_.ComputesKv(l)) {  // this layer's queries over its source layer's K/V
     rotated = at::cat({rotated, shared_kv_[static_cast<std::size_t>(source)]}, 1).contiguous();
   } else if (c_.SharesKv()) {
     shared_kv_[static_cast<std::size_t>(l)] = rotated.narrow(1, H * d, 2 * KV * d);
   }
-
   const bool policy = cache_ != nullptr && !cache_->Untouched(static_cast<int>(l));
   const LayerCache layer_cache =
       policy ? RunCachePolicy(*cache_, static_cast<int>(l), rotated, layout_, first_sequence_)
              : LayerCache();
-  at::Tensor ctx;
   if (source > l) {  // LCKV: the source's K/V of earlier tokens only; the first token reads none
-    ctx = AttentionAten(rotated, layout_, scale_, c_.attn_logit_softcap, below_diagonal_, false,
-                        LayerCache());
+    at::Tensor ctx = AttentionAten(rotated, layout_, scale_, c_.attn_logit_softcap, below_diagonal_,
+                                   false, LayerCache());
     ctx.view({B, T, H * d}).select(1, 0).zero_();
-  } else if (fused_ && c_.attn_logit_softcap == 0) {  // the kernel has no soft-cap
-    ctx = at::empty({B * T, H * d}, at::kFloat);
+    return ctx;
+  }
+  if (fused_ && c_.attn_logit_softcap == 0) {  // the kernel has no soft-cap
+    at::Tensor ctx = at::empty({B * T, H * d}, at::kFloat);
     const float* in = rotated.data_ptr<float>();
     const CacheLayer view = policy ? layer_cache.View() : CacheLayer();
     float* out = ctx.data_ptr<float>();
@@ -451,20 +531,60 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
       CausalAttention(in, layout_, static_cast<float>(scale_), window, policy ? &view : nullptr,
                       out, begin, end);
     });
-  } else {
-    ctx = AttentionAten(rotated, layout_, scale_, c_.attn_logit_softcap, Mask(window), policy,
-                        layer_cache);
+    return ctx;
   }
-  if (wants_context) {
-    capture.Take(kCaptureContext, ctx.view({B, T, H * d}), &AttentionCapture::context);
-    capture.Deliver();
+  return AttentionAten(rotated, layout_, scale_, c_.attn_logit_softcap, Mask(window), policy,
+                       layer_cache);
+}
+
+// The token at decode_->position: its K/V appended to the layer's cache, its queries over the
+// cached keys [first, end) of the layer's source (a source above this layer has not seen the
+// token yet; a sliding window drops the oldest).
+at::Tensor BatchedPass::CachedAttention(std::int64_t l, const at::Tensor& rotated) {
+  const std::int64_t B = B_, H = H_, d = d_, t = decode_->position;
+  const std::int64_t source = c_.KvSourceOf(l);
+  const std::int64_t KV = c_.KvHeads(source), group = H / KV;
+  const auto at_layer = [](std::vector<at::Tensor>& v, std::int64_t i) -> at::Tensor& {
+    return v[static_cast<std::size_t>(i)];
+  };
+  if (c_.ComputesKv(l)) {
+    at_layer(decode_->keys, l)
+        .select(2, t)
+        .copy_(rotated.narrow(1, H * d, KV * d).view({B, KV, d}));
+    at_layer(decode_->values, l)
+        .select(2, t)
+        .copy_(rotated.narrow(1, (H + KV) * d, KV * d).view({B, KV, d}));
   }
-  if (observe_only) return;
-  x.add_(AttentionOutput(w, ctx, c_));
-  x.add_(MlpOutput(w, x, c_));
+  const std::int64_t end = source > l ? t : t + 1;
+  const std::int64_t window = c_.WindowOf(l);
+  const std::int64_t first = window > 0 ? std::max<std::int64_t>(0, t + 1 - window) : 0;
+  if (end <= first) return at::zeros({B, H * d}, rotated.options());
+  const at::Tensor keys = at_layer(decode_->keys, source).narrow(2, first, end - first);
+  const at::Tensor values = at_layer(decode_->values, source).narrow(2, first, end - first);
+  const at::Tensor qg = rotated.narrow(1, 0, H * d).view({B, KV, group, d}) * scale_;
+  const at::Tensor probs =  // [B, KV, group, n]
+      at::softmax(SoftCap(at::matmul(qg, keys.transpose(-1, -2)), c_.attn_logit_softcap), -1);
+  return at::matmul(probs, values).reshape({B, H * d});
 }
 
 }  // namespace
+
+at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& m, const at::Tensor& tokens) {
+  c10::InferenceMode inference;
+  const ModelConfig& c = m.config;
+  const std::int64_t B = tokens.size(0), T = tokens.size(1);
+  BatchedPass pass = BatchedPass::Decoding(m, B, T);
+  at::Tensor logits = at::empty({B, T, c.vocab_size}, at::TensorOptions().device(m.device));
+  for (std::int64_t t = 0; t < T; ++t) {
+    pass.DecodeAt(t);
+    at::Tensor x = m.Embed(tokens.narrow(1, t, 1));  // [B, D]
+    for (std::int64_t l = 0; l < c.num_hidden_layers; ++l)
+      pass.Layer(l, m.layers[static_cast<std::size_t>(l)], x);
+    logits.select(1, t).copy_(SoftCap(
+        at::linear(RmsNorm(x, m.final_norm, c.rms_norm_eps), m.lm_head), c.final_logit_softcap));
+  }
+  return logits;
+}
 
 at::Tensor ReferenceModel::Impl::Forward(const at::Tensor& tokens, LayerObserver* observer,
                                          const KvCachePolicy* cache,

@@ -163,7 +163,8 @@ at::Tensor CausalMask(std::int64_t T, std::int64_t sliding_window, const at::Dev
 
 // Logits [B, T, V]: each token run through every layer before the next token, K/V appended to
 // per-layer caches, exactly as a decoder generates. For LCKV layers reading a higher layer, a
-// token sees that layer's K/V of earlier tokens only (whyNLP/LCKV's sequential semantics).
+// token sees that layer's K/V of earlier tokens only (whyNLP/LCKV's sequential semantics). The
+// layers run through the same layer body as the batched forward, one token per call.
 at::Tensor DecodeTokenByToken(const ReferenceModel::Impl& model, const at::Tensor& tokens);
 
 at::Device ParseDevice(const std::string& spec);

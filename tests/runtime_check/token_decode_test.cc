@@ -10,8 +10,10 @@ using kvfold::test::MaxAbsDiff;
 using kvfold::test::SharedPath;
 using kvfold::test::SomeTokens;
 
-// Two independent implementations of the same semantics: the batched forward (fused kernels,
-// and plain ATen) and decoding one token at a time against a growing KV cache.
+// The runtime's one layer body run two ways: batched over all tokens under a causal mask (fused
+// kernels, and plain ATen), and one token at a time over a growing KV cache (its own attention
+// over the cache, RoPE rows at the token's position). The float64 forwards of
+// architecture_test check both against transformers' math.
 TEST_CASE("token-by-token decoding reproduces the batched forward", "[runtime][decode][shared]") {
   for (const char* model : {"stories260K", "mini-mha"}) {
     INFO(model);
