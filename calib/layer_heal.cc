@@ -7,20 +7,75 @@
 namespace kvfold {
 namespace {
 
-// Row `i` of a [W, T, width] capture, appended to `out` (nothing when the capture is absent).
-void AppendWindow(const std::vector<float>& from, std::int64_t i, std::int64_t rows,
-                  std::vector<float>& out) {
-  if (from.empty()) return;
-  out.insert(out.end(), from.begin() + i * rows, from.begin() + (i + 1) * rows);
+// Block `b` of a [B, T, width] capture appended to `rows` (made on first use), and recorded in
+// `field`; nothing when the capture is absent.
+void AppendView(const FloatView& v, std::int64_t b, const std::shared_ptr<MemoryBudget>& budget,
+                std::shared_ptr<SpilledRows>& rows, WindowField& field) {
+  if (v.data == nullptr) return;
+  const std::int64_t width = v.shape.at(1) * v.shape.at(2);
+  if (!rows) rows = std::make_shared<SpilledRows>(budget, "heal window spill file");
+  field.Add(rows, rows->Append(v.data + b * width, width));
 }
 
-void AppendView(const FloatView& v, std::int64_t b, std::vector<float>& out) {
-  if (v.data == nullptr) return;
-  const std::int64_t rows = v.shape.at(1) * v.shape.at(2);
-  out.insert(out.end(), v.data + b * rows, v.data + (b + 1) * rows);
+// `from`'s window i, added to `to` (nothing when `from` holds none).
+void TakeWindow(const WindowField& from, std::int64_t i, WindowField& to) {
+  if (!from.empty()) to.AddFrom(from, i);
 }
 
 }  // namespace
+
+void WindowField::Read(std::int64_t window, float* out) const {
+  const At& at = blocks_.at(static_cast<std::size_t>(window));
+  at.rows->Read(at.index, out);
+}
+
+std::vector<float> WindowField::Read(std::int64_t window) const {
+  const At& at = blocks_.at(static_cast<std::size_t>(window));
+  std::vector<float> out(static_cast<std::size_t>(at.rows->width()));
+  at.rows->Read(at.index, out.data());
+  return out;
+}
+
+std::vector<float> WindowField::All() const {
+  std::vector<float> out;
+  for (std::int64_t w = 0; w < count(); ++w) {
+    const std::vector<float> block = Read(w);
+    out.insert(out.end(), block.begin(), block.end());
+  }
+  return out;
+}
+
+std::shared_ptr<MemoryBudget> HealBudget(std::uint64_t bytes) {
+  return std::make_shared<MemoryBudget>(bytes);
+}
+
+HealWindows MakeHealWindows(std::int64_t T, std::int64_t D, std::int64_t HD,
+                            std::vector<std::int64_t> sequences, const std::vector<float>& input,
+                            const std::vector<float>& context, const std::vector<float>& residual,
+                            const std::shared_ptr<MemoryBudget>& budget) {
+  HealWindows out;
+  out.T = T;
+  out.D = D;
+  out.HD = HD;
+  out.sequences = std::move(sequences);
+  const std::int64_t W = out.count();
+  const std::pair<const std::vector<float>*, WindowField*> fields[] = {
+      {&input, &out.input}, {&context, &out.context}, {&residual, &out.residual}};
+  for (const auto& [all, field] : fields) {
+    if (all->empty()) continue;
+    const std::int64_t width = static_cast<std::int64_t>(all->size()) / W;
+    if (width * W != static_cast<std::int64_t>(all->size()))
+      Fail("heal", "internal: windows of different sizes");
+    auto rows = std::make_shared<SpilledRows>(budget, "heal window spill file");
+    for (std::int64_t i = 0; i < W; ++i)
+      field->Add(rows, rows->Append(all->data() + i * width, width));
+  }
+  return out;
+}
+
+HealCollector::HealCollector(int layer, std::int64_t limit, unsigned bits,
+                             std::shared_ptr<MemoryBudget> budget)
+    : layer_(layer), limit_(limit), bits_(bits), budget_(std::move(budget)) {}
 
 unsigned HealCollector::Wants(int layer) const { return layer == layer_ ? bits_ : 0u; }
 
@@ -37,15 +92,21 @@ void HealCollector::Observe(const AttentionCapture& capture) {
   for (std::int64_t b = 0; b < B; ++b) {
     if (capture.sequence + b >= limit_) continue;
     windows_.sequences.push_back(capture.sequence + b);
-    if (bits_ & kCaptureAttnInput) AppendView(capture.attn_input, b, windows_.input);
-    if (bits_ & kCaptureContext) AppendView(capture.context, b, windows_.context);
-    if (bits_ & kCaptureResidual) AppendView(capture.residual, b, windows_.residual);
+    if (bits_ & kCaptureAttnInput)
+      AppendView(capture.attn_input, b, budget_, input_, windows_.input);
+    if (bits_ & kCaptureContext)
+      AppendView(capture.context, b, budget_, context_, windows_.context);
+    if (bits_ & kCaptureResidual)
+      AppendView(capture.residual, b, budget_, residual_, windows_.residual);
   }
 }
 
 HealWindows HealCollector::Take() {
   HealWindows taken = std::move(windows_);
   windows_ = HealWindows();
+  input_.reset();
+  context_.reset();
+  residual_.reset();
   std::vector<HealWindows> one;
   one.push_back(std::move(taken));
   return MergeHealWindows(std::move(one));  // sorted by window
@@ -67,9 +128,9 @@ HealWindows MergeHealWindows(std::vector<HealWindows> parts) {
   for (const auto& [sequence, at] : order) {
     const auto& [p, i] = at;
     out.sequences.push_back(sequence);
-    AppendWindow(p->input, i, out.T * out.D, out.input);
-    AppendWindow(p->context, i, out.T * out.HD, out.context);
-    AppendWindow(p->residual, i, out.T * out.D, out.residual);
+    TakeWindow(p->input, i, out.input);
+    TakeWindow(p->context, i, out.context);
+    TakeWindow(p->residual, i, out.residual);
   }
   return out;
 }
@@ -81,15 +142,27 @@ void HealWindows::Merge(const HealWindows& other) {
   *this = MergeHealWindows(std::move(parts));
 }
 
-HealWindows TrajectoryWindows(HealWindows converted, const HealWindows& source) {
+HealWindows TrajectoryWindows(const HealWindows& converted, const HealWindows& source,
+                              const std::shared_ptr<MemoryBudget>& budget) {
   if (converted.sequences != source.sequences ||
-      converted.residual.size() != source.residual.size())
+      converted.residual.count() != source.residual.count())
     Fail("heal", "internal: the source and converted streams captured different windows");
-  converted.HD = source.HD;
-  converted.context = source.context;
-  for (std::size_t i = 0; i < converted.residual.size(); ++i)
-    converted.residual[i] = source.residual[i] - converted.residual[i];
-  return converted;
+  HealWindows out;
+  out.T = converted.T;
+  out.D = converted.D;
+  out.HD = source.HD;
+  out.sequences = converted.sequences;
+  out.input = converted.input;
+  out.context = source.context;
+  auto rows = std::make_shared<SpilledRows>(budget, "heal window spill file");
+  for (std::int64_t w = 0; w < converted.count(); ++w) {
+    std::vector<float> difference = source.residual.Read(w);
+    const std::vector<float> mine = converted.residual.Read(w);
+    for (std::size_t i = 0; i < difference.size(); ++i) difference[i] -= mine[i];
+    out.residual.Add(rows,
+                     rows->Append(difference.data(), static_cast<std::int64_t>(difference.size())));
+  }
+  return out;
 }
 
 }  // namespace kvfold

@@ -11,10 +11,12 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "calib/layer_observer.h"
+#include "formats/spill_file.h"
 
 namespace kvfold {
 
@@ -44,25 +46,62 @@ struct HealOutcome {
   std::int64_t best_step = 0;  // the step whose weights were kept; 0 = the fold's own
 };
 
+// One capture (attention input, context or residual) of every window, in window order: each
+// window's block lives in a SpilledRows (in memory within heal's budget, else in its spill
+// file), shared by the copies of a HealWindows.
+class WindowField {
+ public:
+  bool empty() const { return blocks_.empty(); }
+  std::int64_t count() const { return static_cast<std::int64_t>(blocks_.size()); }
+  void Add(std::shared_ptr<const SpilledRows> rows, std::int64_t index) {
+    blocks_.push_back({std::move(rows), index});
+  }
+  void AddFrom(const WindowField& other, std::int64_t window) {  // the same block, shared
+    blocks_.push_back(other.blocks_.at(static_cast<std::size_t>(window)));
+  }
+  void Read(std::int64_t window, float* out) const;  // its block
+  std::vector<float> Read(std::int64_t window) const;
+  std::vector<float> All() const;  // every block, in order (tests, packing across ranks)
+
+ private:
+  struct At {
+    std::shared_ptr<const SpilledRows> rows;
+    std::int64_t index;
+  };
+  std::vector<At> blocks_;
+};
+
 // One layer's captured windows, in window order.
 struct HealWindows {
   std::int64_t T = 0, D = 0, HD = 0;    // tokens per window, hidden size, heads x head_dim
   std::vector<std::int64_t> sequences;  // calibration window indices, ascending
-  std::vector<float> input;             // [W, T, D]
-  std::vector<float> context;           // [W, T, HD]
-  // [W, T, D] or empty: added to the target (target=trajectory: x_source - x_converted, the
-  // residual streams entering the layer). A collector stores the residual stream here.
-  std::vector<float> residual;
+  WindowField input;                    // [T, D] per window
+  WindowField context;                  // [T, HD] per window
+  // [T, D] per window, or empty: added to the target (target=trajectory: x_source - x_converted,
+  // the residual streams entering the layer). A collector stores the residual stream here.
+  WindowField residual;
   std::int64_t count() const { return static_cast<std::int64_t>(sequences.size()); }
   void Merge(const HealWindows& other);  // MergeHealWindows of the two
 };
 
+// Heal's captured windows may keep `bytes` in memory (--hidden-memory, an allowance of their
+// own); the rest spill to an unlinked temporary file.
+std::shared_ptr<MemoryBudget> HealBudget(std::uint64_t bytes);
+
+// Windows made from whole [W, T, width] arrays (tests; windows unpacked from another rank), the
+// fields that are empty left empty.
+HealWindows MakeHealWindows(std::int64_t T, std::int64_t D, std::int64_t HD,
+                            std::vector<std::int64_t> sequences, const std::vector<float>& input,
+                            const std::vector<float>& context, const std::vector<float>& residual,
+                            const std::shared_ptr<MemoryBudget>& budget);
+
 // A LayerObserver of layer `layer` that keeps the windows whose index is below `limit`: the
-// captures `bits` names among kCaptureAttnInput, kCaptureContext and kCaptureResidual.
+// captures `bits` names among kCaptureAttnInput, kCaptureContext and kCaptureResidual, within
+// `budget`.
 class HealCollector : public LayerObserver {
  public:
-  HealCollector(int layer, std::int64_t limit, unsigned bits)
-      : layer_(layer), limit_(limit), bits_(bits) {}
+  HealCollector(int layer, std::int64_t limit, unsigned bits,
+                std::shared_ptr<MemoryBudget> budget = HealBudget(UINT64_MAX));
   unsigned Wants(int layer) const override;
   void Observe(const AttentionCapture& capture) override;
   HealWindows Take();
@@ -71,14 +110,18 @@ class HealCollector : public LayerObserver {
   int layer_;
   std::int64_t limit_;
   unsigned bits_;
+  std::shared_ptr<MemoryBudget> budget_;
   HealWindows windows_;  // in arrival order; Take() sorts
+  std::shared_ptr<SpilledRows> input_, context_, residual_;
 };
 
 // Every collector's windows merged in window order (the same windows for any slot count).
 HealWindows MergeHealWindows(std::vector<HealWindows> parts);
 
 // target=trajectory: the converted stream's inputs, the source stream's context, and as
-// `residual` the source's residual stream minus the converted one (same windows in both).
-HealWindows TrajectoryWindows(HealWindows converted, const HealWindows& source);
+// `residual` the source's residual stream minus the converted one (same windows in both), kept
+// within `budget`.
+HealWindows TrajectoryWindows(const HealWindows& converted, const HealWindows& source,
+                              const std::shared_ptr<MemoryBudget>& budget);
 
 }  // namespace kvfold

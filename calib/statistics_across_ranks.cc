@@ -178,32 +178,51 @@ void Unpack(const std::string& bytes, OutputRefitMoments& m) {
   r.End();
 }
 
-template <class IO, class W>
-void HealFields(IO& io, W& w) {
+std::string Pack(const HealWindows& w) {
+  Writer io;
   io.Value(w.T);
   io.Value(w.D);
   io.Value(w.HD);
   io.Vector(w.sequences);
-  io.Vector(w.input);
-  io.Vector(w.context);
-  io.Vector(w.residual);
-}
-
-std::string Pack(const HealWindows& w) {
-  Writer io;
-  HealFields(io, w);
+  io.Vector(w.input.All());
+  io.Vector(w.context.All());
+  io.Vector(w.residual.All());
   return io.Take();
 }
 
-void Unpack(const std::string& bytes, HealWindows& w) {
+void Unpack(const std::string& bytes, HealWindows& w, const std::shared_ptr<MemoryBudget>& budget) {
   Reader io(bytes);
-  HealFields(io, w);
+  std::int64_t T = 0, D = 0, HD = 0;
+  std::vector<std::int64_t> sequences;
+  std::vector<float> input, context, residual;
+  io.Value(T);
+  io.Value(D);
+  io.Value(HD);
+  io.Vector(sequences);
+  io.Vector(input);
+  io.Vector(context);
+  io.Vector(residual);
   io.End();
+  w = MakeHealWindows(T, D, HD, std::move(sequences), input, context, residual, budget);
 }
 
 void JoinAcrossRanks(LayerKvStatistics& s) { Join(s); }
 void JoinAcrossRanks(KvStatistics& s) { Join(s); }
 void JoinAcrossRanks(OutputRefitMoments& m) { Join(m); }
-void JoinAcrossRanks(HealWindows& w) { Join(w); }
+void JoinAcrossRanks(HealWindows& w, const std::shared_ptr<MemoryBudget>& budget) {
+  if (RankCount() == 1) return;
+  std::string mine = Pack(w);
+  w = HealWindows();
+  const std::string joined =
+      JoinInRankOrder(std::move(mine), [&budget](std::string so_far, const std::string& next) {
+        HealWindows a, b;
+        Unpack(so_far, a, budget);
+        std::string().swap(so_far);
+        Unpack(next, b, budget);
+        a.Merge(b);
+        return Pack(a);
+      });
+  Unpack(joined, w, budget);
+}
 
 }  // namespace kvfold

@@ -3,6 +3,7 @@
 // Merge, so N ranks add exactly what one process adds, grouped by rank.
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "calib/kv_statistics.h"
@@ -19,14 +20,16 @@ std::string Pack(const HealWindows& w);
 void Unpack(const std::string& bytes, LayerKvStatistics& s);
 void Unpack(const std::string& bytes, KvStatistics& s);
 void Unpack(const std::string& bytes, OutputRefitMoments& m);
-void Unpack(const std::string& bytes, HealWindows& w);
+// Heal's windows are unpacked within `budget` (spilled past it).
+void Unpack(const std::string& bytes, HealWindows& w, const std::shared_ptr<MemoryBudget>& budget);
 
 // Replaces this rank's sums with every rank's, merged in rank order; the same on every rank.
 // Collective (every rank calls it at the same point); nothing happens with one rank.
 void JoinAcrossRanks(LayerKvStatistics& s);
 void JoinAcrossRanks(KvStatistics& s);
 void JoinAcrossRanks(OutputRefitMoments& m);
-// Every rank's captured windows, merged in window order (MergeHealWindows), on every rank.
-void JoinAcrossRanks(HealWindows& w);
+// Every rank's captured windows, merged in window order (MergeHealWindows), on every rank,
+// within `budget`. The packed bytes in flight hold every window in memory at once.
+void JoinAcrossRanks(HealWindows& w, const std::shared_ptr<MemoryBudget>& budget);
 
 }  // namespace kvfold

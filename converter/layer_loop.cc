@@ -228,10 +228,11 @@ void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::S
 
 // `bits` of layer l as it stands (the source layer: no pass has rewritten it yet) on `stream`'s
 // hidden states, for the first `windows` calibration windows: every slot's and rank's, in window
-// order. `advance` moves the stream past the layer.
+// order, within `budget`. `advance` moves the stream past the layer.
 HealWindows CaptureHealWindows(ModelDraft& draft, int l, ReferenceModel::Stepper& stream,
-                               std::int64_t windows, unsigned bits, bool advance) {
-  std::vector<HealCollector> collectors(stream.slots(), HealCollector(l, windows, bits));
+                               std::int64_t windows, unsigned bits, bool advance,
+                               const std::shared_ptr<MemoryBudget>& budget) {
+  std::vector<HealCollector> collectors(stream.slots(), HealCollector(l, windows, bits, budget));
   std::vector<LayerObserver*> observers;
   for (auto& c : collectors) observers.push_back(&c);
   draft.SealLayer(l);
@@ -239,7 +240,8 @@ HealWindows CaptureHealWindows(ModelDraft& draft, int l, ReferenceModel::Stepper
   std::vector<HealWindows> parts;
   for (auto& c : collectors) parts.push_back(c.Take());
   HealWindows all = MergeHealWindows(std::move(parts));
-  JoinAcrossRanks(all);  // every rank trains on every window: the same bytes for any rank count
+  // every rank trains on every window: the same bytes for any rank count
+  JoinAcrossRanks(all, budget);
   return all;
 }
 
@@ -251,17 +253,19 @@ struct HealLayerData {
 
 // Before any pass rewrites layer l: the converted stream's inputs and the source layer's context
 // on them; with a trajectory target, also the source stream's context and residual (advancing
-// that stream past the layer).
+// that stream past the layer). The windows keep up to `memory_bytes` in memory, the rest spill.
 HealLayerData CaptureHeal(ModelDraft& draft, int l, ReferenceModel::Stepper& converted,
-                          ReferenceModel::Stepper* source, const HealNeeds& needs) {
+                          ReferenceModel::Stepper* source, const HealNeeds& needs,
+                          std::uint64_t memory_bytes) {
   HealLayerData d;
+  const std::shared_ptr<MemoryBudget> budget = HealBudget(memory_bytes);
   const unsigned bits = kCaptureAttnInput | kCaptureContext | (source ? kCaptureResidual : 0u);
-  d.layer = CaptureHealWindows(draft, l, converted, needs.windows, bits, false);
+  d.layer = CaptureHealWindows(draft, l, converted, needs.windows, bits, false, budget);
   if (source != nullptr) {
     const HealWindows s = CaptureHealWindows(draft, l, *source, needs.windows,
-                                             kCaptureContext | kCaptureResidual, true);
-    d.trajectory = TrajectoryWindows(d.layer, s);
-    d.layer.residual.clear();
+                                             kCaptureContext | kCaptureResidual, true, budget);
+    d.trajectory = TrajectoryWindows(d.layer, s, budget);
+    d.layer.residual = WindowField();
   }
   d.source_wo = draft.ReadF32({TensorRole::kOProj, l});
   return d;
@@ -339,8 +343,8 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
     HealLayerData heal_data;
     HealAttentionFn heal;
     if (heal_needs) {
-      heal_data =
-          CaptureHeal(draft, l, stepper, source_stream ? &*source_stream : nullptr, *heal_needs);
+      heal_data = CaptureHeal(draft, l, stepper, source_stream ? &*source_stream : nullptr,
+                              *heal_needs, o.compute.hidden_memory_bytes);
       heal = HealTrainer(draft, l, heal_data, o.compute.device);
     }
     std::optional<LayerKvStatistics> stats;  // of layer l as it stands

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -63,6 +64,43 @@ void SpillFile::Write(std::uint64_t offset, const void* data, std::size_t size) 
 void SpillFile::Read(std::uint64_t offset, void* data, std::size_t size) const {
   if (offset + size > size_) Fail(Where(), "internal error: a read past the appended bytes");
   ReadAt(fd_, data, size, offset, Where());
+}
+
+SpilledRows::~SpilledRows() {
+  const std::uint64_t bytes = static_cast<std::uint64_t>(width_) * sizeof(float);
+  for (const Block& b : blocks_) {
+    if (!b.data.empty()) budget_->Give(bytes);
+  }
+}
+
+std::int64_t SpilledRows::Append(const float* data, std::int64_t width) {
+  if (width_ < 0) width_ = width;
+  if (width != width_) Fail(file_.what(), "internal error: blocks of different widths");
+  const std::size_t bytes = static_cast<std::size_t>(width) * sizeof(float);
+  Block b;
+  if (width > 0 && budget_->Take(bytes)) {
+    b.data.assign(data, data + width);
+  } else {
+    b.offset = file_.Append(data, bytes);
+  }
+  blocks_.push_back(std::move(b));
+  return count() - 1;
+}
+
+void SpilledRows::Read(std::int64_t index, float* out) const {
+  if (index < 0 || index >= count()) Fail(file_.what(), "internal error: no such block");
+  const Block& b = blocks_[static_cast<std::size_t>(index)];
+  if (!b.data.empty() || width_ == 0) {
+    std::copy(b.data.begin(), b.data.end(), out);
+  } else {
+    file_.Read(b.offset, out, static_cast<std::size_t>(width_) * sizeof(float));
+  }
+}
+
+std::int64_t SpilledRows::resident() const {
+  std::int64_t n = 0;
+  for (const Block& b : blocks_) n += b.data.empty() ? 0 : 1;
+  return n;
 }
 
 }  // namespace kvfold

@@ -6,8 +6,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace kvfold {
 
@@ -26,6 +28,7 @@ class SpillFile {
   void Write(std::uint64_t offset, const void* data, std::size_t size);
   void Read(std::uint64_t offset, void* data, std::size_t size) const;
   std::uint64_t size() const { return size_; }  // bytes appended
+  const std::string& what() const { return what_; }
 
  private:
   void Open();
@@ -51,6 +54,36 @@ class MemoryBudget {
 
  private:
   std::uint64_t limit_, used_ = 0;
+};
+
+// Blocks of `width` floats appended one by one (heal's captured windows): each stays in memory
+// while `budget` (shared by the stores that split one allowance) has room, the rest go to a
+// SpillFile. Reads give the same floats either way. Gives its bytes back to the budget when
+// destroyed.
+class SpilledRows {
+ public:
+  SpilledRows(std::shared_ptr<MemoryBudget> budget, std::string what)
+      : budget_(std::move(budget)), file_(std::move(what)) {}
+  ~SpilledRows();
+  SpilledRows(const SpilledRows&) = delete;
+  SpilledRows& operator=(const SpilledRows&) = delete;
+
+  // Appends one block; every block has the width of the first. Returns its index.
+  std::int64_t Append(const float* data, std::int64_t width);
+  void Read(std::int64_t index, float* out) const;  // `width()` floats
+  std::int64_t count() const { return static_cast<std::int64_t>(blocks_.size()); }
+  std::int64_t width() const { return width_; }
+  std::int64_t resident() const;  // blocks held in memory
+
+ private:
+  struct Block {
+    std::vector<float> data;  // empty when spilled
+    std::uint64_t offset = 0;
+  };
+  std::shared_ptr<MemoryBudget> budget_;
+  SpillFile file_;
+  std::int64_t width_ = -1;
+  std::vector<Block> blocks_;
 };
 
 }  // namespace kvfold

@@ -84,32 +84,63 @@ class Attention {
   at::Tensor q_norm_, k_norm_;  // per-head norms before RoPE, or undefined
 };
 
-// The windows of one part, as inputs (with the bias column) and targets.
-struct Part {
-  at::Tensor x, y;    // [W, T, in_cols], [W, T, D]
-  double energy = 0;  // sum ||y||^2
+// The windows of one part (fit or held out), read from the captured windows when a step needs
+// them (which may be in heal's spill file): inputs with the bias column, and targets, the source
+// context through the source o_proj (plus the residual difference of target=trajectory).
+class Part {
+ public:
+  Part(const HealWindows& data, std::vector<std::int64_t> rows, const at::Tensor& source_wo,
+       bool bias)
+      : data_(data), rows_(std::move(rows)), wo_t_(source_wo.t()), bias_(bias) {
+    for (std::int64_t w = 0; w < count(); w += 8) {
+      const std::int64_t n = std::min<std::int64_t>(8, count() - w);
+      energy_ += Batch(Range(w, n)).second.pow(2).sum().item<double>();
+    }
+  }
+  std::int64_t count() const { return static_cast<std::int64_t>(rows_.size()); }
+  double energy() const { return energy_; }  // sum ||y||^2
+  static std::vector<std::int64_t> Range(std::int64_t first, std::int64_t n) {
+    std::vector<std::int64_t> r(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) r[static_cast<std::size_t>(i)] = first + i;
+    return r;
+  }
+  // x [n, T, in_cols] and y [n, T, D] of the part's windows `which` (its own indices).
+  std::pair<at::Tensor, at::Tensor> Batch(const std::vector<std::int64_t>& which) const {
+    const auto n = static_cast<std::int64_t>(which.size());
+    const std::int64_t T = data_.T, D = data_.D, HD = data_.HD;
+    at::Tensor x = at::empty({n, T, D}, at::kFloat), ctx = at::empty({n, T, HD}, at::kFloat);
+    at::Tensor residual = data_.residual.empty() ? at::Tensor() : at::empty({n, T, D}, at::kFloat);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t w = rows_.at(static_cast<std::size_t>(which[static_cast<std::size_t>(i)]));
+      data_.input.Read(w, x[i].data_ptr<float>());
+      data_.context.Read(w, ctx[i].data_ptr<float>());
+      if (residual.defined()) data_.residual.Read(w, residual[i].data_ptr<float>());
+    }
+    const at::Device device = wo_t_.device();
+    x = x.to(device);
+    if (bias_) x = at::cat({x, at::ones({n, T, 1}, x.options())}, -1);
+    at::Tensor y = at::matmul(ctx.to(device), wo_t_);
+    if (residual.defined()) y = y + residual.to(device);
+    return {x, y};
+  }
+
+ private:
+  const HealWindows& data_;
+  std::vector<std::int64_t> rows_;  // window indices in `data_`
+  at::Tensor wo_t_;                 // [HD, D]
+  bool bias_;
+  double energy_ = 0;
 };
 
-Part MakePart(const HealWindows& data, const std::vector<std::int64_t>& rows,
-              const at::Tensor& input, const at::Tensor& target, bool bias) {
-  Part p;
-  const at::Tensor index = at::tensor(rows, at::kLong).to(input.device());
-  p.x = input.index_select(0, index);
-  if (bias) p.x = at::cat({p.x, at::ones({p.x.size(0), data.T, 1}, p.x.options())}, -1);
-  p.y = target.index_select(0, index);
-  p.energy = p.y.pow(2).sum().item<double>();
-  return p;
-}
-
 double RelativeError(const Attention& a, const Part& p) {
-  if (p.x.size(0) == 0) return std::numeric_limits<double>::quiet_NaN();
+  if (p.count() == 0) return std::numeric_limits<double>::quiet_NaN();
   at::NoGradGuard no_grad;
   double sum = 0;
-  for (std::int64_t w = 0; w < p.x.size(0); w += 8) {
-    const std::int64_t n = std::min<std::int64_t>(8, p.x.size(0) - w);
-    sum += (a.Output(p.x.narrow(0, w, n)) - p.y.narrow(0, w, n)).pow(2).sum().item<double>();
+  for (std::int64_t w = 0; w < p.count(); w += 8) {
+    const auto [x, y] = p.Batch(Part::Range(w, std::min<std::int64_t>(8, p.count() - w)));
+    sum += (a.Output(x) - y).pow(2).sum().item<double>();
   }
-  return sum / std::max(p.energy, std::numeric_limits<double>::min());
+  return sum / std::max(p.energy(), std::numeric_limits<double>::min());
 }
 
 // Adam with bias correction; each matrix's step is `lr` times its initial RMS, on a cosine
@@ -181,15 +212,14 @@ std::vector<at::Tensor> Train(Attention& a, const Part& fit, const Part& held,
   double best_error = start_error;
   std::int64_t since_better = 0;
   Adam adam(a.params(), s.lr, s.steps);
-  const std::int64_t n_fit = fit.x.size(0);
+  const std::int64_t n_fit = fit.count();
   const std::int64_t batch = std::min(s.batch, n_fit);
   const std::vector<std::int64_t> order = VisitOrder(n_fit, s.steps * batch, s.seed);
   for (std::int64_t step = 1; step <= s.steps; ++step) {
     const std::vector<std::int64_t> rows(order.begin() + (step - 1) * batch,
                                          order.begin() + step * batch);
-    const at::Tensor index = at::tensor(rows, at::kLong).to(fit.x.device());
-    const at::Tensor y = fit.y.index_select(0, index);
-    const at::Tensor loss = (a.Output(fit.x.index_select(0, index)) - y).pow(2).sum() /
+    const auto [x, y] = fit.Batch(rows);
+    const at::Tensor loss = (a.Output(x) - y).pow(2).sum() /
                             y.pow(2).sum().clamp_min(std::numeric_limits<float>::min());
     loss.backward();
     adam.Step(a.params());
@@ -222,22 +252,19 @@ HealOutcome HealAttention(const ModelConfig& layer, std::int64_t layer_index,
   const ScopedSingleThreadBlas one_blas_thread;
   at::AutoGradMode grad(true);
   const at::Device device = ParseDevice(device_spec);
-  const std::int64_t W = data.count(), T = data.T, D = data.D;
+  const std::int64_t W = data.count(), D = data.D;
   if (W < 2) Fail("heal", "needs at least 2 calibration windows (one is held out)");
-  const at::Tensor input = FromVector(data.input, {W, T, D}, device);
-  at::Tensor target = at::matmul(FromVector(data.context, {W, T, data.HD}, device),
-                                 FromVector(source_wo, {D, data.HD}, device).t());
-  if (!data.residual.empty()) target = target + FromVector(data.residual, {W, T, D}, device);
   std::vector<std::int64_t> fit_rows, held_rows;
   for (std::int64_t i = 0; i < W; ++i) {
     (HeldOutWindow(data.sequences[static_cast<std::size_t>(i)], W) ? held_rows : fit_rows)
         .push_back(i);
   }
   const bool bias = w.in_cols == D + 1;
-  const Part fit = MakePart(data, fit_rows, input, target, bias);
-  const Part held = MakePart(data, held_rows, input, target, bias);
+  const at::Tensor wo = FromVector(source_wo, {D, data.HD}, device);
+  const Part fit(data, std::move(fit_rows), wo, bias);
+  const Part held(data, std::move(held_rows), wo, bias);
 
-  Attention a(layer, layer_index, w, T, device);
+  Attention a(layer, layer_index, w, data.T, device);
   for (at::Tensor& p : a.params()) p.set_requires_grad(true);
   HealOutcome out;
   out.fit_before = RelativeError(a, fit);

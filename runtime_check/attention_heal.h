@@ -26,7 +26,8 @@ struct HealWeights {
 };
 
 // Trains `w` in place on `data` against the target context x `source_wo`^T ([hidden, HD]), plus
-// data.residual when there is one.
+// data.residual when there is one. Windows are read from `data` as each step needs them (they
+// may be spilled); no copy of them is made.
 // `layer` (the config of layer `layer_index`) gives the RoPE tables, the sliding window, the
 // score scale and soft-cap. q/k norm weights in `w` are the ones the runtime multiplies by (with
 // Gemma's + 1 already added). Windows HeldOutWindow names

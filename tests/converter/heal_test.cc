@@ -101,6 +101,21 @@ TEST_CASE("heal's trajectory target follows the source model's own hidden states
   CHECK(layers[0]["held_out_error_after"].get<double>() <
         layers[0]["held_out_error_before"].get<double>());
   CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("fold")));
+
+  // --hidden-memory 0: every captured window (inputs, contexts, both residual streams) and
+  // every hidden state goes through the spill files; the same bytes come out.
+  ConvertJob o;
+  o.input.model = SharedPath("models/stories260K-mha");
+  o.input.calib_text = kvfold::test::CalibFor("stories260K-mha");
+  o.input.calib_tokens = 8192;
+  o.passes = ParsePipeline("gqa-svd<kv-heads=2>,heal<steps=60,windows=32,target=trajectory>");
+  o.output.path = tmp.File("spilled");
+  o.compute.threads = 2;
+  o.compute.progress = false;
+  o.compute.hidden_memory_bytes = 0;
+  Convert(o);
+  CHECK(ReadBytes(tmp.File("spilled/model.safetensors")) ==
+        ReadBytes(tmp.File("healed/model.safetensors")));
 }
 
 TEST_CASE("heal is refused where it cannot run, before any work", "[convert][heal][shared]") {

@@ -114,7 +114,7 @@ struct Case {
 
 // An MHA source layer with q/k/v biases (and, with `norms`, Qwen3's per-head q/k norms), and its
 // fold to 2 KV heads by averaging head pairs.
-Case MakeCase(bool norms = false) {
+Case MakeCase(bool norms = false, std::uint64_t budget = UINT64_MAX) {
   std::mt19937_64 g(7);
   Case c;
   const std::int64_t C = kHidden + 1, HD = kH * kD;
@@ -146,20 +146,20 @@ Case MakeCase(bool norms = false) {
             0.5f * (full[(2 * h * kD + e) * C + col] + full[((2 * h + 1) * kD + e) * C + col]);
       }
   }
-  c.data.T = kT;
-  c.data.D = kHidden;
-  c.data.HD = HD;
-  c.data.input = Random(kWindows * kT * kHidden, 1.0, g);
+  const std::vector<float> input = Random(kWindows * kT * kHidden, 1.0, g);
+  std::vector<float> context;
+  std::vector<std::int64_t> sequences;
   for (std::int64_t w = 0; w < kWindows; ++w) {
-    c.data.sequences.push_back(w);
+    sequences.push_back(w);
     for (std::int64_t t = 0; t < kT; ++t) {
-      const float* row = &c.data.input[(w * kT + t) * kHidden];
+      const float* row = &input[(w * kT + t) * kHidden];
       c.with_bias.insert(c.with_bias.end(), row, row + kHidden);
       c.with_bias.push_back(1.0f);
     }
     const std::vector<double> ctx = Context(c.source, &c.with_bias[w * kT * C]);
-    c.data.context.insert(c.data.context.end(), ctx.begin(), ctx.end());
+    context.insert(context.end(), ctx.begin(), ctx.end());
   }
+  c.data = MakeHealWindows(kT, kHidden, HD, sequences, input, context, {}, HealBudget(budget));
   return c;
 }
 
@@ -213,6 +213,18 @@ TEST_CASE("healing lowers a lossy fold's held-out error, and reports the weights
   CHECK(again.wk == w.wk);
   CHECK(again.wv == w.wv);
   CHECK(again.wo == w.wo);
+
+  // The same windows with none kept in memory (--hidden-memory 0): read back from the spill
+  // file, the same bytes.
+  const Case spilled = MakeCase(false, 0);
+  HealWeights from_file = c.fold;
+  const HealOutcome r3 =
+      HealAttention(Layer(), 0, spilled.data, c.source.wo, from_file, Settings(), "cpu");
+  CHECK(r3.best_step == r.best_step);
+  CHECK(from_file.wq == w.wq);
+  CHECK(from_file.wk == w.wk);
+  CHECK(from_file.wv == w.wv);
+  CHECK(from_file.wo == w.wo);
 }
 
 TEST_CASE("healing trains through Qwen3's per-head q/k norms", "[heal]") {
