@@ -63,8 +63,8 @@ HealWindows MakeHealWindows(std::int64_t T, std::int64_t D, std::int64_t HD,
       {&input, &out.input}, {&context, &out.context}, {&residual, &out.residual}};
   for (const auto& [all, field] : fields) {
     if (all->empty()) continue;
-    const std::int64_t width = static_cast<std::int64_t>(all->size()) / W;
-    if (width * W != static_cast<std::int64_t>(all->size()))
+    const std::int64_t width = W > 0 ? static_cast<std::int64_t>(all->size()) / W : 0;
+    if (W == 0 || width * W != static_cast<std::int64_t>(all->size()))
       Fail("heal", "internal: windows of different sizes");
     auto rows = std::make_shared<SpilledRows>(budget, "heal window spill file");
     for (std::int64_t i = 0; i < W; ++i)

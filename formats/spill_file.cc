@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <utility>
 
 #include "formats/error.h"
@@ -66,8 +67,19 @@ void SpillFile::Read(std::uint64_t offset, void* data, std::size_t size) const {
   ReadAt(fd_, data, size, offset, Where());
 }
 
+namespace {
+
+// SpilledRows of collectors on different threads share one budget.
+std::mutex& BudgetLock() {
+  static std::mutex lock;
+  return lock;
+}
+
+}  // namespace
+
 SpilledRows::~SpilledRows() {
   const std::uint64_t bytes = static_cast<std::uint64_t>(width_) * sizeof(float);
+  const std::lock_guard<std::mutex> hold(BudgetLock());
   for (const Block& b : blocks_) {
     if (!b.data.empty()) budget_->Give(bytes);
   }
@@ -78,7 +90,12 @@ std::int64_t SpilledRows::Append(const float* data, std::int64_t width) {
   if (width != width_) Fail(file_.what(), "internal error: blocks of different widths");
   const std::size_t bytes = static_cast<std::size_t>(width) * sizeof(float);
   Block b;
-  if (width > 0 && budget_->Take(bytes)) {
+  bool resident = false;
+  if (width > 0) {
+    const std::lock_guard<std::mutex> hold(BudgetLock());
+    resident = budget_->Take(bytes);
+  }
+  if (resident) {
     b.data.assign(data, data + width);
   } else {
     b.offset = file_.Append(data, bytes);
@@ -95,12 +112,6 @@ void SpilledRows::Read(std::int64_t index, float* out) const {
   } else {
     file_.Read(b.offset, out, static_cast<std::size_t>(width_) * sizeof(float));
   }
-}
-
-std::int64_t SpilledRows::resident() const {
-  std::int64_t n = 0;
-  for (const Block& b : blocks_) n += b.data.empty() ? 0 : 1;
-  return n;
 }
 
 }  // namespace kvfold

@@ -57,9 +57,9 @@ class MemoryBudget {
 };
 
 // Blocks of `width` floats appended one by one (heal's captured windows): each stays in memory
-// while `budget` (shared by the stores that split one allowance) has room, the rest go to a
-// SpillFile. Reads give the same floats either way. Gives its bytes back to the budget when
-// destroyed.
+// while `budget` (shared by the stores that split one allowance, on any threads: its use is
+// locked) has room, the rest go to a SpillFile. Reads give the same floats either way. Gives its
+// bytes back to the budget when destroyed.
 class SpilledRows {
  public:
   SpilledRows(std::shared_ptr<MemoryBudget> budget, std::string what)
@@ -73,7 +73,6 @@ class SpilledRows {
   void Read(std::int64_t index, float* out) const;  // `width()` floats
   std::int64_t count() const { return static_cast<std::int64_t>(blocks_.size()); }
   std::int64_t width() const { return width_; }
-  std::int64_t resident() const;  // blocks held in memory
 
  private:
   struct Block {
