@@ -55,7 +55,9 @@ plan=(plan model --calib "$calib" --calib-tokens 512 --window 64 --score-windows
 case_name="kill -9 during kvfold plan"
 TMPDIR="$work/ptmp" "$kv" "${plan[@]}" --quiet >/dev/null 2>&1 &
 pid=$!
-for _ in $(seq 1200); do compgen -G "ptmp/kvfold-plan.*/s*" >/dev/null && break; sleep 0.05; done
+# Killed once a candidate folder carries its staging marker: one killed between the candidate's
+# mkdir and its marker is not provably kvfold's, and is left (docs/plan.md).
+for _ in $(seq 1200); do compgen -G "ptmp/kvfold-plan.*/s*/.kvfold-staging" >/dev/null && break; sleep 0.05; done
 kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
 mkdir ptmp/kvfold-plan.mine && echo "my notes" >ptmp/kvfold-plan.mine/notes.txt
 left="$(ls ptmp | grep -v '^kvfold-plan.mine$' | wc -l)"
