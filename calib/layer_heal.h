@@ -34,7 +34,10 @@ struct HealSettings {
   std::int64_t check_every = 1;  // steps between two held-out checks
   std::int64_t patience = 1;     // checks without a better held-out error before stopping
   std::int64_t batch = 1;        // windows per Adam step
-  std::uint64_t seed = 0;        // the order the fit windows are visited in
+  std::uint64_t seed = 0;        // the order the fit windows are visited in (and rank's B)
+  // 0: Adam on the whole matrices; R > 0: on a rank-R delta of each, W + A B with A [rows, R]
+  // zero at the start and B [R, cols] a fixed random draw (so W starts as the fold's)
+  std::int64_t rank = 0;
 };
 
 // Errors are relative: sum ||y_healed - y_source||^2 / sum ||y_source||^2 over the windows of

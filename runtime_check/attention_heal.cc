@@ -35,10 +35,10 @@ class Attention {
             const at::Device& device)
       : H_(w.heads), KV_(w.kv_heads), d_(w.head_dim) {
     const std::int64_t D = static_cast<std::int64_t>(w.wo.size()) / (H_ * d_);
-    params_ = {FromVector(w.wq, {H_ * d_, w.in_cols}, device),
-               FromVector(w.wk, {KV_ * d_, w.in_cols}, device),
-               FromVector(w.wv, {KV_ * d_, w.in_cols}, device),
-               FromVector(w.wo, {D, H_ * d_}, device)};
+    weights_ = {FromVector(w.wq, {H_ * d_, w.in_cols}, device),
+                FromVector(w.wk, {KV_ * d_, w.in_cols}, device),
+                FromVector(w.wv, {KV_ * d_, w.in_cols}, device),
+                FromVector(w.wo, {D, H_ * d_}, device)};
     // The layer's own RoPE (Gemma 3's sliding layers: their base), window, scale and soft-cap.
     std::tie(cos_, sin_) = LayerRopeTables(T, c, layer, device);
     mask_ = CausalMask(T, c.WindowOf(layer), device);
@@ -49,28 +49,70 @@ class Attention {
       q_norm_ = FromVector(w.q_norm, {d_}, device);
       k_norm_ = FromVector(w.k_norm, {d_}, device);
     }
+    params_ = weights_;  // trained as they are, unless TrainDeltas says otherwise
   }
+  // With rank > 0, trains from here on a rank-`rank` delta of each matrix instead of the matrix:
+  // W + A B, A [rows, rank] zero, B [rank, cols] uniform with rows of unit expected norm, drawn
+  // from `seed` (mt19937_64: the same on every platform).
+  void TrainDeltas(std::int64_t rank, std::uint64_t seed) {
+    if (rank <= 0) return;
+    params_.clear();
+    std::mt19937_64 random(seed ^ 0x9e3779b97f4a7c15ULL);
+    for (const at::Tensor& w : weights_) {
+      const std::int64_t rows = w.size(0), cols = w.size(1), r = std::min({rank, rows, cols});
+      std::vector<float> b(static_cast<std::size_t>(r * cols));
+      const double half_width = std::sqrt(3.0 / static_cast<double>(cols));
+      for (float& e : b) e = static_cast<float>(half_width * (2 * UnitUniform(random) - 1));
+      params_.push_back(at::zeros({rows, r}, w.options()));
+      params_.push_back(FromVector(b, {r, cols}, w.device()));
+    }
+  }
+  bool low_rank() const { return params_.size() > weights_.size(); }
   std::vector<at::Tensor>& params() { return params_; }
+  // Adam's step for each of params(): `lr` times the matrix's RMS (for A: what moves W + A B by
+  // as much as a step on W itself would, given B's unit rows).
+  std::vector<double> StepSizes(double lr) const {
+    std::vector<double> steps;
+    for (std::size_t i = 0; i < weights_.size(); ++i) {
+      const double rms = std::max(weights_[i].pow(2).mean().sqrt().item<double>(), 1e-12);
+      if (!low_rank()) {
+        steps.push_back(lr * rms);
+        continue;
+      }
+      const at::Tensor& b = params_[2 * i + 1];
+      steps.push_back(lr * rms * std::sqrt(static_cast<double>(b.size(1)) / b.size(0)));
+      steps.push_back(lr * b.pow(2).mean().sqrt().item<double>());
+    }
+    return steps;
+  }
+  // Matrix i (q, k, v, o) as it stands.
+  at::Tensor Weight(std::size_t i) const {
+    if (!low_rank()) return params_[i];
+    return weights_[i] + at::matmul(params_[2 * i], params_[2 * i + 1]);
+  }
 
   at::Tensor Output(const at::Tensor& x) const {
     const std::int64_t W = x.size(0), T = x.size(1);
-    auto heads = [&](const at::Tensor& w, std::int64_t n) {
-      return at::matmul(x, w.t()).view({W, T, n, d_});
+    auto heads = [&](std::size_t i, std::int64_t n) {
+      return at::matmul(x, Weight(i).t()).view({W, T, n, d_});
     };
-    const at::Tensor q =
-        ApplyRope(Normed(heads(params_[0], H_), q_norm_), cos_, sin_).permute({0, 2, 1, 3});
+    const at::Tensor q = ApplyRope(Normed(heads(0, H_), q_norm_), cos_, sin_).permute({0, 2, 1, 3});
     const std::int64_t group = H_ / KV_;
-    const at::Tensor k = ApplyRope(Normed(heads(params_[1], KV_), k_norm_), cos_, sin_)
+    const at::Tensor k = ApplyRope(Normed(heads(1, KV_), k_norm_), cos_, sin_)
                              .permute({0, 2, 1, 3})
                              .repeat_interleave(group, 1);
-    const at::Tensor v = heads(params_[2], KV_).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
+    const at::Tensor v = heads(2, KV_).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
     const at::Tensor scores =
         SoftCap(at::matmul(q, k.transpose(-1, -2)) * scale_, soft_cap_) + mask_;
     const at::Tensor ctx = at::matmul(at::softmax(scores, -1), v).permute({0, 2, 1, 3});
-    return at::matmul(ctx.reshape({W, T, H_ * d_}), params_[3].t());
+    return at::matmul(ctx.reshape({W, T, H_ * d_}), Weight(3).t());
   }
 
  private:
+  static double UnitUniform(std::mt19937_64& random) {
+    return static_cast<double>(random() >> 11) * 0x1.0p-53;
+  }
+
   // Each head of x [W, T, n, d] through the runtime's RMSNorm with `weight` (undefined: x as it
   // is); its expression is differentiable as it stands.
   at::Tensor Normed(const at::Tensor& x, const at::Tensor& weight) const {
@@ -79,7 +121,8 @@ class Attention {
 
   std::int64_t H_, KV_, d_;
   double scale_ = 1, soft_cap_ = 0, eps_ = 0;
-  std::vector<at::Tensor> params_;
+  std::vector<at::Tensor> weights_;  // q, k, v, o as the fold left them
+  std::vector<at::Tensor> params_;   // what Adam trains: weights_ itself, or A, B per matrix
   at::Tensor cos_, sin_, mask_;
   at::Tensor q_norm_, k_norm_;  // per-head norms before RoPE, or undefined
 };
@@ -143,15 +186,15 @@ double RelativeError(const Attention& a, const Part& p) {
   return sum / std::max(p.energy(), std::numeric_limits<double>::min());
 }
 
-// Adam with bias correction; each matrix's step is `lr` times its initial RMS, on a cosine
-// schedule over `steps`.
+// Adam with bias correction; each tensor moves by its own step size (Attention::StepSizes), on
+// a cosine schedule over `steps`.
 class Adam {
  public:
-  Adam(const std::vector<at::Tensor>& params, double lr, std::int64_t steps) : steps_(steps) {
+  Adam(const std::vector<at::Tensor>& params, std::vector<double> step_sizes, std::int64_t steps)
+      : steps_(steps), step_(std::move(step_sizes)) {
     for (const at::Tensor& p : params) {
       m_.push_back(at::zeros_like(p));
       v_.push_back(at::zeros_like(p));
-      step_.push_back(lr * std::max(p.pow(2).mean().sqrt().item<double>(), 1e-12));
     }
   }
   void Step(std::vector<at::Tensor>& params) {
@@ -211,7 +254,7 @@ std::vector<at::Tensor> Train(Attention& a, const Part& fit, const Part& held,
   std::vector<at::Tensor> best;
   double best_error = start_error;
   std::int64_t since_better = 0;
-  Adam adam(a.params(), s.lr, s.steps);
+  Adam adam(a.params(), a.StepSizes(s.lr), s.steps);
   const std::int64_t n_fit = fit.count();
   const std::int64_t batch = std::min(s.batch, n_fit);
   const std::vector<std::int64_t> order = VisitOrder(n_fit, s.steps * batch, s.seed);
@@ -231,7 +274,7 @@ std::vector<at::Tensor> Train(Attention& a, const Part& fit, const Part& held,
       out.best_step = step;
       out.held_out_after = e;
       best.clear();
-      for (const at::Tensor& p : a.params()) best.push_back(p.detach().clone());
+      for (std::size_t i = 0; i < 4; ++i) best.push_back(a.Weight(i).detach().clone());
       since_better = 0;
     } else if (++since_better >= s.patience) {
       break;
@@ -265,6 +308,7 @@ HealOutcome HealAttention(const ModelConfig& layer, std::int64_t layer_index,
   const Part held(data, std::move(held_rows), wo, bias);
 
   Attention a(layer, layer_index, w, data.T, device);
+  a.TrainDeltas(s.rank, s.seed);
   for (at::Tensor& p : a.params()) p.set_requires_grad(true);
   HealOutcome out;
   out.fit_before = RelativeError(a, fit);
@@ -281,9 +325,8 @@ HealOutcome HealAttention(const ModelConfig& layer, std::int64_t layer_index,
   ToVector(best[1], w.wk);
   ToVector(best[2], w.wv);
   ToVector(best[3], w.wo);
-  at::NoGradGuard no_grad;
-  for (std::size_t i = 0; i < best.size(); ++i) a.params()[i].copy_(best[i]);
-  out.fit_after = RelativeError(a, fit);
+  const Attention kept(layer, layer_index, w, data.T, device);
+  out.fit_after = RelativeError(kept, fit);
   return out;
 }
 

@@ -20,11 +20,13 @@ HealSettings SettingsOf(const PassSpec& spec) {
   s.check_every = spec.Int("check-every");
   s.patience = spec.Int("patience");
   s.seed = static_cast<std::uint64_t>(spec.Int("seed"));
+  s.rank = spec.Int("rank");
   if (s.windows < 2) Refuse("windows must be at least 2 (one is held out)");
   if (s.steps < 1 || s.batch < 1 || s.check_every < 1 || s.patience < 1)
     Refuse("steps, batch, check-every and patience must be at least 1");
   if (!(s.lr > 0 && s.lr <= 1)) Refuse("lr must be in (0, 1]");
   if (spec.Int("seed") < 0) Refuse("seed must not be negative");
+  if (s.rank < 0) Refuse("rank must not be negative (0: whole matrices)");
   return s;
 }
 

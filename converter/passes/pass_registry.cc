@@ -92,7 +92,11 @@ const std::vector<PassInfo>& PassRegistry() {
         {"batch", T::kInt, "windows per step", "4"},
         {"check-every", T::kInt, "steps between held-out checks", "10"},
         {"patience", T::kInt, "checks without improvement before stopping", "3"},
-        {"seed", T::kInt, "the order the fit windows are visited in", "0"}},
+        {"seed", T::kInt, "the order the fit windows are visited in (and rank's random B)", "0"},
+        {"rank", T::kInt,
+         "0: train the whole matrices; R > 0: train a rank-R delta W + A B of each (A zero at "
+         "the start, B a fixed random draw)",
+         "0"}},
        &CreateHeal},
       {"kv-norm-analysis",
        "Key L2 norm vs attention per layer/KV head (arXiv 2406.11430); writes the eviction policy "

@@ -70,7 +70,7 @@ TEST_CASE("heal lowers a lossy fold's error on every layer and on held-out text"
   RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>," + kHeal, tmp.File("healed"));
   const auto record = ReadJson(tmp.File("healed/kvfold.json"));
   CHECK(record["pipeline"].get<std::string>().find(
-            ",heal<batch=4,check-every=10,lr=0.05,patience=3,seed=0,steps=60,target=layer,"
+            ",heal<batch=4,check-every=10,lr=0.05,patience=3,rank=0,seed=0,steps=60,target=layer,"
             "windows=32>") != std::string::npos);
   for (const auto& layer : record["passes"][1]["layers"]) {
     INFO("layer " << layer["layer"]);

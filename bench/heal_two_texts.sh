@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One heal variant scored on both texts (issue 28): MODEL converted with
+# `gqa-svd<kv-heads=KV>,HEAL` on its calibration text (bench/shared_models.sh), then scored on 64
+# windows (kvfold-ppl-v1, W = 256) of its own evaluation text and of the other family's
+# (TinyStories eval <-> WikiText-2 test), KL against MODEL on each. Prints one markdown row:
+# model, heal, own ppl, own KL, other ppl, other KL, convert wall s, convert peak RSS MiB.
+#   bench/heal_two_texts.sh MODEL KV HEAL      e.g. stories260K 1 'heal<rank=16>'
+# KVFOLD= the binary (default build/bin/kvfold).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/shared_models.sh
+kvfold=${KVFOLD:-build/bin/kvfold}
+model=$1 kv=$2 heal=$3
+src="$shared/models/$model"
+model_texts "$model"
+case "$model" in
+  stories*) other="$shared/text/wikitext-2/test.raw.txt" ;;
+  *) other="$shared/text/tinystories/eval.txt" ;;
+esac
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+/usr/bin/time -f "%e %M" -o "$work/time" $kvfold convert "$src" --calib "$calib" \
+  --passes "gqa-svd<kv-heads=$kv>,$heal" -o "$work/out" --quiet --threads 2 >/dev/null
+read -r wall rss < "$work/time"
+score() {
+  $kvfold eval "$work/out" --text "$1" --max-windows 64 --threads 2 --quiet --json --compare "$src" |
+    python3 -c "import json,sys; d=json.load(sys.stdin); print('%.4f | %.4f' % (d['ppl'], d['compare']['kl']))"
+}
+echo "| $model | \`$heal\` | $(score "$eval") | $(score "$other") | $wall | $((rss / 1024)) |"
