@@ -172,7 +172,7 @@ ModelConfig LayerConfig(const ModelDraft& draft, int l) {
 LayerWeightSource DraftWeights(const ModelDraft& draft) {
   return {[&draft](const std::string& name) { return draft.Has(name); },
           [&draft](const std::string& name) { return draft.Shape(name); },
-          [&draft](const std::string& name) { return draft.ReadF32(name); },
+          [&draft](const std::string& name, float* out) { draft.ReadF32(name, out); },
           [&draft](const std::string& name) { return draft.Generation(name); }};
 }
 

@@ -93,12 +93,28 @@ LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const LoadRoles& lo
 }
 
 // load(roles) from one tensor loader: the tensors read one by one, then stacked.
-LoadRoles Stacked(const std::function<at::Tensor(TensorRole)>& one) {
-  return [one](const std::vector<TensorRole>& roles) {
-    if (roles.size() == 1) return one(roles.front());
-    std::vector<at::Tensor> parts;
-    for (const TensorRole r : roles) parts.push_back(one(r));
-    return at::cat(parts, 0);
+// How to read one role's tensor: its shape, and a reader of its float32 values into a buffer.
+struct RoleReader {
+  std::function<std::vector<std::int64_t>(TensorRole)> shape;
+  std::function<void(TensorRole, float* out)> read;
+};
+
+// load(roles) from one reader: the stacked tensor allocated once and each role read into its
+// rows (no per-role copy to concatenate), then moved to `device`.
+LoadRoles Stacked(RoleReader reader, const at::Device& device) {
+  return [reader = std::move(reader), device](const std::vector<TensorRole>& roles) {
+    std::vector<std::int64_t> shape = reader.shape(roles.front());
+    std::vector<std::int64_t> rows;
+    for (const TensorRole r : roles) rows.push_back(reader.shape(r).front());
+    shape.front() = std::accumulate(rows.begin(), rows.end(), std::int64_t{0});
+    at::Tensor t = at::empty(shape, at::kFloat);
+    const std::int64_t row_size = shape.front() > 0 ? t.numel() / shape.front() : 0;
+    float* out = t.data_ptr<float>();
+    for (std::size_t i = 0; i < roles.size(); ++i) {
+      reader.read(roles[i], out);
+      out += rows[i] * row_size;
+    }
+    return t.to(device);
   };
 }
 
@@ -107,21 +123,27 @@ LoadRoles Stacked(const std::function<at::Tensor(TensorRole)>& one) {
 LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer,
                                    const at::Device& dev) {
   const int l = static_cast<int>(layer);
-  return AssembleLayer(ck.config, l, Stacked([&](TensorRole r) {
-                         return LoadTensor(ck, {r, l}, dev);
-                       }));
+  RoleReader reader{[&ck, l](TensorRole r) {
+                      return ck.Tensor({r, l}).entry->shape;
+                    },
+                    [&ck, l](TensorRole r, float* out) {
+                      ck.tensors.ReadF32(ck.Tensor({r, l}).entry->name, out);
+                    }};
+  return AssembleLayer(ck.config, l, Stacked(std::move(reader), dev));
 }
 
 LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config,
                                    std::int64_t layer, const at::Device& dev,
                                    LayerWeightCache* cache) {
   const int l = static_cast<int>(layer);
-  const LoadRoles read = Stacked([&](TensorRole r) {
+  auto checked = [&source, l](TensorRole r) {
     const std::string name = HfTensorName({r, l});
     if (!source.has(name)) Fail(name, "the converted layer has no such tensor");
-    std::vector<float> values = source.read(name);
-    return at::from_blob(values.data(), source.shape(name), at::kFloat).clone().to(dev);
-  });
+    return name;
+  };
+  RoleReader reader{[&source, checked](TensorRole r) { return source.shape(checked(r)); },
+                    [&source, checked](TensorRole r, float* out) { source.read(checked(r), out); }};
+  const LoadRoles read = Stacked(std::move(reader), dev);
   if (cache == nullptr || !source.generation) return AssembleLayer(config, l, read);
   if (cache->layer != l) *cache = LayerWeightCache{l, {}};
   return AssembleLayer(config, l, [&](const std::vector<TensorRole>& roles) {

@@ -39,11 +39,12 @@ struct RuntimeOptions {
 };
 
 // Where a layer's weights come from when they are not the checkpoint's: a converter's draft.
-// Tensors are named as in HF checkpoints; read returns float32 values of shape(name).
+// Tensors are named as in HF checkpoints; read writes the float32 values of shape(name) to `out`
+// (stacked tensors are read into their place: one copy of each weight, not three).
 struct LayerWeightSource {
   std::function<bool(const std::string& name)> has;
   std::function<std::vector<std::int64_t>(const std::string& name)> shape;
-  std::function<std::vector<float>(const std::string& name)> read;
+  std::function<void(const std::string& name, float* out)> read;
   // Optional: a number that changes whenever the tensor's values do. With it a Stepper reads a
   // layer's tensors once and keeps them while they stay unchanged (observe, observe again after
   // a pass rewrote K/V, advance: the MLP is read once, not three times).

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
+#include <numeric>
 
 #include "formats/error.h"
 #include "formats/mapped_file.h"
@@ -51,19 +53,32 @@ std::vector<std::int64_t> ModelDraft::Shape(const std::string& name) const {
 }
 
 std::vector<float> ModelDraft::ReadF32(const std::string& name) const {
+  const auto it = replaced_.find(name);
+  if (it != replaced_.end() && it->second.sealed.empty() && !it->second.written)
+    return it->second.data;
+  std::vector<std::int64_t> shape = Shape(name);
+  std::vector<float> values(static_cast<std::size_t>(
+      std::accumulate(shape.begin(), shape.end(), std::int64_t{1}, std::multiplies<>())));
+  ReadF32(name, values.data());
+  return values;
+}
+
+void ModelDraft::ReadF32(const std::string& name, float* out) const {
   auto it = replaced_.find(name);
   if (it != replaced_.end() && it->second.written) {
     Fail(name, "internal error: read after it was written to the output");
   }
   if (it != replaced_.end() && !it->second.sealed.empty()) {
-    std::vector<float> values(it->second.sealed.size() / DTypeSize(OutputDType(name, it->second)));
-    ConvertToF32(OutputDType(name, it->second), it->second.sealed.data(), values.size(),
-                 values.data());
-    return values;
+    const DType dtype = OutputDType(name, it->second);
+    ConvertToF32(dtype, it->second.sealed.data(), it->second.sealed.size() / DTypeSize(dtype), out);
+    return;
   }
-  if (it != replaced_.end()) return it->second.data;
+  if (it != replaced_.end()) {
+    std::copy(it->second.data.begin(), it->second.data.end(), out);
+    return;
+  }
   if (!Has(name)) Fail(source_.dir, "draft has no tensor '" + name + "'");
-  return source_.tensors.ReadF32(name);
+  source_.tensors.ReadF32(name, out);
 }
 
 void ModelDraft::Replace(const std::string& name, std::vector<std::int64_t> shape,

@@ -45,6 +45,8 @@ class ModelDraft {
   bool Has(const std::string& name) const;
   std::vector<std::int64_t> Shape(const std::string& name) const;
   std::vector<float> ReadF32(const std::string& name) const;
+  // The same values written to `out` (Shape(name)'s element count), without a vector between.
+  void ReadF32(const std::string& name, float* out) const;
   // Changes whenever the values ReadF32(name) gives may have: 0 for a source tensor never
   // touched; Replace, Add, Remove and the rounding of SealLayer each give a new number.
   std::uint64_t Generation(const std::string& name) const;

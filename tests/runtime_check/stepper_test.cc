@@ -1,4 +1,5 @@
 // The converted mode's Stepper reads a layer once while its tensors stay unchanged.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <map>
 #include <random>
@@ -28,10 +29,11 @@ struct CountingSource {
   LayerWeightSource Source() {
     LayerWeightSource s{[this](const std::string& n) { return ck.tensors.Find(n) != nullptr; },
                         [this](const std::string& n) { return ck.tensors.Get(n).entry->shape; },
-                        [this](const std::string& n) {
+                        [this](const std::string& n, float* out) {
                           ++reads[n];
                           const auto it = replaced.find(n);
-                          return it != replaced.end() ? it->second : ck.tensors.ReadF32(n);
+                          if (it == replaced.end()) return ck.tensors.ReadF32(n, out);
+                          std::copy(it->second.begin(), it->second.end(), out);
                         },
                         {}};
     if (tells_generations) s.generation = [this](const std::string& n) { return generations[n]; };
