@@ -6,6 +6,8 @@
 # then kv-scales, with 4096 calibration tokens.
 #   bench/convert_ab.sh BUILD_B BUILD_A [SHAPE] [ROUNDS]   (default tinyllama-1.1b, 2 rounds)
 # WORK=folder for the checkpoints (default /tmp/kvfold-scale, shared with scale_sweep.sh).
+# TOKENS= calibration tokens (default 4096); PASSES= the pipeline instead (KV = a quarter of the
+# KV heads is substituted for the text KV in it). Each row ends with the output's SHA-256 prefix.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${KVFOLD_SHARED:-$src/../shared}"
@@ -19,17 +21,19 @@ source "$src/bench/shape_checkpoints.sh"
 machine_header
 shape_checkpoint "$shape" "$model"
 kv=$(python3 -c "import json; print(max(1, json.load(open('$model/config.json'))['num_key_value_heads'] // 4))")
-passes="gqa-svd<kv-heads=$kv>,kv-scales"
-echo "# $shape: convert --passes '$passes' --calib-tokens 4096 --threads 2"
-echo "| build | wall s | user s | sys s | sys share | peak RSS GiB |"
-echo "|---|---|---|---|---|---|"
+passes="${PASSES:-gqa-svd<kv-heads=KV>,kv-scales}" tokens="${TOKENS:-4096}"
+passes="${passes//KV/$kv}"
+echo "# $shape: convert --passes '$passes' --calib-tokens $tokens --threads 2"
+echo "| build | wall s | user s | sys s | sys share | peak RSS GiB | output |"
+echo "|---|---|---|---|---|---|---|"
 for ((r = 0; r < rounds; ++r)); do
   for i in 0 1; do
     /usr/bin/time -f "%e %U %S %M" -o "$work/ab.time" "${builds[$i]}/bin/kvfold" convert "$model" \
-      --calib "$calib" --calib-tokens 4096 --passes "$passes" -o "$work/$shape-ab" --force --quiet \
-      --threads 2 >/dev/null
+      --calib "$calib" --calib-tokens "$tokens" --passes "$passes" -o "$work/$shape-ab" --force \
+      --quiet --threads 2 >/dev/null
     label=$([ "$i" = 0 ] && echo "A ${builds[0]}" || echo "B ${builds[1]}")
-    awk -v l="$label" '{printf "| %s | %.1f | %.1f | %.1f | %.0f%% | %.2f |\n", l, $1, $2, $3, 100 * $3 / ($2 + $3), $4 / 1048576}' "$work/ab.time"
+    sha=$(cat "$work/$shape-ab"/*.safetensors | sha256sum | cut -c1-12)
+    awk -v l="$label" -v s="$sha" '{printf "| %s | %.1f | %.1f | %.1f | %.0f%% | %.2f | %s |\n", l, $1, $2, $3, 100 * $3 / ($2 + $3), $4 / 1048576, s}' "$work/ab.time"
   done
 done
 rm -rf "$work/$shape-ab"

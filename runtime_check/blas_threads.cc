@@ -2,6 +2,9 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
+#include <mutex>
+
 namespace kvfold {
 namespace {
 
@@ -20,6 +23,23 @@ GetThreads GetFn() {
 }
 
 }  // namespace
+
+void SleepIdleBlasThreads() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (std::getenv("OPENBLAS_THREAD_TIMEOUT") != nullptr) return;  // the user's own choice
+    using Call = int (*)();
+    // OpenBLAS reads the variable when it starts its pool: read it again, stop the pool, start it.
+    const auto read_env = reinterpret_cast<void (*)()>(::dlsym(RTLD_DEFAULT, "openblas_read_env"));
+    const auto stop = reinterpret_cast<Call>(::dlsym(RTLD_DEFAULT, "blas_thread_shutdown_"));
+    const auto start = reinterpret_cast<Call>(::dlsym(RTLD_DEFAULT, "blas_thread_init"));
+    if (read_env == nullptr || stop == nullptr || start == nullptr) return;
+    ::setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0);
+    read_env();
+    stop();
+    start();
+  });
+}
 
 void SetBlasThreads(int threads) {
   if (SetFn() != nullptr && threads > 0) SetFn()(threads);

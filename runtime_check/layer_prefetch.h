@@ -1,7 +1,8 @@
 // LayerPrefetch: a streamed model reads layer order[i + 1] from the checkpoint on another thread
 // while layer order[i] runs, so reading and converting a layer (and, with --device cuda, copying
 // it to the device) overlaps the compute instead of stalling it. Two layers are in memory at a
-// time instead of one. Resident models take their layers as they are.
+// time instead of one; the buffers of the layer before them are read into, not fresh memory.
+// Resident models take their layers as they are.
 #pragma once
 
 #include <cstdint>
@@ -22,9 +23,14 @@ class LayerPrefetch {
   std::shared_ptr<const LlamaLayerWeights> Take(std::int64_t l);
 
  private:
+  void RecycleLast();  // last_'s buffers to spares_, when the sweep is done with it
   const ReferenceModel::Impl& model_;
   std::vector<std::int64_t> order_;
   std::size_t taken_ = 0;
+  // The layer handed out last; once the sweep is done with it, its buffers become `spares_`,
+  // which the next read fills (one reader at a time: a read finishes before the next Take).
+  std::shared_ptr<const LlamaLayerWeights> last_;
+  WeightSpares spares_;
   std::future<std::shared_ptr<const LlamaLayerWeights>> next_;
 };
 

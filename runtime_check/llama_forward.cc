@@ -716,8 +716,18 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
   State& s = *state_;
   ReleaseFreedHeap();  // the previous layer's buffers (formats/heap_policy.h)
   s.model.config = layer_config;
-  const LlamaLayerWeights w =
-      LoadLayerWeights(weights, layer_config, layer, s.model.device, &s.weights);
+  RunLayer(layer, LoadLayerWeights(weights, layer_config, layer, s.model.device, &s.weights),
+           observers, advance);
+  if (!advance) return;
+  // The layer is done: its weights leave (their buffers wait for the next layer's, of the same
+  // shapes; after the last layer they go too).
+  s.weights.Retire();
+  if (layer + 1 >= layer_config.num_hidden_layers) s.weights = LayerWeightCache();
+}
+
+void ReferenceModel::Stepper::RunLayer(int layer, const LlamaLayerWeights& w,
+                                       const std::vector<LayerObserver*>& observers, bool advance) {
+  State& s = *state_;
   const std::size_t n = s.tokens.size();
   const std::size_t slots =
       observers.empty() ? DataParallelSlots(s.model.device.is_cpu()) : observers.size();
@@ -731,7 +741,6 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
         if (advance) s.hidden.Put(b, x);
       },
       [](std::size_t) {});
-  if (advance) s.weights = LayerWeightCache();  // the layer is done: its weights leave
 }
 
 }  // namespace kvfold

@@ -34,9 +34,34 @@ struct LlamaLayerWeights {
   at::Tensor w_down, b_down;
 };
 
+// Weight buffers a sweep is done with, reused for the next layer's tensors of the same shape:
+// layers are alike, and memory already faulted in costs no page faults and no zeroing by the
+// kernel (issue 27: most of a streamed sweep's system time). CPU only; a tensor anything else
+// still refers to is not kept.
+class WeightSpares {
+ public:
+  void Add(const at::Tensor& t);
+  void Add(const LlamaLayerWeights& w);  // every tensor of a layer
+  // A spare of exactly `shape` (removed from the spares), else a new float32 CPU tensor.
+  at::Tensor Take(const std::vector<std::int64_t>& shape);
+  void Clear() { spares_.clear(); }
+  std::size_t size() const { return spares_.size(); }
+  // Frees the spares no Take wanted since the last Age (a layer boundary: a spare waits one
+  // layer for a tensor of its shape, then goes).
+  void Age();
+
+ private:
+  struct Spare {
+    at::Tensor buffer;
+    bool aged = false;
+  };
+  std::vector<Spare> spares_;
+};
+
 // Layer l's weights read from the checkpoint as float32 onto `device`; the source pages are
-// released as each tensor is converted.
-LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t l, const at::Device& device);
+// released as each tensor is converted. With `spares` (CPU), buffers come from there first.
+LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t l, const at::Device& device,
+                                   WeightSpares* spares = nullptr);
 // One layer's weights as read from a LayerWeightSource with generations, stacked as
 // LlamaLayerWeights holds them, with the generations of the tensors each was read from.
 struct LayerWeightCache {
@@ -46,6 +71,11 @@ struct LayerWeightCache {
   };
   std::int64_t layer = -1;
   std::map<std::string, Entry> entries;  // by the names read, joined
+  // Buffers for the next reads: a stale copy's (a pass rewrote the tensor) and, at Retire, every
+  // entry's (the layer is done). Retire also ages the spares and leaves the cache for no layer;
+  // a cache without entries is retired already.
+  WeightSpares spares;
+  void Retire();
 };
 
 // The same from a converter's draft, shaped as `config` (the layer's own head counts) says.
@@ -83,8 +113,9 @@ struct ReferenceModel::Impl {
   // Bytes of hidden states a sweep keeps resident (RuntimeOptions::hidden_state_budget_bytes).
   std::uint64_t hidden_state_budget_bytes = UINT64_MAX;
 
-  // Layer l's weights: the resident ones, or read now from `streamed`.
-  std::shared_ptr<const LlamaLayerWeights> LayerWeights(std::int64_t l) const;
+  // Layer l's weights: the resident ones, or read now from `streamed` (into `spares` first).
+  std::shared_ptr<const LlamaLayerWeights> LayerWeights(std::int64_t l,
+                                                        WeightSpares* spares = nullptr) const;
   at::Tensor Embed(const at::Tensor& tokens) const;  // int64 [B, T] -> [B T, D]
   at::Tensor Scaled(const at::Tensor& embedded) const {
     return embed_scale != 1.0f ? embedded * embed_scale : embedded;

@@ -7,6 +7,7 @@
 #include <functional>
 #include <numeric>
 #include <thread>
+#include <utility>
 
 #include "formats/error.h"
 #include "formats/heap_policy.h"
@@ -99,15 +100,17 @@ struct RoleReader {
   std::function<void(TensorRole, float* out)> read;
 };
 
-// load(roles) from one reader: the stacked tensor allocated once and each role read into its
-// rows (no per-role copy to concatenate), then moved to `device`.
-LoadRoles Stacked(RoleReader reader, const at::Device& device) {
-  return [reader = std::move(reader), device](const std::vector<TensorRole>& roles) {
+// load(roles) from one reader: the stacked tensor allocated once (from `spares` when given and
+// the device is the CPU) and each role read into its rows (no per-role copy to concatenate),
+// then moved to `device`.
+LoadRoles Stacked(RoleReader reader, const at::Device& device, WeightSpares* spares) {
+  if (!device.is_cpu()) spares = nullptr;
+  return [reader = std::move(reader), device, spares](const std::vector<TensorRole>& roles) {
     std::vector<std::int64_t> shape = reader.shape(roles.front());
     std::vector<std::int64_t> rows;
     for (const TensorRole r : roles) rows.push_back(reader.shape(r).front());
     shape.front() = std::accumulate(rows.begin(), rows.end(), std::int64_t{0});
-    at::Tensor t = at::empty(shape, at::kFloat);
+    at::Tensor t = spares != nullptr ? spares->Take(shape) : at::empty(shape, at::kFloat);
     const std::int64_t row_size = shape.front() > 0 ? t.numel() / shape.front() : 0;
     float* out = t.data_ptr<float>();
     for (std::size_t i = 0; i < roles.size(); ++i) {
@@ -120,8 +123,59 @@ LoadRoles Stacked(RoleReader reader, const at::Device& device) {
 
 }  // namespace
 
-LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer,
-                                   const at::Device& dev) {
+namespace {
+
+// A whole, contiguous float32 CPU buffer that nothing but `t` (one reference) refers to.
+bool Reusable(const at::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+         t.use_count() == 1 && t.storage().use_count() == 1 &&
+         t.storage().nbytes() == static_cast<std::size_t>(t.numel()) * sizeof(float);
+}
+
+}  // namespace
+
+void WeightSpares::Add(const at::Tensor& t) {
+  if (Reusable(t)) spares_.push_back({t, false});
+}
+
+void WeightSpares::Age() {
+  spares_.erase(
+      std::remove_if(spares_.begin(), spares_.end(), [](const Spare& s) { return s.aged; }),
+      spares_.end());
+  for (Spare& s : spares_) s.aged = true;
+}
+
+void WeightSpares::Add(const LlamaLayerWeights& w) {
+  for (const at::Tensor* t : {&w.attn_norm, &w.w_qkv, &w.b_qkv, &w.w_o, &w.b_o, &w.k_cache_proj,
+                              &w.q_cache_proj, &w.q_norm, &w.k_norm, &w.attn_out_norm, &w.mlp_norm,
+                              &w.mlp_out_norm, &w.w_gate_up, &w.b_gate_up, &w.w_down, &w.b_down}) {
+    Add(*t);
+  }
+}
+
+at::Tensor WeightSpares::Take(const std::vector<std::int64_t>& shape) {
+  for (auto it = spares_.begin(); it != spares_.end(); ++it) {
+    if (it->buffer.sizes().vec() != shape) continue;
+    at::Tensor t = std::move(it->buffer);
+    spares_.erase(it);
+    return t;
+  }
+  return at::empty(shape, at::kFloat);
+}
+
+void LayerWeightCache::Retire() {
+  layer = -1;
+  if (entries.empty()) return;  // retired already
+  spares.Age();
+  for (auto& [key, entry] : entries) {
+    spares.Add(entry.value);
+    entry.value = at::Tensor();
+  }
+  entries.clear();
+}
+
+LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer, const at::Device& dev,
+                                   WeightSpares* spares) {
   const int l = static_cast<int>(layer);
   RoleReader reader{[&ck, l](TensorRole r) {
                       return ck.Tensor({r, l}).entry->shape;
@@ -129,7 +183,7 @@ LlamaLayerWeights LoadLayerWeights(const Checkpoint& ck, std::int64_t layer,
                     [&ck, l](TensorRole r, float* out) {
                       ck.tensors.ReadF32(ck.Tensor({r, l}).entry->name, out);
                     }};
-  return AssembleLayer(ck.config, l, Stacked(std::move(reader), dev));
+  return AssembleLayer(ck.config, l, Stacked(std::move(reader), dev, spares));
 }
 
 LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelConfig& config,
@@ -143,9 +197,13 @@ LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelC
   };
   RoleReader reader{[&source, checked](TensorRole r) { return source.shape(checked(r)); },
                     [&source, checked](TensorRole r, float* out) { source.read(checked(r), out); }};
-  const LoadRoles read = Stacked(std::move(reader), dev);
+  const LoadRoles read =
+      Stacked(std::move(reader), dev, cache != nullptr ? &cache->spares : nullptr);
   if (cache == nullptr || !source.generation) return AssembleLayer(config, l, read);
-  if (cache->layer != l) *cache = LayerWeightCache{l, {}};
+  if (cache->layer != l) {
+    cache->Retire();
+    cache->layer = l;
+  }
   return AssembleLayer(config, l, [&](const std::vector<TensorRole>& roles) {
     std::string key;
     std::vector<std::uint64_t> generations;
@@ -156,7 +214,7 @@ LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelC
     }
     auto& entry = cache->entries[key];
     if (!entry.value.defined() || entry.generations != generations) {
-      entry.value = at::Tensor();  // the stale copy leaves first
+      cache->spares.Add(std::exchange(entry.value, at::Tensor()));  // the stale copy, as a spare
       entry.value = read(roles);
       entry.generations = std::move(generations);
     }
@@ -164,14 +222,15 @@ LlamaLayerWeights LoadLayerWeights(const LayerWeightSource& source, const ModelC
   });
 }
 
-std::shared_ptr<const LlamaLayerWeights> ReferenceModel::Impl::LayerWeights(std::int64_t l) const {
+std::shared_ptr<const LlamaLayerWeights> ReferenceModel::Impl::LayerWeights(
+    std::int64_t l, WeightSpares* spares) const {
   if (streamed == nullptr) {  // resident: a non-owning handle
     return std::shared_ptr<const LlamaLayerWeights>(&layers.at(static_cast<std::size_t>(l)),
                                                     [](const LlamaLayerWeights*) {});
   }
   c10::InferenceMode inference;
   ReleaseFreedHeap();  // the previous layer's buffers (formats/heap_policy.h)
-  return std::make_shared<const LlamaLayerWeights>(LoadLayerWeights(*streamed, l, device));
+  return std::make_shared<const LlamaLayerWeights>(LoadLayerWeights(*streamed, l, device, spares));
 }
 
 at::Tensor ReferenceModel::Impl::Embed(const at::Tensor& tokens) const {

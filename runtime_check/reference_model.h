@@ -15,6 +15,8 @@
 
 namespace kvfold {
 
+struct LlamaLayerWeights;  // runtime_check/llama_forward.h
+
 // kvfold's default for the hidden states a sweep keeps in memory (--hidden-memory): 65536
 // calibration tokens of a width-8192 model (2 GiB) stay resident.
 inline constexpr std::uint64_t kDefaultHiddenMemoryBytes = std::uint64_t{4096} << 20;
@@ -101,6 +103,8 @@ class ReferenceModel {
 
    private:
     struct State;
+    void RunLayer(int layer, const LlamaLayerWeights& w,
+                  const std::vector<LayerObserver*>& observers, bool advance);
     std::unique_ptr<State> state_;
   };
 

@@ -16,6 +16,7 @@
 #include "formats/ranks.h"
 #include "formats/version.h"
 #include "runtime_check/blas_core.h"
+#include "runtime_check/blas_threads.h"
 #include "tools/commands.h"
 
 namespace {
@@ -43,6 +44,7 @@ int Finish(int status, const std::string& error_line = "") {
 
 int main(int argc, char** argv) {
   kvfold::EnsureFastBlasCore(argv);  // before any matrix product; may re-execute kvfold
+  kvfold::SleepIdleBlasThreads();    // runtime_check/blas_threads.h
   kvfold::SetHeapPolicy();           // formats/heap_policy.h
   kvfold::InstallFatalSignalHandlers();
   kvfold::StartRanks(&argc, &argv);

@@ -1,10 +1,13 @@
 #include "runtime_check/blas_core.h"
 
+#include <ATen/ATen.h>
 #include <dlfcn.h>
 
 #include <catch2/catch.hpp>
+#include <cstdlib>
 
 #include "formats/checkpoint.h"
+#include "runtime_check/blas_threads.h"
 #include "runtime_check/reference_model.h"
 #include "tests/test_support.h"
 
@@ -42,4 +45,22 @@ TEST_CASE("--threads N sets OpenBLAS's own pool to N threads", "[blas][shared]")
   CHECK(get() == 1);
   ReferenceModel::Load(ck, {"cpu", 2});
   CHECK(get() == 2);
+}
+
+TEST_CASE("OpenBLAS's restarted pool sleeps when idle and still computes", "[blas]") {
+  const auto timeout =
+      reinterpret_cast<int (*)()>(::dlsym(RTLD_DEFAULT, "openblas_thread_timeout"));
+  if (timeout == nullptr || std::getenv("OPENBLAS_THREAD_TIMEOUT") != nullptr) {
+    WARN("SKIPPED: the BLAS is not OpenBLAS, or OPENBLAS_THREAD_TIMEOUT is set outside");
+    return;
+  }
+  SleepIdleBlasThreads();
+  CHECK(timeout() == 4);  // what the restarted pool read
+  SetBlasThreads(2);
+  // A product large enough for OpenBLAS to split across its threads, against float64.
+  const at::Tensor a = at::randn({512, 384}, at::kDouble), b = at::randn({384, 256}, at::kDouble);
+  const at::Tensor product = at::matmul(a.to(at::kFloat), b.to(at::kFloat)).to(at::kDouble);
+  // float32 sums of 384 products of unit normals: errors ~1e-5 of the ~20 magnitude; 1e-3
+  // absolute is far above rounding and far below a wrong block (~20).
+  CHECK((product - at::matmul(a, b)).abs().max().item<double>() < 1e-3);
 }

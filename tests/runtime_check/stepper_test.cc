@@ -1,4 +1,7 @@
 // The converted mode's Stepper reads a layer once while its tensors stay unchanged.
+// ATen before Catch: its logging defines a CHECK that Catch's must replace.
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <map>
@@ -8,6 +11,8 @@
 
 #include "formats/checkpoint.h"
 #include "formats/tensor_names.h"
+#include "runtime_check/layer_prefetch.h"
+#include "runtime_check/llama_forward.h"
 #include "runtime_check/reference_model.h"
 #include "tests/test_support.h"
 
@@ -115,5 +120,44 @@ TEST_CASE("a stepper reads each tensor of a layer once until the tensor changes"
       CHECK(cached.reads[HfTensorName({r, l})] == 1);
       CHECK(uncached.reads[HfTensorName({r, l})] == 3);
     }
+  }
+}
+
+TEST_CASE("a layer's weights are read into the buffers of the layer the sweep is done with",
+          "[runtime][stepper][shared]") {
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
+  const at::Device cpu(at::kCPU);
+  CountingSource source{ck};
+  const LayerWeightSource weights = source.Source();
+  LayerWeightCache cache;
+  const void* down = nullptr;
+  at::Tensor held;  // a tensor still in use when its layer retires: never a spare
+  {
+    const LlamaLayerWeights w = LoadLayerWeights(weights, ck.config, 0, cpu, &cache);
+    down = w.w_down.data_ptr();
+    held = w.w_gate_up;
+  }
+  cache.Retire();
+  CHECK(cache.spares.size() > 0);
+  const std::size_t spares = cache.spares.size();
+  const LlamaLayerWeights w1 = LoadLayerWeights(weights, ck.config, 1, cpu, &cache);
+  CHECK(cache.spares.size() < spares);  // taken, not copied
+  CHECK(w1.w_down.data_ptr() == down);
+  CHECK(w1.w_gate_up.data_ptr() != held.data_ptr());
+  // Copies of the same stored values: exactly equal, each layer its own.
+  CHECK(at::equal(w1.w_down, LoadLayerWeights(ck, 1, cpu).w_down));
+  CHECK(at::equal(w1.w_gate_up, LoadLayerWeights(ck, 1, cpu).w_gate_up));
+  CHECK(at::equal(held, LoadLayerWeights(ck, 0, cpu).w_gate_up));
+
+  SECTION("the streamed sweep's read-ahead fills the buffers of the layer before last") {
+    RuntimeOptions o{"cpu", 2};
+    o.stream_layers = true;
+    const auto model = ReferenceModel::Load(ck, o);
+    LayerPrefetch layers(model->impl(), {0, 1, 2});
+    const void* first = layers.Take(0)->w_down.data_ptr();
+    layers.Take(1);
+    const auto w2 = layers.Take(2);
+    CHECK(w2->w_down.data_ptr() == first);
+    CHECK(at::equal(w2->w_down, LoadLayerWeights(ck, 2, cpu).w_down));
   }
 }
