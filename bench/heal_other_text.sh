@@ -18,10 +18,6 @@ echo "|---|---|---|---|---|---|---|---|"
 for model in ${MODELS:-stories260K micro-mha mini-mha}; do
   src="$shared/models/$model"
   model_texts "$model"
-  case "$model" in
-    stories*) other="$shared/text/wikitext-2/test.raw.txt" ;;
-    *) other="$shared/text/tinystories/eval.txt" ;;
-  esac
   kv0=$($kvfold inspect "$src" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['num_key_value_heads'])")
   kv=$((kv0 / 4))
   original=$($kvfold eval "$src" --text "$other" --max-windows 64 --threads 2 --quiet --json |

@@ -13,10 +13,6 @@ kvfold=${KVFOLD:-build/bin/kvfold}
 model=$1 kv=$2 heal=$3
 src="$shared/models/$model"
 model_texts "$model"
-case "$model" in
-  stories*) other="$shared/text/wikitext-2/test.raw.txt" ;;
-  *) other="$shared/text/tinystories/eval.txt" ;;
-esac
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 /usr/bin/time -f "%e %M" -o "$work/time" $kvfold convert "$src" --calib "$calib" \

@@ -93,7 +93,6 @@ LlamaLayerWeights AssembleLayer(const ModelConfig& c, int l, const LoadRoles& lo
   return w;
 }
 
-// load(roles) from one tensor loader: the tensors read one by one, then stacked.
 // How to read one role's tensor: its shape, and a reader of its float32 values into a buffer.
 struct RoleReader {
   std::function<std::vector<std::int64_t>(TensorRole)> shape;
@@ -106,9 +105,12 @@ struct RoleReader {
 LoadRoles Stacked(RoleReader reader, const at::Device& device, WeightSpares* spares) {
   if (!device.is_cpu()) spares = nullptr;
   return [reader = std::move(reader), device, spares](const std::vector<TensorRole>& roles) {
-    std::vector<std::int64_t> shape = reader.shape(roles.front());
-    std::vector<std::int64_t> rows;
-    for (const TensorRole r : roles) rows.push_back(reader.shape(r).front());
+    std::vector<std::int64_t> shape, rows;
+    for (const TensorRole r : roles) {
+      std::vector<std::int64_t> part = reader.shape(r);
+      rows.push_back(part.front());
+      if (shape.empty()) shape = std::move(part);
+    }
     shape.front() = std::accumulate(rows.begin(), rows.end(), std::int64_t{0});
     at::Tensor t = spares != nullptr ? spares->Take(shape) : at::empty(shape, at::kFloat);
     const std::int64_t row_size = shape.front() > 0 ? t.numel() / shape.front() : 0;
@@ -120,10 +122,6 @@ LoadRoles Stacked(RoleReader reader, const at::Device& device, WeightSpares* spa
     return t.to(device);
   };
 }
-
-}  // namespace
-
-namespace {
 
 // A whole, contiguous float32 CPU buffer that nothing but `t` (one reference) refers to.
 bool Reusable(const at::Tensor& t) {

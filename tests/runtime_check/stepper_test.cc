@@ -1,4 +1,5 @@
-// The converted mode's Stepper reads a layer once while its tensors stay unchanged.
+// The converted mode's Stepper reads a layer once while its tensors stay unchanged, and a layer's
+// weights are read into the buffers of the layer a sweep is done with.
 // ATen before Catch: its logging defines a CHECK that Catch's must replace.
 #include <ATen/ATen.h>
 
