@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "formats/architectures.h"
@@ -75,6 +76,29 @@ void CheckRopeTable(const ModelConfig& c, const std::string& file) {
       Fail(file, "rope_theta " + std::to_string(c.rope_theta) + " with rope_scaling " +
                      RopeScalingText(c.rope_scaling) + " gives a RoPE frequency of " +
                      std::to_string(f) + " (not a positive normal number)");
+    }
+  }
+}
+
+// Sizes kvfold allocates from before any weight bounds them (a RoPE table of head_dim / 2, a
+// window per layer, a channel order per query row) must stay far beyond real models yet far
+// below memory: the largest released models have 126 layers, head_dim 256 and 16,384 query
+// channels. Without these caps a config with a head_dim near 2^34 passed the 2^48 product checks
+// and asked for 88 GB at the RoPE table (found by fuzz_checkpoint).
+void CheckDimensions(const ModelConfig& c, const std::string& file) {
+  std::int64_t query_width = 0;
+  if (__builtin_mul_overflow(c.num_attention_heads, c.head_dim, &query_width))
+    query_width = std::numeric_limits<std::int64_t>::max();
+  const std::pair<const char*, std::int64_t> dims[] = {
+      {"num_hidden_layers", c.num_hidden_layers},
+      {"head_dim", c.head_dim},
+      {"num_attention_heads x head_dim", query_width},
+  };
+  constexpr std::int64_t kLimit = std::int64_t{1} << 20;
+  for (const auto& [what, n] : dims) {
+    if (n > kLimit) {
+      Fail(file, std::string(what) + " is too large (" + std::to_string(n) +
+                     ", over 2^20): the config's sizes are not a real model's");
     }
   }
 }
@@ -328,6 +352,7 @@ ModelConfig ParseConfigDocument(const nlohmann::json& doc, const std::string& fi
                         ") is not a multiple of num_key_value_heads (" +
                         std::to_string(c.num_key_value_heads) + ")");
   }
+  CheckDimensions(c, file_name);
   if (per_layer) ReadBlockConfigs(doc, file_name, c);
   c.rms_norm_eps = f.PositiveNumber("rms_norm_eps", 1e-6);
   ReadRope(doc, f, file_name, c);

@@ -93,11 +93,24 @@ TEST_CASE("bad configs give one clear line", "[config]") {
   rejects("[]", "not a JSON object");
   rejects(With(R"("rms_norm_eps":"small")"), "rms_norm_eps");
   // Sizes whose products wrap int64 (2^62 + 8 heads' worth) or exceed any real model.
-  rejects(With(R"("head_dim":4611686018427387912)"),
+  rejects(With(R"("head_dim":4611686018427387912)"), "head_dim is too large");
+  rejects(With(R"("head_dim":8,"hidden_size":4611686018427387904)"),
           "num_attention_heads x head_dim x hidden_size is too large");
   rejects(With(R"("vocab_size":4611686018427387904)"), "vocab_size x hidden_size is too large");
   rejects(With(R"("max_position_embeddings":9223372036854775807)"),
           "max_position_embeddings x head_dim is too large");
+  // Sizes kvfold allocates from before any weight bounds them: fuzz_checkpoint found a
+  // head_dim near 2^34 that asked for 88 GB at the RoPE table.
+  rejects(With(R"("head_dim":22213890000)"),
+          "head_dim is too large (22213890000, over 2^20): the config's sizes are not a real "
+          "model's");
+  rejects(With(R"("num_hidden_layers":1099511627776)"), "num_hidden_layers is too large");
+  rejects(With(R"("num_attention_heads":1048576,"num_key_value_heads":1,"head_dim":2)"),
+          "num_attention_heads x head_dim is too large");
+  rejects(With(R"("num_attention_heads":4611686018427387904,"num_key_value_heads":1,"head_dim":8)"),
+          "num_attention_heads x head_dim is too large");
+  CHECK(message(With(R"("num_attention_heads":4096,"num_key_value_heads":1,"head_dim":256)")) ==
+        "accepted");
   // Wrong JSON types inside blocks are named, never a JSON library exception.
   rejects(With(R"("rope_scaling":{"rope_type":5})"), "rope_scaling.rope_type must be a string");
   rejects(With(R"("rope_scaling":{"type":[1]})"), "rope_scaling.type must be a string");

@@ -109,8 +109,12 @@ expect_error "head_dim wraps int64 (inspect)" 1 "is too large" inspect bad
 expect_error "head_dim wraps int64 (convert)" 1 "is too large" convert bad --calib "$calib" "${meanpool[@]}" -o o1
 expect_error "head_dim wraps int64 (mlkv)" 1 "is too large" convert bad --calib "$calib" --passes 'mlkv<kv-layers=1>' -o o1
 expect_error "head_dim wraps int64 (eval)" 1 "is too large" eval bad --text "$calib"
+broken; set_config num_hidden_layers 1000000
+expect_error "a million layers" 1 "but the weights hold only" inspect bad
 broken; set_config num_hidden_layers 1000000000
-expect_error "a billion layers" 1 "but the weights hold only" inspect bad
+expect_error "a billion layers" 1 "num_hidden_layers is too large" inspect bad
+broken; set_config head_dim 22213890000
+expect_error "head_dim near 2^34 (an 88 GB RoPE table)" 1 "head_dim is too large" inspect bad
 broken; set_config rope_scaling '{"rope_type": 5}'
 expect_error "rope_type of the wrong type" 1 "rope_scaling.rope_type must be a string" inspect bad
 broken; set_config eos_token_id '[1.5]'
