@@ -3,10 +3,11 @@
 # so per-layer statistics are small) with 4 and with 64 layers (60 x 11 MiB = 645 MiB of float32
 # weights more): eval --compare, and convert (gqa-svd then kv-scales, calibrated layer by layer,
 # writing, an in-output report with validation) must peak (RSS as /usr/bin/time reports it, file
-# pages included) less than a quarter of that apart. Holding every layer as float32, as kvfold
-# did before it streamed, grows by the whole difference (and the mmap'd BF16 pages by half of it
-# again). Convert writes each layer as it finishes (formats/safetensors_shards.h), so it holds no
-# replaced tensors of earlier layers either.
+# pages included) less than a twelfth of that apart: 53 MiB, less than the extra layers' q and o
+# in BF16 (60 MiB), which a draft that kept its written layers' bytes held until 2026-12-05 (89
+# MiB of growth then, 22 after). Holding every layer as float32, as kvfold did before it
+# streamed, grows by the whole difference (and the mmap'd BF16 pages by half of it again).
+# Convert writes each layer as it finishes (formats/safetensors_shards.h) and frees its bytes.
 # Usage: BUILD_DIR SHARED_DIR
 set -euo pipefail
 build="$(cd "$1" && pwd)"; shared="$(cd "$2" && pwd)"
@@ -39,6 +40,6 @@ for what in eval convert; do
   growth=$(( ${rss[64]} - ${rss[4]} ))
   echo "$what: peak RSS $(( ${rss[4]} / 1024 )) MiB with 4 layers, $(( ${rss[64]} / 1024 )) MiB with 64;" \
        "growth $(( growth / 1024 )) MiB against $(( extra_kib / 1024 )) MiB of float32 weights added"
-  if [ "$growth" -ge $(( extra_kib / 4 )) ]; then echo "FAIL: $what does not stream"; status=1; fi
+  if [ "$growth" -ge $(( extra_kib / 12 )) ]; then echo "FAIL: $what does not stream"; status=1; fi
 done
 exit $status

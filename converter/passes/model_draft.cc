@@ -181,7 +181,7 @@ void ModelDraft::WriteLayer(int layer) {
     Replacement& r = it->second;
     if (output_)
       output_->Add(ParseHfTensorName(name), {name, OutputDType(name, r), r.shape, r.sealed});
-    r.sealed = std::string();  // frees the bytes
+    std::string().swap(r.sealed);  // frees the bytes (assigning "" would keep the capacity)
     r.written = true;
   }
   layers_written_.insert(layer);
