@@ -82,8 +82,8 @@ void CheckRopeTable(const ModelConfig& c, const std::string& file) {
 
 // Sizes kvfold allocates from before any weight bounds them (a RoPE table of head_dim / 2, a
 // window per layer, a channel order per query row) must stay far beyond real models yet far
-// below memory: the largest released models have 126 layers, head_dim 256 and 16,384 query
-// channels. Without these caps a config with a head_dim near 2^34 passed the 2^48 product checks
+// below memory: Llama 3.1 405B has 126 layers and 16,384 query channels, Gemma's head_dim is
+// 256. Without these caps a config with a head_dim near 2^34 passed the 2^48 product checks
 // and asked for 88 GB at the RoPE table (found by fuzz_checkpoint).
 void CheckDimensions(const ModelConfig& c, const std::string& file) {
   std::int64_t query_width = 0;

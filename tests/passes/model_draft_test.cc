@@ -37,6 +37,12 @@ std::string F16Copy(const TempDir& tmp) {
   return dir;
 }
 
+// Bytes the C heap has handed out and not had back (small and large allocations).
+std::size_t HeapInUse() {
+  const struct mallinfo2 m = mallinfo2();
+  return m.uordblks + m.hblkhd;
+}
+
 }  // namespace
 
 TEST_CASE("a replaced tensor that its dtype cannot hold is refused, naming it",
@@ -105,12 +111,6 @@ TEST_CASE("layers written as they finish give the bytes of a draft written at th
   const std::string last = std::to_string(ck.config.num_hidden_layers - 1);
   CHECK(out.tensors.Get("model.layers." + last + ".self_attn.v_proj.weight").entry->begin <
         out.tensors.Get("model.embed_tokens.weight").entry->begin);
-}
-
-// Bytes the C heap has handed out and not had back (small and large allocations).
-std::size_t HeapInUse() {
-  const struct mallinfo2 m = mallinfo2();
-  return m.uordblks + m.hblkhd;
 }
 
 TEST_CASE("a written layer's bytes go back to the heap", "[convert][output][shared]") {
