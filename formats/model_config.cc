@@ -80,19 +80,25 @@ void CheckRopeTable(const ModelConfig& c, const std::string& file) {
   }
 }
 
+// The product of positive sizes, or INT64_MAX where it overflows.
+std::int64_t Product(const std::vector<std::int64_t>& factors) {
+  std::int64_t n = 1;
+  for (std::int64_t f : factors) {
+    if (__builtin_mul_overflow(n, f, &n)) return std::numeric_limits<std::int64_t>::max();
+  }
+  return n;
+}
+
 // Sizes kvfold allocates from before any weight bounds them (a RoPE table of head_dim / 2, a
 // window per layer, a channel order per query row) must stay far beyond real models yet far
 // below memory: Llama 3.1 405B has 126 layers and 16,384 query channels, Gemma's head_dim is
 // 256. Without these caps a config with a head_dim near 2^34 passed the 2^48 product checks
 // and asked for 88 GB at the RoPE table (found by fuzz_checkpoint).
 void CheckDimensions(const ModelConfig& c, const std::string& file) {
-  std::int64_t query_width = 0;
-  if (__builtin_mul_overflow(c.num_attention_heads, c.head_dim, &query_width))
-    query_width = std::numeric_limits<std::int64_t>::max();
   const std::pair<const char*, std::int64_t> dims[] = {
       {"num_hidden_layers", c.num_hidden_layers},
       {"head_dim", c.head_dim},
-      {"num_attention_heads x head_dim", query_width},
+      {"num_attention_heads x head_dim", Product({c.num_attention_heads, c.head_dim})},
   };
   constexpr std::int64_t kLimit = std::int64_t{1} << 20;
   for (const auto& [what, n] : dims) {
@@ -120,12 +126,9 @@ void CheckSizes(const ModelConfig& c, const std::string& file) {
        {2, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, 8}},
   };
   for (const auto& [what, factors] : products) {
-    std::int64_t n = 1;
-    for (std::int64_t f : factors) {
-      if (__builtin_mul_overflow(n, f, &n) || n > kLimit) {
-        Fail(file, std::string(what) +
-                       " is too large (over 2^48): the config's sizes are not a real model's");
-      }
+    if (Product(factors) > kLimit) {
+      Fail(file, std::string(what) +
+                     " is too large (over 2^48): the config's sizes are not a real model's");
     }
   }
 }
