@@ -1,6 +1,6 @@
 // Token-exactness check: kvfold's native tokenizer.json reader against HF's JavaScript
-// implementation (@huggingface/tokenizers; @lenml/tokenizers agrees on the real files, and any
-// disagreement is reported) on real tokenizer.json files (Llama 3.1, Qwen3, Llama 2 / Mistral,
+// implementation (@huggingface/tokenizers; @lenml/tokenizers agrees on the real files' texts under
+// 256 KB, and any disagreement is reported) on real tokenizer.json files (Llama 3.1, Qwen3, Llama 2 / Mistral,
 // Gemma 3) and three forms derived from them, for the shared texts and every hand-written hard case. Usage:
 //   node compare_tokenizers.mjs KVFOLD_BIN SHARED_DIR
 // Exits 0 when every id matches, 1 with the first difference per file otherwise.
@@ -72,15 +72,20 @@ for (const variant of variants) {
   const args = ["tokenize", dir, "--json", ...files.flatMap((f) => ["--text", f])];
   const lines = execFileSync(kvfold, args, { encoding: "utf8", maxBuffer: 1 << 30 }).trim().split("\n");
   if (lines.length !== files.length) throw new Error(`${pkg}: kvfold printed ${lines.length} lines for ${files.length} files`);
-  let tokens = 0, disagreements = 0;
+  let tokens = 0, disagreements = 0, crossChecked = 0;
   files.forEach((file, k) => {
     const text = fs.readFileSync(file, "utf8");
     const expected = hf.encode(text, { add_special_tokens: false }).ids;
-    const second = lenml.encode(text, { add_special_tokens: false });
     const got = JSON.parse(lines[k]).ids;
     const c = caseFiles.indexOf(file);
     const name = c < 0 ? path.relative(shared, file) : `hard case ${c} ${JSON.stringify(cases[c]).slice(0, 60)}`;
-    if (firstDifference(expected, second) >= 0) ++disagreements;
+    // The second JavaScript implementation only reports (kvfold is judged by the first), so it
+    // reads the texts under 256 KB: on the 1 MB texts it took half of this test's time (45 s for
+    // WikiText-2 test on Mistral's vocabulary).
+    if (text.length < (256 << 10)) {
+      ++crossChecked;
+      if (firstDifference(expected, lenml.encode(text, { add_special_tokens: false })) >= 0) ++disagreements;
+    }
     const at = firstDifference(expected, got);
     if (at >= 0) {
       ++failures;
@@ -91,7 +96,7 @@ for (const variant of variants) {
   });
   if (disagreements > 0) {
     // @lenml/tokenizers predates prepend_scheme (it reads Metaspace's older add_prefix_space).
-    console.log(`${pkg}: @lenml/tokenizers differs from @huggingface/tokenizers on ${disagreements} texts; kvfold is compared with the latter`);
+    console.log(`${pkg}: @lenml/tokenizers differs from @huggingface/tokenizers on ${disagreements} of ${crossChecked} texts; kvfold is compared with the latter`);
   }
   console.log(`${pkg}: ${files.length} texts (${files.length - cases.length} shared, ${cases.length} hard cases), ${tokens} tokens compared`);
 }

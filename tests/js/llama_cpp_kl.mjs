@@ -4,20 +4,21 @@
 // plan's cache types and flash attention on (as its serve command runs it).
 //
 //   node llama_cpp_kl.mjs SOURCE.gguf MODEL.gguf TOKEN_LOGP.json [--cache-k TYPE] [--cache-v TYPE]
-//        [--from POSITION]
+//        [--from POSITION] [--threads N]
 // Prints {"kl", "top1_agreement", "tokens", ...} over positions from --from (default: the
 // file's scored_from) on.
 import fs from "node:fs";
 import { getLlama, LlamaLogLevel } from "node-llama-cpp";
 
 function parseArgs(argv) {
-  const a = { cacheK: "f16", cacheV: "f16", from: -1 };
+  const a = { cacheK: "f16", cacheV: "f16", from: -1, threads: 1 };
   const pos = [];
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i];
     if (k === "--cache-k") a.cacheK = argv[++i];
     else if (k === "--cache-v") a.cacheV = argv[++i];
     else if (k === "--from") a.from = Number(argv[++i]);
+    else if (k === "--threads") a.threads = Number(argv[++i]);
     else pos.push(k);
   }
   if (pos.length !== 3) throw new Error("usage: llama_cpp_kl.mjs SOURCE.gguf MODEL.gguf TOKEN_LOGP.json [options]");
@@ -46,6 +47,10 @@ function argmax(x) {
   return best;
 }
 
+// LLAMA_THREADS_NOTE: llama.cpp's threads are set, 1 by default. node-llama-cpp's default is its
+// maxThreads (4 on a 2-core machine); llama.cpp's spinning workers then wait for descheduled
+// ones at every operation: a 256-token window of stories260K took 3 s with the default and 0.1 s
+// with 1 thread (tests run beside others under `ctest -j`).
 // Each window's log-softmaxes at positions from..end, run by llama.cpp with `options`.
 async function Run(llama, path, ref, options, from) {
   const model = await llama.loadModel({ modelPath: path });
@@ -74,9 +79,9 @@ const a = parseArgs(process.argv.slice(2));
 const ref = JSON.parse(fs.readFileSync(a.tokens, "utf8"));
 const from = a.from >= 0 ? a.from : ref.scored_from;
 const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error });
-const source = await Run(llama, a.source, ref, { flashAttention: false,
+const source = await Run(llama, a.source, ref, { threads: a.threads, flashAttention: false,
   experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" }, from);
-const model = await Run(llama, a.model, ref, { flashAttention: true,
+const model = await Run(llama, a.model, ref, { threads: a.threads, flashAttention: true,
   experimentalKvCacheKeyType: a.cacheK.toUpperCase(),
   experimentalKvCacheValueType: a.cacheV.toUpperCase() }, from);
 let kl = 0, agree = 0, count = 0;
