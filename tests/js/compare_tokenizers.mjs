@@ -1,7 +1,7 @@
 // Token-exactness check: kvfold's native tokenizer.json reader against HF's JavaScript
-// implementation (@huggingface/tokenizers; @lenml/tokenizers agrees on the real files' texts under
-// 256 KB, and any disagreement is reported) on real tokenizer.json files (Llama 3.1, Qwen3, Llama 2 / Mistral,
-// Gemma 3) and three forms derived from them, for the shared texts and every hand-written hard case. Usage:
+// implementation (@huggingface/tokenizers; @lenml/tokenizers agrees on the real files' texts
+// under 256 KB, and any disagreement is reported) on real tokenizer.json files (Llama 3.1, Qwen3,
+// Llama 2 / Mistral, Gemma 3) and three forms derived from them, for the shared texts and every hand-written hard case. Usage:
 //   node compare_tokenizers.mjs KVFOLD_BIN SHARED_DIR
 // Exits 0 when every id matches, 1 with the first difference per file otherwise.
 import { execFileSync } from "node:child_process";
