@@ -28,8 +28,8 @@ for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,
   'gqa-svd<kv-heads=2>,heal<steps=40,windows=16,target=trajectory>'; do
   "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" -o "$work/n1" --quiet >/dev/null
   # Heal's trajectory target on 2 ranks only: both targets gather their windows from the ranks
-  # by the same code (converter/layer_loop.cc, CaptureHealWindows), run on 4 ranks by the
-  # default target; 4 more ranks of heal took 23 s of this entry on 2 cores.
+  # by the same code (converter/layer_loop.cc, CaptureHealWindows), which the default target
+  # runs on 4 ranks; 4 ranks of the trajectory target took 23 s of this entry on 2 cores.
   ranks="2 4"; [[ "$passes" != *trajectory* ]] || ranks=2
   for n in $ranks; do
     "${mpi[@]}" -np $n "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" \
