@@ -17,7 +17,8 @@ grep -h "^SKIPPED:" build/Testing/Temporary/LastTest.log || true
 # The tests whose numbers go through BLAS (label `blas`) again under the other OpenBLAS kernel
 # family: with FMA (Haswell, Zen, SkylakeX) the native run covers one, PRESCOTT (SSE3, no FMA:
 # what Debian's OpenBLAS 0.3.21 falls back to on AVX-512 CPUs it does not know) the other. Every
-# tolerance must hold on both (the results agree to float rounding).
+# tolerance must hold on both (the results agree to float rounding). tests/CMakeLists.txt names
+# the few numeric tests that run once, and why.
 native="$(python3 scripts/openblas_core.py)"
 other=$([ "$native" = Prescott ] && echo HASWELL || echo PRESCOTT)
 echo "numeric tests again with OPENBLAS_CORETYPE=$other (the native core is $native)"
