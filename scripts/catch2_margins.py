@@ -6,7 +6,7 @@ import collections
 import re
 import sys
 
-PASSED = re.compile(r"^\S*/([^/]+_test\.cc):(\d+): PASSED:")
+RESULT = re.compile(r"^\S*/([^/]+_test\.cc):(\d+): (PASSED|FAILED):")
 LESS = re.compile(r"^(-?[0-9.eE+-]+)f? < (-?[0-9.eE+-]+)f?$")
 
 
@@ -15,9 +15,9 @@ def worst_ratios(path):
     where = None
     lines = open(path, encoding="utf-8", errors="replace").read().splitlines()
     for i, line in enumerate(lines):
-        m = PASSED.match(line)
-        if m:
-            where = f"{m.group(1)}:{m.group(2)}"
+        m = RESULT.match(line)
+        if m:  # a failed check's expansion is not a margin
+            where = f"{m.group(1)}:{m.group(2)}" if m.group(3) == "PASSED" else None
         elif line.strip() == "with expansion:" and where and i + 1 < len(lines):
             m = LESS.match(lines[i + 1].strip())
             if m and float(m.group(2)) > 0:
