@@ -26,6 +26,7 @@
 #include "runtime_check/blas_core.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/evaluate.h"
+#include "runtime_check/tensor_cache.h"
 
 namespace {
 
@@ -100,6 +101,7 @@ double AttentionFlopsPerToken(const kvfold::ModelConfig& c, std::int64_t window)
 int main(int argc, char** argv) {
   kvfold::EnsureFastBlasCore(argv);
   kvfold::SetHeapPolicy();  // as kvfold runs (tools/kvfold_main.cc)
+  kvfold::InstallTensorCache();
   std::string shared = KVFOLD_SHARED_DIR;
   std::string model = shared + "/models/mini-mha";
   std::string text = shared + "/text/wikitext-2/test.raw.txt";

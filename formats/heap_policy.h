@@ -2,21 +2,22 @@
 // and the benches that time kvfold's work).
 //
 // A layer's work allocates the same few-MiB buffers over and over (a batch's projections, its
-// attention, the next batch's). Each fresh mapping costs the kernel a zeroed page per 4 KiB at
-// first touch: with every buffer of 256 KiB or more mapped on its own, as before, that was a
-// fifth to a quarter of kvfold's CPU time (docs/results.md, "The C heap"). Buffers up to glibc's
-// largest threshold (32 MiB) now come from the heap, and freed memory stays there for reuse
-// within the layer; at every layer boundary ReleaseFreedHeap gives the freed pages back, so a
-// long model does not fragment the heap into a resident set that grows with its layer count
-// (CTest streaming_memory).
+// attention, the next batch's; the statistics' float64 vectors). Each fresh mapping costs the
+// kernel a zeroed page per 4 KiB at first touch, and those faults serialise the threads of one
+// process. Buffers up to glibc's largest threshold (32 MiB) come from the heap, and freed memory
+// stays there for reuse (LibTorch's tensors are also kept by size: runtime_check/tensor_cache.h).
+// At a layer boundary ReleaseFreedHeap gives the free pages back once the free part of the heap
+// exceeds 64 MiB or twice the part in use, whichever is less: a long model does not fragment the
+// heap into a resident set that grows with its layer count (CTest streaming_memory), and a small
+// layer does not fault in again what the last one freed (docs/results.md, "The tensor cache").
 #pragma once
 
 namespace kvfold {
 
 void SetHeapPolicy();
 
-// Returns the heap's free pages to the system (glibc's malloc_trim): a layer is done, and the
-// next one's buffers are allocated anew.
+// A layer is done: returns the heap's free pages to the system (glibc's malloc_trim) when more
+// than 64 MiB, or more than twice the bytes in use, are free.
 void ReleaseFreedHeap();
 
 }  // namespace kvfold

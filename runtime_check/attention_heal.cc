@@ -14,6 +14,7 @@
 #include "formats/heap_policy.h"
 #include "runtime_check/blas_threads.h"
 #include "runtime_check/llama_forward.h"
+#include "runtime_check/tensor_cache.h"
 
 namespace kvfold {
 namespace {
@@ -236,12 +237,16 @@ std::vector<std::int64_t> VisitOrder(std::int64_t n, std::int64_t visits, std::u
   return order;
 }
 
-// Training allocates the same few-MiB tensors every step: they come from the heap and are reused
-// (formats/heap_policy.h); what it allocated goes back to the system when it returns.
+// Training allocates the same few-MiB tensors every step: they are kept and reused
+// (runtime_check/tensor_cache.h, formats/heap_policy.h); when it returns, that counts as a layer
+// boundary for both.
 class ReleaseHeapAtEnd {
  public:
   ReleaseHeapAtEnd() = default;
-  ~ReleaseHeapAtEnd() { ReleaseFreedHeap(); }
+  ~ReleaseHeapAtEnd() {
+    AgeTensorCache();
+    ReleaseFreedHeap();
+  }
   ReleaseHeapAtEnd(const ReleaseHeapAtEnd&) = delete;
   ReleaseHeapAtEnd& operator=(const ReleaseHeapAtEnd&) = delete;
 };

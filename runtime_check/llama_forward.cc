@@ -18,6 +18,7 @@
 #include "runtime_check/attention_cpu.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/layer_prefetch.h"
+#include "runtime_check/tensor_cache.h"
 
 namespace kvfold {
 
@@ -720,7 +721,8 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
                                   const std::vector<LayerObserver*>& observers, bool advance) {
   c10::InferenceMode inference;
   State& s = *state_;
-  ReleaseFreedHeap();  // the previous layer's buffers (formats/heap_policy.h)
+  AgeTensorCache();  // the previous layer's buffers (tensor_cache.h, formats/heap_policy.h)
+  ReleaseFreedHeap();
   s.model.config = layer_config;
   RunLayer(layer, LoadLayerWeights(weights, layer_config, layer, s.model.device, &s.weights),
            observers, advance);

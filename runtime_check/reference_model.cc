@@ -17,6 +17,7 @@
 #include "runtime_check/blas_threads.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/llama_forward.h"
+#include "runtime_check/tensor_cache.h"
 
 namespace kvfold {
 namespace {
@@ -227,7 +228,8 @@ std::shared_ptr<const LlamaLayerWeights> ReferenceModel::Impl::LayerWeights(
                                                     [](const LlamaLayerWeights*) {});
   }
   c10::InferenceMode inference;
-  ReleaseFreedHeap();  // the previous layer's buffers (formats/heap_policy.h)
+  AgeTensorCache();  // the previous layer's buffers (tensor_cache.h, formats/heap_policy.h)
+  ReleaseFreedHeap();
   return std::make_shared<const LlamaLayerWeights>(LoadLayerWeights(*streamed, l, device, spares));
 }
 

@@ -17,6 +17,7 @@
 #include "formats/version.h"
 #include "runtime_check/blas_core.h"
 #include "runtime_check/blas_threads.h"
+#include "runtime_check/tensor_cache.h"
 #include "tools/commands.h"
 
 namespace {
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
   kvfold::EnsureFastBlasCore(argv);  // before any matrix product; may re-execute kvfold
   kvfold::SleepIdleBlasThreads();    // runtime_check/blas_threads.h
   kvfold::SetHeapPolicy();           // formats/heap_policy.h
+  kvfold::InstallTensorCache();      // runtime_check/tensor_cache.h
   kvfold::InstallFatalSignalHandlers();
   kvfold::StartRanks(&argc, &argv);
   // Every rank computes the same results; the first prints them.
