@@ -59,8 +59,7 @@ TEST_CASE("the tensor cache keeps at most its cap and drops sizes no one asks fo
   CHECK(TensorCacheCountsNow().kept_bytes == 0);  // unused for a few boundaries: gone
 }
 
-TEST_CASE("results computed in reused buffers are those computed in fresh ones",
-          "[tensor_cache]") {
+TEST_CASE("results computed in reused buffers are those computed in fresh ones", "[tensor_cache]") {
   InstallTensorCache(kCap);
   at::manual_seed(3);
   const at::Tensor a = at::randn({64, 48}), b = at::randn({48, 32});
