@@ -11,7 +11,6 @@
 
 #include "calib/output_refit_moments.h"
 #include "formats/error.h"
-#include "formats/heap_policy.h"
 #include "runtime_check/blas_threads.h"
 #include "runtime_check/llama_forward.h"
 #include "runtime_check/tensor_cache.h"
@@ -243,10 +242,7 @@ std::vector<std::int64_t> VisitOrder(std::int64_t n, std::int64_t visits, std::u
 class ReleaseHeapAtEnd {
  public:
   ReleaseHeapAtEnd() = default;
-  ~ReleaseHeapAtEnd() {
-    AgeTensorCache();
-    ReleaseFreedHeap();
-  }
+  ~ReleaseHeapAtEnd() { ReleaseLayerMemory(); }
   ReleaseHeapAtEnd(const ReleaseHeapAtEnd&) = delete;
   ReleaseHeapAtEnd& operator=(const ReleaseHeapAtEnd&) = delete;
 };

@@ -13,7 +13,6 @@
 #include <tuple>
 
 #include "formats/error.h"
-#include "formats/heap_policy.h"
 #include "formats/ranks.h"
 #include "runtime_check/attention_cpu.h"
 #include "runtime_check/data_parallel.h"
@@ -721,8 +720,7 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
                                   const std::vector<LayerObserver*>& observers, bool advance) {
   c10::InferenceMode inference;
   State& s = *state_;
-  AgeTensorCache();  // the previous layer's buffers (tensor_cache.h, formats/heap_policy.h)
-  ReleaseFreedHeap();
+  ReleaseLayerMemory();  // the previous layer's buffers (tensor_cache.h)
   s.model.config = layer_config;
   RunLayer(layer, LoadLayerWeights(weights, layer_config, layer, s.model.device, &s.weights),
            observers, advance);

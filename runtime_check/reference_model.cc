@@ -10,7 +10,6 @@
 #include <utility>
 
 #include "formats/error.h"
-#include "formats/heap_policy.h"
 #include "formats/ranks.h"
 #include "formats/tensor_names.h"
 #include "runtime_check/attention_cpu.h"
@@ -228,8 +227,7 @@ std::shared_ptr<const LlamaLayerWeights> ReferenceModel::Impl::LayerWeights(
                                                     [](const LlamaLayerWeights*) {});
   }
   c10::InferenceMode inference;
-  AgeTensorCache();  // the previous layer's buffers (tensor_cache.h, formats/heap_policy.h)
-  ReleaseFreedHeap();
+  ReleaseLayerMemory();  // the previous layer's buffers (tensor_cache.h)
   return std::make_shared<const LlamaLayerWeights>(LoadLayerWeights(*streamed, l, device, spares));
 }
 

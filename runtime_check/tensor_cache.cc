@@ -8,6 +8,8 @@
 #include <new>
 #include <vector>
 
+#include "formats/heap_policy.h"
+
 namespace kvfold {
 namespace {
 
@@ -125,6 +127,11 @@ void AgeTensorCache() {
     ++c.boundary;
   }
   for (void* data : dropped) FreeToHeap(data);
+}
+
+void ReleaseLayerMemory() {
+  AgeTensorCache();
+  ReleaseFreedHeap();
 }
 
 TensorCacheCounts TensorCacheCountsNow() {

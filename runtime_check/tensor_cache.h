@@ -23,6 +23,10 @@ void InstallTensorCache(std::size_t cap_bytes = std::size_t{256} << 20);
 // A layer boundary: frees the buffers of every size not freed or reused for a few boundaries.
 void AgeTensorCache();
 
+// A layer boundary for the process's memory: AgeTensorCache, then the C heap's trim
+// (formats/heap_policy.h), in that order, so that the buffers it drops can be trimmed.
+void ReleaseLayerMemory();
+
 struct TensorCacheCounts {
   std::int64_t reused = 0;     // requests served from the cache
   std::int64_t allocated = 0;  // requests that went to the heap
