@@ -81,8 +81,10 @@ TEST_CASE("gqa-svd beats mean-pooling on held-out text", "[convert][quality][sha
   }
 }
 
+// [once]: two runs compared with each other (and a description): under the other OpenBLAS kernel
+// family too they are the same kernels twice (tests/test_main.cc).
 TEST_CASE("outputs are complete, described and byte-identical across runs",
-          "[convert][output][shared]") {
+          "[convert][output][shared][once]") {
   TempDir tmp;
   RunConvert("mini-mha-bf16-sharded", "gqa-svd<kv-heads=2,rope=reconstruct>", tmp.File("a"));
   RunConvert("mini-mha-bf16-sharded", "gqa-svd<kv-heads=2,rope=reconstruct>", tmp.File("b"));
@@ -296,8 +298,10 @@ TEST_CASE("a HuggingFace hub cache snapshot (links into ../../blobs) converts wi
   CHECK(ReadBytes(tmp.File("out/tokenizer.model")) == ReadBytes(src + "/tokenizer.model"));
 }
 
+// [once]: the same operations in the same order twice, compared byte for byte: the other OpenBLAS
+// kernel family runs the same kernels in both (tests/test_main.cc).
 TEST_CASE("calibrated on the source, layer by layer inside the sweep equals pass after pass",
-          "[convert][sweep][shared]") {
+          "[convert][sweep][shared][once]") {
   // The sweep hands each layer-local pass the same statistics (each layer's sums merged in slot
   // order, as the whole-model merge adds them) and the same tensors: the outputs are the same
   // bytes. A pass that read another layer's statistics or tensors, or statistics merged in

@@ -88,8 +88,12 @@ TEST_CASE("heal lowers a lossy fold's error on every layer and on held-out text"
         ReadBytes(tmp.File("healed/model.safetensors")));
 }
 
+// [once]: inequalities with wide margins (the healed model's KL 0.22 against the fold's 0.47 in
+// docs/results.md's heal table; "heal lowers..." above is run under both kernel families) and a
+// spilled run compared byte for byte with one in memory, the same kernels in both
+// (tests/test_main.cc).
 TEST_CASE("heal's trajectory target follows the source model's own hidden states",
-          "[convert][heal][quality][shared]") {
+          "[convert][heal][quality][shared][once]") {
   TempDir tmp;
   RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>", tmp.File("fold"));
   RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>,heal<steps=60,windows=32,target=trajectory>",
