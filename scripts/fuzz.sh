@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang (a separate build tree) and runs each briefly from the
-# seed corpus in fuzz/corpus. Usage: scripts/fuzz.sh BUILD_DIR [SECONDS_PER_TARGET]
+# seed corpus in fuzz/corpus. Usage: scripts/fuzz.sh [--built] BUILD_DIR [SECONDS_PER_TARGET]
+# --built: BUILD_DIR already holds them (CTest fuzz: the tree scripts/sanitize_readers.sh built).
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
+built=false
+if [ "${1:-}" = --built ]; then built=true; shift; fi
 build="$1"
 seconds="${2:-${KVFOLD_FUZZ_SECONDS:-10}}"  # CI replays the seeds and fuzzes briefly; campaigns: bench/fuzz_campaign.sh
-CXX=clang++ cmake -S "$src" -B "$build" -G Ninja -DKVFOLD_FUZZ_ONLY=ON \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" >/dev/null
+if ! $built; then
+  CXX=clang++ cmake -S "$src" -B "$build" -G Ninja -DKVFOLD_FUZZ_ONLY=ON \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$build" >/dev/null
+fi
 for target in safetensors_header:safetensors model_config:config safetensors_index:index \
               kvfold_tables:tables checkpoint:checkpoint token_ids:token_ids gguf_header:gguf; do
   name="${target%%:*}"; seeds="${target#*:}"
