@@ -123,22 +123,23 @@ judge qwen3-gqa-svd "$work/qwen3-gqa.gguf" "$work/qwen3-gqa-hf" "$wiki_head" 64 
   --passes 'gqa-svd<kv-heads=1>' --format gguf --dtype f32 -o "$work/phi-gqa.gguf" --quiet >/dev/null
 "$kvfold" convert "$work/phi-4-mini" --calib "$wiki_head" --calib-tokens 2048 --window 64 \
   --passes 'gqa-svd<kv-heads=1>' -o "$work/phi-gqa-hf" --quiet >/dev/null
-judge phi3-gqa-svd "$work/phi-gqa.gguf" "$work/phi-gqa-hf" "$wiki_head" 64 2 1e-4 4
+judge phi3-gqa-svd "$work/phi-gqa.gguf" "$work/phi-gqa-hf" "$wiki_head" 64 1 1e-4 4
 
-# Converted outputs: 4 of mini-mha's 8 KV heads straight to GGUF; kv-balance through HF.
+# Converted outputs: 4 of mini-mha's 8 KV heads straight to GGUF; kv-balance through HF. 2048
+# calibration tokens: llama.cpp judges the converted model, whatever its calibration was.
 mini=$shared/models/mini-mha
 calib=$shared/text/wikitext-2/valid.tokens.txt
-"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 8192 --passes 'gqa-svd<kv-heads=4>' \
+"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 2048 --passes 'gqa-svd<kv-heads=4>' \
   --format gguf --dtype f32 -o "$work/gqa.gguf" --quiet >/dev/null
-"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 8192 --passes 'gqa-svd<kv-heads=4>' \
+"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 2048 --passes 'gqa-svd<kv-heads=4>' \
   -o "$work/gqa-hf" --quiet >/dev/null
 judge gqa-svd "$work/gqa.gguf" "$work/gqa-hf" "$wiki_head" 256 8
-"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 8192 --passes 'kv-balance' \
+"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 2048 --passes 'kv-balance' \
   -o "$work/balance-hf" --quiet >/dev/null
 "$kvfold" export "$work/balance-hf" -o "$work/balance.gguf" --dtype f32 --quiet >/dev/null
 judge kv-balance "$work/balance.gguf" "$work/balance-hf" "$wiki_head" 256 8
 # Per-layer KV heads: allocated by measured fold error, DeciLM, then GGUF deci.
-"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 8192 \
+"$kvfold" convert "$mini" --calib "$calib" --calib-tokens 2048 \
   --passes 'gqa-svd<kv-heads=auto,kv-head-total=24>' -o "$work/deci-hf" --quiet >/dev/null
 "$kvfold" export "$work/deci-hf" -o "$work/deci.gguf" --dtype f32 --quiet >/dev/null
 judge per-layer-heads "$work/deci.gguf" "$work/deci-hf" "$wiki_head" 256 8
