@@ -24,15 +24,16 @@ rel=1e-6
 
 # kv-mixed's table records the tokens its statistics saw: ranks that each took every batch (and
 # doubled the sums, which leaves the gqa-svd and kv-scales outputs unchanged) would show there.
+# 4096 calibration tokens: 16 windows of 256, 4 to a rank at -np 4.
 for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,heal<steps=40,windows=16>' \
   'gqa-svd<kv-heads=2>,heal<steps=40,windows=16,target=trajectory>'; do
-  "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" -o "$work/n1" --quiet >/dev/null
+  "$kvfold" convert "$model" --calib "$calib" --calib-tokens 4096 --passes "$passes" -o "$work/n1" --quiet >/dev/null
   # Heal's trajectory target on 2 ranks only: both targets gather their windows from the ranks
   # by the same code (converter/layer_loop.cc, CaptureHealWindows), which the default target
   # runs on 4 ranks; 4 ranks of the trajectory target took 23 s of this entry on 2 cores.
   ranks="2 4"; [[ "$passes" != *trajectory* ]] || ranks=2
   for n in $ranks; do
-    "${mpi[@]}" -np $n "$kvfold" convert "$model" --calib "$calib" --calib-tokens 8192 --passes "$passes" \
+    "${mpi[@]}" -np $n "$kvfold" convert "$model" --calib "$calib" --calib-tokens 4096 --passes "$passes" \
       -o "$work/n$n" --quiet >/dev/null
     grep -q "\"ranks\": $n" "$work/n$n/kvfold.json" || { echo "$passes: kvfold.json does not record $n ranks"; exit 1; }
     echo -n "$passes, $n ranks vs 1: "

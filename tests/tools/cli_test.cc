@@ -38,7 +38,9 @@ void ExpectOneLineError(const CommandResult& r, const std::string& must_contain)
 
 }  // namespace
 
-TEST_CASE("inspect prints the model's KV geometry", "[cli][shared]") {
+// [once] (here and below): no number these cases check goes through BLAS, so the other OpenBLAS
+// kernel family (tests/test_main.cc) would check nothing new.
+TEST_CASE("inspect prints the model's KV geometry", "[cli][shared][once]") {
   const auto r = RunKvfold("inspect " + SharedPath("models/mini-mha") + " --json");
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);
@@ -71,7 +73,7 @@ TEST_CASE("eval --json and --compare agree with the protocol", "[cli][shared]") 
   CHECK(j["ppl"].get<double>() == Approx(j["compare"]["ppl"].get<double>()).epsilon(1e-6));
 }
 
-TEST_CASE("malformed inputs: one line, non-zero exit", "[cli][errors][shared]") {
+TEST_CASE("malformed inputs: one line, non-zero exit", "[cli][errors][shared][once]") {
   TempDir tmp;
   const std::string good_text = SharedPath("text/tinystories/eval.txt");
   const std::string f32x2 = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
@@ -273,7 +275,8 @@ TEST_CASE("eval --kv-cache quant<...>: bits reported, fp8 needs calibrated scale
                      "is neither evict<...>, quant<...> nor ggml<...>");
 }
 
-TEST_CASE("tokenize prints the ids eval uses, one JSON line per text", "[cli][tokenize][shared]") {
+TEST_CASE("tokenize prints the ids eval uses, one JSON line per text",
+          "[cli][tokenize][shared][once]") {
   TempDir tmp;
   kvfold::test::WriteBytes(tmp.File("a.txt"), "Once upon a time");
   kvfold::test::WriteBytes(tmp.File("b.txt"), "there was a cat.");
