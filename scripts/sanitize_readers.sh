@@ -4,9 +4,9 @@
 # clang under AddressSanitizer and UBSan, in a tree of their own without LibTorch, and run. An
 # over-read like the .npy shape overflow of issue 23 fails here at once. The same tree holds the
 # libFuzzer targets (CTest fuzz runs them: scripts/fuzz.sh --built), so formats/ is built with
-# clang once, not twice. -O0: half the compile time of -O1 under the sanitizers (this script took
-# 278 s of CPU instead of 382 s); the tests still take seconds, and CTest's brief fuzzing runs
-# about half as many inputs (campaigns build their own optimised tree: bench/fuzz_campaign.sh).
+# clang once, not twice. -O0 rather than -O1 under the sanitizers: this script, build and tests,
+# took 278 s of CPU instead of 382 s; CTest's brief fuzzing runs about half as many inputs
+# (campaigns build their own optimised tree: bench/fuzz_campaign.sh).
 # Usage: scripts/sanitize_readers.sh BUILD_DIR SHARED_DIR
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"

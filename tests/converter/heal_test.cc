@@ -90,9 +90,10 @@ TEST_CASE("heal lowers a lossy fold's error on every layer and on held-out text"
 }
 
 // [once]: its layer-0 bound was used alike under both kernel families (0.762 of it under HASWELL
-// and PRESCOTT: docs/results.md, "CI time on a slower machine"), and the rest compares a spilled
-// run byte for byte with one in memory, the same kernels in both (tests/test_main.cc). "heal
-// lowers..." above, the same training with the other target, runs under both families.
+// and PRESCOTT: docs/results.md, "CI time on a slower machine"); its KL check (healed below the
+// fold) is the one "heal lowers..." above makes with the other target under both families; and
+// the rest compares a spilled run byte for byte with one in memory, the same kernels in both
+// (tests/test_main.cc).
 TEST_CASE("heal's trajectory target follows the source model's own hidden states",
           "[convert][heal][quality][shared][once]") {
   TempDir tmp;
