@@ -86,16 +86,59 @@ std::optional<Matrix> TrySolvePositiveDefinite(const Matrix& a, const Matrix& b,
   return x;
 }
 
-Matrix Multiply(const Matrix& a, const Matrix& b) {
-  if (a.cols != b.rows) Fail("linalg", "Multiply: inner dimensions differ");
-  Matrix c(a.rows, b.cols);
-  if (c.data.empty() || a.cols == 0) return c;
-  // Row-major C = A B is column-major C^T = B^T A^T.
-  const int m = static_cast<int>(b.cols), n = static_cast<int>(a.rows),
-            k = static_cast<int>(a.cols);
+bool TrySolveRowsPositiveDefinite(Matrix& factor, Matrix& rows) {
+  if (factor.rows != factor.cols || rows.cols != factor.rows)
+    Fail("linalg", "internal: TrySolveRowsPositiveDefinite shapes disagree");
+  // Row-major X [k, n] is column-major X^T [n, k]: X A = B is A X^T = B^T for symmetric A.
+  const lapack_int n = static_cast<lapack_int>(factor.rows), k = static_cast<lapack_int>(rows.rows);
+  const lapack_int info =
+      LAPACKE_dposv(LAPACK_COL_MAJOR, 'U', n, k, factor.data.data(), n, rows.data.data(), n);
+  if (info > 0) return false;  // a leading minor is not positive definite
+  if (info < 0) Fail("linalg", "internal: dposv argument " + std::to_string(-info) + " is invalid");
+  return true;
+}
+
+namespace {
+
+// Row-major C [rows, cols] = A [rows, inner] op(B), B's row-major data `b` with leading dimension
+// `ldb`: column-major C^T = op(B)^T A^T, and B's row-major data is B^T column-major.
+void Gemm(const Matrix& a, const double* b, bool transpose_b, std::int64_t ldb, Matrix& c) {
+  if (c.data.empty() || a.cols == 0) {
+    std::fill(c.data.begin(), c.data.end(), 0.0);
+    return;
+  }
+  const int m = static_cast<int>(c.cols), n = static_cast<int>(a.rows),
+            k = static_cast<int>(a.cols), ld = static_cast<int>(ldb);
   const double one = 1.0, zero = 0.0;
-  dgemm_("N", "N", &m, &n, &k, &one, b.data.data(), &m, a.data.data(), &k, &zero, c.data.data(),
-         &m);
+  dgemm_(transpose_b ? "T" : "N", "N", &m, &n, &k, &one, b, &ld, a.data.data(), &k, &zero,
+         c.data.data(), &m);
+}
+
+void Resize(Matrix& c, std::int64_t rows, std::int64_t cols) {
+  c.rows = rows, c.cols = cols;
+  c.data.resize(static_cast<std::size_t>(rows * cols));  // every element is written by dgemm
+}
+
+}  // namespace
+
+Matrix Multiply(const Matrix& a, const Matrix& b) {
+  Matrix c;
+  MultiplyInto(a, b, c);
+  return c;
+}
+
+void MultiplyInto(const Matrix& a, const Matrix& b, Matrix& c) {
+  if (a.cols != b.rows) Fail("linalg", "Multiply: inner dimensions differ");
+  Resize(c, a.rows, b.cols);
+  Gemm(a, b.data.data(), false, b.cols, c);
+}
+
+Matrix MultiplySquare(const Matrix& a, const std::vector<double>& square, bool transpose) {
+  if (static_cast<std::int64_t>(square.size()) != a.cols * a.cols)
+    Fail("linalg", "MultiplySquare: the square's size differs from A's columns");
+  Matrix c;
+  Resize(c, a.rows, a.cols);
+  Gemm(a, square.data(), transpose, a.cols, c);
   return c;
 }
 

@@ -51,8 +51,18 @@ Matrix SolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge);
 // The same, or nothing when A + ridge is not numerically positive definite.
 std::optional<Matrix> TrySolvePositiveDefinite(const Matrix& a, const Matrix& b, double ridge);
 
+// X with X (A + shift I) = B for symmetric positive definite A (+ shift, already on `factor`'s
+// diagonal), X and B [k, n] row-major, one right-hand side per row: the row-major form of a
+// column-major Cholesky solve, with no transposed copies. `factor` is overwritten by the factor and
+// `rows` by X; false when the matrix is not numerically positive definite.
+bool TrySolveRowsPositiveDefinite(Matrix& factor, Matrix& rows);
+
 // C = A B in double (BLAS dgemm).
 Matrix Multiply(const Matrix& a, const Matrix& b);
+// The same into `c`, whose storage is reused when it has the size already.
+void MultiplyInto(const Matrix& a, const Matrix& b, Matrix& c);
+// A S, or A S^T with `transpose`, for S given as n x n row-major data (not copied).
+Matrix MultiplySquare(const Matrix& a, const std::vector<double>& square, bool transpose);
 Matrix Transpose(const Matrix& a);
 // max |A^T A - I| over all entries: 0 for orthonormal columns.
 double OrthonormalityError(const Matrix& a);

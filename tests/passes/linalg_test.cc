@@ -47,3 +47,61 @@ TEST_CASE("Hermitian eigendecomposition finds a known rank-1 direction", "[linal
   CHECK(std::abs(std::abs(phase) - 1) < 1e-12);
   for (int i = 0; i < 3; ++i) CHECK(std::abs(e.vectors(i, 0) - phase * u[i]) < 1e-12);
 }
+
+namespace {
+
+Matrix Random(std::int64_t rows, std::int64_t cols, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> n01;
+  Matrix m(rows, cols);
+  for (auto& v : m.data) v = n01(rng);
+  return m;
+}
+
+// max |a - b| / max |b|.
+double RelativeDiff(const Matrix& a, const Matrix& b) {
+  REQUIRE(a.data.size() == b.data.size());
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < a.data.size(); ++i) {
+    diff = std::max(diff, std::abs(a.data[i] - b.data[i]));
+    scale = std::max(scale, std::abs(b.data[i]));
+  }
+  return diff / scale;
+}
+
+}  // namespace
+
+TEST_CASE("products with a square given as data, and into a reused matrix", "[linalg]") {
+  const Matrix a = Random(7, 5, 1), s = Random(5, 5, 2);
+  // Both against the same dgemm on an explicit transpose: the same products in the same order.
+  CHECK(RelativeDiff(MultiplySquare(a, s.data, false), Multiply(a, s)) < 1e-15);
+  CHECK(RelativeDiff(MultiplySquare(a, s.data, true), Multiply(a, Transpose(s))) < 1e-15);
+  Matrix c = Random(3, 9, 3);  // another shape: resized
+  MultiplyInto(a, s, c);
+  CHECK((c.rows == 7 && c.cols == 5));
+  CHECK(RelativeDiff(c, Multiply(a, s)) < 1e-15);
+  // Against a plain triple loop: summation order may differ, 1e-12 is far above double rounding
+  // over 5 terms and far below any indexing mistake.
+  for (std::int64_t i = 0; i < 7; ++i) {
+    for (std::int64_t j = 0; j < 5; ++j) {
+      double sum = 0, sum_t = 0;
+      for (std::int64_t k = 0; k < 5; ++k) sum += a(i, k) * s(k, j), sum_t += a(i, k) * s(j, k);
+      CHECK(std::abs(MultiplySquare(a, s.data, false)(i, j) - sum) < 1e-12);
+      CHECK(std::abs(MultiplySquare(a, s.data, true)(i, j) - sum_t) < 1e-12);
+    }
+  }
+}
+
+TEST_CASE("the row-major Cholesky solve gives X with X A = B", "[linalg]") {
+  const Matrix x = Random(30, 6, 4);
+  const Matrix a = Multiply(Transpose(x), x);  // symmetric positive definite, 6 x 6
+  const Matrix b = Random(4, 6, 5);            // four right-hand sides, one per row
+  Matrix factor = a, rows = b;
+  REQUIRE(TrySolveRowsPositiveDefinite(factor, rows));
+  // Residual of X A = B relative to B; a well-conditioned 6 x 6 system solves to ~1e-15.
+  CHECK(RelativeDiff(Multiply(rows, a), b) < 1e-12);
+  // The column-major solve of A X^T = B^T: the same as the row-major LAPACKE call.
+  CHECK(RelativeDiff(rows, Transpose(SolvePositiveDefinite(a, Transpose(b), 0.0))) < 1e-12);
+  Matrix singular(6, 6), copy = b;  // zero: no leading minor is positive
+  CHECK_FALSE(TrySolveRowsPositiveDefinite(singular, copy));
+}
