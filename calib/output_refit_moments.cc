@@ -8,9 +8,13 @@
 namespace kvfold {
 namespace {
 
-void AddInto(std::vector<double>& acc, const std::vector<double>& x) {
+// acc += x; an empty `acc` takes x's storage (the first slot's sums are not copied).
+void AddInto(std::vector<double>& acc, std::vector<double>&& x) {
   if (x.empty()) return;
-  if (acc.empty()) acc.assign(x.size(), 0.0);
+  if (acc.empty()) {
+    acc = std::move(x);
+    return;
+  }
   for (std::size_t i = 0; i < x.size(); ++i) acc[i] += x[i];
 }
 
@@ -32,23 +36,17 @@ bool HeldOutWindow(std::int64_t sequence, std::int64_t windows) {
   return windows >= 2 && sequence == windows - 1;
 }
 
-void OutputRefitMoments::Part::Merge(const Part& other) {
+void OutputRefitMoments::Part::Merge(Part&& other) {
   tokens += other.tokens;
-  AddInto(cc, other.cc);
-  AddInto(cs, other.cs);
-  AddInto(ss, other.ss);
+  AddInto(cc, std::move(other.cc));
+  AddInto(cs, std::move(other.cs));
+  AddInto(ss, std::move(other.ss));
 }
 
-OutputRefitMoments::Part OutputRefitMoments::All() const {
-  Part all = fit;
-  all.Merge(held_out);
-  return all;
-}
-
-void OutputRefitMoments::Merge(const OutputRefitMoments& other) {
+void OutputRefitMoments::Merge(OutputRefitMoments&& other) {
   if (dim == 0) dim = other.dim;
-  fit.Merge(other.fit);
-  held_out.Merge(other.held_out);
+  fit.Merge(std::move(other.fit));
+  held_out.Merge(std::move(other.held_out));
 }
 
 void OutputRefitCollector::Keep(std::int64_t sequence, const FloatView& c) {

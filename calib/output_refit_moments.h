@@ -26,13 +26,11 @@ struct OutputRefitMoments {
     std::vector<double> cc;  // sum c_c c_c^T
     std::vector<double> cs;  // sum c_c c_s^T
     std::vector<double> ss;  // sum c_s c_s^T
-    void Merge(const Part& other);
+    void Merge(Part&& other);
   };
   std::int64_t dim = 0;  // H d
   Part fit, held_out;
-  // Both parts together: what the final fit uses.
-  Part All() const;
-  void Merge(const OutputRefitMoments& other);
+  void Merge(OutputRefitMoments&& other);
 };
 
 // A LayerObserver of one layer in two runs over the same batches: first the layer before the pass

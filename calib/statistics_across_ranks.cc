@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "formats/error.h"
 #include "formats/ranks.h"
@@ -99,7 +100,7 @@ void Join(T& s) {
         std::string().swap(so_far);
         T b;
         Unpack(next, b);
-        a.Merge(b);
+        a.Merge(std::move(b));
         return Pack(a);
       });
   Unpack(joined, s);
@@ -219,7 +220,7 @@ void JoinAcrossRanks(HealWindows& w, const std::shared_ptr<MemoryBudget>& budget
         Unpack(so_far, a, budget);
         std::string().swap(so_far);
         Unpack(next, b, budget);
-        a.Merge(b);
+        a.Merge(std::move(b));
         return Pack(a);
       });
   Unpack(joined, w, budget);
