@@ -7,23 +7,25 @@
 #   bench/convert_ab.sh BUILD_B BUILD_A [SHAPE] [ROUNDS]   (default tinyllama-1.1b, 2 rounds)
 # WORK=folder for the checkpoints (default /tmp/kvfold-scale, shared with scale_sweep.sh).
 # TOKENS= calibration tokens (default 4096); PASSES= the pipeline instead (KV = a quarter of the
-# KV heads is substituted for the text KV in it). Each row ends with the output's SHA-256 prefix.
+# KV heads is substituted for the text KV in it); LAYERS= the shape's first LAYERS layers only.
+# Each row ends with the output's SHA-256 prefix.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${KVFOLD_SHARED:-$src/../shared}"
 work="${WORK:-/tmp/kvfold-scale}"
 builds=("$2" "$1") shape="${3:-tinyllama-1.1b}" rounds="${4:-2}"
 calib="$shared/text/wikitext-2/valid.tokens.txt"
-model="$work/$shape"
+layers="${LAYERS:-}"
+model="$work/$shape${layers:+-L$layers}"
 mkdir -p "$work"
 build="${builds[1]}"
 source "$src/bench/shape_checkpoints.sh"
 machine_header
-shape_checkpoint "$shape" "$model"
+shape_checkpoint "$shape" "$model" "$layers"
 kv=$(python3 -c "import json; print(max(1, json.load(open('$model/config.json'))['num_key_value_heads'] // 4))")
 passes="${PASSES:-gqa-svd<kv-heads=KV>,kv-scales}" tokens="${TOKENS:-4096}"
 passes="${passes//KV/$kv}"
-echo "# $shape: convert --passes '$passes' --calib-tokens $tokens --threads 2"
+echo "# $shape${layers:+ ($layers layers)}: convert --passes '$passes' --calib-tokens $tokens --threads 2"
 echo "| build | wall s | user s | sys s | sys share | peak RSS GiB | output |"
 echo "|---|---|---|---|---|---|---|"
 for ((r = 0; r < rounds; ++r)); do

