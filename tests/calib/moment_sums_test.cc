@@ -9,9 +9,9 @@
 
 namespace kvfold {
 
-TEST_CASE("AddCrossMoment adds a^T b into a strided accumulator, in row-major order",
-          "[moments]") {
-  constexpr std::int64_t kRows = 9, kDim = 5, kStride = 7;  // a wider accumulator, as kv_statistics'
+TEST_CASE("AddCrossMoment adds a^T b into a strided accumulator, in row-major order", "[moments]") {
+  constexpr std::int64_t kRows = 9, kDim = 5,
+                         kStride = 7;  // a wider accumulator, as kv_statistics'
   std::mt19937 rng(3);
   std::normal_distribution<float> normal;
   std::vector<float> a(kRows * kDim), b(kRows * kDim);
@@ -19,8 +19,8 @@ TEST_CASE("AddCrossMoment adds a^T b into a strided accumulator, in row-major or
   for (float& v : b) v = normal(rng);
   std::vector<double> acc(kDim * kStride, 0.5);  // a sum already there, and columns not touched
   std::vector<float> scratch;
-  for (int call = 0; call < 2; ++call) AddCrossMoment(a.data(), b.data(), kRows, kDim, scratch,
-                                                      acc.data(), kStride);
+  for (int call = 0; call < 2; ++call)
+    AddCrossMoment(a.data(), b.data(), kRows, kDim, scratch, acc.data(), kStride);
   for (std::int64_t i = 0; i < kDim; ++i) {
     for (std::int64_t j = 0; j < kStride; ++j) {
       double expected = 0.5;
