@@ -135,8 +135,9 @@ OutputRefit RefitOutput(const std::vector<double>& source_wo, const std::vector<
   // were not) falls back to the fit windows' solution.
   Matrix w;
   if (!PartSystem(fit, held_out).Fit(folded, ridge, ws, w)) {
-    if (solved) std::swap(w, fit_only);
-    if (!solved && !fit.Fit(folded, ridge, ws, w)) {
+    if (solved) {
+      w = std::move(fit_only);
+    } else if (!fit.Fit(folded, ridge, ws, w)) {
       char text[32];
       std::snprintf(text, sizeof text, "%g", ridge);
       Fail("--passes", "gqa-svd: refit=o with ridge=" + std::string(text) +
