@@ -162,6 +162,9 @@ struct ReferenceModel::Stepper::State {
   std::vector<std::int64_t> first_sequences;
   HiddenStateStore hidden{UINT64_MAX};  // [B T, D] per batch
   LayerWeightCache weights;             // the layer being run, until it is advanced past
+  // Layers that share K/V (mlkv): per batch, per layer, the rotated K/V [B T, 2 KV d] of each
+  // source layer the stream has advanced past, until no later layer reads it.
+  std::vector<std::vector<at::Tensor>> shared_kv;
 };
 
 // Building blocks shared by the batched forward and token-by-token decoding.
@@ -188,6 +191,14 @@ std::pair<at::Tensor, at::Tensor> LayerRopeTables(std::int64_t T, const ModelCon
                                                   std::int64_t layer, const at::Device& device);
 // rotate_half RoPE on token-major [B, T, n, d] with cos/sin [T, d/2].
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// Reconstruct mode (gqa-svd<rope=reconstruct>): rotated queries [..., H, d] and keys
+// [..., KVs, d] projected onto the cached key heads with q_cache_proj [H, d, d] and k_cache_proj
+// [KV, d, t d] (t = KVs / KV): q'_h = Psi_h q_h [..., H, d], k'_g = Psi_g [k_{g t}; ...;
+// k_{g t + t - 1}] [..., KV, d].
+std::pair<at::Tensor, at::Tensor> ReconstructQueryKey(const at::Tensor& q_rope,
+                                                      const at::Tensor& k_rope,
+                                                      const at::Tensor& q_cache_proj,
+                                                      const at::Tensor& k_cache_proj);
 // Additive mask [T, T]: 0 where key j is visible to query i (j <= i, inside the sliding window
 // when there is one), -inf elsewhere.
 at::Tensor CausalMask(std::int64_t T, std::int64_t sliding_window, const at::Device& device);

@@ -89,7 +89,9 @@ class ReferenceModel {
   // A sweep driven from outside, one layer at a time: the converter runs layer l with the
   // weights it is writing (observing it, possibly more than once as passes rewrite it), then
   // advances the batches' hidden states through it, so that layer l + 1 is calibrated on what
-  // the converted model feeds it. Only the hidden states live across calls.
+  // the converted model feeds it. Only the hidden states live across calls, and, when the layer
+  // configs share K/V between layers (mlkv; not lckv, whose layers read higher ones), each
+  // source layer's K/V until the last layer reading it has run.
   class Stepper {
    public:
     Stepper(const ReferenceModel& model, const std::vector<ObservedBatch>& batches);
