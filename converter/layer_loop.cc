@@ -111,10 +111,23 @@ std::optional<HealNeeds> HealNeedsOf(const Pipeline& pipeline) {
   return needs;
 }
 
-// Every pass's Finish, in pipeline order, each with its record.
+// Where heal passes that follow whole-model passes (mlkv) start: the first heal pass when every
+// pass from it on heals and a pass before it is not layer-local; 0 otherwise (no heal, or heal
+// inside the converted sweep of layer-local passes).
+std::size_t HealSweepStart(const Pipeline& pipeline) {
+  const auto& passes = pipeline.passes;
+  const auto heals = [](const auto& p) { return HealsOf(p) != nullptr; };
+  const auto first = std::find_if(passes.begin(), passes.end(), heals);
+  if (first == passes.end() || !std::all_of(first, passes.end(), heals)) return 0;
+  const bool whole_model_before =
+      std::any_of(passes.begin(), first, [](const auto& p) { return !p->LayerLocal(); });
+  return whole_model_before ? static_cast<std::size_t>(first - passes.begin()) : 0;
+}
+
+// Every pass's Finish from `first` on, in pipeline order, each with its record.
 void FinishPasses(Pipeline& pipeline, ModelDraft& draft, const KvStatistics& totals,
-                  std::vector<double>& seconds, PassesRun& run) {
-  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+                  std::vector<double>& seconds, PassesRun& run, std::size_t first = 0) {
+  for (std::size_t i = first; i < pipeline.passes.size(); ++i) {
     const auto t0 = Clock::now();
     nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
     PassContext ctx{draft, totals, record};
@@ -226,17 +239,44 @@ void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::S
   pass.RefitLayer(ctx, moments);
 }
 
-// `bits` of layer l as it stands (the source layer: no pass has rewritten it yet) on `stream`'s
-// hidden states, for the first `windows` calibration windows: every slot's and rank's, in window
-// order, within `budget`. `advance` moves the stream past the layer.
-HealWindows CaptureHealWindows(ModelDraft& draft, int l, ReferenceModel::Stepper& stream,
+// The source layer l, which heal's targets are formed with: its config, weights and o_proj.
+struct SourceLayer {
+  ModelConfig config;
+  LayerWeightSource weights;
+  std::vector<float> wo;
+};
+
+// Layer l of the draft before any pass rewrote it (the converted sweep of layer-local passes).
+SourceLayer DraftLayer(ModelDraft& draft, int l) {
+  draft.SealLayer(l);
+  return {LayerConfig(draft, l), DraftWeights(draft), draft.ReadF32({TensorRole::kOProj, l})};
+}
+
+// Layer l of the source checkpoint (heal after whole-model passes, which rewrote every layer).
+SourceLayer CheckpointLayer(const Checkpoint& ck, int l) {
+  const LayerWeightSource weights{
+      [&ck](const std::string& name) { return ck.tensors.Find(name) != nullptr; },
+      [&ck](const std::string& name) { return ck.tensors.Get(name).entry->shape; },
+      [&ck](const std::string& name, float* out) { ck.tensors.ReadF32(name, out); },
+      {}};
+  const std::string wo = HfTensorName({TensorRole::kOProj, l});
+  std::size_t count = 1;
+  for (const std::int64_t n : ck.tensors.Get(wo).entry->shape) count *= static_cast<std::size_t>(n);
+  std::vector<float> values(count);
+  ck.tensors.ReadF32(wo, values.data());
+  return {ck.config.ForLayer(l), weights, std::move(values)};
+}
+
+// `bits` of the source layer on `stream`'s hidden states, for the first `windows` calibration
+// windows: every slot's and rank's, in window order, within `budget`. `advance` moves the stream
+// past the layer.
+HealWindows CaptureHealWindows(const SourceLayer& source, int l, ReferenceModel::Stepper& stream,
                                std::int64_t windows, unsigned bits, bool advance,
                                const std::shared_ptr<MemoryBudget>& budget) {
   std::vector<HealCollector> collectors(stream.slots(), HealCollector(l, windows, bits, budget));
   std::vector<LayerObserver*> observers;
   for (auto& c : collectors) observers.push_back(&c);
-  draft.SealLayer(l);
-  stream.Run(l, LayerConfig(draft, l), DraftWeights(draft), observers, advance);
+  stream.Run(l, source.config, source.weights, observers, advance);
   std::vector<HealWindows> parts;
   for (auto& c : collectors) parts.push_back(c.Take());
   HealWindows all = MergeHealWindows(std::move(parts));
@@ -251,49 +291,64 @@ struct HealLayerData {
   std::vector<float> source_wo;
 };
 
-// Before any pass rewrites layer l: the converted stream's inputs and the source layer's context
-// on them; with a trajectory target, also the source stream's context and residual (advancing
-// that stream past the layer). The windows keep up to `memory_bytes` in memory, the rest spill.
-HealLayerData CaptureHeal(ModelDraft& draft, int l, ReferenceModel::Stepper& converted,
+// Before any heal pass rewrites layer l: the converted stream's inputs and the source layer's
+// context on them; with a trajectory target, also the source stream's context and residual
+// (advancing that stream past the layer). The windows keep up to `memory_bytes` in memory, the
+// rest spill.
+HealLayerData CaptureHeal(SourceLayer layer, int l, ReferenceModel::Stepper& converted,
                           ReferenceModel::Stepper* source, const HealNeeds& needs,
                           std::uint64_t memory_bytes) {
   HealLayerData d;
   const std::shared_ptr<MemoryBudget> budget = HealBudget(memory_bytes);
   const unsigned bits = kCaptureAttnInput | kCaptureContext | (source ? kCaptureResidual : 0u);
-  d.layer = CaptureHealWindows(draft, l, converted, needs.windows, bits, false, budget);
+  d.layer = CaptureHealWindows(layer, l, converted, needs.windows, bits, false, budget);
   if (source != nullptr) {
-    const HealWindows s = CaptureHealWindows(draft, l, *source, needs.windows,
+    const HealWindows s = CaptureHealWindows(layer, l, *source, needs.windows,
                                              kCaptureContext | kCaptureResidual, true, budget);
     d.trajectory = TrajectoryWindows(d.layer, s, budget);
     d.layer.residual = WindowField();
   }
-  d.source_wo = draft.ReadF32({TensorRole::kOProj, l});
+  d.source_wo = std::move(layer.wo);
   return d;
 }
 
+// A layer other layers read K/V from (mlkv), as heal left it: its captured windows and its
+// k/v projections (biases as the last column), kept until the last layer reading it is healed.
+struct KvSourceLayer {
+  HealLayerData data;
+  std::vector<float> wk, wv;
+};
+
 // The heal passes' trainer for layer l: the fold's projections (double, biases as the last
-// column) trained in float32 by the runtime against the captured source attention.
+// column) trained in float32 by the runtime against the captured source attention. A layer
+// reading another's K/V (`kv_source`) trains its queries and o_proj over that layer's K/V.
 HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData& d,
-                            const std::string& device) {
-  return [&draft, l, &d, device](AttentionProjections& p, const HealSettings& s) {
-    HealWeights w{p.heads, p.kv_heads, p.head_dim, p.in_cols(), {}, {}, {}, {}, {}, {}};
+                            const KvSourceLayer* kv_source, const std::string& device) {
+  return [&draft, l, &d, kv_source, device](AttentionProjections& p, const HealSettings& s) {
+    HealWeights w;
+    w.heads = p.heads, w.kv_heads = p.kv_heads, w.head_dim = p.head_dim, w.in_cols = p.in_cols();
     auto to_float = [](const std::vector<double>& v) {
       return std::vector<float>(v.begin(), v.end());
     };
     w.wq = to_float(p.wq);
-    w.wk = to_float(p.wk);
-    w.wv = to_float(p.wv);
+    w.wk = kv_source ? kv_source->wk : to_float(p.wk);
+    w.wv = kv_source ? kv_source->wv : to_float(p.wv);
     w.wo = to_float(p.wo);
+    if (kv_source) w.kv_source = &kv_source->data.layer;
     if (draft.config.qk_norm) {  // as the runtime multiplies: Gemma's (1 + w)
       const HeadNorms norms = HeadNormsOf(draft, l);
       w.q_norm = to_float(norms.query);
       w.k_norm = to_float(norms.key);
     }
+    if (LayerReconstructsKeys(draft, l)) {  // the fold's projections onto the cached heads
+      w.q_cache_proj = draft.ReadF32({TensorRole::kQCacheProj, l});
+      w.k_cache_proj = draft.ReadF32({TensorRole::kKCacheProj, l});
+    }
     const HealWindows& data = s.target == HealTarget::kTrajectory ? d.trajectory : d.layer;
     const HealOutcome r = HealAttention(LayerConfig(draft, l), l, data, d.source_wo, w, s, device);
     p.wq.assign(w.wq.begin(), w.wq.end());
-    p.wk.assign(w.wk.begin(), w.wk.end());
-    p.wv.assign(w.wv.begin(), w.wv.end());
+    if (!kv_source) p.wk.assign(w.wk.begin(), w.wk.end());
+    if (!kv_source) p.wv.assign(w.wv.begin(), w.wv.end());
     p.wo.assign(w.wo.begin(), w.wo.end());
     return r;
   };
@@ -343,9 +398,10 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
     HealLayerData heal_data;
     HealAttentionFn heal;
     if (heal_needs) {
-      heal_data = CaptureHeal(draft, l, stepper, source_stream ? &*source_stream : nullptr,
-                              *heal_needs, o.compute.hidden_memory_bytes);
-      heal = HealTrainer(draft, l, heal_data, o.compute.device);
+      heal_data =
+          CaptureHeal(DraftLayer(draft, l), l, stepper, source_stream ? &*source_stream : nullptr,
+                      *heal_needs, o.compute.hidden_memory_bytes);
+      heal = HealTrainer(draft, l, heal_data, nullptr, o.compute.device);
     }
     std::optional<LayerKvStatistics> stats;  // of layer l as it stands
     std::int64_t stats_kv = 0;
@@ -406,14 +462,16 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
   FinishPasses(pipeline, draft, totals, seconds, run);
 }
 
-// Whole model: statistics of every layer of the source, then pass after pass.
+// Whole model: statistics of every layer of the source, then pass after pass (those before
+// `end`).
 void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& data,
-                   const ConvertJob& o, bool report, std::vector<double>& seconds, PassesRun& run) {
+                   const ConvertJob& o, bool report, std::vector<double>& seconds, PassesRun& run,
+                   std::size_t end) {
   KvStatistics stats;
   if (pipeline.needed != 0)
     stats = Calibrate(draft.source(), data, pipeline.needed, o.compute, pipeline.input_pairs,
                       &run.threads);
-  for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
+  for (std::size_t i = 0; i < end; ++i) {
     const auto t0 = Clock::now();
     nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
     PassContext ctx{draft, stats, record};
@@ -422,6 +480,64 @@ void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData&
     seconds[i] = Since(t0);
   }
   if (report) run.spectra = KvSpectra(stats, SpectraGroup(pipeline, draft.source().config));
+}
+
+// Whether a layer after `layer` reads the K/V of layer `source`.
+bool ReadAfter(const ModelConfig& c, int source, int layer) {
+  for (std::int64_t m = layer + 1; m < c.num_hidden_layers; ++m) {
+    if (!c.ComputesKv(m) && c.KvSourceOf(m) == source) return true;
+  }
+  return false;
+}
+
+// Layer l (sealed, not yet written) kept for the layers that read its K/V.
+KvSourceLayer KeepKvSource(const ModelDraft& draft, int l, HealLayerData d) {
+  d.trajectory = HealWindows();  // the readers need the converted stream's inputs only
+  const AttentionProjections p = ReadAttention(draft, l);
+  return {std::move(d), std::vector<float>(p.wk.begin(), p.wk.end()),
+          std::vector<float>(p.wv.begin(), p.wv.end())};
+}
+
+// Heal after whole-model passes (mlkv): the draft holds every layer as those passes left it. A
+// converted sweep over it runs the heal passes (from `first` on) layer by layer against the
+// source checkpoint's layers; a layer that other layers read K/V from is kept (its windows and
+// k/v projections) until the last of them is healed.
+void RunHealSweep(Pipeline& pipeline, std::size_t first, ModelDraft& draft,
+                  const CalibrationData& data, const ConvertJob& o, std::vector<double>& seconds,
+                  PassesRun& run) {
+  const Checkpoint& ck = draft.source();
+  const ModelConfig& c = draft.config;
+  const auto model = ReferenceModel::Load(ck, StreamedRuntime(o.compute));
+  ReferenceModel::Stepper stepper(*model, MakeBatches(data, o.input.window));
+  const HealNeeds needs = *HealNeedsOf(pipeline);
+  std::optional<ReferenceModel::Stepper> source_stream;  // heal<target=trajectory>
+  if (needs.trajectory) source_stream.emplace(*model, MakeBatches(data, o.input.window));
+  std::map<int, KvSourceLayer> kv_sources;
+  Progress progress("heal", c.num_hidden_layers, "layers", o.compute.progress);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    HealLayerData d =
+        CaptureHeal(CheckpointLayer(ck, l), l, stepper, source_stream ? &*source_stream : nullptr,
+                    needs, o.compute.hidden_memory_bytes);
+    const KvSourceLayer* reads =
+        c.ComputesKv(l) ? nullptr : &kv_sources.at(static_cast<int>(c.KvSourceOf(l)));
+    const HealAttentionFn heal = HealTrainer(draft, l, d, reads, o.compute.device);
+    static const LayerKvStatistics kNone;
+    for (std::size_t i = first; i < pipeline.passes.size(); ++i) {
+      const auto t0 = Clock::now();
+      LayerPassContext ctx{draft, l, kNone, 0, &heal};
+      AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
+      seconds[i] += Since(t0);
+    }
+    draft.SealLayer(l);
+    stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), {}, true);
+    if (ReadAfter(c, l, l)) kv_sources[l] = KeepKvSource(draft, l, std::move(d));
+    for (auto it = kv_sources.begin(); it != kv_sources.end();)
+      it = ReadAfter(c, it->first, l) ? std::next(it) : kv_sources.erase(it);
+    draft.WriteLayer(l);  // with the output open: written and freed now
+    progress.Update(l + 1);
+  }
+  run.threads = stepper.slots();
+  FinishPasses(pipeline, draft, KvStatistics(), seconds, run, first);
 }
 
 // Source layer by layer needs every pass layer-local and none after a K/V change (its layer l
@@ -465,17 +581,33 @@ Pipeline CreatePipeline(const PipelineSpec& specs, const ModelConfig& config) {
 
 namespace {
 
-// heal trains what a K/V pass before it changed, on the converted sweep's hidden states.
+// heal trains what a K/V pass before it changed, on the converted sweep's hidden states: in the
+// sweep of layer-local passes, or in its own sweep after whole-model passes whose layers read
+// no layer above them.
 void CheckHealPlace(const Pipeline& p, std::size_t i, bool recalibrates) {
-  if (!recalibrates) {
+  const bool own_sweep = HealSweepStart(p) > 0;
+  for (std::size_t j = 0; own_sweep && j < i; ++j) {
+    const std::vector<std::int64_t> layout = p.passes[j]->KvLayoutAfter();
+    for (std::size_t l = 0; l < layout.size(); ++l) {
+      if (layout[l] > static_cast<std::int64_t>(l)) {
+        Fail("--passes", "heal cannot follow " + p.specs[j].name +
+                             ": its lower layers read the K/V of a layer above them, which "
+                             "exists only after every layer between has run (heal follows mlkv, "
+                             "whose layers read layers below)");
+      }
+    }
+  }
+  if (!recalibrates && !own_sweep) {
     Fail("--passes",
          "heal trains on the converted layers' own hidden states: it needs the converted sweep "
-         "(--calibrate-on converted, the default, and only layer-local passes)");
+         "(--calibrate-on converted, the default, and only layer-local passes; after mlkv, only "
+         "heal passes may follow)");
   }
   if (std::none_of(p.passes.begin(), p.passes.begin() + static_cast<std::ptrdiff_t>(i),
                    [](const auto& pass) { return pass->ChangesKv() && !HealsOf(pass); })) {
     Fail("--passes",
-         "heal has nothing to heal: put it after a pass that changes K/V (gqa-svd, gqa-meanpool)");
+         "heal has nothing to heal: put it after a pass that changes K/V (gqa-svd, gqa-meanpool, "
+         "mlkv)");
   }
 }
 
@@ -566,12 +698,16 @@ PassesRun RunPasses(Pipeline& pipeline, ModelDraft& draft, const CalibrationData
     } else {  // nothing to measure: the passes alone, layer by layer
       RunSourceLayerByLayer(pipeline, draft, data, o, report, seconds, run);
     }
+  } else if (const std::size_t heal_from = HealSweepStart(pipeline); heal_from > 0) {
+    run.activations = "source; heal: converted";
+    RunWholeModel(pipeline, draft, data, o, report, seconds, run, heal_from);
+    RunHealSweep(pipeline, heal_from, draft, data, o, seconds, run);
   } else {
     run.activations = "source";
     if (RunsSourceLayerByLayer(pipeline, o)) {
       RunSourceLayerByLayer(pipeline, draft, data, o, report, seconds, run);
     } else {
-      RunWholeModel(pipeline, draft, data, o, report, seconds, run);
+      RunWholeModel(pipeline, draft, data, o, report, seconds, run, pipeline.passes.size());
     }
   }
   double passes_total = 0;

@@ -11,7 +11,9 @@
 //    as soon as every batch passed it (the numbers kvfold wrote before the converted mode), and
 //    the layer is written;
 //  - whole model: calibrate every layer of the source, then run pass after pass (cross-layer
-//    and table passes, which read several layers at once).
+//    and table passes, which read several layers at once); heal passes at the end of such a
+//    pipeline (mlkv<...>,heal) then run in a converted sweep of their own over the draft, each
+//    layer trained against the source checkpoint's layer on the converted hidden states.
 #pragma once
 
 #include <cstdint>

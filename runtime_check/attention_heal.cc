@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <tuple>
 
 #include "calib/output_refit_moments.h"
 #include "formats/error.h"
@@ -28,15 +29,16 @@ void ToVector(const at::Tensor& t, std::vector<float>& v) {
   std::copy(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel(), v.begin());
 }
 
-// The attention of one layer with trainable projections, on windows [W, T, in_cols].
+// The attention of one layer with trainable projections, on windows [W, T, in_cols]. A layer
+// reading another layer's K/V trains W_Q and W_O only.
 class Attention {
  public:
   Attention(const ModelConfig& c, std::int64_t layer, const HealWeights& w, std::int64_t T,
             const at::Device& device)
-      : H_(w.heads), KV_(w.kv_heads), d_(w.head_dim) {
+      : H_(w.heads), KV_(w.kv_heads), key_heads_(w.key_heads()), d_(w.head_dim) {
     const std::int64_t D = static_cast<std::int64_t>(w.wo.size()) / (H_ * d_);
     weights_ = {FromVector(w.wq, {H_ * d_, w.in_cols}, device),
-                FromVector(w.wk, {KV_ * d_, w.in_cols}, device),
+                FromVector(w.wk, {key_heads_ * d_, w.in_cols}, device),
                 FromVector(w.wv, {KV_ * d_, w.in_cols}, device),
                 FromVector(w.wo, {D, H_ * d_}, device)};
     // The layer's own RoPE (Gemma 3's sliding layers: their base), window, scale and soft-cap.
@@ -49,7 +51,14 @@ class Attention {
       q_norm_ = FromVector(w.q_norm, {d_}, device);
       k_norm_ = FromVector(w.k_norm, {d_}, device);
     }
-    params_ = weights_;  // trained as they are, unless TrainDeltas says otherwise
+    if (!w.k_cache_proj.empty()) {
+      q_cache_proj_ = FromVector(w.q_cache_proj, {H_, d_, d_}, device);
+      k_cache_proj_ = FromVector(w.k_cache_proj, {KV_, d_, key_heads_ / KV_ * d_}, device);
+    }
+    trained_ = w.kv_source != nullptr ? std::vector<std::size_t>{0, 3}
+                                      : std::vector<std::size_t>{0, 1, 2, 3};
+    for (std::size_t i : trained_)
+      params_.push_back(weights_[i]);  // trained as they are, unless TrainDeltas says otherwise
   }
   // With rank > 0, trains from here on a rank-`rank` delta of each matrix instead of the matrix:
   // W + A B, A [rows, rank] zero, B [rank, cols] uniform with rows of unit expected norm, drawn
@@ -58,7 +67,8 @@ class Attention {
     if (rank <= 0) return;
     params_.clear();
     std::mt19937_64 random(seed ^ 0x9e3779b97f4a7c15ULL);
-    for (const at::Tensor& w : weights_) {
+    for (std::size_t i : trained_) {
+      const at::Tensor& w = weights_[i];
       const std::int64_t rows = w.size(0), cols = w.size(1), r = std::min({rank, rows, cols});
       std::vector<float> b(static_cast<std::size_t>(r * cols));
       const double half_width = std::sqrt(3.0 / static_cast<double>(cols));
@@ -67,19 +77,20 @@ class Attention {
       params_.push_back(FromVector(b, {r, cols}, w.device()));
     }
   }
-  bool low_rank() const { return params_.size() > weights_.size(); }
+  bool low_rank() const { return params_.size() > trained_.size(); }
   std::vector<at::Tensor>& params() { return params_; }
   // Adam's step for each of params(): `lr` times the matrix's RMS (for A: what moves W + A B by
   // as much as a step on W itself would, given B's unit rows).
   std::vector<double> StepSizes(double lr) const {
     std::vector<double> steps;
-    for (std::size_t i = 0; i < weights_.size(); ++i) {
-      const double rms = std::max(weights_[i].pow(2).mean().sqrt().item<double>(), 1e-12);
+    for (std::size_t j = 0; j < trained_.size(); ++j) {
+      const at::Tensor& w = weights_[trained_[j]];
+      const double rms = std::max(w.pow(2).mean().sqrt().item<double>(), 1e-12);
       if (!low_rank()) {
         steps.push_back(lr * rms);
         continue;
       }
-      const at::Tensor& b = params_[2 * i + 1];
+      const at::Tensor& b = params_[2 * j + 1];
       steps.push_back(lr * rms * std::sqrt(static_cast<double>(b.size(1)) / b.size(0)));
       steps.push_back(lr * b.pow(2).mean().sqrt().item<double>());
     }
@@ -87,20 +98,27 @@ class Attention {
   }
   // Matrix i (q, k, v, o) as it stands.
   at::Tensor Weight(std::size_t i) const {
-    if (!low_rank()) return params_[i];
-    return weights_[i] + at::matmul(params_[2 * i], params_[2 * i + 1]);
+    const auto j =
+        static_cast<std::size_t>(std::find(trained_.begin(), trained_.end(), i) - trained_.begin());
+    if (j == trained_.size()) return weights_[i];  // not trained
+    if (!low_rank()) return params_[j];
+    return weights_[i] + at::matmul(params_[2 * j], params_[2 * j + 1]);
   }
 
-  at::Tensor Output(const at::Tensor& x) const {
+  // The output on x; keys and values from x_kv (the layer's own inputs, or those of the layer
+  // whose K/V it reads).
+  at::Tensor Output(const at::Tensor& x, const at::Tensor& x_kv) const {
     const std::int64_t W = x.size(0), T = x.size(1);
     auto heads = [&](std::size_t i, std::int64_t n) {
-      return at::matmul(x, Weight(i).t()).view({W, T, n, d_});
+      return at::matmul(i == 1 || i == 2 ? x_kv : x, Weight(i).t()).view({W, T, n, d_});
     };
-    const at::Tensor q = ApplyRope(Normed(heads(0, H_), q_norm_), cos_, sin_).permute({0, 2, 1, 3});
+    at::Tensor q = ApplyRope(Normed(heads(0, H_), q_norm_), cos_, sin_);
+    at::Tensor k = ApplyRope(Normed(heads(1, key_heads_), k_norm_), cos_, sin_);
+    if (k_cache_proj_.defined())
+      std::tie(q, k) = ReconstructQueryKey(q, k, q_cache_proj_, k_cache_proj_);
     const std::int64_t group = H_ / KV_;
-    const at::Tensor k = ApplyRope(Normed(heads(1, KV_), k_norm_), cos_, sin_)
-                             .permute({0, 2, 1, 3})
-                             .repeat_interleave(group, 1);
+    q = q.permute({0, 2, 1, 3});
+    k = k.permute({0, 2, 1, 3}).repeat_interleave(group, 1);
     const at::Tensor v = heads(2, KV_).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
     const at::Tensor scores =
         SoftCap(at::matmul(q, k.transpose(-1, -2)) * scale_, soft_cap_) + mask_;
@@ -119,12 +137,21 @@ class Attention {
     return weight.defined() ? RmsNorm(x, weight, eps_) : x;
   }
 
-  std::int64_t H_, KV_, d_;
+  std::int64_t H_, KV_, key_heads_, d_;  // key_heads_ > KV_: reconstruct-mode keys
   double scale_ = 1, soft_cap_ = 0, eps_ = 0;
-  std::vector<at::Tensor> weights_;  // q, k, v, o as the fold left them
-  std::vector<at::Tensor> params_;   // what Adam trains: weights_ itself, or A, B per matrix
+  std::vector<at::Tensor> weights_;   // q, k, v, o as the fold left them
+  std::vector<std::size_t> trained_;  // which of them Adam trains
+  std::vector<at::Tensor> params_;    // what Adam trains: those matrices, or A, B per matrix
   at::Tensor cos_, sin_, mask_;
-  at::Tensor q_norm_, k_norm_;  // per-head norms before RoPE, or undefined
+  at::Tensor q_norm_, k_norm_;              // per-head norms before RoPE, or undefined
+  at::Tensor q_cache_proj_, k_cache_proj_;  // reconstruct mode's projections, or undefined
+};
+
+// Some windows: the inputs x [n, T, in_cols]; x_kv, what keys and values are formed from (x
+// itself, or the captured inputs of the layer whose K/V this layer reads); the targets y
+// [n, T, D].
+struct Windows {
+  at::Tensor x, x_kv, y;
 };
 
 // The windows of one part (fit or held out), read from the captured windows when a step needs
@@ -132,12 +159,16 @@ class Attention {
 // context through the source o_proj (plus the residual difference of target=trajectory).
 class Part {
  public:
-  Part(const HealWindows& data, std::vector<std::int64_t> rows, const at::Tensor& source_wo,
-       bool bias)
-      : data_(data), rows_(std::move(rows)), wo_t_(source_wo.t()), bias_(bias) {
+  Part(const HealWindows& data, const HealWindows* kv_source, std::vector<std::int64_t> rows,
+       const at::Tensor& source_wo, bool bias)
+      : data_(data),
+        kv_source_(kv_source),
+        rows_(std::move(rows)),
+        wo_t_(source_wo.t()),
+        bias_(bias) {
     for (std::int64_t w = 0; w < count(); w += 8) {
       const std::int64_t n = std::min<std::int64_t>(8, count() - w);
-      energy_ += Batch(Range(w, n)).second.pow(2).sum().item<double>();
+      energy_ += Batch(Range(w, n)).y.pow(2).sum().item<double>();
     }
   }
   std::int64_t count() const { return static_cast<std::int64_t>(rows_.size()); }
@@ -147,28 +178,35 @@ class Part {
     for (std::int64_t i = 0; i < n; ++i) r[static_cast<std::size_t>(i)] = first + i;
     return r;
   }
-  // x [n, T, in_cols] and y [n, T, D] of the part's windows `which` (its own indices).
-  std::pair<at::Tensor, at::Tensor> Batch(const std::vector<std::int64_t>& which) const {
+  // The part's windows `which` (its own indices).
+  Windows Batch(const std::vector<std::int64_t>& which) const {
     const auto n = static_cast<std::int64_t>(which.size());
     const std::int64_t T = data_.T, D = data_.D, HD = data_.HD;
     at::Tensor x = at::empty({n, T, D}, at::kFloat), ctx = at::empty({n, T, HD}, at::kFloat);
     at::Tensor residual = data_.residual.empty() ? at::Tensor() : at::empty({n, T, D}, at::kFloat);
+    at::Tensor x_kv = kv_source_ ? at::empty({n, T, D}, at::kFloat) : at::Tensor();
     for (std::int64_t i = 0; i < n; ++i) {
       const std::int64_t w = rows_.at(static_cast<std::size_t>(which[static_cast<std::size_t>(i)]));
       data_.input.Read(w, x[i].data_ptr<float>());
       data_.context.Read(w, ctx[i].data_ptr<float>());
       if (residual.defined()) data_.residual.Read(w, residual[i].data_ptr<float>());
+      if (x_kv.defined()) kv_source_->input.Read(w, x_kv[i].data_ptr<float>());
     }
     const at::Device device = wo_t_.device();
-    x = x.to(device);
-    if (bias_) x = at::cat({x, at::ones({n, T, 1}, x.options())}, -1);
     at::Tensor y = at::matmul(ctx.to(device), wo_t_);
     if (residual.defined()) y = y + residual.to(device);
-    return {x, y};
+    x = WithBias(x.to(device));
+    return {x, x_kv.defined() ? WithBias(x_kv.to(device)) : x, y};
   }
 
  private:
+  at::Tensor WithBias(const at::Tensor& x) const {
+    if (!bias_) return x;
+    return at::cat({x, at::ones({x.size(0), x.size(1), 1}, x.options())}, -1);
+  }
+
   const HealWindows& data_;
+  const HealWindows* kv_source_;    // null: keys and values from data_'s own inputs
   std::vector<std::int64_t> rows_;  // window indices in `data_`
   at::Tensor wo_t_;                 // [HD, D]
   bool bias_;
@@ -180,8 +218,8 @@ double RelativeError(const Attention& a, const Part& p) {
   at::NoGradGuard no_grad;
   double sum = 0;
   for (std::int64_t w = 0; w < p.count(); w += 8) {
-    const auto [x, y] = p.Batch(Part::Range(w, std::min<std::int64_t>(8, p.count() - w)));
-    sum += (a.Output(x) - y).pow(2).sum().item<double>();
+    const Windows b = p.Batch(Part::Range(w, std::min<std::int64_t>(8, p.count() - w)));
+    sum += (a.Output(b.x, b.x_kv) - b.y).pow(2).sum().item<double>();
   }
   return sum / std::max(p.energy(), std::numeric_limits<double>::min());
 }
@@ -262,9 +300,9 @@ std::vector<at::Tensor> Train(Attention& a, const Part& fit, const Part& held,
   for (std::int64_t step = 1; step <= s.steps; ++step) {
     const std::vector<std::int64_t> rows(order.begin() + (step - 1) * batch,
                                          order.begin() + step * batch);
-    const auto [x, y] = fit.Batch(rows);
-    const at::Tensor loss = (a.Output(x) - y).pow(2).sum() /
-                            y.pow(2).sum().clamp_min(std::numeric_limits<float>::min());
+    const Windows b = fit.Batch(rows);
+    const at::Tensor loss = (a.Output(b.x, b.x_kv) - b.y).pow(2).sum() /
+                            b.y.pow(2).sum().clamp_min(std::numeric_limits<float>::min());
     loss.backward();
     adam.Step(a.params());
     out.steps = step;
@@ -305,8 +343,10 @@ HealOutcome HealAttention(const ModelConfig& layer, std::int64_t layer_index,
   }
   const bool bias = w.in_cols == D + 1;
   const at::Tensor wo = FromVector(source_wo, {D, data.HD}, device);
-  const Part fit(data, std::move(fit_rows), wo, bias);
-  const Part held(data, std::move(held_rows), wo, bias);
+  if (w.kv_source != nullptr && w.kv_source->sequences != data.sequences)
+    Fail("heal", "internal: the K/V source layer's windows are not this layer's");
+  const Part fit(data, w.kv_source, std::move(fit_rows), wo, bias);
+  const Part held(data, w.kv_source, std::move(held_rows), wo, bias);
 
   Attention a(layer, layer_index, w, data.T, device);
   a.TrainDeltas(s.rank, s.seed);

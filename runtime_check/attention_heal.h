@@ -1,8 +1,8 @@
 // Healing one folded layer's attention (the heal pass, docs/heal.md): Adam on W_Q, W_K, W_V and
-// W_O (q/k/v biases included; through Qwen3's per-head q/k norms) so that the layer's attention
-// output on the captured inputs matches the source layer's, stopped early on held-out windows.
-// LibTorch's autograd does the gradients; nothing here is in ATen's types, so the layer loop calls
-// it without ATen.
+// W_O (q/k/v biases included; through Qwen3's per-head q/k norms and reconstruct-mode key
+// projections) so that the layer's attention output on the captured inputs matches the source
+// layer's, stopped early on held-out windows. LibTorch's autograd does the gradients; nothing here
+// is in ATen's types, so the layer loop calls it without ATen.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +23,18 @@ struct HealWeights {
   // Per-head RMSNorm weights of queries and keys before RoPE (Qwen3), as they multiply, [d]
   // each; empty without them. Applied, not trained.
   std::vector<float> q_norm, k_norm;
+  // Reconstruct-mode keys (gqa-svd<rope=reconstruct>): wk keeps the source's key heads (its rows
+  // / head_dim), and the runtime projects rotated queries and keys onto the kv_heads cached ones
+  // with these (ReconstructQueryKey), [heads, d, d] and [kv_heads, d, key heads / kv_heads d].
+  // Applied, not trained; empty otherwise.
+  std::vector<float> q_cache_proj, k_cache_proj;
+  // A layer that reads another layer's K/V (mlkv): wk and wv are that layer's, applied to its
+  // captured attention inputs (the same windows in the same order), and not trained; null
+  // otherwise.
+  const HealWindows* kv_source = nullptr;
+  std::int64_t key_heads() const {
+    return static_cast<std::int64_t>(wk.size()) / (head_dim * in_cols);
+  }
 };
 
 // Trains `w` in place on `data` against the target context x `source_wo`^T ([hidden, HD]), plus

@@ -34,6 +34,8 @@ void Split(ModelDraft& model, int layer, TensorRole weight, TensorRole bias,
 }  // namespace
 
 std::int64_t LayerKvHeads(const ModelDraft& model, int layer) {
+  if (!model.Has({TensorRole::kVProj, layer}))  // it reads another layer's K/V (mlkv)
+    return model.config.KvHeads(model.config.KvSourceOf(layer));
   return model.Shape({TensorRole::kVProj, layer}).front() / model.config.head_dim;
 }
 
@@ -52,17 +54,22 @@ AttentionProjections ReadAttention(const ModelDraft& model, int layer) {
   p.has_bias = c.qkv_bias;
   auto read = [&](TensorRole r) { return model.ReadF32({r, layer}); };
   std::vector<float> bq, bk, bv;
+  // A layer reading another layer's K/V (mlkv) has no k/v projections: wk and wv stay empty.
+  const bool kv = model.Has({TensorRole::kKProj, layer});
   if (p.has_bias) {
     bq = read(TensorRole::kQBias);
-    bk = read(TensorRole::kKBias);
-    bv = read(TensorRole::kVBias);
+    if (kv) bk = read(TensorRole::kKBias);
+    if (kv) bv = read(TensorRole::kVBias);
   }
   const std::int64_t d = p.head_dim;
   p.wq = WithBias(read(TensorRole::kQProj), p.has_bias ? &bq : nullptr, p.heads * d, p.hidden);
-  p.wk = WithBias(read(TensorRole::kKProj), p.has_bias ? &bk : nullptr, p.kv_heads * d, p.hidden);
-  p.wv = WithBias(read(TensorRole::kVProj), p.has_bias ? &bv : nullptr, p.kv_heads * d, p.hidden);
   const std::vector<float> wo = read(TensorRole::kOProj);
   p.wo.assign(wo.begin(), wo.end());
+  if (!kv) return p;
+  // reconstruct mode keeps every source key head: k_proj's rows, not the KV heads'
+  const std::int64_t k_rows = model.Shape({TensorRole::kKProj, layer}).front();
+  p.wk = WithBias(read(TensorRole::kKProj), p.has_bias ? &bk : nullptr, k_rows, p.hidden);
+  p.wv = WithBias(read(TensorRole::kVProj), p.has_bias ? &bv : nullptr, p.kv_heads * d, p.hidden);
   return p;
 }
 
@@ -82,10 +89,11 @@ void WriteAttention(ModelDraft& model, int layer, const AttentionProjections& p)
   const std::int64_t v_rows = static_cast<std::int64_t>(p.wv.size()) / p.in_cols();
   Split(model, layer, TensorRole::kQProj, TensorRole::kQBias, p.wq, p.heads * d, p.hidden,
         p.has_bias);
-  Split(model, layer, TensorRole::kKProj, TensorRole::kKBias, p.wk, k_rows, p.hidden, p.has_bias);
-  Split(model, layer, TensorRole::kVProj, TensorRole::kVBias, p.wv, v_rows, p.hidden, p.has_bias);
   std::vector<float> wo(p.wo.begin(), p.wo.end());
   model.Replace({TensorRole::kOProj, layer}, {p.hidden, p.heads * d}, std::move(wo));
+  if (p.wk.empty()) return;  // it reads another layer's K/V
+  Split(model, layer, TensorRole::kKProj, TensorRole::kKBias, p.wk, k_rows, p.hidden, p.has_bias);
+  Split(model, layer, TensorRole::kVProj, TensorRole::kVBias, p.wv, v_rows, p.hidden, p.has_bias);
 }
 
 }  // namespace kvfold

@@ -49,6 +49,7 @@ class CrossLayerShare : public Pass {
         mean_rule_(mean_rule) {}
 
   bool ChangesKv() const override { return true; }
+  std::vector<std::int64_t> KvLayoutAfter() const override { return layout_; }
   unsigned NeededStatistics() const override { return init_ == "calib" ? kStatLayerInputs : 0u; }
   std::vector<LayerPair> InputPairs() const override {
     std::vector<LayerPair> pairs;

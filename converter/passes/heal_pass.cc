@@ -40,10 +40,10 @@ class HealPass : public LayerPass {
     if (config.sandwich_norms && settings_.target == HealTarget::kTrajectory)
       return "target=trajectory: Gemma's residual adds the normed attention output, which that "
              "target does not model (use target=layer)";
-    if (config.key_projection_heads > 0)
-      return "reconstruct-mode keys (gqa-svd<rope=reconstruct>) are not healed";
-    if (config.SharesKv())
-      return "layers reading another layer's K/V (mlkv, lckv outputs) are not healed yet";
+    if (config.AttendsAbove()) {
+      return "layers read the K/V of a layer above them (lckv): that K/V exists only after every "
+             "layer between has run, so no layer can be trained alone";
+    }
     if (config.o_bias) return "an o_proj bias is not supported";
     return "";
   }
@@ -54,8 +54,6 @@ class HealPass : public LayerPass {
           "trains on the converted layers' own hidden states: it needs the converted sweep "
           "(--calibrate-on converted, the default, and only layer-local passes)");
     }
-    if (LayerReconstructsKeys(ctx.model, ctx.layer))
-      Refuse("reconstruct-mode keys (gqa-svd<rope=reconstruct>) are not healed");
     AttentionProjections p = ReadAttention(ctx.model, ctx.layer);
     const HealOutcome r = (*ctx.heal)(p, settings_);
     if (r.best_step > 0) WriteAttention(ctx.model, ctx.layer, p);

@@ -55,6 +55,9 @@ class Pass {
   virtual bool LayerLocal() const { return false; }
   // KV-head passes: the number of KV heads they leave; 0 for every other pass.
   virtual std::int64_t KvHeadsAfter() const { return 0; }
+  // Cross-layer passes: the layer each layer reads K/V from after them (ModelConfig::kv_layer_of);
+  // empty for every other pass.
+  virtual std::vector<std::int64_t> KvLayoutAfter() const { return {}; }
   // Why what this pass writes cannot be stored as `format` (converter/export), with what to do
   // instead; "" when it can. Convert asks before any work.
   virtual std::string Unexportable(OutputFormat /*format*/) const { return ""; }

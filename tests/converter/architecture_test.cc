@@ -683,6 +683,8 @@ TEST_CASE("every architecture x every pass: works or refused with the reason",
       // The approximate fold of duplicated heads alone moves Gemma 3's logits by 1.3e-4 (float32
       // rounding through its (1 + w) q/k norms; 1e-4 relative in the float64 check above).
       {"gqa-svd<kv-heads=2,qk-norm=approximate>,heal<windows=8,steps=10>", true, " ", "", 3e-4},
+      // and through reconstruct mode's cache projections (q/k-norm models refuse the mode)
+      {"gqa-svd<kv-heads=2,rope=reconstruct>,heal<windows=8,steps=10>", true, " qwen3 gemma3 ", ""},
       {"kv-balance", true, " qwen3 gemma3 ", ""},
       {"mlkv<kv-layers=1>", false, " qwen2 qwen3 mistral phi3 phi4-mini gemma2 gemma3 ",
        "needs a llama model"},

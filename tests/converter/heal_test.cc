@@ -1,6 +1,7 @@
 // The heal pass end to end on the shared models: an exact fold is left byte for byte, a lossy
-// fold's held-out error drops on every layer and its KL on text the calibration never saw, reruns
-// write the same bytes, and the places it cannot run are refused before any work.
+// fold's held-out error (commute or reconstruct keys) drops on every layer and its KL on text the
+// calibration never saw, reruns write the same bytes, and the places it cannot run are refused
+// before any work.
 #include <catch2/catch.hpp>
 #include <string>
 
@@ -139,9 +140,58 @@ TEST_CASE("heal is refused where it cannot run, before any work", "[convert][hea
   o.calibrate_on = "source";
   CHECK_THROWS_WITH(Convert(o), Catch::Contains("heal trains on the converted layers' own"));
   o.calibrate_on = "converted";
-  o.passes = ParsePipeline("mlkv<kv-layers=2>," + kHeal);
+  o.passes = ParsePipeline("lckv<warmup=2>," + kHeal);
+  CHECK_THROWS_WITH(Convert(o), Catch::Contains("heal cannot follow lckv"));
+  o.passes = ParsePipeline("mlkv<kv-layers=2>," + kHeal + ",kv-scales");
   CHECK_THROWS_WITH(Convert(o), Catch::Contains("only layer-local passes"));
   CHECK(kvfold::test::ListDir(tmp.path()).empty());  // nothing left behind
+}
+
+// [once]: the trainer's reconstruct-mode forward is checked against a float64 attention under
+// both kernel families (tests/runtime_check/attention_heal_test.cc); this is the pass around it.
+TEST_CASE("heal trains reconstruct-mode keys through their cache projections",
+          "[convert][heal][quality][shared][once]") {
+  TempDir tmp;
+  const std::string fold = "gqa-svd<kv-heads=2,rope=reconstruct>";
+  RunConvert("stories260K-mha", fold, tmp.File("fold"));
+  RunConvert("stories260K-mha", fold + "," + kHeal, tmp.File("healed"));
+  const auto record = ReadJson(tmp.File("healed/kvfold.json"));
+  REQUIRE(record["passes"][1]["layers"].size() == 5);
+  for (const auto& layer : record["passes"][1]["layers"]) {
+    INFO("layer " << layer["layer"]);
+    CHECK(layer["kept_step"].get<int>() > 0);
+    CHECK(layer["held_out_error_after"].get<double>() <
+          layer["held_out_error_before"].get<double>());
+  }
+  // still reconstruct mode: every source key head, two cached
+  const Checkpoint healed = OpenCheckpoint(tmp.File("healed"));
+  CHECK(healed.config.key_projection_heads == 8);
+  CHECK(healed.config.num_key_value_heads == 2);
+  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("fold")));
+}
+
+TEST_CASE("heal follows mlkv: layers reading another's K/V train their queries and o_proj",
+          "[convert][heal][quality][shared]") {
+  // stories260K-mha's 5 layers on 2 K/V layers: 0 and 1 read layer 0's, 2 to 4 layer 2's.
+  TempDir tmp;
+  RunConvert("stories260K-mha", "mlkv<kv-layers=2>", tmp.File("shared"));
+  RunConvert("stories260K-mha", "mlkv<kv-layers=2>," + kHeal, tmp.File("healed"));
+  const auto record = ReadJson(tmp.File("healed/kvfold.json"));
+  REQUIRE(record["passes"][1]["layers"].size() == 5);
+  for (const auto& layer : record["passes"][1]["layers"]) {
+    INFO("layer " << layer["layer"]);
+    CHECK(layer["kept_step"].get<int>() > 0);
+    CHECK(layer["held_out_error_after"].get<double>() <
+          layer["held_out_error_before"].get<double>());
+  }
+  const Checkpoint healed = OpenCheckpoint(tmp.File("healed"));
+  CHECK(healed.config.kv_layer_of == std::vector<std::int64_t>{0, 0, 2, 2, 2});
+  CHECK(healed.tensors.Find("model.layers.1.self_attn.k_proj.weight") == nullptr);
+  CHECK(healed.tensors.Find("model.layers.2.self_attn.k_proj.weight") != nullptr);
+  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("shared")));
+  RunConvert("stories260K-mha", "mlkv<kv-layers=2>," + kHeal, tmp.File("again"));
+  CHECK(ReadBytes(tmp.File("again/model.safetensors")) ==
+        ReadBytes(tmp.File("healed/model.safetensors")));
 }
 
 TEST_CASE("heal follows gqa-meanpool too", "[convert][heal][shared]") {

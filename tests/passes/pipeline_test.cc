@@ -139,8 +139,11 @@ TEST_CASE("heal checks its settings and refuses the layers it cannot model", "[p
   c.sandwich_norms = false;
   c.norm_offset = false;
   c.qk_norm = false;
-  c.kv_layer_of = {0, 0};
-  CHECK_THROWS_WITH(create("heal"), Catch::Contains("another layer's K/V"));
+  c.num_hidden_layers = 2;
+  c.kv_layer_of = {0, 0};  // mlkv: layer 1 reads layer 0's K/V
+  CHECK(heal->Unsupported(c).empty());
+  c.kv_layer_of = {1, 1};  // lckv: layer 0 reads layer 1's
+  CHECK_THROWS_WITH(create("heal"), Catch::Contains("the K/V of a layer above them (lckv)"));
 }
 
 TEST_CASE("passes read the checked values; created specs round-trip", "[pipeline]") {

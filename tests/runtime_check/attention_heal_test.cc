@@ -1,5 +1,6 @@
 // HealAttention (runtime_check/attention_heal.h) against a float64 attention written here from
-// the Llama definition (rotate_half RoPE, GQA by repeated KV heads, causal softmax): the errors it
+// the Llama definition (rotate_half RoPE, GQA by repeated KV heads, causal softmax; kvfold's
+// reconstruct-mode projections as docs/gqa.md defines them): the errors it
 // reports are those of the weights it returns, healing lowers a lossy fold's held-out error, an
 // exact fold is left as it was, and reruns give the same bytes.
 #include "runtime_check/attention_heal.h"
@@ -34,17 +35,41 @@ std::vector<float> Random(std::size_t n, double scale, std::mt19937_64& g) {
   return v;
 }
 
-// The attention context [T, H d] of one window x [T, in_cols] in float64.
-std::vector<double> Context(const HealWeights& w, const float* x) {
+// Reconstruct mode: rotated queries [T, H d] and keys [T, KVs d] onto the cached key heads,
+// q'_h = Psi_h q_h and k'_g = Psi_g [k_{g t}; ...; k_{g t + t - 1}] (keys become [T, KV d]).
+void Reconstruct(const HealWeights& w, std::vector<double>& q, std::vector<double>& k) {
+  const std::int64_t H = w.heads, KV = w.kv_heads, d = w.head_dim;
+  const std::int64_t td = w.key_heads() / KV * d;
+  std::vector<double> q2(q.size(), 0.0), k2(static_cast<std::size_t>(kT * KV * d), 0.0);
+  for (std::int64_t t = 0; t < kT; ++t) {
+    for (std::int64_t h = 0; h < H; ++h)
+      for (std::int64_t a = 0; a < d; ++a)
+        for (std::int64_t b = 0; b < d; ++b)
+          q2[(t * H + h) * d + a] +=
+              double(w.q_cache_proj[(h * d + a) * d + b]) * q[(t * H + h) * d + b];
+    for (std::int64_t g = 0; g < KV; ++g)
+      for (std::int64_t a = 0; a < d; ++a)
+        for (std::int64_t b = 0; b < td; ++b)
+          k2[(t * KV + g) * d + a] +=
+              double(w.k_cache_proj[(g * d + a) * td + b]) * k[t * KV * td + g * td + b];
+  }
+  q = std::move(q2);
+  k = std::move(k2);
+}
+
+// The attention context [T, H d] of one window x [T, in_cols] in float64; keys and values from
+// x_kv (another layer's inputs: mlkv) when given.
+std::vector<double> Context(const HealWeights& w, const float* x, const float* x_kv = nullptr) {
   const std::int64_t H = w.heads, KV = w.kv_heads, d = w.head_dim, C = w.in_cols;
-  auto project = [&](const std::vector<float>& m, std::int64_t rows) {
+  auto project = [&](const std::vector<float>& m, std::int64_t rows, const float* in) {
     std::vector<double> out(static_cast<std::size_t>(kT * rows), 0.0);
     for (std::int64_t t = 0; t < kT; ++t)
       for (std::int64_t r = 0; r < rows; ++r)
         for (std::int64_t c = 0; c < C; ++c)
-          out[t * rows + r] += double(m[r * C + c]) * x[t * C + c];
+          out[t * rows + r] += double(m[r * C + c]) * in[t * C + c];
     return out;
   };
+  if (x_kv == nullptr) x_kv = x;
   auto rope = [&](std::vector<double>& v, std::int64_t heads) {
     for (std::int64_t t = 0; t < kT; ++t)
       for (std::int64_t h = 0; h < heads; ++h)
@@ -67,12 +92,14 @@ std::vector<double> Context(const HealWeights& w, const float* x) {
         v[th * d + e] *= double(weight[e]) / std::sqrt(ms + Layer().rms_norm_eps);
     }
   };
-  std::vector<double> q = project(w.wq, H * d), k = project(w.wk, KV * d),
-                      v = project(w.wv, KV * d);
+  const std::int64_t KVs = w.key_heads();  // KV, or the source's key heads in reconstruct mode
+  std::vector<double> q = project(w.wq, H * d, x), k = project(w.wk, KVs * d, x_kv),
+                      v = project(w.wv, KV * d, x_kv);
   norm(q, H, w.q_norm);
-  norm(k, KV, w.k_norm);
+  norm(k, KVs, w.k_norm);
   rope(q, H);
-  rope(k, KV);
+  rope(k, KVs);
+  if (!w.k_cache_proj.empty()) Reconstruct(w, q, k);
   std::vector<double> ctx(static_cast<std::size_t>(kT * H * d), 0.0);
   for (std::int64_t h = 0; h < H; ++h) {
     const std::int64_t g = h / (H / KV);
@@ -96,8 +123,8 @@ std::vector<double> Context(const HealWeights& w, const float* x) {
 }
 
 // Output rows [T, hidden] = ctx wo^T.
-std::vector<double> Output(const HealWeights& w, const float* x) {
-  const std::vector<double> ctx = Context(w, x);
+std::vector<double> Output(const HealWeights& w, const float* x, const float* x_kv = nullptr) {
+  const std::vector<double> ctx = Context(w, x, x_kv);
   const std::int64_t HD = w.heads * w.head_dim;
   std::vector<double> y(static_cast<std::size_t>(kT * kHidden), 0.0);
   for (std::int64_t t = 0; t < kT; ++t)
@@ -128,7 +155,10 @@ Case MakeCase(bool norms = false, std::uint64_t budget = UINT64_MAX) {
               Random(HD * C, 0.4, g),
               Random(kHidden * HD, 0.3, g),
               {},
-              {}};
+              {},
+              {},
+              {},
+              nullptr};
   if (norms) {
     c.source.q_norm = Random(kD, 0.3, g);
     c.source.k_norm = Random(kD, 0.3, g);
@@ -165,13 +195,16 @@ Case MakeCase(bool norms = false, std::uint64_t budget = UINT64_MAX) {
 }
 
 // sum ||y(w) - y(source)||^2 / sum ||y(source)||^2 over the fit (held_out = false) or held-out
-// windows, in float64.
-double ReferenceError(const Case& c, const HealWeights& w, bool held_out) {
+// windows, in float64; w's keys and values from `kv_inputs` (with bias column) when given.
+double ReferenceError(const Case& c, const HealWeights& w, bool held_out,
+                      const std::vector<float>* kv_inputs = nullptr) {
   double err = 0, energy = 0;
   for (std::int64_t win = 0; win < kWindows; ++win) {
     if (HeldOutWindow(win, kWindows) != held_out) continue;
-    const float* x = &c.with_bias[win * kT * (kHidden + 1)];
-    const std::vector<double> a = Output(w, x), b = Output(c.source, x);
+    const std::int64_t at = win * kT * (kHidden + 1);
+    const float* x = &c.with_bias[at];
+    const std::vector<double> a = Output(w, x, kv_inputs ? &(*kv_inputs)[at] : nullptr),
+                              b = Output(c.source, x);
     for (std::size_t i = 0; i < a.size(); ++i) {
       err += (a[i] - b[i]) * (a[i] - b[i]);
       energy += b[i] * b[i];
@@ -299,6 +332,69 @@ TEST_CASE("healing trains through Qwen3's per-head q/k norms", "[heal]") {
   CHECK(r.held_out_after == Approx(ReferenceError(c, w, true)).epsilon(1e-4));
   CHECK(w.q_norm == c.fold.q_norm);
   CHECK(w.k_norm == c.fold.k_norm);
+}
+
+TEST_CASE("healing trains through reconstruct-mode key projections", "[heal]") {
+  // gqa-svd<rope=reconstruct>'s layout: every source key head kept in k_proj, values folded to
+  // 2 heads, and the runtime's projections onto the 2 cached key heads (here the mean of each
+  // pair of rotated keys; queries as they are). Applied, not trained.
+  const Case c = MakeCase();
+  HealWeights fold = c.fold;
+  fold.wk = c.source.wk;
+  fold.q_cache_proj.assign(static_cast<std::size_t>(kH * kD * kD), 0.0f);
+  fold.k_cache_proj.assign(static_cast<std::size_t>(2 * kD * 2 * kD), 0.0f);
+  for (std::int64_t h = 0; h < kH; ++h)
+    for (std::int64_t a = 0; a < kD; ++a) fold.q_cache_proj[(h * kD + a) * kD + a] = 1.0f;
+  for (std::int64_t g = 0; g < 2; ++g)
+    for (std::int64_t a = 0; a < kD; ++a) {
+      fold.k_cache_proj[(g * kD + a) * 2 * kD + a] = 0.5f;
+      fold.k_cache_proj[(g * kD + a) * 2 * kD + kD + a] = 0.5f;
+    }
+  REQUIRE(fold.key_heads() == kH);
+  HealWeights w = fold;
+  const HealOutcome r = HealAttention(Layer(), 0, c.data, c.source.wo, w, Settings(), "cpu");
+  // float32 training against float64 sums: 1e-4 relative, as above
+  CHECK(r.held_out_before == Approx(ReferenceError(c, fold, true)).epsilon(1e-4));
+  CHECK(r.fit_before == Approx(ReferenceError(c, fold, false)).epsilon(1e-4));
+  REQUIRE(r.best_step > 0);
+  CHECK(r.held_out_after < 0.8 * r.held_out_before);
+  CHECK(r.held_out_after == Approx(ReferenceError(c, w, true)).epsilon(1e-4));
+  CHECK(w.key_heads() == kH);  // the layout stays
+  CHECK(w.kv_heads == 2);
+  CHECK(w.q_cache_proj == fold.q_cache_proj);
+  CHECK(w.k_cache_proj == fold.k_cache_proj);
+}
+
+TEST_CASE("a layer reading another layer's K/V heals its queries and o_proj only", "[heal]") {
+  // mlkv: the layer's keys and values are another layer's projections of that layer's inputs
+  // (here other random windows and the fold's 2-head k/v), fixed while this layer trains.
+  const Case c = MakeCase();
+  std::mt19937_64 g(11);
+  const std::vector<float> other = Random(kWindows * kT * kHidden, 1.0, g);
+  std::vector<float> other_with_bias;
+  std::vector<std::int64_t> sequences;
+  for (std::int64_t row = 0; row < kWindows * kT; ++row) {
+    other_with_bias.insert(other_with_bias.end(), &other[row * kHidden],
+                           &other[(row + 1) * kHidden]);
+    other_with_bias.push_back(1.0f);
+  }
+  for (std::int64_t w = 0; w < kWindows; ++w) sequences.push_back(w);
+  const HealWindows kv_layer =
+      MakeHealWindows(kT, kHidden, kH * kD, sequences, other, {}, {}, HealBudget(UINT64_MAX));
+  HealWeights reader = c.fold;  // q and o as the source's; k and v the other layer's
+  reader.kv_source = &kv_layer;
+  HealWeights w = reader;
+  const HealOutcome r = HealAttention(Layer(), 0, c.data, c.source.wo, w, Settings(), "cpu");
+  // float32 training against float64 sums: 1e-4 relative, as above
+  CHECK(r.held_out_before ==
+        Approx(ReferenceError(c, reader, true, &other_with_bias)).epsilon(1e-4));
+  REQUIRE(r.best_step > 0);
+  CHECK(r.held_out_after < r.held_out_before);
+  CHECK(r.held_out_after == Approx(ReferenceError(c, w, true, &other_with_bias)).epsilon(1e-4));
+  CHECK(w.wk == reader.wk);  // not trained: they belong to the other layer
+  CHECK(w.wv == reader.wv);
+  CHECK(w.wq != reader.wq);
+  CHECK(w.wo != reader.wo);
 }
 
 TEST_CASE("healing leaves an exact fold exactly as it was", "[heal]") {
