@@ -482,14 +482,6 @@ void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData&
   if (report) run.spectra = KvSpectra(stats, SpectraGroup(pipeline, draft.source().config));
 }
 
-// Whether a layer after `layer` reads the K/V of layer `source`.
-bool ReadAfter(const ModelConfig& c, int source, int layer) {
-  for (std::int64_t m = layer + 1; m < c.num_hidden_layers; ++m) {
-    if (!c.ComputesKv(m) && c.KvSourceOf(m) == source) return true;
-  }
-  return false;
-}
-
 // Layer l (sealed, not yet written) kept for the layers that read its K/V.
 KvSourceLayer KeepKvSource(const ModelDraft& draft, int l, HealLayerData d) {
   d.trajectory = HealWindows();  // the readers need the converted stream's inputs only
@@ -530,9 +522,9 @@ void RunHealSweep(Pipeline& pipeline, std::size_t first, ModelDraft& draft,
     }
     draft.SealLayer(l);
     stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), {}, true);
-    if (ReadAfter(c, l, l)) kv_sources[l] = KeepKvSource(draft, l, std::move(d));
+    if (c.ReadsKvAfter(l, l)) kv_sources[l] = KeepKvSource(draft, l, std::move(d));
     for (auto it = kv_sources.begin(); it != kv_sources.end();)
-      it = ReadAfter(c, it->first, l) ? std::next(it) : kv_sources.erase(it);
+      it = c.ReadsKvAfter(it->first, l) ? std::next(it) : kv_sources.erase(it);
     draft.WriteLayer(l);  // with the output open: written and freed now
     progress.Update(l + 1);
   }

@@ -176,6 +176,13 @@ bool ModelConfig::ComputesKv(std::int64_t layer) const {
   return false;
 }
 
+bool ModelConfig::ReadsKvAfter(std::int64_t source, std::int64_t layer) const {
+  for (std::int64_t m = layer + 1; m < static_cast<std::int64_t>(kv_layer_of.size()); ++m) {
+    if (m != source && kv_layer_of[static_cast<std::size_t>(m)] == source) return true;
+  }
+  return false;
+}
+
 bool ModelConfig::AttendsAbove() const {
   for (std::size_t l = 0; l < kv_layer_of.size(); ++l) {
     if (kv_layer_of[l] > static_cast<std::int64_t>(l)) return true;

@@ -92,6 +92,8 @@ struct ModelConfig {
     return kv_layer_of.empty() ? layer : kv_layer_of[static_cast<std::size_t>(layer)];
   }
   bool ComputesKv(std::int64_t layer) const;
+  // Some layer after `layer` reads the K/V of layer `source` (its own K/V excluded).
+  bool ReadsKvAfter(std::int64_t source, std::int64_t layer) const;
   // Some layer reads the K/V of a layer above it: decoding is sequential (LCKV).
   bool AttendsAbove() const;
   std::int64_t KvLayerCount() const;  // layers that compute (and cache) K/V

@@ -57,6 +57,15 @@ std::uint64_t SpillFile::Append(const void* data, std::size_t size) {
   return offset;
 }
 
+std::uint64_t SpillFile::Reserve(std::size_t size) {
+  if (fd_ < 0) Open();
+  const std::uint64_t offset = size_;
+  size_ += size;
+  if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0)
+    Fail(Where(), std::string("cannot grow: ") + std::strerror(errno));
+  return offset;
+}
+
 void SpillFile::Write(std::uint64_t offset, const void* data, std::size_t size) {
   if (offset + size > size_) Fail(Where(), "internal error: a write past the appended bytes");
   WriteAt(fd_, data, size, offset, Where());

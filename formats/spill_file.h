@@ -25,6 +25,9 @@ class SpillFile {
 
   // Writes `size` bytes after everything appended so far; returns their offset.
   std::uint64_t Append(const void* data, std::size_t size);
+  // Room for `size` bytes after everything appended so far, to be filled by Write; returns
+  // their offset.
+  std::uint64_t Reserve(std::size_t size);
   void Write(std::uint64_t offset, const void* data, std::size_t size);
   void Read(std::uint64_t offset, void* data, std::size_t size) const;
   std::uint64_t size() const { return size_; }  // bytes appended

@@ -9,6 +9,12 @@ std::uint64_t Bytes(const at::Tensor& x) {
   return static_cast<std::uint64_t>(x.numel()) * sizeof(float);
 }
 
+std::uint64_t Bytes(const std::vector<std::int64_t>& shape) {
+  std::uint64_t n = sizeof(float);
+  for (const std::int64_t s : shape) n *= static_cast<std::uint64_t>(s);
+  return n;
+}
+
 }  // namespace
 
 HiddenStateStore::HiddenStateStore(std::uint64_t budget_bytes) : budget_(budget_bytes) {}
@@ -23,12 +29,26 @@ void HiddenStateStore::Add(const at::Tensor& x) {
   }
   const at::Tensor host = x.to(at::kCPU, at::kFloat).contiguous();
   batch.offset = spill_.Append(host.data_ptr(), Bytes(host));
+  batch.spilled = true;
+  batches_.push_back(std::move(batch));
+}
+
+void HiddenStateStore::Reserve(const std::vector<std::int64_t>& shape) {
+  Batch batch;
+  batch.shape = shape;
+  if (!budget_.Take(Bytes(shape))) {
+    batch.offset = spill_.Reserve(Bytes(shape));
+    batch.spilled = true;
+  }
   batches_.push_back(std::move(batch));
 }
 
 at::Tensor HiddenStateStore::Get(std::size_t b, const at::Device& device) const {
   const Batch& batch = batches_.at(b);
-  if (batch.resident.defined()) return batch.resident;
+  if (!batch.spilled) {
+    if (!batch.resident.defined()) Fail("hidden states", "internal error: a batch read unput");
+    return batch.resident;
+  }
   at::Tensor x = at::empty(batch.shape, at::TensorOptions().dtype(at::kFloat));
   spill_.Read(batch.offset, x.data_ptr(), Bytes(x));
   return device.is_cpu() ? x : x.to(device);
@@ -36,7 +56,7 @@ at::Tensor HiddenStateStore::Get(std::size_t b, const at::Device& device) const 
 
 void HiddenStateStore::Put(std::size_t b, const at::Tensor& x) {
   Batch& batch = batches_.at(b);
-  if (batch.resident.defined()) {
+  if (!batch.spilled) {
     batch.resident = x;
     return;
   }

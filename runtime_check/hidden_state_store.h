@@ -21,6 +21,9 @@ class HiddenStateStore {
   explicit HiddenStateStore(std::uint64_t budget_bytes);
 
   void Add(const at::Tensor& x);  // a new batch, [rows, D] float32
+  // A new batch of `shape`, empty until Put fills it (Put may then run on any thread, each
+  // batch on one): resident if it fits, else its room in the file.
+  void Reserve(const std::vector<std::int64_t>& shape);
   // Batch b on `device`: a resident batch is the stored tensor itself (changes made in place are
   // kept); a spilled one is read from the file, and Put writes it back.
   at::Tensor Get(std::size_t b, const at::Device& device) const;
@@ -30,8 +33,9 @@ class HiddenStateStore {
 
  private:
   struct Batch {
-    at::Tensor resident;  // undefined when spilled
+    at::Tensor resident;  // undefined when spilled, or reserved and not yet put
     std::vector<std::int64_t> shape;
+    bool spilled = false;
     std::uint64_t offset = 0;  // in the spill file
   };
   MemoryBudget budget_;

@@ -735,13 +735,17 @@ HiddenStateStore ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::T
 namespace {
 
 // Drops the K/V of source layers no layer after `layer` reads.
-void ForgetUnreadKv(const ModelConfig& c, std::int64_t layer, std::vector<at::Tensor>& kv) {
-  for (std::int64_t source = 0; source < static_cast<std::int64_t>(kv.size()); ++source) {
-    bool read_later = false;
-    for (std::int64_t l = layer + 1; l < c.num_hidden_layers; ++l)
-      read_later |= !c.ComputesKv(l) && c.KvSourceOf(l) == source;
-    if (!read_later) kv[static_cast<std::size_t>(source)] = at::Tensor();
-  }
+void ForgetUnreadKv(const ModelConfig& c, std::int64_t layer,
+                    std::map<std::int64_t, HiddenStateStore>& kv) {
+  for (auto it = kv.begin(); it != kv.end();)
+    it = c.ReadsKvAfter(it->first, layer) ? std::next(it) : kv.erase(it);
+}
+
+// Room in `store` for each batch's K/V of source layer `layer`.
+void ReserveSharedKv(const ModelConfig& c, std::int64_t layer,
+                     const std::vector<at::Tensor>& batches, HiddenStateStore& store) {
+  for (const at::Tensor& tokens : batches)
+    store.Reserve({tokens.numel(), 2 * c.KvHeads(layer) * c.head_dim});
 }
 
 }  // namespace
@@ -769,24 +773,34 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
 void ReferenceModel::Stepper::RunLayer(int layer, const LlamaLayerWeights& w,
                                        const std::vector<LayerObserver*>& observers, bool advance) {
   State& s = *state_;
+  const ModelConfig& c = s.model.config;
   const std::size_t n = s.tokens.size();
   const std::size_t slots =
       observers.empty() ? DataParallelSlots(s.model.device.is_cpu()) : observers.size();
+  const bool keeps_kv = advance && c.ReadsKvAfter(layer, layer);
+  if (keeps_kv)
+    ReserveSharedKv(c, layer, s.tokens,
+                    s.shared_kv.emplace(layer, s.kv_budget_bytes).first->second);
+  const std::int64_t source = c.KvSourceOf(layer);
   RunDataParallel(
       slots, n,
       [&](std::size_t b, std::size_t) {
         LayerObserver* observer = observers.empty() ? nullptr : observers[b % observers.size()];
         BatchedPass pass(s.model, s.tokens[b], observer, nullptr, s.first_sequences[b]);
-        std::vector<at::Tensor>& kv = s.shared_kv[b];
-        if (!kv.empty()) pass.shared_kv() = kv;  // handles: the tensors are not copied
+        if (!c.ComputesKv(layer))
+          pass.shared_kv()[static_cast<std::size_t>(source)] =
+              s.shared_kv.at(source).Get(b, s.model.device);
         at::Tensor x = s.hidden.Get(b, s.model.device);
         pass.Layer(layer, w, x, /*observe_only=*/!advance);
         if (!advance) return;
         s.hidden.Put(b, x);
-        kv = std::move(pass.shared_kv());
-        ForgetUnreadKv(s.model.config, layer, kv);
+        // A compact copy: the pass's K/V is a view into its queries' buffer.
+        if (keeps_kv)
+          s.shared_kv.at(layer).Put(b,
+                                    pass.shared_kv()[static_cast<std::size_t>(layer)].contiguous());
       },
       [](std::size_t) {});
+  if (advance) ForgetUnreadKv(c, layer, s.shared_kv);
 }
 
 }  // namespace kvfold

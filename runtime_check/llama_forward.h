@@ -162,9 +162,11 @@ struct ReferenceModel::Stepper::State {
   std::vector<std::int64_t> first_sequences;
   HiddenStateStore hidden{UINT64_MAX};  // [B T, D] per batch
   LayerWeightCache weights;             // the layer being run, until it is advanced past
-  // Layers that share K/V (mlkv): per batch, per layer, the rotated K/V [B T, 2 KV d] of each
-  // source layer the stream has advanced past, until no later layer reads it.
-  std::vector<std::vector<at::Tensor>> shared_kv;
+  // Layers that share K/V (mlkv): per source layer the stream has advanced past, until no later
+  // layer reads it, each batch's rotated K/V [B T, 2 KV d], under a budget of its own equal to
+  // the hidden states' (one --hidden-memory per source layer kept).
+  std::map<std::int64_t, HiddenStateStore> shared_kv;
+  std::uint64_t kv_budget_bytes = UINT64_MAX;
 };
 
 // Building blocks shared by the batched forward and token-by-token decoding.

@@ -327,7 +327,7 @@ ReferenceModel::Stepper::Stepper(const ReferenceModel& model,
     state_->first_sequences.push_back(b.first_sequence);
     state_->hidden.Add(m.Embed(state_->tokens.back()));
   }
-  state_->shared_kv.resize(batches.size());
+  state_->kv_budget_bytes = m.hidden_state_budget_bytes;
 }
 
 ReferenceModel::Stepper::~Stepper() = default;

@@ -91,7 +91,8 @@ class ReferenceModel {
   // advances the batches' hidden states through it, so that layer l + 1 is calibrated on what
   // the converted model feeds it. Only the hidden states live across calls, and, when the layer
   // configs share K/V between layers (mlkv; not lckv, whose layers read higher ones), each
-  // source layer's K/V until the last layer reading it has run.
+  // source layer's K/V until the last layer reading it has run (each source's K/V in memory up
+  // to the hidden states' budget, in a temporary file beyond it).
   class Stepper {
    public:
     Stepper(const ReferenceModel& model, const std::vector<ObservedBatch>& batches);

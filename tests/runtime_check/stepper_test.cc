@@ -1,5 +1,6 @@
-// The converted mode's Stepper reads a layer once while its tensors stay unchanged, and a layer's
-// weights are read into the buffers of the layer a sweep is done with.
+// The converted mode's Stepper reads a layer once while its tensors stay unchanged, carries shared
+// K/V (within the hidden-state budget), and a layer's weights are read into the buffers of the
+// layer a sweep is done with.
 // ATen before Catch: its logging defines a CHECK that Catch's must replace.
 #include <ATen/ATen.h>
 
@@ -95,7 +96,50 @@ std::vector<float> Convert(CountingSource& source) {
   return all;
 }
 
+// Everything observed stepping `layout` (its K/V sharing) through every layer under a hidden-state
+// budget, in two batches of two 32-token windows.
+std::vector<float> Step(const Checkpoint& ck, const ModelConfig& layout, std::uint64_t budget) {
+  RuntimeOptions o{"cpu", 2};
+  o.stream_layers = true;
+  o.hidden_state_budget_bytes = budget;
+  const auto model = ReferenceModel::Load(ck, o);
+  std::vector<ReferenceModel::ObservedBatch> batches(2);
+  std::mt19937 rng(11);
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    for (int i = 0; i < 2 * 32; ++i) batches[b].tokens.push_back(static_cast<int>(rng() % 512));
+    batches[b].windows = 2;
+    batches[b].first_sequence = static_cast<std::int64_t>(2 * b);
+  }
+  ReferenceModel::Stepper stepper(*model, batches);
+  std::vector<Recorder> recorders(stepper.slots());
+  std::vector<LayerObserver*> observers;
+  for (Recorder& r : recorders) observers.push_back(&r);
+  CountingSource source{ck};
+  const LayerWeightSource weights = source.Source();
+  for (int l = 0; l < ck.config.num_hidden_layers; ++l)
+    stepper.Run(l, layout, weights, observers, true);
+  std::vector<float> all;
+  for (const Recorder& r : recorders) all.insert(all.end(), r.values.begin(), r.values.end());
+  return all;
+}
+
 }  // namespace
+
+TEST_CASE("a stepper carries shared K/V to the layers that read it, spilled beyond the budget",
+          "[runtime][stepper][shared]") {
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
+  REQUIRE(ck.config.num_hidden_layers == 5);
+  ModelConfig layout = ck.config;
+  layout.kv_layer_of = {0, 0, 0, 3, 3};  // mlkv: layers 1, 2 read layer 0's K/V, 4 reads 3's
+  const std::vector<float> resident = Step(ck, layout, UINT64_MAX);
+  // Budget 0 spills every batch of the hidden states and of both K/V layers; one batch's hidden
+  // state (64 tokens x 64 floats) keeps the first batch of each store in memory and spills the
+  // second. Float32 values written and read back: bit for bit.
+  CHECK(Step(ck, layout, 0) == resident);
+  CHECK(Step(ck, layout, 64 * 64 * sizeof(float)) == resident);
+  // Sharing is in effect: the layers that read another layer's K/V see other contexts.
+  CHECK(Step(ck, ck.config, UINT64_MAX) != resident);
+}
 
 TEST_CASE("a stepper reads each tensor of a layer once until the tensor changes",
           "[runtime][stepper][shared]") {
