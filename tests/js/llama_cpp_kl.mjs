@@ -8,32 +8,12 @@
 // Prints {"kl", "top1_agreement", "tokens", ...} over positions from --from (default: the
 // file's scored_from) on.
 import fs from "node:fs";
-import { getLlama, LlamaLogLevel } from "node-llama-cpp";
-
-function parseArgs(argv) {
-  const a = { cacheK: "f16", cacheV: "f16", from: -1, threads: 1 };
-  const pos = [];
-  for (let i = 0; i < argv.length; ++i) {
-    const k = argv[i];
-    if (k === "--cache-k") a.cacheK = argv[++i];
-    else if (k === "--cache-v") a.cacheV = argv[++i];
-    else if (k === "--from") a.from = Number(argv[++i]);
-    else if (k === "--threads") a.threads = Number(argv[++i]);
-    else pos.push(k);
-  }
-  if (pos.length !== 3) throw new Error("usage: llama_cpp_kl.mjs SOURCE.gguf MODEL.gguf TOKEN_LOGP.json [options]");
-  [a.source, a.model, a.tokens] = pos;
-  return a;
-}
+import { loadLlama, logSumExp, parseArgs, windowContext } from "./llama_cpp_common.mjs";
 
 // log softmax of a logits map (every token of the vocabulary) in float64, indexed by token id.
 function logSoftmax(logits) {
   const out = new Float64Array(logits.size);
-  let max = -Infinity;
-  for (const v of logits.values()) if (v > max) max = v;
-  let sum = 0;
-  for (const v of logits.values()) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
+  const lse = logSumExp(logits);
   for (const [t, v] of logits) {
     if (t >= out.length) throw new Error(`llama.cpp returned logits of part of the vocabulary`);
     out[t] = v - lse;
@@ -47,16 +27,10 @@ function argmax(x) {
   return best;
 }
 
-// LLAMA_THREADS_NOTE: llama.cpp's threads are set, 1 by default. node-llama-cpp's default is its
-// maxThreads (4 on a 2-core machine); llama.cpp's spinning workers then wait for descheduled
-// ones at every operation: a 256-token window of stories260K took 3 s with the default and 0.1 s
-// with 1 thread (tests run beside others under `ctest -j`).
 // Each window's log-softmaxes at positions from..end, run by llama.cpp with `options`.
 async function Run(llama, path, ref, options, from) {
   const model = await llama.loadModel({ modelPath: path });
-  const context = await model.createContext({
-    contextSize: ref.window + 1, batchSize: ref.window + 1, sequences: 1, ...options,
-  });
+  const context = await windowContext(model, ref.window, options);
   const sequence = context.getSequence();
   const out = [];
   for (const win of ref.windows) {
@@ -75,10 +49,14 @@ async function Run(llama, path, ref, options, from) {
   return out;
 }
 
-const a = parseArgs(process.argv.slice(2));
+const str = (v) => v;
+const a = parseArgs(process.argv.slice(2), { cacheK: "f16", cacheV: "f16", from: -1, threads: 1 },
+  { "--cache-k": ["cacheK", str], "--cache-v": ["cacheV", str], "--from": ["from", Number],
+    "--threads": ["threads", Number] },
+  ["source", "model", "tokens"], "llama_cpp_kl.mjs SOURCE.gguf MODEL.gguf TOKEN_LOGP.json [options]");
 const ref = JSON.parse(fs.readFileSync(a.tokens, "utf8"));
 const from = a.from >= 0 ? a.from : ref.scored_from;
-const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error });
+const llama = await loadLlama();
 const source = await Run(llama, a.source, ref, { threads: a.threads, flashAttention: false,
   experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32" }, from);
 const model = await Run(llama, a.model, ref, { threads: a.threads, flashAttention: true,

@@ -10,54 +10,30 @@
 // Prints: windows, tokens, mean NLL of both, max |delta log p|; exit 1 when it exceeds the
 // tolerance (the tolerance applies only with --cache f32 --flash off, else it only reports).
 import fs from "node:fs";
-import { getLlama, LlamaLogLevel } from "node-llama-cpp";
+import { loadLlama, logSumExp, parseArgs, windowContext } from "./llama_cpp_common.mjs";
 
-function parseArgs(argv) {
-  const a = { cache: "f32", flash: "off", tolerance: 1e-4, json: "", from: 0, threads: 1, stride: 1 };
-  const pos = [];
-  for (let i = 0; i < argv.length; ++i) {
-    const k = argv[i];
-    if (k === "--cache") a.cache = argv[++i];
-    else if (k === "--cache-k") a.cacheK = argv[++i];
-    else if (k === "--cache-v") a.cacheV = argv[++i];
-    else if (k === "--flash") a.flash = argv[++i];
-    else if (k === "--tolerance") a.tolerance = Number(argv[++i]);
-    else if (k === "--json") a.json = argv[++i];
-    else if (k === "--from") a.from = Number(argv[++i]);
-    else if (k === "--threads") a.threads = Number(argv[++i]);
-    else if (k === "--stride") a.stride = Number(argv[++i]);
-    else pos.push(k);
-  }
-  if (pos.length !== 2) throw new Error("usage: llama_cpp_logp.mjs MODEL.gguf TOKEN_LOGP.json [options]");
-  [a.model, a.tokens] = pos;
-  a.cacheK = (a.cacheK ?? a.cache).toUpperCase();
-  a.cacheV = (a.cacheV ?? a.cache).toUpperCase();
-  return a;
-}
+const str = (v) => v;
+const a = parseArgs(process.argv.slice(2),
+  { cache: "f32", flash: "off", tolerance: 1e-4, json: "", from: 0, threads: 1, stride: 1 },
+  { "--cache": ["cache", str], "--cache-k": ["cacheK", str], "--cache-v": ["cacheV", str],
+    "--flash": ["flash", str], "--tolerance": ["tolerance", Number], "--json": ["json", str],
+    "--from": ["from", Number], "--threads": ["threads", Number], "--stride": ["stride", Number] },
+  ["model", "tokens"], "llama_cpp_logp.mjs MODEL.gguf TOKEN_LOGP.json [options]");
+a.cacheK = (a.cacheK ?? a.cache).toUpperCase();
+a.cacheV = (a.cacheV ?? a.cache).toUpperCase();
 
-// log softmax of the full logits map, in float64, at `target`. (node-llama-cpp's
-// totalLogitWeight would spare the vocabulary-sized map, but it sums in float32: 5e-4 off on a
-// 151k vocabulary.)
+// log softmax of the full logits map, in float64, at `target`.
 function logProb(logits, target) {
-  let max = -Infinity;
-  for (const v of logits.values()) if (v > max) max = v;
-  let sum = 0;
-  for (const v of logits.values()) sum += Math.exp(v - max);
   const t = logits.get(target);
   if (t === undefined) throw new Error(`llama.cpp returned no logit for token ${target}`);
-  return t - max - Math.log(sum);
+  return t - logSumExp(logits);
 }
 
-const a = parseArgs(process.argv.slice(2));
 const ref = JSON.parse(fs.readFileSync(a.tokens, "utf8"));
-const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error });
+const llama = await loadLlama();
 const model = await llama.loadModel({ modelPath: a.model });
-const W = ref.window;
-// A context of exactly W cells shifts the window's start out: one more cell. Threads: see
-// LLAMA_THREADS_NOTE in llama_cpp_kl.mjs.
-const context = await model.createContext({
-  contextSize: W + 1, batchSize: W + 1, sequences: 1, threads: a.threads,
-  flashAttention: a.flash === "on",
+const context = await windowContext(model, ref.window, {
+  threads: a.threads, flashAttention: a.flash === "on",
   experimentalKvCacheKeyType: a.cacheK, experimentalKvCacheValueType: a.cacheV,
 });
 let maxDiff = 0, nllKvfold = 0, nllLlama = 0, count = 0, worst = null;
