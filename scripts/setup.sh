@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build clang libclang-rt-14-dev
   libtorch-dev libeigen3-dev libopenblas-dev liblapacke-dev
-  catch2 nlohmann-json3-dev libcli11-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev time
+  catch2 nlohmann-json3-dev libcli11-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev libssl-dev time
   libopenmpi-dev openmpi-bin  # optional for the build (mpirun -np N kvfold); the mpi test uses them
   chromium python3
 )
