@@ -101,16 +101,11 @@ void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& w
 void DecodeOutputHead(const std::vector<double>& wo_in, std::vector<double>& wo_out,
                       std::int64_t rows, std::int64_t o_cols, std::int64_t head,
                       std::int64_t head_dim, const Matrix& omega, std::int64_t first_col) {
-  const std::int64_t d = head_dim;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const double* src = &wo_in[static_cast<std::size_t>(r * o_cols + head * d)];
-    double* dst = &wo_out[static_cast<std::size_t>(r * o_cols + head * d)];
-    for (std::int64_t a = 0; a < d; ++a) {
-      double s = 0;
-      for (std::int64_t b = 0; b < d; ++b) s += src[b] * omega(a, first_col + b);
-      dst[a] = s;
-    }
-  }
+  // dst[r, a] = sum_b src[r, b] omega(a, first_col + b): W_O's head columns times Omega_j^T.
+  const std::size_t at = static_cast<std::size_t>(head * head_dim);
+  MultiplyTransposedBlocks(rows, head_dim, head_dim, &wo_in[at], o_cols,
+                           &omega.data[static_cast<std::size_t>(first_col)], omega.cols,
+                           &wo_out[at], o_cols);
 }
 
 std::int64_t GroupSize(const AttentionProjections& p, std::int64_t new_kv) {

@@ -121,6 +121,18 @@ void Resize(Matrix& c, std::int64_t rows, std::int64_t cols) {
 
 }  // namespace
 
+// Column-major, C^T [n, m] = B A^T: B's row-major data is B^T column-major (transposed back),
+// A's is A^T.
+void MultiplyTransposedBlocks(std::int64_t m, std::int64_t n, std::int64_t k, const double* a,
+                              std::int64_t lda, const double* b, std::int64_t ldb, double* c,
+                              std::int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const int mm = static_cast<int>(m), nn = static_cast<int>(n), kk = static_cast<int>(k),
+            la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
+  const double one = 1.0, zero = 0.0;
+  dgemm_("T", "N", &nn, &mm, &kk, &one, b, &lb, a, &la, &zero, c, &lc);
+}
+
 Matrix Multiply(const Matrix& a, const Matrix& b) {
   Matrix c;
   MultiplyInto(a, b, c);
