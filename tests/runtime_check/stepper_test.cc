@@ -63,6 +63,18 @@ class Recorder : public LayerObserver {
   std::vector<float> values;
 };
 
+// Two batches of two 32-token windows of random ids.
+std::vector<ReferenceModel::ObservedBatch> TwoBatches(unsigned seed) {
+  std::vector<ReferenceModel::ObservedBatch> batches(2);
+  std::mt19937 rng(seed);
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    for (int i = 0; i < 2 * 32; ++i) batches[b].tokens.push_back(static_cast<int>(rng() % 512));
+    batches[b].windows = 2;
+    batches[b].first_sequence = static_cast<std::int64_t>(2 * b);
+  }
+  return batches;
+}
+
 // Per layer, as the converter runs a K/V pass with the o_proj refit: observe, rewrite k_proj,
 // observe again, advance. Returns everything observed.
 std::vector<float> Convert(CountingSource& source) {
@@ -70,14 +82,7 @@ std::vector<float> Convert(CountingSource& source) {
   RuntimeOptions o{"cpu", 2};
   o.stream_layers = true;
   const auto model = ReferenceModel::Load(ck, o);
-  std::vector<ReferenceModel::ObservedBatch> batches(2);
-  std::mt19937 rng(7);
-  for (std::size_t b = 0; b < batches.size(); ++b) {
-    for (int i = 0; i < 2 * 32; ++i) batches[b].tokens.push_back(static_cast<int>(rng() % 512));
-    batches[b].windows = 2;
-    batches[b].first_sequence = static_cast<std::int64_t>(2 * b);
-  }
-  ReferenceModel::Stepper stepper(*model, batches);
+  ReferenceModel::Stepper stepper(*model, TwoBatches(7));
   std::vector<Recorder> recorders(stepper.slots());  // one per data-parallel slot
   std::vector<LayerObserver*> observers;
   for (Recorder& r : recorders) observers.push_back(&r);
@@ -97,20 +102,13 @@ std::vector<float> Convert(CountingSource& source) {
 }
 
 // Everything observed stepping `layout` (its K/V sharing) through every layer under a hidden-state
-// budget, in two batches of two 32-token windows.
+// budget.
 std::vector<float> Step(const Checkpoint& ck, const ModelConfig& layout, std::uint64_t budget) {
   RuntimeOptions o{"cpu", 2};
   o.stream_layers = true;
   o.hidden_state_budget_bytes = budget;
   const auto model = ReferenceModel::Load(ck, o);
-  std::vector<ReferenceModel::ObservedBatch> batches(2);
-  std::mt19937 rng(11);
-  for (std::size_t b = 0; b < batches.size(); ++b) {
-    for (int i = 0; i < 2 * 32; ++i) batches[b].tokens.push_back(static_cast<int>(rng() % 512));
-    batches[b].windows = 2;
-    batches[b].first_sequence = static_cast<std::int64_t>(2 * b);
-  }
-  ReferenceModel::Stepper stepper(*model, batches);
+  ReferenceModel::Stepper stepper(*model, TwoBatches(11));
   std::vector<Recorder> recorders(stepper.slots());
   std::vector<LayerObserver*> observers;
   for (Recorder& r : recorders) observers.push_back(&r);
