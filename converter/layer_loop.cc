@@ -259,12 +259,8 @@ SourceLayer CheckpointLayer(const Checkpoint& ck, int l) {
       [&ck](const std::string& name) { return ck.tensors.Get(name).entry->shape; },
       [&ck](const std::string& name, float* out) { ck.tensors.ReadF32(name, out); },
       {}};
-  const std::string wo = HfTensorName({TensorRole::kOProj, l});
-  std::size_t count = 1;
-  for (const std::int64_t n : ck.tensors.Get(wo).entry->shape) count *= static_cast<std::size_t>(n);
-  std::vector<float> values(count);
-  ck.tensors.ReadF32(wo, values.data());
-  return {ck.config.ForLayer(l), weights, std::move(values)};
+  return {ck.config.ForLayer(l), weights,
+          ck.tensors.ReadF32(HfTensorName({TensorRole::kOProj, l}))};
 }
 
 // `bits` of the source layer on `stream`'s hidden states, for the first `windows` calibration
@@ -579,14 +575,11 @@ namespace {
 void CheckHealPlace(const Pipeline& p, std::size_t i, bool recalibrates) {
   const bool own_sweep = HealSweepStart(p) > 0;
   for (std::size_t j = 0; own_sweep && j < i; ++j) {
-    const std::vector<std::int64_t> layout = p.passes[j]->KvLayoutAfter();
-    for (std::size_t l = 0; l < layout.size(); ++l) {
-      if (layout[l] > static_cast<std::int64_t>(l)) {
-        Fail("--passes", "heal cannot follow " + p.specs[j].name +
-                             ": its lower layers read the K/V of a layer above them, which "
-                             "exists only after every layer between has run (heal follows mlkv, "
-                             "whose layers read layers below)");
-      }
+    if (LayoutAttendsAbove(p.passes[j]->KvLayoutAfter())) {
+      Fail("--passes", "heal cannot follow " + p.specs[j].name +
+                           ": its lower layers read the K/V of a layer above them, which "
+                           "exists only after every layer between has run (heal follows mlkv, "
+                           "whose layers read layers below)");
     }
   }
   if (!recalibrates && !own_sweep) {

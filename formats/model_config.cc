@@ -183,7 +183,7 @@ bool ModelConfig::ReadsKvAfter(std::int64_t source, std::int64_t layer) const {
   return false;
 }
 
-bool ModelConfig::AttendsAbove() const {
+bool LayoutAttendsAbove(const std::vector<std::int64_t>& kv_layer_of) {
   for (std::size_t l = 0; l < kv_layer_of.size(); ++l) {
     if (kv_layer_of[l] > static_cast<std::int64_t>(l)) return true;
   }

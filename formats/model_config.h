@@ -20,6 +20,10 @@ namespace kvfold {
 // transformers' gelu_pytorch_tanh).
 enum class MlpActivation { kSilu, kGeluTanh };
 
+// Some layer of a K/V layout (entry l = the layer whose K/V layer l reads, as
+// ModelConfig::kv_layer_of) reads a layer above it (LCKV).
+bool LayoutAttendsAbove(const std::vector<std::int64_t>& kv_layer_of);
+
 struct ModelConfig {
   std::string model_type;    // a formats/architectures.cc entry ("llama", "gemma2", ...)
   std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM"
@@ -95,7 +99,7 @@ struct ModelConfig {
   // Some layer after `layer` reads the K/V of layer `source` (its own K/V excluded).
   bool ReadsKvAfter(std::int64_t source, std::int64_t layer) const;
   // Some layer reads the K/V of a layer above it: decoding is sequential (LCKV).
-  bool AttendsAbove() const;
+  bool AttendsAbove() const { return LayoutAttendsAbove(kv_layer_of); }
   std::int64_t KvLayerCount() const;  // layers that compute (and cache) K/V
 
   std::int64_t WindowOf(std::int64_t layer) const {

@@ -28,6 +28,7 @@ class HiddenStateStore {
   // kept); a spilled one is read from the file, and Put writes it back.
   at::Tensor Get(std::size_t b, const at::Device& device) const;
   void Put(std::size_t b, const at::Tensor& x);
+  std::uint64_t budget_bytes() const { return budget_.limit(); }
   // A copy of every batch (resident or spilled alike) under the same budget.
   HiddenStateStore Clone(const at::Device& device) const;
 

@@ -780,7 +780,7 @@ void ReferenceModel::Stepper::RunLayer(int layer, const LlamaLayerWeights& w,
   const bool keeps_kv = advance && c.ReadsKvAfter(layer, layer);
   if (keeps_kv)
     ReserveSharedKv(c, layer, s.tokens,
-                    s.shared_kv.emplace(layer, s.kv_budget_bytes).first->second);
+                    s.shared_kv.emplace(layer, s.hidden.budget_bytes()).first->second);
   const std::int64_t source = c.KvSourceOf(layer);
   RunDataParallel(
       slots, n,

@@ -166,7 +166,6 @@ struct ReferenceModel::Stepper::State {
   // layer reads it, each batch's rotated K/V [B T, 2 KV d], under a budget of its own equal to
   // the hidden states' (one --hidden-memory per source layer kept).
   std::map<std::int64_t, HiddenStateStore> shared_kv;
-  std::uint64_t kv_budget_bytes = UINT64_MAX;
 };
 
 // Building blocks shared by the batched forward and token-by-token decoding.

@@ -327,7 +327,6 @@ ReferenceModel::Stepper::Stepper(const ReferenceModel& model,
     state_->first_sequences.push_back(b.first_sequence);
     state_->hidden.Add(m.Embed(state_->tokens.back()));
   }
-  state_->kv_budget_bytes = m.hidden_state_budget_bytes;
 }
 
 ReferenceModel::Stepper::~Stepper() = default;
