@@ -24,6 +24,7 @@ namespace kvfold {
 enum class HealTarget {
   kLayer,       // the source layer's attention output on the converted hidden states
   kTrajectory,  // the source model's residual stream after attention: x_s + attn_s(h_s) - x_c
+  kLogits,      // the source model's next-token distributions, through the source layers above
 };
 
 struct HealSettings {
@@ -83,6 +84,9 @@ struct HealWindows {
   // [T, D] per window, or empty: added to the target (target=trajectory: x_source - x_converted,
   // the residual streams entering the layer). A collector stores the residual stream here.
   WindowField residual;
+  // [T, D] per window, or empty: the converted residual stream entering the layer
+  // (target=logits, which adds the attention output to it and runs the layers above).
+  WindowField stream;
   std::int64_t count() const { return static_cast<std::int64_t>(sequences.size()); }
   void Merge(const HealWindows& other);  // MergeHealWindows of the two
 };

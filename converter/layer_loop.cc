@@ -24,15 +24,19 @@ double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// This rank's share of the calibration batches (every batch with one rank): the batches are cut
-// alike on every rank and dealt out in turn, so a batch holds the same windows for any rank count.
-std::vector<ReferenceModel::ObservedBatch> MakeBatches(const CalibrationData& data, int window) {
+// The batches of calibration windows [0, limit): this rank's share (every batch with one rank),
+// or with `every_rank` all of them. The batches are cut alike on every rank and dealt out in
+// turn, so a batch holds the same windows for any rank count.
+std::vector<ReferenceModel::ObservedBatch> MakeBatches(const CalibrationData& data, int window,
+                                                       std::size_t limit = SIZE_MAX,
+                                                       bool every_rank = false) {
   const std::size_t per_batch = std::max<std::size_t>(1, 2048 / static_cast<std::size_t>(window));
+  const std::size_t end = std::min(limit, data.windows.size());
   std::vector<ReferenceModel::ObservedBatch> batches;
-  for (std::size_t first = 0; first < data.windows.size(); first += per_batch) {
-    if (!OwnsItem(first / per_batch)) continue;
+  for (std::size_t first = 0; first < end; first += per_batch) {
+    if (!every_rank && !OwnsItem(first / per_batch)) continue;
     ReferenceModel::ObservedBatch batch;
-    batch.windows = static_cast<int>(std::min(per_batch, data.windows.size() - first));
+    batch.windows = static_cast<int>(std::min(per_batch, end - first));
     batch.first_sequence = static_cast<std::int64_t>(first);
     for (std::size_t w = first; w < first + static_cast<std::size_t>(batch.windows); ++w) {
       AppendModelInput(data.windows[w], data.bos, batch.tokens);
@@ -97,6 +101,7 @@ const HealSettings* HealsOf(const std::unique_ptr<Pass>& pass) {
 struct HealNeeds {
   std::int64_t windows = 0;
   bool trajectory = false;
+  bool logits = false;  // target=logits: the source's final states
 };
 
 std::optional<HealNeeds> HealNeedsOf(const Pipeline& pipeline) {
@@ -107,6 +112,7 @@ std::optional<HealNeeds> HealNeedsOf(const Pipeline& pipeline) {
     if (!needs) needs = HealNeeds();
     needs->windows = std::max(needs->windows, s->windows);
     needs->trajectory |= s->target == HealTarget::kTrajectory;
+    needs->logits |= s->target == HealTarget::kLogits;
   }
   return needs;
 }
@@ -283,27 +289,33 @@ HealWindows CaptureHealWindows(const SourceLayer& source, int l, ReferenceModel:
 
 // Layer l's training data for each target, and the source o_proj.
 struct HealLayerData {
-  HealWindows layer, trajectory;
+  HealWindows layer, trajectory, logits;
   std::vector<float> source_wo;
 };
 
 // Before any heal pass rewrites layer l: the converted stream's inputs and the source layer's
 // context on them; with a trajectory target, also the source stream's context and residual
-// (advancing that stream past the layer). The windows keep up to `memory_bytes` in memory, the
-// rest spill.
+// (advancing that stream past the layer); with a logits target, the converted residual stream.
+// The windows keep up to `memory_bytes` in memory, the rest spill.
 HealLayerData CaptureHeal(SourceLayer layer, int l, ReferenceModel::Stepper& converted,
                           ReferenceModel::Stepper* source, const HealNeeds& needs,
                           std::uint64_t memory_bytes) {
   HealLayerData d;
   const std::shared_ptr<MemoryBudget> budget = HealBudget(memory_bytes);
-  const unsigned bits = kCaptureAttnInput | kCaptureContext | (source ? kCaptureResidual : 0u);
+  const bool residual = source != nullptr || needs.logits;
+  const unsigned bits = kCaptureAttnInput | kCaptureContext | (residual ? kCaptureResidual : 0u);
   d.layer = CaptureHealWindows(layer, l, converted, needs.windows, bits, false, budget);
+  if (needs.logits) {
+    d.logits = d.layer;
+    d.logits.stream = std::move(d.logits.residual);
+    d.logits.residual = WindowField();
+  }
   if (source != nullptr) {
     const HealWindows s = CaptureHealWindows(layer, l, *source, needs.windows,
                                              kCaptureContext | kCaptureResidual, true, budget);
     d.trajectory = TrajectoryWindows(d.layer, s, budget);
-    d.layer.residual = WindowField();
   }
+  d.layer.residual = WindowField();
   d.source_wo = std::move(layer.wo);
   return d;
 }
@@ -316,11 +328,14 @@ struct KvSourceLayer {
 };
 
 // The heal passes' trainer for layer l: the fold's projections (double, biases as the last
-// column) trained in float32 by the runtime against the captured source attention. A layer
-// reading another's K/V (`kv_source`) trains its queries and o_proj over that layer's K/V.
+// column) trained in float32 by the runtime against the captured source attention (or, with
+// `logits`, the source's next-token distributions). A layer reading another's K/V
+// (`kv_source`) trains its queries and o_proj over that layer's K/V.
 HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData& d,
-                            const KvSourceLayer* kv_source, const std::string& device) {
-  return [&draft, l, &d, kv_source, device](AttentionProjections& p, const HealSettings& s) {
+                            const KvSourceLayer* kv_source, const HealLogitsTarget* logits,
+                            const std::string& device) {
+  return [&draft, l, &d, kv_source, logits, device](AttentionProjections& p,
+                                                    const HealSettings& s) {
     HealWeights w;
     w.heads = p.heads, w.kv_heads = p.kv_heads, w.head_dim = p.head_dim, w.in_cols = p.in_cols();
     auto to_float = [](const std::vector<double>& v) {
@@ -340,8 +355,12 @@ HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData&
       w.q_cache_proj = draft.ReadF32({TensorRole::kQCacheProj, l});
       w.k_cache_proj = draft.ReadF32({TensorRole::kKCacheProj, l});
     }
-    const HealWindows& data = s.target == HealTarget::kTrajectory ? d.trajectory : d.layer;
-    const HealOutcome r = HealAttention(LayerConfig(draft, l), l, data, d.source_wo, w, s, device);
+    const bool by_logits = s.target == HealTarget::kLogits;
+    const HealWindows& data = s.target == HealTarget::kTrajectory ? d.trajectory
+                              : by_logits                         ? d.logits
+                                                                  : d.layer;
+    const HealOutcome r = HealAttention(LayerConfig(draft, l), l, data, d.source_wo, w, s, device,
+                                        by_logits ? logits : nullptr);
     p.wq.assign(w.wq.begin(), w.wq.end());
     if (!kv_source) p.wk.assign(w.wk.begin(), w.wk.end());
     if (!kv_source) p.wv.assign(w.wv.begin(), w.wv.end());
@@ -349,6 +368,27 @@ HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData&
     return r;
   };
 }
+
+// heal<target=logits>: the source model and its residual stream after the last layer on every
+// window heal captures (every rank computes every window, so that every rank trains alike).
+class HealFinalStates {
+ public:
+  HealFinalStates(const ReferenceModel& model, const CalibrationData& data, const ConvertJob& o,
+                  const std::optional<HealNeeds>& needs) {
+    if (!needs || !needs->logits) return;
+    const auto windows = static_cast<std::size_t>(needs->windows);
+    states_ = SourceFinalStates(model, MakeBatches(data, o.input.window, windows, true),
+                                HealBudget(o.compute.hidden_memory_bytes));
+    target_ = {&model, &states_};
+  }
+  HealFinalStates(const HealFinalStates&) = delete;
+  HealFinalStates& operator=(const HealFinalStates&) = delete;
+  const HealLogitsTarget* target() const { return target_.source ? &target_ : nullptr; }
+
+ private:
+  HealWindows states_;
+  HealLogitsTarget target_;
+};
 
 // Outside the converted sweep no refit can run: a refit the pipeline asks for is refused, and
 // a defaulted one (gqa-svd's refit=o) becomes refit=none, which the recorded pipeline then says.
@@ -390,6 +430,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
   std::optional<ReferenceModel::Stepper> source_stream;  // heal<target=trajectory>
   if (heal_needs && heal_needs->trajectory)
     source_stream.emplace(*model, MakeBatches(data, o.input.window));
+  const HealFinalStates logits(*model, data, o, heal_needs);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     HealLayerData heal_data;
     HealAttentionFn heal;
@@ -397,7 +438,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
       heal_data =
           CaptureHeal(DraftLayer(draft, l), l, stepper, source_stream ? &*source_stream : nullptr,
                       *heal_needs, o.compute.hidden_memory_bytes);
-      heal = HealTrainer(draft, l, heal_data, nullptr, o.compute.device);
+      heal = HealTrainer(draft, l, heal_data, nullptr, logits.target(), o.compute.device);
     }
     std::optional<LayerKvStatistics> stats;  // of layer l as it stands
     std::int64_t stats_kv = 0;
@@ -481,6 +522,7 @@ void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData&
 // Layer l (sealed, not yet written) kept for the layers that read its K/V.
 KvSourceLayer KeepKvSource(const ModelDraft& draft, int l, HealLayerData d) {
   d.trajectory = HealWindows();  // the readers need the converted stream's inputs only
+  d.logits = HealWindows();
   const AttentionProjections p = ReadAttention(draft, l);
   return {std::move(d), std::vector<float>(p.wk.begin(), p.wk.end()),
           std::vector<float>(p.wv.begin(), p.wv.end())};
@@ -500,6 +542,7 @@ void RunHealSweep(Pipeline& pipeline, std::size_t first, ModelDraft& draft,
   const HealNeeds needs = *HealNeedsOf(pipeline);
   std::optional<ReferenceModel::Stepper> source_stream;  // heal<target=trajectory>
   if (needs.trajectory) source_stream.emplace(*model, MakeBatches(data, o.input.window));
+  const HealFinalStates logits(*model, data, o, needs);
   std::map<int, KvSourceLayer> kv_sources;
   Progress progress("heal", c.num_hidden_layers, "layers", o.compute.progress);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -508,7 +551,7 @@ void RunHealSweep(Pipeline& pipeline, std::size_t first, ModelDraft& draft,
                     needs, o.compute.hidden_memory_bytes);
     const KvSourceLayer* reads =
         c.ComputesKv(l) ? nullptr : &kv_sources.at(static_cast<int>(c.KvSourceOf(l)));
-    const HealAttentionFn heal = HealTrainer(draft, l, d, reads, o.compute.device);
+    const HealAttentionFn heal = HealTrainer(draft, l, d, reads, logits.target(), o.compute.device);
     static const LayerKvStatistics kNone;
     for (std::size_t i = first; i < pipeline.passes.size(); ++i) {
       const auto t0 = Clock::now();

@@ -7,12 +7,14 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
 #include <tuple>
 
 #include "calib/output_refit_moments.h"
 #include "formats/error.h"
 #include "runtime_check/blas_threads.h"
+#include "runtime_check/heal_logits.h"
 #include "runtime_check/llama_forward.h"
 #include "runtime_check/tensor_cache.h"
 
@@ -116,14 +118,8 @@ class Attention {
     at::Tensor k = ApplyRope(Normed(heads(1, key_heads_), k_norm_), cos_, sin_);
     if (k_cache_proj_.defined())
       std::tie(q, k) = ReconstructQueryKey(q, k, q_cache_proj_, k_cache_proj_);
-    const std::int64_t group = H_ / KV_;
-    q = q.permute({0, 2, 1, 3});
-    k = k.permute({0, 2, 1, 3}).repeat_interleave(group, 1);
-    const at::Tensor v = heads(2, KV_).permute({0, 2, 1, 3}).repeat_interleave(group, 1);
-    const at::Tensor scores =
-        SoftCap(at::matmul(q, k.transpose(-1, -2)) * scale_, soft_cap_) + mask_;
-    const at::Tensor ctx = at::matmul(at::softmax(scores, -1), v).permute({0, 2, 1, 3});
-    return at::matmul(ctx.reshape({W, T, H_ * d_}), Weight(3).t());
+    const at::Tensor ctx = DenseAttention(q, k, heads(2, KV_), mask_, scale_, soft_cap_);
+    return at::matmul(ctx, Weight(3).t());
   }
 
  private:
@@ -149,30 +145,54 @@ class Attention {
 
 // Some windows: the inputs x [n, T, in_cols]; x_kv, what keys and values are formed from (x
 // itself, or the captured inputs of the layer whose K/V this layer reads); the targets y
-// [n, T, D].
+// [n, T, D]; or, for target=logits (no y), the residual stream entering the layer and the
+// source's after its last layer, [n, T, D] each.
 struct Windows {
   at::Tensor x, x_kv, y;
+  at::Tensor stream, source_final;
+};
+
+// target=logits: the model above the layer and the source's final states, window for window.
+struct LogitsTarget {
+  const ModelAbove& above;
+  const HealWindows& final_states;
 };
 
 // The windows of one part (fit or held out), read from the captured windows when a step needs
 // them (which may be in heal's spill file): inputs with the bias column, and targets, the source
-// context through the source o_proj (plus the residual difference of target=trajectory).
+// context through the source o_proj (plus the residual difference of target=trajectory), or
+// with `logits` the residual streams that target needs.
 class Part {
  public:
   Part(const HealWindows& data, const HealWindows* kv_source, std::vector<std::int64_t> rows,
-       const at::Tensor& source_wo, bool bias)
+       const at::Tensor& source_wo, bool bias, const LogitsTarget* logits)
       : data_(data),
         kv_source_(kv_source),
         rows_(std::move(rows)),
         wo_t_(source_wo.t()),
-        bias_(bias) {
-    for (std::int64_t w = 0; w < count(); w += 8) {
+        bias_(bias),
+        logits_(logits) {
+    for (std::int64_t w = 0; w < count() && !logits_; w += 8) {
       const std::int64_t n = std::min<std::int64_t>(8, count() - w);
       energy_ += Batch(Range(w, n)).y.pow(2).sum().item<double>();
     }
+    if (logits_) energy_ = static_cast<double>(count() * data_.T);
   }
   std::int64_t count() const { return static_cast<std::int64_t>(rows_.size()); }
-  double energy() const { return energy_; }  // sum ||y||^2
+  // What the errors are relative to: sum ||y||^2, or the tokens (target=logits).
+  double energy() const { return energy_; }
+  // The summed error of a's output on `b`: the squared distance to the targets, or the KL of the
+  // source's next-token distributions to the model's (target=logits).
+  at::Tensor Error(const Attention& a, const Windows& b) const {
+    const at::Tensor out = a.Output(b.x, b.x_kv);
+    if (logits_) return logits_->above.KlSum(out, b.stream, b.source_final);
+    return (out - b.y).pow(2).sum();
+  }
+  // Error relative to `b`'s own energy (a training step's loss).
+  at::Tensor Loss(const Attention& a, const Windows& b) const {
+    if (logits_) return Error(a, b) / static_cast<double>(b.stream.size(0) * b.stream.size(1));
+    return Error(a, b) / b.y.pow(2).sum().clamp_min(std::numeric_limits<float>::min());
+  }
   static std::vector<std::int64_t> Range(std::int64_t first, std::int64_t n) {
     std::vector<std::int64_t> r(static_cast<std::size_t>(n));
     for (std::int64_t i = 0; i < n; ++i) r[static_cast<std::size_t>(i)] = first + i;
@@ -180,6 +200,7 @@ class Part {
   }
   // The part's windows `which` (its own indices).
   Windows Batch(const std::vector<std::int64_t>& which) const {
+    if (logits_) return StreamBatch(which);
     const auto n = static_cast<std::int64_t>(which.size());
     const std::int64_t T = data_.T, D = data_.D, HD = data_.HD;
     at::Tensor x = at::empty({n, T, D}, at::kFloat), ctx = at::empty({n, T, HD}, at::kFloat);
@@ -196,10 +217,30 @@ class Part {
     at::Tensor y = at::matmul(ctx.to(device), wo_t_);
     if (residual.defined()) y = y + residual.to(device);
     x = WithBias(x.to(device));
-    return {x, x_kv.defined() ? WithBias(x_kv.to(device)) : x, y};
+    return {x, x_kv.defined() ? WithBias(x_kv.to(device)) : x, y, {}, {}};
   }
 
  private:
+  // target=logits: inputs, and the two residual streams (no y).
+  Windows StreamBatch(const std::vector<std::int64_t>& which) const {
+    const auto n = static_cast<std::int64_t>(which.size());
+    const std::int64_t T = data_.T, D = data_.D;
+    at::Tensor x = at::empty({n, T, D}, at::kFloat), stream = at::empty({n, T, D}, at::kFloat);
+    at::Tensor final = at::empty({n, T, D}, at::kFloat);
+    at::Tensor x_kv = kv_source_ ? at::empty({n, T, D}, at::kFloat) : at::Tensor();
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t w = rows_.at(static_cast<std::size_t>(which[static_cast<std::size_t>(i)]));
+      data_.input.Read(w, x[i].data_ptr<float>());
+      data_.stream.Read(w, stream[i].data_ptr<float>());
+      logits_->final_states.input.Read(w, final[i].data_ptr<float>());
+      if (x_kv.defined()) kv_source_->input.Read(w, x_kv[i].data_ptr<float>());
+    }
+    const at::Device device = wo_t_.device();
+    x = WithBias(x.to(device));
+    return {x, x_kv.defined() ? WithBias(x_kv.to(device)) : x, at::Tensor(), stream.to(device),
+            final.to(device)};
+  }
+
   at::Tensor WithBias(const at::Tensor& x) const {
     if (!bias_) return x;
     return at::cat({x, at::ones({x.size(0), x.size(1), 1}, x.options())}, -1);
@@ -210,6 +251,7 @@ class Part {
   std::vector<std::int64_t> rows_;  // window indices in `data_`
   at::Tensor wo_t_;                 // [HD, D]
   bool bias_;
+  const LogitsTarget* logits_;  // null: targets y
   double energy_ = 0;
 };
 
@@ -219,7 +261,7 @@ double RelativeError(const Attention& a, const Part& p) {
   double sum = 0;
   for (std::int64_t w = 0; w < p.count(); w += 8) {
     const Windows b = p.Batch(Part::Range(w, std::min<std::int64_t>(8, p.count() - w)));
-    sum += (a.Output(b.x, b.x_kv) - b.y).pow(2).sum().item<double>();
+    sum += p.Error(a, b).item<double>();
   }
   return sum / std::max(p.energy(), std::numeric_limits<double>::min());
 }
@@ -301,9 +343,7 @@ std::vector<at::Tensor> Train(Attention& a, const Part& fit, const Part& held,
     const std::vector<std::int64_t> rows(order.begin() + (step - 1) * batch,
                                          order.begin() + step * batch);
     const Windows b = fit.Batch(rows);
-    const at::Tensor loss = (a.Output(b.x, b.x_kv) - b.y).pow(2).sum() /
-                            b.y.pow(2).sum().clamp_min(std::numeric_limits<float>::min());
-    loss.backward();
+    fit.Loss(a, b).backward();
     adam.Step(a.params());
     out.steps = step;
     if (step % s.check_every != 0 && step != s.steps) continue;
@@ -324,9 +364,24 @@ std::vector<at::Tensor> Train(Attention& a, const Part& fit, const Part& held,
 
 }  // namespace
 
+HealWindows SourceFinalStates(const ReferenceModel& source,
+                              const std::vector<ReferenceModel::ObservedBatch>& batches,
+                              const std::shared_ptr<MemoryBudget>& budget) {
+  HealWindows out;
+  out.D = source.config().hidden_size;
+  auto rows = std::make_shared<SpilledRows>(budget, "heal window spill file");
+  for (const auto& b : batches) out.T = static_cast<std::int64_t>(b.tokens.size()) / b.windows;
+  source.FinalStates(batches, [&](std::int64_t sequence, const float* window) {
+    out.sequences.push_back(sequence);
+    out.input.Add(rows, rows->Append(window, out.T * out.D));
+  });
+  return out;
+}
+
 HealOutcome HealAttention(const ModelConfig& layer, std::int64_t layer_index,
                           const HealWindows& data, const std::vector<float>& source_wo,
-                          HealWeights& w, const HealSettings& s, const std::string& device_spec) {
+                          HealWeights& w, const HealSettings& s, const std::string& device_spec,
+                          const HealLogitsTarget* logits) {
   c10::InferenceMode not_inference(false);
   const ReleaseHeapAtEnd heap;
   // One layer's small products: OpenBLAS's own pool beside ATen's threads only oversubscribes
@@ -345,8 +400,17 @@ HealOutcome HealAttention(const ModelConfig& layer, std::int64_t layer_index,
   const at::Tensor wo = FromVector(source_wo, {D, data.HD}, device);
   if (w.kv_source != nullptr && w.kv_source->sequences != data.sequences)
     Fail("heal", "internal: the K/V source layer's windows are not this layer's");
-  const Part fit(data, w.kv_source, std::move(fit_rows), wo, bias);
-  const Part held(data, w.kv_source, std::move(held_rows), wo, bias);
+  std::optional<ModelAbove> above;
+  std::optional<LogitsTarget> target;
+  if (logits != nullptr) {
+    if (logits->final_states->sequences != data.sequences || data.stream.count() != W)
+      Fail("heal", "internal: target=logits has not every window's residual streams");
+    above.emplace(logits->source->impl(), layer_index, data.T, device);
+    target.emplace(LogitsTarget{*above, *logits->final_states});
+  }
+  const LogitsTarget* t = target ? &*target : nullptr;
+  const Part fit(data, w.kv_source, std::move(fit_rows), wo, bias, t);
+  const Part held(data, w.kv_source, std::move(held_rows), wo, bias, t);
 
   Attention a(layer, layer_index, w, data.T, device);
   a.TrainDeltas(s.rank, s.seed);

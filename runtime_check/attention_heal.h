@@ -1,16 +1,19 @@
 // Healing one folded layer's attention (the heal pass, docs/heal.md): Adam on W_Q, W_K, W_V and
 // W_O (q/k/v biases included; through Qwen3's per-head q/k norms and reconstruct-mode key
 // projections) so that the layer's attention output on the captured inputs matches the source
-// layer's, stopped early on held-out windows. LibTorch's autograd does the gradients; nothing here
-// is in ATen's types, so the layer loop calls it without ATen.
+// layer's (or, target=logits, so that the model's next-token distributions through the source
+// layers above match the source's), stopped early on held-out windows. LibTorch's autograd does
+// the gradients; nothing here is in ATen's types, so the layer loop calls it without ATen.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "calib/layer_heal.h"
 #include "formats/model_config.h"
+#include "runtime_check/reference_model.h"
 
 namespace kvfold {
 
@@ -37,6 +40,20 @@ struct HealWeights {
   }
 };
 
+// target=logits: the source model (streamed from its checkpoint: the layers above the healed
+// one, its final norm and LM head) and its residual stream after the last layer on every
+// captured window (SourceFinalStates).
+struct HealLogitsTarget {
+  const ReferenceModel* source = nullptr;
+  const HealWindows* final_states = nullptr;
+};
+
+// The source model's residual stream after its last layer on `batches` (heal's windows, every
+// one on every rank), as HealWindows whose `input` is [T, D] per window, within `budget`.
+HealWindows SourceFinalStates(const ReferenceModel& source,
+                              const std::vector<ReferenceModel::ObservedBatch>& batches,
+                              const std::shared_ptr<MemoryBudget>& budget);
+
 // Trains `w` in place on `data` against the target context x `source_wo`^T ([hidden, HD]), plus
 // data.residual when there is one. Windows are read from `data` as each step needs them (they
 // may be spilled); no copy of them is made.
@@ -45,9 +62,13 @@ struct HealWeights {
 // Gemma's + 1 already added). Windows HeldOutWindow names
 // (among data.count()) only measure. The weights at the check with the lowest held-out error are
 // kept when that error is at least 0.1% below the fold's; else `w` is left exactly as it was.
+// With `logits` (target=logits) the error is instead the KL of the source's next-token
+// distributions to those of the model with this attention and the source layers above it, per
+// token, and data.stream holds the residual stream entering the layer.
 // Deterministic for a given device and thread count. Throws Error on an unusable layer.
 HealOutcome HealAttention(const ModelConfig& layer, std::int64_t layer_index,
                           const HealWindows& data, const std::vector<float>& source_wo,
-                          HealWeights& w, const HealSettings& settings, const std::string& device);
+                          HealWeights& w, const HealSettings& settings, const std::string& device,
+                          const HealLogitsTarget* logits = nullptr);
 
 }  // namespace kvfold

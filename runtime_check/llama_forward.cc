@@ -2,6 +2,7 @@
 #include "runtime_check/llama_forward.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/InferenceMode.h>
 
@@ -88,15 +89,20 @@ at::Tensor MlpOutput(const LlamaLayerWeights& w, const at::Tensor& x, const Mode
   const std::int64_t I = config.intermediate_size;
   const at::Tensor gate_up =
       at::linear(RmsNorm(x, w.mlp_norm, config.rms_norm_eps), w.w_gate_up, w.b_gate_up);
-  // The activation and the product overwrite the gate half in place: two [N, I] buffers fewer,
-  // each faulted in anew at every layer (the forward runs without autograd).
   at::Tensor gate = gate_up.narrow(1, 0, I);
-  if (config.mlp_activation == MlpActivation::kGeluTanh) {
-    at::gelu_(gate, "tanh");
+  const bool gelu = config.mlp_activation == MlpActivation::kGeluTanh;
+  if (at::GradMode::is_enabled()) {  // heal<target=logits> differentiates through it
+    gate = (gelu ? at::gelu(gate, "tanh") : at::silu(gate)) * gate_up.narrow(1, I, I);
   } else {
-    at::silu_(gate);
+    // The activation and the product overwrite the gate half in place: two [N, I] buffers
+    // fewer, each faulted in anew at every layer.
+    if (gelu) {
+      at::gelu_(gate, "tanh");
+    } else {
+      at::silu_(gate);
+    }
+    gate.mul_(gate_up.narrow(1, I, I));
   }
-  gate.mul_(gate_up.narrow(1, I, I));
   const at::Tensor out = at::linear(gate, w.w_down, w.b_down);
   return config.sandwich_norms ? RmsNorm(out, w.mlp_out_norm, config.rms_norm_eps) : out;
 }

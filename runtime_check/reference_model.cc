@@ -350,4 +350,22 @@ void ReferenceModel::ObserveSweep(const std::vector<ObservedBatch>& batches,
   impl_->SweepHiddenStates(tokens, options);
 }
 
+void ReferenceModel::FinalStates(
+    const std::vector<ObservedBatch>& batches,
+    const std::function<void(std::int64_t, const float*)>& each) const {
+  std::vector<at::Tensor> tokens;
+  for (const auto& b : batches) {
+    tokens.push_back(
+        TokenTensor(b.tokens, b.windows, impl_->config.vocab_size, impl_->device, "FinalStates"));
+  }
+  const HiddenStateStore x = impl_->SweepHiddenStates(tokens, SweepOptions());
+  const std::int64_t D = impl_->config.hidden_size;
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    const at::Tensor rows = x.Get(b, at::kCPU).contiguous();
+    const std::int64_t T = rows.size(0) / batches[b].windows;
+    for (int w = 0; w < batches[b].windows; ++w)
+      each(batches[b].first_sequence + w, rows.data_ptr<float>() + w * T * D);
+  }
+}
+
 }  // namespace kvfold

@@ -86,6 +86,11 @@ class ReferenceModel {
                     const std::vector<LayerObserver*>& observers,
                     const std::function<void(std::int64_t layers_done)>& after_layer) const;
 
+  // The residual stream after the last layer (before the final norm) of every window of
+  // `batches`: each(sequence, rows) with rows [T, D] row-major, in batch and window order.
+  void FinalStates(const std::vector<ObservedBatch>& batches,
+                   const std::function<void(std::int64_t sequence, const float* rows)>& each) const;
+
   // A sweep driven from outside, one layer at a time: the converter runs layer l with the
   // weights it is writing (observing it, possibly more than once as passes rewrite it), then
   // advances the batches' hidden states through it, so that layer l + 1 is calibrated on what

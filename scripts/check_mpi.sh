@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CTest `mpi`: `mpirun -np 2` and `-np 4` give what one process gives (gqa-svd, kv-scales,
-# kv-mixed, heal (every rank trains on every rank's windows; after mlkv with 2), eval --compare;
+# kv-mixed, heal (every rank trains on every rank's windows; its trajectory and logits targets
+# and heal after mlkv with 2), eval --compare;
 # plan with 2), an error names its rank, rank 1 given other inputs (calibration file, --passes,
 # --calib-tokens) is refused by name before any work, and a rank stopped (named after
 # --rank-timeout) or killed midway leaves no output and a non-zero exit.
@@ -27,13 +28,16 @@ rel=1e-6
 # 4096 calibration tokens: 16 windows of 256, 4 to a rank at -np 4.
 for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,heal<steps=40,windows=16>' \
   'gqa-svd<kv-heads=2>,heal<steps=40,windows=16,target=trajectory>' \
+  'gqa-svd<kv-heads=2>,heal<steps=40,windows=16,target=logits>' \
   'mlkv<kv-layers=2>,heal<steps=40,windows=16>'; do
   "$kvfold" convert "$model" --calib "$calib" --calib-tokens 4096 --passes "$passes" -o "$work/n1" --quiet >/dev/null
   # Heal's trajectory target on 2 ranks only: both targets gather their windows from the ranks
   # by the same code (converter/layer_loop.cc, CaptureHealWindows), which the default target
   # runs on 4 ranks; 4 ranks of the trajectory target took 23 s of this entry on 2 cores. Heal
-  # after mlkv joins its windows by that code too.
-  ranks="2 4"; [[ "$passes" != *trajectory* && "$passes" != mlkv* ]] || ranks=2
+  # after mlkv joins its windows by that code too, and so does the logits target, whose source
+  # final states every rank computes for every window.
+  ranks="2 4"
+  [[ "$passes" != *trajectory* && "$passes" != *logits* && "$passes" != mlkv* ]] || ranks=2
   for n in $ranks; do
     "${mpi[@]}" -np $n "$kvfold" convert "$model" --calib "$calib" --calib-tokens 4096 --passes "$passes" \
       -o "$work/n$n" --quiet >/dev/null

@@ -1,5 +1,7 @@
 #include "converter/passes/heal_pass.h"
 
+#include <map>
+#include <string>
 #include <utility>
 
 #include "converter/passes/attention_io.h"
@@ -12,7 +14,10 @@ namespace {
 
 HealSettings SettingsOf(const PassSpec& spec) {
   HealSettings s;
-  s.target = spec.Get("target") == "trajectory" ? HealTarget::kTrajectory : HealTarget::kLayer;
+  const std::string target = spec.Get("target");
+  s.target = target == "trajectory" ? HealTarget::kTrajectory
+             : target == "logits"   ? HealTarget::kLogits
+                                    : HealTarget::kLayer;
   s.windows = spec.Int("windows");
   s.steps = spec.Int("steps");
   s.lr = spec.Number("lr");
@@ -30,6 +35,22 @@ HealSettings SettingsOf(const PassSpec& spec) {
   return s;
 }
 
+// target=logits holds the source's layers above the healed one and its LM head in float32 on
+// the device: models whose layers and LM head take at most this much.
+constexpr double kLogitsModelBytes = 1024.0 * 1024 * 1024;
+
+// About the float32 bytes of every layer's weights and the LM head.
+double ModelBytes(const ModelConfig& c) {
+  const double D = static_cast<double>(c.hidden_size), d = static_cast<double>(c.head_dim);
+  const double H = static_cast<double>(c.num_attention_heads);
+  double n = static_cast<double>(c.vocab_size) * D;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const double kv = static_cast<double>(c.KvHeads(l));
+    n += D * (H + 2 * kv) * d + H * d * D + 3 * D * static_cast<double>(c.intermediate_size);
+  }
+  return 4 * n;
+}
+
 class HealPass : public LayerPass {
  public:
   explicit HealPass(HealSettings settings) : settings_(settings) {}
@@ -40,6 +61,12 @@ class HealPass : public LayerPass {
     if (config.sandwich_norms && settings_.target == HealTarget::kTrajectory)
       return "target=trajectory: Gemma's residual adds the normed attention output, which that "
              "target does not model (use target=layer)";
+    if (settings_.target == HealTarget::kLogits && ModelBytes(config) > kLogitsModelBytes) {
+      return "target=logits holds the source's layers and LM head in float32, at most 1 GiB of "
+             "them; this model's take " +
+             std::to_string(static_cast<long long>(ModelBytes(config) / (1 << 20))) +
+             " MiB (use target=layer)";
+    }
     if (config.AttendsAbove()) {
       return "layers read the K/V of a layer above them (lckv): that K/V exists only after every "
              "layer between has run, so no layer can be trained alone";
@@ -67,10 +94,12 @@ class HealPass : public LayerPass {
   }
 
   void Finish(PassContext& ctx) override {
-    ctx.record["target"] = settings_.target == HealTarget::kTrajectory
-                               ? "the source model's residual stream after attention"
-                               : "the source layer's attention output on the converted hidden "
-                                 "states";
+    static const std::map<HealTarget, const char*> kTargets = {
+        {HealTarget::kLayer, "the source layer's attention output on the converted hidden states"},
+        {HealTarget::kTrajectory, "the source model's residual stream after attention"},
+        {HealTarget::kLogits,
+         "the source model's next-token distributions, through the source layers above (KL)"}};
+    ctx.record["target"] = kTargets.at(settings_.target);
     ctx.record["layers"] = std::move(layers_);
   }
 

@@ -81,9 +81,11 @@ const std::vector<PassInfo>& PassRegistry() {
          T::kChoice,
          "layer: the source layer's attention output on the converted model's hidden states; "
          "trajectory: the source model's own residual stream after the attention (a second, "
-         "source hidden stream; the healed attention also corrects the drift of the layers below)",
+         "source hidden stream; the healed attention also corrects the drift of the layers below); "
+         "logits: the KL of the source model's next-token distributions, through the source "
+         "layers above (models up to 1 GiB of float32 weights)",
          "layer",
-         {"layer", "trajectory"}},
+         {"layer", "trajectory", "logits"}},
         {"windows", T::kInt,
          "calibration windows trained on (the first ones; every fourth held out)", "256"},
         {"steps", T::kInt, "Adam steps at most", "400"},

@@ -60,8 +60,10 @@ TEST_CASE("heal leaves an exact fold byte for byte", "[convert][heal][exact][sha
   TempDir tmp;
   // 2048 calibration tokens, 8 windows: an exact fold stays exact on any of them.
   RunConvert("stories260K-mha", "gqa-svd<kv-heads=4>", tmp.File("fold"), 2048);
-  // Both targets: with every layer below exact, the two streams agree and so do the targets.
-  for (const std::string target : {"layer", "trajectory"}) {
+  // Every target: with every layer below exact, the two streams agree and so do the targets;
+  // target=logits's KL near 0 also shows that its differentiable forward through the layers
+  // above reproduces the runtime's (a missing MLP or a wrong RoPE there would not be near 0).
+  for (const std::string target : {"layer", "trajectory", "logits"}) {
     INFO(target);
     RunConvert("stories260K-mha",
                "gqa-svd<kv-heads=4>,heal<steps=60,windows=8,target=" + target + ">",
@@ -129,6 +131,35 @@ TEST_CASE("heal's trajectory target follows the source model's own hidden states
   o.input.calib_text = kvfold::test::CalibFor("stories260K-mha");
   o.input.calib_tokens = 8192;
   o.passes = ParsePipeline("gqa-svd<kv-heads=2>,heal<steps=60,windows=32,target=trajectory>");
+  o.output.path = tmp.File("spilled");
+  o.compute.threads = 2;
+  o.compute.progress = false;
+  o.compute.hidden_memory_bytes = 0;
+  Convert(o);
+  CHECK(ReadBytes(tmp.File("spilled/model.safetensors")) ==
+        ReadBytes(tmp.File("healed/model.safetensors")));
+}
+
+// [once]: its forward through the layers above is checked against the runtime's under both
+// kernel families by "heal leaves an exact fold byte for byte" (its KL near 0).
+TEST_CASE("heal's logits target trains each layer through the source layers above it",
+          "[convert][heal][quality][shared][once]") {
+  TempDir tmp;
+  RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>", tmp.File("fold"));
+  const std::string passes = "gqa-svd<kv-heads=2>,heal<steps=60,windows=32,lr=0.02,target=logits>";
+  RunConvert("stories260K-mha", passes, tmp.File("healed"));
+  CheckEveryLayerHealed(tmp.File("healed"));
+  const auto record = ReadJson(tmp.File("healed/kvfold.json"));
+  CHECK(record["passes"][1]["target"] ==
+        "the source model's next-token distributions, through the source layers above (KL)");
+  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("fold")));
+  // --hidden-memory 0: the captured streams and the source's final states go through the spill
+  // files; the same bytes come out.
+  ConvertJob o;
+  o.input.model = SharedPath("models/stories260K-mha");
+  o.input.calib_text = kvfold::test::CalibFor("stories260K-mha");
+  o.input.calib_tokens = 8192;
+  o.passes = ParsePipeline(passes);
   o.output.path = tmp.File("spilled");
   o.compute.threads = 2;
   o.compute.progress = false;

@@ -139,7 +139,19 @@ TEST_CASE("heal checks its settings and refuses the layers it cannot model", "[p
   c.sandwich_norms = false;
   c.norm_offset = false;
   c.qk_norm = false;
+  // target=logits holds the layers and LM head in float32: 22 layers of width 2048 (4.5 GiB) are
+  // refused, 2 of them with a 512-token vocabulary are not.
+  c.hidden_size = 2048;
+  c.head_dim = 256;
+  c.intermediate_size = 5632;
+  c.vocab_size = 32000;
+  c.num_hidden_layers = 22;
+  CHECK_THROWS_WITH(create("heal<target=logits>"),
+                    Catch::Contains("target=logits holds the source's layers and LM head in "
+                                    "float32, at most 1 GiB of them; this model's take 4562 MiB"));
   c.num_hidden_layers = 2;
+  c.vocab_size = 512;
+  CHECK(create("heal<target=logits>")->Unsupported(c).empty());
   c.kv_layer_of = {0, 0};  // mlkv: layer 1 reads layer 0's K/V
   CHECK(heal->Unsupported(c).empty());
   c.kv_layer_of = {1, 1};  // lckv: layer 0 reads layer 1's
