@@ -53,6 +53,21 @@ void CheckEveryLayerHealed(const std::string& dir) {
   }
 }
 
+// `passes` on stories260K-mha as RunConvert runs them, with --hidden-memory 0: every captured
+// window (inputs, contexts, residual streams) and every hidden state goes through the spill files.
+void RunSpilled(const std::string& passes, const std::string& out) {
+  ConvertJob o;
+  o.input.model = SharedPath("models/stories260K-mha");
+  o.input.calib_text = kvfold::test::CalibFor("stories260K-mha");
+  o.input.calib_tokens = 8192;
+  o.passes = ParsePipeline(passes);
+  o.output.path = out;
+  o.compute.threads = 2;
+  o.compute.progress = false;
+  o.compute.hidden_memory_bytes = 0;
+  Convert(o);
+}
+
 }  // namespace
 
 TEST_CASE("heal leaves an exact fold byte for byte", "[convert][heal][exact][shared]") {
@@ -124,18 +139,9 @@ TEST_CASE("heal's trajectory target follows the source model's own hidden states
         layers[0]["held_out_error_before"].get<double>());
   CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("fold")));
 
-  // --hidden-memory 0: every captured window (inputs, contexts, both residual streams) and
-  // every hidden state goes through the spill files; the same bytes come out.
-  ConvertJob o;
-  o.input.model = SharedPath("models/stories260K-mha");
-  o.input.calib_text = kvfold::test::CalibFor("stories260K-mha");
-  o.input.calib_tokens = 8192;
-  o.passes = ParsePipeline("gqa-svd<kv-heads=2>,heal<steps=60,windows=32,target=trajectory>");
-  o.output.path = tmp.File("spilled");
-  o.compute.threads = 2;
-  o.compute.progress = false;
-  o.compute.hidden_memory_bytes = 0;
-  Convert(o);
+  // Both residual streams spilled too: the same bytes come out.
+  RunSpilled("gqa-svd<kv-heads=2>,heal<steps=60,windows=32,target=trajectory>",
+             tmp.File("spilled"));
   CHECK(ReadBytes(tmp.File("spilled/model.safetensors")) ==
         ReadBytes(tmp.File("healed/model.safetensors")));
 }
@@ -153,18 +159,8 @@ TEST_CASE("heal's logits target trains each layer through the source layers abov
   CHECK(record["passes"][1]["target"] ==
         "the source model's next-token distributions, through the source layers above (KL)");
   CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("fold")));
-  // --hidden-memory 0: the captured streams and the source's final states go through the spill
-  // files; the same bytes come out.
-  ConvertJob o;
-  o.input.model = SharedPath("models/stories260K-mha");
-  o.input.calib_text = kvfold::test::CalibFor("stories260K-mha");
-  o.input.calib_tokens = 8192;
-  o.passes = ParsePipeline(passes);
-  o.output.path = tmp.File("spilled");
-  o.compute.threads = 2;
-  o.compute.progress = false;
-  o.compute.hidden_memory_bytes = 0;
-  Convert(o);
+  // The converted stream and the source's final states spilled too: the same bytes come out.
+  RunSpilled(passes, tmp.File("spilled"));
   CHECK(ReadBytes(tmp.File("spilled/model.safetensors")) ==
         ReadBytes(tmp.File("healed/model.safetensors")));
 }
