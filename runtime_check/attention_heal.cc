@@ -172,11 +172,7 @@ class Part {
         wo_t_(source_wo.t()),
         bias_(bias),
         logits_(logits) {
-    for (std::int64_t w = 0; w < count() && !logits_; w += 8) {
-      const std::int64_t n = std::min<std::int64_t>(8, count() - w);
-      energy_ += Batch(Range(w, n)).y.pow(2).sum().item<double>();
-    }
-    if (logits_) energy_ = static_cast<double>(count() * data_.T);
+    energy_ = logits_ ? static_cast<double>(count() * data_.T) : TargetEnergy();
   }
   std::int64_t count() const { return static_cast<std::int64_t>(rows_.size()); }
   // What the errors are relative to: sum ||y||^2, or the tokens (target=logits).
@@ -221,6 +217,15 @@ class Part {
   }
 
  private:
+  double TargetEnergy() const {  // sum ||y||^2 over the part's windows
+    double sum = 0;
+    for (std::int64_t w = 0; w < count(); w += 8) {
+      const std::int64_t n = std::min<std::int64_t>(8, count() - w);
+      sum += Batch(Range(w, n)).y.pow(2).sum().item<double>();
+    }
+    return sum;
+  }
+
   // target=logits: inputs, and the two residual streams (no y).
   Windows StreamBatch(const std::vector<std::int64_t>& which) const {
     const auto n = static_cast<std::int64_t>(which.size());

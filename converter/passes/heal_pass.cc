@@ -6,6 +6,7 @@
 
 #include "converter/passes/attention_io.h"
 #include "formats/error.h"
+#include "formats/tensor_names.h"
 
 namespace kvfold {
 namespace {
@@ -39,14 +40,15 @@ HealSettings SettingsOf(const PassSpec& spec) {
 // the device: models whose layers and LM head take at most this much.
 constexpr double kLogitsModelBytes = 1024.0 * 1024 * 1024;
 
-// About the float32 bytes of every layer's weights and the LM head.
+// The float32 bytes of every tensor the checkpoint holds but its input embedding (the LM head
+// when the two are tied): every layer, the final norm and the LM head.
 double ModelBytes(const ModelConfig& c) {
-  const double D = static_cast<double>(c.hidden_size), d = static_cast<double>(c.head_dim);
-  const double H = static_cast<double>(c.num_attention_heads);
-  double n = static_cast<double>(c.vocab_size) * D;
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const double kv = static_cast<double>(c.KvHeads(l));
-    n += D * (H + 2 * kv) * d + H * d * D + 3 * D * static_cast<double>(c.intermediate_size);
+  double n = 0;
+  for (const TensorId& id : RequiredTensors(c)) {
+    if (id.role == TensorRole::kEmbedTokens && !c.tie_word_embeddings) continue;
+    double size = 1;
+    for (const std::int64_t extent : ExpectedShape(id, c)) size *= static_cast<double>(extent);
+    n += size;
   }
   return 4 * n;
 }
