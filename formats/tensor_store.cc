@@ -135,6 +135,15 @@ const TensorRef& FloatingTensor(const TensorStore& store, const std::string& nam
 // perplexity; name the tensor (and the element, counted from `first`) now.
 void RequireFinite(const TensorRef& ref, const float* values, std::size_t count,
                    std::size_t first) {
+  // A branch-free scan first (vectorized; all-ones exponent bits are inf or NaN), then, only
+  // when it found one, the loop that names the element.
+  std::uint32_t all_ones = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, values + i, 4);
+    all_ones |= static_cast<std::uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+  }
+  if (all_ones == 0) return;
   for (std::size_t i = 0; i < count; ++i) {
     if (!std::isfinite(values[i])) {
       Fail(ref.file->path(), "tensor '" + ref.entry->name + "' holds " + std::to_string(values[i]) +

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "formats/dtype.h"
@@ -57,6 +58,27 @@ TEST_CASE("written safetensors read back identically", "[safetensors][io]") {
   CHECK(ReadBytes(path) == ReadBytes(path2));
   // Only the two finished files exist: no temporary left behind.
   CHECK(ListDir(dir.path()) == std::vector<std::string>{"t.safetensors", "t2.safetensors"});
+}
+
+TEST_CASE("a weight that is not finite is named by its element, wherever it is",
+          "[safetensors][io]") {
+  // Past the first vector's width, and at the very end: the finiteness scan runs over blocks.
+  TempDir dir;
+  for (const float bad :
+       {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+    for (const std::size_t at : {std::size_t{0}, std::size_t{37}, std::size_t{1022}}) {
+      std::vector<float> v(1023, 0.25f);
+      v[at] = bad;
+      const std::string path = dir.File("bad.safetensors");
+      WriteSafetensors(path, {{"w", DType::kF32, {31, 33}, FloatBytes(v)}});
+      const TensorStore store = TensorStore::OpenFile(path);
+      INFO("element " << at << ", value " << bad);
+      CHECK_THROWS_WITH(store.ReadF32("w"), Catch::Contains("at element " + std::to_string(at)));
+      CHECK_THROWS_WITH(store.ReadRowsF32("w", {static_cast<std::int64_t>(at / 33)},
+                                          std::vector<float>(33).data()),
+                        Catch::Contains("at element " + std::to_string(at)));
+    }
+  }
 }
 
 TEST_CASE("the writer refuses inconsistent tensors and leaves nothing behind",
