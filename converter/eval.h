@@ -18,7 +18,7 @@ struct EvalJob {
   std::string token_logp;  // --token-logp: also write every scored target's log p here
   int window = 256;
   int max_windows = -1;     // -1: every complete window
-  int batch = 0;            // windows per forward batch (0 = ~2048 tokens)
+  int batch = 0;            // windows per forward batch (0 = WindowsPerBatch, data_parallel.h)
   int vocab_block = 0;      // LM head rows per scoring block (0 = about 64 MiB of float32 rows)
   int copy = 0;             // --copy: sequences of the copy (retrieval) check
   int lckv_iterations = 0;  // LCKV models: the paper's parallel encoding with this many

@@ -26,11 +26,14 @@ double Since(Clock::time_point t0) {
 
 // The batches of calibration windows [0, limit): this rank's share (every batch with one rank),
 // or with `every_rank` all of them. The batches are cut alike on every rank and dealt out in
-// turn, so a batch holds the same windows for any rank count.
-std::vector<ReferenceModel::ObservedBatch> MakeBatches(const CalibrationData& data, int window,
+// turn. They are cut by the count of all windows, whatever `limit`, so that the batches of a
+// limit are the first batches of the whole (heal's source final states meet the sweep's).
+std::vector<ReferenceModel::ObservedBatch> MakeBatches(const ReferenceModel& model,
+                                                       const CalibrationData& data, int window,
                                                        std::size_t limit = SIZE_MAX,
                                                        bool every_rank = false) {
-  const std::size_t per_batch = std::max<std::size_t>(1, 2048 / static_cast<std::size_t>(window));
+  const std::size_t per_batch =
+      WindowsPerBatch(data.windows.size(), static_cast<std::size_t>(window), OnCpu(model));
   const std::size_t end = std::min(limit, data.windows.size());
   std::vector<ReferenceModel::ObservedBatch> batches;
   for (std::size_t first = 0; first < end; first += per_batch) {
@@ -377,7 +380,7 @@ class HealFinalStates {
                   const std::optional<HealNeeds>& needs) {
     if (!needs || !needs->logits) return;
     const auto windows = static_cast<std::size_t>(needs->windows);
-    states_ = SourceFinalStates(model, MakeBatches(data, o.input.window, windows, true),
+    states_ = SourceFinalStates(model, MakeBatches(model, data, o.input.window, windows, true),
                                 HealBudget(o.compute.hidden_memory_bytes));
     target_ = {&model, &states_};
   }
@@ -420,7 +423,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
   const std::int64_t group = SpectraGroup(pipeline, c);
   const unsigned needed = pipeline.needed & ~static_cast<unsigned>(kStatLayerInputs);
   const auto model = ReferenceModel::Load(ck, StreamedRuntime(o.compute));
-  ReferenceModel::Stepper stepper(*model, MakeBatches(data, o.input.window));
+  ReferenceModel::Stepper stepper(*model, MakeBatches(*model, data, o.input.window));
   run.threads = stepper.slots();
   KvStatistics totals;
   nlohmann::ordered_json spectra = nlohmann::ordered_json::array();
@@ -429,7 +432,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
   const std::optional<HealNeeds> heal_needs = HealNeedsOf(pipeline);
   std::optional<ReferenceModel::Stepper> source_stream;  // heal<target=trajectory>
   if (heal_needs && heal_needs->trajectory)
-    source_stream.emplace(*model, MakeBatches(data, o.input.window));
+    source_stream.emplace(*model, MakeBatches(*model, data, o.input.window));
   const HealFinalStates logits(*model, data, o, heal_needs);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     HealLayerData heal_data;
@@ -538,10 +541,10 @@ void RunHealSweep(Pipeline& pipeline, std::size_t first, ModelDraft& draft,
   const Checkpoint& ck = draft.source();
   const ModelConfig& c = draft.config;
   const auto model = ReferenceModel::Load(ck, StreamedRuntime(o.compute));
-  ReferenceModel::Stepper stepper(*model, MakeBatches(data, o.input.window));
+  ReferenceModel::Stepper stepper(*model, MakeBatches(*model, data, o.input.window));
   const HealNeeds needs = *HealNeedsOf(pipeline);
   std::optional<ReferenceModel::Stepper> source_stream;  // heal<target=trajectory>
-  if (needs.trajectory) source_stream.emplace(*model, MakeBatches(data, o.input.window));
+  if (needs.trajectory) source_stream.emplace(*model, MakeBatches(*model, data, o.input.window));
   const HealFinalStates logits(*model, data, o, needs);
   std::map<int, KvSourceLayer> kv_sources;
   Progress progress("heal", c.num_hidden_layers, "layers", o.compute.progress);
@@ -680,13 +683,14 @@ KvStatistics Calibrate(const Checkpoint& ck, const CalibrationData& data, unsign
   if (slots_used != nullptr) *slots_used = slots;
   Collectors collectors(slots, needed, ck.config, ck.config.num_key_value_heads, input_pairs);
   Progress progress("calibrate", ck.config.num_hidden_layers, "layers", compute.progress);
-  model->ObserveSweep(MakeBatches(data, data.window), collectors.observers, [&](std::int64_t done) {
-    if (layer_done) {
-      const int layer = static_cast<int>(done - 1);
-      layer_done(layer, collectors.TakeLayer(layer), ck.config.KvHeads(layer));
-    }
-    progress.Update(done);
-  });
+  model->ObserveSweep(MakeBatches(*model, data, data.window), collectors.observers,
+                      [&](std::int64_t done) {
+                        if (layer_done) {
+                          const int layer = static_cast<int>(done - 1);
+                          layer_done(layer, collectors.TakeLayer(layer), ck.config.KvHeads(layer));
+                        }
+                        progress.Update(done);
+                      });
   return collectors.Totals();
 }
 

@@ -59,7 +59,7 @@ constexpr unsigned kReportStatistics = kStatValue | kStatKeyPreRope | kStatKeyPo
 // Whether `o` runs `p` in the converted mode.
 bool CalibratesOnConverted(const Pipeline& p, const ConvertJob& o);
 
-// The calibration windows as the sweep's batches (about 2048 tokens each).
+// The calibration windows, which the sweep cuts into batches (runtime_check/data_parallel.h).
 struct CalibrationData {
   const std::vector<TokenWindow>& windows;
   std::int32_t bos;

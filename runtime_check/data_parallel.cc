@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "formats/ranks.h"
 #include "runtime_check/blas_threads.h"
 #include "runtime_check/llama_forward.h"
 
@@ -20,8 +21,21 @@ std::size_t DataParallelSlots(bool on_cpu) {
   return static_cast<std::size_t>(std::max(1, at::get_num_threads()));
 }
 
+std::size_t BatchWorkers(bool on_cpu) {
+  if (RankCount() > 1) return static_cast<std::size_t>(RankCount());
+  return DataParallelSlots(on_cpu);
+}
+
+std::size_t WindowsPerBatch(std::size_t windows, std::size_t window_tokens, bool on_cpu) {
+  const std::size_t cap = std::max<std::size_t>(1, 2048 / std::max<std::size_t>(1, window_tokens));
+  const std::size_t share = std::max<std::size_t>(1, windows / BatchWorkers(on_cpu));
+  return std::min(cap, share);
+}
+
+bool OnCpu(const ReferenceModel& model) { return model.impl().device.is_cpu(); }
+
 std::size_t DataParallelSlots(const ReferenceModel& model) {
-  return DataParallelSlots(model.impl().device.is_cpu());
+  return DataParallelSlots(OnCpu(model));
 }
 
 void RunDataParallel(const ReferenceModel& model, std::size_t count,

@@ -47,9 +47,10 @@ Batch MakeBatch(const std::vector<TokenWindow>& windows, std::size_t first, std:
   return {in.to(device), targets.to(device)};
 }
 
-std::size_t WindowsPerBatch(const EvalOptions& options, std::size_t window) {
+std::size_t WindowsPerGroup(const EvalOptions& options, const std::vector<TokenWindow>& windows,
+                            const ReferenceModel::Impl& model) {
   if (options.batch_windows > 0) return static_cast<std::size_t>(options.batch_windows);
-  return std::max<std::size_t>(1, 2048 / window);  // measured best on mini-mha (docs/results.md)
+  return WindowsPerBatch(windows.size(), windows.front().size(), model.device.is_cpu());
 }
 
 void CheckWindows(const std::vector<TokenWindow>& windows, const EvalOptions& options) {
@@ -209,7 +210,7 @@ PerplexityResult EvaluatePerplexity(const ReferenceModel& model,
   const std::int64_t W = static_cast<std::int64_t>(windows.front().size());
   const ScoredPositions scored = ScoredPositionsOf(bos, options.scored_from, W);
   const std::int64_t L = impl.config.num_hidden_layers;
-  const std::size_t per_group = WindowsPerBatch(options, windows.front().size());
+  const std::size_t per_group = WindowsPerGroup(options, windows, impl);
   Progress progress("eval", L + 1, "layers", options.progress);
   const Groups groups = MakeGroups(windows, per_group, bos, impl, options.across_ranks);
   if (options.token_logp != nullptr) {
@@ -251,6 +252,7 @@ struct ReferenceSweep::State {
   std::int32_t bos = 0;
   std::int64_t scored_from = 0;
   bool across_ranks = false;
+  int batch_windows = 0;  // as asked (EvalOptions); per_group is what it gave
   std::size_t per_group = 0;
   ScoredPositions scored;
   Groups groups;
@@ -290,7 +292,8 @@ std::unique_ptr<ReferenceSweep::State> SweepBase(const ReferenceModel& base,
   s->across_ranks = options.across_ranks;
   const std::int64_t W = static_cast<std::int64_t>(windows.front().size());
   s->scored = ScoredPositionsOf(bos, options.scored_from, W);
-  s->per_group = WindowsPerBatch(options, windows.front().size());
+  s->batch_windows = options.batch_windows;
+  s->per_group = WindowsPerGroup(options, windows, base.impl());
   s->groups = MakeGroups(windows, s->per_group, bos, base.impl(), options.across_ranks);
   const double t0 = progress.ElapsedSeconds();
   s->hidden = SweepGroups(base.impl(), s->groups, s->per_group, nullptr,
@@ -373,7 +376,7 @@ ComparisonResult CompareModels(const ReferenceSweep& base, const ReferenceModel&
   const ReferenceSweep::State& s = *base.state_;
   CheckComparable(*s.base, other);
   if (options.scored_from != s.scored_from || options.across_ranks != s.across_ranks ||
-      WindowsPerBatch(options, s.windows.front().size()) != s.per_group) {
+      options.batch_windows != s.batch_windows) {
     Fail("eval", "internal: a reference sweep compared under other options than it was made with");
   }
   Progress progress("compare", other.impl().config.num_hidden_layers + 1, "layers",

@@ -14,7 +14,7 @@
 namespace kvfold {
 
 struct EvalOptions {
-  int batch_windows = 0;  // windows per forward batch; 0 = about 2048 tokens per batch
+  int batch_windows = 0;  // windows per forward batch; 0 = WindowsPerBatch (data_parallel.h)
   bool progress = true;   // progress lines on stderr
   // Decode-time cache policy for the model under test (CompareModels: `other`; perplexity: the
   // model); null = full cache.

@@ -259,13 +259,12 @@ at::Tensor ReferenceModel::Impl::LmHeadRows(std::int64_t begin, std::int64_t cou
 
 std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
                                                      const RuntimeOptions& options) {
-  if (options.threads > 0) {
-    at::set_num_threads(options.threads);
-    SetBlasThreads(options.threads);  // --threads N means N, OpenBLAS's pool included
-  } else if (LocalRankCount() > 1) {  // ranks on one machine share its cores
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    at::set_num_threads(std::max(1, cores / LocalRankCount()));
-  }
+  // --threads N means N, OpenBLAS's pool included. 0 means every core, shared by the ranks on
+  // this machine: LibTorch's own default is not that (1 thread on a 2-core machine here).
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = options.threads > 0 ? options.threads : std::max(1, cores / LocalRankCount());
+  at::set_num_threads(threads);
+  SetBlasThreads(threads);
   auto impl = std::make_unique<Impl>();
   impl->config = ck.config;
   impl->device = ParseDevice(options.device);

@@ -23,7 +23,7 @@ inline constexpr std::uint64_t kDefaultHiddenMemoryBytes = std::uint64_t{4096} <
 
 struct RuntimeOptions {
   std::string device = "cpu";     // "cpu", "cuda" or "cuda:N"
-  int threads = 0;                // CPU threads for LibTorch; 0 = leave LibTorch's default
+  int threads = 0;                // CPU threads (LibTorch and OpenBLAS); 0 = every core
   bool fused_cpu_kernels = true;  // false: attention through plain ATen ops (for cross-checks)
   // Models whose layers read a higher layer's K/V (LCKV): 0 = exact token-by-token decoding;
   // m > 0 = the paper's parallel prompt encoding with m iterations (approximate for m < T).

@@ -22,6 +22,11 @@ eval_text="$shared/text/tinystories/eval.txt"
 mpi=(mpirun --oversubscribe --bind-to none)
 # 1e-6 of each tensor's scale: what the ranks may change is the grouping of float64 sums.
 rel=1e-6
+# At -np 4 the 16 calibration windows are cut into a batch for each rank (4 windows) where one
+# process on 2 threads cuts a batch for each thread (8): the forward's GEMMs have other shapes and
+# round float32 otherwise, by up to 3.1e-6 of a tensor's scale after a fold (measured). A window
+# dropped or taken twice would move the statistics by about 1/16; kv-mixed's table counts them.
+rel4=1e-5
 
 # kv-mixed's table records the tokens its statistics saw: ranks that each took every batch (and
 # doubled the sums, which leaves the gqa-svd and kv-scales outputs unchanged) would show there.
@@ -30,7 +35,10 @@ for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,
   'gqa-svd<kv-heads=2>,heal<steps=40,windows=16,target=trajectory>' \
   'gqa-svd<kv-heads=2>,heal<steps=40,windows=16,target=logits>' \
   'mlkv<kv-layers=2>,heal<steps=40,windows=16>'; do
-  "$kvfold" convert "$model" --calib "$calib" --calib-tokens 4096 --passes "$passes" -o "$work/n1" --quiet >/dev/null
+  # One thread, as each rank has here (2 cores): heal's training sums in another order on 2
+  # threads (1.03e-6 of a tensor's scale), which is not what this test is about.
+  "$kvfold" convert "$model" --calib "$calib" --calib-tokens 4096 --passes "$passes" -o "$work/n1" \
+    --threads 1 --quiet >/dev/null
   # Heal's trajectory target on 2 ranks only: both targets gather their windows from the ranks
   # by the same code (converter/layer_loop.cc, CaptureHealWindows), which the default target
   # runs on 4 ranks; 4 ranks of the trajectory target took 23 s of this entry on 2 cores. Heal
@@ -43,7 +51,7 @@ for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,
       -o "$work/n$n" --quiet >/dev/null
     grep -q "\"ranks\": $n" "$work/n$n/kvfold.json" || { echo "$passes: kvfold.json does not record $n ranks"; exit 1; }
     echo -n "$passes, $n ranks vs 1: "
-    python3 "$(dirname "$0")/compare_outputs.py" folders "$work/n1" "$work/n$n" $rel
+    python3 "$(dirname "$0")/compare_outputs.py" folders "$work/n1" "$work/n$n" "$([ $n = 4 ] && echo $rel4 || echo $rel)"
     if [ "$passes" = kv-mixed ]; then
       echo -n "kv-mixed table, $n ranks vs 1: "
       python3 "$(dirname "$0")/compare_outputs.py" eval "$work/n1/kv_mixed_precision.json" "$work/n$n/kv_mixed_precision.json" $rel

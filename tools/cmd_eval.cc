@@ -107,7 +107,9 @@ Command AddEvalCommand(CLI::App& app) {
          "close it is to exact token-by-token decoding")
       ->check(CLI::Range(0, 1 << 20));
   AddComputeOptions(sub, job.compute);
-  sub->add_option("--batch", job.batch, "Windows per forward batch (0 = ~2048 tokens)")
+  sub->add_option(
+         "--batch", job.batch,
+         "Windows per forward batch (0 = about 2048 tokens, fewer so that each thread gets one)")
       ->check(CLI::Range(0, 1 << 16));
   sub->add_option("--vocab-block", job.vocab_block,
                   "LM head rows read and applied at once when scoring (0 = about 64 MiB of them; "

@@ -4,6 +4,7 @@
 #include "calib/tokenizer.h"
 #include "calib/windows.h"
 #include "formats/checkpoint.h"
+#include "runtime_check/data_parallel.h"
 #include "runtime_check/evaluate.h"
 #include "tests/test_support.h"
 
@@ -86,6 +87,29 @@ TEST_CASE("results do not depend on batch size or thread count", "[runtime][dete
     CHECK(t.mean_nll == Approx(a.mean_nll).epsilon(1e-6));
     CHECK(t.tokens_predicted == a.tokens_predicted);
   }
+}
+
+TEST_CASE("a short run gets a batch per thread; a long one batches of about 2048 tokens",
+          "[runtime][determinism][shared]") {
+  // One batch on two threads ran with LibTorch's and OpenBLAS's pools spinning against each
+  // other; a batch per thread runs each single-threaded (docs/results.md, issue 27).
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/micro-mha"));
+  const auto two = ReferenceModel::Load(ck, {"cpu", 2});  // sets LibTorch's thread count
+  CHECK(WindowsPerBatch(4, 256, true) == 2);
+  CHECK(WindowsPerBatch(5, 256, true) == 2);  // 2 + 2 + 1: the last runs alone
+  CHECK(WindowsPerBatch(1, 256, true) == 1);
+  CHECK(WindowsPerBatch(64, 256, true) == 8);  // 2048 tokens
+  CHECK(WindowsPerBatch(64, 4096, true) == 1);
+  CHECK(WindowsPerBatch(4, 256, false) == 4);  // CUDA runs batches in order: one batch
+  const auto windows = Windows(ck, "text/wikitext-2/test.raw.txt", 4);
+  EvalOptions whole = Quiet();
+  whole.batch_windows = 4;
+  const PerplexityResult split = EvaluatePerplexity(*two, windows, 1, Quiet());
+  // Other GEMM shapes: a few float32 ulp, as in the case above.
+  CHECK(split.mean_nll ==
+        Approx(EvaluatePerplexity(*two, windows, 1, whole).mean_nll).epsilon(1e-6));
+  const auto three = ReferenceModel::Load(ck, {"cpu", 3});
+  CHECK(WindowsPerBatch(4, 256, true) == 1);
 }
 
 TEST_CASE("a reference swept once scores every model as a fresh comparison does",
