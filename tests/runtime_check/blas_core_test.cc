@@ -1,10 +1,13 @@
 #include "runtime_check/blas_core.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdlib>
+#include <thread>
 
 #include "formats/checkpoint.h"
 #include "runtime_check/blas_threads.h"
@@ -45,6 +48,14 @@ TEST_CASE("--threads N sets OpenBLAS's own pool to N threads", "[blas][shared]")
   CHECK(get() == 1);
   ReferenceModel::Load(ck, {"cpu", 2});
   CHECK(get() == 2);
+  CHECK(at::get_num_threads() == 2);
+  // 0, the default, is every core for both pools. It used to leave LibTorch's own default,
+  // which is 1 thread on these 2-core machines (docs/results.md, "Threads that work as threads").
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  ReferenceModel::Load(ck, {"cpu", 1});
+  ReferenceModel::Load(ck, {"cpu", 0});
+  CHECK(get() == cores);
+  CHECK(at::get_num_threads() == cores);
 }
 
 TEST_CASE("OpenBLAS's restarted pool sleeps when idle and still computes", "[blas]") {
