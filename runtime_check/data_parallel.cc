@@ -21,14 +21,11 @@ std::size_t DataParallelSlots(bool on_cpu) {
   return static_cast<std::size_t>(std::max(1, at::get_num_threads()));
 }
 
-std::size_t BatchWorkers(bool on_cpu) {
-  if (RankCount() > 1) return static_cast<std::size_t>(RankCount());
-  return DataParallelSlots(on_cpu);
-}
-
 std::size_t WindowsPerBatch(std::size_t windows, std::size_t window_tokens, bool on_cpu) {
+  const std::size_t workers =
+      RankCount() > 1 ? static_cast<std::size_t>(RankCount()) : DataParallelSlots(on_cpu);
   const std::size_t cap = std::max<std::size_t>(1, 2048 / std::max<std::size_t>(1, window_tokens));
-  const std::size_t share = std::max<std::size_t>(1, windows / BatchWorkers(on_cpu));
+  const std::size_t share = std::max<std::size_t>(1, windows / workers);
   return std::min(cap, share);
 }
 

@@ -21,12 +21,11 @@ bool OnCpu(const ReferenceModel& model);
 
 // Windows per batch when `windows` windows of `window_tokens` tokens are cut into batches: about
 // 2048 tokens (measured best on mini-mha, docs/results.md), but never more than an even share
-// among BatchWorkers(on_cpu), so that a short run gives every worker a batch and runs data
-// parallel instead of one batch with LibTorch's and OpenBLAS's pools sharing the cores.
+// among the workers, so that a short run gives every worker a batch and runs data parallel
+// instead of one batch with LibTorch's and OpenBLAS's pools sharing the cores. The workers are
+// the ranks when there are several (every rank must cut alike, and ranks may have other thread
+// counts), else this process's data-parallel slots.
 std::size_t WindowsPerBatch(std::size_t windows, std::size_t window_tokens, bool on_cpu);
-// Whom batches are cut for: with several ranks, the rank count (every rank must cut alike, and
-// ranks may have other thread counts); with one, its data-parallel slots.
-std::size_t BatchWorkers(bool on_cpu);
 
 // Calls run(index, slot) for index in [0, count); slot = index % DataParallelSlots(model), so a
 // slot's batches run one at a time and in index order. after_round(done) follows each round.
