@@ -93,17 +93,24 @@ void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& w
   double* A2 = &wq_out[static_cast<std::size_t>(row * cols)];
   double* B2 = &wq_out[static_cast<std::size_t>((row + half) * cols)];
   for (std::int64_t col = 0; col < cols; ++col) {
-    A2[col] = a * A[col] + b * B[col];
-    B2[col] = a * B[col] - b * A[col];
+    const double x = A[col], y = B[col];  // read first: `wq_out` may be `wq_in`
+    A2[col] = a * x + b * y;
+    B2[col] = a * y - b * x;
   }
 }
 
 void DecodeOutputHead(const std::vector<double>& wo_in, std::vector<double>& wo_out,
                       std::int64_t rows, std::int64_t o_cols, std::int64_t head,
                       std::int64_t head_dim, const Matrix& omega, std::int64_t first_col) {
-  // dst[r, a] = sum_b src[r, b] omega(a, first_col + b): W_O's head columns times Omega_j^T.
+  // dst[r, a] = sum_b src[r, b] omega(a, first_col + b): W_O's head columns times Omega_j^T,
+  // from a copy of the columns, so that `wo_out` may be `wo_in`.
   const std::size_t at = static_cast<std::size_t>(head * head_dim);
-  MultiplyTransposedBlocks(rows, head_dim, head_dim, &wo_in[at], o_cols,
+  std::vector<double> columns(static_cast<std::size_t>(rows * head_dim));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    std::copy_n(&wo_in[at + static_cast<std::size_t>(r * o_cols)], head_dim,
+                &columns[static_cast<std::size_t>(r * head_dim)]);
+  }
+  MultiplyTransposedBlocks(rows, head_dim, head_dim, columns.data(), head_dim,
                            &omega.data[static_cast<std::size_t>(first_col)], omega.cols,
                            &wo_out[at], o_cols);
 }
@@ -206,14 +213,14 @@ void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<
     const auto v = CombineRows(encoder, p.wv, cols, g * t * d);
     wv.insert(wv.end(), v.begin(), v.end());
   }
-  // W_O[:, head] <- W_O[:, head] Omega_j^T, with j the head's original KV head inside its group.
-  std::vector<double> wo = p.wo;
+  // W_O[:, head] <- W_O[:, head] Omega_j^T, with j the head's original KV head inside its group,
+  // in place (a copy of W_O is a fresh mapping, faulted page by page, on every layer).
   for (std::int64_t h = 0; h < p.heads; ++h) {
     const std::int64_t m = KvHeadOf(p, h), g = m / t, j = m % t;
-    DecodeOutputHead(p.wo, wo, out_rows, o_cols, h, d, omegas[static_cast<std::size_t>(g)], j * d);
+    DecodeOutputHead(p.wo, p.wo, out_rows, o_cols, h, d, omegas[static_cast<std::size_t>(g)],
+                     j * d);
   }
   p.wv = std::move(wv);
-  p.wo = std::move(wo);
   // kv_heads changes with the keys: FoldValues and a key fold are applied as a pair.
 }
 
@@ -260,7 +267,6 @@ KeyFoldCoefficients CommutingKeyFold(const AttentionProjections& p, std::int64_t
 void ApplyKeyFold(AttentionProjections& p, std::int64_t new_kv, const KeyFoldCoefficients& f) {
   const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, half = d / 2, cols = p.in_cols();
   std::vector<double> wk(static_cast<std::size_t>(new_kv * d * cols), 0.0);
-  std::vector<double> wq = p.wq;
   for (std::int64_t g = 0; g < new_kv; ++g) {
     for (std::int64_t j = 0; j < half; ++j) {
       // New key pair j of group g: sum_m conj(encode_m) z_m.
@@ -279,14 +285,13 @@ void ApplyKeyFold(AttentionProjections& p, std::int64_t new_kv, const KeyFoldCoe
       }
     }
   }
-  // Each query head multiplies its pair j by conj(decode_m) of the KV head it read.
+  // Each query head multiplies its pair j by conj(decode_m) of the KV head it read, in place.
   for (std::int64_t h = 0; h < p.heads; ++h) {
     const auto m = static_cast<std::size_t>(KvHeadOf(p, h));
     for (std::int64_t j = 0; j < half; ++j)
-      ConjugateQueryPair(p.wq, wq, h, d, j, cols, f.decode[m][static_cast<std::size_t>(j)]);
+      ConjugateQueryPair(p.wq, p.wq, h, d, j, cols, f.decode[m][static_cast<std::size_t>(j)]);
   }
   p.wk = std::move(wk);
-  p.wq = std::move(wq);
   p.kv_heads = new_kv;
 }
 

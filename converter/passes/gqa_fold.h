@@ -39,13 +39,13 @@ struct KeyReconstruction {
 // Fold primitives shared by the KV-head and cross-layer folds.
 // Query head `head`'s rotary pair j (rows head*d + j and head*d + j + d/2 of `wq_in`, [H d, cols])
 // multiplied by conj(u), written to the same rows of `wq_out`: scores then read the key pair
-// decoded as u * k'.
+// decoded as u * k'. `wq_out` may be `wq_in`.
 void ConjugateQueryPair(const std::vector<double>& wq_in, std::vector<double>& wq_out,
                         std::int64_t head, std::int64_t head_dim, std::int64_t pair,
                         std::int64_t cols, std::complex<double> u);
 // W_O[:, head] <- W_O[:, head] Omega^T for Omega = columns first_col .. first_col + d - 1 of
 // `omega` ([d, ...]): the value head it read is decoded as Omega^T v'. `wo_in`/`wo_out` are
-// [rows, o_cols].
+// [rows, o_cols]; `wo_out` may be `wo_in`.
 void DecodeOutputHead(const std::vector<double>& wo_in, std::vector<double>& wo_out,
                       std::int64_t rows, std::int64_t o_cols, std::int64_t head,
                       std::int64_t head_dim, const DenseMatrix<double>& omega,
