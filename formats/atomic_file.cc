@@ -1,5 +1,6 @@
 #include "formats/atomic_file.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,7 +14,8 @@
 namespace kvfold {
 namespace {
 std::atomic<unsigned> g_tmp_counter{0};
-}
+constexpr std::uint64_t kWritebackChunk = std::uint64_t{64} << 20;
+}  // namespace
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   tmp_path_ = path_ + ".tmp." + std::to_string(::getpid()) + "." +
@@ -38,6 +40,13 @@ void AtomicFile::Write(const void* data, std::size_t size) {
   if (std::fwrite(data, 1, size, file_) != size) {
     Fail(path_, std::string("write failed: ") + std::strerror(errno));
   }
+  written_ += size;
+  if (written_ - written_back_ < kWritebackChunk) return;
+  Flush();
+  // A hint: a file system without it, or a failed write-back, is left to Commit()'s fsync.
+  ::sync_file_range(fileno(file_), static_cast<off_t>(written_back_),
+                    static_cast<off_t>(written_ - written_back_), SYNC_FILE_RANGE_WRITE);
+  written_back_ = written_;
 }
 
 void AtomicFile::Flush() {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "calib/text.h"
@@ -11,6 +12,7 @@
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
+#include "formats/sha256.h"
 #include "runtime_check/evaluate.h"
 #include "runtime_check/reference_model.h"
 #include "tests/converter/convert_test_support.h"
@@ -112,7 +114,14 @@ TEST_CASE("outputs are complete, described and byte-identical across runs",
   CHECK(meta["vanilla_checkpoint"] == false);
   CHECK(meta["calibration"]["tokens"] == 2048);
   CHECK(meta["calibration"]["sha256"].get<std::string>().size() == 64);
-  CHECK(meta["source"]["sha256"].get<std::string>().size() == 64);
+  // The source's hash (taken on a thread of its own during the run) is the SHA-256 of its
+  // config.json and weight files, read here whole instead of through the mapped chunks.
+  const Checkpoint source = OpenCheckpoint(SharedPath("models/mini-mha-bf16-sharded"));
+  REQUIRE(source.tensors.files().size() >= 2);
+  Sha256 expected;
+  expected.Update(ReadBytes(source.dir + "/config.json"));
+  for (const auto& f : source.tensors.files()) expected.Update(ReadBytes(f->path()));
+  CHECK(meta["source"]["sha256"] == expected.HexDigest());
   CHECK(meta["kv_cache_bytes_per_token"]["before"] == 2 * 6 * 8 * 32 * 2);
   CHECK(meta["kv_cache_bytes_per_token"]["after"] == 2 * 6 * 2 * 32 * 2);
   CHECK(meta["passes"][0]["layers"].size() == 6);
@@ -223,11 +232,20 @@ TEST_CASE("--reproduce reruns a recorded conversion byte for byte", "[convert][o
     INFO(f);
     CHECK(ReadBytes(tmp.File("a/" + f)) == ReadBytes(tmp.File("b/" + f)));
   }
-  // Other inputs than the recorded ones are refused by hash.
+  // Other inputs than the recorded ones are refused by hash, before any output.
   given.output.path = tmp.File("c");
   given.input.calib_text = SharedPath("text/tinystories/eval.txt");
   CHECK_THROWS_WITH(Convert(ReproduceJob(tmp.File("a/kvfold.json"), given)),
                     Catch::Contains("is not the calibration text the recorded conversion read"));
+  const std::string model = tmp.File("model");  // the same model, one byte of config.json added
+  REQUIRE(std::system(("cp -r " + SharedPath("models/stories260K") + " " + model + " && echo >> " +
+                       model + "/config.json")
+                          .c_str()) == 0);
+  given.input.calib_text.clear();
+  given.input.model = model;
+  CHECK_THROWS_WITH(Convert(ReproduceJob(tmp.File("a/kvfold.json"), given)),
+                    Catch::Contains("is not the checkpoint the recorded conversion read"));
+  CHECK_FALSE(std::filesystem::exists(tmp.File("c")));
 }
 
 TEST_CASE("outputs never overlap the input, and only the model's own files travel",
