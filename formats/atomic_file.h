@@ -24,7 +24,7 @@ class AtomicFile {
   AtomicFile& operator=(const AtomicFile&) = delete;
 
   // Every 64 MiB written, the kernel is asked to start writing them to disk (without waiting), so
-  // that Commit()'s fsync finds little left: 1.1 of 1.3 s of a 2.2 GB output's write phase.
+  // that dirty pages do not pile up for Commit()'s fsync (it waited 1.07 s on a 2.2 GB output).
   void Write(const void* data, std::size_t size);
   void Write(std::string_view s) { Write(s.data(), s.size()); }
   // Overwrites `size` bytes already written at `offset` (space reserved for a header that is
