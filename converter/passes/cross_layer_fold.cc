@@ -117,11 +117,8 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers,
   SharedKv out;
   out.wk.assign(static_cast<std::size_t>(kvd * W), 0.0);
   out.wv.assign(static_cast<std::size_t>(kvd * W), 0.0);
-  std::vector<std::vector<double>> new_wq(n), new_wo(n);
-  for (std::size_t r = 0; r < n; ++r) {
-    new_wq[r] = readers[r]->wq;
-    new_wo[r] = readers[r]->wo;
-  }
+  // Each reader's W_Q pairs and W_O head columns are rewritten in place, each once (a copy per
+  // reader would be n fresh W_Q and W_O).
   for (std::int64_t g = 0; g < KV; ++g) {
     // Keys, per rotary pair j: y_r = s_r z_r with z_r = x_j + i x_{j + d/2} of reader r's head g
     // and s_r the query energy reading it. Rank 1 over readers: y_r ~ u_r (gamma^T ĥ_s).
@@ -182,7 +179,7 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers,
       for (std::size_t r = 0; r < n; ++r) {
         const Complex u = e.vectors(static_cast<std::int64_t>(r), 0) / weight[r];
         for (std::int64_t h = g * group; h < (g + 1) * group; ++h)
-          ConjugateQueryPair(readers[r]->wq, new_wq[r], h, d, j, W, u);
+          ConjugateQueryPair(readers[r]->wq, readers[r]->wq, h, d, j, W, u);
       }
     }
     record.key_energy_kept.push_back(key_total > 0 ? key_kept / key_total : 1.0);
@@ -221,14 +218,10 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers,
     std::copy(source_values.data.begin(), source_values.data.end(), out.wv.begin() + g * d * W);
     for (std::size_t r = 0; r < n; ++r) {
       for (std::int64_t h = g * group; h < (g + 1) * group; ++h) {
-        DecodeOutputHead(readers[r]->wo, new_wo[r], first.hidden, H * d, h, d, omega,
+        DecodeOutputHead(readers[r]->wo, readers[r]->wo, first.hidden, H * d, h, d, omega,
                          static_cast<std::int64_t>(r) * d);
       }
     }
-  }
-  for (std::size_t r = 0; r < n; ++r) {
-    readers[r]->wq = std::move(new_wq[r]);
-    readers[r]->wo = std::move(new_wo[r]);
   }
   return out;
 }
