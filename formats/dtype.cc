@@ -100,13 +100,12 @@ void ConvertToF32(DType dtype, const void* src, std::size_t count, float* dst) {
       std::memcpy(dst, bytes, count * 4);
       return;
     case DType::kBF16:
-      // Bits moved, no call per element: the compiler vectorizes this loop (a layer of a 7B
-      // model is 400 MB of BF16, decoded on the prefetch thread beside the compute).
+      // Bf16ToF32 is inlined here and the loop vectorized (g++ -O3 gives the same instructions
+      // as the shift written out; a layer of a 7B model is 400 MB of BF16).
       for (std::size_t i = 0; i < count; ++i) {
         std::uint16_t h;
         std::memcpy(&h, bytes + 2 * i, 2);
-        const std::uint32_t u = static_cast<std::uint32_t>(h) << 16;
-        std::memcpy(dst + i, &u, 4);
+        dst[i] = Bf16ToF32(h);
       }
       return;
     case DType::kF16:

@@ -12,9 +12,9 @@
 
 namespace kvfold {
 
-int MaxCpuThreads() {
-  return 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
+int CpuCores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+int MaxCpuThreads() { return 4 * CpuCores(); }
 
 std::size_t DataParallelSlots(bool on_cpu) {
   if (!on_cpu) return 1;

@@ -10,6 +10,8 @@
 
 namespace kvfold {
 
+// This machine's cores, at least 1 (what --threads 0 uses, shared by the ranks on it).
+int CpuCores();
 // The most CPU threads kvfold accepts (--threads): 4 x this machine's cores; more only spawns
 // idle threads.
 int MaxCpuThreads();
