@@ -6,16 +6,17 @@
 namespace kvfold {
 namespace {
 
-// [rows, hidden] weight plus optional [rows] bias -> [rows, hidden + bias] doubles.
-std::vector<double> WithBias(const std::vector<float>& w, const std::vector<float>* bias,
-                             std::int64_t rows, std::int64_t hidden) {
+// [rows, hidden] weight plus optional [rows] bias -> `out` as [rows, hidden + bias] doubles.
+// `out` keeps its capacity: at 2048 x 2048 a fresh buffer is a fresh mapping, which the kernel
+// clears page by page (most of gqa-svd's time per layer, issue 27).
+void WithBias(const std::vector<float>& w, const std::vector<float>* bias, std::int64_t rows,
+              std::int64_t hidden, std::vector<double>& out) {
   const std::int64_t cols = hidden + (bias ? 1 : 0);
-  std::vector<double> out(static_cast<std::size_t>(rows * cols));
+  out.resize(static_cast<std::size_t>(rows * cols));
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t c = 0; c < hidden; ++c) out[r * cols + c] = w[r * hidden + c];
     if (bias) out[r * cols + hidden] = (*bias)[r];
   }
-  return out;
 }
 
 void Split(ModelDraft& model, int layer, TensorRole weight, TensorRole bias,
@@ -44,9 +45,14 @@ bool LayerReconstructsKeys(const ModelDraft& model, int layer) {
 }
 
 AttentionProjections ReadAttention(const ModelDraft& model, int layer) {
+  AttentionProjections p;
+  ReadAttention(model, layer, p);
+  return p;
+}
+
+void ReadAttention(const ModelDraft& model, int layer, AttentionProjections& p) {
   const ModelConfig& c = model.config;
   if (c.o_bias) Fail(model.source().dir, "o_proj bias is not supported by KV-head compression");
-  AttentionProjections p;
   p.heads = c.num_attention_heads;
   p.kv_heads = LayerKvHeads(model, layer);
   p.head_dim = c.head_dim;
@@ -62,15 +68,16 @@ AttentionProjections ReadAttention(const ModelDraft& model, int layer) {
     if (kv) bv = read(TensorRole::kVBias);
   }
   const std::int64_t d = p.head_dim;
-  p.wq = WithBias(read(TensorRole::kQProj), p.has_bias ? &bq : nullptr, p.heads * d, p.hidden);
+  WithBias(read(TensorRole::kQProj), p.has_bias ? &bq : nullptr, p.heads * d, p.hidden, p.wq);
   const std::vector<float> wo = read(TensorRole::kOProj);
   p.wo.assign(wo.begin(), wo.end());
-  if (!kv) return p;
+  p.wk.clear();
+  p.wv.clear();
+  if (!kv) return;
   // reconstruct mode keeps every source key head: k_proj's rows, not the KV heads'
   const std::int64_t k_rows = model.Shape({TensorRole::kKProj, layer}).front();
-  p.wk = WithBias(read(TensorRole::kKProj), p.has_bias ? &bk : nullptr, k_rows, p.hidden);
-  p.wv = WithBias(read(TensorRole::kVProj), p.has_bias ? &bv : nullptr, p.kv_heads * d, p.hidden);
-  return p;
+  WithBias(read(TensorRole::kKProj), p.has_bias ? &bk : nullptr, k_rows, p.hidden, p.wk);
+  WithBias(read(TensorRole::kVProj), p.has_bias ? &bv : nullptr, p.kv_heads * d, p.hidden, p.wv);
 }
 
 HeadNorms HeadNormsOf(const ModelDraft& model, int layer) {

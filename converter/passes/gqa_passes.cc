@@ -165,7 +165,8 @@ class GqaSvd : public LayerPass {
                            " KV heads; put gqa-svd before any other pass that changes KV heads");
     }
     const LayerKvStatistics& stats = ctx.statistics;
-    AttentionProjections p = ReadAttention(model, l);
+    AttentionProjections& p = layer_;
+    ReadAttention(model, l, p);
     if (refit_output_) source_wo_ = p.wo;  // the refit's target is the layer before the fold
     FoldRecord record;
     FoldValues(p, target, stats.value, record, value_weight_ == "output");
@@ -274,6 +275,7 @@ class GqaSvd : public LayerPass {
   bool refit_output_;
   double ridge_;
   std::vector<double> source_wo_;  // refit: layer's o_proj before the fold, until RefitLayer
+  AttentionProjections layer_;     // the layer RunLayer folds; its buffers serve every layer
   nlohmann::ordered_json layers_ = nlohmann::ordered_json::array();  // one entry per layer run
 };
 

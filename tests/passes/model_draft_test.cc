@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "converter/passes/attention_io.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
@@ -158,4 +159,29 @@ TEST_CASE("a tensor's generation changes whenever the values read from it may ha
   CHECK(draft.Generation(k_name) != replaced);  // never a number given before
   draft.Remove(k);
   CHECK(draft.Generation(k_name) > sealed);
+}
+
+TEST_CASE("attention read into a used buffer is the attention read fresh",
+          "[convert][fold][shared]") {
+  // ReadAttention(model, layer, p) keeps p's buffers from the layer before: nothing of that
+  // layer may remain, also where this layer has no K/V projections (an mlkv reader).
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K-mha"));
+  ModelDraft draft(ck);
+  draft.Remove({TensorRole::kKProj, 2});
+  draft.Remove({TensorRole::kVProj, 2});
+  auto same = [](const AttentionProjections& a, const AttentionProjections& b) {
+    CHECK(a.heads == b.heads);
+    CHECK(a.kv_heads == b.kv_heads);
+    CHECK(a.wq == b.wq);
+    CHECK(a.wk == b.wk);
+    CHECK(a.wv == b.wv);
+    CHECK(a.wo == b.wo);
+  };
+  AttentionProjections p;
+  for (int layer : {0, 1, 2, 3, 0}) {
+    ReadAttention(draft, layer, p);
+    INFO("layer " << layer);
+    same(p, ReadAttention(draft, layer));
+    CHECK(p.wk.empty() == (layer == 2));
+  }
 }
