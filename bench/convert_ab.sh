@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 27: one conversion at a published shape timed with two builds, A/B alternated (A, B, A,
-# B, ...): wall, user and system CPU time, peak RSS. The conversion is a quarter of the KV heads by
-# gqa-svd with its default o_proj refit (three runs of every layer: observe for the statistics and
-# the refit, observe after the fold, advance; the refit had a run of its own before 2026-12-05),
-# then kv-scales, with 4096 calibration tokens.
+# Issue 27: one conversion at a published shape timed with two builds, A/B alternated (A B,
+# B A, ...: bench/pair_order.sh): wall, user and system CPU time, peak RSS. The conversion is a
+# quarter of the KV heads by gqa-svd with its default o_proj refit (three runs of every layer:
+# observe for the statistics and the refit, observe after the fold, advance; the refit had a run
+# of its own before 2026-12-05), then kv-scales, with 4096 calibration tokens.
 #   bench/convert_ab.sh BUILD_B BUILD_A [SHAPE] [ROUNDS]   (default tinyllama-1.1b, 2 rounds)
 # WORK=folder for the checkpoints (default /tmp/kvfold-scale, shared with scale_sweep.sh).
 # TOKENS= calibration tokens (default 4096); PASSES= the pipeline instead (KV = a quarter of the
@@ -20,6 +20,7 @@ model="$work/$shape${layers:+-L$layers}"
 mkdir -p "$work"
 build="${builds[1]}"
 source "$src/bench/shape_checkpoints.sh"
+source "$src/bench/pair_order.sh"
 machine_header
 shape_checkpoint "$shape" "$model" "$layers"
 kv=$(python3 -c "import json; print(max(1, json.load(open('$model/config.json'))['num_key_value_heads'] // 4))")
@@ -29,7 +30,7 @@ echo "# $shape${layers:+ ($layers layers)}: convert --passes '$passes' --calib-t
 echo "| build | wall s | user s | sys s | sys share | peak RSS GiB | output |"
 echo "|---|---|---|---|---|---|---|"
 for ((r = 0; r < rounds; ++r)); do
-  for i in 0 1; do
+  for i in $(PairOrder "$r"); do
     /usr/bin/time -f "%e %U %S %M" -o "$work/ab.time" "${builds[$i]}/bin/kvfold" convert "$model" \
       --calib "$calib" --calib-tokens "$tokens" --passes "$passes" -o "$work/$shape-ab" --force \
       --quiet --threads 2 >/dev/null

@@ -2,12 +2,13 @@
 # Issue 27: wall, user and system CPU time and peak RSS of a conversion (gqa-svd to half the KV
 # heads with the default o_proj refit, then kv-scales; 16384 calibration tokens) and of an eval
 # --compare (16 windows), with 1 and 2 threads, on every shared model. With a second build it
-# runs A/B alternated (A, B, A, B, ...): each row is the median of ROUNDS runs per build.
+# runs A/B alternated (A B, B A, ...: bench/pair_order.sh): each row is the median of ROUNDS runs per build.
 #   bench/cpu_time.sh BUILD_B [BUILD_A] [ROUNDS]   (BUILD_A: the build to compare against;
 #   rows say A for it and "B (new)" for BUILD_B; "this" with one build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/shared_models.sh
+source bench/pair_order.sh
 builds=("$1") rounds=${3:-3}
 [ -n "${2:-}" ] && builds=("$2" "$1")
 work="$(mktemp -d)"
@@ -35,7 +36,9 @@ for model in "${shared_models[@]}"; do
     for threads in 1 2; do
       for i in "${!builds[@]}"; do : >"$work/rows.$i"; done
       for ((r = 0; r < rounds; ++r)); do
-        for i in "${!builds[@]}"; do run "${builds[$i]}" "$what" "$threads" "$model" >>"$work/rows.$i"; done
+        for i in $(PairOrder "$r" "${#builds[@]}"); do
+          run "${builds[$i]}" "$what" "$threads" "$model" >>"$work/rows.$i"
+        done
       done
       for i in "${!builds[@]}"; do
         label="this"

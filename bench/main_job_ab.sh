@@ -7,6 +7,7 @@
 #   bench/main_job_ab.sh BUILD_B BUILD_A [ROUNDS]   (default 2 rounds)
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
+source "$src/bench/pair_order.sh"
 shared="${KVFOLD_SHARED:-$src/../shared}"
 builds=("$2" "$1") rounds="${3:-2}"
 model="$shared/models/mini-mha" calib="$shared/text/wikitext-2/valid.tokens.txt"
@@ -22,7 +23,7 @@ row() {  # COMMAND LABEL [PPL DELTA]
     "$work/t"
 }
 for ((r = 0; r < rounds; ++r)); do
-  for i in 0 1; do
+  for i in $(PairOrder "$r"); do
     kvfold="${builds[$i]}/bin/kvfold" label=$([ "$i" = 0 ] && echo "A ${builds[0]}" || echo "B ${builds[1]}")
     /usr/bin/time -f "%e %U %S %M" -o "$work/t" "$kvfold" convert "$model" --calib "$calib" \
       --passes 'gqa-svd<kv-heads=2,rope=commute>' -o "$work/model" --force --quiet \

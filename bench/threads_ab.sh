@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue 27: how two threads compare with one, for two builds, at a published shape: a conversion
 # (a quarter of the KV heads by gqa-svd, then kv-scales) and an eval, each with --threads 1 and 2,
-# the builds alternated (A, B, A, B, ...) within each command and thread count.
+# the builds alternated (A B, B A, ...: bench/pair_order.sh) within each command and thread count.
 #   bench/threads_ab.sh BUILD_B BUILD_A [SHAPE] [ROUNDS]   (default tinyllama-1.1b, 2 rounds)
 # TOKENS= calibration tokens (default 1024); PASSES= the pipeline (KV is replaced by a quarter of
 # the KV heads; default 'gqa-svd<kv-heads=KV,refit=none>,kv-scales'); WINDOWS= eval windows of 256
-# tokens (default 4); WORK= folder for the checkpoints (default /tmp/kvfold-scale).
+# tokens (default 4); WORK= folder for the checkpoints (default /tmp/kvfold-scale); COMMANDS= which
+# of convert and eval to run (default both).
 # Each row: wall, user and system CPU seconds and peak RSS; eval rows add the tokens/s eval prints
 # (which leaves out start-up), convert rows the output's SHA-256 prefix.
 set -euo pipefail
@@ -18,6 +19,7 @@ model="$work/$shape"
 mkdir -p "$work"
 build="${builds[1]}"
 source "$src/bench/shape_checkpoints.sh"
+source "$src/bench/pair_order.sh"
 machine_header
 shape_checkpoint "$shape" "$model"
 kv=$(python3 -c "import json; print(max(1, json.load(open('$model/config.json'))['num_key_value_heads'] // 4))")
@@ -43,10 +45,10 @@ run() {  # COMMAND THREADS BUILD_INDEX
     '{printf "| %s | %s | %s | %.1f | %.1f | %.1f | %.2f | %s |\n", c, t, l, $1, $2, $3, $4 / 1048576, x}' \
     "$work/ab.time"
 }
-for command in convert eval; do
+for command in ${COMMANDS:-convert eval}; do
   for threads in 1 2; do
     for ((r = 0; r < rounds; ++r)); do
-      for i in 0 1; do run "$command" "$threads" "$i"; done
+      for i in $(PairOrder "$r"); do run "$command" "$threads" "$i"; done
     done
   done
 done
