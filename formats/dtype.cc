@@ -100,8 +100,9 @@ void ConvertToF32(DType dtype, const void* src, std::size_t count, float* dst) {
       std::memcpy(dst, bytes, count * 4);
       return;
     case DType::kBF16:
-      // Bf16ToF32 is inlined here and the loop vectorized (g++ -O3 gives the same instructions
-      // as the shift written out; a layer of a 7B model is 400 MB of BF16).
+      // Bf16ToF32 is inlined here and the loop vectorized: under -fPIC only because kvfold
+      // builds with -fno-semantic-interposition (CTest inlined_decode checks the binary; a
+      // layer of a 7B model is 400 MB of BF16).
       for (std::size_t i = 0; i < count; ++i) {
         std::uint16_t h;
         std::memcpy(&h, bytes + 2 * i, 2);

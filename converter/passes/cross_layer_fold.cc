@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
+#include <utility>
 
 #include "converter/passes/linalg.h"
 #include "formats/error.h"
@@ -9,9 +11,13 @@
 namespace kvfold {
 namespace {
 
-// Keeps the regression solvable when an input channel is (nearly) constant; small enough that a
-// reader predicting itself is reproduced to ~1e-7 relative.
-constexpr double kRidge = 1e-9;
+// Ridges relative to the source moment's mean diagonal, tried in turn until one factors. The
+// first keeps the regression solvable when an input channel is (nearly) constant, and is small
+// enough that a reader predicting itself is reproduced to ~1e-7 relative. The larger ones are
+// for a moment that rounding left indefinite: with fewer calibration tokens than input channels
+// its null space is rounding noise, which can come out negative (mlkv<kv-layers=11> on the
+// TinyLlama-1.1B shape at 1024 and 2560 tokens failed there with 1e-9 alone).
+constexpr double kRidges[] = {1e-9, 1e-7, 1e-5, 1e-3};
 
 // The top-left [w, w] block of a row-major [full, full] moment: without q/k/v biases the
 // constant input channel has nowhere to go, so the fit leaves it out.
@@ -64,6 +70,19 @@ std::vector<double> AverageRows(const std::vector<const AttentionProjections*>& 
   return out;
 }
 
+// S_ss^-1 rhs with the first of kRidges under which S_ss factors; `record.ridge` says which.
+Matrix SolveSourceMoment(const Matrix& s_source, const Matrix& rhs, SharingRecord& record) {
+  for (double ridge : kRidges) {
+    if (std::optional<Matrix> x = TrySolvePositiveDefinite(s_source, rhs, ridge)) {
+      record.ridge = ridge;
+      return std::move(*x);
+    }
+  }
+  Fail("cross-layer fit",
+       "the source layer's input moment is not positive definite even with a ridge of 1e-3 of "
+       "its mean diagonal (a degenerate input?); give more --calib-tokens, or use init=mean");
+}
+
 }  // namespace
 
 SharedKv MeanSharedKv(const std::vector<const AttentionProjections*>& readers,
@@ -97,7 +116,7 @@ SharedKv FitSharedKv(const std::vector<AttentionProjections*>& readers,
       }
     }
   }
-  const Matrix ols = SolvePositiveDefinite(s_source, rhs, kRidge);
+  const Matrix ols = SolveSourceMoment(s_source, rhs, record);
   auto key_col = [&](std::size_t r, std::int64_t channel) {
     return static_cast<std::int64_t>(2 * r) * kvd + channel;
   };

@@ -38,6 +38,7 @@ struct SharingMoments {
 // shared K/V predicts from the source's input (1 = every reader's own K/V is reproduced).
 struct SharingRecord {
   std::vector<double> key_energy_kept, value_energy_kept;
+  double ridge = 0;  // of the source moment's mean diagonal, the smallest under which it factored
 };
 
 // Reduced-rank least squares: fits the source's K/V so that every reader's own K/V is predicted

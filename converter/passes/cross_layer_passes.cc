@@ -110,9 +110,15 @@ class CrossLayerShare : public Pass {
         moments.reader.push_back(ctx.statistics.InputMoment(layers[i], layers[i]));
       }
       SharingRecord fit;
-      shared = FitSharedKv(readers, moments, fit);
+      try {
+        shared = FitSharedKv(readers, moments, fit);
+      } catch (const Error& e) {
+        Fail("--passes",
+             name_ + " (init=calib), source layer " + std::to_string(source) + ": " + e.what());
+      }
       record["key_energy_kept"] = fit.key_energy_kept;
       record["value_energy_kept"] = fit.value_energy_kept;
+      record["ridge"] = fit.ridge;
     }
     for (std::size_t i = 0; i < p.size(); ++i) {
       const int l = layers[i];

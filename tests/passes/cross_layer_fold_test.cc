@@ -132,6 +132,7 @@ TEST_CASE("a reader whose K/V the source can carry is reproduced exactly", "[fol
     double worst = 0, kept = 1;
     for (std::size_t r = 0; r < 2; ++r)
       worst = std::max(worst, WorstDifference(before[r], s.layers[r], shared, s.samples));
+    CHECK(record.ridge == 1e-9);  // a full-rank moment factors under the first ridge
     for (double k : record.key_energy_kept) kept = std::min(kept, k);
     for (double v : record.value_energy_kept)
       CHECK(v == Approx(1.0).epsilon(1e-7));  // values are in span both times
@@ -142,6 +143,35 @@ TEST_CASE("a reader whose K/V the source can carry is reproduced exactly", "[fol
       CHECK(kept == Approx(1.0).epsilon(1e-7));
       CHECK(worst < 1e-6);
     }
+  }
+}
+
+TEST_CASE("a source moment that rounding left indefinite is solved under a larger ridge",
+          "[fold][cross-layer]") {
+  // 6 samples of 12 channels: a moment of rank 7 at most (with the constant channel), whose null
+  // space is pushed below zero by `shift` of its mean diagonal, as float32 rounding of the
+  // contexts can leave it with fewer calibration tokens than channels.
+  Setup s = MakeSetup(false);
+  s.samples.resize(6);
+  const std::vector<double> m = InputMoment(s.samples);
+  const std::size_t W = s.samples.front().size() + 1, D = W - 1;
+  double mean_diag = 0;
+  for (std::size_t i = 0; i < D; ++i) mean_diag += m[i * W + i] / static_cast<double>(D);
+  for (double shift : {1e-8, 1e-6, 1e-2}) {
+    INFO("null space at -" << shift << " of the mean diagonal");
+    std::vector<double> source = m;
+    for (std::size_t i = 0; i < D; ++i) source[i * W + i] -= shift * mean_diag;
+    SharingMoments moments{source, {m, m}, {m, m}};
+    SharingRecord record;
+    std::vector<AttentionProjections> layers = s.layers;
+    auto fit = [&] { FitSharedKv({&layers[0], &layers[1]}, moments, record); };
+    if (shift > 1e-3) {
+      CHECK_THROWS_WITH(fit(), Catch::Contains("not positive definite even with a ridge of 1e-3"));
+      continue;
+    }
+    REQUIRE_NOTHROW(fit());
+    CHECK(record.ridge == (shift == 1e-8 ? 1e-7 : 1e-5));  // the first ridge above the shift
+    for (double k : record.key_energy_kept) CHECK(std::isfinite(k));
   }
 }
 
