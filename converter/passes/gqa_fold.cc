@@ -36,19 +36,13 @@ Matrix TopEigenRows(const Matrix& symmetric, std::int64_t count, double* energy_
   return rows;
 }
 
-// out rows [n_out, cols] = basis [n_out, n_in] x in rows [n_in, cols] (in = rows first_row..).
+// out rows [n_out, cols] = basis [n_out, n_in] x in rows [n_in, cols] (in = rows first_row..),
+// by dgemm: at the Llama-2-7B shape a loop here was 57% of gqa-svd's time.
 std::vector<double> CombineRows(const Matrix& basis, const std::vector<double>& w,
                                 std::int64_t cols, std::int64_t first_row) {
-  std::vector<double> out(static_cast<std::size_t>(basis.rows * cols), 0.0);
-  for (std::int64_t r = 0; r < basis.rows; ++r) {
-    for (std::int64_t i = 0; i < basis.cols; ++i) {
-      const double b = basis(r, i);
-      if (b == 0) continue;
-      const double* src = &w[static_cast<std::size_t>((first_row + i) * cols)];
-      double* dst = &out[static_cast<std::size_t>(r * cols)];
-      for (std::int64_t c = 0; c < cols; ++c) dst[c] += b * src[c];
-    }
-  }
+  std::vector<double> out(static_cast<std::size_t>(basis.rows * cols));
+  MultiplyBlocks(basis.rows, cols, basis.cols, basis.data.data(), basis.cols,
+                 &w[static_cast<std::size_t>(first_row * cols)], cols, out.data(), cols);
   return out;
 }
 

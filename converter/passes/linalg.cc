@@ -133,6 +133,17 @@ void MultiplyTransposedBlocks(std::int64_t m, std::int64_t n, std::int64_t k, co
   dgemm_("T", "N", &nn, &mm, &kk, &one, b, &lb, a, &la, &zero, c, &lc);
 }
 
+void MultiplyBlocks(std::int64_t m, std::int64_t n, std::int64_t k, const double* a,
+                    std::int64_t lda, const double* b, std::int64_t ldb, double* c,
+                    std::int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const int mm = static_cast<int>(m), nn = static_cast<int>(n), kk = static_cast<int>(k),
+            la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
+  const double one = 1.0, zero = 0.0;
+  // Row-major C = A B is column-major C^T = B^T A^T.
+  dgemm_("N", "N", &nn, &mm, &kk, &one, b, &lb, a, &la, &zero, c, &lc);
+}
+
 Matrix Multiply(const Matrix& a, const Matrix& b) {
   Matrix c;
   MultiplyInto(a, b, c);

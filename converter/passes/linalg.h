@@ -63,6 +63,11 @@ Matrix Multiply(const Matrix& a, const Matrix& b);
 void MultiplyInto(const Matrix& a, const Matrix& b, Matrix& c);
 // A S, or A S^T with `transpose`, for S given as n x n row-major data (not copied).
 Matrix MultiplySquare(const Matrix& a, const std::vector<double>& square, bool transpose);
+// C = A B on row-major blocks inside larger matrices: A [m, k] at `a` with leading dimension
+// `lda`, B [k, n] at `b` (`ldb`), C [m, n] at `c` (`ldc`), overwritten (BLAS dgemm).
+void MultiplyBlocks(std::int64_t m, std::int64_t n, std::int64_t k, const double* a,
+                    std::int64_t lda, const double* b, std::int64_t ldb, double* c,
+                    std::int64_t ldc);
 // C = A B^T on row-major blocks inside larger matrices: A [m, k] at `a` with leading dimension
 // `lda`, B [n, k] at `b` (`ldb`), C [m, n] at `c` (`ldc`), overwritten (BLAS dgemm).
 void MultiplyTransposedBlocks(std::int64_t m, std::int64_t n, std::int64_t k, const double* a,

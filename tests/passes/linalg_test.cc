@@ -127,3 +127,25 @@ TEST_CASE("the row-major Cholesky solve gives X with X A = B", "[linalg]") {
   Matrix singular(6, 6), copy = b;  // zero: no leading minor is positive
   CHECK_FALSE(TrySolveRowsPositiveDefinite(singular, copy));
 }
+
+TEST_CASE("a product A B of blocks inside larger matrices writes only its block", "[linalg]") {
+  // A = columns 2..5 of a [6, 9] matrix, B = rows 1..4, columns 3..5 of a [7, 8] matrix, C =
+  // columns 4..6 of a [6, 10] matrix whose other entries must stay as they were.
+  const Matrix big_a = Random(6, 9, 9), big_b = Random(7, 8, 10);
+  Matrix big_c = Random(6, 10, 11);
+  const Matrix before = big_c;
+  MultiplyBlocks(6, 3, 4, &big_a.data[2], 9, &big_b.data[1 * 8 + 3], 8, &big_c(0, 4), 10);
+  for (std::int64_t i = 0; i < 6; ++i) {
+    for (std::int64_t j = 0; j < 10; ++j) {
+      if (j < 4 || j >= 7) {
+        CHECK(big_c(i, j) == before(i, j));
+        continue;
+      }
+      // A plain loop: summation order may differ, 1e-12 is far above double rounding over 4
+      // terms and far below any indexing mistake.
+      double sum = 0;
+      for (std::int64_t k = 0; k < 4; ++k) sum += big_a(i, 2 + k) * big_b(1 + k, 3 + j - 4);
+      CHECK(std::abs(big_c(i, j) - sum) < 1e-12);
+    }
+  }
+}
