@@ -119,29 +119,30 @@ void Resize(Matrix& c, std::int64_t rows, std::int64_t cols) {
   c.data.resize(static_cast<std::size_t>(rows * cols));  // every element is written by dgemm
 }
 
-}  // namespace
-
-// Column-major, C^T [n, m] = B A^T: B's row-major data is B^T column-major (transposed back),
-// A's is A^T.
-void MultiplyTransposedBlocks(std::int64_t m, std::int64_t n, std::int64_t k, const double* a,
-                              std::int64_t lda, const double* b, std::int64_t ldb, double* c,
-                              std::int64_t ldc) {
+// Row-major C [m, n] = A op(B) on blocks, as column-major C^T = op(B)^T A^T: B's row-major data
+// is B^T column-major, so `b_op` "N" gives C = A B and "T" gives C = A B^T.
+void RowMajorBlockProduct(const char* b_op, std::int64_t m, std::int64_t n, std::int64_t k,
+                          const double* a, std::int64_t lda, const double* b, std::int64_t ldb,
+                          double* c, std::int64_t ldc) {
   if (m == 0 || n == 0) return;
   const int mm = static_cast<int>(m), nn = static_cast<int>(n), kk = static_cast<int>(k),
             la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
   const double one = 1.0, zero = 0.0;
-  dgemm_("T", "N", &nn, &mm, &kk, &one, b, &lb, a, &la, &zero, c, &lc);
+  dgemm_(b_op, "N", &nn, &mm, &kk, &one, b, &lb, a, &la, &zero, c, &lc);
+}
+
+}  // namespace
+
+void MultiplyTransposedBlocks(std::int64_t m, std::int64_t n, std::int64_t k, const double* a,
+                              std::int64_t lda, const double* b, std::int64_t ldb, double* c,
+                              std::int64_t ldc) {
+  RowMajorBlockProduct("T", m, n, k, a, lda, b, ldb, c, ldc);
 }
 
 void MultiplyBlocks(std::int64_t m, std::int64_t n, std::int64_t k, const double* a,
                     std::int64_t lda, const double* b, std::int64_t ldb, double* c,
                     std::int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  const int mm = static_cast<int>(m), nn = static_cast<int>(n), kk = static_cast<int>(k),
-            la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
-  const double one = 1.0, zero = 0.0;
-  // Row-major C = A B is column-major C^T = B^T A^T.
-  dgemm_("N", "N", &nn, &mm, &kk, &one, b, &lb, a, &la, &zero, c, &lc);
+  RowMajorBlockProduct("N", m, n, k, a, lda, b, ldb, c, ldc);
 }
 
 Matrix Multiply(const Matrix& a, const Matrix& b) {

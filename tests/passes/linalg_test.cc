@@ -92,13 +92,14 @@ TEST_CASE("products with a square given as data, and into a reused matrix", "[li
   }
 }
 
-TEST_CASE("a product of blocks inside larger matrices writes only its block", "[linalg]") {
-  // A = columns 2..5 of a [6, 9] matrix, B = rows 1..3, columns 3..6 of a [5, 8] matrix, C =
-  // columns 4..6 of a [6, 10] matrix whose other entries must stay as they were.
-  const Matrix big_a = Random(6, 9, 6), big_b = Random(5, 8, 7);
+// C = columns 4..6 of a [6, 10] matrix, written by `product` from A = columns 2..5 of a [6, 9]
+// matrix and `b(k, j)`, the B element that A's column k meets for C's column j. C's other entries
+// must stay as they were.
+template <typename Product, typename BElement>
+void CheckBlockProduct(const Matrix& big_a, Product product, BElement b) {
   Matrix big_c = Random(6, 10, 8);
   const Matrix before = big_c;
-  MultiplyTransposedBlocks(6, 3, 4, &big_a.data[2], 9, &big_b.data[1 * 8 + 3], 8, &big_c(0, 4), 10);
+  product(&big_a.data[2], &big_c(0, 4));
   for (std::int64_t i = 0; i < 6; ++i) {
     for (std::int64_t j = 0; j < 10; ++j) {
       if (j < 4 || j >= 7) {
@@ -108,10 +109,32 @@ TEST_CASE("a product of blocks inside larger matrices writes only its block", "[
       // A plain loop: summation order may differ, 1e-12 is far above double rounding over 4
       // terms and far below any indexing mistake.
       double sum = 0;
-      for (std::int64_t k = 0; k < 4; ++k) sum += big_a(i, 2 + k) * big_b(1 + j - 4, 3 + k);
+      for (std::int64_t k = 0; k < 4; ++k) sum += big_a(i, 2 + k) * b(k, j - 4);
       CHECK(std::abs(big_c(i, j) - sum) < 1e-12);
     }
   }
+}
+
+TEST_CASE("a product of blocks inside larger matrices writes only its block", "[linalg]") {
+  // A B^T with B = rows 1..3, columns 3..6 of a [5, 8] matrix.
+  const Matrix big_a = Random(6, 9, 6), big_b = Random(5, 8, 7);
+  CheckBlockProduct(
+      big_a,
+      [&](const double* a, double* c) {
+        MultiplyTransposedBlocks(6, 3, 4, a, 9, &big_b.data[1 * 8 + 3], 8, c, 10);
+      },
+      [&](std::int64_t k, std::int64_t j) { return big_b(1 + j, 3 + k); });
+}
+
+TEST_CASE("a product A B of blocks inside larger matrices writes only its block", "[linalg]") {
+  // A B with B = rows 1..4, columns 3..5 of a [7, 8] matrix.
+  const Matrix big_a = Random(6, 9, 9), big_b = Random(7, 8, 10);
+  CheckBlockProduct(
+      big_a,
+      [&](const double* a, double* c) {
+        MultiplyBlocks(6, 3, 4, a, 9, &big_b.data[1 * 8 + 3], 8, c, 10);
+      },
+      [&](std::int64_t k, std::int64_t j) { return big_b(1 + k, 3 + j); });
 }
 
 TEST_CASE("the row-major Cholesky solve gives X with X A = B", "[linalg]") {
@@ -126,26 +149,4 @@ TEST_CASE("the row-major Cholesky solve gives X with X A = B", "[linalg]") {
   CHECK(RelativeDiff(rows, Transpose(SolvePositiveDefinite(a, Transpose(b), 0.0))) < 1e-12);
   Matrix singular(6, 6), copy = b;  // zero: no leading minor is positive
   CHECK_FALSE(TrySolveRowsPositiveDefinite(singular, copy));
-}
-
-TEST_CASE("a product A B of blocks inside larger matrices writes only its block", "[linalg]") {
-  // A = columns 2..5 of a [6, 9] matrix, B = rows 1..4, columns 3..5 of a [7, 8] matrix, C =
-  // columns 4..6 of a [6, 10] matrix whose other entries must stay as they were.
-  const Matrix big_a = Random(6, 9, 9), big_b = Random(7, 8, 10);
-  Matrix big_c = Random(6, 10, 11);
-  const Matrix before = big_c;
-  MultiplyBlocks(6, 3, 4, &big_a.data[2], 9, &big_b.data[1 * 8 + 3], 8, &big_c(0, 4), 10);
-  for (std::int64_t i = 0; i < 6; ++i) {
-    for (std::int64_t j = 0; j < 10; ++j) {
-      if (j < 4 || j >= 7) {
-        CHECK(big_c(i, j) == before(i, j));
-        continue;
-      }
-      // A plain loop: summation order may differ, 1e-12 is far above double rounding over 4
-      // terms and far below any indexing mistake.
-      double sum = 0;
-      for (std::int64_t k = 0; k < 4; ++k) sum += big_a(i, 2 + k) * big_b(1 + k, 3 + j - 4);
-      CHECK(std::abs(big_c(i, j) - sum) < 1e-12);
-    }
-  }
 }
