@@ -120,9 +120,9 @@ std::optional<HealNeeds> HealNeedsOf(const Pipeline& pipeline) {
   return needs;
 }
 
-// Where heal passes that follow whole-model passes (mlkv) start: the first heal pass when every
-// pass from it on heals and a pass before it is not layer-local; 0 otherwise (no heal, or heal
-// inside the converted sweep of layer-local passes).
+// Where heal passes that follow whole-model passes (mlkv, lckv) start: the first heal pass when
+// every pass from it on heals and a pass before it is not layer-local; 0 otherwise (no heal, or
+// heal inside the converted sweep of layer-local passes).
 std::size_t HealSweepStart(const Pipeline& pipeline) {
   const auto& passes = pipeline.passes;
   const auto heals = [](const auto& p) { return HealsOf(p) != nullptr; };
@@ -323,8 +323,23 @@ HealLayerData CaptureHeal(SourceLayer layer, int l, ReferenceModel::Stepper& con
   return d;
 }
 
+// The layer that layers below it read K/V from (lckv's target layer), or -1 when none does.
+int LayerReadFromBelow(const ModelConfig& c) {
+  int read = -1;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const auto source = static_cast<int>(c.KvSourceOf(l));
+    if (source <= l) continue;
+    if (read >= 0 && source != read)
+      Fail("--passes", "heal: layers below read the K/V of more than one layer above them");
+    read = source;
+  }
+  return read;
+}
+
 // A layer other layers read K/V from (mlkv), as heal left it: its captured windows and its
 // k/v projections (biases as the last column), kept until the last layer reading it is healed.
+// For lckv's target layer, read before it is healed, the windows are the source stream's
+// (SeedKvFromAbove).
 struct KvSourceLayer {
   HealLayerData data;
   std::vector<float> wk, wv;
@@ -349,6 +364,8 @@ HealAttentionFn HealTrainer(const ModelDraft& draft, int l, const HealLayerData&
     w.wv = kv_source ? kv_source->wv : to_float(p.wv);
     w.wo = to_float(p.wo);
     if (kv_source) w.kv_source = &kv_source->data.layer;
+    w.kv_above = kv_source && draft.config.KvSourceOf(l) > l;
+    w.kv_fixed = LayerReadFromBelow(draft.config) == l;
     if (draft.config.qk_norm) {  // as the runtime multiplies: Gemma's (1 + w)
       const HeadNorms norms = HeadNormsOf(draft, l);
       w.q_norm = to_float(norms.query);
@@ -531,6 +548,34 @@ KvSourceLayer KeepKvSource(const ModelDraft& draft, int l, HealLayerData d) {
           std::vector<float>(p.wv.begin(), p.wv.end())};
 }
 
+// Heal after lckv: the layers below the target layer t are healed before t has run in the
+// converted sweep, so they read t's K/V as the source model's stream gives them. A sweep of the
+// source's layers below t, then the draft's layer t: its K/V of every calibration token go to
+// `converted` (the readers' forward), its captured inputs and k/v projections to the readers'
+// training. Returns {t: that layer}, or nothing when no layer reads above itself.
+std::map<int, KvSourceLayer> SeedKvFromAbove(ModelDraft& draft, const ReferenceModel& model,
+                                             const CalibrationData& data, const ConvertJob& o,
+                                             const HealNeeds& needs,
+                                             ReferenceModel::Stepper& converted) {
+  std::map<int, KvSourceLayer> seeds;
+  const int t = LayerReadFromBelow(draft.config);
+  if (t < 0) return seeds;
+  ReferenceModel::Stepper stream(model, MakeBatches(model, data, o.input.window));
+  for (int l = 0; l < t; ++l) {
+    const SourceLayer layer = CheckpointLayer(draft.source(), l);
+    stream.Run(l, layer.config, layer.weights, {}, true);
+  }
+  stream.KeepKv(t);
+  HealLayerData d;
+  d.layer = CaptureHealWindows(DraftLayer(draft, t), t, stream, needs.windows, kCaptureAttnInput,
+                               true, HealBudget(o.compute.hidden_memory_bytes));
+  stream.HandKvTo(t, converted);
+  const AttentionProjections p = ReadAttention(draft, t);
+  seeds[t] = {std::move(d), std::vector<float>(p.wk.begin(), p.wk.end()),
+              std::vector<float>(p.wv.begin(), p.wv.end())};
+  return seeds;
+}
+
 // Heal after whole-model passes (mlkv): the draft holds every layer as those passes left it. A
 // converted sweep over it runs the heal passes (from `first` on) layer by layer against the
 // source checkpoint's layers; a layer that other layers read K/V from is kept (its windows and
@@ -546,7 +591,7 @@ void RunHealSweep(Pipeline& pipeline, std::size_t first, ModelDraft& draft,
   std::optional<ReferenceModel::Stepper> source_stream;  // heal<target=trajectory>
   if (needs.trajectory) source_stream.emplace(*model, MakeBatches(*model, data, o.input.window));
   const HealFinalStates logits(*model, data, o, needs);
-  std::map<int, KvSourceLayer> kv_sources;
+  std::map<int, KvSourceLayer> kv_sources = SeedKvFromAbove(draft, *model, data, o, needs, stepper);
   Progress progress("heal", c.num_hidden_layers, "layers", o.compute.progress);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     HealLayerData d =
@@ -616,29 +661,20 @@ Pipeline CreatePipeline(const PipelineSpec& specs, const ModelConfig& config) {
 namespace {
 
 // heal trains what a K/V pass before it changed, on the converted sweep's hidden states: in the
-// sweep of layer-local passes, or in its own sweep after whole-model passes whose layers read
-// no layer above them.
+// sweep of layer-local passes, or in its own sweep after whole-model passes (mlkv, lckv).
 void CheckHealPlace(const Pipeline& p, std::size_t i, bool recalibrates) {
   const bool own_sweep = HealSweepStart(p) > 0;
-  for (std::size_t j = 0; own_sweep && j < i; ++j) {
-    if (LayoutAttendsAbove(p.passes[j]->KvLayoutAfter())) {
-      Fail("--passes", "heal cannot follow " + p.specs[j].name +
-                           ": its lower layers read the K/V of a layer above them, which "
-                           "exists only after every layer between has run (heal follows mlkv, "
-                           "whose layers read layers below)");
-    }
-  }
   if (!recalibrates && !own_sweep) {
     Fail("--passes",
          "heal trains on the converted layers' own hidden states: it needs the converted sweep "
-         "(--calibrate-on converted, the default, and only layer-local passes; after mlkv, only "
-         "heal passes may follow)");
+         "(--calibrate-on converted, the default, and only layer-local passes; after mlkv or "
+         "lckv, only heal passes may follow)");
   }
   if (std::none_of(p.passes.begin(), p.passes.begin() + static_cast<std::ptrdiff_t>(i),
                    [](const auto& pass) { return pass->ChangesKv() && !HealsOf(pass); })) {
     Fail("--passes",
          "heal has nothing to heal: put it after a pass that changes K/V (gqa-svd, gqa-meanpool, "
-         "mlkv)");
+         "mlkv, lckv)");
   }
 }
 

@@ -32,7 +32,7 @@ void ToVector(const at::Tensor& t, std::vector<float>& v) {
 }
 
 // The attention of one layer with trainable projections, on windows [W, T, in_cols]. A layer
-// reading another layer's K/V trains W_Q and W_O only.
+// reading another layer's K/V, or read by layers below it, trains W_Q and W_O only.
 class Attention {
  public:
   Attention(const ModelConfig& c, std::int64_t layer, const HealWeights& w, std::int64_t T,
@@ -45,7 +45,11 @@ class Attention {
                 FromVector(w.wo, {D, H_ * d_}, device)};
     // The layer's own RoPE (Gemma 3's sliding layers: their base), window, scale and soft-cap.
     std::tie(cos_, sin_) = LayerRopeTables(T, c, layer, device);
-    mask_ = CausalMask(T, c.WindowOf(layer), device);
+    mask_ = w.kv_above ? BelowDiagonalMask(T, device) : CausalMask(T, c.WindowOf(layer), device);
+    if (w.kv_above) {  // the first token reads nothing: its output is zero
+      first_token_kept_ = at::ones({1, T, 1}, at::TensorOptions().device(device));
+      first_token_kept_[0][0][0] = 0;
+    }
     scale_ = c.AttentionScale();
     soft_cap_ = c.attn_logit_softcap;
     eps_ = c.rms_norm_eps;
@@ -57,8 +61,8 @@ class Attention {
       q_cache_proj_ = FromVector(w.q_cache_proj, {H_, d_, d_}, device);
       k_cache_proj_ = FromVector(w.k_cache_proj, {KV_, d_, key_heads_ / KV_ * d_}, device);
     }
-    trained_ = w.kv_source != nullptr ? std::vector<std::size_t>{0, 3}
-                                      : std::vector<std::size_t>{0, 1, 2, 3};
+    trained_ = w.kv_source != nullptr || w.kv_fixed ? std::vector<std::size_t>{0, 3}
+                                                    : std::vector<std::size_t>{0, 1, 2, 3};
     for (std::size_t i : trained_)
       params_.push_back(weights_[i]);  // trained as they are, unless TrainDeltas says otherwise
   }
@@ -118,7 +122,8 @@ class Attention {
     at::Tensor k = ApplyRope(Normed(heads(1, key_heads_), k_norm_), cos_, sin_);
     if (k_cache_proj_.defined())
       std::tie(q, k) = ReconstructQueryKey(q, k, q_cache_proj_, k_cache_proj_);
-    const at::Tensor ctx = DenseAttention(q, k, heads(2, KV_), mask_, scale_, soft_cap_);
+    at::Tensor ctx = DenseAttention(q, k, heads(2, KV_), mask_, scale_, soft_cap_);
+    if (first_token_kept_.defined()) ctx = ctx * first_token_kept_;
     return at::matmul(ctx, Weight(3).t());
   }
 
@@ -139,7 +144,8 @@ class Attention {
   std::vector<std::size_t> trained_;  // which of them Adam trains
   std::vector<at::Tensor> params_;    // what Adam trains: those matrices, or A, B per matrix
   at::Tensor cos_, sin_, mask_;
-  at::Tensor q_norm_, k_norm_;              // per-head norms before RoPE, or undefined
+  at::Tensor first_token_kept_;  // [1, T, 1]: 0 for the first token (kv_above), else undefined
+  at::Tensor q_norm_, k_norm_;   // per-head norms before RoPE, or undefined
   at::Tensor q_cache_proj_, k_cache_proj_;  // reconstruct mode's projections, or undefined
 };
 

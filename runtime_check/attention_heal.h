@@ -31,10 +31,17 @@ struct HealWeights {
   // with these (ReconstructQueryKey), [heads, d, d] and [kv_heads, d, key heads / kv_heads d].
   // Applied, not trained; empty otherwise.
   std::vector<float> q_cache_proj, k_cache_proj;
-  // A layer that reads another layer's K/V (mlkv): wk and wv are that layer's, applied to its
-  // captured attention inputs (the same windows in the same order), and not trained; null
+  // A layer that reads another layer's K/V (mlkv, lckv): wk and wv are that layer's, applied to
+  // its captured attention inputs (the same windows in the same order), and not trained; null
   // otherwise.
   const HealWindows* kv_source = nullptr;
+  // kv_source is a layer above this one (lckv): each token reads its K/V of earlier tokens only
+  // (the diagonal masked), and the first token's attention output is zero, as the runtime
+  // decodes it.
+  bool kv_above = false;
+  // wk and wv are applied, not trained: layers below this one read its K/V and were healed
+  // against them (lckv's target layer).
+  bool kv_fixed = false;
   std::int64_t key_heads() const {
     return static_cast<std::int64_t>(wk.size()) / (head_dim * in_cols);
   }

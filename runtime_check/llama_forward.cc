@@ -320,11 +320,6 @@ at::Tensor AttentionAten(const at::Tensor& rotated, const QkvLayout& L, double s
 
 }  // namespace
 
-namespace {
-
-// Additive mask [T, T] for a layer that reads a higher layer's K/V (LCKV): query i sees keys
-// j < i only. Row 0 sees nothing; it is left open at (0, 0) so softmax stays finite, and the
-// caller zeroes that row's output (whyNLP/LCKV: the first token gets zero attention output).
 at::Tensor BelowDiagonalMask(std::int64_t T, const at::Device& device) {
   at::Tensor i = at::arange(T, at::kLong).unsqueeze(1);
   at::Tensor j = at::arange(T, at::kLong).unsqueeze(0);
@@ -333,6 +328,8 @@ at::Tensor BelowDiagonalMask(std::int64_t T, const at::Device& device) {
       .masked_fill(hidden, -std::numeric_limits<float>::infinity())
       .to(device);
 }
+
+namespace {
 
 // Token-by-token decoding's state: per-layer K/V caches and the position being decoded.
 struct DecodeCache {
@@ -740,11 +737,14 @@ HiddenStateStore ReferenceModel::Impl::SweepHiddenStates(const std::vector<at::T
 
 namespace {
 
-// Drops the K/V of source layers no layer after `layer` reads.
+// Drops the K/V of source layers no layer after `layer` reads, except those `kept`.
 void ForgetUnreadKv(const ModelConfig& c, std::int64_t layer,
-                    std::map<std::int64_t, HiddenStateStore>& kv) {
-  for (auto it = kv.begin(); it != kv.end();)
-    it = c.ReadsKvAfter(it->first, layer) ? std::next(it) : kv.erase(it);
+                    std::map<std::int64_t, HiddenStateStore>& kv,
+                    const std::set<std::int64_t>& kept) {
+  for (auto it = kv.begin(); it != kv.end();) {
+    const bool keep = c.ReadsKvAfter(it->first, layer) || kept.count(it->first) > 0;
+    it = keep ? std::next(it) : kv.erase(it);
+  }
 }
 
 // Room in `store` for each batch's K/V of source layer `layer`.
@@ -761,9 +761,11 @@ void ReferenceModel::Stepper::Run(int layer, const ModelConfig& layer_config,
                                   const std::vector<LayerObserver*>& observers, bool advance) {
   c10::InferenceMode inference;
   State& s = *state_;
-  if (layer_config.AttendsAbove()) {
-    Fail("calibration",
-         "layers that read a higher layer's K/V (lckv) cannot be stepped layer by layer");
+  const std::int64_t source = layer_config.KvSourceOf(layer);
+  if (source > layer && s.shared_kv.count(source) == 0) {
+    Fail("calibration", "layer " + std::to_string(layer) + " reads the K/V of layer " +
+                            std::to_string(source) +
+                            " above it (lckv), which no sweep has handed this one");
   }
   ReleaseLayerMemory();  // the previous layer's buffers (tensor_cache.h)
   s.model.config = layer_config;
@@ -783,7 +785,7 @@ void ReferenceModel::Stepper::RunLayer(int layer, const LlamaLayerWeights& w,
   const std::size_t n = s.tokens.size();
   const std::size_t slots =
       observers.empty() ? DataParallelSlots(s.model.device.is_cpu()) : observers.size();
-  const bool keeps_kv = advance && c.ReadsKvAfter(layer, layer);
+  const bool keeps_kv = advance && (c.ReadsKvAfter(layer, layer) || s.kept_kv.count(layer) > 0);
   if (keeps_kv)
     ReserveSharedKv(c, layer, s.tokens,
                     s.shared_kv.emplace(layer, s.hidden.budget_bytes()).first->second);
@@ -806,7 +808,16 @@ void ReferenceModel::Stepper::RunLayer(int layer, const LlamaLayerWeights& w,
                                     pass.shared_kv()[static_cast<std::size_t>(layer)].contiguous());
       },
       [](std::size_t) {});
-  if (advance) ForgetUnreadKv(c, layer, s.shared_kv);
+  if (advance) ForgetUnreadKv(c, layer, s.shared_kv, s.kept_kv);
+}
+
+void ReferenceModel::Stepper::KeepKv(int layer) { state_->kept_kv.insert(layer); }
+
+void ReferenceModel::Stepper::HandKvTo(int layer, Stepper& to) {
+  auto node = state_->shared_kv.extract(layer);
+  if (node.empty()) Fail("calibration", "layer " + std::to_string(layer) + "'s K/V were not kept");
+  state_->kept_kv.erase(layer);
+  to.state_->shared_kv.insert(std::move(node));
 }
 
 }  // namespace kvfold

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -166,6 +167,7 @@ struct ReferenceModel::Stepper::State {
   // layer reads it, each batch's rotated K/V [B T, 2 KV d], under a budget of its own equal to
   // the hidden states' (one --hidden-memory per source layer kept).
   std::map<std::int64_t, HiddenStateStore> shared_kv;
+  std::set<std::int64_t> kept_kv;  // KeepKv: kept whether or not a later layer reads them
 };
 
 // Building blocks shared by the batched forward and token-by-token decoding.
@@ -203,6 +205,10 @@ std::pair<at::Tensor, at::Tensor> ReconstructQueryKey(const at::Tensor& q_rope,
 // Additive mask [T, T]: 0 where key j is visible to query i (j <= i, inside the sliding window
 // when there is one), -inf elsewhere.
 at::Tensor CausalMask(std::int64_t T, std::int64_t sliding_window, const at::Device& device);
+// Additive mask [T, T] for a layer that reads a higher layer's K/V (LCKV): query i sees keys
+// j < i only. Row 0 sees nothing; it is left open at (0, 0) so softmax stays finite, and the
+// caller zeroes that row's output (whyNLP/LCKV: the first token gets zero attention output).
+at::Tensor BelowDiagonalMask(std::int64_t T, const at::Device& device);
 
 // Logits [B, T, V]: each token run through every layer before the next token, K/V appended to
 // per-layer caches, exactly as a decoder generates. For LCKV layers reading a higher layer, a

@@ -95,9 +95,10 @@ class ReferenceModel {
   // weights it is writing (observing it, possibly more than once as passes rewrite it), then
   // advances the batches' hidden states through it, so that layer l + 1 is calibrated on what
   // the converted model feeds it. Only the hidden states live across calls, and, when the layer
-  // configs share K/V between layers (mlkv; not lckv, whose layers read higher ones), each
-  // source layer's K/V until the last layer reading it has run (each source's K/V in memory up
-  // to the hidden states' budget, in a temporary file beyond it).
+  // configs share K/V between layers, each source layer's K/V until the last layer reading it
+  // has run (each source's K/V in memory up to the hidden states' budget, in a temporary file
+  // beyond it). A layer reading a higher layer's K/V (lckv) runs only once another Stepper has
+  // handed it that layer's K/V (HandKvTo).
   class Stepper {
    public:
     Stepper(const ReferenceModel& model, const std::vector<ObservedBatch>& batches);
@@ -108,6 +109,11 @@ class ReferenceModel {
     // hidden states past the layer.
     void Run(int layer, const ModelConfig& layer_config, const LayerWeightSource& weights,
              const std::vector<LayerObserver*>& observers, bool advance);
+    // The next Run of `layer` with advance keeps its K/V of every token, whether or not a later
+    // layer reads it; HandKvTo then moves them to `to`, whose layers below `layer` read them
+    // (heal after lckv seeds the converted sweep with them).
+    void KeepKv(int layer);
+    void HandKvTo(int layer, Stepper& to);
 
    private:
     struct State;

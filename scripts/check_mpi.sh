@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CTest `mpi`: `mpirun -np 2` and `-np 4` give what one process gives (gqa-svd, kv-scales,
 # kv-mixed, heal (every rank trains on every rank's windows; its trajectory and logits targets
-# and heal after mlkv with 2), eval --compare;
+# and heal after mlkv and lckv with 2), eval --compare;
 # plan with 2), an error names its rank, rank 1 given other inputs (calibration file, --passes,
 # --calib-tokens) is refused by name before any work, and a rank stopped (named after
 # --rank-timeout) or killed midway leaves no output and a non-zero exit.
@@ -34,7 +34,7 @@ rel4=1e-5
 for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,heal<steps=40,windows=16>' \
   'gqa-svd<kv-heads=2>,heal<steps=40,windows=16,target=trajectory>' \
   'gqa-svd<kv-heads=2>,heal<steps=40,windows=16,target=logits>' \
-  'mlkv<kv-layers=2>,heal<steps=40,windows=16>'; do
+  'mlkv<kv-layers=2>,heal<steps=40,windows=16>' 'lckv<warmup=2>,heal<steps=40,windows=16>'; do
   # One thread, as each rank has here (2 cores): heal's training sums in another order on 2
   # threads (1.03e-6 of a tensor's scale), which is not what this test is about.
   "$kvfold" convert "$model" --calib "$calib" --calib-tokens 4096 --passes "$passes" -o "$work/n1" \
@@ -42,10 +42,10 @@ for passes in 'gqa-svd<kv-heads=2>' 'kv-scales' 'kv-mixed' 'gqa-svd<kv-heads=2>,
   # Heal's trajectory target on 2 ranks only: both targets gather their windows from the ranks
   # by the same code (converter/layer_loop.cc, CaptureHealWindows), which the default target
   # runs on 4 ranks; 4 ranks of the trajectory target took 23 s of this entry on 2 cores. Heal
-  # after mlkv joins its windows by that code too, and so does the logits target, whose source
-  # final states every rank computes for every window.
+  # after mlkv and lckv joins its windows by that code too, and so does the logits target, whose
+  # source final states every rank computes for every window.
   ranks="2 4"
-  [[ "$passes" != *trajectory* && "$passes" != *logits* && "$passes" != mlkv* ]] || ranks=2
+  [[ "$passes" != *trajectory* && "$passes" != *logits* && "$passes" != mlkv* && "$passes" != lckv* ]] || ranks=2
   for n in $ranks; do
     "${mpi[@]}" -np $n "$kvfold" convert "$model" --calib "$calib" --calib-tokens 4096 --passes "$passes" \
       -o "$work/n$n" --quiet >/dev/null

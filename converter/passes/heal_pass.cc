@@ -69,10 +69,6 @@ class HealPass : public LayerPass {
              std::to_string(static_cast<long long>(ModelBytes(config) / (1 << 20))) +
              " MiB (use target=layer)";
     }
-    if (config.AttendsAbove()) {
-      return "layers read the K/V of a layer above them (lckv): that K/V exists only after every "
-             "layer between has run, so no layer can be trained alone";
-    }
     if (config.o_bias) return "an o_proj bias is not supported";
     return "";
   }

@@ -180,8 +180,6 @@ TEST_CASE("heal is refused where it cannot run, before any work", "[convert][hea
   o.calibrate_on = "source";
   CHECK_THROWS_WITH(Convert(o), Catch::Contains("heal trains on the converted layers' own"));
   o.calibrate_on = "converted";
-  o.passes = ParsePipeline("lckv<warmup=2>," + kHeal);
-  CHECK_THROWS_WITH(Convert(o), Catch::Contains("heal cannot follow lckv"));
   o.passes = ParsePipeline("mlkv<kv-layers=2>," + kHeal + ",kv-scales");
   CHECK_THROWS_WITH(Convert(o), Catch::Contains("only layer-local passes"));
   CHECK(kvfold::test::ListDir(tmp.path()).empty());  // nothing left behind
@@ -217,6 +215,46 @@ TEST_CASE("heal follows mlkv: layers reading another's K/V train their queries a
   CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("shared")));
   RunConvert("stories260K-mha", "mlkv<kv-layers=2>," + kHeal, tmp.File("again"));
   CHECK(ReadBytes(tmp.File("again/model.safetensors")) ==
+        ReadBytes(tmp.File("healed/model.safetensors")));
+}
+
+TEST_CASE("heal follows lckv: the layers below read the target layer's K/V of the source stream",
+          "[convert][heal][quality][shared]") {
+  // stories260K-mha's 5 layers with lckv<warmup=2>: layers 0 and 4 keep their K/V and weights
+  // (nothing to heal), 1 to 3 read layer 3's K/V, whose projections stay as lckv fitted them.
+  TempDir tmp;
+  RunConvert("stories260K-mha", "lckv<warmup=2>", tmp.File("shared"));
+  const std::string passes = "lckv<warmup=2>," + kHeal;
+  RunConvert("stories260K-mha", passes, tmp.File("healed"));
+  const auto record = ReadJson(tmp.File("healed/kvfold.json"));
+  REQUIRE(record["passes"][1]["layers"].size() == 5);
+  for (const auto& layer : record["passes"][1]["layers"]) {
+    const int l = layer["layer"].get<int>();
+    INFO("layer " << l);
+    const double before = layer["held_out_error_before"].get<double>();
+    if (l == 0 || l == 4) {
+      CHECK(before < 1e-10);
+      CHECK(layer["kept_step"].get<int>() == 0);
+      continue;
+    }
+    CHECK(layer["kept_step"].get<int>() > 0);
+    CHECK(layer["held_out_error_after"].get<double>() < before);
+  }
+  const Checkpoint shared = OpenCheckpoint(tmp.File("shared"));
+  const Checkpoint healed = OpenCheckpoint(tmp.File("healed"));
+  CHECK(healed.config.kv_layer_of == std::vector<std::int64_t>{0, 3, 3, 3, 4});
+  for (const char* name :
+       {"model.layers.3.self_attn.k_proj.weight", "model.layers.3.self_attn.v_proj.weight"}) {
+    INFO(name);
+    CHECK(healed.tensors.ReadF32(name) == shared.tensors.ReadF32(name));
+  }
+  CHECK(healed.tensors.ReadF32("model.layers.3.self_attn.q_proj.weight") !=
+        shared.tensors.ReadF32("model.layers.3.self_attn.q_proj.weight"));
+  // decoded token by token, exactly as the model runs
+  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("shared")));
+  // The seed's K/V and windows spilled too: the same bytes come out.
+  RunSpilled(passes, tmp.File("spilled"));
+  CHECK(ReadBytes(tmp.File("spilled/model.safetensors")) ==
         ReadBytes(tmp.File("healed/model.safetensors")));
 }
 

@@ -58,7 +58,8 @@ void Reconstruct(const HealWeights& w, std::vector<double>& q, std::vector<doubl
 }
 
 // The attention context [T, H d] of one window x [T, in_cols] in float64; keys and values from
-// x_kv (another layer's inputs: mlkv) when given.
+// x_kv (another layer's inputs: mlkv) when given. With w.kv_above (lckv) token i attends to
+// tokens j < i only, and the first token's context is zero.
 std::vector<double> Context(const HealWeights& w, const float* x, const float* x_kv = nullptr) {
   const std::int64_t H = w.heads, KV = w.kv_heads, d = w.head_dim, C = w.in_cols;
   auto project = [&](const std::vector<float>& m, std::int64_t rows, const float* in) {
@@ -104,9 +105,10 @@ std::vector<double> Context(const HealWeights& w, const float* x, const float* x
   for (std::int64_t h = 0; h < H; ++h) {
     const std::int64_t g = h / (H / KV);
     for (std::int64_t i = 0; i < kT; ++i) {
-      std::vector<double> p(static_cast<std::size_t>(i + 1));
+      const std::int64_t seen = w.kv_above ? i : i + 1;  // keys j < seen
+      std::vector<double> p(static_cast<std::size_t>(seen));
       double top = -1e300, sum = 0;
-      for (std::int64_t j = 0; j <= i; ++j) {
+      for (std::int64_t j = 0; j < seen; ++j) {
         double s = 0;
         for (std::int64_t e = 0; e < d; ++e)
           s += q[i * H * d + h * d + e] * k[j * KV * d + g * d + e];
@@ -114,7 +116,7 @@ std::vector<double> Context(const HealWeights& w, const float* x, const float* x
         top = std::max(top, p[j]);
       }
       for (auto& x : p) sum += (x = std::exp(x - top));
-      for (std::int64_t j = 0; j <= i; ++j)
+      for (std::int64_t j = 0; j < seen; ++j)
         for (std::int64_t e = 0; e < d; ++e)
           ctx[i * H * d + h * d + e] += p[j] / sum * v[j * KV * d + g * d + e];
     }
@@ -158,7 +160,9 @@ Case MakeCase(bool norms = false, std::uint64_t budget = UINT64_MAX) {
               {},
               {},
               {},
-              nullptr};
+              nullptr,
+              false,
+              false};
   if (norms) {
     c.source.q_norm = Random(kD, 0.3, g);
     c.source.k_norm = Random(kD, 0.3, g);
@@ -253,6 +257,27 @@ std::int64_t DeltaRank(const std::vector<float>& after, const std::vector<float>
     basis.push_back(v);
   }
   return static_cast<std::int64_t>(basis.size());
+}
+
+// The mlkv case's windows: another layer's inputs [W, T, hidden] and with the bias column.
+struct OtherLayer {
+  std::vector<float> inputs, with_bias;
+  HealWindows windows;
+};
+
+OtherLayer MakeOtherLayer() {
+  std::mt19937_64 g(11);
+  OtherLayer o;
+  o.inputs = Random(kWindows * kT * kHidden, 1.0, g);
+  std::vector<std::int64_t> sequences;
+  for (std::int64_t row = 0; row < kWindows * kT; ++row) {
+    o.with_bias.insert(o.with_bias.end(), &o.inputs[row * kHidden], &o.inputs[(row + 1) * kHidden]);
+    o.with_bias.push_back(1.0f);
+  }
+  for (std::int64_t w = 0; w < kWindows; ++w) sequences.push_back(w);
+  o.windows =
+      MakeHealWindows(kT, kHidden, kH * kD, sequences, o.inputs, {}, {}, HealBudget(UINT64_MAX));
+  return o;
 }
 
 }  // namespace
@@ -369,32 +394,61 @@ TEST_CASE("a layer reading another layer's K/V heals its queries and o_proj only
   // mlkv: the layer's keys and values are another layer's projections of that layer's inputs
   // (here other random windows and the fold's 2-head k/v), fixed while this layer trains.
   const Case c = MakeCase();
-  std::mt19937_64 g(11);
-  const std::vector<float> other = Random(kWindows * kT * kHidden, 1.0, g);
-  std::vector<float> other_with_bias;
-  std::vector<std::int64_t> sequences;
-  for (std::int64_t row = 0; row < kWindows * kT; ++row) {
-    other_with_bias.insert(other_with_bias.end(), &other[row * kHidden],
-                           &other[(row + 1) * kHidden]);
-    other_with_bias.push_back(1.0f);
-  }
-  for (std::int64_t w = 0; w < kWindows; ++w) sequences.push_back(w);
-  const HealWindows kv_layer =
-      MakeHealWindows(kT, kHidden, kH * kD, sequences, other, {}, {}, HealBudget(UINT64_MAX));
+  const OtherLayer other = MakeOtherLayer();
   HealWeights reader = c.fold;  // q and o as the source's; k and v the other layer's
-  reader.kv_source = &kv_layer;
+  reader.kv_source = &other.windows;
   HealWeights w = reader;
   const HealOutcome r = HealAttention(Layer(), 0, c.data, c.source.wo, w, Settings(), "cpu");
   // float32 training against float64 sums: 1e-4 relative, as above
   CHECK(r.held_out_before ==
-        Approx(ReferenceError(c, reader, true, &other_with_bias)).epsilon(1e-4));
+        Approx(ReferenceError(c, reader, true, &other.with_bias)).epsilon(1e-4));
   REQUIRE(r.best_step > 0);
   CHECK(r.held_out_after < r.held_out_before);
-  CHECK(r.held_out_after == Approx(ReferenceError(c, w, true, &other_with_bias)).epsilon(1e-4));
+  CHECK(r.held_out_after == Approx(ReferenceError(c, w, true, &other.with_bias)).epsilon(1e-4));
   CHECK(w.wk == reader.wk);  // not trained: they belong to the other layer
   CHECK(w.wv == reader.wv);
   CHECK(w.wq != reader.wq);
   CHECK(w.wo != reader.wo);
+}
+
+TEST_CASE("a layer reading a layer above it sees that layer's K/V of earlier tokens only",
+          "[heal]") {
+  // lckv: as above, but the runtime masks the diagonal and gives the first token no attention
+  // output. The float64 reference does the same; with the diagonal seen, its error differs.
+  const Case c = MakeCase();
+  const OtherLayer other = MakeOtherLayer();
+  HealWeights reader = c.fold;
+  reader.kv_source = &other.windows;
+  reader.kv_above = true;
+  HealWeights w = reader;
+  const HealOutcome r = HealAttention(Layer(), 0, c.data, c.source.wo, w, Settings(), "cpu");
+  // float32 training against float64 sums: 1e-4 relative, as above
+  const double before = ReferenceError(c, reader, true, &other.with_bias);
+  CHECK(r.held_out_before == Approx(before).epsilon(1e-4));
+  HealWeights causal = reader;
+  causal.kv_above = false;
+  CHECK(std::abs(ReferenceError(c, causal, true, &other.with_bias) - before) > 1e-2 * before);
+  REQUIRE(r.best_step > 0);
+  CHECK(r.held_out_after < r.held_out_before);
+  CHECK(r.held_out_after == Approx(ReferenceError(c, w, true, &other.with_bias)).epsilon(1e-4));
+  CHECK(w.wk == reader.wk);
+  CHECK(w.wv == reader.wv);
+}
+
+TEST_CASE("a layer whose K/V layers below read heals its queries and o_proj only", "[heal]") {
+  // lckv's target layer: its own k/v, fixed, because the layers below were healed against them.
+  const Case c = MakeCase();
+  HealWeights fixed = c.fold;
+  fixed.kv_fixed = true;
+  HealWeights w = fixed;
+  const HealOutcome r = HealAttention(Layer(), 0, c.data, c.source.wo, w, Settings(), "cpu");
+  CHECK(r.held_out_before == Approx(ReferenceError(c, fixed, true)).epsilon(1e-4));
+  REQUIRE(r.best_step > 0);
+  CHECK(r.held_out_after < r.held_out_before);
+  CHECK(w.wk == fixed.wk);
+  CHECK(w.wv == fixed.wv);
+  CHECK(w.wq != fixed.wq);
+  CHECK(w.wo != fixed.wo);
 }
 
 TEST_CASE("healing leaves an exact fold exactly as it was", "[heal]") {
