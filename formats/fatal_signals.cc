@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -78,9 +79,15 @@ void RemoveAt(int dir_fd, const char* name, int depth) {
   ::unlinkat(dir_fd, name, AT_REMOVEDIR);
 }
 
+// Other threads run on while the handler does: the output's writer (converter/passes/
+// write_behind.h) may create a shard in a folder being emptied, so a path still there is
+// removed again.
 void RemoveRegisteredPaths() {
   for (auto& slot : g_paths) {
-    if (slot.state.load() == 2) RemoveAt(AT_FDCWD, slot.path, 0);
+    if (slot.state.load() != 2) continue;
+    struct stat st;
+    for (int attempt = 0; attempt < 8 && ::lstat(slot.path, &st) == 0; ++attempt)
+      RemoveAt(AT_FDCWD, slot.path, 0);
   }
 }
 

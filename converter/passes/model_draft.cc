@@ -157,45 +157,61 @@ void ModelDraft::OpenOutput(std::unique_ptr<ModelExporter> exporter) {
   output_ = std::move(exporter);
 }
 
-void ModelDraft::AddUnchanged(const std::string& name) {
+ModelDraft::Outgoing ModelDraft::Unchanged(const std::string& name) const {
   const TensorRef& ref = source_.tensors.Get(name);
-  if (!ref.row_order) {
-    output_->Add(ParseHfTensorName(name),
-                 {name, ref.entry->dtype, ref.entry->shape, ref.bytes(), /*mapped=*/true});
-    return;
+  Outgoing out{ParseHfTensorName(name), {name, ref.entry->dtype, ref.entry->shape, {}}, {}};
+  if (ref.row_order) {
+    out.owned = OrderedBytes(ref);  // the exporter takes kvfold's channel order
+  } else {
+    out.tensor.bytes = ref.bytes();
+    out.tensor.mapped = true;
   }
-  const std::string ordered = OrderedBytes(ref);  // the exporter takes kvfold's channel order
-  output_->Add(ParseHfTensorName(name), {name, ref.entry->dtype, ref.entry->shape, ordered});
+  return out;
 }
 
 void ModelDraft::WriteLayer(int layer) {
   if ((!output_ && !discard_output_) || layers_written_.count(layer)) return;
   SealLayer(layer);
+  auto outgoing = std::make_shared<std::vector<Outgoing>>();
   for (const std::string& name : Names()) {
     if (LayerOf(name) != layer) continue;
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
-      if (output_) AddUnchanged(name);
+      if (output_) outgoing->push_back(Unchanged(name));
       continue;
     }
     Replacement& r = it->second;
-    if (output_)
-      output_->Add(ParseHfTensorName(name), {name, OutputDType(name, r), r.shape, r.sealed});
+    if (output_) {
+      outgoing->push_back({ParseHfTensorName(name),
+                           {name, OutputDType(name, r), r.shape, {}},
+                           std::move(r.sealed)});
+    }
     std::string().swap(r.sealed);  // frees the bytes (assigning "" would keep the capacity)
     r.written = true;
   }
   layers_written_.insert(layer);
+  if (!output_) return;
+  writer_.Start([this, outgoing] {
+    for (Outgoing& t : *outgoing) {
+      if (!t.owned.empty()) t.tensor.bytes = t.owned;
+      output_->Add(t.id, t.tensor);
+      std::string().swap(t.owned);  // written: its bytes go now, not with the layer
+    }
+  });
 }
 
 void ModelDraft::WriteRemaining() {
   if (!output_) Fail(source_.dir, "internal error: the draft has no output open");
   for (int l = 0; l < config.num_hidden_layers; ++l) WriteLayer(l);
+  FlushOutput();
   for (const std::string& name : Names()) {
     const std::optional<int> layer = LayerOf(name);
     if (layer && layers_written_.count(*layer)) continue;
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
-      AddUnchanged(name);
+      Outgoing t = Unchanged(name);
+      if (!t.owned.empty()) t.tensor.bytes = t.owned;
+      output_->Add(t.id, t.tensor);
     } else {
       const std::string bytes = OutputBytes(name, it->second);
       output_->Add(ParseHfTensorName(name),
@@ -211,6 +227,7 @@ std::vector<std::string> ModelDraft::NotCopied() const {
 
 std::vector<std::string> ModelDraft::FinishOutput(const nlohmann::ordered_json* provenance) {
   if (!output_) Fail(source_.dir, "internal error: the draft has no output open");
+  FlushOutput();
   return output_->Finish({source_, config, extra_files_, provenance});
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "converter/export/model_exporter.h"
+#include "converter/passes/write_behind.h"
 #include "formats/checkpoint.h"
 #include "formats/dtype.h"
 
@@ -61,8 +62,12 @@ class ModelDraft {
   // as it is done.
   void OpenOutput(std::unique_ptr<ModelExporter> exporter);
   // Seals layer `layer` and hands its tensors, in name order, to the open output (no-op
-  // without one); its replacements are freed and can no longer be read back.
+  // without one); its replacements can no longer be read back. The output writes them on a
+  // thread of its own while the caller goes on (their bytes are freed once written); an error
+  // it meets is thrown by the next WriteLayer, FlushOutput, WriteRemaining or FinishOutput.
   void WriteLayer(int layer);
+  // Returns once every layer handed to the output is written; rethrows a write's error.
+  void FlushOutput() { writer_.Wait(); }
   // For a rank that computes the conversion but does not write it (formats/ranks.h): WriteLayer
   // then frees each layer as if written, and WriteTo must not be called.
   void DiscardOutput() { discard_output_ = true; }
@@ -98,7 +103,13 @@ class ModelDraft {
     bool written = false;        // WriteLayer: in the output, bytes freed
   };
   void RequireUnwritten(const std::string& name) const;  // a written layer is final
-  void AddUnchanged(const std::string& name);            // a source tensor, to the output
+  // A tensor on its way to the output: its bytes owned here, or mapped from the source.
+  struct Outgoing {
+    std::optional<TensorId> id;
+    TensorToWrite tensor;
+    std::string owned;
+  };
+  Outgoing Unchanged(const std::string& name) const;  // a source tensor, as the output takes it
   DType OutputDType(const std::string& name, const Replacement& r) const;
   std::string OutputBytes(const std::string& name, const Replacement& r) const;
   const Checkpoint& source_;
@@ -111,6 +122,8 @@ class ModelDraft {
   std::unique_ptr<ModelExporter> output_;
   std::set<int> layers_written_;
   bool discard_output_ = false;
+  // Last: destroyed first, so a write still running ends before the output and draft it uses.
+  WriteBehind writer_;
 };
 
 }  // namespace kvfold

@@ -2,7 +2,9 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,24 @@ std::string F16Copy(const TempDir& tmp) {
   WriteSafetensors(dir + "/model.safetensors", tensors);
   return dir;
 }
+
+// An output that records the names it is handed, in order, and fails on one of them as a full
+// disk would.
+class RecordingExporter : public ModelExporter {
+ public:
+  RecordingExporter(std::vector<std::string>& added, std::string fails_on)
+      : added_(added), fails_on_(std::move(fails_on)) {}
+  void Add(const std::optional<TensorId>&, const TensorToWrite& t) override {
+    if (t.name == fails_on_) Fail("out/model.safetensors", "No space left on device");
+    added_.push_back(t.name);
+  }
+  std::vector<std::string> Finish(const ExportedModel&) override { return {}; }
+  std::vector<std::string> NotCopied() const override { return {}; }
+
+ private:
+  std::vector<std::string>& added_;
+  std::string fails_on_;
+};
 
 // Bytes the C heap has handed out and not had back (small and large allocations).
 std::size_t HeapInUse() {
@@ -129,6 +149,7 @@ TEST_CASE("a written layer's bytes go back to the heap", "[convert][output][shar
   draft.SealLayer(1);  // the float32 copy goes, the 8 MiB to write stay
   const std::size_t sealed = HeapInUse();
   draft.WriteLayer(1);
+  draft.FlushOutput();  // written on the output's thread: freed once it is done
   const std::size_t written = HeapInUse();
   INFO("heap in use: " << sealed << " bytes sealed, " << written << " written");
   CHECK(written + kCount * sizeof(float) - (1 << 20) < sealed);  // 1 MiB for other allocations
@@ -184,4 +205,25 @@ TEST_CASE("attention read into a used buffer is the attention read fresh",
     same(p, ReadAttention(draft, layer));
     CHECK(p.wk.empty() == (layer == 2));
   }
+}
+
+TEST_CASE("a write that fails behind the layer loop is thrown by the next call, once",
+          "[convert][output][shared]") {
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
+  std::vector<std::string> added;
+  const std::string fails_on = "model.layers.1.self_attn.k_proj.weight";
+  ModelDraft draft(ck);
+  draft.OpenOutput(std::make_unique<RecordingExporter>(added, fails_on));
+  draft.WriteLayer(0);
+  draft.FlushOutput();
+  const std::size_t layer0 = added.size();
+  CHECK(layer0 == 9);  // two norms, four attention and three MLP matrices
+  CHECK(std::is_sorted(added.begin(), added.end()));  // in name order
+  draft.WriteLayer(1);                                // returns: the write runs behind
+  CHECK_THROWS_WITH(draft.WriteLayer(2), "out/model.safetensors: No space left on device");
+  // Layer 1 stopped at the failing tensor; layer 2 was never handed over.
+  // input_layernorm, the three MLP matrices and post_attention_layernorm come before k_proj
+  CHECK(added.size() == layer0 + 5);
+  for (const std::string& name : added) CHECK(name.rfind("model.layers.2.", 0) != 0);
+  CHECK_NOTHROW(draft.FlushOutput());  // said once
 }
