@@ -3,7 +3,8 @@
 # heads, gqa-svd (default refit) with and without `heal` (HEAL overrides the spec), calibrated as
 # bench/heal.sh and scored on 64 windows (kvfold-ppl-v1, W = 256) of the other family's
 # evaluation text: WikiText-2 test for the TinyStories models, TinyStories eval for the WikiText
-# ones. Prints one markdown table. MODELS overrides the model list.
+# ones (TEXT= another file for every model, e.g. ../shared/text/tinyshakespeare/train.txt).
+# Prints one markdown table. MODELS overrides the model list.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/shared_models.sh
@@ -18,6 +19,7 @@ echo "|---|---|---|---|---|---|---|---|"
 for model in ${MODELS:-stories260K micro-mha mini-mha}; do
   src="$shared/models/$model"
   model_texts "$model"
+  other="${TEXT:-$other}"
   kv0=$($kvfold inspect "$src" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['num_key_value_heads'])")
   kv=$((kv0 / 4))
   original=$($kvfold eval "$src" --text "$other" --max-windows 64 --threads 2 --quiet --json |
