@@ -31,6 +31,27 @@ void AccumulateInputMoment(const float* a, const float* b, std::int64_t rows, st
   acc[static_cast<std::size_t>(D * W + D)] += static_cast<double>(rows);
 }
 
+// acc [dim, dim] += the symmetric matrix whose upper triangle is `upper` (column-major: element
+// (i, j) with i <= j at upper[j * dim + i]), in 64 x 64 tiles. Row by row, each mirrored write
+// acc[i * dim + j] landed on another page: at the Llama-2-7B shape (dim 4096) that loop took
+// longer than the syrk it follows. Every element still gets exactly one addition.
+void AddMirroredUpper(const float* upper, std::int64_t dim, double* acc) {
+  constexpr std::int64_t kTile = 64;
+  for (std::int64_t jb = 0; jb < dim; jb += kTile) {
+    const std::int64_t j_end = std::min(dim, jb + kTile);
+    for (std::int64_t ib = 0; ib <= jb; ib += kTile) {
+      for (std::int64_t j = jb; j < j_end; ++j) {
+        const std::int64_t i_end = std::min(j + 1, ib + kTile);
+        for (std::int64_t i = ib; i < i_end; ++i) {
+          const double v = upper[j * dim + i];
+          acc[i * dim + j] += v;
+          if (i != j) acc[j * dim + i] += v;
+        }
+      }
+    }
+  }
+}
+
 // acc += X^T X for X = `view` seen as [rows, dim] row-major.
 void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector<float>& scratch,
                             std::vector<double>& acc) {
@@ -43,14 +64,7 @@ void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector
   scratch.assign(static_cast<std::size_t>(dim * dim), 0.0f);
   ssyrk_("U", "N", &n, &k, &one, view.data, &lda, &zero, scratch.data(), &ldc);
   if (acc.empty()) acc.assign(static_cast<std::size_t>(dim * dim), 0.0);
-  // Column-major upper triangle: element (i, j) with i <= j sits at scratch[j * n + i].
-  for (std::int64_t j = 0; j < dim; ++j) {
-    for (std::int64_t i = 0; i <= j; ++i) {
-      const double v = scratch[static_cast<std::size_t>(j * dim + i)];
-      acc[static_cast<std::size_t>(i * dim + j)] += v;
-      if (i != j) acc[static_cast<std::size_t>(j * dim + i)] += v;
-    }
-  }
+  AddMirroredUpper(scratch.data(), dim, acc.data());
 }
 
 // Norm-vs-attention measures of every (sequence, KV head) of a [B, T, H, d] / [B, T, KV, d] pair.
