@@ -13,6 +13,7 @@
 #include "formats/ranks.h"
 #include "formats/tensor_names.h"
 #include "runtime_check/attention_heal.h"
+#include "runtime_check/blas_threads.h"
 #include "runtime_check/data_parallel.h"
 
 namespace kvfold {
@@ -146,6 +147,17 @@ void FinishPasses(Pipeline& pipeline, ModelDraft& draft, const KvStatistics& tot
   }
 }
 
+// A pass's own math on layer l: spread by the pass over --threads threads (gqa-svd's KV groups
+// and heads), each with one BLAS thread. gqa-svd's fold is many small products and
+// eigendecompositions per KV group, and waking OpenBLAS's second thread for each cost more than
+// it gave (docs/results.md, "Why gqa-svd is slower at 2 threads"). The refit's solve, which
+// scales, keeps the pool.
+void RunPassLayer(LayerPass& pass, LayerPassContext& ctx) {
+  const ScopedSingleThreadBlas one_thread;
+  ctx.threads = static_cast<int>(DataParallelSlots(true));  // --threads, on the CPU
+  pass.RunLayer(ctx);
+}
+
 // Source mode, layer-local passes none of which follows a K/V change: the source sweep hands
 // each layer's statistics to every pass as soon as every batch passed the layer, then frees
 // them, and the layer's replaced tensors are sealed. Byte-identical to the whole-model run.
@@ -160,7 +172,7 @@ void RunSourceLayerByLayer(Pipeline& pipeline, ModelDraft& draft, const Calibrat
     for (std::size_t i = 0; i < pipeline.passes.size(); ++i) {
       const auto t0 = Clock::now();
       LayerPassContext ctx{draft, l, statistics, kv_heads};
-      AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
+      RunPassLayer(AsLayerPass(pipeline.passes[i]), ctx);
       seconds[i] += Since(t0);
     }
     if (report)
@@ -238,7 +250,7 @@ void RunLayerWithRefit(LayerPass& pass, LayerPassContext& ctx, ReferenceModel::S
     draft.SealLayer(l);
     stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), refit.observers, false);
   }
-  pass.RunLayer(ctx);
+  RunPassLayer(pass, ctx);
   for (auto& c : refit.collectors) c.BeginConverted();
   draft.SealLayer(l);
   stepper.Run(l, LayerConfig(draft, l), DraftWeights(draft), refit.observers, false);
@@ -505,7 +517,7 @@ void RunConverted(Pipeline& pipeline, ModelDraft& draft, const CalibrationData& 
         RunLayerWithRefit(AsLayerPass(pipeline.passes[i]), ctx, stepper, *refit, captured);
         refit.reset();
       } else {
-        AsLayerPass(pipeline.passes[i]).RunLayer(ctx);
+        RunPassLayer(AsLayerPass(pipeline.passes[i]), ctx);
       }
       seconds[i] += Since(t0);
       if (pipeline.passes[i]->ChangesKv()) stats.reset();
@@ -532,6 +544,10 @@ void RunWholeModel(Pipeline& pipeline, ModelDraft& draft, const CalibrationData&
     const auto t0 = Clock::now();
     nlohmann::ordered_json record = {{"pass", pipeline.specs[i].Text()}};
     PassContext ctx{draft, stats, record};
+    // A layer-local pass on one BLAS thread, as in the layer loop (RunPassLayer): LAPACK's
+    // blocked products round differently on two, and the two paths must give the same bytes.
+    std::optional<ScopedSingleThreadBlas> one_thread;
+    if (pipeline.passes[i]->LayerLocal()) one_thread.emplace();
     pipeline.passes[i]->Run(ctx);
     run.records.push_back(record);
     seconds[i] = Since(t0);

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "converter/passes/linalg.h"
+#include "converter/passes/parallel_items.h"
 #include "formats/error.h"
 
 namespace kvfold {
@@ -185,35 +187,56 @@ std::pair<Matrix, Matrix> WeightedValueBasis(const Matrix& moment, Matrix gram, 
   return {Multiply(q_rows, root), Multiply(q_rows, inverse_root)};
 }
 
+// One group's value fold: the decoder rows Omega [d, t d] for W_O, the group's new W_V rows
+// [d, cols], and the energy kept.
+struct ValueGroupFold {
+  Matrix decoder_rows;
+  std::vector<double> wv;
+  double kept = 0;
+};
+
+ValueGroupFold FoldValueGroup(const AttentionProjections& p, std::int64_t new_kv, std::int64_t g,
+                              const std::vector<double>& moment, bool weight_by_output) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim;
+  ValueGroupFold fold;
+  const Matrix sigma = GroupBlock(moment, p.kv_heads * d, g * t * d, t * d);
+  // Without output weighting the basis is orthonormal: the decoder is the encoder.
+  Matrix encoder;
+  if (weight_by_output) {
+    std::tie(encoder, fold.decoder_rows) =
+        WeightedValueBasis(sigma, OutputGram(p, new_kv, g), d, &fold.kept);
+  } else {
+    encoder = TopEigenRows(sigma, d, &fold.kept);
+    fold.decoder_rows = encoder;
+  }
+  fold.wv = CombineRows(encoder, p.wv, p.in_cols(), g * t * d);
+  return fold;
+}
+
 }  // namespace
 
 void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<double>& moment,
-                FoldRecord& record, bool weight_by_output) {
-  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, cols = p.in_cols();
-  const std::int64_t kv_dim = p.kv_heads * d, out_rows = p.hidden, o_cols = p.heads * d;
+                FoldRecord& record, bool weight_by_output, int threads) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim;
+  const std::int64_t out_rows = p.hidden, o_cols = p.heads * d;
+  std::vector<ValueGroupFold> groups(static_cast<std::size_t>(new_kv));
+  ParallelItems(new_kv, threads, [&](std::int64_t g) {
+    groups[static_cast<std::size_t>(g)] = FoldValueGroup(p, new_kv, g, moment, weight_by_output);
+  });
   std::vector<double> wv;
-  std::vector<Matrix> omegas;  // per group, [d, t d]: W_O[:, head] <- W_O[:, head] Omega_j^T
-  for (std::int64_t g = 0; g < new_kv; ++g) {
-    double kept = 0;
-    const Matrix sigma = GroupBlock(moment, kv_dim, g * t * d, t * d);
-    // Without output weighting the basis is orthonormal: the decoder is the encoder.
-    const auto [encoder, decoder_rows] =
-        weight_by_output ? WeightedValueBasis(sigma, OutputGram(p, new_kv, g), d, &kept) : [&] {
-          const Matrix e = TopEigenRows(sigma, d, &kept);
-          return std::pair<Matrix, Matrix>(e, e);
-        }();
-    omegas.push_back(decoder_rows);
-    record.value_energy_kept.push_back(kept);
-    const auto v = CombineRows(encoder, p.wv, cols, g * t * d);
-    wv.insert(wv.end(), v.begin(), v.end());
+  wv.reserve(static_cast<std::size_t>(new_kv * d * p.in_cols()));
+  for (const ValueGroupFold& group : groups) {
+    record.value_energy_kept.push_back(group.kept);
+    wv.insert(wv.end(), group.wv.begin(), group.wv.end());
   }
   // W_O[:, head] <- W_O[:, head] Omega_j^T, with j the head's original KV head inside its group,
-  // in place (a copy of W_O is a fresh mapping, faulted page by page, on every layer).
-  for (std::int64_t h = 0; h < p.heads; ++h) {
+  // in place (a copy of W_O is a fresh mapping, faulted page by page, on every layer); each head
+  // writes only its own columns.
+  ParallelItems(p.heads, threads, [&](std::int64_t h) {
     const std::int64_t m = KvHeadOf(p, h), g = m / t, j = m % t;
-    DecodeOutputHead(p.wo, p.wo, out_rows, o_cols, h, d, omegas[static_cast<std::size_t>(g)],
-                     j * d);
-  }
+    DecodeOutputHead(p.wo, p.wo, out_rows, o_cols, h, d,
+                     groups[static_cast<std::size_t>(g)].decoder_rows, j * d);
+  });
   p.wv = std::move(wv);
   // kv_heads changes with the keys: FoldValues and a key fold are applied as a pair.
 }
@@ -258,10 +281,12 @@ KeyFoldCoefficients CommutingKeyFold(const AttentionProjections& p, std::int64_t
   return f;
 }
 
-void ApplyKeyFold(AttentionProjections& p, std::int64_t new_kv, const KeyFoldCoefficients& f) {
+void ApplyKeyFold(AttentionProjections& p, std::int64_t new_kv, const KeyFoldCoefficients& f,
+                  int threads) {
   const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, half = d / 2, cols = p.in_cols();
   std::vector<double> wk(static_cast<std::size_t>(new_kv * d * cols), 0.0);
-  for (std::int64_t g = 0; g < new_kv; ++g) {
+  // Each group writes only its own rows of the new W_K.
+  ParallelItems(new_kv, threads, [&](std::int64_t g) {
     for (std::int64_t j = 0; j < half; ++j) {
       // New key pair j of group g: sum_m conj(encode_m) z_m.
       for (std::int64_t m = 0; m < t; ++m) {
@@ -278,21 +303,22 @@ void ApplyKeyFold(AttentionProjections& p, std::int64_t new_kv, const KeyFoldCoe
         }
       }
     }
-  }
-  // Each query head multiplies its pair j by conj(decode_m) of the KV head it read, in place.
-  for (std::int64_t h = 0; h < p.heads; ++h) {
+  });
+  // Each query head multiplies its pair j by conj(decode_m) of the KV head it read, in place, in
+  // its own rows.
+  ParallelItems(p.heads, threads, [&](std::int64_t h) {
     const auto m = static_cast<std::size_t>(KvHeadOf(p, h));
     for (std::int64_t j = 0; j < half; ++j)
       ConjugateQueryPair(p.wq, p.wq, h, d, j, cols, f.decode[m][static_cast<std::size_t>(j)]);
-  }
+  });
   p.wk = std::move(wk);
   p.kv_heads = new_kv;
 }
 
 void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
                      const std::vector<double>& moment, FoldRecord& record,
-                     const std::vector<double>* query_energy) {
-  ApplyKeyFold(p, new_kv, CommutingKeyFold(p, new_kv, moment, record, query_energy));
+                     const std::vector<double>* query_energy, int threads) {
+  ApplyKeyFold(p, new_kv, CommutingKeyFold(p, new_kv, moment, record, query_energy), threads);
 }
 
 KeyReconstruction ReconstructKeys(const AttentionProjections& p, std::int64_t new_kv,

@@ -65,9 +65,11 @@ void MeanPoolKv(AttentionProjections& p, std::int64_t new_kv);
 // counted alone). Solution (reduced-rank regression): Q = top-d eigenvectors of
 // G^1/2 Sigma G^1/2, encoder E = Q^T G^1/2 (into W_V), decoder D = G^-1/2 Q (into W_O). Equal to
 // the plain fold when G is a multiple of I; lossless whenever the plain one is.
+// `threads`: the groups, then the heads of W_O, spread over that many threads (ParallelItems;
+// the result does not depend on it). The same in the key folds below.
 void FoldValues(AttentionProjections& p, std::int64_t new_kv,
                 const std::vector<double>& value_moment, FoldRecord& record,
-                bool weight_by_output = false);
+                bool weight_by_output = false, int threads = 1);
 
 // The output-error Gram G of group g's stacked values ([t d, t d], see FoldValues).
 Matrix OutputGram(const AttentionProjections& p, std::int64_t new_kv, std::int64_t group);
@@ -79,7 +81,7 @@ Matrix OutputGram(const AttentionProjections& p, std::int64_t new_kv, std::int64
 // error), and the fold decodes with u_m / s_m and encodes with u_m s_m (METHODS.md).
 void FoldKeysCommute(AttentionProjections& p, std::int64_t new_kv,
                      const std::vector<double>& key_pre_rope_moment, FoldRecord& record,
-                     const std::vector<double>* query_energy = nullptr);
+                     const std::vector<double>* query_energy = nullptr, int threads = 1);
 
 // The commuting key fold's coefficients for every original KV head m and rotary pair j: the new
 // key pair of m's group is sum_m conj(encode_m) z_m, and the query heads reading m multiply their
@@ -91,7 +93,8 @@ KeyFoldCoefficients CommutingKeyFold(const AttentionProjections& p, std::int64_t
                                      const std::vector<double>& key_pre_rope_moment,
                                      FoldRecord& record,
                                      const std::vector<double>* query_energy = nullptr);
-void ApplyKeyFold(AttentionProjections& p, std::int64_t new_kv, const KeyFoldCoefficients& f);
+void ApplyKeyFold(AttentionProjections& p, std::int64_t new_kv, const KeyFoldCoefficients& f,
+                  int threads = 1);
 
 // A layer's per-head query and key RMSNorm weights (Qwen3, Gemma 3) as they multiply, [d] each.
 struct HeadNorms {
@@ -106,7 +109,8 @@ struct HeadNorms {
 // query. Throws Error for a norm weight of 0.
 void FoldNormalizedKeys(AttentionProjections& p, std::int64_t new_kv,
                         const std::vector<double>& key_pre_rope_moment, FoldRecord& record,
-                        const std::vector<double>* query_energy, const HeadNorms& norms);
+                        const std::vector<double>* query_energy, const HeadNorms& norms,
+                        int threads = 1);
 
 // Keys, reconstruct mode: top-d eigenvectors of the group's stacked post-RoPE keys. W_K and W_Q
 // are unchanged; the returned matrices are applied by the runtime after RoPE.

@@ -166,16 +166,16 @@ class GqaSvd : public LayerPass {
     }
     const LayerKvStatistics& stats = ctx.statistics;
     AttentionProjections& p = layer_;
-    ReadAttention(model, l, p);
+    ReadAttention(model, l, p, ctx.threads);
     if (refit_output_) source_wo_ = p.wo;  // the refit's target is the layer before the fold
     FoldRecord record;
-    FoldValues(p, target, stats.value, record, value_weight_ == "output");
+    FoldValues(p, target, stats.value, record, value_weight_ == "output", ctx.threads);
     const std::vector<double>* query_energy = weight_ == "query" ? &stats.query_energy : nullptr;
     if (model.config.qk_norm) {
-      FoldNormalizedKeys(p, target, stats.key_pre_rope, record, query_energy,
-                         HeadNormsOf(model, l));
+      FoldNormalizedKeys(p, target, stats.key_pre_rope, record, query_energy, HeadNormsOf(model, l),
+                         ctx.threads);
     } else if (rope_ == "commute") {
-      FoldKeysCommute(p, target, stats.key_pre_rope, record, query_energy);
+      FoldKeysCommute(p, target, stats.key_pre_rope, record, query_energy, ctx.threads);
     } else {
       const KeyReconstruction r =
           ReconstructKeys(p, target, stats.key_post_rope, record, query_energy);

@@ -137,7 +137,8 @@ std::vector<double> PreNormScales(const AttentionProjections& p) {
 
 void FoldNormalizedKeys(AttentionProjections& p, std::int64_t new_kv,
                         const std::vector<double>& moment, FoldRecord& record,
-                        const std::vector<double>* query_energy, const HeadNorms& norms) {
+                        const std::vector<double>* query_energy, const HeadNorms& norms,
+                        int threads) {
   const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim, cols = p.in_cols();
   RequireNonZero(norms.query, d, "q_norm");
   RequireNonZero(norms.key, d, "k_norm");
@@ -154,7 +155,7 @@ void FoldNormalizedKeys(AttentionProjections& p, std::int64_t new_kv,
   BalancePairs(f, moment, t, d);
   for (std::size_t m = 0; m < rho.size(); ++m)
     for (auto& e : f.encode[m]) e /= rho[m];
-  ApplyKeyFold(p, new_kv, f);
+  ApplyKeyFold(p, new_kv, f, threads);
   ScaleHeadRows(p.wq, p.heads, d, cols, norms.query, true);
   ScaleHeadRows(p.wk, new_kv, d, cols, norms.key, true);
 }

@@ -37,6 +37,9 @@ struct LayerPassContext {
   const LayerKvStatistics& statistics;    // this layer's (empty when the pipeline needs none)
   std::int64_t statistics_kv_heads;       // the KV heads those statistics describe
   const HealAttentionFn* heal = nullptr;  // only in the converted sweep of a pipeline that heals
+  // Threads the pass may spread its own math over (ParallelItems), BLAS held to one thread
+  // meanwhile: --threads in the layer loop, 1 elsewhere.
+  int threads = 1;
 };
 
 class Pass {

@@ -375,3 +375,33 @@ TEST_CASE("normalised-key fold: lossy groups keep their scores better than a nor
   CHECK(error < 0.75 * blind_error);         // measured 0.61 of it
   CHECK(of / std::sqrt(energy * ff) > 0.8);  // the folded scores follow the originals
 }
+
+TEST_CASE("the fold spread over threads gives the layer the one-thread fold gives", "[gqa][fold]") {
+  // 8 query heads on 4 KV heads folded to 2: two groups on up to 3 threads (values, new key
+  // rows), eight heads on 3 (W_O decode, query pairs). Each item is the same arithmetic on
+  // whichever thread runs it and writes only its own outputs, so the bytes must match; a race or
+  // an item run twice or not at all changes them.
+  const std::int64_t H = 8, KV = 4, d = 4, D = 6;
+  const AttentionProjections source = RandomLayer(H, KV, d, D, 11);
+  const auto samples = Samples(60, D, 12);
+  const auto value_moment = Moment(source.wv, KV * d, D, samples);
+  const auto key_moment = Moment(source.wk, KV * d, D, samples);
+  std::vector<double> query_energy(static_cast<std::size_t>(H * d));
+  for (std::size_t i = 0; i < query_energy.size(); ++i) query_energy[i] = 1.0 + 0.1 * i;
+  auto fold = [&](int threads, FoldRecord& record) {
+    AttentionProjections p = source;
+    FoldValues(p, 2, value_moment, record, true, threads);
+    FoldKeysCommute(p, 2, key_moment, record, &query_energy, threads);
+    return p;
+  };
+  FoldRecord one_record, three_record;
+  const AttentionProjections one = fold(1, one_record), three = fold(3, three_record);
+  CHECK(three.wq == one.wq);
+  CHECK(three.wk == one.wk);
+  CHECK(three.wv == one.wv);
+  CHECK(three.wo == one.wo);
+  CHECK(three.kv_heads == 2);
+  CHECK(three_record.value_energy_kept == one_record.value_energy_kept);
+  CHECK(three_record.key_energy_kept == one_record.key_energy_kept);
+  CHECK(three.wv != source.wv);  // the fold did something
+}

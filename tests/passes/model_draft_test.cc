@@ -185,7 +185,8 @@ TEST_CASE("a tensor's generation changes whenever the values read from it may ha
 TEST_CASE("attention read into a used buffer is the attention read fresh",
           "[convert][fold][shared]") {
   // ReadAttention(model, layer, p) keeps p's buffers from the layer before: nothing of that
-  // layer may remain, also where this layer has no K/V projections (an mlkv reader).
+  // layer may remain, also where this layer has no K/V projections (an mlkv reader), and on
+  // any number of threads.
   const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K-mha"));
   ModelDraft draft(ck);
   draft.Remove({TensorRole::kKProj, 2});
@@ -199,11 +200,13 @@ TEST_CASE("attention read into a used buffer is the attention read fresh",
     CHECK(a.wo == b.wo);
   };
   AttentionProjections p;
-  for (int layer : {0, 1, 2, 3, 0}) {
-    ReadAttention(draft, layer, p);
-    INFO("layer " << layer);
-    same(p, ReadAttention(draft, layer));
-    CHECK(p.wk.empty() == (layer == 2));
+  for (int threads : {1, 2, 4}) {  // the projections read side by side: the same numbers
+    for (int layer : {0, 1, 2, 3, 0}) {
+      ReadAttention(draft, layer, p, threads);
+      INFO("layer " << layer << ", " << threads << " threads");
+      same(p, ReadAttention(draft, layer));
+      CHECK(p.wk.empty() == (layer == 2));
+    }
   }
 }
 
