@@ -24,17 +24,25 @@ Matrix GroupBlock(const std::vector<double>& moment, std::int64_t kv_dim,
   return m;
 }
 
+// The fraction of the (non-negative part of the) spectrum `values`, descending, in its first
+// `count` values: the energy a rank-`count` projection keeps.
+double KeptFraction(const std::vector<double>& values, std::int64_t count) {
+  double kept = 0, total = 0;
+  for (std::size_t k = 0; k < values.size(); ++k) {
+    total += std::max(0.0, values[k]);
+    if (static_cast<std::int64_t>(k) < count) kept += std::max(0.0, values[k]);
+  }
+  return total > 0 ? kept / total : 1.0;
+}
+
 // Top-`count` eigenvectors of a symmetric matrix as rows [count, n], and the energy they keep.
 Matrix TopEigenRows(const Matrix& symmetric, std::int64_t count, double* energy_kept) {
   const SymmetricEigen e = EigenSymmetric(symmetric);
   Matrix rows(count, symmetric.rows);
-  double kept = 0, total = 0;
-  for (std::size_t k = 0; k < e.values.size(); ++k) total += std::max(0.0, e.values[k]);
   for (std::int64_t k = 0; k < count; ++k) {
-    kept += std::max(0.0, e.values[static_cast<std::size_t>(k)]);
     for (std::int64_t i = 0; i < symmetric.rows; ++i) rows(k, i) = e.vectors(i, k);
   }
-  *energy_kept = total > 0 ? kept / total : 1.0;
+  *energy_kept = KeptFraction(e.values, count);
   return rows;
 }
 
@@ -158,10 +166,8 @@ Matrix OutputGram(const AttentionProjections& p, std::int64_t new_kv, std::int64
 
 namespace {
 
-// Encoder rows E [d, n] and decoder D^T [d, n] minimising E || A (v - D E v) ||^2 for A^T A =
-// `gram` and E[v v^T] = `moment` (FoldValues), with the fraction of weighted energy kept.
-std::pair<Matrix, Matrix> WeightedValueBasis(const Matrix& moment, Matrix gram, std::int64_t d,
-                                             double* kept) {
+// G^1/2 and G^-1/2 of the output Gram G = `gram`, after a relative ridge.
+std::pair<Matrix, Matrix> GramRoots(Matrix gram) {
   const std::int64_t n = gram.rows;
   double trace = 0;
   for (std::int64_t i = 0; i < n; ++i) trace += gram(i, i);
@@ -180,8 +186,14 @@ std::pair<Matrix, Matrix> WeightedValueBasis(const Matrix& moment, Matrix gram, 
     }
   }
   const Matrix vectors_t = Transpose(ge.vectors);
-  const Matrix root = Multiply(scaled, vectors_t),
-               inverse_root = Multiply(inverse_scaled, vectors_t);
+  return {Multiply(scaled, vectors_t), Multiply(inverse_scaled, vectors_t)};
+}
+
+// Encoder rows E [d, n] and decoder D^T [d, n] minimising E || A (v - D E v) ||^2 for A^T A =
+// `gram` and E[v v^T] = `moment` (FoldValues), with the fraction of weighted energy kept.
+std::pair<Matrix, Matrix> WeightedValueBasis(const Matrix& moment, Matrix gram, std::int64_t d,
+                                             double* kept) {
+  const auto [root, inverse_root] = GramRoots(std::move(gram));
   const Matrix q_rows =
       TopEigenRows(Multiply(Multiply(root, moment), root), d, kept);  // Q^T [d, n]
   return {Multiply(q_rows, root), Multiply(q_rows, inverse_root)};
@@ -239,6 +251,22 @@ void FoldValues(AttentionProjections& p, std::int64_t new_kv, const std::vector<
   });
   p.wv = std::move(wv);
   // kv_heads changes with the keys: FoldValues and a key fold are applied as a pair.
+}
+
+std::vector<double> ValueEnergyKept(const AttentionProjections& p, std::int64_t new_kv,
+                                    const std::vector<double>& moment, bool weight_by_output) {
+  const std::int64_t t = GroupSize(p, new_kv), d = p.head_dim;
+  std::vector<double> kept;
+  for (std::int64_t g = 0; g < new_kv; ++g) {
+    const Matrix sigma = GroupBlock(moment, p.kv_heads * d, g * t * d, t * d);
+    if (!weight_by_output) {
+      kept.push_back(KeptFraction(EigenvaluesSymmetric(sigma), d));
+      continue;
+    }
+    const Matrix root = GramRoots(OutputGram(p, new_kv, g)).first;
+    kept.push_back(KeptFraction(EigenvaluesSymmetric(Multiply(Multiply(root, sigma), root)), d));
+  }
+  return kept;
 }
 
 KeyFoldCoefficients CommutingKeyFold(const AttentionProjections& p, std::int64_t new_kv,

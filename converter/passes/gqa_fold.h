@@ -71,6 +71,12 @@ void FoldValues(AttentionProjections& p, std::int64_t new_kv,
                 const std::vector<double>& value_moment, FoldRecord& record,
                 bool weight_by_output = false, int threads = 1);
 
+// The energy each group's value fold to `new_kv` heads keeps, as FoldValues records it in
+// value_energy_kept, from eigenvalues alone (no eigenvectors, no folded weights): what
+// kv-heads=auto compares. Equal to FoldValues' record to rounding, not bit for bit.
+std::vector<double> ValueEnergyKept(const AttentionProjections& p, std::int64_t new_kv,
+                                    const std::vector<double>& value_moment, bool weight_by_output);
+
 // The output-error Gram G of group g's stacked values ([t d, t d], see FoldValues).
 Matrix OutputGram(const AttentionProjections& p, std::int64_t new_kv, std::int64_t group);
 

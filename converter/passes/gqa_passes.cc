@@ -243,11 +243,12 @@ class GqaSvd : public LayerPass {
   // (each the mean over groups of 1 - energy kept, weighted as the fold weights it).
   double FoldError(const AttentionProjections& source, std::int64_t k,
                    const LayerKvStatistics& stats) const {
-    AttentionProjections p = source;
+    // The kept energies alone (no folded weights): eigenvalues of the value blocks and the
+    // commuting key fold's coefficients, as the fold to k heads would record them.
     FoldRecord r;
-    FoldValues(p, k, stats.value, r, value_weight_ == "output");
-    FoldKeysCommute(p, k, stats.key_pre_rope, r,
-                    weight_ == "query" ? &stats.query_energy : nullptr);
+    r.value_energy_kept = ValueEnergyKept(source, k, stats.value, value_weight_ == "output");
+    CommutingKeyFold(source, k, stats.key_pre_rope, r,
+                     weight_ == "query" ? &stats.query_energy : nullptr);
     auto lost = [](const std::vector<double>& kept) {
       double sum = 0;
       for (double x : kept) sum += 1 - x;

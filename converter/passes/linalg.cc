@@ -55,6 +55,17 @@ SymmetricEigen EigenSymmetric(const Matrix& m) {
   return Descending(a, w, n);
 }
 
+std::vector<double> EigenvaluesSymmetric(const Matrix& m) {
+  if (m.rows != m.cols) Fail("linalg", "EigenvaluesSymmetric needs a square matrix");
+  const lapack_int n = static_cast<lapack_int>(m.rows);
+  std::vector<double> a = m.data;
+  std::vector<double> w(static_cast<std::size_t>(n));
+  const lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'N', 'U', n, a.data(), n, w.data());
+  if (info != 0) Fail("linalg", "dsyevd failed (info " + std::to_string(info) + ")");
+  std::reverse(w.begin(), w.end());  // LAPACK's ascending order
+  return w;
+}
+
 HermitianEigen EigenHermitian(const ComplexMatrix& m) {
   if (m.rows != m.cols) Fail("linalg", "EigenHermitian needs a square matrix");
   const lapack_int n = static_cast<lapack_int>(m.rows);

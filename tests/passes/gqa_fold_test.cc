@@ -405,3 +405,28 @@ TEST_CASE("the fold spread over threads gives the layer the one-thread fold give
   CHECK(three_record.key_energy_kept == one_record.key_energy_kept);
   CHECK(three.wv != source.wv);  // the fold did something
 }
+
+TEST_CASE("the value energies kv-heads=auto compares are the ones the fold records",
+          "[gqa][fold][allocation]") {
+  // ValueEnergyKept takes eigenvalues alone; FoldValues records the same fractions from its
+  // eigendecompositions with vectors. dsyevd without vectors takes another path to the same
+  // spectrum, so they agree to rounding (1e-12 is a thousand times what double rounding leaves
+  // of fractions near 1); a wrong block, group or weighting is off by far more.
+  const std::int64_t H = 8, KV = 4, d = 4, D = 12;
+  const AttentionProjections source = RandomLayer(H, KV, d, D, 21);
+  const auto value_moment = Moment(source.wv, KV * d, D, Samples(40, D, 22));
+  for (const bool weighted : {false, true}) {
+    for (const std::int64_t k : {1, 2}) {
+      AttentionProjections p = source;
+      FoldRecord record;
+      FoldValues(p, k, value_moment, record, weighted);
+      const std::vector<double> kept = ValueEnergyKept(source, k, value_moment, weighted);
+      INFO((weighted ? "output-weighted" : "plain") << ", " << k << " KV heads");
+      REQUIRE(kept.size() == record.value_energy_kept.size());
+      for (std::size_t g = 0; g < kept.size(); ++g) {
+        CHECK(kept[g] == Approx(record.value_energy_kept[g]).margin(1e-12));
+        CHECK(kept[g] < 1.0 - 1e-6);  // lossy: the comparison is not 1 against 1
+      }
+    }
+  }
+}
