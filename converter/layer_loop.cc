@@ -586,9 +586,7 @@ std::map<int, KvSourceLayer> SeedKvFromAbove(ModelDraft& draft, const ReferenceM
   d.layer = CaptureHealWindows(DraftLayer(draft, t), t, stream, needs.windows, kCaptureAttnInput,
                                true, HealBudget(o.compute.hidden_memory_bytes));
   stream.HandKvTo(t, converted);
-  const AttentionProjections p = ReadAttention(draft, t);
-  seeds[t] = {std::move(d), std::vector<float>(p.wk.begin(), p.wk.end()),
-              std::vector<float>(p.wv.begin(), p.wv.end())};
+  seeds.emplace(t, KeepKvSource(draft, t, std::move(d)));
   return seeds;
 }
 

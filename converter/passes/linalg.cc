@@ -43,26 +43,30 @@ EigenPairs<T> Descending(const std::vector<T>& a, const std::vector<double>& w, 
   return e;
 }
 
+// dsyevd on a copy of `m` (`jobz` 'V': eigenvectors into `a`, 'N': eigenvalues alone); returns
+// the eigenvalues in LAPACK's ascending order.
+std::vector<double> Dsyevd(const Matrix& m, char jobz, std::vector<double>& a, const char* caller) {
+  if (m.rows != m.cols) Fail("linalg", std::string(caller) + " needs a square matrix");
+  const lapack_int n = static_cast<lapack_int>(m.rows);
+  a = m.data;
+  std::vector<double> w(static_cast<std::size_t>(n));
+  const lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, jobz, 'U', n, a.data(), n, w.data());
+  if (info != 0) Fail("linalg", "dsyevd failed (info " + std::to_string(info) + ")");
+  return w;
+}
+
 }  // namespace
 
 SymmetricEigen EigenSymmetric(const Matrix& m) {
-  if (m.rows != m.cols) Fail("linalg", "EigenSymmetric needs a square matrix");
-  const lapack_int n = static_cast<lapack_int>(m.rows);
-  std::vector<double> a = m.data;
-  std::vector<double> w(static_cast<std::size_t>(n));
-  const lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, a.data(), n, w.data());
-  if (info != 0) Fail("linalg", "dsyevd failed (info " + std::to_string(info) + ")");
-  return Descending(a, w, n);
+  std::vector<double> a;
+  const std::vector<double> w = Dsyevd(m, 'V', a, "EigenSymmetric");
+  return Descending(a, w, m.rows);
 }
 
 std::vector<double> EigenvaluesSymmetric(const Matrix& m) {
-  if (m.rows != m.cols) Fail("linalg", "EigenvaluesSymmetric needs a square matrix");
-  const lapack_int n = static_cast<lapack_int>(m.rows);
-  std::vector<double> a = m.data;
-  std::vector<double> w(static_cast<std::size_t>(n));
-  const lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'N', 'U', n, a.data(), n, w.data());
-  if (info != 0) Fail("linalg", "dsyevd failed (info " + std::to_string(info) + ")");
-  std::reverse(w.begin(), w.end());  // LAPACK's ascending order
+  std::vector<double> a;
+  std::vector<double> w = Dsyevd(m, 'N', a, "EigenvaluesSymmetric");
+  std::reverse(w.begin(), w.end());
   return w;
 }
 

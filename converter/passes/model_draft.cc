@@ -169,6 +169,11 @@ ModelDraft::Outgoing ModelDraft::Unchanged(const std::string& name) const {
   return out;
 }
 
+void ModelDraft::Send(Outgoing& t) {
+  if (!t.owned.empty()) t.tensor.bytes = t.owned;
+  output_->Add(t.id, t.tensor);
+}
+
 void ModelDraft::WriteLayer(int layer) {
   if ((!output_ && !discard_output_) || layers_written_.count(layer)) return;
   SealLayer(layer);
@@ -193,8 +198,7 @@ void ModelDraft::WriteLayer(int layer) {
   if (!output_) return;
   writer_.Start([this, outgoing] {
     for (Outgoing& t : *outgoing) {
-      if (!t.owned.empty()) t.tensor.bytes = t.owned;
-      output_->Add(t.id, t.tensor);
+      Send(t);
       std::string().swap(t.owned);  // written: its bytes go now, not with the layer
     }
   });
@@ -210,8 +214,7 @@ void ModelDraft::WriteRemaining() {
     auto it = replaced_.find(name);
     if (it == replaced_.end()) {
       Outgoing t = Unchanged(name);
-      if (!t.owned.empty()) t.tensor.bytes = t.owned;
-      output_->Add(t.id, t.tensor);
+      Send(t);
     } else {
       const std::string bytes = OutputBytes(name, it->second);
       output_->Add(ParseHfTensorName(name),

@@ -110,6 +110,7 @@ class ModelDraft {
     std::string owned;
   };
   Outgoing Unchanged(const std::string& name) const;  // a source tensor, as the output takes it
+  void Send(Outgoing& t);  // to the output, its bytes pointing at `owned` where it has them
   DType OutputDType(const std::string& name, const Replacement& r) const;
   std::string OutputBytes(const std::string& name, const Replacement& r) const;
   const Checkpoint& source_;
