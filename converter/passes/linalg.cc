@@ -16,6 +16,9 @@ extern "C" void dgemm_(const char* transa, const char* transb, const int* m, con
                        const int* k, const double* alpha, const double* a, const int* lda,
                        const double* b, const int* ldb, const double* beta, double* c,
                        const int* ldc);
+extern "C" void dsyrk_(const char* uplo, const char* trans, const int* n, const int* k,
+                       const double* alpha, const double* a, const int* lda, const double* beta,
+                       double* c, const int* ldc);
 
 namespace kvfold {
 namespace {
@@ -68,6 +71,20 @@ std::vector<double> EigenvaluesSymmetric(const Matrix& m) {
   std::vector<double> w = Dsyevd(m, 'N', a, "EigenvaluesSymmetric");
   std::reverse(w.begin(), w.end());
   return w;
+}
+
+SymmetricEigenRows EigenRowsSymmetric(const Matrix& m) {
+  if (m.rows != m.cols) Fail("linalg", "EigenRowsSymmetric needs a square matrix");
+  SymmetricEigenRows e;
+  e.rows = m;
+  e.values.resize(static_cast<std::size_t>(m.rows));
+  // The row-major upper triangle is the column-major lower one; column-major eigenvectors
+  // (columns) are rows of the row-major result.
+  const lapack_int n = static_cast<lapack_int>(m.rows);
+  const lapack_int info =
+      LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'L', n, e.rows.data.data(), n, e.values.data());
+  if (info != 0) Fail("linalg", "dsyevd failed (info " + std::to_string(info) + ")");
+  return e;
 }
 
 HermitianEigen EigenHermitian(const ComplexMatrix& m) {
@@ -179,6 +196,46 @@ Matrix MultiplySquare(const Matrix& a, const std::vector<double>& square, bool t
   Resize(c, a.rows, a.cols);
   Gemm(a, square.data(), transpose, a.cols, c);
   return c;
+}
+
+Matrix MultiplyTransposedLeft(const Matrix& a, const Matrix& b) {
+  if (a.rows != b.rows) Fail("linalg", "MultiplyTransposedLeft: inner dimensions differ");
+  Matrix c;
+  Resize(c, a.cols, b.cols);
+  if (c.data.empty()) return c;
+  if (a.rows == 0) {
+    std::fill(c.data.begin(), c.data.end(), 0.0);
+    return c;
+  }
+  // Column-major C^T [n, m] = B^T A: B's row-major data is B^T column-major, A's is A^T.
+  const int m = static_cast<int>(a.cols), n = static_cast<int>(b.cols),
+            k = static_cast<int>(a.rows);
+  const double one = 1.0, zero = 0.0;
+  dgemm_("N", "T", &n, &m, &k, &one, b.data.data(), &n, a.data.data(), &m, &zero, c.data.data(),
+         &n);
+  return c;
+}
+
+Matrix MultiplyTransposedRight(const Matrix& a, const Matrix& b) {
+  if (a.cols != b.cols) Fail("linalg", "MultiplyTransposedRight: inner dimensions differ");
+  Matrix c;
+  Resize(c, a.rows, b.rows);
+  Gemm(a, b.data.data(), true, b.cols, c);
+  return c;
+}
+
+Matrix GramOfColumns(const Matrix& a) {
+  Matrix g(a.cols, a.cols);
+  if (g.data.empty() || a.rows == 0) return g;
+  // A's row-major data is A^T [n, k] column-major: dsyrk's A A^T of it is A^T A, whose upper
+  // triangle column-major is the lower one row-major.
+  const int n = static_cast<int>(a.cols), k = static_cast<int>(a.rows);
+  const double one = 1.0, zero = 0.0;
+  dsyrk_("U", "N", &n, &k, &one, a.data.data(), &n, &zero, g.data.data(), &n);
+  for (std::int64_t i = 0; i < g.rows; ++i) {
+    for (std::int64_t j = i + 1; j < g.cols; ++j) g(i, j) = g(j, i);
+  }
+  return g;
 }
 
 Matrix Transpose(const Matrix& a) {

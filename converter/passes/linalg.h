@@ -46,6 +46,14 @@ HermitianEigen EigenHermitian(const ComplexMatrix& hermitian);
 // The eigenvalues alone, in descending order (a fraction of EigenSymmetric's work at n in the
 // thousands); they agree with EigenSymmetric's to rounding, not bit for bit.
 std::vector<double> EigenvaluesSymmetric(const Matrix& symmetric);
+// Eigenpairs in LAPACK's ascending order with eigenvector k as row k of `rows` (V^T), without
+// EigenSymmetric's order and phase conventions or its transposed copies: for products that do
+// not depend on either. Reads the upper triangle; throws Error as EigenSymmetric does.
+struct SymmetricEigenRows {
+  std::vector<double> values;
+  Matrix rows;
+};
+SymmetricEigenRows EigenRowsSymmetric(const Matrix& symmetric);
 
 // X with (A + ridge * mean(diag A) * I) X = B for symmetric positive (semi)definite A (Cholesky,
 // LAPACKE). The ridge keeps a rank-deficient A (a constant input channel) solvable. Throws Error
@@ -76,6 +84,12 @@ void MultiplyBlocks(std::int64_t m, std::int64_t n, std::int64_t k, const double
 void MultiplyTransposedBlocks(std::int64_t m, std::int64_t n, std::int64_t k, const double* a,
                               std::int64_t lda, const double* b, std::int64_t ldb, double* c,
                               std::int64_t ldc);
+// A^T B for A [k, m] and B [k, n], and A B^T for A [m, k] and B [n, k] (BLAS dgemm, no
+// transposed copy).
+Matrix MultiplyTransposedLeft(const Matrix& a, const Matrix& b);
+Matrix MultiplyTransposedRight(const Matrix& a, const Matrix& b);
+// A^T A for A [k, n], both triangles (BLAS dsyrk: half of dgemm's work).
+Matrix GramOfColumns(const Matrix& a);
 Matrix Transpose(const Matrix& a);
 // max |A^T A - I| over all entries: 0 for orthonormal columns.
 double OrthonormalityError(const Matrix& a);

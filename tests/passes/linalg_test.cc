@@ -32,6 +32,31 @@ TEST_CASE("symmetric eigendecomposition: orthonormal, descending, reconstructs",
   }
 }
 
+TEST_CASE("eigenvectors as rows: orthonormal, ascending, reconstruct, upper triangle only",
+          "[linalg]") {
+  std::mt19937 rng(8);
+  std::normal_distribution<double> n01;
+  Matrix x(30, 9);
+  for (auto& v : x.data) v = n01(rng);
+  Matrix s = Multiply(Transpose(x), x);
+  // The lower triangle is not read: garbage there changes nothing.
+  for (std::int64_t i = 0; i < s.rows; ++i) {
+    for (std::int64_t j = 0; j < i; ++j) s(i, j) = 1e6 * (i + j);
+  }
+  const SymmetricEigenRows e = EigenRowsSymmetric(s);
+  CHECK(OrthonormalityError(Transpose(e.rows)) < 1e-12);
+  for (std::size_t k = 1; k < e.values.size(); ++k) CHECK(e.values[k - 1] <= e.values[k]);
+  // V^T's rows: sum_k w_k v_k v_k^T == S (upper triangle as given), 1e-9 as above.
+  for (std::int64_t i = 0; i < s.rows; ++i) {
+    for (std::int64_t j = i; j < s.cols; ++j) {
+      double sum = 0;
+      for (std::int64_t k = 0; k < s.rows; ++k)
+        sum += e.values[static_cast<std::size_t>(k)] * e.rows(k, i) * e.rows(k, j);
+      CHECK(sum == Approx(s(i, j)).margin(1e-9));
+    }
+  }
+}
+
 TEST_CASE("Hermitian eigendecomposition finds a known rank-1 direction", "[linalg]") {
   // C = u u^H with u = (1, i, 1 - i) / 2: one eigenvalue |u|^2 = 1, the rest 0.
   const std::vector<Complex> u = {{0.5, 0}, {0, 0.5}, {0.5, -0.5}};
@@ -90,6 +115,28 @@ TEST_CASE("products with a square given as data, and into a reused matrix", "[li
       CHECK(std::abs(MultiplySquare(a, s.data, true)(i, j) - sum_t) < 1e-12);
     }
   }
+}
+
+TEST_CASE("A^T B, A B^T and the Gram matrix A^T A against plain loops", "[linalg]") {
+  const Matrix a = Random(7, 4, 11), b = Random(7, 3, 12);
+  const Matrix atb = MultiplyTransposedLeft(a, b), gram = GramOfColumns(a);
+  const Matrix abt = MultiplyTransposedRight(Transpose(a), Transpose(b));  // A^T B again
+  REQUIRE((atb.rows == 4 && atb.cols == 3 && gram.rows == 4 && gram.cols == 4));
+  // Plain loops: summation order may differ, 1e-12 is far above double rounding over 7 terms and
+  // far below any indexing or triangle mistake (every entry of both triangles is checked).
+  for (std::int64_t i = 0; i < 4; ++i) {
+    for (std::int64_t j = 0; j < 4; ++j) {
+      double ab = 0, aa = 0;
+      for (std::int64_t k = 0; k < 7; ++k) {
+        if (j < 3) ab += a(k, i) * b(k, j);
+        aa += a(k, i) * a(k, j);
+      }
+      if (j < 3) CHECK(std::abs(atb(i, j) - ab) < 1e-12);
+      if (j < 3) CHECK(std::abs(abt(i, j) - ab) < 1e-12);
+      CHECK(std::abs(gram(i, j) - aa) < 1e-12);
+    }
+  }
+  CHECK(GramOfColumns(Matrix(0, 3)).data == std::vector<double>(9, 0.0));  // no rows: zero
 }
 
 // C = columns 4..6 of a [6, 10] matrix, written by `product` from A = columns 2..5 of a [6, 9]
