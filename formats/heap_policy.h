@@ -10,11 +10,40 @@
 // exceeds 64 MiB or twice the part in use, whichever is less: a long model does not fragment the
 // heap into a resident set that grows with its layer count (CTest streaming_memory), and a small
 // layer does not fault in again what the last one freed (docs/results.md, "The tensor cache").
+//
+// Buffers of 32 MiB and more (a 7B layer's weights and float64 moments: 64-128 MiB each, too
+// many and too varied to pool) are mapped by glibc on their own and unmapped when freed, so each
+// is faulted in afresh. Once SetHeapPolicy has run, kvfold's operator new (heap_policy.cc) asks
+// the kernel for transparent huge pages under them (madvise MADV_HUGEPAGE): one fault per 2 MiB
+// instead of per 4 KiB. Where transparent huge pages are off (`never` in
+// /sys/kernel/mm/transparent_hugepage/enabled) the advice changes nothing; under `always` it is
+// already the default. docs/results.md, "Huge pages for the large buffers".
 #pragma once
+
+#include <cstddef>
+
+// Sanitizer builds (scripts/sanitize_readers.sh) keep the runtime's operator new.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define KVFOLD_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer)
+#define KVFOLD_SANITIZED 1
+#endif
+#endif
+#ifndef KVFOLD_SANITIZED
+#define KVFOLD_SANITIZED 0
+#endif
 
 namespace kvfold {
 
 void SetHeapPolicy();
+
+// Whether operator new advises huge pages for a buffer of `bytes` (SetHeapPolicy has run, it is
+// one glibc maps on its own and this is not a sanitizer build), and the advice itself on the whole
+// pages of [p, p + bytes).
+bool AdvisesHugePages(std::size_t bytes);
+void AdviseHugePages(void* p, std::size_t bytes);
 
 // A layer is done: returns the heap's free pages to the system (glibc's malloc_trim) when more
 // than 64 MiB, or more than twice the bytes in use, are free.
