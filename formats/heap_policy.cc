@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <string>
 
 namespace kvfold {
 
@@ -26,7 +27,8 @@ void SetHeapPolicy() {
   // which made the heap's use depend on the order of work.
   mallopt(M_MMAP_THRESHOLD, static_cast<int>(kMmapThreshold));
   mallopt(M_TRIM_THRESHOLD, 1024 * kMiB);  // free memory is kept until ReleaseFreedHeap
-  advise_huge_pages.store(true, std::memory_order_relaxed);
+  const char* huge = std::getenv("KVFOLD_HUGE_PAGES");
+  advise_huge_pages.store(huge == nullptr || std::string(huge) != "0", std::memory_order_relaxed);
 }
 
 void ReleaseFreedHeap() {

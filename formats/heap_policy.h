@@ -17,7 +17,9 @@
 // the kernel for transparent huge pages under them (madvise MADV_HUGEPAGE): one fault per 2 MiB
 // instead of per 4 KiB. Where transparent huge pages are off (`never` in
 // /sys/kernel/mm/transparent_hugepage/enabled) the advice changes nothing; under `always` it is
-// already the default. docs/results.md, "Huge pages for the large buffers".
+// already the default. KVFOLD_HUGE_PAGES=0 in the environment turns the advice off (a machine
+// whose kernel stalls compacting memory for huge pages). docs/results.md, "The refit's ridges from
+// one eigendecomposition, and huge pages for the large buffers".
 #pragma once
 
 #include <cstddef>
@@ -39,9 +41,9 @@ namespace kvfold {
 
 void SetHeapPolicy();
 
-// Whether operator new advises huge pages for a buffer of `bytes` (SetHeapPolicy has run, it is
-// one glibc maps on its own and this is not a sanitizer build), and the advice itself on the whole
-// pages of [p, p + bytes).
+// Whether operator new advises huge pages for a buffer of `bytes` (SetHeapPolicy has run without
+// KVFOLD_HUGE_PAGES=0, it is one glibc maps on its own and this is not a sanitizer build), and the
+// advice itself on the whole pages of [p, p + bytes).
 bool AdvisesHugePages(std::size_t bytes);
 void AdviseHugePages(void* p, std::size_t bytes);
 

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -43,6 +44,10 @@ TEST_CASE("after SetHeapPolicy, buffers glibc maps on their own are advised huge
     WARN("skipped: this kernel has no transparent huge pages");
     return;
   }
+  ::setenv("KVFOLD_HUGE_PAGES", "0", 1);  // the opt-out
+  SetHeapPolicy();
+  CHECK_FALSE(AdvisesHugePages(64u << 20));
+  ::unsetenv("KVFOLD_HUGE_PAGES");
   SetHeapPolicy();
   CHECK(AdvisesHugePages(64u << 20));
   CHECK_FALSE(AdvisesHugePages(1u << 20));  // below glibc's mmap threshold: the reused heap
