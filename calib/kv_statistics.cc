@@ -31,40 +31,47 @@ void AccumulateInputMoment(const float* a, const float* b, std::int64_t rows, st
   acc[static_cast<std::size_t>(D * W + D)] += static_cast<double>(rows);
 }
 
-// acc [dim, dim] += the symmetric matrix whose upper triangle is `upper` (column-major: element
-// (i, j) with i <= j at upper[j * dim + i]), in 64 x 64 tiles. Row by row, each mirrored write
-// acc[i * dim + j] landed on another page: at the Llama-2-7B shape (dim 4096) that loop took
-// longer than the syrk it follows. Every element still gets exactly one addition.
-void AddMirroredUpper(const float* upper, std::int64_t dim, double* acc) {
+// acc's lower triangle (row-major: (i, j) with j <= i) += the symmetric matrix whose upper
+// triangle is `upper` (column-major: (j, i) with j <= i at upper[i * dim + j]): the same index
+// in both, so each row is one contiguous run. The upper triangle waits for MirrorLower, once per
+// layer: adding both per batch wrote every element twice, the mirrored half on another page.
+void AddLowerTriangle(const float* upper, std::int64_t dim, double* acc) {
+  for (std::int64_t i = 0; i < dim; ++i) {
+    const float* from = upper + i * dim;
+    double* to = acc + i * dim;
+    for (std::int64_t j = 0; j <= i; ++j) to[j] += from[j];
+  }
+}
+
+// acc's upper triangle := its lower one, in 64 x 64 tiles (row by row, each write landed on
+// another page: at the Llama-2-7B shape, dim 4096, that took longer than a batch's syrk).
+void MirrorLower(std::int64_t dim, std::vector<double>& acc) {
   constexpr std::int64_t kTile = 64;
-  for (std::int64_t jb = 0; jb < dim; jb += kTile) {
-    const std::int64_t j_end = std::min(dim, jb + kTile);
-    for (std::int64_t ib = 0; ib <= jb; ib += kTile) {
-      for (std::int64_t j = jb; j < j_end; ++j) {
-        const std::int64_t i_end = std::min(j + 1, ib + kTile);
-        for (std::int64_t i = ib; i < i_end; ++i) {
-          const double v = upper[j * dim + i];
-          acc[i * dim + j] += v;
-          if (i != j) acc[j * dim + i] += v;
-        }
+  if (acc.empty()) return;
+  for (std::int64_t ib = 0; ib < dim; ib += kTile) {
+    for (std::int64_t jb = ib; jb < dim; jb += kTile) {
+      for (std::int64_t i = ib; i < std::min(dim, ib + kTile); ++i) {
+        for (std::int64_t j = std::max(jb, i + 1); j < std::min(dim, jb + kTile); ++j)
+          acc[static_cast<std::size_t>(i * dim + j)] = acc[static_cast<std::size_t>(j * dim + i)];
       }
     }
   }
 }
 
-// acc += X^T X for X = `view` seen as [rows, dim] row-major.
+// acc's lower triangle += X^T X for X = `view` seen as [rows, dim] row-major.
 void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector<float>& scratch,
                             std::vector<double>& acc) {
   const std::int64_t rows = view.size() / dim;
   if (rows * dim != view.size()) Fail("calibration", "capture is not a whole number of rows");
   // Row-major X [rows, dim] is column-major X^T [dim, rows]; syrk with trans='N' gives
-  // X^T X in column-major, i.e. its transpose in row-major — the same symmetric matrix.
+  // X^T X in column-major, i.e. its transpose in row-major — the same symmetric matrix. With
+  // beta 0 syrk writes the whole upper triangle, the only part read: no zeroing first.
   const int n = static_cast<int>(dim), k = static_cast<int>(rows), lda = n, ldc = n;
   const float one = 1.0f, zero = 0.0f;
-  scratch.assign(static_cast<std::size_t>(dim * dim), 0.0f);
+  scratch.resize(static_cast<std::size_t>(dim * dim));
   ssyrk_("U", "N", &n, &k, &one, view.data, &lda, &zero, scratch.data(), &ldc);
   if (acc.empty()) acc.assign(static_cast<std::size_t>(dim * dim), 0.0);
-  AddMirroredUpper(scratch.data(), dim, acc.data());
+  AddLowerTriangle(scratch.data(), dim, acc.data());
 }
 
 // Norm-vs-attention measures of every (sequence, KV head) of a [B, T, H, d] / [B, T, KV, d] pair.
@@ -213,6 +220,7 @@ KvStatisticsCollector::KvStatisticsCollector(unsigned statistics, int layers, st
   stats_.kv_heads = kv_heads;
   stats_.head_dim = head_dim;
   stats_.layers.resize(static_cast<std::size_t>(layers));
+  lower_only_.assign(static_cast<std::size_t>(layers), false);
 }
 
 unsigned KvStatisticsCollector::Wants(int layer) const {
@@ -230,7 +238,23 @@ unsigned KvStatisticsCollector::Wants(int layer) const {
   return bits;
 }
 
+void KvStatisticsCollector::MirrorMoments(std::size_t layer) {
+  if (!lower_only_.at(layer)) return;
+  LayerKvStatistics& l = stats_.layers[layer];
+  for (std::vector<double>* m : {&l.key_pre_rope, &l.key_post_rope, &l.value}) {
+    const auto dim = static_cast<std::int64_t>(std::llround(std::sqrt(double(m->size()))));
+    MirrorLower(dim, *m);
+  }
+  lower_only_[layer] = false;
+}
+
+const KvStatistics& KvStatisticsCollector::statistics() {
+  for (std::size_t l = 0; l < stats_.layers.size(); ++l) MirrorMoments(l);
+  return stats_;
+}
+
 LayerKvStatistics KvStatisticsCollector::TakeLayer(int layer) {
+  MirrorMoments(static_cast<std::size_t>(layer));
   return std::exchange(stats_.layers.at(static_cast<std::size_t>(layer)), LayerKvStatistics());
 }
 
@@ -240,6 +264,8 @@ void KvStatisticsCollector::Observe(const AttentionCapture& c) {
       layer_kv_heads_.empty()
           ? stats_.dim()
           : layer_kv_heads_.at(static_cast<std::size_t>(c.layer)) * stats_.head_dim;
+  if (stats_.collected & (kStatKeyPreRope | kStatKeyPostRope | kStatValue))
+    lower_only_.at(static_cast<std::size_t>(c.layer)) = true;
   if (stats_.collected & kStatKeyPreRope)
     AccumulateSecondMoment(c.key_pre_rope, dim, scratch_, layer.key_pre_rope);
   if (stats_.collected & kStatKeyPostRope)

@@ -80,13 +80,18 @@ class KvStatisticsCollector : public LayerObserver {
   void SetScoreRules(std::vector<ScoreRule> rules) { score_rules_ = std::move(rules); }
   unsigned Wants(int layer) const override;
   void Observe(const AttentionCapture& capture) override;
-  const KvStatistics& statistics() const { return stats_; }
+  // The second moments are summed into their lower triangles batch by batch and mirrored when
+  // read: here, for every layer, and in TakeLayer.
+  const KvStatistics& statistics();
   // Moves out `layer`'s statistics once every batch has passed it (a layer sweep consumes
   // each layer's statistics and frees them before the next).
   LayerKvStatistics TakeLayer(int layer);
 
  private:
+  void MirrorMoments(std::size_t layer);  // the upper triangles from the lower, once summed
+
   KvStatistics stats_;
+  std::vector<bool> lower_only_;  // per layer: moments summed since their last mirroring
   std::vector<std::int64_t> layer_kv_heads_;  // per-layer KV heads, when layers differ
   std::vector<ScoreRule> score_rules_;        // per layer; empty: the default rule
   std::vector<float> scratch_;          // one batch's X^T X before it joins the double accumulators

@@ -73,7 +73,7 @@ struct Collectors {
     return merged;
   }
   // Counts and whatever statistics were not taken, over every slot and rank. Collective.
-  KvStatistics Totals() const {
+  KvStatistics Totals() {
     KvStatistics totals = slots.front().statistics();
     for (std::size_t s = 1; s < slots.size(); ++s) totals.Merge(slots[s].statistics());
     JoinAcrossRanks(totals);

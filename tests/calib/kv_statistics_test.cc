@@ -11,12 +11,13 @@ using namespace kvfold;
 
 TEST_CASE("the value and key moments are X^T X summed over batches, at a width of several tiles",
           "[moments]") {
-  // 5 KV heads of 30: width 150, two whole 64-wide tiles of the mirrored accumulation and a
-  // partial one, so an element added twice, skipped, or mirrored onto the wrong side shows.
+  // 5 KV heads of 30: width 150, two whole 64-wide tiles of the mirroring and a partial one, so
+  // an element added twice, skipped, or mirrored onto the wrong side shows.
   const std::int64_t kv = 5, d = 30, dim = kv * d, tokens = 24;
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
-  KvStatisticsCollector collector(kStatValue | kStatKeyPreRope, 1, kv, d);
+  KvStatisticsCollector collector(kStatValue | kStatKeyPreRope, 1, kv, d),
+      taken(kStatValue | kStatKeyPreRope, 1, kv, d);  // read by TakeLayer instead
   std::vector<double> expected(static_cast<std::size_t>(dim * dim), 0.0);
   std::vector<std::vector<float>> batches;
   for (int batch = 0; batch < 2; ++batch) {
@@ -32,6 +33,7 @@ TEST_CASE("the value and key moments are X^T X summed over batches, at a width o
     capture.value = {x.data(), {1, tokens, kv, d}};
     capture.key_pre_rope = {x.data(), {1, tokens, kv, d}};
     collector.Observe(capture);
+    taken.Observe(capture);
   }
   const LayerKvStatistics& layer = collector.statistics().layers.at(0);
   REQUIRE(layer.value.size() == expected.size());
@@ -47,4 +49,8 @@ TEST_CASE("the value and key moments are X^T X summed over batches, at a width o
       REQUIRE(layer.key_pre_rope[at] == layer.value[at]);
     }
   }
+  // The same sums, mirrored on the way out of TakeLayer (the layer sweep's path).
+  const LayerKvStatistics took = taken.TakeLayer(0);
+  CHECK(took.value == layer.value);
+  CHECK(took.key_pre_rope == layer.key_pre_rope);
 }
