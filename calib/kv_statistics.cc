@@ -33,28 +33,14 @@ void AccumulateInputMoment(const float* a, const float* b, std::int64_t rows, st
 
 // acc's lower triangle (row-major: (i, j) with j <= i) += the symmetric matrix whose upper
 // triangle is `upper` (column-major: (j, i) with j <= i at upper[i * dim + j]): the same index
-// in both, so each row is one contiguous run. The upper triangle waits for MirrorLower, once per
-// layer: adding both per batch wrote every element twice, the mirrored half on another page.
+// in both, so each row is one contiguous run. The upper triangle waits for MirrorLowerTriangle,
+// once per layer: adding both per batch wrote every element twice, the mirrored half on another
+// page.
 void AddLowerTriangle(const float* upper, std::int64_t dim, double* acc) {
   for (std::int64_t i = 0; i < dim; ++i) {
     const float* from = upper + i * dim;
     double* to = acc + i * dim;
     for (std::int64_t j = 0; j <= i; ++j) to[j] += from[j];
-  }
-}
-
-// acc's upper triangle := its lower one, in 64 x 64 tiles (row by row, each write landed on
-// another page: at the Llama-2-7B shape, dim 4096, that took longer than a batch's syrk).
-void MirrorLower(std::int64_t dim, std::vector<double>& acc) {
-  constexpr std::int64_t kTile = 64;
-  if (acc.empty()) return;
-  for (std::int64_t ib = 0; ib < dim; ib += kTile) {
-    for (std::int64_t jb = ib; jb < dim; jb += kTile) {
-      for (std::int64_t i = ib; i < std::min(dim, ib + kTile); ++i) {
-        for (std::int64_t j = std::max(jb, i + 1); j < std::min(dim, jb + kTile); ++j)
-          acc[static_cast<std::size_t>(i * dim + j)] = acc[static_cast<std::size_t>(j * dim + i)];
-      }
-    }
   }
 }
 
@@ -243,7 +229,7 @@ void KvStatisticsCollector::MirrorMoments(std::size_t layer) {
   LayerKvStatistics& l = stats_.layers[layer];
   for (std::vector<double>* m : {&l.key_pre_rope, &l.key_post_rope, &l.value}) {
     const auto dim = static_cast<std::int64_t>(std::llround(std::sqrt(double(m->size()))));
-    MirrorLower(dim, *m);
+    MirrorLowerTriangle(m->data(), dim);
   }
   lower_only_[layer] = false;
 }

@@ -1,5 +1,7 @@
 #include "calib/moment_sums.h"
 
+#include <algorithm>
+
 // The Fortran BLAS matrix product; LibTorch already loads a BLAS (OpenBLAS after
 // scripts/setup.sh), and every BLAS exports this name.
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
@@ -22,6 +24,18 @@ void AddCrossMoment(const float* a, const float* b, std::int64_t rows, std::int6
     const float* row = scratch.data() + i * dim;
     double* out = acc + i * acc_stride;
     for (std::int64_t j = 0; j < dim; ++j) out[j] += row[j];
+  }
+}
+
+void MirrorLowerTriangle(double* m, std::int64_t dim) {
+  constexpr std::int64_t kTile = 64;
+  for (std::int64_t ib = 0; ib < dim; ib += kTile) {
+    for (std::int64_t jb = ib; jb < dim; jb += kTile) {
+      for (std::int64_t i = ib; i < std::min(dim, ib + kTile); ++i) {
+        for (std::int64_t j = std::max(jb, i + 1); j < std::min(dim, jb + kTile); ++j)
+          m[i * dim + j] = m[j * dim + i];
+      }
+    }
   }
 }
 

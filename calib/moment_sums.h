@@ -13,4 +13,8 @@ namespace kvfold {
 void AddCrossMoment(const float* a, const float* b, std::int64_t rows, std::int64_t dim,
                     std::vector<float>& scratch, double* acc, std::int64_t acc_stride);
 
+// m [dim, dim] row-major: its upper triangle := its lower one, in 64 x 64 tiles (row by row,
+// each write lands on another page: at dim 4096 that took longer than a batch's syrk).
+void MirrorLowerTriangle(double* m, std::int64_t dim);
+
 }  // namespace kvfold

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "calib/moment_sums.h"
 #include "formats/error.h"
 
 // The Fortran BLAS product (OpenBLAS, which LAPACKE sits on).
@@ -232,9 +233,7 @@ Matrix GramOfColumns(const Matrix& a) {
   const int n = static_cast<int>(a.cols), k = static_cast<int>(a.rows);
   const double one = 1.0, zero = 0.0;
   dsyrk_("U", "N", &n, &k, &one, a.data.data(), &n, &zero, g.data.data(), &n);
-  for (std::int64_t i = 0; i < g.rows; ++i) {
-    for (std::int64_t j = i + 1; j < g.cols; ++j) g(i, j) = g(j, i);
-  }
+  MirrorLowerTriangle(g.data.data(), g.rows);
   return g;
 }
 
