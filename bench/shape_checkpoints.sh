@@ -4,10 +4,14 @@
 # The caller sets $src (the repository), $build (a folder with bin/) and $shared.
 
 # Prints the header as '# ' lines.
+# Sets sgemm_gflops (the same-process sgemm rate, the measure throughputs are compared with).
 machine_header() {
   "$build/bin/kvfold" --version | sed 's/^/# /'
-  "$build/bin/bench_eval_throughput" --model "$shared/models/micro-mha" --windows 1 --repeats 1 2>/dev/null |
-    grep -E "sgemm 2048" | sed 's/^/# /'
+  local line
+  line=$("$build/bin/bench_eval_throughput" --model "$shared/models/micro-mha" --windows 1 \
+    --repeats 1 2>/dev/null | grep -E "sgemm 2048")
+  echo "# $line"
+  sgemm_gflops=$(echo "$line" | grep -oE '[0-9.]+ GFLOP/s' | cut -d' ' -f1)
 }
 
 # shape_checkpoint SHAPE DIR [LAYERS]: makes DIR unless it exists (one recipe for every bench

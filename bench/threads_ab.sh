@@ -8,7 +8,9 @@
 # tokens (default 4); WORK= folder for the checkpoints (default /tmp/kvfold-scale); COMMANDS= which
 # of convert and eval to run (default both).
 # Each row: wall, user and system CPU seconds and peak RSS; eval rows add the tokens/s eval prints
-# (which leaves out start-up), convert rows the output's SHA-256 prefix.
+# (which leaves out start-up), convert rows the output's SHA-256 prefix and, from builds that
+# count them (--time-passes), the forwards' FLOP over the wall time as a share of the sgemm rate
+# in the header (issue 27's throughput).
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${KVFOLD_SHARED:-$src/../shared}"
@@ -33,8 +35,10 @@ run() {  # COMMAND THREADS BUILD_INDEX
   if [ "$1" = convert ]; then
     /usr/bin/time -f "%e %U %S %M" -o "$work/ab.time" "$kvfold" convert "$model" --calib "$calib" \
       --calib-tokens "$tokens" --passes "$passes" -o "$work/$shape-ab" --force --quiet \
-      --threads "$2" >/dev/null
+      --threads "$2" --time-passes >/dev/null 2>"$work/ab.err"
     extra=$(cat "$work/$shape-ab"/*.safetensors | sha256sum | cut -c1-12)
+    extra+=$(awk -v s="$sgemm_gflops" -v w="$(cut -d' ' -f1 "$work/ab.time")" '/^time  forwards/ {
+      printf ", forwards %.2f TFLOP, %.0f%% of sgemm", $3, 100 * $3 * 1000 / w / s }' "$work/ab.err")
   else
     /usr/bin/time -f "%e %U %S %M" -o "$work/ab.time" "$kvfold" eval "$model" --text "$text" \
       --max-windows "$windows" --threads "$2" >"$work/ab.out"
@@ -52,4 +56,4 @@ for command in ${COMMANDS:-convert eval}; do
     done
   done
 done
-rm -rf "$work/$shape-ab" "$work/ab.out"
+rm -rf "$work/$shape-ab" "$work/ab.out" "$work/ab.err"

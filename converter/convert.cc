@@ -30,6 +30,7 @@
 #include "formats/version.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/evaluate.h"
+#include "runtime_check/forward_flop.h"
 #include "runtime_check/reference_model.h"
 
 namespace kvfold {
@@ -196,9 +197,11 @@ ConvertResult Convert(const ConvertJob& o) {
     draft.DiscardOutput();
   }
   const std::uint64_t joined_before = BytesJoined();  // --kv-budget's planner joined its own
+  const std::uint64_t flop_before = ForwardFlop();    // not the planner's candidates
   const PassesRun run =
       RunPasses(pipeline, draft, {calib.windows, tokenizer.bos_id(), o.input.window}, o,
                 !o.report.path.empty(), result.timings);
+  result.forward_flop = ForwardFlop() - flop_before;
   if (RankCount() > 1 && o.compute.progress) {  // sizes a cluster (docs/mpi.md)
     const double mib = static_cast<double>(BytesJoined() - joined_before) / (1 << 20);
     std::fprintf(stderr,

@@ -43,6 +43,8 @@ struct ConvertResult {
   std::vector<PassTiming> timings;  // "calibration" first when it ran, then each pass, "write"
   std::int64_t calibration_tokens = 0;
   double total_seconds = 0;
+  // FLOP of the model forwards the passes ran (runtime_check/forward_flop.h), this rank's.
+  std::uint64_t forward_flop = 0;
 };
 
 ConvertResult Convert(const ConvertJob& job);

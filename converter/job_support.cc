@@ -155,6 +155,7 @@ void FinishReport(nlohmann::ordered_json& report, ConvertResult& result,
   report["run"]["timings"] = timings;
   report["run"]["total_seconds"] = Since(t_start);
   report["run"]["peak_rss_mib"] = PeakRssMib();
+  report["run"]["forward_flop"] = result.forward_flop;
   WriteReport(html_path, report);
 }
 

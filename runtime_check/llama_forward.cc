@@ -17,6 +17,7 @@
 #include "formats/ranks.h"
 #include "runtime_check/attention_cpu.h"
 #include "runtime_check/data_parallel.h"
+#include "runtime_check/forward_flop.h"
 #include "runtime_check/layer_prefetch.h"
 #include "runtime_check/tensor_cache.h"
 
@@ -458,6 +459,8 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
   const at::Tensor h = RmsNorm(x, w.attn_norm, c_.rms_norm_eps);
   at::Tensor qkv =
       at::linear(h, w.w_qkv, w.b_qkv).contiguous();  // [N, (H + KVs + KV) d], or [N, H d]
+  const auto tokens = static_cast<std::uint64_t>(h.size(0));
+  CountForwardFlop(2 * tokens * static_cast<std::uint64_t>(w.w_qkv.numel()));
   if (c_.qk_norm) NormalizeQueryKeyHeads(qkv, w, c_, computes ? KVs : 0);
   auto heads = [&](std::int64_t offset, std::int64_t n) {  // -> [B, T, n, d] view
     return qkv.narrow(1, offset * d, n * d).view({B, T, n, d});
@@ -487,6 +490,9 @@ void BatchedPass::Layer(std::int64_t l, const LlamaLayerWeights& w, at::Tensor& 
   if (observe_only) return;
   x.add_(AttentionOutput(w, ctx, c_));
   x.add_(MlpOutput(w, x, c_));
+  CountForwardFlop(
+      2 * tokens *
+      static_cast<std::uint64_t>(w.w_o.numel() + w.w_gate_up.numel() + w.w_down.numel()));
 }
 
 // RoPE (and, in reconstruct mode, the key/query projections) of the projected qkv:
@@ -538,6 +544,10 @@ at::Tensor BatchedPass::BatchedAttention(std::int64_t l, at::Tensor rotated) {
   } else if (c_.SharesKv()) {
     shared_kv_[static_cast<std::size_t>(l)] = rotated.narrow(1, H * d, 2 * KV * d);
   }
+  // Two products (scores, then the weighted values) of d multiply-adds per head and pair; under
+  // LCKV a token reads the source's K/V of earlier tokens only.
+  const std::uint64_t pairs = CausalPairs(T, window) - (source > l ? CausalPairs(T, 1) : 0);
+  CountForwardFlop(4 * static_cast<std::uint64_t>(B * H * d) * pairs);
   const bool policy = cache_ != nullptr && !cache_->Untouched(static_cast<int>(l));
   const LayerCache layer_cache =
       policy ? RunCachePolicy(*cache_, static_cast<int>(l), rotated, layout_, first_sequence_)
@@ -585,6 +595,7 @@ at::Tensor BatchedPass::CachedAttention(std::int64_t l, const at::Tensor& rotate
   const std::int64_t window = c_.WindowOf(l);
   const std::int64_t first = window > 0 ? std::max<std::int64_t>(0, t + 1 - window) : 0;
   if (end <= first) return at::zeros({B, H * d}, rotated.options());
+  CountForwardFlop(4 * static_cast<std::uint64_t>(B * H * d * (end - first)));
   const at::Tensor keys = at_layer(decode_->keys, source).narrow(2, first, end - first);
   const at::Tensor values = at_layer(decode_->values, source).narrow(2, first, end - first);
   const at::Tensor qg = rotated.narrow(1, 0, H * d).view({B, KV, group, d}) * scale_;

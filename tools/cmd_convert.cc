@@ -1,5 +1,6 @@
 // kvfold convert MODEL --calib TEXT --passes 'PIPELINE' -o OUT [--force] [--time-passes]
 // kvfold convert --print-passes
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -163,6 +164,9 @@ int RunConvert(ConvertArgs& a) {
     for (const auto& t : r.timings)
       std::fprintf(stderr, "time  %-48s %8.3f s\n", t.pass.c_str(), t.seconds);
     std::fprintf(stderr, "time  %-48s %8.3f s\n", "total", r.total_seconds);
+    std::fprintf(stderr, "time  %-48s %8.3f TFLOP, %.1f GFLOP/s of the total\n", "forwards",
+                 1e-12 * double(r.forward_flop),
+                 1e-9 * double(r.forward_flop) / std::max(r.total_seconds, 1e-9));
   }
   std::printf("wrote %s\n", job.output.path.c_str());
   if (!serve.empty()) std::printf("serve: %s\n", serve.c_str());

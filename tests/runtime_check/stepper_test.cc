@@ -13,6 +13,7 @@
 
 #include "formats/checkpoint.h"
 #include "formats/tensor_names.h"
+#include "runtime_check/forward_flop.h"
 #include "runtime_check/layer_prefetch.h"
 #include "runtime_check/llama_forward.h"
 #include "runtime_check/reference_model.h"
@@ -203,4 +204,56 @@ TEST_CASE("a layer's weights are read into the buffers of the layer the sweep is
     CHECK(w2->w_down.data_ptr() == first);
     CHECK(at::equal(w2->w_down, LoadLayerWeights(ck, 2, cpu).w_down));
   }
+}
+
+namespace {
+
+// An observer that wants one capture and keeps nothing.
+class Wanting : public LayerObserver {
+ public:
+  explicit Wanting(unsigned bits) : bits_(bits) {}
+  unsigned Wants(int) const override { return bits_; }
+  void Observe(const AttentionCapture&) override {}
+
+ private:
+  unsigned bits_;
+};
+
+}  // namespace
+
+TEST_CASE("the forwards' FLOP count is what each run of a layer computed",
+          "[runtime][stepper][flop]") {
+  const Checkpoint ck = OpenCheckpoint(SharedPath("models/stories260K"));
+  const ModelConfig& c = ck.config;
+  RuntimeOptions o{"cpu", 2};
+  o.stream_layers = true;
+  const auto model = ReferenceModel::Load(ck, o);
+  ReferenceModel::Stepper stepper(*model, TwoBatches(3));  // 4 sequences of 32 tokens
+  // From the config alone (independent of the runtime's tensors): 2 per multiply-add.
+  const std::uint64_t N = 4 * 32, D = 64, H = 8, KV = 4, d = 8, I = 172;
+  REQUIRE(c.hidden_size == D);
+  REQUIRE(c.intermediate_size == I);
+  const std::uint64_t qkv = 2 * N * D * (H + 2 * KV) * d;
+  const std::uint64_t attention = 4 * H * d * 4 * (32 * 33 / 2);  // causal (query, key) pairs
+  const std::uint64_t rest = 2 * N * (H * d * D + 3 * D * I);     // o_proj, gate, up, down
+  std::vector<Wanting> queries(stepper.slots(), Wanting(kCaptureQueryPreRope));
+  std::vector<Wanting> contexts(stepper.slots(), Wanting(kCaptureContext));
+  std::vector<LayerObserver*> to_queries, to_contexts;
+  for (std::size_t s = 0; s < stepper.slots(); ++s) {
+    to_queries.push_back(&queries[s]);
+    to_contexts.push_back(&contexts[s]);
+  }
+  CountingSource source{ck};
+  const LayerWeightSource weights = source.Source();
+  const auto counted = [&](const std::vector<LayerObserver*>& observers, bool advance) {
+    const std::uint64_t before = ForwardFlop();
+    stepper.Run(0, c, weights, observers, advance);
+    return ForwardFlop() - before;
+  };
+  CHECK(counted(to_queries, false) == qkv);  // stops after the projections
+  CHECK(counted(to_contexts, false) == qkv + attention);
+  CHECK(counted({}, true) == qkv + attention + rest);
+  CHECK(CausalPairs(5, 0) == 15);
+  CHECK(CausalPairs(5, 2) == 1 + 2 * 4);  // the first query sees 1 key, every later one 2
+  CHECK(CausalPairs(5, 9) == 15);
 }
