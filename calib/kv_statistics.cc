@@ -7,12 +7,6 @@
 #include "calib/moment_sums.h"
 #include "formats/error.h"
 
-// The Fortran BLAS symmetric rank-k update; LibTorch already loads a BLAS (OpenBLAS after
-// scripts/setup.sh), and every BLAS exports this name.
-extern "C" void ssyrk_(const char* uplo, const char* trans, const int* n, const int* k,
-                       const float* alpha, const float* a, const int* lda, const float* beta,
-                       float* c, const int* ldc);
-
 namespace kvfold {
 namespace {
 
@@ -31,33 +25,13 @@ void AccumulateInputMoment(const float* a, const float* b, std::int64_t rows, st
   acc[static_cast<std::size_t>(D * W + D)] += static_cast<double>(rows);
 }
 
-// acc's lower triangle (row-major: (i, j) with j <= i) += the symmetric matrix whose upper
-// triangle is `upper` (column-major: (j, i) with j <= i at upper[i * dim + j]): the same index
-// in both, so each row is one contiguous run. The upper triangle waits for MirrorLowerTriangle,
-// once per layer: adding both per batch wrote every element twice, the mirrored half on another
-// page.
-void AddLowerTriangle(const float* upper, std::int64_t dim, double* acc) {
-  for (std::int64_t i = 0; i < dim; ++i) {
-    const float* from = upper + i * dim;
-    double* to = acc + i * dim;
-    for (std::int64_t j = 0; j <= i; ++j) to[j] += from[j];
-  }
-}
-
 // acc's lower triangle += X^T X for X = `view` seen as [rows, dim] row-major.
 void AccumulateSecondMoment(const FloatView& view, std::int64_t dim, std::vector<float>& scratch,
                             std::vector<double>& acc) {
   const std::int64_t rows = view.size() / dim;
   if (rows * dim != view.size()) Fail("calibration", "capture is not a whole number of rows");
-  // Row-major X [rows, dim] is column-major X^T [dim, rows]; syrk with trans='N' gives
-  // X^T X in column-major, i.e. its transpose in row-major — the same symmetric matrix. With
-  // beta 0 syrk writes the whole upper triangle, the only part read: no zeroing first.
-  const int n = static_cast<int>(dim), k = static_cast<int>(rows), lda = n, ldc = n;
-  const float one = 1.0f, zero = 0.0f;
-  scratch.resize(static_cast<std::size_t>(dim * dim));
-  ssyrk_("U", "N", &n, &k, &one, view.data, &lda, &zero, scratch.data(), &ldc);
   if (acc.empty()) acc.assign(static_cast<std::size_t>(dim * dim), 0.0);
-  AddLowerTriangle(scratch.data(), dim, acc.data());
+  AddSymmetricMoment(view.data, rows, dim, scratch, acc.data());
 }
 
 // Norm-vs-attention measures of every (sequence, KV head) of a [B, T, H, d] / [B, T, KV, d] pair.

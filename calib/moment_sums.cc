@@ -4,6 +4,9 @@
 
 // The Fortran BLAS matrix product; LibTorch already loads a BLAS (OpenBLAS after
 // scripts/setup.sh), and every BLAS exports this name.
+extern "C" void ssyrk_(const char* uplo, const char* trans, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* beta,
+                       float* c, const int* ldc);
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
                        const int* k, const float* alpha, const float* a, const int* lda,
                        const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
@@ -24,6 +27,23 @@ void AddCrossMoment(const float* a, const float* b, std::int64_t rows, std::int6
     const float* row = scratch.data() + i * dim;
     double* out = acc + i * acc_stride;
     for (std::int64_t j = 0; j < dim; ++j) out[j] += row[j];
+  }
+}
+
+void AddSymmetricMoment(const float* a, std::int64_t rows, std::int64_t dim,
+                        std::vector<float>& scratch, double* acc) {
+  // Row-major A [rows, dim] is column-major A^T [dim, rows]: syrk with trans 'N' gives A^T A,
+  // whose column-major upper triangle ((j, i), j <= i, at i * dim + j) has the indices of the
+  // row-major lower one, so each row is one contiguous run. With beta 0 syrk writes the whole
+  // upper triangle, the only part read: no zeroing first.
+  const int n = static_cast<int>(dim), k = static_cast<int>(rows);
+  const float one = 1.0f, zero = 0.0f;
+  scratch.resize(static_cast<std::size_t>(dim * dim));
+  ssyrk_("U", "N", &n, &k, &one, a, &n, &zero, scratch.data(), &n);
+  for (std::int64_t i = 0; i < dim; ++i) {
+    const float* from = scratch.data() + i * dim;
+    double* to = acc + i * dim;
+    for (std::int64_t j = 0; j <= i; ++j) to[j] += from[j];
   }
 }
 

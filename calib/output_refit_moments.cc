@@ -18,15 +18,22 @@ void AddInto(std::vector<double>& acc, std::vector<double>&& x) {
   for (std::size_t i = 0; i < x.size(); ++i) acc[i] += x[i];
 }
 
+// One part's rows of a batch: c_c and c_s, [rows, dim] each.
 void Accumulate(const float* c, const float* s, std::int64_t rows, std::int64_t dim,
                 std::vector<float>& scratch, OutputRefitMoments::Part& part) {
   for (std::vector<double>* m : {&part.cc, &part.cs, &part.ss}) {
     if (m->empty()) m->assign(static_cast<std::size_t>(dim * dim), 0.0);
   }
-  AddCrossMoment(c, c, rows, dim, scratch, part.cc.data(), dim);
+  AddSymmetricMoment(c, rows, dim, scratch, part.cc.data());  // lower triangles: see Take
   AddCrossMoment(c, s, rows, dim, scratch, part.cs.data(), dim);
-  AddCrossMoment(s, s, rows, dim, scratch, part.ss.data(), dim);
+  AddSymmetricMoment(s, rows, dim, scratch, part.ss.data());
   part.tokens += rows;
+}
+
+void MirrorSymmetric(OutputRefitMoments::Part& part, std::int64_t dim) {
+  for (std::vector<double>* m : {&part.cc, &part.ss}) {
+    if (!m->empty()) MirrorLowerTriangle(m->data(), dim);
+  }
 }
 
 }  // namespace
@@ -83,10 +90,28 @@ void OutputRefitCollector::Observe(const AttentionCapture& capture) {
   }
   const std::vector<float>& s = Rows(kept->second);
   moments_.dim = dim;
-  for (std::int64_t b = 0; b < B; ++b) {  // row (b, t) is token t of sequence capture.sequence + b
-    const std::int64_t offset = b * T * dim;
-    Accumulate(c.data + offset, s.data() + offset, T, dim, scratch_,
-               HeldOutWindow(capture.sequence + b, windows_) ? moments_.held_out : moments_.fit);
+  // Row (b, t) is token t of sequence capture.sequence + b. Each part's windows of the batch are
+  // summed in one product: per window, the [dim, dim] additions into the double sums cost as
+  // much as the products at 256-token windows.
+  for (const bool held_out : {false, true}) {
+    std::vector<std::int64_t> windows;
+    for (std::int64_t b = 0; b < B; ++b) {
+      if (HeldOutWindow(capture.sequence + b, windows_) == held_out) windows.push_back(b);
+    }
+    if (windows.empty()) continue;
+    const float *part_c = c.data + windows.front() * T * dim,
+                *part_s = s.data() + windows.front() * T * dim;
+    if (windows.back() - windows.front() + 1 != static_cast<std::int64_t>(windows.size())) {
+      gathered_.clear();  // not side by side: copied so (c_c rows, then c_s rows)
+      for (const float* from : {c.data, s.data()}) {
+        for (std::int64_t b : windows)
+          gathered_.insert(gathered_.end(), from + b * T * dim, from + (b + 1) * T * dim);
+      }
+      part_c = gathered_.data();
+      part_s = gathered_.data() + windows.size() * static_cast<std::size_t>(T * dim);
+    }
+    Accumulate(part_c, part_s, static_cast<std::int64_t>(windows.size()) * T, dim, scratch_,
+               held_out ? moments_.held_out : moments_.fit);
   }
   if (!kept->second.spilled) memory_.Give(kept->second.count * sizeof(float));
   source_.erase(kept);
@@ -95,6 +120,8 @@ void OutputRefitCollector::Observe(const AttentionCapture& capture) {
 OutputRefitMoments OutputRefitCollector::Take() {
   if (!source_.empty())
     Fail("calibration", "refit: a batch of the layer before the pass was not run after it");
+  MirrorSymmetric(moments_.fit, moments_.dim);
+  MirrorSymmetric(moments_.held_out, moments_.dim);
   return std::exchange(moments_, OutputRefitMoments());
 }
 

@@ -69,7 +69,7 @@ class OutputRefitCollector : public LayerObserver {
   std::map<std::int64_t, Kept> source_;  // first sequence of a batch -> its c_s rows
   SpillFile spill_{"refit context spill file"};
   OutputRefitMoments moments_;
-  std::vector<float> scratch_, read_back_;
+  std::vector<float> scratch_, read_back_, gathered_;
 };
 
 }  // namespace kvfold

@@ -1,6 +1,7 @@
 // The refit's context collector (calib/output_refit_moments.h): contexts kept between the runs
 // before and after a pass, in memory up to a budget and spilled beyond it.
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -85,6 +86,66 @@ TEST_CASE("a batch the second run changed or never ran is refused, spilled or no
     shorter.context.shape = {kB, kT - 1, kDim};
     CHECK_THROWS_AS(c.Observe(shorter), Error);
     CHECK_THROWS_AS(c.Take(), Error);  // batch 1 never came back
+  }
+}
+
+TEST_CASE("the refit's sums are each part's outer products, every element of both triangles",
+          "[refit]") {
+  // Two batches of 6 windows of 3 tokens (12 windows: 3, 7 and 11 held out). The first batch's
+  // fit windows (0-2, 4, 5) are not side by side, the second's held-out ones (7, 11) neither.
+  constexpr std::int64_t B = 6, T = 3, dim = 5, windows = 12;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<std::vector<float>> source(2), converted(2);
+  for (auto* runs : {&source, &converted}) {
+    for (auto& x : *runs) {
+      x.resize(static_cast<std::size_t>(B * T * dim));
+      for (float& v : x) v = normal(rng);
+    }
+  }
+  OutputRefitCollector collector(3, windows);
+  const auto capture = [](std::int64_t batch, const std::vector<float>& x) {
+    AttentionCapture c;
+    c.layer = 3;
+    c.sequence = batch * B;
+    c.context.data = x.data();
+    c.context.shape = {B, T, dim};
+    return c;
+  };
+  for (std::int64_t b = 0; b < 2; ++b) collector.Observe(capture(b, source[b]));
+  collector.BeginConverted();
+  for (std::int64_t b = 0; b < 2; ++b) collector.Observe(capture(b, converted[b]));
+  const OutputRefitMoments m = collector.Take();
+  // Float64 sums of the same float32 values, window by window.
+  std::vector<double> cc[2], cs[2], ss[2];
+  for (int p = 0; p < 2; ++p) cc[p] = cs[p] = ss[p] = std::vector<double>(dim * dim, 0.0);
+  for (std::int64_t b = 0; b < 2; ++b) {
+    for (std::int64_t w = 0; w < B; ++w) {
+      const int p = HeldOutWindow(b * B + w, windows) ? 1 : 0;
+      for (std::int64_t t = 0; t < T; ++t) {
+        const float* c = &converted[b][static_cast<std::size_t>((w * T + t) * dim)];
+        const float* s = &source[b][static_cast<std::size_t>((w * T + t) * dim)];
+        for (std::int64_t i = 0; i < dim; ++i) {
+          for (std::int64_t j = 0; j < dim; ++j) {
+            cc[p][i * dim + j] += double(c[i]) * c[j];
+            cs[p][i * dim + j] += double(c[i]) * s[j];
+            ss[p][i * dim + j] += double(s[i]) * s[j];
+          }
+        }
+      }
+    }
+  }
+  CHECK(m.fit.tokens == 9 * T);
+  CHECK(m.held_out.tokens == 3 * T);
+  const OutputRefitMoments::Part* parts[] = {&m.fit, &m.held_out};
+  for (int p = 0; p < 2; ++p) {
+    for (std::int64_t k = 0; k < dim * dim; ++k) {
+      INFO("part " << p << " element " << k);
+      // A few float32 products and sums of order-1 values: 1e-5 is some 100 roundings.
+      CHECK(std::abs(parts[p]->cc[k] - cc[p][k]) < 1e-5);
+      CHECK(std::abs(parts[p]->cs[k] - cs[p][k]) < 1e-5);
+      CHECK(std::abs(parts[p]->ss[k] - ss[p][k]) < 1e-5);
+    }
   }
 }
 
