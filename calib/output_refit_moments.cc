@@ -76,9 +76,34 @@ const std::vector<float>& OutputRefitCollector::Rows(Kept& kept) {
   return read_back_;
 }
 
-void OutputRefitCollector::Observe(const AttentionCapture& capture) {
+void OutputRefitCollector::AccumulatePart(const AttentionCapture& capture, const float* s,
+                                          bool held_out) {
   const FloatView& c = capture.context;
   const std::int64_t B = c.shape.at(0), T = c.shape.at(1), dim = c.shape.at(2);
+  // Row (b, t) is token t of sequence capture.sequence + b. The part's windows of the batch are
+  // summed in one product: per window, the [dim, dim] additions into the double sums cost as
+  // much as the products at 256-token windows.
+  std::vector<std::int64_t> windows;
+  for (std::int64_t b = 0; b < B; ++b) {
+    if (HeldOutWindow(capture.sequence + b, windows_) == held_out) windows.push_back(b);
+  }
+  if (windows.empty()) return;
+  const std::int64_t rows = static_cast<std::int64_t>(windows.size()) * T;
+  const float *part_c = c.data + windows.front() * T * dim, *part_s = s + windows.front() * T * dim;
+  if (windows.back() - windows.front() + 1 != static_cast<std::int64_t>(windows.size())) {
+    gathered_.clear();  // not side by side: copied so (c_c rows, then c_s rows)
+    for (const float* from : {c.data, s}) {
+      for (std::int64_t b : windows)
+        gathered_.insert(gathered_.end(), from + b * T * dim, from + (b + 1) * T * dim);
+    }
+    part_c = gathered_.data();
+    part_s = gathered_.data() + rows * dim;
+  }
+  Accumulate(part_c, part_s, rows, dim, scratch_, held_out ? moments_.held_out : moments_.fit);
+}
+
+void OutputRefitCollector::Observe(const AttentionCapture& capture) {
+  const FloatView& c = capture.context;
   if (!converted_) {
     Keep(capture.sequence, c);
     return;
@@ -88,31 +113,9 @@ void OutputRefitCollector::Observe(const AttentionCapture& capture) {
     Fail("calibration",
          "refit: batch " + std::to_string(capture.sequence) + " differs between the two runs");
   }
+  moments_.dim = c.shape.at(2);
   const std::vector<float>& s = Rows(kept->second);
-  moments_.dim = dim;
-  // Row (b, t) is token t of sequence capture.sequence + b. Each part's windows of the batch are
-  // summed in one product: per window, the [dim, dim] additions into the double sums cost as
-  // much as the products at 256-token windows.
-  for (const bool held_out : {false, true}) {
-    std::vector<std::int64_t> windows;
-    for (std::int64_t b = 0; b < B; ++b) {
-      if (HeldOutWindow(capture.sequence + b, windows_) == held_out) windows.push_back(b);
-    }
-    if (windows.empty()) continue;
-    const float *part_c = c.data + windows.front() * T * dim,
-                *part_s = s.data() + windows.front() * T * dim;
-    if (windows.back() - windows.front() + 1 != static_cast<std::int64_t>(windows.size())) {
-      gathered_.clear();  // not side by side: copied so (c_c rows, then c_s rows)
-      for (const float* from : {c.data, s.data()}) {
-        for (std::int64_t b : windows)
-          gathered_.insert(gathered_.end(), from + b * T * dim, from + (b + 1) * T * dim);
-      }
-      part_c = gathered_.data();
-      part_s = gathered_.data() + windows.size() * static_cast<std::size_t>(T * dim);
-    }
-    Accumulate(part_c, part_s, static_cast<std::int64_t>(windows.size()) * T, dim, scratch_,
-               held_out ? moments_.held_out : moments_.fit);
-  }
+  for (const bool held_out : {false, true}) AccumulatePart(capture, s.data(), held_out);
   if (!kept->second.spilled) memory_.Give(kept->second.count * sizeof(float));
   source_.erase(kept);
 }

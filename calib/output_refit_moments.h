@@ -61,6 +61,8 @@ class OutputRefitCollector : public LayerObserver {
   };
   void Keep(std::int64_t sequence, const FloatView& c);
   const std::vector<float>& Rows(Kept& kept);  // the batch's c_s, read back when spilled
+  // The sums of the batch's windows of one part (held out or fit); `s` is its kept c_s.
+  void AccumulatePart(const AttentionCapture& capture, const float* s, bool held_out);
 
   int layer_;
   std::int64_t windows_;  // calibration windows in all (HeldOutWindow)

@@ -1,6 +1,5 @@
 #include "runtime_check/forward_flop.h"
 
-#include <algorithm>
 #include <atomic>
 
 namespace kvfold {
