@@ -21,12 +21,15 @@ std::vector<float> RandomContext(std::mt19937& rng) {
   return x;
 }
 
-AttentionCapture Capture(std::int64_t batch, const std::vector<float>& context) {
+// Batch `batch` of `windows` windows of `tokens` tokens, layer 3's contexts.
+AttentionCapture Capture(std::int64_t batch, const std::vector<float>& context,
+                         std::int64_t windows = kB, std::int64_t tokens = kT,
+                         std::int64_t dim = kDim) {
   AttentionCapture c;
   c.layer = 3;
-  c.sequence = batch * kB;
+  c.sequence = batch * windows;
   c.context.data = context.data();
-  c.context.shape = {kB, kT, kDim};
+  c.context.shape = {windows, tokens, dim};
   return c;
 }
 
@@ -104,17 +107,9 @@ TEST_CASE("the refit's sums are each part's outer products, every element of bot
     }
   }
   OutputRefitCollector collector(3, windows);
-  const auto capture = [](std::int64_t batch, const std::vector<float>& x) {
-    AttentionCapture c;
-    c.layer = 3;
-    c.sequence = batch * B;
-    c.context.data = x.data();
-    c.context.shape = {B, T, dim};
-    return c;
-  };
-  for (std::int64_t b = 0; b < 2; ++b) collector.Observe(capture(b, source[b]));
+  for (std::int64_t b = 0; b < 2; ++b) collector.Observe(Capture(b, source[b], B, T, dim));
   collector.BeginConverted();
-  for (std::int64_t b = 0; b < 2; ++b) collector.Observe(capture(b, converted[b]));
+  for (std::int64_t b = 0; b < 2; ++b) collector.Observe(Capture(b, converted[b], B, T, dim));
   const OutputRefitMoments m = collector.Take();
   // Float64 sums of the same float32 values, window by window.
   std::vector<double> cc[2], cs[2], ss[2];
