@@ -26,6 +26,7 @@
 #include "runtime_check/blas_core.h"
 #include "runtime_check/data_parallel.h"
 #include "runtime_check/evaluate.h"
+#include "runtime_check/forward_flop.h"
 #include "runtime_check/tensor_cache.h"
 
 namespace {
@@ -89,11 +90,12 @@ double CalibrationTokensPerSecond(const kvfold::ReferenceModel& model,
   return best;
 }
 
-// FLOPs per token of causal attention over a window of W: query i reads i + 1 keys for QK^T and
-// again for PV, 2d FLOPs each, so on average 2 d (W + 1) per head.
+// FLOPs per token of causal attention over windows of W tokens: 2d for QK^T and again for PV per
+// head and (query, key) pair, counted as the runtime counts them (runtime_check/forward_flop.h),
+// so on average 2 d (W + 1) per head.
 double AttentionFlopsPerToken(const kvfold::ModelConfig& c, std::int64_t window) {
-  return static_cast<double>(c.num_hidden_layers) * c.num_attention_heads * 2.0 * c.head_dim *
-         static_cast<double>(window + 1);
+  return static_cast<double>(c.num_hidden_layers) * c.num_attention_heads * 4.0 * c.head_dim *
+         static_cast<double>(kvfold::CausalPairs(window, 0)) / static_cast<double>(window);
 }
 
 }  // namespace

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-// The Fortran BLAS matrix product; LibTorch already loads a BLAS (OpenBLAS after
-// scripts/setup.sh), and every BLAS exports this name.
+// The Fortran BLAS symmetric rank-k update and matrix product; LibTorch already loads a BLAS
+// (OpenBLAS after scripts/setup.sh), and every BLAS exports these names.
 extern "C" void ssyrk_(const char* uplo, const char* trans, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* beta,
                        float* c, const int* ldc);
