@@ -49,13 +49,18 @@ std::string BetterCoreType(const std::string& core, const CpuFeatures& cpu) {
   return "";
 }
 
-void EnsureFastBlasCore(char** argv) {
+bool ChooseFastBlasCore() {
   if (std::getenv("OPENBLAS_CORETYPE") != nullptr || std::getenv("KVFOLD_BLAS_REEXEC") != nullptr)
-    return;
+    return false;
   const std::string better = BetterCoreType(CallName("openblas_get_corename"), DetectCpuFeatures());
-  if (better.empty()) return;
+  if (better.empty()) return false;
   ::setenv("OPENBLAS_CORETYPE", better.c_str(), 1);
   ::setenv("KVFOLD_BLAS_REEXEC", "1", 1);  // never loop, even if OpenBLAS ignores the variable
+  return true;
+}
+
+void EnsureFastBlasCore(char** argv) {
+  if (!ChooseFastBlasCore()) return;
   ::execv("/proc/self/exe", argv);
   ::unsetenv("OPENBLAS_CORETYPE");  // exec failed: carry on with the kernels we have
 }

@@ -1,8 +1,10 @@
 // The BLAS core: Debian's OpenBLAS 0.3.21 does not recognise recent CPUs (AVX-512, AMX) and
 // falls back to its SSE3 "Prescott" kernels, ~6x slower at sgemm. OpenBLAS picks its kernels
 // when it is loaded, from OPENBLAS_CORETYPE, so the fix is to set that variable and start the
-// process again, before the first matrix product. A no-op where the BLAS is not OpenBLAS, where
-// the user set OPENBLAS_CORETYPE, or where the core already suits the CPU.
+// process again, before the first matrix product. The kvfold command does that before anything
+// loads LibTorch (tools/kvfold_launcher.cc), so a run loads its ~300 libraries once, not twice.
+// A no-op where the BLAS is not OpenBLAS, where the user set OPENBLAS_CORETYPE, or where the
+// core already suits the CPU.
 #pragma once
 
 #include <string>
@@ -19,6 +21,12 @@ CpuFeatures DetectCpuFeatures();
 // The OPENBLAS_CORETYPE that suits a CPU with `cpu` better than the running `core`, or "" when
 // the running core is already right (or unknown to this rule).
 std::string BetterCoreType(const std::string& core, const CpuFeatures& cpu);
+
+// Sets OPENBLAS_CORETYPE (and KVFOLD_BLAS_REEXEC, so that no one chooses again) in this
+// process's environment when BetterCoreType says so, for a program about to be executed; false
+// when nothing needs to change or the user named a core. OpenBLAS must be loaded: the kvfold
+// command (tools/kvfold_launcher.cc) loads it, chooses, and executes kvfold-core.
+bool ChooseFastBlasCore();
 
 // Re-executes the process (/proc/self/exe, same argv) with OPENBLAS_CORETYPE set when
 // BetterCoreType says so; returns when nothing needs to change or the re-exec fails.

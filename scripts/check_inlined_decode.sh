@@ -6,7 +6,7 @@
 # inlined"). A disassembly, so that the check does not depend on a timing.
 # Usage: scripts/check_inlined_decode.sh BUILD_DIR
 set -euo pipefail
-binary="$1/bin/kvfold"
+binary="$1/bin/kvfold-core"  # the program; bin/kvfold is the launcher
 command -v objdump >/dev/null || { echo "SKIPPED: inlined_decode: objdump not found"; exit 77; }
 body="$(objdump -d --no-show-raw-insn -C "$binary" |
   awk '/<kvfold::ConvertToF32\(kvfold::DType, void const\*, unsigned long, float\*\)>:$/,/^$/')"

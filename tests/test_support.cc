@@ -69,8 +69,8 @@ CommandResult RunKvfold(const std::string& args) {
   const std::string out = tmp.File("out"), err = tmp.File("err");
   // Without a core named by the caller, kvfold runs the OpenBLAS kernels of the test process
   // that compares its numbers: where Debian's OpenBLAS falls back to Prescott (an AVX-512 CPU it
-  // does not know), kvfold alone would re-execute itself on SkylakeX kernels
-  // (runtime_check/blas_core.h), and its floats would differ in the 8th digit from the test's.
+  // does not know), kvfold alone would run SkylakeX kernels (runtime_check/blas_core.h), and
+  // its floats would differ in the 8th digit from the test's.
   const char* core = std::getenv("OPENBLAS_CORETYPE");
   const std::string env = core != nullptr ? "" : "KVFOLD_BLAS_REEXEC=1 ";
   const std::string cmd = env + KVFOLD_BIN + " " + args + " >" + out + " 2>" + err;

@@ -44,10 +44,12 @@ int Finish(int status, const std::string& error_line = "") {
 }  // namespace
 
 int main(int argc, char** argv) {
-  kvfold::EnsureFastBlasCore(argv);  // before any matrix product; may re-execute kvfold
-  kvfold::SleepIdleBlasThreads();    // runtime_check/blas_threads.h
-  kvfold::SetHeapPolicy();           // formats/heap_policy.h
-  kvfold::InstallTensorCache();      // runtime_check/tensor_cache.h
+  // Before any matrix product. A no-op when started by bin/kvfold, which chose already; run as
+  // itself, kvfold-core may re-execute itself here.
+  kvfold::EnsureFastBlasCore(argv);
+  kvfold::SleepIdleBlasThreads();  // runtime_check/blas_threads.h
+  kvfold::SetHeapPolicy();         // formats/heap_policy.h
+  kvfold::InstallTensorCache();    // runtime_check/tensor_cache.h
   kvfold::InstallFatalSignalHandlers();
   kvfold::StartRanks(&argc, &argv);
   // Every rank computes the same results; the first prints them.
