@@ -60,7 +60,7 @@ Command AddPlanCommand(CLI::App& app) {
       ->capture_default_str()
       ->check(FiniteRange(0.0, 1e9));
   sub->add_flag("--heal", o.heal,
-                "Also try each KV-head structure followed by heal (docs/heal.md); each "
+                "Also try each conversion followed by heal (docs/heal.md); each "
                 "candidate's convert_seconds shows what a conversion cost");
   AddComputeOptions(sub, o.compute);
   sub->add_flag("--json", a->json, "Print the plans and every candidate as JSON");

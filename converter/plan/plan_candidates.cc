@@ -132,7 +132,7 @@ std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> struc
                                                 std::vector<RefusedStructure>* refused) {
   std::vector<PlanStructure> healed;
   for (const PlanStructure& s : structures) {
-    if (s.family != HeadsFamily(c) && s.family != HeadsFamily(c, "heads per layer")) continue;
+    if (s.passes.empty()) continue;  // the model itself: nothing to heal
     healed.push_back(s);
     healed.back().passes = Then(s.passes, MakePassSpec("heal"));
     healed.back().family = "healed " + s.family;

@@ -72,10 +72,10 @@ struct RefusedStructure {
 std::vector<PlanStructure> PlanStructures(const ModelConfig& c,
                                           PlanRuntime runtime = PlanRuntime::kKvfold,
                                           std::vector<RefusedStructure>* refused = nullptr);
-// `structures` (PlanStructures' answer: they run on `c`) with, after them, each KV-head structure
-// (family "heads" or "heads per layer", "approximate ..." on models with q/k norms) followed by
-// heal, as family "healed " + its family (plan --heal), where heal runs on `c` (where it does
-// not, to `refused` when given).
+// `structures` (PlanStructures' answer: they run on `c`) with, after them, each conversion (KV
+// heads, cross-layer sharing, both: every structure but the model itself) followed by heal, as
+// family "healed " + its family (plan --heal), where heal runs on `c` (where it does not, to
+// `refused` when given). kv-scales follows a healed structure where it follows the structure.
 std::vector<PlanStructure> WithHealedStructures(std::vector<PlanStructure> structures,
                                                 const ModelConfig& c,
                                                 std::vector<RefusedStructure>* refused = nullptr);

@@ -26,7 +26,7 @@ struct PlanJob {
   int screen_windows = 2;                      // the first of those, for screening every candidate
   int survivors = 3;         // per budget: the best screened, scored on every window
   double seconds_limit = 0;  // --plan-seconds: no new scoring after it (0 = none)
-  bool heal = false;         // --heal: every KV-head structure also followed by heal
+  bool heal = false;         // --heal: every conversion also followed by heal
 };
 
 struct BudgetPlan {

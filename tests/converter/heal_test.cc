@@ -40,12 +40,12 @@ double KlOnEvalText(const std::string& dir) {
       .kl;
 }
 
-// heal (the pipeline's second pass) kept trained weights on every one of stories260K-mha's 5
-// layers, each with a lower held-out error than it started from.
-void CheckEveryLayerHealed(const std::string& dir) {
+// heal (the pipeline's pass `pass`, by default its second) kept trained weights on every one of
+// stories260K-mha's 5 layers, each with a lower held-out error than it started from.
+void CheckEveryLayerHealed(const std::string& dir, int pass = 1) {
   const auto record = ReadJson(dir + "/kvfold.json");  // named: see "heal follows gqa-meanpool"
-  REQUIRE(record["passes"][1]["layers"].size() == 5);
-  for (const auto& layer : record["passes"][1]["layers"]) {
+  REQUIRE(record["passes"][pass]["layers"].size() == 5);
+  for (const auto& layer : record["passes"][pass]["layers"]) {
     INFO("layer " << layer["layer"]);
     CHECK(layer["kept_step"].get<int>() > 0);
     CHECK(layer["held_out_error_after"].get<double>() <
@@ -216,6 +216,21 @@ TEST_CASE("heal follows mlkv: layers reading another's K/V train their queries a
   RunConvert("stories260K-mha", "mlkv<kv-layers=2>," + kHeal, tmp.File("again"));
   CHECK(ReadBytes(tmp.File("again/model.safetensors")) ==
         ReadBytes(tmp.File("healed/model.safetensors")));
+}
+
+TEST_CASE("heal follows gqa-svd then mlkv, the planner's heads+cross-layer structure",
+          "[convert][heal][quality][shared]") {
+  // plan --heal tries every conversion healed (converter/plan/plan_candidates.h), this one too:
+  // 2 KV heads without the refit, then 2 K/V layers; heal is the pipeline's third pass.
+  TempDir tmp;
+  const std::string fold = "gqa-svd<kv-heads=2,refit=none>,mlkv<kv-layers=2>";
+  RunConvert("stories260K-mha", fold, tmp.File("shared"));
+  RunConvert("stories260K-mha", fold + "," + kHeal, tmp.File("healed"));
+  CheckEveryLayerHealed(tmp.File("healed"), 2);
+  const Checkpoint healed = OpenCheckpoint(tmp.File("healed"));
+  CHECK(healed.config.num_key_value_heads == 2);
+  CHECK(healed.config.kv_layer_of == std::vector<std::int64_t>{0, 0, 2, 2, 2});
+  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("shared")));
 }
 
 TEST_CASE("heal follows lckv: the layers below read the target layer's K/V of the source stream",

@@ -52,16 +52,23 @@ TEST_CASE("the planner's search space", "[plan]") {
         test::CanonicalPipelines({"", "gqa-svd<kv-heads=4>", "gqa-svd<kv-heads=2>",
                                   "gqa-svd<kv-heads=1>", "mlkv<kv-layers=3>", "mlkv<kv-layers=1>",
                                   "gqa-svd<kv-heads=4,refit=none>,mlkv<kv-layers=3>"}));
-  // plan --heal: each KV-head structure again, healed (kv-scales may still follow it)
+  // plan --heal: each conversion again, healed, in its family; kv-scales may follow a healed
+  // structure where it may follow the structure (not after mlkv's whole-model sweep)
   passes.clear();
-  const auto healed = WithHealedStructures(PlanStructures(c), c);
-  for (std::size_t i = PlanStructures(c).size(); i < healed.size(); ++i) {
+  const auto plain = PlanStructures(c);
+  const auto healed = WithHealedStructures(plain, c);
+  REQUIRE(healed.size() == 2 * plain.size() - 1);
+  for (std::size_t i = plain.size(); i < healed.size(); ++i) {
+    const PlanStructure& from = plain[i - plain.size() + 1];
     passes.push_back(PipelineText(healed[i].passes));
-    CHECK(healed[i].family == "healed heads");
-    CHECK(healed[i].fp8_scales);
+    CHECK(healed[i].family == "healed " + from.family);
+    CHECK(healed[i].fp8_scales == from.fp8_scales);
   }
-  CHECK(passes == test::CanonicalPipelines({"gqa-svd<kv-heads=4>,heal", "gqa-svd<kv-heads=2>,heal",
-                                            "gqa-svd<kv-heads=1>,heal"}));
+  CHECK(passes ==
+        test::CanonicalPipelines({"gqa-svd<kv-heads=4>,heal", "gqa-svd<kv-heads=2>,heal",
+                                  "gqa-svd<kv-heads=1>,heal", "mlkv<kv-layers=3>,heal",
+                                  "mlkv<kv-layers=1>,heal",
+                                  "gqa-svd<kv-heads=4,refit=none>,mlkv<kv-layers=3>,heal"}));
   c.qk_norm = true;  // Qwen3: the approximate folds (checked below), nothing across layers
   CHECK(PlanStructures(c).size() == 4);
   c.qk_norm = false;
