@@ -53,6 +53,16 @@ void CheckEveryLayerHealed(const std::string& dir, int pass = 1) {
   }
 }
 
+// `fold` alone into tmp/fold, and followed by kHeal into tmp/healed: heal (the pipeline's pass
+// `heal_pass`) trained every layer and lowered the KL on text no calibration saw. The healed model.
+Checkpoint FoldThenHeal(const TempDir& tmp, const std::string& fold, int heal_pass = 1) {
+  RunConvert("stories260K-mha", fold, tmp.File("fold"));
+  RunConvert("stories260K-mha", fold + "," + kHeal, tmp.File("healed"));
+  CheckEveryLayerHealed(tmp.File("healed"), heal_pass);
+  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("fold")));
+  return OpenCheckpoint(tmp.File("healed"));
+}
+
 // `passes` on stories260K-mha as RunConvert runs them, with --hidden-memory 0: every captured
 // window (inputs, contexts, residual streams) and every hidden state goes through the spill files.
 void RunSpilled(const std::string& passes, const std::string& out) {
@@ -190,29 +200,20 @@ TEST_CASE("heal is refused where it cannot run, before any work", "[convert][hea
 TEST_CASE("heal trains reconstruct-mode keys through their cache projections",
           "[convert][heal][quality][shared][once]") {
   TempDir tmp;
-  const std::string fold = "gqa-svd<kv-heads=2,rope=reconstruct>";
-  RunConvert("stories260K-mha", fold, tmp.File("fold"));
-  RunConvert("stories260K-mha", fold + "," + kHeal, tmp.File("healed"));
-  CheckEveryLayerHealed(tmp.File("healed"));
+  const Checkpoint healed = FoldThenHeal(tmp, "gqa-svd<kv-heads=2,rope=reconstruct>");
   // still reconstruct mode: every source key head, two cached
-  const Checkpoint healed = OpenCheckpoint(tmp.File("healed"));
   CHECK(healed.config.key_projection_heads == 8);
   CHECK(healed.config.num_key_value_heads == 2);
-  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("fold")));
 }
 
 TEST_CASE("heal follows mlkv: layers reading another's K/V train their queries and o_proj",
           "[convert][heal][quality][shared]") {
   // stories260K-mha's 5 layers on 2 K/V layers: 0 and 1 read layer 0's, 2 to 4 layer 2's.
   TempDir tmp;
-  RunConvert("stories260K-mha", "mlkv<kv-layers=2>", tmp.File("shared"));
-  RunConvert("stories260K-mha", "mlkv<kv-layers=2>," + kHeal, tmp.File("healed"));
-  CheckEveryLayerHealed(tmp.File("healed"));
-  const Checkpoint healed = OpenCheckpoint(tmp.File("healed"));
+  const Checkpoint healed = FoldThenHeal(tmp, "mlkv<kv-layers=2>");
   CHECK(healed.config.kv_layer_of == std::vector<std::int64_t>{0, 0, 2, 2, 2});
   CHECK(healed.tensors.Find("model.layers.1.self_attn.k_proj.weight") == nullptr);
   CHECK(healed.tensors.Find("model.layers.2.self_attn.k_proj.weight") != nullptr);
-  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("shared")));
   RunConvert("stories260K-mha", "mlkv<kv-layers=2>," + kHeal, tmp.File("again"));
   CHECK(ReadBytes(tmp.File("again/model.safetensors")) ==
         ReadBytes(tmp.File("healed/model.safetensors")));
@@ -223,14 +224,10 @@ TEST_CASE("heal follows gqa-svd then mlkv, the planner's heads+cross-layer struc
   // plan --heal tries every conversion healed (converter/plan/plan_candidates.h), this one too:
   // 2 KV heads without the refit, then 2 K/V layers; heal is the pipeline's third pass.
   TempDir tmp;
-  const std::string fold = "gqa-svd<kv-heads=2,refit=none>,mlkv<kv-layers=2>";
-  RunConvert("stories260K-mha", fold, tmp.File("shared"));
-  RunConvert("stories260K-mha", fold + "," + kHeal, tmp.File("healed"));
-  CheckEveryLayerHealed(tmp.File("healed"), 2);
-  const Checkpoint healed = OpenCheckpoint(tmp.File("healed"));
+  const Checkpoint healed =
+      FoldThenHeal(tmp, "gqa-svd<kv-heads=2,refit=none>,mlkv<kv-layers=2>", /*heal_pass=*/2);
   CHECK(healed.config.num_key_value_heads == 2);
   CHECK(healed.config.kv_layer_of == std::vector<std::int64_t>{0, 0, 2, 2, 2});
-  CHECK(KlOnEvalText(tmp.File("healed")) < KlOnEvalText(tmp.File("shared")));
 }
 
 TEST_CASE("heal follows lckv: the layers below read the target layer's K/V of the source stream",
