@@ -50,6 +50,9 @@ int main(int, char** argv) {
   kvfold::ChooseFastBlasCore();
   const std::string core = CorePath();
   ::execv(core.c_str(), argv);
-  std::fprintf(stderr, "kvfold: error: %s: cannot run (%s)\n", core.c_str(), std::strerror(errno));
+  std::fprintf(stderr,
+               "kvfold: error: %s: cannot run (%s); kvfold runs from its build folder's bin/ or "
+               "from `cmake --install`'s prefix, not copied alone\n",
+               core.c_str(), std::strerror(errno));
   return 1;
 }
