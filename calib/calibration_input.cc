@@ -18,8 +18,9 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 // The tokenizer's ids for `text`; a tokenizer with more pieces than the model has embeddings
 // gives ids the model cannot read, named here with the text (`where`) they came from.
 std::vector<std::int32_t> Encode(const std::string& text, const Tokenizer& tokenizer,
-                                 std::int64_t vocab, const std::string& where) {
-  std::vector<std::int32_t> ids = tokenizer.Encode(text);
+                                 std::int64_t vocab, const std::string& where,
+                                 std::size_t min_ids = 0) {
+  std::vector<std::int32_t> ids = tokenizer.EncodePrefix(text, min_ids);
   for (const std::int32_t id : ids) {
     if (id < 0 || id >= vocab) {
       Fail(where, "the tokenizer " + tokenizer.path() + " gives token id " + std::to_string(id) +
@@ -47,12 +48,12 @@ void ReadJsonLines(const std::string& path, const std::string& bytes, const Toke
 }  // namespace
 
 std::vector<std::int32_t> EncodeTextFile(const std::string& path, const Tokenizer& tokenizer,
-                                         std::int64_t vocab_size) {
-  return Encode(LoadText(path), tokenizer, vocab_size, path);
+                                         std::int64_t vocab_size, std::size_t min_ids) {
+  return Encode(LoadText(path), tokenizer, vocab_size, path, min_ids);
 }
 
 CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer& tokenizer,
-                                        std::int64_t vocab_size) {
+                                        std::int64_t vocab_size, std::size_t min_ids) {
   CalibrationTokens out;
   if (EndsWith(path, ".jsonl") || EndsWith(path, ".npy")) {
     const std::string bytes = ReadFileToString(path);
@@ -68,7 +69,7 @@ CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer
   }
   const std::string text = LoadText(path);
   out.sha256 = Sha256Hex(text);
-  out.tokens = Encode(text, tokenizer, vocab_size, path);
+  out.tokens = Encode(text, tokenizer, vocab_size, path, min_ids);
   out.format = "text";
   return out;
 }

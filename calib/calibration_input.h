@@ -1,5 +1,7 @@
 // What --calib reads, in the forms users have calibration data in:
-//  - plain UTF-8 text: Encode of the whole file (kvfold-ppl-v1);
+//  - plain UTF-8 text: Encode of the whole file (kvfold-ppl-v1), of which a sentencepiece model
+//    reads in pieces only as much as the `min_ids` asked for need (calib/seam_encode.h: the
+//    same ids);
 //  - JSON Lines (*.jsonl): one JSON value per line, either documents {"text": "..."} (an
 //    exported HF dataset), each encoded alone and their ids concatenated in file order, or
 //    pre-tokenized ids {"input_ids": [...]}, {"ids": [...]} or a bare [...] (one form per file);
@@ -8,6 +10,7 @@
 // exactly (with --window equal to its row length, each row is one window).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -25,12 +28,13 @@ struct CalibrationTokens {
 // Reads `path` by its extension (the .npy and JSON Lines bytes are parsed by formats/token_ids.h);
 // throws Error naming the file (and line or element) for bad input, and for ids outside
 // [0, vocab_size), the tokenizer's included.
+// `min_ids`: the tokens the caller uses (0: all); `tokens` may hold more, never other ones.
 CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer& tokenizer,
-                                        std::int64_t vocab_size);
+                                        std::int64_t vocab_size, std::size_t min_ids = 0);
 
 // The ids of the UTF-8 text file `path` (an evaluation text); an id outside [0, vocab_size) (a
 // tokenizer larger than the model) is an Error naming the file and the tokenizer.
 std::vector<std::int32_t> EncodeTextFile(const std::string& path, const Tokenizer& tokenizer,
-                                         std::int64_t vocab_size);
+                                         std::int64_t vocab_size, std::size_t min_ids = 0);
 
 }  // namespace kvfold

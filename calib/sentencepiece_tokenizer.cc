@@ -8,6 +8,7 @@
 #include <mutex>
 #include <vector>
 
+#include "calib/seam_encode.h"
 #include "calib/spm_shim/spm_shim.h"
 #include "formats/error.h"
 
@@ -110,6 +111,15 @@ std::unique_ptr<Tokenizer> SentencePieceTokenizer::Load(const std::string& model
   return std::unique_ptr<Tokenizer>(new SentencePieceTokenizer(model_path, handle));
 }
 
+SentencePieceTokenizer::SentencePieceTokenizer(std::string path, void* handle)
+    : Tokenizer(std::move(path)), handle_(handle) {
+  const std::vector<Piece> pieces = Pieces();
+  std::vector<std::string_view> texts;
+  texts.reserve(pieces.size());
+  for (const Piece& p : pieces) texts.push_back(p.text);
+  cuttable_ = PiecesStopAtSpaces(texts);
+}
+
 SentencePieceTokenizer::~SentencePieceTokenizer() {
   if (handle_ != nullptr) Shim().close(handle_);
 }
@@ -125,6 +135,13 @@ std::vector<std::int32_t> SentencePieceTokenizer::Encode(std::string_view text) 
   std::vector<std::int32_t> out(ids, ids + n);
   api.free(ids);
   return out;
+}
+
+std::vector<std::int32_t> SentencePieceTokenizer::EncodePrefix(std::string_view text,
+                                                               std::size_t min_ids) const {
+  if (!cuttable_) return Encode(text);
+  return EncodeAtSeams(text, min_ids, kPieceBytes, [this](std::string_view s) { return Encode(s); })
+      .ids;
 }
 
 std::string SentencePieceTokenizer::Decode(const std::vector<std::int32_t>& ids) const {

@@ -16,6 +16,13 @@ class SentencePieceTokenizer : public Tokenizer {
   ~SentencePieceTokenizer() override;
 
   std::vector<std::int32_t> Encode(std::string_view text) const override;
+  // In pieces of about kPieceBytes (~25 MB of sentencepiece's memory each) cut at seams
+  // (calib/seam_encode.h) where the vocabulary allows it: memory for one piece, not the text,
+  // and no more text read than `min_ids` needs.
+  std::vector<std::int32_t> EncodePrefix(std::string_view text, std::size_t min_ids) const override;
+  static constexpr std::size_t kPieceBytes = 256 << 10;
+  // Whether EncodePrefix may cut texts (calib/seam_encode.h's rule for the vocabulary).
+  bool cuttable() const { return cuttable_; }
   std::string Decode(const std::vector<std::int32_t>& ids) const override;
   int vocab_size() const override;
   int bos_id() const override;
@@ -31,9 +38,9 @@ class SentencePieceTokenizer : public Tokenizer {
   std::vector<Piece> Pieces() const;
 
  private:
-  SentencePieceTokenizer(std::string path, void* handle)
-      : Tokenizer(std::move(path)), handle_(handle) {}
+  SentencePieceTokenizer(std::string path, void* handle);
   void* handle_ = nullptr;
+  bool cuttable_ = false;
 };
 
 }  // namespace kvfold

@@ -4,6 +4,7 @@
 // BOS/EOS, as the perplexity protocol wants; bos_id() says what the model input starts with.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -21,6 +22,13 @@ class Tokenizer {
 
   // The ids of `text`, with added tokens written in it matched as tokens and no BOS/EOS added.
   virtual std::vector<std::int32_t> Encode(std::string_view text) const = 0;
+  // Encode(text)'s first `min_ids` ids at least (all when 0 or when the text has fewer), the
+  // same ids. A tokenizer that can cut a text exactly reads no more of it than that, in pieces
+  // (sentencepiece: calib/seam_encode.h); the others encode the whole text.
+  virtual std::vector<std::int32_t> EncodePrefix(std::string_view text, std::size_t min_ids) const {
+    (void)min_ids;
+    return Encode(text);
+  }
   virtual std::string Decode(const std::vector<std::int32_t>& ids) const = 0;
   virtual int vocab_size() const = 0;
   // The ids a model must have rows for: the vocabulary and every added token that is not special.

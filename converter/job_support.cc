@@ -100,8 +100,8 @@ CalibrationInput LoadCalibration(const Checkpoint& ck, const InputPart& o) {
     Fail(o.model, "no tokenizer.json or tokenizer.model in the model folder");
   CalibrationInput in;
   in.tokenizer = Tokenizer::Load(ck.tokenizer_path);
-  const CalibrationTokens calib =
-      LoadCalibrationTokens(o.calib_text, *in.tokenizer, ck.config.vocab_size);
+  const CalibrationTokens calib = LoadCalibrationTokens(
+      o.calib_text, *in.tokenizer, ck.config.vocab_size, static_cast<std::size_t>(o.calib_tokens));
   in.sha256 = calib.sha256;
   in.windows =
       CutWindows(calib.tokens, o.window, static_cast<int>(o.calib_tokens / o.window), o.calib_text);
@@ -139,7 +139,11 @@ nlohmann::ordered_json ReportBase(const Checkpoint& ck, const InputPart& o,
 
 std::vector<TokenWindow> EvalWindows(const Tokenizer& tokenizer, const InputPart& input,
                                      const ReportPart& report, std::int64_t vocab_size) {
-  return CutWindows(EncodeTextFile(report.eval_text, tokenizer, vocab_size), input.window,
+  const std::size_t needed =
+      report.eval_windows < 0
+          ? 0
+          : static_cast<std::size_t>(report.eval_windows) * static_cast<std::size_t>(input.window);
+  return CutWindows(EncodeTextFile(report.eval_text, tokenizer, vocab_size, needed), input.window,
                     report.eval_windows, report.eval_text);
 }
 

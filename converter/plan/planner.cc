@@ -73,11 +73,11 @@ class ScratchFolder {
 std::vector<TokenWindow> ScoringWindows(const PlanJob& o, const Checkpoint& ck,
                                         std::string& calib_sha256) {
   const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
-  const CalibrationTokens calib =
-      LoadCalibrationTokens(o.input.calib_text, *tokenizer, ck.config.vocab_size);
-  calib_sha256 = calib.sha256;
   const std::int64_t needed =
       o.input.calib_tokens + static_cast<std::int64_t>(o.score_windows) * o.input.window;
+  const CalibrationTokens calib = LoadCalibrationTokens(
+      o.input.calib_text, *tokenizer, ck.config.vocab_size, static_cast<std::size_t>(needed));
+  calib_sha256 = calib.sha256;
   if (static_cast<std::int64_t>(calib.tokens.size()) < needed) {
     Fail(o.input.calib_text,
          std::to_string(calib.tokens.size()) + " tokens; the planner calibrates on the first " +
