@@ -1,5 +1,6 @@
 #include "calib/seam_encode.h"
 
+#include <algorithm>
 #include <string>
 
 namespace kvfold {
