@@ -1,9 +1,7 @@
 #include "calib/sentencepiece_tokenizer.h"
 
 #include <dlfcn.h>
-#include <unistd.h>
 
-#include <climits>
 #include <cstdlib>
 #include <mutex>
 #include <vector>
@@ -11,6 +9,7 @@
 #include "calib/seam_encode.h"
 #include "calib/spm_shim/spm_shim.h"
 #include "formats/error.h"
+#include "formats/executable_dir.h"
 
 namespace kvfold {
 namespace {
@@ -44,14 +43,6 @@ constexpr int kDeepBind = RTLD_DEEPBIND;
 #else
 constexpr int kDeepBind = RTLD_DEEPBIND;
 #endif
-
-std::string ExecutableDir() {
-  char buf[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return ".";
-  std::string path(buf, static_cast<std::size_t>(n));
-  return path.substr(0, path.find_last_of('/'));
-}
 
 template <typename Fn>
 void Resolve(void* lib, const char* name, Fn* fn, const std::string& where) {

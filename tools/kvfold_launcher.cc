@@ -9,27 +9,19 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include "formats/executable_dir.h"
 #include "runtime_check/blas_core.h"
 
 namespace {
 
-std::string SelfDir() {
-  char buf[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return ".";
-  const std::string path(buf, static_cast<std::size_t>(n));
-  return path.substr(0, path.find_last_of('/'));
-}
-
 // kvfold-core beside this file (the build tree) or in ../lib/kvfold (`cmake --install`, beside
 // the sentencepiece shim it loads).
 std::string CorePath() {
-  const std::string dir = SelfDir();
+  const std::string dir = kvfold::ExecutableDir();
   for (const std::string& path : {dir + "/kvfold-core", dir + "/../lib/kvfold/kvfold-core"}) {
     if (::access(path.c_str(), X_OK) == 0) return path;
   }
