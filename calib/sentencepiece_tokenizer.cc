@@ -102,15 +102,6 @@ std::unique_ptr<Tokenizer> SentencePieceTokenizer::Load(const std::string& model
   return std::unique_ptr<Tokenizer>(new SentencePieceTokenizer(model_path, handle));
 }
 
-SentencePieceTokenizer::SentencePieceTokenizer(std::string path, void* handle)
-    : Tokenizer(std::move(path)), handle_(handle) {
-  const std::vector<Piece> pieces = Pieces();
-  std::vector<std::string_view> texts;
-  texts.reserve(pieces.size());
-  for (const Piece& p : pieces) texts.push_back(p.text);
-  cuttable_ = PiecesStopAtSpaces(texts);
-}
-
 SentencePieceTokenizer::~SentencePieceTokenizer() {
   if (handle_ != nullptr) Shim().close(handle_);
 }
@@ -128,9 +119,17 @@ std::vector<std::int32_t> SentencePieceTokenizer::Encode(std::string_view text) 
   return out;
 }
 
+bool SentencePieceTokenizer::cuttable() const {
+  const std::vector<Piece> pieces = Pieces();
+  std::vector<std::string_view> texts;
+  texts.reserve(pieces.size());
+  for (const Piece& p : pieces) texts.push_back(p.text);
+  return PiecesStopAtSpaces(texts);
+}
+
 std::vector<std::int32_t> SentencePieceTokenizer::EncodePrefix(std::string_view text,
                                                                std::size_t min_ids) const {
-  if (!cuttable_) return Encode(text);
+  if (!cuttable()) return Encode(text);
   return EncodeAtSeams(text, min_ids, kPieceBytes, [this](std::string_view s) { return Encode(s); })
       .ids;
 }

@@ -21,8 +21,9 @@ class SentencePieceTokenizer : public Tokenizer {
   // and no more text read than `min_ids` needs.
   std::vector<std::int32_t> EncodePrefix(std::string_view text, std::size_t min_ids) const override;
   static constexpr std::size_t kPieceBytes = 256 << 10;
-  // Whether EncodePrefix may cut texts (calib/seam_encode.h's rule for the vocabulary).
-  bool cuttable() const { return cuttable_; }
+  // Whether EncodePrefix may cut texts (calib/seam_encode.h's rule for the vocabulary), read
+  // from the pieces when asked: once per text encoded, not at every load.
+  bool cuttable() const;
   std::string Decode(const std::vector<std::int32_t>& ids) const override;
   int vocab_size() const override;
   int bos_id() const override;
@@ -38,9 +39,9 @@ class SentencePieceTokenizer : public Tokenizer {
   std::vector<Piece> Pieces() const;
 
  private:
-  SentencePieceTokenizer(std::string path, void* handle);
+  SentencePieceTokenizer(std::string path, void* handle)
+      : Tokenizer(std::move(path)), handle_(handle) {}
   void* handle_ = nullptr;
-  bool cuttable_ = false;
 };
 
 }  // namespace kvfold
