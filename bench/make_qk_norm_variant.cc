@@ -34,7 +34,7 @@ using kvfold::Checkpoint;
 std::vector<std::pair<double, double>> ChannelRms(const Checkpoint& ck, const std::string& calib,
                                                   std::int64_t tokens) {
   const kvfold::InputPart input{ck.dir, calib, tokens, 256};
-  const kvfold::CalibrationInput data = kvfold::LoadCalibration(ck, input);
+  const kvfold::CalibrationInput data = kvfold::LoadCalibration(ck, input, 1);
   kvfold::ComputePart compute;
   const kvfold::KvStatistics stats =
       kvfold::Calibrate(ck, {data.windows, data.tokenizer->bos_id(), input.window},

@@ -19,8 +19,8 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 // gives ids the model cannot read, named here with the text (`where`) they came from.
 std::vector<std::int32_t> Encode(const std::string& text, const Tokenizer& tokenizer,
                                  std::int64_t vocab, const std::string& where,
-                                 std::size_t min_ids = 0) {
-  std::vector<std::int32_t> ids = tokenizer.EncodePrefix(text, min_ids);
+                                 std::size_t min_ids = 0, int threads = 1) {
+  std::vector<std::int32_t> ids = tokenizer.EncodePrefix(text, min_ids, threads);
   for (const std::int32_t id : ids) {
     if (id < 0 || id >= vocab) {
       Fail(where, "the tokenizer " + tokenizer.path() + " gives token id " + std::to_string(id) +
@@ -48,12 +48,13 @@ void ReadJsonLines(const std::string& path, const std::string& bytes, const Toke
 }  // namespace
 
 std::vector<std::int32_t> EncodeTextFile(const std::string& path, const Tokenizer& tokenizer,
-                                         std::int64_t vocab_size, std::size_t min_ids) {
-  return Encode(LoadText(path), tokenizer, vocab_size, path, min_ids);
+                                         std::int64_t vocab_size, std::size_t min_ids,
+                                         int threads) {
+  return Encode(LoadText(path), tokenizer, vocab_size, path, min_ids, threads);
 }
 
 CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer& tokenizer,
-                                        std::int64_t vocab_size, std::size_t min_ids) {
+                                        std::int64_t vocab_size, std::size_t min_ids, int threads) {
   CalibrationTokens out;
   if (EndsWith(path, ".jsonl") || EndsWith(path, ".npy")) {
     const std::string bytes = ReadFileToString(path);
@@ -69,7 +70,7 @@ CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer
   }
   const std::string text = LoadText(path);
   out.sha256 = Sha256Hex(text);
-  out.tokens = Encode(text, tokenizer, vocab_size, path, min_ids);
+  out.tokens = Encode(text, tokenizer, vocab_size, path, min_ids, threads);
   out.format = "text";
   return out;
 }

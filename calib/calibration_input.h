@@ -1,7 +1,7 @@
 // What --calib reads, in the forms users have calibration data in:
-//  - plain UTF-8 text: Encode of the whole file (kvfold-ppl-v1), of which a sentencepiece model
-//    reads in pieces only as much as the `min_ids` asked for need (calib/seam_encode.h: the
-//    same ids);
+//  - plain UTF-8 text: Encode of the whole file (kvfold-ppl-v1), of which the tokenizer reads
+//    in pieces, on `threads` threads, only as much as the `min_ids` asked for need
+//    (calib/seam_encode.h: the same ids);
 //  - JSON Lines (*.jsonl): one JSON value per line, either documents {"text": "..."} (an
 //    exported HF dataset), each encoded alone and their ids concatenated in file order, or
 //    pre-tokenized ids {"input_ids": [...]}, {"ids": [...]} or a bare [...] (one form per file);
@@ -29,12 +29,15 @@ struct CalibrationTokens {
 // throws Error naming the file (and line or element) for bad input, and for ids outside
 // [0, vocab_size), the tokenizer's included.
 // `min_ids`: the tokens the caller uses (0: all); `tokens` may hold more, never other ones.
+// `threads`: how many a tokenizer that encodes in pieces may use (Tokenizer::EncodePrefix).
 CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer& tokenizer,
-                                        std::int64_t vocab_size, std::size_t min_ids = 0);
+                                        std::int64_t vocab_size, std::size_t min_ids = 0,
+                                        int threads = 1);
 
 // The ids of the UTF-8 text file `path` (an evaluation text); an id outside [0, vocab_size) (a
 // tokenizer larger than the model) is an Error naming the file and the tokenizer.
 std::vector<std::int32_t> EncodeTextFile(const std::string& path, const Tokenizer& tokenizer,
-                                         std::int64_t vocab_size, std::size_t min_ids = 0);
+                                         std::int64_t vocab_size, std::size_t min_ids = 0,
+                                         int threads = 1);
 
 }  // namespace kvfold

@@ -12,6 +12,7 @@
 #include "calib/hf/pre_tokenizers.h"
 #include "calib/hf/regex.h"
 #include "calib/hf/tokenizer_json.h"
+#include "calib/seam_encode.h"
 #include "calib/text.h"
 #include "formats/error.h"
 #include "formats/json_file.h"
@@ -133,10 +134,12 @@ std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_p
   std::vector<hf::AddedToken> raw, normalized;
   for (hf::AddedToken& t : added) {
     tok->model_->AddToken(t.content, t.id);
+    tok->longest_added_token_ = std::max(tok->longest_added_token_, t.content.size());
     if (t.normalized && tok->normalizer_) {
       hf::MatchBudget budget(t.content.size());
       t.content = hf::Normalize(*tok->normalizer_, t.content, budget);
       CheckAddedTokenLength(t.content, json_path);
+      tok->longest_added_token_ = std::max(tok->longest_added_token_, t.content.size());
       normalized.push_back(t);
     } else {
       CheckAddedTokenLength(t.content, json_path);
@@ -160,9 +163,15 @@ std::unique_ptr<Tokenizer> HfTokenizer::LoadComponents(const std::string& json_p
   return tok;
 }
 
-void HfTokenizer::EncodeStretch(const std::string& text, int section_index, hf::MatchBudget& budget,
+struct HfTokenizer::EncodeState {
+  hf::MatchBudget budget;
+  hf::WordCache words;
+};
+
+void HfTokenizer::EncodeStretch(const std::string& text, int section_index, EncodeState& state,
                                 std::vector<std::int32_t>& out) const {
-  const std::string normalized = normalizer_ ? hf::Normalize(*normalizer_, text, budget) : text;
+  const std::string normalized =
+      normalizer_ ? hf::Normalize(*normalizer_, text, state.budget) : text;
   for (const hf::Section& s : normalized_->Split(normalized)) {
     if (s.text.empty()) continue;
     if (s.token >= 0) {
@@ -170,11 +179,11 @@ void HfTokenizer::EncodeStretch(const std::string& text, int section_index, hf::
       continue;
     }
     if (!pre_tokenizer_) {
-      model_->Encode(s.text, out);
+      model_->Encode(s.text, out, state.words);
       continue;
     }
-    for (const std::string& word : pre_tokenizer_->Apply(s.text, section_index, budget))
-      model_->Encode(word, out);
+    for (const std::string& word : pre_tokenizer_->Apply(s.text, section_index, state.budget))
+      model_->Encode(word, out, state.words);
   }
 }
 
@@ -183,7 +192,7 @@ std::vector<std::int32_t> HfTokenizer::Encode(std::string_view text) const {
   if (const auto bad = FindInvalidUtf8(text))
     Fail(path(),
          "cannot encode a text that is not valid UTF-8 (byte " + std::to_string(*bad) + ")");
-  hf::MatchBudget budget(text.size());  // the regex work of the whole Encode
+  EncodeState state{hf::MatchBudget(text.size()), {}};  // the regex work of the whole Encode
   std::vector<std::int32_t> ids;
   const std::vector<hf::Section> sections = unnormalized_->Split(text);
   for (std::size_t i = 0; i < sections.size(); ++i) {
@@ -191,9 +200,29 @@ std::vector<std::int32_t> HfTokenizer::Encode(std::string_view text) const {
     if (s.token >= 0)
       ids.push_back(unnormalized_->token(s.token).id);
     else if (!s.text.empty())
-      EncodeStretch(s.text, static_cast<int>(i), budget, ids);
+      EncodeStretch(s.text, static_cast<int>(i), state, ids);
   }
   return ids;
+}
+
+std::set<std::pair<char, char>> HfTokenizer::CrossingSeams() const {
+  std::vector<std::string_view> tokens;
+  tokens.reserve(static_cast<std::size_t>(model_->vocab_size()));
+  for (int id = 0; id < model_->vocab_size(); ++id) tokens.push_back(model_->Token(id));
+  return kvfold::CrossingSeams(tokens);
+}
+
+std::vector<std::int32_t> HfTokenizer::EncodePrefix(std::string_view text, std::size_t min_ids,
+                                                    int threads) const {
+  SeamOptions options;
+  options.piece_bytes = PieceBytes(text.size(), min_ids, threads);
+  if (text.size() <= options.piece_bytes) return Encode(text);
+  options.context += longest_added_token_;  // an added token beside a seam is seen whole
+  options.crossing = CrossingSeams();
+  options.threads = threads;
+  // Encode reads the tokenizer only; each call has its own regex budget and match data.
+  const EncodeFn encode = [this](std::string_view s) { return Encode(s); };
+  return EncodeAtSeams(text, min_ids, options, encode).ids;
 }
 
 std::string HfTokenizer::Decode(const std::vector<std::int32_t>& ids) const {

@@ -4,8 +4,11 @@
 // stretch between them, split out normalized added tokens, pre-tokenize, BPE each word.
 #pragma once
 
+#include <cstddef>
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "calib/tokenizer.h"
 
@@ -27,6 +30,12 @@ class HfTokenizer : public Tokenizer {
   ~HfTokenizer() override;
 
   std::vector<std::int32_t> Encode(std::string_view text) const override;
+  // In pieces cut at seams (calib/seam_encode.h), each encoded as above: memory for one piece,
+  // no more text read than `min_ids` needs, pieces encoded on `threads` threads at once.
+  std::vector<std::int32_t> EncodePrefix(std::string_view text, std::size_t min_ids,
+                                         int threads) const override;
+  // The seams EncodePrefix does not cut (calib/seam_encode.h's rule for the vocabulary).
+  std::set<std::pair<char, char>> CrossingSeams() const;
   std::string Decode(const std::vector<std::int32_t>& ids) const override;
   int vocab_size() const override;
   int model_vocab_size() const override { return model_vocab_size_; }
@@ -36,7 +45,8 @@ class HfTokenizer : public Tokenizer {
  private:
   explicit HfTokenizer(std::string path);
   static std::unique_ptr<Tokenizer> LoadComponents(const std::string& json_path);
-  void EncodeStretch(const std::string& text, int section_index, hf::MatchBudget& budget,
+  struct EncodeState;  // one Encode's regex budget and word cache
+  void EncodeStretch(const std::string& text, int section_index, EncodeState& state,
                      std::vector<std::int32_t>& out) const;
 
   std::unique_ptr<hf::BpeModel> model_;
@@ -49,6 +59,7 @@ class HfTokenizer : public Tokenizer {
   int bos_id_ = kNoToken;
   int eos_id_ = kNoToken;
   int model_vocab_size_ = 0;
+  std::size_t longest_added_token_ = 0;  // bytes, raw or normalized: a seam check's context
 };
 
 }  // namespace kvfold

@@ -1,20 +1,26 @@
 #include "calib/seam_encode.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <mutex>
 #include <string>
+#include <thread>
 
 namespace kvfold {
 namespace {
 
-constexpr std::string_view kSpaceSymbol = "\xe2\x96\x81";  // ▁, U+2581
-constexpr std::size_t kContext = 64;  // bytes either side of a seam in its check
+constexpr std::string_view kSpaceSymbols[] = {"\xe2\x96\x81", "\xc4\xa0"};  // ▁ U+2581, Ġ U+0120
 constexpr int kMaxFailedSeams = 8;
 
 bool Printable(char c) { return c > 0x20 && c < 0x7f; }
 
-bool IsSeam(std::string_view text, std::size_t c) {
-  return c > 0 && c + 1 < text.size() && text[c] == ' ' && Printable(text[c - 1]) &&
-         Printable(text[c + 1]);
+bool IsSeam(std::string_view text, std::size_t c, const SeamOptions& o) {
+  if (c == 0 || c + 1 >= text.size() || text[c] != ' ') return false;
+  const char x = text[c - 1], y = text[c + 1];
+  return Printable(x) && Printable(y) && !o.crossing.count({x, y}) && !o.crossing.count({x, 0});
 }
 
 // A UTF-8 character starts at `i` (not a continuation byte).
@@ -22,57 +28,157 @@ bool StartsCharacter(std::string_view text, std::size_t i) {
   return i == 0 || i >= text.size() || (static_cast<unsigned char>(text[i]) & 0xc0) != 0x80;
 }
 
-// The seam at `c` encodes as in the whole: around it, one Encode equals the two halves'.
-bool SeamHolds(std::string_view text, std::size_t c, const EncodeFn& encode) {
-  std::size_t begin = c > kContext ? c - kContext : 0;
-  std::size_t end = std::min(text.size(), c + 1 + kContext);
+// A cut at the space at `at`: the next piece starts after it (dropped) or at it (kept).
+struct Seam {
+  std::size_t at = std::string_view::npos;
+  bool drop = true;
+  std::size_t next() const { return drop ? at + 1 : at; }
+};
+
+// The seam encodes as in the whole: around it, one Encode equals the two halves'.
+bool SeamHolds(std::string_view text, const Seam& seam, const SeamOptions& o,
+               const EncodeFn& encode) {
+  std::size_t begin = seam.at > o.context ? seam.at - o.context : 0;
+  std::size_t end = std::min(text.size(), seam.at + 1 + o.context);
   while (!StartsCharacter(text, begin)) ++begin;
   while (!StartsCharacter(text, end)) --end;
-  std::vector<std::int32_t> halves = encode(text.substr(begin, c - begin));
-  const std::vector<std::int32_t> after = encode(text.substr(c + 1, end - c - 1));
+  std::vector<std::int32_t> halves = encode(text.substr(begin, seam.at - begin));
+  const std::vector<std::int32_t> after = encode(text.substr(seam.next(), end - seam.next()));
   halves.insert(halves.end(), after.begin(), after.end());
   return halves == encode(text.substr(begin, end - begin));
 }
 
-// The first seam at or after `from` that holds, or npos (none, or kMaxFailedSeams failed).
-std::size_t NextSeam(std::string_view text, std::size_t from, const EncodeFn& encode) {
+// The first seam at or after `from` that holds, space dropped or else kept; `at` is npos when
+// none does (none left, or kMaxFailedSeams failed).
+Seam NextSeam(std::string_view text, std::size_t from, const SeamOptions& o,
+              const EncodeFn& encode) {
   int failed = 0;
   for (std::size_t c = from; c + 1 < text.size(); ++c) {
-    if (!IsSeam(text, c)) continue;
-    if (SeamHolds(text, c, encode)) return c;
+    if (!IsSeam(text, c, o)) continue;
+    for (const bool drop : {true, false}) {
+      if (SeamHolds(text, {c, drop}, o, encode)) return {c, drop};
+    }
     if (++failed == kMaxFailedSeams) break;
   }
-  return std::string_view::npos;
+  return {};
+}
+
+// A piece of the text: [begin, end), ending at a seam (the next piece begins at `next`) or at
+// the end of the text.
+struct Piece {
+  std::size_t begin = 0, end = 0;
+  bool at_seam = false;
+  std::size_t next = 0;
+};
+
+// Up to `count` pieces from `start`, each ending at the first seam that holds piece_bytes on.
+std::vector<Piece> NextPieces(std::string_view text, std::size_t start, std::size_t count,
+                              const SeamOptions& o, const EncodeFn& encode) {
+  std::vector<Piece> pieces;
+  while (start < text.size() && pieces.size() < count) {
+    const Seam seam = start + o.piece_bytes < text.size()
+                          ? NextSeam(text, start + o.piece_bytes, o, encode)
+                          : Seam{};
+    if (seam.at == std::string_view::npos) {
+      pieces.push_back({start, text.size(), false, text.size()});
+      break;
+    }
+    pieces.push_back({start, seam.at, true, seam.next()});
+    start = seam.next();
+  }
+  return pieces;
+}
+
+// encode() of every piece, on up to `threads` threads taking the next piece as they finish one.
+std::vector<std::vector<std::int32_t>> EncodeEach(std::string_view text,
+                                                  const std::vector<Piece>& pieces,
+                                                  const EncodeFn& encode, int threads) {
+  std::vector<std::vector<std::int32_t>> ids(pieces.size());
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  const auto work = [&] {
+    for (std::size_t i; (i = next++) < pieces.size();) {
+      try {
+        ids[i] = encode(text.substr(pieces[i].begin, pieces[i].end - pieces[i].begin));
+      } catch (...) {
+        const std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        next = pieces.size();
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  const std::size_t helper_count =
+      std::min<std::size_t>(pieces.size(), static_cast<std::size_t>(std::max(1, threads))) - 1;
+  for (std::size_t t = 0; t < helper_count; ++t) helpers.emplace_back(work);
+  work();
+  for (std::thread& h : helpers) h.join();
+  if (error) std::rethrow_exception(error);
+  return ids;
+}
+
+// How many pieces to encode next for `min_ids` ids (0: all of them): what the ids per byte read
+// so far (1 id per 4 bytes before any) say is still needed, one at least, `threads` at most.
+std::size_t PiecesToEncode(const SeamEncoding& done, std::size_t min_ids, const SeamOptions& o) {
+  if (min_ids == 0) return std::numeric_limits<std::size_t>::max();
+  const double bytes_per_id =
+      done.ids.empty() ? 4.0 : static_cast<double>(done.bytes_read) / done.ids.size();
+  const double bytes = static_cast<double>(min_ids - done.ids.size()) * bytes_per_id;
+  const double pieces = std::ceil(bytes / static_cast<double>(o.piece_bytes));
+  return static_cast<std::size_t>(
+      std::clamp(pieces, 1.0, static_cast<double>(std::max(1, o.threads))));
 }
 
 }  // namespace
 
-SeamEncoding EncodeAtSeams(std::string_view text, std::size_t min_ids, std::size_t piece_bytes,
+SeamEncoding EncodeAtSeams(std::string_view text, std::size_t min_ids, const SeamOptions& options,
                            const EncodeFn& encode) {
   SeamEncoding out;
   std::size_t start = 0;
-  while (start < text.size() && (min_ids == 0 || out.ids.size() < min_ids)) {
-    const std::size_t c = start + piece_bytes < text.size()
-                              ? NextSeam(text, start + piece_bytes, encode)
-                              : std::string_view::npos;
-    const std::size_t end = c == std::string_view::npos ? text.size() : c;
-    const std::vector<std::int32_t> ids = encode(text.substr(start, end - start));
-    out.ids.insert(out.ids.end(), ids.begin(), ids.end());
-    out.bytes_read = end;
-    if (c == std::string_view::npos) break;
-    ++out.seams;
-    start = c + 1;  // the space is the next piece's dummy prefix
+  bool ended = false;
+  while (!ended && start < text.size() && (min_ids == 0 || out.ids.size() < min_ids)) {
+    const std::vector<Piece> pieces =
+        NextPieces(text, start, PiecesToEncode(out, min_ids, options), options, encode);
+    const std::vector<std::vector<std::int32_t>> ids =
+        EncodeEach(text, pieces, encode, options.threads);
+    // In order, stopping where one piece at a time would have: the same ids for any `threads`.
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      if (min_ids != 0 && out.ids.size() >= min_ids) break;
+      out.ids.insert(out.ids.end(), ids[i].begin(), ids[i].end());
+      out.bytes_read = pieces[i].end;
+      ended = !pieces[i].at_seam;
+      if (ended) break;
+      ++out.seams;
+      start = pieces[i].next;
+    }
   }
   return out;
 }
 
-bool PiecesStopAtSpaces(const std::vector<std::string_view>& pieces) {
+std::size_t PieceBytes(std::size_t text_bytes, std::size_t min_ids, int threads) {
+  const std::size_t wanted = min_ids == 0 ? text_bytes : std::min(text_bytes, 4 * min_ids);
+  const std::size_t per_thread = wanted / (2 * static_cast<std::size_t>(std::max(1, threads)));
+  return std::clamp<std::size_t>(per_thread, 32 << 10, 256 << 10);
+}
+
+std::set<std::pair<char, char>> CrossingSeams(const std::vector<std::string_view>& pieces) {
+  std::set<std::pair<char, char>> crossing;
   for (const std::string_view piece : pieces) {
-    std::size_t i = 0;
-    while (piece.substr(i, kSpaceSymbol.size()) == kSpaceSymbol) i += kSpaceSymbol.size();
-    if (piece.find(kSpaceSymbol, i) != std::string_view::npos) return false;
+    for (const std::string_view space : kSpaceSymbols) {
+      for (std::size_t at = piece.find(space, 1); at != std::string_view::npos;
+           at = piece.find(space, at + 1)) {
+        const std::size_t after = at + space.size();
+        if (!Printable(piece[at - 1])) continue;
+        if (after == piece.size()) {
+          crossing.insert({piece[at - 1], 0});
+        } else if (Printable(piece[after])) {
+          crossing.insert({piece[at - 1], piece[after]});
+        }
+      }
+    }
   }
-  return true;
+  return crossing;
 }
 
 }  // namespace kvfold

@@ -119,19 +119,25 @@ std::vector<std::int32_t> SentencePieceTokenizer::Encode(std::string_view text) 
   return out;
 }
 
-bool SentencePieceTokenizer::cuttable() const {
+std::set<std::pair<char, char>> SentencePieceTokenizer::CrossingSeams() const {
   const std::vector<Piece> pieces = Pieces();
   std::vector<std::string_view> texts;
   texts.reserve(pieces.size());
   for (const Piece& p : pieces) texts.push_back(p.text);
-  return PiecesStopAtSpaces(texts);
+  return kvfold::CrossingSeams(texts);
 }
 
 std::vector<std::int32_t> SentencePieceTokenizer::EncodePrefix(std::string_view text,
-                                                               std::size_t min_ids) const {
-  if (!cuttable()) return Encode(text);
-  return EncodeAtSeams(text, min_ids, kPieceBytes, [this](std::string_view s) { return Encode(s); })
-      .ids;
+                                                               std::size_t min_ids,
+                                                               int threads) const {
+  SeamOptions options;
+  options.piece_bytes = PieceBytes(text.size(), min_ids, threads);
+  if (text.size() <= options.piece_bytes) return Encode(text);
+  options.crossing = CrossingSeams();
+  options.threads = threads;
+  // sentencepiece's Encode is const and thread-safe; the shim adds no state.
+  const EncodeFn encode = [this](std::string_view s) { return Encode(s); };
+  return EncodeAtSeams(text, min_ids, options, encode).ids;
 }
 
 std::string SentencePieceTokenizer::Decode(const std::vector<std::int32_t>& ids) const {

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "calib/tokenizer.h"
 
@@ -16,14 +18,14 @@ class SentencePieceTokenizer : public Tokenizer {
   ~SentencePieceTokenizer() override;
 
   std::vector<std::int32_t> Encode(std::string_view text) const override;
-  // In pieces of about kPieceBytes (~25 MB of sentencepiece's memory each) cut at seams
+  // In pieces of at most 256 KiB (~25 MB of sentencepiece's memory each) cut at seams
   // (calib/seam_encode.h) where the vocabulary allows it: memory for one piece, not the text,
-  // and no more text read than `min_ids` needs.
-  std::vector<std::int32_t> EncodePrefix(std::string_view text, std::size_t min_ids) const override;
-  static constexpr std::size_t kPieceBytes = 256 << 10;
-  // Whether EncodePrefix may cut texts (calib/seam_encode.h's rule for the vocabulary), read
-  // from the pieces when asked: once per text encoded, not at every load.
-  bool cuttable() const;
+  // and no more text read than `min_ids` needs; pieces encoded on `threads` threads at once.
+  std::vector<std::int32_t> EncodePrefix(std::string_view text, std::size_t min_ids,
+                                         int threads) const override;
+  // The seams EncodePrefix does not cut (calib/seam_encode.h's rule for the vocabulary), read
+  // from the pieces when asked: once per long text encoded, not at every load.
+  std::set<std::pair<char, char>> CrossingSeams() const;
   std::string Decode(const std::vector<std::int32_t>& ids) const override;
   int vocab_size() const override;
   int bos_id() const override;

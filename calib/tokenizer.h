@@ -24,9 +24,12 @@ class Tokenizer {
   virtual std::vector<std::int32_t> Encode(std::string_view text) const = 0;
   // Encode(text)'s first `min_ids` ids at least (all when 0 or when the text has fewer), the
   // same ids. A tokenizer that can cut a text exactly reads no more of it than that, in pieces
-  // (sentencepiece: calib/seam_encode.h); the others encode the whole text.
-  virtual std::vector<std::int32_t> EncodePrefix(std::string_view text, std::size_t min_ids) const {
+  // encoded on up to `threads` threads (sentencepiece: calib/seam_encode.h); the others encode
+  // the whole text in one call.
+  virtual std::vector<std::int32_t> EncodePrefix(std::string_view text, std::size_t min_ids,
+                                                 int threads) const {
     (void)min_ids;
+    (void)threads;
     return Encode(text);
   }
   virtual std::string Decode(const std::vector<std::int32_t>& ids) const = 0;

@@ -5,6 +5,7 @@
 #include "converter/plan/planner.h"
 #include "converter/report/report.h"
 #include "formats/error.h"
+#include "formats/ranks.h"
 
 namespace kvfold {
 namespace {
@@ -12,7 +13,8 @@ namespace {
 // The report's validation section: the model's perplexity on the evaluation text.
 nlohmann::ordered_json Validation(const ReportJob& o, const Checkpoint& ck,
                                   const Tokenizer& tokenizer) {
-  const auto windows_eval = EvalWindows(tokenizer, o.input, o.report, ck.config.vocab_size);
+  const auto windows_eval = EvalWindows(tokenizer, o.input, o.report, ck.config.vocab_size,
+                                        ThreadsPerRank(o.compute.threads));
   const auto model = ReferenceModel::Load(ck, StreamedRuntime(o.compute));
   EvalOptions eo;
   eo.progress = o.compute.progress;
@@ -47,7 +49,7 @@ ConvertResult Analyze(const ReportJob& o) {
   CheckApartFromInput(o.input.model, o.report.path, "report");
   CheckCanWrite(o.report.path, "report");
   const Checkpoint ck = OpenCheckpoint(o.input.model);
-  const CalibrationInput calib = LoadCalibration(ck, o.input);
+  const CalibrationInput calib = LoadCalibration(ck, o.input, ThreadsPerRank(o.compute.threads));
   const std::string source_sha256 = RankCount() > 1 ? SourceSha256(ck) : "";  // several ranks
   RequireSameOnEveryRank(
       RankInputs("report", o.input, "", "converted", true, source_sha256, calib.sha256));

@@ -119,7 +119,8 @@ void CheckGgufConvert(const ConvertJob& o, const Checkpoint& ck) {
 // The report's validation section: the original against the converted model in `converted_dir`.
 nlohmann::ordered_json Validation(const ConvertJob& o, const Checkpoint& ck,
                                   const std::string& converted_dir, const Tokenizer& tokenizer) {
-  const auto windows_eval = EvalWindows(tokenizer, o.input, o.report, ck.config.vocab_size);
+  const auto windows_eval = EvalWindows(tokenizer, o.input, o.report, ck.config.vocab_size,
+                                        ThreadsPerRank(o.compute.threads));
   const Checkpoint out = OpenCheckpoint(converted_dir);
   const auto original = ReferenceModel::Load(ck, StreamedRuntime(o.compute));
   const auto converted = ReferenceModel::Load(out, StreamedRuntime(o.compute));
@@ -182,7 +183,7 @@ ConvertResult Convert(const ConvertJob& o) {
   const std::shared_future<std::string> source_sha256 =
       std::async(std::launch::async, [&ck] { return SourceSha256(ck); }).share();
   // Calibration text: always read and hashed (recorded), run through the model when needed.
-  const CalibrationInput calib = LoadCalibration(ck, o.input);
+  const CalibrationInput calib = LoadCalibration(ck, o.input, ThreadsPerRank(o.compute.threads));
   const bool hash_first = !o.expected_source_sha256.empty() || RankCount() > 1;
   const std::string early_sha256 = hash_first ? source_sha256.get() : "";
   CheckRecordedInputs(o, early_sha256, calib.sha256);

@@ -194,7 +194,8 @@ nlohmann::ordered_json RunEval(const EvalJob& a) {
   const auto tokenizer = LoadTokenizer(ck);
   // Every id checked against the model's rows, naming the text (a special token written in it
   // may lie beyond them: Gemma 3's image token).
-  const std::vector<std::int32_t> tokens = EncodeTextFile(a.text, *tokenizer, ck.config.vocab_size);
+  const std::vector<std::int32_t> tokens = EncodeTextFile(a.text, *tokenizer, ck.config.vocab_size,
+                                                          0, ThreadsPerRank(a.compute.threads));
   const std::vector<TokenWindow> windows = CutWindows(tokens, a.window, a.max_windows, a.text);
   const std::int32_t bos = tokenizer->bos_id();
   const RuntimeOptions runtime = StreamedRuntime(a.compute);  // the checkpoints outlive the models

@@ -95,13 +95,14 @@ std::vector<RankInput> RankInputs(const char* command, const InputPart& input,
           {"--report", report ? "given" : "not given", ""}};
 }
 
-CalibrationInput LoadCalibration(const Checkpoint& ck, const InputPart& o) {
+CalibrationInput LoadCalibration(const Checkpoint& ck, const InputPart& o, int threads) {
   if (ck.tokenizer_path.empty())
     Fail(o.model, "no tokenizer.json or tokenizer.model in the model folder");
   CalibrationInput in;
   in.tokenizer = Tokenizer::Load(ck.tokenizer_path);
-  const CalibrationTokens calib = LoadCalibrationTokens(
-      o.calib_text, *in.tokenizer, ck.config.vocab_size, static_cast<std::size_t>(o.calib_tokens));
+  const CalibrationTokens calib =
+      LoadCalibrationTokens(o.calib_text, *in.tokenizer, ck.config.vocab_size,
+                            static_cast<std::size_t>(o.calib_tokens), threads);
   in.sha256 = calib.sha256;
   in.windows =
       CutWindows(calib.tokens, o.window, static_cast<int>(o.calib_tokens / o.window), o.calib_text);
@@ -138,13 +139,14 @@ nlohmann::ordered_json ReportBase(const Checkpoint& ck, const InputPart& o,
 }
 
 std::vector<TokenWindow> EvalWindows(const Tokenizer& tokenizer, const InputPart& input,
-                                     const ReportPart& report, std::int64_t vocab_size) {
+                                     const ReportPart& report, std::int64_t vocab_size,
+                                     int threads) {
   const std::size_t needed =
       report.eval_windows < 0
           ? 0
           : static_cast<std::size_t>(report.eval_windows) * static_cast<std::size_t>(input.window);
-  return CutWindows(EncodeTextFile(report.eval_text, tokenizer, vocab_size, needed), input.window,
-                    report.eval_windows, report.eval_text);
+  return CutWindows(EncodeTextFile(report.eval_text, tokenizer, vocab_size, needed, threads),
+                    input.window, report.eval_windows, report.eval_text);
 }
 
 nlohmann::ordered_json PerplexityJson(const PerplexityResult& p) {

@@ -46,7 +46,8 @@ struct CalibrationInput {
     return static_cast<std::int64_t>(windows.size() * windows.front().size());
   }
 };
-CalibrationInput LoadCalibration(const Checkpoint& ck, const InputPart& input);
+// `threads`: how many the tokenizer may encode on (ThreadsPerRank of --threads).
+CalibrationInput LoadCalibration(const Checkpoint& ck, const InputPart& input, int threads);
 
 // What every rank must have alike under mpirun (formats/ranks.h): the inputs and the options
 // that shape the joined statistics.
@@ -61,9 +62,11 @@ nlohmann::ordered_json KvHeadsJson(const ModelConfig& c);
 nlohmann::ordered_json ReportBase(const Checkpoint& ck, const InputPart& input,
                                   const std::string& pipeline, const std::string& calib_sha,
                                   std::int64_t calib_tokens);
-// The report's evaluation windows (report.eval_text, cut like the calibration).
+// The report's evaluation windows (report.eval_text, cut like the calibration), encoded on up to
+// `threads` threads.
 std::vector<TokenWindow> EvalWindows(const Tokenizer& tokenizer, const InputPart& input,
-                                     const ReportPart& report, std::int64_t vocab_size);
+                                     const ReportPart& report, std::int64_t vocab_size,
+                                     int threads);
 nlohmann::ordered_json PerplexityJson(const PerplexityResult& p);
 // Timings, total time and peak memory into the report, then report.html and .json at html_path.
 void FinishReport(nlohmann::ordered_json& report, ConvertResult& result,

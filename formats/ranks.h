@@ -7,10 +7,12 @@
 // every function here is a no-op. MPI itself is touched only in ranks_mpi.cc.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace kvfold {
@@ -26,6 +28,16 @@ int RankCount();       // 1 without mpirun
 int LocalRank();       // rank among the processes on this machine (picks its GPU)
 int LocalRankCount();  // ranks on this machine (they share its cores)
 inline bool IsFirstRank() { return Rank() == 0; }
+
+// This machine's cores, at least 1 (what --threads 0 uses, shared by the ranks on it).
+inline int CpuCores() {
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+// The CPU threads of this rank for --threads `requested`: N means N; 0 means every core, shared
+// by the ranks on this machine.
+inline int ThreadsPerRank(int requested) {
+  return requested > 0 ? requested : std::max(1, CpuCores() / LocalRankCount());
+}
 
 // Whether this rank takes item `index` of a list every rank builds alike (index mod N == rank).
 inline bool OwnsItem(std::size_t index) {

@@ -4,15 +4,12 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
-#include <thread>
 
 #include "formats/ranks.h"
 #include "runtime_check/blas_threads.h"
 #include "runtime_check/llama_forward.h"
 
 namespace kvfold {
-
-int CpuCores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 int MaxCpuThreads() { return 4 * CpuCores(); }
 

@@ -6,12 +6,11 @@
 #include <cstddef>
 #include <functional>
 
+#include "formats/ranks.h"  // CpuCores
 #include "runtime_check/reference_model.h"
 
 namespace kvfold {
 
-// This machine's cores, at least 1 (what --threads 0 uses, shared by the ranks on it).
-int CpuCores();
 // The most CPU threads kvfold accepts (--threads): 4 x this machine's cores; more only spawns
 // idle threads.
 int MaxCpuThreads();

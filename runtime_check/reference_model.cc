@@ -260,8 +260,7 @@ std::unique_ptr<ReferenceModel> ReferenceModel::Load(const Checkpoint& ck,
                                                      const RuntimeOptions& options) {
   // --threads N means N, OpenBLAS's pool included. 0 means every core, shared by the ranks on
   // this machine: LibTorch's own default is not that (1 thread on a 2-core machine here).
-  const int threads =
-      options.threads > 0 ? options.threads : std::max(1, CpuCores() / LocalRankCount());
+  const int threads = ThreadsPerRank(options.threads);
   at::set_num_threads(threads);
   SetBlasThreads(threads);
   auto impl = std::make_unique<Impl>();

@@ -184,7 +184,8 @@ void BpeModel::Emit(std::string_view symbol, std::int32_t id, std::vector<std::i
   last_was_unk = true;
 }
 
-void BpeModel::Encode(const std::string& word, std::vector<std::int32_t>& out) const {
+void BpeModel::Encode(const std::string& word, std::vector<std::int32_t>& out,
+                      WordCache& cache) const {
   if (word.empty()) return;
   if (ignore_merges_) {
     const std::int32_t whole = Find(word);
@@ -195,8 +196,8 @@ void BpeModel::Encode(const std::string& word, std::vector<std::int32_t>& out) c
   }
   const bool cacheable = word.size() < kCachedWordBytes;
   if (cacheable) {
-    const auto hit = cache_.find(word);
-    if (hit != cache_.end()) {
+    const auto hit = cache.find(word);
+    if (hit != cache.end()) {
       out.insert(out.end(), hit->second.begin(), hit->second.end());
       return;
     }
@@ -216,8 +217,8 @@ void BpeModel::Encode(const std::string& word, std::vector<std::int32_t>& out) c
   }
   out.insert(out.end(), encoded.begin(), encoded.end());
   if (cacheable) {
-    if (cache_.size() >= kCacheEntries) cache_.clear();
-    cache_.emplace(word, std::move(encoded));
+    if (cache.size() >= kCacheEntries) cache.clear();
+    cache.emplace(word, std::move(encoded));
   }
 }
 

