@@ -157,9 +157,12 @@ SeamEncoding EncodeAtSeams(std::string_view text, std::size_t min_ids, const Sea
 }
 
 std::size_t PieceBytes(std::size_t text_bytes, std::size_t min_ids, int threads) {
+  constexpr std::size_t kMin = 32 << 10, kMax = 256 << 10;
   const std::size_t wanted = min_ids == 0 ? text_bytes : std::min(text_bytes, 4 * min_ids);
-  const std::size_t per_thread = wanted / (2 * static_cast<std::size_t>(std::max(1, threads)));
-  return std::clamp<std::size_t>(per_thread, 32 << 10, 256 << 10);
+  const std::size_t t = static_cast<std::size_t>(std::max(1, threads));
+  // Two per thread at least, as many as kMax needs, rounded up to a multiple of the threads.
+  const std::size_t pieces = (std::max(2 * t, (wanted + kMax - 1) / kMax) + t - 1) / t * t;
+  return std::clamp(wanted / pieces, kMin, kMax);
 }
 
 std::set<std::pair<char, char>> CrossingSeams(const std::vector<std::string_view>& pieces) {

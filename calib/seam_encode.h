@@ -63,8 +63,9 @@ SeamEncoding EncodeAtSeams(std::string_view text, std::size_t min_ids, const Sea
                            const EncodeFn& encode);
 
 // The piece size for `threads` threads to encode a text of `text_bytes` bytes, of which `min_ids`
-// ids are asked for (0: all): about two pieces per thread of what is to be encoded (min_ids
-// guessed at 4 bytes each), between 32 KiB and 256 KiB (~25 MB of sentencepiece's memory).
+// ids are asked for (0: all): what is to be encoded (min_ids guessed at 4 bytes each) in two
+// pieces per thread at least, a multiple of the threads, between 32 KiB and 256 KiB (~25 MB of
+// sentencepiece's memory).
 // It changes the time and the text read, never the ids: pieces give the whole text's.
 std::size_t PieceBytes(std::size_t text_bytes, std::size_t min_ids, int threads);
 

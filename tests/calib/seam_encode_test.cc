@@ -171,8 +171,10 @@ TEST_CASE("pieces encoded on several threads are joined in text order", "[tokeni
   }
 }
 
-TEST_CASE("pieces are about two per thread of what is encoded, 32 to 256 KiB", "[tokenizer]") {
-  CHECK(PieceBytes(800000, 0, 2) == 200000);  // an 800 KB text on 2 threads: 4 pieces
+TEST_CASE("pieces: two per thread at least, a multiple of the threads, 32 to 256 KiB",
+          "[tokenizer]") {
+  CHECK(PieceBytes(800000, 0, 2) == 200000);   // an 800 KB text on 2 threads: 4 pieces
+  CHECK(PieceBytes(1300000, 0, 2) == 216666);  // 1.3 MB: 6 pieces, not 5 of 256 KiB
   CHECK(PieceBytes(std::size_t{1} << 30, 0, 1) == 256 << 10);     // never more
   CHECK(PieceBytes(std::size_t{1} << 30, 16384, 2) == 32 << 10);  // 64 KB wanted: read little
   CHECK(PieceBytes(std::size_t{1} << 30, 1 << 20, 4) == 256 << 10);
