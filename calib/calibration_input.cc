@@ -1,9 +1,12 @@
 #include "calib/calibration_input.h"
 
+#include <algorithm>
+
 #include "calib/text.h"
 #include "calib/tokenizer.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
+#include "formats/parallel_each.h"
 #include "formats/sha256.h"
 #include "formats/token_ids.h"
 
@@ -31,18 +34,69 @@ std::vector<std::int32_t> Encode(const std::string& text, const Tokenizer& token
   return ids;
 }
 
+// The documents of a JSON Lines file, encoded in file order, a batch at a time on `threads`
+// threads, until `min_ids` ids (0: all). Lines after that are still parsed and checked.
+class DocumentIds {
+ public:
+  DocumentIds(const Tokenizer& tokenizer, std::int64_t vocab, std::size_t min_ids, int threads)
+      : tokenizer_(tokenizer), vocab_(vocab), min_ids_(min_ids), threads_(std::max(1, threads)) {}
+
+  void Add(const std::string& where, const std::string& text) {
+    if (min_ids_ != 0 && ids_.size() >= min_ids_) return;
+    batch_.push_back({where, text});
+    batch_bytes_ += text.size();
+    const std::size_t t = static_cast<std::size_t>(threads_);
+    if (batch_bytes_ >= kBatchBytes * t || batch_.size() >= kBatchDocuments * t) Flush();
+  }
+
+  // Encodes what is queued: in file order, the lowest line's error first.
+  void Flush() {
+    std::vector<std::vector<std::int32_t>> encoded(batch_.size());
+    ParallelEach(batch_.size(), threads_, [&](std::size_t i) {
+      encoded[i] = Encode(batch_[i].text, tokenizer_, vocab_, batch_[i].where);
+    });
+    for (const std::vector<std::int32_t>& ids : encoded)
+      ids_.insert(ids_.end(), ids.begin(), ids.end());
+    batch_.clear();
+    batch_bytes_ = 0;
+  }
+
+  std::vector<std::int32_t> Take() {
+    Flush();
+    return std::move(ids_);
+  }
+
+ private:
+  static constexpr std::size_t kBatchBytes = 64 << 10;  // per thread
+  static constexpr std::size_t kBatchDocuments = 64;    // per thread
+  struct Document {
+    std::string where, text;
+  };
+  const Tokenizer& tokenizer_;
+  std::int64_t vocab_;
+  std::size_t min_ids_;
+  int threads_;
+  std::vector<Document> batch_;
+  std::size_t batch_bytes_ = 0;
+  std::vector<std::int32_t> ids_;
+};
+
 void ReadJsonLines(const std::string& path, const std::string& bytes, const Tokenizer& tokenizer,
-                   std::int64_t vocab, CalibrationTokens& out) {
+                   std::int64_t vocab, std::size_t min_ids, int threads, CalibrationTokens& out) {
   if (const auto bad = FindInvalidUtf8(bytes))
     Fail(path, "invalid UTF-8 at byte " + std::to_string(*bad));
-  std::vector<std::int32_t> encoded;
-  JsonLinesIds parsed =
-      ParseJsonLines(bytes, vocab, path, [&](const std::string& where, const std::string& text) {
-        const std::vector<std::int32_t> ids = Encode(text, tokenizer, vocab, where);
-        encoded.insert(encoded.end(), ids.begin(), ids.end());
-      });
+  DocumentIds documents(tokenizer, vocab, min_ids, threads);
+  JsonLinesIds parsed;
+  try {
+    parsed = ParseJsonLines(
+        bytes, vocab, path,
+        [&](const std::string& where, const std::string& text) { documents.Add(where, text); });
+  } catch (const Error&) {
+    documents.Flush();  // a document's error before this line's comes first
+    throw;
+  }
   out.format = parsed.documents ? "jsonl-text" : "jsonl-ids";
-  out.tokens = parsed.documents ? std::move(encoded) : std::move(parsed.ids);
+  out.tokens = parsed.documents ? documents.Take() : std::move(parsed.ids);
 }
 
 }  // namespace
@@ -64,7 +118,7 @@ CalibrationTokens LoadCalibrationTokens(const std::string& path, const Tokenizer
       out.format = "npy";
       out.tokens = ParseNpyTokenIds(bytes, vocab_size, path);
     } else {
-      ReadJsonLines(path, bytes, tokenizer, vocab_size, out);
+      ReadJsonLines(path, bytes, tokenizer, vocab_size, min_ids, threads, out);
     }
     return out;
   }

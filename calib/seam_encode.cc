@@ -1,12 +1,10 @@
 #include "calib/seam_encode.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <exception>
-#include <mutex>
 #include <string>
-#include <thread>
+
+#include "formats/parallel_each.h"
 
 namespace kvfold {
 namespace {
@@ -93,27 +91,9 @@ std::vector<std::vector<std::int32_t>> EncodeEach(std::string_view text,
                                                   const std::vector<Piece>& pieces,
                                                   const EncodeFn& encode, int threads) {
   std::vector<std::vector<std::int32_t>> ids(pieces.size());
-  std::atomic<std::size_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  const auto work = [&] {
-    for (std::size_t i; (i = next++) < pieces.size();) {
-      try {
-        ids[i] = encode(text.substr(pieces[i].begin, pieces[i].end - pieces[i].begin));
-      } catch (...) {
-        const std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-        next = pieces.size();
-      }
-    }
-  };
-  std::vector<std::thread> helpers;
-  const std::size_t helper_count =
-      std::min<std::size_t>(pieces.size(), static_cast<std::size_t>(std::max(1, threads))) - 1;
-  for (std::size_t t = 0; t < helper_count; ++t) helpers.emplace_back(work);
-  work();
-  for (std::thread& h : helpers) h.join();
-  if (error) std::rethrow_exception(error);
+  ParallelEach(pieces.size(), threads, [&](std::size_t i) {
+    ids[i] = encode(text.substr(pieces[i].begin, pieces[i].end - pieces[i].begin));
+  });
   return ids;
 }
 

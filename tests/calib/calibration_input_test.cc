@@ -2,8 +2,10 @@
 // files are built byte by byte from NumPy's format description (test::NpyBytes), not by kvfold.
 #include "calib/calibration_input.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "calib/text.h"
 #include "calib/tokenizer.h"
@@ -200,4 +202,39 @@ TEST_CASE("ids the tokenizer gives outside the model's vocabulary name the text"
   // Evaluation text (convert --eval) goes through the same check.
   CHECK_THROWS_WITH(EncodeTextFile(dir.File("calib.txt"), *tok, 100),
                     Catch::StartsWith(dir.File("calib.txt") + ": " + prefix));
+}
+
+TEST_CASE("JSON Lines documents are encoded in file order, on threads, as far as asked",
+          "[calib][input][shared]") {
+  const auto tok = Stories();
+  test::TempDir dir;
+  // TinyStories' evaluation text, one document per line of it.
+  const std::string text = LoadText(test::SharedPath("text/tinystories/eval.txt"));
+  std::string jsonl;
+  std::size_t documents = 0;
+  for (std::size_t at = 0, end; at < text.size(); at = end + 1) {
+    end = std::min(text.find('\n', at), text.size());
+    if (end == at) continue;
+    jsonl += nlohmann::json{{"text", text.substr(at, end - at)}}.dump() + "\n";
+    ++documents;
+  }
+  REQUIRE(documents > 200);
+  test::WriteBytes(dir.File("docs.jsonl"), jsonl);
+  const std::vector<std::int32_t> whole =
+      LoadCalibrationTokens(dir.File("docs.jsonl"), *tok, 512).tokens;
+  CHECK((LoadCalibrationTokens(dir.File("docs.jsonl"), *tok, 512, 0, 4).tokens == whole));
+  const std::vector<std::int32_t> head =
+      LoadCalibrationTokens(dir.File("docs.jsonl"), *tok, 512, 1000, 2).tokens;
+  CHECK(head.size() >= 1000);
+  CHECK(head.size() < whole.size() / 2);  // later documents are not encoded
+  CHECK(std::equal(head.begin(), head.end(), whole.begin()));
+  // Lines after the ids asked for are still parsed and checked.
+  test::WriteBytes(dir.File("bad_end.jsonl"), jsonl + "{oops\n");
+  CHECK_THROWS_WITH(
+      LoadCalibrationTokens(dir.File("bad_end.jsonl"), *tok, 512, 1000, 2),
+      dir.File("bad_end.jsonl") + ": line " + std::to_string(documents + 1) + ": not valid JSON");
+  // A document's error comes before a later line's, though documents are encoded in batches.
+  test::WriteBytes(dir.File("both.jsonl"), "{\"text\": \"Once upon a time\"}\n{oops\n");
+  CHECK_THROWS_WITH(LoadCalibrationTokens(dir.File("both.jsonl"), *tok, 100, 0, 2),
+                    Catch::StartsWith(dir.File("both.jsonl") + ": line 1: the tokenizer "));
 }
