@@ -3,7 +3,8 @@
 //    in pieces, on `threads` threads, only as much as the `min_ids` asked for need
 //    (calib/seam_encode.h: the same ids);
 //  - JSON Lines (*.jsonl): one JSON value per line, either documents {"text": "..."} (an
-//    exported HF dataset), each encoded alone and their ids concatenated in file order, or
+//    exported HF dataset), each encoded alone and their ids concatenated in file order (only
+//    until `min_ids`, a batch on `threads` threads at a time; every line parsed), or
 //    pre-tokenized ids {"input_ids": [...]}, {"ids": [...]} or a bare [...] (one form per file);
 //  - NumPy (*.npy): int32 or int64 ids (also int16/uint16/uint32), any shape, read in C order.
 // Pre-tokenized ids are used as they are, so a calibration set built in Python is reproduced
