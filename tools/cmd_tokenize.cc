@@ -1,5 +1,7 @@
 // kvfold tokenize MODEL --text FILE [--text FILE ...] [--json]: the ids eval and convert use for a
-// text, Encode of the whole file with no special tokens added. MODEL is a folder with
+// text, Encode of the whole file with no special tokens added, encoded as they encode it: in
+// pieces on every core (calib/seam_encode.h), so that the tokenizer_js test compares those
+// pieces, joined, with HF's JavaScript tokenizers on the whole file. MODEL is a folder with
 // tokenizer.json or tokenizer.model (config.json and weights are not needed) or the tokenizer file
 // itself. With --json each file's ids are one line {"ids": [...]}, in the order given.
 #include <sys/stat.h>
@@ -12,6 +14,7 @@
 #include "calib/tokenizer.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "formats/ranks.h"
 #include "tools/commands.h"
 
 namespace kvfold {
@@ -46,7 +49,8 @@ Command AddTokenizeCommand(CLI::App& app) {
         const auto tokenizer = Tokenizer::Load(TokenizerFileOf(args->model));
         std::string out;  // printed only when every text encoded: a bad file leaves stdout empty
         for (const std::string& text : args->texts) {
-          const std::vector<std::int32_t> ids = tokenizer->Encode(LoadText(text));
+          const std::vector<std::int32_t> ids =
+              tokenizer->EncodePrefix(LoadText(text), 0, ThreadsPerRank(0));
           if (args->json) out += "{\"ids\": [";
           for (std::size_t i = 0; i < ids.size(); ++i) {
             if (args->json)
