@@ -214,15 +214,11 @@ std::set<std::pair<char, char>> HfTokenizer::CrossingSeams() const {
 
 std::vector<std::int32_t> HfTokenizer::EncodePrefix(std::string_view text, std::size_t min_ids,
                                                     int threads) const {
-  SeamOptions options;
-  options.piece_bytes = PieceBytes(text.size(), min_ids, threads);
-  if (text.size() <= options.piece_bytes) return Encode(text);
-  options.context += longest_added_token_;  // an added token beside a seam is seen whole
-  options.crossing = CrossingSeams();
-  options.threads = threads;
-  // Encode reads the tokenizer only; each call has its own regex budget and match data.
-  const EncodeFn encode = [this](std::string_view s) { return Encode(s); };
-  return EncodeAtSeams(text, min_ids, options, encode).ids;
+  // An added token beside a seam is seen whole. Encode reads the tokenizer only; each call has
+  // its own regex budget, match data and word cache.
+  return EncodeInPieces(
+      text, min_ids, threads, SeamOptions().context + longest_added_token_,
+      [this] { return CrossingSeams(); }, [this](std::string_view s) { return Encode(s); });
 }
 
 std::string HfTokenizer::Decode(const std::vector<std::int32_t>& ids) const {

@@ -136,6 +136,18 @@ SeamEncoding EncodeAtSeams(std::string_view text, std::size_t min_ids, const Sea
   return out;
 }
 
+std::vector<std::int32_t> EncodeInPieces(
+    std::string_view text, std::size_t min_ids, int threads, std::size_t context,
+    const std::function<std::set<std::pair<char, char>>()>& crossing, const EncodeFn& encode) {
+  SeamOptions options;
+  options.piece_bytes = PieceBytes(text.size(), min_ids, threads);
+  if (text.size() <= options.piece_bytes) return encode(text);
+  options.context = context;
+  options.crossing = crossing();
+  options.threads = threads;
+  return EncodeAtSeams(text, min_ids, options, encode).ids;
+}
+
 std::size_t PieceBytes(std::size_t text_bytes, std::size_t min_ids, int threads) {
   constexpr std::size_t kMin = 32 << 10, kMax = 256 << 10;
   const std::size_t wanted = min_ids == 0 ? text_bytes : std::min(text_bytes, 4 * min_ids);

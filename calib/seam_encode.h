@@ -62,6 +62,13 @@ struct SeamEncoding {
 SeamEncoding EncodeAtSeams(std::string_view text, std::size_t min_ids, const SeamOptions& options,
                            const EncodeFn& encode);
 
+// What a tokenizer's EncodePrefix does with it: a text longer than one piece (PieceBytes) is
+// encoded at seams, checked on `context` bytes either side; `crossing()` (CrossingSeams of the
+// vocabulary) is asked only then. A shorter text is encoded in one call.
+std::vector<std::int32_t> EncodeInPieces(
+    std::string_view text, std::size_t min_ids, int threads, std::size_t context,
+    const std::function<std::set<std::pair<char, char>>()>& crossing, const EncodeFn& encode);
+
 // The piece size for `threads` threads to encode a text of `text_bytes` bytes, of which `min_ids`
 // ids are asked for (0: all): what is to be encoded (min_ids guessed at 4 bytes each) in two
 // pieces per thread at least, a multiple of the threads, between 32 KiB and 256 KiB (~25 MB of

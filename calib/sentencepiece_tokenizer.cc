@@ -130,14 +130,10 @@ std::set<std::pair<char, char>> SentencePieceTokenizer::CrossingSeams() const {
 std::vector<std::int32_t> SentencePieceTokenizer::EncodePrefix(std::string_view text,
                                                                std::size_t min_ids,
                                                                int threads) const {
-  SeamOptions options;
-  options.piece_bytes = PieceBytes(text.size(), min_ids, threads);
-  if (text.size() <= options.piece_bytes) return Encode(text);
-  options.crossing = CrossingSeams();
-  options.threads = threads;
   // sentencepiece's Encode is const and thread-safe; the shim adds no state.
-  const EncodeFn encode = [this](std::string_view s) { return Encode(s); };
-  return EncodeAtSeams(text, min_ids, options, encode).ids;
+  return EncodeInPieces(
+      text, min_ids, threads, SeamOptions().context, [this] { return CrossingSeams(); },
+      [this](std::string_view s) { return Encode(s); });
 }
 
 std::string SentencePieceTokenizer::Decode(const std::vector<std::int32_t>& ids) const {
