@@ -6,6 +6,8 @@
 # windows (kvfold-ppl-v1, W = 256) of its own evaluation text and of the other family's
 # (TinyStories eval <-> WikiText-2 test), KL against MODEL on each. Prints one markdown row:
 # model, passes, own ppl, own KL, other ppl, other KL, convert wall s, convert peak RSS MiB.
+# THIRD= a third text scored the same way, its ppl and KL added after the other text's (e.g.
+# THIRD=../shared/text/tinyshakespeare/train.txt, a text no setting was chosen on).
 #   bench/heal_two_texts.sh MODEL KV HEAL      e.g. stories260K 1 'heal<rank=16>'
 # KVFOLD= the binary (default build/bin/kvfold).
 set -euo pipefail
@@ -26,4 +28,6 @@ score() {
   $kvfold eval "$work/out" --text "$1" --max-windows 64 --threads 2 --quiet --json --compare "$src" |
     python3 -c "import json,sys; d=json.load(sys.stdin); print('%.4f | %.4f' % (d['ppl'], d['compare']['kl']))"
 }
-echo "| $model | \`$passes\` | $(score "$eval") | $(score "$other") | $wall | $((rss / 1024)) |"
+third=""
+[ -n "${THIRD:-}" ] && third=" | $(score "$THIRD")"
+echo "| $model | \`$passes\` | $(score "$eval") | $(score "$other")$third | $wall | $((rss / 1024)) |"

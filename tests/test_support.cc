@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -100,6 +101,36 @@ std::string NpyBytes(const std::string& descr, const std::string& shape, const s
   out += static_cast<char>(header.size() & 0xff);
   out += static_cast<char>(header.size() >> 8);
   return out + header + data;
+}
+
+std::int64_t DeltaRank(const std::vector<float>& after, const std::vector<float>& before,
+                       std::int64_t cols, double tolerance) {
+  const std::int64_t rows = static_cast<std::int64_t>(after.size()) / cols;
+  std::vector<std::vector<double>> basis;
+  double largest = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double norm = 0;
+    for (std::int64_t c = 0; c < cols; ++c)
+      norm += std::pow(after[r * cols + c] - before[r * cols + c], 2);
+    largest = std::max(largest, std::sqrt(norm));
+  }
+  for (std::int64_t r = 0; r < rows; ++r) {
+    std::vector<double> v(static_cast<std::size_t>(cols));
+    for (std::int64_t c = 0; c < cols; ++c)
+      v[c] = double(after[r * cols + c]) - before[r * cols + c];
+    for (const auto& b : basis) {
+      double dot = 0;
+      for (std::int64_t c = 0; c < cols; ++c) dot += v[c] * b[c];
+      for (std::int64_t c = 0; c < cols; ++c) v[c] -= dot * b[c];
+    }
+    double norm = 0;
+    for (double e : v) norm += e * e;
+    norm = std::sqrt(norm);
+    if (norm <= tolerance * largest) continue;
+    for (double& e : v) e /= norm;
+    basis.push_back(v);
+  }
+  return static_cast<std::int64_t>(basis.size());
 }
 
 }  // namespace kvfold::test

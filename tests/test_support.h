@@ -53,4 +53,9 @@ std::string NpyBytes(const std::string& descr, const std::string& shape,
       fortran);
 }
 
+// The numerical rank of after - before ([rows, cols] row-major) in float64: rows left by
+// Gram-Schmidt against the ones before them above `tolerance` times the largest row norm.
+std::int64_t DeltaRank(const std::vector<float>& after, const std::vector<float>& before,
+                       std::int64_t cols, double tolerance);
+
 }  // namespace kvfold::test

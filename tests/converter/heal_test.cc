@@ -175,6 +175,37 @@ TEST_CASE("heal's logits target trains each layer through the source layers abov
         ReadBytes(tmp.File("healed/model.safetensors")));
 }
 
+// The recipe docs/heal.md gives for small models, `heal,heal<target=logits,rank=R>`: the second
+// pass starts from the first's weights and moves a layer it keeps by a rank-R delta. Only layer
+// 0 can be compared across the two runs: the layers above train on the hidden states of layers
+// that both passes changed. [once]: a pass-level composition.
+TEST_CASE("a low-rank logits heal after the layer target moves layer 0 by rank R",
+          "[convert][heal][quality][shared][once]") {
+  TempDir tmp;
+  const std::string first = "gqa-svd<kv-heads=2>," + kHeal;
+  RunConvert("stories260K-mha", "gqa-svd<kv-heads=2>", tmp.File("fold"));
+  RunConvert("stories260K-mha", first, tmp.File("first"));
+  RunConvert("stories260K-mha", first + ",heal<steps=60,windows=32,lr=0.02,target=logits,rank=2>",
+             tmp.File("second"));
+  const auto layers = ReadJson(tmp.File("second/kvfold.json"))["passes"][2]["layers"];
+  REQUIRE(layers.size() == 5);
+  REQUIRE(layers[0]["kept_step"].get<int>() > 0);  // otherwise the rank checks run on nothing
+  for (const auto& layer : layers) {
+    INFO("layer " << layer["layer"]);
+    if (layer["kept_step"].get<int>() > 0)
+      CHECK(layer["held_out_error_after"].get<double>() <
+            layer["held_out_error_before"].get<double>());
+  }
+  const Checkpoint a = OpenCheckpoint(tmp.File("first"));
+  const Checkpoint b = OpenCheckpoint(tmp.File("second"));
+  for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+    const std::string name = std::string("model.layers.0.self_attn.") + m + ".weight";
+    INFO(name);  // hidden 64: every one of these matrices has rows 64 wide
+    CHECK(kvfold::test::DeltaRank(b.tensors.ReadF32(name), a.tensors.ReadF32(name), 64, 1e-3) == 2);
+  }
+  CHECK(KlOnEvalText(tmp.File("second")) < KlOnEvalText(tmp.File("fold")));
+}
+
 TEST_CASE("heal is refused where it cannot run, before any work", "[convert][heal][shared]") {
   TempDir tmp;
   ConvertJob o;
