@@ -5,6 +5,8 @@
 # runs A/B alternated (A B, B A, ...: bench/pair_order.sh): each row is the median of ROUNDS runs per build.
 #   bench/cpu_time.sh BUILD_B [BUILD_A] [ROUNDS]   (BUILD_A: the build to compare against;
 #   rows say A for it and "B (new)" for BUILD_B; "this" with one build)
+# TOKENS= calibration tokens (default 16384); WINDOWS= eval windows (default 16; "all": the
+# whole evaluation text, as `kvfold eval` does by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/shared_models.sh
@@ -14,6 +16,8 @@ builds=("$1") rounds=${3:-3}
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 "${builds[0]}/bin/kvfold" --version | sed -n 2p  # the BLAS core
+windows=(--max-windows "${WINDOWS:-16}")
+[ "${WINDOWS:-}" != all ] || windows=()
 run() {  # BUILD WHAT THREADS MODEL -> "wall user sys rss_mib"
   local kvfold="$1/bin/kvfold" what=$2 threads=$3 src="$shared/models/$4"
   model_texts "$4"
@@ -21,11 +25,11 @@ run() {  # BUILD WHAT THREADS MODEL -> "wall user sys rss_mib"
     local kv0
     kv0=$("$kvfold" inspect "$src" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['num_key_value_heads'])")
     /usr/bin/time -f "%e %U %S %M" -o "$work/t" "$kvfold" convert "$src" --calib "$calib" \
-      --calib-tokens 16384 --passes "gqa-svd<kv-heads=$((kv0 / 2))>,kv-scales" -o "$work/out" \
+      --calib-tokens "${TOKENS:-16384}" --passes "gqa-svd<kv-heads=$((kv0 / 2))>,kv-scales" -o "$work/out" \
       --force --quiet --threads "$threads" >/dev/null
   else
     /usr/bin/time -f "%e %U %S %M" -o "$work/t" "$kvfold" eval "$src" --text "$eval" \
-      --max-windows 16 --kv-cache 'quant<scheme=rtn,bits=4>' --quiet --threads "$threads" >/dev/null
+      "${windows[@]}" --kv-cache 'quant<scheme=rtn,bits=4>' --quiet --threads "$threads" >/dev/null
   fi
   awk '{printf "%s %s %s %.0f\n", $1, $2, $3, $4 / 1024}' "$work/t"
 }
